@@ -1,0 +1,1 @@
+"""Event-sourced service for ms-swift fine-tuning jobs on your own GPU hosts."""

@@ -1,0 +1,210 @@
+"""Commands: what users, the scheduler and runners ask of a job.
+
+A command is a request that may be refused; the events it produces are facts. Runner
+reports carry the ``attempt`` they were started for, so a report from an attempt the
+scheduler has since given up on (a runner that came back after its lease expired) is
+refused as stale instead of corrupting the current attempt.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar
+
+import msgspec
+
+from .errors import MessageError, UnknownMessageType
+from .spec import JobSpec, Priority
+
+JobId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
+Reason = Annotated[str, msgspec.Meta(max_length=4096)]
+
+
+class Command(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=True):
+    """Base of every command; the ``type`` tag is the class name."""
+
+    schema_version: ClassVar[int] = 1
+
+
+class JobCommand(Command, frozen=True):
+    job_id: JobId
+
+
+# --- from users -----------------------------------------------------------------------------
+
+
+class SubmitJob(JobCommand, frozen=True, tag=True):
+    spec: JobSpec
+
+
+class StartJob(JobCommand, frozen=True, tag=True):
+    """Release a held job, or resume a stopped or failed one from its last checkpoint."""
+
+
+class StopJob(JobCommand, frozen=True, tag=True):
+    reason: Reason = "stopped by user"
+
+
+class ChangePriority(JobCommand, frozen=True, tag=True):
+    priority: Priority
+
+
+class RequestExport(JobCommand, frozen=True, tag=True):
+    """Merge the LoRA adapter of a checkpoint (the latest when none is named)."""
+
+    checkpoint: str | None = None
+    overwrite: bool = False
+
+
+class DeleteJob(JobCommand, frozen=True, tag=True):
+    pass
+
+
+# --- from the scheduler ---------------------------------------------------------------------
+
+
+class ScheduleJob(JobCommand, frozen=True, tag=True):
+    """Place a queued job on GPUs of one runner; ``attempt`` must be the job's next attempt."""
+
+    attempt: int
+    runner_id: str
+    gpu_ids: tuple[int, ...]
+    gpu_uuids: tuple[str, ...] = ()
+
+
+class MarkLost(JobCommand, frozen=True, tag=True):
+    """The job's runner stopped heartbeating, or its process vanished."""
+
+    attempt: int
+    reason: Reason = "runner lease expired"
+
+
+# --- from runners ---------------------------------------------------------------------------
+
+
+class RunnerReport(JobCommand, frozen=True):
+    attempt: int
+    runner_id: str
+
+
+class ReportStarted(RunnerReport, frozen=True, tag=True):
+    pid: int
+    command: tuple[str, ...]
+
+
+class RejectAssignment(RunnerReport, frozen=True, tag=True):
+    """The runner cannot start the job (GPU taken by a foreign process, disk full)."""
+
+    reason: Reason
+
+
+class ReportProgress(RunnerReport, frozen=True, tag=True):
+    step: int
+    max_steps: int | None = None
+    epoch: float | None = None
+    loss: float | None = None
+    learning_rate: float | None = None
+    grad_norm: float | None = None
+    elapsed_s: float | None = None
+    remaining_s: float | None = None
+    memory_gib: float | None = None
+    train_speed: float | None = None
+    eval_loss: float | None = None
+
+
+class ReportCheckpoint(RunnerReport, frozen=True, tag=True):
+    step: int
+    path: str
+
+
+class ReportSucceeded(RunnerReport, frozen=True, tag=True):
+    final_step: int | None = None
+    output_path: str | None = None
+
+
+class ReportFailed(RunnerReport, frozen=True, tag=True):
+    exit_code: int | None
+    reason: Reason
+    stderr_tail: Annotated[str, msgspec.Meta(max_length=65536)] = ""
+
+
+class ReportStopped(RunnerReport, frozen=True, tag=True):
+    checkpoint: str | None = None
+
+
+class ExportReport(JobCommand, frozen=True):
+    export_id: str
+    runner_id: str
+
+
+class ReportExportStarted(ExportReport, frozen=True, tag=True):
+    pid: int
+    command: tuple[str, ...] = ()
+
+
+class ReportExportSucceeded(ExportReport, frozen=True, tag=True):
+    artifact_path: str
+
+
+class ReportExportFailed(ExportReport, frozen=True, tag=True):
+    exit_code: int | None
+    reason: Reason
+
+
+# --- the queue processor (scheduler on/off switch) ------------------------------------------
+
+
+class PauseQueueProcessor(Command, frozen=True, tag=True):
+    reason: Reason = ""
+
+
+class ResumeQueueProcessor(Command, frozen=True, tag=True):
+    pass
+
+
+AnyJobCommand = (
+    SubmitJob
+    | StartJob
+    | StopJob
+    | ChangePriority
+    | RequestExport
+    | DeleteJob
+    | ScheduleJob
+    | MarkLost
+    | ReportStarted
+    | RejectAssignment
+    | ReportProgress
+    | ReportCheckpoint
+    | ReportSucceeded
+    | ReportFailed
+    | ReportStopped
+    | ReportExportStarted
+    | ReportExportSucceeded
+    | ReportExportFailed
+)
+ProcessorCommand = PauseQueueProcessor | ResumeQueueProcessor
+AnyCommand = AnyJobCommand | ProcessorCommand
+
+_decoder: msgspec.json.Decoder[AnyCommand] = msgspec.json.Decoder(AnyCommand)
+_encoder = msgspec.json.Encoder()
+
+
+def encode_command(command: AnyCommand) -> bytes:
+    return _encoder.encode(command)
+
+
+def decode_command(data: bytes) -> AnyCommand:
+    """Decode a command from the wire; every problem becomes a MessageError with a reason."""
+    try:
+        return _decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        if "Invalid value" in text and "$.type" in text:
+            raise UnknownMessageType(f"unknown command type: {text}") from exc
+        raise MessageError(f"invalid command: {text}") from exc
+    except msgspec.DecodeError as exc:
+        raise MessageError(f"command is not valid JSON: {exc}") from exc
+
+
+def command_to_builtins(command: AnyCommand) -> dict[str, Any]:
+    result: dict[str, Any] = msgspec.to_builtins(command)
+    return result

@@ -1,0 +1,246 @@
+"""Events: the immutable facts of a job's life, and how they travel as bytes.
+
+Each event is a frozen msgspec struct tagged with its class name and carrying a
+``schema_version``. Schemas only grow by adding fields with defaults, so an event recorded
+before a field existed still decodes; a change that cannot be expressed that way registers an
+upcaster that rewrites the old payload before decoding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, ClassVar
+
+import msgspec
+
+from .errors import MessageError, UnknownMessageType
+from .spec import JobSpec
+
+
+class Event(msgspec.Struct, frozen=True, tag_field="type", omit_defaults=True):
+    """Base of every event; ``at`` is when the fact happened, per the deciding process."""
+
+    schema_version: ClassVar[int] = 1
+    at: datetime
+
+
+class JobEvent(Event, frozen=True):
+    job_id: str
+
+
+class JobSubmitted(JobEvent, frozen=True, tag=True):
+    spec: JobSpec
+
+
+class JobHeld(JobEvent, frozen=True, tag=True):
+    """Submitted with ``auto_start: false``: not queued until started."""
+
+
+class JobReleased(JobEvent, frozen=True, tag=True):
+    """A held job was started by a user."""
+
+
+class JobQueued(JobEvent, frozen=True, tag=True):
+    priority: int
+    #: ``submitted``, ``released``, ``resumed``, ``requeued``.
+    reason: str = "submitted"
+    resume_from: str | None = None
+
+
+class JobPriorityChanged(JobEvent, frozen=True, tag=True):
+    old_priority: int
+    new_priority: int
+
+
+class JobScheduled(JobEvent, frozen=True, tag=True):
+    attempt: int
+    runner_id: str
+    gpu_ids: tuple[int, ...]
+    gpu_uuids: tuple[str, ...] = ()
+    resume_from: str | None = None
+
+
+class JobStarted(JobEvent, frozen=True, tag=True):
+    attempt: int
+    runner_id: str
+    pid: int
+    command: tuple[str, ...]
+
+
+class JobProgressed(JobEvent, frozen=True, tag=True):
+    attempt: int
+    step: int
+    max_steps: int | None = None
+    epoch: float | None = None
+    loss: float | None = None
+    learning_rate: float | None = None
+    grad_norm: float | None = None
+    elapsed_s: float | None = None
+    remaining_s: float | None = None
+    memory_gib: float | None = None
+    train_speed: float | None = None
+    eval_loss: float | None = None
+
+
+class CheckpointSaved(JobEvent, frozen=True, tag=True):
+    attempt: int
+    step: int
+    path: str
+
+
+class JobSucceeded(JobEvent, frozen=True, tag=True):
+    attempt: int
+    final_step: int | None = None
+    output_path: str | None = None
+
+
+class JobFailed(JobEvent, frozen=True, tag=True):
+    attempt: int
+    exit_code: int | None
+    reason: str
+    stderr_tail: str = ""
+
+
+class StopRequested(JobEvent, frozen=True, tag=True):
+    reason: str
+    #: The runner that must act on it (addressing for the runner's subscription).
+    runner_id: str | None = None
+    attempt: int = 0
+
+
+class JobStopped(JobEvent, frozen=True, tag=True):
+    reason: str
+    attempt: int = 0
+    checkpoint: str | None = None
+
+
+class JobLost(JobEvent, frozen=True, tag=True):
+    attempt: int
+    runner_id: str
+    reason: str
+
+
+class JobRequeued(JobEvent, frozen=True, tag=True):
+    """Back in the queue after a loss or a refused start; ``retries`` counts against max."""
+
+    priority: int
+    retries: int
+    reason: str
+    resume_from: str | None = None
+
+
+class AssignmentRejected(JobEvent, frozen=True, tag=True):
+    attempt: int
+    runner_id: str
+    reason: str
+
+
+class ExportRequested(JobEvent, frozen=True, tag=True):
+    export_id: str
+    checkpoint: str
+    runner_id: str
+    overwrite: bool = False
+
+
+class ExportStarted(JobEvent, frozen=True, tag=True):
+    export_id: str
+    runner_id: str
+    pid: int
+    command: tuple[str, ...] = ()
+
+
+class ExportSucceeded(JobEvent, frozen=True, tag=True):
+    export_id: str
+    artifact_path: str
+
+
+class ExportFailed(JobEvent, frozen=True, tag=True):
+    export_id: str
+    exit_code: int | None
+    reason: str
+
+
+class JobDeleted(JobEvent, frozen=True, tag=True):
+    pass
+
+
+class QueueProcessorPaused(Event, frozen=True, tag=True):
+    reason: str = ""
+
+
+class QueueProcessorResumed(Event, frozen=True, tag=True):
+    pass
+
+
+AnyJobEvent = (
+    JobSubmitted
+    | JobHeld
+    | JobReleased
+    | JobQueued
+    | JobPriorityChanged
+    | JobScheduled
+    | JobStarted
+    | JobProgressed
+    | CheckpointSaved
+    | JobSucceeded
+    | JobFailed
+    | StopRequested
+    | JobStopped
+    | JobLost
+    | JobRequeued
+    | AssignmentRejected
+    | ExportRequested
+    | ExportStarted
+    | ExportSucceeded
+    | ExportFailed
+    | JobDeleted
+)
+ProcessorEvent = QueueProcessorPaused | QueueProcessorResumed
+AnyEvent = AnyJobEvent | ProcessorEvent
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.__name__: cls
+    for cls in (
+        *AnyJobEvent.__args__,
+        *ProcessorEvent.__args__,
+    )
+}
+
+#: ``(type, from_version) -> rewrite`` applied to an old payload before decoding.
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+UPCASTERS: dict[tuple[str, int], Upcaster] = {}
+
+_encoder = msgspec.json.Encoder()
+_decoders: dict[str, msgspec.json.Decoder[Any]] = {
+    name: msgspec.json.Decoder(cls) for name, cls in EVENT_TYPES.items()
+}
+
+
+def event_type(event: Event) -> str:
+    return type(event).__name__
+
+
+def encode_event(event: Event) -> bytes:
+    return _encoder.encode(event)
+
+
+def decode_event(type_name: str, payload: bytes, schema_version: int = 1) -> AnyEvent:
+    """Decode a stored payload, upcasting it from ``schema_version`` when needed."""
+    cls = EVENT_TYPES.get(type_name)
+    if cls is None:
+        raise UnknownMessageType(f"unknown event type {type_name!r}")
+    try:
+        if schema_version < cls.schema_version:
+            data: dict[str, Any] = msgspec.json.decode(payload)
+            for version in range(schema_version, cls.schema_version):
+                upcast = UPCASTERS.get((type_name, version))
+                if upcast is not None:
+                    data = upcast(data)
+            data["type"] = type_name
+            result: AnyEvent = msgspec.convert(data, type=cls)  # type: ignore[assignment]
+            return result
+        decoded: AnyEvent = _decoders[type_name].decode(payload)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise MessageError(f"cannot decode {type_name} v{schema_version}: {exc}") from exc
+    return decoded

@@ -1,0 +1,677 @@
+"""The Job aggregate: ``decide(state, command, now) -> events`` and ``evolve(state, event)``.
+
+Both are pure. ``decide`` either refuses a command with a DomainError (and so records
+nothing) or returns the events that the command causes; an empty list means "accepted, and
+already so" (a second stop of a stopping job, a redelivered success). ``evolve`` never
+refuses: events are facts that already happened, so it must accept every event ``decide``
+can emit, in any stored order.
+
+Statuses:
+``held`` (auto_start false) → ``queued`` → ``scheduled`` (GPUs chosen, runner not started)
+→ ``running`` → ``succeeded`` | ``failed`` | ``stopping`` → ``stopped``. A lost job goes
+back to ``queued`` until its retries run out. ``stopped`` and ``failed`` jobs can be
+started again (they resume from their last checkpoint); ``deleted`` is final for the
+history but the id may be submitted again.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Final
+
+import msgspec
+
+from . import commands as c
+from . import events as e
+from .errors import InvalidTransition, JobAlreadyExists, JobNotFound, NoCheckpoint, StaleAssignment
+from .spec import JobSpec
+
+
+class JobStatus(StrEnum):
+    NEW = "new"
+    HELD = "held"
+    QUEUED = "queued"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    DELETED = "deleted"
+
+
+#: Statuses in which a runner owns GPUs for the job.
+ACTIVE: Final = frozenset({JobStatus.SCHEDULED, JobStatus.RUNNING, JobStatus.STOPPING})
+#: Statuses a job rests in until a user acts.
+FINISHED: Final = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED})
+
+
+class Progress(msgspec.Struct, frozen=True, omit_defaults=True):
+    step: int
+    max_steps: int | None = None
+    epoch: float | None = None
+    loss: float | None = None
+    learning_rate: float | None = None
+    grad_norm: float | None = None
+    elapsed_s: float | None = None
+    remaining_s: float | None = None
+    memory_gib: float | None = None
+    train_speed: float | None = None
+    eval_loss: float | None = None
+    at: datetime | None = None
+
+
+class Checkpoint(msgspec.Struct, frozen=True):
+    step: int
+    path: str
+    attempt: int
+
+
+class Export(msgspec.Struct, frozen=True, omit_defaults=True):
+    export_id: str
+    checkpoint: str
+    runner_id: str
+    status: str = "requested"  # requested | running | succeeded | failed
+    artifact_path: str | None = None
+    reason: str | None = None
+
+
+class JobState(msgspec.Struct, frozen=True, omit_defaults=True):
+    job_id: str
+    status: JobStatus = JobStatus.NEW
+    version: int = 0
+    spec: JobSpec | None = None
+    priority: int = 0
+    #: Counts schedulings; runner reports must name the current one.
+    attempt: int = 0
+    #: Losses and refused starts so far, bounded by ``spec.max_retries``.
+    retries: int = 0
+    runner_id: str | None = None
+    gpu_ids: tuple[int, ...] = ()
+    pid: int | None = None
+    command: tuple[str, ...] = ()
+    resume_from: str | None = None
+    submitted_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    progress: Progress | None = None
+    checkpoints: tuple[Checkpoint, ...] = ()
+    exports: tuple[Export, ...] = ()
+    stop_reason: str | None = None
+    failure_reason: str | None = None
+    exit_code: int | None = None
+    #: The runner that last ran the job: exports go there, where the checkpoints are.
+    last_runner_id: str | None = None
+
+    @property
+    def exists(self) -> bool:
+        return self.status not in (JobStatus.NEW, JobStatus.DELETED)
+
+    @property
+    def last_checkpoint(self) -> Checkpoint | None:
+        return self.checkpoints[-1] if self.checkpoints else None
+
+    @property
+    def export_in_flight(self) -> Export | None:
+        for export in self.exports:
+            if export.status in ("requested", "running"):
+                return export
+        return None
+
+
+def initial_state(job_id: str) -> JobState:
+    return JobState(job_id=job_id)
+
+
+# --- decide ---------------------------------------------------------------------------------
+
+
+def _refuse(state: JobState, action: str, hint: str) -> InvalidTransition:
+    return InvalidTransition(
+        f"cannot {action} job {state.job_id!r} while it is {state.status}: {hint}"
+    )
+
+
+def _require_exists(state: JobState) -> None:
+    if not state.exists:
+        raise JobNotFound(f"job {state.job_id!r} does not exist")
+
+
+def _require_attempt(state: JobState, report: c.RunnerReport) -> None:
+    if report.attempt != state.attempt or (
+        state.runner_id is not None and report.runner_id != state.runner_id
+    ):
+        raise StaleAssignment(
+            f"report from runner {report.runner_id!r} for attempt {report.attempt} of job "
+            f"{state.job_id!r}, whose current attempt is {state.attempt} on "
+            f"{state.runner_id!r}: the process should be stopped",
+        )
+
+
+def decide(state: JobState, command: c.AnyJobCommand, now: datetime) -> list[e.AnyJobEvent]:
+    """Refuse ``command`` with a DomainError, or return the events it causes."""
+    if isinstance(command, c.SubmitJob):
+        return _decide_submit(state, command, now)
+    _require_exists(state)
+    match command:
+        case c.StartJob():
+            return _decide_start(state, now)
+        case c.StopJob(reason=reason):
+            return _decide_stop(state, reason, now)
+        case c.ChangePriority(priority=priority):
+            return _decide_priority(state, priority, now)
+        case c.DeleteJob():
+            if state.status in ACTIVE:
+                raise _refuse(state, "delete", "stop it first and delete it once it has stopped")
+            return [e.JobDeleted(at=now, job_id=state.job_id)]
+        case c.RequestExport():
+            return _decide_export(state, command, now)
+        case c.ScheduleJob():
+            return _decide_schedule(state, command, now)
+        case c.MarkLost():
+            return _decide_lost(state, command, now)
+        case c.RejectAssignment():
+            return _decide_reject(state, command, now)
+        case (
+            c.ReportStarted()
+            | c.ReportProgress()
+            | c.ReportCheckpoint()
+            | c.ReportSucceeded()
+            | c.ReportFailed()
+            | c.ReportStopped()
+        ):
+            return _decide_report(state, command, now)
+        case c.ReportExportStarted() | c.ReportExportSucceeded() | c.ReportExportFailed():
+            return _decide_export_report(state, command, now)
+    raise AssertionError(f"unhandled command {command!r}")  # pragma: no cover
+
+
+def _decide_submit(state: JobState, command: c.SubmitJob, now: datetime) -> list[e.AnyJobEvent]:
+    if state.exists:
+        raise JobAlreadyExists(
+            f"a job with id {state.job_id!r} already exists; choose another id or delete it first",
+        )
+    job_id, spec = state.job_id, command.spec
+    submitted = e.JobSubmitted(at=now, job_id=job_id, spec=spec)
+    if not spec.auto_start:
+        return [submitted, e.JobHeld(at=now, job_id=job_id)]
+    return [submitted, e.JobQueued(at=now, job_id=job_id, priority=spec.priority)]
+
+
+def _decide_start(state: JobState, now: datetime) -> list[e.AnyJobEvent]:
+    job_id = state.job_id
+    match state.status:
+        case JobStatus.HELD:
+            return [
+                e.JobReleased(at=now, job_id=job_id),
+                e.JobQueued(at=now, job_id=job_id, priority=state.priority, reason="released"),
+            ]
+        case JobStatus.QUEUED | JobStatus.SCHEDULED | JobStatus.RUNNING:
+            return []
+        case JobStatus.STOPPED | JobStatus.FAILED:
+            checkpoint = state.last_checkpoint
+            return [
+                e.JobQueued(
+                    at=now,
+                    job_id=job_id,
+                    priority=state.priority,
+                    reason="resumed",
+                    resume_from=checkpoint.path if checkpoint else None,
+                ),
+            ]
+        case JobStatus.SUCCEEDED:
+            raise _refuse(state, "start", "it has finished; submit a new job to train again")
+        case _:
+            raise _refuse(state, "start", "wait until it has stopped, then start it again")
+
+
+def _decide_stop(state: JobState, reason: str, now: datetime) -> list[e.AnyJobEvent]:
+    job_id = state.job_id
+    match state.status:
+        case JobStatus.HELD | JobStatus.QUEUED:
+            return [e.JobStopped(at=now, job_id=job_id, reason=reason, attempt=state.attempt)]
+        case JobStatus.SCHEDULED | JobStatus.RUNNING:
+            return [
+                e.StopRequested(
+                    at=now,
+                    job_id=job_id,
+                    reason=reason,
+                    runner_id=state.runner_id,
+                    attempt=state.attempt,
+                ),
+            ]
+        case JobStatus.STOPPING:
+            return []
+        case _:
+            raise _refuse(state, "stop", "it is no longer running")
+
+
+def _decide_priority(state: JobState, priority: int, now: datetime) -> list[e.AnyJobEvent]:
+    if state.status not in (JobStatus.HELD, JobStatus.QUEUED):
+        raise _refuse(state, "change the priority of", "only held or queued jobs can be reordered")
+    if priority == state.priority:
+        return []
+    return [
+        e.JobPriorityChanged(
+            at=now,
+            job_id=state.job_id,
+            old_priority=state.priority,
+            new_priority=priority,
+        ),
+    ]
+
+
+def _decide_export(state: JobState, command: c.RequestExport, now: datetime) -> list[e.AnyJobEvent]:
+    if state.status not in FINISHED:
+        raise _refuse(state, "export", "export once training has finished or been stopped")
+    assert state.spec is not None
+    if state.spec.effective_args.train_type != "lora":
+        raise _refuse(state, "export", "a full fine-tune has no LoRA adapter to merge")
+    if not state.checkpoints:
+        raise NoCheckpoint(f"job {state.job_id!r} has no checkpoint to export yet")
+    if command.checkpoint is None:
+        checkpoint = state.checkpoints[-1].path
+    else:
+        known = {cp.path for cp in state.checkpoints}
+        by_name = {cp.path.rstrip("/").rsplit("/", 1)[-1]: cp.path for cp in state.checkpoints}
+        if command.checkpoint in known:
+            checkpoint = command.checkpoint
+        elif command.checkpoint in by_name:
+            checkpoint = by_name[command.checkpoint]
+        else:
+            raise NoCheckpoint(
+                f"job {state.job_id!r} has no checkpoint {command.checkpoint!r}; "
+                f"known: {sorted(by_name)}",
+            )
+    in_flight = state.export_in_flight
+    if in_flight is not None:
+        raise _refuse(state, "export", f"export {in_flight.export_id} is still in progress")
+    done = [x for x in state.exports if x.checkpoint == checkpoint and x.status == "succeeded"]
+    if done and not command.overwrite:
+        return []
+    runner_id = state.last_runner_id
+    assert runner_id is not None, "a job with checkpoints has run on a runner"
+    export_id = f"{state.job_id}-export-{len(state.exports) + 1}"
+    return [
+        e.ExportRequested(
+            at=now,
+            job_id=state.job_id,
+            export_id=export_id,
+            checkpoint=checkpoint,
+            runner_id=runner_id,
+            overwrite=command.overwrite,
+        ),
+    ]
+
+
+def _decide_schedule(state: JobState, command: c.ScheduleJob, now: datetime) -> list[e.AnyJobEvent]:
+    if state.status is not JobStatus.QUEUED:
+        raise _refuse(state, "schedule", "only queued jobs can be placed")
+    if command.attempt != state.attempt + 1:
+        raise StaleAssignment(
+            f"placement for attempt {command.attempt} of job {state.job_id!r}, "
+            f"expected attempt {state.attempt + 1}",
+        )
+    assert state.spec is not None
+    if len(command.gpu_ids) != state.spec.gpu_count or len(set(command.gpu_ids)) != len(
+        command.gpu_ids,
+    ):
+        raise _refuse(
+            state,
+            "schedule",
+            f"it needs {state.spec.gpu_count} distinct GPUs, got {list(command.gpu_ids)}",
+        )
+    return [
+        e.JobScheduled(
+            at=now,
+            job_id=state.job_id,
+            attempt=command.attempt,
+            runner_id=command.runner_id,
+            gpu_ids=command.gpu_ids,
+            gpu_uuids=command.gpu_uuids,
+            resume_from=state.resume_from,
+        ),
+    ]
+
+
+def _requeue_or_fail(
+    state: JobState,
+    reason: str,
+    now: datetime,
+    *,
+    count_retry: bool,
+) -> list[e.AnyJobEvent]:
+    assert state.spec is not None
+    retries = state.retries + 1 if count_retry else state.retries
+    if retries > state.spec.max_retries:
+        return [
+            e.JobFailed(
+                at=now,
+                job_id=state.job_id,
+                attempt=state.attempt,
+                exit_code=None,
+                reason=f"{reason}; gave up after {state.spec.max_retries} retries",
+            ),
+        ]
+    checkpoint = state.last_checkpoint
+    return [
+        e.JobRequeued(
+            at=now,
+            job_id=state.job_id,
+            priority=state.priority,
+            retries=retries,
+            reason=reason,
+            resume_from=checkpoint.path if checkpoint else state.resume_from,
+        ),
+    ]
+
+
+def _decide_lost(state: JobState, command: c.MarkLost, now: datetime) -> list[e.AnyJobEvent]:
+    if state.status not in ACTIVE or command.attempt != state.attempt:
+        return []  # already dealt with: the job moved on since the loss was noticed
+    assert state.runner_id is not None
+    lost = e.JobLost(
+        at=now,
+        job_id=state.job_id,
+        attempt=state.attempt,
+        runner_id=state.runner_id,
+        reason=command.reason,
+    )
+    if state.status is JobStatus.STOPPING:
+        checkpoint = state.last_checkpoint
+        return [
+            lost,
+            e.JobStopped(
+                at=now,
+                job_id=state.job_id,
+                reason=state.stop_reason or "stopped by user",
+                attempt=state.attempt,
+                checkpoint=checkpoint.path if checkpoint else None,
+            ),
+        ]
+    return [lost, *_requeue_or_fail(state, f"lost: {command.reason}", now, count_retry=True)]
+
+
+def _decide_reject(
+    state: JobState,
+    command: c.RejectAssignment,
+    now: datetime,
+) -> list[e.AnyJobEvent]:
+    if state.status is not JobStatus.SCHEDULED:
+        raise _refuse(state, "reject the assignment of", "only a job not yet started can be")
+    _require_attempt(state, command)
+    rejected = e.AssignmentRejected(
+        at=now,
+        job_id=state.job_id,
+        attempt=command.attempt,
+        runner_id=command.runner_id,
+        reason=command.reason,
+    )
+    return [
+        rejected,
+        *_requeue_or_fail(state, f"rejected: {command.reason}", now, count_retry=True),
+    ]
+
+
+def _decide_report(  # noqa: C901 - one branch per report kind reads best as a table
+    state: JobState,
+    command: c.ReportStarted
+    | c.ReportProgress
+    | c.ReportCheckpoint
+    | c.ReportSucceeded
+    | c.ReportFailed
+    | c.ReportStopped,
+    now: datetime,
+) -> list[e.AnyJobEvent]:
+    _require_attempt(state, command)
+    job_id, attempt = state.job_id, command.attempt
+    live = state.status in (JobStatus.RUNNING, JobStatus.STOPPING)
+    match command:
+        case c.ReportStarted(pid=pid, command=argv):
+            if state.status is JobStatus.SCHEDULED:
+                return [
+                    e.JobStarted(
+                        at=now,
+                        job_id=job_id,
+                        attempt=attempt,
+                        runner_id=command.runner_id,
+                        pid=pid,
+                        command=argv,
+                    ),
+                ]
+            if live:
+                return []
+        case c.ReportProgress():
+            if live:
+                fields = msgspec.structs.asdict(command)
+                for key in ("type", "job_id", "runner_id", "attempt"):
+                    fields.pop(key, None)
+                return [e.JobProgressed(at=now, job_id=job_id, attempt=attempt, **fields)]
+        case c.ReportCheckpoint(step=step, path=path):
+            if live or state.status in FINISHED:
+                if any(cp.path == path for cp in state.checkpoints):
+                    return []
+                return [
+                    e.CheckpointSaved(at=now, job_id=job_id, attempt=attempt, step=step, path=path)
+                ]
+        case c.ReportSucceeded():
+            if state.status is JobStatus.SUCCEEDED:
+                return []
+            if live:
+                return [
+                    e.JobSucceeded(
+                        at=now,
+                        job_id=job_id,
+                        attempt=attempt,
+                        final_step=command.final_step,
+                        output_path=command.output_path,
+                    ),
+                ]
+        case c.ReportFailed():
+            if state.status is JobStatus.FAILED:
+                return []
+            if live or state.status is JobStatus.SCHEDULED:
+                return [
+                    e.JobFailed(
+                        at=now,
+                        job_id=job_id,
+                        attempt=attempt,
+                        exit_code=command.exit_code,
+                        reason=command.reason,
+                        stderr_tail=command.stderr_tail,
+                    ),
+                ]
+        case c.ReportStopped(checkpoint=checkpoint):
+            if state.status is JobStatus.STOPPED:
+                return []
+            if state.status is JobStatus.STOPPING or (
+                state.status in (JobStatus.RUNNING, JobStatus.SCHEDULED)
+            ):
+                last = state.last_checkpoint
+                return [
+                    e.JobStopped(
+                        at=now,
+                        job_id=job_id,
+                        reason=state.stop_reason or "stopped on the runner",
+                        attempt=attempt,
+                        checkpoint=checkpoint or (last.path if last else None),
+                    ),
+                ]
+    raise _refuse(state, f"record {type(command).__name__} for", "the report does not fit")
+
+
+def _decide_export_report(
+    state: JobState,
+    command: c.ReportExportStarted | c.ReportExportSucceeded | c.ReportExportFailed,
+    now: datetime,
+) -> list[e.AnyJobEvent]:
+    export = next((x for x in state.exports if x.export_id == command.export_id), None)
+    if export is None:
+        raise _refuse(state, "record export progress for", f"no export {command.export_id!r}")
+    job_id, export_id = state.job_id, command.export_id
+    match command:
+        case c.ReportExportStarted(pid=pid, command=argv):
+            if export.status == "requested":
+                return [
+                    e.ExportStarted(
+                        at=now,
+                        job_id=job_id,
+                        export_id=export_id,
+                        runner_id=command.runner_id,
+                        pid=pid,
+                        command=argv,
+                    ),
+                ]
+            if export.status == "running":
+                return []
+        case c.ReportExportSucceeded(artifact_path=path):
+            if export.status == "succeeded":
+                return []
+            if export.status in ("requested", "running"):
+                return [
+                    e.ExportSucceeded(
+                        at=now, job_id=job_id, export_id=export_id, artifact_path=path
+                    )
+                ]
+        case c.ReportExportFailed():
+            if export.status == "failed":
+                return []
+            if export.status in ("requested", "running"):
+                return [
+                    e.ExportFailed(
+                        at=now,
+                        job_id=job_id,
+                        export_id=export_id,
+                        exit_code=command.exit_code,
+                        reason=command.reason,
+                    ),
+                ]
+    raise _refuse(state, "record export progress for", f"export {export_id} is {export.status}")
+
+
+# --- evolve ---------------------------------------------------------------------------------
+
+
+def _replace_export(state: JobState, export_id: str, **changes: object) -> tuple[Export, ...]:
+    return tuple(
+        msgspec.structs.replace(x, **changes) if x.export_id == export_id else x
+        for x in state.exports
+    )
+
+
+def evolve(state: JobState, event: e.AnyJobEvent) -> JobState:  # noqa: C901 - a table
+    """Apply one recorded fact; total over every event ``decide`` emits."""
+    s = msgspec.structs.replace
+    state = s(state, version=state.version + 1)
+    match event:
+        case e.JobSubmitted(spec=spec, at=at):
+            return JobState(
+                job_id=state.job_id,
+                version=state.version,
+                status=JobStatus.NEW,
+                spec=spec,
+                priority=spec.priority,
+                submitted_at=at,
+            )
+        case e.JobHeld():
+            return s(state, status=JobStatus.HELD)
+        case e.JobReleased():
+            return state
+        case e.JobQueued(priority=priority, reason=reason, resume_from=resume_from):
+            if reason == "resumed":
+                state = s(state, retries=0, stop_reason=None, failure_reason=None, exit_code=None)
+            return s(
+                state,
+                status=JobStatus.QUEUED,
+                priority=priority,
+                resume_from=resume_from,
+                finished_at=None,
+            )
+        case e.JobPriorityChanged(new_priority=priority):
+            return s(state, priority=priority)
+        case e.JobScheduled(attempt=attempt, runner_id=runner_id, gpu_ids=gpu_ids):
+            return s(
+                state,
+                status=JobStatus.SCHEDULED,
+                attempt=attempt,
+                runner_id=runner_id,
+                gpu_ids=gpu_ids,
+                pid=None,
+            )
+        case e.JobStarted(pid=pid, command=argv, at=at, runner_id=runner_id):
+            return s(
+                state,
+                status=JobStatus.RUNNING,
+                pid=pid,
+                command=argv,
+                started_at=at,
+                last_runner_id=runner_id,
+            )
+        case e.JobProgressed():
+            fields = msgspec.structs.asdict(event)
+            for key in ("job_id", "attempt"):
+                fields.pop(key)
+            return s(state, progress=Progress(**fields))
+        case e.CheckpointSaved(step=step, path=path, attempt=attempt):
+            checkpoint = Checkpoint(step=step, path=path, attempt=attempt)
+            return s(state, checkpoints=(*state.checkpoints, checkpoint))
+        case e.JobSucceeded(at=at):
+            return s(state, status=JobStatus.SUCCEEDED, finished_at=at, runner_id=None, gpu_ids=())
+        case e.JobFailed(at=at, reason=reason, exit_code=exit_code):
+            return s(
+                state,
+                status=JobStatus.FAILED,
+                finished_at=at,
+                failure_reason=reason,
+                exit_code=exit_code,
+                runner_id=None,
+                gpu_ids=(),
+            )
+        case e.StopRequested(reason=reason):
+            return s(state, status=JobStatus.STOPPING, stop_reason=reason)
+        case e.JobStopped(at=at, reason=reason):
+            return s(
+                state,
+                status=JobStatus.STOPPED,
+                finished_at=at,
+                stop_reason=reason,
+                runner_id=None,
+                gpu_ids=(),
+            )
+        case e.JobLost():
+            return s(state, runner_id=None, gpu_ids=(), pid=None)
+        case e.AssignmentRejected():
+            return s(state, runner_id=None, gpu_ids=())
+        case e.JobRequeued(retries=retries, priority=priority, resume_from=resume_from):
+            return s(
+                state,
+                status=JobStatus.QUEUED,
+                retries=retries,
+                priority=priority,
+                resume_from=resume_from,
+                runner_id=None,
+                gpu_ids=(),
+            )
+        case e.ExportRequested(export_id=export_id, checkpoint=checkpoint, runner_id=runner_id):
+            export = Export(export_id=export_id, checkpoint=checkpoint, runner_id=runner_id)
+            return s(state, exports=(*state.exports, export))
+        case e.ExportStarted(export_id=export_id):
+            return s(state, exports=_replace_export(state, export_id, status="running"))
+        case e.ExportSucceeded(export_id=export_id, artifact_path=path):
+            exports = _replace_export(state, export_id, status="succeeded", artifact_path=path)
+            return s(state, exports=exports)
+        case e.ExportFailed(export_id=export_id, reason=reason):
+            exports = _replace_export(state, export_id, status="failed", reason=reason)
+            return s(state, exports=exports)
+        case e.JobDeleted():
+            return JobState(job_id=state.job_id, version=state.version, status=JobStatus.DELETED)
+    raise AssertionError(f"unhandled event {event!r}")  # pragma: no cover
+
+
+def replay(job_id: str, events: list[e.AnyJobEvent]) -> JobState:
+    """Fold a history into the current state."""
+    state = initial_state(job_id)
+    for event in events:
+        state = evolve(state, event)
+    return state

@@ -1,0 +1,165 @@
+"""What a user asks for when submitting a job: the job spec and its swift training args.
+
+The defaults are the seed's fixed swift parameters (SEED.md); a job overrides any of them in
+``train_args``. Unknown keys are rejected rather than passed through, so a typo such as
+``learning_rte`` fails at submission instead of silently training with the default.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+
+from .errors import InvalidSpec
+
+Priority = Annotated[int, msgspec.Meta(ge=0, le=10, description="0-10, larger is more urgent")]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+Ratio = Annotated[float, msgspec.Meta(ge=0, le=1)]
+ShortText = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+
+DeepSpeedPreset = Literal["zero0", "zero1", "zero2", "zero3", "zero2_offload", "zero3_offload"]
+
+DEFAULT_PRIORITY: Final = 5
+MAX_GPUS_PER_JOB: Final = 64
+
+
+class TrainArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Overrides of the seed's swift parameters; ``None`` means "use the default".
+
+    Names follow the seed (``train_type``, ``num_epochs``); the runner maps them to the
+    flags of the ms-swift release it supports.
+    """
+
+    num_epochs: PositiveFloat | None = None
+    batch_size: PositiveInt | None = None
+    learning_rate: PositiveFloat | None = None
+    vit_lr: PositiveFloat | None = None
+    aligner_lr: PositiveFloat | None = None
+    lora_rank: PositiveInt | None = None
+    lora_alpha: PositiveInt | None = None
+    lora_dropout: Ratio | None = None
+    target_modules: tuple[Name, ...] | None = None
+    gradient_accumulation_steps: PositiveInt | None = None
+    eval_steps: PositiveInt | None = None
+    save_steps: PositiveInt | None = None
+    save_total_limit: PositiveInt | None = None
+    logging_steps: PositiveInt | None = None
+    max_length: PositiveInt | None = None
+    max_steps: PositiveInt | None = None
+    warmup_ratio: Ratio | None = None
+    weight_decay: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    lr_scheduler_type: Name | None = None
+    dataloader_num_workers: NonNegativeInt | None = None
+    dataset_num_proc: PositiveInt | None = None
+    save_only_model: bool | None = None
+    gradient_checkpointing: bool | None = None
+    freeze_vit: bool | None = None
+    train_type: Literal["lora", "full"] | None = None
+    torch_dtype: Literal["bfloat16", "float16", "float32"] | None = None
+    seed: NonNegativeInt | None = None
+    split_dataset_ratio: Ratio | None = None
+    deepspeed: (
+        Literal["zero0", "zero1", "zero2", "zero3", "zero2_offload", "zero3_offload"] | None
+    ) = None
+    model_type: Name | None = None
+    template: Name | None = None
+    system: ShortText | None = None
+
+
+class EffectiveTrainArgs(msgspec.Struct, frozen=True):
+    """The seed's defaults with a job's overrides applied: what the runner will pass."""
+
+    num_epochs: float = 1
+    batch_size: int = 1
+    learning_rate: float = 1e-4
+    vit_lr: float = 1e-5
+    aligner_lr: float = 1e-5
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float | None = None
+    target_modules: tuple[str, ...] | None = None
+    gradient_accumulation_steps: int = 4
+    eval_steps: int = 100
+    save_steps: int = 100
+    save_total_limit: int = 2
+    logging_steps: int = 5
+    max_length: int = 8192
+    max_steps: int | None = None
+    warmup_ratio: float = 0.05
+    weight_decay: float | None = None
+    lr_scheduler_type: str | None = None
+    dataloader_num_workers: int = 4
+    dataset_num_proc: int = 4
+    save_only_model: bool = True
+    gradient_checkpointing: bool | None = None
+    freeze_vit: bool | None = None
+    train_type: Literal["lora", "full"] = "lora"
+    torch_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    seed: int | None = None
+    split_dataset_ratio: float | None = None
+    deepspeed: str | None = None
+    model_type: str | None = None
+    template: str | None = None
+    system: str | None = None
+
+
+def effective_train_args(overrides: TrainArgs) -> EffectiveTrainArgs:
+    """Merge a job's overrides over the seed's defaults."""
+    given = {k: v for k, v in msgspec.structs.asdict(overrides).items() if v is not None}
+    return msgspec.structs.replace(EffectiveTrainArgs(), **given)
+
+
+class JobSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Everything needed to run a job, as submitted. Immutable except for ``priority``."""
+
+    data_path: ShortText
+    model_path: ShortText
+    output_dir: ShortText
+    priority: Priority = DEFAULT_PRIORITY
+    gpu_count: Annotated[int, msgspec.Meta(ge=1, le=MAX_GPUS_PER_JOB)] = 1
+    min_gpu_memory_gb: Annotated[float, msgspec.Meta(gt=0, le=4096)] | None = None
+    #: Case-insensitive substring of the GPU name, e.g. ``H100`` or ``A100-SXM4-80GB``.
+    gpu_name: Name | None = None
+    train_args: TrainArgs = TrainArgs()
+    auto_start: bool = True
+    #: How often a job lost with its runner (or failed to launch) is queued again.
+    max_retries: Annotated[int, msgspec.Meta(ge=0, le=20)] = 2
+    labels: dict[Name, Annotated[str, msgspec.Meta(max_length=256)]] = {}
+
+    def __post_init__(self) -> None:
+        check_output_dir(self.output_dir)
+        if len(self.labels) > 32:
+            raise InvalidSpec("at most 32 labels per job")
+
+    @property
+    def effective_args(self) -> EffectiveTrainArgs:
+        return effective_train_args(self.train_args)
+
+
+def check_output_dir(output_dir: str) -> None:
+    """An output dir is relative to the runner's OUTPUT_ROOT and may not climb out of it."""
+    if output_dir.startswith(("/", "\\")) or (len(output_dir) > 1 and output_dir[1] == ":"):
+        raise InvalidSpec(
+            f"output_dir {output_dir!r} must be relative: it is placed under the runner's "
+            "OUTPUT_ROOT",
+        )
+    if "\x00" in output_dir or "\\" in output_dir:
+        raise InvalidSpec(f"output_dir {output_dir!r} contains a forbidden character")
+    normalised = posixpath.normpath(output_dir)
+    if normalised in (".", "") or normalised == ".." or normalised.startswith("../"):
+        raise InvalidSpec(
+            f"output_dir {output_dir!r} must name a folder inside OUTPUT_ROOT (no '..' escapes)",
+        )
+
+
+def decode_spec(data: Any) -> JobSpec:
+    """Build a spec from untrusted builtins, turning every validation problem into InvalidSpec."""
+    try:
+        return msgspec.convert(data, type=JobSpec)
+    except msgspec.ValidationError as exc:
+        raise InvalidSpec(str(exc)) from exc

@@ -1,0 +1,114 @@
+"""The event store contract: the only source of truth in the system.
+
+The store knows streams, versions, positions and opaque payloads; it knows nothing about
+jobs. Everything else (queue, assignments, read models) is derived by replaying it.
+
+Versions: a stream's first event has version 1; a stream that does not exist is at
+version 0, so ``expected_version=NO_STREAM`` means "create". Positions: every stored event
+gets a global position that grows with commit order, so a reader that remembers the last
+position it saw never skips an event and never sees one twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Final, Protocol, runtime_checkable
+
+import msgspec
+
+#: ``expected_version`` for "the stream must not exist yet".
+NO_STREAM: Final = 0
+
+
+class EventMetadata(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Why an event exists and how to follow it: command, correlation, causation, trace."""
+
+    command_id: str | None = None
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    #: W3C trace context carrier (``traceparent``, ``tracestate``).
+    trace: dict[str, str] = {}
+    #: Who asked: an API principal, a runner id, ``scheduler``.
+    actor: str | None = None
+
+
+class NewEvent(msgspec.Struct, frozen=True):
+    """An event about to be appended; its id makes the append idempotent."""
+
+    event_id: str
+    type: str
+    payload: bytes
+    schema_version: int = 1
+    metadata: EventMetadata = EventMetadata()
+
+
+class RecordedEvent(msgspec.Struct, frozen=True):
+    """An event as stored, with its place in its stream and in the global log."""
+
+    position: int
+    stream_id: str
+    version: int
+    event_id: str
+    type: str
+    schema_version: int
+    payload: bytes
+    metadata: EventMetadata
+    recorded_at: datetime
+
+
+class AppendResult(msgspec.Struct, frozen=True):
+    """Outcome of one append; ``duplicate`` says the events (or command) were stored before."""
+
+    stream_id: str
+    version: int
+    events: tuple[RecordedEvent, ...]
+    duplicate: bool = False
+
+    @property
+    def last_position(self) -> int:
+        return self.events[-1].position if self.events else 0
+
+
+@runtime_checkable
+class EventStore(Protocol):
+    """What the rest of the system may ask of an event store."""
+
+    async def setup(self) -> None:
+        """Create or upgrade the schema to the version this code expects (idempotent)."""
+
+    async def close(self) -> None: ...
+
+    async def append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        *,
+        expected_version: int | None,
+        command_id: str | None = None,
+    ) -> AppendResult:
+        """Append atomically.
+
+        ``expected_version`` None skips the concurrency check; otherwise a stream at another
+        version raises ``ConcurrencyConflict``. A batch whose event ids, or whose
+        ``command_id``, are already stored returns the earlier result with
+        ``duplicate=True`` and stores nothing.
+        """
+
+    async def read_stream(self, stream_id: str, *, after_version: int = 0) -> list[RecordedEvent]:
+        """Events of one stream with version > ``after_version``, in version order."""
+
+    async def read_all(self, *, after_position: int = 0, limit: int = 1000) -> list[RecordedEvent]:
+        """Up to ``limit`` events of the global log with position > ``after_position``."""
+
+    async def stream_version(self, stream_id: str) -> int:
+        """Current version of a stream (0 when it does not exist)."""
+
+    async def last_position(self) -> int:
+        """Position of the newest committed event (0 when empty)."""
+
+    async def get_tracking(self, name: str) -> int:
+        """Last position a named follower (relay, projection) has durably processed."""
+
+    async def set_tracking(self, name: str, position: int) -> None:
+        """Record a follower's position; positions only move forward."""
