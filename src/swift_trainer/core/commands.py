@@ -13,9 +13,10 @@ from typing import Annotated, Any, ClassVar
 import msgspec
 
 from .errors import MessageError, UnknownMessageType
+from .ids import JOB_ID_PATTERN
 from .spec import JobSpec, Priority
 
-JobId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
+JobId = Annotated[str, msgspec.Meta(pattern=JOB_ID_PATTERN)]
 Reason = Annotated[str, msgspec.Meta(max_length=4096)]
 
 

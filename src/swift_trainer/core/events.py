@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from .errors import MessageError, UnknownMessageType
+from .errors import InvalidSpec, MessageError, UnknownMessageType
 from .spec import JobSpec
 
 
@@ -232,7 +232,7 @@ def decode_event(type_name: str, payload: bytes, schema_version: int = 1) -> Any
         raise UnknownMessageType(f"unknown event type {type_name!r}")
     try:
         if schema_version < cls.schema_version:
-            data: dict[str, Any] = msgspec.json.decode(payload)
+            data = msgspec.json.decode(payload, type=dict[str, Any])
             for version in range(schema_version, cls.schema_version):
                 upcast = UPCASTERS.get((type_name, version))
                 if upcast is not None:
@@ -241,6 +241,7 @@ def decode_event(type_name: str, payload: bytes, schema_version: int = 1) -> Any
             result: AnyEvent = msgspec.convert(data, type=cls)  # type: ignore[assignment]
             return result
         decoded: AnyEvent = _decoders[type_name].decode(payload)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    # InvalidSpec: a JobSubmitted whose spec fails JobSpec's own checks is malformed too.
+    except (msgspec.ValidationError, msgspec.DecodeError, InvalidSpec) as exc:
         raise MessageError(f"cannot decode {type_name} v{schema_version}: {exc}") from exc
     return decoded

@@ -8,7 +8,9 @@ import time
 from typing import Final
 
 #: A client-chosen job id: letters, digits, ``_`` and ``-``, at most 64 characters.
-JOB_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+#: ``(?!\n)``: Python's ``$`` also matches before a trailing newline and msgspec *searches*
+#: with the pattern, so ``"a\n"`` passed; in JSON Schema's ECMA dialect it is a no-op.
+JOB_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$(?!\n)"
 _JOB_ID_RE: Final = re.compile(JOB_ID_PATTERN)
 
 

@@ -24,8 +24,15 @@ import msgspec
 
 from . import commands as c
 from . import events as e
-from .errors import InvalidTransition, JobAlreadyExists, JobNotFound, NoCheckpoint, StaleAssignment
-from .spec import JobSpec
+from .errors import (
+    InvalidSpec,
+    InvalidTransition,
+    JobAlreadyExists,
+    JobNotFound,
+    NoCheckpoint,
+    StaleAssignment,
+)
+from .spec import JobSpec, Priority, decode_spec
 
 
 class JobStatus(StrEnum):
@@ -139,13 +146,18 @@ def _require_exists(state: JobState) -> None:
 
 
 def _require_attempt(state: JobState, report: c.RunnerReport) -> None:
-    if report.attempt != state.attempt or (
-        state.runner_id is not None and report.runner_id != state.runner_id
+    # A queued job has no live attempt: its last one was lost, rejected or has ended, so a
+    # runner still reporting on it (back after its lease expired) must stop its process.
+    if (
+        report.attempt != state.attempt
+        or state.status is JobStatus.QUEUED
+        or (state.runner_id is not None and report.runner_id != state.runner_id)
     ):
+        where = f"on {state.runner_id!r}" if state.runner_id is not None else str(state.status)
         raise StaleAssignment(
             f"report from runner {report.runner_id!r} for attempt {report.attempt} of job "
-            f"{state.job_id!r}, whose current attempt is {state.attempt} on "
-            f"{state.runner_id!r}: the process should be stopped",
+            f"{state.job_id!r}, whose current attempt is {state.attempt} ({where}): "
+            "the process should be stopped",
         )
 
 
@@ -193,6 +205,12 @@ def _decide_submit(state: JobState, command: c.SubmitJob, now: datetime) -> list
             f"a job with id {state.job_id!r} already exists; choose another id or delete it first",
         )
     job_id, spec = state.job_id, command.spec
+    try:  # msgspec checks constraints only when decoding: a spec built in code skipped them
+        decode_spec(msgspec.to_builtins(spec))
+    except InvalidSpec as exc:
+        raise InvalidSpec(
+            f"invalid spec for job {job_id!r}: {exc.message}; fix it and submit again",
+        ) from exc
     submitted = e.JobSubmitted(at=now, job_id=job_id, spec=spec)
     if not spec.auto_start:
         return [submitted, e.JobHeld(at=now, job_id=job_id)]
@@ -248,6 +266,12 @@ def _decide_stop(state: JobState, reason: str, now: datetime) -> list[e.AnyJobEv
 
 
 def _decide_priority(state: JobState, priority: int, now: datetime) -> list[e.AnyJobEvent]:
+    try:  # a command built in code skipped msgspec's range check
+        msgspec.convert(priority, type=Priority)
+    except msgspec.ValidationError:
+        raise InvalidSpec(
+            f"priority {priority!r} for job {state.job_id!r} is out of range: use 0-10",
+        ) from None
     if state.status not in (JobStatus.HELD, JobStatus.QUEUED):
         raise _refuse(state, "change the priority of", "only held or queued jobs can be reordered")
     if priority == state.priority:
@@ -449,7 +473,9 @@ def _decide_report(  # noqa: C901 - one branch per report kind reads best as a t
                     fields.pop(key, None)
                 return [e.JobProgressed(at=now, job_id=job_id, attempt=attempt, **fields)]
         case c.ReportCheckpoint(step=step, path=path):
-            if live or state.status in FINISHED:
+            # A finished job no longer names its runner, so fence late checkpoints by the
+            # runner that ran it: a job that never started on this runner has none.
+            if live or (state.status in FINISHED and command.runner_id == state.last_runner_id):
                 if any(cp.path == path for cp in state.checkpoints):
                     return []
                 return [
@@ -615,7 +641,10 @@ def evolve(state: JobState, event: e.AnyJobEvent) -> JobState:  # noqa: C901 - a
             return s(state, progress=Progress(**fields))
         case e.CheckpointSaved(step=step, path=path, attempt=attempt):
             checkpoint = Checkpoint(step=step, path=path, attempt=attempt)
-            return s(state, checkpoints=(*state.checkpoints, checkpoint))
+            # The checkpoint lives where the job runs now, even if its start was never
+            # recorded (a stop that overtook the runner's start report).
+            holder = state.runner_id if state.runner_id is not None else state.last_runner_id
+            return s(state, checkpoints=(*state.checkpoints, checkpoint), last_runner_id=holder)
         case e.JobSucceeded(at=at):
             return s(state, status=JobStatus.SUCCEEDED, finished_at=at, runner_id=None, gpu_ids=())
         case e.JobFailed(at=at, reason=reason, exit_code=exit_code):

@@ -112,3 +112,44 @@ class EventStore(Protocol):
 
     async def set_tracking(self, name: str, position: int) -> None:
         """Record a follower's position; positions only move forward."""
+
+
+class CommandRecord(msgspec.Struct, frozen=True):
+    """What became of a command id: the events it stored, or the error it was refused with."""
+
+    command_id: str
+    stream_id: str
+    events: tuple[RecordedEvent, ...] = ()
+    error_code: str | None = None
+    error_message: str | None = None
+
+    @property
+    def rejected(self) -> bool:
+        return self.error_code is not None
+
+
+@runtime_checkable
+class CommandLog(Protocol):
+    """Remembers every command's outcome so a retried command id gets the same answer."""
+
+    async def find_command(self, command_id: str) -> CommandRecord | None:
+        """The outcome recorded for ``command_id``, accepted or refused."""
+
+    async def record_rejection(
+        self,
+        command_id: str,
+        stream_id: str,
+        code: str,
+        message: str,
+    ) -> CommandRecord:
+        """Remember a refusal (insert-if-absent) and return what is stored for the id.
+
+        When the id was recorded before (accepted or refused) that earlier record is
+        returned unchanged. An ``append`` with a refused command id stores nothing and
+        returns ``duplicate=True`` with no events.
+        """
+
+
+@runtime_checkable
+class CommandStore(EventStore, CommandLog, Protocol):
+    """An event store that also keeps command outcomes (what the command handler needs)."""

@@ -1,0 +1,112 @@
+"""Wiring the Litestar app: one plugin adds the routes, errors, docs and dependencies.
+
+Routes live under ``{api_prefix}/training`` (the seed's layout); the interactive docs are
+at ``/docs`` and the OpenAPI document at ``/schema/openapi.json``, outside the prefix, where
+the seed's README sends people.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, Final
+
+import psutil
+from litestar import Litestar, MediaType, Request, Router, get
+from litestar.config.app import AppConfig
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Tag
+from litestar.plugins import InitPlugin
+
+from .deps import ApiDeps
+from .errors import exception_handlers
+from .jobs.controllers import JobsController
+from .queue.controllers import QueueController
+from .system.controllers import SystemController
+
+
+def _api_version() -> str:
+    try:
+        return version("swift-trainer")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare source tree
+        return "0.0.0"
+
+
+API_VERSION: Final = _api_version()
+
+#: Bodies larger than this are refused with 413 (a job spec is a few KiB).
+MAX_BODY_BYTES: Final = 1024 * 1024
+
+_DESCRIPTION: Final = """\
+Runs ms-swift fine-tuning jobs on your own GPU hosts. Writes are recorded as events and
+acted on asynchronously; reads come from projections of those events, so a job you just
+created may take a moment to appear in reads.
+
+**Job statuses**: `held` (created with `auto_start: false`), `queued`, `scheduled` (GPUs
+chosen, the runner is starting it; the seed's `pending`), `running`, `stopping`,
+`succeeded`, `failed`, `stopped`.
+
+**Errors** are RFC 9457 problem details (`application/problem+json`) with a stable `code`.
+Validation failures are 422, malformed JSON 400, state conflicts 409, an unavailable
+dependency 503 with `Retry-After`.
+
+**Idempotency**: send `Idempotency-Key` on a write; a retry with the same key gets the
+first request's outcome and acts only once.
+"""
+
+
+def _docs_handler() -> Any:
+    swagger = SwaggerRenderPlugin(path="/docs")
+
+    @get("/docs", include_in_schema=False, media_type=MediaType.HTML, sync_to_thread=False)
+    def docs(request: Request[Any, Any, Any]) -> bytes:
+        # The same page the OpenAPI router serves at /schema/swagger, at the seed's /docs.
+        schema = request.app.openapi_schema.to_schema()
+        return swagger.render(request, schema)
+
+    return docs
+
+
+class SwiftTrainerApi(InitPlugin):
+    """Adds the API to an app config; ``create_app`` is the usual way in."""
+
+    def __init__(self, deps: ApiDeps, *, api_prefix: str = "/api/v1") -> None:
+        self.deps = deps
+        self.api_prefix = "/" + api_prefix.strip("/") if api_prefix.strip("/") else ""
+
+    def on_app_init(self, app_config: AppConfig) -> AppConfig:
+        deps = self.deps
+        training = Router(
+            path=f"{self.api_prefix}/training",
+            route_handlers=[JobsController, QueueController, SystemController],
+            # On the router: Litestar ignores a limit set on the app config by a plugin.
+            request_max_body_size=MAX_BODY_BYTES,
+        )
+        app_config.route_handlers.extend([training, _docs_handler()])
+        app_config.dependencies["deps"] = Provide(lambda: deps, sync_to_thread=False)
+        app_config.exception_handlers = {**app_config.exception_handlers, **exception_handlers()}
+        app_config.openapi_config = OpenAPIConfig(
+            title="Swift Trainer API",
+            version=API_VERSION,
+            description=_DESCRIPTION,
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin(path="/swagger")],
+            tags=[
+                Tag(name="jobs", description="Training jobs: create, control, follow."),
+                Tag(name="queue", description="The GPU queue and its processor."),
+                Tag(name="system", description="GPUs, system status and health."),
+            ],
+            use_handler_docstrings=False,
+        )
+        app_config.on_startup.append(_prime_cpu_counter)
+        return app_config
+
+
+def _prime_cpu_counter() -> None:
+    # psutil's first non-blocking reading is always 0.0: take it now, not in a request.
+    psutil.cpu_percent(interval=None)
+
+
+def create_app(deps: ApiDeps, *, api_prefix: str = "/api/v1", debug: bool = False) -> Litestar:
+    return Litestar(plugins=[SwiftTrainerApi(deps, api_prefix=api_prefix)], debug=debug)

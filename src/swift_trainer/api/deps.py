@@ -1,0 +1,169 @@
+"""What the HTTP API needs from the rest of the system, as one bundle of small protocols.
+
+The API owns no connection: the composition root (``swift-trainer up`` or a test) hands it
+a command sender, a read model and a few callables, so the same app runs embedded, in
+compose, or against fakes. Each callable has a default that tells the truth about its
+absence (no scheduler connected, no live feed) instead of pretending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import msgspec
+from nats.aio.client import Client
+
+from ..bus.messages import CommandReply
+from ..core.commands import AnyCommand
+from ..projections.read_models.interface import ReadModel
+
+
+class CommandSender(Protocol):
+    """``bus.command_client.CommandClient`` fits; raises ``CommandUnavailable`` on timeout."""
+
+    async def send(
+        self,
+        command: AnyCommand,
+        *,
+        command_id: str | None = None,
+        actor: str | None = None,
+    ) -> CommandReply: ...
+
+
+#: Dependency name -> True (up), or False / a reason string (down). A check that does not
+#: apply to this deployment is left out of the dict.
+ReadinessCheck = Callable[[], Awaitable[dict[str, bool | str]]]
+#: "Run one placement pass now"; the scheduler answers with what it did.
+QueueTrigger = Callable[[], Awaitable[dict[str, Any]]]
+#: Core-NATS messages on a subject (wildcards allowed), for as long as the iterator is open.
+Subscriber = Callable[[str], AsyncIterator[bytes]]
+#: The most GPUs any known runner has, or None when no runner is known.
+GpuCapacity = Callable[[], int | Awaitable[int | None] | None]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def no_scheduler() -> dict[str, Any]:
+    return {
+        "processed": False,
+        "reason": "no scheduler is connected to this API; queued jobs wait for one",
+    }
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApiDeps:
+    commands: CommandSender
+    read_model: ReadModel
+    readiness: ReadinessCheck | None = None
+    process_queue: QueueTrigger = no_scheduler
+    #: None: live streams (SSE) poll the read model only, every ``stream_poll_s``.
+    subscribe: Subscriber | None = None
+    #: Where job output lands on this host: the disk the system status reports.
+    output_root: str = "output"
+    #: None: worked out from the runners' heartbeats in the read model.
+    max_gpus_per_host: GpuCapacity | None = None
+    #: A runner not heard from for this long is shown as not alive (the NATS lease).
+    runner_lease_s: float = 15.0
+    #: Actor recorded on the commands this API sends.
+    actor: str | None = "api"
+    stream_poll_s: float = 1.0
+    stream_heartbeat_s: float = 15.0
+    #: A log stream of a finished job ends this long after it finished (late lines land).
+    stream_end_grace_s: float = 2.0
+    #: How long a readiness probe may take before it counts as failed.
+    readiness_timeout_s: float = 5.0
+    clock: Callable[[], datetime] = field(default=utc_now)
+
+    async def gpu_capacity(self) -> int | None:
+        if self.max_gpus_per_host is None:
+            return await largest_runner(self.read_model)
+        value = self.max_gpus_per_host()
+        if inspect.isawaitable(value):
+            return await value
+        return value
+
+
+class _GpuList(msgspec.Struct):
+    gpus: list[Any] = []
+
+
+_gpu_list = msgspec.json.Decoder(_GpuList)
+
+
+def gpus_in_snapshot(data: bytes) -> list[Any] | None:
+    """The ``gpus`` array of a runner heartbeat, or None when the blob is not one."""
+    try:
+        return _gpu_list.decode(data).gpus
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+async def largest_runner(read_model: ReadModel) -> int | None:
+    """GPU count of the biggest runner ever heard from (dead ones too: they may return)."""
+    counts = [
+        len(gpus)
+        for snapshot in await read_model.runner_snapshots()
+        if (gpus := gpus_in_snapshot(snapshot.data)) is not None
+    ]
+    return max(counts) if counts else None
+
+
+# --- adapters the composition root can use --------------------------------------------------
+
+
+def nats_subscriber(nc: Client) -> Subscriber:
+    """Core-NATS subscriptions for live streams; unsubscribed when the consumer closes."""
+
+    async def subscribe(subject: str) -> AsyncIterator[bytes]:
+        subscription = await nc.subscribe(subject, pending_msgs_limit=4096)
+        try:
+            async for msg in subscription.messages:
+                yield msg.data
+        finally:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+
+    return subscribe
+
+
+def nats_check(nc: Client) -> Callable[[], Awaitable[bool | str]]:
+    async def check() -> bool | str:
+        if not nc.is_connected:
+            return "not connected"
+        await nc.flush(timeout=2)
+        return True
+
+    return check
+
+
+def read_model_check(read_model: ReadModel) -> Callable[[], Awaitable[bool | str]]:
+    async def check() -> bool | str:
+        await read_model.applied_position()
+        return True
+
+    return check
+
+
+def combine_checks(**checks: Callable[[], Awaitable[bool | str]]) -> ReadinessCheck:
+    """Run named checks concurrently; one that raises reports its error instead of True."""
+
+    async def run_one(check: Callable[[], Awaitable[bool | str]]) -> bool | str:
+        try:
+            return await check()
+        except Exception as exc:  # a readiness probe reports failures, it never raises
+            return f"{type(exc).__name__}: {exc}"
+
+    async def readiness() -> dict[str, bool | str]:
+        names = list(checks)
+        results = await asyncio.gather(*(run_one(checks[name]) for name in names))
+        return dict(zip(names, results, strict=True))
+
+    return readiness

@@ -1,0 +1,127 @@
+"""Live views of one job: its log lines, its events and its progress, as SSE streams."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+
+from litestar.response.sse import ServerSentEventMessage
+
+from ...bus import subjects
+from ...core.job import FINISHED
+from ...projections.read_models.interface import MAX_PAGE_SIZE
+from ...projections.read_models.views import JobSummary, MetricPoint
+from ..deps import ApiDeps
+from ..durations import describe_duration
+from ..sse import data_message, follow
+from .schemas import ProgressResponse
+
+
+def progress_of(summary: JobSummary, history: list[MetricPoint] | None = None) -> ProgressResponse:
+    p = summary.progress
+    if p is None:
+        return ProgressResponse(job_id=summary.job_id, status=summary.status, history=history)
+    return ProgressResponse(
+        job_id=summary.job_id,
+        status=summary.status,
+        step=p.step,
+        max_steps=p.max_steps,
+        percent=p.percent,
+        epoch=p.epoch,
+        loss=p.loss,
+        learning_rate=p.learning_rate,
+        grad_norm=p.grad_norm,
+        eval_loss=p.eval_loss,
+        elapsed_s=p.elapsed_s,
+        remaining_s=p.remaining_s,
+        elapsed=describe_duration(p.elapsed_s),
+        remaining=describe_duration(p.remaining_s),
+        memory_gib=p.memory_gib,
+        train_speed=p.train_speed,
+        at=p.at,
+        history=history,
+    )
+
+
+def _settled(summary: JobSummary | None, now: datetime, grace_s: float) -> bool:
+    """Deleted, or finished long enough ago that the runner's last lines have arrived."""
+    if summary is None:
+        return True
+    if summary.status not in FINISHED:
+        return False
+    done_at = summary.finished_at or summary.updated_at
+    return done_at is None or (now - done_at).total_seconds() >= grace_s
+
+
+def follow_logs(
+    deps: ApiDeps, job_id: str, *, after: int | None, tail: int
+) -> AsyncIterator[ServerSentEventMessage]:
+    """New lines as they arrive; without ``after``, the last ``tail`` lines first."""
+    cursor = after
+
+    async def poll() -> tuple[list[ServerSentEventMessage], bool]:
+        nonlocal cursor
+        if cursor is None:
+            lines = await deps.read_model.logs(job_id, limit=tail)
+            cursor = -1
+        else:
+            lines = await deps.read_model.logs(job_id, after=cursor, limit=MAX_PAGE_SIZE)
+        if lines:
+            cursor = lines[-1].seq
+            return [data_message(line, message_id=line.seq) for line in lines], False
+        summary = await deps.read_model.get_job(job_id)
+        return [], _settled(summary, deps.clock(), deps.stream_end_grace_s)
+
+    return follow(
+        poll,
+        subscribe=deps.subscribe,
+        subjects=[subjects.log_subject(job_id), subjects.job_events_filter(job_id)],
+        poll_s=deps.stream_poll_s,
+        heartbeat_s=deps.stream_heartbeat_s,
+    )
+
+
+def follow_events(
+    deps: ApiDeps, job_id: str, *, after: int
+) -> AsyncIterator[ServerSentEventMessage]:
+    """The job's history from ``after`` on, then each new event; ends once it is deleted."""
+    cursor = after
+
+    async def poll() -> tuple[list[ServerSentEventMessage], bool]:
+        nonlocal cursor
+        events = await deps.read_model.job_events(job_id, after=cursor, limit=MAX_PAGE_SIZE)
+        if events:
+            cursor = events[-1].position
+            return [data_message(event, message_id=event.position) for event in events], False
+        return [], await deps.read_model.get_job(job_id) is None
+
+    return follow(
+        poll,
+        subscribe=deps.subscribe,
+        subjects=[subjects.job_events_filter(job_id)],
+        poll_s=deps.stream_poll_s,
+        heartbeat_s=deps.stream_heartbeat_s,
+    )
+
+
+def follow_progress(deps: ApiDeps, job_id: str) -> AsyncIterator[ServerSentEventMessage]:
+    """The progress now, then each change; ends once the job has finished or is deleted."""
+    last: ProgressResponse | None = None
+
+    async def poll() -> tuple[list[ServerSentEventMessage], bool]:
+        nonlocal last
+        summary = await deps.read_model.get_job(job_id)
+        if summary is None:
+            return [], True
+        current = progress_of(summary)
+        messages = [] if current == last else [data_message(current, message_id=summary.version)]
+        last = current
+        return messages, summary.status in FINISHED
+
+    return follow(
+        poll,
+        subscribe=deps.subscribe,
+        subjects=[subjects.job_events_filter(job_id)],
+        poll_s=deps.stream_poll_s,
+        heartbeat_s=deps.stream_heartbeat_s,
+    )

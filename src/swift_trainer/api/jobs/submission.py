@@ -1,0 +1,140 @@
+"""Creating a job: choosing its id, refusing what no host can run, answering like the seed.
+
+Ids: a client-chosen ``job_id`` wins; otherwise the seed's examples name a job after the
+last part of its output dir (``output/training_001`` -> ``training_001``), used when it is a
+valid id and not taken (a taken one falls back rather than failing); otherwise a generated
+id. With an ``Idempotency-Key`` the generated id and each command id derive from the key,
+so a retried request repeats exactly the commands of the first and gets their outcomes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import posixpath
+from typing import Any
+
+import msgspec
+
+from ...core.commands import SubmitJob
+from ...core.errors import JobAlreadyExists, SwiftTrainerError
+from ...core.ids import is_valid_job_id, new_job_id
+from ...core.job import JobStatus
+from ...core.spec import JobSpec, decode_spec
+from ..deps import ApiDeps
+from ..dispatch import idempotent_command_id, job_id_of, reply_status, send
+from ..durations import describe_wait
+from ..errors import ApiProblem
+from ..queue.order import place_in_queue
+from .schemas import CreateJobRequest, CreateJobResponse
+
+_log = logging.getLogger(__name__)
+
+
+def id_from_output_dir(output_dir: str | None) -> str | None:
+    if not output_dir:
+        return None
+    name = posixpath.basename(posixpath.normpath(output_dir.rstrip("/")))
+    return name if is_valid_job_id(name) else None
+
+
+def generated_id(idempotency_key: str | None) -> str:
+    if idempotency_key is None:
+        return new_job_id()
+    return "job-" + hashlib.sha256(b"job-id\x00" + idempotency_key.encode()).hexdigest()[:12]
+
+
+def candidate_ids(body: CreateJobRequest, idempotency_key: str | None) -> list[tuple[str, str]]:
+    """``(job_id, kind)`` to try in order; ``kind`` scopes the idempotent command id."""
+    if body.job_id is not None:
+        return [(body.job_id, "explicit")]
+    derived = id_from_output_dir(body.output_dir)
+    generated = generated_id(idempotency_key)
+    if derived is not None and derived != generated:
+        return [(derived, "derived"), (generated, "generated")]
+    return [(generated, "generated")]
+
+
+def spec_for(body: CreateJobRequest, job_id: str) -> JobSpec:
+    fields: dict[str, Any] = msgspec.to_builtins(body)
+    fields.pop("job_id", None)
+    fields["output_dir"] = body.output_dir or f"output/{job_id}"
+    return decode_spec(fields)
+
+
+async def check_satisfiable(deps: ApiDeps, body: CreateJobRequest) -> None:
+    capacity = await deps.gpu_capacity()
+    if capacity is not None and body.gpu_count > capacity:
+        raise ApiProblem(
+            "unsatisfiable",
+            f"gpu_count {body.gpu_count} can never be placed: a job's GPUs must all be on one "
+            f"host, and the largest known runner has {capacity}; ask for at most {capacity}",
+        )
+
+
+async def submit_job(
+    deps: ApiDeps,
+    body: CreateJobRequest,
+    idempotency_key: str | None,
+) -> CreateJobResponse:
+    candidates = candidate_ids(body, idempotency_key)
+    specs = [spec_for(body, job_id) for job_id, _ in candidates]  # InvalidSpec -> 422 first
+    await check_satisfiable(deps, body)
+    for index, ((job_id, kind), spec) in enumerate(zip(candidates, specs, strict=True)):
+        command_id = idempotent_command_id(idempotency_key, f"create:{kind}")
+        try:
+            reply = await send(deps, SubmitJob(job_id=job_id, spec=spec), command_id=command_id)
+        except SwiftTrainerError as exc:
+            fallback_left = kind == "derived" and index + 1 < len(candidates)
+            if exc.code == JobAlreadyExists.code and fallback_left:
+                continue
+            raise
+        final_id = job_id_of(reply, job_id)
+        status = reply_status(reply) or (JobStatus.QUEUED if spec.auto_start else JobStatus.HELD)
+        output_dir = body.output_dir or f"output/{final_id}"
+        return await _answer(deps, final_id, status, spec.priority, output_dir)
+    raise AssertionError("the last candidate id never falls back")  # pragma: no cover
+
+
+async def _answer(
+    deps: ApiDeps,
+    job_id: str,
+    status: JobStatus,
+    priority: int,
+    output_dir: str,
+) -> CreateJobResponse:
+    if status is not JobStatus.QUEUED:
+        return CreateJobResponse(
+            job_id=job_id,
+            status=status,
+            output_dir=output_dir,
+            message=(
+                f"job {job_id} is held (auto_start false); start it with "
+                f"POST .../jobs/{job_id}/start to queue it"
+            ),
+        )
+    try:
+        place = await place_in_queue(deps.read_model, job_id, priority, deps.clock())
+    except Exception:  # the job is recorded: a failed queue lookup must not turn that into an error
+        _log.warning("queue lookup for new job %s failed", job_id, exc_info=True)
+        return CreateJobResponse(
+            job_id=job_id,
+            status=status,
+            output_dir=output_dir,
+            message=f"job {job_id} is queued; it starts when matching GPUs are free",
+            estimated_wait_time="unknown",
+        )
+    return CreateJobResponse(
+        job_id=job_id,
+        status=status,
+        output_dir=output_dir,
+        message=(
+            f"job {job_id} is queued at position {place.position}; it starts when matching "
+            "GPUs are free"
+        ),
+        queue_position=place.position,
+        estimated_wait_time=describe_wait(place.estimated_wait_s),
+        estimated_wait_s=place.estimated_wait_s,
+        estimated_start=place.estimated_start,
+        queue_source=place.source,
+    )

@@ -1,0 +1,73 @@
+"""Bodies of the queue endpoints."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+import msgspec
+
+from ...core.job import JobStatus
+
+
+class ProcessorStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """The queue processor (the scheduler's placing of queued jobs): running or paused."""
+
+    state: Literal["running", "paused"]
+    paused: bool
+    reason: str
+    changed_at: datetime | None = None
+
+
+class ProcessorCommandResponse(msgspec.Struct, frozen=True, kw_only=True):
+    state: Literal["running", "paused"]
+    changed: bool
+    message: str
+
+
+class QueueEntryResponse(msgspec.Struct, frozen=True, kw_only=True):
+    job_id: str
+    #: 1 = next to start.
+    position: int
+    priority: int
+    estimated_start: datetime | None = None
+    estimated_wait_s: float | None = None
+    #: ``about 12 minutes`` or ``unknown``.
+    estimated_wait_time: str
+
+
+class QueueResponse(msgspec.Struct, frozen=True, kw_only=True):
+    entries: list[QueueEntryResponse]
+    #: Queued jobs (the read model's count; the entries may lag it).
+    length: int
+    #: Held jobs: waiting for a start by hand, not in the queue.
+    held: int
+    #: ``scheduler``: its computed order and estimates; ``submission_order``: no scheduler
+    #: has published a queue, so the entries follow priority, then submission (no estimates).
+    source: Literal["scheduler", "submission_order"]
+    computed_at: datetime | None = None
+    #: The last event the scheduler had seen when it computed the queue.
+    as_of_position: int = 0
+    processor: ProcessorStatus
+
+
+class QueueJobStatus(msgspec.Struct, frozen=True, kw_only=True):
+    job_id: str
+    status: JobStatus
+    in_queue: bool
+    priority: int
+    position: int | None = None
+    estimated_start: datetime | None = None
+    estimated_wait_s: float | None = None
+    estimated_wait_time: str | None = None
+    #: Where the position comes from: ``scheduler``, ``scheduler_pending``, ``submission_order``.
+    source: str | None = None
+
+
+class QueueRemoval(msgspec.Struct, frozen=True, kw_only=True):
+    job_id: str
+    status: JobStatus | None
+    message: str
+
+
+ProcessResult = dict[str, Any]

@@ -1,0 +1,75 @@
+"""Bodies of the GPU, system and health endpoints."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+import msgspec
+
+from ..queue.schemas import ProcessorStatus
+
+
+class RunnerGpus(msgspec.Struct, frozen=True, kw_only=True):
+    runner_id: str
+    seen_at: datetime
+    #: Seconds since the runner's last heartbeat.
+    age_s: float
+    #: Heard from within the runner lease.
+    alive: bool
+    #: The runner's GPUs as it reports them, each with ``job_id`` set while a job of this
+    #: system holds it.
+    gpus: list[dict[str, Any]]
+    #: The rest of the runner's heartbeat (host, driver), passed through as reported.
+    inventory: dict[str, Any] | None = None
+    #: Set when the heartbeat could not be read.
+    error: str | None = None
+
+
+class GpusResponse(msgspec.Struct, frozen=True, kw_only=True):
+    runners: list[RunnerGpus]
+    #: GPUs of live runners.
+    total: int
+    #: GPUs of live runners that no job of this system holds.
+    free: int
+    assigned: int
+
+
+class HostStats(msgspec.Struct, frozen=True, kw_only=True):
+    """The API host itself; GPU hosts report theirs in their runner heartbeats."""
+
+    hostname: str
+    cpu_count: int
+    cpu_percent: float
+    load_average: tuple[float, float, float] | None
+    memory_total_bytes: int
+    memory_available_bytes: int
+    memory_percent: float
+    disk_path: str
+    disk_total_bytes: int
+    disk_free_bytes: int
+    disk_percent: float
+
+
+class SystemStatus(msgspec.Struct, frozen=True, kw_only=True):
+    host: HostStats
+    #: Live jobs per status (every status present).
+    jobs: dict[str, int]
+    queue_length: int
+    processor: ProcessorStatus
+    runners_known: int
+    runners_alive: int
+    gpus_total: int
+    gpus_free: int
+    #: The last event the read model has applied (how fresh these numbers are).
+    read_model_position: int
+    checked_at: datetime
+
+
+class Health(msgspec.Struct, frozen=True):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(msgspec.Struct, frozen=True, kw_only=True):
+    status: Literal["ready"] = "ready"
+    checks: dict[str, bool | str]

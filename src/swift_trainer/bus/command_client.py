@@ -1,0 +1,81 @@
+"""Sending commands over NATS request/reply, with the trace context in the headers."""
+
+from __future__ import annotations
+
+import asyncio
+
+from nats.aio.client import Client
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from opentelemetry import trace
+
+from ..core.commands import AnyCommand
+from ..core.errors import SwiftTrainerError
+from ..core.ids import new_id
+from . import subjects
+from .messages import CommandEnvelope, CommandReply, decode_reply, encode
+from .tracing import inject_headers
+
+_tracer = trace.get_tracer(__name__)
+
+
+class CommandUnavailable(SwiftTrainerError):
+    """No handler answered in time; the command may or may not have been recorded.
+
+    Retrying with the same command id is always safe.
+    """
+
+    code = "command_unavailable"
+
+
+class CommandClient:
+    def __init__(self, nc: Client, *, timeout: float = 10.0, actor: str | None = None) -> None:
+        self.nc = nc
+        self.timeout = timeout
+        self.actor = actor
+
+    async def send(
+        self,
+        command: AnyCommand,
+        *,
+        command_id: str | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        actor: str | None = None,
+        timeout: float | None = None,
+        retries: int = 2,
+    ) -> CommandReply:
+        """Send and wait for the outcome; lost replies are retried with the same id."""
+        envelope = CommandEnvelope(
+            command_id=command_id or new_id(),
+            command=command,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            actor=actor or self.actor,
+        )
+        name = type(command).__name__
+        with _tracer.start_as_current_span(
+            f"send {name}",
+            kind=trace.SpanKind.PRODUCER,
+            attributes={"command.type": name, "command.id": envelope.command_id},
+        ):
+            data = encode(envelope)
+            headers = inject_headers()
+            last: Exception | None = None
+            for attempt in range(retries + 1):
+                try:
+                    msg = await self.nc.request(
+                        subjects.command_subject(name),
+                        data,
+                        timeout=timeout or self.timeout,
+                        headers=headers,
+                    )
+                except (TimeoutError, NatsTimeoutError, NoRespondersError) as exc:
+                    last = exc
+                    await asyncio.sleep(0.05 * (attempt + 1))
+                    continue
+                return decode_reply(msg.data)
+        raise CommandUnavailable(
+            f"no command handler answered {name} {envelope.command_id} ({last!r}); "
+            "retry with the same command id",
+        )

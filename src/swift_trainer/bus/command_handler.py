@@ -1,0 +1,309 @@
+"""The command handler service: NATS request in, decision, append, reply out.
+
+Several handlers may run in one queue group. They never coordinate: each appends with the
+stream version it decided on, and a handler that loses the race (ConcurrencyConflict)
+reloads the stream and decides again. States are cached per stream, so the common case is
+decide + one append, with no read.
+
+Idempotency has two layers: the store refuses a second append of a command id (returning
+the first result), and refusals are recorded too, so a retried command gets the answer the
+first try got even when the job has moved on since.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from opentelemetry import trace
+
+from ..core import aggregates
+from ..core.errors import ConcurrencyConflict, DomainError, StoreError, SwiftTrainerError
+from ..core.events import encode_event, event_type
+from ..core.ids import new_id
+from ..core.store import AppendResult, CommandRecord, CommandStore, EventMetadata, NewEvent
+from . import subjects
+from .messages import (
+    CommandEnvelope,
+    CommandReply,
+    ReplyError,
+    ReplyEvent,
+    decode_envelope,
+    encode,
+    error_reply,
+)
+from .tracing import extract_context, trace_carrier
+
+_log = logging.getLogger(__name__)
+_tracer = trace.get_tracer(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _reply_from_result(command_id: str, result: AppendResult) -> CommandReply:
+    return CommandReply(
+        command_id=command_id,
+        ok=True,
+        stream_id=result.stream_id,
+        version=result.version,
+        events=tuple(
+            ReplyEvent(event_id=x.event_id, type=x.type, position=x.position, version=x.version)
+            for x in result.events
+        ),
+        duplicate=result.duplicate,
+    )
+
+
+def _reply_from_record(record: CommandRecord, *, duplicate: bool = True) -> CommandReply:
+    if record.error_code is not None:
+        return CommandReply(
+            command_id=record.command_id,
+            ok=False,
+            stream_id=record.stream_id,
+            duplicate=duplicate,
+            error=ReplyError(code=record.error_code, message=record.error_message or ""),
+        )
+    version = record.events[-1].version if record.events else None
+    return CommandReply(
+        command_id=record.command_id,
+        ok=True,
+        stream_id=record.stream_id,
+        version=version,
+        events=tuple(
+            ReplyEvent(event_id=x.event_id, type=x.type, position=x.position, version=x.version)
+            for x in record.events
+        ),
+        duplicate=duplicate,
+    )
+
+
+class _StreamLock:
+    """Serialises commands of one stream inside a handler (fewer self-inflicted conflicts)."""
+
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+
+
+class CommandHandler:
+    """Decides and records commands; answers NATS requests on ``st.commands.>``."""
+
+    def __init__(
+        self,
+        store: CommandStore,
+        *,
+        clock: Clock = utc_now,
+        cache_size: int = 10_000,
+        max_conflict_retries: int = 20,
+        on_appended: Callable[[AppendResult], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.cache_size = cache_size
+        self.max_conflict_retries = max_conflict_retries
+        self.on_appended = on_appended
+        self._states: OrderedDict[str, aggregates.State] = OrderedDict()
+        self._locks: dict[str, _StreamLock] = {}
+        self._subscription: Subscription | None = None
+        self._nc: Client | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.malformed = 0
+
+    # --- the decision, independent of NATS --------------------------------------------------
+
+    async def _state(self, stream_id: str) -> aggregates.State:
+        state = self._states.get(stream_id)
+        if state is not None:
+            self._states.move_to_end(stream_id)
+            return state
+        state = aggregates.fold(stream_id, await self.store.read_stream(stream_id))
+        self._remember(stream_id, state)
+        return state
+
+    def _remember(self, stream_id: str, state: aggregates.State) -> None:
+        self._states[stream_id] = state
+        self._states.move_to_end(stream_id)
+        while len(self._states) > self.cache_size:
+            self._states.popitem(last=False)
+
+    async def execute(
+        self,
+        envelope: CommandEnvelope,
+        trace_context: dict[str, str] | None = None,
+    ) -> CommandReply:
+        """Decide and record one command; never raises for a domain or store problem."""
+        command = envelope.command
+        stream_id = aggregates.stream_of(command)
+        name = type(command).__name__
+        with _tracer.start_as_current_span(
+            f"handle {name}",
+            context=extract_context(trace_context),
+            kind=trace.SpanKind.CONSUMER,
+            attributes={
+                "command.type": name,
+                "command.id": envelope.command_id,
+                "stream": stream_id,
+            },
+        ) as span:
+            entry = self._locks.setdefault(stream_id, _StreamLock())
+            entry.users += 1
+            try:
+                async with entry.lock:
+                    reply = await self._execute(envelope, stream_id)
+            except StoreError as exc:
+                _log.exception("store error while handling %s %s", name, envelope.command_id)
+                reply = error_reply(envelope.command_id, exc)
+            finally:
+                entry.users -= 1
+                if entry.users == 0:
+                    self._locks.pop(stream_id, None)
+            if reply.error is not None:
+                span.set_attribute("command.error", reply.error.code)
+            return reply
+
+    async def _execute(self, envelope: CommandEnvelope, stream_id: str) -> CommandReply:
+        command_id = envelope.command_id
+        for _ in range(self.max_conflict_retries):
+            state = await self._state(stream_id)
+            now = self.clock()
+            try:
+                events = aggregates.decide_any(state, envelope.command, now)
+            except DomainError as exc:
+                record = await self.store.record_rejection(
+                    command_id,
+                    stream_id,
+                    exc.code,
+                    exc.message,
+                )
+                first = record.error_code == exc.code and record.error_message == exc.message
+                return _reply_from_record(record, duplicate=not first)
+            if not events:
+                earlier = await self.store.find_command(command_id)
+                if earlier is not None:
+                    return _reply_from_record(earlier)
+                return CommandReply(
+                    command_id=command_id,
+                    ok=True,
+                    stream_id=stream_id,
+                    version=aggregates.version_of(state),
+                )
+            metadata = EventMetadata(
+                command_id=command_id,
+                correlation_id=envelope.correlation_id or command_id,
+                causation_id=envelope.causation_id or command_id,
+                trace=trace_carrier(),
+                actor=envelope.actor,
+            )
+            new_events = [
+                NewEvent(
+                    event_id=new_id(),
+                    type=event_type(event),
+                    payload=encode_event(event),
+                    schema_version=type(event).schema_version,
+                    metadata=metadata,
+                )
+                for event in events
+            ]
+            try:
+                with _tracer.start_as_current_span(
+                    "event store append",
+                    attributes={"stream": stream_id, "events": len(new_events)},
+                ):
+                    result = await self.store.append(
+                        stream_id,
+                        new_events,
+                        expected_version=aggregates.version_of(state),
+                        command_id=command_id,
+                    )
+            except ConcurrencyConflict:
+                self._states.pop(stream_id, None)
+                continue
+            if result.duplicate:
+                self._states.pop(stream_id, None)
+                earlier = await self.store.find_command(command_id)
+                if earlier is not None:
+                    return _reply_from_record(earlier)
+                return _reply_from_result(command_id, result)
+            for event in events:
+                state = aggregates.apply(state, event)
+            self._remember(stream_id, state)
+            if self.on_appended is not None:
+                self.on_appended(result)
+            return _reply_from_result(command_id, result)
+        return error_reply(
+            command_id,
+            SwiftTrainerError(
+                f"stream {stream_id} kept changing during {self.max_conflict_retries} tries; "
+                "retry the command",
+                code="concurrency_conflict",
+            ),
+        )
+
+    # --- the NATS shell ---------------------------------------------------------------------
+
+    async def start(self, nc: Client, *, max_in_flight: int = 256) -> None:
+        self._nc = nc
+        semaphore = asyncio.Semaphore(max_in_flight)
+
+        async def on_message(msg: Msg) -> None:
+            await semaphore.acquire()
+            task = asyncio.create_task(self._serve(msg))
+            self._tasks.add(task)
+
+            def done(finished: asyncio.Task[None]) -> None:
+                self._tasks.discard(finished)
+                semaphore.release()
+
+            task.add_done_callback(done)
+
+        self._subscription = await nc.subscribe(
+            f"{subjects.COMMANDS}.>",
+            queue=subjects.COMMAND_HANDLERS_QUEUE,
+            cb=on_message,
+            pending_msgs_limit=65_536,
+        )
+        self.on_appended = self.on_appended or self._nudge_relay
+
+    def _nudge_relay(self, _result: AppendResult) -> None:
+        if self._nc is not None and self._nc.is_connected:
+            task = asyncio.create_task(self._nc.publish(subjects.APPENDED, b""))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, msg: Msg) -> None:
+        try:
+            envelope = decode_envelope(msg.data)
+        except SwiftTrainerError as exc:
+            self.malformed += 1
+            _log.warning("rejected malformed command on %s: %s", msg.subject, exc)
+            reply = error_reply("", exc)
+        else:
+            try:
+                reply = await self.execute(envelope, msg.headers)
+            except Exception as exc:  # the handler must survive anything a message causes
+                _log.exception("unexpected error handling command %s", envelope.command_id)
+                reply = error_reply(envelope.command_id, SwiftTrainerError(repr(exc)))
+        if msg.reply:
+            with contextlib.suppress(Exception):
+                await msg.respond(encode(reply))
+
+    async def stop(self) -> None:
+        if self._subscription is not None:
+            with contextlib.suppress(Exception):
+                await self._subscription.drain()  # type: ignore[no-untyped-call]
+            self._subscription = None
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

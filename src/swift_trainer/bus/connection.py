@@ -1,0 +1,134 @@
+"""Connecting to NATS with the deployment's settings, and provisioning what we use.
+
+Provisioning is idempotent: every process may call it at start (create, or update to the
+config this code wants), so there is no separate migration step for NATS.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError, NotFoundError
+
+from ..core.settings import Settings
+from . import subjects
+
+_log = logging.getLogger(__name__)
+
+DAY = 24 * 3600.0
+
+
+async def connect(
+    url: str, settings: Settings | None = None, *, name: str = "swift-trainer"
+) -> Client:
+    """Connect with reconnects forever: a restarted server must not take processes down."""
+    options: dict[str, Any] = {
+        "servers": [url],
+        "name": name,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.5,
+        "connect_timeout": 5,
+    }
+    if settings is not None:
+        if settings.nats_user:
+            options["user"] = settings.nats_user
+            options["password"] = settings.nats_password or ""
+        if settings.nats_token:
+            options["token"] = settings.nats_token
+        if settings.nats_creds:
+            options["user_credentials"] = settings.nats_creds
+
+    async def on_error(exc: Exception) -> None:
+        _log.warning("nats connection error: %s", exc)
+
+    async def on_disconnect() -> None:
+        _log.warning("nats disconnected; reconnecting")
+
+    async def on_reconnect() -> None:
+        _log.info("nats reconnected")
+
+    return await nats.connect(
+        error_cb=on_error,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+        **options,
+    )
+
+
+def events_stream_config() -> StreamConfig:
+    """Every stored event; kept forever (the SQL store is the truth, this is the feed)."""
+    return StreamConfig(
+        name=subjects.EVENTS_STREAM,
+        description="Stored job events, published by the outbox relay in global order",
+        subjects=[subjects.EVENTS_ALL],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        duplicate_window=2 * DAY,
+        discard=DiscardPolicy.OLD,
+        allow_direct=True,
+    )
+
+
+def logs_stream_config(max_bytes: int = 2 * 1024**3, max_age_s: float = 14 * DAY) -> StreamConfig:
+    """Training output: bounded by size and age, since a chatty job must not fill the disk."""
+    return StreamConfig(
+        name=subjects.LOGS_STREAM,
+        description="stdout/stderr lines of training and export processes",
+        subjects=[subjects.LOGS_ALL],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_bytes=max_bytes,
+        max_age=max_age_s,
+        max_msg_size=64 * 1024,
+        discard=DiscardPolicy.OLD,
+        duplicate_window=120.0,
+        allow_direct=True,
+    )
+
+
+async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    assert config.name is not None
+    try:
+        await js.stream_info(config.name)
+    except NotFoundError:
+        try:
+            await js.add_stream(config)
+        except BadRequestError:
+            # Another process created it in the meantime; fall through to the update.
+            _log.debug("stream %s created concurrently", config.name)
+        else:
+            return
+    await js.update_stream(config)
+
+
+async def ensure_bucket(js: JetStreamContext, bucket: str, ttl_s: float, history: int = 1) -> None:
+    try:
+        await js.key_value(bucket)
+    except (NotFoundError, BadRequestError):
+        await js.create_key_value(
+            KeyValueConfig(bucket=bucket, ttl=ttl_s, history=history, storage=StorageType.FILE),
+        )
+
+
+async def provision(
+    js: JetStreamContext,
+    *,
+    runner_lease_s: float = 15.0,
+    scheduler_lease_s: float = 5.0,
+) -> None:
+    """Create or update the EVENTS and LOGS streams and the lease buckets."""
+    await ensure_stream(js, events_stream_config())
+    await ensure_stream(js, logs_stream_config())
+    await ensure_bucket(js, subjects.RUNNERS_BUCKET, runner_lease_s)
+    await ensure_bucket(js, subjects.SCHEDULER_LEASE_BUCKET, scheduler_lease_s)

@@ -1,0 +1,195 @@
+"""The outbox relay: every stored event reaches JetStream once, in global order.
+
+Where to resume comes from JetStream itself: the last message of the EVENTS stream carries
+the store position it was published for. A relay that died between the SQL commit and the
+publish (or between the publish and any bookkeeping) therefore resumes exactly after what
+the stream really holds, so consumers never see an event twice; ``Nats-Msg-Id`` (the
+event id) deduplicates whatever slips through inside the duplicate window anyway.
+
+Publishes are pipelined for throughput, and each carries ``Nats-Expected-Last-Msg-Id`` =
+the previous event's id. If one publish in a pipeline fails, every later one is refused by
+the server instead of landing out of order; the relay re-reads the stream's tail and goes
+on from there. The position published so far is also written to the store's tracking table
+(``get_tracking("relay")``) for monitoring the lag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Final
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from nats.js.api import Header, PubAck
+from nats.js.errors import APIError, NotFoundError
+from opentelemetry import trace
+
+from ..core.store import EventStore, RecordedEvent
+from . import subjects
+from .messages import EventEnvelope, encode
+from .tracing import extract_context
+
+_log = logging.getLogger(__name__)
+_tracer = trace.get_tracer(__name__)
+
+POSITION_HEADER: Final = "St-Position"
+TRACKING_NAME: Final = "relay"
+
+
+class _Addressed(msgspec.Struct):
+    runner_id: str | None = None
+
+
+_address = msgspec.json.Decoder(_Addressed)
+
+
+def subject_for(event: RecordedEvent) -> str:
+    runner_id = None
+    if event.type in subjects.RUNNER_ADDRESSED:
+        try:
+            runner_id = _address.decode(event.payload).runner_id
+        except msgspec.DecodeError:
+            runner_id = None
+    return subjects.event_subject(event.stream_id, event.type, runner_id)
+
+
+def headers_for(event: RecordedEvent, previous_id: str | None) -> dict[str, str]:
+    headers = {
+        Header.MSG_ID.value: event.event_id,
+        POSITION_HEADER: str(event.position),
+        "St-Type": event.type,
+        "St-Stream": event.stream_id,
+        **event.metadata.trace,
+    }
+    if previous_id is not None:
+        headers[Header.EXPECTED_LAST_MSG_ID.value] = previous_id
+    return headers
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        store: EventStore,
+        nc: Client,
+        *,
+        batch_size: int = 256,
+        poll_interval: float = 1.0,
+        publish_timeout: float = 10.0,
+    ) -> None:
+        self.store = store
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream(timeout=publish_timeout)
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        self.publish_timeout = publish_timeout
+        self.position = 0
+        self._last_msg_id: str | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._nudges: Subscription | None = None
+        self.published_total = 0
+
+    async def reconcile(self) -> int:
+        """Resume after the last event JetStream holds (0 when the stream is empty)."""
+        info = await self.js.stream_info(subjects.EVENTS_STREAM)
+        self.position, self._last_msg_id = 0, None
+        if info.state.last_seq:
+            try:
+                last = await self.js.get_msg(subjects.EVENTS_STREAM, seq=info.state.last_seq)
+            except NotFoundError:
+                return self.position
+            headers = last.headers or {}
+            self.position = int(headers.get(POSITION_HEADER, "0"))
+            self._last_msg_id = headers.get(Header.MSG_ID.value)
+        return self.position
+
+    async def publish_pending(self) -> int:
+        """Publish everything stored after ``position``; returns how many were published."""
+        published = 0
+        while True:
+            events = await self.store.read_all(after_position=self.position, limit=self.batch_size)
+            if not events:
+                break
+            done = await self._publish_batch(events)
+            published += done
+            if done < len(events):
+                await self.reconcile()
+                break
+        if published:
+            self.published_total += published
+            await self.store.set_tracking(TRACKING_NAME, self.position)
+        return published
+
+    async def _publish_batch(self, events: list[RecordedEvent]) -> int:
+        futures: list[asyncio.Future[PubAck]] = []
+        previous = self._last_msg_id
+        for event in events:
+            with _tracer.start_as_current_span(
+                f"publish {event.type}",
+                context=extract_context(event.metadata.trace),
+                kind=trace.SpanKind.PRODUCER,
+                attributes={"event.position": event.position, "event.id": event.event_id},
+            ):
+                payload = encode(EventEnvelope.from_recorded(event))
+                future = await self.js.publish_async(
+                    subject_for(event),
+                    payload,
+                    headers=headers_for(event, previous),
+                )
+            futures.append(future)
+            previous = event.event_id
+        done = 0
+        for event, future in zip(events, futures, strict=True):
+            try:
+                await asyncio.wait_for(future, self.publish_timeout)
+            except (APIError, TimeoutError) as exc:
+                _log.warning("publishing event %s failed: %s; will retry", event.position, exc)
+                for rest in futures[done + 1 :]:
+                    rest.cancel()
+                break
+            self.position = event.position
+            self._last_msg_id = event.event_id
+            done += 1
+        return done
+
+    async def start(self) -> None:
+        await self.reconcile()
+
+        async def on_nudge(_msg: Msg) -> None:
+            self._wake.set()
+
+        self._nudges = await self.nc.subscribe(subjects.APPENDED, cb=on_nudge)
+        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+            self._wake.clear()
+            try:
+                await self.publish_pending()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                _log.exception("outbox relay pass failed; retrying")
+                await asyncio.sleep(self.poll_interval)
+                with contextlib.suppress(Exception):
+                    await self.reconcile()
+
+    async def stop(self) -> None:
+        if self._nudges is not None:
+            with contextlib.suppress(Exception):
+                await self._nudges.unsubscribe()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

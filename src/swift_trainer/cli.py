@@ -1,0 +1,232 @@
+"""The ``swift-trainer`` command line.
+
+``up`` runs the whole service in one process (embedded mode); ``handler`` runs one part
+against shared infrastructure (distributed mode); ``submit`` and friends send commands over
+NATS and print the handler's answer as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from .core import commands as c
+from .core.errors import SwiftTrainerError
+from .core.ids import new_job_id
+from .core.settings import Settings, load_settings
+from .core.spec import decode_spec
+from .service import Service
+
+_log = logging.getLogger("swift_trainer")
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=getattr(logging, settings.log_level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+async def _wait_for_shutdown(service: Service) -> None:
+    """Block until SIGINT/SIGTERM, or until a part reports it cannot go on."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(service.failed.wait())]
+    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    for waiter in waiters:
+        waiter.cancel()
+
+
+async def _run_up(settings: Settings, args: argparse.Namespace) -> int:
+    service = Service(settings, name="swift-trainer")
+    try:
+        await service.start_nats(embedded_port=args.nats_port)
+        await service.start_store()
+        await service.start_handler()
+        await service.start_relay()
+        _log.info(
+            "swift-trainer is up: commands on NATS %s, events in %s",
+            service.nc.connected_url.geturl() if service.nc and service.nc.connected_url else "?",
+            settings.resolved_event_store_url,
+        )
+        print("swift-trainer up; press Ctrl-C to stop", file=sys.stderr, flush=True)  # noqa: T201
+        await _wait_for_shutdown(service)
+    finally:
+        await service.stop()
+    return 1 if service.failed.is_set() else 0
+
+
+async def _run_handler(settings: Settings, _args: argparse.Namespace) -> int:
+    if settings.nats_url is None:
+        print("handler needs NATS_URL (use 'up' for the embedded mode)", file=sys.stderr)  # noqa: T201
+        return 2
+    service = Service(settings, name="swift-trainer-handler")
+    try:
+        await service.start_nats()
+        await service.start_store()
+        await service.start_handler()
+        await service.start_relay()
+        await _wait_for_shutdown(service)
+    finally:
+        await service.stop()
+    return 0
+
+
+def _nats_url(settings: Settings, args: argparse.Namespace) -> str:
+    if args.nats_url:
+        return str(args.nats_url)
+    if settings.nats_url:
+        return settings.nats_url
+    url_file = Path(settings.data_dir) / "nats.url"
+    if url_file.is_file():
+        return url_file.read_text(encoding="utf-8").strip()
+    raise SwiftTrainerError(
+        "no NATS to talk to: set NATS_URL, pass --nats-url, or run 'swift-trainer up' first "
+        f"(it writes {url_file})",
+        code="no_nats",
+    )
+
+
+def _parse_train_args(pairs: Sequence[str]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise SwiftTrainerError(
+                f"--train-arg expects KEY=VALUE, got {pair!r}", code="invalid_spec"
+            )
+        try:
+            result[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            result[key] = raw
+    return result
+
+
+def _build_command(args: argparse.Namespace) -> c.AnyCommand:
+    match args.command:
+        case "submit":
+            job_id = args.job_id or new_job_id()
+            spec = decode_spec(
+                {
+                    "data_path": args.data_path,
+                    "model_path": args.model_path,
+                    "output_dir": args.output_dir or f"output/{job_id}",
+                    "priority": args.priority,
+                    "gpu_count": args.gpu_count,
+                    "auto_start": not args.hold,
+                    "train_args": _parse_train_args(args.train_arg),
+                },
+            )
+            return c.SubmitJob(job_id=job_id, spec=spec)
+        case "start":
+            return c.StartJob(job_id=args.job_id)
+        case "stop":
+            return c.StopJob(job_id=args.job_id, reason=args.reason)
+        case "delete":
+            return c.DeleteJob(job_id=args.job_id)
+        case "export":
+            return c.RequestExport(job_id=args.job_id, checkpoint=args.checkpoint)
+        case "priority":
+            return c.ChangePriority(job_id=args.job_id, priority=args.priority)
+    raise SwiftTrainerError(f"unknown command {args.command!r}")
+
+
+async def _run_send(settings: Settings, args: argparse.Namespace) -> int:
+    from .bus.command_client import CommandClient
+    from .bus.connection import connect
+
+    try:
+        command = _build_command(args)
+    except msgspec.ValidationError as exc:
+        raise SwiftTrainerError(str(exc), code="invalid_command") from exc
+    nc = await connect(_nats_url(settings, args), settings, name="swift-trainer-cli")
+    try:
+        reply = await CommandClient(nc, timeout=settings.command_timeout_s, actor="cli").send(
+            command
+        )
+    finally:
+        await nc.close()
+    print(msgspec.json.encode(reply).decode())  # noqa: T201
+    return 0 if reply.ok else 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="swift-trainer", description=__doc__)
+    parser.add_argument("--env-file", help="read settings from this env file")
+    parser.add_argument("--data-dir", help="where events, JetStream and state live")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run the whole service in one process (embedded mode)")
+    up.add_argument("--host", help="HTTP bind address (default APP_HOST or 0.0.0.0)")
+    up.add_argument("--port", type=int, help="HTTP port (default APP_PORT or 8000)")
+    up.add_argument("--nats-port", type=int, default=None, help="embedded nats-server port")
+
+    sub.add_parser("handler", help="run the command handler and outbox relay (distributed)")
+
+    def with_nats(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--nats-url", help="NATS server (default NATS_URL or the running 'up')")
+        return p
+
+    submit = with_nats(sub.add_parser("submit", help="submit a training job"))
+    submit.add_argument("--job-id")
+    submit.add_argument("--data-path", required=True)
+    submit.add_argument("--model-path", required=True)
+    submit.add_argument("--output-dir")
+    submit.add_argument("--priority", type=int, default=5)
+    submit.add_argument("--gpu-count", type=int, default=1)
+    submit.add_argument("--hold", action="store_true", help="do not queue until started")
+    submit.add_argument("--train-arg", action="append", default=[], metavar="KEY=VALUE")
+
+    for name, text in (("start", "start or resume a job"), ("delete", "delete a job")):
+        with_nats(sub.add_parser(name, help=text)).add_argument("job_id")
+    stop = with_nats(sub.add_parser("stop", help="stop a job"))
+    stop.add_argument("job_id")
+    stop.add_argument("--reason", default="stopped by user")
+    export = with_nats(sub.add_parser("export", help="merge a job's LoRA adapter"))
+    export.add_argument("job_id")
+    export.add_argument("--checkpoint")
+    priority = with_nats(sub.add_parser("priority", help="change a queued job's priority"))
+    priority.add_argument("job_id")
+    priority.add_argument("priority", type=int)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    env = dict(os.environ)
+    if args.data_dir:
+        env["SWIFT_TRAINER_DATA_DIR"] = args.data_dir
+    if getattr(args, "host", None):
+        env["APP_HOST"] = args.host
+    if getattr(args, "port", None):
+        env["APP_PORT"] = str(args.port)
+    try:
+        settings = load_settings(env, env_file=args.env_file)
+        _configure_logging(settings)
+        runners = {"up": _run_up, "handler": _run_handler}
+        run = runners.get(args.command, _run_send)
+        return asyncio.run(run(settings, args))
+    except SwiftTrainerError as exc:
+        print(f"error: {exc}", file=sys.stderr)  # noqa: T201
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,455 @@
+"""The append hot path: one driver call per append, per backend.
+
+An append is the only operation whose latency the whole system feels (every command waits
+for it), so it skips SQLAlchemy's per-statement machinery and talks to the driver:
+
+- SQLite: the whole transaction (``BEGIN IMMEDIATE`` .. ``COMMIT``) is one Python function
+  run on the aiosqlite connection's own thread, so an append costs one thread handoff
+  instead of one per statement, and the event loop keeps running during the fsync.
+- PostgreSQL: one call of the ``append_events`` function (see ``_sqlschema``) in autocommit
+  mode: lock, version check and insert in a single round trip.
+
+Both detect duplicates the same way: optimistically, through the unique indexes on event id
+and command id, so the common case pays no lookup; only a refused append (a conflict or a
+unique violation) looks for an earlier outcome. The contract suite runs against each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sqlite3
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final, TypeVar, cast
+
+import aiosqlite
+import asyncpg
+import msgspec
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from swift_trainer.core.errors import ConcurrencyConflict, IntegrityError, StoreError
+from swift_trainer.core.store import AppendResult, EventMetadata, NewEvent, RecordedEvent
+
+T = TypeVar("T")
+
+_encode_metadata: Final = msgspec.json.Encoder().encode
+decode_metadata: Final = msgspec.json.Decoder(EventMetadata).decode
+
+
+@dataclass(frozen=True, slots=True)
+class AppendRequest:
+    """An append, validated and with its metadata already encoded."""
+
+    stream_id: str
+    events: Sequence[NewEvent]
+    expected_version: int | None
+    command_id: str | None
+    metadata_json: list[str]
+
+    @classmethod
+    def build(
+        cls,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: int | None,
+        command_id: str | None,
+    ) -> AppendRequest:
+        if not stream_id:
+            raise IntegrityError("stream_id must not be empty")
+        if expected_version is not None and expected_version < 0:
+            raise IntegrityError(f"expected_version must be >= 0, got {expected_version}")
+        if len({event.event_id for event in events}) != len(events):
+            raise IntegrityError(
+                f"a batch for stream {stream_id!r} repeats an event id; give every event its own id"
+            )
+        # Events usually share one metadata object (one command made them): encode it once.
+        encoded: dict[int, str] = {}
+        metadata_json = []
+        for event in events:
+            key = id(event.metadata)
+            text = encoded.get(key)
+            if text is None:
+                text = encoded[key] = _encode_metadata(event.metadata).decode()
+            metadata_json.append(text)
+        return cls(stream_id, events, expected_version, command_id, metadata_json)
+
+    @property
+    def event_ids(self) -> list[str]:
+        return [event.event_id for event in self.events]
+
+
+def earlier_result(request: AppendRequest, existing: Sequence[RecordedEvent]) -> AppendResult:
+    """Decide what events already stored under the batch's ids mean.
+
+    The same ids in the same stream are a redelivery: answer with what was stored. Any other
+    overlap means two different batches share ids, which no retry can fix.
+    """
+    wanted = set(request.event_ids)
+    if len(existing) == len(wanted) and all(e.stream_id == request.stream_id for e in existing):
+        return AppendResult(
+            stream_id=request.stream_id,
+            version=max(e.version for e in existing),
+            events=tuple(existing),
+            duplicate=True,
+        )
+    clashes = ", ".join(
+        f"{e.event_id!r} (stream {e.stream_id!r} v{e.version})" for e in existing[:5]
+    )
+    raise IntegrityError(
+        f"append to stream {request.stream_id!r} reuses event ids already stored: {clashes}; "
+        "a retried batch must resend exactly the same events"
+    )
+
+
+def command_result(stream_id: str, existing: Sequence[RecordedEvent]) -> AppendResult:
+    """A command seen before: its events, as stored then."""
+    version = existing[-1].version if existing else 0
+    return AppendResult(
+        stream_id=stream_id, version=version, events=tuple(existing), duplicate=True
+    )
+
+
+def rejected_command_result(stream_id: str, version: int) -> AppendResult:
+    """A command refused before stores nothing now either (see ``CommandLog``)."""
+    return AppendResult(stream_id=stream_id, version=version, events=(), duplicate=True)
+
+
+def new_events_result(
+    request: AppendRequest, first_position: int, first_version: int, at: datetime
+) -> AppendResult:
+    """The events just stored: positions and versions of one append are contiguous."""
+    stream_id = request.stream_id
+    offset = first_version - first_position
+    recorded = tuple(
+        # Positional arguments: this runs for every event appended.
+        RecordedEvent(
+            position,
+            stream_id,
+            position + offset,
+            event.event_id,
+            event.type,
+            event.schema_version,
+            event.payload,
+            event.metadata,
+            at,
+        )
+        for position, event in enumerate(request.events, first_position)
+    )
+    return AppendResult(stream_id=stream_id, version=recorded[-1].version, events=recorded)
+
+
+# --- SQLite -------------------------------------------------------------------------------
+
+_SQLITE_HEAD: Final = (
+    "SELECT (SELECT max(version) FROM events WHERE stream_id = ?),"
+    " (SELECT max(position) FROM events)"
+)
+#: Rows per INSERT statement; 5 parameters a row stays far below SQLite's 32766.
+_SQLITE_ROWS_PER_INSERT: Final = 500
+
+
+@functools.lru_cache(maxsize=64)
+def _sqlite_insert_events(rows: int) -> str:
+    """One multi-row INSERT for ``rows`` events (cheaper than executemany per row).
+
+    ?1 first position, ?2 stream, ?3 first version, ?4 timestamp are shared by the rows;
+    each row adds its own event id, type, schema version, payload and metadata.
+    """
+    values = ",".join(
+        f"(?1+{i},?2,?3+{i},?{5 + 5 * i},?{6 + 5 * i},?{7 + 5 * i},?{8 + 5 * i},?{9 + 5 * i},?4)"
+        for i in range(rows)
+    )
+    return (
+        "INSERT INTO events (position, stream_id, version, event_id, type, schema_version,"
+        f" payload, metadata, recorded_at) VALUES {values}"
+    )
+
+
+_SQLITE_INSERT_COMMAND: Final = (
+    "INSERT INTO commands (command_id, stream_id, first_position, last_position)"
+    " VALUES (?, ?, ?, ?)"
+)
+_SQLITE_COLUMNS: Final = (
+    "position, stream_id, version, event_id, type, schema_version, payload, metadata, recorded_at"
+)
+_SQLITE_COMMAND: Final = (
+    "SELECT stream_id, first_position, last_position, error_code FROM commands WHERE command_id = ?"
+)
+_SQLITE_STREAM_VERSION: Final = "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = ?"
+_SQLITE_COMMAND_EVENTS: Final = (
+    f"SELECT {_SQLITE_COLUMNS} FROM events"
+    " WHERE position BETWEEN ? AND ? AND stream_id = ? ORDER BY position"
+)
+#: Stay well under SQLite's bound-parameter limit when looking up a large batch's ids.
+_SQLITE_ID_CHUNK: Final = 500
+
+
+def _sqlite_event(row: tuple[Any, ...]) -> RecordedEvent:
+    return RecordedEvent(
+        position=row[0],
+        stream_id=row[1],
+        version=row[2],
+        event_id=row[3],
+        type=row[4],
+        schema_version=row[5],
+        payload=row[6],
+        metadata=decode_metadata(row[7]),
+        recorded_at=datetime.fromisoformat(row[8]).replace(tzinfo=UTC),
+    )
+
+
+def _sqlite_earlier(conn: sqlite3.Connection, request: AppendRequest) -> AppendResult | None:
+    """The earlier outcome of this command or these events, if they were stored before."""
+    if request.command_id is not None:
+        command = conn.execute(_SQLITE_COMMAND, (request.command_id,)).fetchone()
+        if command is not None:
+            stream_id, first, last, error_code = command
+            if error_code is not None:
+                (version,) = conn.execute(_SQLITE_STREAM_VERSION, (stream_id,)).fetchone()
+                return rejected_command_result(stream_id, version)
+            rows = conn.execute(_SQLITE_COMMAND_EVENTS, (first, last, stream_id))
+            return command_result(stream_id, [_sqlite_event(row) for row in rows])
+    ids = request.event_ids
+    found: list[RecordedEvent] = []
+    for start in range(0, len(ids), _SQLITE_ID_CHUNK):
+        chunk = ids[start : start + _SQLITE_ID_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        sql = f"SELECT {_SQLITE_COLUMNS} FROM events WHERE event_id IN ({marks})"
+        found.extend(_sqlite_event(row) for row in conn.execute(sql, chunk))
+    if not found:
+        return None
+    found.sort(key=lambda e: e.position)
+    return earlier_result(request, found)
+
+
+def sqlite_append(conn: sqlite3.Connection, request: AppendRequest) -> AppendResult:
+    """Append in one transaction; runs on the thread that owns ``conn``.
+
+    ``BEGIN IMMEDIATE`` takes the database's single write lock before anything is read, so
+    the version check and the positions cannot go stale, and a second writer waits (up to
+    ``busy_timeout``) instead of failing later on a read-to-write lock upgrade. Duplicates
+    are detected optimistically by the unique indexes, so the common case costs no extra
+    query; the rare conflict or duplicate path rolls back and looks up the earlier outcome.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        outcome = _sqlite_insert(conn, request)
+    except sqlite3.IntegrityError as exc:
+        conn.rollback()
+        earlier = _sqlite_earlier(conn, request)
+        if earlier is None:
+            raise IntegrityError(f"append to stream {request.stream_id!r} refused: {exc}") from exc
+        return earlier
+    except BaseException:
+        if conn.in_transaction:
+            conn.rollback()
+        raise
+    if isinstance(outcome, AppendResult):
+        return outcome
+    conn.rollback()
+    earlier = _sqlite_earlier(conn, request)
+    if earlier is None:
+        assert request.expected_version is not None
+        raise ConcurrencyConflict(request.stream_id, request.expected_version, outcome)
+    return earlier
+
+
+def _sqlite_insert(conn: sqlite3.Connection, request: AppendRequest) -> AppendResult | int:
+    """Inside ``BEGIN IMMEDIATE``: store and commit, or return the stream's version when
+    ``expected_version`` does not match it."""
+    stream_id = request.stream_id
+    current, last_position = conn.execute(_SQLITE_HEAD, (stream_id,)).fetchone()
+    current = current or 0
+    if request.expected_version is not None and current != request.expected_version:
+        return int(current)
+    first_position = (last_position or 0) + 1
+    at = datetime.now(UTC)
+    # SQLAlchemy's text layout for SQLite DATETIME, so Core reads parse what is written here.
+    stamp = at.replace(tzinfo=None).isoformat(" ", "microseconds")
+    events = request.events
+    metadata = request.metadata_json
+    for start in range(0, len(events), _SQLITE_ROWS_PER_INSERT):
+        chunk = range(start, min(start + _SQLITE_ROWS_PER_INSERT, len(events)))
+        params: list[object] = [first_position + start, stream_id, current + 1 + start, stamp]
+        for index in chunk:
+            event = events[index]
+            params += (
+                event.event_id,
+                event.type,
+                event.schema_version,
+                event.payload,
+                metadata[index],
+            )
+        conn.execute(_sqlite_insert_events(len(chunk)), params)
+    last = first_position + len(events) - 1
+    if request.command_id is not None:
+        conn.execute(_SQLITE_INSERT_COMMAND, (request.command_id, stream_id, first_position, last))
+    conn.commit()
+    # The stored text has microsecond precision, as ``at`` has: reads return equal values.
+    return new_events_result(request, first_position, current + 1, at)
+
+
+async def run_on_sqlite_thread(
+    connection: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]
+) -> T:
+    """Run ``fn`` with the raw sqlite3 connection on aiosqlite's worker thread.
+
+    aiosqlite has no public way to run a function on its thread; ``_execute`` is the queue
+    every aiosqlite method uses, and SQLAlchemy's own aiosqlite dialect reaches into the same
+    internals. ``StoreError`` here rather than an AttributeError if a release renames them.
+    """
+    try:
+        execute = cast(Callable[..., Awaitable[T]], connection._execute)
+        raw = connection._conn
+    except (AttributeError, ValueError) as exc:
+        raise StoreError(f"SQLite connection unusable: {exc}") from exc
+    return await execute(fn, raw)
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------
+
+_POSTGRES_CALL: Final = "SELECT * FROM append_events($1, $2, $3, $4, $5, $6, $7, $8)"
+_POSTGRES_EARLIER: Final = "SELECT * FROM earlier_append($1, $2)"
+
+_APPENDED: Final = 0
+_SEEN_COMMAND: Final = 1
+_SEEN_EVENTS: Final = 2
+_CONFLICT: Final = 3
+_REJECTED_COMMAND: Final = 4
+
+
+def _postgres_event(row: asyncpg.Record) -> RecordedEvent:
+    return RecordedEvent(
+        position=row[1],
+        stream_id=row[2],
+        version=row[3],
+        event_id=row[4],
+        type=row[5],
+        schema_version=row[6],
+        payload=row[7],
+        metadata=decode_metadata(row[8]),
+        recorded_at=row[9],
+    )
+
+
+def _postgres_earlier(request: AppendRequest, rows: Sequence[asyncpg.Record]) -> AppendResult:
+    """Interpret the rows of ``earlier_append``; no rows means nothing was stored before."""
+    if not rows:
+        raise IntegrityError(
+            f"append to stream {request.stream_id!r} refused by a unique index, yet no "
+            "earlier command or event matches it"
+        )
+    outcome = rows[0][0]
+    if outcome == _REJECTED_COMMAND:
+        return rejected_command_result(rows[0][2], rows[0][3])
+    if outcome == _SEEN_COMMAND:
+        return command_result(rows[0][2], [_postgres_event(r) for r in rows])
+    return earlier_result(request, [_postgres_event(r) for r in rows])
+
+
+async def postgres_append(
+    conn: asyncpg.Connection[asyncpg.Record], request: AppendRequest
+) -> AppendResult:
+    """Append with one round trip; the connection must not be inside a transaction.
+
+    Outside a transaction the call is its own transaction, so the table lock the function
+    takes is released by the commit that follows it, with no extra BEGIN/COMMIT trips.
+    A unique violation (a redelivered event or command id, or a command a concurrent
+    ``record_rejection`` just claimed) has rolled everything back; a second call then
+    fetches the earlier outcome, which is committed and immutable by then.
+    """
+    events = request.events
+    try:
+        rows = await conn.fetch(
+            _POSTGRES_CALL,
+            request.stream_id,
+            request.expected_version,
+            request.command_id,
+            [e.event_id for e in events],
+            [e.type for e in events],
+            [e.schema_version for e in events],
+            [e.payload for e in events],
+            request.metadata_json,
+        )
+    except asyncpg.UniqueViolationError:
+        earlier = await conn.fetch(_POSTGRES_EARLIER, request.command_id, request.event_ids)
+        return _postgres_earlier(request, earlier)
+    outcome = rows[0][0]
+    if outcome == _APPENDED:
+        return new_events_result(request, rows[0][1], rows[0][3], rows[0][9])
+    if outcome == _CONFLICT:
+        expected = request.expected_version
+        assert expected is not None
+        raise ConcurrencyConflict(request.stream_id, expected, rows[0][3])
+    return _postgres_earlier(request, rows)
+
+
+class HeldConnections:
+    """Pool connections held checked out for appends, lending out their driver connection.
+
+    A SQLAlchemy checkout and return (with its reset) costs more than an append's own
+    Python work, so appends reuse up to ``limit`` connections held for the store's
+    lifetime. With ``limit=1`` this is also SQLite's in-process writer queue: writers wait
+    here, in order, rather than in SQLite's busy handler, which sleeps in steps of
+    milliseconds. A connection whose call failed with anything but ``keep_on`` (a lost
+    connection, a cancelled call) is in an unknown state and is invalidated, not reused.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        limit: int,
+        keep_on: tuple[type[BaseException], ...],
+    ) -> None:
+        self._engine = engine
+        self._slots = asyncio.Semaphore(limit)
+        self._idle: list[tuple[AsyncConnection, Any]] = []
+        self._keep_on = keep_on
+        self._closed = False
+
+    async def run(self, call: Callable[[Any], Awaitable[T]]) -> T:
+        async with self._slots:
+            if self._closed:
+                raise StoreError("the event store is closed", code="store_closed")
+            held = self._idle.pop() if self._idle else await self._open()
+            try:
+                result = await call(held[1])
+            except self._keep_on:
+                await self._release(held)
+                raise
+            except BaseException:
+                await _discard(held[0])
+                raise
+            await self._release(held)
+            return result
+
+    async def _open(self) -> tuple[AsyncConnection, Any]:
+        conn = await self._engine.connect()
+        try:
+            raw = await conn.get_raw_connection()
+        except BaseException:
+            await conn.close()
+            raise
+        return conn, raw.driver_connection
+
+    async def _release(self, held: tuple[AsyncConnection, Any]) -> None:
+        if self._closed:
+            await held[0].close()
+        else:
+            self._idle.append(held)
+
+    async def close(self) -> None:
+        """Return the idle connections to the pool; busy ones follow when their call ends."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn, _ in idle:
+            await conn.close()
+
+
+async def _discard(conn: AsyncConnection) -> None:
+    try:
+        await conn.invalidate()
+    finally:
+        await conn.close()

@@ -1,0 +1,342 @@
+"""Tables of the SQL event store and the numbered steps that build them.
+
+The :class:`~sqlalchemy.Table` objects describe the schema as the code reads it today; the
+migration steps are frozen DDL, one list per dialect. A step, once released, never
+changes: a later schema change is a new step, so a database created by any release can be
+brought to the current shape by applying the steps it lacks, in order.
+
+Why the events table looks the way it does:
+
+- ``position`` is the global log order. PostgreSQL assigns it from an identity sequence
+  while the appender holds the table lock (see :mod:`swift_trainer.core.sqlstore`), so
+  positions follow commit order. SQLite uses the rowid (``INTEGER PRIMARY KEY``) and the
+  appender writes ``max(position) + 1`` explicitly under ``BEGIN IMMEDIATE``; events are
+  never deleted, so a position is never reused.
+- ``UNIQUE (stream_id, version)`` is the backstop for optimistic concurrency and the index
+  that answers "what version is this stream at" with one backward index probe, so no
+  separate streams table has to be written on every append.
+- ``UNIQUE (event_id)`` makes redelivered events harmless.
+
+``commands`` remembers every command id's outcome: the position range of the events it
+stored, or the error it was refused with (``CommandLog.record_rejection``), so a retried
+command gets the same answer. ``tracking`` holds followers' positions; ``schema_version``
+the migration steps applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+metadata_obj: Final = sa.MetaData()
+
+
+class UtcDateTime(sa.TypeDecorator[datetime]):
+    """A timestamp that always comes back timezone-aware, in UTC.
+
+    PostgreSQL stores ``timestamptz``; SQLite has no timestamp type and keeps SQLAlchemy's
+    naive text format, which this store only ever writes in UTC.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("recorded_at must be timezone-aware")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+events: Final = sa.Table(
+    "events",
+    metadata_obj,
+    sa.Column("position", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("stream_id", sa.Text(), nullable=False),
+    sa.Column("version", sa.BigInteger(), nullable=False),
+    sa.Column("event_id", sa.Text(), nullable=False),
+    sa.Column("type", sa.Text(), nullable=False),
+    sa.Column("schema_version", sa.Integer(), nullable=False),
+    sa.Column("payload", sa.LargeBinary(), nullable=False),
+    sa.Column("metadata", sa.Text(), nullable=False),
+    sa.Column("recorded_at", UtcDateTime(), nullable=False),
+    sa.UniqueConstraint("stream_id", "version", name="events_stream_version_key"),
+    sa.UniqueConstraint("event_id", name="events_event_id_key"),
+)
+
+commands: Final = sa.Table(
+    "commands",
+    metadata_obj,
+    sa.Column("command_id", sa.Text(), primary_key=True),
+    sa.Column("stream_id", sa.Text(), nullable=False),
+    sa.Column("first_position", sa.BigInteger()),
+    sa.Column("last_position", sa.BigInteger()),
+    sa.Column("error_code", sa.Text()),
+    sa.Column("error_message", sa.Text()),
+)
+
+tracking: Final = sa.Table(
+    "tracking",
+    metadata_obj,
+    sa.Column("name", sa.Text(), primary_key=True),
+    sa.Column("position", sa.BigInteger(), nullable=False),
+)
+
+schema_version: Final = sa.Table(
+    "schema_version",
+    metadata_obj,
+    sa.Column("version", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("description", sa.Text(), nullable=False),
+    sa.Column("applied_at", UtcDateTime(), nullable=False),
+)
+
+#: Created before any step runs: it is how setup() knows which steps are missing.
+SCHEMA_VERSION_DDL: Final = {
+    "sqlite": (
+        "CREATE TABLE IF NOT EXISTS schema_version ("
+        " version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at TEXT NOT NULL)"
+    ),
+    "postgresql": (
+        "CREATE TABLE IF NOT EXISTS schema_version ("
+        " version INTEGER PRIMARY KEY, description TEXT NOT NULL,"
+        " applied_at TIMESTAMPTZ NOT NULL)"
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One numbered schema step: the DDL for each dialect, applied in one transaction."""
+
+    version: int
+    description: str
+    statements: dict[str, Sequence[str]]
+
+
+_SQLITE_V1: Final = (
+    """
+    CREATE TABLE events (
+        position INTEGER PRIMARY KEY,
+        stream_id TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        event_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        schema_version INTEGER NOT NULL,
+        payload BLOB NOT NULL,
+        metadata TEXT NOT NULL,
+        recorded_at TEXT NOT NULL,
+        CONSTRAINT events_stream_version_key UNIQUE (stream_id, version),
+        CONSTRAINT events_event_id_key UNIQUE (event_id)
+    )
+    """,
+    """
+    CREATE TABLE commands (
+        command_id TEXT PRIMARY KEY,
+        stream_id TEXT NOT NULL,
+        first_position INTEGER,
+        last_position INTEGER,
+        error_code TEXT,
+        error_message TEXT
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE tracking (
+        name TEXT PRIMARY KEY,
+        position INTEGER NOT NULL
+    ) WITHOUT ROWID
+    """,
+)
+
+#: Rows of both functions below: an outcome code, then the columns of an event.
+_POSTGRES_APPEND_ROW: Final = """
+        o_outcome SMALLINT,
+        o_position BIGINT,
+        o_stream_id TEXT,
+        o_version BIGINT,
+        o_event_id TEXT,
+        o_type TEXT,
+        o_schema_version INTEGER,
+        o_payload BYTEA,
+        o_metadata TEXT,
+        o_recorded_at TIMESTAMPTZ
+"""
+
+#: What an append that is refused, or fails on a unique index, has to look up: the
+#: command's earlier outcome (1: its events, 4: it was rejected; one row with the stream
+#: and its version) or events already stored under the batch's ids (2). No rows: neither.
+#: Off the hot path, and planned afresh per call: a generic plan cached while the table
+#: was tiny would otherwise keep scanning the whole table long after it has grown.
+_POSTGRES_EARLIER_FUNCTION: Final = f"""
+    CREATE FUNCTION earlier_append(p_command_id TEXT, p_event_ids TEXT[])
+    RETURNS TABLE ({_POSTGRES_APPEND_ROW})
+    LANGUAGE plpgsql STABLE
+    SET plan_cache_mode = force_custom_plan
+    AS $body$
+    DECLARE
+        v_command commands%ROWTYPE;
+    BEGIN
+        IF p_command_id IS NOT NULL THEN
+            SELECT * INTO v_command FROM commands c WHERE c.command_id = p_command_id;
+            IF FOUND THEN
+                IF v_command.error_code IS NOT NULL THEN
+                    RETURN QUERY
+                        SELECT 4::SMALLINT, NULL::BIGINT, v_command.stream_id,
+                               (SELECT coalesce(max(e.version), 0) FROM events e
+                                 WHERE e.stream_id = v_command.stream_id),
+                               NULL::TEXT, NULL::TEXT, NULL::INTEGER, NULL::BYTEA, NULL::TEXT,
+                               NULL::TIMESTAMPTZ;
+                ELSE
+                    RETURN QUERY
+                        SELECT 1::SMALLINT, e.position, e.stream_id, e.version, e.event_id,
+                               e.type, e.schema_version, e.payload, e.metadata, e.recorded_at
+                          FROM events e
+                         WHERE e.position BETWEEN v_command.first_position
+                                              AND v_command.last_position
+                           AND e.stream_id = v_command.stream_id
+                         ORDER BY e.position;
+                END IF;
+                RETURN;
+            END IF;
+        END IF;
+        RETURN QUERY
+            SELECT 2::SMALLINT, e.position, e.stream_id, e.version, e.event_id, e.type,
+                   e.schema_version, e.payload, e.metadata, e.recorded_at
+              FROM events e
+             WHERE e.event_id = ANY (p_event_ids)
+             ORDER BY e.position;
+    END;
+    $body$
+"""
+
+#: The whole append in one round trip. The hot path reads one thing (the stream's version,
+#: a backward probe of the (stream_id, version) index) and leaves duplicate detection to
+#: the unique indexes: a redelivered event id or command id fails the statement, which
+#: rolls everything back, and the caller then asks ``earlier_append`` what was stored.
+#: Outcomes: 0 appended (one row: first position, first version, recorded_at), 3 version
+#: conflict (o_version is the actual version), or those of ``earlier_append``.
+_POSTGRES_APPEND_FUNCTION: Final = f"""
+    CREATE FUNCTION append_events(
+        p_stream_id TEXT,
+        p_expected_version BIGINT,
+        p_command_id TEXT,
+        p_event_ids TEXT[],
+        p_types TEXT[],
+        p_schema_versions INTEGER[],
+        p_payloads BYTEA[],
+        p_metadata TEXT[]
+    ) RETURNS TABLE ({_POSTGRES_APPEND_ROW})
+    LANGUAGE plpgsql VOLATILE AS $body$
+    DECLARE
+        v_current BIGINT;
+        v_first BIGINT;
+        v_last BIGINT;
+    BEGIN
+        -- EXCLUSIVE conflicts with every other writer of the table but not with readers
+        -- (ACCESS SHARE). Taken before the identity sequence hands out positions, so the
+        -- order of positions is the order of commits and a reader never passes a position
+        -- that a slower transaction fills in later. Each statement below takes a fresh
+        -- snapshot (READ COMMITTED), so it sees every append committed before the lock.
+        LOCK TABLE events IN EXCLUSIVE MODE;
+
+        SELECT coalesce(max(e.version), 0) INTO v_current
+          FROM events e WHERE e.stream_id = p_stream_id;
+        IF p_expected_version IS NOT NULL AND v_current <> p_expected_version THEN
+            -- A redelivered command gets its earlier answer, not a conflict.
+            RETURN QUERY SELECT * FROM earlier_append(p_command_id, p_event_ids);
+            IF NOT FOUND THEN
+                RETURN QUERY
+                    SELECT 3::SMALLINT, NULL::BIGINT, p_stream_id, v_current, NULL::TEXT,
+                           NULL::TEXT, NULL::INTEGER, NULL::BYTEA, NULL::TEXT,
+                           NULL::TIMESTAMPTZ;
+            END IF;
+            RETURN;
+        END IF;
+
+        -- Positions of one append are contiguous: nobody else can draw from the sequence
+        -- while the lock is held. Checked anyway, since the caller relies on it.
+        WITH inserted AS (
+            INSERT INTO events (stream_id, version, event_id, type, schema_version,
+                                payload, metadata, recorded_at)
+            SELECT p_stream_id, v_current + u.ord, u.event_id, u.type, u.schema_version,
+                   u.payload, u.metadata, now()
+              FROM unnest(p_event_ids, p_types, p_schema_versions, p_payloads, p_metadata)
+                   WITH ORDINALITY AS u(event_id, type, schema_version, payload, metadata, ord)
+             ORDER BY u.ord
+            RETURNING events.position
+        )
+        SELECT min(i.position), max(i.position) INTO v_first, v_last FROM inserted i;
+        IF v_last - v_first + 1 <> cardinality(p_event_ids) THEN
+            RAISE EXCEPTION 'positions % to % are not contiguous for % events',
+                v_first, v_last, cardinality(p_event_ids);
+        END IF;
+        IF p_command_id IS NOT NULL THEN
+            INSERT INTO commands (command_id, stream_id, first_position, last_position)
+            VALUES (p_command_id, p_stream_id, v_first, v_last);
+        END IF;
+        RETURN QUERY
+            SELECT 0::SMALLINT, v_first, NULL::TEXT, v_current + 1, NULL::TEXT, NULL::TEXT,
+                   NULL::INTEGER, NULL::BYTEA, NULL::TEXT, now();
+    END;
+    $body$
+"""
+
+_POSTGRES_V1: Final = (
+    """
+    CREATE TABLE events (
+        position BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+        stream_id TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        event_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        schema_version INTEGER NOT NULL,
+        payload BYTEA NOT NULL,
+        metadata TEXT NOT NULL,
+        recorded_at TIMESTAMPTZ NOT NULL,
+        CONSTRAINT events_stream_version_key UNIQUE (stream_id, version),
+        CONSTRAINT events_event_id_key UNIQUE (event_id)
+    )
+    """,
+    """
+    CREATE TABLE commands (
+        command_id TEXT PRIMARY KEY,
+        stream_id TEXT NOT NULL,
+        first_position BIGINT,
+        last_position BIGINT,
+        error_code TEXT,
+        error_message TEXT
+    )
+    """,
+    """
+    CREATE TABLE tracking (
+        name TEXT PRIMARY KEY,
+        position BIGINT NOT NULL
+    )
+    """,
+    _POSTGRES_EARLIER_FUNCTION,
+    _POSTGRES_APPEND_FUNCTION,
+)
+
+MIGRATIONS: Final[tuple[Migration, ...]] = (
+    Migration(
+        version=1,
+        description="events, commands, tracking; PostgreSQL append functions",
+        statements={"sqlite": _SQLITE_V1, "postgresql": _POSTGRES_V1},
+    ),
+)
+
+#: The schema version this code reads and writes.
+CURRENT_VERSION: Final = MIGRATIONS[-1].version

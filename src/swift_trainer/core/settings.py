@@ -1,0 +1,133 @@
+"""Settings from the environment (and env files), with the seed's names and defaults.
+
+Every process reads the same variables, so one env file configures a whole deployment. A
+value left unset selects the embedded default: no ``NATS_URL`` starts a local nats-server,
+no ``EVENT_STORE_URL`` uses SQLite under the data dir, no Redis setting keeps read models
+in memory. Real environment variables win over env files, which win over defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Final
+
+import msgspec
+
+from .errors import SwiftTrainerError
+
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+
+
+class SettingsError(SwiftTrainerError):
+    code = "invalid_settings"
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    environment: str = "dev"
+    log_level: str = "INFO"
+    log_dir: str = "logs"
+    data_dir: str = ".swift-trainer"
+    #: ``None``: start an embedded nats-server under the data dir.
+    nats_url: str | None = None
+    nats_user: str | None = None
+    nats_password: str | None = None
+    nats_token: str | None = None
+    nats_creds: str | None = None
+    #: ``None``: SQLite file ``events.db`` under the data dir.
+    event_store_url: str | None = None
+    #: ``None``: in-memory read models (embedded mode only).
+    redis_url: str | None = None
+    api_prefix: str = "/api/v1"
+    app_host: str = "0.0.0.0"  # noqa: S104 - the seed's default; set APP_HOST to narrow it
+    app_port: int = 8000
+    output_root: str = "output"
+    command_timeout_s: float = 10.0
+
+    @property
+    def resolved_event_store_url(self) -> str:
+        if self.event_store_url:
+            return self.event_store_url
+        return f"sqlite+aiosqlite:///{Path(self.data_dir).resolve() / 'events.db'}"
+
+
+def parse_env_file(text: str) -> dict[str, str]:
+    """``KEY=value`` lines; ``#`` comments, ``export`` prefixes and quotes are allowed."""
+    values: dict[str, str] = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.removeprefix("export ").partition("=")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key.strip()] = value
+    return values
+
+
+def _redis_url(env: Mapping[str, str]) -> str | None:
+    if env.get("REDIS_URL"):
+        return env["REDIS_URL"]
+    if not env.get("REDIS_HOST"):
+        return None
+    password = env.get("REDIS_PASSWORD", "")
+    auth = f":{password}@" if password else ""
+    host, port, db = env["REDIS_HOST"], env.get("REDIS_PORT", "6379"), env.get("REDIS_DB", "0")
+    return f"redis://{auth}{host}:{port}/{db}"
+
+
+def load_settings(
+    env: Mapping[str, str] | None = None,
+    *,
+    env_file: str | Path | None = None,
+) -> Settings:
+    """Read settings; ``env_file`` (or ``SWIFT_TRAINER_ENV_FILE``, or the seed's
+    ``env/.env.<ENVIRONMENT>`` when present) fills in what the environment leaves unset."""
+    source = dict(os.environ if env is None else env)
+    path = env_file or source.get("SWIFT_TRAINER_ENV_FILE")
+    if path is None:
+        seed_file = Path("env") / f".env.{source.get('ENVIRONMENT', 'dev')}"
+        path = seed_file if seed_file.is_file() else None
+    if path is not None:
+        try:
+            file_values = parse_env_file(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise SettingsError(f"cannot read env file {path}: {exc}") from exc
+        source = {**file_values, **source}
+
+    def text(name: str, default: str | None = None) -> str | None:
+        value = source.get(name)
+        return value if value not in (None, "") else default
+
+    try:
+        port = int(text("APP_PORT", "8000") or "8000")
+        timeout = float(text("COMMAND_TIMEOUT_S", "10") or "10")
+    except ValueError as exc:
+        raise SettingsError(f"APP_PORT / COMMAND_TIMEOUT_S must be numbers: {exc}") from exc
+    prefix = text("API_PREFIX", "/api/v1") or ""
+    if prefix and not prefix.startswith("/"):
+        raise SettingsError(f"API_PREFIX must start with '/', got {prefix!r}")
+    return Settings(
+        environment=text("ENVIRONMENT", "dev") or "dev",
+        log_level=(text("LOG_LEVEL", "INFO") or "INFO").upper(),
+        log_dir=text("LOG_DIR", "logs") or "logs",
+        data_dir=text("SWIFT_TRAINER_DATA_DIR", ".swift-trainer") or ".swift-trainer",
+        nats_url=text("NATS_URL"),
+        nats_user=text("NATS_USER"),
+        nats_password=text("NATS_PASSWORD"),
+        nats_token=text("NATS_TOKEN"),
+        nats_creds=text("NATS_CREDS"),
+        event_store_url=text("EVENT_STORE_URL"),
+        redis_url=_redis_url(source),
+        api_prefix=prefix.rstrip("/"),
+        app_host=text("APP_HOST", "0.0.0.0") or "0.0.0.0",  # noqa: S104
+        app_port=port,
+        output_root=text("OUTPUT_ROOT", "output") or "output",
+        command_timeout_s=timeout,
+    )
+
+
+def flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in _TRUE

@@ -1,0 +1,596 @@
+"""The SQL event store: SQLite for one machine, PostgreSQL at scale, one code path.
+
+SQLAlchemy Core (async engine, pool, dialect types) does setup, migrations and reads; the
+append hot path talks to the driver in one call per append (see ``_sqlappend``), because
+appends are what every command waits for.
+
+Ordering of the global log (why a reader of ``read_all`` never skips an event):
+
+- PostgreSQL hands out identity values when a row is inserted, not when it commits, so two
+  overlapping appenders could commit positions 11 and 10 in that order, and a reader that
+  saw 11 would never look at 10. Every append therefore takes ``LOCK TABLE events IN
+  EXCLUSIVE MODE`` inside its transaction *before* it inserts. EXCLUSIVE conflicts with
+  itself and with plain INSERTs (ROW EXCLUSIVE), so appenders are serialised and positions
+  are assigned in commit order, but it does not conflict with ACCESS SHARE, so readers are
+  never blocked. A table lock was chosen over ``pg_advisory_xact_lock`` because it also
+  orders any writer that does not know the convention (a manual INSERT waits too). The lock
+  also makes the version check exact: the stream's version is read after the lock is held.
+  Positions of rolled-back transactions leave gaps, which readers simply step over. The
+  lock is held for one round trip: the whole append is one call of a PL/pgSQL function, in
+  autocommit mode. No ``lock_timeout`` is set (as in the eventsourcing library): a writer
+  waits behind a slow one rather than failing; the server's
+  ``idle_in_transaction_session_timeout`` is what bounds a stuck session.
+- SQLite has a single writer: ``BEGIN IMMEDIATE`` takes the write lock before the version and
+  position are read, so appenders serialise (waiting up to ``busy_timeout``, also across
+  processes sharing the file) instead of failing on a read-to-write upgrade. Within one
+  process, writers queue on an asyncio lock first, so they never sleep in SQLite's busy
+  handler.
+
+Durability: SQLite runs in WAL mode with ``synchronous=FULL`` by default, so the WAL is
+fsynced at every commit and an acknowledged append survives power loss. That is SQLite's
+compiled default and what the eventsourcing library's SQLite recorder runs with (it never
+changes it), so benchmarks compare like with like. ``NORMAL`` is faster but may lose the
+last commits on power failure; it is available for throwaway databases. The fsync happens
+on the connection's thread, not on the event loop. PostgreSQL keeps the server's
+``synchronous_commit`` setting.
+
+Idempotency: an append whose ``command_id`` is in the ``commands`` table, or whose event ids
+are all stored already in the same stream, returns the earlier result with
+``duplicate=True`` and stores nothing, even when ``expected_version`` no longer matches:
+a redelivered message is answered, not refused. A command recorded as refused
+(``record_rejection``) appends nothing and returns ``duplicate=True`` with no events. Event
+ids that clash with another stream (or only partly overlap an earlier batch) are an
+``IntegrityError``. Two identical appends racing each other: one stores, the other gets
+the unique violation, rolls back and answers with the winner's events.
+
+Errors: callers see only the ``errors`` hierarchy (``ConcurrencyConflict`` <
+``IntegrityError`` < ``StoreError``, ``SchemaVersionError``), never a driver exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any, Final, Literal
+
+import aiosqlite
+import asyncpg
+import sqlalchemy as sa
+import sqlalchemy.exc as sa_exc
+from sqlalchemy import event as sa_event
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from swift_trainer.core import _sqlschema as schema
+from swift_trainer.core._sqlappend import (
+    AppendRequest,
+    HeldConnections,
+    decode_metadata,
+    postgres_append,
+    run_on_sqlite_thread,
+    sqlite_append,
+)
+from swift_trainer.core.errors import (
+    ConcurrencyConflict,
+    IntegrityError,
+    SchemaVersionError,
+    StoreError,
+    SwiftTrainerError,
+)
+from swift_trainer.core.store import AppendResult, CommandRecord, NewEvent, RecordedEvent
+
+__all__ = ["SqlEventStore", "open_event_store"]
+
+SqliteSynchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
+_Row = sa.Row[*tuple[Any, ...]]
+
+_IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+_EVENT_COLUMNS: Final = (
+    schema.events.c.position,
+    schema.events.c.stream_id,
+    schema.events.c.version,
+    schema.events.c.event_id,
+    schema.events.c.type,
+    schema.events.c.schema_version,
+    schema.events.c.payload,
+    schema.events.c.metadata,
+    schema.events.c.recorded_at,
+)
+_READ_STREAM: Final = (
+    sa.select(*_EVENT_COLUMNS)
+    .where(
+        schema.events.c.stream_id == sa.bindparam("stream_id"),
+        schema.events.c.version > sa.bindparam("after"),
+    )
+    .order_by(schema.events.c.version)
+)
+_READ_ALL: Final = (
+    sa.select(*_EVENT_COLUMNS)
+    .where(schema.events.c.position > sa.bindparam("after"))
+    .order_by(schema.events.c.position)
+    .limit(sa.bindparam("limit"))
+)
+_STREAM_VERSION: Final = sa.select(sa.func.coalesce(sa.func.max(schema.events.c.version), 0)).where(
+    schema.events.c.stream_id == sa.bindparam("stream_id")
+)
+_LAST_POSITION: Final = sa.select(sa.func.coalesce(sa.func.max(schema.events.c.position), 0))
+_GET_TRACKING: Final = sa.select(schema.tracking.c.position).where(
+    schema.tracking.c.name == sa.bindparam("name")
+)
+_SCHEMA_VERSION: Final = sa.select(sa.func.max(schema.schema_version.c.version))
+_FIND_COMMAND: Final = (
+    sa.select(
+        schema.commands.c.stream_id,
+        schema.commands.c.error_code,
+        schema.commands.c.error_message,
+        *_EVENT_COLUMNS,
+    )
+    .select_from(
+        schema.commands.outerjoin(
+            schema.events,
+            sa.and_(
+                schema.events.c.position.between(
+                    schema.commands.c.first_position, schema.commands.c.last_position
+                ),
+                schema.events.c.stream_id == schema.commands.c.stream_id,
+            ),
+        )
+    )
+    .where(schema.commands.c.command_id == sa.bindparam("command_id"))
+    .order_by(schema.events.c.position)
+)
+
+
+def _record_rejection_statement(dialect: str) -> sa.Executable:
+    """Insert-if-absent: an id already accepted or refused keeps its first outcome."""
+    insert = sqlite_dialect.insert if dialect == "sqlite" else pg_dialect.insert
+    return (
+        insert(schema.commands)
+        .values(
+            command_id=sa.bindparam("command_id"),
+            stream_id=sa.bindparam("stream_id"),
+            error_code=sa.bindparam("code"),
+            error_message=sa.bindparam("message"),
+        )
+        .on_conflict_do_nothing(index_elements=[schema.commands.c.command_id])
+    )
+
+
+def _set_tracking_statement(dialect: str) -> sa.Executable:
+    """Upsert that never moves a follower backwards (a late, stale write is a no-op)."""
+    insert = sqlite_dialect.insert if dialect == "sqlite" else pg_dialect.insert
+    stmt = insert(schema.tracking).values(
+        name=sa.bindparam("name"), position=sa.bindparam("position")
+    )
+    return stmt.on_conflict_do_update(
+        index_elements=[schema.tracking.c.name],
+        set_={"position": stmt.excluded.position},
+        where=schema.tracking.c.position < stmt.excluded.position,
+    )
+
+
+def _to_event(row: _Row, at: int = 0) -> RecordedEvent:
+    return RecordedEvent(
+        position=row[at],
+        stream_id=row[at + 1],
+        version=row[at + 2],
+        event_id=row[at + 3],
+        type=row[at + 4],
+        schema_version=row[at + 5],
+        payload=row[at + 6],
+        metadata=decode_metadata(row[at + 7]),
+        recorded_at=row[at + 8],
+    )
+
+
+@contextmanager
+def _store_errors(action: str) -> Iterator[None]:
+    """Turn driver and SQLAlchemy errors into the store's own, so callers catch meaning."""
+    try:
+        yield
+    except SwiftTrainerError:
+        raise
+    except (
+        sa_exc.IntegrityError,
+        sqlite3.IntegrityError,
+        asyncpg.IntegrityConstraintViolationError,
+    ) as exc:
+        raise IntegrityError(f"{action} refused by the database: {_cause(exc)}") from exc
+    except (
+        sa_exc.SQLAlchemyError,
+        sqlite3.Error,
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        OSError,
+    ) as exc:
+        raise _unavailable(action, exc) from exc
+
+
+#: PostgreSQL's codes for "the schema is not there": undefined table, function, schema.
+_MISSING_SCHEMA_STATES: Final = frozenset({"42P01", "42883", "3F000"})
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    """The PostgreSQL error code behind SQLAlchemy's and asyncpg's wrappers, if any."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return None
+        state = getattr(seen, "sqlstate", None)
+        if isinstance(state, str):
+            return state
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return None
+
+
+def _unavailable(action: str, exc: BaseException) -> StoreError:
+    text = _cause(exc)
+    lowered = text.lower()
+    if "no such table" in lowered or _sqlstate(exc) in _MISSING_SCHEMA_STATES:
+        return StoreError(
+            f"{action} failed: the event store has no schema yet ({text}); call setup() first",
+            code="store_not_set_up",
+        )
+    if "database is locked" in lowered or "database is busy" in lowered:
+        return StoreError(
+            f"{action} failed: another writer held the SQLite database past busy_timeout "
+            f"({text}); retry, or raise sqlite_busy_timeout",
+            code="store_busy",
+        )
+    return StoreError(
+        f"{action} failed: {text}; check the event store URL and that the database is reachable",
+        code="store_unavailable",
+    )
+
+
+def _cause(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    return f"{type(orig or exc).__name__}: {orig or exc}".splitlines()[0]
+
+
+class SqlEventStore:
+    """An :class:`~swift_trainer.core.store.EventStore` on SQLite or PostgreSQL.
+
+    Create one with :func:`open_event_store`. Several instances (in one process or many) may
+    share one database; they coordinate through the database's locks only.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        schema_name: str | None = None,
+        append_connections: int = 4,
+    ) -> None:
+        self._engine = engine
+        self._dialect = engine.dialect.name
+        if self._dialect not in ("sqlite", "postgresql"):
+            raise StoreError(f"unsupported dialect {self._dialect!r}", code="store_url_invalid")
+        self._schema_name = schema_name
+        # Single-statement reads need no transaction; on PostgreSQL that saves BEGIN and
+        # ROLLBACK round trips. SQLite's driver never opens one for a SELECT anyway.
+        self._reader = (
+            engine.execution_options(isolation_level="AUTOCOMMIT")
+            if self._dialect == "postgresql"
+            else engine
+        )
+        self._set_tracking = _set_tracking_statement(self._dialect)
+        self._record_rejection = _record_rejection_statement(self._dialect)
+        # SQLite has one writer at a time: appends queue on one held connection, and the
+        # other writes (tracking, rejections) take the same lock so that this process's
+        # writers never meet in SQLite's busy handler.
+        self._write_lock = asyncio.Lock()
+        if self._dialect == "sqlite":
+            self._appenders = HeldConnections(
+                engine, limit=1, keep_on=(sqlite3.Error, SwiftTrainerError)
+            )
+        else:
+            self._appenders = HeldConnections(
+                engine,
+                limit=append_connections,
+                keep_on=(asyncpg.PostgresError, SwiftTrainerError),
+            )
+        self._closed = False
+
+    @property
+    def dialect(self) -> str:
+        return self._dialect
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def setup(self) -> None:
+        """Apply the missing numbered migration steps, all in one transaction.
+
+        Safe to call from several processes at once: the first takes a lock (SQLite's write
+        lock, a PostgreSQL advisory lock per schema), the others wait and then find nothing
+        left to do. A database newer than this code is refused rather than misread.
+        """
+        with _store_errors("event store setup"):
+            async with self._write_transaction() as conn:
+                if self._dialect == "postgresql":
+                    await conn.execute(
+                        sa.text("SELECT pg_advisory_xact_lock(:key)"),
+                        {"key": self._setup_lock_key()},
+                    )
+                    if self._schema_name is not None:
+                        await conn.exec_driver_sql(
+                            f'CREATE SCHEMA IF NOT EXISTS "{self._schema_name}"'
+                        )
+                await conn.exec_driver_sql(schema.SCHEMA_VERSION_DDL[self._dialect])
+                current = (await conn.execute(_SCHEMA_VERSION)).scalar() or 0
+                if current > schema.CURRENT_VERSION:
+                    raise SchemaVersionError(
+                        f"the event store database is at schema version {current}, but this "
+                        f"code knows versions up to {schema.CURRENT_VERSION}; upgrade "
+                        "swift-trainer before using this database"
+                    )
+                for migration in schema.MIGRATIONS:
+                    if migration.version <= current:
+                        continue
+                    for statement in migration.statements[self._dialect]:
+                        await conn.exec_driver_sql(statement)
+                    await conn.execute(
+                        sa.insert(schema.schema_version).values(
+                            version=migration.version,
+                            description=migration.description,
+                            applied_at=datetime.now(UTC),
+                        )
+                    )
+                await conn.commit()
+
+    def _setup_lock_key(self) -> int:
+        name = f"swift_trainer.event_store:{self._schema_name or ''}".encode()
+        return int.from_bytes(hashlib.blake2b(name, digest_size=8).digest(), "big", signed=True)
+
+    async def close(self) -> None:
+        """Release the writer connection and dispose of the engine (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._appenders.close()
+        await self._engine.dispose()
+
+    @asynccontextmanager
+    async def _write_transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A Core connection in a write transaction (``BEGIN IMMEDIATE`` on SQLite)."""
+        async with self._engine.connect() as conn:
+            if self._dialect == "sqlite":
+                # The sqlite3 driver only begins implicitly before DML; begin explicitly so
+                # the write lock is ours before the first read.
+                await conn.exec_driver_sql("BEGIN IMMEDIATE")
+            yield conn
+
+    # --- writes ---------------------------------------------------------------------------
+
+    async def append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        *,
+        expected_version: int | None,
+        command_id: str | None = None,
+    ) -> AppendResult:
+        """Append atomically; see :class:`~swift_trainer.core.store.EventStore`."""
+        request = AppendRequest.build(stream_id, events, expected_version, command_id)
+        if not events:
+            version = await self.stream_version(stream_id)
+            if expected_version is not None and version != expected_version:
+                raise ConcurrencyConflict(stream_id, expected_version, version)
+            return AppendResult(stream_id=stream_id, version=version, events=())
+        with _store_errors(f"append to stream {stream_id!r}"):
+            if self._closed:
+                raise StoreError("the event store is closed", code="store_closed")
+            if self._dialect == "sqlite":
+                return await self._sqlite_append(request)
+            return await self._postgres_append(request)
+
+    async def _sqlite_append(self, request: AppendRequest) -> AppendResult:
+        async def call(driver: aiosqlite.Connection) -> AppendResult:
+            return await run_on_sqlite_thread(driver, partial(sqlite_append, request=request))
+
+        async with self._write_lock:
+            return await self._appenders.run(call)
+
+    async def _postgres_append(self, request: AppendRequest) -> AppendResult:
+        async def call(driver: asyncpg.Connection[asyncpg.Record]) -> AppendResult:
+            return await postgres_append(driver, request)
+
+        return await self._appenders.run(call)
+
+    async def set_tracking(self, name: str, position: int) -> None:
+        """Record a follower's position; a smaller position than the stored one is ignored."""
+        if position < 0:
+            raise IntegrityError(f"tracking position must be >= 0, got {position}")
+        with _store_errors(f"set tracking {name!r}"):
+            await self._write(self._set_tracking, name=name, position=position)
+
+    async def _write(self, statement: sa.Executable, **params: Any) -> None:
+        """One statement in its own transaction (behind the writer queue on SQLite)."""
+        if self._dialect == "sqlite":
+            async with self._write_lock, self._write_transaction() as conn:
+                await conn.execute(statement, params)
+                await conn.commit()
+        else:
+            async with self._reader.connect() as conn:
+                await conn.execute(statement, params)
+
+    # --- command log ----------------------------------------------------------------------
+
+    async def find_command(self, command_id: str) -> CommandRecord | None:
+        """What became of ``command_id``: the events it stored, or the refusal recorded."""
+        rows = await self._fetch(
+            f"find command {command_id!r}", _FIND_COMMAND, command_id=command_id
+        )
+        if not rows:
+            return None
+        stream_id, error_code, error_message = rows[0][0], rows[0][1], rows[0][2]
+        return CommandRecord(
+            command_id=command_id,
+            stream_id=stream_id,
+            events=tuple(_to_event(row, 3) for row in rows if row[3] is not None),
+            error_code=error_code,
+            error_message=error_message,
+        )
+
+    async def record_rejection(
+        self, command_id: str, stream_id: str, code: str, message: str
+    ) -> CommandRecord:
+        """Remember that ``command_id`` was refused, unless its outcome is already known.
+
+        Returns what is stored for the id afterwards, so a caller racing an append of the
+        same command learns which outcome won.
+        """
+        with _store_errors(f"record rejection of command {command_id!r}"):
+            await self._write(
+                self._record_rejection,
+                command_id=command_id,
+                stream_id=stream_id,
+                code=code,
+                message=message,
+            )
+        record = await self.find_command(command_id)
+        if record is None:
+            raise StoreError(f"command {command_id!r} vanished after it was recorded")
+        return record
+
+    # --- reads ----------------------------------------------------------------------------
+
+    async def _fetch(self, action: str, statement: sa.Executable, **params: Any) -> Sequence[_Row]:
+        with _store_errors(action):
+            async with self._reader.connect() as conn:
+                result = await conn.execute(statement, params)
+                return result.all()
+
+    async def read_stream(self, stream_id: str, *, after_version: int = 0) -> list[RecordedEvent]:
+        rows = await self._fetch(
+            f"read stream {stream_id!r}", _READ_STREAM, stream_id=stream_id, after=after_version
+        )
+        return [_to_event(row) for row in rows]
+
+    async def read_all(self, *, after_position: int = 0, limit: int = 1000) -> list[RecordedEvent]:
+        if limit <= 0:
+            return []
+        rows = await self._fetch("read the event log", _READ_ALL, after=after_position, limit=limit)
+        return [_to_event(row) for row in rows]
+
+    async def stream_version(self, stream_id: str) -> int:
+        rows = await self._fetch(
+            f"read version of stream {stream_id!r}", _STREAM_VERSION, stream_id=stream_id
+        )
+        return int(rows[0][0])
+
+    async def last_position(self) -> int:
+        rows = await self._fetch("read the last position", _LAST_POSITION)
+        return int(rows[0][0])
+
+    async def get_tracking(self, name: str) -> int:
+        rows = await self._fetch(f"read tracking {name!r}", _GET_TRACKING, name=name)
+        return int(rows[0][0]) if rows else 0
+
+    async def schema_version(self) -> int:
+        """The schema version recorded in the database (0 before setup)."""
+        try:
+            rows = await self._fetch("read the schema version", _SCHEMA_VERSION)
+        except StoreError:
+            return 0
+        return int(rows[0][0] or 0)
+
+
+def open_event_store(
+    url: str,
+    *,
+    schema_name: str | None = None,
+    sqlite_synchronous: SqliteSynchronous = "FULL",
+    sqlite_busy_timeout: float = 30.0,
+    pool_size: int = 5,
+    append_connections: int = 4,
+) -> SqlEventStore:
+    """Open (not set up) an event store.
+
+    ``url`` is ``sqlite+aiosqlite:///path.db`` (``sqlite:///path.db`` means the same) or
+    ``postgresql+asyncpg://user@host/db`` (``postgresql://`` and ``postgres://`` too).
+    ``schema_name`` puts PostgreSQL's tables in their own schema (created by ``setup()``),
+    so several stores can share one database. ``pool_size`` connections serve reads; appends
+    hold their own on top (one on SQLite, the single writer; ``append_connections`` on
+    PostgreSQL, where they overlap their round trips while the table lock orders them).
+    Call ``setup()`` before first use.
+    """
+    try:
+        parsed = sa.make_url(url)
+    except sa_exc.ArgumentError as exc:
+        raise StoreError(
+            f"invalid event store URL {url!r}: {exc}", code="store_url_invalid"
+        ) from exc
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend == "sqlite" and driver in ("", "aiosqlite", "pysqlite"):
+        return _open_sqlite(parsed, sqlite_synchronous, sqlite_busy_timeout, pool_size)
+    if backend in ("postgresql", "postgres") and driver in ("", "asyncpg"):
+        return _open_postgres(parsed, schema_name, pool_size, append_connections)
+    raise StoreError(
+        f"unsupported event store URL scheme {parsed.drivername!r}; use "
+        "sqlite+aiosqlite:///path.db or postgresql+asyncpg://user@host/db",
+        code="store_url_invalid",
+    )
+
+
+def _open_sqlite(
+    url: sa.URL, synchronous: SqliteSynchronous, busy_timeout: float, pool_size: int
+) -> SqlEventStore:
+    database = url.database or ""
+    if database in ("", ":memory:") or "mode=memory" in str(url):
+        raise StoreError(
+            "in-memory SQLite cannot hold an event store: every pooled connection would see "
+            "its own empty database; use a file, e.g. sqlite+aiosqlite:///events.db",
+            code="store_url_invalid",
+        )
+    if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        raise StoreError(f"invalid sqlite_synchronous {synchronous!r}", code="store_url_invalid")
+    engine = create_async_engine(
+        url.set(drivername="sqlite+aiosqlite"),
+        connect_args={"timeout": busy_timeout},
+        pool_size=pool_size + 1,
+    )
+    timeout_ms = int(busy_timeout * 1000)
+
+    def configure(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {timeout_ms}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute(f"PRAGMA synchronous = {synchronous}")
+        finally:
+            cursor.close()
+
+    sa_event.listen(engine.sync_engine, "connect", configure)
+    return SqlEventStore(engine)
+
+
+def _open_postgres(
+    url: sa.URL, schema_name: str | None, pool_size: int, append_connections: int
+) -> SqlEventStore:
+    connect_args: dict[str, Any] = {}
+    if schema_name is not None:
+        if not _IDENTIFIER.fullmatch(schema_name):
+            raise StoreError(
+                f"invalid PostgreSQL schema name {schema_name!r}: use letters, digits and _",
+                code="store_url_invalid",
+            )
+        connect_args["server_settings"] = {"search_path": schema_name}
+    engine = create_async_engine(
+        url.set(drivername="postgresql+asyncpg"),
+        connect_args=connect_args,
+        pool_size=pool_size + append_connections,
+    )
+    return SqlEventStore(engine, schema_name=schema_name, append_connections=append_connections)

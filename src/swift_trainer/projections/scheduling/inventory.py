@@ -1,0 +1,106 @@
+"""What the scheduler knows about GPUs and the jobs holding them, as plain immutable values.
+
+Runners report ``HostSnapshot``s; the event stream yields ``RunningJob``s. Both are inputs
+only: the placement core never asks a runner anything, so the same snapshots always give the
+same decisions, and a replayed stream rebuilds the same assignments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Final
+
+import msgspec
+
+#: ``(min_gpu_memory_gb, lower-cased gpu_name fragment)``; ``(0.0, "")`` asks for nothing.
+Requirement = tuple[float, str]
+ANY_GPU: Final[Requirement] = (0.0, "")
+
+_BYTES_PER_MIB: Final = 1 << 20
+_BYTES_PER_GB: Final = 10**9
+
+
+class GpuSnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """One GPU as its runner last saw it.
+
+    ``foreign_memory_mib`` is memory held by processes this system did not start; the runner
+    tells them apart from its own children, the scheduler only compares it to a threshold.
+    ``nvlink_group`` and ``pcie_switch`` are opaque ids: GPUs sharing one talk faster.
+    """
+
+    index: int
+    uuid: str
+    name: str
+    memory_total_mib: int
+    memory_used_mib: int = 0
+    foreign_memory_mib: int = 0
+    utilization_pct: float = 0.0
+    healthy: bool = True
+    nvlink_group: str | None = None
+    pcie_switch: str | None = None
+
+    @property
+    def memory_free_mib(self) -> int:
+        return self.memory_total_mib - self.memory_used_mib
+
+
+class HostSnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """A runner and its GPUs; ``alive`` is the caller's verdict, the lease a deadline for it."""
+
+    runner_id: str
+    gpus: tuple[GpuSnapshot, ...] = ()
+    alive: bool = True
+    lease_expires_at: datetime | None = None
+
+    def is_live(self, now: datetime) -> bool:
+        """Alive and still within its lease: the clock is a parameter so the core stays pure."""
+        return self.alive and (self.lease_expires_at is None or now < self.lease_expires_at)
+
+
+class RunningJob(msgspec.Struct, frozen=True, kw_only=True):
+    """A job holding GPUs (scheduled, running or stopping).
+
+    ``remaining_s`` is swift's own estimate at the last progress report; ``None`` means
+    unknown, which the scheduler treats as "not before the far future".
+    """
+
+    job_id: str
+    runner_id: str
+    gpu_ids: tuple[int, ...]
+    remaining_s: float | None = None
+    priority: int = 0
+
+
+def live_hosts(hosts: Iterable[HostSnapshot], now: datetime) -> list[HostSnapshot]:
+    """The hosts a placement may use at ``now``; a runner past its lease gets no new work."""
+    return [host for host in hosts if host.is_live(now)]
+
+
+def requirement_of(min_gpu_memory_gb: float | None, gpu_name: str | None) -> Requirement:
+    """Normalise a job's GPU constraints so that equal constraints share one index entry."""
+    return (float(min_gpu_memory_gb or 0.0), (gpu_name or "").lower())
+
+
+def gpu_matches(gpu: GpuSnapshot, requirement: Requirement) -> bool:
+    """Whether a GPU meets a job's constraints, whatever it is doing right now.
+
+    Memory is compared in decimal gigabytes against NVML's MiB total, because that is how
+    cards are sold: an "80GB" H100 reports 81559 MiB, which is 85.5 GB but only 79.6 GiB, and a
+    user asking for 80 GB means that card.
+    """
+    min_gb, fragment = requirement
+    if min_gb and gpu.memory_total_mib * _BYTES_PER_MIB < min_gb * _BYTES_PER_GB:
+        return False
+    return not fragment or fragment in gpu.name.lower()
+
+
+def describe_requirement(requirement: Requirement) -> str:
+    """The constraint in the words of the job spec, for reasons a user can act on."""
+    min_gb, fragment = requirement
+    parts = []
+    if fragment:
+        parts.append(f"named like {fragment!r}")
+    if min_gb:
+        parts.append(f"with at least {min_gb:g} GB")
+    return (" " + " and ".join(parts)) if parts else ""

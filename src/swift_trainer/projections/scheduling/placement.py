@@ -1,0 +1,215 @@
+"""One placement pass: which queued jobs start now, on which GPUs, and who waits for what.
+
+The policy, precisely:
+
+1. **Order.** Jobs are considered in queue order: priority 10 to 0, and first come first
+   served within a priority (see ``queue``).
+2. **Eligibility.** A job may use a GPU that is on a live runner, healthy, held by no job of
+   ours, has less foreign memory (used by processes this system did not start) than
+   ``foreign_memory_threshold_mib``, and meets the job's ``min_gpu_memory_gb`` (total memory,
+   decimal GB) and ``gpu_name`` (case-insensitive substring).
+3. **Gangs.** A job needing N GPUs gets N eligible GPUs of one host at once, or nothing.
+4. **Choice.** Among hosts with N eligible GPUs, the one with the fewest (the tightest fit),
+   ties to the lowest runner id; within it, the GPUs ``occupancy.select_gpus`` prefers (one
+   NVLink group or PCIe switch for a gang when possible, then most free memory, then lowest
+   utilisation, then lowest index).
+5. **Unplaceable jobs.** A job needing more matching GPUs than any live host has in total
+   (counting busy GPUs but not unhealthy ones) could wait forever. It is skipped: it never
+   blocks the queue and never reserves, and ``unplaceable_reason`` says why. It becomes
+   placeable again by itself when a big enough host reports.
+6. **Reservation (EASY backfilling).** The first job in queue order that is placeable but
+   does not fit now is the *head*. It reserves the N GPUs of the host where it will fit
+   first, judged by the running jobs' remaining times (``Occupancy.plan_reservation``). Only
+   the head reserves; jobs behind it may start on any other eligible GPUs (backfill), but
+   never on the reserved ones, even if they would finish before the head could start. A
+   reservation lasts one pass and is recomputed by the next, so it follows the latest
+   remaining times. Backfill never touches the reserved host's reserved GPUs, so the head's
+   expected start there can only come closer (unless swift revises a remaining time
+   upwards); it moves elsewhere only when another host would start it even sooner. That is
+   the guarantee against starvation. Ties (typically every candidate waiting on jobs of
+   unknown length) are broken deterministically, so the same state reserves the same GPUs;
+   a head that waits only on jobs of unknown length or on foreign processes still waits
+   for as long as they run, with no estimate.
+7. **Strict FIFO.** With ``backfill=False``, nothing behind a blocked head starts: the pass
+   stops at the head (which still reports its reservation).
+
+Because free GPUs only ever decrease during a pass, a job that does not fit proves that no
+later job of the same constraints and at least as many GPUs fits either; the pass drops such
+jobs without looking at them. That is what keeps the work per pass proportional to what it
+places plus the number of distinct job shapes, not to the queue length.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import msgspec
+
+from swift_trainer.core.commands import ScheduleJob
+
+from .inventory import Requirement, describe_requirement
+from .occupancy import INFINITY, Occupancy
+from .queue import OrderKey, QueuedJob, Shape
+
+DEFAULT_FOREIGN_MEMORY_THRESHOLD_MIB = 1024
+DEFAULT_ESTIMATE_LIMIT = 1000
+
+
+class PlacementPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    """Operator settings. ``backfill=False`` is strict FIFO."""
+
+    backfill: bool = True
+    #: A GPU whose foreign processes hold this much memory or more counts as busy; the
+    #: default leaves room for a display server or a monitoring agent.
+    foreign_memory_threshold_mib: int = DEFAULT_FOREIGN_MEMORY_THRESHOLD_MIB
+    #: Only the first this many queued jobs get a simulated wait estimate.
+    estimate_limit: int = DEFAULT_ESTIMATE_LIMIT
+
+
+class Decision(msgspec.Struct, frozen=True, kw_only=True):
+    """Start ``job_id`` on these GPUs; ``attempt`` is the job's next attempt."""
+
+    job_id: str
+    attempt: int
+    runner_id: str
+    gpu_ids: tuple[int, ...]
+    gpu_uuids: tuple[str, ...]
+
+    def to_command(self) -> ScheduleJob:
+        return ScheduleJob(
+            job_id=self.job_id,
+            attempt=self.attempt,
+            runner_id=self.runner_id,
+            gpu_ids=self.gpu_ids,
+            gpu_uuids=self.gpu_uuids,
+        )
+
+
+class Reservation(msgspec.Struct, frozen=True, kw_only=True):
+    """GPUs held back for the blocked head of the queue.
+
+    ``expected_start_s`` is seconds from the pass, or ``None`` when it waits on a job of
+    unknown length or on a foreign process.
+    """
+
+    job_id: str
+    runner_id: str
+    gpu_ids: tuple[int, ...]
+    expected_start_s: float | None
+
+
+class Unplaceable(msgspec.Struct, frozen=True, kw_only=True):
+    job_id: str
+    reason: str
+
+
+class PassOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    """What a pass did: decisions in queue order, the head's reservation if any, and how
+    many jobs of each lane it placed (always a prefix of the lane)."""
+
+    decisions: tuple[Decision, ...]
+    reservation: Reservation | None
+    placed_per_lane: dict[Shape, int]
+
+
+def unplaceable_reason(occupancy: Occupancy, shape: Shape) -> str | None:
+    """Why a job of this shape can never start on the live hosts, or None if it can."""
+    count, requirement = shape
+    capacity = occupancy.capacity(requirement)
+    if count <= capacity:
+        return None
+    what = describe_requirement(requirement)
+    if capacity == 0:
+        return f"no live runner has a healthy GPU{what}"
+    plural = "s" if count > 1 else ""
+    return (
+        f"needs {count} GPU{plural}{what} on one runner, but the largest live runner has "
+        f"{capacity}; the job waits until a runner that big reports"
+    )
+
+
+def place_pass(
+    occupancy: Occupancy,
+    lanes: Mapping[Shape, Sequence[OrderKey]],
+    job_of: Callable[[OrderKey], QueuedJob],
+    *,
+    backfill: bool = True,
+    now: float = 0.0,
+    starts: Mapping[Shape, int] | None = None,
+) -> PassOutcome:
+    """Run one pass over ``lanes`` (from ``starts`` on), holding the chosen GPUs in
+    ``occupancy``.
+
+    Decided jobs hold their GPUs until ``now + expected_duration_s`` (forever when
+    unknown); the caller removes them from its queue using ``placed_per_lane``.
+    """
+    cursors: list[tuple[OrderKey, Shape, int]] = []
+    for shape, lane in lanes.items():
+        start = starts.get(shape, 0) if starts else 0
+        if start < len(lane) and shape[0] <= occupancy.capacity(shape[1]):
+            cursors.append((lane[start], shape, start))
+    heapq.heapify(cursors)
+
+    decisions: list[Decision] = []
+    placed: dict[Shape, int] = {}
+    smallest_failed: dict[Requirement, int] = {}
+    reservation: Reservation | None = None
+    while cursors:
+        key, shape, index = cursors[0]
+        count, requirement = shape
+        if count >= smallest_failed.get(requirement, math.inf):
+            heapq.heappop(cursors)  # a job as small with the same needs did not fit
+            continue
+        runner_id = None
+        if occupancy.total_free and count <= occupancy.max_free():
+            runner_id = occupancy.fit_host(count, requirement)
+        if runner_id is None:
+            heapq.heappop(cursors)
+            smallest_failed[requirement] = count
+            if reservation is None:
+                reservation = _reserve(occupancy, job_of(key), shape, now)
+                if not backfill:
+                    break
+            if not occupancy.total_free:
+                break
+            continue
+        job = job_of(key)
+        gpu_ids = occupancy.choose_gpus(runner_id, count, requirement)
+        duration = job.expected_duration_s
+        ends_at = INFINITY if duration is None else now + float(duration)
+        occupancy.hold(job.job_id, runner_id, gpu_ids, ends_at)
+        decisions.append(
+            Decision(
+                job_id=job.job_id,
+                attempt=job.attempt + 1,
+                runner_id=runner_id,
+                gpu_ids=gpu_ids,
+                gpu_uuids=tuple(occupancy.gpu(runner_id, i).uuid for i in gpu_ids),
+            ),
+        )
+        index += 1
+        placed[shape] = index
+        lane = lanes[shape]
+        if index < len(lane):
+            heapq.heapreplace(cursors, (lane[index], shape, index))
+        else:
+            heapq.heappop(cursors)
+    if reservation is not None:
+        occupancy.unreserve(reservation.runner_id)
+    return PassOutcome(decisions=tuple(decisions), reservation=reservation, placed_per_lane=placed)
+
+
+def _reserve(occupancy: Occupancy, job: QueuedJob, shape: Shape, now: float) -> Reservation | None:
+    plan = occupancy.plan_reservation(shape[0], shape[1], now)
+    if plan is None:  # pragma: no cover - placeable shapes always have a host
+        return None
+    runner_id, gpu_ids, start = plan
+    occupancy.reserve(runner_id, gpu_ids)
+    return Reservation(
+        job_id=job.job_id,
+        runner_id=runner_id,
+        gpu_ids=gpu_ids,
+        expected_start_s=None if math.isinf(start) else start - now,
+    )

@@ -1,0 +1,154 @@
+"""The priority queue of jobs waiting for GPUs.
+
+Order is ``(-priority, seq)``: higher priority first, then first come first served by
+``seq``, a number the caller takes from the event log (the global position of the job's
+``JobQueued`` event), never from a wall clock, so a replay orders jobs exactly as the live
+system did. A priority change moves the job but keeps its ``seq``: among equals it keeps the
+place its submission earned.
+
+Jobs are kept in one sorted *lane* per shape (GPU count and constraints). A placement pass
+walks the lanes merged in queue order and drops a whole lane the first time one of its jobs
+does not fit: every later job of that lane needs the same GPUs and cannot fit either. That is
+what keeps a pass over a long queue proportional to what it places, not to the queue length.
+"""
+
+from __future__ import annotations
+
+import heapq
+from bisect import bisect_left, insort
+from collections.abc import Iterable, Iterator, Mapping
+from itertools import islice
+
+import msgspec
+
+from .inventory import Requirement, requirement_of
+
+#: ``(gpu_count, requirement)``: jobs of one shape compete for exactly the same GPUs.
+Shape = tuple[int, Requirement]
+#: ``(-priority, seq, job_id)``: sorts in queue order; the id only breaks ties of bad input.
+OrderKey = tuple[int, int, str]
+
+
+class QueuedJob(msgspec.Struct, frozen=True, kw_only=True):
+    """A job waiting for GPUs, as much of it as placement needs.
+
+    ``attempt`` is the job's current attempt (the placement proposes the next one);
+    ``expected_duration_s`` feeds the wait estimates of the jobs behind it, ``None`` meaning
+    unknown.
+    """
+
+    job_id: str
+    priority: int
+    seq: int
+    gpu_count: int = 1
+    min_gpu_memory_gb: float | None = None
+    gpu_name: str | None = None
+    attempt: int = 0
+    expected_duration_s: float | None = None
+
+    @property
+    def shape(self) -> Shape:
+        return (self.gpu_count, requirement_of(self.min_gpu_memory_gb, self.gpu_name))
+
+    @property
+    def order_key(self) -> OrderKey:
+        return (-self.priority, self.seq, self.job_id)
+
+
+class JobQueue:
+    """Queued jobs in queue order, cheap to add to, remove from and reorder.
+
+    Every operation is a binary search plus a list insertion or deletion in one lane, so
+    O(log n) comparisons and a memmove; no third-party sorted container is needed.
+    """
+
+    __slots__ = ("_jobs", "_lanes")
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, tuple[QueuedJob, OrderKey, Shape]] = {}
+        self._lanes: dict[Shape, list[OrderKey]] = {}
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._jobs
+
+    def get(self, job_id: str) -> QueuedJob | None:
+        entry = self._jobs.get(job_id)
+        return entry[0] if entry else None
+
+    def add(self, job: QueuedJob) -> None:
+        """Queue a job; queueing a job id again replaces the earlier entry."""
+        self.remove(job.job_id)
+        key, shape = job.order_key, job.shape
+        self._jobs[job.job_id] = (job, key, shape)
+        lane = self._lanes.get(shape)
+        if lane is None:
+            self._lanes[shape] = [key]
+        elif key > lane[-1]:
+            lane.append(key)  # the usual case: a new job joins the back of its lane
+        else:
+            insort(lane, key)
+
+    def extend(self, jobs: Iterable[QueuedJob]) -> None:
+        """Queue many jobs at once: one sort per lane instead of one insertion per job."""
+        for job in jobs:
+            self._jobs[job.job_id] = (job, job.order_key, job.shape)  # the lanes are rebuilt
+        lanes: dict[Shape, list[OrderKey]] = {}
+        for _, key, shape in self._jobs.values():
+            lanes.setdefault(shape, []).append(key)
+        for lane in lanes.values():
+            lane.sort()
+        self._lanes = lanes
+
+    def remove(self, job_id: str) -> QueuedJob | None:
+        entry = self._jobs.pop(job_id, None)
+        if entry is None:
+            return None
+        job, key, shape = entry
+        lane = self._lanes[shape]
+        del lane[bisect_left(lane, key)]
+        if not lane:
+            del self._lanes[shape]
+        return job
+
+    def change_priority(self, job_id: str, priority: int) -> bool:
+        """Move a job to its new priority, keeping its ``seq``; False if it is not queued."""
+        job = self.get(job_id)
+        if job is None:
+            return False
+        if job.priority != priority:
+            self.add(msgspec.structs.replace(job, priority=priority))
+        return True
+
+    def position(self, job_id: str) -> int | None:
+        """1-based place in queue order, in O(shapes * log n)."""
+        entry = self._jobs.get(job_id)
+        if entry is None:
+            return None
+        key = entry[1]
+        return 1 + sum(bisect_left(lane, key) for lane in self._lanes.values())
+
+    @property
+    def lanes(self) -> Mapping[Shape, list[OrderKey]]:
+        """The lanes themselves, for a placement pass to walk; callers must not modify them."""
+        return self._lanes
+
+    def job(self, key: OrderKey) -> QueuedJob:
+        return self._jobs[key[2]][0]
+
+    def drop_front(self, shape: Shape, count: int) -> None:
+        """Remove the first ``count`` jobs of a lane: the ones a pass has just placed."""
+        lane = self._lanes[shape]
+        for key in lane[:count]:
+            del self._jobs[key[2]]
+        del lane[:count]
+        if not lane:
+            del self._lanes[shape]
+
+    def ordered(self, limit: int | None = None) -> Iterator[QueuedJob]:
+        """Jobs in queue order; the merge costs O(log shapes) per job."""
+        keys = heapq.merge(*self._lanes.values())
+        for key in keys if limit is None else islice(keys, limit):
+            yield self._jobs[key[2]][0]

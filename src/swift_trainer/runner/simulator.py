@@ -1,0 +1,692 @@
+"""A stand-in for the ``swift`` CLI, so the runner can be exercised on machines without GPUs.
+
+It takes the argv real ``swift sft`` / ``swift export`` take and leaves on disk what ms-swift
+4.x leaves: ``logging.jsonl`` lines with swift's own keys, ``checkpoint-N`` folders (written
+``trainer_state.json`` last, as HF's Trainer does, rotated by ``save_total_limit``), and an
+``args.json``. It also has the same process shape, because stop handling depends on it:
+
+* ``swift`` (the launcher, ``swift/cli/main.py``) only runs ``python sft.py ...`` as a child
+  and dies on SIGTERM without passing it on, orphaning the trainer;
+* with ``NPROC_PER_NODE`` it runs ``torch.distributed.run`` instead, an agent that starts one
+  worker per GPU, forwards SIGTERM to them and kills the rest when one fails;
+* the trainer with ``--callbacks graceful_exit`` turns SIGTERM into "save a checkpoint at the
+  end of this step, then finish" and still writes its summary line.
+
+Only the standard library is used: the launcher starts this very file as a script for the
+agent and the workers, like swift starts ``sft.py``.
+
+Simulator-only knobs (flags or environment): ``--simulate-step-seconds``
+(``SWIFT_SIM_STEP_SECONDS``, default 0.05), ``--simulate-fail-at-step K``
+(``SWIFT_SIM_FAIL_AT_STEP``), ``--simulate-crash-after-summary``
+(``SWIFT_SIM_CRASH_AFTER_SUMMARY=1``), ``--simulate-export-fail``
+(``SWIFT_SIM_EXPORT_FAIL=1``), ``--simulate-startup-seconds`` (``SWIFT_SIM_STARTUP_SECONDS``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+DEFAULT_SAMPLES = 1000
+_ROLE_ENV = "SWIFT_SIM_ROLE"
+_TORCHRUN = "torch.distributed.run"
+_TRUE = {"1", "true", "yes", "on"}
+_THIS_FILE = str(Path(__file__).resolve())
+#: A valid, empty safetensors file: 8-byte little-endian header length, then the header.
+_SAFETENSORS_HEADER = b'{"__metadata__":{"format":"pt"}}'
+EMPTY_SAFETENSORS = len(_SAFETENSORS_HEADER).to_bytes(8, "little") + _SAFETENSORS_HEADER
+
+
+class _Bar:
+    """Whether a tqdm-style bar (``\\r`` redraws, no newline) is open on stderr."""
+
+    open = False
+
+    @classmethod
+    def draw(cls, text: str) -> None:
+        sys.stderr.write("\r" + text)
+        sys.stderr.flush()
+        cls.open = True
+
+
+def _out(text: str, stream: TextIO | None = None) -> None:
+    target = stream if stream is not None else sys.stdout
+    if target is sys.stderr and _Bar.open:
+        text = "\n" + text  # tqdm.write moves below the bar the same way
+        _Bar.open = False
+    target.write(text + "\n")
+    target.flush()
+
+
+def _err(text: str) -> None:
+    _out(text, sys.stderr)
+
+
+def _bool(value: str) -> bool:
+    return value.strip().lower() in _TRUE
+
+
+def _env_float(name: str) -> float | None:
+    value = os.environ.get(name)
+    return float(value) if value else None
+
+
+# --- arguments ----------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    """Only the flags the simulation needs; everything else is accepted and ignored."""
+    parser = argparse.ArgumentParser(prog="swift", add_help=False, allow_abbrev=False)
+    add = parser.add_argument
+    add("--model")
+    add("--dataset", nargs="+", default=[])
+    add("--val_dataset", nargs="+", default=[])
+    add("--output_dir")
+    add("--add_version", type=_bool, default=True)
+    add("--tuner_type")
+    add("--train_type")
+    add("--num_train_epochs", type=float, default=3.0)
+    add("--max_steps", type=int, default=-1)
+    add("--per_device_train_batch_size", type=int, default=1)
+    add("--gradient_accumulation_steps", type=int)
+    add("--learning_rate", type=float)
+    add("--warmup_ratio", type=float, default=0.0)
+    add("--save_steps", type=int, default=500)
+    add("--save_total_limit", type=int)
+    add("--save_only_model", type=_bool, default=False)
+    add("--logging_steps", type=int, default=5)
+    add("--eval_steps", type=int)
+    add("--split_dataset_ratio", type=float, default=0.0)
+    add("--lora_rank", type=int, default=8)
+    add("--lora_alpha", type=int, default=32)
+    add("--target_modules", nargs="+", default=["all-linear"])
+    add("--resume_from_checkpoint")
+    add("--callbacks", nargs="+", default=[])
+    add("--seed", type=int, default=42)
+    # export
+    add("--adapters", nargs="+", default=[])
+    add("--merge_lora", type=_bool, default=False)
+    add("--exist_ok", type=_bool, default=False)
+    # simulator knobs
+    add("--simulate-step-seconds", dest="step_seconds", type=float)
+    add("--simulate-fail-at-step", dest="fail_at_step", type=int)
+    add("--simulate-crash-after-summary", dest="crash_after_summary", action="store_true")
+    add("--simulate-export-fail", dest="export_fail", action="store_true")
+    add("--simulate-startup-seconds", dest="startup_seconds", type=float)
+    return parser
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    args, _unknown = _parser().parse_known_args(list(argv))
+    if args.step_seconds is None:
+        args.step_seconds = _env_float("SWIFT_SIM_STEP_SECONDS") or 0.05
+    if args.fail_at_step is None:
+        fail = os.environ.get("SWIFT_SIM_FAIL_AT_STEP")
+        args.fail_at_step = int(fail) if fail else None
+    if not args.crash_after_summary:
+        args.crash_after_summary = _bool(os.environ.get("SWIFT_SIM_CRASH_AFTER_SUMMARY", ""))
+    if not args.export_fail:
+        args.export_fail = _bool(os.environ.get("SWIFT_SIM_EXPORT_FAIL", ""))
+    if args.startup_seconds is None:
+        args.startup_seconds = _env_float("SWIFT_SIM_STARTUP_SECONDS") or 0.0
+    args.tuner_type = args.tuner_type or args.train_type or "lora"
+    return args
+
+
+def dataset_samples(dataset: str) -> int:
+    """Samples one ``--dataset`` entry contributes: ``#N`` if given, else a local file's
+    record count, else ms-swift's hub datasets are assumed to hold ``DEFAULT_SAMPLES``."""
+    _name, sep, count = dataset.rpartition("#")
+    if sep and count.isdigit():
+        return int(count)
+    path = Path(dataset)
+    if path.is_file():
+        if path.suffix == ".jsonl":
+            with path.open("rb") as handle:
+                return sum(1 for line in handle if line.strip())
+        if path.suffix == ".json":
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return DEFAULT_SAMPLES
+            return len(data) if isinstance(data, list) else 1
+        if path.suffix == ".csv":
+            with path.open("rb") as handle:
+                return max(sum(1 for line in handle if line.strip()) - 1, 0)
+    return DEFAULT_SAMPLES
+
+
+def default_gradient_accumulation(batch_size: int, world_size: int) -> int:
+    """ms-swift's own default when the flag is absent (``TrainArgumentsMixin``)."""
+    return max(1, math.ceil(16 / batch_size / world_size))
+
+
+def compute_max_steps(
+    datasets: Sequence[str],
+    *,
+    batch_size: int = 1,
+    gradient_accumulation_steps: int | None = None,
+    world_size: int = 1,
+    num_train_epochs: float = 3.0,
+    max_steps: int = -1,
+    split_dataset_ratio: float = 0.0,
+) -> int:
+    """The optimizer steps HF's Trainer would run, from the same inputs.
+
+    Each rank sees ``ceil(samples / world_size)`` samples, in ``ceil(./batch_size)``
+    batches; an optimizer step takes ``gradient_accumulation_steps`` of them (at least one
+    step per epoch); epochs may be fractional. ``--max_steps`` > 0 wins.
+    """
+    if max_steps > 0:
+        return max_steps
+    samples = sum(dataset_samples(d) for d in datasets)
+    samples -= int(samples * split_dataset_ratio)
+    world = max(world_size, 1)
+    accumulation = gradient_accumulation_steps or default_gradient_accumulation(
+        batch_size,
+        world,
+    )
+    batches_per_rank = math.ceil(math.ceil(samples / world) / max(batch_size, 1))
+    steps_per_epoch = max(batches_per_rank // accumulation, 1)
+    return max(math.ceil(num_train_epochs * steps_per_epoch), 1)
+
+
+# --- helpers shared by the roles ------------------------------------------------------------
+
+
+def format_time(seconds: float) -> str:
+    """ms-swift's ``format_time``: ``"1d 2h 3m 4s"``, ``"2h 3m 4s"``, ``"3m 4s"``, ``"4s"``."""
+    days = int(seconds // 86400)
+    hours = int(seconds % 86400 // 3600)
+    minutes = int(seconds % 3600 // 60)
+    secs = int(seconds % 60)
+    if days > 0:
+        return f"{days}d {hours}h {minutes}m {secs}s"
+    if hours > 0:
+        return f"{hours}h {minutes}m {secs}s"
+    if minutes > 0:
+        return f"{minutes}m {secs}s"
+    return f"{secs}s"
+
+
+def _traceback(error: str, frames: Sequence[tuple[str, int, str, str]]) -> None:
+    lines = ["Traceback (most recent call last):"]
+    for filename, lineno, func, code in frames:
+        lines.append(f'  File "{filename}", line {lineno}, in {func}')
+        lines.append(f"    {code}")
+    lines.append(error)
+    _err("\n".join(lines))
+
+
+def _spawn(argv: Sequence[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    # -P: the script's folder (this package) must not shadow standard modules.
+    return subprocess.Popen([sys.executable, "-P", _THIS_FILE, *argv], env=env)
+
+
+# --- launcher: swift/cli/main.py ----------------------------------------------------------
+
+
+def _launcher(command: str, argv: list[str]) -> int:
+    """Like ``swift/cli/main.py``: run the entry script (or torchrun) and mirror its exit.
+
+    SIGTERM keeps Python's default (die at once, leaving the trainer running): exactly why
+    a supervisor must not stop a job by signalling this process.
+    """
+    env = dict(os.environ)
+    nproc = env.get("NPROC_PER_NODE")
+    script = f"swift/cli/{command}.py"
+    if nproc and command in {"sft", "pt", "rlhf"}:
+        env[_ROLE_ENV] = "agent"
+        shown = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", nproc]
+        if env.get("MASTER_PORT"):
+            shown += ["--master_port", env["MASTER_PORT"]]
+    else:
+        env[_ROLE_ENV] = "worker"
+        env.setdefault("RANK", "0")
+        env.setdefault("LOCAL_RANK", "0")
+        env.setdefault("WORLD_SIZE", "1")
+        shown = [sys.executable]
+    _out(f"run sh: `{' '.join([*shown, script, *argv])}`")
+    # torchrun's command line differs from its ranks', as with the real one.
+    child_argv = [_TORCHRUN, command, *argv] if env[_ROLE_ENV] == "agent" else [command, *argv]
+    return _spawn(child_argv, env).wait()
+
+
+# --- agent: torch.distributed.run ---------------------------------------------------------
+
+
+def _terminate(children: Sequence[subprocess.Popen[bytes]], timeout: float = 5.0) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for child in children:
+        try:
+            child.wait(max(deadline - time.monotonic(), 0.01))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def _agent(argv: list[str]) -> int:
+    nproc = int(os.environ.get("NPROC_PER_NODE", "1"))
+    _err(
+        "W0000 00:00:00.000000 torch/distributed/run.py:792] Setting OMP_NUM_THREADS "
+        "environment variable for each process to be 1 in default, to avoid your system "
+        "being overloaded, please further tune the variable for optimal performance in "
+        "your application as needed.",
+    )
+    workers: list[subprocess.Popen[bytes]] = []
+    for rank in range(nproc):
+        env = dict(os.environ)
+        env.update(
+            {
+                _ROLE_ENV: "worker",
+                "RANK": str(rank),
+                "LOCAL_RANK": str(rank),
+                "WORLD_SIZE": str(nproc),
+                "LOCAL_WORLD_SIZE": str(nproc),
+            },
+        )
+        workers.append(_spawn(argv, env))
+
+    def forward(signum: int, _frame: object) -> None:
+        _err(f"W torch/distributed/elastic/agent/server/api.py] Received {signum} death signal,")
+        _err("shutting down workers")
+        _terminate(workers, timeout=30.0)  # torchrun's own limit before SIGKILL
+        raise SystemExit(1)
+
+    signal.signal(signal.SIGTERM, forward)
+    while True:
+        codes = [w.poll() for w in workers]
+        failed = [(rank, c) for rank, c in enumerate(codes) if c not in (None, 0)]
+        if failed:
+            _terminate(workers)
+            rank, code = failed[0]
+            _err("torch.distributed.elastic.multiprocessing.errors.ChildFailedError: ")
+            _err("=" * 56)
+            _err(f"swift/cli/sft.py FAILED\n  rank      : {rank}\n  exitcode  : {code}")
+            _err("=" * 56)
+            return 1
+        if all(c == 0 for c in codes):
+            return 0
+        time.sleep(0.02)
+
+
+# --- worker: swift/cli/sft.py -------------------------------------------------------------
+
+
+class _Stop:
+    """SIGTERM sets this flag; GracefulExitCallback checks it at the end of each step."""
+
+    requested = False
+
+    @classmethod
+    def install(cls) -> None:
+        def handler(_signum: int, _frame: object) -> None:
+            cls.requested = True
+
+        signal.signal(signal.SIGTERM, handler)
+
+
+def _output_dir(args: argparse.Namespace) -> Path:
+    base = Path(args.output_dir or f"output/{Path(args.model).name}").absolute()
+    if not args.add_version:
+        return base
+    versions = [-1]
+    if base.is_dir():
+        for entry in base.iterdir():
+            match = re.match(r"v(\d+)", entry.name)
+            if match:
+                versions.append(int(match.group(1)))
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return base / f"v{max(versions) + 1}-{stamp}"
+
+
+def _write_json(path: Path, data: object) -> None:
+    path.write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
+
+
+def _append_jsonl(path: Path, data: dict[str, Any]) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(data, ensure_ascii=False) + "\n")
+
+
+class _Trainer:
+    """Rank 0's view of a training run; other ranks only keep pace."""
+
+    def __init__(self, args: argparse.Namespace, output_dir: Path, max_steps: int) -> None:
+        self.args = args
+        self.output_dir = output_dir
+        self.max_steps = max_steps
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.log_history: list[dict[str, Any]] = []
+        self.random = random.Random(args.seed + self.rank)
+        self.start_time = time.time()
+        self.lr: float = args.learning_rate or (1e-5 if args.tuner_type == "full" else 1e-4)
+        self.eval_enabled = bool(args.val_dataset) or args.split_dataset_ratio > 0
+
+    @property
+    def is_master(self) -> bool:
+        return self.rank == 0
+
+    def epoch(self, step: int) -> float:
+        epochs: float = self.args.num_train_epochs
+        return round(step / self.max_steps * epochs, 8)
+
+    def learning_rate(self, step: int) -> float:
+        warmup = int(self.max_steps * self.args.warmup_ratio)
+        if warmup and step <= warmup:
+            return self.lr * step / warmup
+        progress = (step - warmup) / max(self.max_steps - warmup, 1)
+        return self.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def loss(self, step: int) -> float:
+        return 0.35 + 1.8 * math.exp(-3 * step / self.max_steps) + self.random.uniform(0, 0.05)
+
+    def add_train_message(self, logs: dict[str, Any], step: int) -> dict[str, Any]:
+        """Exactly the keys ms-swift's ``add_train_message`` appends, in its order."""
+        logs["global_step/max_steps"] = f"{step}/{self.max_steps}"
+        percentage = step / self.max_steps if self.max_steps else 0.0
+        logs["percentage"] = f"{percentage * 100:.2f}%"
+        elapsed = time.time() - self.start_time
+        logs["elapsed_time"] = format_time(elapsed)
+        if percentage != 0:
+            logs["remaining_time"] = format_time(elapsed / percentage - elapsed)
+        for key, value in logs.items():
+            if isinstance(value, float):
+                logs[key] = round(value, 8)
+        logs["memory(GiB)"] = round(17.5 + 0.01 * (step % 7), 2)
+        logs["train_speed(iter/s)"] = round(step / max(elapsed, 1e-6), 6)
+        return logs
+
+    def log(self, logs: dict[str, Any], step: int) -> None:
+        logs = self.add_train_message(logs, step)
+        self.log_history.append({**logs, "step": step})
+        _append_jsonl(self.output_dir / "logging.jsonl", logs)
+        _out(str(logs))
+
+    def train_log(self, step: int) -> None:
+        self.log(
+            {
+                "loss": self.loss(step),
+                "grad_norm": self.random.uniform(0.3, 2.5),
+                "learning_rate": self.learning_rate(step),
+                "token_acc": min(0.45 + 0.5 * step / self.max_steps, 0.99),
+                "epoch": self.epoch(step),
+            },
+            step,
+        )
+
+    def eval_log(self, step: int) -> None:
+        _err(f"Val: 100%|##########| 4/4 [00:00<00:00, {40 + step % 5}.00it/s]")
+        self.log(
+            {
+                "eval_loss": self.loss(step) + 0.1,
+                "eval_token_acc": min(0.4 + 0.5 * step / self.max_steps, 0.98),
+                "eval_runtime": 0.5,
+                "eval_samples_per_second": 20.0,
+                "eval_steps_per_second": 8.0,
+                "epoch": self.epoch(step),
+            },
+            step,
+        )
+
+    def save_checkpoint(self, step: int) -> Path:
+        """Model files first, ``trainer_state.json`` last: its presence means complete."""
+        path = self.output_dir / f"checkpoint-{step}"
+        path.mkdir(parents=True, exist_ok=True)
+        args = self.args
+        if args.tuner_type == "full":
+            _write_json(path / "config.json", {"architectures": ["SimulatedForCausalLM"]})
+            (path / "model.safetensors").write_bytes(EMPTY_SAFETENSORS)
+        else:
+            _write_json(
+                path / "adapter_config.json",
+                {
+                    "peft_type": "LORA",
+                    "base_model_name_or_path": args.model,
+                    "r": args.lora_rank,
+                    "lora_alpha": args.lora_alpha,
+                    "target_modules": args.target_modules,
+                    "task_type": "CAUSAL_LM",
+                },
+            )
+            (path / "adapter_model.safetensors").write_bytes(EMPTY_SAFETENSORS)
+        shutil.copyfile(self.output_dir / "args.json", path / "args.json")
+        if not args.save_only_model:
+            for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+                (path / name).write_bytes(b"\x80\x04simulated")
+        _write_json(
+            path / "trainer_state.json",
+            {
+                "global_step": step,
+                "max_steps": self.max_steps,
+                "epoch": self.epoch(step),
+                "logging_steps": args.logging_steps,
+                "save_steps": args.save_steps,
+                "train_batch_size": args.per_device_train_batch_size,
+                "best_metric": None,
+                "best_model_checkpoint": None,
+                "is_world_process_zero": True,
+                "log_history": self.log_history[-20:],
+            },
+        )
+        self._rotate()
+        return path
+
+    def _rotate(self) -> None:
+        limit = self.args.save_total_limit
+        if not limit or limit <= 0:
+            return
+        found = []
+        for entry in self.output_dir.iterdir():
+            match = re.fullmatch(r"checkpoint-(\d+)", entry.name)
+            if match and entry.is_dir():
+                found.append((int(match.group(1)), entry))
+        found.sort()
+        for _step, entry in found[: max(len(found) - limit, 0)]:
+            shutil.rmtree(entry, ignore_errors=True)
+
+    def summary(self, step: int, last_checkpoint: Path | None) -> None:
+        runtime = time.time() - self.start_time
+        self.log(
+            {
+                "train_runtime": round(runtime, 4),
+                "train_samples_per_second": round(step / max(runtime, 1e-6), 3),
+                "train_steps_per_second": round(step / max(runtime, 1e-6), 3),
+                "total_flos": float(step) * 1.5e12,
+                "train_loss": self.loss(step),
+                "epoch": self.epoch(step),
+            },
+            step,
+        )
+        _err(f"[INFO:swift] last_model_checkpoint: {last_checkpoint}")
+        _err("[INFO:swift] best_model_checkpoint: None")
+        _err(f"[INFO:swift] images_dir: {self.output_dir / 'images'}")
+        _err("[INFO:swift] End time of running main: " + dt.datetime.now().isoformat(" "))
+
+
+def _resume_step(args: argparse.Namespace) -> int:
+    if not args.resume_from_checkpoint:
+        return 0
+    state = Path(args.resume_from_checkpoint).absolute() / "trainer_state.json"
+    data = json.loads(state.read_text(encoding="utf-8"))
+    return int(data["global_step"])
+
+
+def _fail(message: str) -> int:
+    _traceback(
+        message,
+        [
+            ("swift/cli/sft.py", 10, "<module>", "sft_main()"),
+            ("swift/pipelines/train/sft.py", 352, "sft_main", "return SwiftSft(args).main()"),
+        ],
+    )
+    return 1
+
+
+def _validate(args: argparse.Namespace) -> str | None:
+    if not args.model:
+        return "ValueError: Please set --model <model_id_or_path>`, model: None"
+    if not args.dataset:
+        return (
+            "ValueError: self.dataset: [], self.cached_dataset: []. "
+            "Please input the training dataset."
+        )
+    if args.resume_from_checkpoint:
+        ckpt = Path(args.resume_from_checkpoint).absolute()
+        if not (ckpt / "trainer_state.json").is_file():
+            return f"AssertionError: path: {ckpt}"
+    return None
+
+
+def _sft_worker(argv: list[str]) -> int:
+    args = parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    problem = _validate(args)
+    if problem:
+        return _fail(problem) if rank == 0 else 1
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    output_dir = _output_dir(args)
+    max_steps = compute_max_steps(
+        args.dataset,
+        batch_size=args.per_device_train_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        world_size=world_size,
+        num_train_epochs=args.num_train_epochs,
+        max_steps=args.max_steps,
+        split_dataset_ratio=args.split_dataset_ratio,
+    )
+    trainer = _Trainer(args, output_dir, max_steps)
+    if trainer.is_master:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        _err(f"[INFO:swift] rank: {rank}, world_size: {world_size}")
+        _err(f"[INFO:swift] output_dir: {output_dir}")
+        args_record = {k: v for k, v in vars(args).items() if not k.startswith(("step_", "fail"))}
+        args_record.update(output_dir=str(output_dir), swift_version="4.6.0")
+        _write_json(output_dir / "args.json", args_record)
+        _err(f"[INFO:swift] The SftArguments will be saved in: {output_dir / 'args.json'}")
+        _err(f"[INFO:swift] The logging file will be saved in: {output_dir / 'logging.jsonl'}")
+    time.sleep(args.startup_seconds)
+    if "graceful_exit" in args.callbacks:
+        _Stop.install()
+    return _train_loop(trainer, _resume_step(args))
+
+
+def _train_loop(trainer: _Trainer, start_step: int) -> int:
+    args = trainer.args
+    step = start_step
+    last_checkpoint: Path | None = None
+    trainer.start_time = time.time()
+    while step < trainer.max_steps:
+        time.sleep(args.step_seconds)
+        step += 1
+        if step == args.fail_at_step and trainer.is_master:
+            return _fail(
+                "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. "
+                "GPU 0 has a total capacity of 79.25 GiB of which 1.12 GiB is free.",
+            )
+        if not trainer.is_master:
+            if _Stop.requested:
+                break
+            continue
+        if step == 1 or step % args.logging_steps == 0:
+            trainer.train_log(step)
+        if trainer.eval_enabled and args.eval_steps and step % args.eval_steps == 0:
+            trainer.eval_log(step)
+        _Bar.draw(f"Train: {step * 100 // trainer.max_steps:3d}%| {step}/{trainer.max_steps}")
+        saved = step % args.save_steps == 0 or step == trainer.max_steps
+        if saved or _Stop.requested:
+            last_checkpoint = trainer.save_checkpoint(step)
+            _err(f"[INFO:swift] Saving model checkpoint to {last_checkpoint}")
+        if _Stop.requested:
+            _err("[INFO:swift] Received SIGTERM: checkpoint saved, training will stop.")
+            break
+    if not trainer.is_master:
+        return 0
+    trainer.summary(step, last_checkpoint)
+    if args.crash_after_summary:
+        _traceback(
+            "RuntimeError: NCCL error in: ProcessGroupNCCL.cpp:1970, unhandled system error",
+            [("swift/cli/sft.py", 10, "<module>", "sft_main()")],
+        )
+        return 1
+    return 0
+
+
+# --- worker: swift/cli/export.py ----------------------------------------------------------
+
+
+def _export_worker(argv: list[str]) -> int:
+    args = parse_args(argv)
+    frames = [
+        ("swift/cli/export.py", 5, "<module>", "export_main()"),
+        ("swift/arguments/export_args.py", 131, "__post_init__", "self._init_output_dir()"),
+    ]
+    if not args.adapters:
+        _traceback("ValueError: Please set --model <model_id_or_path>`, model: None", frames)
+        return 1
+    checkpoint = Path(args.adapters[0]).absolute()
+    if not (checkpoint / "adapter_config.json").is_file():
+        _traceback(f"AssertionError: `{checkpoint}` is not an adapter", frames)
+        return 1
+    target = Path(args.output_dir).absolute() if args.output_dir else None
+    if target is None:
+        target = checkpoint.with_name(f"{checkpoint.name}-merged")
+    if target.exists() and not args.exist_ok:
+        _traceback(f"FileExistsError: args.output_dir: `{target}` already exists.", frames)
+        return 1
+    _err(f"[INFO:swift] args.output_dir: `{target}`")
+    _err("[INFO:swift] merge_device_map: cpu")
+    for _ in range(3):
+        time.sleep(args.step_seconds)
+    if args.export_fail:
+        _traceback("RuntimeError: merge failed: out of host memory (simulated)", frames)
+        return 1
+    target.mkdir(parents=True, exist_ok=True)
+    adapter = json.loads((checkpoint / "adapter_config.json").read_text(encoding="utf-8"))
+    _write_json(
+        target / "config.json",
+        {"architectures": ["SimulatedForCausalLM"], "merged_from": str(checkpoint), **adapter},
+    )
+    (target / "model.safetensors").write_bytes(EMPTY_SAFETENSORS)
+    _err(f"[INFO:swift] Successfully merged LoRA and saved in {target}.")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == [_TORCHRUN]:
+        args = args[1:]
+    if not args or args[0] in {"-h", "--help"}:
+        _err("usage: swift-sim {sft,export} [swift flags...]")
+        return 2
+    command, rest = args[0].replace("-", "_"), args[1:]
+    if command not in {"sft", "export"}:
+        _err(f"KeyError: '{command}' (the simulator knows sft and export)")
+        return 2
+    role = os.environ.get(_ROLE_ENV)
+    if role == "agent":
+        return _agent([command, *rest])
+    if role == "worker":
+        return _sft_worker(rest) if command == "sft" else _export_worker(rest)
+    return _launcher(command, rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

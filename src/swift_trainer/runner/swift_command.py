@@ -1,0 +1,272 @@
+"""The ``swift sft`` / ``swift export`` command lines for one job, as argv lists and env.
+
+Supported release: **ms-swift 4.6.0** (the ``swift`` extra in pyproject). The flags were
+checked against ms-swift 4.x sources (repository modelscope/ms-swift):
+
+* Renamed in 4.x: ``--train_type`` became ``--tuner_type``. Confirmed in
+  ``swift/arguments/base_args/base_args.py`` (``tuner_type: str = 'lora'``, and
+  ``train_type: Optional[str] = None  # compat swift3.x`` that only logs a deprecation).
+* New in 4.x and needed for a graceful stop: ``--callbacks graceful_exit``. Confirmed in
+  ``swift/callbacks/mapping.py`` (``'graceful_exit': GracefulExitCallback``, defined in
+  ``swift/callbacks/deepspeed_elastic.py``: on SIGTERM it sets ``should_save`` at the end
+  of the step, then ``should_training_stop``) and ``callbacks: List[str]`` in
+  ``TrainArgumentsMixin`` (``swift/trainers/arguments.py``).
+* Same name in 4.x, checked there: ``--model``, ``--torch_dtype``
+  (``swift/arguments/base_args/model_args.py``); ``--output_dir``, ``--add_version``
+  (default true: it would add a ``v0-<time>`` folder), ``--resume_from_checkpoint``
+  (``swift/arguments/sft_args.py``); ``--vit_lr``, ``--aligner_lr``,
+  ``--per_device_train_batch_size``, ``--gradient_accumulation_steps``,
+  ``--logging_steps``, ``--weight_decay``, ``--lr_scheduler_type``,
+  ``--dataloader_num_workers``, ``--gradient_checkpointing``
+  (``swift/trainers/arguments.py``); export's ``--adapters``, ``--merge_lora``,
+  ``--output_dir`` (default ``<checkpoint>-merged``) and ``--exist_ok``
+  (``swift/arguments/export_args.py``).
+* Hugging Face ``TrainingArguments`` names, unchanged: ``--num_train_epochs`` (the seed's
+  num_epochs), ``--max_steps``, ``--learning_rate``, ``--warmup_ratio`` (deprecated in
+  transformers 5, still accepted), ``--eval_steps``, ``--save_steps``,
+  ``--save_total_limit``, ``--save_only_model``, ``--seed``.
+* ms-swift data, template and tuner arguments under their documented names:
+  ``--dataset`` (a list), ``--dataset_num_proc``, ``--split_dataset_ratio``,
+  ``--max_length``, ``--template``, ``--system``, ``--model_type``, ``--deepspeed``,
+  ``--lora_rank``, ``--lora_alpha``, ``--lora_dropout``, ``--target_modules``,
+  ``--freeze_vit``.
+
+Multi-GPU: ``swift/cli/main.py`` starts ``torch.distributed.run`` when ``NPROC_PER_NODE``
+is set and passes ``MASTER_PORT`` on, so a multi-GPU job gets both, and a single-GPU job
+must not inherit a stray ``NPROC_PER_NODE`` from the runner's environment.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Final
+
+import msgspec
+
+from swift_trainer.core.spec import EffectiveTrainArgs, JobSpec
+
+SUPPORTED_MS_SWIFT_VERSION: Final = "4.6.0"
+
+#: Env vars that make ``swift`` launch torchrun; a single-GPU job must not inherit them.
+_TORCHRUN_ENV: Final = ("NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+class SwiftInvocation(msgspec.Struct, frozen=True):
+    """An argv (never a shell string, so paths with spaces or quotes cannot inject) and env."""
+
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    #: Where swift writes ``logging.jsonl`` and ``checkpoint-N`` (sft) or the merged model
+    #: (export).
+    output_dir: str
+
+
+def pick_free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free right now; torchrun binds it moments later, so a race is unlikely.
+
+    Two multi-GPU jobs on one host must not share a rendezvous port, so the runner never
+    relies on torchrun's fixed default (29500).
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _flag_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def _train_flags(args: EffectiveTrainArgs) -> list[str]:
+    """The seed's parameters (plus overrides) under their ms-swift 4.x names."""
+    flags: list[tuple[str, object | None]] = [
+        ("--tuner_type", args.train_type),
+        ("--torch_dtype", args.torch_dtype),
+        ("--num_train_epochs", args.num_epochs),
+        ("--max_steps", args.max_steps),
+        ("--per_device_train_batch_size", args.batch_size),
+        ("--gradient_accumulation_steps", args.gradient_accumulation_steps),
+        ("--learning_rate", args.learning_rate),
+        ("--vit_lr", args.vit_lr),
+        ("--aligner_lr", args.aligner_lr),
+        ("--warmup_ratio", args.warmup_ratio),
+        ("--weight_decay", args.weight_decay),
+        ("--lr_scheduler_type", args.lr_scheduler_type),
+        ("--eval_steps", args.eval_steps),
+        ("--save_steps", args.save_steps),
+        ("--save_total_limit", args.save_total_limit),
+        ("--save_only_model", args.save_only_model),
+        ("--logging_steps", args.logging_steps),
+        ("--max_length", args.max_length),
+        ("--dataloader_num_workers", args.dataloader_num_workers),
+        ("--dataset_num_proc", args.dataset_num_proc),
+        ("--gradient_checkpointing", args.gradient_checkpointing),
+        ("--freeze_vit", args.freeze_vit),
+        ("--seed", args.seed),
+        ("--split_dataset_ratio", args.split_dataset_ratio),
+        ("--deepspeed", args.deepspeed),
+        ("--model_type", args.model_type),
+        ("--template", args.template),
+        ("--system", args.system),
+    ]
+    if args.train_type == "lora":
+        # LoRA hyper-parameters mean nothing to a full fine-tune; leaving them out keeps
+        # args.json honest about what was trained.
+        flags += [
+            ("--lora_rank", args.lora_rank),
+            ("--lora_alpha", args.lora_alpha),
+            ("--lora_dropout", args.lora_dropout),
+        ]
+    argv: list[str] = []
+    for flag, value in flags:
+        if value is not None:
+            argv += [flag, _flag_value(value)]
+    if args.target_modules:
+        argv += ["--target_modules", *args.target_modules]
+    return argv
+
+
+def split_datasets(data_path: str) -> list[str]:
+    """Several datasets are given space-separated, as on swift's own command line.
+
+    Each becomes its own argv element because ``--dataset`` is a list in ms-swift; passing
+    ``"a b"`` as one element would ask for a single dataset with a space in its name.
+    """
+    return data_path.split()
+
+
+def _executable(swift_executable: str | Sequence[str]) -> list[str]:
+    if isinstance(swift_executable, str):
+        return [swift_executable]
+    return list(swift_executable)
+
+
+def _base_env(base_env: Mapping[str, str] | None) -> dict[str, str]:
+    env = dict(os.environ if base_env is None else base_env)
+    # The supervisor captures output through files; without this, Python block-buffers
+    # them and progress lines arrive in 8 KiB bursts.
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def job_output_dir(output_root: str | Path, spec: JobSpec) -> Path:
+    """``spec.output_dir`` is validated relative (no ``..``), so this stays inside the root."""
+    return Path(output_root) / spec.output_dir
+
+
+def build_sft_command(
+    spec: JobSpec,
+    *,
+    output_root: str | Path,
+    gpu_ids: Sequence[int],
+    resume_from: str | None = None,
+    swift_executable: str | Sequence[str] = "swift",
+    master_port: int | None = None,
+    base_env: Mapping[str, str] | None = None,
+    extra_args: Sequence[str] = (),
+    gpu_uuids: Sequence[str] = (),
+) -> SwiftInvocation:
+    """The ``swift sft`` invocation for one attempt of a job on the GPUs it was given.
+
+    ``gpu_uuids``, when given, pin CUDA_VISIBLE_DEVICES by UUID: a UUID names the same
+    physical card whatever enumeration order CUDA picks. Indices are used otherwise, with
+    ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` so CUDA's index N is NVML's index N.
+    """
+    if not gpu_ids:
+        raise ValueError("a training job needs at least one GPU")
+    if gpu_uuids and len(gpu_uuids) != len(gpu_ids):
+        raise ValueError("gpu_uuids must name exactly the assigned GPUs")
+    output_dir = job_output_dir(output_root, spec)
+    argv = [
+        *_executable(swift_executable),
+        "sft",
+        "--model",
+        spec.model_path,
+        "--dataset",
+        *split_datasets(spec.data_path),
+        "--output_dir",
+        str(output_dir),
+        "--add_version",
+        "false",
+        "--callbacks",
+        "graceful_exit",
+        *_train_flags(spec.effective_args),
+    ]
+    if resume_from:
+        resume = Path(resume_from)
+        if not resume.is_absolute():
+            resume = output_dir / resume
+        argv += ["--resume_from_checkpoint", str(resume)]
+    argv += list(extra_args)
+
+    env = _base_env(base_env)
+    for key in _TORCHRUN_ENV:
+        env.pop(key, None)
+    env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+    visible = gpu_uuids if gpu_uuids else [str(i) for i in gpu_ids]
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(visible)
+    if len(gpu_ids) > 1:
+        env["NPROC_PER_NODE"] = str(len(gpu_ids))
+        env["MASTER_PORT"] = str(master_port if master_port is not None else pick_free_port())
+    return SwiftInvocation(argv=tuple(argv), env=env, output_dir=str(output_dir))
+
+
+def expected_export_path(checkpoint: str | Path, output_dir: str | Path | None = None) -> Path:
+    """Where ``swift export --merge_lora true`` puts the merged model.
+
+    ms-swift 4.x (``ExportArguments._init_output_dir``) appends ``-merged`` to the
+    checkpoint folder's name when no ``--output_dir`` is given.
+    """
+    if output_dir is not None:
+        return Path(output_dir)
+    ckpt = Path(checkpoint)
+    return ckpt.with_name(f"{ckpt.name}-merged")
+
+
+def build_export_command(
+    checkpoint: str | Path,
+    *,
+    output_dir: str | Path | None = None,
+    overwrite: bool = False,
+    gpu_ids: Sequence[int] = (),
+    swift_executable: str | Sequence[str] = "swift",
+    base_env: Mapping[str, str] | None = None,
+    extra_args: Sequence[str] = (),
+) -> SwiftInvocation:
+    """``swift export`` merging a LoRA checkpoint into its base model.
+
+    An export holds no GPU assignment from the scheduler, so unless GPUs are given it runs
+    with ``CUDA_VISIBLE_DEVICES=""`` (CPU merge): it must never take memory on a card the
+    scheduler has promised to a training job. The base model is found through the
+    checkpoint's ``args.json`` (``load_args`` is true for export).
+    """
+    argv = [
+        *_executable(swift_executable),
+        "export",
+        "--adapters",
+        str(checkpoint),
+        "--merge_lora",
+        "true",
+    ]
+    if output_dir is not None:
+        argv += ["--output_dir", str(output_dir)]
+    if overwrite:
+        argv += ["--exist_ok", "true"]
+    argv += list(extra_args)
+    env = _base_env(base_env)
+    for key in _TORCHRUN_ENV:
+        env.pop(key, None)
+    env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_ids)
+    return SwiftInvocation(
+        argv=tuple(argv),
+        env=env,
+        output_dir=str(expected_export_path(checkpoint, output_dir)),
+    )

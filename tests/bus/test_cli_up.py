@@ -1,0 +1,76 @@
+"""``swift-trainer up`` as a real process: embedded NATS, handler, relay; Ctrl-C stops all."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+
+def _env(data_dir: Path) -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "EVENT_STORE", "REDIS"))
+    }
+    env["SWIFT_TRAINER_DATA_DIR"] = str(data_dir)
+    env["APP_HOST"] = "127.0.0.1"
+    return env
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "swift_trainer.cli", *args]
+
+
+def test_up_runs_the_embedded_service_and_stops_it_cleanly(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    env = _env(data_dir)
+    up = subprocess.Popen(_cli("up", "--port", "0"), env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        url_file = data_dir / "nats.url"
+        deadline = time.monotonic() + 60
+        while not url_file.exists() and time.monotonic() < deadline and up.poll() is None:
+            time.sleep(0.1)
+        assert url_file.exists(), "up never started its nats-server"
+        children = psutil.Process(up.pid).children(recursive=True)
+        assert any("nats-server" in child.name() for child in children)
+
+        submit = subprocess.run(
+            _cli("submit", "--job-id", "cli-1", "--data-path", "d#10", "--model-path", "m"),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert submit.returncode == 0, submit.stderr
+        reply = json.loads(submit.stdout)
+        assert reply["ok"] is True
+        assert [e["type"] for e in reply["events"]] == ["JobSubmitted", "JobQueued"]
+
+        again = subprocess.run(
+            _cli("submit", "--job-id", "cli-1", "--data-path", "d", "--model-path", "m"),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert again.returncode == 1
+        assert json.loads(again.stdout)["error"]["code"] == "job_already_exists"
+    finally:
+        up.send_signal(signal.SIGINT)
+        try:
+            _, stderr = up.communicate(timeout=30)
+        finally:
+            if up.poll() is None:
+                up.kill()
+                up.communicate()
+    assert up.returncode == 0, stderr
+    for child in children:
+        assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+    assert (data_dir / "events.db").exists()

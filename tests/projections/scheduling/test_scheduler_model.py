@@ -1,0 +1,563 @@
+"""The scheduler against a simple model, driven by hypothesis.
+
+The model keeps plain dicts of hosts, queued and running jobs, and ``reference_pass``
+applies the documented policy by brute force (every job against every host, no indexes, no
+pruning). A stateful test drives the incremental scheduler through random histories; after
+every step it must agree with the reference, agree with a rebuild from
+snapshots (``place_jobs``), and satisfy the invariants the design promises, checked on
+their own terms so that a bug shared by the scheduler and the reference still shows. A
+second test checks single passes over random moments, where contention is the rule.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from swift_trainer.projections.scheduling import (
+    Decision,
+    GpuSnapshot,
+    HostSnapshot,
+    PlacementPolicy,
+    QueuedJob,
+    Reservation,
+    RunningJob,
+    Scheduler,
+    place_jobs,
+    select_gpus,
+)
+from swift_trainer.projections.scheduling.inventory import gpu_matches, requirement_of
+from swift_trainer.projections.scheduling.occupancy import gpu_preference
+
+from .builders import A100_40, A100_40_MIB, H100, H100_MIB
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+THRESHOLD = 1024
+RUNNERS = ("r1", "r2", "r3", "r4")
+
+Gpu = tuple[str, int]
+GpuKey = tuple[int, float, int]
+
+
+# --- the reference: the documented policy, by brute force -----------------------------------
+
+
+def order(job: QueuedJob) -> tuple[int, int, str]:
+    return (-job.priority, job.seq, job.job_id)
+
+
+def eligible_for(gpu: GpuSnapshot, job: QueuedJob) -> bool:
+    return gpu.healthy and gpu_matches(gpu, requirement_of(job.min_gpu_memory_gb, job.gpu_name))
+
+
+def usable(gpu: GpuSnapshot) -> bool:
+    return gpu.healthy and gpu.foreign_memory_mib < THRESHOLD
+
+
+def capacity(job: QueuedJob, hosts: dict[str, HostSnapshot]) -> int:
+    live = [h for h in hosts.values() if h.alive]
+    return max((sum(eligible_for(g, job) for g in h.gpus) for h in live), default=0)
+
+
+def reference_pass(
+    queued: dict[str, QueuedJob],
+    hosts: dict[str, HostSnapshot],
+    running: dict[str, RunningJob],
+    backfill: bool,
+) -> tuple[list[Decision], Reservation | None]:
+    ends: dict[Gpu, list[float]] = {}
+    for held in running.values():
+        for index in held.gpu_ids:
+            end = math.inf if held.remaining_s is None else max(0.0, held.remaining_s)
+            ends.setdefault((held.runner_id, index), []).append(end)
+    reserved: set[Gpu] = set()
+    decisions: list[Decision] = []
+    reservation: Reservation | None = None
+    live = {runner_id: h for runner_id, h in sorted(hosts.items()) if h.alive}
+
+    def free(runner_id: str, job: QueuedJob) -> list[GpuSnapshot]:
+        return [
+            g
+            for g in live[runner_id].gpus
+            if usable(g)
+            and eligible_for(g, job)
+            and (runner_id, g.index) not in ends
+            and (runner_id, g.index) not in reserved
+        ]
+
+    for job in sorted(queued.values(), key=order):
+        if job.gpu_count > capacity(job, hosts):
+            continue
+        fits = [(len(free(r, job)), r) for r in live if len(free(r, job)) >= job.gpu_count]
+        if fits:
+            runner_id = min(fits)[1]
+            gpu_ids = select_gpus(free(runner_id, job), job.gpu_count)
+            gpus = {g.index: g for g in live[runner_id].gpus}
+            decisions.append(
+                Decision(
+                    job_id=job.job_id,
+                    attempt=job.attempt + 1,
+                    runner_id=runner_id,
+                    gpu_ids=gpu_ids,
+                    gpu_uuids=tuple(gpus[i].uuid for i in gpu_ids),
+                ),
+            )
+            duration = job.expected_duration_s
+            for index in gpu_ids:
+                ends[(runner_id, index)] = [math.inf if duration is None else duration]
+            continue
+        if reservation is None:
+            reservation = reference_reservation(job, live, ends)
+            reserved = {(reservation.runner_id, i) for i in reservation.gpu_ids}
+            if not backfill:
+                break
+    return decisions, reservation
+
+
+def reference_reservation(
+    job: QueuedJob,
+    live: dict[str, HostSnapshot],
+    ends: dict[Gpu, list[float]],
+) -> Reservation:
+    best: tuple[tuple[tuple[float, ...], str], list[tuple[float, GpuKey, int]]] | None = None
+    for runner_id, h in live.items():
+        times: list[tuple[float, GpuKey, int]] = []
+        for g in h.gpus:
+            if not eligible_for(g, job):
+                continue
+            if usable(g) and (runner_id, g.index) not in ends:
+                time = -math.inf
+            elif usable(g):
+                time = max(ends[(runner_id, g.index)])
+            else:
+                time = math.inf
+            times.append((time, gpu_preference(g), g.index))
+        if len(times) < job.gpu_count:
+            continue
+        first = sorted(times)[: job.gpu_count]
+        key = (tuple(sorted((t for t, _, _ in first), reverse=True)), runner_id)
+        if best is None or key < best[0]:
+            best = (key, first)
+    assert best is not None
+    (_, runner_id), first = best
+    start = max(first[-1][0], 0.0)
+    return Reservation(
+        job_id=job.job_id,
+        runner_id=runner_id,
+        gpu_ids=tuple(sorted(i for _, _, i in first)),
+        expected_start_s=None if math.isinf(start) else start,
+    )
+
+
+# --- the machine ----------------------------------------------------------------------------
+
+
+def make_host(runner_id: str, kinds: list[tuple[bool, int | None]]) -> HostSnapshot:
+    """One GPU per ``(is_h100, nvlink group)``; small hosts make contention likely."""
+    return HostSnapshot(
+        runner_id=runner_id,
+        gpus=tuple(
+            GpuSnapshot(
+                index=index,
+                uuid=f"GPU-{runner_id}-{index}",
+                name=H100 if is_h100 else A100_40,
+                memory_total_mib=H100_MIB if is_h100 else A100_40_MIB,
+                memory_used_mib=(index * 37) % 5,
+                utilization_pct=float(index % 2),
+                nvlink_group=None if group is None else f"{runner_id}-{group}",
+            )
+            for index, (is_h100, group) in enumerate(kinds)
+        ),
+    )
+
+
+gpu_kinds = st.tuples(st.booleans(), st.sampled_from([None, 0, 1]))
+host_kinds = st.lists(gpu_kinds, min_size=1, max_size=4)
+remaining = st.sampled_from([None, 0.0, 5.0, 10.0, 30.0])
+#: Mostly small unconstrained jobs, so that passes contend; sometimes ones that never fit.
+new_jobs = st.builds(
+    QueuedJob,
+    job_id=st.just(""),
+    seq=st.just(0),
+    priority=st.integers(0, 10),
+    gpu_count=st.sampled_from([1, 1, 1, 2, 2, 3, 4, 5]),
+    min_gpu_memory_gb=st.sampled_from([None, None, None, None, 40.0, 80.0, 100.0]),
+    gpu_name=st.sampled_from([None, None, None, None, "h100", "A100", "v100"]),
+    expected_duration_s=st.sampled_from([None, 10.0, 40.0]),
+)
+
+
+class SchedulerMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.hosts: dict[str, HostSnapshot] = {}
+        self.queued: dict[str, QueuedJob] = {}
+        self.running: dict[str, RunningJob] = {}
+        #: The job as last queued, to queue it again when its runner is lost.
+        self.specs: dict[str, QueuedJob] = {}
+        self.seq = 0
+        self.next_id = 0
+        self.policy = PlacementPolicy()
+        self.scheduler = Scheduler(self.policy)
+
+    @initialize(
+        backfill=st.booleans(),
+        layout=st.lists(host_kinds, min_size=1, max_size=len(RUNNERS)),
+    )
+    def setup(self, backfill: bool, layout: list[list[tuple[bool, int | None]]]) -> None:
+        self.policy = PlacementPolicy(backfill=backfill, foreign_memory_threshold_mib=THRESHOLD)
+        self.scheduler = Scheduler(self.policy)
+        for runner_id, kinds in zip(RUNNERS, layout, strict=False):
+            self.set_host(make_host(runner_id, kinds))
+
+    def set_host(self, host: HostSnapshot) -> None:
+        self.hosts[host.runner_id] = host
+        self.scheduler.update_host(host)
+
+    def enqueue(self, job: QueuedJob) -> None:
+        self.seq += 1
+        job = msgspec.structs.replace(job, seq=self.seq)
+        self.queued[job.job_id] = job
+        self.specs[job.job_id] = job
+        self.scheduler.submit(job)
+
+    # --- the queue ------------------------------------------------------------------------
+
+    @rule(jobs=st.lists(new_jobs, min_size=1, max_size=3))
+    def submit(self, jobs: list[QueuedJob]) -> None:
+        for job in jobs:
+            self.next_id += 1
+            self.enqueue(msgspec.structs.replace(job, job_id=f"j{self.next_id}"))
+
+    @rule(data=st.data(), priority=st.integers(0, 10))
+    def change_priority(self, data: st.DataObject, priority: int) -> None:
+        job_id = data.draw(st.sampled_from([*sorted(self.queued), "unknown"]))
+        changed = self.scheduler.change_priority(job_id, priority)
+        assert changed == (job_id in self.queued)
+        if changed:
+            self.queued[job_id] = msgspec.structs.replace(self.queued[job_id], priority=priority)
+
+    @rule(data=st.data())
+    def remove(self, data: st.DataObject) -> None:
+        job_id = data.draw(st.sampled_from([*sorted(self.queued), "unknown"]))
+        removed = self.scheduler.remove(job_id)
+        assert removed == self.queued.pop(job_id, None)
+
+    # --- running jobs ---------------------------------------------------------------------
+
+    @precondition(lambda self: self.running)
+    @rule(data=st.data())
+    def complete(self, data: st.DataObject) -> None:
+        job_id = data.draw(st.sampled_from(sorted(self.running)))
+        assert self.scheduler.release(job_id) == self.running.pop(job_id)
+
+    @precondition(lambda self: self.running)
+    @rule(data=st.data(), value=remaining)
+    def report_progress(self, data: st.DataObject, value: float | None) -> None:
+        job_id = data.draw(st.sampled_from(sorted(self.running)))
+        self.running[job_id] = msgspec.structs.replace(self.running[job_id], remaining_s=value)
+        self.scheduler.set_remaining(job_id, value)
+
+    # --- runners --------------------------------------------------------------------------
+
+    @rule(runner_id=st.sampled_from(RUNNERS), lost=st.booleans())
+    def runner_dies(self, runner_id: str, lost: bool) -> None:
+        """The runner stops; with ``lost`` its jobs are marked lost and requeued at once."""
+        if runner_id not in self.hosts:
+            return
+        self.set_host(msgspec.structs.replace(self.hosts[runner_id], alive=False))
+        if lost:
+            self.lose_jobs(runner_id)
+
+    @rule(runner_id=st.sampled_from(RUNNERS))
+    def lease_expires(self, runner_id: str) -> None:
+        if runner_id not in self.hosts:
+            return
+        host = self.hosts[runner_id]
+        self.scheduler.update_host(msgspec.structs.replace(host, lease_expires_at=NOW))
+        expired = self.scheduler.expire_leases(NOW + timedelta(seconds=1))
+        assert expired == ((runner_id,) if host.alive else ())
+        self.hosts[runner_id] = msgspec.structs.replace(host, alive=False, lease_expires_at=NOW)
+        assert self.scheduler.host(runner_id) == self.hosts[runner_id]
+        self.lose_jobs(runner_id)
+
+    def lose_jobs(self, runner_id: str) -> None:
+        lost = self.scheduler.jobs_on(runner_id)
+        assert lost == tuple(sorted(j for j, r in self.running.items() if r.runner_id == runner_id))
+        for job_id in lost:
+            self.scheduler.release(job_id)
+            self.running.pop(job_id)
+            self.enqueue(self.specs[job_id])
+
+    @rule(runner_id=st.sampled_from(RUNNERS), kinds=host_kinds)
+    def runner_returns(self, runner_id: str, kinds: list[tuple[bool, int | None]]) -> None:
+        """A runner reports (again); a returning one may come back with other GPUs only if
+        none of its jobs still holds GPUs there."""
+        old = self.hosts.get(runner_id)
+        if old is not None and any(r.runner_id == runner_id for r in self.running.values()):
+            self.set_host(msgspec.structs.replace(old, alive=True, lease_expires_at=None))
+        else:
+            self.set_host(make_host(runner_id, kinds))
+
+    @precondition(lambda self: self.hosts)
+    @rule(
+        data=st.data(),
+        healthy=st.booleans(),
+        foreign=st.sampled_from([0, THRESHOLD - 1, THRESHOLD, 30_000]),
+    )
+    def gpu_changes(self, data: st.DataObject, healthy: bool, foreign: int) -> None:
+        runner_id = data.draw(st.sampled_from(sorted(self.hosts)))
+        host = self.hosts[runner_id]
+        index = data.draw(st.integers(0, len(host.gpus) - 1))
+        gpus = list(host.gpus)
+        gpus[index] = msgspec.structs.replace(
+            gpus[index], healthy=healthy, foreign_memory_mib=foreign
+        )
+        self.set_host(msgspec.structs.replace(host, gpus=tuple(gpus)))
+
+    # --- placement ------------------------------------------------------------------------
+
+    @rule(arrivals=st.lists(new_jobs, max_size=3))
+    def place(self, arrivals: list[QueuedJob]) -> None:
+        """Jobs may arrive between two passes, as they do in the live system."""
+        self.submit(arrivals)
+        self.place_and_check()
+
+    @precondition(lambda self: self.running)
+    @rule(data=st.data(), arrivals=st.lists(new_jobs, max_size=2))
+    def complete_then_place(self, data: st.DataObject, arrivals: list[QueuedJob]) -> None:
+        """A job ends and the queue moves on: the scheduler's most common step."""
+        self.complete(data)
+        self.submit(arrivals)
+        self.place_and_check()
+
+    def place_and_check(self) -> None:
+        expected_decisions, expected_reservation = reference_pass(
+            self.queued, self.hosts, self.running, self.policy.backfill
+        )
+        rebuilt = place_jobs(
+            self.queued.values(), self.hosts.values(), self.running.values(), self.policy
+        )
+        queue_before = dict(self.queued)
+        running_before = dict(self.running)
+        result = self.scheduler.place()
+        event(f"pass placed {min(len(result.decisions), 3)}+ jobs")
+        event(f"pass reserved: {result.reservation is not None}")
+        if any(q.gpu_count > capacity(q, self.hosts) for q in self.queued.values()):
+            event("queue held an unplaceable job")
+
+        assert result.decisions == tuple(expected_decisions)
+        assert result.reservation == expected_reservation
+        assert rebuilt.decisions == result.decisions
+        assert rebuilt.reservations == (() if result.reservation is None else (result.reservation,))
+
+        check_pass(
+            queue_before,
+            running_before,
+            self.hosts,
+            result.decisions,
+            result.reservation,
+            backfill=self.policy.backfill,
+        )
+
+        for decision in result.decisions:
+            job = self.queued.pop(decision.job_id)
+            self.specs[job.job_id] = msgspec.structs.replace(job, attempt=decision.attempt)
+            self.running[job.job_id] = RunningJob(
+                job_id=job.job_id,
+                runner_id=decision.runner_id,
+                gpu_ids=decision.gpu_ids,
+                remaining_s=job.expected_duration_s,
+                priority=job.priority,
+            )
+        assert [q.job_id for q in rebuilt.queue] == [
+            q.job_id for q in sorted(self.queued.values(), key=order)
+        ]
+        assert self.scheduler.report() == rebuilt.queue
+        assert {u.job_id for u in rebuilt.unplaceable} == {
+            q.job_id for q in self.queued.values() if q.gpu_count > capacity(q, self.hosts)
+        }
+
+    # --- invariants after every step ------------------------------------------------------
+
+    @invariant()
+    def queue_matches_the_model(self) -> None:
+        expected = sorted(self.queued.values(), key=order)
+        assert self.scheduler.queued_jobs() == expected
+        for position, job in enumerate(expected, start=1):
+            assert self.scheduler.position(job.job_id) == position
+
+    @invariant()
+    def assignments_match_the_model(self) -> None:
+        assert self.scheduler.running_jobs() == [self.running[j] for j in sorted(self.running)]
+
+    @invariant()
+    def no_gpu_is_held_twice(self) -> None:
+        seen: set[Gpu] = set()
+        for held in self.running.values():
+            for index in held.gpu_ids:
+                assert (held.runner_id, index) not in seen
+                seen.add((held.runner_id, index))
+
+
+def check_pass(
+    queued: dict[str, QueuedJob],
+    running: dict[str, RunningJob],
+    hosts: dict[str, HostSnapshot],
+    decisions: tuple[Decision, ...],
+    reservation: Reservation | None,
+    *,
+    backfill: bool,
+) -> None:
+    """The promises of one pass, stated directly rather than by re-running the policy."""
+    queue = sorted(queued.values(), key=order)
+    rank = {job.job_id: n for n, job in enumerate(queue)}
+    placed_now = {d.job_id for d in decisions}
+    waiting = [job for job in queue if job.job_id not in placed_now]
+    placeable = [job for job in waiting if job.gpu_count <= capacity(job, hosts)]
+    head = placeable[0] if placeable else None
+    reserved: set[Gpu] = set()
+    if reservation is not None:
+        assert head is not None
+        assert reservation.job_id == head.job_id  # only the head reserves (EASY)
+        assert len(reservation.gpu_ids) == head.gpu_count
+        assert hosts[reservation.runner_id].alive
+        reserved = {(reservation.runner_id, i) for i in reservation.gpu_ids}
+    else:
+        assert head is None
+
+    after: set[Gpu] = {(r.runner_id, i) for r in running.values() for i in r.gpu_ids}
+    for decision in decisions:
+        job = queued[decision.job_id]
+        host = hosts[decision.runner_id]
+        gpus = {g.index: g for g in host.gpus}
+        # Gang: all of the job's GPUs, distinct, on one live host, at once.
+        assert host.alive
+        assert len(decision.gpu_ids) == len(set(decision.gpu_ids)) == job.gpu_count
+        assert decision.attempt == job.attempt + 1
+        assert decision.gpu_uuids == tuple(gpus[i].uuid for i in decision.gpu_ids)
+        behind_head = head is not None and rank[job.job_id] > rank[head.job_id]
+        for index in decision.gpu_ids:
+            assert usable(gpus[index])
+            assert eligible_for(gpus[index], job)
+            spot = (decision.runner_id, index)
+            assert spot not in after  # never two live jobs on one GPU
+            assert not (behind_head and spot in reserved)  # reserved GPUs are not backfilled
+            after.add(spot)
+        if head is not None and not backfill:
+            assert not behind_head  # strict FIFO: nothing behind the blocked head starts
+
+    for job in waiting:
+        # FIFO: no younger job of the same shape went ahead of an older one.
+        younger = [queued[j] for j in placed_now if rank[j] > rank[job.job_id]]
+        assert all(other.shape != job.shape for other in younger) or job not in placeable
+    for job in placeable:
+        if backfill or job is head:
+            assert not could_have_started(job, job is head, hosts, decisions, rank, after, reserved)
+
+
+def could_have_started(
+    job: QueuedJob,
+    is_head: bool,
+    hosts: dict[str, HostSnapshot],
+    decisions: tuple[Decision, ...],
+    rank: dict[str, int],
+    after: set[Gpu],
+    reserved: set[Gpu],
+) -> bool:
+    """Whether ``job`` was overtaken on GPUs it could have used.
+
+    On some host, the GPUs still free after the pass plus those given to jobs behind it
+    would have made room for it. The head may count its own reservation; jobs behind it may
+    not (that is the backfill rule).
+    """
+    later = {
+        (d.runner_id, i) for d in decisions if rank[d.job_id] > rank[job.job_id] for i in d.gpu_ids
+    }
+    for runner_id, host in hosts.items():
+        if not host.alive:
+            continue
+        room = 0
+        for gpu in host.gpus:
+            spot = (runner_id, gpu.index)
+            if usable(gpu) and eligible_for(gpu, job):
+                free_after = spot not in after and (is_head or spot not in reserved)
+                room += free_after or spot in later
+        if room >= job.gpu_count:
+            return True
+    return False
+
+
+@st.composite
+def clusters(
+    draw: st.DrawFn,
+) -> tuple[dict[str, HostSnapshot], dict[str, RunningJob], dict[str, QueuedJob]]:
+    """A random moment: hosts in any state, GPUs held by running jobs, a queue."""
+    hosts: dict[str, HostSnapshot] = {}
+    running: dict[str, RunningJob] = {}
+    layout = draw(st.lists(st.lists(gpu_kinds, min_size=1, max_size=8), min_size=1, max_size=4))
+    for runner_id, kinds in zip(RUNNERS, layout, strict=False):
+        host = make_host(runner_id, kinds)
+        gpus = tuple(
+            msgspec.structs.replace(
+                gpu,
+                healthy=draw(st.sampled_from([True, True, True, False])),
+                foreign_memory_mib=draw(st.sampled_from([0, 0, 0, THRESHOLD - 1, THRESHOLD])),
+            )
+            for gpu in host.gpus
+        )
+        alive = draw(st.sampled_from([True, True, True, False]))
+        hosts[runner_id] = msgspec.structs.replace(host, gpus=gpus, alive=alive)
+        owners: dict[int, list[int]] = {}
+        for gpu in gpus:
+            owner = draw(st.sampled_from([None, None, 0, 1, 2, 3]))
+            if owner is not None:
+                owners.setdefault(owner, []).append(gpu.index)
+        for owner, indices in owners.items():
+            job_id = f"run-{runner_id}-{owner}"
+            running[job_id] = RunningJob(
+                job_id=job_id,
+                runner_id=runner_id,
+                gpu_ids=tuple(indices),
+                remaining_s=draw(remaining),
+            )
+    queue = draw(st.lists(new_jobs, min_size=1, max_size=10))
+    queued = {
+        f"q{n}": msgspec.structs.replace(job, job_id=f"q{n}", seq=n) for n, job in enumerate(queue)
+    }
+    return hosts, running, queued
+
+
+@settings(max_examples=200, deadline=None)
+@given(cluster=clusters(), backfill=st.booleans())
+def test_random_snapshots_follow_the_policy(
+    cluster: tuple[dict[str, HostSnapshot], dict[str, RunningJob], dict[str, QueuedJob]],
+    backfill: bool,
+) -> None:
+    hosts, running, queued = cluster
+    policy = PlacementPolicy(backfill=backfill, foreign_memory_threshold_mib=THRESHOLD)
+    result = place_jobs(queued.values(), hosts.values(), running.values(), policy)
+    decisions, reservation = reference_pass(queued, hosts, running, backfill)
+    event(f"placed {min(len(decisions), 3)}+ jobs; reserved: {reservation is not None}")
+    assert result.decisions == tuple(decisions)
+    assert result.reservations == (() if reservation is None else (reservation,))
+    check_pass(queued, running, hosts, result.decisions, reservation, backfill=backfill)
+
+
+SchedulerMachine.TestCase.settings = settings(
+    max_examples=100,
+    stateful_step_count=30,
+    deadline=None,
+)
+TestScheduler = SchedulerMachine.TestCase

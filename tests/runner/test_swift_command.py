@@ -1,0 +1,229 @@
+"""The swift command lines: ms-swift 4.x flag names, overrides, resume and GPU env."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tests.runner.runner_helpers import make_spec
+
+from swift_trainer.runner.swift_command import (
+    SUPPORTED_MS_SWIFT_VERSION,
+    build_export_command,
+    build_sft_command,
+    expected_export_path,
+    pick_free_port,
+)
+
+
+def flag(argv: tuple[str, ...], name: str) -> str | None:
+    """The single value following ``name``; None when the flag is absent."""
+    if name not in argv:
+        return None
+    return argv[argv.index(name) + 1]
+
+
+def flag_values(argv: tuple[str, ...], name: str) -> list[str]:
+    start = argv.index(name) + 1
+    values = []
+    for item in argv[start:]:
+        if item.startswith("--"):
+            break
+        values.append(item)
+    return values
+
+
+def test_default_command_uses_ms_swift_4_names_and_seed_defaults(tmp_path: Path) -> None:
+    inv = build_sft_command(make_spec(), output_root=tmp_path, gpu_ids=[3], base_env={})
+    argv = inv.argv
+    assert isinstance(argv, tuple)
+    assert all(isinstance(a, str) for a in argv)
+    assert argv[:2] == ("swift", "sft")
+    assert SUPPORTED_MS_SWIFT_VERSION == "4.6.0"
+    expected = {
+        "--model": "Qwen/Qwen2.5-VL-7B-Instruct",
+        "--output_dir": str(tmp_path / "jobs/job-1"),
+        "--add_version": "false",
+        "--callbacks": "graceful_exit",
+        "--tuner_type": "lora",
+        "--torch_dtype": "bfloat16",
+        "--num_train_epochs": "1",
+        "--per_device_train_batch_size": "1",
+        "--gradient_accumulation_steps": "4",
+        "--learning_rate": "0.0001",
+        "--vit_lr": "1e-05",
+        "--aligner_lr": "1e-05",
+        "--lora_rank": "16",
+        "--lora_alpha": "32",
+        "--eval_steps": "100",
+        "--save_steps": "100",
+        "--save_total_limit": "2",
+        "--logging_steps": "5",
+        "--max_length": "8192",
+        "--warmup_ratio": "0.05",
+        "--dataloader_num_workers": "4",
+        "--dataset_num_proc": "4",
+        "--save_only_model": "true",
+    }
+    for name, value in expected.items():
+        assert flag(argv, name) == value, name
+    assert "--train_type" not in argv  # the 3.x spelling is only a deprecated alias in 4.x
+    assert "--num_epochs" not in argv
+    assert "--batch_size" not in argv
+    assert "--resume_from_checkpoint" not in argv
+    assert "--max_steps" not in argv  # None means "derived from epochs"
+    assert flag_values(argv, "--dataset") == ["AI-ModelScope/coco#40"]
+    assert inv.output_dir == str(tmp_path / "jobs/job-1")
+
+
+def test_num_train_epochs_is_a_float_flag(tmp_path: Path) -> None:
+    inv = build_sft_command(make_spec(num_epochs=2.5), output_root=tmp_path, gpu_ids=[0])
+    assert flag(inv.argv, "--num_train_epochs") == "2.5"
+
+
+def test_per_job_overrides_replace_the_defaults(tmp_path: Path) -> None:
+    spec = make_spec(
+        learning_rate=2e-4,
+        batch_size=4,
+        lora_rank=64,
+        max_steps=500,
+        target_modules=("q_proj", "v_proj"),
+        save_only_model=False,
+        freeze_vit=False,
+        deepspeed="zero2",
+        system="You are a 'helpful' assistant; rm -rf /",
+        seed=7,
+    )
+    argv = build_sft_command(spec, output_root=tmp_path, gpu_ids=[0]).argv
+    assert flag(argv, "--learning_rate") == "0.0002"
+    assert flag(argv, "--per_device_train_batch_size") == "4"
+    assert flag(argv, "--lora_rank") == "64"
+    assert flag(argv, "--max_steps") == "500"
+    assert flag_values(argv, "--target_modules") == ["q_proj", "v_proj"]
+    assert flag(argv, "--save_only_model") == "false"
+    assert flag(argv, "--freeze_vit") == "false"
+    assert flag(argv, "--deepspeed") == "zero2"
+    assert flag(argv, "--seed") == "7"
+    # a value with spaces and shell characters stays one argv element, never interpreted
+    assert flag(argv, "--system") == "You are a 'helpful' assistant; rm -rf /"
+
+
+def test_full_fine_tune_has_no_lora_flags(tmp_path: Path) -> None:
+    argv = build_sft_command(make_spec(train_type="full"), output_root=tmp_path, gpu_ids=[0]).argv
+    assert flag(argv, "--tuner_type") == "full"
+    assert "--lora_rank" not in argv
+    assert "--lora_alpha" not in argv
+
+
+def test_several_datasets_become_separate_elements(tmp_path: Path) -> None:
+    spec = make_spec().__class__(
+        data_path="a/b#100  local/data.jsonl swift/self-cognition#20",
+        model_path="m",
+        output_dir="o",
+    )
+    argv = build_sft_command(spec, output_root=tmp_path, gpu_ids=[0]).argv
+    assert flag_values(argv, "--dataset") == [
+        "a/b#100",
+        "local/data.jsonl",
+        "swift/self-cognition#20",
+    ]
+
+
+def test_resume_from_checkpoint(tmp_path: Path) -> None:
+    ckpt = str(tmp_path / "jobs/job-1/checkpoint-200")
+    argv = build_sft_command(
+        make_spec(),
+        output_root=tmp_path,
+        gpu_ids=[0],
+        resume_from=ckpt,
+    ).argv
+    assert flag(argv, "--resume_from_checkpoint") == ckpt
+    relative = build_sft_command(
+        make_spec(),
+        output_root=tmp_path,
+        gpu_ids=[0],
+        resume_from="checkpoint-200",
+    ).argv
+    assert flag(relative, "--resume_from_checkpoint") == ckpt
+
+
+def test_single_gpu_env_drops_inherited_torchrun_variables(tmp_path: Path) -> None:
+    base = {"PATH": "/usr/bin", "NPROC_PER_NODE": "8", "MASTER_PORT": "29500"}
+    env = build_sft_command(make_spec(), output_root=tmp_path, gpu_ids=[5], base_env=base).env
+    assert env["CUDA_VISIBLE_DEVICES"] == "5"
+    assert env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    assert env["PYTHONUNBUFFERED"] == "1"
+    assert env["PATH"] == "/usr/bin"
+    assert "NPROC_PER_NODE" not in env
+    assert "MASTER_PORT" not in env
+    assert base["NPROC_PER_NODE"] == "8"  # the caller's mapping is not modified
+
+
+def test_multi_gpu_env_has_nproc_and_a_free_master_port(tmp_path: Path) -> None:
+    env = build_sft_command(make_spec(), output_root=tmp_path, gpu_ids=[2, 3, 6], base_env={}).env
+    assert env["CUDA_VISIBLE_DEVICES"] == "2,3,6"
+    assert env["NPROC_PER_NODE"] == "3"
+    assert 1024 <= int(env["MASTER_PORT"]) <= 65535
+    fixed = build_sft_command(
+        make_spec(),
+        output_root=tmp_path,
+        gpu_ids=[0, 1],
+        master_port=29611,
+        base_env={},
+    ).env
+    assert fixed["MASTER_PORT"] == "29611"
+
+
+def test_gpu_uuids_pin_the_cards(tmp_path: Path) -> None:
+    env = build_sft_command(
+        make_spec(),
+        output_root=tmp_path,
+        gpu_ids=[0, 1],
+        gpu_uuids=["GPU-a", "GPU-b"],
+        base_env={},
+    ).env
+    assert env["CUDA_VISIBLE_DEVICES"] == "GPU-a,GPU-b"
+    with pytest.raises(ValueError, match="gpu_uuids"):
+        build_sft_command(make_spec(), output_root=tmp_path, gpu_ids=[0, 1], gpu_uuids=["x"])
+
+
+def test_configurable_executable_and_extra_args(tmp_path: Path) -> None:
+    inv = build_sft_command(
+        make_spec(),
+        output_root=tmp_path,
+        gpu_ids=[0],
+        swift_executable=["/usr/bin/python3", "-m", "sim"],
+        extra_args=["--simulate-step-seconds", "0.01"],
+    )
+    assert inv.argv[:4] == ("/usr/bin/python3", "-m", "sim", "sft")
+    assert inv.argv[-2:] == ("--simulate-step-seconds", "0.01")
+
+
+def test_a_job_needs_a_gpu(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="at least one GPU"):
+        build_sft_command(make_spec(), output_root=tmp_path, gpu_ids=[])
+
+
+def test_pick_free_port_is_bindable() -> None:
+    import socket
+
+    port = pick_free_port()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
+
+
+def test_export_command_and_artifact_path(tmp_path: Path) -> None:
+    ckpt = tmp_path / "jobs/job-1/checkpoint-300"
+    inv = build_export_command(ckpt, base_env={"NPROC_PER_NODE": "2"})
+    assert inv.argv == ("swift", "export", "--adapters", str(ckpt), "--merge_lora", "true")
+    assert inv.output_dir == str(tmp_path / "jobs/job-1/checkpoint-300-merged")
+    assert expected_export_path(ckpt) == tmp_path / "jobs/job-1/checkpoint-300-merged"
+    assert inv.env["CUDA_VISIBLE_DEVICES"] == ""  # CPU merge: never steal an assigned GPU
+    assert "NPROC_PER_NODE" not in inv.env
+
+    target = tmp_path / "exports/x"
+    custom = build_export_command(ckpt, output_dir=target, overwrite=True, gpu_ids=[1])
+    assert flag(custom.argv, "--output_dir") == str(target)
+    assert flag(custom.argv, "--exist_ok") == "true"
+    assert custom.output_dir == str(target)
+    assert custom.env["CUDA_VISIBLE_DEVICES"] == "1"
