@@ -178,6 +178,12 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("handler", help="run the command handler and outbox relay (distributed)")
 
+    from .projections.scheduler_service import add_scheduler_arguments
+    from .runner.agent import add_runner_arguments
+
+    add_scheduler_arguments(sub.add_parser("scheduler", help="run a scheduler (distributed)"))
+    add_runner_arguments(sub.add_parser("runner", help="run the agent of one GPU host"))
+
     def with_nats(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--nats-url", help="NATS server (default NATS_URL or the running 'up')")
         return p
@@ -218,7 +224,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(env, env_file=args.env_file)
         _configure_logging(settings)
-        runners = {"up": _run_up, "handler": _run_handler}
+        from .projections.scheduler_service import run_scheduler
+        from .runner.agent import run_runner
+
+        runners = {
+            "up": _run_up,
+            "handler": _run_handler,
+            "scheduler": run_scheduler,
+            "runner": run_runner,
+        }
         run = runners.get(args.command, _run_send)
         return asyncio.run(run(settings, args))
     except SwiftTrainerError as exc:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import uvicorn
 from nats.aio.client import Client
 
 from .bus.command_handler import CommandHandler
@@ -23,6 +25,10 @@ from .bus.relay import OutboxRelay
 from .core.settings import Settings
 from .core.sqlstore import SqlEventStore, open_event_store
 from .core.telemetry import setup_tracing
+from .projections.read_model_service import ReadModelService
+from .projections.read_models.interface import ReadModel
+from .projections.read_models.memory import MemoryReadModel
+from .projections.read_models.redis import RedisReadModel
 
 _log = logging.getLogger(__name__)
 
@@ -40,6 +46,9 @@ class Service:
         self.store: SqlEventStore | None = None
         self.handler: CommandHandler | None = None
         self.relay: OutboxRelay | None = None
+        self.read_model: ReadModel | None = None
+        self.read_model_service: ReadModelService | None = None
+        self.http: _EmbeddedHttpServer | None = None
         self._stoppers: list[tuple[str, Stopper]] = []
         self.failed = asyncio.Event()
 
@@ -103,6 +112,72 @@ class Service:
         self._stoppers.append(("outbox relay", self.relay.stop))
         return self.relay
 
+    async def start_read_model(self, *, follow: bool = True) -> ReadModel:
+        """Redis when configured (shared by API processes), else in memory (embedded)."""
+        if self.settings.redis_url:
+            self.read_model = RedisReadModel.from_url(self.settings.redis_url)
+        else:
+            self.read_model = MemoryReadModel()
+        self._stoppers.append(("read model", self.read_model.close))
+        if follow:
+            assert self.nc is not None
+            self.read_model_service = ReadModelService(self.nc, self.read_model, store=self.store)
+            await self.read_model_service.start()
+            self._stoppers.append(("read-model projection", self.read_model_service.stop))
+        return self.read_model
+
+    async def start_http(
+        self, app: object, *, host: str | None = None, port: int | None = None
+    ) -> int:
+        """Serve an ASGI app in this process; returns the bound port."""
+        config = uvicorn.Config(
+            app,  # type: ignore[arg-type]
+            host=host or self.settings.app_host,
+            port=self.settings.app_port if port is None else port,
+            lifespan="on",
+            log_level=self.settings.log_level.lower(),
+            access_log=False,
+        )
+        self.http = _EmbeddedHttpServer(config)
+        bound = await self.http.start()
+        self._stoppers.append(("http server", self.http.stop))
+        return bound
+
+    async def start_api(
+        self,
+        *,
+        process_queue: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+        host: str | None = None,
+        port: int | None = None,
+    ) -> int:
+        """The HTTP API over this process's NATS connection and read model."""
+        from .api.app import create_app
+        from .api.deps import (
+            ApiDeps,
+            combine_checks,
+            event_store_check,
+            nats_check,
+            nats_subscriber,
+            no_scheduler,
+            read_model_check,
+        )
+        from .bus.command_client import CommandClient
+
+        assert self.nc is not None and self.read_model is not None
+        checks = {"nats": nats_check(self.nc), "read_model": read_model_check(self.read_model)}
+        if self.store is not None:
+            checks["event_store"] = event_store_check(self.store)
+        deps = ApiDeps(
+            commands=CommandClient(self.nc, timeout=self.settings.command_timeout_s, actor="api"),
+            read_model=self.read_model,
+            readiness=combine_checks(**checks),
+            process_queue=process_queue or no_scheduler,
+            subscribe=nats_subscriber(self.nc),
+            output_root=self.settings.output_root,
+        )
+        app = create_app(deps, api_prefix=self.settings.api_prefix)
+        return await self.start_http(app, host=host, port=port)
+
     def add_stopper(self, name: str, stopper: Stopper) -> None:
         self._stoppers.append((name, stopper))
 
@@ -115,3 +190,26 @@ class Service:
                 _log.exception("stopping %s failed", name)
             else:
                 _log.debug("stopped %s", name)
+
+
+class _EmbeddedHttpServer(uvicorn.Server):
+    """uvicorn inside our event loop; the process's signal handling stays ours."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    async def start(self) -> int:
+        self._task = asyncio.create_task(self.serve(), name="http")
+        while not self.started:
+            if self._task.done():
+                self._task.result()
+                raise RuntimeError("the HTTP server stopped while starting")
+            await asyncio.sleep(0.02)
+        sockets = [sock for server in self.servers for sock in server.sockets]
+        port: int = sockets[0].getsockname()[1] if sockets else self.config.port
+        return port
+
+    async def stop(self) -> None:
+        self.should_exit = True
+        await self._task

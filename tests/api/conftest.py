@@ -18,16 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import pytest
 import redis
 from litestar import Litestar
-from litestar.testing import AsyncTestClient
 from nats.aio.client import Client
 
 from swift_trainer.api import (
     ApiDeps,
     combine_checks,
     create_app,
+    event_store_check,
     nats_check,
     nats_subscriber,
     read_model_check,
@@ -97,7 +98,7 @@ async def wait_for(
 
 @dataclass
 class Stack:
-    client: AsyncTestClient[Litestar]
+    client: httpx.AsyncClient
     commands: CommandClient
     read_model: ReadModel
     store: SqlEventStore
@@ -145,7 +146,9 @@ class Stack:
     ) -> int:
         attempt = self.attempts.get(job_id, 0) + 1
         self.attempts[job_id] = attempt
-        await self.send(c.ScheduleJob(job_id=job_id, attempt=attempt, runner_id=runner, gpu_ids=gpus))
+        await self.send(
+            c.ScheduleJob(job_id=job_id, attempt=attempt, runner_id=runner, gpu_ids=gpus)
+        )
         return attempt
 
     async def start(
@@ -200,11 +203,6 @@ class Stack:
         )
 
 
-async def _event_store_check(store: SqlEventStore) -> bool:
-    await store.last_position()
-    return True
-
-
 @contextlib.asynccontextmanager
 async def running_stack(
     tmp_path: Path,
@@ -232,7 +230,7 @@ async def running_stack(
             "subscribe": nats_subscriber(nc),
             "readiness": combine_checks(
                 nats=nats_check(nc),
-                event_store=functools.partial(_event_store_check, store),
+                event_store=event_store_check(store),
                 read_model=read_model_check(read_model),
             ),
             "output_root": str(tmp_path / "output"),
@@ -242,7 +240,11 @@ async def running_stack(
         }
         deps = ApiDeps(**fields)
         app = create_app(deps)
-        async with AsyncTestClient(app) as client:
+        # Litestar's AsyncTestClient runs the app on its own thread and event loop, where the
+        # loop-bound NATS client cannot work; httpx's ASGI transport runs it on this loop.
+        # (No lifespan: its only hook primes psutil's CPU counter.)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield (
                 Stack(
                     client=client,

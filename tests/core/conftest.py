@@ -10,19 +10,15 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 from tests.conftest import service_unavailable
+from tests.core.eventstore_contract import asyncpg_dsn
 
 POSTGRES_URL = os.environ.get(
     "SWIFT_TRAINER_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )
 
 
-def postgres_dsn(url: str = POSTGRES_URL) -> str:
-    """The SQLAlchemy URL in the form asyncpg itself accepts."""
-    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
-
-
 async def _probe_postgres() -> None:
-    conn = await asyncpg.connect(postgres_dsn(), timeout=3)
+    conn = await asyncpg.connect(asyncpg_dsn(POSTGRES_URL), timeout=3)
     await conn.close()
 
 
@@ -43,7 +39,7 @@ async def postgres_schema(postgres_url: str) -> AsyncIterator[str]:
     try:
         yield name
     finally:
-        conn = await asyncpg.connect(postgres_dsn(postgres_url))
+        conn = await asyncpg.connect(asyncpg_dsn(postgres_url))
         try:
             await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
         finally:

@@ -39,6 +39,11 @@ from swift_trainer.core.store import (
 )
 
 
+def asyncpg_dsn(url: str) -> str:
+    """A SQLAlchemy PostgreSQL URL in the form asyncpg itself accepts."""
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
 def event(event_id: str | None = None, *, type: str = "Tested", payload: bytes = b"{}") -> NewEvent:
     return NewEvent(event_id=event_id or new_id(), type=type, payload=payload)
 
@@ -320,8 +325,10 @@ class EventStoreContract(ABC):
         assert again == record
         assert await store.find_command("c-1") == record
         # An append under a refused command id stores nothing and says so.
-        result = await store.append("a", events(1), expected_version=1, command_id="c-1")
-        assert (result.duplicate, result.events, result.stream_id) == (True, (), "a")
+        for expected in (1, NO_STREAM, None):
+            result = await store.append("a", events(1), expected_version=expected, command_id="c-1")
+            assert (result.duplicate, result.events, result.stream_id) == (True, (), "a")
+            assert result.version == 1
         assert await store.stream_version("a") == 1
 
     async def test_rejection_never_overwrites_an_accepted_command(
@@ -386,6 +393,8 @@ class EventStoreContract(ABC):
         assert len(everything) == 12 * 5 * 2
         positions = [e.position for e in everything]
         assert positions == sorted(set(positions))
+        # Stamped under the append lock: time never runs backwards along the log.
+        assert all(a.recorded_at <= b.recorded_at for a, b in itertools.pairwise(everything))
         for index, results in enumerate(written):
             stream = [e for e in everything if e.stream_id == f"s-{index}"]
             assert [e.version for e in stream] == list(range(1, 11))
@@ -522,6 +531,25 @@ class EventStoreContract(ABC):
             with pytest.raises(StoreError) as caught:
                 await fresh.append("a", events(1), expected_version=NO_STREAM)
             assert caught.value.code == "store_not_set_up"
+
+    async def test_undecodable_metadata_is_a_store_error(self, store: SqlEventStore) -> None:
+        async with store.engine.begin() as conn:
+            await conn.execute(
+                sa.insert(_sqlschema.events).values(
+                    position=1,
+                    stream_id="a",
+                    version=1,
+                    event_id="bad",
+                    type="Tested",
+                    schema_version=1,
+                    payload=b"{}",
+                    metadata='{"trace": 5}',
+                    recorded_at=datetime.now(UTC),
+                )
+            )
+        with pytest.raises(StoreError) as caught:
+            await store.read_all()
+        assert caught.value.code == "store_corrupt"
 
     async def test_closed_store_refuses_appends(self) -> None:
         opened = self.open_store()

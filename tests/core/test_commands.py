@@ -73,15 +73,17 @@ SAMPLES: list[c.AnyCommand] = [
     c.ReportExportFailed(job_id=JOB, export_id="e-1", runner_id="h", exit_code=None, reason="x"),
     c.PauseQueueProcessor(reason="maintenance"),
     c.ResumeQueueProcessor(),
+    c.ClaimGpus(job_id=JOB, attempt=2, runner_id="gpu-host-1", gpu_ids=(0, 1)),
+    c.ReleaseGpus(job_id=JOB, attempt=2, reason="job succeeded"),
 ]
 COMMAND_NAMES = sorted(type(x).__name__ for x in SAMPLES)
 
 
 def test_samples_cover_every_command_type() -> None:
     assert {type(x) for x in SAMPLES} == set(c.AnyCommand.__args__)
-    assert set(c.AnyJobCommand.__args__) | set(c.ProcessorCommand.__args__) == set(
-        c.AnyCommand.__args__
-    )
+    assert set(c.AnyJobCommand.__args__) | set(c.ProcessorCommand.__args__) | set(
+        c.LedgerCommand.__args__
+    ) == set(c.AnyCommand.__args__)
 
 
 @pytest.mark.parametrize("command", SAMPLES, ids=lambda x: type(x).__name__)

@@ -77,6 +77,8 @@ SAMPLES: list[e.Event] = [
     e.JobDeleted(**J),
     e.QueueProcessorPaused(at=AT, reason="maintenance"),
     e.QueueProcessorResumed(at=AT),
+    e.GpusClaimed(**J, attempt=2, runner_id="gpu-host-1", gpu_ids=(0, 3)),
+    e.GpusReleased(**J, attempt=2, runner_id="gpu-host-1", gpu_ids=(0, 3), reason="succeeded"),
 ]
 
 

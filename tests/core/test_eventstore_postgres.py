@@ -7,8 +7,7 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
-from tests.core.conftest import postgres_dsn
-from tests.core.eventstore_contract import EventStoreContract, event, events
+from tests.core.eventstore_contract import EventStoreContract, asyncpg_dsn, event, events
 
 from swift_trainer.core.errors import StoreError
 from swift_trainer.core.sqlstore import SqlEventStore, open_event_store
@@ -46,7 +45,7 @@ async def test_slow_writer_holds_back_later_positions(
     reader that saw it would never go back for the slow one's lower position.
     """
     slow = await asyncpg.connect(
-        postgres_dsn(postgres_url), server_settings={"search_path": postgres_schema}
+        asyncpg_dsn(postgres_url), server_settings={"search_path": postgres_schema}
     )
     try:
         transaction = slow.transaction()
@@ -100,6 +99,7 @@ async def test_unreachable_server_is_a_store_error() -> None:
         await store.close()
 
 
-def test_invalid_schema_name_is_refused(postgres_url: str) -> None:
-    with pytest.raises(StoreError):
-        open_event_store(postgres_url, schema_name='x"; DROP TABLE events; --')
+def test_invalid_schema_name_is_refused() -> None:
+    with pytest.raises(StoreError) as caught:
+        open_event_store("postgresql://u@localhost/db", schema_name='x"; DROP TABLE events; --')
+    assert caught.value.code == "store_url_invalid"

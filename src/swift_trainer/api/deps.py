@@ -14,13 +14,15 @@ import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 import msgspec
+from litestar.di import NamedDependency
 from nats.aio.client import Client
 
 from ..bus.messages import CommandReply
 from ..core.commands import AnyCommand
+from ..core.store import EventStore
 from ..projections.read_models.interface import ReadModel
 
 
@@ -91,6 +93,10 @@ class ApiDeps:
         return value
 
 
+#: How handlers ask for the bundle (the app provides it under the name ``deps``).
+Deps: TypeAlias = NamedDependency[ApiDeps]
+
+
 class _GpuList(msgspec.Struct):
     gpus: list[Any] = []
 
@@ -139,6 +145,14 @@ def nats_check(nc: Client) -> Callable[[], Awaitable[bool | str]]:
         if not nc.is_connected:
             return "not connected"
         await nc.flush(timeout=2)
+        return True
+
+    return check
+
+
+def event_store_check(store: EventStore) -> Callable[[], Awaitable[bool | str]]:
+    async def check() -> bool | str:
+        await store.last_position()
         return True
 
     return check

@@ -51,6 +51,7 @@ CODE_STATUS: Final[Mapping[str, int]] = {
     "invalid_transition": 409,
     "no_checkpoint": 409,
     "stale_assignment": 409,
+    "gpu_taken": 409,
     "concurrency_conflict": 409,
     "domain_error": 409,
     "payload_too_large": 413,

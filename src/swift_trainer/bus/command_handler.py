@@ -25,6 +25,7 @@ from nats.aio.subscription import Subscription
 from opentelemetry import trace
 
 from ..core import aggregates
+from ..core.commands import SubmitJob
 from ..core.errors import ConcurrencyConflict, DomainError, StoreError, SwiftTrainerError
 from ..core.events import encode_event, event_type
 from ..core.ids import new_id
@@ -124,11 +125,15 @@ class CommandHandler:
 
     # --- the decision, independent of NATS --------------------------------------------------
 
-    async def _state(self, stream_id: str) -> aggregates.State:
+    async def _state(self, stream_id: str, *, assume_new: bool = False) -> aggregates.State:
         state = self._states.get(stream_id)
         if state is not None:
             self._states.move_to_end(stream_id)
             return state
+        if assume_new:
+            # A create almost always names a new stream: skip the read and let the append's
+            # expected version (0) tell us otherwise; a conflict reloads and decides again.
+            return aggregates.initial(stream_id)
         state = aggregates.fold(stream_id, await self.store.read_stream(stream_id))
         self._remember(stream_id, state)
         return state
@@ -176,8 +181,9 @@ class CommandHandler:
 
     async def _execute(self, envelope: CommandEnvelope, stream_id: str) -> CommandReply:
         command_id = envelope.command_id
+        assume_new = isinstance(envelope.command, SubmitJob)
         for _ in range(self.max_conflict_retries):
-            state = await self._state(stream_id)
+            state = await self._state(stream_id, assume_new=assume_new)
             now = self.clock()
             try:
                 events = aggregates.decide_any(state, envelope.command, now)
@@ -230,6 +236,7 @@ class CommandHandler:
                     )
             except ConcurrencyConflict:
                 self._states.pop(stream_id, None)
+                assume_new = False
                 continue
             if result.duplicate:
                 self._states.pop(stream_id, None)
@@ -275,6 +282,7 @@ class CommandHandler:
             cb=on_message,
             pending_msgs_limit=65_536,
         )
+        await nc.flush()  # the subscription is live on the server before start() returns
         self.on_appended = self.on_appended or self._nudge_relay
 
     def _nudge_relay(self, _result: AppendResult) -> None:

@@ -17,16 +17,48 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 
 from ..core.errors import SwiftTrainerError
 from ..core.store import RecordedEvent
 from . import subjects
 from .messages import decode_event_envelope
+from .relay import POSITION_HEADER
 
 _log = logging.getLogger(__name__)
 
 BatchHandler = Callable[[Sequence[RecordedEvent]], Awaitable[None]]
+
+
+async def _position_at(js: JetStreamContext, seq: int) -> int | None:
+    try:
+        msg = await js.get_msg(subjects.EVENTS_STREAM, seq=seq)
+    except NotFoundError:
+        return None
+    return int((msg.headers or {}).get(POSITION_HEADER, "0"))
+
+
+async def first_seq_after(js: JetStreamContext, position: int, first: int, last: int) -> int:
+    """The first stream sequence whose event position is above ``position``.
+
+    Positions grow with the stream sequence (the relay publishes in order), so a binary
+    search over ``get_msg`` finds it in log2(n) requests instead of replaying the stream.
+    A gap (deleted message) makes the search fall back to an earlier start, which is safe:
+    the feed skips what it has applied anyway.
+    """
+    low, high = first, last + 1
+    while low < high:
+        middle = (low + high) // 2
+        found = await _position_at(js, middle)
+        if found is None:
+            return first
+        if found <= position:
+            low = middle + 1
+        else:
+            high = middle
+    return low
 
 
 class EventFeed:
@@ -62,6 +94,13 @@ class EventFeed:
         js = self.nc.jetstream()
         info = await js.stream_info(subjects.EVENTS_STREAM)
         self._pending_at_start = info.state.last_seq
+        if self.start_seq is None and self.position > 0 and info.state.last_seq:
+            self.start_seq = await first_seq_after(
+                js,
+                self.position,
+                info.state.first_seq,
+                info.state.last_seq,
+            )
         if self._pending_at_start == 0 or (self.start_seq or 1) > self._pending_at_start:
             self.caught_up.set()
         policy = DeliverPolicy.BY_START_SEQUENCE if self.start_seq else DeliverPolicy.ALL

@@ -29,7 +29,12 @@ import asyncpg
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from swift_trainer.core.errors import ConcurrencyConflict, IntegrityError, StoreError
+from swift_trainer.core.errors import (
+    ConcurrencyConflict,
+    IntegrityError,
+    StoreError,
+    SwiftTrainerError,
+)
 from swift_trainer.core.store import AppendResult, EventMetadata, NewEvent, RecordedEvent
 
 T = TypeVar("T")
@@ -256,9 +261,14 @@ def sqlite_append(conn: sqlite3.Connection, request: AppendRequest) -> AppendRes
     return earlier
 
 
-def _sqlite_insert(conn: sqlite3.Connection, request: AppendRequest) -> AppendResult | int:
-    """Inside ``BEGIN IMMEDIATE``: store and commit, or return the stream's version when
-    ``expected_version`` does not match it."""
+def _sqlite_insert(
+    conn: sqlite3.Connection,
+    request: AppendRequest,
+    *,
+    commit: bool = True,
+) -> AppendResult | int:
+    """Inside ``BEGIN IMMEDIATE``: store (and commit, unless part of a group), or return
+    the stream's version when ``expected_version`` does not match it."""
     stream_id = request.stream_id
     current, last_position = conn.execute(_SQLITE_HEAD, (stream_id,)).fetchone()
     current = current or 0
@@ -286,9 +296,58 @@ def _sqlite_insert(conn: sqlite3.Connection, request: AppendRequest) -> AppendRe
     last = first_position + len(events) - 1
     if request.command_id is not None:
         conn.execute(_SQLITE_INSERT_COMMAND, (request.command_id, stream_id, first_position, last))
-    conn.commit()
+    if commit:
+        conn.commit()
     # The stored text has microsecond precision, as ``at`` has: reads return equal values.
     return new_events_result(request, first_position, current + 1, at)
+
+
+def sqlite_append_group(
+    conn: sqlite3.Connection,
+    requests: Sequence[AppendRequest],
+) -> list[AppendResult | SwiftTrainerError]:
+    """Append several independent requests in ONE transaction (group commit).
+
+    With ``synchronous=FULL`` every commit is an fsync, and SQLite has one writer: appends
+    that queue up while a commit is in flight would each pay a whole fsync. Committing them
+    together costs one. Each request runs inside its own SAVEPOINT, so a conflict or a
+    duplicate undoes only that request and gets its own answer, exactly as if it had been
+    appended alone; requests for the same stream see each other in order.
+    """
+    outcomes: list[AppendResult | SwiftTrainerError] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for request in requests:
+            conn.execute("SAVEPOINT one_append")
+            try:
+                outcome = _sqlite_insert(conn, request, commit=False)
+            except sqlite3.IntegrityError as exc:
+                outcome = -1
+                failure: SwiftTrainerError = IntegrityError(
+                    f"append to stream {request.stream_id!r} refused: {exc}",
+                )
+            if isinstance(outcome, AppendResult):
+                conn.execute("RELEASE one_append")
+                outcomes.append(outcome)
+                continue
+            conn.execute("ROLLBACK TO one_append")
+            conn.execute("RELEASE one_append")
+            earlier = _sqlite_earlier(conn, request)
+            if earlier is not None:
+                outcomes.append(earlier)
+            elif outcome >= 0:
+                assert request.expected_version is not None
+                outcomes.append(
+                    ConcurrencyConflict(request.stream_id, request.expected_version, outcome),
+                )
+            else:
+                outcomes.append(failure)
+        conn.commit()
+    except BaseException:
+        if conn.in_transaction:
+            conn.rollback()
+        raise
+    return outcomes
 
 
 async def run_on_sqlite_thread(
@@ -318,6 +377,8 @@ _SEEN_COMMAND: Final = 1
 _SEEN_EVENTS: Final = 2
 _CONFLICT: Final = 3
 _REJECTED_COMMAND: Final = 4
+#: A conflict whose command or events were stored before: ask ``earlier_append``.
+_CONFLICT_SEEN_BEFORE: Final = 5
 
 
 def _postgres_event(row: asyncpg.Record) -> RecordedEvent:
@@ -346,6 +407,7 @@ def _postgres_earlier(request: AppendRequest, rows: Sequence[asyncpg.Record]) ->
         return rejected_command_result(rows[0][2], rows[0][3])
     if outcome == _SEEN_COMMAND:
         return command_result(rows[0][2], [_postgres_event(r) for r in rows])
+    assert outcome == _SEEN_EVENTS, outcome
     return earlier_result(request, [_postgres_event(r) for r in rows])
 
 
@@ -362,7 +424,7 @@ async def postgres_append(
     """
     events = request.events
     try:
-        rows = await conn.fetch(
+        row = await conn.fetchrow(
             _POSTGRES_CALL,
             request.stream_id,
             request.expected_version,
@@ -374,16 +436,17 @@ async def postgres_append(
             request.metadata_json,
         )
     except asyncpg.UniqueViolationError:
-        earlier = await conn.fetch(_POSTGRES_EARLIER, request.command_id, request.event_ids)
-        return _postgres_earlier(request, earlier)
-    outcome = rows[0][0]
-    if outcome == _APPENDED:
-        return new_events_result(request, rows[0][1], rows[0][3], rows[0][9])
-    if outcome == _CONFLICT:
-        expected = request.expected_version
-        assert expected is not None
-        raise ConcurrencyConflict(request.stream_id, expected, rows[0][3])
-    return _postgres_earlier(request, rows)
+        row = None
+    if row is not None:
+        outcome, first_position, version, recorded_at = row
+        if outcome == _APPENDED:
+            return new_events_result(request, first_position, version, recorded_at)
+        if outcome == _CONFLICT:
+            assert request.expected_version is not None
+            raise ConcurrencyConflict(request.stream_id, request.expected_version, version)
+        assert outcome == _CONFLICT_SEEN_BEFORE, outcome
+    earlier = await conn.fetch(_POSTGRES_EARLIER, request.command_id, request.event_ids)
+    return _postgres_earlier(request, earlier)
 
 
 class HeldConnections:

@@ -161,7 +161,7 @@ _SQLITE_V1: Final = (
     """,
 )
 
-#: Rows of both functions below: an outcome code, then the columns of an event.
+#: Rows of ``earlier_append``: an outcome code, then the columns of an event.
 _POSTGRES_APPEND_ROW: Final = """
         o_outcome SMALLINT,
         o_position BIGINT,
@@ -222,13 +222,15 @@ _POSTGRES_EARLIER_FUNCTION: Final = f"""
     $body$
 """
 
-#: The whole append in one round trip. The hot path reads one thing (the stream's version,
-#: a backward probe of the (stream_id, version) index) and leaves duplicate detection to
-#: the unique indexes: a redelivered event id or command id fails the statement, which
-#: rolls everything back, and the caller then asks ``earlier_append`` what was stored.
-#: Outcomes: 0 appended (one row: first position, first version, recorded_at), 3 version
-#: conflict (o_version is the actual version), or those of ``earlier_append``.
-_POSTGRES_APPEND_FUNCTION: Final = f"""
+#: The whole append in one round trip, returning one row (no set-returning machinery on
+#: the hot path). It reads one thing, the stream's version (a backward probe of the
+#: (stream_id, version) index), and leaves duplicate detection to the unique indexes: a
+#: redelivered event id or command id fails the statement, which rolls everything back,
+#: and the caller then asks ``earlier_append`` what was stored.
+#: Outcomes: 0 appended (first position, first version, recorded_at); 3 version conflict
+#: (o_version is the actual version); 5 version conflict, but the command or the events
+#: were stored before: ``earlier_append`` has the answer.
+_POSTGRES_APPEND_FUNCTION: Final = """
     CREATE FUNCTION append_events(
         p_stream_id TEXT,
         p_expected_version BIGINT,
@@ -237,12 +239,16 @@ _POSTGRES_APPEND_FUNCTION: Final = f"""
         p_types TEXT[],
         p_schema_versions INTEGER[],
         p_payloads BYTEA[],
-        p_metadata TEXT[]
-    ) RETURNS TABLE ({_POSTGRES_APPEND_ROW})
+        p_metadata TEXT[],
+        OUT o_outcome SMALLINT,
+        OUT o_position BIGINT,
+        OUT o_version BIGINT,
+        OUT o_recorded_at TIMESTAMPTZ
+    )
     LANGUAGE plpgsql VOLATILE AS $body$
     DECLARE
         v_current BIGINT;
-        v_first BIGINT;
+        v_count INTEGER := cardinality(p_event_ids);
         v_last BIGINT;
     BEGIN
         -- EXCLUSIVE conflicts with every other writer of the table but not with readers
@@ -251,45 +257,38 @@ _POSTGRES_APPEND_FUNCTION: Final = f"""
         -- that a slower transaction fills in later. Each statement below takes a fresh
         -- snapshot (READ COMMITTED), so it sees every append committed before the lock.
         LOCK TABLE events IN EXCLUSIVE MODE;
+        -- Read after the lock, not now() (the transaction's start): timestamps then grow
+        -- with positions, even for an appender that waited for the lock.
+        o_recorded_at := clock_timestamp();
 
         SELECT coalesce(max(e.version), 0) INTO v_current
           FROM events e WHERE e.stream_id = p_stream_id;
         IF p_expected_version IS NOT NULL AND v_current <> p_expected_version THEN
             -- A redelivered command gets its earlier answer, not a conflict.
-            RETURN QUERY SELECT * FROM earlier_append(p_command_id, p_event_ids);
-            IF NOT FOUND THEN
-                RETURN QUERY
-                    SELECT 3::SMALLINT, NULL::BIGINT, p_stream_id, v_current, NULL::TEXT,
-                           NULL::TEXT, NULL::INTEGER, NULL::BYTEA, NULL::TEXT,
-                           NULL::TIMESTAMPTZ;
-            END IF;
+            PERFORM 1 FROM earlier_append(p_command_id, p_event_ids) LIMIT 1;
+            o_outcome := CASE WHEN FOUND THEN 5 ELSE 3 END;
+            o_version := v_current;
             RETURN;
         END IF;
 
-        -- Positions of one append are contiguous: nobody else can draw from the sequence
-        -- while the lock is held. Checked anyway, since the caller relies on it.
-        WITH inserted AS (
-            INSERT INTO events (stream_id, version, event_id, type, schema_version,
-                                payload, metadata, recorded_at)
-            SELECT p_stream_id, v_current + u.ord, u.event_id, u.type, u.schema_version,
-                   u.payload, u.metadata, now()
-              FROM unnest(p_event_ids, p_types, p_schema_versions, p_payloads, p_metadata)
-                   WITH ORDINALITY AS u(event_id, type, schema_version, payload, metadata, ord)
-             ORDER BY u.ord
-            RETURNING events.position
-        )
-        SELECT min(i.position), max(i.position) INTO v_first, v_last FROM inserted i;
-        IF v_last - v_first + 1 <> cardinality(p_event_ids) THEN
-            RAISE EXCEPTION 'positions % to % are not contiguous for % events',
-                v_first, v_last, cardinality(p_event_ids);
-        END IF;
+        INSERT INTO events (stream_id, version, event_id, type, schema_version, payload,
+                            metadata, recorded_at)
+        SELECT p_stream_id, v_current + u.ord, u.event_id, u.type, u.schema_version,
+               u.payload, u.metadata, o_recorded_at
+          FROM unnest(p_event_ids, p_types, p_schema_versions, p_payloads, p_metadata)
+               WITH ORDINALITY AS u(event_id, type, schema_version, payload, metadata, ord)
+         ORDER BY u.ord;
+        -- The rows drew consecutive values, in ``ord`` order: nothing else can draw from
+        -- the sequence while the lock is held (every insert into events needs a lock that
+        -- conflicts with it), so the last value and the count give every position.
+        v_last := currval('events_position_seq');
+        o_position := v_last - v_count + 1;
         IF p_command_id IS NOT NULL THEN
             INSERT INTO commands (command_id, stream_id, first_position, last_position)
-            VALUES (p_command_id, p_stream_id, v_first, v_last);
+            VALUES (p_command_id, p_stream_id, o_position, v_last);
         END IF;
-        RETURN QUERY
-            SELECT 0::SMALLINT, v_first, NULL::TEXT, v_current + 1, NULL::TEXT, NULL::TEXT,
-                   NULL::INTEGER, NULL::BYTEA, NULL::TEXT, now();
+        o_outcome := 0;
+        o_version := v_current + 1;
     END;
     $body$
 """

@@ -13,23 +13,28 @@ from typing import TypeAlias
 
 from . import commands as c
 from . import events as e
-from .ids import QUEUE_PROCESSOR_STREAM, job_stream
+from .gpu_ledger import LedgerState, decide_ledger, evolve_ledger
+from .ids import GPU_LEDGER_STREAM, QUEUE_PROCESSOR_STREAM, job_stream
 from .job import JobState, decide, evolve, initial_state
 from .queue_processor import QueueProcessorState, decide_processor, evolve_processor
 from .store import RecordedEvent
 
-State: TypeAlias = JobState | QueueProcessorState
+State: TypeAlias = JobState | QueueProcessorState | LedgerState
 
 
 def stream_of(command: c.AnyCommand) -> str:
     if isinstance(command, c.JobCommand):
         return job_stream(command.job_id)
+    if isinstance(command, c.ClaimGpus | c.ReleaseGpus):
+        return GPU_LEDGER_STREAM
     return QUEUE_PROCESSOR_STREAM
 
 
 def initial(stream_id: str) -> State:
     if stream_id == QUEUE_PROCESSOR_STREAM:
         return QueueProcessorState()
+    if stream_id == GPU_LEDGER_STREAM:
+        return LedgerState()
     return initial_state(stream_id.removeprefix("job-"))
 
 
@@ -37,7 +42,12 @@ def apply(state: State, event: e.AnyEvent) -> State:
     if isinstance(state, QueueProcessorState):
         assert isinstance(event, e.QueueProcessorPaused | e.QueueProcessorResumed)
         return evolve_processor(state, event)
-    assert not isinstance(event, e.QueueProcessorPaused | e.QueueProcessorResumed)
+    if isinstance(state, LedgerState):
+        assert isinstance(event, e.GpusClaimed | e.GpusReleased)
+        return evolve_ledger(state, event)
+    assert not isinstance(
+        event, e.QueueProcessorPaused | e.QueueProcessorResumed | e.GpusClaimed | e.GpusReleased
+    )
     return evolve(state, event)
 
 
@@ -53,7 +63,12 @@ def decide_any(state: State, command: c.AnyCommand, now: datetime) -> Sequence[e
     if isinstance(state, QueueProcessorState):
         assert isinstance(command, c.PauseQueueProcessor | c.ResumeQueueProcessor)
         return decide_processor(state, command, now)
-    assert not isinstance(command, c.PauseQueueProcessor | c.ResumeQueueProcessor)
+    if isinstance(state, LedgerState):
+        assert isinstance(command, c.ClaimGpus | c.ReleaseGpus)
+        return decide_ledger(state, command, now)
+    assert not isinstance(
+        command, c.PauseQueueProcessor | c.ResumeQueueProcessor | c.ClaimGpus | c.ReleaseGpus
+    )
     return decide(state, command, now)
 
 

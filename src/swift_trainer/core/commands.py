@@ -151,6 +151,30 @@ class ReportExportFailed(ExportReport, frozen=True, tag=True):
     reason: Reason
 
 
+# --- the GPU ledger (scheduler) -------------------------------------------------------------
+
+
+class ClaimGpus(Command, frozen=True, tag=True):
+    """Reserve GPUs of one runner for one attempt of a job, before scheduling it there.
+
+    All claims live in one ledger stream, so two schedulers racing for a GPU are ordered by
+    that stream's optimistic concurrency, which per-job streams cannot do.
+    """
+
+    job_id: JobId
+    attempt: int
+    runner_id: str
+    gpu_ids: tuple[int, ...]
+
+
+class ReleaseGpus(Command, frozen=True, tag=True):
+    """The attempt no longer holds its GPUs (it ended, or was never scheduled)."""
+
+    job_id: JobId
+    attempt: int
+    reason: Reason = ""
+
+
 # --- the queue processor (scheduler on/off switch) ------------------------------------------
 
 
@@ -183,7 +207,8 @@ AnyJobCommand = (
     | ReportExportFailed
 )
 ProcessorCommand = PauseQueueProcessor | ResumeQueueProcessor
-AnyCommand = AnyJobCommand | ProcessorCommand
+LedgerCommand = ClaimGpus | ReleaseGpus
+AnyCommand = AnyJobCommand | ProcessorCommand | LedgerCommand
 
 _decoder: msgspec.json.Decoder[AnyCommand] = msgspec.json.Decoder(AnyCommand)
 _encoder = msgspec.json.Encoder()

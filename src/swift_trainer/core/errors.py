@@ -55,6 +55,12 @@ class StaleAssignment(DomainError):
     code = "stale_assignment"
 
 
+class GpuTaken(DomainError):
+    """A GPU claim overlaps GPUs another live job attempt holds in the GPU ledger."""
+
+    code = "gpu_taken"
+
+
 class MessageError(SwiftTrainerError):
     """A message on the wire could not be decoded or has an unknown type."""
 

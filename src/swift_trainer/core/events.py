@@ -173,6 +173,23 @@ class QueueProcessorResumed(Event, frozen=True, tag=True):
     pass
 
 
+class GpuLedgerEvent(Event, frozen=True):
+    """Base of the GPU ledger's events; they name a job but live in the ledger stream."""
+
+    job_id: str
+    attempt: int
+    runner_id: str
+    gpu_ids: tuple[int, ...]
+
+
+class GpusClaimed(GpuLedgerEvent, frozen=True, tag=True):
+    pass
+
+
+class GpusReleased(GpuLedgerEvent, frozen=True, tag=True):
+    reason: str = ""
+
+
 AnyJobEvent = (
     JobSubmitted
     | JobHeld
@@ -197,13 +214,15 @@ AnyJobEvent = (
     | JobDeleted
 )
 ProcessorEvent = QueueProcessorPaused | QueueProcessorResumed
-AnyEvent = AnyJobEvent | ProcessorEvent
+LedgerEvent = GpusClaimed | GpusReleased
+AnyEvent = AnyJobEvent | ProcessorEvent | LedgerEvent
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
         *AnyJobEvent.__args__,
         *ProcessorEvent.__args__,
+        *LedgerEvent.__args__,
     )
 }
 

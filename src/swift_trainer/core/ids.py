@@ -43,3 +43,6 @@ def job_stream(job_id: str) -> str:
 
 #: The stream of the queue processor's own state (paused or running).
 QUEUE_PROCESSOR_STREAM: Final = "queue-processor"
+
+#: The stream of the GPU ledger: which job attempt holds which GPUs (see ``gpu_ledger``).
+GPU_LEDGER_STREAM: Final = "gpu-ledger"

@@ -42,7 +42,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     api_prefix: str = "/api/v1"
     app_host: str = "0.0.0.0"  # noqa: S104 - the seed's default; set APP_HOST to narrow it
     app_port: int = 8000
-    output_root: str = "output"
+    output_root: str = "."
     command_timeout_s: float = 10.0
 
     @property
@@ -124,7 +124,7 @@ def load_settings(
         api_prefix=prefix.rstrip("/"),
         app_host=text("APP_HOST", "0.0.0.0") or "0.0.0.0",  # noqa: S104
         app_port=port,
-        output_root=text("OUTPUT_ROOT", "output") or "output",
+        output_root=text("OUTPUT_ROOT", ".") or ".",
         command_timeout_s=timeout,
     )
 

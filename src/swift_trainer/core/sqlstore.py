@@ -61,6 +61,7 @@ from typing import Any, Final, Literal
 
 import aiosqlite
 import asyncpg
+import msgspec
 import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
 from sqlalchemy import event as sa_event
@@ -76,6 +77,7 @@ from swift_trainer.core._sqlappend import (
     postgres_append,
     run_on_sqlite_thread,
     sqlite_append,
+    sqlite_append_group,
 )
 from swift_trainer.core.errors import (
     ConcurrencyConflict,
@@ -212,6 +214,11 @@ def _store_errors(action: str) -> Iterator[None]:
         OSError,
     ) as exc:
         raise _unavailable(action, exc) from exc
+    except msgspec.MsgspecError as exc:
+        raise StoreError(
+            f"{action} failed: a stored event's metadata does not decode ({exc})",
+            code="store_corrupt",
+        ) from exc
 
 
 #: PostgreSQL's codes for "the schema is not there": undefined table, function, schema.
@@ -288,6 +295,7 @@ class SqlEventStore:
         # other writes (tracking, rejections) take the same lock so that this process's
         # writers never meet in SQLite's busy handler.
         self._write_lock = asyncio.Lock()
+        self._sqlite_pending: list[tuple[AppendRequest, asyncio.Future[AppendResult]]] = []
         if self._dialect == "sqlite":
             self._appenders = HeldConnections(
                 engine, limit=1, keep_on=(sqlite3.Error, SwiftTrainerError)
@@ -397,11 +405,59 @@ class SqlEventStore:
             return await self._postgres_append(request)
 
     async def _sqlite_append(self, request: AppendRequest) -> AppendResult:
-        async def call(driver: aiosqlite.Connection) -> AppendResult:
-            return await run_on_sqlite_thread(driver, partial(sqlite_append, request=request))
+        """Appends that arrive while another is committing are committed together.
 
+        The first waiter to get the write lock takes every request queued so far and
+        commits them in one transaction (``sqlite_append_group``); the others find their
+        answer ready when their turn comes. Alone, an append runs exactly as before.
+        """
+        future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+        self._sqlite_pending.append((request, future))
         async with self._write_lock:
-            return await self._appenders.run(call)
+            if not future.done():
+                batch, self._sqlite_pending = self._sqlite_pending, []
+                await self._sqlite_commit_group(batch)
+        return future.result()
+
+    async def _sqlite_commit_group(
+        self,
+        batch: list[tuple[AppendRequest, asyncio.Future[AppendResult]]],
+    ) -> None:
+        requests = [request for request, _ in batch]
+        try:
+            if len(requests) == 1:
+
+                async def one(
+                    driver: aiosqlite.Connection,
+                ) -> list[AppendResult | SwiftTrainerError]:
+                    fn = partial(sqlite_append, request=requests[0])
+                    try:
+                        return [await run_on_sqlite_thread(driver, fn)]
+                    except (IntegrityError, ConcurrencyConflict) as exc:
+                        return [exc]
+
+                outcomes = await self._appenders.run(one)
+            else:
+
+                async def group(
+                    driver: aiosqlite.Connection,
+                ) -> list[AppendResult | SwiftTrainerError]:
+                    fn = partial(sqlite_append_group, requests=requests)
+                    return await run_on_sqlite_thread(driver, fn)
+
+                outcomes = await self._appenders.run(group)
+        except BaseException as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, AppendResult):
+                future.set_result(outcome)
+            else:
+                future.set_exception(outcome)
 
     async def _postgres_append(self, request: AppendRequest) -> AppendResult:
         async def call(driver: asyncpg.Connection[asyncpg.Record]) -> AppendResult:
@@ -436,10 +492,12 @@ class SqlEventStore:
         if not rows:
             return None
         stream_id, error_code, error_message = rows[0][0], rows[0][1], rows[0][2]
+        with _store_errors(f"find command {command_id!r}"):
+            events = tuple(_to_event(row, 3) for row in rows if row[3] is not None)
         return CommandRecord(
             command_id=command_id,
             stream_id=stream_id,
-            events=tuple(_to_event(row, 3) for row in rows if row[3] is not None),
+            events=events,
             error_code=error_code,
             error_message=error_message,
         )
@@ -473,17 +531,24 @@ class SqlEventStore:
                 result = await conn.execute(statement, params)
                 return result.all()
 
+    async def _fetch_events(
+        self, action: str, statement: sa.Executable, **params: Any
+    ) -> list[RecordedEvent]:
+        rows = await self._fetch(action, statement, **params)
+        with _store_errors(action):
+            return [_to_event(row) for row in rows]
+
     async def read_stream(self, stream_id: str, *, after_version: int = 0) -> list[RecordedEvent]:
-        rows = await self._fetch(
+        return await self._fetch_events(
             f"read stream {stream_id!r}", _READ_STREAM, stream_id=stream_id, after=after_version
         )
-        return [_to_event(row) for row in rows]
 
     async def read_all(self, *, after_position: int = 0, limit: int = 1000) -> list[RecordedEvent]:
         if limit <= 0:
             return []
-        rows = await self._fetch("read the event log", _READ_ALL, after=after_position, limit=limit)
-        return [_to_event(row) for row in rows]
+        return await self._fetch_events(
+            "read the event log", _READ_ALL, after=after_position, limit=limit
+        )
 
     async def stream_version(self, stream_id: str) -> int:
         rows = await self._fetch(

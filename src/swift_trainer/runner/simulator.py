@@ -377,6 +377,7 @@ class _Trainer:
         self.log_history: list[dict[str, Any]] = []
         self.random = random.Random(args.seed + self.rank)
         self.start_time = time.time()
+        self.start_step = 0
         self.lr: float = args.learning_rate or (1e-5 if args.tuner_type == "full" else 1e-4)
         self.eval_enabled = bool(args.val_dataset) or args.split_dataset_ratio > 0
 
@@ -399,19 +400,20 @@ class _Trainer:
         return 0.35 + 1.8 * math.exp(-3 * step / self.max_steps) + self.random.uniform(0, 0.05)
 
     def add_train_message(self, logs: dict[str, Any], step: int) -> dict[str, Any]:
-        """Exactly the keys ms-swift's ``add_train_message`` appends, in its order."""
+        """Exactly the keys ms-swift 4.6.0's ``add_train_message`` (``swift/trainers/
+        patcher.py``) appends, in its order: no ``percentage``, the speed in seconds per
+        iteration since this run's first step, ``memory(GiB)`` only when memory was used."""
         logs["global_step/max_steps"] = f"{step}/{self.max_steps}"
-        percentage = step / self.max_steps if self.max_steps else 0.0
-        logs["percentage"] = f"{percentage * 100:.2f}%"
         elapsed = time.time() - self.start_time
         logs["elapsed_time"] = format_time(elapsed)
-        if percentage != 0:
-            logs["remaining_time"] = format_time(elapsed / percentage - elapsed)
+        n_steps = step - self.start_step
+        train_speed = elapsed / n_steps if n_steps > 0 else 0.0
+        logs["remaining_time"] = format_time((self.max_steps - step) * train_speed)
         for key, value in logs.items():
             if isinstance(value, float):
                 logs[key] = round(value, 8)
         logs["memory(GiB)"] = round(17.5 + 0.01 * (step % 7), 2)
-        logs["train_speed(iter/s)"] = round(step / max(elapsed, 1e-6), 6)
+        logs["train_speed(s/it)"] = round(train_speed, 6)
         return logs
 
     def log(self, logs: dict[str, Any], step: int) -> None:
@@ -487,6 +489,7 @@ class _Trainer:
             },
         )
         self._rotate()
+        _update_last_checkpoint_symlink(path)
         return path
 
     def _rotate(self) -> None:
@@ -518,7 +521,35 @@ class _Trainer:
         _err(f"[INFO:swift] last_model_checkpoint: {last_checkpoint}")
         _err("[INFO:swift] best_model_checkpoint: None")
         _err(f"[INFO:swift] images_dir: {self.output_dir / 'images'}")
+        # ms-swift 4.6.0 ends logging.jsonl with its run summary (``SwiftSft.train_msg``):
+        # no ``global_step/max_steps``, so it is neither progress nor the trainer's summary.
+        _append_jsonl(
+            self.output_dir / "logging.jsonl",
+            {
+                "train_dataset": f"{self.max_steps:.6f}\u00b10.000000",
+                "model_parameter_info": "PeftModelForCausalLM: 0.0000M Params (simulated)",
+                "last_model_checkpoint": str(last_checkpoint) if last_checkpoint else None,
+                "best_model_checkpoint": None,
+                "best_metric": None,
+                "global_step": step,
+                "log_history": self.log_history[-20:],
+                "memory": 17.5,
+            },
+        )
         _err("[INFO:swift] End time of running main: " + dt.datetime.now().isoformat(" "))
+
+
+def _update_last_checkpoint_symlink(checkpoint: Path) -> None:
+    """ms-swift 4.6.0 points ``<output_dir>/last-checkpoint`` at each checkpoint it saves."""
+    link = checkpoint.parent / "last-checkpoint"
+    tmp = checkpoint.parent / "last-checkpoint.tmp"
+    try:
+        if os.path.lexists(tmp):
+            tmp.unlink()
+        os.symlink(checkpoint.name, tmp)
+        os.replace(tmp, link)
+    except OSError:
+        return
 
 
 def _resume_step(args: argparse.Namespace) -> int:
@@ -593,6 +624,7 @@ def _train_loop(trainer: _Trainer, start_step: int) -> int:
     step = start_step
     last_checkpoint: Path | None = None
     trainer.start_time = time.time()
+    trainer.start_step = start_step
     while step < trainer.max_steps:
         time.sleep(args.step_seconds)
         step += 1

@@ -31,6 +31,19 @@ checked against ms-swift 4.x sources (repository modelscope/ms-swift):
   ``--lora_rank``, ``--lora_alpha``, ``--lora_dropout``, ``--target_modules``,
   ``--freeze_vit``.
 
+What a real run of ms-swift 4.6.0 showed (``tests/runner/test_real_swift.py``, a tiny Qwen2
+on the CPU), and the builder therefore does:
+
+* ``--vit_lr`` / ``--aligner_lr`` make ms-swift pick its multimodal optimizer
+  (``TrainArgumentsMixin.__post_init__``: ``optimizer = 'multimodal'`` when either is set),
+  which crashes on a text-only model (``'ModelKeys' object has no attribute
+  'vision_tower'``). The seed's defaults for them are therefore passed only for a model
+  that looks multimodal (``looks_multimodal``); a job that sets them explicitly always
+  gets them.
+* ``--check_model`` (default true) asks the ModelScope hub whether a local model is the
+  latest version; without internet that costs ~25 s of retries per job start and only
+  ever logs a warning, so every job passes ``--check_model false``.
+
 Multi-GPU: ``swift/cli/main.py`` starts ``torch.distributed.run`` when ``NPROC_PER_NODE``
 is set and passes ``MASTER_PORT`` on, so a multi-GPU job gets both, and a single-GPU job
 must not inherit a stray ``NPROC_PER_NODE`` from the runner's environment.
@@ -38,7 +51,9 @@ must not inherit a stray ``NPROC_PER_NODE`` from the runner's environment.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -46,7 +61,7 @@ from typing import Final
 
 import msgspec
 
-from swift_trainer.core.spec import EffectiveTrainArgs, JobSpec
+from swift_trainer.core.spec import EffectiveTrainArgs, JobSpec, TrainArgs
 
 SUPPORTED_MS_SWIFT_VERSION: Final = "4.6.0"
 
@@ -84,8 +99,41 @@ def _flag_value(value: object) -> str:
     return str(value)
 
 
-def _train_flags(args: EffectiveTrainArgs) -> list[str]:
+#: Model names of the multimodal families ms-swift 4.x trains (Qwen2-VL, Qwen2.5-Omni,
+#: InternVL, LLaVA, MiniCPM-V, GLM-4V, CogVLM, Ovis, ...), matched case-insensitively.
+_MULTIMODAL_NAME: Final = re.compile(
+    r"(?i)(?:^|[-_/.])(?:vl|omni|vision|visual|llava\w*|internvl\w*|minicpm-?v\w*|glm-?4v\w*"
+    r"|cogvlm\w*|ovis\w*|paligemma\w*|idefics\w*|pixtral\w*|molmo\w*|janus\w*|qwen[\d.]*-?vl\w*"
+    r"|deepseek-vl\w*|mplug-owl\w*|florence\w*)(?:$|[-_/.])",
+)
+
+
+def looks_multimodal(model_path: str) -> bool:
+    """Whether the vision learning rates (``--vit_lr``, ``--aligner_lr``) apply to a model.
+
+    A local model folder answers through its ``config.json`` (multimodal configs carry a
+    ``vision_config``); a hub id by its name. A wrong "no" only drops the seed's separate
+    vision learning rates (the LLM's rate is used instead); a wrong "yes" would crash a
+    text-only run, hence the narrow name pattern.
+    """
+    config = Path(model_path) / "config.json"
+    if config.is_file():
+        try:
+            data = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = None
+        if isinstance(data, dict):
+            return any(
+                key in data
+                for key in ("vision_config", "visual", "vision_tower", "mm_vision_tower")
+            )
+    return bool(_MULTIMODAL_NAME.search(model_path))
+
+
+def _train_flags(args: EffectiveTrainArgs, *, explicit: TrainArgs, multimodal: bool) -> list[str]:
     """The seed's parameters (plus overrides) under their ms-swift 4.x names."""
+    vit_lr = args.vit_lr if multimodal or explicit.vit_lr is not None else None
+    aligner_lr = args.aligner_lr if multimodal or explicit.aligner_lr is not None else None
     flags: list[tuple[str, object | None]] = [
         ("--tuner_type", args.train_type),
         ("--torch_dtype", args.torch_dtype),
@@ -94,8 +142,8 @@ def _train_flags(args: EffectiveTrainArgs) -> list[str]:
         ("--per_device_train_batch_size", args.batch_size),
         ("--gradient_accumulation_steps", args.gradient_accumulation_steps),
         ("--learning_rate", args.learning_rate),
-        ("--vit_lr", args.vit_lr),
-        ("--aligner_lr", args.aligner_lr),
+        ("--vit_lr", vit_lr),
+        ("--aligner_lr", aligner_lr),
         ("--warmup_ratio", args.warmup_ratio),
         ("--weight_decay", args.weight_decay),
         ("--lr_scheduler_type", args.lr_scheduler_type),
@@ -197,7 +245,13 @@ def build_sft_command(
         "false",
         "--callbacks",
         "graceful_exit",
-        *_train_flags(spec.effective_args),
+        "--check_model",
+        "false",
+        *_train_flags(
+            spec.effective_args,
+            explicit=spec.train_args,
+            multimodal=looks_multimodal(spec.model_path),
+        ),
     ]
     if resume_from:
         resume = Path(resume_from)

@@ -1,14 +1,17 @@
 """Reading what a running ``swift sft`` leaves on disk: ``logging.jsonl`` and checkpoints.
 
 ms-swift appends one JSON object per ``on_log`` call to ``<output_dir>/logging.jsonl``
-(``ProgressCallbackNew.on_log`` / ``add_train_message`` in ``swift/trainers/callback.py``):
-the trainer's metrics plus ``global_step/max_steps`` (``"3/100"``), ``percentage``
-(``"3.00%"``), ``elapsed_time`` / ``remaining_time`` (``format_time``: ``"1d 2h 3m 4s"``,
-``"4m 28s"``, ``"34s"``), ``memory(GiB)`` and ``train_speed(iter/s)``. Some ms-swift
-builds write ``train_speed(s/it)`` instead; both are read. Evaluation lines carry
+(``ProgressCallbackNew.on_log`` / ``add_train_message`` in ``swift/trainers/patcher.py``):
+the trainer's metrics plus ``global_step/max_steps`` (``"3/100"``), ``elapsed_time`` /
+``remaining_time`` (``format_time``: ``"1d 2h 3m 4s"``, ``"4m 28s"``, ``"34s"``),
+``memory(GiB)`` (only once memory was reserved on an accelerator: absent on a CPU) and
+``train_speed(s/it)``, as a real ms-swift 4.6.0 run showed; older 3.x builds wrote
+``percentage`` and ``train_speed(iter/s)``, which are read too. Evaluation lines carry
 ``eval_loss``; the line written when ``trainer.train()`` returns carries ``train_runtime``
-and is the run's summary. A line is appended while swift runs, so the last one may be
-half-written when we read: it is kept back until its newline arrives.
+and is the run's summary. 4.6.0 then appends its own run record (``last_model_checkpoint``,
+``global_step``, the whole ``log_history``), which is neither and is skipped. A line is
+appended while swift runs, so the last one may be half-written when we read: it is kept
+back until its newline arrives.
 
 A malformed line (a crash mid-write, a disk-full truncation) is skipped and counted; it
 never stops the reading, because one bad line must not cost a job its progress reports.

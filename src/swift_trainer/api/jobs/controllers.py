@@ -1,4 +1,8 @@
-"""The job endpoints: writes become commands, reads come from the read model."""
+"""The job endpoints: writes become commands, reads come from the read model.
+
+Handlers that take a body declare it as ``data`` so the OpenAPI schema shows it, then
+decode the raw bytes strictly (``decoding.strict_body``): Litestar's own conversion is lax.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,17 @@ from typing import Annotated, Any, Final
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post, route
-from litestar.params import Parameter
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromQuery, HeaderParameter, JSONBody, PathParameter, QueryParameter
 
 from ...core.commands import ChangePriority, DeleteJob, RequestExport, StartJob, StopJob
 from ...core.errors import JobNotFound
 from ...core.ids import JOB_ID_PATTERN
-from ...core.job import JobStatus
+from ...core.job import Export, JobStatus
 from ...projections.read_models.interface import MAX_PAGE_SIZE
 from ...projections.read_models.views import JobSummary
 from ..decoding import optional_strict_body, strict_body
-from ..deps import ApiDeps
+from ..deps import ApiDeps, Deps
 from ..dispatch import caught_up, idempotent_command_id, reply_status, send
 from ..errors import problems
 from ..sse import EventStream, event_stream, last_event_id
@@ -41,12 +46,12 @@ _log = logging.getLogger(__name__)
 
 JobIdPath = Annotated[
     str,
-    Parameter(pattern=JOB_ID_PATTERN, description="The job's id.", max_length=64),
+    PathParameter(pattern=JOB_ID_PATTERN, description="The job's id.", max_length=64),
 ]
 IdempotencyKey = Annotated[
     str | None,
-    Parameter(
-        header="Idempotency-Key",
+    HeaderParameter(
+        name="Idempotency-Key",
         min_length=1,
         max_length=255,
         required=False,
@@ -58,7 +63,7 @@ IdempotencyKey = Annotated[
 ]
 Follow = Annotated[
     bool,
-    Parameter(description="Stream as server-sent events (text/event-stream) instead."),
+    QueryParameter(description="Stream as server-sent events (text/event-stream) instead."),
 ]
 
 _status_decoder: Final = msgspec.json.Decoder(JobStatusResponse)
@@ -67,6 +72,26 @@ _SSE_DOC: Final = (
     "Server-sent events: each message's data is one JSON item, its id the cursor that "
     "Last-Event-ID resumes from; an `end` event closes the stream."
 )
+
+
+def followable(page: type[Any]) -> ResponseSpec:
+    """Document the JSON page; the SSE variant is documented on the ``/stream`` twin."""
+    return ResponseSpec(
+        data_container=page,
+        description="JSON; with `follow=true` a text/event-stream (see the `/stream` twin).",
+        generate_examples=False,
+    )
+
+
+def finished_export(summary: JobSummary, checkpoint: str | None) -> Export | None:
+    """The succeeded export that made a repeated request a no-op (the domain's matching)."""
+    latest = summary.last_checkpoint
+    target = checkpoint or (latest.path if latest is not None else None)
+    for export in reversed(summary.exports):
+        name = export.checkpoint.rstrip("/").rsplit("/", 1)[-1]
+        if export.status == "succeeded" and target in (export.checkpoint, name):
+            return export
+    return None
 
 
 async def load_job(deps: ApiDeps, job_id: str) -> JobSummary:
@@ -107,9 +132,9 @@ class JobsController(Controller):
     async def create_job(
         self,
         *,
-        deps: ApiDeps,
+        deps: Deps,
         request: Request[Any, Any, Any],
-        data: CreateJobRequest,
+        data: JSONBody[CreateJobRequest],
         idempotency_key: IdempotencyKey = None,
     ) -> Response[CreateJobResponse]:
         body = await strict_body(request, CreateJobRequest)
@@ -129,7 +154,7 @@ class JobsController(Controller):
         responses=problems(404, 409, 422, 503),
     )
     async def start_job(
-        self, deps: ApiDeps, job_id: JobIdPath, idempotency_key: IdempotencyKey = None
+        self, deps: Deps, job_id: JobIdPath, idempotency_key: IdempotencyKey = None
     ) -> JobCommandResponse:
         command_id = idempotent_command_id(idempotency_key, f"start:{job_id}")
         reply = await send(deps, StartJob(job_id=job_id), command_id=command_id)
@@ -160,7 +185,7 @@ class JobsController(Controller):
         responses=problems(404, 409, 422, 503),
     )
     async def stop_job(
-        self, deps: ApiDeps, job_id: JobIdPath, idempotency_key: IdempotencyKey = None
+        self, deps: Deps, job_id: JobIdPath, idempotency_key: IdempotencyKey = None
     ) -> JobCommandResponse:
         command_id = idempotent_command_id(idempotency_key, f"stop:{job_id}")
         reply = await send(deps, StopJob(job_id=job_id), command_id=command_id)
@@ -189,10 +214,10 @@ class JobsController(Controller):
     async def export_job(
         self,
         *,
-        deps: ApiDeps,
+        deps: Deps,
         request: Request[Any, Any, Any],
         job_id: JobIdPath,
-        data: ExportRequest | None = None,
+        data: JSONBody[ExportRequest | None] = None,
         idempotency_key: IdempotencyKey = None,
     ) -> ExportResponse:
         body = await optional_strict_body(request, ExportRequest) or ExportRequest()
@@ -205,10 +230,12 @@ class JobsController(Controller):
                 job_id=job_id, changed=True, message=f"export of job {job_id} requested"
             )
         summary = await deps.read_model.get_job(job_id)
-        export = summary.exports[-1] if summary is not None and summary.exports else None
-        if not changed:
-            done = [x for x in summary.exports if x.status == "succeeded"] if summary else []
-            export = done[-1] if done else export
+        if summary is None:
+            export = None
+        elif changed:
+            export = summary.exports[-1] if summary.exports else None
+        else:
+            export = finished_export(summary, body.checkpoint)
         message = (
             f"export of job {job_id} requested"
             if changed
@@ -235,10 +262,10 @@ class JobsController(Controller):
     async def change_priority(
         self,
         *,
-        deps: ApiDeps,
+        deps: Deps,
         request: Request[Any, Any, Any],
         job_id: JobIdPath,
-        data: PriorityRequest,
+        data: JSONBody[PriorityRequest],
         idempotency_key: IdempotencyKey = None,
     ) -> PriorityResponse:
         body = await strict_body(request, PriorityRequest)
@@ -267,7 +294,7 @@ class JobsController(Controller):
         responses=problems(404, 409, 422, 503),
     )
     async def delete_job(
-        self, deps: ApiDeps, job_id: JobIdPath, idempotency_key: IdempotencyKey = None
+        self, deps: Deps, job_id: JobIdPath, idempotency_key: IdempotencyKey = None
     ) -> None:
         command_id = idempotent_command_id(idempotency_key, f"delete:{job_id}")
         await send(deps, DeleteJob(job_id=job_id), command_id=command_id)
@@ -283,11 +310,11 @@ class JobsController(Controller):
     async def list_jobs(
         self,
         *,
-        deps: ApiDeps,
-        status: JobStatus | None = None,
-        priority: Annotated[int | None, Parameter(ge=0, le=10)] = None,
-        limit: Annotated[int, Parameter(ge=1, le=MAX_PAGE_SIZE)] = 50,
-        cursor: Annotated[str | None, Parameter(min_length=1, max_length=256)] = None,
+        deps: Deps,
+        status: FromQuery[JobStatus | None] = None,
+        priority: Annotated[int | None, QueryParameter(ge=0, le=10)] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE_SIZE)] = 50,
+        cursor: Annotated[str | None, QueryParameter(min_length=1, max_length=256)] = None,
     ) -> JobListResponse:
         page = await deps.read_model.list_jobs(
             status=status, priority=priority, cursor=cursor, limit=limit
@@ -303,7 +330,7 @@ class JobsController(Controller):
         ),
         responses=problems(404, 422, 503),
     )
-    async def get_job(self, deps: ApiDeps, job_id: JobIdPath) -> JobSummary:
+    async def get_job(self, deps: Deps, job_id: JobIdPath) -> JobSummary:
         return await load_job(deps, job_id)
 
     @get(
@@ -311,7 +338,7 @@ class JobsController(Controller):
         summary="Job status",
         responses=problems(404, 422, 503),
     )
-    async def job_status(self, deps: ApiDeps, job_id: JobIdPath) -> JobStatusResponse:
+    async def job_status(self, deps: Deps, job_id: JobIdPath) -> JobStatusResponse:
         raw = await deps.read_model.get_job_json(job_id)
         if raw is None:
             raise JobNotFound(f"job {job_id!r} does not exist")
@@ -321,14 +348,14 @@ class JobsController(Controller):
         "/{job_id:str}/progress",
         summary="Training progress",
         description="`history=true` adds the loss curve; `follow=true` streams updates (SSE).",
-        responses=problems(404, 422, 503),
+        responses={**problems(404, 422, 503), 200: followable(ProgressResponse)},
     )
     async def job_progress(
         self,
         *,
-        deps: ApiDeps,
+        deps: Deps,
         job_id: JobIdPath,
-        history: bool = False,
+        history: FromQuery[bool] = False,
         follow: Follow = False,
     ) -> ProgressResponse | EventStream:
         summary = await load_job(deps, job_id)
@@ -344,7 +371,7 @@ class JobsController(Controller):
         media_type="text/event-stream",
         responses=problems(404, 422, 503),
     )
-    async def stream_progress(self, deps: ApiDeps, job_id: JobIdPath) -> EventStream:
+    async def stream_progress(self, deps: Deps, job_id: JobIdPath) -> EventStream:
         await load_job(deps, job_id)
         return event_stream(follow_progress(deps, job_id))
 
@@ -355,16 +382,16 @@ class JobsController(Controller):
             "Without `after`: the last `limit` lines. With `after`: lines with a greater "
             "`seq`; pass `next_after` back to page forward. `follow=true` streams (SSE)."
         ),
-        responses=problems(404, 422, 503),
+        responses={**problems(404, 422, 503), 200: followable(LogsResponse)},
     )
     async def job_logs(
         self,
         *,
-        deps: ApiDeps,
+        deps: Deps,
         request: Request[Any, Any, Any],
         job_id: JobIdPath,
-        limit: Annotated[int, Parameter(ge=1, le=MAX_PAGE_SIZE)] = 50,
-        after: Annotated[int | None, Parameter(ge=-1)] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE_SIZE)] = 50,
+        after: Annotated[int | None, QueryParameter(ge=-1)] = None,
         follow: Follow = False,
     ) -> LogsResponse | EventStream:
         await load_job(deps, job_id)
@@ -386,11 +413,11 @@ class JobsController(Controller):
     async def stream_logs(
         self,
         *,
-        deps: ApiDeps,
+        deps: Deps,
         request: Request[Any, Any, Any],
         job_id: JobIdPath,
-        limit: Annotated[int, Parameter(ge=1, le=MAX_PAGE_SIZE)] = 50,
-        after: Annotated[int | None, Parameter(ge=-1)] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE_SIZE)] = 50,
+        after: Annotated[int | None, QueryParameter(ge=-1)] = None,
     ) -> EventStream:
         await load_job(deps, job_id)
         resume = last_event_id(request)
@@ -404,16 +431,16 @@ class JobsController(Controller):
             "The job's recorded events, oldest first, after global position `after`; pass "
             "`next_after` back for the next page. `follow=true` streams (SSE)."
         ),
-        responses=problems(404, 422, 503),
+        responses={**problems(404, 422, 503), 200: followable(EventsResponse)},
     )
     async def job_events(
         self,
         *,
-        deps: ApiDeps,
+        deps: Deps,
         request: Request[Any, Any, Any],
         job_id: JobIdPath,
-        limit: Annotated[int, Parameter(ge=1, le=MAX_PAGE_SIZE)] = 100,
-        after: Annotated[int, Parameter(ge=0)] = 0,
+        limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE_SIZE)] = 100,
+        after: Annotated[int, QueryParameter(ge=0)] = 0,
         follow: Follow = False,
     ) -> EventsResponse | EventStream:
         await load_job(deps, job_id)
@@ -438,10 +465,10 @@ class JobsController(Controller):
     async def stream_events(
         self,
         *,
-        deps: ApiDeps,
+        deps: Deps,
         request: Request[Any, Any, Any],
         job_id: JobIdPath,
-        after: Annotated[int, Parameter(ge=0)] = 0,
+        after: Annotated[int, QueryParameter(ge=0)] = 0,
     ) -> EventStream:
         await load_job(deps, job_id)
         resume = last_event_id(request)

@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from litestar import Controller, delete, get, post
-from litestar.params import Parameter
+from litestar.params import HeaderParameter, PathParameter
 
 from ...core.commands import PauseQueueProcessor, ResumeQueueProcessor, StopJob
 from ...core.errors import InvalidTransition, JobNotFound
 from ...core.ids import JOB_ID_PATTERN
 from ...core.job import JobStatus
 from ...core.queue_processor import QueueProcessorState
-from ..deps import ApiDeps
+from ..deps import Deps
 from ..dispatch import idempotent_command_id, reply_status, send
 from ..durations import describe_wait
 from ..errors import problems
@@ -28,11 +28,11 @@ from .schemas import (
 )
 
 JobIdPath = Annotated[
-    str, Parameter(pattern=JOB_ID_PATTERN, description="The job's id.", max_length=64)
+    str, PathParameter(pattern=JOB_ID_PATTERN, description="The job's id.", max_length=64)
 ]
 IdempotencyKey = Annotated[
     str | None,
-    Parameter(header="Idempotency-Key", min_length=1, max_length=255, required=False),
+    HeaderParameter(name="Idempotency-Key", min_length=1, max_length=255, required=False),
 ]
 
 
@@ -50,7 +50,7 @@ class QueueController(Controller):
     tags = ("queue",)
 
     @get("/", summary="GPU queue state", responses=problems(503))
-    async def queue(self, deps: ApiDeps) -> QueueResponse:
+    async def queue(self, deps: Deps) -> QueueResponse:
         read_model = deps.read_model
         view = await read_model.queue_view()
         counts = await read_model.count_by_status()
@@ -99,7 +99,7 @@ class QueueController(Controller):
         description="Asks the scheduler for one placement pass now and returns its answer.",
         responses=problems(503),
     )
-    async def process(self, deps: ApiDeps) -> ProcessResult:
+    async def process(self, deps: Deps) -> ProcessResult:
         return await deps.process_queue()
 
     @delete(
@@ -110,7 +110,7 @@ class QueueController(Controller):
         responses=problems(404, 409, 422, 503),
     )
     async def remove(
-        self, deps: ApiDeps, job_id: JobIdPath, idempotency_key: IdempotencyKey = None
+        self, deps: Deps, job_id: JobIdPath, idempotency_key: IdempotencyKey = None
     ) -> QueueRemoval:
         summary = await deps.read_model.get_job(job_id)
         if summary is None:
@@ -141,7 +141,7 @@ class QueueController(Controller):
         description="`in_queue: false` with the job's status when it is not queued.",
         responses=problems(404, 422, 503),
     )
-    async def job_place(self, deps: ApiDeps, job_id: JobIdPath) -> QueueJobStatus:
+    async def job_place(self, deps: Deps, job_id: JobIdPath) -> QueueJobStatus:
         summary = await deps.read_model.get_job(job_id)
         if summary is None:
             raise JobNotFound(f"job {job_id!r} does not exist")
@@ -169,7 +169,7 @@ class QueueController(Controller):
         responses=problems(503),
     )
     async def start_processor(
-        self, deps: ApiDeps, idempotency_key: IdempotencyKey = None
+        self, deps: Deps, idempotency_key: IdempotencyKey = None
     ) -> ProcessorCommandResponse:
         command_id = idempotent_command_id(idempotency_key, "processor:start")
         reply = await send(deps, ResumeQueueProcessor(), command_id=command_id)
@@ -188,7 +188,7 @@ class QueueController(Controller):
         responses=problems(503),
     )
     async def stop_processor(
-        self, deps: ApiDeps, idempotency_key: IdempotencyKey = None
+        self, deps: Deps, idempotency_key: IdempotencyKey = None
     ) -> ProcessorCommandResponse:
         command_id = idempotent_command_id(idempotency_key, "processor:stop")
         reply = await send(
@@ -206,5 +206,5 @@ class QueueController(Controller):
         summary="Queue processor state",
         responses=problems(503),
     )
-    async def processor(self, deps: ApiDeps) -> ProcessorStatus:
+    async def processor(self, deps: Deps) -> ProcessorStatus:
         return processor_status(await deps.read_model.processor_state())

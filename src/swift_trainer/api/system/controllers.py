@@ -7,7 +7,7 @@ import asyncio
 from litestar import Controller, get
 
 from ...core.job import JobStatus
-from ..deps import ApiDeps, combine_checks, read_model_check
+from ..deps import Deps, combine_checks, read_model_check
 from ..errors import ApiProblem, problems
 from ..queue.controllers import processor_status
 from .resources import gpus_overview, host_stats
@@ -19,11 +19,11 @@ class SystemController(Controller):
     tags = ("system",)
 
     @get("/gpus", summary="GPU information", responses=problems(503))
-    async def gpus(self, deps: ApiDeps) -> GpusResponse:
+    async def gpus(self, deps: Deps) -> GpusResponse:
         return await gpus_overview(deps.read_model, deps.clock(), deps.runner_lease_s)
 
     @get("/system/status", summary="System status", responses=problems(503))
-    async def system_status(self, deps: ApiDeps) -> SystemStatus:
+    async def system_status(self, deps: Deps) -> SystemStatus:
         read_model = deps.read_model
         host = await asyncio.to_thread(host_stats, deps.output_root)
         counts = await read_model.count_by_status()
@@ -51,7 +51,7 @@ class SystemController(Controller):
         description="200 when NATS, the event store and the read model answer; else 503.",
         responses=problems(503),
     )
-    async def ready(self, deps: ApiDeps) -> Readiness:
+    async def ready(self, deps: Deps) -> Readiness:
         readiness = deps.readiness or combine_checks(read_model=read_model_check(deps.read_model))
         try:
             checks = await asyncio.wait_for(readiness(), deps.readiness_timeout_s)

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# A separate virtualenv with the real ms-swift, for the opt-in `pytest -m swift` tests and
+# for GPU hosts: `.venv-swift/` next to the project (never the uv project venv, which stays
+# light: ms-swift brings transformers, peft, trl, datasets and torch).
+#
+# torch is installed first and pinned, so that ms-swift (which only asks for a range) keeps
+# it instead of pulling a CUDA build of several GB. On a machine whose pip finds a local CPU
+# wheel of torch 2.13.0 that is the one taken; on a GPU host pass TORCH_SPEC (e.g.
+# TORCH_SPEC="torch==2.13.0" with the host's own index) to choose the CUDA build there.
+#
+# Usage: scripts/setup_real_swift.sh [venv dir]   (default: .venv-swift)
+# Idempotent: a venv whose `swift` already reports the supported version is left alone.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV="${1:-.venv-swift}"
+PYTHON="${PYTHON:-python3}"
+TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
+MS_SWIFT_SPEC="${MS_SWIFT_SPEC:-ms-swift==4.6.0}"
+
+installed_version() {
+  "$VENV/bin/python" - <<'PY' 2>/dev/null || true
+import importlib.metadata as m
+try:
+    print(m.version("ms-swift"))
+except m.PackageNotFoundError:
+    pass
+PY
+}
+
+if [ -x "$VENV/bin/swift" ] && [ "$(installed_version)" = "${MS_SWIFT_SPEC#ms-swift==}" ] \
+  && "$VENV/bin/python" -c "import swift_trainer" 2>/dev/null; then
+  echo "$VENV already has $MS_SWIFT_SPEC and swift_trainer; nothing to do"
+  exit 0
+fi
+
+start=$(date +%s)
+"$PYTHON" -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check --no-input)
+"${PIP[@]}" install --quiet --upgrade pip
+"${PIP[@]}" install --quiet "$TORCH_SPEC"
+# The pin keeps the torch just installed: a resolver that wanted another would fail here
+# instead of silently downloading a CUDA build.
+"${PIP[@]}" install --quiet "$MS_SWIFT_SPEC" "$TORCH_SPEC"
+# This project too, so scripts (gpu_host_check.py, make_tiny_qwen2.py) run on this python.
+"${PIP[@]}" install --quiet -e . "$TORCH_SPEC"
+"$VENV/bin/swift" --help >/dev/null 2>&1 || true
+"$VENV/bin/python" - <<'PY'
+import importlib.metadata as m
+for name in ("ms-swift", "torch", "transformers", "peft", "trl", "swift-trainer"):
+    print(f"{name}=={m.version(name)}")
+PY
+echo "set up $VENV in $(( $(date +%s) - start ))s ($(du -sh "$VENV" | cut -f1))"

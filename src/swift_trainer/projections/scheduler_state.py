@@ -1,0 +1,393 @@
+"""What a scheduler knows, projected from the event log and the runners' heartbeats.
+
+``SchedulerState`` folds recorded events into per-job aggregate states (with
+``core.job.evolve``, so the scheduler can never disagree with the domain about a job's
+status), the GPU ledger (with ``core.gpu_ledger.evolve_ledger``) and the queue processor
+switch, and keeps a pure ``Scheduler`` core in step with them. It does no I/O and reads the
+clock only through the ``now`` arguments: the service shell owns NATS, leadership and time.
+
+How a job appears in the core, from its state, its ledger claim and this instance's
+in-flight decisions:
+
+- scheduled, running or stopping: it holds the GPUs of its current attempt;
+- queued with a claim for its *next* attempt: a scheduler has claimed GPUs and its
+  ``ScheduleJob`` is (or was) in flight, so the job holds the claimed GPUs and is not in the
+  queue (the leader completes such a claim if its author died: ``reconcile``);
+- queued otherwise: in the queue, ordered by priority and the position of its submission;
+- anything else: not in the core.
+
+A claim that belongs to no live attempt (the attempt ended and the leader has not released
+it yet) still blocks its GPUs, under a key no job id can take, because the ledger would
+refuse any other claim on them anyway. A job this instance has just placed stays as the
+placement left it until the events of that placement have come back through the feed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Final
+
+import msgspec
+
+from swift_trainer.core import events as e
+from swift_trainer.core.errors import MessageError
+from swift_trainer.core.gpu_ledger import Claim, LedgerState, evolve_ledger
+from swift_trainer.core.inventory import RunnerHeartbeat
+from swift_trainer.core.job import ACTIVE, JobState, JobStatus, evolve, initial_state
+from swift_trainer.core.queue_processor import QueueProcessorState, evolve_processor
+from swift_trainer.core.store import RecordedEvent
+
+from .scheduling import (
+    GpuSnapshot,
+    HostSnapshot,
+    PlacementPolicy,
+    QueuedJob,
+    RunningJob,
+    Scheduler,
+)
+
+_log = logging.getLogger(__name__)
+
+#: Events that change nothing a placement looks at: they do not wake the placer.
+QUIET_EVENTS: Final = frozenset(
+    {
+        "JobSubmitted",
+        "JobHeld",
+        "JobReleased",
+        "JobStarted",
+        "JobProgressed",
+        "CheckpointSaved",
+        "StopRequested",
+        "ExportRequested",
+        "ExportStarted",
+        "ExportSucceeded",
+        "ExportFailed",
+    },
+)
+
+
+def claim_key(job_id: str) -> str:
+    """Core key of a claim that outlived its attempt; ``/`` never occurs in a job id."""
+    return f"claim/{job_id}"
+
+
+def host_snapshot(heartbeat: RunnerHeartbeat, seen_at: datetime | None = None) -> HostSnapshot:
+    """What placement needs from a heartbeat; a draining runner takes no new work.
+
+    The lease runs ``lease_s`` from ``seen_at`` (default: the heartbeat's own ``at``).
+    """
+    foreign = heartbeat.foreign_memory_mib
+    return HostSnapshot(
+        runner_id=heartbeat.runner_id,
+        gpus=tuple(
+            GpuSnapshot(
+                index=gpu.index,
+                uuid=gpu.uuid,
+                name=gpu.name,
+                memory_total_mib=gpu.memory_total_mib,
+                memory_used_mib=gpu.memory_used_mib,
+                foreign_memory_mib=foreign.get(gpu.index, 0),
+                utilization_pct=float(gpu.utilization_pct or 0),
+                healthy=not gpu.health.suspect,
+            )
+            for gpu in heartbeat.inventory.gpus
+        ),
+        alive=not heartbeat.draining,
+        lease_expires_at=(seen_at or heartbeat.at) + timedelta(seconds=heartbeat.lease_s),
+    )
+
+
+def _claim_is_live(state: JobState | None, claim: Claim) -> bool:
+    """Whether the claim backs the job's current attempt, or the one being scheduled."""
+    if state is None:
+        return False
+    if state.status in ACTIVE and state.runner_id is not None:
+        return claim.attempt == state.attempt and claim.same_gpus(state.runner_id, state.gpu_ids)
+    return state.status is JobStatus.QUEUED and claim.attempt == state.attempt + 1
+
+
+class ClaimAction(msgspec.Struct, frozen=True):
+    """What the leader must do about a claim: ``complete`` it with the ``ScheduleJob`` its
+    author never got through, or ``release`` it because its attempt is over."""
+
+    kind: str  # "complete" | "release"
+    claim: Claim
+    reason: str = ""
+
+
+class LostJob(msgspec.Struct, frozen=True):
+    job_id: str
+    attempt: int
+    runner_id: str
+
+
+class SchedulerState:
+    """The scheduler's projection plus its placement core; see the module docstring."""
+
+    def __init__(self, policy: PlacementPolicy | None = None) -> None:
+        self.core = Scheduler(policy)
+        self.jobs: dict[str, JobState] = {}
+        #: Global position of each job's ``JobSubmitted``: first come, first served.
+        self.seqs: dict[str, int] = {}
+        self.ledger = LedgerState()
+        self.processor = QueueProcessorState()
+        #: Global position of the last applied event.
+        self.position = 0
+        self.malformed = 0
+        #: Runner id -> when its lease runs out, per its latest heartbeat.
+        self.leases: dict[str, datetime] = {}
+        #: Jobs placed by this instance whose commands are in flight (None) or whose events
+        #: have not come back yet (the position to wait for).
+        self.pending: dict[str, int | None] = {}
+        self._active: set[str] = set()
+        self._claim_holds: set[str] = set()
+
+    # --- events -------------------------------------------------------------------------
+
+    def apply(self, batch: Sequence[RecordedEvent]) -> bool:
+        """Apply recorded events in order, skipping any at or below ``position``.
+
+        Returns whether a placement could now decide differently. Safe to call again with
+        the same batch after a failure part-way: applied events are skipped.
+        """
+        touched: set[str] = set()
+        relevant = False
+        for recorded in batch:
+            if recorded.position <= self.position:
+                continue
+            self.position = recorded.position
+            try:
+                event = e.decode_event(recorded.type, recorded.payload, recorded.schema_version)
+            except MessageError as exc:
+                self.malformed += 1
+                _log.warning("scheduler skips event at position %d: %s", recorded.position, exc)
+                continue
+            relevant |= recorded.type not in QUIET_EVENTS
+            match event:
+                case e.QueueProcessorPaused() | e.QueueProcessorResumed():
+                    self.processor = evolve_processor(self.processor, event)
+                case e.GpusClaimed() | e.GpusReleased():
+                    self.ledger = evolve_ledger(self.ledger, event)
+                    touched.add(event.job_id)
+                case e.JobProgressed(job_id=job_id):
+                    self._evolve_job(recorded, event)
+                    if job_id in self._active and job_id not in self.pending:
+                        self.core.set_remaining(job_id, event.remaining_s)
+                case _:
+                    self._evolve_job(recorded, event)
+                    touched.add(event.job_id)
+        for job_id in touched:
+            self.sync(job_id)
+        self._settle_arrived()
+        return relevant
+
+    def _evolve_job(self, recorded: RecordedEvent, event: e.AnyJobEvent) -> None:
+        job_id = event.job_id
+        state = self.jobs.get(job_id)
+        if isinstance(event, e.JobSubmitted):
+            self.seqs[job_id] = recorded.position
+            state = initial_state(job_id)
+        elif state is None:
+            return  # a job that has succeeded or been deleted: nothing left to schedule
+        state = evolve(state, event)
+        if state.status in (JobStatus.SUCCEEDED, JobStatus.DELETED):
+            self.jobs.pop(job_id, None)
+            self.seqs.pop(job_id, None)
+        else:
+            self.jobs[job_id] = state
+
+    # --- keeping the core in step -------------------------------------------------------
+
+    def sync(self, job_id: str) -> None:
+        """Make the core show ``job_id`` (and any stale claim of it) as its state says."""
+        state = self.jobs.get(job_id)
+        claim = self.ledger.claims.get(job_id)
+        if state is not None and state.status in ACTIVE and state.runner_id is not None:
+            self._active.add(job_id)
+        else:
+            self._active.discard(job_id)
+        if job_id not in self.pending:
+            self._sync_job(job_id, state, claim)
+        if claim is not None and not _claim_is_live(state, claim):
+            self.core.assign(
+                RunningJob(
+                    job_id=claim_key(job_id), runner_id=claim.runner_id, gpu_ids=claim.gpu_ids
+                ),
+            )
+            self._claim_holds.add(job_id)
+        elif job_id in self._claim_holds:
+            self.core.release(claim_key(job_id))
+            self._claim_holds.discard(job_id)
+
+    def _sync_job(self, job_id: str, state: JobState | None, claim: Claim | None) -> None:
+        core = self.core
+        if state is None:
+            core.remove(job_id)
+            core.release(job_id)
+            return
+        if state.status in ACTIVE and state.runner_id is not None:
+            core.assign(
+                RunningJob(
+                    job_id=job_id,
+                    runner_id=state.runner_id,
+                    gpu_ids=state.gpu_ids,
+                    remaining_s=state.progress.remaining_s if state.progress else None,
+                    priority=state.priority,
+                ),
+            )
+        elif state.status is JobStatus.QUEUED:
+            if claim is not None and claim.attempt == state.attempt + 1:
+                core.assign(
+                    RunningJob(
+                        job_id=job_id,
+                        runner_id=claim.runner_id,
+                        gpu_ids=claim.gpu_ids,
+                        priority=state.priority,
+                    ),
+                )
+            else:
+                core.submit(self._queued(state))
+        else:
+            core.remove(job_id)
+            core.release(job_id)
+
+    def _queued(self, state: JobState) -> QueuedJob:
+        spec = state.spec
+        assert spec is not None, "a queued job was submitted"
+        return QueuedJob(
+            job_id=state.job_id,
+            priority=state.priority,
+            seq=self.seqs.get(state.job_id, 0),
+            gpu_count=spec.gpu_count,
+            min_gpu_memory_gb=spec.min_gpu_memory_gb,
+            gpu_name=spec.gpu_name,
+            attempt=state.attempt,
+            expected_duration_s=state.progress.remaining_s if state.progress else None,
+        )
+
+    # --- this instance's own placements -------------------------------------------------
+
+    def begin(self, job_id: str) -> None:
+        """A decision for ``job_id`` is being sent: leave its placement alone meanwhile."""
+        self.pending[job_id] = None
+
+    def settle(self, job_id: str, until_position: int | None = None) -> None:
+        """The commands for ``job_id`` are done; once the feed has reached
+        ``until_position`` (at once when None: refused, failed or unknown), the job shows
+        as the events say again."""
+        if until_position is not None and until_position > self.position:
+            self.pending[job_id] = until_position
+            return
+        self.pending.pop(job_id, None)
+        self.sync(job_id)
+
+    def _settle_arrived(self) -> None:
+        arrived = [
+            job_id
+            for job_id, until in self.pending.items()
+            if until is not None and until <= self.position
+        ]
+        for job_id in arrived:
+            del self.pending[job_id]
+            self.sync(job_id)
+
+    # --- runners ------------------------------------------------------------------------
+
+    def update_runner(
+        self, heartbeat: RunnerHeartbeat, seen_at: datetime | None = None
+    ) -> HostSnapshot:
+        """Take a runner's heartbeat; its lease runs ``lease_s`` from ``seen_at``.
+
+        The service passes the time it received a fresh heartbeat (so a runner whose clock
+        is off neither dies early nor lives forever), or the heartbeat's own ``at`` for one
+        it found already stored when it started (which may be old).
+        """
+        host = host_snapshot(heartbeat, seen_at)
+        assert host.lease_expires_at is not None
+        self.leases[heartbeat.runner_id] = host.lease_expires_at
+        self.core.update_host(host)
+        return host
+
+    def remove_runner(self, runner_id: str) -> None:
+        """The runner's key is gone: no new work goes there. Its jobs are lost when the
+        lease of its last heartbeat runs out, as for any runner that stops heartbeating,
+        unless it reports again before then (a restart)."""
+        host = self.core.host(runner_id)
+        if host is not None:
+            self.core.update_host(msgspec.structs.replace(host, alive=False))
+
+    def refresh(self, now: datetime) -> None:
+        """Bring time-dependent inputs up to ``now``: expired leases, remaining times.
+
+        A progress report's ``remaining_s`` was measured when it was recorded; the core reads
+        remaining times as "from now", so they are aged by the time since.
+        """
+        self.core.expire_leases(now)
+        for job_id in self._active:
+            if job_id in self.pending:
+                continue
+            state = self.jobs[job_id]
+            progress = state.progress
+            if progress is None or progress.remaining_s is None or progress.at is None:
+                continue
+            elapsed = (now - progress.at).total_seconds()
+            self.core.set_remaining(job_id, max(0.0, progress.remaining_s - max(elapsed, 0.0)))
+
+    def lost_jobs(self, now: datetime) -> list[LostJob]:
+        """Active jobs whose runner has no live lease at ``now`` (or never reported)."""
+        lost = []
+        for job_id in sorted(self._active):
+            state = self.jobs[job_id]
+            runner_id = state.runner_id
+            assert runner_id is not None
+            expires = self.leases.get(runner_id)
+            if expires is None or now >= expires:
+                lost.append(LostJob(job_id=job_id, attempt=state.attempt, runner_id=runner_id))
+        return lost
+
+    # --- the ledger ---------------------------------------------------------------------
+
+    def reconcile(self) -> list[ClaimAction]:
+        """What the leader must do so that claims match live attempts.
+
+        Only facts that cannot be undone release a claim: the attempt has ended (the job's
+        attempt counter moved past it, or the job is gone), or the job left the queue before
+        the attempt was scheduled. A claim for the next attempt of a queued job is completed
+        rather than released, because its author's ``ScheduleJob`` may still be in flight:
+        completing it with the same GPUs is harmless whichever arrives first.
+        """
+        actions = []
+        for job_id, claim in sorted(self.ledger.claims.items()):
+            if job_id in self.pending:
+                continue
+            state = self.jobs.get(job_id)
+            if state is None:
+                actions.append(ClaimAction("release", claim, "the job has ended"))
+            elif state.status in ACTIVE and state.attempt == claim.attempt:
+                continue
+            elif state.status is JobStatus.QUEUED and claim.attempt == state.attempt + 1:
+                actions.append(ClaimAction("complete", claim))
+            elif claim.attempt > state.attempt:
+                why = f"the job is {state.status} and was never scheduled on them"
+                actions.append(ClaimAction("release", claim, why))
+            else:
+                actions.append(
+                    ClaimAction("release", claim, f"attempt {claim.attempt} has ended"),
+                )
+        return actions
+
+    # --- views --------------------------------------------------------------------------
+
+    @property
+    def paused(self) -> bool:
+        return self.processor.paused
+
+    def gpu_uuids(self, runner_id: str, gpu_ids: Iterable[int]) -> tuple[str, ...]:
+        host = self.core.host(runner_id)
+        if host is None:
+            return ()
+        by_index = {gpu.index: gpu.uuid for gpu in host.gpus}
+        uuids = tuple(by_index.get(i, "") for i in gpu_ids)
+        return uuids if all(uuids) else ()

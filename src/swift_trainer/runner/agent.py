@@ -1,0 +1,835 @@
+"""The runner agent: the NATS shell around the supervisor on one GPU host.
+
+What it does, and why it is built so:
+
+* **Heartbeat.** Every ``heartbeat_s`` it puts a ``RunnerHeartbeat`` (GPU inventory, the
+  memory foreign processes hold per GPU, the runs it supervises) into the runners' KV
+  bucket under its id. The scheduler places only on runners it sees there, and takes the
+  jobs of a runner whose heartbeat is older than its lease back. Inventory snapshots may
+  block (NVML), so they run in a thread.
+* **Its own events, durably.** A durable JetStream pull consumer (``runner-<id>``) on the
+  EVENTS stream, filtered to ``subjects.runner_events_filter(runner_id)``: start, stop and
+  export requests addressed to this runner survive its restarts and are acknowledged only
+  once acted on (or deliberately ignored). A new consumer starts with the messages that
+  arrive after it was created: it is created before the first heartbeat, and nothing is
+  placed on a runner before its first heartbeat, so nothing is missed; an older consumer
+  resumes where it was. Redelivery is harmless: the ids of handled start and export events
+  are kept on disk (``handled.json``), and the supervisor answers a repeated start of the
+  attempt it runs with the same pid. A message that cannot be decoded is logged and
+  terminated (never redelivered), never raised.
+* **Starting.** ``JobScheduled`` carries no spec, so the job's ``JobSubmitted`` is read
+  from the EVENTS stream (by its exact subject); the ``swift sft`` command line is built
+  for the assigned GPUs (and ``resume_from``) and started under the supervisor. The runner
+  refuses the assignment (``RejectAssignment``) when the GPUs are not on this host (or their
+  UUIDs differ from the placement's), already run another job of ours, hold more than
+  ``max_foreign_memory_mib`` of processes this runner did not start, when the checkpoint to
+  resume from is not here, or when the process cannot be started at all.
+* **Stopping.** ``StopRequested`` asks the supervisor to stop (SIGTERM to the trainers, a
+  grace period to save a checkpoint, then SIGKILL); the outcome arrives through the
+  reporter as ``ReportStopped`` with the newest checkpoint. A stop for a job that is not
+  running here is answered with ``ReportStopped`` at once, so a job cannot hang in
+  "stopping".
+* **Exports.** ``ExportRequested`` runs ``swift export --merge_lora true``; when the merged
+  model already exists and ``overwrite`` is false, the existing one is reported without
+  running anything.
+* **Reports** go through ``ReportOutbox`` (ordered per job, retried with the same command
+  id, durable; see ``reporting``). A report refused as ``stale_assignment`` (the job was
+  given away after this runner's lease expired), or a start/progress report refused because
+  the job is no longer running at all, stops the process: its GPUs belong to someone else.
+* **Logs** go to the LOGS stream (``log_publisher`` documents the message and its ``seq``).
+* **Restarts.** At start the agent re-attaches to the runs in the supervisor's state folder
+  (training processes run in their own sessions and survive the agent), reports each as
+  started again (same command id: deduplicated) and follows it to its end; runs that ended
+  while the agent was away are judged from their logs and reported. On SIGINT/SIGTERM it
+  leaves training processes running for the next start, unless ``--stop-jobs-on-exit``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.metadata
+import logging
+import os
+import re
+import signal
+import socket
+import sys
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+from nats.js.kv import KeyValue
+from opentelemetry import trace
+
+from ..bus import subjects
+from ..bus.command_client import CommandClient
+from ..bus.connection import connect, provision
+from ..bus.messages import EventEnvelope, ReplyError, decode_event_envelope
+from ..bus.tracing import extract_context
+from ..core import commands as c
+from ..core import events as e
+from ..core.errors import SwiftTrainerError
+from ..core.ids import job_stream
+from ..core.inventory import RunnerHeartbeat, RunnerJob
+from ..core.settings import Settings
+from ..core.spec import JobSpec
+from ..core.telemetry import setup_tracing
+from .inventory import FakeInventory, GpuInventory, NvmlInventory, foreign_memory_mib
+from .log_publisher import LogPublisher
+from .reporting import (
+    ExportReports,
+    JobReports,
+    ReportOutbox,
+    export_started_command_id,
+    started_command_id,
+)
+from .supervisor import AlreadyRunning, LaunchError, RunRecord, Supervisor, run_key
+from .swift_command import build_export_command, build_sft_command, expected_export_path
+
+_log = logging.getLogger(__name__)
+_tracer = trace.get_tracer(__name__)
+
+DEFAULT_MAX_FOREIGN_MEMORY_MIB: Final = 1024
+SIMULATOR: Final = (sys.executable, "-m", "swift_trainer.runner.simulator")
+_UNSAFE_ID: Final = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def default_runner_id() -> str:
+    """The host name, reduced to the characters a subject token and a KV key allow."""
+    name = _UNSAFE_ID.sub("-", socket.gethostname()).strip("-")
+    return name[:64] or "runner"
+
+
+def consumer_name(runner_id: str) -> str:
+    return f"runner-{runner_id}"
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("swift-trainer")
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def merged_artifact_complete(path: str | Path) -> bool:
+    """A merged model folder with its config and at least one weight file."""
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        return False
+    patterns = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin")
+    return any(any(folder.glob(pattern)) for pattern in patterns)
+
+
+def _is_dir(path: Path) -> bool:
+    return path.is_dir()
+
+
+def _resume_problem(resume_from: str | None) -> str | None:
+    """A checkpoint named by its absolute path must be on this host (a relative one is
+    resolved inside the job's output folder by the command builder)."""
+    if resume_from and Path(resume_from).is_absolute() and not Path(resume_from).is_dir():
+        return f"checkpoint {resume_from} to resume from is not on this runner"
+    return None
+
+
+class HandledEvents:
+    """Ids of the start and export events acted on, kept on disk across restarts.
+
+    A start redelivered after the process it started has already ended (the ack was lost
+    with a crash) must not train the attempt a second time. Bounded: the oldest ids go.
+    """
+
+    def __init__(self, path: str | Path, *, limit: int = 4096) -> None:
+        self.path = Path(path)
+        self.limit = limit
+        self._ids: dict[str, None] = {}
+        try:
+            loaded = msgspec.json.decode(self.path.read_bytes(), type=list[str])
+        except FileNotFoundError:
+            loaded = []
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            _log.warning("ignoring unreadable %s: %s", self.path, exc)
+            loaded = []
+        self._ids = dict.fromkeys(loaded[-limit:])
+
+    def __contains__(self, event_id: object) -> bool:
+        return event_id in self._ids
+
+    def add(self, event_id: str) -> None:
+        self._ids[event_id] = None
+        while len(self._ids) > self.limit:
+            self._ids.pop(next(iter(self._ids)))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        try:
+            tmp.write_bytes(msgspec.json.encode(list(self._ids)))
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            _log.error("cannot persist %s: %s", self.path, exc)
+
+
+class RunnerAgent:
+    """One GPU host's agent; ``start()`` it on a connected client, ``stop()`` it to leave.
+
+    ``state_dir`` holds the agent's own files (handled event ids, undelivered reports); the
+    supervisor keeps its run states in its own folder (``create_runner_agent`` puts both
+    under one). ``base_env`` is the environment of every swift process (default: this
+    process's).
+    """
+
+    def __init__(
+        self,
+        nc: Client,
+        *,
+        runner_id: str,
+        inventory: GpuInventory,
+        supervisor: Supervisor,
+        swift_executable: str | Sequence[str],
+        output_root: str | Path,
+        state_dir: str | Path,
+        heartbeat_s: float = 2.0,
+        lease_s: float = 10.0,
+        grace_period_s: float | None = None,
+        base_env: Mapping[str, str] | None = None,
+        max_foreign_memory_mib: int = DEFAULT_MAX_FOREIGN_MEMORY_MIB,
+        command_timeout_s: float = 10.0,
+        stop_jobs_on_exit: bool = False,
+        ack_wait_s: float = 300.0,
+        max_deliver: int = 10,
+        fetch_timeout_s: float = 1.0,
+    ) -> None:
+        if not subjects.is_token(runner_id):
+            raise SwiftTrainerError(
+                f"runner id {runner_id!r} may only contain letters, digits, '_' and '-'",
+                code="invalid_runner_id",
+            )
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.runner_id = runner_id
+        self.inventory = inventory
+        self.supervisor = supervisor
+        self.swift_executable = swift_executable
+        self.output_root = Path(output_root).absolute()
+        self.state_dir = Path(state_dir)
+        self.heartbeat_s = heartbeat_s
+        self.lease_s = lease_s
+        self.grace_period_s = grace_period_s
+        self.base_env = dict(os.environ if base_env is None else base_env)
+        self.max_foreign_memory_mib = max_foreign_memory_mib
+        self.stop_jobs_on_exit = stop_jobs_on_exit
+        self.ack_wait_s = ack_wait_s
+        self.max_deliver = max_deliver
+        self.fetch_timeout_s = fetch_timeout_s
+        self.draining = False
+        self.malformed = 0
+        self.client = CommandClient(nc, timeout=command_timeout_s, actor=runner_id)
+        self.outbox = ReportOutbox(
+            self.client, self.state_dir / "outbox", on_refused=self._on_refused
+        )
+        self.logs = LogPublisher(nc, runner_id)
+        self.handled = HandledEvents(self.state_dir / "handled.json")
+        self._kv: KeyValue | None = None
+        self._sub: JetStreamContext.PullSubscription | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.heartbeats = 0
+        self.started = asyncio.Event()
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._kv = await self.js.key_value(subjects.RUNNERS_BUCKET)
+        self.logs.start()
+        resent = self.outbox.load()
+        if resent:
+            _log.info("re-sending %d reports left undelivered by the previous run", resent)
+        records = await self.supervisor.reattach(
+            job_reporter=self._reattached_job,
+            export_reporter=self._reattached_export,
+        )
+        for record in records:
+            _log.info(
+                "re-attached to %s (pid %d, attempt %d)", record.key, record.pid, record.attempt
+            )
+        self._sub = await self.js.pull_subscribe(
+            subjects.runner_events_filter(self.runner_id),
+            durable=consumer_name(self.runner_id),
+            stream=subjects.EVENTS_STREAM,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.NEW,
+                ack_wait=self.ack_wait_s,
+                max_deliver=self.max_deliver,
+                max_ack_pending=64,
+            ),
+        )
+        await self._heartbeat_once()
+        self._tasks = [
+            asyncio.create_task(self._consume(), name=f"runner-{self.runner_id}-events"),
+            asyncio.create_task(self._heartbeats(), name=f"runner-{self.runner_id}-heartbeat"),
+        ]
+        self.started.set()
+        _log.info("runner %s up; job output under %s", self.runner_id, self.output_root)
+
+    async def stop(self) -> None:
+        """Leave: training keeps running for the next start unless ``stop_jobs_on_exit``."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+        await self.supervisor.close(kill=self.stop_jobs_on_exit)
+        if not await self.outbox.drain(timeout=5.0):
+            _log.warning(
+                "%d reports still undelivered; they are sent when the runner starts again",
+                self.outbox.pending(),
+            )
+        await self.outbox.close()
+        await self.logs.stop()
+        if self.stop_jobs_on_exit and self._kv is not None:
+            # Nothing runs here any more: tell the scheduler now instead of after the lease.
+            with contextlib.suppress(Exception):
+                await self._kv.delete(self.runner_id)
+        await asyncio.to_thread(self.inventory.close)
+
+    # --- heartbeat ----------------------------------------------------------------------
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            try:
+                await self._heartbeat_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # NATS away: the next beat tries again
+                _log.warning("heartbeat failed: %s", exc)
+
+    async def heartbeat(self) -> RunnerHeartbeat:
+        """The heartbeat as it would be put now (the inventory is read in a thread)."""
+        before = self.supervisor.own_pids()
+        snapshot = await asyncio.to_thread(self.inventory.snapshot)
+        own = before | self.supervisor.own_pids()
+        return RunnerHeartbeat(
+            runner_id=self.runner_id,
+            at=datetime.now(UTC),
+            lease_s=self.lease_s,
+            inventory=snapshot,
+            foreign_memory_mib={gpu.index: foreign_memory_mib(gpu, own) for gpu in snapshot.gpus},
+            jobs=tuple(
+                RunnerJob(
+                    job_id=record.job_id,
+                    attempt=record.attempt,
+                    kind=record.kind,
+                    export_id=record.export_id,
+                    pid=record.pid,
+                )
+                for record in self.supervisor.running()
+            ),
+            draining=self.draining,
+            version=_version(),
+        )
+
+    async def _heartbeat_once(self) -> None:
+        assert self._kv is not None
+        beat = await self.heartbeat()
+        await self._kv.put(self.runner_id, msgspec.json.encode(beat))
+        self.heartbeats += 1
+
+    # --- events -------------------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        assert self._sub is not None
+        while True:
+            try:
+                messages = await self._sub.fetch(batch=16, timeout=self.fetch_timeout_s)
+            except (TimeoutError, NatsTimeoutError):
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # reconnecting, consumer gone for a moment
+                _log.warning("fetching runner events failed: %s", exc)
+                await asyncio.sleep(1.0)
+                continue
+            for msg in messages:
+                await self.handle_message(msg)
+
+    async def handle_message(self, msg: Msg) -> None:
+        """Act on one event message, then ack it; a broken message is terminated."""
+        try:
+            envelope = decode_event_envelope(msg.data)
+            event = e.decode_event(envelope.type, bytes(envelope.event), envelope.schema_version)
+        except SwiftTrainerError as exc:
+            self.malformed += 1
+            _log.warning("terminating undecodable message on %s: %s", msg.subject, exc)
+            with contextlib.suppress(Exception):
+                await msg.term()
+            return
+        with _tracer.start_as_current_span(
+            f"runner {envelope.type}",
+            context=extract_context(dict(msg.headers or {})),
+            kind=trace.SpanKind.CONSUMER,
+            attributes={"runner.id": self.runner_id, "event.id": envelope.event_id},
+        ):
+            try:
+                await self.dispatch(envelope, event)
+            except Exception:
+                _log.exception(
+                    "handling %s %s failed; redelivering", envelope.type, envelope.event_id
+                )
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=2.0)
+                return
+        with contextlib.suppress(Exception):
+            await msg.ack()
+
+    async def dispatch(self, envelope: EventEnvelope, event: e.AnyEvent) -> None:
+        match event:
+            case e.JobScheduled() if event.runner_id == self.runner_id:
+                await self._on_scheduled(envelope, event)
+            case e.StopRequested() if event.runner_id == self.runner_id:
+                self._on_stop(event)
+            case e.ExportRequested() if event.runner_id == self.runner_id:
+                await self._on_export(envelope, event)
+            case _:
+                _log.debug("ignoring %s for %s", envelope.type, envelope.stream_id)
+
+    async def job_spec(self, job_id: str) -> JobSpec | None:
+        """The spec from the job's ``JobSubmitted`` on the EVENTS stream (the latest one:
+        a deleted id may have been submitted again)."""
+        subject = subjects.event_subject(job_stream(job_id), "JobSubmitted")
+        try:
+            raw = await self.js.get_last_msg(subjects.EVENTS_STREAM, subject)
+        except NotFoundError:
+            return None
+        envelope = decode_event_envelope(raw.data or b"")
+        event = e.decode_event(envelope.type, bytes(envelope.event), envelope.schema_version)
+        return event.spec if isinstance(event, e.JobSubmitted) else None
+
+    def _running_job(self, job_id: str) -> RunRecord | None:
+        key = run_key("job", job_id)
+        return next((r for r in self.supervisor.running() if r.key == key), None)
+
+    def _reject(self, event: e.JobScheduled, reason: str) -> None:
+        _log.warning("rejecting attempt %d of %s: %s", event.attempt, event.job_id, reason)
+        self.outbox.submit(
+            c.RejectAssignment(
+                job_id=event.job_id,
+                attempt=event.attempt,
+                runner_id=self.runner_id,
+                reason=reason[:4096],
+            ),
+        )
+
+    async def _on_scheduled(self, envelope: EventEnvelope, event: e.JobScheduled) -> None:
+        job_id, attempt = event.job_id, event.attempt
+        running = self._running_job(job_id)
+        if running is not None and running.attempt == attempt:
+            return  # a redelivery: the supervisor runs it already
+        if envelope.event_id in self.handled:
+            return  # acted on before (the process may have ended since)
+        if running is not None:
+            # An older attempt still runs here: it is stale (the job was requeued after this
+            # runner's lease expired). Stop it; the new attempt goes back to the queue.
+            self.supervisor.request_stop(running.key, grace_period_s=self.grace_period_s)
+            self._reject(event, f"attempt {running.attempt} of this job is still stopping here")
+        else:
+            problem = await self._check_assignment(event)
+            if problem is None:
+                await self._start(event)
+            else:
+                self._reject(event, problem)
+        self.handled.add(envelope.event_id)
+
+    async def _check_assignment(self, event: e.JobScheduled) -> str | None:
+        """Why this host cannot run the assignment now, or None."""
+        before = self.supervisor.own_pids()
+        snapshot = await asyncio.to_thread(self.inventory.snapshot)
+        own = before | self.supervisor.own_pids()
+        gpus = {gpu.index: gpu for gpu in snapshot.gpus}
+        missing = [i for i in event.gpu_ids if i not in gpus]
+        if missing:
+            return (
+                f"GPUs {missing} are not visible on this runner ({snapshot.error or 'not listed'})"
+            )
+        for index, uuid in zip(event.gpu_ids, event.gpu_uuids, strict=False):
+            if gpus[index].uuid != uuid:
+                return f"GPU {index} is {gpus[index].uuid} here, not {uuid}: the placement is stale"
+        for record in self.supervisor.running():
+            shared = sorted(set(record.gpu_ids) & set(event.gpu_ids))
+            if shared and record.kind == "job" and record.job_id != event.job_id:
+                return f"GPUs {shared} are in use by job {record.job_id} on this runner"
+        for index in event.gpu_ids:
+            foreign = foreign_memory_mib(gpus[index], own)
+            if foreign > self.max_foreign_memory_mib:
+                return (
+                    f"GPU {index} has {foreign} MiB in use by processes this runner did not "
+                    f"start (limit {self.max_foreign_memory_mib} MiB)"
+                )
+        return _resume_problem(event.resume_from)
+
+    async def _start(self, event: e.JobScheduled) -> None:
+        spec = await self.job_spec(event.job_id)
+        if spec is None:
+            self._reject(event, f"no JobSubmitted for job {event.job_id} on the EVENTS stream")
+            return
+        try:
+            invocation = build_sft_command(
+                spec,
+                output_root=self.output_root,
+                gpu_ids=event.gpu_ids,
+                resume_from=event.resume_from,
+                swift_executable=self.swift_executable,
+                base_env=self.base_env,
+                gpu_uuids=event.gpu_uuids,
+            )
+            with _tracer.start_as_current_span(
+                "swift sft start",
+                attributes={"job.id": event.job_id, "job.attempt": event.attempt},
+            ):
+                pid = await self.supervisor.start_job(
+                    event.job_id,
+                    event.attempt,
+                    invocation,
+                    self._job_reports(event.job_id, event.attempt),
+                    gpu_ids=event.gpu_ids,
+                )
+        except (LaunchError, AlreadyRunning, ValueError) as exc:
+            self._reject(event, str(exc))
+            return
+        _log.info("started attempt %d of %s: pid %d", event.attempt, event.job_id, pid)
+
+    def _on_stop(self, event: e.StopRequested) -> None:
+        running = self._running_job(event.job_id)
+        if running is not None and event.attempt in (0, running.attempt):
+            self.supervisor.request_stop(running.key, grace_period_s=self.grace_period_s)
+        elif running is None and event.attempt:
+            # Nothing of the job runs here (it ended, or never could start): say so, or the
+            # job would wait in "stopping" for a report that never comes.
+            self.outbox.submit(
+                c.ReportStopped(
+                    job_id=event.job_id, attempt=event.attempt, runner_id=self.runner_id
+                ),
+            )
+
+    async def _on_export(self, envelope: EventEnvelope, event: e.ExportRequested) -> None:
+        key = run_key("export", event.export_id)
+        if self.supervisor.is_running(key) or envelope.event_id in self.handled:
+            return
+        checkpoint = Path(event.checkpoint)
+        target = expected_export_path(checkpoint)
+        ids = {"job_id": event.job_id, "export_id": event.export_id, "runner_id": self.runner_id}
+        if not _is_dir(checkpoint):
+            self.outbox.submit(
+                c.ReportExportFailed(
+                    **ids, exit_code=None, reason=f"checkpoint {checkpoint} is not on this runner"
+                ),
+            )
+        elif merged_artifact_complete(target) and not event.overwrite:
+            self.outbox.submit(c.ReportExportSucceeded(**ids, artifact_path=str(target)))
+        else:
+            invocation = build_export_command(
+                checkpoint,
+                overwrite=event.overwrite,
+                swift_executable=self.swift_executable,
+                base_env=self.base_env,
+            )
+            try:
+                await self.supervisor.start_export(
+                    event.job_id, event.export_id, invocation, self._export_reports(event)
+                )
+            except LaunchError as exc:
+                self.outbox.submit(c.ReportExportFailed(**ids, exit_code=None, reason=str(exc)))
+        self.handled.add(envelope.event_id)
+
+    # --- reporters ----------------------------------------------------------------------
+
+    def _job_reports(self, job_id: str, attempt: int) -> JobReports:
+        key = run_key("job", job_id)
+
+        def started_id(pid: int) -> str:
+            record = next((r for r in self.supervisor.running() if r.key == key), None)
+            created = record.create_time if record is not None and record.pid == pid else 0.0
+            return started_command_id(job_id, attempt, pid, created)
+
+        return JobReports(
+            job_id=job_id,
+            attempt=attempt,
+            runner_id=self.runner_id,
+            outbox=self.outbox,
+            logs=self.logs,
+            started_id=started_id,
+        )
+
+    def _export_reports(self, event: e.ExportRequested) -> ExportReports:
+        key = run_key("export", event.export_id)
+
+        def started_id(pid: int) -> str:
+            record = next((r for r in self.supervisor.running() if r.key == key), None)
+            created = record.create_time if record is not None and record.pid == pid else 0.0
+            return export_started_command_id(event.export_id, pid, created)
+
+        return ExportReports(
+            job_id=event.job_id,
+            export_id=event.export_id,
+            runner_id=self.runner_id,
+            outbox=self.outbox,
+            logs=self.logs,
+            started_id=started_id,
+        )
+
+    def _reattached_job(self, record: RunRecord) -> JobReports:
+        """Reporter of a run found after a restart; it is reported as started again first
+        (deduplicated by its command id), since that report may be what the crash lost."""
+        reports = self._job_reports(record.job_id, record.attempt)
+        self.outbox.submit(
+            c.ReportStarted(
+                job_id=record.job_id,
+                attempt=record.attempt,
+                runner_id=self.runner_id,
+                pid=record.pid,
+                command=record.argv,
+            ),
+            command_id=started_command_id(
+                record.job_id, record.attempt, record.pid, record.create_time
+            ),
+        )
+        return reports
+
+    def _reattached_export(self, record: RunRecord) -> ExportReports:
+        export_id = record.export_id or ""
+        reports = ExportReports(
+            job_id=record.job_id,
+            export_id=export_id,
+            runner_id=self.runner_id,
+            outbox=self.outbox,
+            logs=self.logs,
+        )
+        self.outbox.submit(
+            c.ReportExportStarted(
+                job_id=record.job_id,
+                export_id=export_id,
+                runner_id=self.runner_id,
+                pid=record.pid,
+                command=record.argv,
+            ),
+            command_id=export_started_command_id(export_id, record.pid, record.create_time),
+        )
+        return reports
+
+    async def _on_refused(self, command: c.AnyJobCommand, error: ReplyError) -> None:
+        """A refusal that means "this process should not be running" stops it."""
+        if isinstance(command, c.ExportReport):
+            if error.code in ("stale_assignment", "job_not_found"):
+                self.supervisor.request_stop(run_key("export", command.export_id))
+            return
+        if not isinstance(command, c.RunnerReport):
+            return
+        gone = error.code in ("stale_assignment", "job_not_found") or (
+            error.code == "invalid_transition"
+            and isinstance(command, c.ReportStarted | c.ReportProgress)
+        )
+        running = self._running_job(command.job_id)
+        if gone and running is not None and running.attempt == command.attempt:
+            _log.warning(
+                "stopping attempt %d of %s: %s", command.attempt, command.job_id, error.message
+            )
+            self.supervisor.request_stop(running.key, grace_period_s=self.grace_period_s)
+
+
+# --- assembly and the command line ------------------------------------------------------------
+
+
+class RunnerOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything ``create_runner_agent`` needs; ``swift-trainer runner`` fills it from its
+    options and ``up --simulate-gpus N`` from its own."""
+
+    runner_id: str
+    output_root: str
+    state_dir: str
+    swift_executable: tuple[str, ...] = ("swift",)
+    simulate_gpus: int | None = None
+    simulate_gpu_name: str = "Simulated A100-SXM4-80GB"
+    simulate_gpu_memory_mib: int = 81920
+    simulate_step_seconds: float | None = None
+    heartbeat_s: float = 2.0
+    lease_s: float = 10.0
+    grace_period_s: float = 60.0
+    stop_jobs_on_exit: bool = False
+    max_foreign_memory_mib: int = DEFAULT_MAX_FOREIGN_MEMORY_MIB
+
+
+def simulated_options(
+    settings: Settings, gpu_count: int, *, runner_id: str | None = None, **overrides: object
+) -> RunnerOptions:
+    """Options for a simulated runner next to an embedded service (``up --simulate-gpus``)."""
+    rid = runner_id or default_runner_id()
+    options = RunnerOptions(
+        runner_id=rid,
+        output_root=settings.output_root,
+        state_dir=str(Path(settings.data_dir) / f"runner-{rid}"),
+        swift_executable=SIMULATOR,
+        simulate_gpus=gpu_count,
+    )
+    return msgspec.structs.replace(options, **overrides)
+
+
+def create_runner_agent(
+    nc: Client,
+    options: RunnerOptions,
+    *,
+    command_timeout_s: float = 10.0,
+    base_env: Mapping[str, str] | None = None,
+) -> RunnerAgent:
+    """Build the inventory (NVML, or fake GPUs), the supervisor and the agent."""
+    state_dir = Path(options.state_dir)
+    inventory: GpuInventory
+    if options.simulate_gpus is not None:
+        inventory = FakeInventory(
+            options.simulate_gpus,
+            output_root=options.output_root,
+            name=options.simulate_gpu_name,
+            memory_mib=options.simulate_gpu_memory_mib,
+        )
+        registry: FakeInventory | None = inventory
+    else:
+        inventory = NvmlInventory(options.output_root)
+        registry = None
+    supervisor = Supervisor(
+        state_dir=state_dir / "runs",
+        grace_period_s=options.grace_period_s,
+        process_registry=registry,
+    )
+    env = dict(os.environ if base_env is None else base_env)
+    if options.simulate_step_seconds is not None:
+        env["SWIFT_SIM_STEP_SECONDS"] = str(options.simulate_step_seconds)
+    return RunnerAgent(
+        nc,
+        runner_id=options.runner_id,
+        inventory=inventory,
+        supervisor=supervisor,
+        swift_executable=options.swift_executable,
+        output_root=options.output_root,
+        state_dir=state_dir / "agent",
+        heartbeat_s=options.heartbeat_s,
+        lease_s=options.lease_s,
+        grace_period_s=options.grace_period_s,
+        base_env=env,
+        max_foreign_memory_mib=options.max_foreign_memory_mib,
+        command_timeout_s=command_timeout_s,
+        stop_jobs_on_exit=options.stop_jobs_on_exit,
+    )
+
+
+def add_runner_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--nats-url", help="NATS server (default NATS_URL or the running 'up')")
+    add("--runner-id", help="this runner's id (default: the host name)")
+    add("--simulate-gpus", type=int, metavar="N", help="simulate N GPUs and run swift-sim")
+    add("--simulate-gpu-name", default="Simulated A100-SXM4-80GB")
+    add("--simulate-gpu-memory-mib", type=int, default=81920)
+    add(
+        "--simulate-step-seconds",
+        type=float,
+        help="seconds per simulated training step (SWIFT_SIM_STEP_SECONDS)",
+    )
+    add(
+        "--swift-executable",
+        help="the swift CLI to run (default: 'swift', or the simulator with --simulate-gpus); "
+        "several words are split like a shell would not: give a path",
+    )
+    add("--output-root", help="where job output folders go (default OUTPUT_ROOT)")
+    add("--state-dir", help="the runner's state (default <data dir>/runner-<id>)")
+    add("--heartbeat-s", type=float, default=2.0)
+    add("--lease-s", type=float, default=10.0)
+    add("--grace-period-s", type=float, default=60.0, help="time to save a checkpoint on stop")
+    add(
+        "--max-foreign-memory-mib",
+        type=int,
+        default=DEFAULT_MAX_FOREIGN_MEMORY_MIB,
+        help="refuse GPUs on which other processes hold more memory than this",
+    )
+    add(
+        "--stop-jobs-on-exit",
+        action="store_true",
+        help="stop training on shutdown (default: leave it running for the next start)",
+    )
+
+
+def options_from_args(settings: Settings, args: argparse.Namespace) -> RunnerOptions:
+    runner_id = args.runner_id or default_runner_id()
+    if args.swift_executable:
+        executable: tuple[str, ...] = (args.swift_executable,)
+    elif args.simulate_gpus is not None:
+        executable = SIMULATOR
+    else:
+        executable = ("swift",)
+    return RunnerOptions(
+        runner_id=runner_id,
+        output_root=args.output_root or settings.output_root,
+        state_dir=args.state_dir or str(Path(settings.data_dir) / f"runner-{runner_id}"),
+        swift_executable=executable,
+        simulate_gpus=args.simulate_gpus,
+        simulate_gpu_name=args.simulate_gpu_name,
+        simulate_gpu_memory_mib=args.simulate_gpu_memory_mib,
+        simulate_step_seconds=args.simulate_step_seconds,
+        heartbeat_s=args.heartbeat_s,
+        lease_s=args.lease_s,
+        grace_period_s=args.grace_period_s,
+        stop_jobs_on_exit=args.stop_jobs_on_exit,
+        max_foreign_memory_mib=args.max_foreign_memory_mib,
+    )
+
+
+def _nats_url(settings: Settings, args: argparse.Namespace) -> str:
+    if getattr(args, "nats_url", None):
+        return str(args.nats_url)
+    if settings.nats_url:
+        return settings.nats_url
+    url_file = Path(settings.data_dir) / "nats.url"
+    if url_file.is_file():
+        return url_file.read_text(encoding="utf-8").strip()
+    raise SwiftTrainerError(
+        "the runner needs a NATS server: set NATS_URL, pass --nats-url, or run "
+        f"'swift-trainer up' on this machine first (it writes {url_file})",
+        code="no_nats",
+    )
+
+
+async def run_runner(settings: Settings, args: argparse.Namespace) -> int:
+    """``swift-trainer runner``: run until SIGINT/SIGTERM, then leave (exit code 0)."""
+    options = options_from_args(settings, args)
+    setup_tracing(f"swift-trainer-runner-{options.runner_id}")
+    nc = await connect(_nats_url(settings, args), settings, name=f"runner-{options.runner_id}")
+    try:
+        await provision(nc.jetstream(), runner_lease_s=max(options.lease_s, 1.0) * 1.5)
+        agent = create_runner_agent(nc, options, command_timeout_s=settings.command_timeout_s)
+        await agent.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            _log.info("runner %s stopping", options.runner_id)
+            await agent.stop()
+    finally:
+        with contextlib.suppress(Exception):
+            await nc.drain()
+    return 0

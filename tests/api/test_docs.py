@@ -1,0 +1,94 @@
+"""The docs at /docs, and an OpenAPI document that lists every endpoint the seed promised."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from .conftest import Stack
+
+#: SEED.md's endpoint table: method, path under the prefix, success status.
+SEED_ENDPOINTS = [
+    ("post", "/training/jobs", "201"),
+    ("post", "/training/jobs/{job_id}/start", "200"),
+    ("post", "/training/jobs/{job_id}/stop", "200"),
+    ("post", "/training/jobs/{job_id}/export", "200"),
+    ("get", "/training/jobs/{job_id}/status", "200"),
+    ("get", "/training/jobs/{job_id}/progress", "200"),
+    ("get", "/training/jobs/{job_id}", "200"),
+    ("get", "/training/jobs", "200"),
+    ("delete", "/training/jobs/{job_id}", "204"),
+    ("get", "/training/jobs/{job_id}/logs", "200"),
+    ("get", "/training/jobs/{job_id}/events", "200"),
+    ("get", "/training/gpus", "200"),
+    ("get", "/training/system/status", "200"),
+    ("get", "/training/health", "200"),
+    ("get", "/training/queue", "200"),
+    ("post", "/training/queue/process", "200"),
+    ("delete", "/training/queue/{job_id}", "200"),
+    ("get", "/training/queue/{job_id}/status", "200"),
+    ("post", "/training/queue/processor/start", "200"),
+    ("post", "/training/queue/processor/stop", "200"),
+    ("get", "/training/queue/processor/status", "200"),
+]
+
+
+@pytest.fixture
+async def openapi(memory_stack: Stack) -> dict[str, Any]:
+    response = await memory_stack.client.get("/schema/openapi.json")
+    assert response.status_code == 200
+    spec: dict[str, Any] = response.json()
+    return spec
+
+
+async def test_docs_is_an_interactive_page(memory_stack: Stack) -> None:
+    response = await memory_stack.client.get("/docs")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    assert "swagger-ui" in response.text
+    assert "/api/v1/training/jobs" in response.text, "the page embeds the API's schema"
+    assert (await memory_stack.client.get("/schema/swagger")).status_code == 200
+
+
+@pytest.mark.parametrize(("method", "path", "status"), SEED_ENDPOINTS)
+def test_every_seed_endpoint_is_documented(
+    openapi: dict[str, Any], method: str, path: str, status: str
+) -> None:
+    operation = openapi["paths"]["/api/v1" + path][method]
+    assert status in operation["responses"]
+
+
+def test_errors_are_documented_as_problem_details(openapi: dict[str, Any]) -> None:
+    create = openapi["paths"]["/api/v1/training/jobs"]["post"]
+    for status in ("400", "409", "413", "422", "503"):
+        content = create["responses"][status]["content"]
+        assert "application/problem+json" in content
+    problem = openapi["components"]["schemas"]["ProblemDetails"]
+    assert {"type", "title", "status", "detail", "code"} <= set(problem["required"])
+
+
+def test_the_create_schema_carries_its_constraints(openapi: dict[str, Any]) -> None:
+    schema = openapi["components"]["schemas"]["CreateJobRequest"]
+    assert set(schema["required"]) == {"data_path", "model_path"}
+    assert schema["properties"]["priority"]["maximum"] == 10
+    assert schema["properties"]["priority"]["minimum"] == 0
+    assert "TrainArgs" in str(schema["properties"]["train_args"])
+
+
+def test_the_docs_say_how_our_statuses_map_to_the_seeds(openapi: dict[str, Any]) -> None:
+    assert "pending" in openapi["info"]["description"]
+    details = openapi["paths"]["/api/v1/training/jobs/{job_id}"]["get"]
+    assert "pending" in details["description"]
+
+
+def test_streams_are_documented_as_event_streams(openapi: dict[str, Any]) -> None:
+    for path in ("logs", "events", "progress"):
+        operation = openapi["paths"][f"/api/v1/training/jobs/{{job_id}}/{path}/stream"]["get"]
+        assert "text/event-stream" in operation["responses"]["200"]["content"]
+    headers = {
+        p["name"]
+        for p in openapi["paths"]["/api/v1/training/jobs"]["post"]["parameters"]
+        if p["in"] == "header"
+    }
+    assert "Idempotency-Key" in headers

@@ -1,0 +1,341 @@
+"""The scheduler service against a real bus: placement, leadership, runner death, ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from swift_trainer.core import commands as c
+from swift_trainer.core import events as e
+from swift_trainer.core.telemetry import setup_tracing
+from swift_trainer.projections.scheduler_service import (
+    PROCESS_SUBJECT,
+    SchedulerService,
+)
+
+from .conftest import (
+    SCHEDULER_LEASE_S,
+    Bus,
+    assert_no_gpu_in_two_live_jobs,
+    eventually,
+    heartbeat,
+)
+
+
+async def placements(bus: Bus) -> dict[str, tuple[str, tuple[int, ...]]]:
+    return {
+        job_id: (state.runner_id, state.gpu_ids)
+        for job_id, state in (await bus.jobs()).items()
+        if state.runner_id is not None
+    }
+
+
+async def wait_placed(
+    bus: Bus, count: int, timeout: float = 15.0
+) -> dict[str, tuple[str, tuple[int, ...]]]:
+    async def enough() -> bool:
+        return len(await placements(bus)) >= count
+
+    await eventually(enough, timeout=timeout, what=f"{count} placed jobs")
+    return await placements(bus)
+
+
+async def finish(bus: Bus, job_id: str) -> None:
+    """Play the runner: start the job and report it succeeded."""
+    state = (await bus.jobs())[job_id]
+    assert state.runner_id is not None
+    runner = {"job_id": job_id, "attempt": state.attempt, "runner_id": state.runner_id}
+    assert (await bus.send(c.ReportStarted(**runner, pid=1, command=("swift",)))).ok
+    assert (await bus.send(c.ReportSucceeded(**runner))).ok
+
+
+async def test_queued_jobs_are_placed_in_priority_order_when_gpus_appear(bus: Bus) -> None:
+    scheduler = await bus.scheduler()
+    await bus.submit("low", priority=1)
+    await bus.submit("high", priority=9)
+    await bus.submit("mid", priority=5)
+    await bus.submit("mid-later", priority=5)
+    await eventually(lambda: scheduler.leading, what="leadership")
+    await asyncio.sleep(0.3)
+    assert await placements(bus) == {}, "nothing to place on before a runner reports"
+
+    await bus.put_heartbeat(heartbeat("r1", gpus=2))
+    placed = await wait_placed(bus, 2)
+    assert set(placed) == {"high", "mid"}
+    assert sorted(gpu for _, gpus in placed.values() for gpu in gpus) == [0, 1]
+
+    await finish(bus, "high")
+    placed = await wait_placed(bus, 2)
+    assert set(placed) == {"mid", "mid-later"}, "FIFO within a priority"
+    await finish(bus, "mid")
+    assert set(await wait_placed(bus, 2)) == {"mid-later", "low"}
+    assert await assert_no_gpu_in_two_live_jobs(await bus.events()) == 4
+
+
+async def test_a_gang_gets_all_its_gpus_on_one_runner(bus: Bus) -> None:
+    await bus.put_heartbeat(heartbeat("small", gpus=2))
+    await bus.put_heartbeat(heartbeat("big", gpus=4))
+    await bus.scheduler()
+    await bus.submit("gang4", gpu_count=4, priority=9)
+    await bus.submit("gang3", gpu_count=3, priority=8)
+    await bus.submit("pair", gpu_count=2, priority=7)
+    placed = await wait_placed(bus, 2)
+    assert placed == {"gang4": ("big", (0, 1, 2, 3)), "pair": ("small", (0, 1))}
+    await asyncio.sleep(0.3)
+    assert "gang3" not in await placements(bus), "no runner has 3 free GPUs"
+    await finish(bus, "gang4")
+    placed = await wait_placed(bus, 2)
+    assert placed["gang3"][0] == "big"
+    assert len(placed["gang3"][1]) == 3
+    assert await assert_no_gpu_in_two_live_jobs(await bus.events()) == 3
+
+
+async def test_a_paused_processor_places_nothing_until_resumed(bus: Bus) -> None:
+    assert (await bus.send(c.PauseQueueProcessor(reason="maintenance"))).ok
+    await bus.put_heartbeat(heartbeat("r1", gpus=2))
+    scheduler = await bus.scheduler()
+    await bus.submit("a")
+    await eventually(lambda: scheduler.leading, what="leadership")
+    result = await scheduler.process_now()
+    assert result["processed"] is True
+    assert result["paused"] is True
+    assert result["placed"] == []
+    assert await placements(bus) == {}
+    assert (await bus.send(c.ResumeQueueProcessor())).ok
+    assert set(await wait_placed(bus, 1)) == {"a"}
+
+
+async def test_process_now_over_nats_places_and_says_who_leads(bus: Bus) -> None:
+    scheduler = await bus.scheduler(tick_s=3600.0)
+    await eventually(lambda: scheduler.leading, what="leadership")
+    await bus.put_heartbeat(heartbeat("r1", gpus=1))
+    reply = await bus.nc.request(PROCESS_SUBJECT, b"{}", timeout=10)
+    assert msgspec.json.decode(reply.data) == {
+        "processed": True,
+        "leader": scheduler.scheduler_id,
+        "placed": [],
+        "paused": False,
+        "queued": 0,
+        "unplaceable": [],
+        "reason": None,
+    }
+    await bus.submit("big", gpu_count=2)
+    await bus.submit("a")
+    await asyncio.sleep(0.1)
+    reply = await bus.nc.request(PROCESS_SUBJECT, b"{}", timeout=10)
+    body = msgspec.json.decode(reply.data)
+    assert body["processed"] is True
+    assert body["queued"] == 1
+    assert body["unplaceable"] == [
+        {
+            "job_id": "big",
+            "reason": "needs 2 GPUs on one runner, but the largest live runner has 1; "
+            "the job waits until a runner that big reports",
+        }
+    ]
+    placed = await placements(bus)
+    assert set(placed) == {"a"}
+
+
+async def test_the_queue_view_shows_positions_and_estimated_starts(bus: Bus) -> None:
+    await bus.put_heartbeat(heartbeat("r1", gpus=1))
+    scheduler = await bus.scheduler()
+    await bus.submit("running")
+    await wait_placed(bus, 1)
+    runner = {"job_id": "running", "attempt": 1, "runner_id": "r1"}
+    assert (await bus.send(c.ReportStarted(**runner, pid=1, command=("swift",)))).ok
+    assert (await bus.send(c.ReportProgress(**runner, step=10, remaining_s=100.0))).ok
+    await bus.submit("next", priority=9)
+    await bus.submit("later", priority=1)
+    before = datetime.now(UTC)
+
+    def shows_both() -> bool:
+        return bool(bus.views) and [x.job_id for x in bus.views[-1].entries] == ["next", "later"]
+
+    await eventually(shows_both, what="a queue view with both waiting jobs")
+    view = bus.views[-1]
+    assert [x.position for x in view.entries] == [1, 2]
+    assert [x.priority for x in view.entries] == [9, 1]
+    first = view.entries[0].estimated_start
+    assert first is not None
+    assert before + timedelta(seconds=95) <= first <= before + timedelta(seconds=102)
+    assert view.entries[1].estimated_start is None, "behind a job of unknown length"
+    assert view.as_of_position >= 8
+    assert scheduler.is_leader
+
+
+async def test_a_runner_that_stops_heartbeating_loses_its_jobs_to_a_live_one(bus: Bus) -> None:
+    await bus.put_heartbeat(heartbeat("dying", gpus=1, lease_s=1.5))
+    await bus.put_heartbeat(heartbeat("alive", gpus=2))
+    await bus.scheduler()
+    await bus.submit("first", priority=9)
+    await bus.submit("second", priority=8)
+    placed = await wait_placed(bus, 2)
+    assert placed["first"] == ("dying", (0,)), "the tightest fit is the one-GPU runner"
+    assert placed["second"][0] == "alive"
+
+    async def moved() -> bool:
+        state = (await bus.jobs())["first"]
+        return state.runner_id == "alive" and state.attempt == 2
+
+    await eventually(moved, what="the lost job placed on the live runner")
+    types = [x.type for x in await bus.events() if x.stream_id == "job-first"]
+    assert types[-4:] == ["JobScheduled", "JobLost", "JobRequeued", "JobScheduled"]
+    lost = [x for x in await bus.events() if x.type == "JobLost"]
+    event = e.decode_event("JobLost", lost[0].payload)
+    assert isinstance(event, e.JobLost)
+    assert event.reason == "runner dying stopped heartbeating"
+    released = [x for x in await bus.events() if x.type == "GpusReleased"]
+    assert released, "the lost attempt's claim is released"
+    assert await assert_no_gpu_in_two_live_jobs(await bus.events()) == 3
+
+
+async def test_the_ledger_refuses_a_gpu_claimed_by_another_job(bus: Bus) -> None:
+    first = await bus.send(c.ClaimGpus(job_id="a", attempt=1, runner_id="r1", gpu_ids=(0, 1)))
+    assert first.ok
+    assert [x.type for x in first.events] == ["GpusClaimed"]
+    again = await bus.send(c.ClaimGpus(job_id="a", attempt=1, runner_id="r1", gpu_ids=(0, 1)))
+    assert again.ok
+    assert again.events == ()
+    taken = await bus.send(c.ClaimGpus(job_id="b", attempt=1, runner_id="r1", gpu_ids=(1,)))
+    assert not taken.ok
+    assert taken.error is not None
+    assert taken.error.code == "gpu_taken"
+    assert (await bus.send(c.ReleaseGpus(job_id="a", attempt=1))).ok
+    assert (await bus.send(c.ClaimGpus(job_id="b", attempt=1, runner_id="r1", gpu_ids=(1,)))).ok
+
+
+async def test_a_claim_blocks_its_gpus_for_a_scheduler_that_did_not_make_it(bus: Bus) -> None:
+    """GPUs claimed by someone else count as busy before any JobScheduled arrives."""
+    assert (await bus.send(c.ClaimGpus(job_id="ghost", attempt=1, runner_id="r1", gpu_ids=(0,)))).ok
+    await bus.put_heartbeat(heartbeat("r1", gpus=2))
+    await bus.submit("a")
+    await bus.scheduler()
+    placed = await wait_placed(bus, 1)
+    assert placed == {"a": ("r1", (1,))}
+    # The leader releases the claim of a job that does not exist.
+    await eventually(lambda: _released(bus, "ghost"), what="the orphaned claim to be released")
+
+
+async def _released(bus: Bus, job_id: str) -> bool:
+    for recorded in await bus.events():
+        if recorded.type == "GpusReleased":
+            event = e.decode_event(recorded.type, recorded.payload)
+            if isinstance(event, e.GpusReleased) and event.job_id == job_id:
+                return True
+    return False
+
+
+async def test_only_one_of_two_schedulers_leads_and_a_standby_takes_over(bus: Bus) -> None:
+    await bus.put_heartbeat(heartbeat("r1", gpus=4))
+    first = await bus.scheduler()
+    second = await bus.scheduler()
+    await eventually(lambda: first.leading or second.leading, what="a leader")
+    await asyncio.sleep(0.5)
+    assert [first.is_leader, second.is_leader].count(True) == 1
+    leader, standby = (first, second) if first.is_leader else (second, first)
+
+    await bus.submit("a")
+    await bus.submit("b")
+    await wait_placed(bus, 2)
+    actors = {
+        x.metadata.actor for x in await bus.events() if x.type in ("GpusClaimed", "JobScheduled")
+    }
+    assert actors == {"scheduler"}
+
+    # A standby answers process requests by asking the leader.
+    forwarded = await standby.process_now()
+    assert forwarded["processed"] is False
+    assert forwarded["leader"] == leader.scheduler_id
+    for _ in range(4):  # the queue group spreads requests over both
+        reply = msgspec.json.decode((await bus.nc.request(PROCESS_SUBJECT, b"{}", timeout=10)).data)
+        assert reply["processed"] is True
+        assert reply["leader"] == leader.scheduler_id
+
+    # The leader dies without giving up its lease; the standby waits for it to expire.
+    killed_at = time.monotonic()
+    await leader.stop(release_lease=False)
+    await eventually(lambda: standby.leading, timeout=4 * SCHEDULER_LEASE_S, what="takeover")
+    took = time.monotonic() - killed_at
+    assert took < 2 * SCHEDULER_LEASE_S, took
+    await bus.submit("c")
+    placed = await wait_placed(bus, 3)
+    assert set(placed) == {"a", "b", "c"}
+    assert await assert_no_gpu_in_two_live_jobs(await bus.events()) == 3
+
+
+async def test_a_clean_stop_hands_leadership_over_at_once(bus: Bus) -> None:
+    first = await bus.scheduler()
+    await eventually(lambda: first.leading, what="leadership")
+    second = await bus.scheduler()
+    started = time.monotonic()
+    await first.stop()
+    await eventually(lambda: second.leading, what="takeover")
+    assert time.monotonic() - started < SCHEDULER_LEASE_S
+
+
+class _SplitBrain(SchedulerService):
+    """A scheduler that believes it leads whatever the lease says (a deposed leader)."""
+
+    @property
+    def leading(self) -> bool:
+        return (
+            self.feed is not None
+            and self.feed.caught_up.is_set()
+            and self.inventory_loaded.is_set()
+        )
+
+
+async def test_schedulers_that_all_think_they_lead_never_share_a_gpu(bus: Bus) -> None:
+    """Split brain: two deposed leaders keep placing beside the real one; the ledger
+    alone keeps their decisions apart."""
+    await bus.put_heartbeat(heartbeat("r1", gpus=3))
+    await bus.put_heartbeat(heartbeat("r2", gpus=2))
+    for cls in (SchedulerService, _SplitBrain, _SplitBrain):
+        await bus.scheduler(cls=cls, tick_s=0.05)
+    sizes = [1, 2, 1, 3, 1, 2, 1, 1, 2, 1]
+    await asyncio.gather(
+        *(bus.submit(f"j{i}", gpu_count=n, priority=i % 3) for i, n in enumerate(sizes))
+    )
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline:
+        states = await bus.jobs()
+        if all(x.status.value == "succeeded" for x in states.values()):
+            break
+        await asyncio.sleep(0.3)
+        for job_id, state in sorted(states.items()):
+            if state.status.value == "scheduled":
+                await finish(bus, job_id)
+    states = await bus.jobs()
+    assert {x.status.value for x in states.values()} == {"succeeded"}, states
+    assert await assert_no_gpu_in_two_live_jobs(await bus.events()) == len(sizes)
+
+
+async def test_a_pass_is_one_trace_with_the_commands_it_sends(bus: Bus) -> None:
+    exporter = InMemorySpanExporter()
+    setup_tracing("test", processor=SimpleSpanProcessor(exporter))
+    await bus.put_heartbeat(heartbeat("r1", gpus=1))
+    await bus.submit("a")
+    await bus.scheduler()
+    await wait_placed(bus, 1)
+
+    def placing_pass() -> list[ReadableSpan]:
+        return [
+            span
+            for span in exporter.get_finished_spans()
+            if span.name == "scheduler pass" and (span.attributes or {}).get("scheduler.placed")
+        ]
+
+    await eventually(lambda: bool(placing_pass()), what="the placing pass to end")
+    context = placing_pass()[0].context
+    assert context is not None
+    trace_id = f"{context.trace_id:032x}"
+    for kind in ("GpusClaimed", "JobScheduled"):
+        recorded = next(x for x in await bus.events() if x.type == kind)
+        assert recorded.metadata.trace["traceparent"].split("-")[1] == trace_id, kind

@@ -1,0 +1,254 @@
+"""The scheduler's projection without a bus: events and heartbeats in, core and actions out."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from swift_trainer.core import events as e
+from swift_trainer.core.gpu_ledger import Claim
+from swift_trainer.core.ids import GPU_LEDGER_STREAM, job_stream
+from swift_trainer.core.store import EventMetadata, RecordedEvent
+from swift_trainer.projections.scheduler_state import SchedulerState, claim_key, host_snapshot
+
+from .conftest import heartbeat, spec
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+class Log:
+    """Recorded events with growing positions, as the feed delivers them."""
+
+    def __init__(self) -> None:
+        self.events: list[RecordedEvent] = []
+
+    def add(self, *events: e.Event) -> list[RecordedEvent]:
+        batch = []
+        for event in events:
+            job_id = getattr(event, "job_id", "")
+            stream = (
+                GPU_LEDGER_STREAM
+                if isinstance(event, e.GpusClaimed | e.GpusReleased)
+                else job_stream(job_id)
+            )
+            recorded = RecordedEvent(
+                position=len(self.events) + 1,
+                stream_id=stream,
+                version=1,
+                event_id=f"e{len(self.events) + 1}",
+                type=e.event_type(event),
+                schema_version=1,
+                payload=e.encode_event(event),
+                metadata=EventMetadata(),
+                recorded_at=T0,
+            )
+            self.events.append(recorded)
+            batch.append(recorded)
+        return batch
+
+
+def submitted(job_id: str, priority: int = 5, gpu_count: int = 1) -> list[e.Event]:
+    return [
+        e.JobSubmitted(
+            at=T0, job_id=job_id, spec=spec(job_id, priority=priority, gpu_count=gpu_count)
+        ),
+        e.JobQueued(at=T0, job_id=job_id, priority=priority),
+    ]
+
+
+def scheduled(job_id: str, attempt: int, runner: str, *gpus: int) -> e.JobScheduled:
+    return e.JobScheduled(at=T0, job_id=job_id, attempt=attempt, runner_id=runner, gpu_ids=gpus)
+
+
+def claimed(job_id: str, attempt: int, runner: str, *gpus: int) -> e.GpusClaimed:
+    return e.GpusClaimed(at=T0, job_id=job_id, attempt=attempt, runner_id=runner, gpu_ids=gpus)
+
+
+def with_runner(gpus: int = 2) -> SchedulerState:
+    state = SchedulerState()
+    state.update_runner(heartbeat("r1", gpus=gpus, at=T0, lease_s=60))
+    return state
+
+
+def test_jobs_queue_in_priority_then_submission_order_and_place_on_free_gpus() -> None:
+    state, log = with_runner(gpus=1), Log()
+    assert state.apply(log.add(*submitted("late-low", 1), *submitted("a"), *submitted("b")))
+    assert [job.job_id for job in state.core.queued_jobs()] == ["a", "b", "late-low"]
+    assert [job.seq for job in state.core.queued_jobs()] == [3, 5, 1]
+    decisions = state.core.place().decisions
+    assert [(d.job_id, d.attempt, d.gpu_ids) for d in decisions] == [("a", 1, (0,))]
+
+
+def test_a_batch_applied_twice_changes_nothing() -> None:
+    state, log = with_runner(), Log()
+    batch = log.add(*submitted("a"), scheduled("a", 1, "r1", 0))
+    state.apply(batch)
+    before = (state.position, state.core.running_jobs(), state.core.queued_jobs())
+    assert not state.apply(batch)
+    assert (state.position, state.core.running_jobs(), state.core.queued_jobs()) == before
+
+
+def test_an_undecodable_event_is_skipped_and_counted() -> None:
+    state, log = with_runner(), Log()
+    good = log.add(*submitted("a"))
+    bad = RecordedEvent(
+        position=3,
+        stream_id="job-x",
+        version=1,
+        event_id="bad",
+        type="NoSuchEvent",
+        schema_version=1,
+        payload=b"{}",
+        metadata=EventMetadata(),
+        recorded_at=T0,
+    )
+    state.apply([*good, bad])
+    assert state.malformed == 1
+    assert state.position == 3
+    assert state.core.queue_length == 1
+
+
+def test_a_claim_for_the_next_attempt_holds_the_job_on_its_gpus() -> None:
+    state, log = with_runner(), Log()
+    state.apply(log.add(*submitted("a"), *submitted("b"), claimed("a", 1, "r1", 1)))
+    assert [job.job_id for job in state.core.queued_jobs()] == ["b"]
+    assert state.core.running_job("a") is not None
+    assert [(d.job_id, d.gpu_ids) for d in state.core.place().decisions] == [("b", (0,))]
+
+
+def test_a_claim_of_an_ended_attempt_blocks_its_gpus_until_released() -> None:
+    state, log = with_runner(), Log()
+    state.apply(
+        log.add(
+            *submitted("a"),
+            claimed("a", 1, "r1", 0),
+            scheduled("a", 1, "r1", 0),
+            e.JobSucceeded(at=T0, job_id="a", attempt=1),
+            *submitted("b"),
+            *submitted("c"),
+        )
+    )
+    assert state.core.running_job(claim_key("a")) is not None
+    assert [(d.job_id, d.gpu_ids) for d in state.core.place().decisions] == [("b", (1,))]
+    actions = state.reconcile()
+    assert [(x.kind, x.claim.job_id) for x in actions] == [("release", "a")]
+    state.apply(log.add(e.GpusReleased(at=T0, job_id="a", attempt=1, runner_id="r1", gpu_ids=(0,))))
+    assert state.core.running_job(claim_key("a")) is None
+    assert [(d.job_id, d.gpu_ids) for d in state.core.place().decisions] == [("c", (0,))]
+
+
+def test_reconcile_keeps_live_claims_completes_dangling_ones_releases_the_rest() -> None:
+    state, log = with_runner(gpus=8), Log()
+    state.apply(
+        log.add(
+            *submitted("live"),
+            claimed("live", 1, "r1", 0),
+            scheduled("live", 1, "r1", 0),
+            *submitted("dangling"),
+            claimed("dangling", 1, "r1", 1),
+            *submitted("lost"),
+            claimed("lost", 1, "r1", 2),
+            scheduled("lost", 1, "r1", 2),
+            e.JobLost(at=T0, job_id="lost", attempt=1, runner_id="r1", reason="x"),
+            e.JobRequeued(at=T0, job_id="lost", priority=5, retries=1, reason="x"),
+            *submitted("stopped"),
+            claimed("stopped", 1, "r1", 3),
+            e.JobStopped(at=T0, job_id="stopped", reason="user"),
+            claimed("ghost", 1, "r1", 4),
+        )
+    )
+    actions = {x.claim.job_id: x.kind for x in state.reconcile()}
+    assert actions == {
+        "dangling": "complete",
+        "lost": "release",
+        "stopped": "release",
+        "ghost": "release",
+    }
+    state.begin("dangling")
+    assert "dangling" not in {x.claim.job_id for x in state.reconcile()}, "in flight here"
+
+
+def test_a_placement_in_flight_stays_until_its_events_come_back() -> None:
+    state, log = with_runner(gpus=1), Log()
+    state.apply(log.add(*submitted("a"), *submitted("b")))
+    decision = state.core.place().decisions[0]
+    state.begin(decision.job_id)
+    state.apply(log.add(claimed("a", 1, "r1", 0)))
+    state.settle("a", until_position=6)
+    assert state.core.running_job("a") is not None
+    assert state.core.place().decisions == ()
+    state.apply(log.add(scheduled("a", 1, "r1", 0)))
+    assert state.pending == {}
+    assert state.core.running_job("a") is not None
+
+
+def test_a_refused_placement_puts_the_job_back_in_the_queue() -> None:
+    state, log = with_runner(gpus=1), Log()
+    state.apply(log.add(*submitted("a")))
+    state.begin(state.core.place().decisions[0].job_id)
+    assert state.core.queue_length == 0
+    state.settle("a")
+    assert [job.job_id for job in state.core.queued_jobs()] == ["a"]
+
+
+def test_jobs_on_a_runner_past_its_lease_are_lost() -> None:
+    state, log = SchedulerState(), Log()
+    state.update_runner(heartbeat("r1", gpus=1, at=T0, lease_s=10))
+    state.apply(
+        log.add(
+            *submitted("a"),
+            scheduled("a", 1, "r1", 0),
+            *submitted("b"),
+            scheduled("b", 1, "gone", 0),
+        )
+    )
+    assert [(x.job_id, x.runner_id) for x in state.lost_jobs(T0)] == [("b", "gone")]
+    later = T0 + timedelta(seconds=10)
+    assert [(x.job_id, x.attempt) for x in state.lost_jobs(later)] == [("a", 1), ("b", 1)]
+    state.refresh(later)
+    host = state.core.host("r1")
+    assert host is not None
+    assert not host.alive
+
+
+def test_a_removed_runner_takes_no_work_but_keeps_its_jobs_until_its_lease_ends() -> None:
+    state, log = with_runner(), Log()
+    state.apply(log.add(*submitted("a"), scheduled("a", 1, "r1", 0), *submitted("b")))
+    state.remove_runner("r1")
+    assert state.core.place().decisions == ()
+    assert state.lost_jobs(T0 + timedelta(seconds=59)) == []
+    assert len(state.lost_jobs(T0 + timedelta(seconds=60))) == 1
+
+
+def test_remaining_times_age_with_the_clock() -> None:
+    state, log = with_runner(gpus=1), Log()
+    state.apply(
+        log.add(
+            *submitted("a"),
+            scheduled("a", 1, "r1", 0),
+            e.JobProgressed(at=T0, job_id="a", attempt=1, step=1, remaining_s=100.0),
+            *submitted("b"),
+        )
+    )
+    state.refresh(T0 + timedelta(seconds=30))
+    (entry,) = state.core.report()
+    assert entry.estimated_wait_s == 70.0
+
+
+def test_a_heartbeat_becomes_a_host_snapshot() -> None:
+    beat = heartbeat("r1", gpus=3, at=T0, lease_s=15, foreign={1: 4096}, suspect=[2])
+    host = host_snapshot(beat)
+    assert host.lease_expires_at == T0 + timedelta(seconds=15)
+    assert [g.foreign_memory_mib for g in host.gpus] == [0, 4096, 0]
+    assert [g.healthy for g in host.gpus] == [True, True, False]
+    assert host.alive
+    assert not host_snapshot(heartbeat("r1", draining=True)).alive
+    seen = T0 + timedelta(hours=1)
+    assert host_snapshot(beat, seen).lease_expires_at == seen + timedelta(seconds=15)
+
+
+def test_claims_are_tracked_from_the_ledger_events() -> None:
+    state, log = with_runner(), Log()
+    state.apply(log.add(*submitted("a"), claimed("a", 1, "r1", 0, 1)))
+    assert state.ledger.claims == {"a": Claim("a", 1, "r1", (0, 1))}
+    assert state.gpu_uuids("r1", (0, 1)) == ("GPU-r1-0", "GPU-r1-1")
+    assert state.gpu_uuids("nowhere", (0,)) == ()
