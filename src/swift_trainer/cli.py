@@ -53,18 +53,57 @@ async def _wait_for_shutdown(service: Service) -> None:
 
 
 async def _run_up(settings: Settings, args: argparse.Namespace) -> int:
+    """Everything in one process: NATS, store, handler, relay, read models, scheduler, a
+    local runner (simulated GPUs with ``--simulate-gpus N``, else NVML) and the HTTP API."""
+    import msgspec as _msgspec
+
+    from .core.inventory import RunnerHeartbeat
+    from .projections.scheduler_service import SchedulerService
+    from .runner.agent import create_runner_agent, options_from_args
+
     service = Service(settings, name="swift-trainer")
     try:
         await service.start_nats(embedded_port=args.nats_port)
         await service.start_store()
         await service.start_handler()
         await service.start_relay()
-        _log.info(
-            "swift-trainer is up: commands on NATS %s, events in %s",
-            service.nc.connected_url.geturl() if service.nc and service.nc.connected_url else "?",
-            settings.resolved_event_store_url,
+        read_model = await service.start_read_model()
+        assert service.nc is not None
+
+        async def keep_heartbeat(heartbeat: RunnerHeartbeat) -> None:
+            data = _msgspec.json.encode(heartbeat)
+            await read_model.put_runner_snapshot(heartbeat.runner_id, data, heartbeat.at)
+
+        scheduler = SchedulerService(
+            service.nc,
+            store=service.store,
+            queue_view_sink=read_model.set_queue_view,
+            heartbeat_sink=keep_heartbeat,
+            command_timeout_s=settings.command_timeout_s,
         )
-        print("swift-trainer up; press Ctrl-C to stop", file=sys.stderr, flush=True)  # noqa: T201
+        await scheduler.start()
+        service.add_stopper("scheduler", scheduler.stop)
+
+        # Ctrl-C on the embedded service stops its training too (with a checkpoint), so no
+        # process outlives it; a stand-alone runner leaves jobs running for re-attach.
+        options = _msgspec.structs.replace(
+            options_from_args(settings, args), stop_jobs_on_exit=True
+        )
+        agent = create_runner_agent(
+            service.nc, options, command_timeout_s=settings.command_timeout_s
+        )
+        await agent.start()
+        service.add_stopper("runner", agent.stop)
+
+        port = await service.start_api(process_queue=scheduler.process_now)
+        if options.simulate_gpus is None:
+            _log.info("local runner uses NVML; pass --simulate-gpus N on a machine without GPUs")
+        print(  # noqa: T201
+            f"swift-trainer is up: http://{settings.app_host}:{port}/docs "
+            f"(API under {settings.api_prefix}/training); press Ctrl-C to stop",
+            file=sys.stderr,
+            flush=True,
+        )
         await _wait_for_shutdown(service)
     finally:
         await service.stop()
@@ -181,6 +220,7 @@ def _parser() -> argparse.ArgumentParser:
     from .projections.scheduler_service import add_scheduler_arguments
     from .runner.agent import add_runner_arguments
 
+    add_runner_arguments(up)
     add_scheduler_arguments(sub.add_parser("scheduler", help="run a scheduler (distributed)"))
     add_runner_arguments(sub.add_parser("runner", help="run the agent of one GPU host"))
 
@@ -219,8 +259,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         env["SWIFT_TRAINER_DATA_DIR"] = args.data_dir
     if getattr(args, "host", None):
         env["APP_HOST"] = args.host
-    if getattr(args, "port", None):
+    if getattr(args, "port", None) is not None:
         env["APP_PORT"] = str(args.port)
+    if args.command == "up" and getattr(args, "nats_url", None):
+        env["NATS_URL"] = args.nats_url
     try:
         settings = load_settings(env, env_file=args.env_file)
         _configure_logging(settings)

@@ -25,6 +25,7 @@ from .bus.relay import OutboxRelay
 from .core.settings import Settings
 from .core.sqlstore import SqlEventStore, open_event_store
 from .core.telemetry import setup_tracing
+from .projections.log_feed import LogFeed
 from .projections.read_model_service import ReadModelService
 from .projections.read_models.interface import ReadModel
 from .projections.read_models.memory import MemoryReadModel
@@ -48,6 +49,7 @@ class Service:
         self.relay: OutboxRelay | None = None
         self.read_model: ReadModel | None = None
         self.read_model_service: ReadModelService | None = None
+        self.log_feed: LogFeed | None = None
         self.http: _EmbeddedHttpServer | None = None
         self._stoppers: list[tuple[str, Stopper]] = []
         self.failed = asyncio.Event()
@@ -124,6 +126,9 @@ class Service:
             self.read_model_service = ReadModelService(self.nc, self.read_model, store=self.store)
             await self.read_model_service.start()
             self._stoppers.append(("read-model projection", self.read_model_service.stop))
+            self.log_feed = LogFeed(self.nc, self.read_model)
+            await self.log_feed.start()
+            self._stoppers.append(("log feed", self.log_feed.stop))
         return self.read_model
 
     async def start_http(

@@ -163,7 +163,11 @@ class Bus:
         async def keep(view: QueueView) -> None:
             self.views.append(view)
 
-        settings: dict[str, object] = {"tick_s": 0.2, "queue_view_sink": keep}
+        settings: dict[str, object] = {
+            "tick_s": 0.2,
+            "queue_view_sink": keep,
+            "store": self.store,
+        }
         settings.update(options)
         service = cls(nc, **settings)  # type: ignore[arg-type]
         await service.start()
@@ -225,6 +229,22 @@ async def assert_no_gpu_in_two_live_jobs(store_events: list[RecordedEvent]) -> i
     return scheduled
 
 
+async def stop_relay(relay: OutboxRelay) -> None:
+    """``relay.stop()``, cancelling the relay's loop again if it swallowed the first cancel.
+
+    Its loop waits with ``asyncio.wait_for``, which on Python 3.11 can eat a cancellation
+    that arrives just as the wait ends; under load that hung the teardown now and then.
+    """
+    stopping = asyncio.ensure_future(relay.stop())
+    while True:
+        done, _ = await asyncio.wait({stopping}, timeout=2.0)
+        if done:
+            return
+        task = relay._task  # noqa: SLF001 - the one handle on the loop that ignored us
+        if task is not None:
+            task.cancel()
+
+
 @pytest.fixture
 async def bus(tmp_path: Path) -> AsyncIterator[Bus]:
     server = EmbeddedNatsServer(tmp_path / "nats")
@@ -246,7 +266,7 @@ async def bus(tmp_path: Path) -> AsyncIterator[Bus]:
             await scheduler.stop()
         for connection in result.connections:
             await connection.close()
-        await relay.stop()
+        await stop_relay(relay)
         await handler.stop()
         await nc.close()
         await store.close()

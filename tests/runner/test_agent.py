@@ -50,9 +50,10 @@ async def client(nc: Client, bus: CommandHandler) -> CommandClient:
 
 @pytest.fixture
 async def agents(
-    nc: Client, tmp_path: Path, sim_env: dict[str, str]
+    nc: Client, bus: CommandHandler, tmp_path: Path, sim_env: dict[str, str]
 ) -> AsyncIterator[AgentFactory]:
-    """Start agents on demand; each is stopped (and its jobs killed) at the end."""
+    """Start agents on demand; each is stopped (and its jobs killed) at the end, while the
+    handler still answers (``bus`` is torn down after this fixture)."""
     started: list[RunnerAgent] = []
 
     async def start(**kwargs: object) -> RunnerAgent:

@@ -7,11 +7,13 @@ from pathlib import Path
 import pytest
 from tests.runner.runner_helpers import make_spec
 
+from swift_trainer.core.spec import JobSpec, TrainArgs
 from swift_trainer.runner.swift_command import (
     SUPPORTED_MS_SWIFT_VERSION,
     build_export_command,
     build_sft_command,
     expected_export_path,
+    looks_multimodal,
     pick_free_port,
 )
 
@@ -227,3 +229,55 @@ def test_export_command_and_artifact_path(tmp_path: Path) -> None:
     assert flag(custom.argv, "--exist_ok") == "true"
     assert custom.output_dir == str(target)
     assert custom.env["CUDA_VISIBLE_DEVICES"] == "1"
+
+
+def test_vision_learning_rates_only_reach_multimodal_models(tmp_path: Path) -> None:
+    """ms-swift 4.6.0 picks its multimodal optimizer when --vit_lr or --aligner_lr is given,
+    which crashes on a text-only model; the seed's defaults are therefore held back there."""
+    text = JobSpec(data_path="d", model_path="Qwen/Qwen2.5-7B-Instruct", output_dir="o")
+    argv = build_sft_command(text, output_root=tmp_path, gpu_ids=[0], base_env={}).argv
+    assert "--vit_lr" not in argv
+    assert "--aligner_lr" not in argv
+    assert flag(argv, "--check_model") == "false"
+
+    explicit = JobSpec(
+        data_path="d",
+        model_path="Qwen/Qwen2.5-7B-Instruct",
+        output_dir="o",
+        train_args=TrainArgs(vit_lr=2e-5),
+    )
+    argv = build_sft_command(explicit, output_root=tmp_path, gpu_ids=[0], base_env={}).argv
+    assert flag(argv, "--vit_lr") == "2e-05"
+    assert "--aligner_lr" not in argv
+
+    vl = build_sft_command(make_spec(), output_root=tmp_path, gpu_ids=[0], base_env={}).argv
+    assert flag(vl, "--vit_lr") == "1e-05"
+    assert flag(vl, "--aligner_lr") == "1e-05"
+
+
+@pytest.mark.parametrize(
+    ("model", "multimodal"),
+    [
+        ("Qwen/Qwen2.5-VL-7B-Instruct", True),
+        ("Qwen/Qwen2-VL-2B-Instruct", True),
+        ("OpenGVLab/InternVL3-8B", True),
+        ("llava-hf/llava-1.5-7b-hf", True),
+        ("openbmb/MiniCPM-V-2_6", True),
+        ("Qwen/Qwen2.5-Omni-7B", True),
+        ("THUDM/glm-4v-9b", True),
+        ("Qwen/Qwen2.5-7B-Instruct", False),
+        ("meta-llama/Llama-3.1-8B", False),
+        ("deepseek-ai/DeepSeek-V3", False),
+        ("mistralai/Mistral-7B-v0.1", False),
+        ("Qwen/QwQ-32B", False),
+    ],
+)
+def test_multimodal_models_are_recognised_by_name(model: str, multimodal: bool) -> None:
+    assert looks_multimodal(model) is multimodal
+
+
+def test_a_local_model_is_judged_by_its_config(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text('{"model_type": "qwen2"}')
+    assert not looks_multimodal(str(tmp_path))
+    (tmp_path / "config.json").write_text('{"model_type": "qwen2_5_vl", "vision_config": {}}')
+    assert looks_multimodal(str(tmp_path))

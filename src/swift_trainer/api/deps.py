@@ -76,6 +76,8 @@ class ApiDeps:
     runner_lease_s: float = 15.0
     #: Actor recorded on the commands this API sends.
     actor: str | None = "api"
+    #: How long a write waits for the read model to show it (0: answer at once).
+    read_your_writes_s: float = 1.0
     stream_poll_s: float = 1.0
     stream_heartbeat_s: float = 15.0
     #: A log stream of a finished job ends this long after it finished (late lines land).
@@ -101,15 +103,22 @@ class _GpuList(msgspec.Struct):
     gpus: list[Any] = []
 
 
-_gpu_list = msgspec.json.Decoder(_GpuList)
+class _Heartbeat(msgspec.Struct):
+    inventory: _GpuList | None = None
+    gpus: list[Any] = []
+
+
+_heartbeat = msgspec.json.Decoder(_Heartbeat)
 
 
 def gpus_in_snapshot(data: bytes) -> list[Any] | None:
-    """The ``gpus`` array of a runner heartbeat, or None when the blob is not one."""
+    """The GPUs of a runner heartbeat (nested in its inventory, or at the top), or None
+    when the blob is not one."""
     try:
-        return _gpu_list.decode(data).gpus
+        decoded = _heartbeat.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
+    return decoded.inventory.gpus if decoded.inventory is not None else decoded.gpus
 
 
 async def largest_runner(read_model: ReadModel) -> int | None:

@@ -65,6 +65,10 @@ async def send(
     reply = await deps.commands.send(command, command_id=command_id, actor=deps.actor)
     if reply.error is not None:
         raise SwiftTrainerError(reply.error.message, code=reply.error.code)
+    if reply.events and deps.read_your_writes_s > 0:
+        # Read-your-writes: a client that reads right after a write should see it. The wait
+        # is bounded; a lagging read model costs freshness, never the answer.
+        await caught_up(deps, reply.events[-1].position, deps.read_your_writes_s, poll_s=0.005)
     return reply
 
 
@@ -79,7 +83,13 @@ def job_id_of(reply: CommandReply, fallback: str) -> str:
     return fallback
 
 
-async def caught_up(deps: ApiDeps, position: int, timeout: float = 2.0) -> bool:
+async def caught_up(
+    deps: ApiDeps,
+    position: int,
+    timeout: float = 2.0,
+    *,
+    poll_s: float = 0.02,
+) -> bool:
     """Wait (briefly) until the read model has applied ``position``; False if it has not.
 
     Only for answers that need a value the command's reply does not carry (an export's id);
@@ -91,4 +101,4 @@ async def caught_up(deps: ApiDeps, position: int, timeout: float = 2.0) -> bool:
             return True
         if time.monotonic() >= deadline:
             return False
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(poll_s)

@@ -7,12 +7,32 @@ a NATS client; the event itself is embedded raw (``msgspec.Raw``), exactly as st
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 import msgspec
 
 from ..core.commands import AnyCommand
 from ..core.errors import MessageError, SwiftTrainerError, UnknownMessageType
 from ..core.store import EventMetadata, RecordedEvent
+
+
+class LogMessage(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One line of a job's (or export's) output on the LOGS stream (``st.logs.<job_id>``).
+
+    ``seq`` only grows over a job's whole life (every attempt and runner), so a consumer
+    can drop a line at or below the highest it has kept as a redelivery; the runner's
+    ``log_publisher`` says how it is made.
+    """
+
+    job_id: str
+    attempt: int
+    seq: int
+    stream: Literal["stdout", "stderr"]
+    line: str
+    at: datetime
+    runner_id: str
+    export_id: str | None = None
+    truncated: bool = False
 
 
 class CommandEnvelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -259,12 +259,16 @@ class SchedulerService:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
         self._subscriptions = []
-        tasks = [*self._tasks, *([self._ready_task] if self._ready_task else [])]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        every = {*self._tasks, *([self._ready_task] if self._ready_task else [])}
+        tasks = set(every)
+        while tasks:
+            for task in tasks:
+                task.cancel()
+            # Cancel again if a task ignored it (a library that swallowed the cancellation).
+            _, tasks = await asyncio.wait(tasks, timeout=5.0)
+        for task in every:
+            if not task.cancelled() and task.exception() is not None:
+                _log.error("scheduler task %s had failed: %r", task.get_name(), task.exception())
         self._tasks = []
         self._ready_task = None
         if self.lease is not None:
@@ -320,7 +324,8 @@ class SchedulerService:
                 break
             self._applied.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._applied.wait(), left)
+                async with asyncio.timeout(left):  # not wait_for: 3.11's can eat a cancel
+                    await self._applied.wait()
         if self.state.position < target:
             _log.warning(
                 "scheduler %s leads before reaching position %d (at %d): the feed is slow",
@@ -419,7 +424,10 @@ class SchedulerService:
     async def _place_loop(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self.tick_s)
+                # Not wait_for: on Python 3.11 it can swallow a cancellation that arrives
+                # as the wait ends, and the loop would outlive ``stop``.
+                async with asyncio.timeout(self.tick_s):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
             else:

@@ -84,6 +84,7 @@ from ..core.inventory import RunnerHeartbeat, RunnerJob
 from ..core.settings import Settings
 from ..core.spec import JobSpec
 from ..core.telemetry import setup_tracing
+from ._tasks import cancel_and_wait
 from .inventory import FakeInventory, GpuInventory, NvmlInventory, foreign_memory_mib
 from .log_publisher import LogPublisher
 from .reporting import (
@@ -284,10 +285,7 @@ class RunnerAgent:
     async def stop(self) -> None:
         """Leave: training keeps running for the next start unless ``stop_jobs_on_exit``."""
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         self._tasks = []
         if self._sub is not None:
             with contextlib.suppress(Exception):

@@ -30,7 +30,6 @@ again with new ``seq`` values. Duplicates rather than gaps, and the files stay c
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -43,6 +42,8 @@ from nats.js.api import Header, PubAck
 from nats.js.errors import NotFoundError
 
 from ..bus import subjects
+from ..bus.messages import LogMessage
+from ._tasks import cancel_and_wait
 
 _log = logging.getLogger(__name__)
 
@@ -50,20 +51,6 @@ _log = logging.getLogger(__name__)
 MAX_LINE_CHARS: Final = 4096
 
 Stream = Literal["stdout", "stderr"]
-
-
-class LogMessage(msgspec.Struct, frozen=True, omit_defaults=True):
-    """One line of a job's (or export's) output, as published on the LOGS stream."""
-
-    job_id: str
-    attempt: int
-    seq: int
-    stream: Stream
-    line: str
-    at: datetime
-    runner_id: str
-    export_id: str | None = None
-    truncated: bool = False
 
 
 _encoder = msgspec.json.Encoder()
@@ -195,9 +182,7 @@ class LogPublisher:
         if self._task is None:
             return
         await self.flush(timeout)
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await cancel_and_wait(self._task)
         self._task = None
 
     async def _run(self) -> None:

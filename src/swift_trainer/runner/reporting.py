@@ -38,6 +38,7 @@ from ..bus.command_client import CommandClient
 from ..bus.messages import ReplyError
 from ..core import commands as c
 from ..core.ids import new_id
+from ._tasks import cancel_and_wait
 from .log_publisher import LogPublisher
 from .supervisor import ExportOutcome, JobOutcome, Stream
 from .training_log import TrainingProgress
@@ -248,10 +249,7 @@ class ReportOutbox:
         self._closing = True
         tasks = [lane.task for lane in self._lanes.values() if lane.task is not None]
         for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
 
 
 # --- the reporters the supervisor calls -------------------------------------------------------

@@ -70,13 +70,19 @@ def _runner_view(
             error="heartbeat is not a JSON object",
         )
     gpus: list[dict[str, Any]] = []
-    raw_gpus = decoded.pop("gpus", [])
+    # A runner heartbeat (core.inventory.RunnerHeartbeat) nests its GPUs in the inventory.
+    inventory = decoded.get("inventory")
+    source = inventory if isinstance(inventory, dict) and "gpus" in inventory else decoded
+    raw_gpus = source.pop("gpus", [])
+    foreign = decoded.get("foreign_memory_mib")
+    foreign = foreign if isinstance(foreign, dict) else {}
     for gpu in raw_gpus if isinstance(raw_gpus, list) else []:
         if not isinstance(gpu, dict):
             continue
         index = gpu.get("index")
         holder = holders.get((runner_id, index)) if isinstance(index, int) else None
-        gpus.append({**gpu, "job_id": holder})
+        extra = {"foreign_memory_mib": foreign.get(str(index))} if str(index) in foreign else {}
+        gpus.append({**gpu, **extra, "job_id": holder})
     return RunnerGpus(
         runner_id=runner_id, seen_at=seen_at, age_s=age, alive=alive, gpus=gpus, inventory=decoded
     )

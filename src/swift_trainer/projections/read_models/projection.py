@@ -133,6 +133,9 @@ def plan_batch(
         if isinstance(event, e.QueueProcessorPaused | e.QueueProcessorResumed):
             processor = evolve_processor(processor, event)
             plan.processor = processor
+        elif isinstance(event, e.GpusClaimed | e.GpusReleased):
+            # The scheduler's GPU ledger: its effect shows in the jobs' own events.
+            continue
         elif event is not None:
             change = plan.jobs.get(event.job_id)
             if change is None:

@@ -1,0 +1,253 @@
+"""The agent's parts on their own: report outbox, log publisher, handled-event ledger, options."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+from tests.runner.agent_helpers import log_messages
+from tests.runner.runner_helpers import wait_for
+
+from swift_trainer.bus.command_client import CommandUnavailable
+from swift_trainer.bus.messages import CommandReply, ReplyError
+from swift_trainer.core import commands as c
+from swift_trainer.core.settings import Settings
+from swift_trainer.runner import agent as agent_module
+from swift_trainer.runner.agent import (
+    SIMULATOR,
+    HandledEvents,
+    add_runner_arguments,
+    merged_artifact_complete,
+    options_from_args,
+)
+from swift_trainer.runner.log_publisher import MAX_LINE_CHARS, LogPublisher, SeqClock
+from swift_trainer.runner.reporting import ReportOutbox, export_failure_reason
+from swift_trainer.runner.supervisor import ExportOutcome
+
+IDS = {"job_id": "j1", "attempt": 1, "runner_id": "r1"}
+
+
+class FakeClient:
+    """Answers like CommandClient; ``down`` makes it raise CommandUnavailable."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.sent: list[tuple[str, c.AnyCommand]] = []
+        self.tries: list[str] = []
+        self.errors: dict[str, list[str]] = {}
+
+    async def send(self, command: c.AnyCommand, *, command_id: str | None = None) -> CommandReply:
+        assert command_id is not None
+        self.tries.append(command_id)
+        await asyncio.sleep(0)
+        if self.down:
+            raise CommandUnavailable("no handler")
+        codes = self.errors.get(type(command).__name__)
+        if codes:
+            code = codes.pop(0)
+            return CommandReply(command_id=command_id, ok=False, error=ReplyError(code, code))
+        self.sent.append((command_id, command))
+        return CommandReply(command_id=command_id, ok=True)
+
+
+def outbox(client: FakeClient, path: Path, **kwargs: object) -> ReportOutbox:
+    return ReportOutbox(client, path, retry_initial_s=0.01, retry_max_s=0.02, **kwargs)  # type: ignore[arg-type]
+
+
+def stored(path: Path) -> list[Path]:
+    return sorted(path.glob("*.json"))
+
+
+def progress(step: int) -> c.ReportProgress:
+    return c.ReportProgress(**IDS, step=step)  # type: ignore[arg-type]
+
+
+async def test_outbox_keeps_order_and_coalesces_waiting_progress(tmp_path: Path) -> None:
+    client = FakeClient()
+    client.down = True
+    box = outbox(client, tmp_path)
+    started = box.submit(c.ReportStarted(**IDS, pid=1, command=("swift",)), command_id="s1")  # type: ignore[arg-type]
+    for step in (1, 2):
+        box.submit(progress(step))
+    box.submit(c.ReportCheckpoint(**IDS, step=2, path="/o/checkpoint-2"))  # type: ignore[arg-type]
+    box.submit(progress(3))
+    box.submit(progress(4))
+    await wait_for(lambda: client.tries.count(started) >= 3, timeout=5)
+    assert box.pending("j1") == 3  # started (in flight), the checkpoint, the newest progress
+    client.down = False
+    assert await box.drain(timeout=5)
+    sent = [command for _, command in client.sent]
+    assert [type(x).__name__ for x in sent] == [
+        "ReportStarted",
+        "ReportCheckpoint",
+        "ReportProgress",
+    ]
+    assert [x.step for x in sent if isinstance(x, c.ReportProgress)] == [4]
+    assert set(client.tries[: client.tries.count(started)]) == {"s1"}  # retried with its id
+    assert stored(tmp_path) == []  # delivered durable reports are forgotten
+
+
+async def test_outbox_survives_a_restart_with_the_final_outcome(tmp_path: Path) -> None:
+    client = FakeClient()
+    client.down = True
+    box = outbox(client, tmp_path)
+    outcome_id = box.submit(
+        c.ReportFailed(**IDS, exit_code=3, reason="boom"),  # type: ignore[arg-type]
+    )
+    box.submit(progress(9))  # progress is not worth a file
+    await wait_for(lambda: len(client.tries) >= 2, timeout=5)
+    await box.close()
+    assert len(stored(tmp_path)) == 1
+
+    fresh_client = FakeClient()
+    fresh = outbox(fresh_client, tmp_path)
+    assert fresh.load() == 1
+    assert await fresh.drain(timeout=5)
+    assert [(cid, type(cmd).__name__) for cid, cmd in fresh_client.sent] == [
+        (outcome_id, "ReportFailed")
+    ]
+    assert stored(tmp_path) == []
+
+
+async def test_outbox_hands_refusals_back_and_retries_transient_errors(tmp_path: Path) -> None:
+    client = FakeClient()
+    client.errors = {"ReportProgress": ["stale_assignment"], "ReportCheckpoint": ["store_error"]}
+    refused: list[tuple[str, str]] = []
+
+    async def on_refused(command: c.AnyJobCommand, error: ReplyError) -> None:
+        refused.append((type(command).__name__, error.code))
+
+    box = outbox(client, tmp_path, on_refused=on_refused)
+    box.submit(progress(1))
+    box.submit(c.ReportCheckpoint(**IDS, step=1, path="/o/checkpoint-1"))  # type: ignore[arg-type]
+    assert await box.drain(timeout=5)
+    assert refused == [("ReportProgress", "stale_assignment")]
+    assert [type(cmd).__name__ for _, cmd in client.sent] == ["ReportCheckpoint"]
+    assert box.refused == 1
+    assert box.sent == 1
+
+
+def test_an_unreadable_stored_report_is_dropped(tmp_path: Path) -> None:
+    (tmp_path / "000000000001-x.json").write_text("{broken")
+    assert outbox(FakeClient(), tmp_path).load() == 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_seq_grows_per_job_even_when_the_clock_does_not() -> None:
+    clock = SeqClock()
+    assert clock.next("a", 1_000) == 1_000
+    assert clock.next("a", 1_000) == 1_001
+    assert clock.next("a", 900) == 1_002  # the clock went back
+    assert clock.next("b", 5) == 5
+    clock.seed("c", 10_000)
+    assert clock.next("c", 2_000) == 10_001
+
+
+async def test_log_lines_reach_the_logs_stream_and_a_restart_continues_above(nc: Client) -> None:
+    first = LogPublisher(nc, "r1", flush_interval_s=0.01)
+    first.start()
+    for i in range(50):
+        first.publish("job-logs", 1, "stdout" if i % 2 else "stderr", f"line {i}")
+    first.publish("job-logs", 1, "stdout", "x" * (MAX_LINE_CHARS + 100))
+    assert await first.flush()
+    await first.stop()
+
+    # A new runner process (or another host) whose clock lags far behind.
+    second = LogPublisher(nc, "r2", flush_interval_s=0.01)
+    second.clock.seed("other", 0)
+    second.start()
+    second.publish("job-logs", 2, "stdout", "attempt two")
+    assert await second.flush()
+    await second.stop()
+
+    messages = await log_messages(nc, "job-logs")
+    assert [m.line for m in messages[:3]] == ["line 0", "line 1", "line 2"]
+    assert [m.stream for m in messages[:2]] == ["stderr", "stdout"]
+    seqs = [m.seq for m in messages]
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == len(seqs)
+    assert seqs[-1] < 2**53
+    long = messages[50]
+    assert long.truncated
+    assert len(long.line) == MAX_LINE_CHARS
+    assert (messages[-1].attempt, messages[-1].runner_id, messages[-1].line) == (
+        2,
+        "r2",
+        "attempt two",
+    )
+    raw = json.loads(
+        (await nc.jetstream().get_last_msg("LOGS", "st.logs.job-logs")).data or b"{}",
+    )
+    assert set(raw) == {"job_id", "attempt", "seq", "stream", "line", "at", "runner_id"}
+
+
+async def test_log_lines_wait_for_nats_and_are_not_lost(nc: Client) -> None:
+    publisher = LogPublisher(nc, "r1", flush_interval_s=0.01, publish_timeout_s=0.5)
+    await nc.jetstream().delete_stream("LOGS")  # publishes fail until the stream is back
+    publisher.start()
+    publisher.publish("job-wait", 1, "stdout", "kept")
+    assert not await publisher.flush(timeout=0.5)
+    from swift_trainer.bus.connection import ensure_stream, logs_stream_config
+
+    await ensure_stream(nc.jetstream(), logs_stream_config())
+    assert await publisher.flush(timeout=15)
+    await publisher.stop()
+    assert [m.line for m in await log_messages(nc, "job-wait")] == ["kept"]
+
+
+def test_handled_events_persist_and_stay_bounded(tmp_path: Path) -> None:
+    ledger = HandledEvents(tmp_path / "handled.json", limit=3)
+    for event_id in ("a", "b", "c", "d"):
+        ledger.add(event_id)
+    again = HandledEvents(tmp_path / "handled.json", limit=3)
+    assert "a" not in again
+    assert all(x in again for x in ("b", "c", "d"))
+    (tmp_path / "handled.json").write_text("nonsense")
+    assert "b" not in HandledEvents(tmp_path / "handled.json")
+
+
+def test_a_merged_model_needs_config_and_weights(tmp_path: Path) -> None:
+    assert not merged_artifact_complete(tmp_path / "missing")
+    (tmp_path / "config.json").write_text("{}")
+    assert not merged_artifact_complete(tmp_path)
+    (tmp_path / "model-00001-of-00002.safetensors").write_bytes(b"")
+    assert merged_artifact_complete(tmp_path)
+
+
+def test_export_failure_reason_names_the_last_stderr_lines() -> None:
+    outcome = ExportOutcome(
+        status="failed",
+        reason="swift export failed: it exited with code 1",
+        exit_code=1,
+        stderr_tail="Traceback\n  File x\nRuntimeError: merge failed\n",
+    )
+    reason = export_failure_reason(outcome)
+    assert reason.endswith("RuntimeError: merge failed")
+    assert len(export_failure_reason(outcome, limit=20)) == 20
+
+
+def test_runner_options_default_from_the_host_and_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(agent_module.socket, "gethostname", lambda: "gpu.host_1.example")
+    parser = argparse.ArgumentParser()
+    add_runner_arguments(parser)
+    settings = Settings(data_dir="/var/st", output_root="/data/out")
+    options = options_from_args(settings, parser.parse_args(["--simulate-gpus", "2"]))
+    assert options.runner_id == "gpu-host_1-example"
+    assert options.swift_executable == SIMULATOR
+    assert options.state_dir == "/var/st/runner-gpu-host_1-example"
+    assert options.output_root == "/data/out"
+    assert options.simulate_gpus == 2
+    real = options_from_args(settings, parser.parse_args(["--runner-id", "h1"]))
+    assert real.swift_executable == ("swift",)
+    assert real.simulate_gpus is None
+    assert not real.stop_jobs_on_exit
+    custom = options_from_args(
+        settings, parser.parse_args(["--swift-executable", "/opt/venv/bin/swift"])
+    )
+    assert custom.swift_executable == ("/opt/venv/bin/swift",)
