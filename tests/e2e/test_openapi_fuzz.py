@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.live_service import start_service, stop_service
 
 
+@pytest.mark.timeout(900)
 def test_no_generated_request_gets_a_server_error(tmp_path: Path) -> None:
     process, base = start_service(tmp_path, "--simulate-step-seconds", "0.2")
     try:
@@ -22,7 +25,7 @@ def test_no_generated_request_gets_a_server_error(tmp_path: Path) -> None:
                 "--checks",
                 "not_a_server_error",
                 "--max-examples",
-                "25",
+                "10",
                 "--request-timeout",
                 "10",
                 # Live streams stay open while a job lives; the plain reads are fuzzed.

@@ -240,7 +240,7 @@ async def stop_relay(relay: OutboxRelay) -> None:
         done, _ = await asyncio.wait({stopping}, timeout=2.0)
         if done:
             return
-        task = relay._task  # noqa: SLF001 - the one handle on the loop that ignored us
+        task = relay._task  # the one handle on the loop that ignored us
         if task is not None:
             task.cancel()
 

@@ -17,6 +17,7 @@ from swift_trainer.core.telemetry import setup_tracing
 from swift_trainer.projections.scheduler_service import (
     PROCESS_SUBJECT,
     SchedulerService,
+    request_processing,
 )
 
 from .conftest import (
@@ -141,6 +142,13 @@ async def test_process_now_over_nats_places_and_says_who_leads(bus: Bus) -> None
     ]
     placed = await placements(bus)
     assert set(placed) == {"a"}
+    assert (await request_processing(bus.nc))["leader"] == scheduler.scheduler_id
+
+
+async def test_asking_to_process_without_any_scheduler_says_so(bus: Bus) -> None:
+    result = await request_processing(bus.nc, timeout=2)
+    assert result["processed"] is False
+    assert result["reason"] == "no scheduler is running"
 
 
 async def test_the_queue_view_shows_positions_and_estimated_starts(bus: Bus) -> None:

@@ -119,9 +119,10 @@ async def test_a_runner_killed_mid_job_and_started_again_finishes_the_job(
     runner.start()
     await _wait_for_heartbeat(nc, runner)
 
-    await submit_and_schedule(
-        client, "job-kill", job_spec("job-kill", max_steps=120, save_steps=20), runner_id="rk"
-    )
+    # save_total_limit keeps every checkpoint, so the ones written while the runner was
+    # away are still there to be reported when it comes back.
+    spec = job_spec("job-kill", max_steps=120, save_steps=20, save_total_limit=10)
+    await submit_and_schedule(client, "job-kill", spec, runner_id="rk")
     started = (await wait_event(store, "job-kill", e.JobStarted, timeout=60))[0]
     await wait_event(store, "job-kill", e.CheckpointSaved, timeout=60)
 

@@ -46,6 +46,8 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import NotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from opentelemetry import trace
@@ -696,6 +698,24 @@ class SchedulerService:
         if msg.reply:
             with contextlib.suppress(Exception):
                 await msg.respond(data)
+
+
+async def request_processing(nc: Client, *, timeout: float = 10.0) -> dict[str, Any]:
+    """Ask the scheduler to process the queue now, from any process (the API's trigger).
+
+    Returns the leader's ``PassResult`` as a dict, or ``processed: false`` with a reason
+    when no scheduler runs or none answers in time.
+    """
+    try:
+        reply = await nc.request(PROCESS_SUBJECT, b"{}", timeout=timeout)
+    except NoRespondersError:
+        result = PassResult(processed=False, leader=None, reason="no scheduler is running")
+        return result.to_dict()
+    except (TimeoutError, NatsTimeoutError):
+        result = PassResult(processed=False, leader=None, reason="no scheduler answered in time")
+        return result.to_dict()
+    decoded: dict[str, Any] = msgspec.json.decode(reply.data)
+    return decoded
 
 
 def _whole_seconds(moment: datetime) -> datetime:

@@ -1,0 +1,252 @@
+"""One real ms-swift 4.6.0 job through the runner agent, on the CPU, with no hub access.
+
+Opt-in: ``SWIFT_TRAINER_REAL_SWIFT=1 uv run pytest -m swift`` after
+``scripts/setup_real_swift.sh`` (a separate ``.venv-swift`` with torch 2.13.0 CPU and
+ms-swift 4.6.0; ``SWIFT_TRAINER_SWIFT_VENV`` names another one). With the variable set, a
+missing ``swift`` executable fails the test instead of skipping it.
+
+What it drives: a tiny random Qwen2 (2 layers, hidden 64, a byte-level BPE tokenizer of
+~400 tokens with a ChatML template) and a 64-line ``messages`` dataset, both made locally
+by ``scripts/make_tiny_qwen2.py``; then ``swift sft`` with LoRA through the agent (real
+progress and checkpoints), a stop after the first checkpoint (graceful exit: SIGTERM to the
+trainer, which saves a checkpoint and ends), a resume from that checkpoint in a second
+attempt to the final step, and ``swift export --merge_lora true`` of the last checkpoint.
+
+What worked, and what it showed (ms-swift 4.6.0, transformers 5.19, peft 0.20, torch
+2.13.0+cpu, Python 3.11):
+
+* Flags: ``--model <dir> --model_type qwen2 --template qwen --torch_dtype float32
+  --max_length 128 --dataloader_num_workers 0 --dataset_num_proc 1`` and the job's
+  LoRA/step flags; env ``HF_HUB_OFFLINE=1 MODELSCOPE_OFFLINE=1``. ``--check_model`` exists
+  in 4.6 (``TrainArgumentsMixin``) and defaults to true: it contacts the ModelScope hub and
+  retries for ~25 s offline, so the command builder now always passes
+  ``--check_model false`` (a job's start went from ~38 s to ~12 s here).
+* The seed's ``--vit_lr`` / ``--aligner_lr`` crash a text-only model (the multimodal
+  optimizer looks for ``vision_tower``); the builder now passes them only to models that
+  look multimodal, or when a job sets them.
+* ``logging.jsonl`` lines carry ``train_speed(s/it)`` (not ``iter/s``), no
+  ``percentage``, no ``memory(GiB)`` on a CPU; after the summary line 4.6.0 appends its run
+  record (``last_model_checkpoint``, ``log_history``). The parser read all of it already;
+  the simulator now writes the 4.6.0 format (and the ``last-checkpoint`` symlink).
+* Checkpoints: ``trainer_state.json`` is written after the adapter (the completeness marker
+  holds); ``--save_only_model true`` still resumes (the step comes from trainer_state).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+from tests.runner.agent_helpers import (
+    fast_supervisor,
+    job_events,
+    log_messages,
+    ok,
+    submit_and_schedule,
+    types,
+    wait_event,
+)
+
+from swift_trainer.bus.command_client import CommandClient
+from swift_trainer.bus.command_handler import CommandHandler
+from swift_trainer.core import commands as c
+from swift_trainer.core import events as e
+from swift_trainer.core.spec import JobSpec, TrainArgs
+from swift_trainer.core.sqlstore import SqlEventStore
+from swift_trainer.runner.agent import RunnerAgent, merged_artifact_complete
+from swift_trainer.runner.inventory import FakeInventory
+
+pytestmark = [pytest.mark.swift, pytest.mark.timeout(900)]
+
+REPO = Path(__file__).resolve().parents[2]
+VENV = Path(os.environ.get("SWIFT_TRAINER_SWIFT_VENV", REPO / ".venv-swift"))
+ENABLED = os.environ.get("SWIFT_TRAINER_REAL_SWIFT", "").strip().lower() in {"1", "true", "yes"}
+
+
+@pytest.fixture
+def swift_venv() -> Path:
+    if not ENABLED:
+        pytest.skip("real ms-swift is opt-in: SWIFT_TRAINER_REAL_SWIFT=1 (see setup_real_swift.sh)")
+    if not (VENV / "bin" / "swift").is_file():
+        pytest.fail(
+            f"SWIFT_TRAINER_REAL_SWIFT=1 but {VENV / 'bin' / 'swift'} is missing: "
+            "run scripts/setup_real_swift.sh first",
+        )
+    return VENV
+
+
+async def _run(*argv: str, env: dict[str, str] | None = None) -> str:
+    process = await asyncio.create_subprocess_exec(
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode(errors="replace")[-4000:]
+    return out.decode()
+
+
+@pytest.fixture
+async def tiny(swift_venv: Path, tmp_path: Path) -> dict[str, str]:
+    """The tiny model and dataset, made with the swift venv's python (no hub)."""
+    out = await _run(
+        str(swift_venv / "bin" / "python"),
+        str(REPO / "scripts" / "make_tiny_qwen2.py"),
+        str(tmp_path / "tiny"),
+        "--samples",
+        "64",
+    )
+    paths: dict[str, str] = json.loads(out.strip().splitlines()[-1])
+    return paths
+
+
+def offline_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SWIFT_SIM_", "NPROC_"))}
+    env.update(
+        {
+            "HF_HUB_OFFLINE": "1",
+            "MODELSCOPE_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "OMP_NUM_THREADS": "2",
+        },
+    )
+    return env
+
+
+@pytest.fixture
+async def real_agent(
+    swift_venv: Path, nc: Client, bus: CommandHandler, tmp_path: Path
+) -> AsyncIterator[RunnerAgent]:
+    inventory = FakeInventory(1, output_root=tmp_path / "out")  # no GPU needed: CPU run
+    supervisor = fast_supervisor(
+        tmp_path / "runs", inventory, grace_period_s=120.0, progress_interval_s=0.5
+    )
+    agent = RunnerAgent(
+        nc,
+        runner_id="real",
+        inventory=inventory,
+        supervisor=supervisor,
+        swift_executable=str(swift_venv / "bin" / "swift"),
+        output_root=tmp_path / "out",
+        state_dir=tmp_path / "agent",
+        heartbeat_s=1.0,
+        grace_period_s=120.0,
+        base_env=offline_env(),
+        command_timeout_s=5.0,
+    )
+    await agent.start()
+    try:
+        yield agent
+    finally:
+        agent.stop_jobs_on_exit = True
+        await agent.stop()
+
+
+def tiny_spec(tiny: dict[str, str], max_steps: int) -> JobSpec:
+    return JobSpec(
+        data_path=tiny["dataset"],
+        model_path=tiny["model"],
+        output_dir="jobs/real",
+        train_args=TrainArgs(
+            max_steps=max_steps,
+            save_steps=10,
+            save_total_limit=50,
+            logging_steps=2,
+            batch_size=1,
+            gradient_accumulation_steps=1,
+            learning_rate=1e-3,
+            warmup_ratio=0.0,
+            max_length=128,
+            torch_dtype="float32",
+            dataloader_num_workers=0,
+            dataset_num_proc=1,
+            model_type="qwen2",
+            template="qwen",
+            lora_rank=4,
+            lora_alpha=8,
+        ),
+    )
+
+
+async def test_real_swift_trains_stops_resumes_and_exports(
+    real_agent: RunnerAgent,
+    tiny: dict[str, str],
+    nc: Client,
+    store: SqlEventStore,
+    tmp_path: Path,
+) -> None:
+    client = CommandClient(nc, timeout=10.0, actor="test-scheduler")
+    job = "real-1"
+    # Enough steps that a stop sent after the first checkpoint lands mid-run.
+    await submit_and_schedule(client, job, tiny_spec(tiny, max_steps=600), runner_id="real")
+
+    started = (await wait_event(store, job, e.JobStarted, timeout=300))[0]
+    assert started.command[started.command.index("--check_model") + 1] == "false"
+    assert "--vit_lr" not in started.command
+    first = (await wait_event(store, job, e.CheckpointSaved, timeout=300))[0]
+    assert first.step == 10
+    assert (Path(first.path) / "adapter_model.safetensors").is_file()
+
+    await ok(client, c.StopJob(job_id=job, reason="test stop"))
+    stopped = (await wait_event(store, job, e.JobStopped, timeout=300))[0]
+    assert stopped.checkpoint is not None
+    stop_state = json.loads((Path(stopped.checkpoint) / "trainer_state.json").read_text())
+    stopped_at = stop_state["global_step"]
+    assert 10 <= stopped_at < 600, stop_state
+    names = types(await job_events(store, job))
+    assert "JobFailed" not in names
+
+    # Resume: the user starts it again, the scheduler places attempt 2.
+    await ok(client, c.StartJob(job_id=job))
+    resumed_from = [x for x in await job_events(store, job) if isinstance(x, e.JobQueued)][-1]
+    assert resumed_from.resume_from == stopped.checkpoint
+    await ok(client, c.ScheduleJob(job_id=job, attempt=2, runner_id="real", gpu_ids=(0,)))
+    second = (await wait_event(store, job, e.JobStarted, count=2, timeout=300))[1]
+    assert second.command[second.command.index("--resume_from_checkpoint") + 1] == (
+        stopped.checkpoint
+    )
+    succeeded = (await wait_event(store, job, e.JobSucceeded, timeout=600))[0]
+    assert succeeded.attempt == 2
+    assert succeeded.final_step == 600
+
+    events = await job_events(store, job)
+    progress = [x for x in events if isinstance(x, e.JobProgressed)]
+    assert progress
+    assert all(p.loss is not None and p.max_steps == 600 for p in progress if p.eval_loss is None)
+    assert any(p.attempt == 2 and p.step > stopped_at for p in progress)
+    assert progress[-1].step == 600
+    assert progress[-1].train_speed is not None
+    steps = [x.step for x in events if isinstance(x, e.CheckpointSaved)]
+    assert steps == sorted(set(steps))
+    assert steps[-1] == 600
+
+    log_file = Path(succeeded.output_path or "").parent / "logging.jsonl"
+    assert "train_speed(s/it)" in log_file.read_text()
+    await real_agent.logs.flush()
+    lines = await log_messages(nc, job)
+    assert any("Saving model checkpoint" in m.line for m in lines)
+    assert {m.attempt for m in lines} == {1, 2}
+    assert [m.seq for m in lines] == sorted(m.seq for m in lines)
+
+    await ok(client, c.RequestExport(job_id=job))
+    exported = (await wait_event(store, job, e.ExportSucceeded, timeout=600))[0]
+    merged = Path(exported.artifact_path)
+    assert merged.name == "checkpoint-600-merged"
+    assert merged_artifact_complete(merged)
+    check = (
+        "import sys, torch; from transformers import AutoModelForCausalLM, AutoTokenizer; "
+        "m = AutoModelForCausalLM.from_pretrained(sys.argv[1]); "
+        "t = AutoTokenizer.from_pretrained(sys.argv[1]); "
+        "out = m(**t('count from two please', return_tensors='pt')); "
+        "print(tuple(out.logits.shape))"
+    )
+    shape = await _run(str(VENV / "bin" / "python"), "-c", check, str(merged), env=offline_env())
+    assert shape.strip().startswith("(1, ")
