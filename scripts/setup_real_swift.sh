@@ -36,14 +36,18 @@ fi
 
 start=$(date +%s)
 "$PYTHON" -m venv "$VENV"
-PIP=("$VENV/bin/python" -m pip --disable-pip-version-check --no-input)
-"${PIP[@]}" install --quiet --upgrade pip
-"${PIP[@]}" install --quiet "$TORCH_SPEC"
+pip_install() {
+  # pip warns about every configured local index folder a package is not in; drop that noise.
+  "$VENV/bin/python" -m pip --disable-pip-version-check --no-input install --quiet "$@" 2>&1 \
+    | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+}
+pip_install --upgrade pip
+pip_install "$TORCH_SPEC"
 # The pin keeps the torch just installed: a resolver that wanted another would fail here
 # instead of silently downloading a CUDA build.
-"${PIP[@]}" install --quiet "$MS_SWIFT_SPEC" "$TORCH_SPEC"
+pip_install "$MS_SWIFT_SPEC" "$TORCH_SPEC"
 # This project too, so scripts (gpu_host_check.py, make_tiny_qwen2.py) run on this python.
-"${PIP[@]}" install --quiet -e . "$TORCH_SPEC"
+pip_install -e . "$TORCH_SPEC"
 "$VENV/bin/swift" --help >/dev/null 2>&1 || true
 "$VENV/bin/python" - <<'PY'
 import importlib.metadata as m

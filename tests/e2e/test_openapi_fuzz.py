@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from tests.e2e.live_service import start_service, stop_service
 
 
