@@ -117,7 +117,10 @@ class Service:
     async def start_read_model(self, *, follow: bool = True) -> ReadModel:
         """Redis when configured (shared by API processes), else in memory (embedded)."""
         if self.settings.redis_url:
-            self.read_model = RedisReadModel.from_url(self.settings.redis_url)
+            self.read_model = RedisReadModel.from_url(
+                self.settings.redis_url,
+                prefix=self.settings.redis_prefix,
+            )
         else:
             self.read_model = MemoryReadModel()
         self._stoppers.append(("read model", self.read_model.close))

@@ -123,10 +123,12 @@ def gpus_in_snapshot(data: bytes) -> list[Any] | None:
 
 async def largest_runner(read_model: ReadModel) -> int | None:
     """GPU count of the biggest runner ever heard from (dead ones too: they may return)."""
+    # A runner that sees no GPU at all (no driver, NVML failing) says nothing about what
+    # could run: it must not make every job unsatisfiable.
     counts = [
         len(gpus)
         for snapshot in await read_model.runner_snapshots()
-        if (gpus := gpus_in_snapshot(snapshot.data)) is not None
+        if (gpus := gpus_in_snapshot(snapshot.data))
     ]
     return max(counts) if counts else None
 

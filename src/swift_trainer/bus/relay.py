@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import deque
 from typing import Final
 
 import msgspec
@@ -80,6 +82,8 @@ class OutboxRelay:
         batch_size: int = 256,
         poll_interval: float = 1.0,
         publish_timeout: float = 10.0,
+        tracking_interval: float = 5.0,
+        window: int = 1024,
     ) -> None:
         self.store = store
         self.nc = nc
@@ -93,6 +97,9 @@ class OutboxRelay:
         self._task: asyncio.Task[None] | None = None
         self._nudges: Subscription | None = None
         self.published_total = 0
+        self.window = window
+        self.tracking_interval = tracking_interval
+        self._tracked_at = -tracking_interval
 
     async def reconcile(self) -> int:
         """Resume after the last event JetStream holds (0 when the stream is empty)."""
@@ -109,53 +116,79 @@ class OutboxRelay:
         return self.position
 
     async def publish_pending(self) -> int:
-        """Publish everything stored after ``position``; returns how many were published."""
-        published = 0
+        """Publish everything stored after ``position``; returns how many were published.
+
+        Reading the store and awaiting acks overlap: up to ``window`` publishes are in
+        flight while the next batch is read, so a JetStream fsync per message (sync
+        always) costs latency, not throughput.
+        """
+        before = self.published_total
+        inflight: deque[tuple[RecordedEvent, asyncio.Future[PubAck]]] = deque()
+        sent_position, previous = self.position, self._last_msg_id
         while True:
-            events = await self.store.read_all(after_position=self.position, limit=self.batch_size)
-            if not events:
+            events: list[RecordedEvent] = []
+            if len(inflight) < self.window:
+                events = await self.store.read_all(
+                    after_position=sent_position,
+                    limit=self.batch_size,
+                )
+            for event in events:
+                inflight.append((event, await self._publish(event, previous)))
+                sent_position, previous = event.position, event.event_id
+            if not inflight:
                 break
-            done = await self._publish_batch(events)
-            published += done
-            if done < len(events):
+            if events and len(inflight) < self.window:
+                continue
+            if not await self._settle(inflight, wait=not events):
+                for _, future in inflight:
+                    future.cancel()
                 await self.reconcile()
                 break
+        published = self.published_total - before
         if published:
-            self.published_total += published
-            await self.store.set_tracking(TRACKING_NAME, self.position)
+            now = time.monotonic()
+            if now - self._tracked_at >= self.tracking_interval:
+                # Monitoring only (the resume point comes from JetStream), so it is written
+                # at most every few seconds instead of costing a commit per batch.
+                self._tracked_at = now
+                await self.store.set_tracking(TRACKING_NAME, self.position)
         return published
 
-    async def _publish_batch(self, events: list[RecordedEvent]) -> int:
-        futures: list[asyncio.Future[PubAck]] = []
-        previous = self._last_msg_id
-        for event in events:
-            with _tracer.start_as_current_span(
-                f"publish {event.type}",
-                context=extract_context(event.metadata.trace),
-                kind=trace.SpanKind.PRODUCER,
-                attributes={"event.position": event.position, "event.id": event.event_id},
-            ):
-                payload = encode(EventEnvelope.from_recorded(event))
-                future = await self.js.publish_async(
-                    subject_for(event),
-                    payload,
-                    headers=headers_for(event, previous),
-                )
-            futures.append(future)
-            previous = event.event_id
-        done = 0
-        for event, future in zip(events, futures, strict=True):
+    async def _publish(self, event: RecordedEvent, previous: str | None) -> asyncio.Future[PubAck]:
+        with _tracer.start_as_current_span(
+            f"publish {event.type}",
+            context=extract_context(event.metadata.trace),
+            kind=trace.SpanKind.PRODUCER,
+            attributes={"event.position": event.position, "event.id": event.event_id},
+        ):
+            return await self.js.publish_async(
+                subject_for(event),
+                encode(EventEnvelope.from_recorded(event)),
+                headers=headers_for(event, previous),
+            )
+
+    async def _settle(
+        self,
+        inflight: deque[tuple[RecordedEvent, asyncio.Future[PubAck]]],
+        *,
+        wait: bool,
+    ) -> bool:
+        """Take acknowledged publishes off the front, in order (waiting for the first one
+        when ``wait``); False when one failed, so the caller re-reads the stream's tail."""
+        while inflight:
+            event, future = inflight[0]
+            if not future.done() and not wait:
+                return True
             try:
                 await asyncio.wait_for(future, self.publish_timeout)
             except (APIError, TimeoutError) as exc:
                 _log.warning("publishing event %s failed: %s; will retry", event.position, exc)
-                for rest in futures[done + 1 :]:
-                    rest.cancel()
-                break
-            self.position = event.position
-            self._last_msg_id = event.event_id
-            done += 1
-        return done
+                return False
+            inflight.popleft()
+            self.position, self._last_msg_id = event.position, event.event_id
+            self.published_total += 1
+            wait = False
+        return True
 
     async def start(self) -> None:
         await self.reconcile()
@@ -193,3 +226,6 @@ class OutboxRelay:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self.position:
+            with contextlib.suppress(Exception):
+                await self.store.set_tracking(TRACKING_NAME, self.position)

@@ -39,6 +39,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     event_store_url: str | None = None
     #: ``None``: in-memory read models (embedded mode only).
     redis_url: str | None = None
+    #: Key prefix of the read models in Redis (several deployments can share one server).
+    redis_prefix: str = "swift-trainer:"
     api_prefix: str = "/api/v1"
     app_host: str = "0.0.0.0"  # noqa: S104 - the seed's default; set APP_HOST to narrow it
     app_port: int = 8000
@@ -121,6 +123,7 @@ def load_settings(
         nats_creds=text("NATS_CREDS"),
         event_store_url=text("EVENT_STORE_URL"),
         redis_url=_redis_url(source),
+        redis_prefix=text("REDIS_PREFIX", "swift-trainer:") or "swift-trainer:",
         api_prefix=prefix.rstrip("/"),
         app_host=text("APP_HOST", "0.0.0.0") or "0.0.0.0",  # noqa: S104
         app_port=port,

@@ -352,11 +352,14 @@ class SchedulerState:
     def reconcile(self) -> list[ClaimAction]:
         """What the leader must do so that claims match live attempts.
 
-        Only facts that cannot be undone release a claim: the attempt has ended (the job's
-        attempt counter moved past it, or the job is gone), or the job left the queue before
-        the attempt was scheduled. A claim for the next attempt of a queued job is completed
-        rather than released, because its author's ``ScheduleJob`` may still be in flight:
-        completing it with the same GPUs is harmless whichever arrives first.
+        A claim is released only when its ``ScheduleJob`` can no longer succeed: the attempt
+        has ended (the job's attempt counter reached it and the job is not running it, or
+        the job is gone), or the job left the queue before the attempt was scheduled (the
+        one case a user can undo, by starting the job again while a deposed scheduler's
+        ``ScheduleJob`` is still in flight; a window of milliseconds). A claim for the next
+        attempt of a queued job is completed rather than released, because its author's
+        ``ScheduleJob`` may still be in flight: completing it with the same GPUs is harmless
+        whichever arrives first.
         """
         actions = []
         for job_id, claim in sorted(self.ledger.claims.items()):
