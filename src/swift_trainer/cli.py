@@ -126,6 +126,39 @@ async def _run_handler(settings: Settings, _args: argparse.Namespace) -> int:
     return 0
 
 
+async def _run_projections(settings: Settings, args: argparse.Namespace) -> int:
+    """``projections rebuild``: wipe the read models and replay the event store into them."""
+    from .projections.read_models.replay import rebuild
+
+    if settings.redis_url is None:
+        print(  # noqa: T201
+            "error: no Redis configured (REDIS_URL or REDIS_HOST): the embedded in-memory read "
+            "models are rebuilt from the event store every time 'up' starts",
+            file=sys.stderr,
+        )
+        return 2
+    service = Service(settings, name="swift-trainer-projections")
+    try:
+        store = await service.start_store()
+        read_model = await service.start_read_model(follow=False)
+        before = await read_model.applied_position()
+        applied = await rebuild(store, read_model, keep_feeds=not args.drop_feeds)
+        after = await read_model.applied_position()
+    finally:
+        await service.stop()
+    print(  # noqa: T201
+        json.dumps(
+            {
+                "rebuilt": True,
+                "events_applied": applied,
+                "position_before": before,
+                "position": after,
+            }
+        ),
+    )
+    return 0
+
+
 def _nats_url(settings: Settings, args: argparse.Namespace) -> str:
     if args.nats_url:
         return str(args.nats_url)
@@ -224,6 +257,18 @@ def _parser() -> argparse.ArgumentParser:
     add_scheduler_arguments(sub.add_parser("scheduler", help="run a scheduler (distributed)"))
     add_runner_arguments(sub.add_parser("runner", help="run the agent of one GPU host"))
 
+    projections = sub.add_parser("projections", help="read-model maintenance")
+    projections_sub = projections.add_subparsers(dest="action", required=True)
+    rebuild = projections_sub.add_parser(
+        "rebuild",
+        help="wipe the Redis read models and replay the event store into them",
+    )
+    rebuild.add_argument(
+        "--drop-feeds",
+        action="store_true",
+        help="also drop logs, runner heartbeats and the queue view (they are not in the store)",
+    )
+
     def with_nats(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--nats-url", help="NATS server (default NATS_URL or the running 'up')")
         return p
@@ -274,6 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "handler": _run_handler,
             "scheduler": run_scheduler,
             "runner": run_runner,
+            "projections": _run_projections,
         }
         run = runners.get(args.command, _run_send)
         return asyncio.run(run(settings, args))

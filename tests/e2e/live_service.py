@@ -54,7 +54,11 @@ class Service:
         )
 
 
-def start_service(data_dir: Path, *extra: str) -> tuple[subprocess.Popen[str], str]:
+def start_service(
+    data_dir: Path,
+    *extra: str,
+    env_extra: dict[str, str] | None = None,
+) -> tuple[subprocess.Popen[str], str]:
     port = free_port()
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "EVENT_STORE", "REDIS"))
@@ -66,6 +70,7 @@ def start_service(data_dir: Path, *extra: str) -> tuple[subprocess.Popen[str], s
         APP_PORT=str(port),
         LOG_LEVEL="WARNING",
     )
+    env.update(env_extra or {})
     process = subprocess.Popen(
         [sys.executable, "-m", "swift_trainer.cli", "up", "--simulate-gpus", "2", *extra],
         env=env,
