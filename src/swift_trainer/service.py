@@ -193,7 +193,8 @@ class Service:
         while self._stoppers:
             name, stopper = self._stoppers.pop()
             try:
-                await asyncio.wait_for(stopper(), 30)
+                async with asyncio.timeout(30):
+                    await stopper()
             except Exception:
                 _log.exception("stopping %s failed", name)
             else:

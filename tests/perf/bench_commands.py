@@ -110,9 +110,7 @@ async def main(n: int, concurrency: int) -> None:
         await store.close()
         await server.stop()
 
-    print(
-        f"commands: {n} sequential + {n} with concurrency {concurrency}; SQLite store, embedded NATS"
-    )
+    print(f"commands: {n} sequential + {n} at concurrency {concurrency}; SQLite, embedded NATS")
     print(f"{'path':24} {'p50 ms':>9} {'p99 ms':>9} {'per s':>10}")
     for name, (p50, p99, rate) in results.items():
         print(f"{name:24} {p50:9.3f} {p99:9.3f} {rate:10.0f}")

@@ -163,7 +163,8 @@ class EventFeed:
                 return
 
     async def wait_caught_up(self, timeout: float = 30.0) -> None:
-        await asyncio.wait_for(self.caught_up.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await self.caught_up.wait()
 
     async def stop(self) -> None:
         if self._sub is not None:

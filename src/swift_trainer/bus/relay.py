@@ -180,7 +180,9 @@ class OutboxRelay:
             if not future.done() and not wait:
                 return True
             try:
-                await asyncio.wait_for(future, self.publish_timeout)
+                # Not wait_for: on Python 3.11 it can swallow a cancellation (stop() hangs).
+                async with asyncio.timeout(self.publish_timeout):
+                    await future
             except (APIError, TimeoutError) as exc:
                 _log.warning("publishing event %s failed: %s; will retry", event.position, exc)
                 return False
@@ -205,7 +207,8 @@ class OutboxRelay:
     async def _run(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                async with asyncio.timeout(self.poll_interval):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self.publish_pending()

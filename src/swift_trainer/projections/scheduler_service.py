@@ -639,6 +639,7 @@ class SchedulerService:
                 estimated_start=None
                 if x.estimated_wait_s is None
                 else _whole_seconds(now + timedelta(seconds=x.estimated_wait_s)),
+                unplaceable=x.unplaceable,
             )
             for x in self.state.core.report()
         )

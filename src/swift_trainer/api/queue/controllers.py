@@ -68,6 +68,7 @@ class QueueController(Controller):
                         estimated_start=entry.estimated_start,
                         estimated_wait_s=wait,
                         estimated_wait_time=describe_wait(wait),
+                        unplaceable=entry.unplaceable,
                     )
                 )
             source: Literal["scheduler", "submission_order"] = "scheduler"

@@ -34,6 +34,8 @@ class QueueEntryResponse(msgspec.Struct, frozen=True, kw_only=True):
     estimated_wait_s: float | None = None
     #: ``about 12 minutes`` or ``unknown``.
     estimated_wait_time: str
+    #: Set when no known runner could ever run the job, with the reason.
+    unplaceable: str | None = None
 
 
 class QueueResponse(msgspec.Struct, frozen=True, kw_only=True):

@@ -149,6 +149,8 @@ class QueueEntry(msgspec.Struct, frozen=True, omit_defaults=True):
     position: int
     priority: int
     estimated_start: datetime | None = None
+    #: Why no known runner could ever run it (too many GPUs, constraints nothing meets).
+    unplaceable: str | None = None
 
 
 class QueueView(msgspec.Struct, frozen=True):
