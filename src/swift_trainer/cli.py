@@ -57,7 +57,6 @@ async def _run_up(settings: Settings, args: argparse.Namespace) -> int:
     local runner (simulated GPUs with ``--simulate-gpus N``, else NVML) and the HTTP API."""
     import msgspec as _msgspec
 
-    from .core.inventory import RunnerHeartbeat
     from .projections.scheduler_service import SchedulerService
     from .runner.agent import create_runner_agent, options_from_args
 
@@ -70,15 +69,10 @@ async def _run_up(settings: Settings, args: argparse.Namespace) -> int:
         read_model = await service.start_read_model()
         assert service.nc is not None
 
-        async def keep_heartbeat(heartbeat: RunnerHeartbeat) -> None:
-            data = _msgspec.json.encode(heartbeat)
-            await read_model.put_runner_snapshot(heartbeat.runner_id, data, heartbeat.at)
-
         scheduler = SchedulerService(
             service.nc,
             store=service.store,
             queue_view_sink=read_model.set_queue_view,
-            heartbeat_sink=keep_heartbeat,
             command_timeout_s=settings.command_timeout_s,
         )
         await scheduler.start()
@@ -156,6 +150,34 @@ async def _run_projections(settings: Settings, args: argparse.Namespace) -> int:
             }
         ),
     )
+    return 0
+
+
+async def _run_api(settings: Settings, args: argparse.Namespace) -> int:
+    """The HTTP API on its own (distributed mode): reads from Redis read models, writes as
+    commands over NATS; ``--no-projector`` for extra replicas that only serve."""
+    from .projections.scheduler_service import request_processing
+
+    if settings.nats_url is None:
+        print("api needs NATS_URL (use 'up' for the embedded mode)", file=sys.stderr)  # noqa: T201
+        return 2
+    service = Service(settings, name="swift-trainer-api")
+    try:
+        await service.start_nats()
+        if settings.event_store_url:
+            await service.start_store()
+        await service.start_read_model(follow=not args.no_projector)
+        assert service.nc is not None
+        nc = service.nc
+
+        async def process_queue() -> dict[str, Any]:
+            return await request_processing(nc)
+
+        port = await service.start_api(process_queue=process_queue)
+        _log.info("API listening on %s:%d", settings.app_host, port)
+        await _wait_for_shutdown(service)
+    finally:
+        await service.stop()
     return 0
 
 
@@ -249,6 +271,14 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--nats-port", type=int, default=None, help="embedded nats-server port")
 
     sub.add_parser("handler", help="run the command handler and outbox relay (distributed)")
+    api = sub.add_parser("api", help="run the HTTP API (distributed; Redis read models)")
+    api.add_argument("--host", help="HTTP bind address (default APP_HOST or 0.0.0.0)")
+    api.add_argument("--port", type=int, help="HTTP port (default APP_PORT or 8000)")
+    api.add_argument(
+        "--no-projector",
+        action="store_true",
+        help="only serve; another process keeps the shared read models up to date",
+    )
 
     from .projections.scheduler_service import add_scheduler_arguments
     from .runner.agent import add_runner_arguments
@@ -320,6 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "scheduler": run_scheduler,
             "runner": run_runner,
             "projections": _run_projections,
+            "api": _run_api,
         }
         run = runners.get(args.command, _run_send)
         return asyncio.run(run(settings, args))

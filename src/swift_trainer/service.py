@@ -30,6 +30,7 @@ from .projections.read_model_service import ReadModelService
 from .projections.read_models.interface import ReadModel
 from .projections.read_models.memory import MemoryReadModel
 from .projections.read_models.redis import RedisReadModel
+from .projections.runner_feed import RunnerFeed
 
 _log = logging.getLogger(__name__)
 
@@ -132,6 +133,9 @@ class Service:
             self.log_feed = LogFeed(self.nc, self.read_model)
             await self.log_feed.start()
             self._stoppers.append(("log feed", self.log_feed.stop))
+            runner_feed = RunnerFeed(self.nc, self.read_model)
+            await runner_feed.start()
+            self._stoppers.append(("runner feed", runner_feed.stop))
         return self.read_model
 
     async def start_http(
