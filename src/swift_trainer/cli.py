@@ -16,7 +16,6 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -181,21 +180,6 @@ async def _run_api(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _nats_url(settings: Settings, args: argparse.Namespace) -> str:
-    if args.nats_url:
-        return str(args.nats_url)
-    if settings.nats_url:
-        return settings.nats_url
-    url_file = Path(settings.data_dir) / "nats.url"
-    if url_file.is_file():
-        return url_file.read_text(encoding="utf-8").strip()
-    raise SwiftTrainerError(
-        "no NATS to talk to: set NATS_URL, pass --nats-url, or run 'swift-trainer up' first "
-        f"(it writes {url_file})",
-        code="no_nats",
-    )
-
-
 def _parse_train_args(pairs: Sequence[str]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for pair in pairs:
@@ -242,13 +226,15 @@ def _build_command(args: argparse.Namespace) -> c.AnyCommand:
 
 async def _run_send(settings: Settings, args: argparse.Namespace) -> int:
     from .bus.command_client import CommandClient
-    from .bus.connection import connect
+    from .bus.connection import connect, resolve_nats_url
 
     try:
         command = _build_command(args)
     except msgspec.ValidationError as exc:
         raise SwiftTrainerError(str(exc), code="invalid_command") from exc
-    nc = await connect(_nats_url(settings, args), settings, name="swift-trainer-cli")
+    nc = await connect(
+        resolve_nats_url(settings, args.nats_url), settings, name="swift-trainer-cli"
+    )
     try:
         reply = await CommandClient(nc, timeout=settings.command_timeout_s, actor="cli").send(
             command

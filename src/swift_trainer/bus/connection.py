@@ -7,6 +7,7 @@ config this code wants), so there is no separate migration step for NATS.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import nats
@@ -21,12 +22,30 @@ from nats.js.api import (
 )
 from nats.js.errors import BadRequestError, NotFoundError
 
+from ..core.errors import SwiftTrainerError
 from ..core.settings import Settings
 from . import subjects
 
 _log = logging.getLogger(__name__)
 
 DAY = 24 * 3600.0
+
+
+def resolve_nats_url(settings: Settings, explicit: str | None = None) -> str:
+    """The NATS to talk to: ``--nats-url``, else ``NATS_URL``, else the one a local
+    ``swift-trainer up`` started (it writes its URL to ``<data dir>/nats.url``)."""
+    if explicit:
+        return explicit
+    if settings.nats_url:
+        return settings.nats_url
+    url_file = Path(settings.data_dir) / "nats.url"
+    if url_file.is_file():
+        return url_file.read_text(encoding="utf-8").strip()
+    raise SwiftTrainerError(
+        "no NATS to talk to: set NATS_URL, pass --nats-url, or run 'swift-trainer up' on this "
+        f"machine first (it writes {url_file})",
+        code="no_nats",
+    )
 
 
 async def connect(

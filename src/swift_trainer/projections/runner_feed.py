@@ -12,9 +12,10 @@ import logging
 
 import msgspec
 from nats.aio.client import Client
-from nats.js.kv import KV_DEL, KV_PURGE
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from ..bus import subjects
+from ..bus.kv_watch import watch_bucket
 from ..core.inventory import decode_heartbeat
 from .read_models.interface import ReadModel
 
@@ -32,40 +33,23 @@ class RunnerFeed:
         self._task = asyncio.create_task(self._run(), name="runner-feed")
 
     async def _run(self) -> None:
-        delay = 0.2
-        while True:
-            watcher = None
-            try:
-                kv = await self.nc.jetstream().key_value(subjects.RUNNERS_BUCKET)
-                watcher = await kv.watchall()
-                async for entry in watcher:
-                    if entry is None:
-                        continue
-                    if entry.operation in (KV_DEL, KV_PURGE):
-                        await self.read_model.remove_runner(entry.key)
-                        continue
-                    try:
-                        heartbeat = decode_heartbeat(entry.value or b"")
-                    except msgspec.MsgspecError as exc:
-                        self.malformed += 1
-                        _log.warning("skipped a malformed heartbeat %r: %s", entry.key, exc)
-                        continue
-                    await self.read_model.put_runner_snapshot(
-                        heartbeat.runner_id,
-                        entry.value or b"",
-                        heartbeat.at,
-                    )
-                    delay = 0.2
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                _log.warning("watching runner heartbeats failed (%r); watching again", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-            finally:
-                if watcher is not None:
-                    with contextlib.suppress(Exception):
-                        await watcher.stop()  # type: ignore[no-untyped-call]
+        await watch_bucket(self.nc, subjects.RUNNERS_BUCKET, self._on_entry)
+
+    async def _on_entry(self, entry: KeyValue.Entry) -> None:
+        if entry.operation in (KV_DEL, KV_PURGE):
+            await self.read_model.remove_runner(entry.key)
+            return
+        try:
+            heartbeat = decode_heartbeat(entry.value or b"")
+        except msgspec.MsgspecError as exc:
+            self.malformed += 1
+            _log.warning("skipped a malformed heartbeat %r: %s", entry.key, exc)
+            return
+        await self.read_model.put_runner_snapshot(
+            heartbeat.runner_id,
+            entry.value or b"",
+            heartbeat.at,
+        )
 
     async def stop(self) -> None:
         if self._task is not None:

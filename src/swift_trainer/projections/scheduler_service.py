@@ -56,6 +56,7 @@ from swift_trainer.bus import subjects
 from swift_trainer.bus.command_client import CommandClient
 from swift_trainer.bus.connection import connect, provision
 from swift_trainer.bus.feed import EventFeed
+from swift_trainer.bus.kv_watch import watch_bucket
 from swift_trainer.bus.messages import CommandReply
 from swift_trainer.bus.relay import POSITION_HEADER
 from swift_trainer.core import commands as c
@@ -360,29 +361,13 @@ class SchedulerService:
         self._applied.set()
 
     async def _watch_runners(self) -> None:
-        delay = 0.2
-        while True:
-            watcher = None
-            try:
-                kv = await self.nc.jetstream().key_value(subjects.RUNNERS_BUCKET)
-                watcher = await kv.watchall()
-                delay = 0.2
-                async for entry in watcher:
-                    if entry is None:  # every current value has been delivered
-                        self.inventory_loaded.set()
-                        self.wake()
-                        continue
-                    await self._on_runner_entry(entry)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                _log.warning("watching runner heartbeats failed (%r); watching again", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-            finally:
-                if watcher is not None:
-                    with contextlib.suppress(Exception):
-                        await watcher.stop()  # type: ignore[no-untyped-call]
+        def loaded() -> None:  # every current value has been delivered
+            self.inventory_loaded.set()
+            self.wake()
+
+        await watch_bucket(
+            self.nc, subjects.RUNNERS_BUCKET, self._on_runner_entry, on_loaded=loaded
+        )
 
     async def _on_runner_entry(self, entry: KeyValue.Entry) -> None:
         runner_id = entry.key

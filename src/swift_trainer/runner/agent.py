@@ -73,7 +73,7 @@ from opentelemetry import trace
 
 from ..bus import subjects
 from ..bus.command_client import CommandClient
-from ..bus.connection import connect, provision
+from ..bus.connection import connect, provision, resolve_nats_url
 from ..bus.messages import EventEnvelope, ReplyError, decode_event_envelope
 from ..bus.tracing import extract_context
 from ..core import commands as c
@@ -793,26 +793,15 @@ def options_from_args(settings: Settings, args: argparse.Namespace) -> RunnerOpt
     )
 
 
-def _nats_url(settings: Settings, args: argparse.Namespace) -> str:
-    if getattr(args, "nats_url", None):
-        return str(args.nats_url)
-    if settings.nats_url:
-        return settings.nats_url
-    url_file = Path(settings.data_dir) / "nats.url"
-    if url_file.is_file():
-        return url_file.read_text(encoding="utf-8").strip()
-    raise SwiftTrainerError(
-        "the runner needs a NATS server: set NATS_URL, pass --nats-url, or run "
-        f"'swift-trainer up' on this machine first (it writes {url_file})",
-        code="no_nats",
-    )
-
-
 async def run_runner(settings: Settings, args: argparse.Namespace) -> int:
     """``swift-trainer runner``: run until SIGINT/SIGTERM, then leave (exit code 0)."""
     options = options_from_args(settings, args)
     setup_tracing(f"swift-trainer-runner-{options.runner_id}")
-    nc = await connect(_nats_url(settings, args), settings, name=f"runner-{options.runner_id}")
+    nc = await connect(
+        resolve_nats_url(settings, getattr(args, "nats_url", None)),
+        settings,
+        name=f"runner-{options.runner_id}",
+    )
     try:
         await provision(nc.jetstream(), runner_lease_s=max(options.lease_s, 1.0) * 1.5)
         agent = create_runner_agent(nc, options, command_timeout_s=settings.command_timeout_s)
