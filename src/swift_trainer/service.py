@@ -186,6 +186,9 @@ class Service:
             process_queue=process_queue or no_scheduler,
             subscribe=nats_subscriber(self.nc),
             output_root=self.settings.output_root,
+            wait_applied=(
+                self.read_model_service.wait_applied if self.read_model_service else None
+            ),
         )
         app = create_app(deps, api_prefix=self.settings.api_prefix)
         return await self.start_http(app, host=host, port=port)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -78,6 +79,9 @@ class ApiDeps:
     actor: str | None = "api"
     #: How long a write waits for the read model to show it (0: answer at once).
     read_your_writes_s: float = 1.0
+    #: ``(position, timeout) -> applied?`` from the projection in this process; without it
+    #: the wait polls the read model.
+    wait_applied: Callable[[int, float], Awaitable[bool]] | None = None
     stream_poll_s: float = 1.0
     stream_heartbeat_s: float = 15.0
     #: A log stream of a finished job ends this long after it finished (late lines land).
@@ -86,12 +90,22 @@ class ApiDeps:
     readiness_timeout_s: float = 5.0
     clock: Callable[[], datetime] = field(default=utc_now)
 
+    #: How long the largest runner's GPU count is reused between creates.
+    capacity_cache_s: float = 5.0
+    _capacity: list[tuple[float, int | None]] = field(default_factory=list, repr=False)
+
     async def gpu_capacity(self) -> int | None:
+        """The largest runner's GPU count, cached briefly: reading every runner snapshot on
+        every create would cost more than the create itself (profiled)."""
+        now = time.monotonic()
+        if self._capacity and now - self._capacity[0][0] < self.capacity_cache_s:
+            return self._capacity[0][1]
         if self.max_gpus_per_host is None:
-            return await largest_runner(self.read_model)
-        value = self.max_gpus_per_host()
-        if inspect.isawaitable(value):
-            return await value
+            value = await largest_runner(self.read_model)
+        else:
+            found = self.max_gpus_per_host()
+            value = await found if inspect.isawaitable(found) else found
+        self._capacity[:] = [(now, value)]
         return value
 
 

@@ -68,7 +68,11 @@ async def send(
     if reply.events and deps.read_your_writes_s > 0:
         # Read-your-writes: a client that reads right after a write should see it. The wait
         # is bounded; a lagging read model costs freshness, never the answer.
-        await caught_up(deps, reply.events[-1].position, deps.read_your_writes_s, poll_s=0.001)
+        position = reply.events[-1].position
+        if deps.wait_applied is not None:
+            await deps.wait_applied(position, deps.read_your_writes_s)
+        else:
+            await caught_up(deps, position, deps.read_your_writes_s, poll_s=0.005)
     return reply
 
 

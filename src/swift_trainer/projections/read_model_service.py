@@ -9,6 +9,7 @@ another catch-up, never with a hole.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 
@@ -30,6 +31,8 @@ class ReadModelService:
         self.read_model = read_model
         self.store = store
         self.feed: EventFeed | None = None
+        self.position = 0
+        self._advanced = asyncio.Condition()
 
     async def _apply(self, events: Sequence[RecordedEvent]) -> None:
         try:
@@ -39,11 +42,28 @@ class ReadModelService:
                 raise
             _log.warning("read model moved under us; catching up from the event store")
             await catch_up(self.store, self.read_model)
+        async with self._advanced:
+            self.position = max(self.position, events[-1].position)
+            self._advanced.notify_all()
+
+    async def wait_applied(self, position: int, timeout: float) -> bool:
+        """Wait until this projection has applied ``position``; False after ``timeout``.
+
+        Woken by the projection itself, so a request waiting for its own write costs no
+        polling of the read model (with Redis, a poll is a round trip).
+        """
+        try:
+            async with asyncio.timeout(timeout), self._advanced:
+                await self._advanced.wait_for(lambda: self.position >= position)
+        except TimeoutError:
+            return False
+        return True
 
     async def start(self) -> None:
         if self.store is not None:
             applied = await catch_up(self.store, self.read_model)
             _log.info("read model caught up from the event store (%d events)", applied)
+        self.position = await self.read_model.applied_position()
         self.feed = EventFeed(
             self.nc,
             self._apply,
