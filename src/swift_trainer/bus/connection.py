@@ -71,18 +71,24 @@ async def connect(
     async def on_error(exc: Exception) -> None:
         _log.warning("nats connection error: %s", exc)
 
+    client: list[Client] = []
+
     async def on_disconnect() -> None:
+        if client and (client[0].is_closed or client[0].is_draining):
+            return  # our own shutdown, not an outage
         _log.warning("nats disconnected; reconnecting")
 
     async def on_reconnect() -> None:
         _log.info("nats reconnected")
 
-    return await nats.connect(
+    nc = await nats.connect(
         error_cb=on_error,
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
         **options,
     )
+    client.append(nc)
+    return nc
 
 
 def events_stream_config() -> StreamConfig:
