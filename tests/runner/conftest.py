@@ -11,10 +11,8 @@ import pytest
 from nats.aio.client import Client
 
 from swift_trainer.bus.command_handler import CommandHandler
-from swift_trainer.bus.connection import connect, provision
-from swift_trainer.bus.embedded import EmbeddedNatsServer
 from swift_trainer.bus.relay import OutboxRelay
-from swift_trainer.core.sqlstore import SqlEventStore, open_event_store
+from swift_trainer.core.sqlstore import SqlEventStore
 
 TEST_SESSION = uuid.uuid4().hex
 
@@ -31,36 +29,6 @@ def sim_env(tmp_path: Path) -> dict[str, str]:
 
 
 # --- a real bus for the agent tests: nats-server, SQLite store, command handler, relay ---------
-
-
-@pytest.fixture
-async def nats_server(tmp_path: Path) -> AsyncIterator[EmbeddedNatsServer]:
-    server = EmbeddedNatsServer(tmp_path / "nats")
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-@pytest.fixture
-async def nc(nats_server: EmbeddedNatsServer) -> AsyncIterator[Client]:
-    client = await connect(nats_server.url, name="test")
-    await provision(client.jetstream())
-    try:
-        yield client
-    finally:
-        await client.close()
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqlEventStore]:
-    event_store = open_event_store(f"sqlite+aiosqlite:///{tmp_path / 'events.db'}")
-    await event_store.setup()
-    try:
-        yield event_store
-    finally:
-        await event_store.close()
 
 
 @pytest.fixture
