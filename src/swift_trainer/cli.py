@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -24,6 +22,7 @@ from .core import commands as c
 from .core.errors import SwiftTrainerError
 from .core.ids import new_job_id
 from .core.settings import Settings, load_settings
+from .core.shutdown import wait_for_shutdown
 from .core.spec import decode_spec
 from .service import Service
 
@@ -38,24 +37,9 @@ def _configure_logging(settings: Settings) -> None:
     )
 
 
-async def _wait_for_shutdown(service: Service) -> None:
-    """Block until SIGINT/SIGTERM, or until a part reports it cannot go on."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(service.failed.wait())]
-    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    for waiter in waiters:
-        waiter.cancel()
-
-
 async def _run_up(settings: Settings, args: argparse.Namespace) -> int:
     """Everything in one process: NATS, store, handler, relay, read models, scheduler, a
     local runner (simulated GPUs with ``--simulate-gpus N``, else NVML) and the HTTP API."""
-    import msgspec as _msgspec
-
     from .projections.scheduler_service import SchedulerService
     from .runner.agent import create_runner_agent, options_from_args
 
@@ -79,9 +63,7 @@ async def _run_up(settings: Settings, args: argparse.Namespace) -> int:
 
         # Ctrl-C on the embedded service stops its training too (with a checkpoint), so no
         # process outlives it; a stand-alone runner leaves jobs running for re-attach.
-        options = _msgspec.structs.replace(
-            options_from_args(settings, args), stop_jobs_on_exit=True
-        )
+        options = msgspec.structs.replace(options_from_args(settings, args), stop_jobs_on_exit=True)
         agent = create_runner_agent(
             service.nc, options, command_timeout_s=settings.command_timeout_s
         )
@@ -97,7 +79,7 @@ async def _run_up(settings: Settings, args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-        await _wait_for_shutdown(service)
+        await wait_for_shutdown(service.failed)
     finally:
         await service.stop()
     return 1 if service.failed.is_set() else 0
@@ -113,10 +95,10 @@ async def _run_handler(settings: Settings, _args: argparse.Namespace) -> int:
         await service.start_store()
         await service.start_handler()
         await service.start_relay()
-        await _wait_for_shutdown(service)
+        await wait_for_shutdown(service.failed)
     finally:
         await service.stop()
-    return 0
+    return 1 if service.failed.is_set() else 0
 
 
 async def _run_projections(settings: Settings, args: argparse.Namespace) -> int:
@@ -174,10 +156,10 @@ async def _run_api(settings: Settings, args: argparse.Namespace) -> int:
 
         port = await service.start_api(process_queue=process_queue)
         _log.info("API listening on %s:%d", settings.app_host, port)
-        await _wait_for_shutdown(service)
+        await wait_for_shutdown(service.failed)
     finally:
         await service.stop()
-    return 0
+    return 1 if service.failed.is_set() else 0
 
 
 def _parse_train_args(pairs: Sequence[str]) -> dict[str, Any]:

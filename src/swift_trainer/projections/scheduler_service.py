@@ -34,7 +34,6 @@ import contextlib
 import logging
 import os
 import re
-import signal
 import socket
 import sys
 import time
@@ -63,6 +62,7 @@ from swift_trainer.core import commands as c
 from swift_trainer.core.ids import new_id
 from swift_trainer.core.inventory import RunnerHeartbeat, decode_heartbeat
 from swift_trainer.core.settings import Settings, load_settings
+from swift_trainer.core.shutdown import wait_for_shutdown
 from swift_trainer.core.sqlstore import open_event_store
 from swift_trainer.core.store import EventStore, RecordedEvent
 from swift_trainer.core.telemetry import setup_tracing
@@ -737,15 +737,6 @@ def add_scheduler_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-async def _wait_for_signal() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-
-
 async def run_scheduler(settings: Settings, args: argparse.Namespace) -> int:
     """One scheduler process against ``NATS_URL`` until SIGINT or SIGTERM (then exit 0).
 
@@ -778,7 +769,7 @@ async def run_scheduler(settings: Settings, args: argparse.Namespace) -> int:
             command_timeout_s=settings.command_timeout_s,
         )
         await service.start()
-        await _wait_for_signal()
+        await wait_for_shutdown()
     finally:
         if service is not None:
             await service.stop()

@@ -53,7 +53,6 @@ import importlib.metadata
 import logging
 import os
 import re
-import signal
 import socket
 import sys
 from collections.abc import Mapping, Sequence
@@ -82,6 +81,7 @@ from ..core.errors import SwiftTrainerError
 from ..core.ids import job_stream
 from ..core.inventory import RunnerHeartbeat, RunnerJob
 from ..core.settings import Settings
+from ..core.shutdown import wait_for_shutdown
 from ..core.spec import JobSpec
 from ..core.telemetry import setup_tracing
 from ._tasks import cancel_and_wait
@@ -806,13 +806,8 @@ async def run_runner(settings: Settings, args: argparse.Namespace) -> int:
         await provision(nc.jetstream(), runner_lease_s=max(options.lease_s, 1.0) * 1.5)
         agent = create_runner_agent(nc, options, command_timeout_s=settings.command_timeout_s)
         await agent.start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
         try:
-            await stop.wait()
+            await wait_for_shutdown()
         finally:
             _log.info("runner %s stopping", options.runner_id)
             await agent.stop()
