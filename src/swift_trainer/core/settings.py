@@ -11,13 +11,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Final
 
 import msgspec
 
 from .errors import SwiftTrainerError
-
-_TRUE: Final = frozenset({"1", "true", "yes", "on"})
 
 
 class SettingsError(SwiftTrainerError):
@@ -130,7 +127,3 @@ def load_settings(
         output_root=text("OUTPUT_ROOT", ".") or ".",
         command_timeout_s=timeout,
     )
-
-
-def flag(value: str | None) -> bool:
-    return (value or "").strip().lower() in _TRUE

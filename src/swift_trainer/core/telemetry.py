@@ -75,7 +75,3 @@ def setup_tracing(
     trace.set_tracer_provider(provider)
     _configured = True
     return provider
-
-
-def tracer(name: str) -> trace.Tracer:
-    return trace.get_tracer(name)
