@@ -112,6 +112,21 @@ class EventStoreContract(ABC):
         assert await store.get_tracking("relay") == 0
         assert await store.find_command("cmd-1") is None
 
+    async def test_snapshots_keep_the_newest(self, store: SqlEventStore) -> None:
+        assert await store.load_snapshot("gpu-ledger") is None
+        await store.save_snapshot("gpu-ledger", 5, b"five")
+        await store.save_snapshot("gpu-ledger", 3, b"three")  # a slower writer: ignored
+        snapshot = await store.load_snapshot("gpu-ledger")
+        assert snapshot is not None
+        assert (snapshot.version, snapshot.payload) == (5, b"five")
+        await store.save_snapshot("gpu-ledger", 9, bytes(range(256)))
+        snapshot = await store.load_snapshot("gpu-ledger")
+        assert snapshot is not None
+        assert (snapshot.version, snapshot.payload) == (9, bytes(range(256)))
+        assert await store.load_snapshot("job-1") is None
+        with pytest.raises(IntegrityError):
+            await store.save_snapshot("gpu-ledger", 0, b"")
+
     async def test_round_trip_keeps_every_field(self, store: SqlEventStore) -> None:
         metadata = EventMetadata(
             command_id="cmd-1",

@@ -30,7 +30,7 @@ from tests.runner.runner_helpers import alive, session_processes, wait_for
 from swift_trainer.bus import subjects
 from swift_trainer.bus.command_client import CommandClient
 from swift_trainer.bus.command_handler import CommandHandler
-from swift_trainer.bus.messages import EventEnvelope
+from swift_trainer.bus.messages import EventEnvelope, ReplyError
 from swift_trainer.core import commands as c
 from swift_trainer.core import events as e
 from swift_trainer.core.ids import job_stream
@@ -381,3 +381,47 @@ async def test_stop_for_a_job_not_running_here_is_answered_at_once(
     assert stopped.attempt == 1
     assert not agent.supervisor.is_running(run_key("job", "job-ghost"))
     assert "JobStarted" not in types(await job_events(store, "job-ghost"))
+
+
+async def test_a_refusal_the_store_does_not_confirm_never_stops_the_training(
+    agents: AgentFactory, client: CommandClient, store: SqlEventStore
+) -> None:
+    """A handler with a stale picture once refused reports of live attempts, and the runner
+    killed the training on the spot. Now the runner asks for the stored state first."""
+    agent = await agents(env={"SWIFT_SIM_STEP_SECONDS": "0.05"})  # type: ignore[misc]
+    await submit_and_schedule(client, "job-live", job_spec("job-live", max_steps=60))
+    started = (await wait_event(store, "job-live", e.JobStarted))[0]
+    stale = ReplyError(
+        code="stale_assignment",
+        message="report for attempt 1, whose current attempt is 0 (queued)",
+    )
+    await agent._on_refused(
+        c.ReportProgress(job_id="job-live", attempt=1, runner_id="r1", step=1), stale
+    )
+    # A refused checkpoint of the live attempt is sent again (with a new command id).
+    path = "/elsewhere/checkpoint-1"
+    await agent._on_refused(
+        c.ReportCheckpoint(job_id="job-live", attempt=1, runner_id="r1", step=1, path=path),
+        stale,
+    )
+    assert alive(started.pid)
+    await wait_event(store, "job-live", e.JobSucceeded)
+    saved = [x for x in await job_events(store, "job-live") if isinstance(x, e.CheckpointSaved)]
+    assert path in [x.path for x in saved]
+
+
+async def test_without_an_answer_from_the_store_the_training_is_kept(
+    agents: AgentFactory, client: CommandClient, store: SqlEventStore, bus: CommandHandler
+) -> None:
+    agent = await agents(env={"SWIFT_SIM_STEP_SECONDS": "0.05"})  # type: ignore[misc]
+    await submit_and_schedule(client, "job-dark", job_spec("job-dark", max_steps=2000))
+    started = (await wait_event(store, "job-dark", e.JobStarted))[0]
+    await bus.stop()  # nobody can confirm the refusal
+    agent.client.timeout = 0.5
+    await agent._on_refused(
+        c.ReportStarted(job_id="job-dark", attempt=1, runner_id="r1", pid=1, command=()),
+        ReplyError(code="invalid_transition", message="cannot record ReportStarted"),
+    )
+    await asyncio.sleep(0.5)
+    assert alive(started.pid)
+    assert agent.supervisor.running()

@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from opentelemetry import trace
 
 from ..core.commands import AnyCommand
-from ..core.errors import SwiftTrainerError
+from ..core.errors import MessageError, SwiftTrainerError
 from ..core.ids import new_id
 from . import subjects
-from .messages import CommandEnvelope, CommandReply, decode_reply, encode
+from .messages import (
+    CommandEnvelope,
+    CommandReply,
+    JobStateAnswer,
+    JobStateQuery,
+    decode_reply,
+    encode,
+)
 from .tracing import inject_headers
 
 _tracer = trace.get_tracer(__name__)
@@ -79,3 +87,26 @@ class CommandClient:
             f"no command handler answered {name} {envelope.command_id} ({last!r}); "
             "retry with the same command id",
         )
+
+    async def job_state(self, job_id: str, *, timeout: float | None = None) -> JobStateAnswer:
+        """The job's state as stored now (the handler reads the store to answer).
+
+        Raises ``CommandUnavailable`` when no handler answers, and ``MessageError`` when the
+        answer cannot be read: a caller about to destroy work must then hold off.
+        """
+        try:
+            msg = await self.nc.request(
+                subjects.JOB_STATE_QUERY,
+                encode(JobStateQuery(job_id=job_id)),
+                timeout=timeout or self.timeout,
+                headers=inject_headers(),
+            )
+        except (TimeoutError, NatsTimeoutError, NoRespondersError) as exc:
+            raise CommandUnavailable(f"no command handler answered the state of {job_id}") from exc
+        try:
+            answer = msgspec.json.decode(msg.data, type=JobStateAnswer)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise MessageError(f"invalid job state answer: {exc}") from exc
+        if answer.error is not None:
+            raise CommandUnavailable(f"the state of {job_id} is unknown: {answer.error.message}")
+        return answer

@@ -1,9 +1,18 @@
 """The command handler service: NATS request in, decision, append, reply out.
 
-Several handlers may run in one queue group. They never coordinate: each appends with the
-stream version it decided on, and a handler that loses the race (ConcurrencyConflict)
-reloads the stream and decides again. States are cached per stream, so the common case is
-decide + one append, with no read.
+Several handlers may run in one queue group. They never coordinate, and each caches the
+states it folded, so a handler may decide on a state that another handler has moved on
+since. Correctness therefore never rests on the cache (see docs/architecture.md):
+
+- An append carries the version the decision was made on; a handler that lost the race
+  (``ConcurrencyConflict``) reads only the events after its cached version, folds them on
+  top and decides again.
+- A refusal or an "already so" no-op is never answered from the cache alone. Before one is
+  recorded, the handler reads the events after its cached version; when there are any, it
+  decides again on the fresh state. A refusal stored under a command id is therefore one
+  that the stored stream justified when it was read.
+- The GPU ledger is one stream that only grows: its folded state is saved as a snapshot
+  every ``snapshot_every`` events, and a cold handler folds only what came after.
 
 Idempotency has two layers: the store refuses a second append of a command id (returning
 the first result), and refusals are recorded too, so a retried command gets the answer the
@@ -16,9 +25,10 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 
+import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -27,13 +37,16 @@ from opentelemetry import trace
 from ..core import aggregates
 from ..core.commands import SubmitJob
 from ..core.errors import ConcurrencyConflict, DomainError, StoreError, SwiftTrainerError
-from ..core.events import encode_event, event_type
-from ..core.ids import new_id
+from ..core.events import AnyEvent, encode_event, event_type
+from ..core.ids import GPU_LEDGER_STREAM, job_stream, new_id
+from ..core.job import JobState
 from ..core.store import AppendResult, CommandRecord, CommandStore, EventMetadata, NewEvent
 from . import subjects
 from .messages import (
     CommandEnvelope,
     CommandReply,
+    JobStateAnswer,
+    JobStateQuery,
     ReplyError,
     ReplyEvent,
     decode_envelope,
@@ -110,15 +123,19 @@ class CommandHandler:
         cache_size: int = 10_000,
         max_conflict_retries: int = 20,
         on_appended: Callable[[AppendResult], None] | None = None,
+        snapshot_every: int = 500,
     ) -> None:
         self.store = store
         self.clock = clock
         self.cache_size = cache_size
         self.max_conflict_retries = max_conflict_retries
         self.on_appended = on_appended
+        self.snapshot_every = snapshot_every
+        self._snapshotted: dict[str, int] = {}
         self._states: OrderedDict[str, aggregates.State] = OrderedDict()
         self._locks: dict[str, _StreamLock] = {}
         self._subscription: Subscription | None = None
+        self._query_subscription: Subscription | None = None
         self._nc: Client | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.malformed = 0
@@ -134,7 +151,28 @@ class CommandHandler:
             # A create almost always names a new stream: skip the read and let the append's
             # expected version (0) tell us otherwise; a conflict reloads and decides again.
             return aggregates.initial(stream_id)
-        state = aggregates.fold(stream_id, await self.store.read_stream(stream_id))
+        return await self._load(stream_id)
+
+    async def _load(self, stream_id: str) -> aggregates.State:
+        """Fold the stream from its snapshot (when it has one) or from its first event."""
+        state: aggregates.State | None = None
+        if self.snapshot_every and stream_id == GPU_LEDGER_STREAM:
+            snapshot = await self.store.load_snapshot(stream_id)
+            if snapshot is not None:
+                state = aggregates.restore(stream_id, snapshot.payload)
+                if state is None or aggregates.version_of(state) != snapshot.version:
+                    _log.warning("ignoring an unreadable snapshot of %s", stream_id)
+                    state = None
+                else:
+                    self._snapshotted[stream_id] = snapshot.version
+        if state is None:
+            state = aggregates.initial(stream_id)
+        return await self._catch_up(stream_id, state)
+
+    async def _catch_up(self, stream_id: str, state: aggregates.State) -> aggregates.State:
+        """``state`` with the stored events after its version folded in, and cached."""
+        newer = await self.store.read_stream(stream_id, after_version=aggregates.version_of(state))
+        state = aggregates.fold(stream_id, newer, state)
         self._remember(stream_id, state)
         return state
 
@@ -143,6 +181,55 @@ class CommandHandler:
         self._states.move_to_end(stream_id)
         while len(self._states) > self.cache_size:
             self._states.popitem(last=False)
+
+    async def _maybe_snapshot(self, stream_id: str, state: aggregates.State) -> None:
+        version = aggregates.version_of(state)
+        if not self.snapshot_every or version - self._snapshotted.get(stream_id, 0) < (
+            self.snapshot_every
+        ):
+            return
+        payload = aggregates.snapshot_of(state)
+        if payload is None:
+            return
+        self._snapshotted[stream_id] = version
+        try:
+            await self.store.save_snapshot(stream_id, version, payload)
+        except StoreError:
+            _log.warning("could not save a snapshot of %s at %d", stream_id, version, exc_info=True)
+
+    @contextlib.asynccontextmanager
+    async def _stream_lock(self, stream_id: str) -> AsyncIterator[None]:
+        entry = self._locks.setdefault(stream_id, _StreamLock())
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                self._locks.pop(stream_id, None)
+
+    async def job_state(self, job_id: str) -> JobStateAnswer:
+        """The job as stored now: the cached state brought up to date by a read."""
+        stream_id = job_stream(job_id)
+        try:
+            async with self._stream_lock(stream_id):
+                cached = self._states.get(stream_id)
+                state = (
+                    await self._load(stream_id)
+                    if cached is None
+                    else await self._catch_up(stream_id, cached)
+                )
+        except StoreError as exc:
+            return JobStateAnswer(job_id=job_id, error=ReplyError(exc.code, exc.message))
+        assert isinstance(state, JobState)
+        return JobStateAnswer(
+            job_id=job_id,
+            status=str(state.status),
+            attempt=state.attempt,
+            runner_id=state.runner_id,
+            version=state.version,
+        )
 
     async def execute(
         self,
@@ -163,31 +250,30 @@ class CommandHandler:
                 "stream": stream_id,
             },
         ) as span:
-            entry = self._locks.setdefault(stream_id, _StreamLock())
-            entry.users += 1
             try:
-                async with entry.lock:
+                async with self._stream_lock(stream_id):
                     reply = await self._execute(envelope, stream_id)
             except StoreError as exc:
                 _log.exception("store error while handling %s %s", name, envelope.command_id)
                 reply = error_reply(envelope.command_id, exc)
-            finally:
-                entry.users -= 1
-                if entry.users == 0:
-                    self._locks.pop(stream_id, None)
             if reply.error is not None:
                 span.set_attribute("command.error", reply.error.code)
             return reply
 
     async def _execute(self, envelope: CommandEnvelope, stream_id: str) -> CommandReply:
         command_id = envelope.command_id
-        assume_new = isinstance(envelope.command, SubmitJob)
+        state = await self._state(stream_id, assume_new=isinstance(envelope.command, SubmitJob))
+        # Whether ``state`` has been checked against the store while handling this command;
+        # a refusal or no-op is only answered from a checked state.
+        fresh = False
         for _ in range(self.max_conflict_retries):
-            state = await self._state(stream_id, assume_new=assume_new)
             now = self.clock()
             try:
                 events = aggregates.decide_any(state, envelope.command, now)
             except DomainError as exc:
+                if not fresh:
+                    state, fresh = await self._catch_up(stream_id, state), True
+                    continue
                 record = await self.store.record_rejection(
                     command_id,
                     stream_id,
@@ -197,6 +283,9 @@ class CommandHandler:
                 first = record.error_code == exc.code and record.error_message == exc.message
                 return _reply_from_record(record, duplicate=not first)
             if not events:
+                if not fresh:
+                    state, fresh = await self._catch_up(stream_id, state), True
+                    continue
                 earlier = await self.store.find_command(command_id)
                 if earlier is not None:
                     return _reply_from_record(earlier)
@@ -206,37 +295,10 @@ class CommandHandler:
                     stream_id=stream_id,
                     version=aggregates.version_of(state),
                 )
-            metadata = EventMetadata(
-                command_id=command_id,
-                correlation_id=envelope.correlation_id or command_id,
-                causation_id=envelope.causation_id or command_id,
-                trace=trace_carrier(),
-                actor=envelope.actor,
-            )
-            new_events = [
-                NewEvent(
-                    event_id=new_id(),
-                    type=event_type(event),
-                    payload=encode_event(event),
-                    schema_version=type(event).schema_version,
-                    metadata=metadata,
-                )
-                for event in events
-            ]
             try:
-                with _tracer.start_as_current_span(
-                    "event store append",
-                    attributes={"stream": stream_id, "events": len(new_events)},
-                ):
-                    result = await self.store.append(
-                        stream_id,
-                        new_events,
-                        expected_version=aggregates.version_of(state),
-                        command_id=command_id,
-                    )
+                result = await self._append(envelope, stream_id, state, events)
             except ConcurrencyConflict:
-                self._states.pop(stream_id, None)
-                assume_new = False
+                state, fresh = await self._catch_up(stream_id, state), True
                 continue
             if result.duplicate:
                 self._states.pop(stream_id, None)
@@ -247,6 +309,7 @@ class CommandHandler:
             for event in events:
                 state = aggregates.apply(state, event)
             self._remember(stream_id, state)
+            await self._maybe_snapshot(stream_id, state)
             if self.on_appended is not None:
                 self.on_appended(result)
             return _reply_from_result(command_id, result)
@@ -258,6 +321,41 @@ class CommandHandler:
                 code="concurrency_conflict",
             ),
         )
+
+    async def _append(
+        self,
+        envelope: CommandEnvelope,
+        stream_id: str,
+        state: aggregates.State,
+        events: Sequence[AnyEvent],
+    ) -> AppendResult:
+        metadata = EventMetadata(
+            command_id=envelope.command_id,
+            correlation_id=envelope.correlation_id or envelope.command_id,
+            causation_id=envelope.causation_id or envelope.command_id,
+            trace=trace_carrier(),
+            actor=envelope.actor,
+        )
+        new_events = [
+            NewEvent(
+                event_id=new_id(),
+                type=event_type(event),
+                payload=encode_event(event),
+                schema_version=type(event).schema_version,
+                metadata=metadata,
+            )
+            for event in events
+        ]
+        with _tracer.start_as_current_span(
+            "event store append",
+            attributes={"stream": stream_id, "events": len(new_events)},
+        ):
+            return await self.store.append(
+                stream_id,
+                new_events,
+                expected_version=aggregates.version_of(state),
+                command_id=envelope.command_id,
+            )
 
     # --- the NATS shell ---------------------------------------------------------------------
 
@@ -282,7 +380,12 @@ class CommandHandler:
             cb=on_message,
             pending_msgs_limit=65_536,
         )
-        await nc.flush()  # the subscription is live on the server before start() returns
+        self._query_subscription = await nc.subscribe(
+            subjects.JOB_STATE_QUERY,
+            queue=subjects.COMMAND_HANDLERS_QUEUE,
+            cb=self._on_query,
+        )
+        await nc.flush()  # the subscriptions are live on the server before start() returns
         self.on_appended = self.on_appended or self._nudge_relay
 
     def _nudge_relay(self, _result: AppendResult) -> None:
@@ -308,7 +411,32 @@ class CommandHandler:
             with contextlib.suppress(Exception):
                 await msg.respond(encode(reply))
 
+    async def _on_query(self, msg: Msg) -> None:
+        try:
+            query = msgspec.json.decode(msg.data, type=JobStateQuery)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            self.malformed += 1
+            _log.warning("rejected a malformed job state query: %s", exc)
+            answer = JobStateAnswer(job_id="", error=ReplyError("malformed_message", str(exc)))
+        else:
+            try:
+                answer = await self.job_state(query.job_id)
+            except Exception as exc:  # the handler must survive anything a message causes
+                _log.exception("unexpected error answering the state of %s", query.job_id)
+                answer = JobStateAnswer(
+                    job_id=query.job_id, error=ReplyError("internal", repr(exc))
+                )
+        if msg.reply:
+            try:
+                await msg.respond(encode(answer))
+            except Exception as exc:
+                _log.warning("could not answer a job state query: %r", exc)
+
     async def stop(self) -> None:
+        if self._query_subscription is not None:
+            with contextlib.suppress(Exception):
+                await self._query_subscription.unsubscribe()
+            self._query_subscription = None
         if self._subscription is not None:
             with contextlib.suppress(Exception):
                 await self._subscription.drain()  # type: ignore[no-untyped-call]

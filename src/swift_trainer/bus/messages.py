@@ -106,6 +106,24 @@ class EventEnvelope(msgspec.Struct, frozen=True):
         )
 
 
+class JobStateQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Ask a command handler for a job's state as the event store holds it now."""
+
+    job_id: str
+
+
+class JobStateAnswer(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A job's stored state, as far as a runner needs it to decide whether to keep its
+    process (``status`` "new" means the job does not exist; ``error`` means no answer)."""
+
+    job_id: str
+    status: str = "new"
+    attempt: int = 0
+    runner_id: str | None = None
+    version: int = 0
+    error: ReplyError | None = None
+
+
 _json = msgspec.json.Encoder()
 _envelope_decoder = msgspec.json.Decoder(CommandEnvelope)
 _reply_decoder = msgspec.json.Decoder(CommandReply)

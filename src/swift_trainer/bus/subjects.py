@@ -31,6 +31,9 @@ LOGS_STREAM: Final = "LOGS"
 LOGS_ROOT: Final = f"{PREFIX}.logs"
 LOGS_ALL: Final = f"{LOGS_ROOT}.>"
 
+#: Reads answered by the command handlers from the store (never from a cache alone).
+JOB_STATE_QUERY: Final = f"{PREFIX}.queries.job-state"
+
 #: Core-NATS nudge after an append, so the relay publishes at once instead of polling.
 APPENDED: Final = f"{PREFIX}.internal.appended"
 

@@ -96,6 +96,14 @@ tracking: Final = sa.Table(
     sa.Column("position", sa.BigInteger(), nullable=False),
 )
 
+snapshots: Final = sa.Table(
+    "snapshots",
+    metadata_obj,
+    sa.Column("stream_id", sa.Text(), primary_key=True),
+    sa.Column("version", sa.BigInteger(), nullable=False),
+    sa.Column("payload", sa.LargeBinary(), nullable=False),
+)
+
 schema_version: Final = sa.Table(
     "schema_version",
     metadata_obj,
@@ -329,11 +337,37 @@ _POSTGRES_V1: Final = (
     _POSTGRES_APPEND_FUNCTION,
 )
 
+#: Snapshots are a cache of folded state (a stream's state at a version): deleting the table's
+#: rows loses nothing, the next load folds the stream from its first event again.
+_SQLITE_V2: Final = (
+    """
+    CREATE TABLE snapshots (
+        stream_id TEXT PRIMARY KEY,
+        version INTEGER NOT NULL,
+        payload BLOB NOT NULL
+    ) WITHOUT ROWID
+    """,
+)
+_POSTGRES_V2: Final = (
+    """
+    CREATE TABLE snapshots (
+        stream_id TEXT PRIMARY KEY,
+        version BIGINT NOT NULL,
+        payload BYTEA NOT NULL
+    )
+    """,
+)
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(
         version=1,
         description="events, commands, tracking; PostgreSQL append functions",
         statements={"sqlite": _SQLITE_V1, "postgresql": _POSTGRES_V1},
+    ),
+    Migration(
+        version=2,
+        description="snapshots of long streams (the GPU ledger)",
+        statements={"sqlite": _SQLITE_V2, "postgresql": _POSTGRES_V2},
     ),
 )
 

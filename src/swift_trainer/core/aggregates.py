@@ -11,9 +11,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TypeAlias
 
+import msgspec
+
 from . import commands as c
 from . import events as e
-from .gpu_ledger import LedgerState, decide_ledger, evolve_ledger
+from .gpu_ledger import LedgerState, decide_ledger, decode_ledger, encode_ledger, evolve_ledger
 from .ids import GPU_LEDGER_STREAM, QUEUE_PROCESSOR_STREAM, job_stream
 from .job import JobState, decide, evolve, initial_state
 from .queue_processor import QueueProcessorState, decide_processor, evolve_processor
@@ -74,3 +76,19 @@ def decide_any(state: State, command: c.AnyCommand, now: datetime) -> Sequence[e
 
 def version_of(state: State) -> int:
     return state.version
+
+
+def snapshot_of(state: State) -> bytes | None:
+    """A snapshot of the state, for streams that grow without end (the GPU ledger only:
+    a job's stream stays short, and folding it is cheaper than a second read)."""
+    return encode_ledger(state) if isinstance(state, LedgerState) else None
+
+
+def restore(stream_id: str, payload: bytes) -> State | None:
+    """The state a snapshot of ``stream_id`` holds, or None when it cannot be used."""
+    if stream_id != GPU_LEDGER_STREAM:
+        return None
+    try:
+        return decode_ledger(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None

@@ -164,6 +164,29 @@ def evolve_ledger(state: LedgerState, event: e.LedgerEvent) -> LedgerState:
     raise AssertionError(f"unhandled event {event!r}")  # pragma: no cover
 
 
+class LedgerSnapshot(msgspec.Struct, frozen=True, tag="LedgerSnapshot"):
+    """The ledger's live claims at a version; ``holders`` is derived from them."""
+
+    version: int
+    claims: tuple[Claim, ...] = ()
+    schema_version: int = 1
+
+
+def encode_ledger(state: LedgerState) -> bytes:
+    claims = tuple(sorted(state.claims.values(), key=lambda claim: claim.job_id))
+    return msgspec.json.encode(LedgerSnapshot(version=state.version, claims=claims))
+
+
+def decode_ledger(payload: bytes) -> LedgerState:
+    """The state a snapshot holds; raises ``msgspec.DecodeError`` on a broken payload."""
+    snapshot = msgspec.json.decode(payload, type=LedgerSnapshot)
+    claims = {claim.job_id: claim for claim in snapshot.claims}
+    holders = {
+        (claim.runner_id, gpu): claim.job_id for claim in snapshot.claims for gpu in claim.gpu_ids
+    }
+    return LedgerState(claims, holders, snapshot.version)
+
+
 def replay_ledger(events: list[e.LedgerEvent]) -> LedgerState:
     state = LedgerState()
     for event in events:

@@ -86,7 +86,13 @@ from swift_trainer.core.errors import (
     StoreError,
     SwiftTrainerError,
 )
-from swift_trainer.core.store import AppendResult, CommandRecord, NewEvent, RecordedEvent
+from swift_trainer.core.store import (
+    AppendResult,
+    CommandRecord,
+    NewEvent,
+    RecordedEvent,
+    Snapshot,
+)
 
 __all__ = ["SqlEventStore", "open_event_store"]
 
@@ -126,6 +132,9 @@ _STREAM_VERSION: Final = sa.select(sa.func.coalesce(sa.func.max(schema.events.c.
 _LAST_POSITION: Final = sa.select(sa.func.coalesce(sa.func.max(schema.events.c.position), 0))
 _GET_TRACKING: Final = sa.select(schema.tracking.c.position).where(
     schema.tracking.c.name == sa.bindparam("name")
+)
+_LOAD_SNAPSHOT: Final = sa.select(schema.snapshots.c.version, schema.snapshots.c.payload).where(
+    schema.snapshots.c.stream_id == sa.bindparam("stream_id")
 )
 _SCHEMA_VERSION: Final = sa.select(sa.func.max(schema.schema_version.c.version))
 _FIND_COMMAND: Final = (
@@ -176,6 +185,21 @@ def _set_tracking_statement(dialect: str) -> sa.Executable:
         index_elements=[schema.tracking.c.name],
         set_={"position": stmt.excluded.position},
         where=schema.tracking.c.position < stmt.excluded.position,
+    )
+
+
+def _save_snapshot_statement(dialect: str) -> sa.Executable:
+    """Upsert that keeps the newest snapshot: a slower writer's older one changes nothing."""
+    insert = sqlite_dialect.insert if dialect == "sqlite" else pg_dialect.insert
+    stmt = insert(schema.snapshots).values(
+        stream_id=sa.bindparam("stream_id"),
+        version=sa.bindparam("version"),
+        payload=sa.bindparam("payload"),
+    )
+    return stmt.on_conflict_do_update(
+        index_elements=[schema.snapshots.c.stream_id],
+        set_={"version": stmt.excluded.version, "payload": stmt.excluded.payload},
+        where=schema.snapshots.c.version < stmt.excluded.version,
     )
 
 
@@ -291,6 +315,7 @@ class SqlEventStore:
         )
         self._set_tracking = _set_tracking_statement(self._dialect)
         self._record_rejection = _record_rejection_statement(self._dialect)
+        self._save_snapshot = _save_snapshot_statement(self._dialect)
         # SQLite has one writer at a time: appends queue on one held connection, and the
         # other writes (tracking, rejections) take the same lock so that this process's
         # writers never meet in SQLite's busy handler.
@@ -481,6 +506,26 @@ class SqlEventStore:
         else:
             async with self._reader.connect() as conn:
                 await conn.execute(statement, params)
+
+    # --- snapshots ------------------------------------------------------------------------
+
+    async def save_snapshot(self, stream_id: str, version: int, payload: bytes) -> None:
+        """Keep ``payload`` as the state of ``stream_id`` at ``version``, unless a newer
+        snapshot is stored already."""
+        if version < 1:
+            raise IntegrityError(f"snapshot version must be >= 1, got {version}")
+        with _store_errors(f"save snapshot of {stream_id!r}"):
+            await self._write(
+                self._save_snapshot, stream_id=stream_id, version=version, payload=payload
+            )
+
+    async def load_snapshot(self, stream_id: str) -> Snapshot | None:
+        rows = await self._fetch(
+            f"load snapshot of {stream_id!r}", _LOAD_SNAPSHOT, stream_id=stream_id
+        )
+        if not rows:
+            return None
+        return Snapshot(stream_id=stream_id, version=int(rows[0][0]), payload=bytes(rows[0][1]))
 
     # --- command log ----------------------------------------------------------------------
 

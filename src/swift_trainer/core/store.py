@@ -150,6 +150,30 @@ class CommandLog(Protocol):
         """
 
 
+class Snapshot(msgspec.Struct, frozen=True):
+    """A stream's folded state at ``version``, encoded by whoever folds that stream."""
+
+    stream_id: str
+    version: int
+    payload: bytes
+
+
 @runtime_checkable
-class CommandStore(EventStore, CommandLog, Protocol):
-    """An event store that also keeps command outcomes (what the command handler needs)."""
+class SnapshotStore(Protocol):
+    """Folded states of long streams, so a cold reader folds only what came after.
+
+    A snapshot is a cache, never an authority: the events after its version are always
+    read and applied on top, and losing every snapshot only makes loads slower.
+    """
+
+    async def save_snapshot(self, stream_id: str, version: int, payload: bytes) -> None:
+        """Store the state at ``version``; an older one than the stored snapshot is ignored."""
+
+    async def load_snapshot(self, stream_id: str) -> Snapshot | None:
+        """The newest snapshot of ``stream_id``, if any."""
+
+
+@runtime_checkable
+class CommandStore(EventStore, CommandLog, SnapshotStore, Protocol):
+    """An event store that also keeps command outcomes and snapshots (what the command
+    handler needs)."""

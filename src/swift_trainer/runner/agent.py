@@ -33,9 +33,11 @@ What it does, and why it is built so:
   model already exists and ``overwrite`` is false, the existing one is reported without
   running anything.
 * **Reports** go through ``ReportOutbox`` (ordered per job, retried with the same command
-  id, durable; see ``reporting``). A report refused as ``stale_assignment`` (the job was
-  given away after this runner's lease expired), or a start/progress report refused because
-  the job is no longer running at all, stops the process: its GPUs belong to someone else.
+  id, durable; see ``reporting``). No single refusal stops a training: the agent first asks
+  a command handler for the job's stored state (``JOB_STATE_QUERY``). Only when the store
+  says the attempt is over (the job was given away after this runner's lease expired, or
+  it ended) is the process stopped: its GPUs belong to someone else. A report refused while
+  the attempt is still live is sent again.
 * **Logs** go to the LOGS stream (``log_publisher`` documents the message and its ``seq``).
 * **Restarts.** At start the agent re-attaches to the runs in the supervisor's state folder
   (training processes run in their own sessions and survive the agent), reports each as
@@ -73,7 +75,7 @@ from opentelemetry import trace
 from ..bus import subjects
 from ..bus.command_client import CommandClient
 from ..bus.connection import connect, provision, resolve_nats_url
-from ..bus.messages import EventEnvelope, ReplyError, decode_event_envelope
+from ..bus.messages import EventEnvelope, JobStateAnswer, ReplyError, decode_event_envelope
 from ..bus.tracing import extract_context
 from ..core import commands as c
 from ..core import events as e
@@ -101,6 +103,10 @@ _log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
 
 DEFAULT_MAX_FOREIGN_MEMORY_MIB: Final = 1024
+#: How often a report refused while its attempt is still live is sent again.
+MAX_REPORT_RESENDS: Final = 5
+_LIVE: Final = frozenset({"scheduled", "running", "stopping"})
+_GONE: Final = frozenset({"new", "deleted"})
 SIMULATOR: Final = (sys.executable, "-m", "swift_trainer.runner.simulator")
 _UNSAFE_ID: Final = re.compile(r"[^A-Za-z0-9_-]+")
 
@@ -244,6 +250,8 @@ class RunnerAgent:
         self._tasks: list[asyncio.Task[None]] = []
         self.heartbeats = 0
         self.started = asyncio.Event()
+        self._resent: dict[tuple[str, int, str], int] = {}
+        self._resends: set[asyncio.Task[None]] = set()
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -284,7 +292,7 @@ class RunnerAgent:
 
     async def stop(self) -> None:
         """Leave: training keeps running for the next start unless ``stop_jobs_on_exit``."""
-        for task in self._tasks:
+        for task in [*self._tasks, *self._resends]:
             await cancel_and_wait(task)
         self._tasks = []
         if self._sub is not None:
@@ -630,23 +638,67 @@ class RunnerAgent:
         return reports
 
     async def _on_refused(self, command: c.AnyJobCommand, error: ReplyError) -> None:
-        """A refusal that means "this process should not be running" stops it."""
+        """Confirm a refusal against the job's stored state before acting on it.
+
+        The process is stopped only when the store says its attempt is over (the job moved
+        to another attempt, ended, or is gone). A report refused while the store still
+        shows this attempt live was refused by a state that has moved on since: it is sent
+        again, with a new command id (the old one keeps its refusal), a bounded number of
+        times. Progress is not re-sent: the next report supersedes it.
+        """
+        stored = await self._stored_state(command.job_id)
         if isinstance(command, c.ExportReport):
-            if error.code in ("stale_assignment", "job_not_found"):
+            if stored is not None and stored.status in _GONE:
                 self.supervisor.request_stop(run_key("export", command.export_id))
             return
         if not isinstance(command, c.RunnerReport):
             return
-        gone = error.code in ("stale_assignment", "job_not_found") or (
-            error.code == "invalid_transition"
-            and isinstance(command, c.ReportStarted | c.ReportProgress)
-        )
+        if stored is None or (stored.attempt == command.attempt and stored.status in _LIVE):
+            self._send_again(command, error)
+            return
         running = self._running_job(command.job_id)
-        if gone and running is not None and running.attempt == command.attempt:
+        if running is not None and running.attempt == command.attempt:
             _log.warning(
-                "stopping attempt %d of %s: %s", command.attempt, command.job_id, error.message
+                "stopping attempt %d of %s: the store shows the job %s at attempt %d (%s)",
+                command.attempt,
+                command.job_id,
+                stored.status,
+                stored.attempt,
+                error.message,
             )
             self.supervisor.request_stop(running.key, grace_period_s=self.grace_period_s)
+
+    async def _stored_state(self, job_id: str) -> JobStateAnswer | None:
+        try:
+            return await self.client.job_state(job_id)
+        except SwiftTrainerError as exc:
+            _log.warning("cannot confirm the state of %s: %s", job_id, exc)
+            return None
+
+    def _send_again(self, command: c.AnyJobCommand, error: ReplyError) -> None:
+        if isinstance(command, c.ReportProgress) or not isinstance(command, c.RunnerReport):
+            return
+        key = (command.job_id, command.attempt, type(command).__name__)
+        tries = self._resent.get(key, 0) + 1
+        if tries > MAX_REPORT_RESENDS:
+            _log.error(
+                "giving up on %s for attempt %d of %s after %d refusals: %s",
+                key[2],
+                command.attempt,
+                command.job_id,
+                tries - 1,
+                error.message,
+            )
+            return
+        self._resent[key] = tries
+
+        async def later() -> None:
+            await asyncio.sleep(min(0.5 * 2**tries, 10.0))
+            self.outbox.submit(command)
+
+        task = asyncio.create_task(later(), name=f"resend {key}")
+        self._resends.add(task)
+        task.add_done_callback(self._resends.discard)
 
 
 # --- assembly and the command line ------------------------------------------------------------
