@@ -13,6 +13,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from swift_trainer.core import commands as c
 from swift_trainer.core import events as e
+from swift_trainer.core.inventory import RunnerJob
 from swift_trainer.core.telemetry import setup_tracing
 from swift_trainer.projections.scheduler_service import (
     PROCESS_SUBJECT,
@@ -202,6 +203,59 @@ async def test_a_runner_that_stops_heartbeating_loses_its_jobs_to_a_live_one(bus
     released = [x for x in await bus.events() if x.type == "GpusReleased"]
     assert released, "the lost attempt's claim is released"
     assert await assert_no_gpu_in_two_live_jobs(await bus.events()) == 3
+
+
+async def _reasons(bus: Bus, job_id: str) -> list[str]:
+    reasons = []
+    for recorded in await bus.events():
+        if recorded.stream_id == f"job-{job_id}" and recorded.type == "JobLost":
+            event = e.decode_event("JobLost", recorded.payload)
+            assert isinstance(event, e.JobLost)
+            reasons.append(event.reason)
+    return reasons
+
+
+async def test_a_placement_never_started_is_ended_and_requeued(bus: Bus) -> None:
+    """The runner heartbeats but never reports the start (it lost the assignment)."""
+    await bus.put_heartbeat(heartbeat("r1", gpus=1))
+    await bus.scheduler(start_timeout_s=1.0)
+    await bus.submit("a")
+
+    async def second_attempt() -> bool:
+        return (await bus.jobs())["a"].attempt >= 2
+
+    await eventually(second_attempt, timeout=20, what="attempt 2 after the start timeout")
+    types = [x.type for x in await bus.events() if x.stream_id == "job-a"]
+    assert types[2:6] == ["JobScheduled", "JobLost", "JobRequeued", "JobScheduled"]
+    reasons = await _reasons(bus, "a")
+    assert reasons[0] == "runner r1 did not report a start of attempt 1 within 1s"
+    assert await assert_no_gpu_in_two_live_jobs(await bus.events()) >= 2
+
+
+async def test_a_running_job_its_runner_no_longer_lists_is_marked_lost(bus: Bus) -> None:
+    await bus.put_heartbeat(heartbeat("r1", gpus=1))
+    await bus.scheduler(vanish_grace_s=0.5)
+    await bus.submit("a")
+    await wait_placed(bus, 1)
+    runner = {"job_id": "a", "attempt": 1, "runner_id": "r1"}
+    assert (await bus.send(c.ReportStarted(**runner, pid=1, command=("swift",)))).ok
+    listed = msgspec.structs.replace(
+        heartbeat("r1", gpus=1), jobs=(RunnerJob(job_id="a", attempt=1, pid=1),)
+    )
+    for _ in range(4):  # while the runner lists the process, nothing happens
+        await asyncio.sleep(0.5)
+        await bus.put_heartbeat(msgspec.structs.replace(listed, at=datetime.now(UTC)))
+    assert await _reasons(bus, "a") == []
+
+    async def lost() -> bool:
+        await bus.put_heartbeat(heartbeat("r1", gpus=1))  # alive, without the process
+        return bool(await _reasons(bus, "a"))
+
+    await eventually(lost, timeout=20, what="JobLost for the vanished process")
+    [reason] = (await _reasons(bus, "a"))[:1]
+    assert reason.startswith("runner r1 runs no process of attempt 1:")
+    types = [x.type for x in await bus.events() if x.stream_id == "job-a"]
+    assert types[4:6] == ["JobLost", "JobRequeued"]
 
 
 async def test_the_ledger_refuses_a_gpu_claimed_by_another_job(bus: Bus) -> None:

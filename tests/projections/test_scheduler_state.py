@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import msgspec
+
 from swift_trainer.core import events as e
 from swift_trainer.core.gpu_ledger import Claim
 from swift_trainer.core.ids import GPU_LEDGER_STREAM, job_stream
+from swift_trainer.core.inventory import RunnerHeartbeat, RunnerJob
 from swift_trainer.core.store import EventMetadata, RecordedEvent
 from swift_trainer.projections.scheduler_state import SchedulerState, claim_key, host_snapshot
 
@@ -252,3 +255,88 @@ def test_claims_are_tracked_from_the_ledger_events() -> None:
     assert state.ledger.claims == {"a": Claim("a", 1, "r1", (0, 1))}
     assert state.gpu_uuids("r1", (0, 1)) == ("GPU-r1-0", "GPU-r1-1")
     assert state.gpu_uuids("nowhere", (0,)) == ()
+
+
+# --- healing rules ------------------------------------------------------------------------------
+
+
+def _listing(runner: str, at: datetime, *jobs: tuple[str, int]) -> RunnerHeartbeat:
+    beat = heartbeat(runner, gpus=2, at=at, lease_s=600)
+    return msgspec.structs.replace(
+        beat, jobs=tuple(RunnerJob(job_id=j, attempt=a, pid=1) for j, a in jobs)
+    )
+
+
+def test_a_scheduled_job_without_a_start_report_is_overdue_after_the_bound() -> None:
+    state, log = with_runner(), Log()
+    state.apply(log.add(*submitted("a")), T0)
+    state.apply(log.add(claimed("a", 1, "r1", 0), scheduled("a", 1, "r1", 0)), T0)
+    assert state.overdue_starts(T0 + timedelta(seconds=59), 60) == []
+    [late] = state.overdue_starts(T0 + timedelta(seconds=60), 60)
+    assert (late.job_id, late.attempt, late.runner_id) == ("a", 1, "r1")
+    assert "did not report a start of attempt 1 within 60s" in late.reason
+    # Once started, the bound no longer applies.
+    state.apply(
+        log.add(e.JobStarted(at=T0, job_id="a", attempt=1, runner_id="r1", pid=7, command=())),
+        T0 + timedelta(seconds=61),
+    )
+    assert state.overdue_starts(T0 + timedelta(seconds=600), 60) == []
+
+
+def test_the_start_bound_counts_from_when_this_instance_saw_the_placement() -> None:
+    """A leader that replays old history gives every job a fresh bound, so a takeover
+    never marks a whole cluster's placements lost at once."""
+    state, log = with_runner(), Log()
+    later = T0 + timedelta(hours=1)
+    state.apply(
+        log.add(*submitted("a"), claimed("a", 1, "r1", 0), scheduled("a", 1, "r1", 0)), later
+    )
+    assert state.overdue_starts(later + timedelta(seconds=30), 60) == []
+
+
+def test_a_running_job_missing_from_its_runners_heartbeats_vanishes_after_two_and_the_grace() -> (
+    None
+):
+    state, log = with_runner(), Log()
+    state.apply(log.add(*submitted("a"), *submitted("b")), T0)
+    state.apply(
+        log.add(
+            claimed("a", 1, "r1", 0),
+            scheduled("a", 1, "r1", 0),
+            e.JobStarted(at=T0, job_id="a", attempt=1, runner_id="r1", pid=7, command=()),
+            claimed("b", 1, "r1", 1),
+            scheduled("b", 1, "r1", 1),
+            e.JobStarted(at=T0, job_id="b", attempt=1, runner_id="r1", pid=8, command=()),
+        ),
+        T0,
+    )
+    # A heartbeat built before the start may arrive just after it: it does not count.
+    state.update_runner(_listing("r1", T0, ("b", 1)), T0 + timedelta(milliseconds=500))
+    assert state.absent == {}
+    first = T0 + timedelta(seconds=2)
+    state.update_runner(_listing("r1", first, ("b", 1)), first)
+    # One heartbeat is never enough, however long ago.
+    assert state.vanished(first + timedelta(seconds=100), 10) == []
+    state.update_runner(_listing("r1", first, ("b", 1)), first + timedelta(seconds=2))
+    assert state.vanished(first + timedelta(seconds=9), 10) == []
+    [gone] = state.vanished(first + timedelta(seconds=10), 10)
+    assert (gone.job_id, gone.attempt) == ("a", 1)
+    assert "runs no process of attempt 1" in gone.reason
+    # A heartbeat that lists it again clears the count.
+    state.update_runner(_listing("r1", first, ("a", 1), ("b", 1)), first + timedelta(seconds=11))
+    assert state.vanished(first + timedelta(seconds=60), 10) == []
+
+
+def test_healing_state_is_dropped_with_the_job() -> None:
+    state, log = with_runner(), Log()
+    state.apply(log.add(*submitted("a"), claimed("a", 1, "r1", 0), scheduled("a", 1, "r1", 0)), T0)
+    assert "a" in state.entered
+    state.apply(
+        log.add(
+            e.JobStarted(at=T0, job_id="a", attempt=1, runner_id="r1", pid=7, command=()),
+            e.JobSucceeded(at=T0, job_id="a", attempt=1),
+        ),
+        T0,
+    )
+    assert state.entered == {}
+    assert state.absent == {}

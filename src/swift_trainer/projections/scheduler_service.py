@@ -4,8 +4,10 @@ Every instance follows the whole EVENTS stream from the beginning (the scheduler
 projection, see ``scheduler_state``) and watches the runners' KV bucket, so a standby is
 always ready to take over. Only the holder of the leader lease (``leader_lease``) acts:
 
-1. it marks jobs lost whose runner stopped heartbeating (``MarkLost``), which requeues or
-   fails them as the domain decides, and releases their GPU claims;
+1. it marks jobs lost (``MarkLost``, with the rule's reason), which requeues or fails them
+   as the domain decides, and releases their GPU claims: jobs whose runner stopped
+   heartbeating, scheduled jobs whose runner reported no start within ``start_timeout_s``,
+   and running jobs whose runner's heartbeats stopped listing their process;
 2. it reconciles the GPU ledger with the live attempts: claims of ended attempts are
    released, claims whose author died before scheduling are completed;
 3. unless the queue processor is paused, it places queued jobs: for each decision it
@@ -175,6 +177,10 @@ class SchedulerService:
     ``tick_s``: a pass runs at least this often, to notice expired runner leases.
     ``store``: optional; when given, a new leader waits until it has applied every event
     the store holds (else: every event on the EVENTS stream) before it acts.
+    ``start_timeout_s``: a scheduled job whose runner reports no start within this long is
+    marked lost (and requeued, as the domain decides).
+    ``vanish_grace_s``: a running job whose runner's heartbeats have not listed its process
+    for this long (two heartbeats at least) is marked lost.
     """
 
     def __init__(
@@ -190,6 +196,8 @@ class SchedulerService:
         store: EventStore | None = None,
         command_timeout_s: float = 10.0,
         clock: Clock = utc_now,
+        start_timeout_s: float = 60.0,
+        vanish_grace_s: float = 10.0,
     ) -> None:
         self.nc = nc
         self.scheduler_id = scheduler_id or default_scheduler_id()
@@ -203,6 +211,8 @@ class SchedulerService:
         self.store = store
         self.command_timeout_s = command_timeout_s
         self.clock = clock
+        self.start_timeout_s = start_timeout_s
+        self.vanish_grace_s = vanish_grace_s
         self.state = SchedulerState(self.policy)
         self.client = CommandClient(nc, timeout=command_timeout_s, actor=ACTOR)
         self.feed: EventFeed | None = None
@@ -356,7 +366,7 @@ class SchedulerService:
     # --- inputs -------------------------------------------------------------------------
 
     async def _on_events(self, batch: Sequence[RecordedEvent]) -> None:
-        if self.state.apply(batch):
+        if self.state.apply(batch, self.clock()):
             self.wake()
         self._applied.set()
 
@@ -546,20 +556,21 @@ class SchedulerService:
             del self._recent[key]
 
     async def _mark_lost(self, now: datetime) -> None:
-        for lost in self.state.lost_jobs(now):
+        """End the attempts the healing rules find dead, each with its reason: the runner
+        stopped heartbeating, never reported the start, or no longer runs the process."""
+        state = self.state
+        found = [
+            *state.lost_jobs(now),
+            *state.overdue_starts(now, self.start_timeout_s),
+            *state.vanished(now, self.vanish_grace_s),
+        ]
+        for lost in found:
             if not self._due(("lost", lost.job_id, lost.attempt)) or not self.leading:
                 continue
             _log.warning(
-                "runner %s stopped heartbeating: marking job %s (attempt %d) lost",
-                lost.runner_id,
-                lost.job_id,
-                lost.attempt,
+                "marking job %s (attempt %d) lost: %s", lost.job_id, lost.attempt, lost.reason
             )
-            command = c.MarkLost(
-                job_id=lost.job_id,
-                attempt=lost.attempt,
-                reason=f"runner {lost.runner_id} stopped heartbeating",
-            )
+            command = c.MarkLost(job_id=lost.job_id, attempt=lost.attempt, reason=lost.reason)
             reply = await self._send(command)
             if reply is not None and any(x.type == "JobLost" for x in reply.events):
                 # The attempt has ended for good: its GPUs can be let go at once.
@@ -725,6 +736,20 @@ def add_scheduler_arguments(parser: argparse.ArgumentParser) -> None:
         "--tick", type=float, default=1.0, help="seconds between timer passes (default 1)"
     )
     parser.add_argument(
+        "--start-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a scheduled job may wait for its runner's start report before it is "
+        "marked lost and requeued (default 60)",
+    )
+    parser.add_argument(
+        "--vanished-grace",
+        type=float,
+        default=10.0,
+        help="seconds a running job may be missing from its runner's heartbeats before it is "
+        "marked lost and requeued (default 10)",
+    )
+    parser.add_argument(
         "--strict-fifo",
         action="store_true",
         help="never start a job ahead of a blocked higher-ranked one (no backfill)",
@@ -767,6 +792,8 @@ async def run_scheduler(settings: Settings, args: argparse.Namespace) -> int:
             tick_s=args.tick,
             store=store,
             command_timeout_s=settings.command_timeout_s,
+            start_timeout_s=args.start_timeout,
+            vanish_grace_s=args.vanished_grace,
         )
         await service.start()
         await wait_for_shutdown()

@@ -50,6 +50,9 @@ from .scheduling import (
 
 _log = logging.getLogger(__name__)
 
+#: A heartbeat seen this soon after a job's start may have been built before it.
+HEARTBEAT_SETTLE: Final = timedelta(seconds=1)
+
 #: Events that change nothing a placement looks at: they do not wake the placer.
 QUIET_EVENTS: Final = frozenset(
     {
@@ -118,9 +121,20 @@ class ClaimAction(msgspec.Struct, frozen=True):
 
 
 class LostJob(msgspec.Struct, frozen=True):
+    """An attempt the leader must end (``MarkLost``), and why, for the audit trail."""
+
     job_id: str
     attempt: int
     runner_id: str
+    reason: str = ""
+
+
+class _Absence(msgspec.Struct):
+    """Heartbeats of a job's runner that did not list the job's process."""
+
+    attempt: int
+    first_seen: datetime
+    count: int = 1
 
 
 class SchedulerState:
@@ -143,14 +157,20 @@ class SchedulerState:
         self.pending: dict[str, int | None] = {}
         self._active: set[str] = set()
         self._claim_holds: set[str] = set()
+        #: When this instance first saw each active job in its current status and attempt:
+        #: the clock of the healing rules (a new leader gives every job a fresh bound).
+        self.entered: dict[str, tuple[JobStatus, int, datetime]] = {}
+        #: Running jobs whose runner's heartbeats stopped listing their process.
+        self.absent: dict[str, _Absence] = {}
 
     # --- events -------------------------------------------------------------------------
 
-    def apply(self, batch: Sequence[RecordedEvent]) -> bool:
+    def apply(self, batch: Sequence[RecordedEvent], now: datetime | None = None) -> bool:
         """Apply recorded events in order, skipping any at or below ``position``.
 
         Returns whether a placement could now decide differently. Safe to call again with
-        the same batch after a failure part-way: applied events are skipped.
+        the same batch after a failure part-way: applied events are skipped. ``now`` is when
+        the batch arrived (default: each event's own time); the healing rules count from it.
         """
         touched: set[str] = set()
         relevant = False
@@ -180,8 +200,21 @@ class SchedulerState:
                     touched.add(event.job_id)
         for job_id in touched:
             self.sync(job_id)
+            self._note_entered(job_id, now or batch[-1].recorded_at)
         self._settle_arrived()
         return relevant
+
+    def _note_entered(self, job_id: str, now: datetime) -> None:
+        state = self.jobs.get(job_id)
+        if state is None or state.status not in ACTIVE:
+            self.entered.pop(job_id, None)
+            self.absent.pop(job_id, None)
+            return
+        key = (state.status, state.attempt)
+        known = self.entered.get(job_id)
+        if known is None or known[:2] != key:
+            self.entered[job_id] = (*key, now)
+            self.absent.pop(job_id, None)
 
     def _evolve_job(self, recorded: RecordedEvent, event: e.AnyJobEvent) -> None:
         job_id = event.job_id
@@ -308,7 +341,31 @@ class SchedulerState:
         assert host.lease_expires_at is not None
         self.leases[heartbeat.runner_id] = host.lease_expires_at
         self.core.update_host(host)
+        self._check_listed(heartbeat, seen_at or heartbeat.at)
         return host
+
+    def _check_listed(self, heartbeat: RunnerHeartbeat, seen_at: datetime) -> None:
+        """Count heartbeats that do not list a running job's process (see ``vanished``).
+
+        Only a heartbeat seen a while after this instance saw the job start counts: one
+        built before the start may arrive after the start was recorded.
+        """
+        listed = {(job.job_id, job.attempt) for job in heartbeat.jobs if job.kind == "job"}
+        for job_id in self._active:
+            state = self.jobs[job_id]
+            if state.runner_id != heartbeat.runner_id or state.status is JobStatus.SCHEDULED:
+                continue
+            entered = self.entered.get(job_id)
+            if (job_id, state.attempt) in listed or entered is None:
+                self.absent.pop(job_id, None)
+                continue
+            if seen_at - entered[2] < HEARTBEAT_SETTLE:
+                continue
+            absence = self.absent.get(job_id)
+            if absence is None or absence.attempt != state.attempt:
+                self.absent[job_id] = _Absence(attempt=state.attempt, first_seen=seen_at)
+            else:
+                absence.count += 1
 
     def remove_runner(self, runner_id: str) -> None:
         """The runner's key is gone: no new work goes there. Its jobs are lost when the
@@ -344,8 +401,59 @@ class SchedulerState:
             assert runner_id is not None
             expires = self.leases.get(runner_id)
             if expires is None or now >= expires:
-                lost.append(LostJob(job_id=job_id, attempt=state.attempt, runner_id=runner_id))
+                lost.append(
+                    LostJob(
+                        job_id=job_id,
+                        attempt=state.attempt,
+                        runner_id=runner_id,
+                        reason=f"runner {runner_id} stopped heartbeating",
+                    )
+                )
         return lost
+
+    def overdue_starts(self, now: datetime, timeout_s: float) -> list[LostJob]:
+        """Scheduled jobs whose runner has not reported a start within ``timeout_s`` of
+        this instance seeing the placement (the runner lost the assignment, or died and
+        came back without it)."""
+        overdue = []
+        for job_id in sorted(self._active):
+            state = self.jobs[job_id]
+            entered = self.entered.get(job_id)
+            if state.status is not JobStatus.SCHEDULED or entered is None:
+                continue
+            if (now - entered[2]).total_seconds() >= timeout_s:
+                assert state.runner_id is not None
+                overdue.append(
+                    LostJob(
+                        job_id=job_id,
+                        attempt=state.attempt,
+                        runner_id=state.runner_id,
+                        reason=f"runner {state.runner_id} did not report a start of attempt "
+                        f"{state.attempt} within {timeout_s:g}s",
+                    )
+                )
+        return overdue
+
+    def vanished(self, now: datetime, grace_s: float) -> list[LostJob]:
+        """Running (or stopping) jobs whose runner keeps heartbeating without their process:
+        at least two heartbeats, ``grace_s`` apart or more, did not list it."""
+        gone = []
+        for job_id, absence in sorted(self.absent.items()):
+            state = self.jobs.get(job_id)
+            if state is None or state.attempt != absence.attempt or state.runner_id is None:
+                continue
+            if absence.count >= 2 and (now - absence.first_seen).total_seconds() >= grace_s:
+                gone.append(
+                    LostJob(
+                        job_id=job_id,
+                        attempt=state.attempt,
+                        runner_id=state.runner_id,
+                        reason=f"runner {state.runner_id} runs no process of attempt "
+                        f"{state.attempt}: {absence.count} heartbeats since "
+                        f"{absence.first_seen.isoformat(timespec='seconds')} do not list it",
+                    )
+                )
+        return gone
 
     # --- the ledger ---------------------------------------------------------------------
 

@@ -330,22 +330,30 @@ class RunnerAgent:
         before = self.supervisor.own_pids()
         snapshot = await asyncio.to_thread(self.inventory.snapshot)
         own = before | self.supervisor.own_pids()
+        running = [
+            RunnerJob(
+                job_id=record.job_id,
+                attempt=record.attempt,
+                kind=record.kind,
+                export_id=record.export_id,
+                pid=record.pid,
+            )
+            for record in self.supervisor.running()
+        ]
+        # A run that ended but whose outcome is not delivered yet is still this runner's:
+        # listed without a pid, so the scheduler does not take it for a vanished process.
+        listed = {(job.job_id, job.attempt) for job in running if job.kind == "job"}
+        ending = [
+            RunnerJob(job_id=job_id, attempt=attempt)
+            for job_id, attempt in sorted(self.outbox.undelivered_attempts() - listed)
+        ]
         return RunnerHeartbeat(
             runner_id=self.runner_id,
             at=datetime.now(UTC),
             lease_s=self.lease_s,
             inventory=snapshot,
             foreign_memory_mib={gpu.index: foreign_memory_mib(gpu, own) for gpu in snapshot.gpus},
-            jobs=tuple(
-                RunnerJob(
-                    job_id=record.job_id,
-                    attempt=record.attempt,
-                    kind=record.kind,
-                    export_id=record.export_id,
-                    pid=record.pid,
-                )
-                for record in self.supervisor.running()
-            ),
+            jobs=(*running, *ending),
             draining=self.draining,
             version=_version(),
         )
@@ -448,7 +456,13 @@ class RunnerAgent:
             return  # a redelivery: the supervisor runs it already
         if envelope.event_id in self.handled:
             return  # acted on before (the process may have ended since)
-        if running is not None:
+        if running is not None and running.attempt > attempt:
+            _log.info(
+                "ignoring attempt %d of %s: attempt %d runs", attempt, job_id, running.attempt
+            )
+        elif not await self._still_scheduled(event):
+            pass  # the store has moved on (a late redelivery): nothing to start or reject
+        elif running is not None:
             # An older attempt still runs here: it is stale (the job was requeued after this
             # runner's lease expired). Stop it; the new attempt goes back to the queue.
             self.supervisor.request_stop(running.key, grace_period_s=self.grace_period_s)
@@ -460,6 +474,25 @@ class RunnerAgent:
             else:
                 self._reject(event, problem)
         self.handled.add(envelope.event_id)
+
+    async def _still_scheduled(self, event: e.JobScheduled) -> bool:
+        """Whether the store still shows this attempt waiting to start here. A placement
+        redelivered after the job was requeued (this runner restarted while it was in
+        flight) must not start a training nobody waits for. When no handler answers, the
+        start goes ahead: a stale one is refused at its first report and stopped then."""
+        stored = await self._stored_state(event.job_id)
+        if stored is None:
+            return True
+        if stored.attempt == event.attempt and stored.status == "scheduled":
+            return True
+        _log.info(
+            "not starting attempt %d of %s: the store shows it %s at attempt %d",
+            event.attempt,
+            event.job_id,
+            stored.status,
+            stored.attempt,
+        )
+        return False
 
     async def _check_assignment(self, event: e.JobScheduled) -> str | None:
         """Why this host cannot run the assignment now, or None."""

@@ -230,6 +230,15 @@ class ReportOutbox:
 
     # --- lifecycle ----------------------------------------------------------------------
 
+    def undelivered_attempts(self) -> set[tuple[str, int]]:
+        """The job attempts with a report still waiting to be answered."""
+        return {
+            (item.command.job_id, item.command.attempt)
+            for lane in self._lanes.values()
+            for item in lane.items
+            if isinstance(item.command, c.RunnerReport)
+        }
+
     def pending(self, job_id: str | None = None) -> int:
         if job_id is not None:
             lane = self._lanes.get(job_id)
