@@ -65,3 +65,18 @@ async def test_a_port_in_use_is_reported_not_ignored(tmp_path: Path) -> None:
             await second.start(timeout=5)
     finally:
         await first.stop()
+
+
+async def test_one_folder_takes_one_server(tmp_path: Path) -> None:
+    first = EmbeddedNatsServer(tmp_path / "nats")
+    await first.start()
+    try:
+        second = EmbeddedNatsServer(tmp_path / "nats")
+        with pytest.raises(NatsServerError, match=f"in use by nats-server pid {first.pid}"):
+            await second.start()
+        assert second.pid is None
+    finally:
+        await first.stop()
+    third = EmbeddedNatsServer(tmp_path / "nats")
+    await third.start()
+    await third.stop()

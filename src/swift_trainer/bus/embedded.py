@@ -5,17 +5,33 @@ before acknowledging it (``sync_interval: always``): the relay treats a JetStrea
 "delivered", so an ack must survive a power cut. A child that dies is restarted on the
 same port (clients reconnect by themselves) up to ``max_restarts`` times, and every death
 is logged; after that the supervisor reports failure through ``failed``.
+
+One server per JetStream folder, and none outlives its parent:
+
+- ``start`` takes an exclusive ``flock`` on ``<store_dir>/owner.lock`` and writes the owner's
+  and the server's pids into it. The locked file descriptor is inherited by nats-server, so
+  the lock is held while either process lives: a second ``up`` on the same folder is
+  refused with a message naming the holder, even when the first ``up`` was killed and its
+  server lingered.
+- The child asks the kernel for SIGTERM when its parent dies (Linux ``PR_SET_PDEATHSIG``),
+  so ``kill -9`` of ``up`` takes its nats-server with it (JetStream flushes on SIGTERM).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import fcntl
+import json
 import logging
+import os
 import shutil
+import signal
 import socket
 import sys
 import sysconfig
+from functools import partial
 from pathlib import Path
 
 import psutil
@@ -47,6 +63,65 @@ def nats_server_binary() -> str:
     )
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Runs in the child between fork and exec: SIGTERM when the parent dies."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the lock still refuses a second server
+        return
+    if os.getppid() != parent_pid:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+class DirectoryLock:
+    """An exclusive ``flock`` on a JetStream folder, with who holds it written inside."""
+
+    def __init__(self, store_dir: Path) -> None:
+        self.path = store_dir / "owner.lock"
+        self.fd: int | None = None
+
+    def acquire(self, url: str) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise NatsServerError(self._held_message()) from None
+        self.fd = fd
+        self.record(url=url, owner_pid=os.getpid(), server_pid=None)
+
+    def _held_message(self) -> str:
+        try:
+            holder = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            holder = {}
+        server = holder.get("server_pid")
+        owner = holder.get("owner_pid")
+        return (
+            f"the JetStream folder {self.path.parent} is in use by nats-server pid {server} "
+            f"at {holder.get('url')} (started by pid {owner}); stop that process, or give "
+            "this one another --data-dir (two servers must never share one folder)"
+        )
+
+    def record(self, **fields: object) -> None:
+        if self.fd is None:
+            return
+        data = json.dumps(fields).encode()
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, data, 0)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -74,6 +149,7 @@ class EmbeddedNatsServer:
         self._process: asyncio.subprocess.Process | None = None
         self._watch: asyncio.Task[None] | None = None
         self._stopping = False
+        self._lock = DirectoryLock(self.store_dir)
 
     @property
     def url(self) -> str:
@@ -95,10 +171,16 @@ class EmbeddedNatsServer:
         )
 
     async def start(self, timeout: float = 15.0) -> None:
+        """Start the server; refuses (``NatsServerError``) a folder another server holds."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        config = self.store_dir / "nats-server.conf"
-        config.write_text(self._config(), encoding="utf-8")
-        await self._spawn(config, timeout)
+        self._lock.acquire(self.url)
+        try:
+            config = self.store_dir / "nats-server.conf"
+            config.write_text(self._config(), encoding="utf-8")
+            await self._spawn(config, timeout)
+        except BaseException:
+            self._lock.release()
+            raise
         self._watch = asyncio.create_task(self._supervise(config), name="nats-server-watch")
 
     async def _spawn(self, config: Path, timeout: float) -> None:
@@ -113,7 +195,10 @@ class EmbeddedNatsServer:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
             start_new_session=True,
+            pass_fds=() if self._lock.fd is None else (self._lock.fd,),
+            preexec_fn=partial(_die_with_parent, os.getpid()),
         )
+        self._lock.record(url=self.url, owner_pid=os.getpid(), server_pid=self._process.pid)
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             if self._process.returncode is not None:
@@ -170,13 +255,16 @@ class EmbeddedNatsServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
         process = self._process
-        if process is None or process.returncode is not None:
-            return
-        process.terminate()
         try:
-            await asyncio.wait_for(process.wait(), timeout)
-        except TimeoutError:
-            await self._kill()
+            if process is None or process.returncode is not None:
+                return
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), timeout)
+            except TimeoutError:
+                await self._kill()
+        finally:
+            self._lock.release()
 
     async def _kill(self) -> None:
         if self._process is not None and self._process.returncode is None:
