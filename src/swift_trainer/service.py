@@ -79,7 +79,7 @@ class Service:
             asyncio.create_task(self._watch_nats(self.nats))  # noqa: RUF006 - ends with the server
         self.nc = await connect(url, self.settings, name=self.name)
         self._stoppers.append(("nats connection", self._close_nc))
-        await provision(self.nc.jetstream())
+        await provision(self.nc.jetstream(), replicas=self.settings.nats_stream_replicas)
         return self.nc
 
     async def _watch_nats(self, server: EmbeddedNatsServer) -> None:

@@ -51,9 +51,15 @@ def resolve_nats_url(settings: Settings, explicit: str | None = None) -> str:
 async def connect(
     url: str, settings: Settings | None = None, *, name: str = "swift-trainer"
 ) -> Client:
-    """Connect with reconnects forever: a restarted server must not take processes down."""
+    """Connect with reconnects forever: a restarted server must not take processes down.
+
+    ``url`` may list several servers, comma-separated (the nodes of a cluster); the client
+    also learns the other nodes from the one it reaches, and moves to a live one when its
+    node dies.
+    """
+    servers = [part.strip() for part in url.split(",") if part.strip()]
     options: dict[str, Any] = {
-        "servers": [url],
+        "servers": servers,
         "name": name,
         "max_reconnect_attempts": -1,
         "reconnect_time_wait": 0.5,
@@ -91,9 +97,10 @@ async def connect(
     return nc
 
 
-def events_stream_config() -> StreamConfig:
+def events_stream_config(replicas: int = 1) -> StreamConfig:
     """Every stored event; kept forever (the SQL store is the truth, this is the feed)."""
     return StreamConfig(
+        num_replicas=replicas,
         name=subjects.EVENTS_STREAM,
         description="Stored job events, published by the outbox relay in global order",
         subjects=[subjects.EVENTS_ALL],
@@ -105,9 +112,12 @@ def events_stream_config() -> StreamConfig:
     )
 
 
-def logs_stream_config(max_bytes: int = 2 * 1024**3, max_age_s: float = 14 * DAY) -> StreamConfig:
+def logs_stream_config(
+    max_bytes: int = 2 * 1024**3, max_age_s: float = 14 * DAY, replicas: int = 1
+) -> StreamConfig:
     """Training output: bounded by size and age, since a chatty job must not fill the disk."""
     return StreamConfig(
+        num_replicas=replicas,
         name=subjects.LOGS_STREAM,
         description="stdout/stderr lines of training and export processes",
         subjects=[subjects.LOGS_ALL],
@@ -137,12 +147,20 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     await js.update_stream(config)
 
 
-async def ensure_bucket(js: JetStreamContext, bucket: str, ttl_s: float, history: int = 1) -> None:
+async def ensure_bucket(
+    js: JetStreamContext, bucket: str, ttl_s: float, history: int = 1, replicas: int = 1
+) -> None:
     try:
         await js.key_value(bucket)
     except (NotFoundError, BadRequestError):
         await js.create_key_value(
-            KeyValueConfig(bucket=bucket, ttl=ttl_s, history=history, storage=StorageType.FILE),
+            KeyValueConfig(
+                bucket=bucket,
+                ttl=ttl_s,
+                history=history,
+                storage=StorageType.FILE,
+                replicas=replicas,
+            ),
         )
 
 
@@ -151,9 +169,11 @@ async def provision(
     *,
     runner_lease_s: float = 15.0,
     scheduler_lease_s: float = 5.0,
+    replicas: int = 1,
 ) -> None:
-    """Create or update the EVENTS and LOGS streams and the lease buckets."""
-    await ensure_stream(js, events_stream_config())
-    await ensure_stream(js, logs_stream_config())
-    await ensure_bucket(js, subjects.RUNNERS_BUCKET, runner_lease_s)
-    await ensure_bucket(js, subjects.SCHEDULER_LEASE_BUCKET, scheduler_lease_s)
+    """Create or update the EVENTS and LOGS streams and the lease buckets, each kept on
+    ``replicas`` nodes (``NATS_STREAM_REPLICAS``; 3 on a 3-node cluster survives a node)."""
+    await ensure_stream(js, events_stream_config(replicas))
+    await ensure_stream(js, logs_stream_config(replicas=replicas))
+    await ensure_bucket(js, subjects.RUNNERS_BUCKET, runner_lease_s, replicas=replicas)
+    await ensure_bucket(js, subjects.SCHEDULER_LEASE_BUCKET, scheduler_lease_s, replicas=replicas)

@@ -32,6 +32,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     nats_password: str | None = None
     nats_token: str | None = None
     nats_creds: str | None = None
+    #: JetStream replicas of every stream and bucket: 1 on one server, 3 on a 3-node cluster.
+    nats_stream_replicas: int = 1
     #: ``None``: SQLite file ``events.db`` under the data dir.
     event_store_url: str | None = None
     #: ``None``: in-memory read models (embedded mode only).
@@ -103,8 +105,15 @@ def load_settings(
     try:
         port = int(text("APP_PORT", "8000") or "8000")
         timeout = float(text("COMMAND_TIMEOUT_S", "10") or "10")
+        replicas = int(text("NATS_STREAM_REPLICAS", "1") or "1")
     except ValueError as exc:
-        raise SettingsError(f"APP_PORT / COMMAND_TIMEOUT_S must be numbers: {exc}") from exc
+        raise SettingsError(
+            f"APP_PORT / COMMAND_TIMEOUT_S / NATS_STREAM_REPLICAS must be numbers: {exc}"
+        ) from exc
+    if not 1 <= replicas <= 5:
+        raise SettingsError(
+            f"NATS_STREAM_REPLICAS must be 1 to 5 (JetStream's range), got {replicas}"
+        )
     prefix = text("API_PREFIX", "/api/v1") or ""
     if prefix and not prefix.startswith("/"):
         raise SettingsError(f"API_PREFIX must start with '/', got {prefix!r}")
@@ -118,6 +127,7 @@ def load_settings(
         nats_password=text("NATS_PASSWORD"),
         nats_token=text("NATS_TOKEN"),
         nats_creds=text("NATS_CREDS"),
+        nats_stream_replicas=replicas,
         event_store_url=text("EVENT_STORE_URL"),
         redis_url=_redis_url(source),
         redis_prefix=text("REDIS_PREFIX", "swift-trainer:") or "swift-trainer:",

@@ -198,6 +198,7 @@ class SchedulerService:
         clock: Clock = utc_now,
         start_timeout_s: float = 60.0,
         vanish_grace_s: float = 10.0,
+        stream_replicas: int = 1,
     ) -> None:
         self.nc = nc
         self.scheduler_id = scheduler_id or default_scheduler_id()
@@ -213,6 +214,7 @@ class SchedulerService:
         self.clock = clock
         self.start_timeout_s = start_timeout_s
         self.vanish_grace_s = vanish_grace_s
+        self.stream_replicas = stream_replicas
         self.state = SchedulerState(self.policy)
         self.client = CommandClient(nc, timeout=command_timeout_s, actor=ACTOR)
         self.feed: EventFeed | None = None
@@ -262,7 +264,7 @@ class SchedulerService:
         try:
             return await js.key_value(subjects.SCHEDULER_LEASE_BUCKET)
         except NotFoundError:
-            await provision(js, scheduler_lease_s=self.lease_ttl_s)
+            await provision(js, scheduler_lease_s=self.lease_ttl_s, replicas=self.stream_replicas)
             return await js.key_value(subjects.SCHEDULER_LEASE_BUCKET)
 
     async def stop(self, *, release_lease: bool = True) -> None:
@@ -777,7 +779,11 @@ async def run_scheduler(settings: Settings, args: argparse.Namespace) -> int:
     store = None
     service: SchedulerService | None = None
     try:
-        await provision(nc.jetstream(), scheduler_lease_s=args.lease_ttl)
+        await provision(
+            nc.jetstream(),
+            scheduler_lease_s=args.lease_ttl,
+            replicas=settings.nats_stream_replicas,
+        )
         if settings.event_store_url:
             store = open_event_store(settings.event_store_url)
             await store.setup()
@@ -794,6 +800,7 @@ async def run_scheduler(settings: Settings, args: argparse.Namespace) -> int:
             command_timeout_s=settings.command_timeout_s,
             start_timeout_s=args.start_timeout,
             vanish_grace_s=args.vanished_grace,
+            stream_replicas=settings.nats_stream_replicas,
         )
         await service.start()
         await wait_for_shutdown()

@@ -888,7 +888,11 @@ async def run_runner(settings: Settings, args: argparse.Namespace) -> int:
         name=f"runner-{options.runner_id}",
     )
     try:
-        await provision(nc.jetstream(), runner_lease_s=max(options.lease_s, 1.0) * 1.5)
+        await provision(
+            nc.jetstream(),
+            runner_lease_s=max(options.lease_s, 1.0) * 1.5,
+            replicas=settings.nats_stream_replicas,
+        )
         agent = create_runner_agent(nc, options, command_timeout_s=settings.command_timeout_s)
         await agent.start()
         try:
