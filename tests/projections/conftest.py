@@ -25,6 +25,7 @@ from swift_trainer.bus.messages import CommandReply
 from swift_trainer.bus.relay import OutboxRelay
 from swift_trainer.core import commands as c
 from swift_trainer.core import events as e
+from swift_trainer.core.invariants import gpu_double_bookings
 from swift_trainer.core.inventory import (
     GpuHealth,
     GpuInfo,
@@ -32,7 +33,7 @@ from swift_trainer.core.inventory import (
     InventorySnapshot,
     RunnerHeartbeat,
 )
-from swift_trainer.core.job import ACTIVE, JobState, evolve, initial_state
+from swift_trainer.core.job import JobState, evolve, initial_state
 from swift_trainer.core.spec import JobSpec
 from swift_trainer.core.sqlstore import SqlEventStore, open_event_store
 from swift_trainer.core.store import RecordedEvent
@@ -203,29 +204,8 @@ async def assert_no_gpu_in_two_live_jobs(store_events: list[RecordedEvent]) -> i
 
     Returns how many schedulings the log holds, so a test can tell it checked something.
     """
-    states: dict[str, JobState] = {}
-    holder: dict[tuple[str, int], str] = {}
-    scheduled = 0
-    for recorded in store_events:
-        event = e.decode_event(recorded.type, recorded.payload, recorded.schema_version)
-        if not isinstance(event, e.JobEvent):
-            continue
-        job_id = event.job_id
-        old = states.get(job_id) or initial_state(job_id)
-        new = evolve(old, event)
-        states[job_id] = new
-        if old.status in ACTIVE and old.runner_id is not None:
-            for gpu in old.gpu_ids:
-                del holder[(old.runner_id, gpu)]
-        if new.status in ACTIVE and new.runner_id is not None:
-            for gpu in new.gpu_ids:
-                other = holder.get((new.runner_id, gpu))
-                assert other is None, (
-                    f"GPU {gpu} of {new.runner_id} held by {other} and {job_id} "
-                    f"(at position {recorded.position})"
-                )
-                holder[(new.runner_id, gpu)] = job_id
-        scheduled += isinstance(event, e.JobScheduled)
+    violations, scheduled = gpu_double_bookings(store_events)
+    assert violations == [], violations
     return scheduled
 
 
