@@ -115,6 +115,29 @@ async def test_a_justified_refusal_is_still_recorded_once(store: SqlEventStore) 
     assert record.error_code == "stale_assignment"
 
 
+async def test_an_already_so_answer_is_kept_for_its_command_id(store: SqlEventStore) -> None:
+    """A no-op is an answer too: sent again after the job ended, the same command id must
+    not turn into a refusal (the chaos run caught that)."""
+    handler = CommandHandler(store)
+    assert (await _run(handler, c.SubmitJob(job_id="j", spec=_spec()))).ok
+    envelope = CommandEnvelope(
+        command_id="prio-1", command=c.ChangePriority(job_id="j", priority=5)
+    )
+    first = await handler.execute(envelope)
+    assert first.ok
+    assert first.events == ()
+    assert not first.duplicate
+    assert (await _run(handler, c.StopJob(job_id="j"))).ok
+    again = await CommandHandler(store).execute(envelope)
+    assert again.ok, again.error
+    assert again.events == ()
+    assert again.duplicate
+    other = await handler.execute(
+        CommandEnvelope(command_id="prio-2", command=c.ChangePriority(job_id="j", priority=5))
+    )
+    assert other.error is not None, "a new command id is decided on the job as it is now"
+
+
 async def test_a_conflict_reloads_only_the_events_after_the_cached_version(
     counting: CountingStore,
 ) -> None:

@@ -112,6 +112,22 @@ class EventStoreContract(ABC):
         assert await store.get_tracking("relay") == 0
         assert await store.find_command("cmd-1") is None
 
+    async def test_a_noop_is_recorded_once_and_keeps_its_answer(self, store: SqlEventStore) -> None:
+        record = await store.record_noop("cmd-noop", "job-1")
+        assert (record.command_id, record.events, record.error_code) == ("cmd-noop", (), None)
+        # An id already answered keeps its first answer, whichever kind it was.
+        await store.record_rejection("cmd-refused", "job-1", "invalid_transition", "no")
+        refused = await store.record_noop("cmd-refused", "job-1")
+        assert refused.error_code == "invalid_transition"
+        assert (await store.record_rejection("cmd-noop", "job-1", "x", "y")).error_code is None
+        # An append under a recorded no-op stores nothing.
+        result = await store.append(
+            "job-1", [NewEvent(new_id(), "T", b"{}")], expected_version=0, command_id="cmd-noop"
+        )
+        assert result.duplicate
+        assert result.events == ()
+        assert await store.stream_version("job-1") == 0
+
     async def test_snapshots_keep_the_newest(self, store: SqlEventStore) -> None:
         assert await store.load_snapshot("gpu-ledger") is None
         await store.save_snapshot("gpu-ledger", 5, b"five")

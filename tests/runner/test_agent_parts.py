@@ -23,6 +23,7 @@ from swift_trainer.runner.agent import (
     add_runner_arguments,
     merged_artifact_complete,
     options_from_args,
+    resolve_resume,
 )
 from swift_trainer.runner.log_publisher import MAX_LINE_CHARS, LogPublisher, SeqClock
 from swift_trainer.runner.reporting import ReportOutbox, export_failure_reason
@@ -251,3 +252,23 @@ def test_runner_options_default_from_the_host_and_settings(
         settings, parser.parse_args(["--swift-executable", "/opt/venv/bin/swift"])
     )
     assert custom.swift_executable == ("/opt/venv/bin/swift",)
+
+
+def test_resume_falls_back_to_the_newest_complete_checkpoint(tmp_path: Path) -> None:
+    """save_total_limit rotated the recorded checkpoint away while a lost attempt trained
+    on: resume from the newest complete one instead of refusing the job forever."""
+    out = tmp_path / "out"
+    for step, complete in ((30, True), (35, True), (40, False)):
+        folder = out / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        if complete:
+            (folder / "trainer_state.json").write_text("{}")
+    (out / "checkpoint-35-merged").mkdir()
+    assert resolve_resume(None) == (None, None)
+    assert resolve_resume("checkpoint-5") == ("checkpoint-5", None)
+    assert resolve_resume(str(out / "checkpoint-30")) == (str(out / "checkpoint-30"), None)
+    assert resolve_resume(str(out / "checkpoint-25")) == (str(out / "checkpoint-35"), None)
+    path, problem = resolve_resume(str(tmp_path / "elsewhere" / "checkpoint-25"))
+    assert path is None
+    assert problem is not None
+    assert "is not on this runner" in problem

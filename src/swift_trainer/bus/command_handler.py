@@ -286,15 +286,9 @@ class CommandHandler:
                 if not fresh:
                     state, fresh = await self._catch_up(stream_id, state), True
                     continue
-                earlier = await self.store.find_command(command_id)
-                if earlier is not None:
-                    return _reply_from_record(earlier)
-                return CommandReply(
-                    command_id=command_id,
-                    ok=True,
-                    stream_id=stream_id,
-                    version=aggregates.version_of(state),
-                )
+                record = await self.store.record_noop(command_id, stream_id)
+                first = record.error_code is None and not record.events
+                return _reply_from_record(record, duplicate=not first)
             try:
                 result = await self._append(envelope, stream_id, state, events)
             except ConcurrencyConflict:

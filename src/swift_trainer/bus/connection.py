@@ -6,11 +6,13 @@ config this code wants), so there is no separate migration step for NATS.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import nats
+import nats.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -20,7 +22,13 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import (
+    BadRequestError,
+    NoStreamResponseError,
+    NotFoundError,
+    ServerError,
+    ServiceUnavailableError,
+)
 
 from ..core.errors import SwiftTrainerError
 from ..core.settings import Settings
@@ -164,15 +172,48 @@ async def ensure_bucket(
         )
 
 
+#: What a JetStream call answers while a cluster elects leaders or a node restarts.
+TRANSIENT_JETSTREAM_ERRORS: Final = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    NoStreamResponseError,
+    ServiceUnavailableError,
+    ServerError,
+)
+
+
 async def provision(
     js: JetStreamContext,
     *,
     runner_lease_s: float = 15.0,
     scheduler_lease_s: float = 5.0,
     replicas: int = 1,
+    patience_s: float = 120.0,
 ) -> None:
     """Create or update the EVENTS and LOGS streams and the lease buckets, each kept on
-    ``replicas`` nodes (``NATS_STREAM_REPLICAS``; 3 on a 3-node cluster survives a node)."""
+    ``replicas`` nodes (``NATS_STREAM_REPLICAS``; 3 on a 3-node cluster survives a node).
+
+    A process that starts while its cluster elects a leader (a node just died) waits for
+    it, up to ``patience_s``, instead of exiting: a restart must not turn a passing fault
+    into a dead component.
+    """
+    delay = 0.2
+    deadline = asyncio.get_running_loop().time() + patience_s
+    while True:
+        try:
+            await _provision_once(js, runner_lease_s, scheduler_lease_s, replicas)
+            return
+        except TRANSIENT_JETSTREAM_ERRORS as exc:
+            if asyncio.get_running_loop().time() + delay > deadline:
+                raise
+            _log.warning("JetStream not ready (%r); provisioning again in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+async def _provision_once(
+    js: JetStreamContext, runner_lease_s: float, scheduler_lease_s: float, replicas: int
+) -> None:
     await ensure_stream(js, events_stream_config(replicas))
     await ensure_stream(js, logs_stream_config(replicas=replicas))
     await ensure_bucket(js, subjects.RUNNERS_BUCKET, runner_lease_s, replicas=replicas)

@@ -66,7 +66,7 @@ def nats_server_binary() -> str:
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def die_with_parent(parent_pid: int) -> None:
     """Runs in the child between fork and exec: SIGTERM when the parent dies."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -196,7 +196,7 @@ class EmbeddedNatsServer:
             stderr=asyncio.subprocess.DEVNULL,
             start_new_session=True,
             pass_fds=() if self._lock.fd is None else (self._lock.fd,),
-            preexec_fn=partial(_die_with_parent, os.getpid()),
+            preexec_fn=partial(die_with_parent, os.getpid()),
         )
         self._lock.record(url=self.url, owner_pid=os.getpid(), server_pid=self._process.pid)
         deadline = asyncio.get_running_loop().time() + timeout

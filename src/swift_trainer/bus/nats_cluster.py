@@ -18,7 +18,9 @@ import urllib.request
 from functools import partial
 from pathlib import Path
 
-from .embedded import NatsServerError, _die_with_parent, free_port, nats_server_binary
+import psutil
+
+from .embedded import NatsServerError, die_with_parent, free_port, nats_server_binary
 
 
 class ClusterNode:
@@ -51,6 +53,8 @@ class LocalNatsCluster:
         self.base_dir = Path(base_dir)
         self.name = name
         self.nodes = [ClusterNode(i + 1, self.base_dir) for i in range(size)]
+        #: Every node process ever started, so a caller can prove none outlived it.
+        self.spawned: list[psutil.Process] = []
 
     @property
     def url(self) -> str:
@@ -92,8 +96,10 @@ class LocalNatsCluster:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=partial(_die_with_parent, os.getpid()),  # noqa: PLW1509
+            preexec_fn=partial(die_with_parent, os.getpid()),  # noqa: PLW1509
         )
+        with contextlib.suppress(psutil.Error):
+            self.spawned.append(psutil.Process(node.process.pid))
         if wait:
             self.wait_healthy(timeout, nodes=[node])
 

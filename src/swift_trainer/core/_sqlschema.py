@@ -348,6 +348,19 @@ _SQLITE_V2: Final = (
     ) WITHOUT ROWID
     """,
 )
+#: ``earlier_append`` again, now also answering for a command recorded as accepted without
+#: events (``record_noop``: no error, no positions) as it does for a refused one: the
+#: append stores nothing and reports a duplicate with no events.
+_POSTGRES_EARLIER_FUNCTION_V2: Final = _POSTGRES_EARLIER_FUNCTION.replace(
+    "CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1
+).replace(
+    "IF v_command.error_code IS NOT NULL THEN",
+    "IF v_command.error_code IS NOT NULL OR v_command.first_position IS NULL THEN",
+    1,
+)
+
+assert "OR v_command.first_position IS NULL" in _POSTGRES_EARLIER_FUNCTION_V2
+
 _POSTGRES_V2: Final = (
     """
     CREATE TABLE snapshots (
@@ -356,6 +369,7 @@ _POSTGRES_V2: Final = (
         payload BYTEA NOT NULL
     )
     """,
+    _POSTGRES_EARLIER_FUNCTION_V2,
 )
 
 MIGRATIONS: Final[tuple[Migration, ...]] = (
@@ -366,7 +380,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     ),
     Migration(
         version=2,
-        description="snapshots of long streams (the GPU ledger)",
+        description="snapshots of long streams (the GPU ledger); no-op command answers",
         statements={"sqlite": _SQLITE_V2, "postgresql": _POSTGRES_V2},
     ),
 )

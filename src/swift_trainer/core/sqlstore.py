@@ -568,6 +568,22 @@ class SqlEventStore:
             raise StoreError(f"command {command_id!r} vanished after it was recorded")
         return record
 
+    async def record_noop(self, command_id: str, stream_id: str) -> CommandRecord:
+        """Remember that ``command_id`` was accepted with nothing to store, unless its
+        outcome is already known; returns what is stored for the id afterwards."""
+        with _store_errors(f"record no-op command {command_id!r}"):
+            await self._write(
+                self._record_rejection,
+                command_id=command_id,
+                stream_id=stream_id,
+                code=None,
+                message=None,
+            )
+        record = await self.find_command(command_id)
+        if record is None:
+            raise StoreError(f"command {command_id!r} vanished after it was recorded")
+        return record
+
     # --- reads ----------------------------------------------------------------------------
 
     async def _fetch(self, action: str, statement: sa.Executable, **params: Any) -> Sequence[_Row]:

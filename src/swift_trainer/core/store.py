@@ -149,6 +149,11 @@ class CommandLog(Protocol):
         returns ``duplicate=True`` with no events.
         """
 
+    async def record_noop(self, command_id: str, stream_id: str) -> CommandRecord:
+        """Remember that ``command_id`` was accepted without events ("already so"), so a
+        retry gets that answer even after the stream has moved on; insert-if-absent, like
+        ``record_rejection``."""
+
 
 class Snapshot(msgspec.Struct, frozen=True):
     """A stream's folded state at ``version``, encoded by whoever folds that stream."""

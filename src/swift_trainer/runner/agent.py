@@ -141,12 +141,31 @@ def _is_dir(path: Path) -> bool:
     return path.is_dir()
 
 
-def _resume_problem(resume_from: str | None) -> str | None:
-    """A checkpoint named by its absolute path must be on this host (a relative one is
-    resolved inside the job's output folder by the command builder)."""
-    if resume_from and Path(resume_from).is_absolute() and not Path(resume_from).is_dir():
-        return f"checkpoint {resume_from} to resume from is not on this runner"
-    return None
+_CHECKPOINT_DIR: Final = re.compile(r"checkpoint-(\d+)")
+
+
+def resolve_resume(resume_from: str | None) -> tuple[str | None, str | None]:
+    """The checkpoint to resume from here, or why there is none: ``(path, problem)``.
+
+    A relative path is resolved inside the job's output folder by the command builder. An
+    absolute one must be on this host. When it is gone but the folder holds newer complete
+    checkpoints (an attempt marked lost trained on, and ``save_total_limit`` rotated the
+    recorded one away), the newest is used: it holds at least as much progress.
+    """
+    if not resume_from or not Path(resume_from).is_absolute() or Path(resume_from).is_dir():
+        return resume_from, None
+    named = Path(resume_from)
+    candidates = []
+    with contextlib.suppress(OSError):
+        for entry in named.parent.iterdir():
+            match = _CHECKPOINT_DIR.fullmatch(entry.name)
+            if match and (entry / "trainer_state.json").is_file():
+                candidates.append((int(match.group(1)), entry))
+    if candidates:
+        newest = max(candidates)[1]
+        _log.warning("checkpoint %s is gone; resuming from %s instead", named, newest)
+        return str(newest), None
+    return None, f"checkpoint {resume_from} to resume from is not on this runner"
 
 
 class HandledEvents:
@@ -519,7 +538,7 @@ class RunnerAgent:
                     f"GPU {index} has {foreign} MiB in use by processes this runner did not "
                     f"start (limit {self.max_foreign_memory_mib} MiB)"
                 )
-        return _resume_problem(event.resume_from)
+        return resolve_resume(event.resume_from)[1]
 
     async def _start(self, event: e.JobScheduled) -> None:
         spec = await self.job_spec(event.job_id)
@@ -531,7 +550,7 @@ class RunnerAgent:
                 spec,
                 output_root=self.output_root,
                 gpu_ids=event.gpu_ids,
-                resume_from=event.resume_from,
+                resume_from=resolve_resume(event.resume_from)[0],
                 swift_executable=self.swift_executable,
                 base_env=self.base_env,
                 gpu_uuids=event.gpu_uuids,
