@@ -362,6 +362,8 @@ class Run:
     # --- faults ------------------------------------------------------------------------
 
     def kill_plan(self) -> list[str]:
+        if self.args.kills == 0:
+            return []
         required = ["nats", "runner-mid-training", "redis"]
         others = ["handler", "scheduler", "runner", "api", "nats", "handler", "scheduler"]
         plan = required + [self.rng.choice(others) for _ in range(self.args.kills - 3)]
@@ -683,8 +685,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=int(time.time()))
     parser.add_argument("--report", help="also write the JSON report here")
     args = parser.parse_args()
-    if args.kills < 3:
-        parser.error("--kills must be at least 3 (a NATS node, a runner, Redis)")
+    if 0 < args.kills < 3:
+        parser.error("--kills must be 0 (no faults) or at least 3 (a NATS node, a runner, Redis)")
     return asyncio.run(main_async(args))
 
 
