@@ -640,8 +640,15 @@ async def main_async(args: argparse.Namespace) -> int:
     top = Topology(root, args)
     run = Run(top, args)
     report: dict[str, Any] = {}
+    work = asyncio.create_task(run.run())
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # interrupted: still clean up below
+        loop.add_signal_handler(sig, work.cancel)
     try:
-        report = await run.run()
+        report = await work
+    except asyncio.CancelledError:
+        log("interrupted; cleaning up")
+        report = {"violations": [{"rule": "interrupted", "position": 0, "message": ""}]}
     except Exception as exc:
         log(f"the run broke: {exc!r}")
         report = {"violations": [{"rule": "run_broke", "position": 0, "message": repr(exc)}]}

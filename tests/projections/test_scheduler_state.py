@@ -340,3 +340,40 @@ def test_healing_state_is_dropped_with_the_job() -> None:
     )
     assert state.entered == {}
     assert state.absent == {}
+
+
+def _refused(log: Log, state: SchedulerState, job_id: str, attempt: int, at: datetime) -> None:
+    state.apply(log.add(claimed(job_id, attempt, "r1", 0), scheduled(job_id, attempt, "r1", 0)), at)
+    state.apply(
+        log.add(
+            e.AssignmentRejected(
+                at=at, job_id=job_id, attempt=attempt, runner_id="r1", reason="still stopping"
+            ),
+            e.JobRequeued(at=at, job_id=job_id, priority=5, retries=attempt, reason="rejected"),
+        ),
+        at,
+    )
+
+
+def test_a_refused_job_is_held_back_with_a_doubling_wait_and_shown_why() -> None:
+    """Placed again at once, a refusal that repeats (the old attempt still stopping on that
+    runner) would burn every retry within seconds."""
+    state, log = with_runner(), Log()
+    state.apply(log.add(*submitted("a")), T0)
+    _refused(log, state, "a", 1, T0)
+    assert [job.job_id for job in state.core.queued_jobs()] == []
+    [(job_id, priority, why)] = state.held_back()
+    assert (job_id, priority) == ("a", 5)
+    assert "runner r1 refused attempt 1 (still stopping)" in why
+    state.refresh(T0 + timedelta(seconds=1.9))
+    assert state.core.place().decisions == ()
+    state.refresh(T0 + timedelta(seconds=2))
+    assert [d.job_id for d in state.core.place().decisions] == ["a"]
+    assert state.held_back() == []
+    # A second refusal in a row waits twice as long.
+    later = T0 + timedelta(seconds=3)
+    _refused(log, state, "a", 2, later)
+    state.refresh(later + timedelta(seconds=3.9))
+    assert state.core.place().decisions == ()
+    state.refresh(later + timedelta(seconds=4))
+    assert [d.job_id for d in state.core.place().decisions] == ["a"]

@@ -629,7 +629,7 @@ class SchedulerService:
         if not force and monotonic - self._last_view_at < VIEW_INTERVAL_S:
             return
         self._last_view_at = monotonic
-        entries = tuple(
+        queued = [
             QueueEntry(
                 job_id=x.job_id,
                 position=x.position,
@@ -640,7 +640,12 @@ class SchedulerService:
                 unplaceable=x.unplaceable,
             )
             for x in self.state.core.report()
-        )
+        ]
+        held = [
+            QueueEntry(job_id=job_id, position=len(queued) + n, priority=priority, unplaceable=why)
+            for n, (job_id, priority, why) in enumerate(self.state.held_back(), start=1)
+        ]
+        entries = (*queued, *held)
         key = (entries, self.state.position)
         if key == self._last_view and not force:
             return

@@ -52,6 +52,9 @@ _log = logging.getLogger(__name__)
 
 #: A heartbeat seen this soon after a job's start may have been built before it.
 HEARTBEAT_SETTLE: Final = timedelta(seconds=1)
+#: How long a job refused by a runner waits before it is placed again, doubling per refusal.
+COOLDOWN_FIRST: Final = timedelta(seconds=2)
+COOLDOWN_MAX: Final = timedelta(seconds=60)
 
 #: Events that change nothing a placement looks at: they do not wake the placer.
 QUIET_EVENTS: Final = frozenset(
@@ -162,6 +165,12 @@ class SchedulerState:
         self.entered: dict[str, tuple[JobStatus, int, datetime]] = {}
         #: Running jobs whose runner's heartbeats stopped listing their process.
         self.absent: dict[str, _Absence] = {}
+        #: Jobs held out of placement after a runner refused them, until when and why: a
+        #: refusal repeated at once (the old attempt still stopping there) would burn every
+        #: retry in seconds. Refusals in a row double the wait, up to ``COOLDOWN_MAX``.
+        self.cooling: dict[str, tuple[datetime, str]] = {}
+        self.refusals: dict[str, int] = {}
+        self.now: datetime | None = None
 
     # --- events -------------------------------------------------------------------------
 
@@ -186,6 +195,14 @@ class SchedulerState:
                 continue
             relevant |= recorded.type not in QUIET_EVENTS
             match event:
+                case e.AssignmentRejected(job_id=job_id):
+                    self._evolve_job(recorded, event)
+                    touched.add(job_id)
+                    self._cool(job_id, now or recorded.recorded_at, event)
+                case e.JobStarted(job_id=job_id):
+                    self._evolve_job(recorded, event)
+                    touched.add(job_id)
+                    self.refusals.pop(job_id, None)
                 case e.QueueProcessorPaused() | e.QueueProcessorResumed():
                     self.processor = evolve_processor(self.processor, event)
                 case e.GpusClaimed() | e.GpusReleased():
@@ -198,11 +215,28 @@ class SchedulerState:
                 case _:
                     self._evolve_job(recorded, event)
                     touched.add(event.job_id)
+        if now is not None:
+            self.now = now
         for job_id in touched:
             self.sync(job_id)
             self._note_entered(job_id, now or batch[-1].recorded_at)
         self._settle_arrived()
         return relevant
+
+    def _cool(self, job_id: str, now: datetime, event: e.AssignmentRejected) -> None:
+        count = self.refusals.get(job_id, 0) + 1
+        self.refusals[job_id] = count
+        wait = min(COOLDOWN_FIRST * 2 ** (count - 1), COOLDOWN_MAX)
+        until = now + wait
+        why = (
+            f"held back until {until.isoformat(timespec='seconds')}: runner "
+            f"{event.runner_id} refused attempt {event.attempt} ({event.reason[:200]})"
+        )
+        self.cooling[job_id] = (until, why)
+
+    def _cooling(self, job_id: str) -> bool:
+        entry = self.cooling.get(job_id)
+        return entry is not None and (self.now is None or self.now < entry[0])
 
     def _note_entered(self, job_id: str, now: datetime) -> None:
         state = self.jobs.get(job_id)
@@ -228,6 +262,8 @@ class SchedulerState:
         if state.status in (JobStatus.SUCCEEDED, JobStatus.DELETED):
             self.jobs.pop(job_id, None)
             self.seqs.pop(job_id, None)
+            self.cooling.pop(job_id, None)
+            self.refusals.pop(job_id, None)
         else:
             self.jobs[job_id] = state
 
@@ -280,6 +316,8 @@ class SchedulerState:
                         priority=state.priority,
                     ),
                 )
+            elif self._cooling(job_id):
+                core.remove(job_id)
             else:
                 core.submit(self._queued(state))
         else:
@@ -382,6 +420,10 @@ class SchedulerState:
         remaining times as "from now", so they are aged by the time since.
         """
         self.core.expire_leases(now)
+        self.now = now
+        for job_id in [j for j, (until, _) in self.cooling.items() if until <= now]:
+            del self.cooling[job_id]
+            self.sync(job_id)
         for job_id in self._active:
             if job_id in self.pending:
                 continue
@@ -490,6 +532,15 @@ class SchedulerState:
         return actions
 
     # --- views --------------------------------------------------------------------------
+
+    def held_back(self) -> list[tuple[str, int, str]]:
+        """Queued jobs cooling down after a refusal: ``(job_id, priority, why)``."""
+        held = []
+        for job_id, (_, why) in sorted(self.cooling.items()):
+            state = self.jobs.get(job_id)
+            if state is not None and state.status is JobStatus.QUEUED and self._cooling(job_id):
+                held.append((job_id, state.priority, why))
+        return held
 
     @property
     def paused(self) -> bool:

@@ -149,7 +149,8 @@ class QueueEntry(msgspec.Struct, frozen=True, omit_defaults=True):
     position: int
     priority: int
     estimated_start: datetime | None = None
-    #: Why no known runner could ever run it (too many GPUs, constraints nothing meets).
+    #: Why no known runner could ever run it (too many GPUs, constraints nothing meets), or
+    #: why it is held back for now (a runner refused it a moment ago).
     unplaceable: str | None = None
 
 
