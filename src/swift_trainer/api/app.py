@@ -22,6 +22,7 @@ from .deps import ApiDeps
 from .docs import docs_routes, offline_swagger
 from .errors import exception_handlers
 from .jobs.controllers import JobsController
+from .metrics import MetricsEndpoint, http_metrics
 from .queue.controllers import QueueController
 from .system.controllers import SystemController
 
@@ -71,7 +72,8 @@ class SwiftTrainerApi(InitPlugin):
             # On the router: Litestar ignores a limit set on the app config by a plugin.
             request_max_body_size=MAX_BODY_BYTES,
         )
-        app_config.route_handlers.extend([training, *docs_routes()])
+        app_config.route_handlers.extend([training, *docs_routes(), MetricsEndpoint])
+        app_config.middleware.append(http_metrics().middleware)
         app_config.dependencies["deps"] = Provide(lambda: deps, sync_to_thread=False)
         app_config.exception_handlers = {**app_config.exception_handlers, **exception_handlers()}
         app_config.openapi_config = OpenAPIConfig(

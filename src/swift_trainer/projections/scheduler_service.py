@@ -756,7 +756,9 @@ async def run_scheduler(settings: Settings, args: argparse.Namespace) -> int:
         if settings.event_store_url:
             store = open_event_store(settings.event_store_url)
             await store.setup()
-        service = SchedulerService(
+        from .metrics import MeteredSchedulerService
+
+        service = MeteredSchedulerService(
             nc,
             scheduler_id=args.scheduler_id,
             policy=PlacementPolicy(
