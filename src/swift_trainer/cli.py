@@ -22,6 +22,7 @@ from prometheus_client import start_http_server
 from .core import commands as c
 from .core.errors import SwiftTrainerError
 from .core.ids import new_job_id
+from .core.logs import configure_logging
 from .core.settings import Settings, load_settings
 from .core.shutdown import wait_for_shutdown
 from .core.spec import decode_spec
@@ -31,11 +32,7 @@ _log = logging.getLogger("swift_trainer")
 
 
 def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=getattr(logging, settings.log_level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(settings.log_level, settings.log_format)
 
 
 def _serve_metrics(settings: Settings, port: int) -> None:
@@ -51,7 +48,7 @@ def _serve_metrics(settings: Settings, port: int) -> None:
 async def _run_up(settings: Settings, args: argparse.Namespace) -> int:
     """Everything in one process: NATS, store, handler, relay, read models, scheduler, a
     local runner (simulated GPUs with ``--simulate-gpus N``, else NVML) and the HTTP API."""
-    from .projections.metrics import MeteredSchedulerService
+    from .projections.observed_scheduler import ObservedSchedulerService
     from .runner.agent import create_runner_agent, options_from_args
 
     service = Service(settings, name="swift-trainer")
@@ -63,7 +60,7 @@ async def _run_up(settings: Settings, args: argparse.Namespace) -> int:
         read_model = await service.start_read_model()
         assert service.nc is not None
 
-        scheduler = MeteredSchedulerService(
+        scheduler = ObservedSchedulerService(
             service.nc,
             store=service.store,
             queue_view_sink=read_model.set_queue_view,

@@ -25,6 +25,7 @@ from .jobs.controllers import JobsController
 from .metrics import MetricsEndpoint, http_metrics
 from .queue.controllers import QueueController
 from .system.controllers import SystemController
+from .tracing import http_tracing
 
 
 def _api_version() -> str:
@@ -99,4 +100,6 @@ def _prime_cpu_counter() -> None:
 
 
 def create_app(deps: ApiDeps, *, api_prefix: str = "/api/v1", debug: bool = False) -> Litestar:
-    return Litestar(plugins=[SwiftTrainerApi(deps, api_prefix=api_prefix)], debug=debug)
+    return Litestar(
+        plugins=[SwiftTrainerApi(deps, api_prefix=api_prefix), http_tracing()], debug=debug
+    )
