@@ -156,6 +156,8 @@ class Service:
             lifespan="on",
             log_level=self.settings.log_level.lower(),
             access_log=False,
+            # uvicorn's records go through the root logger, so LOG_FORMAT=json covers them.
+            log_config=None,
         )
         self.http = _EmbeddedHttpServer(config)
         bound = await self.http.start()

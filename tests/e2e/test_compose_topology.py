@@ -284,10 +284,12 @@ def test_compose_services_run_a_job_here_with_one_trace_across_them(topology: To
         "swift-trainer-runner"
     ]
 
-    # LOG_FORMAT=json in compose.yaml: every line a handler wrote is JSON with trace fields.
-    handler_log = next(p.log for p in topology.processes if p.name == "handler-1")
-    lines = [line for line in handler_log.read_text().splitlines() if line.strip()]
-    assert lines, "the handler logged nothing"
-    for line in lines:
-        record = json.loads(line)
-        assert {"level", "logger", "message", "trace_id", "span_id"} <= set(record)
+    # LOG_FORMAT=json in compose.yaml: every line logged is JSON with the trace fields
+    # (uvicorn's own lines in the api included).
+    for name in ("handler-1", "api-1"):
+        log = next(p.log for p in topology.processes if p.name == name)
+        lines = [line for line in log.read_text().splitlines() if line.strip()]
+        assert lines, f"{name} logged nothing"
+        for line in lines:
+            record = json.loads(line)
+            assert {"level", "logger", "message", "trace_id", "span_id"} <= set(record), name

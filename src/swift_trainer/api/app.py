@@ -101,5 +101,9 @@ def _prime_cpu_counter() -> None:
 
 def create_app(deps: ApiDeps, *, api_prefix: str = "/api/v1", debug: bool = False) -> Litestar:
     return Litestar(
-        plugins=[SwiftTrainerApi(deps, api_prefix=api_prefix), http_tracing()], debug=debug
+        plugins=[SwiftTrainerApi(deps, api_prefix=api_prefix), http_tracing()],
+        debug=debug,
+        # The process configures logging (text or JSON lines with trace ids); Litestar's
+        # default config would replace the root logger's handlers with its own format.
+        logging_config=None,
     )
