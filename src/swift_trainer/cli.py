@@ -17,10 +17,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgspec
+from prometheus_client import start_http_server
 
 from .core import commands as c
 from .core.errors import SwiftTrainerError
 from .core.ids import new_job_id
+from .core.logs import configure_logging
 from .core.settings import Settings, load_settings
 from .core.shutdown import wait_for_shutdown
 from .core.spec import decode_spec
@@ -30,17 +32,23 @@ _log = logging.getLogger("swift_trainer")
 
 
 def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=getattr(logging, settings.log_level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(settings.log_level, settings.log_format)
+
+
+def _serve_metrics(settings: Settings, port: int) -> None:
+    """Prometheus' ``/metrics`` on its own port, from a daemon thread of ``prometheus-client``
+    (it ends with the process), for components that have no HTTP API of their own."""
+    try:
+        start_http_server(port, addr=settings.app_host)
+    except OSError as exc:
+        raise SwiftTrainerError(f"cannot serve metrics on port {port}: {exc}") from exc
+    _log.info("Prometheus metrics on %s:%d/metrics", settings.app_host, port)
 
 
 async def _run_up(settings: Settings, args: argparse.Namespace) -> int:
     """Everything in one process: NATS, store, handler, relay, read models, scheduler, a
     local runner (simulated GPUs with ``--simulate-gpus N``, else NVML) and the HTTP API."""
-    from .projections.scheduler_service import SchedulerService
+    from .projections.observed_scheduler import ObservedSchedulerService
     from .runner.agent import create_runner_agent, options_from_args
 
     service = Service(settings, name="swift-trainer")
@@ -52,7 +60,7 @@ async def _run_up(settings: Settings, args: argparse.Namespace) -> int:
         read_model = await service.start_read_model()
         assert service.nc is not None
 
-        scheduler = SchedulerService(
+        scheduler = ObservedSchedulerService(
             service.nc,
             store=service.store,
             queue_view_sink=read_model.set_queue_view,
@@ -252,8 +260,16 @@ def _parser() -> argparse.ArgumentParser:
     from .runner.agent import add_runner_arguments
 
     add_runner_arguments(up)
-    add_scheduler_arguments(sub.add_parser("scheduler", help="run a scheduler (distributed)"))
-    add_runner_arguments(sub.add_parser("runner", help="run the agent of one GPU host"))
+    scheduler = sub.add_parser("scheduler", help="run a scheduler (distributed)")
+    add_scheduler_arguments(scheduler)
+    runner = sub.add_parser("runner", help="run the agent of one GPU host")
+    add_runner_arguments(runner)
+    for component in (up, sub.choices["handler"], api, scheduler, runner):
+        component.add_argument(
+            "--metrics-port",
+            type=int,
+            help="also serve Prometheus /metrics on this port (the API port has /metrics too)",
+        )
 
     projections = sub.add_parser("projections", help="read-model maintenance")
     projections_sub = projections.add_subparsers(dest="action", required=True)
@@ -309,6 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(env, env_file=args.env_file)
         _configure_logging(settings)
+        if getattr(args, "metrics_port", None) is not None:
+            _serve_metrics(settings, args.metrics_port)
         from .projections.scheduler_service import run_scheduler
         from .runner.agent import run_runner
 

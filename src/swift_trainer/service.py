@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from nats.aio.client import Client
 from .bus.command_handler import CommandHandler
 from .bus.connection import connect, provision
 from .bus.embedded import EmbeddedNatsServer
+from .bus.metrics import MeteredCommandHandler, sample_relay_lag
 from .bus.relay import OutboxRelay
 from .core.settings import Settings
 from .core.sqlstore import SqlEventStore, open_event_store
@@ -35,6 +36,9 @@ from .projections.runner_feed import RunnerFeed
 _log = logging.getLogger(__name__)
 
 Stopper = Callable[[], Awaitable[None]]
+
+#: Seconds between samples of the gauges that are read, not counted (lags, fleet).
+METRICS_SAMPLE_S = 2.0
 
 
 class Service:
@@ -103,7 +107,7 @@ class Service:
 
     async def start_handler(self) -> CommandHandler:
         assert self.nc is not None and self.store is not None
-        self.handler = CommandHandler(self.store)
+        self.handler = MeteredCommandHandler(self.store)
         await self.handler.start(self.nc)
         self._stoppers.append(("command handler", self.handler.stop))
         return self.handler
@@ -113,6 +117,9 @@ class Service:
         self.relay = OutboxRelay(self.store, self.nc)
         await self.relay.start()
         self._stoppers.append(("outbox relay", self.relay.stop))
+        self.add_background(
+            "relay-lag sampler", sample_relay_lag(self.store, self.relay, METRICS_SAMPLE_S)
+        )
         return self.relay
 
     async def start_read_model(self, *, follow: bool = True) -> ReadModel:
@@ -149,6 +156,8 @@ class Service:
             lifespan="on",
             log_level=self.settings.log_level.lower(),
             access_log=False,
+            # uvicorn's records go through the root logger, so LOG_FORMAT=json covers them.
+            log_config=None,
         )
         self.http = _EmbeddedHttpServer(config)
         bound = await self.http.start()
@@ -191,7 +200,31 @@ class Service:
             ),
         )
         app = create_app(deps, api_prefix=self.settings.api_prefix)
-        return await self.start_http(app, host=host, port=port)
+        port = await self.start_http(app, host=host, port=port)
+        from .api.metrics import sample_read_models
+
+        store = self.store
+        self.add_background(
+            "read-model sampler",
+            sample_read_models(
+                self.read_model,
+                head=store.last_position if store is not None else None,
+                lease_s=deps.runner_lease_s,
+                interval_s=METRICS_SAMPLE_S,
+            ),
+        )
+        return port
+
+    def add_background(self, name: str, work: Coroutine[Any, Any, None]) -> None:
+        """A loop that runs until the service stops (samplers); it is cancelled then."""
+        task = asyncio.create_task(work, name=name)
+
+        async def stop() -> None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        self._stoppers.append((name, stop))
 
     def add_stopper(self, name: str, stopper: Stopper) -> None:
         self._stoppers.append((name, stopper))

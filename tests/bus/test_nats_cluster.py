@@ -13,7 +13,7 @@ from nats.aio.client import Client
 from swift_trainer.bus import subjects
 from swift_trainer.bus.command_client import CommandClient
 from swift_trainer.bus.command_handler import CommandHandler
-from swift_trainer.bus.connection import connect, provision
+from swift_trainer.bus.connection import TRANSIENT_JETSTREAM_ERRORS, connect, provision
 from swift_trainer.bus.nats_cluster import LocalNatsCluster
 from swift_trainer.bus.relay import OutboxRelay
 from swift_trainer.core import commands as c
@@ -84,14 +84,20 @@ async def test_streams_are_replicated_and_commands_survive_the_loss_of_a_node(
         assert handler_nc.connected_url.port != victim.port, "moved to a surviving node"
 
         async def published() -> int:
-            info = await js.stream_info(subjects.EVENTS_STREAM)
+            """Messages on EVENTS; -1 while the stream's new leader is being elected."""
+            try:
+                info = await js.stream_info(subjects.EVENTS_STREAM)
+            except TRANSIENT_JETSTREAM_ERRORS:
+                return -1
             return info.state.messages
 
-        for _ in range(100):
-            if await published() == await store.last_position():
+        count = -1
+        for _ in range(300):
+            count = await published()
+            if count == await store.last_position():
                 break
             await asyncio.sleep(0.1)
-        assert await published() == await store.last_position() == 11
+        assert count == await store.last_position() == 11
 
         # The node comes back and catches up; the cluster keeps serving meanwhile.
         cluster.start_node(victim.index)

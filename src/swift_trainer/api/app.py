@@ -8,22 +8,24 @@ the seed's README sends people.
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Final
+from typing import Final
 
 import psutil
-from litestar import Litestar, MediaType, Request, Router, get
+from litestar import Litestar, Router
 from litestar.config.app import AppConfig
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Tag
 from litestar.plugins import InitPlugin
 
 from .deps import ApiDeps
+from .docs import docs_routes, offline_swagger
 from .errors import exception_handlers
 from .jobs.controllers import JobsController
+from .metrics import MetricsEndpoint, http_metrics
 from .queue.controllers import QueueController
 from .system.controllers import SystemController
+from .tracing import http_tracing
 
 
 def _api_version() -> str:
@@ -56,18 +58,6 @@ first request's outcome and acts only once.
 """
 
 
-def _docs_handler() -> Any:
-    swagger = SwaggerRenderPlugin(path="/docs")
-
-    @get("/docs", include_in_schema=False, media_type=MediaType.HTML, sync_to_thread=False)
-    def docs(request: Request[Any, Any, Any]) -> bytes:
-        # The same page the OpenAPI router serves at /schema/swagger, at the seed's /docs.
-        schema = request.app.openapi_schema.to_schema()
-        return swagger.render(request, schema)
-
-    return docs
-
-
 class SwiftTrainerApi(InitPlugin):
     """Adds the API to an app config; ``create_app`` is the usual way in."""
 
@@ -83,7 +73,8 @@ class SwiftTrainerApi(InitPlugin):
             # On the router: Litestar ignores a limit set on the app config by a plugin.
             request_max_body_size=MAX_BODY_BYTES,
         )
-        app_config.route_handlers.extend([training, _docs_handler()])
+        app_config.route_handlers.extend([training, *docs_routes(), MetricsEndpoint])
+        app_config.middleware.append(http_metrics().middleware)
         app_config.dependencies["deps"] = Provide(lambda: deps, sync_to_thread=False)
         app_config.exception_handlers = {**app_config.exception_handlers, **exception_handlers()}
         app_config.openapi_config = OpenAPIConfig(
@@ -91,7 +82,7 @@ class SwiftTrainerApi(InitPlugin):
             version=API_VERSION,
             description=_DESCRIPTION,
             path="/schema",
-            render_plugins=[SwaggerRenderPlugin(path="/swagger")],
+            render_plugins=[offline_swagger(path="/swagger")],
             tags=[
                 Tag(name="jobs", description="Training jobs: create, control, follow."),
                 Tag(name="queue", description="The GPU queue and its processor."),
@@ -109,4 +100,10 @@ def _prime_cpu_counter() -> None:
 
 
 def create_app(deps: ApiDeps, *, api_prefix: str = "/api/v1", debug: bool = False) -> Litestar:
-    return Litestar(plugins=[SwiftTrainerApi(deps, api_prefix=api_prefix)], debug=debug)
+    return Litestar(
+        plugins=[SwiftTrainerApi(deps, api_prefix=api_prefix), http_tracing()],
+        debug=debug,
+        # The process configures logging (text or JSON lines with trace ids); Litestar's
+        # default config would replace the root logger's handlers with its own format.
+        logging_config=None,
+    )

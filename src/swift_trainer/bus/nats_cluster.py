@@ -77,11 +77,24 @@ class LocalNatsCluster:
             f"  routes: [\n{routes}\n  ]\n}}\n"
         )
 
-    def start(self, timeout: float = 30.0) -> None:
-        """Start every node and wait until JetStream has a meta leader."""
-        for node in self.nodes:
-            self.start_node(node.index, wait=False)
-        self.wait_healthy(timeout)
+    def start(self, timeout: float = 30.0, tries: int = 3) -> None:
+        """Start every node and wait until JetStream has a meta leader.
+
+        A port picked free may be taken by someone else before the node binds it; the whole
+        cluster then starts again on new ports (a node keeps its ports once it has run, so
+        that restarts find their routes).
+        """
+        for attempt in range(1, tries + 1):
+            for node in self.nodes:
+                self.start_node(node.index, wait=False)
+            try:
+                self.wait_healthy(timeout)
+                return
+            except NatsServerError:
+                self.stop()
+                if attempt == tries:
+                    raise
+                self.nodes = [ClusterNode(n.index, self.base_dir) for n in self.nodes]
 
     def start_node(self, index: int, *, wait: bool = True, timeout: float = 30.0) -> None:
         node = self.nodes[index - 1]

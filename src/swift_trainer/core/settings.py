@@ -24,6 +24,8 @@ class SettingsError(SwiftTrainerError):
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     environment: str = "dev"
     log_level: str = "INFO"
+    #: ``text`` or ``json`` (one object per line, with ``trace_id`` and ``span_id``).
+    log_format: str = "text"
     log_dir: str = "logs"
     data_dir: str = ".swift-trainer"
     #: ``None``: start an embedded nats-server under the data dir.
@@ -114,12 +116,16 @@ def load_settings(
         raise SettingsError(
             f"NATS_STREAM_REPLICAS must be 1 to 5 (JetStream's range), got {replicas}"
         )
+    log_format = (text("LOG_FORMAT", "text") or "text").lower()
+    if log_format not in ("text", "json"):
+        raise SettingsError(f"LOG_FORMAT must be 'text' or 'json', got {log_format!r}")
     prefix = text("API_PREFIX", "/api/v1") or ""
     if prefix and not prefix.startswith("/"):
         raise SettingsError(f"API_PREFIX must start with '/', got {prefix!r}")
     return Settings(
         environment=text("ENVIRONMENT", "dev") or "dev",
         log_level=(text("LOG_LEVEL", "INFO") or "INFO").upper(),
+        log_format=log_format,
         log_dir=text("LOG_DIR", "logs") or "logs",
         data_dir=text("SWIFT_TRAINER_DATA_DIR", ".swift-trainer") or ".swift-trainer",
         nats_url=text("NATS_URL"),

@@ -33,7 +33,7 @@ def _exporter(env: Mapping[str, str]) -> SpanExporter | None:
         return ConsoleSpanExporter()
     if choice == "otlp":
         try:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[import-not-found]
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
                 OTLPSpanExporter,
             )
         except ImportError:

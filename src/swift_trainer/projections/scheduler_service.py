@@ -792,7 +792,9 @@ async def run_scheduler(settings: Settings, args: argparse.Namespace) -> int:
         if settings.event_store_url:
             store = open_event_store(settings.event_store_url)
             await store.setup()
-        service = SchedulerService(
+        from .observed_scheduler import ObservedSchedulerService
+
+        service = ObservedSchedulerService(
             nc,
             scheduler_id=args.scheduler_id,
             policy=PlacementPolicy(

@@ -819,7 +819,9 @@ def create_runner_agent(
     env = dict(os.environ if base_env is None else base_env)
     if options.simulate_step_seconds is not None:
         env["SWIFT_SIM_STEP_SECONDS"] = str(options.simulate_step_seconds)
-    return RunnerAgent(
+    from .metrics import MeteredRunnerAgent
+
+    return MeteredRunnerAgent(
         nc,
         runner_id=options.runner_id,
         inventory=inventory,

@@ -1,0 +1,111 @@
+"""``/metrics`` on the API port, HTTP latency by route, and the gauges read from read models.
+
+HTTP series come from Litestar's Prometheus middleware (``prometheus-client`` underneath),
+grouped by route template so a job id never becomes a label. The fleet's gauges (jobs by
+status, runners alive, GPUs total and free per runner, read-model lag) are sampled
+every few seconds from the read models this process serves, not computed per scrape:
+a scrape is served from a thread and must not wait on Redis. Each GPU's NVML readings are
+exported by its own runner (``runner/metrics.py``), as a node exporter would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Final
+
+import msgspec
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from prometheus_client import Gauge
+
+from ..core.inventory import RunnerHeartbeat
+from ..core.job import JobStatus
+from ..projections.read_models.interface import ReadModel
+from .system.resources import gpu_holders
+
+_log = logging.getLogger(__name__)
+
+METRICS_PATH: Final = "/metrics"
+
+JOBS: Final = Gauge("swift_trainer_jobs", "Live jobs by status.", ["status"])
+RUNNERS_ALIVE: Final = Gauge(
+    "swift_trainer_runners_alive", "Runners heard from within their heartbeat lease."
+)
+GPUS_TOTAL: Final = Gauge("swift_trainer_gpus", "GPUs a live runner reports.", ["runner"])
+GPUS_FREE: Final = Gauge(
+    "swift_trainer_gpus_free", "GPUs of a live runner that no job holds.", ["runner"]
+)
+READ_MODEL_LAG: Final = Gauge(
+    "swift_trainer_read_model_lag_events",
+    "Stored events the read models served here have not applied yet.",
+)
+
+_heartbeat = msgspec.json.Decoder(RunnerHeartbeat)
+
+
+class MetricsEndpoint(PrometheusController):
+    """Prometheus' text format at ``/metrics``, outside the API prefix and the OpenAPI docs."""
+
+    path = METRICS_PATH
+    include_in_schema = False
+
+
+def http_metrics() -> PrometheusConfig:
+    """Request count and latency per route template (``swift_trainer_http_*``)."""
+    return PrometheusConfig(
+        app_name="swift-trainer",
+        prefix="swift_trainer_http",
+        group_path=True,
+        exclude_unhandled_paths=True,
+        exclude=[METRICS_PATH],
+    )
+
+
+async def sample_fleet(read_model: ReadModel, *, now: datetime, lease_s: float) -> None:
+    """Set the job, runner and GPU gauges from the read models as they stand."""
+    counts = await read_model.count_by_status()
+    for status in JobStatus:
+        if status not in (JobStatus.NEW, JobStatus.DELETED):
+            JOBS.labels(status=status.value).set(counts.get(status, 0))
+    holders = await gpu_holders(read_model)
+    snapshots = await read_model.runner_snapshots()
+    GPUS_TOTAL.clear()  # a runner that left must not linger with its last values
+    GPUS_FREE.clear()
+    alive = 0
+    for snapshot in snapshots:
+        if (now - snapshot.seen_at).total_seconds() > lease_s:
+            continue
+        try:
+            heartbeat = _heartbeat.decode(snapshot.data)
+        except msgspec.MsgspecError:
+            continue
+        alive += 1
+        indexes = [gpu.index for gpu in heartbeat.inventory.gpus]
+        held = sum(1 for index in indexes if (snapshot.runner_id, index) in holders)
+        GPUS_TOTAL.labels(runner=snapshot.runner_id).set(len(indexes))
+        GPUS_FREE.labels(runner=snapshot.runner_id).set(len(indexes) - held)
+    RUNNERS_ALIVE.set(alive)
+
+
+async def sample_read_models(
+    read_model: ReadModel,
+    *,
+    head: Callable[[], Awaitable[int]] | None,
+    lease_s: float,
+    interval_s: float,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> None:
+    """Every ``interval_s``: the fleet gauges and, given the store's head, the read-model lag."""
+    while True:
+        try:
+            await sample_fleet(read_model, now=clock(), lease_s=lease_s)
+            if head is not None:
+                lag = await head() - await read_model.applied_position()
+                READ_MODEL_LAG.set(max(lag, 0))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a sampler never takes its process down
+            _log.debug("cannot sample the read models: %r", exc)
+        await asyncio.sleep(interval_s)
