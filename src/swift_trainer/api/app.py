@@ -19,6 +19,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Tag
 from litestar.plugins import InitPlugin
 
+from .dashboard import dashboard_handlers
 from .deps import ApiDeps
 from .errors import exception_handlers
 from .jobs.controllers import JobsController
@@ -84,6 +85,10 @@ class SwiftTrainerApi(InitPlugin):
             request_max_body_size=MAX_BODY_BYTES,
         )
         app_config.route_handlers.extend([training, _docs_handler()])
+        # The web dashboard at / (it calls the API above; see api/dashboard).
+        app_config.route_handlers.extend(
+            dashboard_handlers(f"{self.api_prefix}/training", API_VERSION)
+        )
         app_config.dependencies["deps"] = Provide(lambda: deps, sync_to_thread=False)
         app_config.exception_handlers = {**app_config.exception_handlers, **exception_handlers()}
         app_config.openapi_config = OpenAPIConfig(
