@@ -164,9 +164,14 @@ def test_submit_watch_and_stop_a_job_in_the_browser(
     expect(row).to_have_count(0)
     expect(page.get_by_text("No jobs here yet")).to_be_visible()
 
-    # The job page: the loss chart gains points live.
+    # The job page, reached by keyboard: the focused link survives the table's refreshes.
     page.goto(f"{base}/#/jobs")
-    page.get_by_role("link", name="dash_001").click()
+    link = page.get_by_role("link", name="dash_001")
+    link.focus()
+    page.wait_for_timeout(2500)
+    assert page.evaluate("document.activeElement.textContent") == "dash_001"
+    page.keyboard.press("Enter")
+    page.wait_for_url(re.compile(r"#/job/dash_001$"))
     expect(page.locator("#job-status .badge")).to_have_text("running")
     page.wait_for_function(
         "() => +document.querySelector('figure[data-chart=loss]').dataset.points >= 2",
@@ -182,6 +187,10 @@ def test_submit_watch_and_stop_a_job_in_the_browser(
     expect(page.locator("#timeline li[data-type=JobStarted]")).to_be_visible()
     expect(page.locator("#command")).to_contain_text("sft --model Qwen/Qwen2.5-VL-7B-Instruct")
     expect(page.locator("#spec")).to_contain_text('"team": "vision"')
+    page.get_by_label("Search the log").fill("saving model checkpoint")
+    expect(page.locator("#log .line").first).to_contain_text("Saving model checkpoint")
+    expect(page.locator("#log mark").first).to_have_text("Saving model checkpoint")
+    page.get_by_label("Search the log").fill("")
 
     # A refused action shows the API's own words in the confirmation dialog.
     console.expect_refusal(409, "/jobs/dash_001")

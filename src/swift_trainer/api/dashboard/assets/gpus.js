@@ -2,7 +2,7 @@
 // system, or a foreign process using its memory). Hosts past their lease are marked down.
 
 import { get } from "./api.js";
-import { bar, errorText, fmtAgo, fmtBytesMiB, h } from "./ui.js";
+import { bar, errorText, fmtAgo, fmtBytesMiB, h, replaceKeepingFocus } from "./ui.js";
 
 const REFRESH_MS = 3000;
 const HOT_C = 80;
@@ -67,9 +67,9 @@ export function gpusView(main) {
       const down = g.runners.filter((r) => !r.alive).length;
       summary.textContent = `${g.total} GPUs on live hosts: ${g.assigned} held by jobs, ${g.free} free.` +
         (down ? ` ${down} host(s) down.` : "");
-      hosts.replaceChildren(
+      replaceKeepingFocus(hosts, [
         ...(g.runners.length ? g.runners.map(runnerCard) : [h("p.muted", "No runner has reported yet.")]),
-      );
+      ]);
     } catch (err) {
       if (!alive) return;
       error.textContent = errorText(err);

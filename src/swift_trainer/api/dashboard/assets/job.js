@@ -41,6 +41,7 @@ export function jobView(main, jobId) {
   let alive = true;
   let summary = null;
   let command = null;
+  let shownArtifacts = null;
 
   // --- head and actions -------------------------------------------------------------------
   const title = h("h1", jobId);
@@ -217,11 +218,31 @@ export function jobView(main, jobId) {
     const reasons = [job.failure_reason && `failed: ${job.failure_reason}`, job.stop_reason && `stopped: ${job.stop_reason}`].filter(Boolean);
     problem.hidden = !reasons.length;
     problem.textContent = reasons.join(" · ");
+    spec.textContent = JSON.stringify({
+      data_path: job.data_path, model_path: job.model_path, output_dir: job.output_dir,
+      priority: job.priority, gpu_count: job.gpu_count, gpu_name: job.gpu_name ?? undefined,
+      min_gpu_memory_gb: job.min_gpu_memory_gb ?? undefined, auto_start: job.auto_start,
+      max_retries: job.max_retries, labels: job.labels, train_args: job.train_args,
+    }, null, 2);
+    // Re-rendered only when they change, so a focused button keeps its focus.
+    const artifactsKey = JSON.stringify([job.checkpoints, job.exports]);
+    if (artifactsKey === shownArtifacts) return;
+    shownArtifacts = artifactsKey;
     artifacts.replaceChildren(
       h("h3", "Checkpoints"),
       job.checkpoints.length
-        ? h("table.compact", h("thead", h("tr", h("th", { scope: "col" }, "Step"), h("th", { scope: "col" }, "Attempt"), h("th", { scope: "col" }, "Path"))),
-          h("tbody", job.checkpoints.map((c) => h("tr", h("td.num", String(c.step)), h("td.num", String(c.attempt)), h("td", h("code", c.path))))))
+        ? h("table.compact", h("thead", h("tr", ["Step", "Attempt", "Path", ""].map((c) => h("th", { scope: "col" }, c)))),
+          h("tbody", job.checkpoints.map((c) => h("tr", h("td.num", String(c.step)), h("td.num", String(c.attempt)), h("td", h("code", c.path)),
+            h("td", h("button.secondary.small", {
+              type: "button",
+              "aria-label": `Export checkpoint ${c.step}`,
+              onclick: async () => {
+                const result = await confirmAction(`Export checkpoint ${c.step}?`, `Merge the LoRA adapter of ${c.path} into a full model.`,
+                  () => post(`${path}/export`, { checkpoint: c.path }), { okLabel: "Export", danger: false });
+                if (result && result.message) toast(result.message);
+                refresh();
+              },
+            }, "Export"))))))
         : h("p.muted", "None yet: swift saves one every save_steps steps."),
       h("h3", "Exports"),
       job.exports.length
@@ -229,12 +250,7 @@ export function jobView(main, jobId) {
           h("tbody", job.exports.map((x) => h("tr", h("td", x.export_id), h("td", badge(x.status)), h("td", h("code", x.checkpoint)), h("td", x.artifact_path ? h("code", x.artifact_path) : x.error || "–")))))
         : h("p.muted", "None: Export merges the latest checkpoint's LoRA adapter."),
     );
-    spec.textContent = JSON.stringify({
-      data_path: job.data_path, model_path: job.model_path, output_dir: job.output_dir,
-      priority: job.priority, gpu_count: job.gpu_count, gpu_name: job.gpu_name ?? undefined,
-      min_gpu_memory_gb: job.min_gpu_memory_gb ?? undefined, auto_start: job.auto_start,
-      max_retries: job.max_retries, labels: job.labels, train_args: job.train_args,
-    }, null, 2);
+
   }
 
   let pending = null;
@@ -260,16 +276,22 @@ export function jobView(main, jobId) {
     return pending;
   }
 
-  (async () => {
-    await refresh();
-    if (!alive || !summary) return;
+  // The streams hold three of the browser's six connections to this host: a hidden tab
+  // lets them go (so a few open job tabs cannot starve the rest) and picks up where it
+  // left off when shown again.
+  let lastSeq = null;
+  let lastPosition = 0;
+
+  async function catchUpCurve() {
     try {
       const progress = await get(`${path}/progress?history=true`);
       for (const point of progress.history || []) addPoint(point);
     } catch (err) {
       toast(errorText(err), "error");
     }
-    if (!alive) return;
+  }
+
+  function connect() {
     stops.push(stream(`${path}/progress/stream`, {
       onMessage: (p) => {
         addPoint(p);
@@ -280,12 +302,17 @@ export function jobView(main, jobId) {
       },
       onError: (err) => toast(`progress: ${errorText(err)}`, "error"),
     }));
-    stops.push(stream(`${path}/logs/stream?limit=500`, {
-      onMessage: addLine,
+    const logQuery = lastSeq === null ? "limit=500" : `after=${lastSeq}`;
+    stops.push(stream(`${path}/logs/stream?${logQuery}`, {
+      onMessage: (line) => {
+        lastSeq = line.seq;
+        addLine(line);
+      },
       onError: (err) => toast(`log: ${errorText(err)}`, "error"),
     }));
-    stops.push(stream(`${path}/events/stream`, {
+    stops.push(stream(`${path}/events/stream?after=${lastPosition}`, {
       onMessage: (event) => {
+        lastPosition = event.position;
         events.push(event);
         timeline.prepend(eventEl(event));
         if (event.type === "JobStarted" && Array.isArray(event.data.command)) {
@@ -296,11 +323,33 @@ export function jobView(main, jobId) {
       },
       onError: (err) => toast(`events: ${errorText(err)}`, "error"),
     }));
+  }
+
+  function disconnect() {
+    for (const stop of stops.splice(0)) stop();
+  }
+
+  async function onVisibility() {
+    if (document.hidden) {
+      disconnect();
+    } else if (alive && !stops.length && summary) {
+      await Promise.all([refresh(), catchUpCurve()]);
+      if (alive && !document.hidden && !stops.length) connect();
+    }
+  }
+
+  (async () => {
+    await refresh();
+    if (!alive || !summary) return;
+    await catchUpCurve();
+    if (alive && !document.hidden) connect();
   })();
+  document.addEventListener("visibilitychange", onVisibility);
 
   return () => {
     alive = false;
-    for (const stop of stops) stop();
+    document.removeEventListener("visibilitychange", onVisibility);
+    disconnect();
     for (const chart of Object.values(charts)) chart.destroy();
   };
 }

@@ -2,7 +2,7 @@
 // seconds (one cheap page read; paused while the tab is hidden).
 
 import { get } from "./api.js";
-import { badge, bar, errorText, fmtAgo, fmtDuration, fmtNumber, h } from "./ui.js";
+import { badge, bar, errorText, fmtAgo, fmtDuration, fmtNumber, h, replaceKeepingFocus } from "./ui.js";
 
 const STATUSES = ["held", "queued", "scheduled", "running", "stopping", "succeeded", "failed", "stopped"];
 const REFRESH_MS = 2000;
@@ -104,11 +104,11 @@ export function jobsView(main, query) {
       const page = await get(`/jobs?${q}`);
       if (!alive) return;
       error.hidden = true;
-      tbody.replaceChildren(
+      replaceKeepingFocus(tbody, [
         ...(page.items.length
           ? page.items.map(row)
           : [h("tr", h("td.empty", { colspan: 9 }, "No jobs here yet. ", h("a", { href: "#/submit" }, "Submit one.")))]),
-      );
+      ]);
       older.disabled = !page.next_cursor;
       older.dataset.cursor = page.next_cursor || "";
       newer.disabled = cursors.length <= 1;

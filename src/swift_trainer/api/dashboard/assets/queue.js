@@ -2,7 +2,7 @@
 // cannot be placed; priority changes; pausing, resuming and running the processor.
 
 import { call, get, post } from "./api.js";
-import { badge, confirmAction, errorText, fmtTime, h, toast } from "./ui.js";
+import { badge, confirmAction, errorText, fmtTime, h, replaceKeepingFocus, toast } from "./ui.js";
 
 const REFRESH_MS = 2000;
 
@@ -68,7 +68,7 @@ export function queueView(main) {
       info.textContent = `${q.length} queued, ${q.held} held. ` +
         (q.source === "scheduler" ? `Order and estimates by the scheduler at ${fmtTime(q.computed_at)}.` : "No scheduler estimate yet: priority, then submission order.");
       if (document.activeElement && document.activeElement.classList.contains("prio")) return;
-      tbody.replaceChildren(
+      replaceKeepingFocus(tbody, [
         ...(q.entries.length
           ? q.entries.map((e) => h("tr", { dataset: { jobId: e.job_id } },
             h("td.num", String(e.position)),
@@ -78,7 +78,7 @@ export function queueView(main) {
             h("td", e.estimated_wait_time),
             h("td", e.unplaceable ? h("span.warn", { role: "note" }, `cannot be placed: ${e.unplaceable}`) : h("span.muted", "waiting for GPUs"))))
           : [h("tr", h("td.empty", { colspan: 6 }, "The queue is empty."))]),
-      );
+      ]);
     } catch (err) {
       if (!alive) return;
       error.textContent = errorText(err);

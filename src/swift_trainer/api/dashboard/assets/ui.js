@@ -161,3 +161,23 @@ export function shellQuote(argv) {
     .map((arg) => (/^[\w@%+=:,./-]+$/.test(arg) ? arg : `'${arg.replace(/'/g, `'"'"'`)}'`))
     .join(" ");
 }
+
+/**
+ * Replace a live-refreshed container's content without stealing keyboard focus: the
+ * focused link or control is found again in the new content (by id, href or label).
+ */
+export function replaceKeepingFocus(container, children) {
+  const active = document.activeElement;
+  let selector = null;
+  if (active && active !== container && container.contains(active)) {
+    for (const attr of ["id", "href", "aria-label"]) {
+      const value = active.getAttribute(attr);
+      if (value) {
+        selector = `${active.tagName.toLowerCase()}[${attr}="${CSS.escape(value)}"]`;
+        break;
+      }
+    }
+  }
+  container.replaceChildren(...children);
+  if (selector) container.querySelector(selector)?.focus({ preventScroll: true });
+}
