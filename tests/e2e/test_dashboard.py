@@ -215,8 +215,20 @@ def test_submit_watch_and_stop_a_job_in_the_browser(
     expect(page.locator("section.host[data-alive=true]")).to_have_count(1)
     page.screenshot(path=str(artifacts / "gpus-page.png"), full_page=True)
 
-    # Queue: the processor can be paused and resumed from the page.
+    # Queue: why a job cannot be placed, a priority change, the processor paused and resumed.
+    created = service.http.post(
+        "/jobs",
+        json={"job_id": "needs_h100", "data_path": "d#10", "model_path": "m", "gpu_name": "H100"},
+    )
+    assert created.status_code == 201, created.text
     nav.get_by_role("link", name="Queue").click()
+    waiting = page.locator('tr[data-job-id="needs_h100"]')
+    expect(waiting).to_contain_text("cannot be placed: no live runner", timeout=30_000)
+    waiting.get_by_label("Priority of needs_h100").fill("9")
+    waiting.get_by_role("button", name="Set").click()
+    dialog.get_by_role("button", name="Change priority").click()
+    expect(page.locator(".toast").last).to_contain_text("now has priority 9")
+    assert service.http.get("/jobs/needs_h100").json()["priority"] == 9
     page.get_by_role("button", name="Pause processor").click()
     dialog.get_by_role("button", name="Pause").click()
     expect(page.locator(".processor .badge")).to_have_text("paused")
