@@ -2,7 +2,8 @@
 
 The read models index jobs by status and priority only; labels are free-form, so an index
 per label would grow without bound. Instead one request reads at most ``MAX_SCANNED`` jobs
-from the cursor on and returns the matches it found, with a cursor to go on from. A
+from the cursor on (in growing reads) and returns the matches it found, with a cursor to go
+on from. A
 request therefore costs the same with 100k jobs as with 100, and a rare label yields short
 (even empty) pages with a ``next_cursor``: follow it until it is null.
 """
@@ -51,10 +52,13 @@ async def list_by_label(
     key, value = label
     found: list[JobSummary] = []
     scanned = 0
+    # Small reads first (a common label fills a page at once), doubling for a rare one.
+    size = min(MAX_PAGE_SIZE, max(2 * limit, 50))
     while True:
         page = await read_model.list_jobs(
-            status=status, priority=priority, cursor=cursor, limit=MAX_PAGE_SIZE
+            status=status, priority=priority, cursor=cursor, limit=size
         )
+        size = min(MAX_PAGE_SIZE, 2 * size)
         for index, job in enumerate(page.items):
             if has_label(job, key, value):
                 found.append(job)
