@@ -49,13 +49,13 @@ export function jobView(main, jobId) {
   const actions = h("div.actions", { role: "group", "aria-label": "Job actions" });
   const problem = h("p.problem", { role: "alert", hidden: true });
 
-  function action(label, verb, run, { danger = true } = {}) {
+  function action(label, verb, run, { danger = true, done = refresh } = {}) {
     return h("button", {
       type: "button", class: danger ? "danger-outline" : "secondary", "data-action": label.toLowerCase(),
       onclick: async () => {
         const result = await confirmAction(`${label} ${jobId}?`, verb, run, { okLabel: label, danger });
         if (result && result.message) toast(result.message);
-        refresh();
+        if (result) done();
       },
     }, label);
   }
@@ -66,9 +66,8 @@ export function jobView(main, jobId) {
     action("Export", "Merge the LoRA adapter of the latest checkpoint into a full model on the runner that holds it.", () => post(`${path}/export`), { danger: false }),
     action("Delete", "The job disappears from lists; its recorded events stay in the event store.", async () => {
       await call("DELETE", path);
-      location.hash = "#/jobs";
       return { message: `job ${jobId} deleted` };
-    }),
+    }, { done: () => { location.hash = "#/jobs"; } }),
   );
 
   // --- figures ----------------------------------------------------------------------------

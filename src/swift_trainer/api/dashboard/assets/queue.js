@@ -23,7 +23,7 @@ export function queueView(main) {
     error,
     info,
     h("div.table-wrap",
-      h("table", { "aria-label": "Queued jobs" },
+      h("table.queue", { "aria-label": "Queued jobs" },
         h("thead", h("tr", ["#", "Job", "Priority", "Estimated start", "Wait", "Placement"].map((c) => h("th", { scope: "col" }, c)))),
         tbody)),
   );
