@@ -206,7 +206,9 @@ def test_submit_watch_and_stop_a_job_in_the_browser(
     # Stop it, with confirmation, and see it stopped.
     page.get_by_role("button", name="Stop").click()
     dialog.get_by_role("button", name="Stop").click()
-    expect(page.locator("#job-status .badge")).to_have_text("stopped", timeout=60_000)
+    # The service's own pace first (a loaded machine), then the page must follow it promptly.
+    service.wait_status("dash_001", "stopped", timeout=120)
+    expect(page.locator("#job-status .badge")).to_have_text("stopped", timeout=10_000)
     expect(page.locator("#timeline li[data-type=JobStopped]")).to_be_visible()
 
     # GPUs: both simulated GPUs of the live host.

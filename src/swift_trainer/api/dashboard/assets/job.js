@@ -252,13 +252,28 @@ export function jobView(main, jobId) {
 
   }
 
+  // Summaries and progress messages race each other: each carries the job's version, and
+  // an older one never overwrites a newer one. A refresh asked for while one is in flight
+  // runs again after it, since the one in flight may have read before the change.
   let pending = null;
+  let again = false;
+  let shownVersion = -1;
   async function refresh() {
-    if (pending) return pending;
+    if (pending) {
+      again = true;
+      return pending;
+    }
     pending = (async () => {
       try {
-        summary = await get(path);
-        if (alive) renderSummary(summary);
+        do {
+          again = false;
+          const fresh = await get(path);
+          if (alive && fresh.version >= shownVersion) {
+            summary = fresh;
+            shownVersion = fresh.version;
+            renderSummary(summary);
+          }
+        } while (again && alive);
       } catch (err) {
         if (!alive) return;
         if (err.status === 404) {
@@ -292,9 +307,11 @@ export function jobView(main, jobId) {
 
   function connect() {
     stops.push(stream(`${path}/progress/stream`, {
-      onMessage: (p) => {
+      onMessage: (p, id) => {
         addPoint(p);
-        if (summary) {
+        const version = Number(id);
+        if (summary && version >= shownVersion) {
+          shownVersion = version;
           summary = { ...summary, status: p.status, progress: { ...p } };
           renderSummary(summary);
         }
