@@ -18,6 +18,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Tag
 from litestar.plugins import InitPlugin
 
+from .dashboard import dashboard_handlers
 from .deps import ApiDeps
 from .docs import docs_routes, offline_swagger
 from .errors import exception_handlers
@@ -75,6 +76,10 @@ class SwiftTrainerApi(InitPlugin):
         )
         app_config.route_handlers.extend([training, *docs_routes(), MetricsEndpoint])
         app_config.middleware.append(http_metrics().middleware)
+        # The web dashboard at / (it calls the API above; see api/dashboard).
+        app_config.route_handlers.extend(
+            dashboard_handlers(f"{self.api_prefix}/training", API_VERSION)
+        )
         app_config.dependencies["deps"] = Provide(lambda: deps, sync_to_thread=False)
         app_config.exception_handlers = {**app_config.exception_handlers, **exception_handlers()}
         app_config.openapi_config = OpenAPIConfig(

@@ -188,6 +188,11 @@ class ReadModelContract(ABC):
             (20, 1.0, 5e-5),
         ]
         assert curve[-1].at == h.records[-1].recorded_at
+        # A report with only a grad norm is a point too (the dashboard's grad-norm chart).
+        await read_model.apply_many(h.progress("a", 25, max_steps=40, grad_norm=0.7))
+        curve = await read_model.metric_history("a")
+        assert [(p.step, p.loss, p.grad_norm) for p in curve][-1] == (25, None, 0.7)
+        assert curve[0].grad_norm is None
 
     async def test_loss_curve_keeps_the_newest_points(self, small: ReadModel) -> None:
         h = History()

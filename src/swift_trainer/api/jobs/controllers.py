@@ -25,6 +25,7 @@ from ..deps import ApiDeps, Deps
 from ..dispatch import caught_up, idempotent_command_id, reply_status, send
 from ..errors import problems
 from ..sse import EventStream, event_stream, last_event_id
+from .labels import list_by_label, parse_label
 from .schemas import (
     CreateJobRequest,
     CreateJobResponse,
@@ -315,7 +316,27 @@ class JobsController(Controller):
         priority: Annotated[int | None, QueryParameter(ge=0, le=10)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE_SIZE)] = 50,
         cursor: Annotated[str | None, QueryParameter(min_length=1, max_length=256)] = None,
+        label: Annotated[
+            str | None,
+            QueryParameter(
+                min_length=2,
+                max_length=400,
+                description=(
+                    "`key=value`: only jobs with this label. Each request reads at most "
+                    "5000 jobs, so a page may be short or empty: follow `next_cursor`."
+                ),
+            ),
+        ] = None,
     ) -> JobListResponse:
+        if label is not None:
+            return await list_by_label(
+                deps.read_model,
+                parse_label(label),
+                status=status,
+                priority=priority,
+                cursor=cursor,
+                limit=limit,
+            )
         page = await deps.read_model.list_jobs(
             status=status, priority=priority, cursor=cursor, limit=limit
         )

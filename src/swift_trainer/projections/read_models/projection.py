@@ -281,7 +281,12 @@ def progress_view(state: JobState) -> ProgressView | None:
 
 def metric_point(event: e.JobProgressed) -> MetricPoint | None:
     """A curve point, when the report carries anything to plot."""
-    if event.loss is None and event.learning_rate is None and event.eval_loss is None:
+    if (
+        event.loss is None
+        and event.learning_rate is None
+        and event.eval_loss is None
+        and event.grad_norm is None
+    ):
         return None
     return MetricPoint(
         step=event.step,
@@ -290,6 +295,7 @@ def metric_point(event: e.JobProgressed) -> MetricPoint | None:
         learning_rate=event.learning_rate,
         eval_loss=event.eval_loss,
         epoch=event.epoch,
+        grad_norm=event.grad_norm,
     )
 
 

@@ -113,6 +113,8 @@ class MetricPoint(msgspec.Struct, frozen=True, omit_defaults=True):
     learning_rate: float | None = None
     eval_loss: float | None = None
     epoch: float | None = None
+    #: Added for the dashboard's grad-norm chart; points stored before it have none.
+    grad_norm: float | None = None
 
 
 class EventLogEntry(msgspec.Struct, frozen=True):

@@ -1,0 +1,297 @@
+"""The dashboard in a real headless browser against a live ``up --simulate-gpus 2``.
+
+Debian's ``chromium`` driven by Playwright (never a downloaded browser): submit through the
+form (a refused field first), watch the job's progress rise in the table, see the loss
+chart gain points on its page, have a refused action show the API's words, stop it and see
+``stopped``. Any console error or uncaught exception fails the test, except the browser's
+own "Failed to load resource" line for the refusals this test provokes on purpose.
+
+Screenshots of the job page (light and dark) and the GPU page land in the folder the test
+prints (``DASHBOARD_ARTIFACTS`` or a temp folder).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.conftest import require_services
+from tests.e2e.live_service import API, Service, start_service, stop_service
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture
+def artifacts(tmp_path: Path) -> Path:
+    folder = Path(os.environ.get("DASHBOARD_ARTIFACTS") or tmp_path / "artifacts")
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"dashboard screenshots: {folder}")
+    return folder
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[Service]:
+    process, base = start_service(tmp_path, "--simulate-step-seconds", "0.05")
+    running = Service(process, base, tmp_path / "outputs")
+    try:
+        yield running
+    finally:
+        running.http.close()
+        stderr = stop_service(process)
+        assert process.returncode == 0, stderr[-3000:]
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists() or shutil.which(CHROMIUM) is None:
+        reason = f"{CHROMIUM} is missing (apt-get install chromium)"
+        if require_services():
+            pytest.fail(f"{reason}, and REQUIRE_SERVICES=1 requires it")
+        pytest.skip(reason)
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+class Console:
+    """Every console error and page exception, minus the refusals provoked on purpose."""
+
+    def __init__(self, page: Any) -> None:
+        self.errors: list[str] = []
+        self._refusals: list[tuple[int, str]] = []
+        page.on("console", self._console)
+        page.on("pageerror", lambda exc: self.errors.append(f"uncaught: {exc}"))
+
+    def expect_refusal(self, status: int, url_part: str) -> None:
+        """The browser logs every 4xx answer; allow this one, which the test provokes."""
+        self._refusals.append((status, url_part))
+
+    def _console(self, message: Any) -> None:
+        if message.type != "error":
+            return
+        text, url = message.text, (message.location or {}).get("url", "")
+        if text.startswith("Failed to load resource") and any(
+            f"status of {status}" in text and part in url for status, part in self._refusals
+        ):
+            return
+        self.errors.append(f"{text} ({url})")
+
+
+def progress_of(page: Any, job_id: str) -> int:
+    bar = page.locator(f'tr[data-job-id="{job_id}"] [role=progressbar]')
+    value = bar.get_attribute("aria-valuenow")
+    return int(value) if value else -1
+
+
+def points(page: Any, chart: str) -> int:
+    return int(page.locator(f'figure[data-chart="{chart}"]').get_attribute("data-points") or 0)
+
+
+def test_submit_watch_and_stop_a_job_in_the_browser(
+    service: Service, browser: Any, artifacts: Path
+) -> None:
+    base = str(service.http.base_url).removesuffix(API + "/").removesuffix(API)
+    service.wait_for(
+        "two simulated GPUs",
+        lambda: sum(len(r["gpus"]) for r in service.http.get("/gpus").json()["runners"]) == 2,
+    )
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    console = Console(page)
+    expect = sync_api.expect
+
+    # Submit: a refused value shows next to its field, then a valid job goes through.
+    page.goto(f"{base}/#/submit")
+    page.get_by_role("textbox", name="Model", exact=True).fill("Qwen/Qwen2.5-VL-7B-Instruct")
+    page.get_by_role("combobox", name="Dataset", exact=True).fill("AI-ModelScope/coco#20000")
+    page.get_by_label("Job id", exact=True).fill("dash_001")
+    page.get_by_label("Labels", exact=True).fill("team=vision")
+    page.get_by_role("spinbutton", name="GPUs", exact=True).fill("0")
+    console.expect_refusal(422, "/jobs")
+    page.get_by_role("button", name="Submit job").click()
+    expect(page.locator("#f-gpu_count-error")).to_contain_text("Expected `int` >= 1")
+    expect(page.locator("#f-gpu_count")).to_have_attribute("aria-invalid", "true")
+    page.get_by_role("spinbutton", name="GPUs", exact=True).fill("1")
+    page.get_by_text("Training arguments").click()
+    page.get_by_label("Max steps", exact=True).fill("5000")
+    page.get_by_label("Log every (steps)", exact=True).fill("2")
+    page.get_by_label("Validation split", exact=True).fill("0.05")
+    page.get_by_label("Eval every (steps)", exact=True).fill("60")
+    page.get_by_role("button", name="Submit job").click()
+    page.wait_for_url(re.compile(r"#/job/dash_001$"))
+
+    # The table: the job is there and its progress rises without a reload.
+    nav = page.get_by_role("navigation", name="Main")
+    nav.get_by_role("link", name="Jobs", exact=True).click()
+    row = page.locator('tr[data-job-id="dash_001"]')
+    expect(row).to_be_visible()
+    expect(row.locator(".badge")).to_have_text("running", timeout=30_000)
+    page.wait_for_function(
+        "() => +document.querySelector('tr[data-job-id=dash_001] [role=progressbar]')"
+        "?.getAttribute('aria-valuenow') >= 1",
+        timeout=30_000,
+    )
+    first = progress_of(page, "dash_001")
+    page.wait_for_function(
+        f"() => +document.querySelector('tr[data-job-id=dash_001] [role=progressbar]')"
+        f".getAttribute('aria-valuenow') > {first}",
+        timeout=30_000,
+    )
+    page.get_by_label("Label", exact=True).fill("team=vision")
+    page.get_by_role("button", name="Filter").click()
+    expect(row).to_be_visible()
+    page.get_by_label("Label", exact=True).fill("team=nobody")
+    page.get_by_role("button", name="Filter").click()
+    expect(row).to_have_count(0)
+    expect(page.get_by_text("No jobs here yet")).to_be_visible()
+
+    # The job page, reached by keyboard: the focused link survives the table's refreshes.
+    page.goto(f"{base}/#/jobs")
+    link = page.get_by_role("link", name="dash_001")
+    link.focus()
+    page.wait_for_timeout(2500)
+    assert page.evaluate("document.activeElement.textContent") == "dash_001"
+    page.keyboard.press("Enter")
+    page.wait_for_url(re.compile(r"#/job/dash_001$"))
+    expect(page.locator("#job-status .badge")).to_have_text("running")
+    page.wait_for_function(
+        "() => +document.querySelector('figure[data-chart=loss]').dataset.points >= 2",
+        timeout=30_000,
+    )
+    before = points(page, "loss")
+    page.wait_for_function(
+        f"() => +document.querySelector('figure[data-chart=loss]').dataset.points > {before}",
+        timeout=30_000,
+    )
+    assert points(page, "grad_norm") >= 1
+    expect(page.locator("#log .line").first).to_be_visible()
+    expect(page.locator("#timeline li[data-type=JobStarted]")).to_be_visible()
+    expect(page.locator("#command")).to_contain_text("sft --model Qwen/Qwen2.5-VL-7B-Instruct")
+    expect(page.locator("#spec")).to_contain_text('"team": "vision"')
+    page.get_by_label("Search the log").fill("saving model checkpoint")
+    expect(page.locator("#log .line").first).to_contain_text("Saving model checkpoint")
+    expect(page.locator("#log mark").first).to_have_text("Saving model checkpoint")
+    page.get_by_label("Search the log").fill("")
+
+    # A refused action shows the API's own words in the confirmation dialog.
+    console.expect_refusal(409, "/jobs/dash_001")
+    page.get_by_role("button", name="Delete").click()
+    dialog = page.locator("#confirm")
+    dialog.get_by_role("button", name="Delete").click()
+    expect(dialog.locator("#confirm-error")).to_contain_text("invalid_transition")
+    dialog.get_by_role("button", name="Cancel").click()
+    expect(dialog).to_be_hidden()
+
+    page.screenshot(path=str(artifacts / "job-page.png"), full_page=True)
+
+    # Stop it, with confirmation, and see it stopped.
+    page.get_by_role("button", name="Stop").click()
+    dialog.get_by_role("button", name="Stop").click()
+    # The service's own pace first (a loaded machine), then the page must follow it promptly.
+    service.wait_status("dash_001", "stopped", timeout=120)
+    expect(page.locator("#job-status .badge")).to_have_text("stopped", timeout=10_000)
+    expect(page.locator("#timeline li[data-type=JobStopped]")).to_be_visible()
+
+    # GPUs: both simulated GPUs of the live host.
+    nav.get_by_role("link", name="GPUs").click()
+    expect(page.locator("tr[data-gpu]")).to_have_count(2)
+    expect(page.locator("section.host[data-alive=true]")).to_have_count(1)
+    page.screenshot(path=str(artifacts / "gpus-page.png"), full_page=True)
+
+    # Queue: why a job cannot be placed, a priority change, the processor paused and resumed.
+    created = service.http.post(
+        "/jobs",
+        json={"job_id": "needs_h100", "data_path": "d#10", "model_path": "m", "gpu_name": "H100"},
+    )
+    assert created.status_code == 201, created.text
+    nav.get_by_role("link", name="Queue").click()
+    waiting = page.locator('tr[data-job-id="needs_h100"]')
+    expect(waiting).to_contain_text("cannot be placed: no live runner", timeout=30_000)
+    waiting.get_by_label("Priority of needs_h100").fill("9")
+    waiting.get_by_role("button", name="Set").click()
+    dialog.get_by_role("button", name="Change priority").click()
+    expect(page.locator(".toast").last).to_contain_text("now has priority 9")
+    assert service.http.get("/jobs/needs_h100").json()["priority"] == 9
+    page.get_by_role("button", name="Pause processor").click()
+    dialog.get_by_role("button", name="Pause").click()
+    expect(page.locator(".processor .badge")).to_have_text("paused")
+    page.get_by_role("button", name="Resume processor").click()
+    dialog.get_by_role("button", name="Resume").click()
+    expect(page.locator(".processor .badge")).to_have_text("running")
+    page.close()
+
+    # Dark mode and a phone's width: the job page still fits, in the dark scheme.
+    phone = browser.new_context(
+        viewport={"width": 390, "height": 844}, color_scheme="dark", device_scale_factor=2
+    )
+    small = phone.new_page()
+    small_console = Console(small)
+    small.goto(f"{base}/#/job/dash_001")
+    expect(small.locator("#job-status .badge")).to_have_text("stopped")
+    overflow = small.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 1, f"the job page is {overflow}px wider than a phone"
+    small.screenshot(path=str(artifacts / "job-page-phone-dark.png"), full_page=True)
+    phone.close()
+    context.close()
+
+    assert console.errors == []
+    assert small_console.errors == []
+
+
+def test_an_api_key_prompt_appears_on_401_and_the_key_rides_in_a_header(
+    service: Service, browser: Any
+) -> None:
+    """Auth is not built yet (issue 12): a 401 is faked for the page, the rest is real."""
+    base = str(service.http.base_url).removesuffix(API + "/").removesuffix(API)
+    context = browser.new_context()
+    page = context.new_page()
+    console = Console(page)
+    seen: list[str | None] = []
+
+    def guard(route: Any) -> None:
+        key = route.request.headers.get("authorization")
+        seen.append(key)
+        if key != "Bearer s3cret":
+            route.fulfill(
+                status=401,
+                content_type="application/problem+json",
+                body='{"status":401,"code":"unauthorized","detail":"an API key is required"}',
+            )
+        else:
+            route.continue_()
+
+    console.expect_refusal(401, "/api/v1/training/")
+    page.route(re.compile(r".*/api/v1/training/.*"), guard)
+    page.goto(f"{base}/#/gpus")
+    prompt = page.locator("#auth")
+    sync_api.expect(prompt).to_be_visible()
+    page.get_by_label("API key", exact=True).fill("s3cret")
+    page.get_by_role("button", name="Use this key").click()
+    sync_api.expect(prompt).to_be_hidden()
+    sync_api.expect(page.locator("tr[data-gpu]")).to_have_count(2)
+    assert "Bearer s3cret" in seen
+    assert page.evaluate("sessionStorage.getItem('swift-trainer.api-key')") == "s3cret"
+    assert "s3cret" not in page.url
+    page.get_by_role("button", name="Forget API key").click()
+    assert page.evaluate("sessionStorage.getItem('swift-trainer.api-key')") is None
+    context.close()
+    assert console.errors == []
