@@ -555,29 +555,24 @@ class SqlEventStore:
         Returns what is stored for the id afterwards, so a caller racing an append of the
         same command learns which outcome won.
         """
-        with _store_errors(f"record rejection of command {command_id!r}"):
+        return await self._record_outcome(command_id, stream_id, code, message)
+
+    async def record_noop(self, command_id: str, stream_id: str) -> CommandRecord:
+        """Remember that ``command_id`` was accepted with nothing to store, unless its
+        outcome is already known; returns what is stored for the id afterwards."""
+        return await self._record_outcome(command_id, stream_id, None, None)
+
+    async def _record_outcome(
+        self, command_id: str, stream_id: str, code: str | None, message: str | None
+    ) -> CommandRecord:
+        """Insert-if-absent into the command log: an error (refused) or none (no-op)."""
+        with _store_errors(f"record the outcome of command {command_id!r}"):
             await self._write(
                 self._record_rejection,
                 command_id=command_id,
                 stream_id=stream_id,
                 code=code,
                 message=message,
-            )
-        record = await self.find_command(command_id)
-        if record is None:
-            raise StoreError(f"command {command_id!r} vanished after it was recorded")
-        return record
-
-    async def record_noop(self, command_id: str, stream_id: str) -> CommandRecord:
-        """Remember that ``command_id`` was accepted with nothing to store, unless its
-        outcome is already known; returns what is stored for the id afterwards."""
-        with _store_errors(f"record no-op command {command_id!r}"):
-            await self._write(
-                self._record_rejection,
-                command_id=command_id,
-                stream_id=stream_id,
-                code=None,
-                message=None,
             )
         record = await self.find_command(command_id)
         if record is None:
