@@ -267,6 +267,10 @@ def _parser() -> argparse.ArgumentParser:
         help="also drop logs, runner heartbeats and the queue view (they are not in the store)",
     )
 
+    from .audit_cli import add_audit_arguments
+
+    add_audit_arguments(sub)
+
     def with_nats(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--nats-url", help="NATS server (default NATS_URL or the running 'up')")
         return p
@@ -309,6 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(env, env_file=args.env_file)
         _configure_logging(settings)
+        from .audit_cli import run_audit
         from .projections.scheduler_service import run_scheduler
         from .runner.agent import run_runner
 
@@ -319,6 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "runner": run_runner,
             "projections": _run_projections,
             "api": _run_api,
+            "audit": run_audit,
         }
         run = runners.get(args.command, _run_send)
         return asyncio.run(run(settings, args))
