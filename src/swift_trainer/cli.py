@@ -268,8 +268,10 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     from .audit_cli import add_audit_arguments
+    from .contract_cli import add_contract_arguments
 
     add_audit_arguments(sub)
+    add_contract_arguments(sub)
 
     def with_nats(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--nats-url", help="NATS server (default NATS_URL or the running 'up')")
@@ -314,6 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(env, env_file=args.env_file)
         _configure_logging(settings)
         from .audit_cli import run_audit
+        from .contract_cli import run_contract
         from .projections.scheduler_service import run_scheduler
         from .runner.agent import run_runner
 
@@ -325,6 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "projections": _run_projections,
             "api": _run_api,
             "audit": run_audit,
+            "contract": run_contract,
         }
         run = runners.get(args.command, _run_send)
         return asyncio.run(run(settings, args))

@@ -19,6 +19,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Tag
 from litestar.plugins import InitPlugin
 
+from .contract import asyncapi_json
 from .deps import ApiDeps
 from .errors import exception_handlers
 from .jobs.controllers import JobsController
@@ -83,7 +84,7 @@ class SwiftTrainerApi(InitPlugin):
             # On the router: Litestar ignores a limit set on the app config by a plugin.
             request_max_body_size=MAX_BODY_BYTES,
         )
-        app_config.route_handlers.extend([training, _docs_handler()])
+        app_config.route_handlers.extend([training, _docs_handler(), asyncapi_json])
         app_config.dependencies["deps"] = Provide(lambda: deps, sync_to_thread=False)
         app_config.exception_handlers = {**app_config.exception_handlers, **exception_handlers()}
         app_config.openapi_config = OpenAPIConfig(
