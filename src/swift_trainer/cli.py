@@ -268,10 +268,12 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     from .audit_cli import add_audit_arguments
+    from .client.commands import add_client_arguments
     from .contract_cli import add_contract_arguments
 
     add_audit_arguments(sub)
     add_contract_arguments(sub)
+    add_client_arguments(sub)
 
     def with_nats(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--nats-url", help="NATS server (default NATS_URL or the running 'up')")
@@ -316,6 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(env, env_file=args.env_file)
         _configure_logging(settings)
         from .audit_cli import run_audit
+        from .client.commands import run_client
         from .contract_cli import run_contract
         from .projections.scheduler_service import run_scheduler
         from .runner.agent import run_runner
@@ -329,6 +332,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "api": _run_api,
             "audit": run_audit,
             "contract": run_contract,
+            "jobs": run_client,
+            "queue": run_client,
+            "gpus": run_client,
         }
         run = runners.get(args.command, _run_send)
         return asyncio.run(run(settings, args))
