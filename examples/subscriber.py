@@ -49,7 +49,8 @@ def read_state(path: Path) -> int:
     except FileNotFoundError:
         return 0
     except (ValueError, KeyError, TypeError) as exc:
-        raise SystemExit(f"error: state file {path} is unreadable ({exc}); fix or remove it") from exc
+        message = f"error: state file {path} is unreadable ({exc}); fix or remove it"
+        raise SystemExit(message) from exc
 
 
 def write_state(path: Path, seq: int) -> None:
