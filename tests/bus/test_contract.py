@@ -23,6 +23,7 @@ from tests.projections.read_models.history import random_history
 from swift_trainer.bus.contract import (
     ASYNCAPI_FILE,
     COMMAND_TYPES,
+    PUBLISHED_EVENT_TYPES,
     SCHEMAS_FILE,
     asyncapi_document,
     json_schema_document,
@@ -93,10 +94,11 @@ def test_every_reference_resolves_and_every_type_is_described() -> None:
     for ref in set(_refs(document)):
         assert _resolve(document, ref) is not None, ref
     schemas = document["components"]["schemas"]
-    for name in (*e.EVENT_TYPES, *COMMAND_TYPES):
+    for name in (*PUBLISHED_EVENT_TYPES, *COMMAND_TYPES):
         assert schemas[name]["x-schema-version"] >= 1
     events_channel = document["channels"]["events"]
-    assert set(events_channel["messages"]) == set(e.EVENT_TYPES)
+    assert set(events_channel["messages"]) == set(PUBLISHED_EVENT_TYPES)
+    assert {"JobSucceeded", "WebhookDelivered"} <= set(PUBLISHED_EVENT_TYPES)
     headers = schemas["EventHeaders"]
     assert {"Nats-Msg-Id", "traceparent"} <= set(headers["properties"])
     guarantees = document["info"]["x-delivery-guarantees"]
@@ -154,3 +156,41 @@ def test_the_json_schema_document_is_valid_and_covers_every_message() -> None:
     assert validator.is_valid(msgspec.to_builtins(event))
     assert not validator.is_valid({"type": "JobSucceeded", "job_id": "x"})
     assert json.loads((COMMITTED / SCHEMAS_FILE).read_text()) == document
+
+
+def test_webhook_records_validate_against_their_message_payloads() -> None:
+    from datetime import UTC, datetime
+
+    from swift_trainer.core import webhooks as w
+    from swift_trainer.core.store import EventMetadata, RecordedEvent
+
+    document = asyncapi_document()
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    event = w.WebhookDeliveryFailed(
+        at=at,
+        webhook_id="ops",
+        position=7,
+        event_id="e7",
+        event_type="JobFailed",
+        attempt=2,
+        error="HTTP 503",
+        status_code=503,
+        retry_at=at,
+    )
+    recorded = RecordedEvent(
+        position=9,
+        stream_id="webhook-ops",
+        version=3,
+        event_id="x",
+        type="WebhookDeliveryFailed",
+        schema_version=1,
+        payload=w.encode_webhook_event(event),
+        metadata=EventMetadata(actor="webhooks"),
+        recorded_at=at,
+    )
+    wire = json.loads(encode(EventEnvelope.from_recorded(recorded)))
+    payload = document["components"]["messages"]["WebhookDeliveryFailed"]["payload"]
+    validator = _validator(document, payload)
+    assert validator.is_valid(wire)
+    wire["event"]["attempt"] = "two"
+    assert not validator.is_valid(wire)

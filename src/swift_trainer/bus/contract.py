@@ -26,6 +26,7 @@ import msgspec
 
 from swift_trainer.core import commands as c
 from swift_trainer.core import events as e
+from swift_trainer.core import webhooks as w
 
 from . import subjects
 from .connection import events_stream_config, logs_stream_config
@@ -36,6 +37,11 @@ SCHEMAS_FILE: Final = "messages.schema.json"
 
 COMMAND_TYPES: Final[dict[str, type[c.Command]]] = {
     cls.__name__: cls for cls in c.AnyCommand.__args__
+}
+#: Everything on the EVENTS stream: job and system events, and webhook delivery records.
+PUBLISHED_EVENT_TYPES: Final[dict[str, type[e.Event] | type[w.WebhookEvent]]] = {
+    **e.EVENT_TYPES,
+    **w.WEBHOOK_EVENT_TYPES,
 }
 
 _REF: Final = "#/components/schemas/{name}"
@@ -113,12 +119,12 @@ def message_schemas() -> dict[str, Any]:
         CommandEnvelope,
         CommandReply,
         LogMessage,
-        *e.EVENT_TYPES.values(),
+        *PUBLISHED_EVENT_TYPES.values(),
         *COMMAND_TYPES.values(),
     ]
     _, components = msgspec.json.schema_components(types, ref_template=_REF)
-    versioned: list[tuple[str, type[e.Event] | type[c.Command]]] = [
-        *e.EVENT_TYPES.items(),
+    versioned: list[tuple[str, type[e.Event] | type[w.WebhookEvent] | type[c.Command]]] = [
+        *PUBLISHED_EVENT_TYPES.items(),
         *COMMAND_TYPES.items(),
     ]
     for name, cls in versioned:
@@ -138,11 +144,11 @@ def json_schema_document() -> dict[str, Any]:
         "title": "swift-trainer messages",
         "description": VERSIONING,
         "$defs": defs,
-        "oneOf": [{"$ref": f"#/$defs/{name}"} for name in (*e.EVENT_TYPES, *COMMAND_TYPES)],
+        "oneOf": [{"$ref": f"#/$defs/{name}"} for name in (*PUBLISHED_EVENT_TYPES, *COMMAND_TYPES)],
     }
 
 
-def _event_message(name: str, cls: type[e.Event]) -> dict[str, Any]:
+def _event_message(name: str, cls: type[e.Event] | type[w.WebhookEvent]) -> dict[str, Any]:
     return {
         "name": name,
         "title": name,
@@ -177,9 +183,9 @@ def _stream(config: Any) -> dict[str, Any]:
 
 def asyncapi_document() -> dict[str, Any]:
     """The AsyncAPI 3.0 document of the NATS interface, deterministic for a given code."""
-    event_names = list(e.EVENT_TYPES)
+    event_names = list(PUBLISHED_EVENT_TYPES)
     messages: dict[str, Any] = {
-        name: _event_message(name, cls) for name, cls in e.EVENT_TYPES.items()
+        name: _event_message(name, cls) for name, cls in PUBLISHED_EVENT_TYPES.items()
     }
     messages["Command"] = {
         "name": "Command",
@@ -251,7 +257,10 @@ def asyncapi_document() -> dict[str, Any]:
                         + ", ".join(sorted(subjects.RUNNER_ADDRESSED))
                         + f"; `{subjects.NO_RUNNER}` otherwise"
                     },
-                    "key": {"description": "the job id, or the system stream's name"},
+                    "key": {
+                        "description": "the job id, or the system stream's name "
+                        f"(`{w.STREAM_PREFIX}<id>` for a webhook's delivery records)"
+                    },
                     "eventType": {"enum": event_names, "description": "the event type"},
                 },
                 "messages": {name: {"$ref": ref.format(name=name)} for name in event_names},

@@ -1,8 +1,9 @@
-"""Reading the audit hash chain out of the SQL event store, for ``audit verify`` and export.
+"""Direct reads of the SQL event store that the hot path never needs: the audit chain.
 
 Kept apart from :mod:`swift_trainer.core.sqlstore` because nothing on the hot path needs
-it: auditors read the rows exactly as stored (metadata as text, the stored hash), which the
-store's ``read_all`` deliberately does not hand out.
+them: auditors read the rows exactly as stored (metadata as text, the stored hash), which
+the store's ``read_all`` deliberately does not hand out; the webhook dispatcher lists the
+streams of one kind.
 """
 
 from __future__ import annotations
@@ -84,6 +85,22 @@ async def chain_rows(
             for row in rows
         ]
         position = rows[-1][0]
+
+
+async def streams_with_prefix(store: SqlEventStore, prefix: str) -> list[str]:
+    """Stream ids starting with ``prefix``, sorted: a range scan of the stream index."""
+    query = (
+        sa.select(schema.events.c.stream_id)
+        .where(
+            schema.events.c.stream_id >= prefix,
+            schema.events.c.stream_id < prefix + "\U0010ffff",
+        )
+        .distinct()
+        .order_by(schema.events.c.stream_id)
+    )
+    with _store_errors(f"list streams {prefix}*"):
+        async with store.engine.connect() as conn:
+            return [row[0] for row in (await conn.execute(query)).all()]
 
 
 async def anchor_before(store: SqlEventStore, position: int) -> ChainAnchor | None:

@@ -19,6 +19,7 @@ import msgspec
 
 from swift_trainer.core import aggregates
 from swift_trainer.core import events as e
+from swift_trainer.core import webhooks as w
 from swift_trainer.core.audit_chain import ChainAnchor, ChainProblem, ChainRow, ChainVerifier
 from swift_trainer.core.errors import SwiftTrainerError
 from swift_trainer.core.ids import job_stream
@@ -56,11 +57,14 @@ class AuditReport(msgspec.Struct, frozen=True):
     read_model_differences: list[str]
 
 
+_FoldState = aggregates.State | w.WebhookState
+
+
 class _StreamFolder:
     """Folds every stream as the rows go by, keeping one state per stream."""
 
     def __init__(self) -> None:
-        self.states: dict[str, tuple[int, aggregates.State | None]] = {}
+        self.states: dict[str, tuple[int, _FoldState | None]] = {}
         self.problems: list[StreamProblem] = []
 
     def fold(self, rows: Iterable[ChainRow]) -> None:
@@ -79,9 +83,7 @@ class _StreamFolder:
                 self.states[row.stream_id] = (row.version, None)  # broken before: skip
                 continue
             try:
-                event = e.decode_event(row.type, row.payload, row.schema_version)
-                current = aggregates.initial(row.stream_id) if state is None else state
-                self.states[row.stream_id] = (row.version, aggregates.apply(current, event))
+                self.states[row.stream_id] = (row.version, _fold_one(row, state))
             except (SwiftTrainerError, AssertionError, ValueError, TypeError) as exc:
                 self.problems.append(
                     StreamProblem(
@@ -92,6 +94,20 @@ class _StreamFolder:
                     )
                 )
                 self.states[row.stream_id] = (row.version, None)
+
+
+def _fold_one(row: ChainRow, state: _FoldState | None) -> _FoldState:
+    """One more event on a stream's state: webhooks have their own aggregate."""
+    if w.is_webhook_stream(row.stream_id):
+        webhook = w.decode_webhook_event(row.type, row.payload)
+        if state is None:
+            state = w.WebhookState(webhook_id=row.stream_id.removeprefix(w.STREAM_PREFIX))
+        assert isinstance(state, w.WebhookState)
+        return w.evolve_webhook(state, webhook)
+    event = e.decode_event(row.type, row.payload, row.schema_version)
+    current = aggregates.initial(row.stream_id) if state is None else state
+    assert not isinstance(current, w.WebhookState)
+    return aggregates.apply(current, event)
 
 
 async def verify_store(store: SqlEventStore, read_model: ReadModel | None = None) -> AuditReport:
