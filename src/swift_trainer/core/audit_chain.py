@@ -31,6 +31,7 @@ GENESIS_HASH: Final = bytes(32)
 
 _INT: Final = struct.Struct(">q")
 _TWO_INTS: Final = struct.Struct(">qq")
+_THREE_INTS: Final = struct.Struct(">qqq")
 
 ProblemKind = Literal["hash_mismatch", "missing_hash", "missing_position", "out_of_order"]
 
@@ -38,10 +39,6 @@ ProblemKind = Literal["hash_mismatch", "missing_hash", "missing_position", "out_
 def chain_time(at: datetime) -> str:
     """The recorded time as the chain hashes it: UTC, microseconds, ISO 8601 without zone."""
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
-
-
-def _field(data: bytes) -> bytes:
-    return _INT.pack(len(data)) + data
 
 
 def event_hash(
@@ -58,20 +55,32 @@ def event_hash(
     metadata: str,
     recorded_at: str,
 ) -> bytes:
-    """SHA-256 of the link and the event, in the encoding PostgreSQL's ``event_hash`` uses."""
+    """SHA-256 of the link and the event, in the encoding PostgreSQL's ``event_hash`` uses.
+
+    Each field is an 8-byte big-endian integer, or an 8-byte length and the bytes. Written
+    as one join with the integers packed in runs: this runs for every event appended.
+    """
+    stream = stream_id.encode()
+    event = event_id.encode()
+    kind = type.encode()
+    meta = metadata.encode()
+    stamp = recorded_at.encode()
     return hashlib.sha256(
         b"".join(
             (
                 previous_hash,
-                _TWO_INTS.pack(previous_position, position),
-                _field(stream_id.encode()),
-                _INT.pack(version),
-                _field(event_id.encode()),
-                _field(type.encode()),
-                _INT.pack(schema_version),
-                _field(payload),
-                _field(metadata.encode()),
-                _field(recorded_at.encode()),
+                _THREE_INTS.pack(previous_position, position, len(stream)),
+                stream,
+                _TWO_INTS.pack(version, len(event)),
+                event,
+                _INT.pack(len(kind)),
+                kind,
+                _TWO_INTS.pack(schema_version, len(payload)),
+                payload,
+                _INT.pack(len(meta)),
+                meta,
+                _INT.pack(len(stamp)),
+                stamp,
             )
         )
     ).digest()
