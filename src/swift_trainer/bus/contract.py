@@ -131,7 +131,23 @@ def message_schemas() -> dict[str, Any]:
         components[name]["x-schema-version"] = cls.schema_version
     components["EventHeaders"] = _EVENT_HEADERS
     components["TraceHeaders"] = _TRACE_HEADERS
-    return dict(sorted(components.items()))
+    return {name: _asyncapi_schema(schema) for name, schema in sorted(components.items())}
+
+
+def _asyncapi_schema(node: Any) -> Any:
+    """msgspec writes OpenAPI's ``discriminator`` object; AsyncAPI's is the property name."""
+    if isinstance(node, dict):
+        return {
+            key: (
+                value["propertyName"]
+                if key == "discriminator" and isinstance(value, dict)
+                else _asyncapi_schema(value)
+            )
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_asyncapi_schema(item) for item in node]
+    return node
 
 
 def json_schema_document() -> dict[str, Any]:
