@@ -5,6 +5,7 @@ Tampering is done the way an intruder would: SQL straight at the tables, behind 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -153,3 +154,24 @@ async def test_a_store_from_before_the_chain_is_hashed_by_the_migration(
         assert [e.position for e in await store.read_all()] == [1, 2, 4, 5, 6]
     finally:
         await store.close()
+
+
+async def test_concurrent_appends_keep_one_unbroken_chain(
+    store: SqlEventStore, store_url: tuple[str, str | None]
+) -> None:
+    """Group commits (SQLite) and overlapping writers (PostgreSQL) still chain in order."""
+    others = [open_event_store(store_url[0], schema_name=store_url[1]) for _ in range(2)]
+    try:
+        writers = [store, *others]
+        await asyncio.gather(
+            *(
+                writers[i % 3].append(f"job-{i % 7}", events(1 + i % 3), expected_version=None)
+                for i in range(60)
+            )
+        )
+    finally:
+        for other in others:
+            await other.close()
+    verifier = await verify_chain(store)
+    assert verifier.problems == []
+    assert verifier.checked == sum(1 + i % 3 for i in range(60))
