@@ -7,6 +7,7 @@
 | projections | core, bus                     |
 | runner      | core, bus                     |
 | api         | core, bus, projections        |
+| client      | core (the terminal client speaks HTTP only) |
 
 Modules directly under ``src/swift_trainer`` (the CLI, the app wiring) may import anything.
 "Nothing in core knows NATS, Redis, HTTP or subprocesses": core may not import those either
@@ -34,6 +35,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "projections": frozenset({"projections", "core", "bus"}),
     "runner": frozenset({"runner", "core", "bus"}),
     "api": frozenset({"api", "core", "bus", "projections"}),
+    "client": frozenset({"client", "core"}),
 }
 
 #: Third-party and standard-library modules core must not know (prefix match on dotted names).

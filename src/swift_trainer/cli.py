@@ -58,7 +58,13 @@ async def _run_up(settings: Settings, args: argparse.Namespace) -> int:
         await service.start_handler()
         await service.start_relay()
         read_model = await service.start_read_model()
-        assert service.nc is not None
+        assert service.nc is not None and service.store is not None
+        from .projections.webhooks import WebhookDispatcher
+        from .webhooks_cli import signing_key
+
+        webhooks = WebhookDispatcher(service.store, signing_key(settings))
+        await webhooks.start()
+        service.add_stopper("webhooks", webhooks.stop)
 
         scheduler = ObservedSchedulerService(
             service.nc,
@@ -235,6 +241,19 @@ async def _run_send(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if reply.ok else 1
 
 
+def _add_front_doors(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Audit, the published contract, the HTTP terminal client and webhooks (issue 15)."""
+    from .audit_cli import add_audit_arguments
+    from .client.commands import add_client_arguments
+    from .contract_cli import add_contract_arguments
+    from .webhooks_cli import add_webhooks_arguments
+
+    add_audit_arguments(sub)
+    add_contract_arguments(sub)
+    add_client_arguments(sub)
+    add_webhooks_arguments(sub)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="swift-trainer", description=__doc__)
     parser.add_argument("--env-file", help="read settings from this env file")
@@ -283,6 +302,8 @@ def _parser() -> argparse.ArgumentParser:
         help="also drop logs, runner heartbeats and the queue view (they are not in the store)",
     )
 
+    _add_front_doors(sub)
+
     def with_nats(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--nats-url", help="NATS server (default NATS_URL or the running 'up')")
         return p
@@ -327,8 +348,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         _configure_logging(settings)
         if getattr(args, "metrics_port", None) is not None:
             _serve_metrics(settings, args.metrics_port)
+        from .audit_cli import run_audit
+        from .client.commands import run_client
+        from .contract_cli import run_contract
         from .projections.scheduler_service import run_scheduler
         from .runner.agent import run_runner
+        from .webhooks_cli import run_webhooks
 
         runners = {
             "up": _run_up,
@@ -337,6 +362,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "runner": run_runner,
             "projections": _run_projections,
             "api": _run_api,
+            "audit": run_audit,
+            "contract": run_contract,
+            "jobs": run_client,
+            "queue": run_client,
+            "gpus": run_client,
+            "webhooks": run_webhooks,
         }
         run = runners.get(args.command, _run_send)
         return asyncio.run(run(settings, args))

@@ -18,6 +18,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Tag
 from litestar.plugins import InitPlugin
 
+from .contract import asyncapi_json
 from .dashboard import dashboard_handlers
 from .deps import ApiDeps
 from .docs import docs_routes, offline_swagger
@@ -74,7 +75,7 @@ class SwiftTrainerApi(InitPlugin):
             # On the router: Litestar ignores a limit set on the app config by a plugin.
             request_max_body_size=MAX_BODY_BYTES,
         )
-        app_config.route_handlers.extend([training, *docs_routes(), MetricsEndpoint])
+        app_config.route_handlers.extend([training, *docs_routes(), MetricsEndpoint, asyncapi_json])
         app_config.middleware.append(http_metrics().middleware)
         # The web dashboard at / (it calls the API above; see api/dashboard).
         app_config.route_handlers.extend(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Final
 
 import msgspec
 from nats.aio.client import Client
@@ -25,6 +26,9 @@ from .messages import (
 from .tracing import inject_headers
 
 _tracer = trace.get_tracer(__name__)
+
+#: How long a command waits for a handler to (re)subscribe before it is reported unavailable.
+NO_RESPONDERS_PATIENCE_S: Final = 3.0
 
 
 class CommandUnavailable(SwiftTrainerError):
@@ -69,18 +73,36 @@ class CommandClient:
         ):
             data = encode(envelope)
             headers = inject_headers()
+            wait = timeout or self.timeout
+            loop = asyncio.get_running_loop()
+            # No responders means no handler is subscribed right now (one is reconnecting
+            # to another node of a cluster, or restarting): retried with a back-off for up
+            # to ``NO_RESPONDERS_PATIENCE_S``, long enough for a failover, short enough that
+            # a caller learns soon when no handler runs at all.
+            deadline = loop.time() + wait * (retries + 1)
+            patience = loop.time() + min(wait, NO_RESPONDERS_PATIENCE_S)
+            timeouts = 0
+            pause = 0.05
             last: Exception | None = None
-            for attempt in range(retries + 1):
+            while timeouts <= retries and loop.time() < deadline:
                 try:
                     msg = await self.nc.request(
                         subjects.command_subject(name),
                         data,
-                        timeout=timeout or self.timeout,
+                        timeout=min(wait, max(deadline - loop.time(), 0.05)),
                         headers=headers,
                     )
-                except (TimeoutError, NatsTimeoutError, NoRespondersError) as exc:
+                except NoRespondersError as exc:
                     last = exc
-                    await asyncio.sleep(0.05 * (attempt + 1))
+                    if loop.time() + pause > patience:
+                        break
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, 1.0)
+                    continue
+                except (TimeoutError, NatsTimeoutError) as exc:
+                    last = exc
+                    timeouts += 1
+                    await asyncio.sleep(0.05 * timeouts)
                     continue
                 return decode_reply(msg.data)
         raise CommandUnavailable(

@@ -26,9 +26,10 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import Header, PubAck
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import NotFoundError
 from opentelemetry import trace
 
 from ..core.store import EventStore, RecordedEvent
@@ -141,6 +142,8 @@ class OutboxRelay:
                 continue
             if not await self._settle(inflight, wait=not events):
                 for _, future in inflight:
+                    if future.done() and not future.cancelled():
+                        future.exception()  # retrieved: the tail is read again instead
                     future.cancel()
                 await self.reconcile()
                 break
@@ -183,8 +186,10 @@ class OutboxRelay:
                 # Not wait_for: on Python 3.11 it can swallow a cancellation (stop() hangs).
                 async with asyncio.timeout(self.publish_timeout):
                     await future
-            except (APIError, TimeoutError) as exc:
-                _log.warning("publishing event %s failed: %s; will retry", event.position, exc)
+            except (NatsError, TimeoutError) as exc:
+                # A stream without a leader (a cluster node died) answers NoStreamResponse:
+                # not an APIError, and just as passing.
+                _log.warning("publishing event %s failed: %r; will retry", event.position, exc)
                 return False
             inflight.popleft()
             self.position, self._last_msg_id = event.position, event.event_id

@@ -29,6 +29,7 @@ import asyncpg
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from swift_trainer.core.audit_chain import GENESIS_HASH, chain_time, event_hash
 from swift_trainer.core.errors import (
     ConcurrencyConflict,
     IntegrityError,
@@ -147,11 +148,13 @@ def new_events_result(
 
 # --- SQLite -------------------------------------------------------------------------------
 
+#: The stream's version, and the audit chain's last link (position and hash).
 _SQLITE_HEAD: Final = (
     "SELECT (SELECT max(version) FROM events WHERE stream_id = ?),"
-    " (SELECT max(position) FROM events)"
+    " (SELECT max(position) FROM events),"
+    " (SELECT hash FROM events ORDER BY position DESC LIMIT 1)"
 )
-#: Rows per INSERT statement; 5 parameters a row stays far below SQLite's 32766.
+#: Rows per INSERT statement; 6 parameters a row stays far below SQLite's 32766.
 _SQLITE_ROWS_PER_INSERT: Final = 500
 
 
@@ -160,15 +163,16 @@ def _sqlite_insert_events(rows: int) -> str:
     """One multi-row INSERT for ``rows`` events (cheaper than executemany per row).
 
     ?1 first position, ?2 stream, ?3 first version, ?4 timestamp are shared by the rows;
-    each row adds its own event id, type, schema version, payload and metadata.
+    each row adds its own event id, type, schema version, payload, metadata and hash.
     """
     values = ",".join(
-        f"(?1+{i},?2,?3+{i},?{5 + 5 * i},?{6 + 5 * i},?{7 + 5 * i},?{8 + 5 * i},?{9 + 5 * i},?4)"
+        f"(?1+{i},?2,?3+{i},?{5 + 6 * i},?{6 + 6 * i},?{7 + 6 * i},?{8 + 6 * i},?{9 + 6 * i},"
+        f"?4,?{10 + 6 * i})"
         for i in range(rows)
     )
     return (
         "INSERT INTO events (position, stream_id, version, event_id, type, schema_version,"
-        f" payload, metadata, recorded_at) VALUES {values}"
+        f" payload, metadata, recorded_at, hash) VALUES {values}"
     )
 
 
@@ -270,7 +274,7 @@ def _sqlite_insert(
     """Inside ``BEGIN IMMEDIATE``: store (and commit, unless part of a group), or return
     the stream's version when ``expected_version`` does not match it."""
     stream_id = request.stream_id
-    current, last_position = conn.execute(_SQLITE_HEAD, (stream_id,)).fetchone()
+    current, last_position, last_hash = conn.execute(_SQLITE_HEAD, (stream_id,)).fetchone()
     current = current or 0
     if request.expected_version is not None and current != request.expected_version:
         return int(current)
@@ -278,6 +282,8 @@ def _sqlite_insert(
     at = datetime.now(UTC)
     # SQLAlchemy's text layout for SQLite DATETIME, so Core reads parse what is written here.
     stamp = at.replace(tzinfo=None).isoformat(" ", "microseconds")
+    chained_at = chain_time(at)
+    link = last_hash or GENESIS_HASH
     events = request.events
     metadata = request.metadata_json
     for start in range(0, len(events), _SQLITE_ROWS_PER_INSERT):
@@ -285,12 +291,27 @@ def _sqlite_insert(
         params: list[object] = [first_position + start, stream_id, current + 1 + start, stamp]
         for index in chunk:
             event = events[index]
+            position = first_position + index
+            link = event_hash(
+                link,
+                position - 1,
+                position=position,
+                stream_id=stream_id,
+                version=current + 1 + index,
+                event_id=event.event_id,
+                type=event.type,
+                schema_version=event.schema_version,
+                payload=event.payload,
+                metadata=metadata[index],
+                recorded_at=chained_at,
+            )
             params += (
                 event.event_id,
                 event.type,
                 event.schema_version,
                 event.payload,
                 metadata[index],
+                link,
             )
         conn.execute(_sqlite_insert_events(len(chunk)), params)
     last = first_position + len(events) - 1

@@ -25,13 +25,16 @@ the migration steps applied.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from swift_trainer.core.audit_chain import GENESIS_HASH, chain_time, event_hash
 
 metadata_obj: Final = sa.MetaData()
 
@@ -74,6 +77,9 @@ events: Final = sa.Table(
     sa.Column("payload", sa.LargeBinary(), nullable=False),
     sa.Column("metadata", sa.Text(), nullable=False),
     sa.Column("recorded_at", UtcDateTime(), nullable=False),
+    # The audit hash chain (schema version 3, see ``core.audit_chain``); NULL only for a
+    # row written behind the store's back, which ``audit verify`` reports.
+    sa.Column("hash", sa.LargeBinary(), nullable=True),
     sa.UniqueConstraint("stream_id", "version", name="events_stream_version_key"),
     sa.UniqueConstraint("event_id", name="events_event_id_key"),
 )
@@ -133,6 +139,8 @@ class Migration:
     version: int
     description: str
     statements: dict[str, Sequence[str]]
+    #: Runs after the DDL, in the same transaction: data a step computes (both dialects).
+    backfill: Callable[[AsyncConnection], Awaitable[None]] | None = None
 
 
 _SQLITE_V1: Final = (
@@ -372,6 +380,182 @@ _POSTGRES_V2: Final = (
     _POSTGRES_EARLIER_FUNCTION_V2,
 )
 
+audit_chain: Final = sa.Table(
+    "audit_chain",
+    metadata_obj,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("migrated_through", sa.BigInteger(), nullable=False),
+)
+
+#: One length-prefixed field of the chain encoding (see ``core.audit_chain``).
+_POSTGRES_CHAIN_FIELD: Final = """
+    CREATE FUNCTION chain_field(p_data BYTEA) RETURNS BYTEA
+    LANGUAGE sql IMMUTABLE STRICT
+    AS $body$ SELECT int8send(octet_length(p_data)::BIGINT) || p_data $body$
+"""
+
+#: The same bytes ``audit_chain.event_hash`` hashes, so Python verifies what SQL wrote.
+_POSTGRES_EVENT_HASH: Final = """
+    CREATE FUNCTION event_hash(
+        p_previous_hash BYTEA, p_previous_position BIGINT, p_position BIGINT,
+        p_stream_id TEXT, p_version BIGINT, p_event_id TEXT, p_type TEXT,
+        p_schema_version INTEGER, p_payload BYTEA, p_metadata TEXT, p_recorded_at TIMESTAMPTZ
+    ) RETURNS BYTEA
+    LANGUAGE sql STABLE STRICT
+    AS $body$
+        SELECT sha256(
+            p_previous_hash
+            || int8send(p_previous_position) || int8send(p_position)
+            || chain_field(convert_to(p_stream_id, 'UTF8'))
+            || int8send(p_version)
+            || chain_field(convert_to(p_event_id, 'UTF8'))
+            || chain_field(convert_to(p_type, 'UTF8'))
+            || int8send(p_schema_version::BIGINT)
+            || chain_field(p_payload)
+            || chain_field(convert_to(p_metadata, 'UTF8'))
+            || chain_field(convert_to(
+                   to_char(p_recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US'),
+                   'UTF8'))
+        )
+    $body$
+"""
+
+#: Version 3 of ``append_events``: same parameters and outcomes as version 1, plus the
+#: hash chain. Positions are now ``max(position) + 1`` under the table lock instead of the
+#: identity sequence, so a refused append leaves no gap and a gap always means a deleted row.
+_POSTGRES_APPEND_FUNCTION_V3: Final = """
+    CREATE FUNCTION append_events(
+        p_stream_id TEXT,
+        p_expected_version BIGINT,
+        p_command_id TEXT,
+        p_event_ids TEXT[],
+        p_types TEXT[],
+        p_schema_versions INTEGER[],
+        p_payloads BYTEA[],
+        p_metadata TEXT[],
+        OUT o_outcome SMALLINT,
+        OUT o_position BIGINT,
+        OUT o_version BIGINT,
+        OUT o_recorded_at TIMESTAMPTZ
+    )
+    LANGUAGE plpgsql VOLATILE AS $body$
+    DECLARE
+        v_current BIGINT;
+        v_count INTEGER := cardinality(p_event_ids);
+        v_base BIGINT;
+        v_hash BYTEA;
+        v_hashes BYTEA[] := '{}';
+    BEGIN
+        -- See version 1 for why the lock comes first and the time after it.
+        LOCK TABLE events IN EXCLUSIVE MODE;
+        o_recorded_at := clock_timestamp();
+
+        SELECT coalesce(max(e.version), 0) INTO v_current
+          FROM events e WHERE e.stream_id = p_stream_id;
+        IF p_expected_version IS NOT NULL AND v_current <> p_expected_version THEN
+            PERFORM 1 FROM earlier_append(p_command_id, p_event_ids) LIMIT 1;
+            o_outcome := CASE WHEN FOUND THEN 5 ELSE 3 END;
+            o_version := v_current;
+            RETURN;
+        END IF;
+
+        -- The chain's last link, read under the lock: no append can slip in between.
+        SELECT e.position, e.hash INTO v_base, v_hash
+          FROM events e ORDER BY e.position DESC LIMIT 1;
+        v_base := coalesce(v_base, 0);
+        v_hash := coalesce(v_hash, decode(repeat('00', 32), 'hex'));
+        FOR i IN 1 .. v_count LOOP
+            v_hash := event_hash(v_hash, v_base + i - 1, v_base + i, p_stream_id,
+                                 v_current + i, p_event_ids[i], p_types[i],
+                                 p_schema_versions[i], p_payloads[i], p_metadata[i],
+                                 o_recorded_at);
+            v_hashes := array_append(v_hashes, v_hash);
+        END LOOP;
+
+        INSERT INTO events (position, stream_id, version, event_id, type, schema_version,
+                            payload, metadata, recorded_at, hash)
+        SELECT v_base + u.ord, p_stream_id, v_current + u.ord, u.event_id, u.type,
+               u.schema_version, u.payload, u.metadata, o_recorded_at, u.hash
+          FROM unnest(p_event_ids, p_types, p_schema_versions, p_payloads, p_metadata,
+                      v_hashes)
+               WITH ORDINALITY AS u(event_id, type, schema_version, payload, metadata, hash,
+                                    ord)
+         ORDER BY u.ord;
+        o_position := v_base + 1;
+        IF p_command_id IS NOT NULL THEN
+            INSERT INTO commands (command_id, stream_id, first_position, last_position)
+            VALUES (p_command_id, p_stream_id, o_position, v_base + v_count);
+        END IF;
+        o_outcome := 0;
+        o_version := v_current + 1;
+    END;
+    $body$
+"""
+
+_SQLITE_V3: Final = (
+    "ALTER TABLE events ADD COLUMN hash BLOB",
+    "CREATE TABLE audit_chain (id INTEGER PRIMARY KEY, migrated_through INTEGER NOT NULL)",
+)
+
+_POSTGRES_V3: Final = (
+    "ALTER TABLE events ADD COLUMN hash BYTEA",
+    "CREATE TABLE audit_chain (id INTEGER PRIMARY KEY, migrated_through BIGINT NOT NULL)",
+    _POSTGRES_CHAIN_FIELD,
+    _POSTGRES_EVENT_HASH,
+    "DROP FUNCTION append_events(TEXT, BIGINT, TEXT, TEXT[], TEXT[], INTEGER[], BYTEA[], TEXT[])",
+    _POSTGRES_APPEND_FUNCTION_V3,
+)
+
+#: Rows hashed per round trip when a store that predates the chain is migrated.
+_BACKFILL_BATCH: Final = 2000
+
+
+async def _backfill_chain(conn: AsyncConnection) -> None:
+    """Compute the chain once over every event stored before version 3, in position order.
+
+    Runs inside the migration's transaction (the write lock is held), so no append can
+    interleave. ``migrated_through`` remembers where the chain began: gaps below it were
+    left by refused appends of the identity-sequence era and are not deletions.
+    """
+    previous_hash, previous_position = GENESIS_HASH, 0
+    columns = [c for c in events.c if c.name != "hash"]
+    while True:
+        rows = (
+            await conn.execute(
+                sa.select(*columns)
+                .where(events.c.position > previous_position)
+                .order_by(events.c.position)
+                .limit(_BACKFILL_BATCH)
+            )
+        ).all()
+        if not rows:
+            break
+        updates = []
+        for row in rows:
+            previous_hash = event_hash(
+                previous_hash,
+                previous_position,
+                position=row.position,
+                stream_id=row.stream_id,
+                version=row.version,
+                event_id=row.event_id,
+                type=row.type,
+                schema_version=row.schema_version,
+                payload=row.payload,
+                metadata=row.metadata,
+                recorded_at=chain_time(row.recorded_at),
+            )
+            previous_position = row.position
+            updates.append({"at": row.position, "digest": previous_hash})
+        await conn.execute(
+            events.update()
+            .where(events.c.position == sa.bindparam("at"))
+            .values(hash=sa.bindparam("digest")),
+            updates,
+        )
+    await conn.execute(sa.insert(audit_chain).values(id=1, migrated_through=previous_position))
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(
         version=1,
@@ -382,6 +566,12 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         version=2,
         description="snapshots of long streams (the GPU ledger); no-op command answers",
         statements={"sqlite": _SQLITE_V2, "postgresql": _POSTGRES_V2},
+    ),
+    Migration(
+        version=3,
+        description="audit hash chain over every event; gapless PostgreSQL positions",
+        statements={"sqlite": _SQLITE_V3, "postgresql": _POSTGRES_V3},
+        backfill=_backfill_chain,
     ),
 )
 

@@ -374,6 +374,8 @@ class SqlEventStore:
                         continue
                     for statement in migration.statements[self._dialect]:
                         await conn.exec_driver_sql(statement)
+                    if migration.backfill is not None:
+                        await migration.backfill(conn)
                     await conn.execute(
                         sa.insert(schema.schema_version).values(
                             version=migration.version,

@@ -38,6 +38,7 @@ from swift_trainer.core.inventory import RunnerHeartbeat
 from swift_trainer.core.job import ACTIVE, JobState, JobStatus, evolve, initial_state
 from swift_trainer.core.queue_processor import QueueProcessorState, evolve_processor
 from swift_trainer.core.store import RecordedEvent
+from swift_trainer.core.webhooks import is_webhook_stream
 
 from .scheduling import (
     GpuSnapshot,
@@ -187,6 +188,8 @@ class SchedulerState:
             if recorded.position <= self.position:
                 continue
             self.position = recorded.position
+            if is_webhook_stream(recorded.stream_id):
+                continue  # webhook deliveries change nothing the scheduler places
             try:
                 event = e.decode_event(recorded.type, recorded.payload, recorded.schema_version)
             except MessageError as exc:

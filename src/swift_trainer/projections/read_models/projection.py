@@ -25,6 +25,7 @@ from swift_trainer.core.errors import MessageError
 from swift_trainer.core.job import JobState, JobStatus, evolve, initial_state
 from swift_trainer.core.queue_processor import QueueProcessorState, evolve_processor
 from swift_trainer.core.store import RecordedEvent
+from swift_trainer.core.webhooks import is_webhook_stream
 
 from .interface import InvalidCursor
 from .views import EventLogEntry, JobFold, JobSummary, Limits, MetricPoint, ProgressView
@@ -103,6 +104,8 @@ def fresh_events(events: Iterable[RecordedEvent], applied: int) -> list[Recorded
 
 def decode_recorded(recorded: RecordedEvent) -> DecodedEvent:
     """Decode, or skip with a warning: one bad message must not stop the projection."""
+    if is_webhook_stream(recorded.stream_id):
+        return DecodedEvent(recorded, None)  # webhook deliveries are no job's business
     try:
         event = e.decode_event(recorded.type, recorded.payload, recorded.schema_version)
     except MessageError as exc:

@@ -1,0 +1,202 @@
+"""How the terminal client shows answers to people: tables, colours, bars, progress.
+
+Scripts use ``--output json`` instead, which prints the API's JSON unchanged; everything
+here is for eyes only and may change between releases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+STATUS_STYLES: Final = {
+    "held": "bright_black",
+    "queued": "yellow",
+    "scheduled": "cyan",
+    "running": "bold blue",
+    "stopping": "magenta",
+    "succeeded": "green",
+    "failed": "bold red",
+    "stopped": "bright_black",
+    "deleted": "strike bright_black",
+}
+
+
+def status_text(status: str | None) -> Text:
+    value = status or "-"
+    return Text(value, style=STATUS_STYLES.get(value, ""))
+
+
+def _number(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def jobs_table(items: Iterable[Mapping[str, Any]]) -> Table:
+    jobs = list(items)
+    table = Table(title="jobs", title_justify="left")
+    # Ids are what people copy into the next command: never wrapped or cut.
+    longest = max((len(job["job_id"]) for job in jobs), default=3)
+    table.add_column("JOB", no_wrap=True, min_width=longest)
+    for name in ("STATUS", "PRI", "GPUS", "PROGRESS", "LOSS", "RUNNER"):
+        table.add_column(name, no_wrap=True)
+    table.add_column("SUBMITTED", overflow="ellipsis", no_wrap=True)
+    for job in jobs:
+        progress = job.get("progress") or {}
+        percent = progress.get("percent")
+        table.add_row(
+            job["job_id"],
+            status_text(job.get("status")),
+            str(job.get("priority", "-")),
+            str(job.get("gpu_count", "-")),
+            f"{percent:.0f}%" if percent is not None else "-",
+            _number(progress.get("loss")),
+            job.get("runner_id") or "-",
+            (job.get("submitted_at") or "-")[:16].replace("T", " "),
+        )
+    return table
+
+
+def key_values(title: str, data: Mapping[str, Any]) -> Table:
+    table = Table(title=title, title_justify="left", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    for key, value in data.items():
+        if value in (None, [], {}, ()):
+            continue
+        shown: Text | str = status_text(value) if key == "status" else _plain(value)
+        table.add_row(key, shown)
+    return table
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_plain(v)}" for k, v in value.items() if v is not None)
+    if isinstance(value, list):
+        return ", ".join(_plain(v) for v in value)
+    return _number(value)
+
+
+def events_table(job_id: str, events: Iterable[Mapping[str, Any]]) -> Table:
+    table = Table(title=f"events of {job_id}", title_justify="left")
+    for name in ("POS", "TIME", "EVENT", "ACTOR", "DETAILS"):
+        table.add_column(name, no_wrap=name != "DETAILS", overflow="fold")
+    for event in events:
+        table.add_row(*event_row(event))
+    return table
+
+
+def event_row(event: Mapping[str, Any]) -> tuple[str, str, str, str, str]:
+    details = _plain(event.get("data") or {})
+    return (
+        str(event.get("position", "")),
+        str(event.get("at", ""))[:19],
+        str(event.get("type", "")),
+        str(event.get("actor") or "-"),
+        details,
+    )
+
+
+def queue_table(queue: Mapping[str, Any]) -> Table:
+    processor = queue.get("processor") or {}
+    state = processor.get("state", "?")
+    title = (
+        f"queue: {queue.get('length', 0)} queued, {queue.get('held', 0)} held; "
+        f"processor {state}" + (f" ({processor.get('reason')})" if processor.get("reason") else "")
+    )
+    table = Table(title=title, title_justify="left")
+    for name in ("#", "JOB", "PRI", "ESTIMATED WAIT", "NOTE"):
+        table.add_column(name)
+    for entry in queue.get("entries", []):
+        table.add_row(
+            str(entry["position"]),
+            entry["job_id"],
+            str(entry["priority"]),
+            entry.get("estimated_wait_time") or "-",
+            Text(entry["unplaceable"], style="red") if entry.get("unplaceable") else "",
+        )
+    return table
+
+
+def bar(fraction: float | None, width: int = 20) -> Text:
+    """A fixed-width bar: green under 60 %, yellow under 90 %, red above."""
+    if fraction is None:
+        return Text("?".ljust(width), style="bright_black")
+    fraction = min(max(fraction, 0.0), 1.0)
+    filled = round(fraction * width)
+    style = "green" if fraction < 0.6 else "yellow" if fraction < 0.9 else "red"
+    text = Text("█" * filled, style=style)
+    text.append("░" * (width - filled), style="bright_black")
+    return text
+
+
+def gpus_table(gpus: Mapping[str, Any]) -> Table:
+    title = (
+        f"GPUs: {gpus.get('total', 0)} on live runners, {gpus.get('free', 0)} free, "
+        f"{gpus.get('assigned', 0)} assigned"
+    )
+    table = Table(title=title, title_justify="left")
+    for name in ("RUNNER", "GPU", "NAME", "MEMORY", "", "UTIL", "", "JOB"):
+        table.add_column(name, no_wrap=True)
+    for runner in gpus.get("runners", []):
+        alive = runner.get("alive", False)
+        runner_id = Text(runner["runner_id"], style="" if alive else "bright_black strike")
+        for gpu in runner.get("gpus", []):
+            total, used = gpu.get("memory_total_mib") or 0, gpu.get("memory_used_mib") or 0
+            utilization = gpu.get("utilization_pct")
+            table.add_row(
+                runner_id,
+                str(gpu.get("index", "?")),
+                str(gpu.get("name", "?")),
+                bar(used / total if total else None),
+                f"{used / 1024:.1f}/{total / 1024:.1f} GiB",
+                bar(utilization / 100 if utilization is not None else None, width=10),
+                f"{utilization}%" if utilization is not None else "-",
+                gpu.get("job_id") or "",
+            )
+    return table
+
+
+class TrainingProgress:
+    """A progress bar for ``submit --wait``: steps, status, loss and time left."""
+
+    def __init__(self, console: Console, job_id: str) -> None:
+        self._progress = Progress(
+            TextColumn("[bold]{task.fields[job]}"),
+            TextColumn("{task.fields[status]}"),
+            BarColumn(),
+            TextColumn("{task.completed:.0f}/{task.fields[max_steps]} steps"),
+            TextColumn("loss {task.fields[loss]}"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self._task: TaskID = self._progress.add_task(
+            job_id, total=None, job=job_id, status="queued", max_steps="?", loss="-"
+        )
+
+    def __enter__(self) -> TrainingProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._progress.stop()
+
+    def update(self, report: Mapping[str, Any]) -> None:
+        max_steps = report.get("max_steps")
+        self._progress.update(
+            self._task,
+            total=max_steps,
+            completed=report.get("step") or 0,
+            status=report.get("status", "?"),
+            max_steps=max_steps if max_steps is not None else "?",
+            loss=_number(report.get("loss")),
+        )

@@ -1,0 +1,253 @@
+"""Every terminal-client command against a live ``swift-trainer up`` (JSON output parsed).
+
+One service for the module: a real ``up --simulate-gpus 2`` whose simulated trainings fail
+at step 30 (``SWIFT_SIM_FAIL_AT_STEP``), so a 10-step job succeeds and a 50-step one fails.
+The commands run in this process through ``cli.main``, as a user's shell would run them,
+except the progress bar, which runs in a real pseudo-terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.e2e.live_service import Service, start_service, stop_service
+
+from swift_trainer.bus.embedded import free_port
+from swift_trainer.cli import main
+
+pytestmark = pytest.mark.timeout(240)
+
+FOLLOW_EVENTS = ("jobs", "events", "cli-yaml", "-f", "-o", "json")
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    data_dir = tmp_path_factory.mktemp("client-up")
+    process, base = start_service(
+        data_dir,
+        "--simulate-step-seconds",
+        "0.02",
+        env_extra={"SWIFT_SIM_FAIL_AT_STEP": "30"},
+    )
+    running = Service(process, base, data_dir / "outputs")
+    try:
+        running.wait_for("two GPUs", lambda: running.http.get("/gpus").json()["total"] == 2)
+        yield running
+    finally:
+        running.http.close()
+        stderr = stop_service(process)
+        assert process.returncode == 0, stderr[-3000:]
+
+
+@pytest.fixture
+def url(service: Service, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    base = str(service.http.base_url).rstrip("/").removesuffix("/api/v1/training")
+    monkeypatch.setenv("SWIFT_TRAINER_URL", base)
+    monkeypatch.setenv("SWIFT_TRAINER_CONFIG", str(tmp_path / "no-profiles.toml"))
+    monkeypatch.delenv("SWIFT_TRAINER_PROFILE", raising=False)
+    return base
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> Any:
+    code, out, err = run(capsys, *argv, "-o", "json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def submit_flags(job_id: str, steps: int, *extra: str) -> list[str]:
+    return [
+        *("jobs", "submit", "--job-id", job_id, "--data-path", "d#100", "--model-path"),
+        *("Qwen/Qwen2.5-0.5B", "--train-arg", f"max_steps={steps}"),
+        *("--train-arg", "save_steps=5", *extra),
+    ]
+
+
+def test_submit_list_show_from_flags(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    created = run_json(capsys, *submit_flags("cli-flags", 10, "--priority", "7", "--hold"))
+    assert (created["job_id"], created["status"]) == ("cli-flags", "held")
+    listed = run_json(capsys, "jobs", "list", "--status", "held")
+    assert "cli-flags" in [job["job_id"] for job in listed["items"]]
+    shown = run_json(capsys, "jobs", "show", "cli-flags")
+    assert (shown["priority"], shown["train_args"]["max_steps"]) == (7, 10)
+    code, out, _ = run(capsys, "jobs", "list")
+    assert code == 0
+    assert "cli-flags" in out
+    assert "held" in out
+
+
+def test_submit_from_a_yaml_spec_and_wait_for_success(
+    url: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    spec = tmp_path / "job.yaml"
+    spec.write_text(
+        "job_id: cli-yaml\ndata_path: d#100\nmodel_path: Qwen/Qwen2.5-0.5B\n"
+        "priority: 9\ntrain_args:\n  max_steps: 10\n  save_steps: 5\n",
+        encoding="utf-8",
+    )
+    final = run_json(capsys, "jobs", "submit", "--file", str(spec), "--wait")
+    assert (final["job_id"], final["status"]) == ("cli-yaml", "succeeded")
+    assert final["progress"]["step"] == 10
+
+    logs = run_json(capsys, "jobs", "logs", "cli-yaml", "--limit", "5")
+    assert 0 < len(logs["lines"]) <= 5
+    code, out, _ = run(capsys, "jobs", "logs", "cli-yaml", "-f", "-o", "json")
+    assert code == 0
+    followed = [json.loads(line) for line in out.splitlines()]
+    assert followed and all("seq" in line for line in followed)
+
+    events = run_json(capsys, "jobs", "events", "cli-yaml")
+    types = [event["type"] for event in events["events"]]
+    assert types[0] == "JobSubmitted"
+    assert "JobSucceeded" in types
+    # Events are followed until Ctrl-C (a finished job may be started again).
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "swift_trainer.cli", *FOLLOW_EVENTS],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert follower.stdout is not None
+        followed_types = [json.loads(follower.stdout.readline())["type"] for _ in types]
+        assert followed_types == types
+        follower.send_signal(signal.SIGINT)
+        assert follower.wait(timeout=30) == 130
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+        follower.communicate()
+    code, out, _ = run(capsys, "jobs", "events", "cli-yaml")
+    assert (code, "JobSucceeded" in out) == (0, True)
+
+    exported = run_json(capsys, "jobs", "export", "cli-yaml")
+    assert exported["job_id"] == "cli-yaml"
+    assert exported["export_status"] in ("requested", "running", "succeeded")
+
+
+def test_wait_exits_non_zero_when_the_job_fails(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, *submit_flags("cli-fails", 50, "--wait"), "-o", "json")
+    assert code == 1
+    assert json.loads(out)["status"] == "failed"
+    assert "job cli-fails ended failed" in err
+
+
+def test_controls_priority_stop_start_delete(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    run_json(capsys, *submit_flags("cli-ctl", 10, "--hold"))
+    answer = run_json(capsys, "jobs", "priority", "cli-ctl", "2")
+    assert (answer["priority"], answer["changed"]) == (2, True)
+    assert run_json(capsys, "jobs", "stop", "cli-ctl")["status"] == "stopped"
+    assert run_json(capsys, "jobs", "start", "cli-ctl")["status"] == "queued"
+    deadline = time.monotonic() + 60
+    while run_json(capsys, "jobs", "show", "cli-ctl")["status"] != "succeeded":
+        assert time.monotonic() < deadline, "cli-ctl did not finish"
+        time.sleep(0.2)
+    code, out, _ = run(capsys, "jobs", "delete", "cli-ctl")
+    assert (code, out.strip()) == (0, "job cli-ctl deleted")
+    code, out, err = run(capsys, "jobs", "show", "cli-ctl", "-o", "json")
+    assert code == 1
+    assert json.loads(out)["code"] == "job_not_found"
+    assert "job_not_found, HTTP 404" in err
+
+
+def test_pause_resume_cancel_report_the_servers_answer(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Until issue 13 adds the endpoints, the server's refusal is the answer: exit 1."""
+    for verb in ("pause", "resume", "cancel"):
+        code, _, err = run(capsys, "jobs", verb, "cli-flags")
+        assert code == 1, verb
+        assert "error:" in err
+        assert "HTTP 404" in err or "HTTP 405" in err
+
+
+def test_queue_and_gpus(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    queue = run_json(capsys, "queue")
+    assert {"entries", "length", "held", "processor"} <= set(queue)
+    gpus = run_json(capsys, "gpus")
+    assert gpus["total"] == 2
+    assert len(gpus["runners"][0]["gpus"]) == 2
+    code, out, _ = run(capsys, "gpus")
+    assert code == 0
+    assert "█" in out or "░" in out
+    code, out, _ = run(capsys, "queue")
+    assert code == 0
+    assert "processor" in out
+    assert "running" in out
+
+
+def test_bad_input_and_unreachable_servers_get_clear_exit_codes(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, "jobs", "submit", "--data-path", "d", "-o", "json")
+    assert code == 2
+    assert "--model-path" in err
+    code, out, err = run(capsys, *submit_flags("cli-bad", 10), "--priority", "11")
+    assert code == 1
+    assert "validation_error, HTTP 422" in err
+    port = free_port()
+    code, out, err = run(capsys, "queue", "--url", f"http://127.0.0.1:{port}", "-o", "json")
+    assert code == 3
+    assert json.loads(out)["code"] == "unreachable"
+    assert "cannot reach" in err
+
+
+def test_the_progress_bar_renders_in_a_pseudo_terminal(url: str, tmp_path: Path) -> None:
+    main_fd, child_fd = pty.openpty()
+    env = {**os.environ, "COLUMNS": "120", "TERM": "xterm-256color"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "swift_trainer.cli", *submit_flags("cli-tty", 40), "--wait"],
+        stdin=child_fd,
+        stdout=child_fd,
+        stderr=child_fd,
+        env=env,
+        close_fds=True,
+    )
+    os.close(child_fd)
+    output = bytearray()
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([main_fd], [], [], 0.5)
+            if ready:
+                try:
+                    chunk = os.read(main_fd, 65536)
+                except OSError:  # the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                output += chunk
+            elif process.poll() is not None:
+                break
+        code = process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(main_fd)
+    text = output.decode(errors="replace")
+    assert "Traceback" not in text
+    assert "cli-tty" in text
+    assert "steps" in text
+    assert "\x1b[" in text, "a terminal gets the live (ANSI) bar"
+    # 40 steps with failures at step 30: the bar ran, and the exit code says it failed.
+    assert code == 1
+    assert "ended failed" in text
