@@ -181,18 +181,27 @@ def _build_command(args: argparse.Namespace) -> c.AnyCommand:
     match args.command:
         case "submit":
             job_id = args.job_id or new_job_id()
-            spec = decode_spec(
-                {
-                    "data_path": args.data_path,
-                    "model_path": args.model_path,
-                    "output_dir": args.output_dir or f"output/{job_id}",
-                    "priority": args.priority,
-                    "gpu_count": args.gpu_count,
-                    "auto_start": not args.hold,
-                    "train_args": _parse_train_args(args.train_arg),
-                },
-            )
+            fields: dict[str, Any] = {
+                "data_path": args.data_path,
+                "training_file": args.training_file,
+                "validation_file": args.validation_file,
+                "method": args.method,
+                "auto_export": args.auto_export,
+                "model_path": args.model_path,
+                "output_dir": args.output_dir or f"output/{job_id}",
+                "priority": args.priority,
+                "gpu_count": args.gpu_count,
+                "auto_start": not args.hold,
+                "train_args": _parse_train_args(args.train_arg),
+            }
+            spec = decode_spec({k: v for k, v in fields.items() if v is not None})
             return c.SubmitJob(job_id=job_id, spec=spec)
+        case "pause":
+            return c.PauseJob(job_id=args.job_id)
+        case "resume":
+            return c.ResumeJob(job_id=args.job_id)
+        case "cancel":
+            return c.CancelJob(job_id=args.job_id, reason=args.reason)
         case "start":
             return c.StartJob(job_id=args.job_id)
         case "stop":
@@ -225,6 +234,24 @@ async def _run_send(settings: Settings, args: argparse.Namespace) -> int:
         await nc.close()
     print(msgspec.json.encode(reply).decode())  # noqa: T201
     return 0 if reply.ok else 1
+
+
+def _add_submit_arguments(submit: argparse.ArgumentParser) -> None:
+    submit.add_argument("--job-id")
+    dataset = submit.add_mutually_exclusive_group(required=True)
+    dataset.add_argument("--data-path", help="hub dataset ids or paths on the runner")
+    dataset.add_argument("--training-file", help="an uploaded file's id (POST /v1/files)")
+    submit.add_argument("--validation-file", help="an uploaded file's id, for --val_dataset")
+    submit.add_argument("--method", choices=["supervised", "dpo"], default="supervised")
+    submit.add_argument(
+        "--auto-export", action="store_true", help="merge the LoRA adapter after success"
+    )
+    submit.add_argument("--model-path", required=True)
+    submit.add_argument("--output-dir")
+    submit.add_argument("--priority", type=int, default=5)
+    submit.add_argument("--gpu-count", type=int, default=1)
+    submit.add_argument("--hold", action="store_true", help="do not queue until started")
+    submit.add_argument("--train-arg", action="append", default=[], metavar="KEY=VALUE")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -271,18 +298,18 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--nats-url", help="NATS server (default NATS_URL or the running 'up')")
         return p
 
-    submit = with_nats(sub.add_parser("submit", help="submit a training job"))
-    submit.add_argument("--job-id")
-    submit.add_argument("--data-path", required=True)
-    submit.add_argument("--model-path", required=True)
-    submit.add_argument("--output-dir")
-    submit.add_argument("--priority", type=int, default=5)
-    submit.add_argument("--gpu-count", type=int, default=1)
-    submit.add_argument("--hold", action="store_true", help="do not queue until started")
-    submit.add_argument("--train-arg", action="append", default=[], metavar="KEY=VALUE")
+    _add_submit_arguments(with_nats(sub.add_parser("submit", help="submit a training job")))
 
-    for name, text in (("start", "start or resume a job"), ("delete", "delete a job")):
+    for name, text in (
+        ("start", "start or resume a job"),
+        ("delete", "delete a job"),
+        ("pause", "stop a job with a checkpoint, to resume it later"),
+        ("resume", "queue a paused job again from its checkpoint"),
+    ):
         with_nats(sub.add_parser(name, help=text)).add_argument("job_id")
+    cancel = with_nats(sub.add_parser("cancel", help="end a job for good (not resumable)"))
+    cancel.add_argument("job_id")
+    cancel.add_argument("--reason", default="cancelled by user")
     stop = with_nats(sub.add_parser("stop", help="stop a job"))
     stop.add_argument("job_id")
     stop.add_argument("--reason", default="stopped by user")

@@ -22,6 +22,7 @@ from litestar.plugins import InitPlugin
 from .deps import ApiDeps
 from .errors import exception_handlers
 from .jobs.controllers import JobsController
+from .openai import openai_router
 from .queue.controllers import QueueController
 from .system.controllers import SystemController
 
@@ -83,7 +84,8 @@ class SwiftTrainerApi(InitPlugin):
             # On the router: Litestar ignores a limit set on the app config by a plugin.
             request_max_body_size=MAX_BODY_BYTES,
         )
-        app_config.route_handlers.extend([training, _docs_handler()])
+        openai = openai_router(max_body_bytes=MAX_BODY_BYTES)
+        app_config.route_handlers.extend([training, openai, _docs_handler()])
         app_config.dependencies["deps"] = Provide(lambda: deps, sync_to_thread=False)
         app_config.exception_handlers = {**app_config.exception_handlers, **exception_handlers()}
         app_config.openapi_config = OpenAPIConfig(
@@ -96,6 +98,7 @@ class SwiftTrainerApi(InitPlugin):
                 Tag(name="jobs", description="Training jobs: create, control, follow."),
                 Tag(name="queue", description="The GPU queue and its processor."),
                 Tag(name="system", description="GPUs, system status and health."),
+                Tag(name="openai", description="OpenAI-compatible files and fine-tuning."),
             ],
             use_handler_docstrings=False,
         )

@@ -25,6 +25,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 from ..core.errors import SwiftTrainerError
 from ..core.settings import Settings
 from . import subjects
+from .file_store import ensure_file_bucket
 
 _log = logging.getLogger(__name__)
 
@@ -157,3 +158,4 @@ async def provision(
     await ensure_stream(js, logs_stream_config())
     await ensure_bucket(js, subjects.RUNNERS_BUCKET, runner_lease_s)
     await ensure_bucket(js, subjects.SCHEDULER_LEASE_BUCKET, scheduler_lease_s)
+    await ensure_file_bucket(js)

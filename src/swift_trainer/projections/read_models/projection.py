@@ -250,6 +250,13 @@ def summarize(fold: JobFold) -> JobSummary | None:
         failure_reason=state.failure_reason,
         exit_code=state.exit_code,
         stop_reason=state.stop_reason,
+        training_file=spec.training_file,
+        validation_file=spec.validation_file,
+        method=spec.method,
+        dpo_beta=spec.dpo_beta,
+        auto_export=spec.auto_export,
+        suffix=spec.suffix,
+        metadata=dict(spec.metadata),
     )
 
 
