@@ -148,3 +148,28 @@ async def test_an_upload_over_the_limit_is_refused_and_nothing_is_stored(tmp_pat
         small = await upload(s.client)
         assert small["status"] == "processed"
         assert (await s.client.get(f"/v1/files/{small['id']}/content")).content == JSONL
+
+
+async def test_trained_tokens_come_from_the_trainers_log(memory_stack: Stack) -> None:
+    s = memory_stack
+    job_id = await s.create(job_id="tokens")
+    attempt = await s.start(job_id)
+    await s.send(
+        c.ReportProgress(
+            job_id=job_id,
+            attempt=attempt,
+            runner_id="runner-1",
+            step=100,
+            max_steps=100,
+            loss=0.5,
+            tokens_seen=4096,
+        )
+    )
+    running = (await s.client.get(f"/v1/fine_tuning/jobs/{job_id}")).json()
+    assert running["trained_tokens"] is None, "null until the job has succeeded"
+    await s.succeed(job_id)
+    done = (await s.client.get(f"/v1/fine_tuning/jobs/{job_id}")).json()
+    assert (done["status"], done["trained_tokens"]) == ("succeeded", 4096)
+    (results,) = done["result_files"]
+    csv = (await s.client.get(f"/v1/files/{results}/content")).text.splitlines()
+    assert csv[1].startswith("100,0.5,")

@@ -1358,3 +1358,18 @@ def test_no_auto_export_without_the_flag_a_lora_adapter_or_a_checkpoint(
         job.do(job.checkpoint(path))
     events = job.do(job.succeeded())
     assert [type(x) for x in events] == [e.JobSucceeded]
+
+
+@pytest.mark.parametrize("ending", ["succeeded", "failed"])
+def test_a_pause_overtaken_by_the_end_of_training_leaves_no_intent_behind(ending: str) -> None:
+    job = running()
+    job.do(c.PauseJob(job_id=JOB))
+    job.do(job.succeeded() if ending == "succeeded" else job.failed())
+    assert job.state.stop_intent == "stop"
+    if ending == "failed":
+        job.do(c.StartJob(job_id=JOB))
+        job.schedule()
+        job.do(job.started())
+        job.do(c.StopJob(job_id=JOB))
+        (stopped,) = job.do(job.stopped())
+        assert isinstance(stopped, e.JobStopped), "a later plain stop is not a pause"

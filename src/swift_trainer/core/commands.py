@@ -126,6 +126,7 @@ class ReportProgress(RunnerReport, frozen=True, tag=True):
     memory_gib: float | None = None
     train_speed: float | None = None
     eval_loss: float | None = None
+    tokens_seen: int | None = None
 
 
 class ReportCheckpoint(RunnerReport, frozen=True, tag=True):

@@ -81,6 +81,8 @@ class JobProgressed(JobEvent, frozen=True, tag=True):
     memory_gib: float | None = None
     train_speed: float | None = None
     eval_loss: float | None = None
+    #: Input tokens trained on so far, where the trainer reports them.
+    tokens_seen: int | None = None
 
 
 class CheckpointSaved(JobEvent, frozen=True, tag=True):

@@ -82,6 +82,7 @@ class Progress(msgspec.Struct, frozen=True, omit_defaults=True):
     memory_gib: float | None = None
     train_speed: float | None = None
     eval_loss: float | None = None
+    tokens_seen: int | None = None
     at: datetime | None = None
 
 
@@ -806,7 +807,14 @@ def evolve(state: JobState, event: e.AnyJobEvent) -> JobState:  # noqa: C901 - a
             holder = state.runner_id if state.runner_id is not None else state.last_runner_id
             return s(state, checkpoints=(*state.checkpoints, checkpoint), last_runner_id=holder)
         case e.JobSucceeded(at=at):
-            return s(state, status=JobStatus.SUCCEEDED, finished_at=at, runner_id=None, gpu_ids=())
+            return s(
+                state,
+                status=JobStatus.SUCCEEDED,
+                finished_at=at,
+                runner_id=None,
+                gpu_ids=(),
+                stop_intent="stop",
+            )
         case e.JobFailed(at=at, reason=reason, exit_code=exit_code):
             return s(
                 state,
@@ -816,6 +824,7 @@ def evolve(state: JobState, event: e.AnyJobEvent) -> JobState:  # noqa: C901 - a
                 exit_code=exit_code,
                 runner_id=None,
                 gpu_ids=(),
+                stop_intent="stop",
             )
         case e.StopRequested(reason=reason, intent=intent):
             return s(state, status=JobStatus.STOPPING, stop_reason=reason, stop_intent=intent)

@@ -109,6 +109,13 @@ def estimated_finish(summary: JobSummary) -> int | None:
     return int(progress.at.timestamp() + progress.remaining_s)
 
 
+def trained_tokens(summary: JobSummary, status: str) -> int | None:
+    """From the trainer's log where it reports them (``num_input_tokens_seen``)."""
+    if status != "succeeded" or summary.progress is None:
+        return None
+    return summary.progress.tokens_seen
+
+
 def job_object(summary: JobSummary, result_files: list[str]) -> FineTuningJob:
     status = openai_status(summary)
     hyper = hyperparameters_of(summary.train_args)
@@ -128,7 +135,7 @@ def job_object(summary: JobSummary, result_files: list[str]) -> FineTuningJob:
         result_files=result_files,
         seed=summary.train_args.seed if summary.train_args.seed is not None else DEFAULT_SEED,
         status=status,
-        trained_tokens=None,
+        trained_tokens=trained_tokens(summary, status),
         training_file=summary.training_file or summary.data_path,
         validation_file=summary.validation_file,
         estimated_finish=estimated_finish(summary),

@@ -283,6 +283,7 @@ def progress_view(state: JobState) -> ProgressView | None:
         memory_gib=p.memory_gib,
         train_speed=p.train_speed,
         at=p.at,
+        tokens_seen=p.tokens_seen,
     )
 
 

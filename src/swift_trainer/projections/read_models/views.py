@@ -47,6 +47,7 @@ class ProgressView(msgspec.Struct, frozen=True):
     memory_gib: float | None = None
     train_speed: float | None = None
     at: datetime | None = None
+    tokens_seen: int | None = None
 
 
 class JobSummary(msgspec.Struct, frozen=True):
