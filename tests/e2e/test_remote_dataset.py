@@ -96,6 +96,36 @@ def test_a_second_runner_fetches_the_dataset_from_the_object_store(tmp_path: Pat
         argv = started["data"]["command"]
         assert argv[argv.index("--dataset") + 1] == str(cached[0])
 
+        # The CLI names uploaded files too, and pauses, resumes and cancels.
+        service_dir = tmp_path / "service"
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "swift_trainer.cli", "--data-dir", str(service_dir), *args],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+
+        held = cli(
+            "submit", "--job-id", "cli-1", "--training-file", file_id, "--model-path", "m", "--hold"
+        )
+        assert held.returncode == 0, held.stderr
+        assert json.loads(held.stdout)["ok"] is True
+        paused = cli("pause", "cli-1")
+        assert paused.returncode == 0, paused.stderr
+        assert [x["type"] for x in json.loads(paused.stdout)["events"]] == ["JobPaused"]
+        service.wait_status("cli-1", "paused")
+        resumed = cli("resume", "cli-1")
+        assert resumed.returncode == 0, resumed.stderr
+        assert [x["type"] for x in json.loads(resumed.stdout)["events"]] == ["JobQueued"]
+        service.wait_status("cli-1", "succeeded", timeout=60)
+        refused = cli("cancel", "cli-1")
+        assert refused.returncode == 1, "a succeeded job cannot be cancelled"
+        assert json.loads(refused.stdout)["error"]["code"] == "invalid_transition"
+
         # A file that does not exist is refused before any runner sees the job.
         missing = http.post(
             "/jobs", json={"training_file": "file-missing", "model_path": "m", "job_id": "nope"}
