@@ -173,3 +173,22 @@ async def test_trained_tokens_come_from_the_trainers_log(memory_stack: Stack) ->
     (results,) = done["result_files"]
     csv = (await s.client.get(f"/v1/files/{results}/content")).text.splitlines()
     assert csv[1].startswith("100,0.5,")
+
+
+async def test_file_names_are_kept_safe_and_unicode_survives_the_download(
+    memory_stack: Stack,
+) -> None:
+    s = memory_stack
+    response = await s.client.post(
+        "/v1/files",
+        files={"file": ('../dir/数据 "v2".jsonl', JSONL)},
+        data={"purpose": "fine-tune"},
+    )
+    assert response.status_code == 200, response.text
+    stored = response.json()
+    assert stored["filename"] == "数据 _v2_.jsonl"
+    download = await s.client.get(f"/v1/files/{stored['id']}/content")
+    assert download.status_code == 200
+    assert download.content == JSONL
+    assert "filename*=UTF-8''%E6%95%B0%E6%8D%AE" in download.headers["content-disposition"]
+    assert (await s.client.get("/v1/files/file-nothere/content")).status_code == 404

@@ -23,6 +23,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
+from urllib.parse import quote
 
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.params import FromQuery, PathParameter, QueryParameter
@@ -48,6 +49,20 @@ def file_store(deps: ApiDeps) -> FileStore:
     if deps.files is None:
         raise OpenAIProblem("command_unavailable", "this API process has no object store for files")
     return deps.files
+
+
+def safe_filename(name: str) -> str:
+    """The client's file name without folders, quotes or control characters (it is echoed
+    in a Content-Disposition header)."""
+    base = os.path.basename(name.replace("\\", "/"))
+    cleaned = "".join("_" if ch in '"\\' or ord(ch) < 32 or ord(ch) == 127 else ch for ch in base)
+    return cleaned[:255] or "upload.jsonl"
+
+
+def content_disposition(filename: str) -> str:
+    """An ASCII fallback plus the exact (UTF-8) name, as RFC 6266 allows."""
+    fallback = filename.encode("ascii", "replace").decode().replace("?", "_")
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename)}"
 
 
 def file_object(record: FileRecord) -> FileObject:
@@ -172,7 +187,7 @@ class FilesController(Controller):
                 )
             record = FileRecord(
                 id=new_file_id(),
-                filename=os.path.basename(upload.filename)[:255] or "upload.jsonl",
+                filename=safe_filename(upload.filename),
                 purpose=purpose,
                 bytes=upload.size,
                 created_at=int(time.time()),
@@ -239,6 +254,6 @@ class FilesController(Controller):
             media_type=media,
             headers={
                 "Content-Length": str(record.bytes),
-                "Content-Disposition": f'attachment; filename="{record.filename}"',
+                "Content-Disposition": content_disposition(record.filename),
             },
         )
