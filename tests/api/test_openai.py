@@ -192,3 +192,36 @@ async def test_file_names_are_kept_safe_and_unicode_survives_the_download(
     assert download.content == JSONL
     assert "filename*=UTF-8''%E6%95%B0%E6%8D%AE" in download.headers["content-disposition"]
     assert (await s.client.get("/v1/files/file-nothere/content")).status_code == 404
+
+
+async def test_dpo_needs_preference_pairs_in_its_files(memory_stack: Stack) -> None:
+    s = memory_stack
+    plain = (await upload(s.client))["id"]
+    pairs = (
+        await upload(s.client, b'{"query": "q", "response": "good", "rejected_response": "bad"}\n')
+    )["id"]
+    dpo = {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1}}}
+    refused = await s.client.post(
+        "/v1/fine_tuning/jobs", json={"model": "m", "training_file": plain, "method": dpo}
+    )
+    error = openai_error(refused, 400, "invalid_file")
+    assert error["param"] == "training_file"
+    assert "rejected_response" in error["message"]
+    accepted = await s.client.post(
+        "/v1/fine_tuning/jobs", json={"model": "m", "training_file": pairs, "method": dpo}
+    )
+    assert accepted.status_code == 200, accepted.text
+    job = accepted.json()
+    assert job["method"] == {
+        "type": "dpo",
+        "dpo": {
+            "hyperparameters": {
+                "batch_size": "auto",
+                "learning_rate_multiplier": "auto",
+                "n_epochs": "auto",
+                "beta": 0.1,
+            }
+        },
+    }
+    native = (await s.client.get(s.url(f"/jobs/{job['id']}"))).json()
+    assert (native["method"], native["dpo_beta"]) == ("dpo", 0.1)

@@ -63,6 +63,11 @@ def test_the_first_bad_line_is_named_and_blank_lines_are_skipped() -> None:
     assert checker.records == 2
 
 
+def test_preference_pairs_are_counted_for_dpo() -> None:
+    checker = check(lines(QUERY, DPO, MESSAGES, DPO))
+    assert (checker.records, checker.preference_records, checker.problem) == (4, 2, None)
+
+
 def test_a_last_line_without_newline_counts_and_an_empty_file_is_an_error() -> None:
     assert check(lines(QUERY) + json.dumps(MESSAGES).encode()).records == 2
     empty = check(b"\n\n")

@@ -49,6 +49,15 @@ def conversations(count: int) -> bytes:
     return jsonl(records)
 
 
+def preference_pairs(count: int) -> bytes:
+    return jsonl(
+        [
+            {"query": f"{i}+{i}?", "response": str(2 * i), "rejected_response": "?"}
+            for i in range(count)
+        ]
+    )
+
+
 def wait_until(what: str, probe: Callable[[], T | None], timeout: float = 60.0) -> T:
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -186,9 +195,13 @@ def test_fine_tuning_jobs_through_the_official_client(
     )
     assert second.hyperparameters.learning_rate_multiplier == pytest.approx(2.0)
     assert isinstance(second.seed, int)
+    with pytest.raises(BadRequestError) as no_pairs:  # DPO trains on preference pairs
+        client.fine_tuning.jobs.create(model=MODEL, training_file=long.id, method={"type": "dpo"})
+    assert no_pairs.value.param == "training_file"
+    pairs = upload(client, "pairs.jsonl", preference_pairs(400))
     third = client.fine_tuning.jobs.create(
         model=MODEL,
-        training_file=long.id,
+        training_file=pairs.id,
         method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "n_epochs": 5}}},
     )
     assert third.method is not None and third.method.type == "dpo"

@@ -54,6 +54,8 @@ class FileRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     status_details: str | None = None
     #: Records (non-blank lines) in the file.
     records: int = 0
+    #: Records that carry a ``rejected_response`` (a preference pair, what DPO trains on).
+    preference_records: int = 0
     #: Who uploaded it; files are listed and served to their owner only.
     owner: str = "local"
     #: ``SHA-256=<urlsafe base64>`` as the object store computed it; runners cache by it.
@@ -100,6 +102,7 @@ class JsonlCheck:
         self.max_line_bytes = max_line_bytes
         self.line_number = 0
         self.records = 0
+        self.preference_records = 0
         self.problem: str | None = None
         self._partial = bytearray()
         self._overlong = False
@@ -153,6 +156,8 @@ class JsonlCheck:
             self._fail(why)
             return
         self.records += 1
+        if isinstance(value.get("rejected_response"), str):
+            self.preference_records += 1
 
     def _fail(self, why: str) -> None:
         self.problem = f"line {self.line_number}: {why}"

@@ -194,6 +194,7 @@ class FilesController(Controller):
                 status="error" if upload.problem else "processed",
                 status_details=upload.problem,
                 records=upload.records,
+                preference_records=upload.preference_records,
                 owner=LOCAL_OWNER,
             )
             stored = await store.put(record, upload.content)  # type: ignore[arg-type]

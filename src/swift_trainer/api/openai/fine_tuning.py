@@ -85,7 +85,9 @@ async def present(deps: ApiDeps, summary: JobSummary) -> FineTuningJob:
     return job_object(summary, results)
 
 
-async def check_training_file(deps: ApiDeps, file_id: str, param: str) -> None:
+async def check_training_file(
+    deps: ApiDeps, file_id: str, param: str, *, preference: bool = False
+) -> None:
     try:
         record = await owned_file(deps, file_id)
     except OpenAIProblem:
@@ -98,6 +100,14 @@ async def check_training_file(deps: ApiDeps, file_id: str, param: str) -> None:
         raise OpenAIProblem(
             "invalid_file",
             f"file {file_id} cannot be trained on: {record.status_details or record.status}",
+            param=param,
+        )
+    if preference and record.preference_records < record.records:
+        missing = record.records - record.preference_records
+        raise OpenAIProblem(
+            "invalid_file",
+            f"file {file_id} has {missing} of {record.records} records without "
+            "'rejected_response': DPO trains on preference pairs",
             param=param,
         )
 
@@ -146,9 +156,10 @@ class FineTuningJobsController(Controller):
         idempotency_key: IdempotencyKey = None,
     ) -> FineTuningJob:
         body = decode_strict(await request.body(), CreateFineTuningJob)
-        await check_training_file(deps, body.training_file, "training_file")
+        dpo = body.method is not None and body.method.type == "dpo"
+        await check_training_file(deps, body.training_file, "training_file", preference=dpo)
         if body.validation_file is not None:
-            await check_training_file(deps, body.validation_file, "validation_file")
+            await check_training_file(deps, body.validation_file, "validation_file", preference=dpo)
         job_id = new_openai_job_id(idempotency_key)
         seed = body.seed if body.seed is not None else seed_for(job_id)
         spec = spec_for_request(body, job_id, seed=seed, auto_export=deps.auto_export)

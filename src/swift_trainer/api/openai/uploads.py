@@ -31,6 +31,7 @@ class Upload:
     size: int
     problem: str | None
     records: int
+    preference_records: int
     fields: dict[str, str] = field(default_factory=dict)
 
     def close(self) -> None:
@@ -129,5 +130,6 @@ async def receive_upload(
         size=receiver.size,
         problem=receiver.check.finish(),
         records=receiver.check.records,
+        preference_records=receiver.check.preference_records,
         fields=receiver.fields,
     )
