@@ -64,8 +64,9 @@ def test_the_first_bad_line_is_named_and_blank_lines_are_skipped() -> None:
 
 
 def test_preference_pairs_are_counted_for_dpo() -> None:
-    checker = check(lines(QUERY, DPO, MESSAGES, DPO))
-    assert (checker.records, checker.preference_records, checker.problem) == (4, 2, None)
+    rejected = {**MESSAGES, "rejected_messages": [{"role": "assistant", "content": "no"}]}
+    checker = check(lines(QUERY, DPO, MESSAGES, DPO, rejected))
+    assert (checker.records, checker.preference_records, checker.problem) == (5, 3, None)
 
 
 def test_a_last_line_without_newline_counts_and_an_empty_file_is_an_error() -> None:

@@ -7,7 +7,7 @@ only the current line, so an upload is never held whole in memory.
 
 Accepted records are the ms-swift standard formats: ``messages`` (a list of
 ``{"role", "content"}`` objects) or ``query``/``response`` strings (``history``, ``system``
-and DPO's ``rejected_response`` may ride along).
+and DPO's ``rejected_response`` / ``rejected_messages`` may ride along).
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ class FileRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     status_details: str | None = None
     #: Records (non-blank lines) in the file.
     records: int = 0
-    #: Records that carry a ``rejected_response`` (a preference pair, what DPO trains on).
+    #: Records that carry a ``rejected_response`` or ``rejected_messages`` (a preference
+    #: pair, what DPO trains on).
     preference_records: int = 0
     #: Who uploaded it; files are listed and served to their owner only.
     owner: str = "local"
@@ -156,7 +157,9 @@ class JsonlCheck:
             self._fail(why)
             return
         self.records += 1
-        if isinstance(value.get("rejected_response"), str):
+        if isinstance(value.get("rejected_response"), str) or isinstance(
+            value.get("rejected_messages"), list
+        ):
             self.preference_records += 1
 
     def _fail(self, why: str) -> None:
