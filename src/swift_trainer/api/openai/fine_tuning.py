@@ -107,7 +107,7 @@ async def check_training_file(
         raise OpenAIProblem(
             "invalid_file",
             f"file {file_id} has {missing} of {record.records} records without "
-            "'rejected_response': DPO trains on preference pairs",
+            "'rejected_response' or 'rejected_messages': DPO trains on preference pairs",
             param=param,
         )
 
