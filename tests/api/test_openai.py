@@ -142,6 +142,12 @@ async def test_an_upload_over_the_limit_is_refused_and_nothing_is_stored(tmp_pat
             data={"purpose": "fine-tune"},
         )
         assert openai_error(response, 413, "payload_too_large")["param"] == "file"
+        declared = await s.client.post(
+            "/v1/files",
+            files={"file": ("big.jsonl", JSONL * 5000)},  # Content-Length alone says too big
+            data={"purpose": "fine-tune"},
+        )
+        assert "FILES_MAX_BYTES" in openai_error(declared, 413, "payload_too_large")["message"]
         listed = (await s.client.get("/v1/files")).json()
         assert listed["data"] == []
         assert listed["has_more"] is False

@@ -20,6 +20,8 @@ from .errors import OpenAIProblem
 
 #: Form fields other than the file are short (``purpose``): refuse anything longer.
 MAX_FIELD_BYTES: Final = 1024
+#: Room for boundaries, part headers and the ``purpose`` field around the file itself.
+MULTIPART_OVERHEAD: Final = 64 * 1024
 
 
 @dataclass
@@ -102,6 +104,14 @@ async def receive_upload(
         raise OpenAIProblem(
             "validation_error",
             "upload files as multipart/form-data with the fields 'purpose' and 'file'",
+        )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes + MULTIPART_OVERHEAD:
+        # Refused before reading: the form around the file is never this large.
+        raise OpenAIProblem(
+            "payload_too_large",
+            f"the upload is larger than this server accepts ({max_bytes} bytes; FILES_MAX_BYTES)",
+            param="file",
         )
     receiver = _Receiver(max_bytes, spool_dir)
     try:
