@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -215,6 +216,25 @@ def _build_command(args: argparse.Namespace) -> c.AnyCommand:
     raise SwiftTrainerError(f"unknown command {args.command!r}")
 
 
+async def _run_upload(settings: Settings, args: argparse.Namespace) -> int:
+    """``swift-trainer upload FILE``: check and store a dataset, print its file object."""
+    from .bus.connection import connect, resolve_nats_url
+    from .bus.file_store import FileStore, upload_path
+
+    path = Path(args.path)
+    if not await asyncio.to_thread(path.is_file):
+        raise SwiftTrainerError(f"no file {path}", code="file_not_found")
+    nc = await connect(
+        resolve_nats_url(settings, args.nats_url), settings, name="swift-trainer-cli"
+    )
+    try:
+        record = await upload_path(FileStore(nc.jetstream()), path)
+    finally:
+        await nc.close()
+    print(msgspec.json.encode(record).decode())  # noqa: T201
+    return 0 if record.status == "processed" else 1
+
+
 async def _run_send(settings: Settings, args: argparse.Namespace) -> int:
     from .bus.command_client import CommandClient
     from .bus.connection import connect, resolve_nats_url
@@ -299,6 +319,8 @@ def _parser() -> argparse.ArgumentParser:
         return p
 
     _add_submit_arguments(with_nats(sub.add_parser("submit", help="submit a training job")))
+    upload = with_nats(sub.add_parser("upload", help="check and store a JSONL dataset"))
+    upload.add_argument("path", help="a JSONL file (messages, or query/response records)")
 
     for name, text in (
         ("start", "start or resume a job"),
@@ -346,6 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "runner": run_runner,
             "projections": _run_projections,
             "api": _run_api,
+            "upload": _run_upload,
         }
         run = runners.get(args.command, _run_send)
         return asyncio.run(run(settings, args))

@@ -9,7 +9,7 @@ import pytest
 from nats.aio.client import Client
 
 from swift_trainer.bus.connection import provision
-from swift_trainer.bus.file_store import FileNotFound, FileStore
+from swift_trainer.bus.file_store import FileNotFound, FileStore, upload_path
 from swift_trainer.core.dataset_files import FileRecord, new_file_id
 
 
@@ -50,3 +50,23 @@ async def test_put_get_list_download_delete(nc: Client, tmp_path: Path) -> None:
         await store.download(second.id, tmp_path / "gone.jsonl")
     assert not (tmp_path / "gone.jsonl").exists()
     assert [r.id for r in await store.list()] == [first.id]
+
+
+async def test_a_local_file_is_checked_and_stored_like_an_upload(
+    nc: Client, tmp_path: Path
+) -> None:
+    await provision(nc.jetstream())
+    store = FileStore(nc.jetstream())
+    good = tmp_path / "good.jsonl"
+    good.write_bytes(b'{"query": "q", "response": "r", "rejected_response": "x"}\n' * 3)
+    stored = await upload_path(store, good)
+    assert (stored.status, stored.records, stored.preference_records) == ("processed", 3, 3)
+    assert (stored.filename, stored.bytes) == ("good.jsonl", good.stat().st_size)
+    assert await store.get(stored.id) == stored
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"query": "q", "response": "r"}\n[1]\n')
+    refused = await upload_path(store, bad)
+    assert (refused.status, refused.status_details) == (
+        "error",
+        "line 2: expected a JSON object, got list",
+    )

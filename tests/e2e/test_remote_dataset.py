@@ -109,8 +109,24 @@ def test_a_second_runner_fetches_the_dataset_from_the_object_store(tmp_path: Pat
                 check=False,
             )
 
+        dataset = tmp_path / "cli.jsonl"
+        dataset.write_bytes(content)
+        uploaded_by_cli = cli("upload", str(dataset))
+        assert uploaded_by_cli.returncode == 0, uploaded_by_cli.stderr
+        cli_file = json.loads(uploaded_by_cli.stdout)
+        assert (cli_file["status"], cli_file["bytes"]) == ("processed", len(content))
+        listed = httpx.get(base + "/v1/files").json()["data"]
+        assert cli_file["id"] in [f["id"] for f in listed], "the same store as /v1/files"
+
         held = cli(
-            "submit", "--job-id", "cli-1", "--training-file", file_id, "--model-path", "m", "--hold"
+            "submit",
+            "--job-id",
+            "cli-1",
+            "--training-file",
+            cli_file["id"],
+            "--model-path",
+            "m",
+            "--hold",
         )
         assert held.returncode == 0, held.stderr
         assert json.loads(held.stdout)["ok"] is True

@@ -9,11 +9,13 @@ memory here.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import BinaryIO, Final, cast
 
@@ -24,7 +26,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.errors import ObjectNotFoundError as NatsObjectNotFound
 from nats.js.object_store import ObjectStore
 
-from ..core.dataset_files import FileRecord
+from ..core.dataset_files import FileRecord, JsonlCheck, new_file_id
 from ..core.errors import SwiftTrainerError
 
 _log = logging.getLogger(__name__)
@@ -131,3 +133,41 @@ class FileStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp_name)
         return record
+
+
+def _check_file(path: Path) -> tuple[int, JsonlCheck]:
+    check = JsonlCheck()
+    size = 0
+    with path.open("rb") as source:
+        while chunk := source.read(256 * 1024):
+            size += len(chunk)
+            check.feed(chunk)
+    check.finish()
+    return size, check
+
+
+async def upload_path(
+    store: FileStore, path: Path, *, purpose: str = "fine-tune", owner: str = "local"
+) -> FileRecord:
+    """Check a local JSONL file line by line and store it, as ``POST /v1/files`` does.
+
+    For ``swift-trainer upload`` on a machine that reaches NATS: read twice in chunks (the
+    check, then the object store), never whole in memory.
+    """
+    size, check = await asyncio.to_thread(_check_file, path)
+    problem = check.problem
+    record = FileRecord(
+        id=new_file_id(),
+        filename=path.name,
+        purpose=purpose,
+        bytes=size,
+        created_at=int(time.time()),
+        status="error" if problem else "processed",
+        status_details=problem,
+        records=check.records,
+        preference_records=check.preference_records,
+        owner=owner,
+    )
+    source = await asyncio.to_thread(path.open, "rb")
+    with source:
+        return await store.put(record, source)
