@@ -46,7 +46,7 @@ created may take a moment to appear in reads.
 
 **Job statuses**: `held` (created with `auto_start: false`), `queued`, `scheduled` (GPUs
 chosen, the runner is starting it; the seed's `pending`), `running`, `stopping`,
-`succeeded`, `failed`, `stopped`.
+`succeeded`, `failed`, `stopped`, `paused` (resumable), `cancelled` (final).
 
 **Errors** are RFC 9457 problem details (`application/problem+json`) with a stable `code`.
 Validation failures are 422, malformed JSON 400, state conflicts 409, an unavailable

@@ -401,7 +401,7 @@ class JobsController(Controller):
         summary="Job details",
         description=(
             "Statuses: held, queued, scheduled (the seed's `pending`: GPUs chosen, runner "
-            "starting it), running, stopping, succeeded, failed, stopped."
+            "starting it), running, stopping, succeeded, failed, stopped, paused, cancelled."
         ),
         responses=problems(404, 422, 503),
     )
