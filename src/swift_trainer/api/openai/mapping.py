@@ -80,7 +80,7 @@ def _epochs(value: float | None) -> Any:
 def hyperparameters_of(args: TrainArgs) -> HyperparametersOut:
     multiplier: Any = "auto"
     if args.learning_rate is not None:
-        multiplier = args.learning_rate / _DEFAULTS.learning_rate
+        multiplier = round(args.learning_rate / _DEFAULTS.learning_rate, 12)  # no 2.0000000004
     return HyperparametersOut(
         batch_size=args.batch_size if args.batch_size is not None else "auto",
         learning_rate_multiplier=multiplier,
