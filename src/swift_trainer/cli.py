@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -195,18 +196,27 @@ def _build_command(args: argparse.Namespace) -> c.AnyCommand:
     match args.command:
         case "submit":
             job_id = args.job_id or new_job_id()
-            spec = decode_spec(
-                {
-                    "data_path": args.data_path,
-                    "model_path": args.model_path,
-                    "output_dir": args.output_dir or f"output/{job_id}",
-                    "priority": args.priority,
-                    "gpu_count": args.gpu_count,
-                    "auto_start": not args.hold,
-                    "train_args": _parse_train_args(args.train_arg),
-                },
-            )
+            fields: dict[str, Any] = {
+                "data_path": args.data_path,
+                "training_file": args.training_file,
+                "validation_file": args.validation_file,
+                "method": args.method,
+                "auto_export": args.auto_export,
+                "model_path": args.model_path,
+                "output_dir": args.output_dir or f"output/{job_id}",
+                "priority": args.priority,
+                "gpu_count": args.gpu_count,
+                "auto_start": not args.hold,
+                "train_args": _parse_train_args(args.train_arg),
+            }
+            spec = decode_spec({k: v for k, v in fields.items() if v is not None})
             return c.SubmitJob(job_id=job_id, spec=spec)
+        case "pause":
+            return c.PauseJob(job_id=args.job_id)
+        case "resume":
+            return c.ResumeJob(job_id=args.job_id)
+        case "cancel":
+            return c.CancelJob(job_id=args.job_id, reason=args.reason)
         case "start":
             return c.StartJob(job_id=args.job_id)
         case "stop":
@@ -218,6 +228,25 @@ def _build_command(args: argparse.Namespace) -> c.AnyCommand:
         case "priority":
             return c.ChangePriority(job_id=args.job_id, priority=args.priority)
     raise SwiftTrainerError(f"unknown command {args.command!r}")
+
+
+async def _run_upload(settings: Settings, args: argparse.Namespace) -> int:
+    """``swift-trainer upload FILE``: check and store a dataset, print its file object."""
+    from .bus.connection import connect, resolve_nats_url
+    from .bus.file_store import FileStore, upload_path
+
+    path = Path(args.path)
+    if not await asyncio.to_thread(path.is_file):
+        raise SwiftTrainerError(f"no file {path}", code="file_not_found")
+    nc = await connect(
+        resolve_nats_url(settings, args.nats_url), settings, name="swift-trainer-cli"
+    )
+    try:
+        record = await upload_path(FileStore(nc.jetstream()), path)
+    finally:
+        await nc.close()
+    print(msgspec.json.encode(record).decode())  # noqa: T201
+    return 0 if record.status == "processed" else 1
 
 
 async def _run_send(settings: Settings, args: argparse.Namespace) -> int:
@@ -252,6 +281,24 @@ def _add_front_doors(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     add_contract_arguments(sub)
     add_client_arguments(sub)
     add_webhooks_arguments(sub)
+
+
+def _add_submit_arguments(submit: argparse.ArgumentParser) -> None:
+    submit.add_argument("--job-id")
+    dataset = submit.add_mutually_exclusive_group(required=True)
+    dataset.add_argument("--data-path", help="hub dataset ids or paths on the runner")
+    dataset.add_argument("--training-file", help="an uploaded file's id (POST /v1/files)")
+    submit.add_argument("--validation-file", help="an uploaded file's id, for --val_dataset")
+    submit.add_argument("--method", choices=["supervised", "dpo"], default="supervised")
+    submit.add_argument(
+        "--auto-export", action="store_true", help="merge the LoRA adapter after success"
+    )
+    submit.add_argument("--model-path", required=True)
+    submit.add_argument("--output-dir")
+    submit.add_argument("--priority", type=int, default=5)
+    submit.add_argument("--gpu-count", type=int, default=1)
+    submit.add_argument("--hold", action="store_true", help="do not queue until started")
+    submit.add_argument("--train-arg", action="append", default=[], metavar="KEY=VALUE")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -308,18 +355,20 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--nats-url", help="NATS server (default NATS_URL or the running 'up')")
         return p
 
-    submit = with_nats(sub.add_parser("submit", help="submit a training job"))
-    submit.add_argument("--job-id")
-    submit.add_argument("--data-path", required=True)
-    submit.add_argument("--model-path", required=True)
-    submit.add_argument("--output-dir")
-    submit.add_argument("--priority", type=int, default=5)
-    submit.add_argument("--gpu-count", type=int, default=1)
-    submit.add_argument("--hold", action="store_true", help="do not queue until started")
-    submit.add_argument("--train-arg", action="append", default=[], metavar="KEY=VALUE")
+    _add_submit_arguments(with_nats(sub.add_parser("submit", help="submit a training job")))
+    upload = with_nats(sub.add_parser("upload", help="check and store a JSONL dataset"))
+    upload.add_argument("path", help="a JSONL file (messages, or query/response records)")
 
-    for name, text in (("start", "start or resume a job"), ("delete", "delete a job")):
+    for name, text in (
+        ("start", "start or resume a job"),
+        ("delete", "delete a job"),
+        ("pause", "stop a job with a checkpoint, to resume it later"),
+        ("resume", "queue a paused job again from its checkpoint"),
+    ):
         with_nats(sub.add_parser(name, help=text)).add_argument("job_id")
+    cancel = with_nats(sub.add_parser("cancel", help="end a job for good (not resumable)"))
+    cancel.add_argument("job_id")
+    cancel.add_argument("--reason", default="cancelled by user")
     stop = with_nats(sub.add_parser("stop", help="stop a job"))
     stop.add_argument("job_id")
     stop.add_argument("--reason", default="stopped by user")
@@ -368,6 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "queue": run_client,
             "gpus": run_client,
             "webhooks": run_webhooks,
+            "upload": _run_upload,
         }
         run = runners.get(args.command, _run_send)
         return asyncio.run(run(settings, args))

@@ -183,6 +183,7 @@ class Service:
             read_model_check,
         )
         from .bus.command_client import CommandClient
+        from .bus.file_store import FileStore
 
         assert self.nc is not None and self.read_model is not None
         checks = {"nats": nats_check(self.nc), "read_model": read_model_check(self.read_model)}
@@ -198,6 +199,9 @@ class Service:
             wait_applied=(
                 self.read_model_service.wait_applied if self.read_model_service else None
             ),
+            files=FileStore(self.nc.jetstream()),
+            files_max_bytes=self.settings.files_max_bytes,
+            auto_export=self.settings.auto_export,
         )
         app = create_app(deps, api_prefix=self.settings.api_prefix)
         port = await self.start_http(app, host=host, port=port)

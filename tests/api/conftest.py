@@ -38,6 +38,7 @@ from swift_trainer.bus.command_handler import CommandHandler
 from swift_trainer.bus.connection import connect, provision
 from swift_trainer.bus.embedded import EmbeddedNatsServer
 from swift_trainer.bus.feed import EventFeed
+from swift_trainer.bus.file_store import FileStore
 from swift_trainer.bus.relay import OutboxRelay
 from swift_trainer.core import commands as c
 from swift_trainer.core.sqlstore import SqlEventStore, open_event_store
@@ -234,6 +235,7 @@ async def running_stack(
                 read_model=read_model_check(read_model),
             ),
             "output_root": str(tmp_path / "output"),
+            "files": FileStore(nc.jetstream()),
             "stream_poll_s": 0.2,
             "stream_end_grace_s": 0.0,
             **overrides,

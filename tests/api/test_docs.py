@@ -70,7 +70,9 @@ def test_errors_are_documented_as_problem_details(openapi: dict[str, Any]) -> No
 
 def test_the_create_schema_carries_its_constraints(openapi: dict[str, Any]) -> None:
     schema = openapi["components"]["schemas"]["CreateJobRequest"]
-    assert set(schema["required"]) == {"data_path", "model_path"}
+    # The dataset is data_path or an uploaded training_file: neither alone is required.
+    assert set(schema["required"]) == {"model_path"}
+    assert {"data_path", "training_file"} <= set(schema["properties"])
     assert schema["properties"]["priority"]["maximum"] == 10
     assert schema["properties"]["priority"]["minimum"] == 0
     assert "TrainArgs" in str(schema["properties"]["train_args"])

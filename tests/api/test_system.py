@@ -90,6 +90,8 @@ async def test_system_status_reports_host_jobs_queue_and_gpus(stack: Stack) -> N
         "succeeded",
         "failed",
         "stopped",
+        "paused",
+        "cancelled",
     }
     assert body["queue_length"] == 2
     assert (body["runners_known"], body["runners_alive"]) == (1, 1)

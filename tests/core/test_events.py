@@ -64,6 +64,9 @@ SAMPLES: list[e.Event] = [
     e.JobSucceeded(**J, attempt=2, final_step=1000, output_path="out/v0"),
     e.JobFailed(**J, attempt=2, exit_code=-9, reason="killed", stderr_tail="Killed\n"),
     e.StopRequested(**J, reason="user", runner_id="gpu-host-1", attempt=2),
+    e.StopRequested(**J, reason="user", runner_id="gpu-host-1", attempt=2, intent="pause"),
+    e.JobPaused(**J, reason="paused by user", attempt=2, checkpoint="o/checkpoint-5"),
+    e.JobCancelled(**J, reason="cancelled by user", attempt=2, checkpoint="o/checkpoint-5"),
     e.JobStopped(**J, reason="user", attempt=2, checkpoint="out/checkpoint-100"),
     e.JobLost(**J, attempt=2, runner_id="gpu-host-1", reason="lease expired"),
     e.JobRequeued(**J, priority=3, retries=1, reason="lost", resume_from="out/checkpoint-100"),
@@ -390,3 +393,38 @@ def test_decoding_garbage_raises_only_our_errors(
 ) -> None:
     with contextlib.suppress(MessageError):  # anything else (InvalidSpec too) fails the test
         e.decode_event(type_name, payload, schema_version)
+
+
+def test_a_stop_requested_recorded_before_intents_still_decodes_as_a_plain_stop() -> None:
+    old = b"""{"type": "StopRequested", "at": "2024-11-02T08:00:00Z", "job_id": "training_001",
+               "reason": "user", "runner_id": "gpu-host-1", "attempt": 1}"""
+    event = e.decode_event("StopRequested", old, 1)
+    assert isinstance(event, e.StopRequested)
+    assert event.intent == "stop"
+
+
+def test_a_spec_recorded_before_uploaded_files_still_decodes() -> None:
+    old = b"""{"type": "JobSubmitted", "at": "2024-11-02T08:00:00Z", "job_id": "t1",
+               "spec": {"data_path": "d#10", "model_path": "m", "output_dir": "out/t1"}}"""
+    event = e.decode_event("JobSubmitted", old, 1)
+    assert isinstance(event, e.JobSubmitted)
+    spec = event.spec
+    assert (spec.training_file, spec.validation_file, spec.method) == (None, None, "supervised")
+    assert (spec.auto_export, spec.metadata, spec.suffix) == (False, {}, None)
+
+
+def test_a_spec_naming_an_uploaded_file_round_trips() -> None:
+    spec = JobSpec(
+        model_path="m",
+        output_dir="out/ft",
+        training_file="file-abc123",
+        validation_file="file-def456",
+        method="dpo",
+        dpo_beta=0.2,
+        auto_export=True,
+        suffix="mine",
+        metadata={"team": "nlp"},
+    )
+    event = e.JobSubmitted(**J, spec=spec)
+    assert e.decode_event("JobSubmitted", e.encode_event(event)) == event
+    assert "data_path" not in msgspec.json.decode(e.encode_event(event))["spec"]

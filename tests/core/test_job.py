@@ -216,6 +216,12 @@ def finished(status: JobStatus, *, checkpoints: tuple[str, ...] = (CKPT_100,), *
         job.do(job.succeeded())
     elif status is JobStatus.FAILED:
         job.do(job.failed())
+    elif status is JobStatus.PAUSED:
+        job.do(c.PauseJob(job_id=JOB))
+        job.do(job.stopped())
+    elif status is JobStatus.CANCELLED:
+        job.do(c.CancelJob(job_id=JOB))
+        job.do(job.stopped())
     else:
         job.do(c.StopJob(job_id=JOB))
         job.do(job.stopped())
@@ -304,6 +310,9 @@ def test_submit_revalidates_a_spec_built_in_code(overrides: dict[str, Any], fiel
 NOT_SUBMIT = [
     c.StartJob(job_id=JOB),
     c.StopJob(job_id=JOB),
+    c.PauseJob(job_id=JOB),
+    c.ResumeJob(job_id=JOB),
+    c.CancelJob(job_id=JOB),
     c.ChangePriority(job_id=JOB, priority=1),
     c.RequestExport(job_id=JOB),
     c.DeleteJob(job_id=JOB),
@@ -1152,3 +1161,215 @@ def test_evolve_counts_every_event_and_leaves_the_old_state_alone() -> None:
 def test_replay_of_nothing_is_the_initial_state() -> None:
     assert replay(JOB, []) == initial_state(JOB) == JobState(job_id=JOB)
     assert not initial_state(JOB).exists
+
+
+# --- pause, resume, cancel ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [JobStatus.HELD, JobStatus.QUEUED])
+def test_pause_of_a_waiting_job_pauses_it_at_once(status: JobStatus) -> None:
+    job = in_status(status)
+    events = job.do(c.PauseJob(job_id=JOB, reason="later"))
+    assert events == [e.JobPaused(at=job.now, job_id=JOB, reason="later", attempt=0)]
+    assert job.state.status is JobStatus.PAUSED
+
+
+def test_pause_of_a_running_job_stops_it_with_a_checkpoint_and_resume_continues_from_it() -> None:
+    job = running()
+    job.do(job.checkpoint(CKPT_100))
+    (request,) = job.do(c.PauseJob(job_id=JOB))
+    assert request == e.StopRequested(
+        at=job.now,
+        job_id=JOB,
+        reason="paused by user",
+        runner_id=RUNNER,
+        attempt=1,
+        intent="pause",
+    )
+    assert job.state.status is JobStatus.STOPPING
+    assert job.do(c.PauseJob(job_id=JOB)) == [], "a second pause is already so"
+    (paused,) = job.do(job.stopped(checkpoint=CKPT_200))
+    assert paused == e.JobPaused(
+        at=job.now, job_id=JOB, reason="paused by user", attempt=1, checkpoint=CKPT_200
+    )
+    assert (job.state.status, job.state.runner_id, job.state.gpu_ids) == (
+        JobStatus.PAUSED,
+        None,
+        (),
+    )
+    job.do(job.checkpoint(CKPT_200, step=200))  # the runner reports the save afterwards
+    (queued,) = job.do(c.ResumeJob(job_id=JOB))
+    assert isinstance(queued, e.JobQueued)
+    assert (queued.reason, queued.resume_from) == ("resumed", CKPT_200)
+    assert job.state.status is JobStatus.QUEUED
+    job.schedule()
+    assert job.history[-1] == e.JobScheduled(
+        at=job.now,
+        job_id=JOB,
+        attempt=2,
+        runner_id=RUNNER,
+        gpu_ids=(0,),
+        gpu_uuids=("GPU-0",),
+        resume_from=CKPT_200,
+    )
+
+
+def test_a_paused_job_can_also_be_started_natively() -> None:
+    job = finished(JobStatus.PAUSED)
+    (queued,) = job.do(c.StartJob(job_id=JOB))
+    assert isinstance(queued, e.JobQueued)
+    assert queued.resume_from == CKPT_100
+
+
+@pytest.mark.parametrize(
+    "status",
+    [JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.FAILED, JobStatus.SUCCEEDED],
+)
+def test_resume_of_a_job_that_is_not_paused_is_refused(status: JobStatus) -> None:
+    job = in_status(status)
+    message = job.refuse(c.ResumeJob(job_id=JOB), InvalidTransition, "invalid_transition")
+    assert "only paused or stopped jobs" in message
+
+
+def test_resume_of_a_stopped_job_queues_it_like_start() -> None:
+    job = finished(JobStatus.STOPPED)
+    (queued,) = job.do(c.ResumeJob(job_id=JOB))
+    assert isinstance(queued, e.JobQueued)
+    assert queued.resume_from == CKPT_100
+
+
+@pytest.mark.parametrize("status", [JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED])
+def test_pause_of_a_finished_job_is_refused(status: JobStatus) -> None:
+    job = in_status(status)
+    job.refuse(c.PauseJob(job_id=JOB), InvalidTransition, "invalid_transition")
+
+
+def test_pause_while_a_stop_is_under_way_is_refused() -> None:
+    job = in_status(JobStatus.STOPPING)
+    message = job.refuse(c.PauseJob(job_id=JOB), InvalidTransition, "invalid_transition")
+    assert "stop is already in progress" in message
+
+
+@pytest.mark.parametrize(
+    "status", [JobStatus.HELD, JobStatus.QUEUED, JobStatus.PAUSED, JobStatus.STOPPED]
+)
+def test_cancel_of_a_resting_job_is_final_at_once(status: JobStatus) -> None:
+    job = in_status(status)
+    (cancelled,) = job.do(c.CancelJob(job_id=JOB, reason="wrong model"))
+    assert isinstance(cancelled, e.JobCancelled)
+    assert cancelled.reason == "wrong model"
+    assert job.state.status is JobStatus.CANCELLED
+    assert job.do(c.CancelJob(job_id=JOB)) == [], "a second cancel is already so"
+    for command in (c.StartJob(job_id=JOB), c.ResumeJob(job_id=JOB), c.PauseJob(job_id=JOB)):
+        job.refuse(command, InvalidTransition, "invalid_transition")
+
+
+def test_cancel_of_a_running_job_asks_its_runner_and_ends_cancelled() -> None:
+    job = running()
+    (request,) = job.do(c.CancelJob(job_id=JOB))
+    assert isinstance(request, e.StopRequested)
+    assert request.intent == "cancel"
+    (cancelled,) = job.do(job.stopped(checkpoint=CKPT_100))
+    assert cancelled == e.JobCancelled(
+        at=job.now, job_id=JOB, reason="cancelled by user", attempt=1, checkpoint=CKPT_100
+    )
+    assert job.state.status is JobStatus.CANCELLED
+    assert job.do(job.stopped()) == [], "a redelivered stop report changes nothing"
+
+
+def test_cancel_during_a_pause_turns_the_pause_into_a_cancel() -> None:
+    job = running()
+    job.do(c.PauseJob(job_id=JOB))
+    (request,) = job.do(c.CancelJob(job_id=JOB))
+    assert isinstance(request, e.StopRequested)
+    assert request.intent == "cancel"
+    job.do(job.stopped())
+    assert job.state.status is JobStatus.CANCELLED
+
+
+def test_a_cancelled_job_whose_process_fails_on_the_way_out_is_still_cancelled() -> None:
+    job = running()
+    job.do(c.CancelJob(job_id=JOB))
+    events = job.do(job.failed())
+    assert [type(x) for x in events] == [e.JobFailed, e.JobCancelled]
+    assert job.state.status is JobStatus.CANCELLED
+
+
+def test_a_lost_runner_ends_a_pause_as_paused() -> None:
+    job = running()
+    job.do(job.checkpoint(CKPT_100))
+    job.do(c.PauseJob(job_id=JOB))
+    events = job.do(job.lost())
+    assert [type(x) for x in events] == [e.JobLost, e.JobPaused]
+    assert job.state.status is JobStatus.PAUSED
+
+
+@pytest.mark.parametrize("status", [JobStatus.SUCCEEDED, JobStatus.FAILED])
+def test_cancel_of_a_finished_job_is_refused(status: JobStatus) -> None:
+    job = in_status(status)
+    message = job.refuse(c.CancelJob(job_id=JOB), InvalidTransition, "invalid_transition")
+    assert "already finished" in message
+
+
+# --- automatic export -----------------------------------------------------------------------
+
+
+def test_success_requests_the_export_of_the_final_checkpoint_when_the_spec_asks() -> None:
+    job = running(auto_export=True)
+    job.do(job.checkpoint(CKPT_100))
+    final = c.ReportSucceeded(
+        job_id=JOB, attempt=1, runner_id=RUNNER, final_step=200, output_path=CKPT_200
+    )
+    events = job.do(final)
+    assert [type(x) for x in events] == [e.JobSucceeded, e.CheckpointSaved, e.ExportRequested]
+    assert [cp.path for cp in job.state.checkpoints] == [CKPT_100, CKPT_200]
+    export = events[2]
+    assert isinstance(export, e.ExportRequested)
+    assert (export.checkpoint, export.runner_id, export.export_id) == (
+        CKPT_200,
+        RUNNER,
+        f"{JOB}-export-1",
+    )
+    assert job.state.export_in_flight is not None
+
+
+def test_auto_export_falls_back_to_the_last_recorded_checkpoint() -> None:
+    job = running(auto_export=True)
+    job.do(job.checkpoint(CKPT_100))
+    events = job.do(job.succeeded())  # output_path names the run folder, not a checkpoint
+    export = events[-1]
+    assert isinstance(export, e.ExportRequested)
+    assert export.checkpoint == CKPT_100
+
+
+@pytest.mark.parametrize(
+    ("overrides", "checkpoints"),
+    [
+        ({}, (CKPT_100,)),
+        ({"auto_export": True, "train_args": TrainArgs(train_type="full")}, (CKPT_100,)),
+        ({"auto_export": True}, ()),
+    ],
+)
+def test_no_auto_export_without_the_flag_a_lora_adapter_or_a_checkpoint(
+    overrides: dict[str, Any], checkpoints: tuple[str, ...]
+) -> None:
+    job = running(**overrides)
+    for path in checkpoints:
+        job.do(job.checkpoint(path))
+    events = job.do(job.succeeded())
+    assert [type(x) for x in events] == [e.JobSucceeded]
+
+
+@pytest.mark.parametrize("ending", ["succeeded", "failed"])
+def test_a_pause_overtaken_by_the_end_of_training_leaves_no_intent_behind(ending: str) -> None:
+    job = running()
+    job.do(c.PauseJob(job_id=JOB))
+    job.do(job.succeeded() if ending == "succeeded" else job.failed())
+    assert job.state.stop_intent == "stop"
+    if ending == "failed":
+        job.do(c.StartJob(job_id=JOB))
+        job.schedule()
+        job.do(job.started())
+        job.do(c.StopJob(job_id=JOB))
+        (stopped,) = job.do(job.stopped())
+        assert isinstance(stopped, e.JobStopped), "a later plain stop is not a pause"

@@ -97,8 +97,10 @@ def check_invariants(state: JobState, applied: int) -> None:
         assert state.last_runner_id == state.runner_id
     if status in FINISHED:
         assert state.finished_at is not None
-    if status in (JobStatus.STOPPING, JobStatus.STOPPED):
+    if status in (JobStatus.STOPPING, JobStatus.STOPPED, JobStatus.PAUSED, JobStatus.CANCELLED):
         assert state.stop_reason is not None
+    if status is not JobStatus.STOPPING:
+        assert state.stop_intent == "stop", "an intent lives only as long as its stop"
     if status is JobStatus.FAILED:
         assert state.failure_reason is not None
     paths = [cp.path for cp in state.checkpoints]
@@ -135,6 +137,7 @@ specs = st.builds(
     train_args=train_args,
     auto_start=st.booleans(),
     max_retries=st.integers(0, 3),
+    auto_export=st.booleans(),
 )
 REASONS = ("because", "runner lease expired", "disk full", "")
 COMMAND_TYPES: tuple[type[c.AnyJobCommand], ...] = c.AnyJobCommand.__args__
@@ -189,6 +192,12 @@ def build_command(  # noqa: C901 - one branch per command type reads best as a t
         return c.StartJob(job_id=job)
     if kind is c.StopJob:
         return c.StopJob(job_id=job, reason=reason)
+    if kind is c.PauseJob:
+        return c.PauseJob(job_id=job, reason=reason)
+    if kind is c.ResumeJob:
+        return c.ResumeJob(job_id=job)
+    if kind is c.CancelJob:
+        return c.CancelJob(job_id=job, reason=reason)
     if kind is c.ChangePriority:
         return c.ChangePriority(job_id=job, priority=ch.number % 13 - 1)  # -1..11: some bad
     if kind is c.RequestExport:
@@ -286,7 +295,7 @@ def test_strategies_cover_every_command_type() -> None:
     spec = JobSpec(data_path="d", model_path="m", output_dir="o")
     built = {type(build_command(state, kind, spec, Choices())) for kind in COMMAND_TYPES}
     assert built == set(c.AnyJobCommand.__args__)
-    assert len(COMMAND_TYPES) == 18
+    assert len(COMMAND_TYPES) == 21
 
 
 # --- the properties -------------------------------------------------------------------------
@@ -364,6 +373,7 @@ _FINISHED_STEPS: list[type[c.AnyJobCommand]] = [
     c.StartJob,
     c.DeleteJob,
     c.ReportCheckpoint,
+    c.CancelJob,
 ]
 _NEXT_STEPS: dict[JobStatus, list[type[c.AnyJobCommand]]] = {
     JobStatus.NEW: [c.SubmitJob],
@@ -371,7 +381,7 @@ _NEXT_STEPS: dict[JobStatus, list[type[c.AnyJobCommand]]] = {
     JobStatus.HELD: [c.StartJob, c.StartJob, c.ChangePriority, c.StopJob, c.DeleteJob],
     JobStatus.QUEUED: [
         *(c.ScheduleJob, c.ScheduleJob, c.ScheduleJob, c.ScheduleJob),
-        *(c.ChangePriority, c.StopJob, c.StartJob),
+        *(c.ChangePriority, c.StopJob, c.StartJob, c.PauseJob, c.CancelJob),
     ],
     JobStatus.SCHEDULED: [
         *(c.ReportStarted, c.ReportStarted, c.ReportStarted, c.ReportStarted),
@@ -379,12 +389,16 @@ _NEXT_STEPS: dict[JobStatus, list[type[c.AnyJobCommand]]] = {
     ],
     JobStatus.RUNNING: [
         *(c.ReportCheckpoint, c.ReportCheckpoint, c.ReportCheckpoint, c.ReportProgress),
-        *(c.ReportSucceeded, c.ReportFailed, c.MarkLost, c.StopJob),
+        *(c.ReportSucceeded, c.ReportFailed, c.MarkLost, c.StopJob, c.PauseJob, c.CancelJob),
     ],
-    JobStatus.STOPPING: [c.ReportStopped, c.ReportStopped, c.ReportCheckpoint, c.MarkLost],
+    JobStatus.STOPPING: [
+        *(c.ReportStopped, c.ReportStopped, c.ReportCheckpoint, c.MarkLost, c.CancelJob),
+    ],
     JobStatus.SUCCEEDED: _FINISHED_STEPS,
     JobStatus.FAILED: _FINISHED_STEPS,
     JobStatus.STOPPED: _FINISHED_STEPS,
+    JobStatus.PAUSED: [c.ResumeJob, c.ResumeJob, *_FINISHED_STEPS],
+    JobStatus.CANCELLED: _FINISHED_STEPS,
 }
 NEXT_STEPS = {status: st.sampled_from(kinds) for status, kinds in _NEXT_STEPS.items()}
 #: One draw in five is any command with any selectors: stale reports, unknown ids.

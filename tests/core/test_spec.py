@@ -295,3 +295,34 @@ def test_an_accepted_output_dir_always_stays_inside_output_root(output_dir: str)
     assert resolved.startswith(root + "/"), (output_dir, resolved)
     assert "\\" not in output_dir
     assert "\x00" not in output_dir
+
+
+# --- uploaded files, training method, OpenAI fields ---------------------------------------
+
+
+def test_an_uploaded_file_can_be_the_dataset_instead_of_data_path() -> None:
+    spec = decode_spec({"model_path": "m", "output_dir": "o/ft", "training_file": "file-abc1"})
+    assert spec.data_path == ""
+    assert spec.training_file == "file-abc1"
+
+
+def test_a_job_needs_exactly_one_dataset_source() -> None:
+    assert "data_path or training_file" in refused({"model_path": "m", "output_dir": "o/x"})
+    both = refused(spec_with(training_file="file-abc1"))
+    assert "not both" in both
+
+
+@pytest.mark.parametrize("file_id", ["abc", "file-", "file-a/b", "file-abc\n", "file-" + "a" * 61])
+def test_file_ids_must_look_like_file_ids(file_id: str) -> None:
+    message = refused({"model_path": "m", "output_dir": "o/x", "training_file": file_id})
+    assert "training_file" in message
+
+
+def test_dpo_beta_needs_the_dpo_method_and_methods_are_a_closed_set() -> None:
+    assert "dpo_beta" in refused(spec_with(dpo_beta=0.1))
+    assert "method" in refused(spec_with(method="ppo"))
+    assert decode_spec(spec_with(method="dpo", dpo_beta=0.1)).dpo_beta == 0.1
+
+
+def test_at_most_16_metadata_pairs() -> None:
+    assert "16 metadata" in refused(spec_with(metadata={f"k{i}": "v" for i in range(17)}))

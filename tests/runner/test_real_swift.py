@@ -40,6 +40,7 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import pytest
 from nats.aio.client import Client
 from tests.runner.agent_helpers import (
@@ -250,3 +251,68 @@ async def test_real_swift_trains_stops_resumes_and_exports(
     )
     shape = await _run(str(VENV / "bin" / "python"), "-c", check, str(merged), env=offline_env())
     assert shape.strip().startswith("(1, ")
+
+
+async def test_real_swift_trains_from_a_file_uploaded_through_the_openai_api(
+    swift_venv: Path, tiny: dict[str, str], tmp_path: Path
+) -> None:
+    """Upload with the official client, train with real ms-swift from the runner's copy of
+    the object-store file, and read the merged model through ``/v1`` (auto-export)."""
+    # The client and the live service are blocking: run them off the event loop.
+    await asyncio.to_thread(_train_through_the_openai_api, swift_venv, tiny, tmp_path)
+
+
+def _train_through_the_openai_api(swift_venv: Path, tiny: dict[str, str], tmp_path: Path) -> None:
+    import io
+
+    from openai import OpenAI
+    from tests.e2e.live_service import Service, start_service, stop_service
+
+    offline = {k: v for k, v in offline_env().items() if k.endswith(("_OFFLINE", "PARALLELISM"))}
+    process, base = start_service(
+        tmp_path / "service",
+        "--swift-executable",
+        str(swift_venv / "bin" / "swift"),
+        env_extra={**offline, "OMP_NUM_THREADS": "2"},
+    )
+    service = Service(process, base, tmp_path / "service" / "outputs")
+    try:
+        with OpenAI(
+            base_url=base + "/v1", api_key="sk-local", _strict_response_validation=True
+        ) as client:
+            content = Path(tiny["dataset"]).read_bytes()
+            uploaded = client.files.create(
+                file=("tiny.jsonl", io.BytesIO(content)), purpose="fine-tune"
+            )
+            assert uploaded.status == "processed", uploaded.status_details
+            spec = tiny_spec(tiny, max_steps=20)
+            body = {
+                "job_id": "real-openai",
+                "training_file": uploaded.id,
+                "model_path": spec.model_path,
+                "auto_export": True,
+                "train_args": msgspec.to_builtins(spec.train_args),
+            }
+            created = service.http.post("/jobs", json=body)
+            assert created.status_code == 201, created.text
+            job = service.wait_for(
+                "the real job to succeed with its merged model",
+                lambda: (
+                    (j := client.fine_tuning.jobs.retrieve("real-openai")).status
+                    in ("succeeded", "failed")
+                    and j
+                ),
+                timeout=600,
+            )
+            assert job.status == "succeeded", job.error
+            assert job.training_file == uploaded.id
+            assert job.fine_tuned_model is not None
+            assert merged_artifact_complete(Path(job.fine_tuned_model))
+            events = service.http.get("/jobs/real-openai/events").json()["events"]
+            started = next(x for x in events if x["type"] == "JobStarted")["data"]["command"]
+            dataset = Path(started[started.index("--dataset") + 1])
+            assert dataset.read_bytes() == content, "swift trained from the runner's copy"
+            assert uploaded.id in dataset.parts
+    finally:
+        service.http.close()
+        stop_service(process)

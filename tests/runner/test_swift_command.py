@@ -281,3 +281,35 @@ def test_a_local_model_is_judged_by_its_config(tmp_path: Path) -> None:
     assert not looks_multimodal(str(tmp_path))
     (tmp_path / "config.json").write_text('{"model_type": "qwen2_5_vl", "vision_config": {}}')
     assert looks_multimodal(str(tmp_path))
+
+
+# --- uploaded files and DPO -----------------------------------------------------------------
+
+
+def test_uploaded_files_become_the_local_dataset_and_val_dataset(tmp_path: Path) -> None:
+    spec = JobSpec(
+        model_path="m",
+        output_dir="o",
+        training_file="file-train1",
+        validation_file="file-valid1",
+    )
+    local = {"file-train1": "/cache/file-train1/ab.jsonl", "file-valid1": "/cache/v/cd.jsonl"}
+    argv = build_sft_command(spec, output_root=tmp_path, gpu_ids=[0], dataset_files=local).argv
+    assert argv[1] == "sft"
+    assert flag_values(argv, "--dataset") == ["/cache/file-train1/ab.jsonl"]
+    assert flag_values(argv, "--val_dataset") == ["/cache/v/cd.jsonl"]
+
+
+def test_an_uploaded_file_that_was_not_fetched_is_an_error_not_a_guess(tmp_path: Path) -> None:
+    spec = JobSpec(model_path="m", output_dir="o", training_file="file-train1")
+    with pytest.raises(ValueError, match="file-train1 has not been fetched"):
+        build_sft_command(spec, output_root=tmp_path, gpu_ids=[0])
+
+
+def test_dpo_runs_swift_rlhf_with_its_beta(tmp_path: Path) -> None:
+    spec = JobSpec(data_path="d.jsonl", model_path="m", output_dir="o", method="dpo", dpo_beta=0.2)
+    argv = build_sft_command(spec, output_root=tmp_path, gpu_ids=[0], swift_executable="swift").argv
+    assert argv[:4] == ("swift", "rlhf", "--rlhf_type", "dpo")
+    assert flag(argv, "--beta") == "0.2"
+    plain = JobSpec(data_path="d.jsonl", model_path="m", output_dir="o", method="dpo")
+    assert "--beta" not in build_sft_command(plain, output_root=tmp_path, gpu_ids=[0]).argv

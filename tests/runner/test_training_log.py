@@ -103,6 +103,15 @@ def test_train_line_maps_to_progress() -> None:
     )
 
 
+def test_tokens_seen_are_read_where_the_trainer_logs_them() -> None:
+    record = parse_log_record({**TRAIN_LINE, "num_input_tokens_seen": 12345})
+    assert isinstance(record, TrainingProgress)
+    assert record.tokens_seen == 12345
+    assert parse_log_record({**TRAIN_LINE, "num_input_tokens_seen": "many"}) == parse_log_record(
+        TRAIN_LINE
+    )
+
+
 def test_eval_line_and_seconds_per_iteration() -> None:
     record = parse_log_record({**EVAL_LINE, "train_speed(s/it)": 4.0})
     assert isinstance(record, TrainingProgress)

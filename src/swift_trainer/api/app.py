@@ -25,6 +25,7 @@ from .docs import docs_routes, offline_swagger
 from .errors import exception_handlers
 from .jobs.controllers import JobsController
 from .metrics import MetricsEndpoint, http_metrics
+from .openai import openai_router
 from .queue.controllers import QueueController
 from .system.controllers import SystemController
 from .tracing import http_tracing
@@ -49,7 +50,7 @@ created may take a moment to appear in reads.
 
 **Job statuses**: `held` (created with `auto_start: false`), `queued`, `scheduled` (GPUs
 chosen, the runner is starting it; the seed's `pending`), `running`, `stopping`,
-`succeeded`, `failed`, `stopped`.
+`succeeded`, `failed`, `stopped`, `paused` (resumable), `cancelled` (final).
 
 **Errors** are RFC 9457 problem details (`application/problem+json`) with a stable `code`.
 Validation failures are 422, malformed JSON 400, state conflicts 409, an unavailable
@@ -75,7 +76,10 @@ class SwiftTrainerApi(InitPlugin):
             # On the router: Litestar ignores a limit set on the app config by a plugin.
             request_max_body_size=MAX_BODY_BYTES,
         )
-        app_config.route_handlers.extend([training, *docs_routes(), MetricsEndpoint, asyncapi_json])
+        openai = openai_router(max_body_bytes=MAX_BODY_BYTES)
+        app_config.route_handlers.extend(
+            [training, openai, *docs_routes(), MetricsEndpoint, asyncapi_json]
+        )
         app_config.middleware.append(http_metrics().middleware)
         # The web dashboard at / (it calls the API above; see api/dashboard).
         app_config.route_handlers.extend(
@@ -93,6 +97,7 @@ class SwiftTrainerApi(InitPlugin):
                 Tag(name="jobs", description="Training jobs: create, control, follow."),
                 Tag(name="queue", description="The GPU queue and its processor."),
                 Tag(name="system", description="GPUs, system status and health."),
+                Tag(name="openai", description="OpenAI-compatible files and fine-tuning."),
             ],
             use_handler_docstrings=False,
         )

@@ -21,8 +21,10 @@ import msgspec
 from litestar.di import NamedDependency
 from nats.aio.client import Client
 
+from ..bus.file_store import FileStore
 from ..bus.messages import CommandReply
 from ..core.commands import AnyCommand
+from ..core.settings import DEFAULT_FILES_MAX_BYTES
 from ..core.store import EventStore
 from ..projections.read_models.interface import ReadModel
 
@@ -89,6 +91,13 @@ class ApiDeps:
     #: How long a readiness probe may take before it counts as failed.
     readiness_timeout_s: float = 5.0
     clock: Callable[[], datetime] = field(default=utc_now)
+
+    #: Uploaded datasets (``/v1/files``); None: the files endpoints answer 503.
+    files: FileStore | None = None
+    #: Largest upload accepted (``FILES_MAX_BYTES``).
+    files_max_bytes: int = DEFAULT_FILES_MAX_BYTES
+    #: Jobs created through ``/v1`` merge their LoRA adapter after success (``AUTO_EXPORT``).
+    auto_export: bool = True
 
     #: How long the largest runner's GPU count is reused between creates.
     capacity_cache_s: float = 5.0

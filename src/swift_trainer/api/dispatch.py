@@ -29,6 +29,8 @@ STATUS_AFTER: Final[dict[str, JobStatus]] = {
     "JobStarted": JobStatus.RUNNING,
     "StopRequested": JobStatus.STOPPING,
     "JobStopped": JobStatus.STOPPED,
+    "JobPaused": JobStatus.PAUSED,
+    "JobCancelled": JobStatus.CANCELLED,
     "JobSucceeded": JobStatus.SUCCEEDED,
     "JobFailed": JobStatus.FAILED,
     "JobDeleted": JobStatus.DELETED,

@@ -33,6 +33,7 @@ from nats.js.errors import (
 from ..core.errors import SwiftTrainerError
 from ..core.settings import Settings
 from . import subjects
+from .file_store import ensure_file_bucket
 
 _log = logging.getLogger(__name__)
 
@@ -218,3 +219,4 @@ async def _provision_once(
     await ensure_stream(js, logs_stream_config(replicas=replicas))
     await ensure_bucket(js, subjects.RUNNERS_BUCKET, runner_lease_s, replicas=replicas)
     await ensure_bucket(js, subjects.SCHEDULER_LEASE_BUCKET, scheduler_lease_s, replicas=replicas)
+    await ensure_file_bucket(js, replicas=replicas)

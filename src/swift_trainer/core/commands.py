@@ -45,6 +45,22 @@ class StopJob(JobCommand, frozen=True, tag=True):
     reason: Reason = "stopped by user"
 
 
+class PauseJob(JobCommand, frozen=True, tag=True):
+    """Stop with a checkpoint and rest as ``paused``, to be resumed (``ResumeJob``) later."""
+
+    reason: Reason = "paused by user"
+
+
+class ResumeJob(JobCommand, frozen=True, tag=True):
+    """Queue a paused job again, from its last checkpoint."""
+
+
+class CancelJob(JobCommand, frozen=True, tag=True):
+    """End a job for good: unlike a stop, a cancelled job cannot be started again."""
+
+    reason: Reason = "cancelled by user"
+
+
 class ChangePriority(JobCommand, frozen=True, tag=True):
     priority: Priority
 
@@ -110,6 +126,7 @@ class ReportProgress(RunnerReport, frozen=True, tag=True):
     memory_gib: float | None = None
     train_speed: float | None = None
     eval_loss: float | None = None
+    tokens_seen: int | None = None
 
 
 class ReportCheckpoint(RunnerReport, frozen=True, tag=True):
@@ -190,6 +207,9 @@ AnyJobCommand = (
     SubmitJob
     | StartJob
     | StopJob
+    | PauseJob
+    | ResumeJob
+    | CancelJob
     | ChangePriority
     | RequestExport
     | DeleteJob

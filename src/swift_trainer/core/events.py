@@ -81,6 +81,8 @@ class JobProgressed(JobEvent, frozen=True, tag=True):
     memory_gib: float | None = None
     train_speed: float | None = None
     eval_loss: float | None = None
+    #: Input tokens trained on so far, where the trainer reports them.
+    tokens_seen: int | None = None
 
 
 class CheckpointSaved(JobEvent, frozen=True, tag=True):
@@ -107,9 +109,28 @@ class StopRequested(JobEvent, frozen=True, tag=True):
     #: The runner that must act on it (addressing for the runner's subscription).
     runner_id: str | None = None
     attempt: int = 0
+    #: What the stop is for, so the runner's confirmation ends the job in the right state:
+    #: ``stop`` (``stopped``), ``pause`` (``paused``) or ``cancel`` (``cancelled``).
+    intent: str = "stop"
 
 
 class JobStopped(JobEvent, frozen=True, tag=True):
+    reason: str
+    attempt: int = 0
+    checkpoint: str | None = None
+
+
+class JobPaused(JobEvent, frozen=True, tag=True):
+    """Stopped on a user's pause: resumable from ``checkpoint`` with ``ResumeJob``."""
+
+    reason: str
+    attempt: int = 0
+    checkpoint: str | None = None
+
+
+class JobCancelled(JobEvent, frozen=True, tag=True):
+    """Ended for good on a user's cancel; nothing starts the job again."""
+
     reason: str
     attempt: int = 0
     checkpoint: str | None = None
@@ -204,6 +225,8 @@ AnyJobEvent = (
     | JobFailed
     | StopRequested
     | JobStopped
+    | JobPaused
+    | JobCancelled
     | JobLost
     | JobRequeued
     | AssignmentRejected

@@ -12,6 +12,10 @@ Statuses:
 back to ``queued`` until its retries run out. ``stopped`` and ``failed`` jobs can be
 started again (they resume from their last checkpoint); ``deleted`` is final for the
 history but the id may be submitted again.
+
+Pause and cancel ride on the same stop as ``stopping``: the request records its intent,
+and the runner's confirmation ends the job ``paused`` (resumable, like ``stopped``) or
+``cancelled`` (final: nothing starts it again, the OpenAI API's meaning of cancel).
 """
 
 from __future__ import annotations
@@ -45,13 +49,25 @@ class JobStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     STOPPED = "stopped"
+    PAUSED = "paused"
+    CANCELLED = "cancelled"
     DELETED = "deleted"
 
 
 #: Statuses in which a runner owns GPUs for the job.
 ACTIVE: Final = frozenset({JobStatus.SCHEDULED, JobStatus.RUNNING, JobStatus.STOPPING})
 #: Statuses a job rests in until a user acts.
-FINISHED: Final = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED})
+FINISHED: Final = frozenset(
+    {
+        JobStatus.SUCCEEDED,
+        JobStatus.FAILED,
+        JobStatus.STOPPED,
+        JobStatus.PAUSED,
+        JobStatus.CANCELLED,
+    }
+)
+#: What a stop is for (``StopRequested.intent``).
+STOP_INTENTS: Final = ("stop", "pause", "cancel")
 
 
 class Progress(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -66,6 +82,7 @@ class Progress(msgspec.Struct, frozen=True, omit_defaults=True):
     memory_gib: float | None = None
     train_speed: float | None = None
     eval_loss: float | None = None
+    tokens_seen: int | None = None
     at: datetime | None = None
 
 
@@ -110,6 +127,8 @@ class JobState(msgspec.Struct, frozen=True, omit_defaults=True):
     exit_code: int | None = None
     #: The runner that last ran the job: exports go there, where the checkpoints are.
     last_runner_id: str | None = None
+    #: The intent of the stop in progress (``stop``, ``pause`` or ``cancel``).
+    stop_intent: str = "stop"
 
     @property
     def exists(self) -> bool:
@@ -161,7 +180,9 @@ def _require_attempt(state: JobState, report: c.RunnerReport) -> None:
         )
 
 
-def decide(state: JobState, command: c.AnyJobCommand, now: datetime) -> list[e.AnyJobEvent]:
+def decide(  # noqa: C901 - one case per command reads best as a table
+    state: JobState, command: c.AnyJobCommand, now: datetime
+) -> list[e.AnyJobEvent]:
     """Refuse ``command`` with a DomainError, or return the events it causes."""
     if isinstance(command, c.SubmitJob):
         return _decide_submit(state, command, now)
@@ -171,6 +192,12 @@ def decide(state: JobState, command: c.AnyJobCommand, now: datetime) -> list[e.A
             return _decide_start(state, now)
         case c.StopJob(reason=reason):
             return _decide_stop(state, reason, now)
+        case c.PauseJob(reason=reason):
+            return _decide_pause(state, reason, now)
+        case c.ResumeJob():
+            return _decide_resume(state, now)
+        case c.CancelJob(reason=reason):
+            return _decide_cancel(state, reason, now)
         case c.ChangePriority(priority=priority):
             return _decide_priority(state, priority, now)
         case c.DeleteJob():
@@ -227,7 +254,7 @@ def _decide_start(state: JobState, now: datetime) -> list[e.AnyJobEvent]:
             ]
         case JobStatus.QUEUED | JobStatus.SCHEDULED | JobStatus.RUNNING:
             return []
-        case JobStatus.STOPPED | JobStatus.FAILED:
+        case JobStatus.STOPPED | JobStatus.FAILED | JobStatus.PAUSED:
             checkpoint = state.last_checkpoint
             return [
                 e.JobQueued(
@@ -240,6 +267,8 @@ def _decide_start(state: JobState, now: datetime) -> list[e.AnyJobEvent]:
             ]
         case JobStatus.SUCCEEDED:
             raise _refuse(state, "start", "it has finished; submit a new job to train again")
+        case JobStatus.CANCELLED:
+            raise _refuse(state, "start", "a cancelled job is final; submit a new job")
         case _:
             raise _refuse(state, "start", "wait until it has stopped, then start it again")
 
@@ -263,6 +292,80 @@ def _decide_stop(state: JobState, reason: str, now: datetime) -> list[e.AnyJobEv
             return []
         case _:
             raise _refuse(state, "stop", "it is no longer running")
+
+
+def _stop_ended(
+    state: JobState, intent: str, reason: str, now: datetime, checkpoint: str | None
+) -> list[e.AnyJobEvent]:
+    """The fact that ends a stop, by what the stop was for."""
+    job_id, attempt = state.job_id, state.attempt
+    if intent == "pause":
+        return [
+            e.JobPaused(
+                at=now, job_id=job_id, reason=reason, attempt=attempt, checkpoint=checkpoint
+            )
+        ]
+    if intent == "cancel":
+        return [
+            e.JobCancelled(
+                at=now, job_id=job_id, reason=reason, attempt=attempt, checkpoint=checkpoint
+            )
+        ]
+    return [
+        e.JobStopped(at=now, job_id=job_id, reason=reason, attempt=attempt, checkpoint=checkpoint)
+    ]
+
+
+def _stop_request(state: JobState, reason: str, intent: str, now: datetime) -> e.StopRequested:
+    return e.StopRequested(
+        at=now,
+        job_id=state.job_id,
+        reason=reason,
+        runner_id=state.runner_id,
+        attempt=state.attempt,
+        intent=intent,
+    )
+
+
+def _decide_pause(state: JobState, reason: str, now: datetime) -> list[e.AnyJobEvent]:
+    checkpoint = state.last_checkpoint
+    match state.status:
+        case JobStatus.HELD | JobStatus.QUEUED:
+            path = checkpoint.path if checkpoint else None
+            return _stop_ended(state, "pause", reason, now, path)
+        case JobStatus.SCHEDULED | JobStatus.RUNNING:
+            return [_stop_request(state, reason, "pause", now)]
+        case JobStatus.PAUSED:
+            return []
+        case JobStatus.STOPPING if state.stop_intent == "pause":
+            return []
+        case JobStatus.STOPPING:
+            raise _refuse(state, "pause", f"a {state.stop_intent} is already in progress")
+        case _:
+            raise _refuse(state, "pause", "only queued or running jobs can be paused")
+
+
+def _decide_resume(state: JobState, now: datetime) -> list[e.AnyJobEvent]:
+    if state.status not in (JobStatus.PAUSED, JobStatus.STOPPED):
+        raise _refuse(state, "resume", "only paused or stopped jobs can be resumed")
+    return _decide_start(state, now)
+
+
+def _decide_cancel(state: JobState, reason: str, now: datetime) -> list[e.AnyJobEvent]:
+    checkpoint = state.last_checkpoint
+    path = checkpoint.path if checkpoint else None
+    match state.status:
+        case JobStatus.HELD | JobStatus.QUEUED | JobStatus.PAUSED | JobStatus.STOPPED:
+            return _stop_ended(state, "cancel", reason, now, path)
+        case JobStatus.SCHEDULED | JobStatus.RUNNING:
+            return [_stop_request(state, reason, "cancel", now)]
+        case JobStatus.STOPPING if state.stop_intent != "cancel":
+            # The stop under way becomes a cancel: its confirmation ends the job for good.
+            return [_stop_request(state, reason, "cancel", now)]
+        case JobStatus.STOPPING | JobStatus.CANCELLED:
+            return []
+        case _:
+            raise _refuse(state, "cancel", "it has already finished")
 
 
 def _decide_priority(state: JobState, priority: int, now: datetime) -> list[e.AnyJobEvent]:
@@ -406,12 +509,12 @@ def _decide_lost(state: JobState, command: c.MarkLost, now: datetime) -> list[e.
         checkpoint = state.last_checkpoint
         return [
             lost,
-            e.JobStopped(
-                at=now,
-                job_id=state.job_id,
-                reason=state.stop_reason or "stopped by user",
-                attempt=state.attempt,
-                checkpoint=checkpoint.path if checkpoint else None,
+            *_stop_ended(
+                state,
+                state.stop_intent,
+                state.stop_reason or "stopped by user",
+                now,
+                checkpoint.path if checkpoint else None,
             ),
         ]
     return [lost, *_requeue_or_fail(state, f"lost: {command.reason}", now, count_retry=True)]
@@ -485,46 +588,92 @@ def _decide_report(  # noqa: C901 - one branch per report kind reads best as a t
             if state.status is JobStatus.SUCCEEDED:
                 return []
             if live:
-                return [
-                    e.JobSucceeded(
-                        at=now,
-                        job_id=job_id,
-                        attempt=attempt,
-                        final_step=command.final_step,
-                        output_path=command.output_path,
-                    ),
-                ]
+                succeeded = e.JobSucceeded(
+                    at=now,
+                    job_id=job_id,
+                    attempt=attempt,
+                    final_step=command.final_step,
+                    output_path=command.output_path,
+                )
+                return [succeeded, *_auto_export(state, command.output_path, now)]
         case c.ReportFailed():
             if state.status is JobStatus.FAILED:
                 return []
             if live or state.status is JobStatus.SCHEDULED:
-                return [
-                    e.JobFailed(
-                        at=now,
-                        job_id=job_id,
-                        attempt=attempt,
-                        exit_code=command.exit_code,
-                        reason=command.reason,
-                        stderr_tail=command.stderr_tail,
-                    ),
-                ]
+                failed = e.JobFailed(
+                    at=now,
+                    job_id=job_id,
+                    attempt=attempt,
+                    exit_code=command.exit_code,
+                    reason=command.reason,
+                    stderr_tail=command.stderr_tail,
+                )
+                if state.status is JobStatus.STOPPING and state.stop_intent == "cancel":
+                    # Cancel is final even when the process failed on its way out.
+                    latest = state.last_checkpoint
+                    kept = latest.path if latest else None
+                    return [failed, *_stop_ended(state, "cancel", command.reason, now, kept)]
+                return [failed]
         case c.ReportStopped(checkpoint=checkpoint):
-            if state.status is JobStatus.STOPPED:
+            if state.status in (JobStatus.STOPPED, JobStatus.PAUSED, JobStatus.CANCELLED):
                 return []
             if state.status is JobStatus.STOPPING or (
                 state.status in (JobStatus.RUNNING, JobStatus.SCHEDULED)
             ):
                 last = state.last_checkpoint
-                return [
-                    e.JobStopped(
-                        at=now,
-                        job_id=job_id,
-                        reason=state.stop_reason or "stopped on the runner",
-                        attempt=attempt,
-                        checkpoint=checkpoint or (last.path if last else None),
-                    ),
-                ]
+                intent = state.stop_intent if state.status is JobStatus.STOPPING else "stop"
+                return _stop_ended(
+                    state,
+                    intent,
+                    state.stop_reason or "stopped on the runner",
+                    now,
+                    checkpoint or (last.path if last else None),
+                )
     raise _refuse(state, f"record {type(command).__name__} for", "the report does not fit")
+
+
+def _auto_export(state: JobState, output_path: str | None, now: datetime) -> list[e.AnyJobEvent]:
+    """Merge the final checkpoint's adapter right after success, when the spec asks for it.
+
+    The runner names the final checkpoint in ``output_path``; it may not have been reported
+    as a checkpoint yet, so it wins over the last recorded one.
+    """
+    assert state.spec is not None
+    if not state.spec.auto_export or state.spec.effective_args.train_type != "lora":
+        return []
+    runner_id = state.runner_id or state.last_runner_id
+    if runner_id is None:  # pragma: no cover - a live job always has its runner
+        return []
+    final = output_path.rstrip("/").rsplit("/", 1)[-1] if output_path else ""
+    saved: list[e.AnyJobEvent] = []
+    if output_path and final.startswith("checkpoint-"):
+        checkpoint = output_path
+        if all(cp.path != output_path for cp in state.checkpoints):
+            # Recorded first, so the export names a checkpoint the job knows.
+            step = final.removeprefix("checkpoint-")
+            saved.append(
+                e.CheckpointSaved(
+                    at=now,
+                    job_id=state.job_id,
+                    attempt=state.attempt,
+                    step=int(step) if step.isdigit() else 0,
+                    path=output_path,
+                )
+            )
+    elif state.checkpoints:
+        checkpoint = state.checkpoints[-1].path
+    else:
+        return []
+    return [
+        *saved,
+        e.ExportRequested(
+            at=now,
+            job_id=state.job_id,
+            export_id=f"{state.job_id}-export-{len(state.exports) + 1}",
+            checkpoint=checkpoint,
+            runner_id=runner_id,
+        ),
+    ]
 
 
 def _decide_export_report(
@@ -583,6 +732,18 @@ def _replace_export(state: JobState, export_id: str, **changes: object) -> tuple
     return tuple(
         msgspec.structs.replace(x, **changes) if x.export_id == export_id else x
         for x in state.exports
+    )
+
+
+def _ended(state: JobState, status: JobStatus, at: datetime, reason: str) -> JobState:
+    return msgspec.structs.replace(
+        state,
+        status=status,
+        finished_at=at,
+        stop_reason=reason,
+        stop_intent="stop",
+        runner_id=None,
+        gpu_ids=(),
     )
 
 
@@ -646,7 +807,14 @@ def evolve(state: JobState, event: e.AnyJobEvent) -> JobState:  # noqa: C901 - a
             holder = state.runner_id if state.runner_id is not None else state.last_runner_id
             return s(state, checkpoints=(*state.checkpoints, checkpoint), last_runner_id=holder)
         case e.JobSucceeded(at=at):
-            return s(state, status=JobStatus.SUCCEEDED, finished_at=at, runner_id=None, gpu_ids=())
+            return s(
+                state,
+                status=JobStatus.SUCCEEDED,
+                finished_at=at,
+                runner_id=None,
+                gpu_ids=(),
+                stop_intent="stop",
+            )
         case e.JobFailed(at=at, reason=reason, exit_code=exit_code):
             return s(
                 state,
@@ -656,18 +824,16 @@ def evolve(state: JobState, event: e.AnyJobEvent) -> JobState:  # noqa: C901 - a
                 exit_code=exit_code,
                 runner_id=None,
                 gpu_ids=(),
+                stop_intent="stop",
             )
-        case e.StopRequested(reason=reason):
-            return s(state, status=JobStatus.STOPPING, stop_reason=reason)
+        case e.StopRequested(reason=reason, intent=intent):
+            return s(state, status=JobStatus.STOPPING, stop_reason=reason, stop_intent=intent)
         case e.JobStopped(at=at, reason=reason):
-            return s(
-                state,
-                status=JobStatus.STOPPED,
-                finished_at=at,
-                stop_reason=reason,
-                runner_id=None,
-                gpu_ids=(),
-            )
+            return _ended(state, JobStatus.STOPPED, at, reason)
+        case e.JobPaused(at=at, reason=reason):
+            return _ended(state, JobStatus.PAUSED, at, reason)
+        case e.JobCancelled(at=at, reason=reason):
+            return _ended(state, JobStatus.CANCELLED, at, reason)
         case e.JobLost():
             return s(state, runner_id=None, gpu_ids=(), pid=None)
         case e.AssignmentRejected():

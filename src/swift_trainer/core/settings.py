@@ -16,6 +16,9 @@ import msgspec
 
 from .errors import SwiftTrainerError
 
+#: 512 MiB, the OpenAI API's own limit for a fine-tuning file.
+DEFAULT_FILES_MAX_BYTES = 512 * 1024 * 1024
+
 
 class SettingsError(SwiftTrainerError):
     code = "invalid_settings"
@@ -47,6 +50,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     app_port: int = 8000
     output_root: str = "."
     command_timeout_s: float = 10.0
+    #: Largest upload ``/v1/files`` accepts (``FILES_MAX_BYTES``).
+    files_max_bytes: int = DEFAULT_FILES_MAX_BYTES
+    #: Jobs created through ``/v1`` merge their LoRA adapter after success (``AUTO_EXPORT``).
+    auto_export: bool = True
 
     @property
     def resolved_event_store_url(self) -> str:
@@ -108,9 +115,11 @@ def load_settings(
         port = int(text("APP_PORT", "8000") or "8000")
         timeout = float(text("COMMAND_TIMEOUT_S", "10") or "10")
         replicas = int(text("NATS_STREAM_REPLICAS", "1") or "1")
+        files_max_bytes = int(text("FILES_MAX_BYTES", str(DEFAULT_FILES_MAX_BYTES)) or "0")
     except ValueError as exc:
         raise SettingsError(
-            f"APP_PORT / COMMAND_TIMEOUT_S / NATS_STREAM_REPLICAS must be numbers: {exc}"
+            "APP_PORT / COMMAND_TIMEOUT_S / NATS_STREAM_REPLICAS / FILES_MAX_BYTES must be "
+            f"numbers: {exc}"
         ) from exc
     if not 1 <= replicas <= 5:
         raise SettingsError(
@@ -119,6 +128,11 @@ def load_settings(
     log_format = (text("LOG_FORMAT", "text") or "text").lower()
     if log_format not in ("text", "json"):
         raise SettingsError(f"LOG_FORMAT must be 'text' or 'json', got {log_format!r}")
+    if files_max_bytes < 1:
+        raise SettingsError(f"FILES_MAX_BYTES must be positive, got {files_max_bytes}")
+    auto_export = (text("AUTO_EXPORT", "true") or "true").lower()
+    if auto_export not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise SettingsError(f"AUTO_EXPORT must be true or false, got {auto_export!r}")
     prefix = text("API_PREFIX", "/api/v1") or ""
     if prefix and not prefix.startswith("/"):
         raise SettingsError(f"API_PREFIX must start with '/', got {prefix!r}")
@@ -142,4 +156,6 @@ def load_settings(
         app_port=port,
         output_root=text("OUTPUT_ROOT", ".") or ".",
         command_timeout_s=timeout,
+        files_max_bytes=files_max_bytes,
+        auto_export=auto_export in ("1", "true", "yes", "on"),
     )

@@ -114,10 +114,28 @@ def effective_train_args(overrides: TrainArgs) -> EffectiveTrainArgs:
     return msgspec.structs.replace(EffectiveTrainArgs(), **given)
 
 
-class JobSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
-    """Everything needed to run a job, as submitted. Immutable except for ``priority``."""
+#: An uploaded dataset's id (``/v1/files``): ``file-`` and letters or digits.
+FILE_ID_PATTERN: Final = r"^file-[A-Za-z0-9]{1,60}$(?!\n)"
+FileId = Annotated[str, msgspec.Meta(pattern=FILE_ID_PATTERN)]
+MetadataKey = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+MetadataValue = Annotated[str, msgspec.Meta(max_length=512)]
+#: ``supervised``: ``swift sft``; ``dpo``: ``swift rlhf --rlhf_type dpo`` on preference pairs.
+TrainingMethod = Literal["supervised", "dpo"]
 
-    data_path: ShortText
+
+class JobSpec(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True, kw_only=True
+):
+    """Everything needed to run a job, as submitted. Immutable except for ``priority``.
+
+    The dataset is ``data_path`` (hub ids or paths on the runner, as swift takes them) or
+    ``training_file``, an uploaded file that every runner fetches from the object store, so
+    hosts need no shared filesystem. Fields added after the first release all have defaults,
+    so a spec recorded before them still decodes.
+    """
+
+    #: Empty when the dataset is ``training_file``.
+    data_path: ShortText = ""
     model_path: ShortText
     output_dir: ShortText
     priority: Priority = DEFAULT_PRIORITY
@@ -130,11 +148,31 @@ class JobSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defa
     #: How often a job lost with its runner (or failed to launch) is queued again.
     max_retries: Annotated[int, msgspec.Meta(ge=0, le=20)] = 2
     labels: dict[Name, Annotated[str, msgspec.Meta(max_length=256)]] = {}
+    #: Uploaded files (``/v1/files``) to train and evaluate on (``--val_dataset``).
+    training_file: FileId | None = None
+    validation_file: FileId | None = None
+    method: TrainingMethod = "supervised"
+    #: DPO's beta (``--beta``); ms-swift's default when unset.
+    dpo_beta: Annotated[float, msgspec.Meta(gt=0, le=10)] | None = None
+    #: Merge the LoRA adapter of the last checkpoint as soon as training succeeds.
+    auto_export: bool = False
+    #: Kept for the OpenAI-compatible API: a name part for the fine-tuned model, and the
+    #: caller's key-value metadata (listing filters on it).
+    suffix: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+    metadata: dict[MetadataKey, MetadataValue] = {}
 
     def __post_init__(self) -> None:
         check_output_dir(self.output_dir)
         if len(self.labels) > 32:
             raise InvalidSpec("at most 32 labels per job")
+        if len(self.metadata) > 16:
+            raise InvalidSpec("at most 16 metadata pairs per job")
+        if not self.data_path and self.training_file is None:
+            raise InvalidSpec("a job needs a dataset: give data_path or training_file")
+        if self.data_path and self.training_file is not None:
+            raise InvalidSpec("give data_path or training_file, not both")
+        if self.dpo_beta is not None and self.method != "dpo":
+            raise InvalidSpec("dpo_beta applies only to method 'dpo'")
 
     @property
     def effective_args(self) -> EffectiveTrainArgs:

@@ -262,7 +262,7 @@ class SchedulerState:
         elif state is None:
             return  # a job that has succeeded or been deleted: nothing left to schedule
         state = evolve(state, event)
-        if state.status in (JobStatus.SUCCEEDED, JobStatus.DELETED):
+        if state.status in (JobStatus.SUCCEEDED, JobStatus.CANCELLED, JobStatus.DELETED):
             self.jobs.pop(job_id, None)
             self.seqs.pop(job_id, None)
             self.cooling.pop(job_id, None)

@@ -87,6 +87,7 @@ from ..core.shutdown import wait_for_shutdown
 from ..core.spec import JobSpec
 from ..core.telemetry import setup_tracing
 from ._tasks import cancel_and_wait
+from .dataset_cache import DatasetCache, DatasetUnavailable
 from .inventory import FakeInventory, GpuInventory, NvmlInventory, foreign_memory_mib
 from .log_publisher import LogPublisher
 from .reporting import (
@@ -264,6 +265,8 @@ class RunnerAgent:
         )
         self.logs = LogPublisher(nc, runner_id)
         self.handled = HandledEvents(self.state_dir / "handled.json")
+        #: Uploaded datasets, fetched from the object store (the state dir is per runner).
+        self.datasets = DatasetCache(self.js, self.state_dir / "datasets")
         self._kv: KeyValue | None = None
         self._sub: JetStreamContext.PullSubscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -546,6 +549,11 @@ class RunnerAgent:
             self._reject(event, f"no JobSubmitted for job {event.job_id} on the EVENTS stream")
             return
         try:
+            dataset_files = await self.datasets.resolve(spec)
+        except DatasetUnavailable as exc:
+            self._reject(event, exc.message)
+            return
+        try:
             invocation = build_sft_command(
                 spec,
                 output_root=self.output_root,
@@ -554,6 +562,7 @@ class RunnerAgent:
                 swift_executable=self.swift_executable,
                 base_env=self.base_env,
                 gpu_uuids=event.gpu_uuids,
+                dataset_files=dataset_files,
             )
             with _tracer.start_as_current_span(
                 "swift sft start",

@@ -709,14 +709,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         _err("usage: swift-sim {sft,export} [swift flags...]")
         return 2
     command, rest = args[0].replace("-", "_"), args[1:]
-    if command not in {"sft", "export"}:
-        _err(f"KeyError: '{command}' (the simulator knows sft and export)")
+    if command not in {"sft", "rlhf", "export"}:
+        _err(f"KeyError: '{command}' (the simulator knows sft, rlhf and export)")
         return 2
     role = os.environ.get(_ROLE_ENV)
     if role == "agent":
         return _agent([command, *rest])
     if role == "worker":
-        return _sft_worker(rest) if command == "sft" else _export_worker(rest)
+        # rlhf (DPO) trains like sft here: the simulation cares about steps, not the loss.
+        return _export_worker(rest) if command == "export" else _sft_worker(rest)
     return _launcher(command, rest)
 
 

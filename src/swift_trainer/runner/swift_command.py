@@ -190,6 +190,32 @@ def split_datasets(data_path: str) -> list[str]:
     return data_path.split()
 
 
+def _method_args(spec: JobSpec) -> list[str]:
+    if spec.method == "dpo":
+        beta = ["--beta", _flag_value(spec.dpo_beta)] if spec.dpo_beta is not None else []
+        return ["rlhf", "--rlhf_type", "dpo", *beta]
+    return ["sft"]
+
+
+def _local_file(file_id: str, dataset_files: Mapping[str, str]) -> str:
+    try:
+        return dataset_files[file_id]
+    except KeyError:
+        raise ValueError(
+            f"uploaded dataset {file_id} has not been fetched to this runner"
+        ) from None
+
+
+def _dataset_args(spec: JobSpec, dataset_files: Mapping[str, str]) -> list[str]:
+    if spec.training_file is not None:
+        args = ["--dataset", _local_file(spec.training_file, dataset_files)]
+    else:
+        args = ["--dataset", *split_datasets(spec.data_path)]
+    if spec.validation_file is not None:
+        args += ["--val_dataset", _local_file(spec.validation_file, dataset_files)]
+    return args
+
+
 def _executable(swift_executable: str | Sequence[str]) -> list[str]:
     if isinstance(swift_executable, str):
         return [swift_executable]
@@ -220,8 +246,12 @@ def build_sft_command(
     base_env: Mapping[str, str] | None = None,
     extra_args: Sequence[str] = (),
     gpu_uuids: Sequence[str] = (),
+    dataset_files: Mapping[str, str] | None = None,
 ) -> SwiftInvocation:
     """The ``swift sft`` invocation for one attempt of a job on the GPUs it was given.
+
+    ``dataset_files`` maps the uploaded files the spec names (``training_file``,
+    ``validation_file``) to their local copies; a DPO job runs ``swift rlhf --rlhf_type dpo``.
 
     ``gpu_uuids``, when given, pin CUDA_VISIBLE_DEVICES by UUID: a UUID names the same
     physical card whatever enumeration order CUDA picks. Indices are used otherwise, with
@@ -234,11 +264,10 @@ def build_sft_command(
     output_dir = job_output_dir(output_root, spec)
     argv = [
         *_executable(swift_executable),
-        "sft",
+        *_method_args(spec),
         "--model",
         spec.model_path,
-        "--dataset",
-        *split_datasets(spec.data_path),
+        *_dataset_args(spec, dataset_files or {}),
         "--output_dir",
         str(output_dir),
         "--add_version",

@@ -51,6 +51,9 @@ class TrainingProgress(msgspec.Struct, frozen=True, omit_defaults=True):
     #: Iterations per second (converted when swift logged seconds per iteration).
     train_speed: float | None = None
     eval_loss: float | None = None
+    #: Input tokens trained on so far, where the trainer logs them (HF's
+    #: ``num_input_tokens_seen``, with ``include_num_input_tokens_seen``).
+    tokens_seen: int | None = None
 
 
 class TrainingSummary(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -150,6 +153,11 @@ def _step_pair(value: object) -> tuple[int, int | None] | None:
     return step, max_steps
 
 
+def _count(value: object) -> int | None:
+    number = _number(value)
+    return int(number) if number is not None and number >= 0 else None
+
+
 def _train_speed(data: dict[str, Any]) -> float | None:
     per_second = _number(data.get("train_speed(iter/s)"))
     if per_second is not None:
@@ -189,6 +197,7 @@ def parse_log_record(data: object) -> LogRecord | None:
         memory_gib=_number(data.get("memory(GiB)")),
         train_speed=_train_speed(data),
         eval_loss=_number(data.get("eval_loss")),
+        tokens_seen=_count(data.get("num_input_tokens_seen")),
     )
 
 

@@ -14,7 +14,17 @@ from litestar import Controller, Request, Response, delete, get, post, route
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromQuery, HeaderParameter, JSONBody, PathParameter, QueryParameter
 
-from ...core.commands import ChangePriority, DeleteJob, RequestExport, StartJob, StopJob
+from ...bus.messages import CommandReply
+from ...core.commands import (
+    CancelJob,
+    ChangePriority,
+    DeleteJob,
+    PauseJob,
+    RequestExport,
+    ResumeJob,
+    StartJob,
+    StopJob,
+)
 from ...core.errors import JobNotFound
 from ...core.ids import JOB_ID_PATTERN
 from ...core.job import Export, JobStatus
@@ -112,6 +122,23 @@ async def current_status(deps: ApiDeps, job_id: str) -> JobStatus | None:
     return None if summary is None else summary.status
 
 
+async def control_answer(
+    deps: ApiDeps, job_id: str, reply: CommandReply, action: str
+) -> JobCommandResponse:
+    """The answer to a pause, resume or cancel: what was recorded, or that it already was so."""
+    status = reply_status(reply)
+    if not reply.events:
+        status = await current_status(deps, job_id)
+        message = f"job {job_id} is already {status.value if status else 'so'}; nothing to {action}"
+    elif status is JobStatus.STOPPING:
+        message = f"{action} of job {job_id} requested; its runner saves a checkpoint and stops"
+    else:
+        message = f"job {job_id} is {status.value if status else 'changed'}"
+    return JobCommandResponse(
+        job_id=job_id, status=status, message=message, changed=bool(reply.events)
+    )
+
+
 class JobsController(Controller):
     path = "/jobs"
     tags = ("jobs",)
@@ -201,6 +228,54 @@ class JobsController(Controller):
         return JobCommandResponse(
             job_id=job_id, status=status, message=message, changed=bool(reply.events)
         )
+
+    @post(
+        "/{job_id:str}/pause",
+        status_code=200,
+        summary="Pause a job",
+        description=(
+            "Like stop, but the job rests as `paused` (resume it with `/resume`). A queued job "
+            "pauses at once; a running one saves a checkpoint first (`stopping`)."
+        ),
+        responses=problems(404, 409, 422, 503),
+    )
+    async def pause_job(
+        self, deps: Deps, job_id: JobIdPath, idempotency_key: IdempotencyKey = None
+    ) -> JobCommandResponse:
+        command_id = idempotent_command_id(idempotency_key, f"pause:{job_id}")
+        reply = await send(deps, PauseJob(job_id=job_id), command_id=command_id)
+        return await control_answer(deps, job_id, reply, "pause")
+
+    @post(
+        "/{job_id:str}/resume",
+        status_code=200,
+        summary="Resume a paused job",
+        description="Queues a paused (or stopped) job again, from its last checkpoint.",
+        responses=problems(404, 409, 422, 503),
+    )
+    async def resume_job(
+        self, deps: Deps, job_id: JobIdPath, idempotency_key: IdempotencyKey = None
+    ) -> JobCommandResponse:
+        command_id = idempotent_command_id(idempotency_key, f"resume:{job_id}")
+        reply = await send(deps, ResumeJob(job_id=job_id), command_id=command_id)
+        return await control_answer(deps, job_id, reply, "resume")
+
+    @post(
+        "/{job_id:str}/cancel",
+        status_code=200,
+        summary="Cancel a job for good",
+        description=(
+            "Unlike stop, final: a cancelled job cannot be started again. A running job "
+            "saves a checkpoint first (`stopping`), then becomes `cancelled`."
+        ),
+        responses=problems(404, 409, 422, 503),
+    )
+    async def cancel_job(
+        self, deps: Deps, job_id: JobIdPath, idempotency_key: IdempotencyKey = None
+    ) -> JobCommandResponse:
+        command_id = idempotent_command_id(idempotency_key, f"cancel:{job_id}")
+        reply = await send(deps, CancelJob(job_id=job_id), command_id=command_id)
+        return await control_answer(deps, job_id, reply, "cancel")
 
     @post(
         "/{job_id:str}/export",
@@ -347,7 +422,7 @@ class JobsController(Controller):
         summary="Job details",
         description=(
             "Statuses: held, queued, scheduled (the seed's `pending`: GPUs chosen, runner "
-            "starting it), running, stopping, succeeded, failed, stopped."
+            "starting it), running, stopping, succeeded, failed, stopped, paused, cancelled."
         ),
         responses=problems(404, 422, 503),
     )

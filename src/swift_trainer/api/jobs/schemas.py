@@ -17,10 +17,12 @@ from ...core.job import JobStatus
 from ...core.spec import (
     DEFAULT_PRIORITY,
     MAX_GPUS_PER_JOB,
+    FileId,
     Name,
     Priority,
     ShortText,
     TrainArgs,
+    TrainingMethod,
 )
 from ...projections.read_models.views import (
     EventLogEntry,
@@ -41,11 +43,26 @@ JobIdText = Annotated[
 
 
 class CreateJobRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """A training job. Only ``data_path`` and ``model_path`` are required."""
+    """A training job: ``model_path`` and a dataset (``data_path`` or ``training_file``)."""
 
-    data_path: Annotated[
-        ShortText, msgspec.Meta(description="Dataset id or path; '#N' samples N rows.")
-    ]
+    data_path: (
+        Annotated[ShortText, msgspec.Meta(description="Dataset id or path; '#N' samples N rows.")]
+        | None
+    ) = None
+    training_file: (
+        Annotated[
+            FileId, msgspec.Meta(description="An uploaded file (/v1/files) instead of data_path.")
+        ]
+        | None
+    ) = None
+    validation_file: (
+        Annotated[FileId, msgspec.Meta(description="An uploaded file for --val_dataset.")] | None
+    ) = None
+    method: TrainingMethod = "supervised"
+    dpo_beta: Annotated[float, msgspec.Meta(gt=0, le=10)] | None = None
+    auto_export: Annotated[
+        bool, msgspec.Meta(description="Merge the LoRA adapter right after success.")
+    ] = False
     model_path: Annotated[ShortText, msgspec.Meta(description="Model id or path.")]
     output_dir: (
         Annotated[
@@ -86,6 +103,11 @@ class CreateJobRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     ] = True
     max_retries: Annotated[int, msgspec.Meta(ge=0, le=20)] = 2
     labels: dict[Name, Annotated[str, msgspec.Meta(max_length=256)]] = {}
+
+    def __post_init__(self) -> None:
+        # A request error (422 validation_error), before the domain ever sees a spec.
+        if (self.data_path is None) == (self.training_file is None):
+            raise ValueError("give exactly one dataset: data_path or training_file")
 
 
 class CreateJobResponse(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from ...bus.file_store import FileNotFound
 from ...core.commands import SubmitJob
 from ...core.errors import JobAlreadyExists, SwiftTrainerError
 from ...core.ids import is_valid_job_id, new_job_id
@@ -58,6 +59,7 @@ def candidate_ids(body: CreateJobRequest, idempotency_key: str | None) -> list[t
 def spec_for(body: CreateJobRequest, job_id: str) -> JobSpec:
     fields: dict[str, Any] = msgspec.to_builtins(body)
     fields.pop("job_id", None)
+    fields = {k: v for k, v in fields.items() if v is not None}
     fields["output_dir"] = body.output_dir or f"output/{job_id}"
     return decode_spec(fields)
 
@@ -72,6 +74,28 @@ async def check_satisfiable(deps: ApiDeps, body: CreateJobRequest) -> None:
         )
 
 
+async def check_files(deps: ApiDeps, body: CreateJobRequest) -> None:
+    """An uploaded dataset must exist and have passed its check, or no runner can train."""
+    for name, file_id in (
+        ("training_file", body.training_file),
+        ("validation_file", body.validation_file),
+    ):
+        if file_id is None:
+            continue
+        if deps.files is None:
+            raise ApiProblem("invalid_spec", f"{name}: this API has no file store")
+        try:
+            record = await deps.files.get(file_id)
+        except FileNotFound:
+            raise ApiProblem("invalid_spec", f"{name}: no file {file_id!r}") from None
+        if record.status != "processed":
+            raise ApiProblem(
+                "invalid_spec",
+                f"{name}: file {file_id} cannot be trained on: "
+                f"{record.status_details or record.status}",
+            )
+
+
 async def submit_job(
     deps: ApiDeps,
     body: CreateJobRequest,
@@ -80,6 +104,7 @@ async def submit_job(
     candidates = candidate_ids(body, idempotency_key)
     specs = [spec_for(body, job_id) for job_id, _ in candidates]  # InvalidSpec -> 422 first
     await check_satisfiable(deps, body)
+    await check_files(deps, body)
     for index, ((job_id, kind), spec) in enumerate(zip(candidates, specs, strict=True)):
         command_id = idempotent_command_id(idempotency_key, f"create:{kind}")
         try:

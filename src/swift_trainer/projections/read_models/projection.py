@@ -253,6 +253,13 @@ def summarize(fold: JobFold) -> JobSummary | None:
         failure_reason=state.failure_reason,
         exit_code=state.exit_code,
         stop_reason=state.stop_reason,
+        training_file=spec.training_file,
+        validation_file=spec.validation_file,
+        method=spec.method,
+        dpo_beta=spec.dpo_beta,
+        auto_export=spec.auto_export,
+        suffix=spec.suffix,
+        metadata=dict(spec.metadata),
     )
 
 
@@ -279,6 +286,7 @@ def progress_view(state: JobState) -> ProgressView | None:
         memory_gib=p.memory_gib,
         train_speed=p.train_speed,
         at=p.at,
+        tokens_seen=p.tokens_seen,
     )
 
 

@@ -47,6 +47,7 @@ class ProgressView(msgspec.Struct, frozen=True):
     memory_gib: float | None = None
     train_speed: float | None = None
     at: datetime | None = None
+    tokens_seen: int | None = None
 
 
 class JobSummary(msgspec.Struct, frozen=True):
@@ -88,6 +89,14 @@ class JobSummary(msgspec.Struct, frozen=True):
     failure_reason: str | None
     exit_code: int | None
     stop_reason: str | None
+    #: Uploaded files (``/v1/files``) the job trains and evaluates on, when it names them.
+    training_file: str | None = None
+    validation_file: str | None = None
+    method: str = "supervised"
+    dpo_beta: float | None = None
+    auto_export: bool = False
+    suffix: str | None = None
+    metadata: dict[str, str] = {}
 
 
 class JobFold(msgspec.Struct, frozen=True):
