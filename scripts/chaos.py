@@ -298,6 +298,19 @@ class Run:
                     assert isinstance(folded, JobState)
                     self.states[job_id] = folded
 
+    async def settle(self, quiet_s: float = 3.0, limit_s: float = 60.0) -> None:
+        """Follow the log until nothing new arrives for ``quiet_s``: after the last job,
+        schedulers still release its GPU claim, and the checks must see that too."""
+        deadline = time.monotonic() + limit_s
+        last, since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            await self.follow()
+            if self.position != last:
+                last, since = self.position, time.monotonic()
+            elif time.monotonic() - since >= quiet_s:
+                return
+            await asyncio.sleep(0.3)
+
     async def wait_api(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -448,7 +461,7 @@ class Run:
                     break
                 await asyncio.sleep(0.5)
             drained = time.monotonic() - started
-            await self.follow()
+            await self.settle()
             report = await self.check(client, nc, drained)
         finally:
             await nc.close()
@@ -495,12 +508,12 @@ class Run:
 
     async def check_jetstream(self, nc: Any) -> list[Violation]:
         js = nc.jetstream()
-        info = await js.stream_info(subjects.EVENTS_STREAM)
-        stored = len(self.log)
         found: list[Violation] = []
-        for _ in range(100):  # the relay may still be publishing the last events
+        for _ in range(100):  # the relay may still publish, a scheduler still release GPUs
+            await self.follow()
+            stored = len(self.log)
             info = await js.stream_info(subjects.EVENTS_STREAM)
-            if info.state.messages >= stored:
+            if info.state.messages == stored:
                 break
             await asyncio.sleep(0.2)
         if info.state.messages != stored:
