@@ -171,12 +171,21 @@ def test_controls_priority_stop_start_delete(url: str, capsys: pytest.CaptureFix
 def test_pause_resume_cancel_report_the_servers_answer(
     url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Until issue 13 adds the endpoints, the server's refusal is the answer: exit 1."""
-    for verb in ("pause", "resume", "cancel"):
-        code, _, err = run(capsys, "jobs", verb, "cli-flags")
-        assert code == 1, verb
-        assert "error:" in err
-        assert "HTTP 404" in err or "HTTP 405" in err
+    """Each verb against the live server: an accepted change exits 0, a refused one exits 1
+    with the problem's message (cancel is final, so resume is then refused)."""
+    created = run_json(capsys, *submit_flags("cli-prc", 10, "--hold"))
+    assert created["status"] == "held"
+    paused = run_json(capsys, "jobs", "pause", "cli-prc")
+    assert paused["job_id"] == "cli-prc"
+    assert run_json(capsys, "jobs", "show", "cli-prc")["status"] == "paused"
+    code, _, _ = run(capsys, "jobs", "cancel", "cli-prc")
+    assert code == 0
+    assert run_json(capsys, "jobs", "show", "cli-prc")["status"] == "cancelled"
+    code, out, err = run(capsys, "jobs", "resume", "cli-prc", "-o", "json")
+    assert code == 1
+    assert json.loads(out)["code"] == "invalid_transition"
+    assert "error:" in err
+    assert "HTTP 409" in err
 
 
 def test_queue_and_gpus(url: str, capsys: pytest.CaptureFixture[str]) -> None:
