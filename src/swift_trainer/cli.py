@@ -32,8 +32,9 @@ from .service import Service
 _log = logging.getLogger("swift_trainer")
 
 
-def _configure_logging(settings: Settings) -> None:
-    configure_logging(settings.log_level, settings.log_format)
+def _configure_logging(settings: Settings, command: str) -> None:
+    log_file = Path(settings.log_dir) / f"swift-trainer-{command}.log" if settings.log_dir else None
+    configure_logging(settings.log_level, settings.log_format, log_file)
 
 
 def _serve_metrics(settings: Settings, port: int) -> None:
@@ -394,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         env["NATS_URL"] = args.nats_url
     try:
         settings = load_settings(env, env_file=args.env_file)
-        _configure_logging(settings)
+        _configure_logging(settings, args.command)
         if getattr(args, "metrics_port", None) is not None:
             _serve_metrics(settings, args.metrics_port)
         from .audit_cli import run_audit

@@ -14,7 +14,6 @@ import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Protocol, TypeAlias
 
 import msgspec
@@ -23,6 +22,7 @@ from nats.aio.client import Client
 
 from ..bus.file_store import FileStore
 from ..bus.messages import CommandReply
+from ..core.clock import Clock, utc_now
 from ..core.commands import AnyCommand
 from ..core.settings import DEFAULT_FILES_MAX_BYTES
 from ..core.store import EventStore
@@ -50,10 +50,6 @@ QueueTrigger = Callable[[], Awaitable[dict[str, Any]]]
 Subscriber = Callable[[str], AsyncIterator[bytes]]
 #: The most GPUs any known runner has, or None when no runner is known.
 GpuCapacity = Callable[[], int | Awaitable[int | None] | None]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 async def no_scheduler() -> dict[str, Any]:
@@ -90,7 +86,7 @@ class ApiDeps:
     stream_end_grace_s: float = 2.0
     #: How long a readiness probe may take before it counts as failed.
     readiness_timeout_s: float = 5.0
-    clock: Callable[[], datetime] = field(default=utc_now)
+    clock: Clock = field(default=utc_now)
 
     #: Uploaded datasets (``/v1/files``); None: the files endpoints answer 503.
     files: FileStore | None = None

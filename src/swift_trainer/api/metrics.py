@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Final
 
 import msgspec
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from prometheus_client import Gauge
 
+from ..core.clock import Clock, utc_now
 from ..core.inventory import RunnerHeartbeat
 from ..core.job import JobStatus
 from ..projections.read_models.interface import ReadModel
@@ -95,7 +96,7 @@ async def sample_read_models(
     head: Callable[[], Awaitable[int]] | None,
     lease_s: float,
     interval_s: float,
-    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    clock: Clock = utc_now,
 ) -> None:
     """Every ``interval_s``: the fleet gauges and, given the store's head, the read-model lag."""
     while True:

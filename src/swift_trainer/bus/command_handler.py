@@ -26,7 +26,6 @@ import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import UTC, datetime
 
 import msgspec
 from nats.aio.client import Client
@@ -35,6 +34,7 @@ from nats.aio.subscription import Subscription
 from opentelemetry import trace
 
 from ..core import aggregates
+from ..core.clock import Clock, utc_now
 from ..core.commands import SubmitJob
 from ..core.errors import ConcurrencyConflict, DomainError, StoreError, SwiftTrainerError
 from ..core.events import AnyEvent, encode_event, event_type
@@ -57,12 +57,6 @@ from .tracing import extract_context, trace_carrier
 
 _log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
-
-Clock = Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _reply_from_result(command_id: str, result: AppendResult) -> CommandReply:

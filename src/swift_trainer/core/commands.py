@@ -14,10 +14,11 @@ import msgspec
 
 from .errors import MessageError, UnknownMessageType
 from .ids import JOB_ID_PATTERN
+from .limits import MAX_REASON_CHARS
 from .spec import JobSpec, Priority
 
 JobId = Annotated[str, msgspec.Meta(pattern=JOB_ID_PATTERN)]
-Reason = Annotated[str, msgspec.Meta(max_length=4096)]
+Reason = Annotated[str, msgspec.Meta(max_length=MAX_REASON_CHARS)]
 
 
 class Command(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=True):

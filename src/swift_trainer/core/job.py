@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Final
+from typing import Final, Literal
 
 import msgspec
 
@@ -92,11 +92,14 @@ class Checkpoint(msgspec.Struct, frozen=True):
     attempt: int
 
 
+ExportStatus = Literal["requested", "running", "succeeded", "failed"]
+
+
 class Export(msgspec.Struct, frozen=True, omit_defaults=True):
     export_id: str
     checkpoint: str
     runner_id: str
-    status: str = "requested"  # requested | running | succeeded | failed
+    status: ExportStatus = "requested"
     artifact_path: str | None = None
     reason: str | None = None
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from logging.handlers import RotatingFileHandler
+from pathlib import Path
 from typing import Final, TextIO
 
 from opentelemetry import trace
@@ -28,8 +30,25 @@ class TraceContextFilter(logging.Filter):
         return True
 
 
+#: A log file rotates at this size, keeping ``LOG_FILE_BACKUPS`` old ones.
+LOG_FILE_BYTES: Final = 50 * 1024 * 1024
+LOG_FILE_BACKUPS: Final = 5
+
+
 def log_handler(log_format: str, stream: TextIO | None = None) -> logging.Handler:
-    handler = logging.StreamHandler(stream or sys.stderr)
+    return _formatted(logging.StreamHandler(stream or sys.stderr), log_format)
+
+
+def file_handler(log_format: str, path: Path) -> logging.Handler:
+    """A size-rotated file, so a long-lived process cannot fill the disk with its logs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = RotatingFileHandler(
+        path, maxBytes=LOG_FILE_BYTES, backupCount=LOG_FILE_BACKUPS, encoding="utf-8"
+    )
+    return _formatted(handler, log_format)
+
+
+def _formatted(handler: logging.Handler, log_format: str) -> logging.Handler:
     handler.addFilter(TraceContextFilter())
     if log_format == "json":
         handler.setFormatter(
@@ -43,10 +62,14 @@ def log_handler(log_format: str, stream: TextIO | None = None) -> logging.Handle
     return handler
 
 
-def configure_logging(level: str, log_format: str = "text") -> None:
-    """Replace the root logger's handlers with one of ``log_format`` on stderr."""
+def configure_logging(level: str, log_format: str = "text", log_file: Path | None = None) -> None:
+    """Replace the root logger's handlers with one of ``log_format`` on stderr, and a
+    rotating ``log_file`` beside it when given (``LOG_DIR``)."""
+    handlers = [log_handler(log_format)]
+    if log_file is not None:
+        handlers.append(file_handler(log_format, log_file))
     logging.basicConfig(
         level=getattr(logging, level, logging.INFO),
-        handlers=[log_handler(log_format)],
+        handlers=handlers,
         force=True,
     )

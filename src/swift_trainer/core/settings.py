@@ -29,7 +29,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log_level: str = "INFO"
     #: ``text`` or ``json`` (one object per line, with ``trace_id`` and ``span_id``).
     log_format: str = "text"
-    log_dir: str = "logs"
+    #: ``None``: logs go to stderr only; set, each process also writes a rotating file there.
+    log_dir: str | None = None
     data_dir: str = ".swift-trainer"
     #: ``None``: start an embedded nats-server under the data dir.
     nats_url: str | None = None
@@ -140,7 +141,7 @@ def load_settings(
         environment=text("ENVIRONMENT", "dev") or "dev",
         log_level=(text("LOG_LEVEL", "INFO") or "INFO").upper(),
         log_format=log_format,
-        log_dir=text("LOG_DIR", "logs") or "logs",
+        log_dir=text("LOG_DIR"),
         data_dir=text("SWIFT_TRAINER_DATA_DIR", ".swift-trainer") or ".swift-trainer",
         nats_url=text("NATS_URL"),
         nats_user=text("NATS_USER"),

@@ -22,7 +22,6 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
@@ -31,6 +30,7 @@ import msgspec
 
 from swift_trainer.bus.messages import EventEnvelope, encode
 from swift_trainer.core import webhooks as w
+from swift_trainer.core.clock import Clock, utc_now
 from swift_trainer.core.errors import ConcurrencyConflict, MessageError, StoreError
 from swift_trainer.core.sqlaudit import streams_with_prefix
 from swift_trainer.core.sqlstore import SqlEventStore
@@ -53,7 +53,7 @@ class WebhookDispatcher:
         max_attempts: int = 8,
         timeout_s: float = 10.0,
         batch: int = 200,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Clock = utc_now,
     ) -> None:
         self.store = store
         self.signing_key = signing_key
