@@ -36,6 +36,7 @@ from .errors import (
     NoCheckpoint,
     StaleAssignment,
 )
+from .progress import TrainingMetrics
 from .spec import JobSpec, Priority, decode_spec
 
 
@@ -70,19 +71,9 @@ FINISHED: Final = frozenset(
 STOP_INTENTS: Final = ("stop", "pause", "cancel")
 
 
-class Progress(msgspec.Struct, frozen=True, omit_defaults=True):
-    step: int
-    max_steps: int | None = None
-    epoch: float | None = None
-    loss: float | None = None
-    learning_rate: float | None = None
-    grad_norm: float | None = None
-    elapsed_s: float | None = None
-    remaining_s: float | None = None
-    memory_gib: float | None = None
-    train_speed: float | None = None
-    eval_loss: float | None = None
-    tokens_seen: int | None = None
+class Progress(TrainingMetrics, frozen=True, omit_defaults=True, kw_only=True):
+    """The latest metrics, and when the runner reported them."""
+
     at: datetime | None = None
 
 

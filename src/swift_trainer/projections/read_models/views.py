@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 from swift_trainer.core.job import Checkpoint, Export, JobState, JobStatus
+from swift_trainer.core.progress import TrainingMetrics
 from swift_trainer.core.queue_processor import QueueProcessorState
 from swift_trainer.core.spec import TrainArgs
 
@@ -31,23 +32,11 @@ class Limits(msgspec.Struct, frozen=True):
             raise ValueError(f"read-model limits must be at least 1: {self!r}")
 
 
-class ProgressView(msgspec.Struct, frozen=True):
+class ProgressView(TrainingMetrics, frozen=True, omit_defaults=False, kw_only=True):
     """The latest progress report, with ``percent`` worked out once for every reader."""
 
-    step: int
-    max_steps: int | None = None
     percent: float | None = None
-    epoch: float | None = None
-    loss: float | None = None
-    learning_rate: float | None = None
-    grad_norm: float | None = None
-    eval_loss: float | None = None
-    elapsed_s: float | None = None
-    remaining_s: float | None = None
-    memory_gib: float | None = None
-    train_speed: float | None = None
     at: datetime | None = None
-    tokens_seen: int | None = None
 
 
 class JobSummary(msgspec.Struct, frozen=True):
