@@ -251,7 +251,7 @@ class Topology:
         for component in self.components.values():
             component.terminate()
         for name, component in self.components.items():
-            codes[name] = component.wait(30)
+            codes[name] = component.wait(90)  # a loaded machine stops slowly
         if self.redis is not None:
             self.redis.terminate()
             self.redis.wait(10)
