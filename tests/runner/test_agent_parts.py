@@ -16,18 +16,15 @@ from swift_trainer.bus.command_client import CommandUnavailable
 from swift_trainer.bus.messages import CommandReply, ReplyError
 from swift_trainer.core import commands as c
 from swift_trainer.core.settings import Settings
-from swift_trainer.runner import agent as agent_module
-from swift_trainer.runner.agent import (
-    SIMULATOR,
-    HandledEvents,
-    add_runner_arguments,
-    merged_artifact_complete,
-    options_from_args,
-    resolve_resume,
-)
+from swift_trainer.runner import runner_factory
+from swift_trainer.runner.agent import merged_artifact_complete
+from swift_trainer.runner.handled_events import HandledEvents
 from swift_trainer.runner.log_publisher import MAX_LINE_CHARS, LogPublisher, SeqClock
+from swift_trainer.runner.outcome import ExportOutcome
 from swift_trainer.runner.reporting import ReportOutbox, export_failure_reason
-from swift_trainer.runner.supervisor import ExportOutcome
+from swift_trainer.runner.resume_checkpoint import resolve_resume
+from swift_trainer.runner.runner_cli import add_runner_arguments, options_from_args
+from swift_trainer.runner.runner_factory import SIMULATOR
 
 IDS = {"job_id": "j1", "attempt": 1, "runner_id": "r1"}
 
@@ -234,7 +231,7 @@ def test_export_failure_reason_names_the_last_stderr_lines() -> None:
 def test_runner_options_default_from_the_host_and_settings(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(agent_module.socket, "gethostname", lambda: "gpu.host_1.example")
+    monkeypatch.setattr(runner_factory.socket, "gethostname", lambda: "gpu.host_1.example")
     parser = argparse.ArgumentParser()
     add_runner_arguments(parser)
     settings = Settings(data_dir="/var/st", output_root="/data/out")

@@ -27,18 +27,11 @@ from tests.runner.runner_helpers import (
     wait_for,
 )
 
-from swift_trainer.runner.inventory import FakeInventory
-from swift_trainer.runner.supervisor import (
-    MAX_STDERR_TAIL_CHARS,
-    AlreadyRunning,
-    ExportOutcome,
-    JobOutcome,
-    LaunchError,
-    ProcessTree,
-    RunStateStore,
-    Supervisor,
-    run_key,
-)
+from swift_trainer.runner.gpu_probe import FakeInventory
+from swift_trainer.runner.outcome import MAX_STDERR_TAIL_CHARS, ExportOutcome, JobOutcome
+from swift_trainer.runner.process_tree import ProcessTree
+from swift_trainer.runner.run_state import RunStateStore, run_key
+from swift_trainer.runner.supervisor import AlreadyRunning, LaunchError, Supervisor
 from swift_trainer.runner.swift_command import (
     SwiftInvocation,
     build_export_command,

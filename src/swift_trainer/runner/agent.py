@@ -48,16 +48,12 @@ What it does, and why it is built so:
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import importlib.metadata
 import logging
 import os
-import re
-import socket
-import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
@@ -74,7 +70,6 @@ from opentelemetry import trace
 
 from ..bus import subjects
 from ..bus.command_client import CommandClient
-from ..bus.connection import connect, provision, resolve_nats_url
 from ..bus.messages import EventEnvelope, JobStateAnswer, ReplyError, decode_event_envelope
 from ..bus.tracing import extract_context
 from ..core import commands as c
@@ -82,13 +77,11 @@ from ..core import events as e
 from ..core.errors import SwiftTrainerError
 from ..core.ids import job_stream
 from ..core.inventory import RunnerHeartbeat, RunnerJob
-from ..core.settings import Settings
-from ..core.shutdown import wait_for_shutdown
 from ..core.spec import JobSpec
-from ..core.telemetry import setup_tracing
 from ._tasks import cancel_and_wait
 from .dataset_cache import DatasetCache, DatasetUnavailable
-from .inventory import FakeInventory, GpuInventory, NvmlInventory, foreign_memory_mib
+from .gpu_probe import GpuInventory, foreign_memory_mib
+from .handled_events import HandledEvents
 from .log_publisher import LogPublisher
 from .reporting import (
     ExportReports,
@@ -97,7 +90,9 @@ from .reporting import (
     export_started_command_id,
     started_command_id,
 )
-from .supervisor import AlreadyRunning, LaunchError, RunRecord, Supervisor, run_key
+from .resume_checkpoint import resolve_resume
+from .run_state import RunRecord, run_key
+from .supervisor import AlreadyRunning, LaunchError, Supervisor
 from .swift_command import build_export_command, build_sft_command, expected_export_path
 
 _log = logging.getLogger(__name__)
@@ -108,14 +103,6 @@ DEFAULT_MAX_FOREIGN_MEMORY_MIB: Final = 1024
 MAX_REPORT_RESENDS: Final = 5
 _LIVE: Final = frozenset({"scheduled", "running", "stopping"})
 _GONE: Final = frozenset({"new", "deleted"})
-SIMULATOR: Final = (sys.executable, "-m", "swift_trainer.runner.simulator")
-_UNSAFE_ID: Final = re.compile(r"[^A-Za-z0-9_-]+")
-
-
-def default_runner_id() -> str:
-    """The host name, reduced to the characters a subject token and a KV key allow."""
-    name = _UNSAFE_ID.sub("-", socket.gethostname()).strip("-")
-    return name[:64] or "runner"
 
 
 def consumer_name(runner_id: str) -> str:
@@ -140,69 +127,6 @@ def merged_artifact_complete(path: str | Path) -> bool:
 
 def _is_dir(path: Path) -> bool:
     return path.is_dir()
-
-
-_CHECKPOINT_DIR: Final = re.compile(r"checkpoint-(\d+)")
-
-
-def resolve_resume(resume_from: str | None) -> tuple[str | None, str | None]:
-    """The checkpoint to resume from here, or why there is none: ``(path, problem)``.
-
-    A relative path is resolved inside the job's output folder by the command builder. An
-    absolute one must be on this host. When it is gone but the folder holds newer complete
-    checkpoints (an attempt marked lost trained on, and ``save_total_limit`` rotated the
-    recorded one away), the newest is used: it holds at least as much progress.
-    """
-    if not resume_from or not Path(resume_from).is_absolute() or Path(resume_from).is_dir():
-        return resume_from, None
-    named = Path(resume_from)
-    candidates = []
-    with contextlib.suppress(OSError):
-        for entry in named.parent.iterdir():
-            match = _CHECKPOINT_DIR.fullmatch(entry.name)
-            if match and (entry / "trainer_state.json").is_file():
-                candidates.append((int(match.group(1)), entry))
-    if candidates:
-        newest = max(candidates)[1]
-        _log.warning("checkpoint %s is gone; resuming from %s instead", named, newest)
-        return str(newest), None
-    return None, f"checkpoint {resume_from} to resume from is not on this runner"
-
-
-class HandledEvents:
-    """Ids of the start and export events acted on, kept on disk across restarts.
-
-    A start redelivered after the process it started has already ended (the ack was lost
-    with a crash) must not train the attempt a second time. Bounded: the oldest ids go.
-    """
-
-    def __init__(self, path: str | Path, *, limit: int = 4096) -> None:
-        self.path = Path(path)
-        self.limit = limit
-        self._ids: dict[str, None] = {}
-        try:
-            loaded = msgspec.json.decode(self.path.read_bytes(), type=list[str])
-        except FileNotFoundError:
-            loaded = []
-        except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
-            _log.warning("ignoring unreadable %s: %s", self.path, exc)
-            loaded = []
-        self._ids = dict.fromkeys(loaded[-limit:])
-
-    def __contains__(self, event_id: object) -> bool:
-        return event_id in self._ids
-
-    def add(self, event_id: str) -> None:
-        self._ids[event_id] = None
-        while len(self._ids) > self.limit:
-            self._ids.pop(next(iter(self._ids)))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        try:
-            tmp.write_bytes(msgspec.json.encode(list(self._ids)))
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            _log.error("cannot persist %s: %s", self.path, exc)
 
 
 class RunnerAgent:
@@ -349,9 +273,9 @@ class RunnerAgent:
 
     async def heartbeat(self) -> RunnerHeartbeat:
         """The heartbeat as it would be put now (the inventory is read in a thread)."""
-        before = self.supervisor.own_pids()
+        before = await self.supervisor.own_pids_async()
         snapshot = await asyncio.to_thread(self.inventory.snapshot)
-        own = before | self.supervisor.own_pids()
+        own = before | await self.supervisor.own_pids_async()
         running = [
             RunnerJob(
                 job_id=record.job_id,
@@ -412,8 +336,7 @@ class RunnerAgent:
         except SwiftTrainerError as exc:
             self.malformed += 1
             _log.warning("terminating undecodable message on %s: %s", msg.subject, exc)
-            with contextlib.suppress(Exception):
-                await msg.term()
+            await _settle(msg.term(), "term", msg)
             return
         with _tracer.start_as_current_span(
             f"runner {envelope.type}",
@@ -427,11 +350,9 @@ class RunnerAgent:
                 _log.exception(
                     "handling %s %s failed; redelivering", envelope.type, envelope.event_id
                 )
-                with contextlib.suppress(Exception):
-                    await msg.nak(delay=2.0)
+                await _settle(msg.nak(delay=2.0), "nak", msg)
                 return
-        with contextlib.suppress(Exception):
-            await msg.ack()
+        await _settle(msg.ack(), "ack", msg)
 
     async def dispatch(self, envelope: EventEnvelope, event: e.AnyEvent) -> None:
         match event:
@@ -518,9 +439,9 @@ class RunnerAgent:
 
     async def _check_assignment(self, event: e.JobScheduled) -> str | None:
         """Why this host cannot run the assignment now, or None."""
-        before = self.supervisor.own_pids()
+        before = await self.supervisor.own_pids_async()
         snapshot = await asyncio.to_thread(self.inventory.snapshot)
-        own = before | self.supervisor.own_pids()
+        own = before | await self.supervisor.own_pids_async()
         gpus = {gpu.index: gpu for gpu in snapshot.gpus}
         missing = [i for i in event.gpu_ids if i not in gpus]
         if missing:
@@ -762,175 +683,10 @@ class RunnerAgent:
         task.add_done_callback(self._resends.discard)
 
 
-# --- assembly and the command line ------------------------------------------------------------
-
-
-class RunnerOptions(msgspec.Struct, frozen=True, kw_only=True):
-    """Everything ``create_runner_agent`` needs; ``swift-trainer runner`` fills it from its
-    options and ``up --simulate-gpus N`` from its own."""
-
-    runner_id: str
-    output_root: str
-    state_dir: str
-    swift_executable: tuple[str, ...] = ("swift",)
-    simulate_gpus: int | None = None
-    simulate_gpu_name: str = "Simulated A100-SXM4-80GB"
-    simulate_gpu_memory_mib: int = 81920
-    simulate_step_seconds: float | None = None
-    heartbeat_s: float = 2.0
-    lease_s: float = 10.0
-    grace_period_s: float = 60.0
-    stop_jobs_on_exit: bool = False
-    max_foreign_memory_mib: int = DEFAULT_MAX_FOREIGN_MEMORY_MIB
-
-
-def simulated_options(
-    settings: Settings, gpu_count: int, *, runner_id: str | None = None, **overrides: object
-) -> RunnerOptions:
-    """Options for a simulated runner next to an embedded service (``up --simulate-gpus``)."""
-    rid = runner_id or default_runner_id()
-    options = RunnerOptions(
-        runner_id=rid,
-        output_root=settings.output_root,
-        state_dir=str(Path(settings.data_dir) / f"runner-{rid}"),
-        swift_executable=SIMULATOR,
-        simulate_gpus=gpu_count,
-    )
-    return msgspec.structs.replace(options, **overrides)
-
-
-def create_runner_agent(
-    nc: Client,
-    options: RunnerOptions,
-    *,
-    command_timeout_s: float = 10.0,
-    base_env: Mapping[str, str] | None = None,
-) -> RunnerAgent:
-    """Build the inventory (NVML, or fake GPUs), the supervisor and the agent."""
-    state_dir = Path(options.state_dir)
-    inventory: GpuInventory
-    if options.simulate_gpus is not None:
-        inventory = FakeInventory(
-            options.simulate_gpus,
-            output_root=options.output_root,
-            name=options.simulate_gpu_name,
-            memory_mib=options.simulate_gpu_memory_mib,
-        )
-        registry: FakeInventory | None = inventory
-    else:
-        inventory = NvmlInventory(options.output_root)
-        registry = None
-    supervisor = Supervisor(
-        state_dir=state_dir / "runs",
-        grace_period_s=options.grace_period_s,
-        process_registry=registry,
-    )
-    env = dict(os.environ if base_env is None else base_env)
-    if options.simulate_step_seconds is not None:
-        env["SWIFT_SIM_STEP_SECONDS"] = str(options.simulate_step_seconds)
-    from .metrics import MeteredRunnerAgent
-
-    return MeteredRunnerAgent(
-        nc,
-        runner_id=options.runner_id,
-        inventory=inventory,
-        supervisor=supervisor,
-        swift_executable=options.swift_executable,
-        output_root=options.output_root,
-        state_dir=state_dir / "agent",
-        heartbeat_s=options.heartbeat_s,
-        lease_s=options.lease_s,
-        grace_period_s=options.grace_period_s,
-        base_env=env,
-        max_foreign_memory_mib=options.max_foreign_memory_mib,
-        command_timeout_s=command_timeout_s,
-        stop_jobs_on_exit=options.stop_jobs_on_exit,
-    )
-
-
-def add_runner_arguments(parser: argparse.ArgumentParser) -> None:
-    add = parser.add_argument
-    add("--nats-url", help="NATS server (default NATS_URL or the running 'up')")
-    add("--runner-id", help="this runner's id (default: the host name)")
-    add("--simulate-gpus", type=int, metavar="N", help="simulate N GPUs and run swift-sim")
-    add("--simulate-gpu-name", default="Simulated A100-SXM4-80GB")
-    add("--simulate-gpu-memory-mib", type=int, default=81920)
-    add(
-        "--simulate-step-seconds",
-        type=float,
-        help="seconds per simulated training step (SWIFT_SIM_STEP_SECONDS)",
-    )
-    add(
-        "--swift-executable",
-        help="the swift CLI to run (default: 'swift', or the simulator with --simulate-gpus); "
-        "several words are split like a shell would not: give a path",
-    )
-    add("--output-root", help="where job output folders go (default OUTPUT_ROOT)")
-    add("--state-dir", help="the runner's state (default <data dir>/runner-<id>)")
-    add("--heartbeat-s", type=float, default=2.0)
-    add("--lease-s", type=float, default=10.0)
-    add("--grace-period-s", type=float, default=60.0, help="time to save a checkpoint on stop")
-    add(
-        "--max-foreign-memory-mib",
-        type=int,
-        default=DEFAULT_MAX_FOREIGN_MEMORY_MIB,
-        help="refuse GPUs on which other processes hold more memory than this",
-    )
-    add(
-        "--stop-jobs-on-exit",
-        action="store_true",
-        help="stop training on shutdown (default: leave it running for the next start)",
-    )
-
-
-def options_from_args(settings: Settings, args: argparse.Namespace) -> RunnerOptions:
-    runner_id = args.runner_id or default_runner_id()
-    if args.swift_executable:
-        executable: tuple[str, ...] = (args.swift_executable,)
-    elif args.simulate_gpus is not None:
-        executable = SIMULATOR
-    else:
-        executable = ("swift",)
-    return RunnerOptions(
-        runner_id=runner_id,
-        output_root=args.output_root or settings.output_root,
-        state_dir=args.state_dir or str(Path(settings.data_dir) / f"runner-{runner_id}"),
-        swift_executable=executable,
-        simulate_gpus=args.simulate_gpus,
-        simulate_gpu_name=args.simulate_gpu_name,
-        simulate_gpu_memory_mib=args.simulate_gpu_memory_mib,
-        simulate_step_seconds=args.simulate_step_seconds,
-        heartbeat_s=args.heartbeat_s,
-        lease_s=args.lease_s,
-        grace_period_s=args.grace_period_s,
-        stop_jobs_on_exit=args.stop_jobs_on_exit,
-        max_foreign_memory_mib=args.max_foreign_memory_mib,
-    )
-
-
-async def run_runner(settings: Settings, args: argparse.Namespace) -> int:
-    """``swift-trainer runner``: run until SIGINT/SIGTERM, then leave (exit code 0)."""
-    options = options_from_args(settings, args)
-    setup_tracing(f"swift-trainer-runner-{options.runner_id}")
-    nc = await connect(
-        resolve_nats_url(settings, getattr(args, "nats_url", None)),
-        settings,
-        name=f"runner-{options.runner_id}",
-    )
+async def _settle(reply: Awaitable[None], verb: str, msg: Msg) -> None:
+    """Send an ack, nak or term; a failure is logged, not raised: the message is then
+    redelivered after ``ack_wait`` and handled again (handling is idempotent)."""
     try:
-        await provision(
-            nc.jetstream(),
-            runner_lease_s=max(options.lease_s, 1.0) * 1.5,
-            replicas=settings.nats_stream_replicas,
-        )
-        agent = create_runner_agent(nc, options, command_timeout_s=settings.command_timeout_s)
-        await agent.start()
-        try:
-            await wait_for_shutdown()
-        finally:
-            _log.info("runner %s stopping", options.runner_id)
-            await agent.stop()
-    finally:
-        with contextlib.suppress(Exception):
-            await nc.drain()
-    return 0
+        await reply
+    except Exception as exc:
+        _log.warning("cannot %s the message on %s: %s", verb, msg.subject, exc)
