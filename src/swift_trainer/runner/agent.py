@@ -1,49 +1,11 @@
 """The runner agent: the NATS shell around the supervisor on one GPU host.
 
-What it does, and why it is built so:
-
-* **Heartbeat.** Every ``heartbeat_s`` it puts a ``RunnerHeartbeat`` (GPU inventory, the
-  memory foreign processes hold per GPU, the runs it supervises) into the runners' KV
-  bucket under its id. The scheduler places only on runners it sees there, and takes the
-  jobs of a runner whose heartbeat is older than its lease back. Inventory snapshots may
-  block (NVML), so they run in a thread.
-* **Its own events, durably.** A durable JetStream pull consumer (``runner-<id>``) on the
-  EVENTS stream, filtered to ``subjects.runner_events_filter(runner_id)``: start, stop and
-  export requests addressed to this runner survive its restarts and are acknowledged only
-  once acted on (or deliberately ignored). A new consumer starts with the messages that
-  arrive after it was created: it is created before the first heartbeat, and nothing is
-  placed on a runner before its first heartbeat, so nothing is missed; an older consumer
-  resumes where it was. Redelivery is harmless: the ids of handled start and export events
-  are kept on disk (``handled.json``), and the supervisor answers a repeated start of the
-  attempt it runs with the same pid. A message that cannot be decoded is logged and
-  terminated (never redelivered), never raised.
-* **Starting.** ``JobScheduled`` carries no spec, so the job's ``JobSubmitted`` is read
-  from the EVENTS stream (by its exact subject); the ``swift sft`` command line is built
-  for the assigned GPUs (and ``resume_from``) and started under the supervisor. The runner
-  refuses the assignment (``RejectAssignment``) when the GPUs are not on this host (or their
-  UUIDs differ from the placement's), already run another job of ours, hold more than
-  ``max_foreign_memory_mib`` of processes this runner did not start, when the checkpoint to
-  resume from is not here, or when the process cannot be started at all.
-* **Stopping.** ``StopRequested`` asks the supervisor to stop (SIGTERM to the trainers, a
-  grace period to save a checkpoint, then SIGKILL); the outcome arrives through the
-  reporter as ``ReportStopped`` with the newest checkpoint. A stop for a job that is not
-  running here is answered with ``ReportStopped`` at once, so a job cannot hang in
-  "stopping".
-* **Exports.** ``ExportRequested`` runs ``swift export --merge_lora true``; when the merged
-  model already exists and ``overwrite`` is false, the existing one is reported without
-  running anything.
-* **Reports** go through ``ReportOutbox`` (ordered per job, retried with the same command
-  id, durable; see ``reporting``). No single refusal stops a training: the agent first asks
-  a command handler for the job's stored state (``JOB_STATE_QUERY``). Only when the store
-  says the attempt is over (the job was given away after this runner's lease expired, or
-  it ended) is the process stopped: its GPUs belong to someone else. A report refused while
-  the attempt is still live is sent again.
-* **Logs** go to the LOGS stream (``log_publisher`` documents the message and its ``seq``).
-* **Restarts.** At start the agent re-attaches to the runs in the supervisor's state folder
-  (training processes run in their own sessions and survive the agent), reports each as
-  started again (same command id: deduplicated) and follows it to its end; runs that ended
-  while the agent was away are judged from their logs and reported. On SIGINT/SIGTERM it
-  leaves training processes running for the next start, unless ``--stop-jobs-on-exit``.
+It heartbeats its GPU inventory into the runners' KV bucket, consumes the start, stop and
+export events addressed to it from a durable pull consumer (acknowledged once acted on;
+redelivery is harmless: handled ids are kept on disk and a repeated start gets the same
+pid back), starts ``swift sft`` / ``swift export`` under the supervisor, and sends every
+report through the durable outbox. A refused report stops a training only when the store
+confirms the attempt is over. ``docs/architecture.md`` ("The runner") has the details.
 """
 
 from __future__ import annotations
@@ -79,18 +41,16 @@ from ..core.ids import job_stream
 from ..core.inventory import RunnerHeartbeat, RunnerJob
 from ..core.spec import JobSpec
 from ._tasks import cancel_and_wait
+from .assignment_check import assignment_problem
 from .dataset_cache import DatasetCache, DatasetUnavailable
 from .gpu_probe import GpuInventory, foreign_memory_mib
 from .handled_events import HandledEvents
 from .log_publisher import LogPublisher
 from .reporting import (
-    ExportReports,
-    JobReports,
     ReportOutbox,
-    export_started_command_id,
-    started_command_id,
 )
 from .resume_checkpoint import resolve_resume
+from .run_reports import RunReporters
 from .run_state import RunRecord, run_key
 from .supervisor import AlreadyRunning, LaunchError, Supervisor
 from .swift_command import build_export_command, build_sft_command, expected_export_path
@@ -188,6 +148,9 @@ class RunnerAgent:
             self.client, self.state_dir / "outbox", on_refused=self._on_refused
         )
         self.logs = LogPublisher(nc, runner_id)
+        self.reporters = RunReporters(
+            runner_id=runner_id, outbox=self.outbox, logs=self.logs, supervisor=supervisor
+        )
         self.handled = HandledEvents(self.state_dir / "handled.json")
         #: Uploaded datasets, fetched from the object store (the state dir is per runner).
         self.datasets = DatasetCache(self.js, self.state_dir / "datasets")
@@ -209,8 +172,8 @@ class RunnerAgent:
         if resent:
             _log.info("re-sending %d reports left undelivered by the previous run", resent)
         records = await self.supervisor.reattach(
-            job_reporter=self._reattached_job,
-            export_reporter=self._reattached_export,
+            job_reporter=self.reporters.reattached_job,
+            export_reporter=self.reporters.reattached_export,
         )
         for record in records:
             _log.info(
@@ -442,26 +405,11 @@ class RunnerAgent:
         before = await self.supervisor.own_pids_async()
         snapshot = await asyncio.to_thread(self.inventory.snapshot)
         own = before | await self.supervisor.own_pids_async()
-        gpus = {gpu.index: gpu for gpu in snapshot.gpus}
-        missing = [i for i in event.gpu_ids if i not in gpus]
-        if missing:
-            return (
-                f"GPUs {missing} are not visible on this runner ({snapshot.error or 'not listed'})"
-            )
-        for index, uuid in zip(event.gpu_ids, event.gpu_uuids, strict=False):
-            if gpus[index].uuid != uuid:
-                return f"GPU {index} is {gpus[index].uuid} here, not {uuid}: the placement is stale"
-        for record in self.supervisor.running():
-            shared = sorted(set(record.gpu_ids) & set(event.gpu_ids))
-            if shared and record.kind == "job" and record.job_id != event.job_id:
-                return f"GPUs {shared} are in use by job {record.job_id} on this runner"
-        for index in event.gpu_ids:
-            foreign = foreign_memory_mib(gpus[index], own)
-            if foreign > self.max_foreign_memory_mib:
-                return (
-                    f"GPU {index} has {foreign} MiB in use by processes this runner did not "
-                    f"start (limit {self.max_foreign_memory_mib} MiB)"
-                )
+        problem = assignment_problem(
+            event, snapshot, own, self.supervisor.running(), self.max_foreign_memory_mib
+        )
+        if problem is not None:
+            return problem
         return resolve_resume(event.resume_from)[1]
 
     async def _start(self, event: e.JobScheduled) -> None:
@@ -493,7 +441,7 @@ class RunnerAgent:
                     event.job_id,
                     event.attempt,
                     invocation,
-                    self._job_reports(event.job_id, event.attempt),
+                    self.reporters.job(event.job_id, event.attempt),
                     gpu_ids=event.gpu_ids,
                 )
         except (LaunchError, AlreadyRunning, ValueError) as exc:
@@ -538,86 +486,11 @@ class RunnerAgent:
             )
             try:
                 await self.supervisor.start_export(
-                    event.job_id, event.export_id, invocation, self._export_reports(event)
+                    event.job_id, event.export_id, invocation, self.reporters.export(event)
                 )
             except LaunchError as exc:
                 self.outbox.submit(c.ReportExportFailed(**ids, exit_code=None, reason=str(exc)))
         self.handled.add(envelope.event_id)
-
-    # --- reporters ----------------------------------------------------------------------
-
-    def _job_reports(self, job_id: str, attempt: int) -> JobReports:
-        key = run_key("job", job_id)
-
-        def started_id(pid: int) -> str:
-            record = next((r for r in self.supervisor.running() if r.key == key), None)
-            created = record.create_time if record is not None and record.pid == pid else 0.0
-            return started_command_id(job_id, attempt, pid, created)
-
-        return JobReports(
-            job_id=job_id,
-            attempt=attempt,
-            runner_id=self.runner_id,
-            outbox=self.outbox,
-            logs=self.logs,
-            started_id=started_id,
-        )
-
-    def _export_reports(self, event: e.ExportRequested) -> ExportReports:
-        key = run_key("export", event.export_id)
-
-        def started_id(pid: int) -> str:
-            record = next((r for r in self.supervisor.running() if r.key == key), None)
-            created = record.create_time if record is not None and record.pid == pid else 0.0
-            return export_started_command_id(event.export_id, pid, created)
-
-        return ExportReports(
-            job_id=event.job_id,
-            export_id=event.export_id,
-            runner_id=self.runner_id,
-            outbox=self.outbox,
-            logs=self.logs,
-            started_id=started_id,
-        )
-
-    def _reattached_job(self, record: RunRecord) -> JobReports:
-        """Reporter of a run found after a restart; it is reported as started again first
-        (deduplicated by its command id), since that report may be what the crash lost."""
-        reports = self._job_reports(record.job_id, record.attempt)
-        self.outbox.submit(
-            c.ReportStarted(
-                job_id=record.job_id,
-                attempt=record.attempt,
-                runner_id=self.runner_id,
-                pid=record.pid,
-                command=record.argv,
-            ),
-            command_id=started_command_id(
-                record.job_id, record.attempt, record.pid, record.create_time
-            ),
-        )
-        return reports
-
-    def _reattached_export(self, record: RunRecord) -> ExportReports:
-        export_id = record.export_id or ""
-        reports = ExportReports(
-            job_id=record.job_id,
-            export_id=export_id,
-            runner_id=self.runner_id,
-            outbox=self.outbox,
-            logs=self.logs,
-        )
-        self.outbox.submit(
-            c.ReportExportStarted(
-                job_id=record.job_id,
-                export_id=export_id,
-                runner_id=self.runner_id,
-                pid=record.pid,
-                command=record.argv,
-            ),
-            command_id=export_started_command_id(export_id, record.pid, record.create_time),
-        )
-        return reports
 
     async def _on_refused(self, command: c.AnyJobCommand, error: ReplyError) -> None:
         """Confirm a refusal against the job's stored state before acting on it.
