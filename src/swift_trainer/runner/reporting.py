@@ -41,7 +41,7 @@ from ..core.ids import new_id
 from ._tasks import cancel_and_wait
 from .log_publisher import LogPublisher
 from .outcome import ExportOutcome, JobOutcome
-from .run_reporter import Stream
+from .reporter_protocol import Stream
 from .training_log import TrainingProgress
 
 _log = logging.getLogger(__name__)

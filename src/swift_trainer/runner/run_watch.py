@@ -28,7 +28,7 @@ from .outcome import (
     decide_job,
 )
 from .process_tree import ProcessTree
-from .run_reporter import ExportReporter, JobReporter, Stream
+from .reporter_protocol import ExportReporter, JobReporter, Stream
 from .run_state import RunRecord
 from .training_log import (
     LOGGING_FILE,

@@ -17,8 +17,8 @@ from nats.aio.client import Client
 
 from ..core.settings import Settings
 from .agent import DEFAULT_MAX_FOREIGN_MEMORY_MIB, RunnerAgent
+from .gpu_metrics import MeteredRunnerAgent
 from .gpu_probe import FakeInventory, GpuInventory, NvmlInventory
-from .metrics import MeteredRunnerAgent
 from .supervisor import Supervisor
 
 #: The swift command of a simulated runner: the bundled simulator.
