@@ -152,13 +152,13 @@ async def test_own_pids_async_scans_in_a_worker_thread(
     )
     assert len(records) == 2
     threads: list[threading.Thread] = []
-    real = process_tree.scan_sessions
+    real = process_tree.scan_host
 
-    def recording() -> dict[int, list[psutil.Process]]:
+    def recording() -> process_tree.HostScan:
         threads.append(threading.current_thread())
         return real()
 
-    monkeypatch.setattr(process_tree, "scan_sessions", recording)
+    monkeypatch.setattr(process_tree, "scan_host", recording)
     try:
         pids = await sup.own_pids_async()
         assert len(threads) == 1

@@ -12,29 +12,55 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Final
 
 import psutil
 
-#: Live processes by session id, from one scan of the process table.
-SessionTable = Mapping[int, Sequence[psutil.Process]]
 
+@dataclass(frozen=True)
+class HostScan:
+    """One pass over the host's processes, grouped by session and by parent.
 
-def scan_sessions() -> dict[int, list[psutil.Process]]:
-    """Every live process on the host grouped by session: one ``process_iter`` pass.
-
-    A scan reads ``/proc`` for every process on the host, so callers that look at several
-    trees at once (``Supervisor.own_pids``) share one instead of one per tree and call.
+    A pass reads ``/proc`` for every process on the host, so a caller that looks at several
+    trees at once (``Supervisor.own_pids``) shares one instead of two per tree.
     """
-    table: dict[int, list[psutil.Process]] = {}
+
+    sessions: Mapping[int, Sequence[psutil.Process]]
+    children: Mapping[int, Sequence[psutil.Process]]
+
+    def descendants(self, parent: psutil.Process) -> list[psutil.Process]:
+        """Like ``parent.children(recursive=True)``, without another pass over ``/proc``."""
+        found: list[psutil.Process] = []
+        stack = [parent]
+        seen = {parent.pid}
+        while stack:
+            proc = stack.pop()
+            for child in self.children.get(proc.pid, ()):
+                if child.pid in seen:
+                    continue
+                with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                    if child.create_time() >= proc.create_time():  # not a reused pid
+                        seen.add(child.pid)
+                        found.append(child)
+                        stack.append(child)
+        return found
+
+
+def scan_host() -> HostScan:
+    """Every process on the host by session and by parent: one ``process_iter`` pass
+    (liveness is checked later, for the members of our runs only)."""
+    sessions: dict[int, list[psutil.Process]] = {}
+    children: dict[int, list[psutil.Process]] = {}
     for proc in psutil.process_iter():
         try:
             sid = os.getsid(proc.pid)
-        except (ProcessLookupError, PermissionError, psutil.NoSuchProcess):
+            ppid = proc.ppid()
+        except (ProcessLookupError, PermissionError, psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        if _alive(proc):
-            table.setdefault(sid, []).append(proc)
-    return table
+        sessions.setdefault(sid, []).append(proc)
+        children.setdefault(ppid, []).append(proc)
+    return HostScan(sessions, children)
 
 
 def _alive(proc: psutil.Process) -> bool:
@@ -63,11 +89,11 @@ def live_pids(trees: Sequence[ProcessTree]) -> set[int]:
     """
     if not trees:
         return set()
-    table = scan_sessions()
+    scan = scan_host()
     pids: set[int] = set()
     for tree in trees:
-        tree.refresh(table)
-        pids.update(proc.pid for proc in tree.alive(table))
+        tree.refresh(scan)
+        pids.update(proc.pid for proc in tree.alive(scan))
     return pids
 
 
@@ -98,12 +124,12 @@ class ProcessTree:
         except psutil.NoSuchProcess:
             return True
 
-    def _session_members(self, table: SessionTable | None = None) -> list[psutil.Process]:
-        """The session's live processes, from ``table`` (a shared scan) or a scan of its own."""
+    def _session_members(self, scan: HostScan | None = None) -> list[psutil.Process]:
+        """The session's live processes, from ``scan`` (a shared one) or a scan of its own."""
         if not self._session_is_ours():
             return []
-        if table is not None:
-            return [proc for proc in table.get(self.sid, ()) if _alive(proc)]
+        if scan is not None:
+            return [proc for proc in scan.sessions.get(self.sid, ()) if _alive(proc)]
         members = []
         for proc in psutil.process_iter():
             try:
@@ -117,28 +143,29 @@ class ProcessTree:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             self.known.setdefault(proc.pid, proc.create_time())
 
-    def refresh(self, table: SessionTable | None = None) -> None:
-        """Remember every process now in the tree or the session (``table``: a shared scan)."""
+    def refresh(self, scan: HostScan | None = None) -> None:
+        """Remember every process now in the tree or the session (``scan``: a shared one)."""
         leader = _process(self.pid, self.create_time)
         if leader is not None:
             with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-                for child in leader.children(recursive=True):
+                tree = scan.descendants(leader) if scan else leader.children(recursive=True)
+                for child in tree:
                     self._remember(child)
-        for member in self._session_members(table):
+        for member in self._session_members(scan):
             self._remember(member)
 
     def leader_alive(self) -> bool:
         return _process(self.pid, self.create_time) is not None
 
-    def alive(self, table: SessionTable | None = None) -> list[psutil.Process]:
-        """Every live process of the run, remembered or in the session (``table``: a shared
-        scan)."""
+    def alive(self, scan: HostScan | None = None) -> list[psutil.Process]:
+        """Every live process of the run, remembered or in the session (``scan``: a shared
+        one)."""
         found: dict[int, psutil.Process] = {}
         for pid, created in list(self.known.items()):
             proc = _process(pid, created)
             if proc is not None:
                 found[pid] = proc
-        for member in self._session_members(table):
+        for member in self._session_members(scan):
             found.setdefault(member.pid, member)
             self._remember(member)
         return list(found.values())
