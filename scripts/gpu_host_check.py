@@ -45,18 +45,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))  # also works without the editable install
 
 from swift_trainer.core.spec import JobSpec, TrainArgs  # noqa: E402
-from swift_trainer.runner.inventory import (  # noqa: E402
+from swift_trainer.runner.gpu_probe import (  # noqa: E402
     FakeInventory,
     GpuInventory,
     NvmlInventory,
     foreign_memory_mib,
 )
-from swift_trainer.runner.supervisor import (  # noqa: E402
-    ExportOutcome,
-    JobOutcome,
-    Stream,
-    Supervisor,
-)
+from swift_trainer.runner.outcome import ExportOutcome, JobOutcome  # noqa: E402
+from swift_trainer.runner.reporter_protocol import Stream  # noqa: E402
+from swift_trainer.runner.supervisor import Supervisor  # noqa: E402
 from swift_trainer.runner.swift_command import build_sft_command  # noqa: E402
 from swift_trainer.runner.training_log import TrainingProgress  # noqa: E402
 

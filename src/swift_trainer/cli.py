@@ -51,7 +51,8 @@ async def _run_up(settings: Settings, args: argparse.Namespace) -> int:
     """Everything in one process: NATS, store, handler, relay, read models, scheduler, a
     local runner (simulated GPUs with ``--simulate-gpus N``, else NVML) and the HTTP API."""
     from .projections.observed_scheduler import ObservedSchedulerService
-    from .runner.agent import create_runner_agent, options_from_args
+    from .runner.runner_cli import options_from_args
+    from .runner.runner_factory import create_runner_agent
 
     service = Service(settings, name="swift-trainer")
     try:
@@ -324,7 +325,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     from .projections.scheduler_service import add_scheduler_arguments
-    from .runner.agent import add_runner_arguments
+    from .runner.runner_cli import add_runner_arguments
 
     add_runner_arguments(up)
     scheduler = sub.add_parser("scheduler", help="run a scheduler (distributed)")
@@ -402,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .client.commands import run_client
         from .contract_cli import run_contract
         from .projections.scheduler_service import run_scheduler
-        from .runner.agent import run_runner
+        from .runner.runner_cli import run_runner
         from .webhooks_cli import run_webhooks
 
         runners = {

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import msgspec
 
-from swift_trainer.runner.inventory import GpuInfo, HostInfo, InventorySnapshot
+from swift_trainer.runner.gpu_probe import GpuInfo, HostInfo, InventorySnapshot
 
 from .conftest import Stack, read_model_of, running_stack
 from .test_jobs import problem

@@ -139,7 +139,7 @@ def _registered_families() -> set[str]:
     import swift_trainer.api.metrics
     import swift_trainer.bus.metrics
     import swift_trainer.projections.metrics
-    import swift_trainer.runner.metrics  # noqa: F401
+    import swift_trainer.runner.gpu_metrics  # noqa: F401
 
     return {family.name for family in REGISTRY.collect()}
 

@@ -20,7 +20,7 @@ from swift_trainer.core.ids import job_stream
 from swift_trainer.core.spec import JobSpec, TrainArgs
 from swift_trainer.core.sqlstore import SqlEventStore
 from swift_trainer.runner.agent import RunnerAgent
-from swift_trainer.runner.inventory import FakeInventory
+from swift_trainer.runner.gpu_probe import FakeInventory
 from swift_trainer.runner.log_publisher import LogMessage, decode_log_message
 from swift_trainer.runner.supervisor import Supervisor
 

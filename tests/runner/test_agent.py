@@ -37,8 +37,8 @@ from swift_trainer.core.ids import job_stream
 from swift_trainer.core.inventory import decode_heartbeat
 from swift_trainer.core.sqlstore import SqlEventStore
 from swift_trainer.runner.agent import RunnerAgent
-from swift_trainer.runner.inventory import FakeInventory
-from swift_trainer.runner.supervisor import run_key
+from swift_trainer.runner.gpu_probe import FakeInventory
+from swift_trainer.runner.run_state import run_key
 
 AgentFactory = Callable[..., RunnerAgent]
 

@@ -1,33 +1,28 @@
-"""The agent's parts on their own: report outbox, log publisher, handled-event ledger, options."""
+"""The agent's parts on their own: report outbox, log publisher, message settling."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
+import logging
+from datetime import UTC, datetime
 from pathlib import Path
 
+import msgspec
 import pytest
 from nats.aio.client import Client
-from tests.runner.agent_helpers import log_messages
+from tests.runner.agent_helpers import log_messages, make_agent
 from tests.runner.runner_helpers import wait_for
 
 from swift_trainer.bus.command_client import CommandUnavailable
-from swift_trainer.bus.messages import CommandReply, ReplyError
+from swift_trainer.bus.messages import CommandReply, EventEnvelope, ReplyError
 from swift_trainer.core import commands as c
-from swift_trainer.core.settings import Settings
-from swift_trainer.runner import agent as agent_module
-from swift_trainer.runner.agent import (
-    SIMULATOR,
-    HandledEvents,
-    add_runner_arguments,
-    merged_artifact_complete,
-    options_from_args,
-    resolve_resume,
-)
+from swift_trainer.core import events as e
+from swift_trainer.core.store import EventMetadata
+from swift_trainer.runner.agent import merged_artifact_complete
 from swift_trainer.runner.log_publisher import MAX_LINE_CHARS, LogPublisher, SeqClock
+from swift_trainer.runner.outcome import ExportOutcome
 from swift_trainer.runner.reporting import ReportOutbox, export_failure_reason
-from swift_trainer.runner.supervisor import ExportOutcome
 
 IDS = {"job_id": "j1", "attempt": 1, "runner_id": "r1"}
 
@@ -200,17 +195,6 @@ async def test_log_lines_wait_for_nats_and_are_not_lost(nc: Client) -> None:
     assert [m.line for m in await log_messages(nc, "job-wait")] == ["kept"]
 
 
-def test_handled_events_persist_and_stay_bounded(tmp_path: Path) -> None:
-    ledger = HandledEvents(tmp_path / "handled.json", limit=3)
-    for event_id in ("a", "b", "c", "d"):
-        ledger.add(event_id)
-    again = HandledEvents(tmp_path / "handled.json", limit=3)
-    assert "a" not in again
-    assert all(x in again for x in ("b", "c", "d"))
-    (tmp_path / "handled.json").write_text("nonsense")
-    assert "b" not in HandledEvents(tmp_path / "handled.json")
-
-
 def test_a_merged_model_needs_config_and_weights(tmp_path: Path) -> None:
     assert not merged_artifact_complete(tmp_path / "missing")
     (tmp_path / "config.json").write_text("{}")
@@ -231,44 +215,72 @@ def test_export_failure_reason_names_the_last_stderr_lines() -> None:
     assert len(export_failure_reason(outcome, limit=20)) == 20
 
 
-def test_runner_options_default_from_the_host_and_settings(
+class _UnsettledMsg:
+    """A message whose ack, nak and term all fail, as they do while NATS reconnects."""
+
+    subject = "st.events.job.r1.j1.StopRequested"
+    headers: dict[str, str] | None = None
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.calls: list[str] = []
+
+    async def ack(self) -> None:
+        self.calls.append("ack")
+        raise ConnectionError("connection closed")
+
+    async def nak(self, delay: float | None = None) -> None:
+        self.calls.append("nak")
+        raise ConnectionError("connection closed")
+
+    async def term(self) -> None:
+        self.calls.append("term")
+        raise ConnectionError("connection closed")
+
+
+def _stop_envelope(runner_id: str) -> bytes:
+    event = e.StopRequested(job_id="j1", at=datetime.now(UTC), reason="test", runner_id=runner_id)
+    return msgspec.json.encode(
+        EventEnvelope(
+            position=1,
+            stream_id="job-j1",
+            version=1,
+            event_id="ev-1",
+            type=e.event_type(event),
+            schema_version=1,
+            recorded_at=datetime.now(UTC),
+            metadata=EventMetadata(),
+            event=msgspec.Raw(e.encode_event(event)),
+        )
+    )
+
+
+async def test_failed_ack_nak_and_term_are_logged_not_swallowed(
+    nc: Client,
+    tmp_path: Path,
+    sim_env: dict[str, str],
+    caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(agent_module.socket, "gethostname", lambda: "gpu.host_1.example")
-    parser = argparse.ArgumentParser()
-    add_runner_arguments(parser)
-    settings = Settings(data_dir="/var/st", output_root="/data/out")
-    options = options_from_args(settings, parser.parse_args(["--simulate-gpus", "2"]))
-    assert options.runner_id == "gpu-host_1-example"
-    assert options.swift_executable == SIMULATOR
-    assert options.state_dir == "/var/st/runner-gpu-host_1-example"
-    assert options.output_root == "/data/out"
-    assert options.simulate_gpus == 2
-    real = options_from_args(settings, parser.parse_args(["--runner-id", "h1"]))
-    assert real.swift_executable == ("swift",)
-    assert real.simulate_gpus is None
-    assert not real.stop_jobs_on_exit
-    custom = options_from_args(
-        settings, parser.parse_args(["--swift-executable", "/opt/venv/bin/swift"])
-    )
-    assert custom.swift_executable == ("/opt/venv/bin/swift",)
+    agent = make_agent(nc, tmp_path, sim_env)
+    caplog.set_level(logging.WARNING, logger="swift_trainer.runner.agent")
 
+    broken = _UnsettledMsg(b"{not json")
+    await agent.handle_message(broken)  # type: ignore[arg-type]
+    assert broken.calls == ["term"]
+    assert "cannot term the message on st.events.job.r1.j1.StopRequested" in caplog.text
+    assert "connection closed" in caplog.text
 
-def test_resume_falls_back_to_the_newest_complete_checkpoint(tmp_path: Path) -> None:
-    """save_total_limit rotated the recorded checkpoint away while a lost attempt trained
-    on: resume from the newest complete one instead of refusing the job forever."""
-    out = tmp_path / "out"
-    for step, complete in ((30, True), (35, True), (40, False)):
-        folder = out / f"checkpoint-{step}"
-        folder.mkdir(parents=True)
-        if complete:
-            (folder / "trainer_state.json").write_text("{}")
-    (out / "checkpoint-35-merged").mkdir()
-    assert resolve_resume(None) == (None, None)
-    assert resolve_resume("checkpoint-5") == ("checkpoint-5", None)
-    assert resolve_resume(str(out / "checkpoint-30")) == (str(out / "checkpoint-30"), None)
-    assert resolve_resume(str(out / "checkpoint-25")) == (str(out / "checkpoint-35"), None)
-    path, problem = resolve_resume(str(tmp_path / "elsewhere" / "checkpoint-25"))
-    assert path is None
-    assert problem is not None
-    assert "is not on this runner" in problem
+    ignored = _UnsettledMsg(_stop_envelope("another-runner"))
+    await agent.handle_message(ignored)  # type: ignore[arg-type]
+    assert ignored.calls == ["ack"]
+    assert "cannot ack the message" in caplog.text
+
+    async def failing(envelope: object, event: object) -> None:
+        raise RuntimeError("handler bug")
+
+    monkeypatch.setattr(agent, "dispatch", failing)
+    failed = _UnsettledMsg(_stop_envelope("r1"))
+    await agent.handle_message(failed)  # type: ignore[arg-type]
+    assert failed.calls == ["nak"]
+    assert "cannot nak the message" in caplog.text

@@ -60,7 +60,7 @@ from swift_trainer.core import events as e
 from swift_trainer.core.spec import JobSpec, TrainArgs
 from swift_trainer.core.sqlstore import SqlEventStore
 from swift_trainer.runner.agent import RunnerAgent, merged_artifact_complete
-from swift_trainer.runner.inventory import FakeInventory
+from swift_trainer.runner.gpu_probe import FakeInventory
 
 pytestmark = [pytest.mark.swift, pytest.mark.timeout(900)]
 

@@ -9,12 +9,9 @@ from pathlib import Path
 import pytest
 from tests.runner.runner_helpers import SWIFT_SIM
 
-from swift_trainer.runner.simulator import (
-    EMPTY_SAFETENSORS,
-    compute_max_steps,
-    dataset_samples,
-    format_time,
-)
+from swift_trainer.runner.sim_args import compute_max_steps, dataset_samples
+from swift_trainer.runner.sim_checkpoint import EMPTY_SAFETENSORS
+from swift_trainer.runner.simulator import format_time
 from swift_trainer.runner.training_log import (
     TrainingLogReader,
     TrainingProgress,

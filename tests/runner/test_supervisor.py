@@ -6,12 +6,9 @@ Every test that starts a run checks, at its end, that no process of the run is l
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
-import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -27,18 +24,10 @@ from tests.runner.runner_helpers import (
     wait_for,
 )
 
-from swift_trainer.runner.inventory import FakeInventory
-from swift_trainer.runner.supervisor import (
-    MAX_STDERR_TAIL_CHARS,
-    AlreadyRunning,
-    ExportOutcome,
-    JobOutcome,
-    LaunchError,
-    ProcessTree,
-    RunStateStore,
-    Supervisor,
-    run_key,
-)
+from swift_trainer.runner.gpu_probe import FakeInventory
+from swift_trainer.runner.outcome import MAX_STDERR_TAIL_CHARS, ExportOutcome, JobOutcome
+from swift_trainer.runner.run_state import RunStateStore, run_key
+from swift_trainer.runner.supervisor import AlreadyRunning, LaunchError, Supervisor
 from swift_trainer.runner.swift_command import (
     SwiftInvocation,
     build_export_command,
@@ -270,64 +259,6 @@ async def test_stop_spares_forked_dataloader_workers(
     assert outcome.exit_code == 0, outcome.stderr_tail
     assert "checkpoint saved" in reporter.stream("stdout")
     assert_gone(pids, pid)
-
-
-def test_trainers_are_found_below_launchers_and_above_helpers(tmp_path: Path) -> None:
-    """swift -> [torchrun ->] ranks; a rank's forks and own programs are not trainers."""
-    sleep = "import time; time.sleep(30)"
-    (tmp_path / "helper.py").write_text(sleep)
-    (tmp_path / "rank.py").write_text(
-        textwrap.dedent(f"""
-            import os, subprocess, sys, time
-            if os.fork() == 0:  # a DataLoader worker
-                time.sleep(30)
-                os._exit(0)
-            subprocess.Popen([sys.executable, {str(tmp_path / "helper.py")!r}])  # a compiler
-            time.sleep(30)
-        """),
-    )
-    (tmp_path / "launch.py").write_text(
-        textwrap.dedent(f"""
-            import subprocess, sys, time
-            ranks = int(sys.argv[1])
-            if ranks == 1:
-                subprocess.Popen([sys.executable, {str(tmp_path / "rank.py")!r}])
-            else:  # like swift/cli/main.py starting torchrun, which starts the ranks
-                agent = "import subprocess, sys, time; " + "; ".join(
-                    [f"subprocess.Popen([sys.executable, {str(tmp_path / "rank.py")!r}])"] * ranks
-                ) + "; time.sleep(30)"
-                subprocess.Popen([sys.executable, "-c", agent, "torch.distributed.run"])
-            time.sleep(30)
-        """),
-    )
-    for ranks, expected_size in ((1, 4), (2, 8)):
-        leader = subprocess.Popen(
-            [sys.executable, str(tmp_path / "launch.py"), str(ranks)],
-            start_new_session=True,
-        )
-        try:
-            deadline = time.monotonic() + 20
-            while len(tree_pids(leader.pid)) < expected_size:
-                assert time.monotonic() < deadline, tree_pids(leader.pid)
-                time.sleep(0.02)
-            proc = psutil.Process(leader.pid)
-            tree = ProcessTree(leader.pid, leader.pid, proc.create_time(), {})
-            trainers = tree.trainers()
-            assert len(trainers) == ranks
-            for trainer in trainers:
-                assert trainer.cmdline()[-1].endswith("rank.py")
-                assert trainer.parent().pid != leader.pid or ranks == 1
-            pids = tree_pids(leader.pid)
-            tree.signal(signal.SIGKILL)
-            leader.wait()
-            deadline = time.monotonic() + 10
-            while any(alive(pid) for pid in pids):
-                assert time.monotonic() < deadline
-                time.sleep(0.02)
-        finally:
-            if leader.poll() is None:
-                leader.kill()
-                leader.wait()
 
 
 async def test_failure_reports_exit_code_and_stderr_tail(
@@ -651,14 +582,6 @@ async def test_a_failing_reporter_does_not_stop_supervision(
     outcome = await finished(reporter)
     assert outcome.status == "succeeded"
     assert "reporter failed" in caplog.text
-
-
-def test_unreadable_state_files_are_set_aside(tmp_path: Path) -> None:
-    store = RunStateStore(tmp_path)
-    (tmp_path / "job_x-000.json").write_text("{not json")
-    (tmp_path / "job_y-000.json").write_text(json.dumps({"kind": "job"}))
-    assert store.load_all() == []
-    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".corrupt", ".corrupt"]
 
 
 async def test_reattach_with_nothing_to_reattach(tmp_path: Path) -> None:

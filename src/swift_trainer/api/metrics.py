@@ -5,7 +5,7 @@ grouped by route template so a job id never becomes a label. The fleet's gauges 
 status, runners alive, GPUs total and free per runner, read-model lag) are sampled
 every few seconds from the read models this process serves, not computed per scrape:
 a scrape is served from a thread and must not wait on Redis. Each GPU's NVML readings are
-exported by its own runner (``runner/metrics.py``), as a node exporter would.
+exported by its own runner (``runner/gpu_metrics.py``), as a node exporter would.
 """
 
 from __future__ import annotations

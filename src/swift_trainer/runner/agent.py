@@ -1,63 +1,21 @@
 """The runner agent: the NATS shell around the supervisor on one GPU host.
 
-What it does, and why it is built so:
-
-* **Heartbeat.** Every ``heartbeat_s`` it puts a ``RunnerHeartbeat`` (GPU inventory, the
-  memory foreign processes hold per GPU, the runs it supervises) into the runners' KV
-  bucket under its id. The scheduler places only on runners it sees there, and takes the
-  jobs of a runner whose heartbeat is older than its lease back. Inventory snapshots may
-  block (NVML), so they run in a thread.
-* **Its own events, durably.** A durable JetStream pull consumer (``runner-<id>``) on the
-  EVENTS stream, filtered to ``subjects.runner_events_filter(runner_id)``: start, stop and
-  export requests addressed to this runner survive its restarts and are acknowledged only
-  once acted on (or deliberately ignored). A new consumer starts with the messages that
-  arrive after it was created: it is created before the first heartbeat, and nothing is
-  placed on a runner before its first heartbeat, so nothing is missed; an older consumer
-  resumes where it was. Redelivery is harmless: the ids of handled start and export events
-  are kept on disk (``handled.json``), and the supervisor answers a repeated start of the
-  attempt it runs with the same pid. A message that cannot be decoded is logged and
-  terminated (never redelivered), never raised.
-* **Starting.** ``JobScheduled`` carries no spec, so the job's ``JobSubmitted`` is read
-  from the EVENTS stream (by its exact subject); the ``swift sft`` command line is built
-  for the assigned GPUs (and ``resume_from``) and started under the supervisor. The runner
-  refuses the assignment (``RejectAssignment``) when the GPUs are not on this host (or their
-  UUIDs differ from the placement's), already run another job of ours, hold more than
-  ``max_foreign_memory_mib`` of processes this runner did not start, when the checkpoint to
-  resume from is not here, or when the process cannot be started at all.
-* **Stopping.** ``StopRequested`` asks the supervisor to stop (SIGTERM to the trainers, a
-  grace period to save a checkpoint, then SIGKILL); the outcome arrives through the
-  reporter as ``ReportStopped`` with the newest checkpoint. A stop for a job that is not
-  running here is answered with ``ReportStopped`` at once, so a job cannot hang in
-  "stopping".
-* **Exports.** ``ExportRequested`` runs ``swift export --merge_lora true``; when the merged
-  model already exists and ``overwrite`` is false, the existing one is reported without
-  running anything.
-* **Reports** go through ``ReportOutbox`` (ordered per job, retried with the same command
-  id, durable; see ``reporting``). No single refusal stops a training: the agent first asks
-  a command handler for the job's stored state (``JOB_STATE_QUERY``). Only when the store
-  says the attempt is over (the job was given away after this runner's lease expired, or
-  it ended) is the process stopped: its GPUs belong to someone else. A report refused while
-  the attempt is still live is sent again.
-* **Logs** go to the LOGS stream (``log_publisher`` documents the message and its ``seq``).
-* **Restarts.** At start the agent re-attaches to the runs in the supervisor's state folder
-  (training processes run in their own sessions and survive the agent), reports each as
-  started again (same command id: deduplicated) and follows it to its end; runs that ended
-  while the agent was away are judged from their logs and reported. On SIGINT/SIGTERM it
-  leaves training processes running for the next start, unless ``--stop-jobs-on-exit``.
+It heartbeats its GPU inventory into the runners' KV bucket, consumes the start, stop and
+export events addressed to it from a durable pull consumer (acknowledged once acted on;
+redelivery is harmless: handled ids are kept on disk and a repeated start gets the same
+pid back), starts ``swift sft`` / ``swift export`` under the supervisor, and sends every
+report through the durable outbox. A refused report stops a training only when the store
+confirms the attempt is over. ``docs/architecture.md`` ("The runner") has the details.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import importlib.metadata
 import logging
 import os
-import re
-import socket
-import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
@@ -74,7 +32,6 @@ from opentelemetry import trace
 
 from ..bus import subjects
 from ..bus.command_client import CommandClient
-from ..bus.connection import connect, provision, resolve_nats_url
 from ..bus.messages import EventEnvelope, JobStateAnswer, ReplyError, decode_event_envelope
 from ..bus.tracing import extract_context
 from ..core import commands as c
@@ -82,22 +39,20 @@ from ..core import events as e
 from ..core.errors import SwiftTrainerError
 from ..core.ids import job_stream
 from ..core.inventory import RunnerHeartbeat, RunnerJob
-from ..core.settings import Settings
-from ..core.shutdown import wait_for_shutdown
 from ..core.spec import JobSpec
-from ..core.telemetry import setup_tracing
 from ._tasks import cancel_and_wait
+from .assignment_check import assignment_problem
 from .dataset_cache import DatasetCache, DatasetUnavailable
-from .inventory import FakeInventory, GpuInventory, NvmlInventory, foreign_memory_mib
+from .gpu_probe import GpuInventory, foreign_memory_mib
+from .handled_events import HandledEvents
 from .log_publisher import LogPublisher
 from .reporting import (
-    ExportReports,
-    JobReports,
     ReportOutbox,
-    export_started_command_id,
-    started_command_id,
 )
-from .supervisor import AlreadyRunning, LaunchError, RunRecord, Supervisor, run_key
+from .resume_checkpoint import resolve_resume
+from .run_reports import RunReporters
+from .run_state import RunRecord, run_key
+from .supervisor import AlreadyRunning, LaunchError, Supervisor
 from .swift_command import build_export_command, build_sft_command, expected_export_path
 
 _log = logging.getLogger(__name__)
@@ -108,14 +63,6 @@ DEFAULT_MAX_FOREIGN_MEMORY_MIB: Final = 1024
 MAX_REPORT_RESENDS: Final = 5
 _LIVE: Final = frozenset({"scheduled", "running", "stopping"})
 _GONE: Final = frozenset({"new", "deleted"})
-SIMULATOR: Final = (sys.executable, "-m", "swift_trainer.runner.simulator")
-_UNSAFE_ID: Final = re.compile(r"[^A-Za-z0-9_-]+")
-
-
-def default_runner_id() -> str:
-    """The host name, reduced to the characters a subject token and a KV key allow."""
-    name = _UNSAFE_ID.sub("-", socket.gethostname()).strip("-")
-    return name[:64] or "runner"
 
 
 def consumer_name(runner_id: str) -> str:
@@ -140,69 +87,6 @@ def merged_artifact_complete(path: str | Path) -> bool:
 
 def _is_dir(path: Path) -> bool:
     return path.is_dir()
-
-
-_CHECKPOINT_DIR: Final = re.compile(r"checkpoint-(\d+)")
-
-
-def resolve_resume(resume_from: str | None) -> tuple[str | None, str | None]:
-    """The checkpoint to resume from here, or why there is none: ``(path, problem)``.
-
-    A relative path is resolved inside the job's output folder by the command builder. An
-    absolute one must be on this host. When it is gone but the folder holds newer complete
-    checkpoints (an attempt marked lost trained on, and ``save_total_limit`` rotated the
-    recorded one away), the newest is used: it holds at least as much progress.
-    """
-    if not resume_from or not Path(resume_from).is_absolute() or Path(resume_from).is_dir():
-        return resume_from, None
-    named = Path(resume_from)
-    candidates = []
-    with contextlib.suppress(OSError):
-        for entry in named.parent.iterdir():
-            match = _CHECKPOINT_DIR.fullmatch(entry.name)
-            if match and (entry / "trainer_state.json").is_file():
-                candidates.append((int(match.group(1)), entry))
-    if candidates:
-        newest = max(candidates)[1]
-        _log.warning("checkpoint %s is gone; resuming from %s instead", named, newest)
-        return str(newest), None
-    return None, f"checkpoint {resume_from} to resume from is not on this runner"
-
-
-class HandledEvents:
-    """Ids of the start and export events acted on, kept on disk across restarts.
-
-    A start redelivered after the process it started has already ended (the ack was lost
-    with a crash) must not train the attempt a second time. Bounded: the oldest ids go.
-    """
-
-    def __init__(self, path: str | Path, *, limit: int = 4096) -> None:
-        self.path = Path(path)
-        self.limit = limit
-        self._ids: dict[str, None] = {}
-        try:
-            loaded = msgspec.json.decode(self.path.read_bytes(), type=list[str])
-        except FileNotFoundError:
-            loaded = []
-        except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
-            _log.warning("ignoring unreadable %s: %s", self.path, exc)
-            loaded = []
-        self._ids = dict.fromkeys(loaded[-limit:])
-
-    def __contains__(self, event_id: object) -> bool:
-        return event_id in self._ids
-
-    def add(self, event_id: str) -> None:
-        self._ids[event_id] = None
-        while len(self._ids) > self.limit:
-            self._ids.pop(next(iter(self._ids)))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        try:
-            tmp.write_bytes(msgspec.json.encode(list(self._ids)))
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            _log.error("cannot persist %s: %s", self.path, exc)
 
 
 class RunnerAgent:
@@ -264,6 +148,9 @@ class RunnerAgent:
             self.client, self.state_dir / "outbox", on_refused=self._on_refused
         )
         self.logs = LogPublisher(nc, runner_id)
+        self.reporters = RunReporters(
+            runner_id=runner_id, outbox=self.outbox, logs=self.logs, supervisor=supervisor
+        )
         self.handled = HandledEvents(self.state_dir / "handled.json")
         #: Uploaded datasets, fetched from the object store (the state dir is per runner).
         self.datasets = DatasetCache(self.js, self.state_dir / "datasets")
@@ -285,8 +172,8 @@ class RunnerAgent:
         if resent:
             _log.info("re-sending %d reports left undelivered by the previous run", resent)
         records = await self.supervisor.reattach(
-            job_reporter=self._reattached_job,
-            export_reporter=self._reattached_export,
+            job_reporter=self.reporters.reattached_job,
+            export_reporter=self.reporters.reattached_export,
         )
         for record in records:
             _log.info(
@@ -349,9 +236,9 @@ class RunnerAgent:
 
     async def heartbeat(self) -> RunnerHeartbeat:
         """The heartbeat as it would be put now (the inventory is read in a thread)."""
-        before = self.supervisor.own_pids()
+        before = await self.supervisor.own_pids_async()
         snapshot = await asyncio.to_thread(self.inventory.snapshot)
-        own = before | self.supervisor.own_pids()
+        own = before | await self.supervisor.own_pids_async()
         running = [
             RunnerJob(
                 job_id=record.job_id,
@@ -412,8 +299,7 @@ class RunnerAgent:
         except SwiftTrainerError as exc:
             self.malformed += 1
             _log.warning("terminating undecodable message on %s: %s", msg.subject, exc)
-            with contextlib.suppress(Exception):
-                await msg.term()
+            await _settle(msg.term(), "term", msg)
             return
         with _tracer.start_as_current_span(
             f"runner {envelope.type}",
@@ -427,11 +313,9 @@ class RunnerAgent:
                 _log.exception(
                     "handling %s %s failed; redelivering", envelope.type, envelope.event_id
                 )
-                with contextlib.suppress(Exception):
-                    await msg.nak(delay=2.0)
+                await _settle(msg.nak(delay=2.0), "nak", msg)
                 return
-        with contextlib.suppress(Exception):
-            await msg.ack()
+        await _settle(msg.ack(), "ack", msg)
 
     async def dispatch(self, envelope: EventEnvelope, event: e.AnyEvent) -> None:
         match event:
@@ -518,29 +402,14 @@ class RunnerAgent:
 
     async def _check_assignment(self, event: e.JobScheduled) -> str | None:
         """Why this host cannot run the assignment now, or None."""
-        before = self.supervisor.own_pids()
+        before = await self.supervisor.own_pids_async()
         snapshot = await asyncio.to_thread(self.inventory.snapshot)
-        own = before | self.supervisor.own_pids()
-        gpus = {gpu.index: gpu for gpu in snapshot.gpus}
-        missing = [i for i in event.gpu_ids if i not in gpus]
-        if missing:
-            return (
-                f"GPUs {missing} are not visible on this runner ({snapshot.error or 'not listed'})"
-            )
-        for index, uuid in zip(event.gpu_ids, event.gpu_uuids, strict=False):
-            if gpus[index].uuid != uuid:
-                return f"GPU {index} is {gpus[index].uuid} here, not {uuid}: the placement is stale"
-        for record in self.supervisor.running():
-            shared = sorted(set(record.gpu_ids) & set(event.gpu_ids))
-            if shared and record.kind == "job" and record.job_id != event.job_id:
-                return f"GPUs {shared} are in use by job {record.job_id} on this runner"
-        for index in event.gpu_ids:
-            foreign = foreign_memory_mib(gpus[index], own)
-            if foreign > self.max_foreign_memory_mib:
-                return (
-                    f"GPU {index} has {foreign} MiB in use by processes this runner did not "
-                    f"start (limit {self.max_foreign_memory_mib} MiB)"
-                )
+        own = before | await self.supervisor.own_pids_async()
+        problem = assignment_problem(
+            event, snapshot, own, self.supervisor.running(), self.max_foreign_memory_mib
+        )
+        if problem is not None:
+            return problem
         return resolve_resume(event.resume_from)[1]
 
     async def _start(self, event: e.JobScheduled) -> None:
@@ -572,7 +441,7 @@ class RunnerAgent:
                     event.job_id,
                     event.attempt,
                     invocation,
-                    self._job_reports(event.job_id, event.attempt),
+                    self.reporters.job(event.job_id, event.attempt),
                     gpu_ids=event.gpu_ids,
                 )
         except (LaunchError, AlreadyRunning, ValueError) as exc:
@@ -617,86 +486,11 @@ class RunnerAgent:
             )
             try:
                 await self.supervisor.start_export(
-                    event.job_id, event.export_id, invocation, self._export_reports(event)
+                    event.job_id, event.export_id, invocation, self.reporters.export(event)
                 )
             except LaunchError as exc:
                 self.outbox.submit(c.ReportExportFailed(**ids, exit_code=None, reason=str(exc)))
         self.handled.add(envelope.event_id)
-
-    # --- reporters ----------------------------------------------------------------------
-
-    def _job_reports(self, job_id: str, attempt: int) -> JobReports:
-        key = run_key("job", job_id)
-
-        def started_id(pid: int) -> str:
-            record = next((r for r in self.supervisor.running() if r.key == key), None)
-            created = record.create_time if record is not None and record.pid == pid else 0.0
-            return started_command_id(job_id, attempt, pid, created)
-
-        return JobReports(
-            job_id=job_id,
-            attempt=attempt,
-            runner_id=self.runner_id,
-            outbox=self.outbox,
-            logs=self.logs,
-            started_id=started_id,
-        )
-
-    def _export_reports(self, event: e.ExportRequested) -> ExportReports:
-        key = run_key("export", event.export_id)
-
-        def started_id(pid: int) -> str:
-            record = next((r for r in self.supervisor.running() if r.key == key), None)
-            created = record.create_time if record is not None and record.pid == pid else 0.0
-            return export_started_command_id(event.export_id, pid, created)
-
-        return ExportReports(
-            job_id=event.job_id,
-            export_id=event.export_id,
-            runner_id=self.runner_id,
-            outbox=self.outbox,
-            logs=self.logs,
-            started_id=started_id,
-        )
-
-    def _reattached_job(self, record: RunRecord) -> JobReports:
-        """Reporter of a run found after a restart; it is reported as started again first
-        (deduplicated by its command id), since that report may be what the crash lost."""
-        reports = self._job_reports(record.job_id, record.attempt)
-        self.outbox.submit(
-            c.ReportStarted(
-                job_id=record.job_id,
-                attempt=record.attempt,
-                runner_id=self.runner_id,
-                pid=record.pid,
-                command=record.argv,
-            ),
-            command_id=started_command_id(
-                record.job_id, record.attempt, record.pid, record.create_time
-            ),
-        )
-        return reports
-
-    def _reattached_export(self, record: RunRecord) -> ExportReports:
-        export_id = record.export_id or ""
-        reports = ExportReports(
-            job_id=record.job_id,
-            export_id=export_id,
-            runner_id=self.runner_id,
-            outbox=self.outbox,
-            logs=self.logs,
-        )
-        self.outbox.submit(
-            c.ReportExportStarted(
-                job_id=record.job_id,
-                export_id=export_id,
-                runner_id=self.runner_id,
-                pid=record.pid,
-                command=record.argv,
-            ),
-            command_id=export_started_command_id(export_id, record.pid, record.create_time),
-        )
-        return reports
 
     async def _on_refused(self, command: c.AnyJobCommand, error: ReplyError) -> None:
         """Confirm a refusal against the job's stored state before acting on it.
@@ -762,175 +556,10 @@ class RunnerAgent:
         task.add_done_callback(self._resends.discard)
 
 
-# --- assembly and the command line ------------------------------------------------------------
-
-
-class RunnerOptions(msgspec.Struct, frozen=True, kw_only=True):
-    """Everything ``create_runner_agent`` needs; ``swift-trainer runner`` fills it from its
-    options and ``up --simulate-gpus N`` from its own."""
-
-    runner_id: str
-    output_root: str
-    state_dir: str
-    swift_executable: tuple[str, ...] = ("swift",)
-    simulate_gpus: int | None = None
-    simulate_gpu_name: str = "Simulated A100-SXM4-80GB"
-    simulate_gpu_memory_mib: int = 81920
-    simulate_step_seconds: float | None = None
-    heartbeat_s: float = 2.0
-    lease_s: float = 10.0
-    grace_period_s: float = 60.0
-    stop_jobs_on_exit: bool = False
-    max_foreign_memory_mib: int = DEFAULT_MAX_FOREIGN_MEMORY_MIB
-
-
-def simulated_options(
-    settings: Settings, gpu_count: int, *, runner_id: str | None = None, **overrides: object
-) -> RunnerOptions:
-    """Options for a simulated runner next to an embedded service (``up --simulate-gpus``)."""
-    rid = runner_id or default_runner_id()
-    options = RunnerOptions(
-        runner_id=rid,
-        output_root=settings.output_root,
-        state_dir=str(Path(settings.data_dir) / f"runner-{rid}"),
-        swift_executable=SIMULATOR,
-        simulate_gpus=gpu_count,
-    )
-    return msgspec.structs.replace(options, **overrides)
-
-
-def create_runner_agent(
-    nc: Client,
-    options: RunnerOptions,
-    *,
-    command_timeout_s: float = 10.0,
-    base_env: Mapping[str, str] | None = None,
-) -> RunnerAgent:
-    """Build the inventory (NVML, or fake GPUs), the supervisor and the agent."""
-    state_dir = Path(options.state_dir)
-    inventory: GpuInventory
-    if options.simulate_gpus is not None:
-        inventory = FakeInventory(
-            options.simulate_gpus,
-            output_root=options.output_root,
-            name=options.simulate_gpu_name,
-            memory_mib=options.simulate_gpu_memory_mib,
-        )
-        registry: FakeInventory | None = inventory
-    else:
-        inventory = NvmlInventory(options.output_root)
-        registry = None
-    supervisor = Supervisor(
-        state_dir=state_dir / "runs",
-        grace_period_s=options.grace_period_s,
-        process_registry=registry,
-    )
-    env = dict(os.environ if base_env is None else base_env)
-    if options.simulate_step_seconds is not None:
-        env["SWIFT_SIM_STEP_SECONDS"] = str(options.simulate_step_seconds)
-    from .metrics import MeteredRunnerAgent
-
-    return MeteredRunnerAgent(
-        nc,
-        runner_id=options.runner_id,
-        inventory=inventory,
-        supervisor=supervisor,
-        swift_executable=options.swift_executable,
-        output_root=options.output_root,
-        state_dir=state_dir / "agent",
-        heartbeat_s=options.heartbeat_s,
-        lease_s=options.lease_s,
-        grace_period_s=options.grace_period_s,
-        base_env=env,
-        max_foreign_memory_mib=options.max_foreign_memory_mib,
-        command_timeout_s=command_timeout_s,
-        stop_jobs_on_exit=options.stop_jobs_on_exit,
-    )
-
-
-def add_runner_arguments(parser: argparse.ArgumentParser) -> None:
-    add = parser.add_argument
-    add("--nats-url", help="NATS server (default NATS_URL or the running 'up')")
-    add("--runner-id", help="this runner's id (default: the host name)")
-    add("--simulate-gpus", type=int, metavar="N", help="simulate N GPUs and run swift-sim")
-    add("--simulate-gpu-name", default="Simulated A100-SXM4-80GB")
-    add("--simulate-gpu-memory-mib", type=int, default=81920)
-    add(
-        "--simulate-step-seconds",
-        type=float,
-        help="seconds per simulated training step (SWIFT_SIM_STEP_SECONDS)",
-    )
-    add(
-        "--swift-executable",
-        help="the swift CLI to run (default: 'swift', or the simulator with --simulate-gpus); "
-        "several words are split like a shell would not: give a path",
-    )
-    add("--output-root", help="where job output folders go (default OUTPUT_ROOT)")
-    add("--state-dir", help="the runner's state (default <data dir>/runner-<id>)")
-    add("--heartbeat-s", type=float, default=2.0)
-    add("--lease-s", type=float, default=10.0)
-    add("--grace-period-s", type=float, default=60.0, help="time to save a checkpoint on stop")
-    add(
-        "--max-foreign-memory-mib",
-        type=int,
-        default=DEFAULT_MAX_FOREIGN_MEMORY_MIB,
-        help="refuse GPUs on which other processes hold more memory than this",
-    )
-    add(
-        "--stop-jobs-on-exit",
-        action="store_true",
-        help="stop training on shutdown (default: leave it running for the next start)",
-    )
-
-
-def options_from_args(settings: Settings, args: argparse.Namespace) -> RunnerOptions:
-    runner_id = args.runner_id or default_runner_id()
-    if args.swift_executable:
-        executable: tuple[str, ...] = (args.swift_executable,)
-    elif args.simulate_gpus is not None:
-        executable = SIMULATOR
-    else:
-        executable = ("swift",)
-    return RunnerOptions(
-        runner_id=runner_id,
-        output_root=args.output_root or settings.output_root,
-        state_dir=args.state_dir or str(Path(settings.data_dir) / f"runner-{runner_id}"),
-        swift_executable=executable,
-        simulate_gpus=args.simulate_gpus,
-        simulate_gpu_name=args.simulate_gpu_name,
-        simulate_gpu_memory_mib=args.simulate_gpu_memory_mib,
-        simulate_step_seconds=args.simulate_step_seconds,
-        heartbeat_s=args.heartbeat_s,
-        lease_s=args.lease_s,
-        grace_period_s=args.grace_period_s,
-        stop_jobs_on_exit=args.stop_jobs_on_exit,
-        max_foreign_memory_mib=args.max_foreign_memory_mib,
-    )
-
-
-async def run_runner(settings: Settings, args: argparse.Namespace) -> int:
-    """``swift-trainer runner``: run until SIGINT/SIGTERM, then leave (exit code 0)."""
-    options = options_from_args(settings, args)
-    setup_tracing(f"swift-trainer-runner-{options.runner_id}")
-    nc = await connect(
-        resolve_nats_url(settings, getattr(args, "nats_url", None)),
-        settings,
-        name=f"runner-{options.runner_id}",
-    )
+async def _settle(reply: Awaitable[None], verb: str, msg: Msg) -> None:
+    """Send an ack, nak or term; a failure is logged, not raised: the message is then
+    redelivered after ``ack_wait`` and handled again (handling is idempotent)."""
     try:
-        await provision(
-            nc.jetstream(),
-            runner_lease_s=max(options.lease_s, 1.0) * 1.5,
-            replicas=settings.nats_stream_replicas,
-        )
-        agent = create_runner_agent(nc, options, command_timeout_s=settings.command_timeout_s)
-        await agent.start()
-        try:
-            await wait_for_shutdown()
-        finally:
-            _log.info("runner %s stopping", options.runner_id)
-            await agent.stop()
-    finally:
-        with contextlib.suppress(Exception):
-            await nc.drain()
-    return 0
+        await reply
+    except Exception as exc:
+        _log.warning("cannot %s the message on %s: %s", verb, msg.subject, exc)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import re
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -37,10 +36,12 @@ import msgspec
 from ..bus.command_client import CommandClient
 from ..bus.messages import ReplyError
 from ..core import commands as c
+from ..core.atomic_file import write_atomic
 from ..core.ids import new_id
 from ._tasks import cancel_and_wait
 from .log_publisher import LogPublisher
-from .supervisor import ExportOutcome, JobOutcome, Stream
+from .outcome import ExportOutcome, JobOutcome
+from .reporter_protocol import Stream
 from .training_log import TrainingProgress
 
 _log = logging.getLogger(__name__)
@@ -137,10 +138,8 @@ class ReportOutbox:
 
     def _persist(self, seq: int, command_id: str, command: c.AnyJobCommand) -> Path | None:
         path = self.directory / f"{seq:012d}-{_safe(command_id)}.json"
-        tmp = path.with_suffix(".tmp")
         try:
-            tmp.write_bytes(msgspec.json.encode(_Stored(seq, command_id, command)))
-            os.replace(tmp, path)
+            write_atomic(path, msgspec.json.encode(_Stored(seq, command_id, command)))
         except OSError as exc:  # a full disk must not stop the report from going out now
             _log.error("cannot persist report %s: %s", command_id, exc)
             return None

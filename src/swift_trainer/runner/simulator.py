@@ -12,8 +12,9 @@ It takes the argv real ``swift sft`` / ``swift export`` take and leaves on disk 
 * the trainer with ``--callbacks graceful_exit`` turns SIGTERM into "save a checkpoint at the
   end of this step, then finish" and still writes its summary line.
 
-Only the standard library is used: the launcher starts this very file as a script for the
-agent and the workers, like swift starts ``sft.py``.
+Only the standard library is used (with ``sim_args``, the command line, and
+``sim_checkpoint``, the files written): the launcher starts this very file as a script for
+the agent and the workers, like swift starts ``sft.py``.
 
 Simulator-only knobs (flags or environment): ``--simulate-step-seconds``
 (``SWIFT_SIM_STEP_SECONDS``, default 0.05), ``--simulate-fail-at-step K``
@@ -30,8 +31,6 @@ import json
 import math
 import os
 import random
-import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -40,14 +39,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-DEFAULT_SAMPLES = 1000
+# Absolute imports: the launcher runs this file as a script (``python -P simulator.py``).
+from swift_trainer.runner.sim_args import compute_max_steps, parse_args
+from swift_trainer.runner.sim_checkpoint import (
+    EMPTY_SAFETENSORS,
+    append_jsonl,
+    output_dir_of,
+    resume_step,
+    save_checkpoint,
+    write_json,
+)
+
 _ROLE_ENV = "SWIFT_SIM_ROLE"
 _TORCHRUN = "torch.distributed.run"
-_TRUE = {"1", "true", "yes", "on"}
 _THIS_FILE = str(Path(__file__).resolve())
-#: A valid, empty safetensors file: 8-byte little-endian header length, then the header.
-_SAFETENSORS_HEADER = b'{"__metadata__":{"format":"pt"}}'
-EMPTY_SAFETENSORS = len(_SAFETENSORS_HEADER).to_bytes(8, "little") + _SAFETENSORS_HEADER
 
 
 class _Bar:
@@ -73,135 +78,6 @@ def _out(text: str, stream: TextIO | None = None) -> None:
 
 def _err(text: str) -> None:
     _out(text, sys.stderr)
-
-
-def _bool(value: str) -> bool:
-    return value.strip().lower() in _TRUE
-
-
-def _env_float(name: str) -> float | None:
-    value = os.environ.get(name)
-    return float(value) if value else None
-
-
-# --- arguments ----------------------------------------------------------------------------
-
-
-def _parser() -> argparse.ArgumentParser:
-    """Only the flags the simulation needs; everything else is accepted and ignored."""
-    parser = argparse.ArgumentParser(prog="swift", add_help=False, allow_abbrev=False)
-    add = parser.add_argument
-    add("--model")
-    add("--dataset", nargs="+", default=[])
-    add("--val_dataset", nargs="+", default=[])
-    add("--output_dir")
-    add("--add_version", type=_bool, default=True)
-    add("--tuner_type")
-    add("--train_type")
-    add("--num_train_epochs", type=float, default=3.0)
-    add("--max_steps", type=int, default=-1)
-    add("--per_device_train_batch_size", type=int, default=1)
-    add("--gradient_accumulation_steps", type=int)
-    add("--learning_rate", type=float)
-    add("--warmup_ratio", type=float, default=0.0)
-    add("--save_steps", type=int, default=500)
-    add("--save_total_limit", type=int)
-    add("--save_only_model", type=_bool, default=False)
-    add("--logging_steps", type=int, default=5)
-    add("--eval_steps", type=int)
-    add("--split_dataset_ratio", type=float, default=0.0)
-    add("--lora_rank", type=int, default=8)
-    add("--lora_alpha", type=int, default=32)
-    add("--target_modules", nargs="+", default=["all-linear"])
-    add("--resume_from_checkpoint")
-    add("--callbacks", nargs="+", default=[])
-    add("--seed", type=int, default=42)
-    # export
-    add("--adapters", nargs="+", default=[])
-    add("--merge_lora", type=_bool, default=False)
-    add("--exist_ok", type=_bool, default=False)
-    # simulator knobs
-    add("--simulate-step-seconds", dest="step_seconds", type=float)
-    add("--simulate-fail-at-step", dest="fail_at_step", type=int)
-    add("--simulate-crash-after-summary", dest="crash_after_summary", action="store_true")
-    add("--simulate-export-fail", dest="export_fail", action="store_true")
-    add("--simulate-startup-seconds", dest="startup_seconds", type=float)
-    return parser
-
-
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    args, _unknown = _parser().parse_known_args(list(argv))
-    if args.step_seconds is None:
-        args.step_seconds = _env_float("SWIFT_SIM_STEP_SECONDS") or 0.05
-    if args.fail_at_step is None:
-        fail = os.environ.get("SWIFT_SIM_FAIL_AT_STEP")
-        args.fail_at_step = int(fail) if fail else None
-    if not args.crash_after_summary:
-        args.crash_after_summary = _bool(os.environ.get("SWIFT_SIM_CRASH_AFTER_SUMMARY", ""))
-    if not args.export_fail:
-        args.export_fail = _bool(os.environ.get("SWIFT_SIM_EXPORT_FAIL", ""))
-    if args.startup_seconds is None:
-        args.startup_seconds = _env_float("SWIFT_SIM_STARTUP_SECONDS") or 0.0
-    args.tuner_type = args.tuner_type or args.train_type or "lora"
-    return args
-
-
-def dataset_samples(dataset: str) -> int:
-    """Samples one ``--dataset`` entry contributes: ``#N`` if given, else a local file's
-    record count, else ms-swift's hub datasets are assumed to hold ``DEFAULT_SAMPLES``."""
-    _name, sep, count = dataset.rpartition("#")
-    if sep and count.isdigit():
-        return int(count)
-    path = Path(dataset)
-    if path.is_file():
-        if path.suffix == ".jsonl":
-            with path.open("rb") as handle:
-                return sum(1 for line in handle if line.strip())
-        if path.suffix == ".json":
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                return DEFAULT_SAMPLES
-            return len(data) if isinstance(data, list) else 1
-        if path.suffix == ".csv":
-            with path.open("rb") as handle:
-                return max(sum(1 for line in handle if line.strip()) - 1, 0)
-    return DEFAULT_SAMPLES
-
-
-def default_gradient_accumulation(batch_size: int, world_size: int) -> int:
-    """ms-swift's own default when the flag is absent (``TrainArgumentsMixin``)."""
-    return max(1, math.ceil(16 / batch_size / world_size))
-
-
-def compute_max_steps(
-    datasets: Sequence[str],
-    *,
-    batch_size: int = 1,
-    gradient_accumulation_steps: int | None = None,
-    world_size: int = 1,
-    num_train_epochs: float = 3.0,
-    max_steps: int = -1,
-    split_dataset_ratio: float = 0.0,
-) -> int:
-    """The optimizer steps HF's Trainer would run, from the same inputs.
-
-    Each rank sees ``ceil(samples / world_size)`` samples, in ``ceil(./batch_size)``
-    batches; an optimizer step takes ``gradient_accumulation_steps`` of them (at least one
-    step per epoch); epochs may be fractional. ``--max_steps`` > 0 wins.
-    """
-    if max_steps > 0:
-        return max_steps
-    samples = sum(dataset_samples(d) for d in datasets)
-    samples -= int(samples * split_dataset_ratio)
-    world = max(world_size, 1)
-    accumulation = gradient_accumulation_steps or default_gradient_accumulation(
-        batch_size,
-        world,
-    )
-    batches_per_rank = math.ceil(math.ceil(samples / world) / max(batch_size, 1))
-    steps_per_epoch = max(batches_per_rank // accumulation, 1)
-    return max(math.ceil(num_train_epochs * steps_per_epoch), 1)
 
 
 # --- helpers shared by the roles ------------------------------------------------------------
@@ -342,29 +218,6 @@ class _Stop:
         signal.signal(signal.SIGTERM, handler)
 
 
-def _output_dir(args: argparse.Namespace) -> Path:
-    base = Path(args.output_dir or f"output/{Path(args.model).name}").absolute()
-    if not args.add_version:
-        return base
-    versions = [-1]
-    if base.is_dir():
-        for entry in base.iterdir():
-            match = re.match(r"v(\d+)", entry.name)
-            if match:
-                versions.append(int(match.group(1)))
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return base / f"v{max(versions) + 1}-{stamp}"
-
-
-def _write_json(path: Path, data: object) -> None:
-    path.write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
-
-
-def _append_jsonl(path: Path, data: dict[str, Any]) -> None:
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(data, ensure_ascii=False) + "\n")
-
-
 class _Trainer:
     """Rank 0's view of a training run; other ranks only keep pace."""
 
@@ -419,7 +272,7 @@ class _Trainer:
     def log(self, logs: dict[str, Any], step: int) -> None:
         logs = self.add_train_message(logs, step)
         self.log_history.append({**logs, "step": step})
-        _append_jsonl(self.output_dir / "logging.jsonl", logs)
+        append_jsonl(self.output_dir / "logging.jsonl", logs)
         _out(str(logs))
 
     def train_log(self, step: int) -> None:
@@ -449,61 +302,14 @@ class _Trainer:
         )
 
     def save_checkpoint(self, step: int) -> Path:
-        """Model files first, ``trainer_state.json`` last: its presence means complete."""
-        path = self.output_dir / f"checkpoint-{step}"
-        path.mkdir(parents=True, exist_ok=True)
-        args = self.args
-        if args.tuner_type == "full":
-            _write_json(path / "config.json", {"architectures": ["SimulatedForCausalLM"]})
-            (path / "model.safetensors").write_bytes(EMPTY_SAFETENSORS)
-        else:
-            _write_json(
-                path / "adapter_config.json",
-                {
-                    "peft_type": "LORA",
-                    "base_model_name_or_path": args.model,
-                    "r": args.lora_rank,
-                    "lora_alpha": args.lora_alpha,
-                    "target_modules": args.target_modules,
-                    "task_type": "CAUSAL_LM",
-                },
-            )
-            (path / "adapter_model.safetensors").write_bytes(EMPTY_SAFETENSORS)
-        shutil.copyfile(self.output_dir / "args.json", path / "args.json")
-        if not args.save_only_model:
-            for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
-                (path / name).write_bytes(b"\x80\x04simulated")
-        _write_json(
-            path / "trainer_state.json",
-            {
-                "global_step": step,
-                "max_steps": self.max_steps,
-                "epoch": self.epoch(step),
-                "logging_steps": args.logging_steps,
-                "save_steps": args.save_steps,
-                "train_batch_size": args.per_device_train_batch_size,
-                "best_metric": None,
-                "best_model_checkpoint": None,
-                "is_world_process_zero": True,
-                "log_history": self.log_history[-20:],
-            },
+        return save_checkpoint(
+            self.args,
+            self.output_dir,
+            step,
+            max_steps=self.max_steps,
+            epoch=self.epoch(step),
+            log_history=self.log_history,
         )
-        self._rotate()
-        _update_last_checkpoint_symlink(path)
-        return path
-
-    def _rotate(self) -> None:
-        limit = self.args.save_total_limit
-        if not limit or limit <= 0:
-            return
-        found = []
-        for entry in self.output_dir.iterdir():
-            match = re.fullmatch(r"checkpoint-(\d+)", entry.name)
-            if match and entry.is_dir():
-                found.append((int(match.group(1)), entry))
-        found.sort()
-        for _step, entry in found[: max(len(found) - limit, 0)]:
-            shutil.rmtree(entry, ignore_errors=True)
 
     def summary(self, step: int, last_checkpoint: Path | None) -> None:
         runtime = time.time() - self.start_time
@@ -523,7 +329,7 @@ class _Trainer:
         _err(f"[INFO:swift] images_dir: {self.output_dir / 'images'}")
         # ms-swift 4.6.0 ends logging.jsonl with its run summary (``SwiftSft.train_msg``):
         # no ``global_step/max_steps``, so it is neither progress nor the trainer's summary.
-        _append_jsonl(
+        append_jsonl(
             self.output_dir / "logging.jsonl",
             {
                 "train_dataset": f"{self.max_steps:.6f}\u00b10.000000",
@@ -537,27 +343,6 @@ class _Trainer:
             },
         )
         _err("[INFO:swift] End time of running main: " + dt.datetime.now().isoformat(" "))
-
-
-def _update_last_checkpoint_symlink(checkpoint: Path) -> None:
-    """ms-swift 4.6.0 points ``<output_dir>/last-checkpoint`` at each checkpoint it saves."""
-    link = checkpoint.parent / "last-checkpoint"
-    tmp = checkpoint.parent / "last-checkpoint.tmp"
-    try:
-        if os.path.lexists(tmp):
-            tmp.unlink()
-        os.symlink(checkpoint.name, tmp)
-        os.replace(tmp, link)
-    except OSError:
-        return
-
-
-def _resume_step(args: argparse.Namespace) -> int:
-    if not args.resume_from_checkpoint:
-        return 0
-    state = Path(args.resume_from_checkpoint).absolute() / "trainer_state.json"
-    data = json.loads(state.read_text(encoding="utf-8"))
-    return int(data["global_step"])
 
 
 def _fail(message: str) -> int:
@@ -593,7 +378,7 @@ def _sft_worker(argv: list[str]) -> int:
     if problem:
         return _fail(problem) if rank == 0 else 1
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    output_dir = _output_dir(args)
+    output_dir = output_dir_of(args)
     max_steps = compute_max_steps(
         args.dataset,
         batch_size=args.per_device_train_batch_size,
@@ -610,13 +395,13 @@ def _sft_worker(argv: list[str]) -> int:
         _err(f"[INFO:swift] output_dir: {output_dir}")
         args_record = {k: v for k, v in vars(args).items() if not k.startswith(("step_", "fail"))}
         args_record.update(output_dir=str(output_dir), swift_version="4.6.0")
-        _write_json(output_dir / "args.json", args_record)
+        write_json(output_dir / "args.json", args_record)
         _err(f"[INFO:swift] The SftArguments will be saved in: {output_dir / 'args.json'}")
         _err(f"[INFO:swift] The logging file will be saved in: {output_dir / 'logging.jsonl'}")
     time.sleep(args.startup_seconds)
     if "graceful_exit" in args.callbacks:
         _Stop.install()
-    return _train_loop(trainer, _resume_step(args))
+    return _train_loop(trainer, resume_step(args))
 
 
 def _train_loop(trainer: _Trainer, start_step: int) -> int:
@@ -692,7 +477,7 @@ def _export_worker(argv: list[str]) -> int:
         return 1
     target.mkdir(parents=True, exist_ok=True)
     adapter = json.loads((checkpoint / "adapter_config.json").read_text(encoding="utf-8"))
-    _write_json(
+    write_json(
         target / "config.json",
         {"architectures": ["SimulatedForCausalLM"], "merged_from": str(checkpoint), **adapter},
     )

@@ -30,6 +30,8 @@ from typing import Any, Final
 
 import msgspec
 
+from .log_tail import MAX_READ_BYTES
+
 LOGGING_FILE: Final = "logging.jsonl"
 CHECKPOINT_RE: Final = re.compile(r"^checkpoint-(\d+)$")
 #: HF's Trainer writes this file last when it saves a checkpoint.
@@ -210,9 +212,15 @@ class TrainingLogReader:
     output folder, so a previous run's summary is never mistaken for this run's.
     """
 
-    def __init__(self, path: str | Path, *, start_offset: int = 0) -> None:
+    def __init__(
+        self, path: str | Path, *, start_offset: int = 0, max_read: int = MAX_READ_BYTES
+    ) -> None:
         self.path = Path(path)
         self.offset = start_offset
+        #: The most one ``poll`` reads, so a backlog never blocks the event loop for long.
+        self.max_read = max_read
+        #: False while the last read stopped at ``max_read`` with more to come.
+        self.at_end = True
         self._inode: int | None = None
         self._partial = b""
         self.malformed_lines = 0
@@ -241,14 +249,15 @@ class TrainingLogReader:
                     self.offset, self._partial = 0, b""  # truncated
                 self._inode = stat.st_ino
                 handle.seek(self.offset)
-                data = handle.read()
+                data = handle.read(self.max_read)
         except FileNotFoundError:
-            return b""
+            data = b""
+        self.at_end = len(data) < self.max_read
         self.offset += len(data)
         return data
 
     def poll(self) -> list[LogRecord]:
-        """The records of every complete line appended since the last call."""
+        """The records of the complete lines in the next chunk (at most ``max_read`` bytes)."""
         data = self._read_new_bytes()
         if not data:
             return []
@@ -259,6 +268,8 @@ class TrainingLogReader:
     def finish(self) -> list[LogRecord]:
         """After the writer has exited: a last line without newline is complete after all."""
         records = self.poll()
+        while not self.at_end:
+            records += self.poll()
         if self._partial.strip():
             tail, self._partial = self._partial, b""
             records += self._decode([tail])

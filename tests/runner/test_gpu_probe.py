@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from swift_trainer.runner.inventory import (
+from swift_trainer.runner.gpu_probe import (
     FakeInventory,
     GpuInfo,
     GpuProcess,

@@ -1,0 +1,106 @@
+"""``swift-trainer runner``: its options and its process (connect, provision, run the agent
+until SIGINT/SIGTERM)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+from pathlib import Path
+
+from ..bus.connection import connect, provision, resolve_nats_url
+from ..core.settings import Settings
+from ..core.shutdown import wait_for_shutdown
+from ..core.telemetry import setup_tracing
+from .agent import DEFAULT_MAX_FOREIGN_MEMORY_MIB
+from .runner_factory import SIMULATOR, RunnerOptions, create_runner_agent, default_runner_id
+
+_log = logging.getLogger(__name__)
+
+
+def add_runner_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--nats-url", help="NATS server (default NATS_URL or the running 'up')")
+    add("--runner-id", help="this runner's id (default: the host name)")
+    add("--simulate-gpus", type=int, metavar="N", help="simulate N GPUs and run swift-sim")
+    add("--simulate-gpu-name", default="Simulated A100-SXM4-80GB")
+    add("--simulate-gpu-memory-mib", type=int, default=81920)
+    add(
+        "--simulate-step-seconds",
+        type=float,
+        help="seconds per simulated training step (SWIFT_SIM_STEP_SECONDS)",
+    )
+    add(
+        "--swift-executable",
+        help="the swift CLI to run (default: 'swift', or the simulator with --simulate-gpus); "
+        "several words are split like a shell would not: give a path",
+    )
+    add("--output-root", help="where job output folders go (default OUTPUT_ROOT)")
+    add("--state-dir", help="the runner's state (default <data dir>/runner-<id>)")
+    add("--heartbeat-s", type=float, default=2.0)
+    add("--lease-s", type=float, default=10.0)
+    add("--grace-period-s", type=float, default=60.0, help="time to save a checkpoint on stop")
+    add(
+        "--max-foreign-memory-mib",
+        type=int,
+        default=DEFAULT_MAX_FOREIGN_MEMORY_MIB,
+        help="refuse GPUs on which other processes hold more memory than this",
+    )
+    add(
+        "--stop-jobs-on-exit",
+        action="store_true",
+        help="stop training on shutdown (default: leave it running for the next start)",
+    )
+
+
+def options_from_args(settings: Settings, args: argparse.Namespace) -> RunnerOptions:
+    runner_id = args.runner_id or default_runner_id()
+    if args.swift_executable:
+        executable: tuple[str, ...] = (args.swift_executable,)
+    elif args.simulate_gpus is not None:
+        executable = SIMULATOR
+    else:
+        executable = ("swift",)
+    return RunnerOptions(
+        runner_id=runner_id,
+        output_root=args.output_root or settings.output_root,
+        state_dir=args.state_dir or str(Path(settings.data_dir) / f"runner-{runner_id}"),
+        swift_executable=executable,
+        simulate_gpus=args.simulate_gpus,
+        simulate_gpu_name=args.simulate_gpu_name,
+        simulate_gpu_memory_mib=args.simulate_gpu_memory_mib,
+        simulate_step_seconds=args.simulate_step_seconds,
+        heartbeat_s=args.heartbeat_s,
+        lease_s=args.lease_s,
+        grace_period_s=args.grace_period_s,
+        stop_jobs_on_exit=args.stop_jobs_on_exit,
+        max_foreign_memory_mib=args.max_foreign_memory_mib,
+    )
+
+
+async def run_runner(settings: Settings, args: argparse.Namespace) -> int:
+    """``swift-trainer runner``: run until SIGINT/SIGTERM, then leave (exit code 0)."""
+    options = options_from_args(settings, args)
+    setup_tracing(f"swift-trainer-runner-{options.runner_id}")
+    nc = await connect(
+        resolve_nats_url(settings, getattr(args, "nats_url", None)),
+        settings,
+        name=f"runner-{options.runner_id}",
+    )
+    try:
+        await provision(
+            nc.jetstream(),
+            runner_lease_s=max(options.lease_s, 1.0) * 1.5,
+            replicas=settings.nats_stream_replicas,
+        )
+        agent = create_runner_agent(nc, options, command_timeout_s=settings.command_timeout_s)
+        await agent.start()
+        try:
+            await wait_for_shutdown()
+        finally:
+            _log.info("runner %s stopping", options.runner_id)
+            await agent.stop()
+    finally:
+        with contextlib.suppress(Exception):
+            await nc.drain()
+    return 0
