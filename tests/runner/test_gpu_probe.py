@@ -21,7 +21,6 @@ from swift_trainer.runner.gpu_probe import (
     NvmlInventory,
     foreign_memory_mib,
     foreign_processes,
-    host_info,
     process_tree_pids,
 )
 
@@ -36,15 +35,6 @@ def sleeper() -> Iterator[subprocess.Popen[bytes]]:
     finally:
         proc.kill()
         proc.wait()
-
-
-def test_host_info_uses_the_nearest_existing_folder(tmp_path: Path) -> None:
-    info = host_info(tmp_path / "not" / "yet")
-    assert info.disk_path == str(tmp_path)
-    assert info.disk_total_bytes > 0
-    assert info.cpu_count >= 1
-    assert info.memory_total_bytes >= info.memory_available_bytes > 0
-    assert info.hostname
 
 
 def test_fake_inventory_defaults(tmp_path: Path) -> None:

@@ -39,6 +39,7 @@ from ..core import events as e
 from ..core.errors import SwiftTrainerError
 from ..core.ids import job_stream
 from ..core.inventory import RunnerHeartbeat, RunnerJob
+from ..core.limits import MAX_REASON_CHARS
 from ..core.spec import JobSpec
 from ._tasks import cancel_and_wait
 from .assignment_check import assignment_problem
@@ -351,7 +352,7 @@ class RunnerAgent:
                 job_id=event.job_id,
                 attempt=event.attempt,
                 runner_id=self.runner_id,
-                reason=reason[:4096],
+                reason=reason[:MAX_REASON_CHARS],
             ),
         )
 

@@ -12,8 +12,6 @@ not hide a whole GPU from the scheduler.
 
 from __future__ import annotations
 
-import os
-import socket
 import threading
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Sequence
@@ -25,6 +23,7 @@ from typing import Any, Final, Literal, Protocol, TypeVar
 
 import psutil
 
+from ..core.host import host_info
 from ..core.inventory import (
     GpuHealth,
     GpuInfo,
@@ -69,35 +68,6 @@ class GpuProcessRegistry(Protocol):
 
 
 # --- host -------------------------------------------------------------------------------------
-
-
-def _existing(path: Path) -> Path:
-    """The output root may not exist before the first job; its disk is its nearest parent's."""
-    current = path.absolute()
-    while not current.exists() and current.parent != current:
-        current = current.parent
-    return current
-
-
-def host_info(output_root: str | Path) -> HostInfo:
-    memory = psutil.virtual_memory()
-    disk_path = _existing(Path(output_root))
-    disk = psutil.disk_usage(str(disk_path))
-    try:
-        load: tuple[float, float, float] | None = os.getloadavg()
-    except OSError:
-        load = None
-    return HostInfo(
-        hostname=socket.gethostname(),
-        cpu_count=os.cpu_count() or 1,
-        memory_total_bytes=memory.total,
-        memory_available_bytes=memory.available,
-        disk_path=str(disk_path),
-        disk_total_bytes=disk.total,
-        disk_free_bytes=disk.free,
-        cpu_percent=psutil.cpu_percent(interval=None),
-        load_average=load,
-    )
 
 
 # --- foreign usage ----------------------------------------------------------------------------

@@ -14,11 +14,11 @@ from typing import Final, Literal
 
 import msgspec
 
+from ..core.limits import MAX_REASON_CHARS
 from .training_log import TrainingSummary
 
 #: The limits of ``ReportFailed.stderr_tail`` and of a ``Reason`` in core.commands.
 MAX_STDERR_TAIL_CHARS: Final = 65536
-MAX_REASON_CHARS: Final = 4096
 
 
 class JobOutcome(msgspec.Struct, frozen=True, omit_defaults=True):

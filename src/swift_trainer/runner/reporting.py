@@ -38,6 +38,7 @@ from ..bus.messages import ReplyError
 from ..core import commands as c
 from ..core.atomic_file import write_atomic
 from ..core.ids import new_id
+from ..core.limits import MAX_REASON_CHARS
 from ._tasks import cancel_and_wait
 from .log_publisher import LogPublisher
 from .outcome import ExportOutcome, JobOutcome
@@ -420,7 +421,7 @@ class ExportReports:
         )
 
 
-def export_failure_reason(outcome: ExportOutcome, limit: int = 4096) -> str:
+def export_failure_reason(outcome: ExportOutcome, limit: int = MAX_REASON_CHARS) -> str:
     """The supervisor's reason plus the last stderr lines (the traceback's last line says
     what went wrong), cut to fit a core ``Reason``."""
     reason = outcome.reason

@@ -7,15 +7,12 @@ runner that grows its heartbeat needs no API change.
 
 from __future__ import annotations
 
-import os
-import socket
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import msgspec
-import psutil
 
+from ...core.host import host_info
 from ...core.job import ACTIVE
 from ...projections.read_models.interface import MAX_PAGE_SIZE, ReadModel
 from .schemas import GpusResponse, HostStats, RunnerGpus
@@ -108,33 +105,23 @@ async def gpus_overview(read_model: ReadModel, now: datetime, lease_s: float) ->
     )
 
 
-def _existing(path: Path) -> Path:
-    """The output root may not exist yet; its disk is its nearest existing parent's."""
-    current = path.absolute()
-    while not current.exists() and current.parent != current:
-        current = current.parent
-    return current
-
-
 def host_stats(output_root: str) -> HostStats:
     """Blocking (psutil reads /proc and statfs): call it in a worker thread."""
-    memory = psutil.virtual_memory()
-    disk_path = _existing(Path(output_root))
-    disk = psutil.disk_usage(str(disk_path))
-    try:
-        load: tuple[float, float, float] | None = os.getloadavg()
-    except OSError:
-        load = None
+    info = host_info(output_root)
     return HostStats(
-        hostname=socket.gethostname(),
-        cpu_count=os.cpu_count() or 1,
-        cpu_percent=psutil.cpu_percent(interval=None),
-        load_average=load,
-        memory_total_bytes=memory.total,
-        memory_available_bytes=memory.available,
-        memory_percent=memory.percent,
-        disk_path=str(disk_path),
-        disk_total_bytes=disk.total,
-        disk_free_bytes=disk.free,
-        disk_percent=disk.percent,
+        hostname=info.hostname,
+        cpu_count=info.cpu_count,
+        cpu_percent=info.cpu_percent or 0.0,
+        load_average=info.load_average,
+        memory_total_bytes=info.memory_total_bytes,
+        memory_available_bytes=info.memory_available_bytes,
+        memory_percent=_percent_used(info.memory_available_bytes, info.memory_total_bytes),
+        disk_path=info.disk_path,
+        disk_total_bytes=info.disk_total_bytes,
+        disk_free_bytes=info.disk_free_bytes,
+        disk_percent=_percent_used(info.disk_free_bytes, info.disk_total_bytes),
     )
+
+
+def _percent_used(free: int, total: int) -> float:
+    return round(100.0 * (total - free) / total, 1) if total else 0.0
