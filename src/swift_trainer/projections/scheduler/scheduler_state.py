@@ -3,10 +3,11 @@
 ``SchedulerState`` folds recorded events into per-job aggregate states (with
 ``core.job.evolve``, so the scheduler can never disagree with the domain about a job's
 status), the GPU ledger (with ``core.gpu_ledger.evolve_ledger``) and the queue processor
-switch, and keeps a pure ``Scheduler`` core in step with them. It does no I/O and reads the
+switch, and keeps the pure placement core (``placement_core.Scheduler``, the attribute
+``placement``) in step with them. It does no I/O and reads the
 clock only through the ``now`` arguments: the service shell owns NATS, leadership and time.
 
-How a job appears in the core, from its state, its ledger claim and this instance's
+How a job appears in the placement core, from its state, its ledger claim and this instance's
 in-flight decisions:
 
 - scheduled, running or stopping: it holds the GPUs of its current attempt;
@@ -27,7 +28,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Final, Literal
 
 import msgspec
 
@@ -40,14 +41,11 @@ from swift_trainer.core.queue_processor import QueueProcessorState, evolve_proce
 from swift_trainer.core.store import RecordedEvent
 from swift_trainer.core.webhooks import is_webhook_stream
 
-from .scheduling import (
-    GpuSnapshot,
-    HostSnapshot,
-    PlacementPolicy,
-    QueuedJob,
-    RunningJob,
-    Scheduler,
-)
+from .gpu_choice import host_snapshot
+from .gpu_snapshots import HostSnapshot, RunningJob
+from .job_queue import QueuedJob
+from .placement import PlacementPolicy
+from .placement_core import Scheduler
 
 _log = logging.getLogger(__name__)
 
@@ -80,32 +78,6 @@ def claim_key(job_id: str) -> str:
     return f"claim/{job_id}"
 
 
-def host_snapshot(heartbeat: RunnerHeartbeat, seen_at: datetime | None = None) -> HostSnapshot:
-    """What placement needs from a heartbeat; a draining runner takes no new work.
-
-    The lease runs ``lease_s`` from ``seen_at`` (default: the heartbeat's own ``at``).
-    """
-    foreign = heartbeat.foreign_memory_mib
-    return HostSnapshot(
-        runner_id=heartbeat.runner_id,
-        gpus=tuple(
-            GpuSnapshot(
-                index=gpu.index,
-                uuid=gpu.uuid,
-                name=gpu.name,
-                memory_total_mib=gpu.memory_total_mib,
-                memory_used_mib=gpu.memory_used_mib,
-                foreign_memory_mib=foreign.get(gpu.index, 0),
-                utilization_pct=float(gpu.utilization_pct or 0),
-                healthy=not gpu.health.suspect,
-            )
-            for gpu in heartbeat.inventory.gpus
-        ),
-        alive=not heartbeat.draining,
-        lease_expires_at=(seen_at or heartbeat.at) + timedelta(seconds=heartbeat.lease_s),
-    )
-
-
 def _claim_is_live(state: JobState | None, claim: Claim) -> bool:
     """Whether the claim backs the job's current attempt, or the one being scheduled."""
     if state is None:
@@ -119,7 +91,7 @@ class ClaimAction(msgspec.Struct, frozen=True):
     """What the leader must do about a claim: ``complete`` it with the ``ScheduleJob`` its
     author never got through, or ``release`` it because its attempt is over."""
 
-    kind: str  # "complete" | "release"
+    kind: Literal["complete", "release"]
     claim: Claim
     reason: str = ""
 
@@ -145,7 +117,7 @@ class SchedulerState:
     """The scheduler's projection plus its placement core; see the module docstring."""
 
     def __init__(self, policy: PlacementPolicy | None = None) -> None:
-        self.core = Scheduler(policy)
+        self.placement = Scheduler(policy)
         self.jobs: dict[str, JobState] = {}
         #: Global position of each job's ``JobSubmitted``: first come, first served.
         self.seqs: dict[str, int] = {}
@@ -214,7 +186,7 @@ class SchedulerState:
                 case e.JobProgressed(job_id=job_id):
                     self._evolve_job(recorded, event)
                     if job_id in self._active and job_id not in self.pending:
-                        self.core.set_remaining(job_id, event.remaining_s)
+                        self.placement.set_remaining(job_id, event.remaining_s)
                 case _:
                     self._evolve_job(recorded, event)
                     touched.add(event.job_id)
@@ -283,24 +255,24 @@ class SchedulerState:
         if job_id not in self.pending:
             self._sync_job(job_id, state, claim)
         if claim is not None and not _claim_is_live(state, claim):
-            self.core.assign(
+            self.placement.assign(
                 RunningJob(
                     job_id=claim_key(job_id), runner_id=claim.runner_id, gpu_ids=claim.gpu_ids
                 ),
             )
             self._claim_holds.add(job_id)
         elif job_id in self._claim_holds:
-            self.core.release(claim_key(job_id))
+            self.placement.release(claim_key(job_id))
             self._claim_holds.discard(job_id)
 
     def _sync_job(self, job_id: str, state: JobState | None, claim: Claim | None) -> None:
-        core = self.core
+        placement = self.placement
         if state is None:
-            core.remove(job_id)
-            core.release(job_id)
+            placement.remove(job_id)
+            placement.release(job_id)
             return
         if state.status in ACTIVE and state.runner_id is not None:
-            core.assign(
+            placement.assign(
                 RunningJob(
                     job_id=job_id,
                     runner_id=state.runner_id,
@@ -311,7 +283,7 @@ class SchedulerState:
             )
         elif state.status is JobStatus.QUEUED:
             if claim is not None and claim.attempt == state.attempt + 1:
-                core.assign(
+                placement.assign(
                     RunningJob(
                         job_id=job_id,
                         runner_id=claim.runner_id,
@@ -320,12 +292,12 @@ class SchedulerState:
                     ),
                 )
             elif self._cooling(job_id):
-                core.remove(job_id)
+                placement.remove(job_id)
             else:
-                core.submit(self._queued(state))
+                placement.submit(self._queued(state))
         else:
-            core.remove(job_id)
-            core.release(job_id)
+            placement.remove(job_id)
+            placement.release(job_id)
 
     def _queued(self, state: JobState) -> QueuedJob:
         spec = state.spec
@@ -381,7 +353,7 @@ class SchedulerState:
         host = host_snapshot(heartbeat, seen_at)
         assert host.lease_expires_at is not None
         self.leases[heartbeat.runner_id] = host.lease_expires_at
-        self.core.update_host(host)
+        self.placement.update_host(host)
         self._check_listed(heartbeat, seen_at or heartbeat.at)
         return host
 
@@ -412,9 +384,9 @@ class SchedulerState:
         """The runner's key is gone: no new work goes there. Its jobs are lost when the
         lease of its last heartbeat runs out, as for any runner that stops heartbeating,
         unless it reports again before then (a restart)."""
-        host = self.core.host(runner_id)
+        host = self.placement.host(runner_id)
         if host is not None:
-            self.core.update_host(msgspec.structs.replace(host, alive=False))
+            self.placement.update_host(msgspec.structs.replace(host, alive=False))
 
     def refresh(self, now: datetime) -> None:
         """Bring time-dependent inputs up to ``now``: expired leases, remaining times.
@@ -422,7 +394,7 @@ class SchedulerState:
         A progress report's ``remaining_s`` was measured when it was recorded; the core reads
         remaining times as "from now", so they are aged by the time since.
         """
-        self.core.expire_leases(now)
+        self.placement.expire_leases(now)
         self.now = now
         for job_id in [j for j, (until, _) in self.cooling.items() if until <= now]:
             del self.cooling[job_id]
@@ -435,7 +407,7 @@ class SchedulerState:
             if progress is None or progress.remaining_s is None or progress.at is None:
                 continue
             elapsed = (now - progress.at).total_seconds()
-            self.core.set_remaining(job_id, max(0.0, progress.remaining_s - max(elapsed, 0.0)))
+            self.placement.set_remaining(job_id, max(0.0, progress.remaining_s - max(elapsed, 0.0)))
 
     def lost_jobs(self, now: datetime) -> list[LostJob]:
         """Active jobs whose runner has no live lease at ``now`` (or never reported)."""
@@ -550,7 +522,7 @@ class SchedulerState:
         return self.processor.paused
 
     def gpu_uuids(self, runner_id: str, gpu_ids: Iterable[int]) -> tuple[str, ...]:
-        host = self.core.host(runner_id)
+        host = self.placement.host(runner_id)
         if host is None:
             return ()
         by_index = {gpu.index: gpu.uuid for gpu in host.gpus}

@@ -10,24 +10,23 @@ import msgspec
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-from swift_trainer.core import commands as c
-from swift_trainer.core import events as e
-from swift_trainer.core.inventory import RunnerJob
-from swift_trainer.core.telemetry import setup_tracing
-from swift_trainer.projections.scheduler_service import (
-    PROCESS_SUBJECT,
-    SchedulerService,
-    request_processing,
-)
-
-from .conftest import (
+from tests.projections.conftest import (
     SCHEDULER_LEASE_S,
     Bus,
     assert_no_gpu_in_two_live_jobs,
     eventually,
     heartbeat,
 )
+
+from swift_trainer.core import commands as c
+from swift_trainer.core import events as e
+from swift_trainer.core.inventory import RunnerJob
+from swift_trainer.core.telemetry import setup_tracing
+from swift_trainer.projections.scheduler.process_requests import (
+    PROCESS_SUBJECT,
+    request_processing,
+)
+from swift_trainer.projections.scheduler.scheduler_service import SchedulerService
 
 
 async def placements(bus: Bus) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -105,9 +104,9 @@ async def test_a_paused_processor_places_nothing_until_resumed(bus: Bus) -> None
     await bus.submit("a")
     await eventually(lambda: scheduler.leading, what="leadership")
     result = await scheduler.process_now()
-    assert result["processed"] is True
-    assert result["paused"] is True
-    assert result["placed"] == []
+    assert result.processed is True
+    assert result.paused is True
+    assert result.placed == ()
     assert await placements(bus) == {}
     assert (await bus.send(c.ResumeQueueProcessor())).ok
     assert set(await wait_placed(bus, 1)) == {"a"}
@@ -143,13 +142,13 @@ async def test_process_now_over_nats_places_and_says_who_leads(bus: Bus) -> None
     ]
     placed = await placements(bus)
     assert set(placed) == {"a"}
-    assert (await request_processing(bus.nc))["leader"] == scheduler.scheduler_id
+    assert (await request_processing(bus.nc)).leader == scheduler.scheduler_id
 
 
 async def test_asking_to_process_without_any_scheduler_says_so(bus: Bus) -> None:
     result = await request_processing(bus.nc, timeout=2)
-    assert result["processed"] is False
-    assert result["reason"] == "no scheduler is running"
+    assert result.processed is False
+    assert result.reason == "no scheduler is running"
 
 
 async def test_the_queue_view_shows_positions_and_estimated_starts(bus: Bus) -> None:
@@ -313,8 +312,8 @@ async def test_only_one_of_two_schedulers_leads_and_a_standby_takes_over(bus: Bu
 
     # A standby answers process requests by asking the leader.
     forwarded = await standby.process_now()
-    assert forwarded["processed"] is False
-    assert forwarded["leader"] == leader.scheduler_id
+    assert forwarded.processed is False
+    assert forwarded.leader == leader.scheduler_id
     for _ in range(4):  # the queue group spreads requests over both
         reply = msgspec.json.decode((await bus.nc.request(PROCESS_SUBJECT, b"{}", timeout=10)).data)
         assert reply["processed"] is True
