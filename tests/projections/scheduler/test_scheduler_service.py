@@ -400,3 +400,25 @@ async def test_a_pass_is_one_trace_with_the_commands_it_sends(bus: Bus) -> None:
     for kind in ("GpusClaimed", "JobScheduled"):
         recorded = next(x for x in await bus.events() if x.type == kind)
         assert recorded.metadata.trace["traceparent"].split("-")[1] == trace_id, kind
+
+
+async def test_a_job_let_go_at_rest_is_read_back_and_placed_when_started_again(bus: Bus) -> None:
+    await bus.put_heartbeat(heartbeat("r1", gpus=1))
+    scheduler = await bus.scheduler(max_jobs_at_rest=0)
+    await bus.submit("a")
+    await wait_placed(bus, 1)
+    runner = {"job_id": "a", "attempt": 1, "runner_id": "r1"}
+    assert (await bus.send(c.ReportStarted(**runner, pid=1, command=("swift",)))).ok
+    assert (await bus.send(c.ReportFailed(**runner, exit_code=1, reason="boom"))).ok
+    await eventually(lambda: scheduler.state.dormant.evicted == 1, what="the job let go")
+    assert "a" not in scheduler.state.jobs
+
+    assert (await bus.send(c.StartJob(job_id="a"))).ok
+
+    async def second_attempt() -> bool:
+        state = (await bus.jobs())["a"]
+        return state.status.value == "scheduled" and state.attempt == 2
+
+    await eventually(second_attempt, what="the restarted job placed again")
+    assert scheduler.state.forgotten == {}
+    assert await assert_no_gpu_in_two_live_jobs(await bus.events()) >= 1

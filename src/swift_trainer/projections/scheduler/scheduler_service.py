@@ -54,11 +54,12 @@ from swift_trainer.bus.connection import provision
 from swift_trainer.bus.feed import EventFeed
 from swift_trainer.bus.kv_watch import watch_bucket
 from swift_trainer.bus.relay import POSITION_HEADER
-from swift_trainer.core.ids import new_id
+from swift_trainer.core.ids import job_stream, new_id
 from swift_trainer.core.inventory import RunnerHeartbeat, decode_heartbeat
 from swift_trainer.core.store import EventStore, RecordedEvent
 
 from ..read_models.views import QueueEntry, QueueView
+from .dormant_jobs import DEFAULT_LIMIT
 from .gpu_choice import placement_signature
 from .leader_actions import LeaderActions
 from .leader_lease import LeaderLease
@@ -111,6 +112,8 @@ class SchedulerService:
     marked lost (and requeued, as the domain decides).
     ``vanish_grace_s``: a running job whose runner's heartbeats have not listed its process
     for this long (two heartbeats at least) is marked lost.
+    ``max_jobs_at_rest``: failed, stopped and paused jobs kept for a quick restart; one let
+    go is read back from ``store`` when it is queued again (see ``dormant_jobs``).
     """
 
     def __init__(
@@ -129,6 +132,7 @@ class SchedulerService:
         start_timeout_s: float = 60.0,
         vanish_grace_s: float = 10.0,
         stream_replicas: int = 1,
+        max_jobs_at_rest: int = DEFAULT_LIMIT,
     ) -> None:
         self.nc = nc
         self.scheduler_id = scheduler_id or default_scheduler_id()
@@ -145,7 +149,7 @@ class SchedulerService:
         self.start_timeout_s = start_timeout_s
         self.vanish_grace_s = vanish_grace_s
         self.stream_replicas = stream_replicas
-        self.state = SchedulerState(self.policy)
+        self.state = SchedulerState(self.policy, max_jobs_at_rest=max_jobs_at_rest)
         self.client = CommandClient(nc, timeout=command_timeout_s, actor=ACTOR)
         self.actions = LeaderActions(
             self.client,
@@ -304,7 +308,31 @@ class SchedulerService:
     async def _on_events(self, batch: Sequence[RecordedEvent]) -> None:
         if self.state.apply(batch, self.clock()):
             self.wake()
+        if self.state.forgotten:
+            await self._restore_forgotten()
         self._applied.set()
+
+    async def _restore_forgotten(self) -> None:
+        """Rebuild jobs queued again after the state let them go at rest (see
+        ``dormant_jobs``), from the store; without one, say what to do instead."""
+        for job_id in list(self.state.forgotten):
+            if self.store is None:
+                self.state.forgotten.pop(job_id, None)
+                _log.warning(
+                    "job %s was queued again after this scheduler let it go (more than %d "
+                    "jobs at rest); without EVENT_STORE_URL it cannot rebuild it: another "
+                    "scheduler or a restart of this one places it",
+                    job_id,
+                    self.state.dormant.limit,
+                )
+                continue
+            try:
+                stored = await self.store.read_stream(job_stream(job_id))
+            except Exception as exc:
+                _log.warning("cannot read job %s back from the store (%r); retrying", job_id, exc)
+                continue
+            if self.state.restore(job_id, stored, self.clock()):
+                self.wake()
 
     async def _watch_runners(self) -> None:
         def loaded() -> None:  # every current value has been delivered
@@ -383,6 +411,8 @@ class SchedulerService:
     async def run_pass(self, *, force_view: bool = False) -> PassResult:
         """Bring the picture up to now and, when leading, act on it (one traced span)."""
         async with self._pass_lock:
+            if self.state.forgotten:
+                await self._restore_forgotten()
             self.state.refresh(self.clock())
             if not self.leading:
                 reason = "not the leader" if not self.is_leader else "catching up with the log"

@@ -17,6 +17,11 @@ in-flight decisions:
 - queued otherwise: in the queue, ordered by priority and the position of its submission;
 - anything else: not in the core.
 
+Jobs at rest (failed, stopped, paused) leave ``jobs`` for the bounded ``dormant`` map, and
+jobs that succeeded, were cancelled or deleted are forgotten: memory follows the live jobs,
+not every job ever run. A job evicted from ``dormant`` that is queued again is rebuilt from
+the event store (``forgotten``, ``restore``).
+
 A claim that belongs to no live attempt (the attempt ended and the leader has not released
 it yet) still blocks its GPUs, under a key no job id can take, because the ledger would
 refuse any other claim on them anyway. A job this instance has just placed stays as the
@@ -41,6 +46,7 @@ from swift_trainer.core.queue_processor import QueueProcessorState, evolve_proce
 from swift_trainer.core.store import RecordedEvent
 from swift_trainer.core.webhooks import is_webhook_stream
 
+from .dormant_jobs import AT_REST, DEFAULT_LIMIT, DormantJobs
 from .gpu_choice import host_snapshot
 from .gpu_snapshots import HostSnapshot, RunningJob
 from .job_queue import QueuedJob
@@ -116,11 +122,19 @@ class _Absence(msgspec.Struct):
 class SchedulerState:
     """The scheduler's projection plus its placement core; see the module docstring."""
 
-    def __init__(self, policy: PlacementPolicy | None = None) -> None:
+    def __init__(
+        self, policy: PlacementPolicy | None = None, *, max_jobs_at_rest: int = DEFAULT_LIMIT
+    ) -> None:
         self.placement = Scheduler(policy)
+        #: Jobs that are neither at rest nor over for good.
         self.jobs: dict[str, JobState] = {}
         #: Global position of each job's ``JobSubmitted``: first come, first served.
         self.seqs: dict[str, int] = {}
+        #: Jobs at rest, slimmed and bounded (see ``dormant_jobs``).
+        self.dormant = DormantJobs(max_jobs_at_rest)
+        #: Jobs queued again after ``dormant`` let them go, with their events since: the
+        #: service rebuilds them from the store (``restore``).
+        self.forgotten: dict[str, list[RecordedEvent]] = {}
         self.ledger = LedgerState()
         self.processor = QueueProcessorState()
         #: Global position of the last applied event.
@@ -230,17 +244,65 @@ class SchedulerState:
         state = self.jobs.get(job_id)
         if isinstance(event, e.JobSubmitted):
             self.seqs[job_id] = recorded.position
+            self.dormant.take(job_id)
             state = initial_state(job_id)
         elif state is None:
-            return  # a job that has succeeded or been deleted: nothing left to schedule
-        state = evolve(state, event)
+            woken = self.dormant.take(job_id)
+            if woken is None:
+                if job_id in self.forgotten:
+                    self.forgotten[job_id].append(recorded)
+                elif isinstance(event, e.JobQueued):
+                    self.forgotten[job_id] = [recorded]  # at rest once, evicted since
+                return  # else: succeeded, cancelled or deleted: nothing left to schedule
+            state, self.seqs[job_id] = woken
+        self._keep(evolve(state, event))
+
+    def _keep(self, state: JobState) -> None:
+        """File a job's new state: live in ``jobs``, at rest in ``dormant``, or gone."""
+        job_id = state.job_id
         if state.status in (JobStatus.SUCCEEDED, JobStatus.CANCELLED, JobStatus.DELETED):
             self.jobs.pop(job_id, None)
             self.seqs.pop(job_id, None)
             self.cooling.pop(job_id, None)
             self.refusals.pop(job_id, None)
+        elif state.status in AT_REST:
+            self.jobs.pop(job_id, None)
+            self.refusals.pop(job_id, None)
+            self.dormant.keep(state, self.seqs.pop(job_id, 0))
         else:
             self.jobs[job_id] = state
+
+    def restore(self, job_id: str, stored: Sequence[RecordedEvent], now: datetime) -> bool:
+        """Rebuild a ``forgotten`` job from its stream as the store holds it.
+
+        Only stored events this instance has already applied (at or below ``position``)
+        are folded, then the ones the feed delivered for the job since it was forgotten, so
+        the feed goes on from exactly there. Returns False when the job was not forgotten.
+        """
+        since = self.forgotten.pop(job_id, None)
+        if since is None:
+            return False
+        state: JobState | None = None
+        folded = 0
+        for recorded in [*(x for x in stored if x.position <= self.position), *since]:
+            if recorded.position <= folded:
+                continue
+            folded = recorded.position
+            try:
+                event = e.decode_event(recorded.type, recorded.payload, recorded.schema_version)
+            except MessageError as exc:
+                _log.warning("scheduler skips event at position %d: %s", recorded.position, exc)
+                continue
+            if isinstance(event, e.JobSubmitted):
+                self.seqs[job_id] = recorded.position
+                state = initial_state(job_id)
+            if state is not None and getattr(event, "job_id", None) == job_id:
+                state = evolve(state, event)  # type: ignore[arg-type]
+        if state is not None:
+            self._keep(state)
+        self.sync(job_id)
+        self._note_entered(job_id, now)
+        return state is not None
 
     # --- keeping the core in step -------------------------------------------------------
 
@@ -490,7 +552,7 @@ class SchedulerState:
         for job_id, claim in sorted(self.ledger.claims.items()):
             if job_id in self.pending:
                 continue
-            state = self.jobs.get(job_id)
+            state = self.jobs.get(job_id) or self.dormant.peek(job_id)
             if state is None:
                 actions.append(ClaimAction("release", claim, "the job has ended"))
             elif state.status in ACTIVE and state.attempt == claim.attempt:
