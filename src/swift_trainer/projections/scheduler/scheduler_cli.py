@@ -19,8 +19,20 @@ from swift_trainer.core.shutdown import wait_for_shutdown
 from swift_trainer.core.sqlstore import open_event_store
 from swift_trainer.core.telemetry import setup_tracing
 
+from .dormant_jobs import DEFAULT_LIMIT
 from .observed_scheduler import ObservedSchedulerService
 from .placement import DEFAULT_FOREIGN_MEMORY_THRESHOLD_MIB, PlacementPolicy
+
+
+def _count(text: str) -> int:
+    """An argparse type: a whole number, 0 or more (argparse turns the error into usage)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
 
 
 def add_scheduler_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,6 +71,13 @@ def add_scheduler_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=DEFAULT_FOREIGN_MEMORY_THRESHOLD_MIB,
         help="a GPU with this much memory used by processes we did not start counts as busy",
+    )
+    parser.add_argument(
+        "--max-jobs-at-rest",
+        type=_count,
+        default=DEFAULT_LIMIT,
+        help="failed, stopped and paused jobs kept in memory for a quick restart; one let go "
+        f"is read back from EVENT_STORE_URL when started again (default {DEFAULT_LIMIT})",
     )
 
 
@@ -99,6 +118,7 @@ async def run_scheduler(settings: Settings, args: argparse.Namespace) -> int:
             start_timeout_s=args.start_timeout,
             vanish_grace_s=args.vanished_grace,
             stream_replicas=settings.nats_stream_replicas,
+            max_jobs_at_rest=args.max_jobs_at_rest,
         )
         await service.start()
         await wait_for_shutdown()
