@@ -7,7 +7,13 @@ import tracemalloc
 import msgspec
 import pytest
 from tests.projections.conftest import heartbeat, spec
-from tests.projections.scheduler.test_scheduler_state import T0, Log, scheduled, submitted
+from tests.projections.scheduler.test_scheduler_state import (
+    T0,
+    Log,
+    claimed,
+    scheduled,
+    submitted,
+)
 
 from swift_trainer.core import events as e
 from swift_trainer.core.ids import job_stream
@@ -123,6 +129,18 @@ def test_a_job_let_go_at_rest_is_rebuilt_from_its_stored_stream() -> None:
     (decision,) = state.placement.place().decisions
     assert (decision.job_id, decision.attempt) == ("j0", 2)
     assert not state.restore("j0", stored, T0), "only a forgotten job is rebuilt"
+
+
+def test_no_claim_of_a_job_being_read_back_is_touched() -> None:
+    state, log = with_runner(limit=0), Log()
+    run_jobs(state, log, 0, 1)
+    state.apply(log.add(e.JobQueued(at=T0, job_id="j0", priority=5, reason="resumed")))
+    state.apply(log.add(claimed("j0", 2, "r1", 1)))
+    assert state.reconcile() == [], "released, it could hand the GPU out twice"
+    stored = [x for x in log.events if x.stream_id == job_stream("j0")]
+    assert state.restore("j0", stored, T0)
+    assert [(a.kind, a.claim.job_id) for a in state.reconcile()] == [("complete", "j0")]
+    assert state.placement.running_job("j0") is not None, "it holds the claimed GPU"
 
 
 def test_the_dormant_map_slims_and_evicts_the_oldest() -> None:

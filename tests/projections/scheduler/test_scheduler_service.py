@@ -7,6 +7,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import msgspec
+import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -402,9 +403,15 @@ async def test_a_pass_is_one_trace_with_the_commands_it_sends(bus: Bus) -> None:
         assert recorded.metadata.trace["traceparent"].split("-")[1] == trace_id, kind
 
 
-async def test_a_job_let_go_at_rest_is_read_back_and_placed_when_started_again(bus: Bus) -> None:
+@pytest.mark.parametrize("from_store", [True, False], ids=["store", "events-stream"])
+async def test_a_job_let_go_at_rest_is_read_back_and_placed_when_started_again(
+    bus: Bus, from_store: bool
+) -> None:
     await bus.put_heartbeat(heartbeat("r1", gpus=1))
-    scheduler = await bus.scheduler(max_jobs_at_rest=0)
+    options: dict[str, object] = {"max_jobs_at_rest": 0}
+    if not from_store:
+        options["store"] = None
+    scheduler = await bus.scheduler(**options)
     await bus.submit("a")
     await wait_placed(bus, 1)
     runner = {"job_id": "a", "attempt": 1, "runner_id": "r1"}

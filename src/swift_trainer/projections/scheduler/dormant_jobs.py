@@ -5,7 +5,7 @@ records as a new ``JobQueued``. Keeping its whole state until then would make a 
 memory grow with every job ever run, so ``SchedulerState`` moves it here, slimmed to what
 placement and ``evolve`` of the coming events read (spec, priority, attempt, progress), and
 this map keeps the most recent ``limit`` of them. A job evicted from it that comes back is
-rebuilt from the event store (``SchedulerState.restore``).
+rebuilt from its recorded events (``job_history``, ``SchedulerState.restore``).
 """
 
 from __future__ import annotations

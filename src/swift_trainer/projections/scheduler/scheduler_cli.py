@@ -77,7 +77,7 @@ def add_scheduler_arguments(parser: argparse.ArgumentParser) -> None:
         type=_count,
         default=DEFAULT_LIMIT,
         help="failed, stopped and paused jobs kept in memory for a quick restart; one let go "
-        f"is read back from EVENT_STORE_URL when started again (default {DEFAULT_LIMIT})",
+        f"is read back from the event log when started again (default {DEFAULT_LIMIT})",
     )
 
 

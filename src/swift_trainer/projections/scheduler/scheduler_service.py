@@ -54,13 +54,14 @@ from swift_trainer.bus.connection import provision
 from swift_trainer.bus.feed import EventFeed
 from swift_trainer.bus.kv_watch import watch_bucket
 from swift_trainer.bus.relay import POSITION_HEADER
-from swift_trainer.core.ids import job_stream, new_id
+from swift_trainer.core.ids import new_id
 from swift_trainer.core.inventory import RunnerHeartbeat, decode_heartbeat
 from swift_trainer.core.store import EventStore, RecordedEvent
 
 from ..read_models.views import QueueEntry, QueueView
 from .dormant_jobs import DEFAULT_LIMIT
 from .gpu_choice import placement_signature
+from .job_history import job_history
 from .leader_actions import LeaderActions
 from .leader_lease import LeaderLease
 from .pass_result import PassResult, PlacedJob, UnplaceableJob, not_processed
@@ -113,7 +114,7 @@ class SchedulerService:
     ``vanish_grace_s``: a running job whose runner's heartbeats have not listed its process
     for this long (two heartbeats at least) is marked lost.
     ``max_jobs_at_rest``: failed, stopped and paused jobs kept for a quick restart; one let
-    go is read back from ``store`` when it is queued again (see ``dormant_jobs``).
+    go is read back (``job_history``) when it is queued again (see ``dormant_jobs``).
     """
 
     def __init__(
@@ -314,22 +315,14 @@ class SchedulerService:
 
     async def _restore_forgotten(self) -> None:
         """Rebuild jobs queued again after the state let them go at rest (see
-        ``dormant_jobs``), from the store; without one, say what to do instead."""
+        ``dormant_jobs``), from the store or else the EVENTS stream."""
         for job_id in list(self.state.forgotten):
-            if self.store is None:
-                self.state.forgotten.pop(job_id, None)
-                _log.warning(
-                    "job %s was queued again after this scheduler let it go (more than %d "
-                    "jobs at rest); without EVENT_STORE_URL it cannot rebuild it: another "
-                    "scheduler or a restart of this one places it",
-                    job_id,
-                    self.state.dormant.limit,
-                )
-                continue
             try:
-                stored = await self.store.read_stream(job_stream(job_id))
+                stored = await job_history(
+                    self.nc, self.store, job_id, timeout=self.command_timeout_s
+                )
             except Exception as exc:
-                _log.warning("cannot read job %s back from the store (%r); retrying", job_id, exc)
+                _log.warning("cannot read job %s back (%r); retrying on the next pass", job_id, exc)
                 continue
             if self.state.restore(job_id, stored, self.clock()):
                 self.wake()

@@ -20,7 +20,7 @@ in-flight decisions:
 Jobs at rest (failed, stopped, paused) leave ``jobs`` for the bounded ``dormant`` map, and
 jobs that succeeded, were cancelled or deleted are forgotten: memory follows the live jobs,
 not every job ever run. A job evicted from ``dormant`` that is queued again is rebuilt from
-the event store (``forgotten``, ``restore``).
+its recorded events (``forgotten``, ``restore``; the service reads them back).
 
 A claim that belongs to no live attempt (the attempt ended and the leader has not released
 it yet) still blocks its GPUs, under a key no job id can take, because the ledger would
@@ -133,7 +133,7 @@ class SchedulerState:
         #: Jobs at rest, slimmed and bounded (see ``dormant_jobs``).
         self.dormant = DormantJobs(max_jobs_at_rest)
         #: Jobs queued again after ``dormant`` let them go, with their events since: the
-        #: service rebuilds them from the store (``restore``).
+        #: service reads them back and rebuilds them (``restore``).
         self.forgotten: dict[str, list[RecordedEvent]] = {}
         self.ledger = LedgerState()
         self.processor = QueueProcessorState()
@@ -550,8 +550,8 @@ class SchedulerState:
         """
         actions = []
         for job_id, claim in sorted(self.ledger.claims.items()):
-            if job_id in self.pending:
-                continue
+            if job_id in self.pending or job_id in self.forgotten:
+                continue  # in flight, or being read back: nothing is known to act on
             state = self.jobs.get(job_id) or self.dormant.peek(job_id)
             if state is None:
                 actions.append(ClaimAction("release", claim, "the job has ended"))
