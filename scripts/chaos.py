@@ -377,11 +377,12 @@ class Run:
     def kill_plan(self) -> list[str]:
         if self.args.kills == 0:
             return []
-        required = ["nats", "runner-mid-training", "redis"]
+        # The runner is killed first, while the queue is full and training certainly runs;
+        # the other kills come in random order.
         others = ["handler", "scheduler", "runner", "api", "nats", "handler", "scheduler"]
-        plan = required + [self.rng.choice(others) for _ in range(self.args.kills - 3)]
-        self.rng.shuffle(plan)
-        return plan[: self.args.kills]
+        rest = ["nats", "redis"] + [self.rng.choice(others) for _ in range(self.args.kills - 3)]
+        self.rng.shuffle(rest)
+        return ["runner-mid-training", *rest]
 
     async def kill(self, what: str) -> None:
         top = self.top
@@ -471,6 +472,7 @@ class Run:
 
     async def check(self, client: CommandClient, nc: Any, drained: float) -> dict[str, Any]:
         violations = self.violations
+        await self.wait_api()  # the last kill may have been the API's
         statuses = Counter(
             str(self.states[body["job_id"]].status) if body["job_id"] in self.states else "absent"
             for _, _, body in self.created.values()

@@ -10,6 +10,10 @@
 | client      | core (the terminal client speaks HTTP only) |
 
 Modules directly under ``src/swift_trainer`` (the CLI, the app wiring) may import anything.
+
+Inside ``projections/scheduler`` the placement core (``PLACEMENT_CORE``) is pure: it imports
+only ``core`` and itself, and no I/O or clock module. The API reaches the scheduler only
+through its answer struct (``pass_result``).
 "Nothing in core knows NATS, Redis, HTTP or subprocesses": core may not import those either
 (SQL drivers are fine, the event store lives in core). Every ``import`` and ``from`` counts,
 ``TYPE_CHECKING`` blocks and function bodies included; relative imports are resolved.
@@ -167,6 +171,53 @@ def violations(root: Path) -> list[str]:
     return found
 
 
+#: The scheduler's pure placement core: no I/O, no clock, nothing of ours but core and itself.
+SCHEDULER = f"{PACKAGE}.projections.scheduler"
+PLACEMENT_CORE = frozenset(
+    f"{SCHEDULER}.{name}"
+    for name in (
+        "gpu_snapshots",
+        "gpu_choice",
+        "job_queue",
+        "occupancy",
+        "placement",
+        "placement_core",
+        "wait_estimate",
+    )
+)
+#: Modules the placement core must not use, besides everything ``CORE_FORBIDDEN`` names.
+PURE_FORBIDDEN = (*CORE_FORBIDDEN, "asyncio", "time", "socket", "os", "threading", "logging")
+#: What of the scheduler the API may import.
+API_SEES_OF_SCHEDULER = frozenset({f"{SCHEDULER}.pass_result"})
+
+
+def scheduler_violations(root: Path) -> list[str]:
+    """The placement core's purity and the API's one door into the scheduler."""
+    found: list[str] = []
+    for path in sorted(root.rglob("*.py")):
+        for imp in imports_of(path, root):
+            if imp.module in PLACEMENT_CORE:
+                ours = layer_of(imp.target) is not None
+                inside = any(_matches(imp.target, m) for m in PLACEMENT_CORE)
+                if (ours and not inside and layer_of(imp.target) != "core") or any(
+                    _matches(imp.target, bad) for bad in PURE_FORBIDDEN
+                ):
+                    found.append(
+                        f"{imp.where(root)}: the placement core imports {imp.target}; it may "
+                        "import only core and itself, and no I/O or clock"
+                    )
+            if (
+                layer_of(imp.module) == "api"
+                and _matches(imp.target, SCHEDULER)
+                and not any(_matches(imp.target, door) for door in API_SEES_OF_SCHEDULER)
+            ):
+                found.append(
+                    f"{imp.where(root)}: api imports {imp.target}; the API sees the scheduler "
+                    "only through projections.scheduler.pass_result"
+                )
+    return found
+
+
 # --- the real tree --------------------------------------------------------------------------
 
 
@@ -185,6 +236,23 @@ def test_every_subpackage_has_a_rule() -> None:
 def test_dependencies_point_one_way() -> None:
     found = violations(SRC)
     assert not found, "layering violations:\n" + "\n".join(found)
+
+
+def test_no_scheduler_module_shares_its_name_with_another_module() -> None:
+    package = SRC / "projections" / "scheduler"
+    ours = {p.name for p in package.glob("*.py")} - {"__init__.py"}
+    elsewhere = [
+        p.relative_to(SRC).as_posix()
+        for p in SRC.rglob("*.py")
+        if p.name in ours and p.parent != package
+    ]
+    assert not elsewhere, elsewhere
+
+
+def test_the_placement_core_is_pure_and_the_api_sees_only_the_answer() -> None:
+    assert all((SRC.parent / (m.replace(".", "/") + ".py")).is_file() for m in PLACEMENT_CORE)
+    found = scheduler_violations(SRC)
+    assert not found, "scheduler violations:\n" + "\n".join(found)
 
 
 # --- the checker itself ---------------------------------------------------------------------
@@ -206,7 +274,7 @@ def test_relative_imports_are_resolved(tmp_path: Path) -> None:
         tmp_path,
         {
             "bus/relay.py": "from . import subjects\nfrom ..core.ids import new_id\n",
-            "projections/scheduling/queue.py": (
+            "projections/scheduler/job_queue.py": (
                 "from .. import read_models\nfrom ...core import job as j\nfrom . import *\n"
             ),
             "core/__init__.py": "from .errors import DomainError\nfrom . import spec\n",
@@ -220,10 +288,10 @@ def test_relative_imports_are_resolved(tmp_path: Path) -> None:
         "swift_trainer.bus.subjects",
         "swift_trainer.core.ids.new_id",
     ]
-    assert targets["projections/scheduling/queue.py"] == [
+    assert targets["projections/scheduler/job_queue.py"] == [
         "swift_trainer.projections.read_models",
         "swift_trainer.core.job",
-        "swift_trainer.projections.scheduling",
+        "swift_trainer.projections.scheduler",
     ]
     assert targets["core/__init__.py"] == [
         "swift_trainer.core.errors.DomainError",
@@ -259,7 +327,7 @@ def test_the_checker_finds_every_kind_of_violation(tmp_path: Path) -> None:
             "bus/relay.py": (
                 "import nats\nfrom ..core import ids\nfrom ..projections import views\n"  # 3
             ),
-            "projections/scheduling/queue.py": (
+            "projections/scheduler/job_queue.py": (
                 "import redis\n"
                 "from ...core.job import decide\n"
                 "from ...bus import subjects\n"
@@ -286,8 +354,8 @@ def test_the_checker_finds_every_kind_of_violation(tmp_path: Path) -> None:
             "swift_trainer/api/app.py:4",
             "swift_trainer/bus/relay.py:3",
             *(f"swift_trainer/core/store.py:{n}" for n in (9, 10, 11, 12, 14, 15, 16, 17, 19)),
-            "swift_trainer/projections/scheduling/queue.py:5",
-            "swift_trainer/projections/scheduling/queue.py:6",
+            "swift_trainer/projections/scheduler/job_queue.py:5",
+            "swift_trainer/projections/scheduler/job_queue.py:6",
             "swift_trainer/runner/supervisor.py:3",
         ]
     ), "\n".join(found)
@@ -300,3 +368,36 @@ def test_a_relative_import_beyond_the_package_is_reported(tmp_path: Path) -> Non
     root = _write(tmp_path, {"core/x.py": "from ... import y\n"})
     with pytest.raises(AssertionError, match="relative import beyond"):
         violations(root)
+
+
+def test_the_scheduler_checker_finds_planted_violations(tmp_path: Path) -> None:
+    root = _write(
+        tmp_path,
+        {
+            "projections/scheduler/occupancy.py": (
+                "import math\n"
+                "from ...core.job import ACTIVE\n"
+                "from .gpu_choice import select_gpus\n"
+                "import time\n"  # 4
+                "from nats.aio.client import Client\n"  # 5
+                "from ..read_models import views\n"  # 6
+                "from .scheduler_state import SchedulerState\n"  # 7
+                "from ...bus import subjects\n"  # 8
+            ),
+            "projections/scheduler/scheduler_service.py": "import time\nimport nats\n",
+            "api/queue/controllers.py": (
+                "from ...projections.scheduler.pass_result import PassResult\n"
+                "from ...projections.scheduler import scheduler_service\n"  # 2
+                "from swift_trainer.projections.scheduler.placement import Decision\n"  # 3
+                "from ...projections.read_models import views\n"
+            ),
+        },
+    )
+    where = sorted(line.split(": ", 1)[0] for line in scheduler_violations(root))
+    assert where == sorted(
+        [
+            *(f"swift_trainer/projections/scheduler/occupancy.py:{n}" for n in (4, 5, 6, 7, 8)),
+            "swift_trainer/api/queue/controllers.py:2",
+            "swift_trainer/api/queue/controllers.py:3",
+        ]
+    )

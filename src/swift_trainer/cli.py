@@ -27,6 +27,7 @@ from .core.logs import configure_logging
 from .core.settings import Settings, load_settings
 from .core.shutdown import wait_for_shutdown
 from .core.spec import decode_spec
+from .projections.scheduler.pass_result import PassResult
 from .service import Service
 
 _log = logging.getLogger("swift_trainer")
@@ -50,7 +51,7 @@ def _serve_metrics(settings: Settings, port: int) -> None:
 async def _run_up(settings: Settings, args: argparse.Namespace) -> int:
     """Everything in one process: NATS, store, handler, relay, read models, scheduler, a
     local runner (simulated GPUs with ``--simulate-gpus N``, else NVML) and the HTTP API."""
-    from .projections.observed_scheduler import ObservedSchedulerService
+    from .projections.scheduler.observed_scheduler import ObservedSchedulerService
     from .runner.runner_cli import options_from_args
     from .runner.runner_factory import create_runner_agent
 
@@ -154,7 +155,7 @@ async def _run_projections(settings: Settings, args: argparse.Namespace) -> int:
 async def _run_api(settings: Settings, args: argparse.Namespace) -> int:
     """The HTTP API on its own (distributed mode): reads from Redis read models, writes as
     commands over NATS; ``--no-projector`` for extra replicas that only serve."""
-    from .projections.scheduler_service import request_processing
+    from .projections.scheduler.process_requests import request_processing
 
     if settings.nats_url is None:
         print("api needs NATS_URL (use 'up' for the embedded mode)", file=sys.stderr)  # noqa: T201
@@ -168,7 +169,7 @@ async def _run_api(settings: Settings, args: argparse.Namespace) -> int:
         assert service.nc is not None
         nc = service.nc
 
-        async def process_queue() -> dict[str, Any]:
+        async def process_queue() -> PassResult:
             return await request_processing(nc)
 
         port = await service.start_api(process_queue=process_queue)
@@ -324,7 +325,7 @@ def _parser() -> argparse.ArgumentParser:
         help="only serve; another process keeps the shared read models up to date",
     )
 
-    from .projections.scheduler_service import add_scheduler_arguments
+    from .projections.scheduler.scheduler_cli import add_scheduler_arguments
     from .runner.runner_cli import add_runner_arguments
 
     add_runner_arguments(up)
@@ -402,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .audit_cli import run_audit
         from .client.commands import run_client
         from .contract_cli import run_contract
-        from .projections.scheduler_service import run_scheduler
+        from .projections.scheduler.scheduler_cli import run_scheduler
         from .runner.runner_cli import run_runner
         from .webhooks_cli import run_webhooks
 

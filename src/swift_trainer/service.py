@@ -32,6 +32,7 @@ from .projections.read_models.interface import ReadModel
 from .projections.read_models.memory import MemoryReadModel
 from .projections.read_models.redis import RedisReadModel
 from .projections.runner_feed import RunnerFeed
+from .projections.scheduler.pass_result import PassResult
 
 _log = logging.getLogger(__name__)
 
@@ -167,7 +168,7 @@ class Service:
     async def start_api(
         self,
         *,
-        process_queue: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+        process_queue: Callable[[], Awaitable[PassResult]] | None = None,
         host: str | None = None,
         port: int | None = None,
     ) -> int:

@@ -94,3 +94,21 @@ def test_streams_are_documented_as_event_streams(openapi: dict[str, Any]) -> Non
         if p["in"] == "header"
     }
     assert "Idempotency-Key" in headers
+
+
+def test_processing_the_queue_has_a_typed_answer(openapi: dict[str, Any]) -> None:
+    operation = openapi["paths"]["/api/v1/training/queue/process"]["post"]
+    ref = operation["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+    schemas = openapi["components"]["schemas"]
+    schema = schemas[ref.rsplit("/", 1)[1]]
+    assert set(schema["properties"]) == {
+        "processed",
+        "leader",
+        "placed",
+        "paused",
+        "queued",
+        "unplaceable",
+        "reason",
+    }
+    assert {"processed", "leader"} <= set(schema["required"])
+    assert "PlacedJob" in str(schema["properties"]["placed"])

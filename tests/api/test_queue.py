@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from swift_trainer.projections.read_models import QueueEntry, QueueView
+from swift_trainer.projections.scheduler.pass_result import PassResult, PlacedJob
 
 from .conftest import Stack, read_model_of, running_stack
 from .test_jobs import problem
@@ -68,8 +68,13 @@ async def test_process_asks_the_scheduler(stack: Stack) -> None:
 
 
 async def test_process_passes_the_schedulers_answer_through(tmp_path: Path) -> None:
-    async def place_now() -> dict[str, Any]:
-        return {"processed": True, "placed": ["a"], "waiting": 2}
+    async def place_now() -> PassResult:
+        return PassResult(
+            processed=True,
+            leader="s1",
+            placed=(PlacedJob("a", 1, "r1", (0, 1)),),
+            queued=2,
+        )
 
     async with (
         read_model_of("memory") as model,
@@ -77,7 +82,15 @@ async def test_process_passes_the_schedulers_answer_through(tmp_path: Path) -> N
     ):
         response = await stack.client.post(stack.url("/queue/process"))
         assert response.status_code == 200
-        assert response.json() == {"processed": True, "placed": ["a"], "waiting": 2}
+        assert response.json() == {
+            "processed": True,
+            "leader": "s1",
+            "placed": [{"job_id": "a", "attempt": 1, "runner_id": "r1", "gpu_ids": [0, 1]}],
+            "paused": False,
+            "queued": 2,
+            "unplaceable": [],
+            "reason": None,
+        }
 
 
 async def test_removing_a_queued_job_stops_it(stack: Stack) -> None:

@@ -25,7 +25,7 @@ import statistics
 import time
 from collections.abc import Callable
 
-from swift_trainer.projections.scheduling import (
+from swift_trainer.projections.scheduler import (
     GpuSnapshot,
     HostSnapshot,
     QueuedJob,

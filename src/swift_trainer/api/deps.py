@@ -27,6 +27,7 @@ from ..core.commands import AnyCommand
 from ..core.settings import DEFAULT_FILES_MAX_BYTES
 from ..core.store import EventStore
 from ..projections.read_models.interface import ReadModel
+from ..projections.scheduler.pass_result import PassResult, not_processed
 
 
 class CommandSender(Protocol):
@@ -45,18 +46,16 @@ class CommandSender(Protocol):
 #: apply to this deployment is left out of the dict.
 ReadinessCheck = Callable[[], Awaitable[dict[str, bool | str]]]
 #: "Run one placement pass now"; the scheduler answers with what it did.
-QueueTrigger = Callable[[], Awaitable[dict[str, Any]]]
+QueueTrigger = Callable[[], Awaitable[PassResult]]
 #: Core-NATS messages on a subject (wildcards allowed), for as long as the iterator is open.
 Subscriber = Callable[[str], AsyncIterator[bytes]]
 #: The most GPUs any known runner has, or None when no runner is known.
 GpuCapacity = Callable[[], int | Awaitable[int | None] | None]
 
 
-async def no_scheduler() -> dict[str, Any]:
-    return {
-        "processed": False,
-        "reason": "no scheduler is connected to this API; queued jobs wait for one",
-    }
+async def no_scheduler() -> PassResult:
+    """The trigger of an API that has no scheduler to ask."""
+    return not_processed("no scheduler is connected to this API; queued jobs wait for one")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -51,6 +51,8 @@ _log = logging.getLogger(__name__)
 MAX_LINE_CHARS: Final = 4096
 
 Stream = Literal["stdout", "stderr"]
+#: A job with no line for this long is forgotten by the seq clock (it re-seeds if it logs again).
+IDLE_FORGET_S: Final = 600.0
 
 
 _encoder = msgspec.json.Encoder()
@@ -120,6 +122,7 @@ class LogPublisher:
         max_batch: int = 512,
         max_pending: int = 100_000,
         publish_timeout_s: float = 5.0,
+        idle_forget_s: float = IDLE_FORGET_S,
     ) -> None:
         self.nc = nc
         self.js = nc.jetstream(timeout=publish_timeout_s)
@@ -129,6 +132,12 @@ class LogPublisher:
         self.max_pending = max_pending
         self.publish_timeout_s = publish_timeout_s
         self.clock = SeqClock()
+        #: ``SeqClock`` would otherwise keep every job this runner ever logged for: a job
+        #: idle this long with nothing queued is forgotten, and seeded again from the stream
+        #: (one read) should it log again, so ``seq`` still only grows.
+        self.idle_forget_s = idle_forget_s
+        self._last_line: dict[str, float] = {}
+        self._last_sweep = time.monotonic()
         self.published = 0
         self.dropped = 0
         self._queue: deque[_Pending] = deque()
@@ -156,6 +165,7 @@ class LogPublisher:
             self.dropped += 1
             if self.dropped % 10_000 == 1:
                 _log.warning("log queue full: %d lines dropped so far", self.dropped)
+        self._last_line[job_id] = time.monotonic()
         self._queue.append(
             _Pending(
                 job_id=job_id,
@@ -248,6 +258,19 @@ class LogPublisher:
                 if self._queue and self._queue[0] is pending:
                     self._queue.popleft()
             self.published += done
+        self._forget_idle()
+
+    def _forget_idle(self) -> None:
+        """Call ``SeqClock.forget`` for jobs idle ``idle_forget_s`` with no line queued."""
+        now = time.monotonic()
+        if now - self._last_sweep < self.idle_forget_s / 4:
+            return
+        self._last_sweep = now
+        queued = {pending.job_id for pending in self._queue}
+        for job_id, at in list(self._last_line.items()):
+            if now - at >= self.idle_forget_s and job_id not in queued:
+                del self._last_line[job_id]
+                self.clock.forget(job_id)
 
     def _message(self, pending: _Pending) -> LogMessage:
         return LogMessage(

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
 import msgspec
 
 from ...core.job import JobStatus
+from ...projections.scheduler.pass_result import PassResult
 
 
 class ProcessorStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -72,4 +73,5 @@ class QueueRemoval(msgspec.Struct, frozen=True, kw_only=True):
     message: str
 
 
-ProcessResult = dict[str, Any]
+#: The scheduler's answer, typed end to end (the same struct travels over NATS).
+ProcessResult = PassResult

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from swift_trainer.projections.scheduling import JobQueue, QueuedJob
+from swift_trainer.projections.scheduler import JobQueue, QueuedJob
 
 from .builders import job
 

@@ -20,12 +20,13 @@ from typing import Any, Final
 
 from opentelemetry import trace
 
-from ..bus.tracing import extract_context
-from ..core.ids import job_stream
-from ..core.store import RecordedEvent
-from . import metrics
-from .scheduler_service import PassResult, SchedulerService
-from .scheduling.placement import Decision
+from ...bus.tracing import extract_context
+from ...core.ids import job_stream
+from ...core.store import RecordedEvent
+from . import scheduler_metrics as metrics
+from .pass_result import PassResult
+from .placement import Decision
+from .scheduler_service import SchedulerService
 
 _tracer = trace.get_tracer(__name__)
 

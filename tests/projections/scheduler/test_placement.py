@@ -8,7 +8,7 @@ from swift_trainer.core import commands as c
 from swift_trainer.core import events as e
 from swift_trainer.core.job import JobStatus, decide, evolve, initial_state
 from swift_trainer.core.spec import JobSpec
-from swift_trainer.projections.scheduling import (
+from swift_trainer.projections.scheduler import (
     Decision,
     HostSnapshot,
     PlacementPolicy,

@@ -3,10 +3,11 @@
 ``SchedulerState`` folds recorded events into per-job aggregate states (with
 ``core.job.evolve``, so the scheduler can never disagree with the domain about a job's
 status), the GPU ledger (with ``core.gpu_ledger.evolve_ledger``) and the queue processor
-switch, and keeps a pure ``Scheduler`` core in step with them. It does no I/O and reads the
+switch, and keeps the pure placement core (``placement_core.Scheduler``, the attribute
+``placement``) in step with them. It does no I/O and reads the
 clock only through the ``now`` arguments: the service shell owns NATS, leadership and time.
 
-How a job appears in the core, from its state, its ledger claim and this instance's
+How a job appears in the placement core, from its state, its ledger claim and this instance's
 in-flight decisions:
 
 - scheduled, running or stopping: it holds the GPUs of its current attempt;
@@ -15,6 +16,11 @@ in-flight decisions:
   queue (the leader completes such a claim if its author died: ``reconcile``);
 - queued otherwise: in the queue, ordered by priority and the position of its submission;
 - anything else: not in the core.
+
+Jobs at rest (failed, stopped, paused) leave ``jobs`` for the bounded ``dormant`` map, and
+jobs that succeeded, were cancelled or deleted are forgotten: memory follows the live jobs,
+not every job ever run. A job evicted from ``dormant`` that is queued again is rebuilt from
+its recorded events (``forgotten``, ``restore``; the service reads them back).
 
 A claim that belongs to no live attempt (the attempt ended and the leader has not released
 it yet) still blocks its GPUs, under a key no job id can take, because the ledger would
@@ -27,7 +33,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Final, Literal
 
 import msgspec
 
@@ -40,14 +46,12 @@ from swift_trainer.core.queue_processor import QueueProcessorState, evolve_proce
 from swift_trainer.core.store import RecordedEvent
 from swift_trainer.core.webhooks import is_webhook_stream
 
-from .scheduling import (
-    GpuSnapshot,
-    HostSnapshot,
-    PlacementPolicy,
-    QueuedJob,
-    RunningJob,
-    Scheduler,
-)
+from .dormant_jobs import AT_REST, DEFAULT_LIMIT, DormantJobs
+from .gpu_choice import host_snapshot
+from .gpu_snapshots import HostSnapshot, RunningJob
+from .job_queue import QueuedJob
+from .placement import PlacementPolicy
+from .placement_core import Scheduler
 
 _log = logging.getLogger(__name__)
 
@@ -80,32 +84,6 @@ def claim_key(job_id: str) -> str:
     return f"claim/{job_id}"
 
 
-def host_snapshot(heartbeat: RunnerHeartbeat, seen_at: datetime | None = None) -> HostSnapshot:
-    """What placement needs from a heartbeat; a draining runner takes no new work.
-
-    The lease runs ``lease_s`` from ``seen_at`` (default: the heartbeat's own ``at``).
-    """
-    foreign = heartbeat.foreign_memory_mib
-    return HostSnapshot(
-        runner_id=heartbeat.runner_id,
-        gpus=tuple(
-            GpuSnapshot(
-                index=gpu.index,
-                uuid=gpu.uuid,
-                name=gpu.name,
-                memory_total_mib=gpu.memory_total_mib,
-                memory_used_mib=gpu.memory_used_mib,
-                foreign_memory_mib=foreign.get(gpu.index, 0),
-                utilization_pct=float(gpu.utilization_pct or 0),
-                healthy=not gpu.health.suspect,
-            )
-            for gpu in heartbeat.inventory.gpus
-        ),
-        alive=not heartbeat.draining,
-        lease_expires_at=(seen_at or heartbeat.at) + timedelta(seconds=heartbeat.lease_s),
-    )
-
-
 def _claim_is_live(state: JobState | None, claim: Claim) -> bool:
     """Whether the claim backs the job's current attempt, or the one being scheduled."""
     if state is None:
@@ -119,7 +97,7 @@ class ClaimAction(msgspec.Struct, frozen=True):
     """What the leader must do about a claim: ``complete`` it with the ``ScheduleJob`` its
     author never got through, or ``release`` it because its attempt is over."""
 
-    kind: str  # "complete" | "release"
+    kind: Literal["complete", "release"]
     claim: Claim
     reason: str = ""
 
@@ -144,11 +122,19 @@ class _Absence(msgspec.Struct):
 class SchedulerState:
     """The scheduler's projection plus its placement core; see the module docstring."""
 
-    def __init__(self, policy: PlacementPolicy | None = None) -> None:
-        self.core = Scheduler(policy)
+    def __init__(
+        self, policy: PlacementPolicy | None = None, *, max_jobs_at_rest: int = DEFAULT_LIMIT
+    ) -> None:
+        self.placement = Scheduler(policy)
+        #: Jobs that are neither at rest nor over for good.
         self.jobs: dict[str, JobState] = {}
         #: Global position of each job's ``JobSubmitted``: first come, first served.
         self.seqs: dict[str, int] = {}
+        #: Jobs at rest, slimmed and bounded (see ``dormant_jobs``).
+        self.dormant = DormantJobs(max_jobs_at_rest)
+        #: Jobs queued again after ``dormant`` let them go, with their events since: the
+        #: service reads them back and rebuilds them (``restore``).
+        self.forgotten: dict[str, list[RecordedEvent]] = {}
         self.ledger = LedgerState()
         self.processor = QueueProcessorState()
         #: Global position of the last applied event.
@@ -214,7 +200,7 @@ class SchedulerState:
                 case e.JobProgressed(job_id=job_id):
                     self._evolve_job(recorded, event)
                     if job_id in self._active and job_id not in self.pending:
-                        self.core.set_remaining(job_id, event.remaining_s)
+                        self.placement.set_remaining(job_id, event.remaining_s)
                 case _:
                     self._evolve_job(recorded, event)
                     touched.add(event.job_id)
@@ -258,17 +244,65 @@ class SchedulerState:
         state = self.jobs.get(job_id)
         if isinstance(event, e.JobSubmitted):
             self.seqs[job_id] = recorded.position
+            self.dormant.take(job_id)
             state = initial_state(job_id)
         elif state is None:
-            return  # a job that has succeeded or been deleted: nothing left to schedule
-        state = evolve(state, event)
+            woken = self.dormant.take(job_id)
+            if woken is None:
+                if job_id in self.forgotten:
+                    self.forgotten[job_id].append(recorded)
+                elif isinstance(event, e.JobQueued):
+                    self.forgotten[job_id] = [recorded]  # at rest once, evicted since
+                return  # else: succeeded, cancelled or deleted: nothing left to schedule
+            state, self.seqs[job_id] = woken
+        self._keep(evolve(state, event))
+
+    def _keep(self, state: JobState) -> None:
+        """File a job's new state: live in ``jobs``, at rest in ``dormant``, or gone."""
+        job_id = state.job_id
         if state.status in (JobStatus.SUCCEEDED, JobStatus.CANCELLED, JobStatus.DELETED):
             self.jobs.pop(job_id, None)
             self.seqs.pop(job_id, None)
             self.cooling.pop(job_id, None)
             self.refusals.pop(job_id, None)
+        elif state.status in AT_REST:
+            self.jobs.pop(job_id, None)
+            self.refusals.pop(job_id, None)
+            self.dormant.keep(state, self.seqs.pop(job_id, 0))
         else:
             self.jobs[job_id] = state
+
+    def restore(self, job_id: str, stored: Sequence[RecordedEvent], now: datetime) -> bool:
+        """Rebuild a ``forgotten`` job from its stream as the store holds it.
+
+        Only stored events this instance has already applied (at or below ``position``)
+        are folded, then the ones the feed delivered for the job since it was forgotten, so
+        the feed goes on from exactly there. Returns False when the job was not forgotten.
+        """
+        since = self.forgotten.pop(job_id, None)
+        if since is None:
+            return False
+        state: JobState | None = None
+        folded = 0
+        for recorded in [*(x for x in stored if x.position <= self.position), *since]:
+            if recorded.position <= folded:
+                continue
+            folded = recorded.position
+            try:
+                event = e.decode_event(recorded.type, recorded.payload, recorded.schema_version)
+            except MessageError as exc:
+                _log.warning("scheduler skips event at position %d: %s", recorded.position, exc)
+                continue
+            if isinstance(event, e.JobSubmitted):
+                self.seqs[job_id] = recorded.position
+                state = initial_state(job_id)
+            if state is not None and getattr(event, "job_id", None) == job_id:
+                state = evolve(state, event)  # type: ignore[arg-type]
+        if state is not None:
+            self._keep(state)
+        self.sync(job_id)
+        self._note_entered(job_id, now)
+        return state is not None
 
     # --- keeping the core in step -------------------------------------------------------
 
@@ -283,24 +317,24 @@ class SchedulerState:
         if job_id not in self.pending:
             self._sync_job(job_id, state, claim)
         if claim is not None and not _claim_is_live(state, claim):
-            self.core.assign(
+            self.placement.assign(
                 RunningJob(
                     job_id=claim_key(job_id), runner_id=claim.runner_id, gpu_ids=claim.gpu_ids
                 ),
             )
             self._claim_holds.add(job_id)
         elif job_id in self._claim_holds:
-            self.core.release(claim_key(job_id))
+            self.placement.release(claim_key(job_id))
             self._claim_holds.discard(job_id)
 
     def _sync_job(self, job_id: str, state: JobState | None, claim: Claim | None) -> None:
-        core = self.core
+        placement = self.placement
         if state is None:
-            core.remove(job_id)
-            core.release(job_id)
+            placement.remove(job_id)
+            placement.release(job_id)
             return
         if state.status in ACTIVE and state.runner_id is not None:
-            core.assign(
+            placement.assign(
                 RunningJob(
                     job_id=job_id,
                     runner_id=state.runner_id,
@@ -311,7 +345,7 @@ class SchedulerState:
             )
         elif state.status is JobStatus.QUEUED:
             if claim is not None and claim.attempt == state.attempt + 1:
-                core.assign(
+                placement.assign(
                     RunningJob(
                         job_id=job_id,
                         runner_id=claim.runner_id,
@@ -320,12 +354,12 @@ class SchedulerState:
                     ),
                 )
             elif self._cooling(job_id):
-                core.remove(job_id)
+                placement.remove(job_id)
             else:
-                core.submit(self._queued(state))
+                placement.submit(self._queued(state))
         else:
-            core.remove(job_id)
-            core.release(job_id)
+            placement.remove(job_id)
+            placement.release(job_id)
 
     def _queued(self, state: JobState) -> QueuedJob:
         spec = state.spec
@@ -381,7 +415,7 @@ class SchedulerState:
         host = host_snapshot(heartbeat, seen_at)
         assert host.lease_expires_at is not None
         self.leases[heartbeat.runner_id] = host.lease_expires_at
-        self.core.update_host(host)
+        self.placement.update_host(host)
         self._check_listed(heartbeat, seen_at or heartbeat.at)
         return host
 
@@ -412,9 +446,9 @@ class SchedulerState:
         """The runner's key is gone: no new work goes there. Its jobs are lost when the
         lease of its last heartbeat runs out, as for any runner that stops heartbeating,
         unless it reports again before then (a restart)."""
-        host = self.core.host(runner_id)
+        host = self.placement.host(runner_id)
         if host is not None:
-            self.core.update_host(msgspec.structs.replace(host, alive=False))
+            self.placement.update_host(msgspec.structs.replace(host, alive=False))
 
     def refresh(self, now: datetime) -> None:
         """Bring time-dependent inputs up to ``now``: expired leases, remaining times.
@@ -422,7 +456,7 @@ class SchedulerState:
         A progress report's ``remaining_s`` was measured when it was recorded; the core reads
         remaining times as "from now", so they are aged by the time since.
         """
-        self.core.expire_leases(now)
+        self.placement.expire_leases(now)
         self.now = now
         for job_id in [j for j, (until, _) in self.cooling.items() if until <= now]:
             del self.cooling[job_id]
@@ -435,7 +469,7 @@ class SchedulerState:
             if progress is None or progress.remaining_s is None or progress.at is None:
                 continue
             elapsed = (now - progress.at).total_seconds()
-            self.core.set_remaining(job_id, max(0.0, progress.remaining_s - max(elapsed, 0.0)))
+            self.placement.set_remaining(job_id, max(0.0, progress.remaining_s - max(elapsed, 0.0)))
 
     def lost_jobs(self, now: datetime) -> list[LostJob]:
         """Active jobs whose runner has no live lease at ``now`` (or never reported)."""
@@ -516,9 +550,9 @@ class SchedulerState:
         """
         actions = []
         for job_id, claim in sorted(self.ledger.claims.items()):
-            if job_id in self.pending:
-                continue
-            state = self.jobs.get(job_id)
+            if job_id in self.pending or job_id in self.forgotten:
+                continue  # in flight, or being read back: nothing is known to act on
+            state = self.jobs.get(job_id) or self.dormant.peek(job_id)
             if state is None:
                 actions.append(ClaimAction("release", claim, "the job has ended"))
             elif state.status in ACTIVE and state.attempt == claim.attempt:
@@ -550,7 +584,7 @@ class SchedulerState:
         return self.processor.paused
 
     def gpu_uuids(self, runner_id: str, gpu_ids: Iterable[int]) -> tuple[str, ...]:
-        host = self.core.host(runner_id)
+        host = self.placement.host(runner_id)
         if host is None:
             return ()
         by_index = {gpu.index: gpu.uuid for gpu in host.gpus}

@@ -8,7 +8,8 @@ events and runner reports, calls ``place`` and turns each ``Decision`` into a
 snapshots, for a rebuild or a one-off answer; both must always agree.
 
 The policy (order, eligibility, gangs, choice, reservation and backfill, unplaceable jobs)
-is documented in ``placement``; wait estimates in ``estimate``.
+is documented in ``placement``, wait estimates in ``wait_estimate``, and which GPUs a job
+gets in ``gpu_choice``.
 
 Times: a running job's ``remaining_s`` is read as "seconds from now" at every pass, so the
 shell should pass on swift's progress reports as they come (``set_remaining``).
@@ -21,8 +22,8 @@ from datetime import datetime
 
 import msgspec
 
-from .estimate import QueueEntry, queue_entries
-from .inventory import HostSnapshot, RunningJob
+from .gpu_snapshots import HostSnapshot, RunningJob
+from .job_queue import JobQueue, QueuedJob
 from .occupancy import INFINITY, Occupancy
 from .placement import (
     Decision,
@@ -32,7 +33,7 @@ from .placement import (
     place_pass,
     unplaceable_reason,
 )
-from .queue import JobQueue, QueuedJob
+from .wait_estimate import QueueSlot, queue_entries
 
 
 class Placement(msgspec.Struct, frozen=True, kw_only=True):
@@ -48,7 +49,7 @@ class PlacementPass(msgspec.Struct, frozen=True, kw_only=True):
     decisions: tuple[Decision, ...]
     reservations: tuple[Reservation, ...]
     unplaceable: tuple[Unplaceable, ...]
-    queue: tuple[QueueEntry, ...]
+    queue: tuple[QueueSlot, ...]
 
 
 class Scheduler:
@@ -193,8 +194,8 @@ class Scheduler:
                 found.append(Unplaceable(job_id=job.job_id, reason=reason))
         return tuple(found)
 
-    def report(self) -> tuple[QueueEntry, ...]:
-        """Every queued job's position and estimated wait (see ``estimate``)."""
+    def report(self) -> tuple[QueueSlot, ...]:
+        """Every queued job's position and estimated wait (see ``wait_estimate``)."""
         return queue_entries(
             self._occupancy,
             self._queue,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from datetime import datetime
 
-from swift_trainer.projections.scheduling import GpuSnapshot, HostSnapshot, QueuedJob, RunningJob
+from swift_trainer.projections.scheduler import GpuSnapshot, HostSnapshot, QueuedJob, RunningJob
 
 H100 = "NVIDIA H100 80GB HBM3"
 H100_MIB = 81559

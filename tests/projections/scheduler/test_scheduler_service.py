@@ -7,27 +7,27 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import msgspec
+import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-from swift_trainer.core import commands as c
-from swift_trainer.core import events as e
-from swift_trainer.core.inventory import RunnerJob
-from swift_trainer.core.telemetry import setup_tracing
-from swift_trainer.projections.scheduler_service import (
-    PROCESS_SUBJECT,
-    SchedulerService,
-    request_processing,
-)
-
-from .conftest import (
+from tests.projections.conftest import (
     SCHEDULER_LEASE_S,
     Bus,
     assert_no_gpu_in_two_live_jobs,
     eventually,
     heartbeat,
 )
+
+from swift_trainer.core import commands as c
+from swift_trainer.core import events as e
+from swift_trainer.core.inventory import RunnerJob
+from swift_trainer.core.telemetry import setup_tracing
+from swift_trainer.projections.scheduler.process_requests import (
+    PROCESS_SUBJECT,
+    request_processing,
+)
+from swift_trainer.projections.scheduler.scheduler_service import SchedulerService
 
 
 async def placements(bus: Bus) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -105,9 +105,9 @@ async def test_a_paused_processor_places_nothing_until_resumed(bus: Bus) -> None
     await bus.submit("a")
     await eventually(lambda: scheduler.leading, what="leadership")
     result = await scheduler.process_now()
-    assert result["processed"] is True
-    assert result["paused"] is True
-    assert result["placed"] == []
+    assert result.processed is True
+    assert result.paused is True
+    assert result.placed == ()
     assert await placements(bus) == {}
     assert (await bus.send(c.ResumeQueueProcessor())).ok
     assert set(await wait_placed(bus, 1)) == {"a"}
@@ -143,13 +143,13 @@ async def test_process_now_over_nats_places_and_says_who_leads(bus: Bus) -> None
     ]
     placed = await placements(bus)
     assert set(placed) == {"a"}
-    assert (await request_processing(bus.nc))["leader"] == scheduler.scheduler_id
+    assert (await request_processing(bus.nc)).leader == scheduler.scheduler_id
 
 
 async def test_asking_to_process_without_any_scheduler_says_so(bus: Bus) -> None:
     result = await request_processing(bus.nc, timeout=2)
-    assert result["processed"] is False
-    assert result["reason"] == "no scheduler is running"
+    assert result.processed is False
+    assert result.reason == "no scheduler is running"
 
 
 async def test_the_queue_view_shows_positions_and_estimated_starts(bus: Bus) -> None:
@@ -313,8 +313,8 @@ async def test_only_one_of_two_schedulers_leads_and_a_standby_takes_over(bus: Bu
 
     # A standby answers process requests by asking the leader.
     forwarded = await standby.process_now()
-    assert forwarded["processed"] is False
-    assert forwarded["leader"] == leader.scheduler_id
+    assert forwarded.processed is False
+    assert forwarded.leader == leader.scheduler_id
     for _ in range(4):  # the queue group spreads requests over both
         reply = msgspec.json.decode((await bus.nc.request(PROCESS_SUBJECT, b"{}", timeout=10)).data)
         assert reply["processed"] is True
@@ -401,3 +401,31 @@ async def test_a_pass_is_one_trace_with_the_commands_it_sends(bus: Bus) -> None:
     for kind in ("GpusClaimed", "JobScheduled"):
         recorded = next(x for x in await bus.events() if x.type == kind)
         assert recorded.metadata.trace["traceparent"].split("-")[1] == trace_id, kind
+
+
+@pytest.mark.parametrize("from_store", [True, False], ids=["store", "events-stream"])
+async def test_a_job_let_go_at_rest_is_read_back_and_placed_when_started_again(
+    bus: Bus, from_store: bool
+) -> None:
+    await bus.put_heartbeat(heartbeat("r1", gpus=1))
+    options: dict[str, object] = {"max_jobs_at_rest": 0}
+    if not from_store:
+        options["store"] = None
+    scheduler = await bus.scheduler(**options)
+    await bus.submit("a")
+    await wait_placed(bus, 1)
+    runner = {"job_id": "a", "attempt": 1, "runner_id": "r1"}
+    assert (await bus.send(c.ReportStarted(**runner, pid=1, command=("swift",)))).ok
+    assert (await bus.send(c.ReportFailed(**runner, exit_code=1, reason="boom"))).ok
+    await eventually(lambda: scheduler.state.dormant.evicted == 1, what="the job let go")
+    assert "a" not in scheduler.state.jobs
+
+    assert (await bus.send(c.StartJob(job_id="a"))).ok
+
+    async def second_attempt() -> bool:
+        state = (await bus.jobs())["a"]
+        return state.status.value == "scheduled" and state.attempt == 2
+
+    await eventually(second_attempt, what="the restarted job placed again")
+    assert scheduler.state.forgotten == {}
+    assert await assert_no_gpu_in_two_live_jobs(await bus.events()) >= 1

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from swift_trainer.projections.scheduling import (
+from swift_trainer.projections.scheduler import (
     PlacementPolicy,
-    QueueEntry,
+    QueueSlot,
     Scheduler,
     place_jobs,
 )
@@ -12,7 +12,7 @@ from swift_trainer.projections.scheduling import (
 from .builders import host, job, running
 
 
-def waits(entries: tuple[QueueEntry, ...]) -> dict[str, float | None]:
+def waits(entries: tuple[QueueSlot, ...]) -> dict[str, float | None]:
     return {entry.job_id: entry.estimated_wait_s for entry in entries}
 
 

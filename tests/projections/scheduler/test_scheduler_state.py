@@ -5,15 +5,15 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import msgspec
+from tests.projections.conftest import heartbeat, spec
 
 from swift_trainer.core import events as e
 from swift_trainer.core.gpu_ledger import Claim
 from swift_trainer.core.ids import GPU_LEDGER_STREAM, job_stream
 from swift_trainer.core.inventory import RunnerHeartbeat, RunnerJob
 from swift_trainer.core.store import EventMetadata, RecordedEvent
-from swift_trainer.projections.scheduler_state import SchedulerState, claim_key, host_snapshot
-
-from .conftest import heartbeat, spec
+from swift_trainer.projections.scheduler.gpu_choice import host_snapshot
+from swift_trainer.projections.scheduler.scheduler_state import SchedulerState, claim_key
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -75,9 +75,9 @@ def with_runner(gpus: int = 2) -> SchedulerState:
 def test_jobs_queue_in_priority_then_submission_order_and_place_on_free_gpus() -> None:
     state, log = with_runner(gpus=1), Log()
     assert state.apply(log.add(*submitted("late-low", 1), *submitted("a"), *submitted("b")))
-    assert [job.job_id for job in state.core.queued_jobs()] == ["a", "b", "late-low"]
-    assert [job.seq for job in state.core.queued_jobs()] == [3, 5, 1]
-    decisions = state.core.place().decisions
+    assert [job.job_id for job in state.placement.queued_jobs()] == ["a", "b", "late-low"]
+    assert [job.seq for job in state.placement.queued_jobs()] == [3, 5, 1]
+    decisions = state.placement.place().decisions
     assert [(d.job_id, d.attempt, d.gpu_ids) for d in decisions] == [("a", 1, (0,))]
 
 
@@ -85,9 +85,9 @@ def test_a_batch_applied_twice_changes_nothing() -> None:
     state, log = with_runner(), Log()
     batch = log.add(*submitted("a"), scheduled("a", 1, "r1", 0))
     state.apply(batch)
-    before = (state.position, state.core.running_jobs(), state.core.queued_jobs())
+    before = (state.position, state.placement.running_jobs(), state.placement.queued_jobs())
     assert not state.apply(batch)
-    assert (state.position, state.core.running_jobs(), state.core.queued_jobs()) == before
+    assert (state.position, state.placement.running_jobs(), state.placement.queued_jobs()) == before
 
 
 def test_an_undecodable_event_is_skipped_and_counted() -> None:
@@ -107,15 +107,15 @@ def test_an_undecodable_event_is_skipped_and_counted() -> None:
     state.apply([*good, bad])
     assert state.malformed == 1
     assert state.position == 3
-    assert state.core.queue_length == 1
+    assert state.placement.queue_length == 1
 
 
 def test_a_claim_for_the_next_attempt_holds_the_job_on_its_gpus() -> None:
     state, log = with_runner(), Log()
     state.apply(log.add(*submitted("a"), *submitted("b"), claimed("a", 1, "r1", 1)))
-    assert [job.job_id for job in state.core.queued_jobs()] == ["b"]
-    assert state.core.running_job("a") is not None
-    assert [(d.job_id, d.gpu_ids) for d in state.core.place().decisions] == [("b", (0,))]
+    assert [job.job_id for job in state.placement.queued_jobs()] == ["b"]
+    assert state.placement.running_job("a") is not None
+    assert [(d.job_id, d.gpu_ids) for d in state.placement.place().decisions] == [("b", (0,))]
 
 
 def test_a_claim_of_an_ended_attempt_blocks_its_gpus_until_released() -> None:
@@ -130,13 +130,13 @@ def test_a_claim_of_an_ended_attempt_blocks_its_gpus_until_released() -> None:
             *submitted("c"),
         )
     )
-    assert state.core.running_job(claim_key("a")) is not None
-    assert [(d.job_id, d.gpu_ids) for d in state.core.place().decisions] == [("b", (1,))]
+    assert state.placement.running_job(claim_key("a")) is not None
+    assert [(d.job_id, d.gpu_ids) for d in state.placement.place().decisions] == [("b", (1,))]
     actions = state.reconcile()
     assert [(x.kind, x.claim.job_id) for x in actions] == [("release", "a")]
     state.apply(log.add(e.GpusReleased(at=T0, job_id="a", attempt=1, runner_id="r1", gpu_ids=(0,))))
-    assert state.core.running_job(claim_key("a")) is None
-    assert [(d.job_id, d.gpu_ids) for d in state.core.place().decisions] == [("c", (0,))]
+    assert state.placement.running_job(claim_key("a")) is None
+    assert [(d.job_id, d.gpu_ids) for d in state.placement.place().decisions] == [("c", (0,))]
 
 
 def test_reconcile_keeps_live_claims_completes_dangling_ones_releases_the_rest() -> None:
@@ -173,24 +173,24 @@ def test_reconcile_keeps_live_claims_completes_dangling_ones_releases_the_rest()
 def test_a_placement_in_flight_stays_until_its_events_come_back() -> None:
     state, log = with_runner(gpus=1), Log()
     state.apply(log.add(*submitted("a"), *submitted("b")))
-    decision = state.core.place().decisions[0]
+    decision = state.placement.place().decisions[0]
     state.begin(decision.job_id)
     state.apply(log.add(claimed("a", 1, "r1", 0)))
     state.settle("a", until_position=6)
-    assert state.core.running_job("a") is not None
-    assert state.core.place().decisions == ()
+    assert state.placement.running_job("a") is not None
+    assert state.placement.place().decisions == ()
     state.apply(log.add(scheduled("a", 1, "r1", 0)))
     assert state.pending == {}
-    assert state.core.running_job("a") is not None
+    assert state.placement.running_job("a") is not None
 
 
 def test_a_refused_placement_puts_the_job_back_in_the_queue() -> None:
     state, log = with_runner(gpus=1), Log()
     state.apply(log.add(*submitted("a")))
-    state.begin(state.core.place().decisions[0].job_id)
-    assert state.core.queue_length == 0
+    state.begin(state.placement.place().decisions[0].job_id)
+    assert state.placement.queue_length == 0
     state.settle("a")
-    assert [job.job_id for job in state.core.queued_jobs()] == ["a"]
+    assert [job.job_id for job in state.placement.queued_jobs()] == ["a"]
 
 
 def test_jobs_on_a_runner_past_its_lease_are_lost() -> None:
@@ -208,7 +208,7 @@ def test_jobs_on_a_runner_past_its_lease_are_lost() -> None:
     later = T0 + timedelta(seconds=10)
     assert [(x.job_id, x.attempt) for x in state.lost_jobs(later)] == [("a", 1), ("b", 1)]
     state.refresh(later)
-    host = state.core.host("r1")
+    host = state.placement.host("r1")
     assert host is not None
     assert not host.alive
 
@@ -217,7 +217,7 @@ def test_a_removed_runner_takes_no_work_but_keeps_its_jobs_until_its_lease_ends(
     state, log = with_runner(), Log()
     state.apply(log.add(*submitted("a"), scheduled("a", 1, "r1", 0), *submitted("b")))
     state.remove_runner("r1")
-    assert state.core.place().decisions == ()
+    assert state.placement.place().decisions == ()
     assert state.lost_jobs(T0 + timedelta(seconds=59)) == []
     assert len(state.lost_jobs(T0 + timedelta(seconds=60))) == 1
 
@@ -233,7 +233,7 @@ def test_remaining_times_age_with_the_clock() -> None:
         )
     )
     state.refresh(T0 + timedelta(seconds=30))
-    (entry,) = state.core.report()
+    (entry,) = state.placement.report()
     assert entry.estimated_wait_s == 70.0
 
 
@@ -361,19 +361,19 @@ def test_a_refused_job_is_held_back_with_a_doubling_wait_and_shown_why() -> None
     state, log = with_runner(), Log()
     state.apply(log.add(*submitted("a")), T0)
     _refused(log, state, "a", 1, T0)
-    assert [job.job_id for job in state.core.queued_jobs()] == []
+    assert [job.job_id for job in state.placement.queued_jobs()] == []
     [(job_id, priority, why)] = state.held_back()
     assert (job_id, priority) == ("a", 5)
     assert "runner r1 refused attempt 1 (still stopping)" in why
     state.refresh(T0 + timedelta(seconds=1.9))
-    assert state.core.place().decisions == ()
+    assert state.placement.place().decisions == ()
     state.refresh(T0 + timedelta(seconds=2))
-    assert [d.job_id for d in state.core.place().decisions] == ["a"]
+    assert [d.job_id for d in state.placement.place().decisions] == ["a"]
     assert state.held_back() == []
     # A second refusal in a row waits twice as long.
     later = T0 + timedelta(seconds=3)
     _refused(log, state, "a", 2, later)
     state.refresh(later + timedelta(seconds=3.9))
-    assert state.core.place().decisions == ()
+    assert state.placement.place().decisions == ()
     state.refresh(later + timedelta(seconds=4))
-    assert [d.job_id for d in state.core.place().decisions] == ["a"]
+    assert [d.job_id for d in state.placement.place().decisions] == ["a"]

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from swift_trainer.projections.scheduling import live_hosts, select_gpus
-from swift_trainer.projections.scheduling.inventory import (
+from swift_trainer.projections.scheduler import live_hosts, select_gpus
+from swift_trainer.projections.scheduler.gpu_choice import (
     describe_requirement,
     gpu_matches,
     requirement_of,

@@ -2,23 +2,16 @@
 
 Runners report ``HostSnapshot``s; the event stream yields ``RunningJob``s. Both are inputs
 only: the placement core never asks a runner anything, so the same snapshots always give the
-same decisions, and a replayed stream rebuilds the same assignments.
+same decisions, and a replayed stream rebuilds the same assignments. Which of them a job
+may use, and which it gets, is decided in ``gpu_choice``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Final
 
 import msgspec
-
-#: ``(min_gpu_memory_gb, lower-cased gpu_name fragment)``; ``(0.0, "")`` asks for nothing.
-Requirement = tuple[float, str]
-ANY_GPU: Final[Requirement] = (0.0, "")
-
-_BYTES_PER_MIB: Final = 1 << 20
-_BYTES_PER_GB: Final = 10**9
 
 
 class GpuSnapshot(msgspec.Struct, frozen=True, kw_only=True):
@@ -75,32 +68,3 @@ class RunningJob(msgspec.Struct, frozen=True, kw_only=True):
 def live_hosts(hosts: Iterable[HostSnapshot], now: datetime) -> list[HostSnapshot]:
     """The hosts a placement may use at ``now``; a runner past its lease gets no new work."""
     return [host for host in hosts if host.is_live(now)]
-
-
-def requirement_of(min_gpu_memory_gb: float | None, gpu_name: str | None) -> Requirement:
-    """Normalise a job's GPU constraints so that equal constraints share one index entry."""
-    return (float(min_gpu_memory_gb or 0.0), (gpu_name or "").lower())
-
-
-def gpu_matches(gpu: GpuSnapshot, requirement: Requirement) -> bool:
-    """Whether a GPU meets a job's constraints, whatever it is doing right now.
-
-    Memory is compared in decimal gigabytes against NVML's MiB total, because that is how
-    cards are sold: an "80GB" H100 reports 81559 MiB, which is 85.5 GB but only 79.6 GiB, and a
-    user asking for 80 GB means that card.
-    """
-    min_gb, fragment = requirement
-    if min_gb and gpu.memory_total_mib * _BYTES_PER_MIB < min_gb * _BYTES_PER_GB:
-        return False
-    return not fragment or fragment in gpu.name.lower()
-
-
-def describe_requirement(requirement: Requirement) -> str:
-    """The constraint in the words of the job spec, for reasons a user can act on."""
-    min_gb, fragment = requirement
-    parts = []
-    if fragment:
-        parts.append(f"named like {fragment!r}")
-    if min_gb:
-        parts.append(f"with at least {min_gb:g} GB")
-    return (" " + " and ".join(parts)) if parts else ""

@@ -25,7 +25,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from swift_trainer.projections.scheduling import (
+from swift_trainer.projections.scheduler import (
     Decision,
     GpuSnapshot,
     HostSnapshot,
@@ -37,8 +37,11 @@ from swift_trainer.projections.scheduling import (
     place_jobs,
     select_gpus,
 )
-from swift_trainer.projections.scheduling.inventory import gpu_matches, requirement_of
-from swift_trainer.projections.scheduling.occupancy import gpu_preference
+from swift_trainer.projections.scheduler.gpu_choice import (
+    gpu_matches,
+    gpu_preference,
+    requirement_of,
+)
 
 from .builders import A100_40, A100_40_MIB, H100, H100_MIB
 

@@ -10,9 +10,9 @@ end, so that one decision does not rescan the cluster:
 - each host keeps the sorted times at which its GPUs become free, rebuilt only when that
   host changes, so a reservation looks at one number per host.
 
-A GPU is *usable* when it is healthy, on a live runner and its foreign memory (held by
-processes this system did not start) is below the threshold; it is *free* when it is usable,
-held by no job and not reserved.
+The rules themselves (which GPU is usable, which GPUs of a host a job gets) live in
+``gpu_choice``; this module only indexes them. A GPU is *free* when it is usable, held by no
+job and not reserved.
 """
 
 from __future__ import annotations
@@ -23,56 +23,24 @@ from bisect import bisect_left, insort
 from collections.abc import Iterable, Sequence
 from typing import Final
 
-from .inventory import ANY_GPU, GpuSnapshot, HostSnapshot, Requirement, gpu_matches
+from .gpu_choice import (
+    ANY_GPU,
+    GpuPreference,
+    Requirement,
+    gpu_matches,
+    gpu_preference,
+    is_usable,
+    select_gpus,
+)
+from .gpu_snapshots import GpuSnapshot, HostSnapshot
 
 INFINITY: Final = math.inf
 #: Sorts free GPUs before every real time; read as "now" wherever a time is reported.
 _FREE_NOW: Final = -math.inf
 
-_GpuPreference = tuple[int, float, int]
-_GpuTime = tuple[float, _GpuPreference, int]
+_GpuTime = tuple[float, GpuPreference, int]
 #: How a host ranks for a reservation: its first N free times, latest first, then its id.
 _ReservationKey = tuple[tuple[float, ...], str]
-
-
-def gpu_preference(gpu: GpuSnapshot) -> _GpuPreference:
-    """Most free memory first, then least busy, then lowest index so ties stay deterministic."""
-    return (-gpu.memory_free_mib, gpu.utilization_pct, gpu.index)
-
-
-def select_gpus(candidates: Iterable[GpuSnapshot], count: int) -> tuple[int, ...]:
-    """Choose ``count`` GPUs of one host for one job; the indices come back sorted.
-
-    A single GPU is simply the preferred one. A gang of GPUs first looks for a set inside one
-    NVLink group, then inside one PCIe switch, and only then takes the preferred GPUs
-    wherever they sit: a data-parallel job runs at the speed of its slowest link, so a
-    faster interconnect matters more than a few MiB of free memory on an idle GPU. Among the
-    groups that can hold the whole gang, the one whose GPUs rank best wins.
-    """
-    ranked = sorted(candidates, key=gpu_preference)
-    if count > len(ranked):
-        raise ValueError(f"cannot choose {count} GPUs out of {len(ranked)}")
-    chosen = ranked[:count]
-    if count >= 2:
-        for group_of in (_nvlink_group, _pcie_switch):
-            groups: dict[str, list[GpuSnapshot]] = {}
-            for gpu in ranked:
-                group = group_of(gpu)
-                if group is not None:
-                    groups.setdefault(group, []).append(gpu)
-            fitting = [members[:count] for members in groups.values() if len(members) >= count]
-            if fitting:
-                chosen = min(fitting, key=lambda members: [gpu_preference(g) for g in members])
-                break
-    return tuple(sorted(gpu.index for gpu in chosen))
-
-
-def _nvlink_group(gpu: GpuSnapshot) -> str | None:
-    return gpu.nvlink_group
-
-
-def _pcie_switch(gpu: GpuSnapshot) -> str | None:
-    return gpu.pcie_switch
 
 
 class _HostInfo:
@@ -84,9 +52,8 @@ class _HostInfo:
         self.runner_id = host.runner_id
         self.gpus = {gpu.index: gpu for gpu in host.gpus}
         self.healthy = frozenset(i for i, gpu in self.gpus.items() if gpu.healthy)
-        threshold = foreign_memory_threshold_mib
         self.usable = frozenset(
-            i for i in self.healthy if self.gpus[i].foreign_memory_mib < threshold
+            i for i in self.healthy if is_usable(self.gpus[i], foreign_memory_threshold_mib)
         )
         self.preference = {i: gpu_preference(gpu) for i, gpu in self.gpus.items()}
         self._matching: dict[Requirement, frozenset[int]] = {ANY_GPU: self.healthy}

@@ -11,11 +11,16 @@ from pathlib import Path
 from typing import IO
 
 import msgspec
+from tests.projections.conftest import (
+    SCHEDULER_LEASE_S,
+    Bus,
+    assert_no_gpu_in_two_live_jobs,
+    eventually,
+    heartbeat,
+)
 
 from swift_trainer.bus import subjects
-from swift_trainer.projections.leader_lease import LEADER_KEY, LeaseValue
-
-from .conftest import SCHEDULER_LEASE_S, Bus, assert_no_gpu_in_two_live_jobs, eventually, heartbeat
+from swift_trainer.projections.scheduler.leader_lease import LEADER_KEY, LeaseValue
 
 
 def _scheduler(bus: Bus, scheduler_id: str, log: IO[bytes]) -> subprocess.Popen[bytes]:

@@ -21,67 +21,58 @@ always ready to take over. Only the holder of the leader lease (``leader_lease``
    the leader does this, so two instances never overwrite each other's view, and the view
    accounts for the placements in flight.
 
-Passes run on relevant events (debounced), on a timer, and on request (``process_now``,
-also served on ``PROCESS_SUBJECT`` by every instance: a standby forwards the request to the
-leader). A newly elected leader first catches up with the event log as it stands when it
-wins, so it does not act on a stale picture. No refused command, NATS hiccup or malformed
-heartbeat stops the service: each is logged and the next pass tries again.
+Steps 1 to 3 are sent by ``leader_actions``. Passes run on relevant events (debounced),
+on a timer, and on request (``process_now``, also served over NATS by ``process_requests``).
+A newly elected leader first catches up with the event log as it stands when it wins, so it
+does not act on a stale picture. No refused command, NATS hiccup or malformed heartbeat
+stops the service: each is logged and the next pass tries again.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
 import os
 import re
 import socket
-import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from datetime import datetime, timedelta
+from typing import Final
 
 import msgspec
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import NotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from opentelemetry import trace
 
 from swift_trainer.bus import subjects
 from swift_trainer.bus.command_client import CommandClient
-from swift_trainer.bus.connection import connect, provision
+from swift_trainer.bus.connection import provision
 from swift_trainer.bus.feed import EventFeed
 from swift_trainer.bus.kv_watch import watch_bucket
-from swift_trainer.bus.messages import CommandReply
 from swift_trainer.bus.relay import POSITION_HEADER
-from swift_trainer.core import commands as c
+from swift_trainer.core.clock import Clock, utc_now
 from swift_trainer.core.ids import new_id
 from swift_trainer.core.inventory import RunnerHeartbeat, decode_heartbeat
-from swift_trainer.core.settings import Settings, load_settings
-from swift_trainer.core.shutdown import wait_for_shutdown
-from swift_trainer.core.sqlstore import open_event_store
 from swift_trainer.core.store import EventStore, RecordedEvent
-from swift_trainer.core.telemetry import setup_tracing
 
+from ..read_models.views import QueueEntry, QueueView
+from .dormant_jobs import DEFAULT_LIMIT
+from .gpu_choice import placement_signature
+from .job_history import job_history
+from .leader_actions import LeaderActions
 from .leader_lease import LeaderLease
-from .read_models.views import QueueEntry, QueueView
+from .pass_result import PassResult, PlacedJob, UnplaceableJob, not_processed
+from .placement import Decision, PlacementPolicy
+from .process_requests import subscribe_process_requests
 from .scheduler_state import SchedulerState
-from .scheduling import Decision, HostSnapshot, PlacementPolicy
-from .scheduling.placement import DEFAULT_FOREIGN_MEMORY_THRESHOLD_MIB
 
 _log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
 
-#: Ask the scheduler to process the queue now; any instance answers (see ``PassResult``).
-PROCESS_SUBJECT: Final = f"{subjects.PREFIX}.scheduler.process"
-#: Queue group of ``PROCESS_SUBJECT``: one instance answers each request.
-SCHEDULERS_QUEUE: Final = "schedulers"
 ACTOR: Final = "scheduler"
 #: How long a burst of events may take to settle before the pass it triggers.
 DEBOUNCE_S: Final = 0.02
@@ -90,11 +81,6 @@ VIEW_INTERVAL_S: Final = 0.25
 
 QueueViewSink = Callable[[QueueView], Awaitable[None]]
 HeartbeatSink = Callable[[RunnerHeartbeat], Awaitable[None]]
-Clock = Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def default_scheduler_id() -> str:
@@ -103,71 +89,13 @@ def default_scheduler_id() -> str:
     return f"{host}-{os.getpid()}-{new_id()[-6:]}"
 
 
-def direct_subject(scheduler_id: str) -> str:
-    """Where one instance takes process requests (a standby forwards them there)."""
-    return f"{PROCESS_SUBJECT}.{scheduler_id}"
-
-
-class PlacedJob(msgspec.Struct, frozen=True):
-    job_id: str
-    attempt: int
-    runner_id: str
-    gpu_ids: tuple[int, ...]
-
-
-class UnplaceableJob(msgspec.Struct, frozen=True):
-    job_id: str
-    reason: str
-
-
-class PassResult(msgspec.Struct, frozen=True, kw_only=True):
-    """The reply to a process request, as JSON.
-
-    ``processed`` is false when this instance does not lead (``leader`` names who does,
-    when known) or is still catching up (``reason`` says which).
-    """
-
-    processed: bool
-    leader: str | None
-    placed: tuple[PlacedJob, ...] = ()
-    paused: bool = False
-    queued: int = 0
-    unplaceable: tuple[UnplaceableJob, ...] = ()
-    reason: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON reply as plain values (lists, not tuples), the same in process as over NATS."""
-        result: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(self))
-        return result
-
-
-def _signature(host: HostSnapshot | None, threshold: int) -> object:
-    """What of a host matters to placement; volatile readings (utilisation) left out."""
-    if host is None:
-        return None
-    return (
-        host.alive,
-        tuple(
-            (
-                g.index,
-                g.uuid,
-                g.name,
-                g.memory_total_mib,
-                g.healthy,
-                g.foreign_memory_mib >= threshold,
-            )
-            for g in host.gpus
-        ),
-    )
-
-
 class SchedulerService:
     """One scheduler instance; run several for high availability, one of them leads.
 
     ``nc``: a connected NATS client, with the streams and buckets provisioned (``start``
     provisions them if the lease bucket is missing).
     ``scheduler_id``: a subject token naming this instance (default: host, pid, random).
-    ``policy``: the placement policy (``scheduling.PlacementPolicy``).
+    ``policy``: the placement policy (``placement.PlacementPolicy``).
     ``queue_view_sink``: receives the queue with positions and estimated starts after the
     leader's passes (at most every ``VIEW_INTERVAL_S`` unless requested, only on change).
     ``heartbeat_sink``: receives every decoded runner heartbeat, on every instance (e.g.
@@ -181,6 +109,8 @@ class SchedulerService:
     marked lost (and requeued, as the domain decides).
     ``vanish_grace_s``: a running job whose runner's heartbeats have not listed its process
     for this long (two heartbeats at least) is marked lost.
+    ``max_jobs_at_rest``: failed, stopped and paused jobs kept for a quick restart; one let
+    go is read back (``job_history``) when it is queued again (see ``dormant_jobs``).
     """
 
     def __init__(
@@ -199,6 +129,7 @@ class SchedulerService:
         start_timeout_s: float = 60.0,
         vanish_grace_s: float = 10.0,
         stream_replicas: int = 1,
+        max_jobs_at_rest: int = DEFAULT_LIMIT,
     ) -> None:
         self.nc = nc
         self.scheduler_id = scheduler_id or default_scheduler_id()
@@ -215,8 +146,16 @@ class SchedulerService:
         self.start_timeout_s = start_timeout_s
         self.vanish_grace_s = vanish_grace_s
         self.stream_replicas = stream_replicas
-        self.state = SchedulerState(self.policy)
+        self.state = SchedulerState(self.policy, max_jobs_at_rest=max_jobs_at_rest)
         self.client = CommandClient(nc, timeout=command_timeout_s, actor=ACTOR)
+        self.actions = LeaderActions(
+            self.client,
+            self.state,
+            leading=lambda: self.leading,
+            retry_s=max(2.0, 2 * tick_s),
+            start_timeout_s=start_timeout_s,
+            vanish_grace_s=vanish_grace_s,
+        )
         self.feed: EventFeed | None = None
         self.lease: LeaderLease | None = None
         self.inventory_loaded = asyncio.Event()
@@ -228,7 +167,6 @@ class SchedulerService:
         self._tasks: list[asyncio.Task[None]] = []
         self._ready_task: asyncio.Task[None] | None = None
         self._subscriptions: list[Subscription] = []
-        self._recent: dict[tuple[str, str, int], float] = {}
         self._last_view: tuple[object, ...] | None = None
         self._last_view_at = -1e9
 
@@ -247,10 +185,7 @@ class SchedulerService:
         await js.stream_info(subjects.EVENTS_STREAM)  # fail early when nothing is provisioned
         self.feed = EventFeed(self.nc, self._on_events, name=f"scheduler-{self.scheduler_id}")
         await self.feed.start()
-        self._subscriptions = [
-            await self.nc.subscribe(PROCESS_SUBJECT, queue=SCHEDULERS_QUEUE, cb=self._on_request),
-            await self.nc.subscribe(direct_subject(self.scheduler_id), cb=self._on_direct),
-        ]
+        self._subscriptions = await subscribe_process_requests(self)
         for name, work in (
             ("runners", self._watch_runners()),
             ("lease", self.lease.run()),
@@ -370,7 +305,23 @@ class SchedulerService:
     async def _on_events(self, batch: Sequence[RecordedEvent]) -> None:
         if self.state.apply(batch, self.clock()):
             self.wake()
+        if self.state.forgotten:
+            await self._restore_forgotten()
         self._applied.set()
+
+    async def _restore_forgotten(self) -> None:
+        """Rebuild jobs queued again after the state let them go at rest (see
+        ``dormant_jobs``), from the store or else the EVENTS stream."""
+        for job_id in list(self.state.forgotten):
+            try:
+                stored = await job_history(
+                    self.nc, self.store, job_id, timeout=self.command_timeout_s
+                )
+            except Exception as exc:
+                _log.warning("cannot read job %s back (%r); retrying on the next pass", job_id, exc)
+                continue
+            if self.state.restore(job_id, stored, self.clock()):
+                self.wake()
 
     async def _watch_runners(self) -> None:
         def loaded() -> None:  # every current value has been delivered
@@ -403,14 +354,14 @@ class SchedulerService:
                 runner_id,
             )
             return
-        before = _signature(self.state.core.host(runner_id), threshold)
+        before = placement_signature(self.state.placement.host(runner_id), threshold)
         now = self.clock()
         # A heartbeat that arrives while we watch was put just now, whatever the runner's
         # clock says; one found stored at start may be old, so it keeps its own time (but
         # never one in the future).
         seen_at = now if self.inventory_loaded.is_set() else min(heartbeat.at, now)
         host = self.state.update_runner(heartbeat, seen_at)
-        if _signature(host, threshold) != before:
+        if placement_signature(host, threshold) != before:
             self.wake()
         if self.heartbeat_sink is not None:
             try:
@@ -439,21 +390,23 @@ class SchedulerService:
             except Exception:
                 _log.exception("scheduler pass failed; trying again on the next one")
 
-    async def process_now(self) -> dict[str, Any]:
-        """Run a pass now if this instance leads; the reply format of ``PROCESS_SUBJECT``."""
+    async def process_now(self) -> PassResult:
+        """Run a pass now if this instance leads (the answer to a process request)."""
         if not self.is_leader:
             holder = None if self.lease is None else await self.lease.read_holder()
-            return PassResult(processed=False, leader=holder, reason="not the leader").to_dict()
-        return (await self.run_pass(force_view=True)).to_dict()
+            return not_processed("not the leader", holder)
+        return await self.run_pass(force_view=True)
 
     async def run_pass(self, *, force_view: bool = False) -> PassResult:
         """Bring the picture up to now and, when leading, act on it (one traced span)."""
         async with self._pass_lock:
+            if self.state.forgotten:
+                await self._restore_forgotten()
             self.state.refresh(self.clock())
             if not self.leading:
                 reason = "not the leader" if not self.is_leader else "catching up with the log"
                 leader = self.lease.leader_id if self.lease is not None else None
-                return PassResult(processed=False, leader=leader, reason=reason)
+                return not_processed(reason, leader)
             with _tracer.start_as_current_span(
                 "scheduler pass",
                 attributes={"scheduler.id": self.scheduler_id},
@@ -466,12 +419,12 @@ class SchedulerService:
     async def _lead(self, *, force_view: bool) -> PassResult:
         state = self.state
         now = self.clock()
-        self._forget_old_actions()
-        await self._mark_lost(now)
-        await self._reconcile_claims()
+        self.actions.forget_old_actions()
+        await self.actions.mark_lost(now)
+        await self.actions.reconcile_claims()
         placed: list[PlacedJob] = []
         if not state.paused:
-            decisions = state.core.place().decisions
+            decisions = state.placement.place().decisions
             for decision in decisions:
                 state.begin(decision.job_id)
             placed = [
@@ -480,146 +433,19 @@ class SchedulerService:
                 if await self._execute(decision)
             ]
         await self._publish_view(self.clock(), force=force_view)
-        unplaceable = state.core.unplaceable() if force_view else ()
+        unplaceable = state.placement.unplaceable() if force_view else ()
         return PassResult(
             processed=True,
             leader=self.scheduler_id,
             placed=tuple(placed),
             paused=state.paused,
-            queued=state.core.queue_length,
+            queued=state.placement.queue_length,
             unplaceable=tuple(UnplaceableJob(x.job_id, x.reason) for x in unplaceable),
         )
 
-    async def _send(self, command: c.AnyCommand) -> CommandReply | None:
-        """Send; returns the reply when accepted, else logs why and returns None."""
-        try:
-            reply = await self.client.send(command)
-        except Exception as exc:
-            _log.warning("could not send %s: %r", type(command).__name__, exc)
-            return None
-        if reply.ok:
-            return reply
-        assert reply.error is not None
-        _log.info(
-            "%s for job %s refused: %s: %s",
-            type(command).__name__,
-            getattr(command, "job_id", "-"),
-            reply.error.code,
-            reply.error.message,
-        )
-        return None
-
     async def _execute(self, decision: Decision) -> bool:
-        """Claim, then schedule; the job's placement stays as decided until its events
-        come back (or is undone at once when a step is refused or fails)."""
-        until: int | None = None
-        try:
-            if not self.leading:
-                return False
-            claim = c.ClaimGpus(
-                job_id=decision.job_id,
-                attempt=decision.attempt,
-                runner_id=decision.runner_id,
-                gpu_ids=decision.gpu_ids,
-            )
-            if await self._send(claim) is None:
-                return False
-            reply = await self._send(decision.to_command())
-            if reply is None:
-                return False
-            until = max((x.position for x in reply.events), default=None)
-            _log.info(
-                "placed job %s (attempt %d) on %s GPUs %s",
-                decision.job_id,
-                decision.attempt,
-                decision.runner_id,
-                list(decision.gpu_ids),
-            )
-            return True
-        finally:
-            self.state.settle(decision.job_id, until)
-
-    def _due(self, key: tuple[str, str, int]) -> bool:
-        """Whether an action may be sent (again): not within the retry interval."""
-        now = time.monotonic()
-        sent = self._recent.get(key)
-        if sent is not None and now - sent < self._retry_s:
-            return False
-        self._recent[key] = now
-        return True
-
-    @property
-    def _retry_s(self) -> float:
-        return max(2.0, 2 * self.tick_s)
-
-    def _forget_old_actions(self) -> None:
-        horizon = time.monotonic() - self._retry_s
-        for key in [k for k, sent in self._recent.items() if sent < horizon]:
-            del self._recent[key]
-
-    async def _mark_lost(self, now: datetime) -> None:
-        """End the attempts the healing rules find dead, each with its reason: the runner
-        stopped heartbeating, never reported the start, or no longer runs the process."""
-        state = self.state
-        found = [
-            *state.lost_jobs(now),
-            *state.overdue_starts(now, self.start_timeout_s),
-            *state.vanished(now, self.vanish_grace_s),
-        ]
-        for lost in found:
-            if not self._due(("lost", lost.job_id, lost.attempt)) or not self.leading:
-                continue
-            _log.warning(
-                "marking job %s (attempt %d) lost: %s", lost.job_id, lost.attempt, lost.reason
-            )
-            command = c.MarkLost(job_id=lost.job_id, attempt=lost.attempt, reason=lost.reason)
-            reply = await self._send(command)
-            if reply is not None and any(x.type == "JobLost" for x in reply.events):
-                # The attempt has ended for good: its GPUs can be let go at once.
-                await self._send(
-                    c.ReleaseGpus(
-                        job_id=lost.job_id, attempt=lost.attempt, reason="the job was lost"
-                    )
-                )
-
-    async def _reconcile_claims(self) -> None:
-        state = self.state
-        for action in state.reconcile():
-            claim = action.claim
-            key = (action.kind, claim.job_id, claim.attempt)
-            if action.kind == "complete" and state.paused:
-                continue
-            if not self._due(key) or not self.leading:
-                continue
-            if action.kind == "release":
-                _log.info(
-                    "releasing GPUs %s of %s claimed by job %s attempt %d: %s",
-                    list(claim.gpu_ids),
-                    claim.runner_id,
-                    claim.job_id,
-                    claim.attempt,
-                    action.reason,
-                )
-                await self._send(
-                    c.ReleaseGpus(job_id=claim.job_id, attempt=claim.attempt, reason=action.reason)
-                )
-            else:
-                _log.info(
-                    "completing the claim of job %s attempt %d on %s GPUs %s",
-                    claim.job_id,
-                    claim.attempt,
-                    claim.runner_id,
-                    list(claim.gpu_ids),
-                )
-                await self._send(
-                    c.ScheduleJob(
-                        job_id=claim.job_id,
-                        attempt=claim.attempt,
-                        runner_id=claim.runner_id,
-                        gpu_ids=claim.gpu_ids,
-                        gpu_uuids=state.gpu_uuids(claim.runner_id, claim.gpu_ids),
-                    )
-                )
+        """Claim, then schedule (``LeaderActions.execute``); a hook for subclasses to wrap."""
+        return await self.actions.execute(decision)
 
     async def _publish_view(self, now: datetime, *, force: bool) -> None:
         """Push the queue to the sink, when it changed (or ``force``)."""
@@ -639,7 +465,7 @@ class SchedulerService:
                 else _whole_seconds(now + timedelta(seconds=x.estimated_wait_s)),
                 unplaceable=x.unplaceable,
             )
-            for x in self.state.core.report()
+            for x in self.state.placement.report()
         ]
         held = [
             QueueEntry(job_id=job_id, position=len(queued) + n, priority=priority, unplaceable=why)
@@ -658,183 +484,7 @@ class SchedulerService:
         else:
             self._last_view = key
 
-    # --- requests -----------------------------------------------------------------------
-
-    async def _on_request(self, msg: Msg) -> None:
-        """Any instance may receive it: the leader answers, a standby forwards it."""
-        try:
-            if self.is_leader:
-                data = msgspec.json.encode(await self.process_now())
-            else:
-                data = await self._forward(msg.data)
-        except Exception as exc:
-            _log.exception("process request failed")
-            data = msgspec.json.encode(
-                PassResult(processed=False, leader=None, reason=repr(exc)).to_dict()
-            )
-        if msg.reply:
-            with contextlib.suppress(Exception):
-                await msg.respond(data)
-
-    async def _forward(self, payload: bytes) -> bytes:
-        holder = None if self.lease is None else await self.lease.read_holder()
-        if holder is None or holder == self.scheduler_id:
-            reason = "no scheduler leads right now; try again in a few seconds"
-            return msgspec.json.encode(PassResult(processed=False, leader=None, reason=reason))
-        try:
-            reply = await self.nc.request(
-                direct_subject(holder), payload or b"{}", timeout=self.command_timeout_s
-            )
-        except Exception as exc:
-            reason = f"the leader did not answer ({exc!r})"
-            return msgspec.json.encode(PassResult(processed=False, leader=holder, reason=reason))
-        return reply.data
-
-    async def _on_direct(self, msg: Msg) -> None:
-        """A forwarded request: answer it here, never forward again (no loops)."""
-        try:
-            data = msgspec.json.encode(await self.process_now())
-        except Exception as exc:
-            _log.exception("process request failed")
-            data = msgspec.json.encode(
-                PassResult(processed=False, leader=None, reason=repr(exc)).to_dict()
-            )
-        if msg.reply:
-            with contextlib.suppress(Exception):
-                await msg.respond(data)
-
-
-async def request_processing(nc: Client, *, timeout: float = 10.0) -> dict[str, Any]:
-    """Ask the scheduler to process the queue now, from any process (the API's trigger).
-
-    Returns the leader's ``PassResult`` as a dict, or ``processed: false`` with a reason
-    when no scheduler runs or none answers in time.
-    """
-    try:
-        reply = await nc.request(PROCESS_SUBJECT, b"{}", timeout=timeout)
-    except NoRespondersError:
-        result = PassResult(processed=False, leader=None, reason="no scheduler is running")
-        return result.to_dict()
-    except (TimeoutError, NatsTimeoutError):
-        result = PassResult(processed=False, leader=None, reason="no scheduler answered in time")
-        return result.to_dict()
-    decoded: dict[str, Any] = msgspec.json.decode(reply.data)
-    return decoded
-
 
 def _whole_seconds(moment: datetime) -> datetime:
     """Estimates are not precise to the second; rounding keeps repeated views identical."""
     return moment.replace(microsecond=0) + timedelta(seconds=1 if moment.microsecond else 0)
-
-
-# --- the command line -----------------------------------------------------------------------
-
-
-def add_scheduler_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--nats-url", help="NATS server (default NATS_URL)")
-    parser.add_argument("--scheduler-id", help="name of this instance (default: host-pid-random)")
-    parser.add_argument(
-        "--lease-ttl",
-        type=float,
-        default=5.0,
-        help="leader lease TTL in seconds, used when the lease bucket is created (default 5)",
-    )
-    parser.add_argument(
-        "--tick", type=float, default=1.0, help="seconds between timer passes (default 1)"
-    )
-    parser.add_argument(
-        "--start-timeout",
-        type=float,
-        default=60.0,
-        help="seconds a scheduled job may wait for its runner's start report before it is "
-        "marked lost and requeued (default 60)",
-    )
-    parser.add_argument(
-        "--vanished-grace",
-        type=float,
-        default=10.0,
-        help="seconds a running job may be missing from its runner's heartbeats before it is "
-        "marked lost and requeued (default 10)",
-    )
-    parser.add_argument(
-        "--strict-fifo",
-        action="store_true",
-        help="never start a job ahead of a blocked higher-ranked one (no backfill)",
-    )
-    parser.add_argument(
-        "--foreign-memory-threshold-mib",
-        type=int,
-        default=DEFAULT_FOREIGN_MEMORY_THRESHOLD_MIB,
-        help="a GPU with this much memory used by processes we did not start counts as busy",
-    )
-
-
-async def run_scheduler(settings: Settings, args: argparse.Namespace) -> int:
-    """One scheduler process against ``NATS_URL`` until SIGINT or SIGTERM (then exit 0).
-
-    With ``EVENT_STORE_URL`` set, a newly elected leader checks it has applied everything
-    the store holds before acting; without it, everything on the EVENTS stream.
-    """
-    url = getattr(args, "nats_url", None) or settings.nats_url
-    if not url:
-        print("scheduler needs NATS_URL (use 'up' for the embedded mode)", file=sys.stderr)  # noqa: T201
-        return 2
-    setup_tracing("swift-trainer-scheduler")
-    nc = await connect(url, settings, name="swift-trainer-scheduler")
-    store = None
-    service: SchedulerService | None = None
-    try:
-        await provision(
-            nc.jetstream(),
-            scheduler_lease_s=args.lease_ttl,
-            replicas=settings.nats_stream_replicas,
-        )
-        if settings.event_store_url:
-            store = open_event_store(settings.event_store_url)
-            await store.setup()
-        from .observed_scheduler import ObservedSchedulerService
-
-        service = ObservedSchedulerService(
-            nc,
-            scheduler_id=args.scheduler_id,
-            policy=PlacementPolicy(
-                backfill=not args.strict_fifo,
-                foreign_memory_threshold_mib=args.foreign_memory_threshold_mib,
-            ),
-            lease_ttl_s=args.lease_ttl,
-            tick_s=args.tick,
-            store=store,
-            command_timeout_s=settings.command_timeout_s,
-            start_timeout_s=args.start_timeout,
-            vanish_grace_s=args.vanished_grace,
-            stream_replicas=settings.nats_stream_replicas,
-        )
-        await service.start()
-        await wait_for_shutdown()
-    finally:
-        if service is not None:
-            await service.stop()
-        if store is not None:
-            await store.close()
-        with contextlib.suppress(Exception):
-            await nc.drain()
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m swift_trainer.projections.scheduler_service``: the scheduler alone, with
-    the same options as ``swift-trainer scheduler`` (settings from the environment)."""
-    parser = argparse.ArgumentParser(prog="swift-trainer-scheduler", description=__doc__)
-    add_scheduler_arguments(parser)
-    args = parser.parse_args(argv)
-    settings = load_settings()
-    logging.basicConfig(
-        level=getattr(logging, settings.log_level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    return asyncio.run(run_scheduler(settings, args))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -19,12 +19,12 @@ from collections.abc import Callable
 
 import msgspec
 
+from .job_queue import JobQueue, OrderKey, QueuedJob, Shape
 from .occupancy import Occupancy
 from .placement import place_pass, unplaceable_reason
-from .queue import JobQueue, OrderKey, QueuedJob, Shape
 
 
-class QueueEntry(msgspec.Struct, frozen=True, kw_only=True):
+class QueueSlot(msgspec.Struct, frozen=True, kw_only=True):
     """A queued job's place: ``estimated_wait_s`` is seconds from now, ``None`` if unknown."""
 
     job_id: str
@@ -90,7 +90,7 @@ def queue_entries(
     *,
     backfill: bool = True,
     limit: int = 1000,
-) -> tuple[QueueEntry, ...]:
+) -> tuple[QueueSlot, ...]:
     """Every queued job with its position, estimate and, if stuck for good, the reason."""
     waits = estimate_waits(occupancy, queue, backfill=backfill, limit=limit)
     reasons: dict[Shape, str | None] = {}
@@ -100,7 +100,7 @@ def queue_entries(
         if shape not in reasons:
             reasons[shape] = unplaceable_reason(occupancy, shape)
         entries.append(
-            QueueEntry(
+            QueueSlot(
                 job_id=job.job_id,
                 position=position,
                 priority=job.priority,

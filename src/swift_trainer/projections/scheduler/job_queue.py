@@ -21,7 +21,7 @@ from itertools import islice
 
 import msgspec
 
-from .inventory import Requirement, requirement_of
+from .gpu_choice import Requirement, requirement_of
 
 #: ``(gpu_count, requirement)``: jobs of one shape compete for exactly the same GPUs.
 Shape = tuple[int, Requirement]

@@ -3,14 +3,15 @@
 The policy, precisely:
 
 1. **Order.** Jobs are considered in queue order: priority 10 to 0, and first come first
-   served within a priority (see ``queue``).
-2. **Eligibility.** A job may use a GPU that is on a live runner, healthy, held by no job of
-   ours, has less foreign memory (used by processes this system did not start) than
-   ``foreign_memory_threshold_mib``, and meets the job's ``min_gpu_memory_gb`` (total memory,
-   decimal GB) and ``gpu_name`` (case-insensitive substring).
+   served within a priority (see ``job_queue``).
+2. **Eligibility** (rules in ``gpu_choice``). A job may use a GPU that is on a live runner,
+   healthy, held by no job of ours, has less foreign memory (used by processes this system
+   did not start) than ``foreign_memory_threshold_mib``, and meets the job's
+   ``min_gpu_memory_gb`` (total memory, decimal GB) and ``gpu_name`` (case-insensitive
+   substring).
 3. **Gangs.** A job needing N GPUs gets N eligible GPUs of one host at once, or nothing.
 4. **Choice.** Among hosts with N eligible GPUs, the one with the fewest (the tightest fit),
-   ties to the lowest runner id; within it, the GPUs ``occupancy.select_gpus`` prefers (one
+   ties to the lowest runner id; within it, the GPUs ``gpu_choice.select_gpus`` prefers (one
    NVLink group or PCIe switch for a gang when possible, then most free memory, then lowest
    utilisation, then lowest index).
 5. **Unplaceable jobs.** A job needing more matching GPUs than any live host has in total
@@ -47,11 +48,11 @@ from collections.abc import Callable, Mapping, Sequence
 
 import msgspec
 
-from swift_trainer.core.commands import ScheduleJob
+from swift_trainer.core.commands import ClaimGpus, ScheduleJob
 
-from .inventory import Requirement, describe_requirement
+from .gpu_choice import Requirement, describe_requirement
+from .job_queue import OrderKey, QueuedJob, Shape
 from .occupancy import INFINITY, Occupancy
-from .queue import OrderKey, QueuedJob, Shape
 
 DEFAULT_FOREIGN_MEMORY_THRESHOLD_MIB = 1024
 DEFAULT_ESTIMATE_LIMIT = 1000
@@ -76,6 +77,15 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     runner_id: str
     gpu_ids: tuple[int, ...]
     gpu_uuids: tuple[str, ...]
+
+    def claim_command(self) -> ClaimGpus:
+        """The ledger claim that must be accepted before ``to_command`` is sent."""
+        return ClaimGpus(
+            job_id=self.job_id,
+            attempt=self.attempt,
+            runner_id=self.runner_id,
+            gpu_ids=self.gpu_ids,
+        )
 
     def to_command(self) -> ScheduleJob:
         return ScheduleJob(

@@ -1,0 +1,170 @@
+"""What a leading scheduler sends: claims and placements, losses, claim repairs.
+
+Every command goes through ``send``, which logs a refusal or a failure and never raises, so
+no refused command stops a pass; the next pass tries again. An action already sent is not
+sent again within ``retry_s`` (``_due``), so a slow handler is not flooded. Each action
+checks ``leading`` just before it is sent: leadership can end in the middle of a pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+from swift_trainer.bus.command_client import CommandClient
+from swift_trainer.bus.messages import CommandReply
+from swift_trainer.core import commands as c
+
+from .placement import Decision
+from .scheduler_state import SchedulerState
+
+_log = logging.getLogger(__name__)
+
+
+class LeaderActions:
+    """The commands of one scheduler instance, sent only while ``leading()`` says so.
+
+    ``start_timeout_s`` and ``vanish_grace_s`` are the healing rules' bounds (see
+    ``SchedulerState.overdue_starts`` and ``vanished``).
+    """
+
+    def __init__(
+        self,
+        client: CommandClient,
+        state: SchedulerState,
+        *,
+        leading: Callable[[], bool],
+        retry_s: float,
+        start_timeout_s: float,
+        vanish_grace_s: float,
+    ) -> None:
+        self.client = client
+        self.state = state
+        self.leading = leading
+        self.retry_s = retry_s
+        self.start_timeout_s = start_timeout_s
+        self.vanish_grace_s = vanish_grace_s
+        self._recent: dict[tuple[str, str, int], float] = {}
+
+    async def send(self, command: c.AnyCommand) -> CommandReply | None:
+        """Send; returns the reply when accepted, else logs why and returns None."""
+        try:
+            reply = await self.client.send(command)
+        except Exception as exc:
+            _log.warning("could not send %s: %r", type(command).__name__, exc)
+            return None
+        if reply.ok:
+            return reply
+        assert reply.error is not None
+        _log.info(
+            "%s for job %s refused: %s: %s",
+            type(command).__name__,
+            getattr(command, "job_id", "-"),
+            reply.error.code,
+            reply.error.message,
+        )
+        return None
+
+    async def execute(self, decision: Decision) -> bool:
+        """Claim, then schedule; the job's placement stays as decided until its events
+        come back (or is undone at once when a step is refused or fails)."""
+        until: int | None = None
+        try:
+            if not self.leading():
+                return False
+            if await self.send(decision.claim_command()) is None:
+                return False
+            reply = await self.send(decision.to_command())
+            if reply is None:
+                return False
+            until = max((x.position for x in reply.events), default=None)
+            _log.info(
+                "placed job %s (attempt %d) on %s GPUs %s",
+                decision.job_id,
+                decision.attempt,
+                decision.runner_id,
+                list(decision.gpu_ids),
+            )
+            return True
+        finally:
+            self.state.settle(decision.job_id, until)
+
+    def _due(self, key: tuple[str, str, int]) -> bool:
+        """Whether an action may be sent (again): not within the retry interval."""
+        now = time.monotonic()
+        sent = self._recent.get(key)
+        if sent is not None and now - sent < self.retry_s:
+            return False
+        self._recent[key] = now
+        return True
+
+    def forget_old_actions(self) -> None:
+        horizon = time.monotonic() - self.retry_s
+        for key in [k for k, sent in self._recent.items() if sent < horizon]:
+            del self._recent[key]
+
+    async def mark_lost(self, now: datetime) -> None:
+        """End the attempts the healing rules find dead, each with its reason: the runner
+        stopped heartbeating, never reported the start, or no longer runs the process."""
+        state = self.state
+        found = [
+            *state.lost_jobs(now),
+            *state.overdue_starts(now, self.start_timeout_s),
+            *state.vanished(now, self.vanish_grace_s),
+        ]
+        for lost in found:
+            if not self._due(("lost", lost.job_id, lost.attempt)) or not self.leading():
+                continue
+            _log.warning(
+                "marking job %s (attempt %d) lost: %s", lost.job_id, lost.attempt, lost.reason
+            )
+            command = c.MarkLost(job_id=lost.job_id, attempt=lost.attempt, reason=lost.reason)
+            reply = await self.send(command)
+            if reply is not None and any(x.type == "JobLost" for x in reply.events):
+                # The attempt has ended for good: its GPUs can be let go at once.
+                await self.send(
+                    c.ReleaseGpus(
+                        job_id=lost.job_id, attempt=lost.attempt, reason="the job was lost"
+                    )
+                )
+
+    async def reconcile_claims(self) -> None:
+        state = self.state
+        for action in state.reconcile():
+            claim = action.claim
+            key = (action.kind, claim.job_id, claim.attempt)
+            if action.kind == "complete" and state.paused:
+                continue
+            if not self._due(key) or not self.leading():
+                continue
+            if action.kind == "release":
+                _log.info(
+                    "releasing GPUs %s of %s claimed by job %s attempt %d: %s",
+                    list(claim.gpu_ids),
+                    claim.runner_id,
+                    claim.job_id,
+                    claim.attempt,
+                    action.reason,
+                )
+                await self.send(
+                    c.ReleaseGpus(job_id=claim.job_id, attempt=claim.attempt, reason=action.reason)
+                )
+            else:
+                _log.info(
+                    "completing the claim of job %s attempt %d on %s GPUs %s",
+                    claim.job_id,
+                    claim.attempt,
+                    claim.runner_id,
+                    list(claim.gpu_ids),
+                )
+                await self.send(
+                    c.ScheduleJob(
+                        job_id=claim.job_id,
+                        attempt=claim.attempt,
+                        runner_id=claim.runner_id,
+                        gpu_ids=claim.gpu_ids,
+                        gpu_uuids=state.gpu_uuids(claim.runner_id, claim.gpu_ids),
+                    )
+                )
