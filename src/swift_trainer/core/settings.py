@@ -38,6 +38,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     nats_password: str | None = None
     nats_token: str | None = None
     nats_creds: str | None = None
+    #: TLS to NATS: a CA bundle to trust, and a client certificate and key for mutual TLS
+    #: (``NATS_TLS_CA``, ``NATS_TLS_CERT``, ``NATS_TLS_KEY``; a ``tls://`` URL alone uses
+    #: the system's CAs).
+    nats_tls_ca: str | None = None
+    nats_tls_cert: str | None = None
+    nats_tls_key: str | None = None
     #: JetStream replicas of every stream and bucket: 1 on one server, 3 on a 3-node cluster.
     nats_stream_replicas: int = 1
     #: ``None``: SQLite file ``events.db`` under the data dir.
@@ -156,6 +162,9 @@ def load_settings(
         nats_password=text("NATS_PASSWORD"),
         nats_token=text("NATS_TOKEN"),
         nats_creds=text("NATS_CREDS"),
+        nats_tls_ca=text("NATS_TLS_CA"),
+        nats_tls_cert=text("NATS_TLS_CERT"),
+        nats_tls_key=text("NATS_TLS_KEY"),
         nats_stream_replicas=replicas,
         event_store_url=text("EVENT_STORE_URL"),
         redis_url=_redis_url(source),
