@@ -104,6 +104,11 @@ def test_keys_against_a_running_up_with_auth_required(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "revocation took more than a second"
             time.sleep(0.02)
 
+        quota = _run(env, "quota", "set", "alice", "--max-queued-jobs", "2", "--max-gpus", "4")
+        assert quota.returncode == 0, quota.stderr
+        quotas = json.loads(_run(env, "quota", "list", "--output", "json").stdout)
+        assert quotas == [{"owner": "alice", "max_gpus": 4, "max_queued_jobs": 2}]
+
         bad = _run(env, "keys", "create", "--owner", "x y", "--role", "user")
         assert bad.returncode == 2 and "error" in bad.stderr
     finally:
