@@ -28,6 +28,14 @@ from .core.settings import Settings, load_settings
 from .core.shutdown import wait_for_shutdown
 from .core.spec import decode_spec
 from .projections.scheduler.pass_result import PassResult
+from .security_cli import (
+    add_auth_arguments,
+    add_keys_arguments,
+    auth_env,
+    check_exposure,
+    run_keys,
+    warn_insecure,
+)
 from .service import Service
 
 _log = logging.getLogger("swift_trainer")
@@ -55,6 +63,7 @@ async def _run_up(settings: Settings, args: argparse.Namespace) -> int:
     from .runner.runner_cli import options_from_args
     from .runner.runner_factory import create_runner_agent
 
+    insecure = check_exposure(settings)
     service = Service(settings, name="swift-trainer")
     try:
         await service.start_nats(embedded_port=args.nats_port)
@@ -89,6 +98,8 @@ async def _run_up(settings: Settings, args: argparse.Namespace) -> int:
         service.add_stopper("runner", agent.stop)
 
         port = await service.start_api(process_queue=scheduler.process_now)
+        if insecure:
+            service.add_background("insecure warning", warn_insecure(settings.app_host))
         if options.simulate_gpus is None:
             _log.info("local runner uses NVML; pass --simulate-gpus N on a machine without GPUs")
         print(  # noqa: T201
@@ -160,6 +171,7 @@ async def _run_api(settings: Settings, args: argparse.Namespace) -> int:
     if settings.nats_url is None:
         print("api needs NATS_URL (use 'up' for the embedded mode)", file=sys.stderr)  # noqa: T201
         return 2
+    insecure = check_exposure(settings)
     service = Service(settings, name="swift-trainer-api")
     try:
         await service.start_nats()
@@ -173,6 +185,8 @@ async def _run_api(settings: Settings, args: argparse.Namespace) -> int:
             return await request_processing(nc)
 
         port = await service.start_api(process_queue=process_queue)
+        if insecure:
+            service.add_background("insecure warning", warn_insecure(settings.app_host))
         _log.info("API listening on %s:%d", settings.app_host, port)
         await wait_for_shutdown(service.failed)
     finally:
@@ -284,6 +298,7 @@ def _add_front_doors(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     add_contract_arguments(sub)
     add_client_arguments(sub)
     add_webhooks_arguments(sub)
+    add_keys_arguments(sub)
 
 
 def _add_submit_arguments(submit: argparse.ArgumentParser) -> None:
@@ -311,13 +326,13 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="run the whole service in one process (embedded mode)")
-    up.add_argument("--host", help="HTTP bind address (default APP_HOST or 0.0.0.0)")
+    up.add_argument("--host", help="HTTP bind address (default APP_HOST or 127.0.0.1)")
     up.add_argument("--port", type=int, help="HTTP port (default APP_PORT or 8000)")
     up.add_argument("--nats-port", type=int, default=None, help="embedded nats-server port")
 
     sub.add_parser("handler", help="run the command handler and outbox relay (distributed)")
     api = sub.add_parser("api", help="run the HTTP API (distributed; Redis read models)")
-    api.add_argument("--host", help="HTTP bind address (default APP_HOST or 0.0.0.0)")
+    api.add_argument("--host", help="HTTP bind address (default APP_HOST or 127.0.0.1)")
     api.add_argument("--port", type=int, help="HTTP port (default APP_PORT or 8000)")
     api.add_argument(
         "--no-projector",
@@ -333,6 +348,8 @@ def _parser() -> argparse.ArgumentParser:
     add_scheduler_arguments(scheduler)
     runner = sub.add_parser("runner", help="run the agent of one GPU host")
     add_runner_arguments(runner)
+    add_auth_arguments(up)
+    add_auth_arguments(api)
     for component in (up, sub.choices["handler"], api, scheduler, runner):
         component.add_argument(
             "--metrics-port",
@@ -393,6 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         env["APP_HOST"] = args.host
     if getattr(args, "port", None) is not None:
         env["APP_PORT"] = str(args.port)
+    auth_env(args, env)
     if args.command == "up" and getattr(args, "nats_url", None):
         env["NATS_URL"] = args.nats_url
     try:
@@ -421,6 +439,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "gpus": run_client,
             "webhooks": run_webhooks,
             "upload": _run_upload,
+            "keys": run_keys,
+            "quota": run_keys,
         }
         run = runners.get(args.command, _run_send)
         return asyncio.run(run(settings, args))

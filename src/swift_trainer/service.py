@@ -190,7 +190,18 @@ class Service:
         checks = {"nats": nats_check(self.nc), "read_model": read_model_check(self.read_model)}
         if self.store is not None:
             checks["event_store"] = event_store_check(self.store)
+        access = None
+        if self.settings.api_auth == "required":
+            from .projections.access import AccessFollower
+
+            follower = AccessFollower(self.nc)
+            await follower.start(timeout=self.settings.command_timeout_s * 3)
+            self._stoppers.append(("access view", follower.stop))
+            access = follower.view
         deps = ApiDeps(
+            access=access,
+            write_rate=self.settings.api_write_rate,
+            write_burst=self.settings.api_write_burst,
             commands=CommandClient(self.nc, timeout=self.settings.command_timeout_s, actor="api"),
             read_model=self.read_model,
             readiness=combine_checks(**checks),

@@ -78,6 +78,9 @@ SAMPLES: list[c.AnyCommand] = [
     c.ResumeQueueProcessor(),
     c.ClaimGpus(job_id=JOB, attempt=2, runner_id="gpu-host-1", gpu_ids=(0, 1)),
     c.ReleaseGpus(job_id=JOB, attempt=2, reason="job succeeded"),
+    c.IssueKey(key_id="key-1", owner="alice", role="user", secret_sha256="0" * 64),
+    c.RevokeKey(key_id="key-1", reason="left the team"),
+    c.SetQuota(owner="alice", max_gpus=4, max_queued_jobs=10),
 ]
 COMMAND_NAMES = sorted(type(x).__name__ for x in SAMPLES)
 
@@ -86,7 +89,7 @@ def test_samples_cover_every_command_type() -> None:
     assert {type(x) for x in SAMPLES} == set(c.AnyCommand.__args__)
     assert set(c.AnyJobCommand.__args__) | set(c.ProcessorCommand.__args__) | set(
         c.LedgerCommand.__args__
-    ) == set(c.AnyCommand.__args__)
+    ) | set(c.AnyAccessCommand.__args__) == set(c.AnyCommand.__args__)
 
 
 @pytest.mark.parametrize("command", SAMPLES, ids=lambda x: type(x).__name__)

@@ -9,6 +9,7 @@ wheel the NATS config.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ from tests.conftest import require_services
 from swift_trainer.bus.embedded import nats_server_binary
 
 from .compose_file import COMPOSE, DEPLOY, ROOT, command_of, load_compose, replicas_of, service
+from .nats_auth import compose_passwords
 
 COMPONENTS = ("handler", "scheduler", "api", "runner", "sim-runner")
 
@@ -119,6 +121,7 @@ def test_nats_config_is_valid_and_syncs_every_write() -> None:
         capture_output=True,
         text=True,
         check=False,
+        env={**os.environ, **compose_passwords()},  # auth.conf reads them, as compose sets them
     )
     assert result.returncode == 0, result.stderr + result.stdout
 

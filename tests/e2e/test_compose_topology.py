@@ -30,8 +30,9 @@ import pytest
 import redis
 from tests.conftest import service_unavailable
 from tests.deploy.compose_file import command_of, environment_of, replicas_of
+from tests.deploy.nats_auth import compose_passwords, nats_with_shipped_auth
 
-from swift_trainer.bus.embedded import EmbeddedNatsServer, free_port
+from swift_trainer.bus.embedded import free_port
 
 from .otlp_receiver import Receiver, otlp_receiver
 
@@ -54,6 +55,7 @@ class Topology:
     base: str
     processes: list[Process]
     traces: Receiver
+    nats_url: str
 
     def check_alive(self) -> None:
         for process in self.processes:
@@ -122,14 +124,9 @@ def redis_prefix() -> Iterator[str]:
 
 @pytest.fixture
 def nats_url(tmp_path: Path) -> Iterator[str]:
-    server = EmbeddedNatsServer(tmp_path / "nats")
-    loop = asyncio.new_event_loop()
-    loop.run_until_complete(server.start())
-    try:
-        yield server.url
-    finally:
-        loop.run_until_complete(server.stop())
-        loop.close()
+    """The shipped per-component NATS users and permissions, as compose runs them."""
+    with nats_with_shipped_auth(tmp_path / "nats") as url:
+        yield url
 
 
 def _local_environment(
@@ -174,7 +171,7 @@ def topology(tmp_path: Path, nats_url: str, database: str, redis_prefix: str) ->
     api_port = free_port()
     processes: list[Process] = []
     with otlp_receiver() as traces:
-        topology = Topology(f"http://127.0.0.1:{api_port}", processes, traces)
+        topology = Topology(f"http://127.0.0.1:{api_port}", processes, traces, nats_url)
         try:
             for name in COMPONENTS:
                 replicas = replicas_of(name)
@@ -220,12 +217,44 @@ def topology(tmp_path: Path, nats_url: str, database: str, redis_prefix: str) ->
                     process.popen.wait()
 
 
+def _admin_key(topology: Topology) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "API_"))}
+    env.update(
+        NATS_URL=topology.nats_url,
+        NATS_USER="operator",
+        NATS_PASSWORD=compose_passwords()["NATS_OPERATOR_PASSWORD"],
+    )
+    made = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "swift_trainer.cli",
+            "keys",
+            "create",
+            "--owner",
+            "ops",
+            "--role",
+            "admin",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert made.returncode == 0, made.stderr
+    return made.stdout.strip().splitlines()[-1]
+
+
 def test_compose_services_run_a_job_here_with_one_trace_across_them(topology: Topology) -> None:
     assert replicas_of("handler") == 2
     assert replicas_of("scheduler") == 2
     assert len(topology.processes) == 6, "2 handlers, 2 schedulers, api, runner"
     with httpx.Client(base_url=topology.base + API, timeout=10) as http:
         _wait("readiness", lambda: http.get("/health/ready").status_code == 200, topology)
+        # API_AUTH=required in compose: the first admin key, made as the NATS operator.
+        assert http.get("/jobs").status_code == 401
+        http.headers["Authorization"] = f"Bearer {_admin_key(topology)}"
         _wait("the runner's GPUs", lambda: http.get("/gpus").json()["total"] == 2, topology)
         body = {"job_id": "composed", "data_path": "d#40", "model_path": "m", "gpu_count": 2}
         created = http.post("/jobs", json=body)

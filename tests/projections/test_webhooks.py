@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -21,6 +22,9 @@ from tests.projections.read_models.history import History
 
 from swift_trainer.bus.embedded import free_port
 from swift_trainer.core import webhooks as w
+from swift_trainer.core.access import ACCESS_STREAM, KeyIssued
+from swift_trainer.core.events import encode_event
+from swift_trainer.core.ids import new_id
 from swift_trainer.core.sqlstore import SqlEventStore
 from swift_trainer.core.store import NewEvent
 from swift_trainer.projections.audit import verify_store
@@ -240,3 +244,31 @@ async def test_gives_up_after_max_attempts_and_a_removed_webhook_gets_nothing(
         await dispatcher.stop()
     with pytest.raises(w.WebhookError, match="no webhook"):
         await remove_webhook(store, "never", actor="admin")
+
+
+async def test_access_events_are_never_delivered_and_the_audit_folds_them(
+    store: SqlEventStore, dispatcher: WebhookDispatcher, receiver: Receiver
+) -> None:
+    await register_webhook(store, "all", receiver.url, (), actor="admin")
+    issued = KeyIssued(
+        at=datetime.now(UTC), key_id="k1", owner="o", role="user", secret_sha256="a" * 64
+    )
+    await store.append(
+        ACCESS_STREAM,
+        [NewEvent(new_id(), "KeyIssued", encode_event(issued))],
+        expected_version=None,
+    )
+    history = History()
+    history.submit("after-key")
+    await stored(store, history)
+    wanted = len(history.records)
+    await drive(dispatcher, lambda: len(receiver.requests) == wanted)
+    await dispatcher.run_once()
+    delivered = [json.loads(r.body)["type"] for r in receiver.requests]
+    assert delivered == [r.type for r in history.records]
+    assert "KeyIssued" not in delivered
+    read_model = MemoryReadModel()
+    await catch_up(store, read_model)
+    assert [j.job_id for j in (await read_model.list_jobs()).items] == ["after-key"]
+    report = await verify_store(store)
+    assert report.ok, report

@@ -18,6 +18,8 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Tag
 from litestar.plugins import InitPlugin
 
+from .auth.guard import AuthGuard
+from .auth.rate_limit import WriteRateLimit
 from .contract import asyncapi_json
 from .dashboard import dashboard_handlers
 from .deps import ApiDeps
@@ -84,6 +86,15 @@ class SwiftTrainerApi(InitPlugin):
         # The web dashboard at / (it calls the API above; see api/dashboard).
         app_config.route_handlers.extend(
             dashboard_handlers(f"{self.api_prefix}/training", API_VERSION)
+        )
+        # Every route passes the key check first (api/auth; open routes in its policy).
+        app_config.guards.append(
+            AuthGuard(
+                deps.access,
+                f"{self.api_prefix}/training",
+                deps.read_model,
+                WriteRateLimit(deps.write_rate, deps.write_burst),
+            )
         )
         app_config.dependencies["deps"] = Provide(lambda: deps, sync_to_thread=False)
         app_config.exception_handlers = {**app_config.exception_handlers, **exception_handlers()}

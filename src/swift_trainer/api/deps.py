@@ -26,6 +26,7 @@ from ..core.clock import Clock, utc_now
 from ..core.commands import AnyCommand
 from ..core.settings import DEFAULT_FILES_MAX_BYTES
 from ..core.store import EventStore
+from ..projections.access import AccessView
 from ..projections.read_models.interface import ReadModel
 from ..projections.scheduler.pass_result import PassResult, not_processed
 
@@ -93,6 +94,12 @@ class ApiDeps:
     files_max_bytes: int = DEFAULT_FILES_MAX_BYTES
     #: Jobs created through ``/v1`` merge their LoRA adapter after success (``AUTO_EXPORT``).
     auto_export: bool = True
+
+    #: Valid API keys and quotas (``projections.access``); None: authentication is off.
+    access: AccessView | None = None
+    #: Writes per second per API key (bursts of ``write_burst``); 0: unlimited.
+    write_rate: float = 5.0
+    write_burst: int = 20
 
     #: How long the largest runner's GPU count is reused between creates.
     capacity_cache_s: float = 5.0

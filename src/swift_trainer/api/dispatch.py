@@ -14,10 +14,14 @@ import time
 from collections.abc import Iterable
 from typing import Final
 
+import msgspec
+
 from ..bus.messages import CommandReply
-from ..core.commands import AnyCommand
+from ..core.commands import AnyCommand, SubmitJob
 from ..core.errors import SwiftTrainerError
 from ..core.job import JobStatus
+from .auth.principal import principal
+from .auth.quota import check_queued_quota
 from .deps import ApiDeps
 
 #: What a job's status is right after an event of this type.
@@ -46,6 +50,9 @@ def idempotent_command_id(key: str | None, scope: str) -> str | None:
     """
     if key is None:
         return None
+    caller = principal().key_id
+    if caller is not None:  # two callers' keys never name the same command
+        scope = f"{caller}\x00{scope}"
     digest = hashlib.sha256(f"{scope}\x00{key}".encode()).hexdigest()
     return f"idem-{digest[:40]}"
 
@@ -63,8 +70,21 @@ async def send(
     *,
     command_id: str | None = None,
 ) -> CommandReply:
-    """Send and raise the refusal as a domain error (``CommandUnavailable`` passes through)."""
-    reply = await deps.commands.send(command, command_id=command_id, actor=deps.actor)
+    """Send and raise the refusal as a domain error (``CommandUnavailable`` passes through).
+
+    The caller's key id is the actor; a submitted job belongs to the key's owner (whatever
+    the body said), within the owner's quota.
+    """
+    caller = principal()
+    if isinstance(command, SubmitJob):
+        command = msgspec.structs.replace(
+            command, spec=msgspec.structs.replace(command.spec, owner=caller.owner)
+        )
+        if caller.owner is not None and deps.access is not None:
+            await check_queued_quota(deps, caller.owner)
+    reply = await deps.commands.send(
+        command, command_id=command_id, actor=caller.actor or deps.actor
+    )
     if reply.error is not None:
         raise SwiftTrainerError(reply.error.message, code=reply.error.code)
     if reply.events and deps.read_your_writes_s > 0:

@@ -34,15 +34,17 @@ from nats.aio.subscription import Subscription
 from opentelemetry import trace
 
 from ..core import aggregates
+from ..core.access import ACCESS_STREAM, AccessState
 from ..core.clock import Clock, utc_now
 from ..core.commands import SubmitJob
 from ..core.errors import ConcurrencyConflict, DomainError, StoreError, SwiftTrainerError
-from ..core.events import AnyEvent, encode_event, event_type
+from ..core.events import encode_event, event_type
 from ..core.ids import GPU_LEDGER_STREAM, job_stream, new_id
 from ..core.job import JobState
 from ..core.store import AppendResult, CommandRecord, CommandStore, EventMetadata, NewEvent
 from . import subjects
 from .messages import (
+    AccessAnswer,
     CommandEnvelope,
     CommandReply,
     JobStateAnswer,
@@ -130,6 +132,7 @@ class CommandHandler:
         self._locks: dict[str, _StreamLock] = {}
         self._subscription: Subscription | None = None
         self._query_subscription: Subscription | None = None
+        self._access_subscription: Subscription | None = None
         self._nc: Client | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.malformed = 0
@@ -225,6 +228,18 @@ class CommandHandler:
             version=state.version,
         )
 
+    async def access_state(self) -> AccessState:
+        """The access stream (keys, quotas) as stored now."""
+        async with self._stream_lock(ACCESS_STREAM):
+            cached = self._states.get(ACCESS_STREAM)
+            state = (
+                await self._load(ACCESS_STREAM)
+                if cached is None
+                else await self._catch_up(ACCESS_STREAM, cached)
+            )
+        assert isinstance(state, AccessState)
+        return state
+
     async def execute(
         self,
         envelope: CommandEnvelope,
@@ -315,7 +330,7 @@ class CommandHandler:
         envelope: CommandEnvelope,
         stream_id: str,
         state: aggregates.State,
-        events: Sequence[AnyEvent],
+        events: Sequence[aggregates.AnyStoredEvent],
     ) -> AppendResult:
         metadata = EventMetadata(
             command_id=envelope.command_id,
@@ -373,6 +388,11 @@ class CommandHandler:
             queue=subjects.COMMAND_HANDLERS_QUEUE,
             cb=self._on_query,
         )
+        self._access_subscription = await nc.subscribe(
+            subjects.ACCESS_QUERY,
+            queue=subjects.COMMAND_HANDLERS_QUEUE,
+            cb=self._on_access_query,
+        )
         await nc.flush()  # the subscriptions are live on the server before start() returns
         self.on_appended = self.on_appended or self._nudge_relay
 
@@ -420,7 +440,21 @@ class CommandHandler:
             except Exception as exc:
                 _log.warning("could not answer a job state query: %r", exc)
 
+    async def _on_access_query(self, msg: Msg) -> None:
+        try:
+            answer = AccessAnswer(state=await self.access_state())
+        except Exception as exc:  # the handler must survive anything a message causes
+            _log.warning("could not answer an access query: %r", exc)
+            answer = AccessAnswer(error=ReplyError(getattr(exc, "code", "internal"), str(exc)))
+        if msg.reply:
+            with contextlib.suppress(Exception):
+                await msg.respond(encode(answer))
+
     async def stop(self) -> None:
+        if self._access_subscription is not None:
+            with contextlib.suppress(Exception):
+                await self._access_subscription.unsubscribe()
+            self._access_subscription = None
         if self._query_subscription is not None:
             with contextlib.suppress(Exception):
                 await self._query_subscription.unsubscribe()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from pathlib import Path
 from typing import Any, Final
 
@@ -57,6 +58,21 @@ def resolve_nats_url(settings: Settings, explicit: str | None = None) -> str:
     )
 
 
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """TLS to NATS when a CA or a client certificate is configured (mutual TLS with both)."""
+    if not (settings.nats_tls_ca or settings.nats_tls_cert):
+        return None
+    try:
+        context = ssl.create_default_context(cafile=settings.nats_tls_ca)
+        if settings.nats_tls_cert:
+            context.load_cert_chain(settings.nats_tls_cert, settings.nats_tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise SwiftTrainerError(
+            f"cannot load the NATS TLS files (NATS_TLS_CA/CERT/KEY): {exc}", code="nats_tls"
+        ) from exc
+    return context
+
+
 async def connect(
     url: str, settings: Settings | None = None, *, name: str = "swift-trainer"
 ) -> Client:
@@ -82,6 +98,9 @@ async def connect(
             options["token"] = settings.nats_token
         if settings.nats_creds:
             options["user_credentials"] = settings.nats_creds
+        tls = tls_context(settings)
+        if tls is not None:
+            options["tls"] = tls
 
     async def on_error(exc: Exception) -> None:
         _log.warning("nats connection error: %s", exc)

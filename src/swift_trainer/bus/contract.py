@@ -27,6 +27,7 @@ import msgspec
 from swift_trainer.core import commands as c
 from swift_trainer.core import events as e
 from swift_trainer.core import webhooks as w
+from swift_trainer.core.access import ACCESS_EVENT_TYPES
 
 from . import subjects
 from .connection import events_stream_config, logs_stream_config
@@ -42,6 +43,7 @@ COMMAND_TYPES: Final[dict[str, type[c.Command]]] = {
 PUBLISHED_EVENT_TYPES: Final[dict[str, type[e.Event] | type[w.WebhookEvent]]] = {
     **e.EVENT_TYPES,
     **w.WEBHOOK_EVENT_TYPES,
+    **ACCESS_EVENT_TYPES,
 }
 
 _REF: Final = "#/components/schemas/{name}"

@@ -11,6 +11,7 @@ from typing import Literal
 
 import msgspec
 
+from ..core.access import AccessState
 from ..core.commands import AnyCommand
 from ..core.errors import MessageError, SwiftTrainerError, UnknownMessageType
 from ..core.store import EventMetadata, RecordedEvent
@@ -121,6 +122,13 @@ class JobStateAnswer(msgspec.Struct, frozen=True, omit_defaults=True):
     attempt: int = 0
     runner_id: str | None = None
     version: int = 0
+    error: ReplyError | None = None
+
+
+class AccessAnswer(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The access stream as stored (``st.queries.access``); ``error`` means no answer."""
+
+    state: AccessState = AccessState()
     error: ReplyError | None = None
 
 

@@ -33,6 +33,8 @@ LOGS_ALL: Final = f"{LOGS_ROOT}.>"
 
 #: Reads answered by the command handlers from the store (never from a cache alone).
 JOB_STATE_QUERY: Final = f"{PREFIX}.queries.job-state"
+#: The access stream folded (API keys with their hashes, quotas): for APIs and ``keys list``.
+ACCESS_QUERY: Final = f"{PREFIX}.queries.access"
 
 #: Core-NATS nudge after an append, so the relay publishes at once instead of polling.
 APPENDED: Final = f"{PREFIX}.internal.appended"

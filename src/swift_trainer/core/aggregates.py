@@ -15,13 +15,22 @@ import msgspec
 
 from . import commands as c
 from . import events as e
+from .access import (
+    ACCESS_STREAM,
+    AccessState,
+    AnyAccessEvent,
+    decide_access,
+    decode_access_event,
+    evolve_access,
+)
 from .gpu_ledger import LedgerState, decide_ledger, decode_ledger, encode_ledger, evolve_ledger
 from .ids import GPU_LEDGER_STREAM, QUEUE_PROCESSOR_STREAM, job_stream
 from .job import JobState, decide, evolve, initial_state
 from .queue_processor import QueueProcessorState, decide_processor, evolve_processor
 from .store import RecordedEvent
 
-State: TypeAlias = JobState | QueueProcessorState | LedgerState
+State: TypeAlias = JobState | QueueProcessorState | LedgerState | AccessState
+AnyStoredEvent: TypeAlias = e.AnyEvent | AnyAccessEvent
 
 
 def stream_of(command: c.AnyCommand) -> str:
@@ -29,6 +38,8 @@ def stream_of(command: c.AnyCommand) -> str:
         return job_stream(command.job_id)
     if isinstance(command, c.ClaimGpus | c.ReleaseGpus):
         return GPU_LEDGER_STREAM
+    if isinstance(command, c.IssueKey | c.RevokeKey | c.SetQuota):
+        return ACCESS_STREAM
     return QUEUE_PROCESSOR_STREAM
 
 
@@ -37,10 +48,16 @@ def initial(stream_id: str) -> State:
         return QueueProcessorState()
     if stream_id == GPU_LEDGER_STREAM:
         return LedgerState()
+    if stream_id == ACCESS_STREAM:
+        return AccessState()
     return initial_state(stream_id.removeprefix("job-"))
 
 
-def apply(state: State, event: e.AnyEvent) -> State:
+def apply(state: State, event: AnyStoredEvent) -> State:
+    if isinstance(state, AccessState):
+        assert isinstance(event, AnyAccessEvent)
+        return evolve_access(state, event)
+    assert not isinstance(event, AnyAccessEvent)
     if isinstance(state, QueueProcessorState):
         assert isinstance(event, e.QueueProcessorPaused | e.QueueProcessorResumed)
         return evolve_processor(state, event)
@@ -57,11 +74,18 @@ def fold(stream_id: str, recorded: Sequence[RecordedEvent], state: State | None 
     """State of a stream after the given stored events (on top of ``state`` if given)."""
     current = initial(stream_id) if state is None else state
     for item in recorded:
-        current = apply(current, e.decode_event(item.type, item.payload, item.schema_version))
+        if stream_id == ACCESS_STREAM:
+            current = apply(current, decode_access_event(item.type, item.payload))
+        else:
+            current = apply(current, e.decode_event(item.type, item.payload, item.schema_version))
     return current
 
 
-def decide_any(state: State, command: c.AnyCommand, now: datetime) -> Sequence[e.AnyEvent]:
+def decide_any(state: State, command: c.AnyCommand, now: datetime) -> Sequence[AnyStoredEvent]:
+    if isinstance(state, AccessState):
+        assert isinstance(command, c.IssueKey | c.RevokeKey | c.SetQuota)
+        return decide_access(state, command, now)
+    assert not isinstance(command, c.IssueKey | c.RevokeKey | c.SetQuota)
     if isinstance(state, QueueProcessorState):
         assert isinstance(command, c.PauseQueueProcessor | c.ResumeQueueProcessor)
         return decide_processor(state, command, now)

@@ -8,7 +8,7 @@ refused as stale instead of corrupting the current attempt.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 import msgspec
 
@@ -204,6 +204,41 @@ class ResumeQueueProcessor(Command, frozen=True, tag=True):
     pass
 
 
+#: An owner or key id: letters, digits, ``_ . @ -``, at most 64 characters.
+NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$(?!\n)"
+OwnerName = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
+KeyId = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
+Sha256Hex = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$(?!\n)")]
+Limit = Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
+Role = Literal["admin", "user", "viewer"]
+
+
+# --- access: API keys and quotas (admin; see core/access.py) ---------------------------
+
+
+class IssueKey(Command, frozen=True, tag=True):
+    key_id: KeyId
+    owner: OwnerName
+    role: Role
+    secret_sha256: Sha256Hex
+
+
+class RevokeKey(Command, frozen=True, tag=True):
+    key_id: KeyId
+    reason: Annotated[str, msgspec.Meta(max_length=1024)] = ""
+
+
+class SetQuota(Command, frozen=True, tag=True):
+    """An owner's limits; ``None`` lifts a limit."""
+
+    owner: OwnerName
+    max_gpus: Limit | None = None
+    max_queued_jobs: Limit | None = None
+
+
+AnyAccessCommand = IssueKey | RevokeKey | SetQuota
+
+
 AnyJobCommand = (
     SubmitJob
     | StartJob
@@ -229,7 +264,7 @@ AnyJobCommand = (
 )
 ProcessorCommand = PauseQueueProcessor | ResumeQueueProcessor
 LedgerCommand = ClaimGpus | ReleaseGpus
-AnyCommand = AnyJobCommand | ProcessorCommand | LedgerCommand
+AnyCommand = AnyJobCommand | ProcessorCommand | LedgerCommand | AnyAccessCommand
 
 _decoder: msgspec.json.Decoder[AnyCommand] = msgspec.json.Decoder(AnyCommand)
 _encoder = msgspec.json.Encoder()

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 import msgspec
 
 from . import events as e
+from .access import is_access_stream
 from .job import ACTIVE, JobState, evolve, initial_state
 from .store import RecordedEvent
 
@@ -34,6 +35,8 @@ def gpu_double_bookings(log: Iterable[RecordedEvent]) -> tuple[list[Violation], 
     violations: list[Violation] = []
     scheduled = 0
     for recorded in log:
+        if is_access_stream(recorded.stream_id):
+            continue
         event = e.decode_event(recorded.type, recorded.payload, recorded.schema_version)
         if not isinstance(event, e.JobEvent):
             continue

@@ -9,8 +9,9 @@ in memory. Real environment variables win over env files, which win over default
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -38,6 +39,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     nats_password: str | None = None
     nats_token: str | None = None
     nats_creds: str | None = None
+    #: TLS to NATS: a CA bundle to trust, and a client certificate and key for mutual TLS
+    #: (``NATS_TLS_CA``, ``NATS_TLS_CERT``, ``NATS_TLS_KEY``; a ``tls://`` URL alone uses
+    #: the system's CAs).
+    nats_tls_ca: str | None = None
+    nats_tls_cert: str | None = None
+    nats_tls_key: str | None = None
     #: JetStream replicas of every stream and bucket: 1 on one server, 3 on a 3-node cluster.
     nats_stream_replicas: int = 1
     #: ``None``: SQLite file ``events.db`` under the data dir.
@@ -47,7 +54,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: Key prefix of the read models in Redis (several deployments can share one server).
     redis_prefix: str = "swift-trainer:"
     api_prefix: str = "/api/v1"
-    app_host: str = "0.0.0.0"  # noqa: S104 - the seed's default; set APP_HOST to narrow it
+    #: Loopback by default: reaching further needs APP_HOST and, with auth off, consent.
+    app_host: str = "127.0.0.1"
     app_port: int = 8000
     output_root: str = "."
     command_timeout_s: float = 10.0
@@ -55,6 +63,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     files_max_bytes: int = DEFAULT_FILES_MAX_BYTES
     #: Jobs created through ``/v1`` merge their LoRA adapter after success (``AUTO_EXPORT``).
     auto_export: bool = True
+    #: ``required``: every route but liveness needs an API key (``API_AUTH``).
+    api_auth: str = "off"
+    #: Serve beyond loopback without authentication anyway (``API_INSECURE_NO_AUTH``).
+    insecure_no_auth: bool = False
+    #: Writes per second per API key, and the burst (``API_WRITE_RATE``, ``API_WRITE_BURST``).
+    api_write_rate: float = 5.0
+    api_write_burst: int = 20
 
     @property
     def resolved_event_store_url(self) -> str:
@@ -148,15 +163,40 @@ def load_settings(
         nats_password=text("NATS_PASSWORD"),
         nats_token=text("NATS_TOKEN"),
         nats_creds=text("NATS_CREDS"),
+        nats_tls_ca=text("NATS_TLS_CA"),
+        nats_tls_cert=text("NATS_TLS_CERT"),
+        nats_tls_key=text("NATS_TLS_KEY"),
         nats_stream_replicas=replicas,
         event_store_url=text("EVENT_STORE_URL"),
         redis_url=_redis_url(source),
         redis_prefix=text("REDIS_PREFIX", "swift-trainer:") or "swift-trainer:",
         api_prefix=prefix.rstrip("/"),
-        app_host=text("APP_HOST", "0.0.0.0") or "0.0.0.0",  # noqa: S104
+        app_host=text("APP_HOST", "127.0.0.1") or "127.0.0.1",
         app_port=port,
         output_root=text("OUTPUT_ROOT", ".") or ".",
         command_timeout_s=timeout,
         files_max_bytes=files_max_bytes,
         auto_export=auto_export in ("1", "true", "yes", "on"),
+        **_auth_settings(text),
     )
+
+
+def _auth_settings(text: Callable[[str, str], str | None]) -> dict[str, Any]:
+    """``API_AUTH``, ``API_INSECURE_NO_AUTH``, ``API_WRITE_RATE``, ``API_WRITE_BURST``."""
+    auth = (text("API_AUTH", "off") or "off").lower()
+    if auth not in ("off", "required"):
+        raise SettingsError(f"API_AUTH must be 'required' or 'off', got {auth!r}")
+    insecure = (text("API_INSECURE_NO_AUTH", "false") or "false").lower()
+    try:
+        rate = float(text("API_WRITE_RATE", "5") or "5")
+        burst = int(text("API_WRITE_BURST", "20") or "20")
+    except ValueError as exc:
+        raise SettingsError(f"API_WRITE_RATE / API_WRITE_BURST must be numbers: {exc}") from exc
+    if rate < 0 or burst < 1:
+        raise SettingsError("API_WRITE_RATE must be >= 0 (0: no limit), API_WRITE_BURST >= 1")
+    return {
+        "api_auth": auth,
+        "insecure_no_auth": insecure in ("1", "true", "yes", "on"),
+        "api_write_rate": rate,
+        "api_write_burst": burst,
+    }

@@ -160,6 +160,9 @@ class JobSpec(
     #: caller's key-value metadata (listing filters on it).
     suffix: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
     metadata: dict[MetadataKey, MetadataValue] = {}
+    #: Who the job belongs to: the submitting API key's owner (the API sets it, whatever the
+    #: body says); None for jobs from the operator's CLI and from before owners existed.
+    owner: Annotated[str, msgspec.Meta(max_length=64)] | None = None
 
     def __post_init__(self) -> None:
         check_output_dir(self.output_dir)

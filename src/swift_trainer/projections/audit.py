@@ -20,6 +20,7 @@ import msgspec
 from swift_trainer.core import aggregates
 from swift_trainer.core import events as e
 from swift_trainer.core import webhooks as w
+from swift_trainer.core.access import decode_access_event, is_access_stream
 from swift_trainer.core.audit_chain import ChainAnchor, ChainProblem, ChainRow, ChainVerifier
 from swift_trainer.core.errors import SwiftTrainerError
 from swift_trainer.core.ids import job_stream
@@ -104,7 +105,11 @@ def _fold_one(row: ChainRow, state: _FoldState | None) -> _FoldState:
             state = w.WebhookState(webhook_id=row.stream_id.removeprefix(w.STREAM_PREFIX))
         assert isinstance(state, w.WebhookState)
         return w.evolve_webhook(state, webhook)
-    event = e.decode_event(row.type, row.payload, row.schema_version)
+    event: aggregates.AnyStoredEvent = (
+        decode_access_event(row.type, row.payload)
+        if is_access_stream(row.stream_id)
+        else e.decode_event(row.type, row.payload, row.schema_version)
+    )
     current = aggregates.initial(row.stream_id) if state is None else state
     assert not isinstance(current, w.WebhookState)
     return aggregates.apply(current, event)

@@ -30,6 +30,7 @@ import msgspec
 
 from swift_trainer.bus.messages import EventEnvelope, encode
 from swift_trainer.core import webhooks as w
+from swift_trainer.core.access import is_access_stream
 from swift_trainer.core.clock import Clock, utc_now
 from swift_trainer.core.errors import ConcurrencyConflict, MessageError, StoreError
 from swift_trainer.core.sqlaudit import streams_with_prefix
@@ -154,8 +155,12 @@ class WebhookDispatcher:
                 self._scanned[state.webhook_id] = after
                 return None
             for recorded in batch:
-                if not w.is_webhook_stream(recorded.stream_id) and w.wants(
-                    state.event_types, recorded.type
+                # Access events (keys, quotas) are never delivered: they are no
+                # integrator's business, and a key's hash should stay in the store.
+                if (
+                    not w.is_webhook_stream(recorded.stream_id)
+                    and not is_access_stream(recorded.stream_id)
+                    and w.wants(state.event_types, recorded.type)
                 ):
                     self._scanned[state.webhook_id] = recorded.position - 1
                     return recorded

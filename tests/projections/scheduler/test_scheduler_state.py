@@ -8,6 +8,7 @@ import msgspec
 from tests.projections.conftest import heartbeat, spec
 
 from swift_trainer.core import events as e
+from swift_trainer.core.access import ACCESS_STREAM, KeyIssued
 from swift_trainer.core.gpu_ledger import Claim
 from swift_trainer.core.ids import GPU_LEDGER_STREAM, job_stream
 from swift_trainer.core.inventory import RunnerHeartbeat, RunnerJob
@@ -377,3 +378,23 @@ def test_a_refused_job_is_held_back_with_a_doubling_wait_and_shown_why() -> None
     assert state.placement.place().decisions == ()
     state.refresh(later + timedelta(seconds=4))
     assert [d.job_id for d in state.placement.place().decisions] == ["a"]
+
+
+def test_api_key_events_are_skipped_quietly() -> None:
+    """The access stream (API keys, quotas) shares the log; it is not a malformed job."""
+    state = SchedulerState()
+    issued = KeyIssued(at=T0, key_id="k1", owner="alice", role="user", secret_sha256="0" * 64)
+    recorded = RecordedEvent(
+        position=1,
+        stream_id=ACCESS_STREAM,
+        version=1,
+        event_id="ev-1",
+        type="KeyIssued",
+        schema_version=1,
+        payload=msgspec.json.encode(issued),
+        metadata=EventMetadata(),
+        recorded_at=T0,
+    )
+    assert not state.apply([recorded], T0)
+    assert state.malformed == 0
+    assert state.position == 1

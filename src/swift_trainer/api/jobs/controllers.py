@@ -7,6 +7,7 @@ decode the raw bytes strictly (``decoding.strict_body``): Litestar's own convers
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Annotated, Any, Final
 
 import msgspec
@@ -30,6 +31,7 @@ from ...core.ids import JOB_ID_PATTERN
 from ...core.job import Export, JobStatus
 from ...projections.read_models.interface import MAX_PAGE_SIZE
 from ...projections.read_models.views import JobSummary
+from ..auth.principal import principal
 from ..decoding import optional_strict_body, strict_body
 from ..deps import ApiDeps, Deps
 from ..dispatch import caught_up, idempotent_command_id, reply_status, send
@@ -137,6 +139,14 @@ async def control_answer(
     return JobCommandResponse(
         job_id=job_id, status=status, message=message, changed=bool(reply.events)
     )
+
+
+def own_jobs_only(items: Sequence[JobSummary], next_cursor: str | None) -> JobListResponse:
+    """A user key lists its owner's jobs only; a page may then be short (follow the cursor)."""
+    caller = principal()
+    if not caller.sees_everything():
+        items = [job for job in items if caller.may_see(job.owner)]
+    return JobListResponse(items=list(items), next_cursor=next_cursor)
 
 
 class JobsController(Controller):
@@ -404,7 +414,7 @@ class JobsController(Controller):
         ] = None,
     ) -> JobListResponse:
         if label is not None:
-            return await list_by_label(
+            found = await list_by_label(
                 deps.read_model,
                 parse_label(label),
                 status=status,
@@ -412,10 +422,11 @@ class JobsController(Controller):
                 cursor=cursor,
                 limit=limit,
             )
+            return own_jobs_only(found.items, found.next_cursor)
         page = await deps.read_model.list_jobs(
             status=status, priority=priority, cursor=cursor, limit=limit
         )
-        return JobListResponse(items=page.items, next_cursor=page.next_cursor)
+        return own_jobs_only(page.items, page.next_cursor)
 
     @get(
         "/{job_id:str}",

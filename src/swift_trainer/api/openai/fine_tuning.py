@@ -22,6 +22,7 @@ from ...core.job import JobStatus
 from ...projections.read_models.interface import MAX_PAGE_SIZE
 from ...projections.read_models.projection import encode_cursor
 from ...projections.read_models.views import EventLogEntry, JobSummary
+from ..auth.principal import principal
 from ..decoding import decode_strict
 from ..deps import ApiDeps, Deps
 from ..dispatch import caught_up, idempotent_command_id, send
@@ -189,9 +190,12 @@ class FineTuningJobsController(Controller):
             cursor = encode_cursor(previous.submitted_position)
         found: list[JobSummary] = []
         while len(found) <= limit:
-            size = MAX_PAGE_SIZE if wanted is not None else limit + 1
+            filtered = wanted is not None or not principal().sees_everything()
+            size = MAX_PAGE_SIZE if filtered else limit + 1
             page = await deps.read_model.list_jobs(cursor=cursor, limit=size)
-            found.extend(s for s in page.items if matches(s, wanted))
+            found.extend(
+                s for s in page.items if matches(s, wanted) and principal().may_see(s.owner)
+            )
             cursor = page.next_cursor
             if cursor is None:
                 break

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+import msgspec
 from litestar import Controller, delete, get, post
 from litestar.params import HeaderParameter, PathParameter
 
@@ -12,6 +13,8 @@ from ...core.errors import InvalidTransition, JobNotFound
 from ...core.ids import JOB_ID_PATTERN
 from ...core.job import JobStatus
 from ...core.queue_processor import QueueProcessorState
+from ...projections.read_models.interface import ReadModel
+from ..auth.principal import principal
 from ..deps import Deps
 from ..dispatch import idempotent_command_id, reply_status, send
 from ..durations import describe_wait
@@ -43,6 +46,24 @@ def processor_status(state: QueueProcessorState) -> ProcessorStatus:
         reason=state.reason,
         changed_at=state.changed_at,
     )
+
+
+async def redact_others(
+    read_model: ReadModel, entries: list[QueueEntryResponse]
+) -> list[QueueEntryResponse]:
+    """A user sees other owners' places in the queue (position, priority, wait) but not
+    which jobs they are: no id, and no reason text that could name paths."""
+    caller = principal()
+    if caller.sees_everything():
+        return entries
+    shown = []
+    for entry in entries:
+        job = await read_model.get_job(entry.job_id) if entry.job_id else None
+        mine = job is not None and caller.may_see(job.owner)
+        shown.append(
+            entry if mine else msgspec.structs.replace(entry, job_id=None, unplaceable=None)
+        )
+    return shown
 
 
 class QueueController(Controller):
@@ -84,7 +105,7 @@ class QueueController(Controller):
             ]
             source = "submission_order"
         return QueueResponse(
-            entries=entries,
+            entries=await redact_others(read_model, entries),
             length=counts.get(JobStatus.QUEUED, 0),
             held=counts.get(JobStatus.HELD, 0),
             source=source,

@@ -27,7 +27,8 @@ class ProcessorCommandResponse(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class QueueEntryResponse(msgspec.Struct, frozen=True, kw_only=True):
-    job_id: str
+    #: None for another owner's job when the caller is a ``user`` key (see Security).
+    job_id: str | None
     #: 1 = next to start.
     position: int
     priority: int

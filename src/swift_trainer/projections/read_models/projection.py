@@ -21,6 +21,7 @@ from typing import Any, Final, NamedTuple
 import msgspec
 
 from swift_trainer.core import events as e
+from swift_trainer.core.access import is_access_stream
 from swift_trainer.core.errors import MessageError
 from swift_trainer.core.job import JobState, JobStatus, evolve, initial_state
 from swift_trainer.core.queue_processor import QueueProcessorState, evolve_processor
@@ -104,8 +105,8 @@ def fresh_events(events: Iterable[RecordedEvent], applied: int) -> list[Recorded
 
 def decode_recorded(recorded: RecordedEvent) -> DecodedEvent:
     """Decode, or skip with a warning: one bad message must not stop the projection."""
-    if is_webhook_stream(recorded.stream_id):
-        return DecodedEvent(recorded, None)  # webhook deliveries are no job's business
+    if is_webhook_stream(recorded.stream_id) or is_access_stream(recorded.stream_id):
+        return DecodedEvent(recorded, None)  # webhooks and API keys are no job's business
     try:
         event = e.decode_event(recorded.type, recorded.payload, recorded.schema_version)
     except MessageError as exc:
@@ -260,6 +261,7 @@ def summarize(fold: JobFold) -> JobSummary | None:
         auto_export=spec.auto_export,
         suffix=spec.suffix,
         metadata=dict(spec.metadata),
+        owner=spec.owner,
     )
 
 

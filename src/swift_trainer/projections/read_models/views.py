@@ -86,6 +86,8 @@ class JobSummary(msgspec.Struct, frozen=True):
     auto_export: bool = False
     suffix: str | None = None
     metadata: dict[str, str] = {}
+    #: The API key owner who submitted the job (None: the operator, or before owners).
+    owner: str | None = None
 
 
 class JobFold(msgspec.Struct, frozen=True):

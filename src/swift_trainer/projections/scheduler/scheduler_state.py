@@ -38,6 +38,7 @@ from typing import Final, Literal
 import msgspec
 
 from swift_trainer.core import events as e
+from swift_trainer.core.access import is_access_stream
 from swift_trainer.core.errors import MessageError
 from swift_trainer.core.gpu_ledger import Claim, LedgerState, evolve_ledger
 from swift_trainer.core.inventory import RunnerHeartbeat
@@ -174,8 +175,8 @@ class SchedulerState:
             if recorded.position <= self.position:
                 continue
             self.position = recorded.position
-            if is_webhook_stream(recorded.stream_id):
-                continue  # webhook deliveries change nothing the scheduler places
+            if is_webhook_stream(recorded.stream_id) or is_access_stream(recorded.stream_id):
+                continue  # webhook deliveries and API keys change nothing the scheduler places
             try:
                 event = e.decode_event(recorded.type, recorded.payload, recorded.schema_version)
             except MessageError as exc:
