@@ -18,25 +18,20 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from prometheus_client import start_http_server
 
+from . import service
 from .core import commands as c
 from .core.errors import SwiftTrainerError
 from .core.ids import new_job_id
 from .core.logs import configure_logging
 from .core.settings import Settings, load_settings
-from .core.shutdown import wait_for_shutdown
 from .core.spec import decode_spec
-from .projections.scheduler.pass_result import PassResult
 from .security_cli import (
     add_auth_arguments,
     add_keys_arguments,
     auth_env,
-    check_exposure,
     run_keys,
-    warn_insecure,
 )
-from .service import Service
 
 _log = logging.getLogger("swift_trainer")
 
@@ -46,152 +41,44 @@ def _configure_logging(settings: Settings, command: str) -> None:
     configure_logging(settings.log_level, settings.log_format, log_file)
 
 
-def _serve_metrics(settings: Settings, port: int) -> None:
-    """Prometheus' ``/metrics`` on its own port, from a daemon thread of ``prometheus-client``
-    (it ends with the process), for components that have no HTTP API of their own."""
-    try:
-        start_http_server(port, addr=settings.app_host)
-    except OSError as exc:
-        raise SwiftTrainerError(f"cannot serve metrics on port {port}: {exc}") from exc
-    _log.info("Prometheus metrics on %s:%d/metrics", settings.app_host, port)
+# --- the service's processes: parse, then let the composition root build them -------------
 
 
 async def _run_up(settings: Settings, args: argparse.Namespace) -> int:
-    """Everything in one process: NATS, store, handler, relay, read models, scheduler, a
-    local runner (simulated GPUs with ``--simulate-gpus N``, else NVML) and the HTTP API."""
-    from .projections.scheduler.observed_scheduler import ObservedSchedulerService
     from .runner.runner_cli import options_from_args
-    from .runner.runner_factory import create_runner_agent
 
-    insecure = check_exposure(settings)
-    service = Service(settings, name="swift-trainer")
-    try:
-        await service.start_nats(embedded_port=args.nats_port)
-        await service.start_store()
-        await service.start_handler()
-        await service.start_relay()
-        read_model = await service.start_read_model()
-        assert service.nc is not None and service.store is not None
-        from .projections.webhooks import WebhookDispatcher
-        from .webhooks_cli import signing_key
-
-        webhooks = WebhookDispatcher(service.store, signing_key(settings))
-        await webhooks.start()
-        service.add_stopper("webhooks", webhooks.stop)
-
-        scheduler = ObservedSchedulerService(
-            service.nc,
-            store=service.store,
-            queue_view_sink=read_model.set_queue_view,
-            command_timeout_s=settings.command_timeout_s,
-        )
-        await scheduler.start()
-        service.add_stopper("scheduler", scheduler.stop)
-
-        # Ctrl-C on the embedded service stops its training too (with a checkpoint), so no
-        # process outlives it; a stand-alone runner leaves jobs running for re-attach.
-        options = msgspec.structs.replace(options_from_args(settings, args), stop_jobs_on_exit=True)
-        agent = create_runner_agent(
-            service.nc, options, command_timeout_s=settings.command_timeout_s
-        )
-        await agent.start()
-        service.add_stopper("runner", agent.stop)
-
-        port = await service.start_api(process_queue=scheduler.process_now)
-        if insecure:
-            service.add_background("insecure warning", warn_insecure(settings.app_host))
-        if options.simulate_gpus is None:
-            _log.info("local runner uses NVML; pass --simulate-gpus N on a machine without GPUs")
-        print(  # noqa: T201
-            f"swift-trainer is up: http://{settings.app_host}:{port}/docs "
-            f"(API under {settings.api_prefix}/training); press Ctrl-C to stop",
-            file=sys.stderr,
-            flush=True,
-        )
-        await wait_for_shutdown(service.failed)
-    finally:
-        await service.stop()
-    return 1 if service.failed.is_set() else 0
+    return await service.run_up(
+        settings, options_from_args(settings, args), nats_port=args.nats_port
+    )
 
 
 async def _run_handler(settings: Settings, _args: argparse.Namespace) -> int:
-    if settings.nats_url is None:
-        print("handler needs NATS_URL (use 'up' for the embedded mode)", file=sys.stderr)  # noqa: T201
-        return 2
-    service = Service(settings, name="swift-trainer-handler")
-    try:
-        await service.start_nats()
-        await service.start_store()
-        await service.start_handler()
-        await service.start_relay()
-        await wait_for_shutdown(service.failed)
-    finally:
-        await service.stop()
-    return 1 if service.failed.is_set() else 0
+    return await service.run_handler(settings)
 
 
-async def _run_projections(settings: Settings, args: argparse.Namespace) -> int:
-    """``projections rebuild``: wipe the read models and replay the event store into them."""
-    from .projections.read_models.replay import rebuild
+async def _run_scheduler(settings: Settings, args: argparse.Namespace) -> int:
+    from .projections.scheduler.scheduler_cli import scheduler_options
 
-    if settings.redis_url is None:
-        print(  # noqa: T201
-            "error: no Redis configured (REDIS_URL or REDIS_HOST): the embedded in-memory read "
-            "models are rebuilt from the event store every time 'up' starts",
-            file=sys.stderr,
-        )
-        return 2
-    service = Service(settings, name="swift-trainer-projections")
-    try:
-        store = await service.start_store()
-        read_model = await service.start_read_model(follow=False)
-        before = await read_model.applied_position()
-        applied = await rebuild(store, read_model, keep_feeds=not args.drop_feeds)
-        after = await read_model.applied_position()
-    finally:
-        await service.stop()
-    print(  # noqa: T201
-        json.dumps(
-            {
-                "rebuilt": True,
-                "events_applied": applied,
-                "position_before": before,
-                "position": after,
-            }
-        ),
+    return await service.run_scheduler(settings, scheduler_options(args), nats_url=args.nats_url)
+
+
+async def _run_runner(settings: Settings, args: argparse.Namespace) -> int:
+    from .runner.runner_cli import options_from_args
+
+    return await service.run_runner(
+        settings, options_from_args(settings, args), nats_url=args.nats_url
     )
-    return 0
 
 
 async def _run_api(settings: Settings, args: argparse.Namespace) -> int:
-    """The HTTP API on its own (distributed mode): reads from Redis read models, writes as
-    commands over NATS; ``--no-projector`` for extra replicas that only serve."""
-    from .projections.scheduler.process_requests import request_processing
+    return await service.run_api(settings, projector=not args.no_projector)
 
-    if settings.nats_url is None:
-        print("api needs NATS_URL (use 'up' for the embedded mode)", file=sys.stderr)  # noqa: T201
-        return 2
-    insecure = check_exposure(settings)
-    service = Service(settings, name="swift-trainer-api")
-    try:
-        await service.start_nats()
-        if settings.event_store_url:
-            await service.start_store()
-        await service.start_read_model(follow=not args.no_projector)
-        assert service.nc is not None
-        nc = service.nc
 
-        async def process_queue() -> PassResult:
-            return await request_processing(nc)
+async def _run_projections(settings: Settings, args: argparse.Namespace) -> int:
+    return await service.run_rebuild(settings, drop_feeds=args.drop_feeds)
 
-        port = await service.start_api(process_queue=process_queue)
-        if insecure:
-            service.add_background("insecure warning", warn_insecure(settings.app_host))
-        _log.info("API listening on %s:%d", settings.app_host, port)
-        await wait_for_shutdown(service.failed)
-    finally:
-        await service.stop()
-    return 1 if service.failed.is_set() else 0
+
+# --- commands over NATS ---------------------------------------------------------------------
 
 
 def _parse_train_args(pairs: Sequence[str]) -> dict[str, Any]:
@@ -417,19 +304,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(env, env_file=args.env_file)
         _configure_logging(settings, args.command)
         if getattr(args, "metrics_port", None) is not None:
-            _serve_metrics(settings, args.metrics_port)
+            service.serve_metrics(settings, args.metrics_port)
         from .audit_cli import run_audit
         from .client.commands import run_client
         from .contract_cli import run_contract
-        from .projections.scheduler.scheduler_cli import run_scheduler
-        from .runner.runner_cli import run_runner
         from .webhooks_cli import run_webhooks
 
         runners = {
             "up": _run_up,
             "handler": _run_handler,
-            "scheduler": run_scheduler,
-            "runner": run_runner,
+            "scheduler": _run_scheduler,
+            "runner": _run_runner,
             "projections": _run_projections,
             "api": _run_api,
             "audit": run_audit,

@@ -1,29 +1,37 @@
-"""The composition root: which parts run in this process, wired to one NATS and one store.
+"""The composition root: every process kind is assembled here, and only here.
 
-``swift-trainer up`` runs every part in one process (the embedded mode); the separate
-entry points run one part each against shared NATS / PostgreSQL / Redis. Parts start in
-dependency order and stop in reverse, so Ctrl-C never leaves a half-published batch or an
-orphaned child.
+``Service`` starts parts (NATS, store, handler, relay, read models, scheduler, runner, API)
+in dependency order and stops them in reverse, so Ctrl-C never leaves a half-published batch
+or an orphaned child. The ``run_*`` functions below are the processes: ``up`` runs every
+part in one (the embedded mode); ``handler``, ``scheduler``, ``runner`` and ``api`` run one
+part each against shared NATS / PostgreSQL / Redis. ``cli.py`` only parses arguments and
+calls them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import uvicorn
 from nats.aio.client import Client
+from prometheus_client import start_http_server
 
 from .bus.command_handler import CommandHandler
-from .bus.connection import connect, provision
+from .bus.connection import connect, provision, resolve_nats_url
 from .bus.embedded import EmbeddedNatsServer
 from .bus.metrics import MeteredCommandHandler, sample_relay_lag
 from .bus.relay import OutboxRelay
+from .core.errors import SwiftTrainerError
 from .core.settings import Settings
+from .core.shutdown import wait_for_shutdown
 from .core.sqlstore import SqlEventStore, open_event_store
 from .core.telemetry import setup_tracing
 from .projections.log_feed import LogFeed
@@ -32,7 +40,12 @@ from .projections.read_models.interface import ReadModel
 from .projections.read_models.memory import MemoryReadModel
 from .projections.read_models.redis import RedisReadModel
 from .projections.runner_feed import RunnerFeed
+from .projections.scheduler.observed_scheduler import ObservedSchedulerService
 from .projections.scheduler.pass_result import PassResult
+from .projections.scheduler.scheduler_cli import SchedulerOptions
+from .runner.agent import RunnerAgent
+from .runner.runner_factory import RunnerOptions, create_runner_agent
+from .security_cli import check_exposure, warn_insecure
 
 _log = logging.getLogger(__name__)
 
@@ -68,9 +81,18 @@ class Service:
     def nats_url_file(self) -> Path:
         return self.data_dir / "nats.url"
 
-    async def start_nats(self, *, embedded_port: int | None = None) -> Client:
+    async def start_nats(
+        self,
+        *,
+        url: str | None = None,
+        embedded_port: int | None = None,
+        runner_lease_s: float = 15.0,
+        scheduler_lease_s: float = 5.0,
+    ) -> Client:
+        """Connect to ``url``, else ``NATS_URL``, else start the embedded server; then make
+        sure the streams and buckets exist (the leases set a bucket's TTL when it is new)."""
         setup_tracing(self.name)
-        url = self.settings.nats_url
+        url = url or self.settings.nats_url
         if url is None:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             self.nats = EmbeddedNatsServer(self.data_dir / "nats", port=embedded_port)
@@ -84,7 +106,12 @@ class Service:
             asyncio.create_task(self._watch_nats(self.nats))  # noqa: RUF006 - ends with the server
         self.nc = await connect(url, self.settings, name=self.name)
         self._stoppers.append(("nats connection", self._close_nc))
-        await provision(self.nc.jetstream(), replicas=self.settings.nats_stream_replicas)
+        await provision(
+            self.nc.jetstream(),
+            runner_lease_s=runner_lease_s,
+            scheduler_lease_s=scheduler_lease_s,
+            replicas=self.settings.nats_stream_replicas,
+        )
         return self.nc
 
     async def _watch_nats(self, server: EmbeddedNatsServer) -> None:
@@ -231,6 +258,54 @@ class Service:
         )
         return port
 
+    async def start_scheduler(
+        self, options: SchedulerOptions | None = None, *, publish_queue_view: bool = False
+    ) -> ObservedSchedulerService:
+        """A scheduler on this process's NATS (and store, when it has one); with
+        ``publish_queue_view`` it writes the queue view into this process's read model."""
+        assert self.nc is not None
+        options = options or SchedulerOptions()
+        sink = None
+        if publish_queue_view:
+            assert self.read_model is not None
+            sink = self.read_model.set_queue_view
+        scheduler = ObservedSchedulerService(
+            self.nc,
+            scheduler_id=options.scheduler_id,
+            policy=options.policy,
+            queue_view_sink=sink,
+            lease_ttl_s=options.lease_ttl_s,
+            tick_s=options.tick_s,
+            store=self.store,
+            command_timeout_s=self.settings.command_timeout_s,
+            start_timeout_s=options.start_timeout_s,
+            vanish_grace_s=options.vanish_grace_s,
+            stream_replicas=self.settings.nats_stream_replicas,
+            max_jobs_at_rest=options.max_jobs_at_rest,
+        )
+        await scheduler.start()
+        self._stoppers.append(("scheduler", scheduler.stop))
+        return scheduler
+
+    async def start_runner(self, options: RunnerOptions) -> RunnerAgent:
+        assert self.nc is not None
+        agent = create_runner_agent(
+            self.nc, options, command_timeout_s=self.settings.command_timeout_s
+        )
+        await agent.start()
+        self._stoppers.append(("runner", agent.stop))
+        return agent
+
+    async def start_webhooks(self) -> None:
+        """The webhook dispatcher, which reads the store (so only where the store is)."""
+        from .projections.webhooks import WebhookDispatcher
+        from .webhooks_cli import signing_key
+
+        assert self.store is not None
+        webhooks = WebhookDispatcher(self.store, signing_key(self.settings))
+        await webhooks.start()
+        self._stoppers.append(("webhooks", webhooks.stop))
+
     def add_background(self, name: str, work: Coroutine[Any, Any, None]) -> None:
         """A loop that runs until the service stops (samplers); it is cancelled then."""
         task = asyncio.create_task(work, name=name)
@@ -278,3 +353,171 @@ class _EmbeddedHttpServer(uvicorn.Server):
     async def stop(self) -> None:
         self.should_exit = True
         await self._task
+
+
+# --- the processes --------------------------------------------------------------------------
+
+
+def serve_metrics(settings: Settings, port: int) -> None:
+    """Prometheus' ``/metrics`` on its own port, from a daemon thread of ``prometheus-client``
+    (it ends with the process), for components that have no HTTP API of their own."""
+    try:
+        start_http_server(port, addr=settings.app_host)
+    except OSError as exc:
+        raise SwiftTrainerError(f"cannot serve metrics on port {port}: {exc}") from exc
+    _log.info("Prometheus metrics on %s:%d/metrics", settings.app_host, port)
+
+
+def _needs_nats_url(settings: Settings, what: str) -> bool:
+    if settings.nats_url is None:
+        print(f"{what} needs NATS_URL (use 'up' for the embedded mode)", file=sys.stderr)  # noqa: T201
+        return False
+    return True
+
+
+async def _serve_until_shutdown(service: Service) -> int:
+    await wait_for_shutdown(service.failed)
+    return 1 if service.failed.is_set() else 0
+
+
+async def run_up(settings: Settings, runner: RunnerOptions, *, nats_port: int | None = None) -> int:
+    """Everything in one process: NATS, store, handler, relay, read models, webhooks, the
+    scheduler, a local runner (simulated GPUs, or NVML) and the HTTP API."""
+    insecure = check_exposure(settings)
+    service = Service(settings, name="swift-trainer")
+    try:
+        await service.start_nats(embedded_port=nats_port)
+        await service.start_store()
+        await service.start_handler()
+        await service.start_relay()
+        await service.start_read_model()
+        await service.start_webhooks()
+        scheduler = await service.start_scheduler(publish_queue_view=True)
+        # Ctrl-C on the embedded service stops its training too (with a checkpoint), so no
+        # process outlives it; a stand-alone runner leaves jobs running for re-attach.
+        await service.start_runner(msgspec.structs.replace(runner, stop_jobs_on_exit=True))
+        port = await service.start_api(process_queue=scheduler.process_now)
+        if insecure:
+            service.add_background("insecure warning", warn_insecure(settings.app_host))
+        if runner.simulate_gpus is None:
+            _log.info("local runner uses NVML; pass --simulate-gpus N on a machine without GPUs")
+        print(  # noqa: T201
+            f"swift-trainer is up: http://{settings.app_host}:{port}/docs "
+            f"(API under {settings.api_prefix}/training); press Ctrl-C to stop",
+            file=sys.stderr,
+            flush=True,
+        )
+        return await _serve_until_shutdown(service)
+    finally:
+        await service.stop()
+
+
+async def run_handler(settings: Settings) -> int:
+    """Command handler and outbox relay (run as many as you like)."""
+    if not _needs_nats_url(settings, "handler"):
+        return 2
+    service = Service(settings, name="swift-trainer-handler")
+    try:
+        await service.start_nats()
+        await service.start_store()
+        await service.start_handler()
+        await service.start_relay()
+        return await _serve_until_shutdown(service)
+    finally:
+        await service.stop()
+
+
+async def run_scheduler(
+    settings: Settings, options: SchedulerOptions, *, nats_url: str | None = None
+) -> int:
+    """One scheduler (run several: one leads). With ``EVENT_STORE_URL`` a new leader checks
+    it has applied everything the store holds before acting; else the EVENTS stream."""
+    if not (nats_url or _needs_nats_url(settings, "scheduler")):
+        return 2
+    service = Service(settings, name="swift-trainer-scheduler")
+    try:
+        await service.start_nats(url=nats_url, scheduler_lease_s=options.lease_ttl_s)
+        if settings.event_store_url:
+            await service.start_store()
+        await service.start_scheduler(options)
+        return await _serve_until_shutdown(service)
+    finally:
+        await service.stop()
+
+
+async def run_runner(
+    settings: Settings, options: RunnerOptions, *, nats_url: str | None = None
+) -> int:
+    """The agent of one GPU host; its training keeps running across its restarts unless
+    ``--stop-jobs-on-exit``. Without ``NATS_URL`` it joins a local ``up``."""
+    service = Service(settings, name=f"swift-trainer-runner-{options.runner_id}")
+    try:
+        await service.start_nats(
+            url=resolve_nats_url(settings, nats_url),
+            runner_lease_s=max(options.lease_s, 1.0) * 1.5,
+        )
+        await service.start_runner(options)
+        return await _serve_until_shutdown(service)
+    finally:
+        _log.info("runner %s stopping", options.runner_id)
+        await service.stop()
+
+
+async def run_api(settings: Settings, *, projector: bool = True) -> int:
+    """The HTTP API on its own: reads from Redis read models, writes as commands over NATS;
+    ``projector=False`` for extra replicas that only serve."""
+    from .projections.scheduler.process_requests import request_processing
+
+    if not _needs_nats_url(settings, "api"):
+        return 2
+    insecure = check_exposure(settings)
+    service = Service(settings, name="swift-trainer-api")
+    try:
+        nc = await service.start_nats()
+        if settings.event_store_url:
+            await service.start_store()
+        await service.start_read_model(follow=projector)
+
+        async def process_queue() -> PassResult:
+            return await request_processing(nc)
+
+        port = await service.start_api(process_queue=process_queue)
+        if insecure:
+            service.add_background("insecure warning", warn_insecure(settings.app_host))
+        _log.info("API listening on %s:%d", settings.app_host, port)
+        return await _serve_until_shutdown(service)
+    finally:
+        await service.stop()
+
+
+async def run_rebuild(settings: Settings, *, drop_feeds: bool = False) -> int:
+    """``projections rebuild``: wipe the Redis read models and replay the event store."""
+    from .projections.read_models.replay import rebuild
+
+    if settings.redis_url is None:
+        print(  # noqa: T201
+            "error: no Redis configured (REDIS_URL or REDIS_HOST): the embedded in-memory read "
+            "models are rebuilt from the event store every time 'up' starts",
+            file=sys.stderr,
+        )
+        return 2
+    service = Service(settings, name="swift-trainer-projections")
+    try:
+        store = await service.start_store()
+        read_model = await service.start_read_model(follow=False)
+        before = await read_model.applied_position()
+        applied = await rebuild(store, read_model, keep_feeds=not drop_feeds)
+        after = await read_model.applied_position()
+    finally:
+        await service.stop()
+    print(  # noqa: T201
+        json.dumps(
+            {
+                "rebuilt": True,
+                "events_applied": applied,
+                "position_before": before,
+                "position": after,
+            }
+        ),
+    )
+    return 0

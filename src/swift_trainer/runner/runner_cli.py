@@ -1,21 +1,14 @@
-"""``swift-trainer runner``: its options and its process (connect, provision, run the agent
-until SIGINT/SIGTERM)."""
+"""``swift-trainer runner``: its command-line options; ``service.py`` (the composition root)
+builds and runs the agent from them."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import logging
 from pathlib import Path
 
-from ..bus.connection import connect, provision, resolve_nats_url
 from ..core.settings import Settings
-from ..core.shutdown import wait_for_shutdown
-from ..core.telemetry import setup_tracing
 from .agent import DEFAULT_MAX_FOREIGN_MEMORY_MIB
-from .runner_factory import SIMULATOR, RunnerOptions, create_runner_agent, default_runner_id
-
-_log = logging.getLogger(__name__)
+from .runner_factory import SIMULATOR, RunnerOptions, default_runner_id
 
 
 def add_runner_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,31 +69,3 @@ def options_from_args(settings: Settings, args: argparse.Namespace) -> RunnerOpt
         stop_jobs_on_exit=args.stop_jobs_on_exit,
         max_foreign_memory_mib=args.max_foreign_memory_mib,
     )
-
-
-async def run_runner(settings: Settings, args: argparse.Namespace) -> int:
-    """``swift-trainer runner``: run until SIGINT/SIGTERM, then leave (exit code 0)."""
-    options = options_from_args(settings, args)
-    setup_tracing(f"swift-trainer-runner-{options.runner_id}")
-    nc = await connect(
-        resolve_nats_url(settings, getattr(args, "nats_url", None)),
-        settings,
-        name=f"runner-{options.runner_id}",
-    )
-    try:
-        await provision(
-            nc.jetstream(),
-            runner_lease_s=max(options.lease_s, 1.0) * 1.5,
-            replicas=settings.nats_stream_replicas,
-        )
-        agent = create_runner_agent(nc, options, command_timeout_s=settings.command_timeout_s)
-        await agent.start()
-        try:
-            await wait_for_shutdown()
-        finally:
-            _log.info("runner %s stopping", options.runner_id)
-            await agent.stop()
-    finally:
-        with contextlib.suppress(Exception):
-            await nc.drain()
-    return 0

@@ -1,26 +1,13 @@
-"""The scheduler's command line: ``swift-trainer scheduler`` and ``python -m`` of this module.
-
-Connects, provisions the streams and buckets, and runs one ``ObservedSchedulerService``
-until SIGINT or SIGTERM.
-"""
+"""The scheduler's command-line options: ``swift-trainer scheduler`` parses them here, and
+``service.py`` (the composition root) builds and runs the service from them."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import logging
-import sys
-from collections.abc import Sequence
 
-from swift_trainer.bus.connection import connect, provision
-from swift_trainer.core.settings import Settings, load_settings
-from swift_trainer.core.shutdown import wait_for_shutdown
-from swift_trainer.core.sqlstore import open_event_store
-from swift_trainer.core.telemetry import setup_tracing
+import msgspec
 
 from .dormant_jobs import DEFAULT_LIMIT
-from .observed_scheduler import ObservedSchedulerService
 from .placement import DEFAULT_FOREIGN_MEMORY_THRESHOLD_MIB, PlacementPolicy
 
 
@@ -81,71 +68,34 @@ def add_scheduler_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-async def run_scheduler(settings: Settings, args: argparse.Namespace) -> int:
-    """One scheduler process against ``NATS_URL`` until SIGINT or SIGTERM (then exit 0).
+class SchedulerOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``swift-trainer scheduler`` was asked for; ``service.py`` builds the service."""
 
-    With ``EVENT_STORE_URL`` set, a newly elected leader checks it has applied everything
-    the store holds before acting; without it, everything on the EVENTS stream.
-    """
-    url = getattr(args, "nats_url", None) or settings.nats_url
-    if not url:
-        print("scheduler needs NATS_URL (use 'up' for the embedded mode)", file=sys.stderr)  # noqa: T201
-        return 2
-    setup_tracing("swift-trainer-scheduler")
-    nc = await connect(url, settings, name="swift-trainer-scheduler")
-    store = None
-    service: ObservedSchedulerService | None = None
-    try:
-        await provision(
-            nc.jetstream(),
-            scheduler_lease_s=args.lease_ttl,
-            replicas=settings.nats_stream_replicas,
+    scheduler_id: str | None = None
+    lease_ttl_s: float = 5.0
+    tick_s: float = 1.0
+    start_timeout_s: float = 60.0
+    vanish_grace_s: float = 10.0
+    backfill: bool = True
+    foreign_memory_threshold_mib: int = DEFAULT_FOREIGN_MEMORY_THRESHOLD_MIB
+    max_jobs_at_rest: int = DEFAULT_LIMIT
+
+    @property
+    def policy(self) -> PlacementPolicy:
+        return PlacementPolicy(
+            backfill=self.backfill,
+            foreign_memory_threshold_mib=self.foreign_memory_threshold_mib,
         )
-        if settings.event_store_url:
-            store = open_event_store(settings.event_store_url)
-            await store.setup()
-        service = ObservedSchedulerService(
-            nc,
-            scheduler_id=args.scheduler_id,
-            policy=PlacementPolicy(
-                backfill=not args.strict_fifo,
-                foreign_memory_threshold_mib=args.foreign_memory_threshold_mib,
-            ),
-            lease_ttl_s=args.lease_ttl,
-            tick_s=args.tick,
-            store=store,
-            command_timeout_s=settings.command_timeout_s,
-            start_timeout_s=args.start_timeout,
-            vanish_grace_s=args.vanished_grace,
-            stream_replicas=settings.nats_stream_replicas,
-            max_jobs_at_rest=args.max_jobs_at_rest,
-        )
-        await service.start()
-        await wait_for_shutdown()
-    finally:
-        if service is not None:
-            await service.stop()
-        if store is not None:
-            await store.close()
-        with contextlib.suppress(Exception):
-            await nc.drain()
-    return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m swift_trainer.projections.scheduler.scheduler_cli``: the scheduler alone, with
-    the same options as ``swift-trainer scheduler`` (settings from the environment)."""
-    parser = argparse.ArgumentParser(prog="swift-trainer-scheduler", description=__doc__)
-    add_scheduler_arguments(parser)
-    args = parser.parse_args(argv)
-    settings = load_settings()
-    logging.basicConfig(
-        level=getattr(logging, settings.log_level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+def scheduler_options(args: argparse.Namespace) -> SchedulerOptions:
+    return SchedulerOptions(
+        scheduler_id=args.scheduler_id,
+        lease_ttl_s=args.lease_ttl,
+        tick_s=args.tick,
+        start_timeout_s=args.start_timeout,
+        vanish_grace_s=args.vanished_grace,
+        backfill=not args.strict_fifo,
+        foreign_memory_threshold_mib=args.foreign_memory_threshold_mib,
+        max_jobs_at_rest=args.max_jobs_at_rest,
     )
-    return asyncio.run(run_scheduler(settings, args))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
