@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from swift_trainer.cli import main
-from swift_trainer.core import webhooks as w
+from swift_trainer.core import webhook_events as w
 
 
 @pytest.fixture(autouse=True)

@@ -177,7 +177,7 @@ async def _run_send(settings: Settings, args: argparse.Namespace) -> int:
 def _add_front_doors(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Audit, the published contract, the HTTP terminal client and webhooks (issue 15)."""
     from .audit_cli import add_audit_arguments
-    from .client.commands import add_client_arguments
+    from .client.terminal import add_client_arguments
     from .contract_cli import add_contract_arguments
     from .webhooks_cli import add_webhooks_arguments
 
@@ -306,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "metrics_port", None) is not None:
             service.serve_metrics(settings, args.metrics_port)
         from .audit_cli import run_audit
-        from .client.commands import run_client
+        from .client.terminal import run_client
         from .contract_cli import run_contract
         from .webhooks_cli import run_webhooks
 

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .bus.contract import stale_files, write_contract
+from .bus.event_contract import stale_files, write_contract
 from .core.settings import Settings
 
 DEFAULT_FOLDER = Path("docs/contract")

@@ -159,7 +159,7 @@ def _command(args: argparse.Namespace, secret: str | None) -> c.AnyCommand:
 
 async def _listing(settings: Settings, args: argparse.Namespace) -> int:
     from .bus.connection import connect, resolve_nats_url
-    from .projections.access import fetch_access, gather_key_usage
+    from .projections.access_view import fetch_access, gather_key_usage
 
     nc = await connect(
         resolve_nats_url(settings, args.nats_url), settings, name="swift-trainer-cli"

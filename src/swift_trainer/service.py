@@ -24,10 +24,10 @@ import uvicorn
 from nats.aio.client import Client
 from prometheus_client import start_http_server
 
+from .bus.bus_metrics import MeteredCommandHandler, sample_relay_lag
 from .bus.command_handler import CommandHandler
 from .bus.connection import connect, provision, resolve_nats_url
 from .bus.embedded import EmbeddedNatsServer
-from .bus.metrics import MeteredCommandHandler, sample_relay_lag
 from .bus.relay import OutboxRelay
 from .core.errors import SwiftTrainerError
 from .core.settings import Settings
@@ -219,7 +219,7 @@ class Service:
             checks["event_store"] = event_store_check(self.store)
         access = None
         if self.settings.api_auth == "required":
-            from .projections.access import AccessFollower
+            from .projections.access_view import AccessFollower
 
             follower = AccessFollower(self.nc)
             await follower.start(timeout=self.settings.command_timeout_s * 3)
@@ -244,7 +244,7 @@ class Service:
         )
         app = create_app(deps, api_prefix=self.settings.api_prefix)
         port = await self.start_http(app, host=host, port=port)
-        from .api.metrics import sample_read_models
+        from .api.api_metrics import sample_read_models
 
         store = self.store
         self.add_background(
@@ -298,7 +298,7 @@ class Service:
 
     async def start_webhooks(self) -> None:
         """The webhook dispatcher, which reads the store (so only where the store is)."""
-        from .projections.webhooks import WebhookDispatcher
+        from .projections.webhook_dispatcher import WebhookDispatcher
         from .webhooks_cli import signing_key
 
         assert self.store is not None

@@ -21,7 +21,7 @@ import pytest
 
 from swift_trainer.core import commands as c
 from swift_trainer.core.access import hash_secret, new_secret
-from swift_trainer.projections.access import AccessFollower, AccessView
+from swift_trainer.projections.access_view import AccessFollower, AccessView
 from swift_trainer.projections.read_models import MemoryReadModel
 
 from .conftest import PREFIX, Stack, running_stack, wait_for

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from swift_trainer.bus.contract import asyncapi_document, render
+from swift_trainer.bus.event_contract import asyncapi_document, render
 
 from .conftest import Stack
 

@@ -75,7 +75,7 @@ async def test_a_missing_command_handler_is_a_503_with_retry_after(memory_stack:
 async def test_an_unexpected_error_is_a_logged_500_problem(
     broken_client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.ERROR, logger="swift_trainer.api.errors"):
+    with caplog.at_level(logging.ERROR, logger="swift_trainer.api.problems"):
         response = await broken_client.get("/api/v1/training/jobs/x/status")
     body = problem(response, 500, "internal_error")
     assert "exploded" not in body["detail"], "internals stay in the log"

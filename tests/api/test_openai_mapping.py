@@ -8,8 +8,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from swift_trainer.api.openai.errors import OpenAIProblem
 from swift_trainer.api.openai.mapping import job_object, openai_status, spec_for_request
+from swift_trainer.api.openai.openai_errors import OpenAIProblem
 from swift_trainer.api.openai.schemas import CreateFineTuningJob
 from swift_trainer.core.job import Export, JobStatus
 from swift_trainer.core.spec import TrainArgs

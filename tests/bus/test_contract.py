@@ -20,7 +20,7 @@ import pydantic
 import pytest
 from tests.projections.read_models.history import random_history
 
-from swift_trainer.bus.contract import (
+from swift_trainer.bus.event_contract import (
     ASYNCAPI_FILE,
     COMMAND_TYPES,
     PUBLISHED_EVENT_TYPES,
@@ -180,7 +180,7 @@ def test_the_json_schema_document_is_valid_and_covers_every_message() -> None:
 def test_webhook_records_validate_against_their_message_payloads() -> None:
     from datetime import UTC, datetime
 
-    from swift_trainer.core import webhooks as w
+    from swift_trainer.core import webhook_events as w
     from swift_trainer.core.store import EventMetadata, RecordedEvent
 
     document = asyncapi_document()

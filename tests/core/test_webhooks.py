@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from swift_trainer.core import webhooks as w
+from swift_trainer.core import webhook_events as w
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

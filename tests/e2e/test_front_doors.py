@@ -17,7 +17,7 @@ import pytest
 from tests.e2e.live_service import Service, start_service, stop_service
 
 from swift_trainer.cli import main
-from swift_trainer.core import webhooks as w
+from swift_trainer.core import webhook_events as w
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -21,7 +21,7 @@ from litestar import Litestar, Request, Response, post
 from tests.projections.read_models.history import History
 
 from swift_trainer.bus.embedded import free_port
-from swift_trainer.core import webhooks as w
+from swift_trainer.core import webhook_events as w
 from swift_trainer.core.access import ACCESS_STREAM, KeyIssued
 from swift_trainer.core.events import encode_event
 from swift_trainer.core.ids import new_id
@@ -29,7 +29,7 @@ from swift_trainer.core.sqlstore import SqlEventStore
 from swift_trainer.core.store import NewEvent
 from swift_trainer.projections.audit import verify_store
 from swift_trainer.projections.read_models import MemoryReadModel, catch_up
-from swift_trainer.projections.webhooks import (
+from swift_trainer.projections.webhook_dispatcher import (
     WebhookDispatcher,
     register_webhook,
     remove_webhook,

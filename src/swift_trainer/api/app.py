@@ -18,19 +18,19 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Tag
 from litestar.plugins import InitPlugin
 
+from .api_metrics import MetricsEndpoint, http_metrics
+from .asyncapi_endpoint import asyncapi_json
 from .auth.guard import AuthGuard
 from .auth.rate_limit import WriteRateLimit
-from .contract import asyncapi_json
 from .dashboard import dashboard_handlers
 from .deps import ApiDeps
 from .docs import docs_routes, offline_swagger
-from .errors import exception_handlers
+from .http_tracing import http_tracing
 from .jobs.controllers import JobsController
-from .metrics import MetricsEndpoint, http_metrics
 from .openai import openai_router
+from .problems import exception_handlers
 from .queue.controllers import QueueController
 from .system.controllers import SystemController
-from .tracing import http_tracing
 
 
 def _api_version() -> str:

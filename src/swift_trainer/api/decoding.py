@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import msgspec
 from litestar import Request
 
-from .errors import ApiProblem, validation_errors_from_msgspec
+from .problems import ApiProblem, validation_errors_from_msgspec
 
 T = TypeVar("T")
 

@@ -26,7 +26,7 @@ from ..core.clock import Clock, utc_now
 from ..core.commands import AnyCommand
 from ..core.settings import DEFAULT_FILES_MAX_BYTES
 from ..core.store import EventStore
-from ..projections.access import AccessView
+from ..projections.access_view import AccessView
 from ..projections.read_models.interface import ReadModel
 from ..projections.scheduler.pass_result import PassResult, not_processed
 

@@ -23,7 +23,7 @@ from .messages import (
     decode_reply,
     encode,
 )
-from .tracing import inject_headers
+from .trace_headers import inject_headers
 
 _tracer = trace.get_tracer(__name__)
 

@@ -55,7 +55,7 @@ from .messages import (
     encode,
     error_reply,
 )
-from .tracing import extract_context, trace_carrier
+from .trace_headers import extract_context, trace_carrier
 
 _log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)

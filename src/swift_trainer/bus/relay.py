@@ -35,7 +35,7 @@ from opentelemetry import trace
 from ..core.store import EventStore, RecordedEvent
 from . import subjects
 from .messages import EventEnvelope, encode
-from .tracing import extract_context
+from .trace_headers import extract_context
 
 _log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)

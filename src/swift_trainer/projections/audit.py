@@ -19,7 +19,7 @@ import msgspec
 
 from swift_trainer.core import aggregates
 from swift_trainer.core import events as e
-from swift_trainer.core import webhooks as w
+from swift_trainer.core import webhook_events as w
 from swift_trainer.core.access import decode_access_event, is_access_stream
 from swift_trainer.core.audit_chain import ChainAnchor, ChainProblem, ChainRow, ChainVerifier
 from swift_trainer.core.errors import SwiftTrainerError

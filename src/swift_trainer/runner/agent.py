@@ -33,7 +33,7 @@ from opentelemetry import trace
 from ..bus import subjects
 from ..bus.command_client import CommandClient
 from ..bus.messages import EventEnvelope, JobStateAnswer, ReplyError, decode_event_envelope
-from ..bus.tracing import extract_context
+from ..bus.trace_headers import extract_context
 from ..core import commands as c
 from ..core import events as e
 from ..core.errors import SwiftTrainerError

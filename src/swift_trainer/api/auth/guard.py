@@ -17,9 +17,9 @@ from litestar.handlers.base import BaseRouteHandler
 
 from ...core.access import ROLES
 from ...core.commands import Role
-from ...projections.access import AccessView
+from ...projections.access_view import AccessView
 from ...projections.read_models.interface import ReadModel
-from ..errors import ApiProblem
+from ..problems import ApiProblem
 from .policy import route_need
 from .principal import OPERATOR, Principal, current_principal
 from .rate_limit import WriteRateLimit, retry_after_header

@@ -12,7 +12,7 @@ from typing import Final
 from ...core.job import JobStatus
 from ...projections.read_models.interface import MAX_PAGE_SIZE
 from ..deps import ApiDeps
-from ..errors import ApiProblem
+from ..problems import ApiProblem
 
 _WAITING: Final = (JobStatus.QUEUED, JobStatus.HELD)
 

@@ -35,7 +35,7 @@ from ..auth.principal import principal
 from ..decoding import optional_strict_body, strict_body
 from ..deps import ApiDeps, Deps
 from ..dispatch import caught_up, idempotent_command_id, reply_status, send
-from ..errors import problems
+from ..problems import problems
 from ..sse import EventStream, event_stream, last_event_id
 from .labels import list_by_label, parse_label
 from .schemas import (

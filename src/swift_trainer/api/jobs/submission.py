@@ -25,7 +25,7 @@ from ...core.spec import JobSpec, decode_spec
 from ..deps import ApiDeps
 from ..dispatch import idempotent_command_id, job_id_of, reply_status, send
 from ..durations import describe_wait
-from ..errors import ApiProblem
+from ..problems import ApiProblem
 from ..queue.order import place_in_queue
 from .schemas import CreateJobRequest, CreateJobResponse
 

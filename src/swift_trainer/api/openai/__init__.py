@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from litestar import Router
 
-from .errors import openai_exception_handlers
 from .files import FilesController
 from .fine_tuning import FineTuningJobsController
+from .openai_errors import openai_exception_handlers
 
 
 def openai_router(*, max_body_bytes: int) -> Router:

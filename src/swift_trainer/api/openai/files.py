@@ -33,7 +33,7 @@ from ...bus.file_store import FileNotFound, FileStore
 from ...core.dataset_files import FILE_ID_PATTERN, FileRecord, new_file_id
 from ...projections.read_models.views import MetricPoint
 from ..deps import ApiDeps, Deps
-from .errors import OpenAIProblem
+from .openai_errors import OpenAIProblem
 from .schemas import FileDeleted, FileList, FileObject
 from .uploads import receive_upload
 

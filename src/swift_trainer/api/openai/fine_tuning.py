@@ -26,7 +26,6 @@ from ..auth.principal import principal
 from ..decoding import decode_strict
 from ..deps import ApiDeps, Deps
 from ..dispatch import caught_up, idempotent_command_id, send
-from .errors import OpenAIProblem
 from .files import ensure_results_file, owned_file
 from .mapping import (
     checkpoint_objects,
@@ -35,6 +34,7 @@ from .mapping import (
     position_of_event,
     spec_for_request,
 )
+from .openai_errors import OpenAIProblem
 from .schemas import (
     CreateFineTuningJob,
     FineTuningJob,

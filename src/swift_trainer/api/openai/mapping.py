@@ -18,7 +18,7 @@ from typing import Any, Final
 from ...core.job import JobStatus
 from ...core.spec import EffectiveTrainArgs, JobSpec, TrainArgs, decode_spec
 from ...projections.read_models.views import EventLogEntry, JobSummary, MetricPoint
-from .errors import OpenAIProblem
+from .openai_errors import OpenAIProblem
 from .schemas import (
     CheckpointMetrics,
     CreateFineTuningJob,

@@ -16,7 +16,7 @@ from litestar import Request
 from multipart import MultipartError, MultipartSegment, PushMultipartParser, parse_options_header
 
 from ...core.dataset_files import JsonlCheck
-from .errors import OpenAIProblem
+from .openai_errors import OpenAIProblem
 
 #: Form fields other than the file are short (``purpose``): refuse anything longer.
 MAX_FIELD_BYTES: Final = 1024

@@ -18,7 +18,7 @@ from ..auth.principal import principal
 from ..deps import Deps
 from ..dispatch import idempotent_command_id, reply_status, send
 from ..durations import describe_wait
-from ..errors import problems
+from ..problems import problems
 from .order import place_in_queue, queued_in_order, wait_until
 from .schemas import (
     ProcessorCommandResponse,

@@ -8,7 +8,7 @@ from litestar import Controller, get
 
 from ...core.job import JobStatus
 from ..deps import Deps, combine_checks, read_model_check
-from ..errors import ApiProblem, problems
+from ..problems import ApiProblem, problems
 from ..queue.controllers import processor_status
 from .resources import gpus_overview, host_stats
 from .schemas import GpusResponse, Health, Readiness, SystemStatus

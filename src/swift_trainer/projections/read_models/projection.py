@@ -26,7 +26,7 @@ from swift_trainer.core.errors import MessageError
 from swift_trainer.core.job import JobState, JobStatus, evolve, initial_state
 from swift_trainer.core.queue_processor import QueueProcessorState, evolve_processor
 from swift_trainer.core.store import RecordedEvent
-from swift_trainer.core.webhooks import is_webhook_stream
+from swift_trainer.core.webhook_events import is_webhook_stream
 
 from .interface import InvalidCursor
 from .views import EventLogEntry, JobFold, JobSummary, Limits, MetricPoint, ProgressView

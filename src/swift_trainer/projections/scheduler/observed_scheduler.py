@@ -20,7 +20,7 @@ from typing import Any, Final
 
 from opentelemetry import trace
 
-from ...bus.tracing import extract_context
+from ...bus.trace_headers import extract_context
 from ...core.ids import job_stream
 from ...core.store import RecordedEvent
 from . import scheduler_metrics as metrics

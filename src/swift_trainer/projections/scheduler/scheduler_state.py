@@ -45,7 +45,7 @@ from swift_trainer.core.inventory import RunnerHeartbeat
 from swift_trainer.core.job import ACTIVE, JobState, JobStatus, evolve, initial_state
 from swift_trainer.core.queue_processor import QueueProcessorState, evolve_processor
 from swift_trainer.core.store import RecordedEvent
-from swift_trainer.core.webhooks import is_webhook_stream
+from swift_trainer.core.webhook_events import is_webhook_stream
 
 from .dormant_jobs import AT_REST, DEFAULT_LIMIT, DormantJobs
 from .gpu_choice import host_snapshot

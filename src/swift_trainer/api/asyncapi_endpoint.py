@@ -10,7 +10,7 @@ from functools import cache
 
 from litestar import MediaType, get
 
-from swift_trainer.bus.contract import asyncapi_document, render
+from swift_trainer.bus.event_contract import asyncapi_document, render
 
 
 @cache

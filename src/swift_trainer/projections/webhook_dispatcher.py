@@ -29,7 +29,7 @@ import httpx
 import msgspec
 
 from swift_trainer.bus.messages import EventEnvelope, encode
-from swift_trainer.core import webhooks as w
+from swift_trainer.core import webhook_events as w
 from swift_trainer.core.access import is_access_stream
 from swift_trainer.core.clock import Clock, utc_now
 from swift_trainer.core.errors import ConcurrencyConflict, MessageError, StoreError

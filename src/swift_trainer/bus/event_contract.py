@@ -26,7 +26,7 @@ import msgspec
 
 from swift_trainer.core import commands as c
 from swift_trainer.core import events as e
-from swift_trainer.core import webhooks as w
+from swift_trainer.core import webhook_events as w
 from swift_trainer.core.access import ACCESS_EVENT_TYPES
 
 from . import subjects

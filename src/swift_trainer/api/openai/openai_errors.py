@@ -20,7 +20,7 @@ from litestar.types import ExceptionHandlersMap
 from redis.exceptions import RedisError
 
 from ...core.errors import SwiftTrainerError
-from ..errors import RETRY_AFTER_S, ApiProblem, status_for_code
+from ..problems import RETRY_AFTER_S, ApiProblem, status_for_code
 from .schemas import OpenAIError, OpenAIErrorBody
 
 _log = logging.getLogger(__name__)
