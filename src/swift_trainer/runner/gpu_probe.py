@@ -2,8 +2,8 @@
 
 The scheduler places jobs from these snapshots, so they must say not only how much memory
 a card has but who is using it: a card busy with a process this runner did not start is
-busy (DESIGN.md), which is why every GPU lists its processes and ``foreign_processes``
-separates them from our own job trees.
+busy (docs/architecture.md, "Where GPUs are chosen"), which is why every GPU lists its
+processes and ``foreign_processes`` separates them from our own job trees.
 
 Every NVML query beyond the basics is optional: consumer cards and MIG slices answer
 ``NVMLError_NotSupported`` for ECC, retired pages or power, and one unsupported counter must

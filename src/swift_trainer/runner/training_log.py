@@ -30,6 +30,7 @@ from typing import Any, Final
 
 import msgspec
 
+from ..core.progress import TrainingMetrics
 from .log_tail import MAX_READ_BYTES
 
 LOGGING_FILE: Final = "logging.jsonl"
@@ -38,24 +39,9 @@ CHECKPOINT_RE: Final = re.compile(r"^checkpoint-(\d+)$")
 CHECKPOINT_COMPLETE_MARKER: Final = "trainer_state.json"
 
 
-class TrainingProgress(msgspec.Struct, frozen=True, omit_defaults=True):
-    """One progress line, in the units the core's ``ReportProgress`` uses."""
-
-    step: int
-    max_steps: int | None = None
-    epoch: float | None = None
-    loss: float | None = None
-    learning_rate: float | None = None
-    grad_norm: float | None = None
-    elapsed_s: float | None = None
-    remaining_s: float | None = None
-    memory_gib: float | None = None
-    #: Iterations per second (converted when swift logged seconds per iteration).
-    train_speed: float | None = None
-    eval_loss: float | None = None
-    #: Input tokens trained on so far, where the trainer logs them (HF's
-    #: ``num_input_tokens_seen``, with ``include_num_input_tokens_seen``).
-    tokens_seen: int | None = None
+#: One progress line, in the units the core's ``ReportProgress`` uses (``train_speed`` is
+#: converted to iterations per second when swift logged seconds per iteration).
+TrainingProgress = TrainingMetrics
 
 
 class TrainingSummary(msgspec.Struct, frozen=True, omit_defaults=True):
