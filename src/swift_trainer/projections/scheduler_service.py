@@ -70,6 +70,7 @@ from swift_trainer.core.store import EventStore, RecordedEvent
 from swift_trainer.core.telemetry import setup_tracing
 
 from .leader_lease import LeaderLease
+from .read_models.redis import RedisReadModel
 from .read_models.views import QueueEntry, QueueView
 from .scheduler_state import SchedulerState
 from .scheduling import Decision, HostSnapshot, PlacementPolicy
@@ -783,6 +784,13 @@ async def run_scheduler(settings: Settings, args: argparse.Namespace) -> int:
     nc = await connect(url, settings, name="swift-trainer-scheduler")
     store = None
     service: SchedulerService | None = None
+    # The queue view goes where the API reads it (Redis); without it GET /queue and a
+    # create's answer could never carry the scheduler's positions.
+    read_model = (
+        RedisReadModel.from_url(settings.redis_url, prefix=settings.redis_prefix)
+        if settings.redis_url
+        else None
+    )
     try:
         await provision(
             nc.jetstream(),
@@ -804,6 +812,7 @@ async def run_scheduler(settings: Settings, args: argparse.Namespace) -> int:
             lease_ttl_s=args.lease_ttl,
             tick_s=args.tick,
             store=store,
+            queue_view_sink=None if read_model is None else read_model.set_queue_view,
             command_timeout_s=settings.command_timeout_s,
             start_timeout_s=args.start_timeout,
             vanish_grace_s=args.vanished_grace,
@@ -816,6 +825,8 @@ async def run_scheduler(settings: Settings, args: argparse.Namespace) -> int:
             await service.stop()
         if store is not None:
             await store.close()
+        if read_model is not None:
+            await read_model.close()
         with contextlib.suppress(Exception):
             await nc.drain()
     return 0

@@ -16,8 +16,9 @@ from ..deps import Deps
 from ..dispatch import idempotent_command_id, reply_status, send
 from ..durations import describe_wait
 from ..errors import problems
-from .order import place_in_queue, queued_in_order, wait_until
+from .order import place_in_queue, queued_in_order, unranked, wait_until
 from .schemas import (
+    PendingQueueEntry,
     ProcessorCommandResponse,
     ProcessorStatus,
     ProcessResult,
@@ -54,6 +55,7 @@ class QueueController(Controller):
         read_model = deps.read_model
         view = await read_model.queue_view()
         counts = await read_model.count_by_status()
+        pending: list[PendingQueueEntry] = []
         processor = processor_status(await read_model.processor_state())
         now = deps.clock()
         if view.computed_at is not None:
@@ -72,6 +74,12 @@ class QueueController(Controller):
                     )
                 )
             source: Literal["scheduler", "submission_order"] = "scheduler"
+            if view.as_of_position < await read_model.applied_position():
+                # Jobs queued since the view was computed: listed, without a position.
+                pending = [
+                    PendingQueueEntry(job_id=job.job_id, priority=job.priority)
+                    for job in unranked(view, await queued_in_order(read_model))
+                ]
         else:
             entries = [
                 QueueEntryResponse(
@@ -85,6 +93,7 @@ class QueueController(Controller):
             source = "submission_order"
         return QueueResponse(
             entries=entries,
+            pending=pending,
             length=counts.get(JobStatus.QUEUED, 0),
             held=counts.get(JobStatus.HELD, 0),
             source=source,

@@ -38,8 +38,18 @@ class QueueEntryResponse(msgspec.Struct, frozen=True, kw_only=True):
     unplaceable: str | None = None
 
 
+class PendingQueueEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """A queued job the scheduler has not ranked yet: no position until it has."""
+
+    job_id: str
+    priority: int
+
+
 class QueueResponse(msgspec.Struct, frozen=True, kw_only=True):
     entries: list[QueueEntryResponse]
+    #: Queued jobs recorded after the scheduler's last view (read model order: priority,
+    #: then submission). They get a position in ``entries`` once the scheduler ranks them.
+    pending: list[PendingQueueEntry] = []
     #: Queued jobs (the read model's count; the entries may lag it).
     length: int
     #: Held jobs: waiting for a start by hand, not in the queue.
