@@ -72,7 +72,8 @@ class QueueJobStatus(msgspec.Struct, frozen=True, kw_only=True):
     estimated_start: datetime | None = None
     estimated_wait_s: float | None = None
     estimated_wait_time: str | None = None
-    #: Where the position comes from: ``scheduler``, ``scheduler_pending``, ``submission_order``.
+    #: Where the position comes from: ``scheduler``, ``submission_order``; or why there is none
+    #: yet: ``scheduler_pending`` (not ranked yet).
     source: str | None = None
 
 
