@@ -439,7 +439,11 @@ async def run_scheduler(
         await service.start_nats(url=nats_url, scheduler_lease_s=options.lease_ttl_s)
         if settings.event_store_url:
             await service.start_store()
-        await service.start_scheduler(options)
+        # The queue view goes where the API reads it (Redis); without it GET /queue and a
+        # create's answer could never carry the scheduler's positions.
+        if settings.redis_url:
+            await service.start_read_model(follow=False)
+        await service.start_scheduler(options, publish_queue_view=settings.redis_url is not None)
         return await _serve_until_shutdown(service)
     finally:
         await service.stop()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
 import pytest
 
+from swift_trainer.api.jobs.submission import prefer_wait_s
 from swift_trainer.core import commands as c
 from swift_trainer.projections.read_models import LogLine, QueueEntry, QueueView
 
@@ -124,7 +126,59 @@ async def test_a_job_the_scheduler_has_not_listed_goes_behind_equal_priorities(
     )
     await stack.read_model.set_queue_view(QueueView(entries=entries, computed_at=now))
     response = await stack.client.post(stack.url("/jobs"), json={**BODY, "priority": 5})
-    assert response.json()["queue_position"] == 3
+    body = response.json()
+    assert "queue_position" not in body, "no guess: the scheduler has not ranked it"
+    assert body["queue_source"] == "scheduler_pending"
+    assert body["estimated_wait_time"] == "unknown"
+    assert "not ranked it yet" in body["message"]
+    queue = (await stack.client.get(stack.url("/queue"))).json()
+    assert [e["job_id"] for e in queue["entries"]] == ["q0", "q1", "q2"]
+    assert queue["pending"] == [{"job_id": body["job_id"], "priority": 5}]
+
+
+async def test_a_job_the_scheduler_has_seen_but_not_listed_is_being_placed(
+    stack: Stack,
+) -> None:
+    now = datetime.now(UTC)
+    await stack.read_model.set_queue_view(
+        QueueView(entries=(), computed_at=now, as_of_position=10**9)
+    )
+    response = await stack.client.post(stack.url("/jobs"), json=BODY)
+    body = response.json()
+    assert body["status"] == "queued"
+    assert body["queue_source"] == "scheduler_placing"
+    assert "queue_position" not in body
+    queue = (await stack.client.get(stack.url("/queue"))).json()
+    assert queue["pending"] == [], "the view is past every event: nothing is unranked"
+
+
+@pytest.mark.parametrize(
+    ("prefer", "seconds"),
+    [
+        (None, 0.0),
+        ("wait=2", 2.0),
+        ("respond-async, wait=1.5", 1.5),
+        ("wait=600", 5.0),
+        ("wait=soon", 0.0),
+        ("wait=-1", 0.0),
+        ("wait=nan", 0.0),
+        ("return=minimal", 0.0),
+    ],
+)
+def test_prefer_wait_is_read_capped_and_malformed_ignored(
+    prefer: str | None, seconds: float
+) -> None:
+    assert prefer_wait_s(prefer) == seconds
+
+
+async def test_prefer_wait_waits_for_the_view_and_gives_up_honestly(stack: Stack) -> None:
+    now = datetime.now(UTC)
+    await stack.read_model.set_queue_view(QueueView(entries=(), computed_at=now))
+    started = time.monotonic()
+    response = await stack.client.post(
+        stack.url("/jobs"), json=BODY, headers={"Prefer": "wait=0.3"}
+    )
+    assert time.monotonic() - started >= 0.3, "it waited for a view past the create"
     assert response.json()["queue_source"] == "scheduler_pending"
 
 

@@ -34,9 +34,12 @@ def service(tmp_path: Path) -> Iterator[Service]:
                 )
 
 
-def create(service: Service, job_id: str, *, steps: int, priority: int = 5) -> dict[str, Any]:
+def create(
+    service: Service, job_id: str, *, steps: int, priority: int = 5, prefer: str | None = None
+) -> dict[str, Any]:
     response = service.http.post(
         "/jobs",
+        headers={"Prefer": prefer} if prefer else None,
         json={
             "job_id": job_id,
             "data_path": "AI-ModelScope/coco#20000",
@@ -67,12 +70,14 @@ def test_the_seed_workflow_end_to_end(service: Service) -> None:
     assert first["status"] == second["status"] == "queued"
     service.wait_status("training_001", "running")
     service.wait_status("training_002", "running")
-    third = create(service, "training_003", steps=40, priority=1)
+    # Prefer: wait asks for the scheduler's answer rather than "pending" (issue 16).
+    third = create(service, "training_003", steps=40, priority=1, prefer="wait=5")
     assert third["status"] == "queued"
     assert third["queue_position"] == 1
+    assert third["queue_source"] == "scheduler"
     in_queue = service.wait_for(
         "the third job's queue status",
-        lambda: http.get("/queue/training_003/status").json(),
+        lambda: (s := http.get("/queue/training_003/status").json())["position"] and s,
     )
     assert in_queue["position"] == 1
     queue = service.wait_for(

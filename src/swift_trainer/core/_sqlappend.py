@@ -4,8 +4,8 @@ An append is the only operation whose latency the whole system feels (every comm
 for it), so it skips SQLAlchemy's per-statement machinery and talks to the driver:
 
 - SQLite: the whole transaction (``BEGIN IMMEDIATE`` .. ``COMMIT``) is one Python function
-  run on the aiosqlite connection's own thread, so an append costs one thread handoff
-  instead of one per statement, and the event loop keeps running during the fsync.
+  run on the store's writer thread (``_sqlitewriter``), so an append costs one thread
+  handoff instead of one per statement, and the event loop keeps running during the fsync.
 - PostgreSQL: one call of the ``append_events`` function (see ``_sqlschema``) in autocommit
   mode: lock, version check and insert in a single round trip.
 
@@ -22,9 +22,8 @@ import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, TypeVar, cast
+from typing import Any, Final, TypeVar
 
-import aiosqlite
 import asyncpg
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -369,23 +368,6 @@ def sqlite_append_group(
             conn.rollback()
         raise
     return outcomes
-
-
-async def run_on_sqlite_thread(
-    connection: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]
-) -> T:
-    """Run ``fn`` with the raw sqlite3 connection on aiosqlite's worker thread.
-
-    aiosqlite has no public way to run a function on its thread; ``_execute`` is the queue
-    every aiosqlite method uses, and SQLAlchemy's own aiosqlite dialect reaches into the same
-    internals. ``StoreError`` here rather than an AttributeError if a release renames them.
-    """
-    try:
-        execute = cast(Callable[..., Awaitable[T]], connection._execute)
-        raw = connection._conn
-    except (AttributeError, ValueError) as exc:
-        raise StoreError(f"SQLite connection unusable: {exc}") from exc
-    return await execute(fn, raw)
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------

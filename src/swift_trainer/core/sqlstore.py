@@ -23,15 +23,16 @@ Ordering of the global log (why a reader of ``read_all`` never skips an event):
 - SQLite has a single writer: ``BEGIN IMMEDIATE`` takes the write lock before the version and
   position are read, so appenders serialise (waiting up to ``busy_timeout``, also across
   processes sharing the file) instead of failing on a read-to-write upgrade. Within one
-  process, writers queue on an asyncio lock first, so they never sleep in SQLite's busy
-  handler.
+  process, every write goes to one writer thread with its own connection
+  (``_sqlitewriter``), which commits appends queued together in one transaction, so
+  writers never sleep in SQLite's busy handler.
 
 Durability: SQLite runs in WAL mode with ``synchronous=FULL`` by default, so the WAL is
 fsynced at every commit and an acknowledged append survives power loss. That is SQLite's
 compiled default and what the eventsourcing library's SQLite recorder runs with (it never
 changes it), so benchmarks compare like with like. ``NORMAL`` is faster but may lose the
 last commits on power failure; it is available for throwaway databases. The fsync happens
-on the connection's thread, not on the event loop. PostgreSQL keeps the server's
+on the writer thread, not on the event loop. PostgreSQL keeps the server's
 ``synchronous_commit`` setting.
 
 Idempotency: an append whose ``command_id`` is in the ``commands`` table, or whose event ids
@@ -49,17 +50,14 @@ Errors: callers see only the ``errors`` hierarchy (``ConcurrencyConflict`` <
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
-from functools import partial
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, cast
 
-import aiosqlite
 import asyncpg
 import msgspec
 import sqlalchemy as sa
@@ -68,6 +66,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from swift_trainer.core import _sqlschema as schema
 from swift_trainer.core._sqlappend import (
@@ -75,10 +74,8 @@ from swift_trainer.core._sqlappend import (
     HeldConnections,
     decode_metadata,
     postgres_append,
-    run_on_sqlite_thread,
-    sqlite_append,
-    sqlite_append_group,
 )
+from swift_trainer.core._sqlitewriter import SqliteWriter
 from swift_trainer.core.errors import (
     ConcurrencyConflict,
     IntegrityError,
@@ -203,6 +200,14 @@ def _save_snapshot_statement(dialect: str) -> sa.Executable:
     )
 
 
+def _sqlite_positional(statement: sa.Executable) -> tuple[str, tuple[str, ...]]:
+    """A Core statement as SQLite text and its parameter names in order, for the writer
+    thread's plain ``sqlite3`` connection (one statement text, both code paths)."""
+    compiled = cast(sa.ClauseElement, statement).compile(dialect=sqlite_dialect.dialect())
+    assert isinstance(compiled, SQLCompiler)
+    return str(compiled), tuple(compiled.positiontup or ())
+
+
 def _to_event(row: _Row, at: int = 0) -> RecordedEvent:
     return RecordedEvent(
         position=row[at],
@@ -300,6 +305,7 @@ class SqlEventStore:
         *,
         schema_name: str | None = None,
         append_connections: int = 4,
+        sqlite_writer: SqliteWriter | None = None,
     ) -> None:
         self._engine = engine
         self._dialect = engine.dialect.name
@@ -316,21 +322,25 @@ class SqlEventStore:
         self._set_tracking = _set_tracking_statement(self._dialect)
         self._record_rejection = _record_rejection_statement(self._dialect)
         self._save_snapshot = _save_snapshot_statement(self._dialect)
-        # SQLite has one writer at a time: appends queue on one held connection, and the
-        # other writes (tracking, rejections) take the same lock so that this process's
-        # writers never meet in SQLite's busy handler.
-        self._write_lock = asyncio.Lock()
-        self._sqlite_pending: list[tuple[AppendRequest, asyncio.Future[AppendResult]]] = []
-        if self._dialect == "sqlite":
-            self._appenders = HeldConnections(
-                engine, limit=1, keep_on=(sqlite3.Error, SwiftTrainerError)
+        # SQLite has one writer at a time: appends and the other writes (tracking,
+        # snapshots, refusals) all go to one writer thread (see ``_sqlitewriter``), so this
+        # process's writers never meet in SQLite's busy handler.
+        if self._dialect == "sqlite" and sqlite_writer is None:
+            raise StoreError(
+                "a SQLite event store needs its writer; open it with open_event_store()",
+                code="store_url_invalid",
             )
-        else:
-            self._appenders = HeldConnections(
-                engine,
-                limit=append_connections,
-                keep_on=(asyncpg.PostgresError, SwiftTrainerError),
-            )
+        self._sqlite_writer = sqlite_writer
+        self._sqlite_statements = {
+            statement: _sqlite_positional(statement)
+            for statement in (self._set_tracking, self._record_rejection, self._save_snapshot)
+            if self._dialect == "sqlite"
+        }
+        self._appenders = HeldConnections(
+            engine,
+            limit=append_connections,
+            keep_on=(asyncpg.PostgresError, SwiftTrainerError),
+        )
         self._closed = False
 
     @property
@@ -340,6 +350,11 @@ class SqlEventStore:
     @property
     def engine(self) -> AsyncEngine:
         return self._engine
+
+    @property
+    def sqlite_writer(self) -> SqliteWriter | None:
+        """SQLite's writer thread (None on PostgreSQL), for probes of its connection."""
+        return self._sqlite_writer
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -394,6 +409,8 @@ class SqlEventStore:
         if self._closed:
             return
         self._closed = True
+        if self._sqlite_writer is not None:
+            await self._sqlite_writer.close()
         await self._appenders.close()
         await self._engine.dispose()
 
@@ -432,59 +449,9 @@ class SqlEventStore:
             return await self._postgres_append(request)
 
     async def _sqlite_append(self, request: AppendRequest) -> AppendResult:
-        """Appends that arrive while another is committing are committed together.
-
-        The first waiter to get the write lock takes every request queued so far and
-        commits them in one transaction (``sqlite_append_group``); the others find their
-        answer ready when their turn comes. Alone, an append runs exactly as before.
-        """
-        future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        self._sqlite_pending.append((request, future))
-        async with self._write_lock:
-            if not future.done():
-                batch, self._sqlite_pending = self._sqlite_pending, []
-                await self._sqlite_commit_group(batch)
-        return future.result()
-
-    async def _sqlite_commit_group(
-        self,
-        batch: list[tuple[AppendRequest, asyncio.Future[AppendResult]]],
-    ) -> None:
-        requests = [request for request, _ in batch]
-        try:
-            if len(requests) == 1:
-
-                async def one(
-                    driver: aiosqlite.Connection,
-                ) -> list[AppendResult | SwiftTrainerError]:
-                    fn = partial(sqlite_append, request=requests[0])
-                    try:
-                        return [await run_on_sqlite_thread(driver, fn)]
-                    except (IntegrityError, ConcurrencyConflict) as exc:
-                        return [exc]
-
-                outcomes = await self._appenders.run(one)
-            else:
-
-                async def group(
-                    driver: aiosqlite.Connection,
-                ) -> list[AppendResult | SwiftTrainerError]:
-                    fn = partial(sqlite_append_group, requests=requests)
-                    return await run_on_sqlite_thread(driver, fn)
-
-                outcomes = await self._appenders.run(group)
-        except BaseException as exc:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for (_, future), outcome in zip(batch, outcomes, strict=True):
-            if isinstance(outcome, AppendResult):
-                future.set_result(outcome)
-            else:
-                future.set_exception(outcome)
+        """On the writer thread; appends queued together commit together (group commit)."""
+        assert self._sqlite_writer is not None
+        return await self._sqlite_writer.append(request)
 
     async def _postgres_append(self, request: AppendRequest) -> AppendResult:
         async def call(driver: asyncpg.Connection[asyncpg.Record]) -> AppendResult:
@@ -501,10 +468,9 @@ class SqlEventStore:
 
     async def _write(self, statement: sa.Executable, **params: Any) -> None:
         """One statement in its own transaction (behind the writer queue on SQLite)."""
-        if self._dialect == "sqlite":
-            async with self._write_lock, self._write_transaction() as conn:
-                await conn.execute(statement, params)
-                await conn.commit()
+        if self._sqlite_writer is not None:
+            sql, names = self._sqlite_statements[statement]
+            await self._sqlite_writer.execute(sql, [params[name] for name in names])
         else:
             async with self._reader.connect() as conn:
                 await conn.execute(statement, params)
@@ -697,7 +663,8 @@ def _open_sqlite(
             cursor.close()
 
     sa_event.listen(engine.sync_engine, "connect", configure)
-    return SqlEventStore(engine)
+    writer = SqliteWriter(database, synchronous=synchronous, busy_timeout=busy_timeout)
+    return SqlEventStore(engine, sqlite_writer=writer)
 
 
 def _open_postgres(

@@ -53,7 +53,7 @@ from .schemas import (
     ProgressResponse,
 )
 from .streams import follow_events, follow_logs, follow_progress, progress_of
-from .submission import submit_job
+from .submission import prefer_wait_s, submit_job
 
 _log = logging.getLogger(__name__)
 
@@ -71,6 +71,19 @@ IdempotencyKey = Annotated[
         description=(
             "Retrying a request with the same key returns the first request's outcome "
             "instead of acting twice."
+        ),
+    ),
+]
+PreferWait = Annotated[
+    str | None,
+    HeaderParameter(
+        name="Prefer",
+        required=False,
+        max_length=200,
+        description=(
+            "`wait=N` (RFC 7240, N up to 5 seconds): wait that long at most for the "
+            "scheduler's answer (its queue position, or the job placed at once) instead of "
+            "answering `queue_source: scheduler_pending` with no position."
         ),
     ),
 ]
@@ -174,9 +187,10 @@ class JobsController(Controller):
         request: Request[Any, Any, Any],
         data: JSONBody[CreateJobRequest],
         idempotency_key: IdempotencyKey = None,
+        prefer: PreferWait = None,
     ) -> Response[CreateJobResponse]:
         body = await strict_body(request, CreateJobRequest)
-        answer = await submit_job(deps, body, idempotency_key)
+        answer = await submit_job(deps, body, idempotency_key, wait_s=prefer_wait_s(prefer))
         location = f"{request.url.path.rstrip('/')}/{answer.job_id}"
         return Response(answer, status_code=201, headers={"Location": location})
 

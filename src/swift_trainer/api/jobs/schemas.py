@@ -122,7 +122,8 @@ class CreateJobResponse(msgspec.Struct, frozen=True, kw_only=True, omit_defaults
     estimated_wait_time: str | None = None
     estimated_wait_s: float | None = None
     estimated_start: datetime | None = None
-    #: ``scheduler`` (its forecast), ``scheduler_pending`` or ``submission_order``.
+    #: ``scheduler`` (its forecast); ``scheduler_pending`` (not ranked yet: no position) or
+    #: ``scheduler_placing`` (being placed: no position); ``submission_order`` (no scheduler).
     queue_source: str | None = None
 
 

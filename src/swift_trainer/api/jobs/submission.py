@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import posixpath
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
@@ -26,10 +27,33 @@ from ..deps import ApiDeps
 from ..dispatch import idempotent_command_id, job_id_of, reply_status, send
 from ..durations import describe_wait
 from ..problems import ApiProblem
-from ..queue.order import place_in_queue
+from ..queue.order import place_in_queue, view_past
 from .schemas import CreateJobRequest, CreateJobResponse
 
 _log = logging.getLogger(__name__)
+
+
+#: The longest ``Prefer: wait=N`` a create honours: a request is not a place to idle.
+MAX_PREFER_WAIT_S: Final = 5.0
+
+
+def prefer_wait_s(prefer: str | None) -> float:
+    """``wait=N`` from a ``Prefer`` header (RFC 7240), capped; 0 when absent or malformed
+    (a preference the server cannot honour is ignored, as the RFC says)."""
+    if not prefer:
+        return 0.0
+    for part in prefer.replace(";", ",").split(","):
+        name, _, value = part.strip().partition("=")
+        if name.strip().lower() != "wait":
+            continue
+        try:
+            seconds = float(value.strip().strip('"'))
+        except ValueError:
+            return 0.0
+        if not math.isfinite(seconds) or seconds <= 0:
+            return 0.0
+        return min(seconds, MAX_PREFER_WAIT_S)
+    return 0.0
 
 
 def id_from_output_dir(output_dir: str | None) -> str | None:
@@ -100,7 +124,11 @@ async def submit_job(
     deps: ApiDeps,
     body: CreateJobRequest,
     idempotency_key: str | None,
+    *,
+    wait_s: float = 0.0,
 ) -> CreateJobResponse:
+    """Create the job; ``wait_s`` > 0 (``Prefer: wait=N``) waits that long at most for the
+    scheduler's answer instead of answering that it is pending."""
     candidates = candidate_ids(body, idempotency_key)
     specs = [spec_for(body, job_id) for job_id, _ in candidates]  # InvalidSpec -> 422 first
     await check_satisfiable(deps, body)
@@ -117,7 +145,10 @@ async def submit_job(
         final_id = job_id_of(reply, job_id)
         status = reply_status(reply) or (JobStatus.QUEUED if spec.auto_start else JobStatus.HELD)
         output_dir = body.output_dir or f"output/{final_id}"
-        return await _answer(deps, final_id, status, spec.priority, output_dir)
+        queued_at = reply.events[-1].position if reply.events else None
+        return await _answer(
+            deps, final_id, status, spec.priority, output_dir, queued_at=queued_at, wait_s=wait_s
+        )
     raise AssertionError("the last candidate id never falls back")  # pragma: no cover
 
 
@@ -127,6 +158,9 @@ async def _answer(
     status: JobStatus,
     priority: int,
     output_dir: str,
+    *,
+    queued_at: int | None,
+    wait_s: float,
 ) -> CreateJobResponse:
     if status is not JobStatus.QUEUED:
         return CreateJobResponse(
@@ -139,7 +173,22 @@ async def _answer(
             ),
         )
     try:
-        place = await place_in_queue(deps.read_model, job_id, priority, deps.clock())
+        view = None
+        if queued_at is not None and wait_s > 0:
+            view = await view_past(deps.read_model, queued_at, wait_s)
+        place = await place_in_queue(
+            deps.read_model, job_id, priority, deps.clock(), view, queued_at=queued_at
+        )
+        if place.source == "scheduler_placing":
+            summary = await deps.read_model.get_job(job_id)
+            if summary is not None and summary.status is not JobStatus.QUEUED:
+                return CreateJobResponse(
+                    job_id=job_id,
+                    status=summary.status,
+                    output_dir=output_dir,
+                    message=f"job {job_id} was placed on free GPUs at once: it is "
+                    f"{summary.status.value}",
+                )
     except Exception:  # the job is recorded: a failed queue lookup must not turn that into an error
         _log.warning("queue lookup for new job %s failed", job_id, exc_info=True)
         return CreateJobResponse(
@@ -148,6 +197,21 @@ async def _answer(
             output_dir=output_dir,
             message=f"job {job_id} is queued; it starts when matching GPUs are free",
             estimated_wait_time="unknown",
+        )
+    if place.position is None:
+        doing = (
+            "the scheduler is placing it on free GPUs now"
+            if place.source == "scheduler_placing"
+            else "the scheduler has not ranked it yet, so it has no position yet "
+            f"(GET /queue/{job_id}/status tells it; send Prefer: wait=2 to wait for it)"
+        )
+        return CreateJobResponse(
+            job_id=job_id,
+            status=status,
+            output_dir=output_dir,
+            message=f"job {job_id} is queued; {doing}",
+            estimated_wait_time="unknown",
+            queue_source=place.source,
         )
     return CreateJobResponse(
         job_id=job_id,

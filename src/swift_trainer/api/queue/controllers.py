@@ -19,8 +19,9 @@ from ..deps import Deps
 from ..dispatch import idempotent_command_id, reply_status, send
 from ..durations import describe_wait
 from ..problems import problems
-from .order import place_in_queue, queued_in_order, wait_until
+from .order import place_in_queue, queued_in_order, unranked, wait_until
 from .schemas import (
+    PendingQueueEntry,
     ProcessorCommandResponse,
     ProcessorStatus,
     ProcessResult,
@@ -75,6 +76,7 @@ class QueueController(Controller):
         read_model = deps.read_model
         view = await read_model.queue_view()
         counts = await read_model.count_by_status()
+        pending: list[PendingQueueEntry] = []
         processor = processor_status(await read_model.processor_state())
         now = deps.clock()
         if view.computed_at is not None:
@@ -93,6 +95,15 @@ class QueueController(Controller):
                     )
                 )
             source: Literal["scheduler", "submission_order"] = "scheduler"
+            if view.as_of_position < await read_model.applied_position():
+                # Jobs queued since the view was computed: listed, without a position (a
+                # user sees only their own: a pending entry is nothing but an id).
+                caller = principal()
+                pending = [
+                    PendingQueueEntry(job_id=job.job_id, priority=job.priority)
+                    for job in unranked(view, await queued_in_order(read_model))
+                    if caller.sees_everything() or caller.may_see(job.owner)
+                ]
         else:
             entries = [
                 QueueEntryResponse(
@@ -106,6 +117,7 @@ class QueueController(Controller):
             source = "submission_order"
         return QueueResponse(
             entries=await redact_others(read_model, entries),
+            pending=pending,
             length=counts.get(JobStatus.QUEUED, 0),
             held=counts.get(JobStatus.HELD, 0),
             source=source,

@@ -1,14 +1,20 @@
 """Where a job stands in the queue: the scheduler's word when it has one, a fallback if not.
 
 The scheduler publishes its queue (order and estimated starts, from simulating placement
-over running jobs' remaining time) into the read model. A job it has not listed yet, or a
-deployment without a scheduler, still gets a position: queued jobs by the seed's rule,
-higher priority first and FIFO by submission within a priority. Such a position has no
-estimate, and says where it came from (``source``), so nobody mistakes it for a forecast.
+over running jobs' remaining time) into the read model. Its word is the only position shown
+while a scheduler runs: a job it has not ranked yet has *no* position (``scheduler_pending``)
+rather than a guess, because a guess is wrong exactly when it matters (free GPUs: the job
+starts at once instead of waiting at "position 1"). A job the scheduler has seen
+(``as_of_position`` past the job's queueing) but does not list is being placed
+(``scheduler_placing``). A deployment without a scheduler still gets positions by the seed's
+rule, higher priority first and FIFO by submission within a priority, labelled
+``submission_order``, with no estimate.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import datetime
 from typing import Final, Literal
 
@@ -21,11 +27,14 @@ from ...projections.read_models.views import JobSummary, QueueView
 #: The fallback order reads at most this many queued jobs.
 MAX_SCAN: Final = 10_000
 
-PlaceSource = Literal["scheduler", "scheduler_pending", "submission_order"]
+PlaceSource = Literal["scheduler", "scheduler_pending", "scheduler_placing", "submission_order"]
+#: How often a create that asked to wait (``Prefer: wait=N``) looks at the scheduler's view.
+VIEW_POLL_S: Final = 0.02
 
 
 class QueuePlace(msgspec.Struct, frozen=True):
-    position: int
+    #: None while the scheduler has not ranked the job (pending) or is placing it.
+    position: int | None
     source: PlaceSource
     estimated_start: datetime | None = None
     estimated_wait_s: float | None = None
@@ -61,7 +70,15 @@ async def place_in_queue(
     priority: int,
     now: datetime,
     view: QueueView | None = None,
+    *,
+    queued_at: int | None = None,
 ) -> QueuePlace:
+    """The job's place as the scheduler gave it, or honestly none yet.
+
+    ``queued_at`` is the event position at which the job was queued (known to a create):
+    a view computed past it that does not list the job means the scheduler took it out
+    of the queue to place it.
+    """
     view = view if view is not None else await read_model.queue_view()
     entry = view.entry(job_id)
     if entry is not None:
@@ -72,12 +89,34 @@ async def place_in_queue(
             estimated_wait_s=wait_until(entry.estimated_start, now),
         )
     if view.computed_at is not None:
-        # Not listed yet: it goes behind every listed job of the same or higher priority.
-        ahead = sum(1 for x in view.entries if x.priority >= priority and x.job_id != job_id)
-        return QueuePlace(position=ahead + 1, source="scheduler_pending")
+        if queued_at is not None and view.as_of_position >= queued_at:
+            return QueuePlace(position=None, source="scheduler_placing")
+        return QueuePlace(position=None, source="scheduler_pending")
     order = await queued_in_order(read_model)
     for index, job in enumerate(order):
         if job.job_id == job_id:
             return QueuePlace(position=index + 1, source="submission_order")
     ahead = sum(1 for job in order if job.priority >= priority)
     return QueuePlace(position=ahead + 1, source="submission_order")
+
+
+async def view_past(read_model: ReadModel, position: int, timeout: float) -> QueueView:
+    """The scheduler's view, waiting up to ``timeout`` for one computed past ``position``.
+
+    Returns the latest view either way; the caller checks ``as_of_position``. Without a
+    scheduler (no view at all) it returns at once: nothing would ever arrive.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        view = await read_model.queue_view()
+        if view.computed_at is None or view.as_of_position >= position:
+            return view
+        if time.monotonic() >= deadline:
+            return view
+        await asyncio.sleep(VIEW_POLL_S)
+
+
+def unranked(view: QueueView, queued: list[JobSummary]) -> list[JobSummary]:
+    """Queued jobs (read model order) that the scheduler's view does not list yet."""
+    listed = {entry.job_id for entry in view.entries}
+    return [job for job in queued if job.job_id not in listed]

@@ -40,8 +40,18 @@ class QueueEntryResponse(msgspec.Struct, frozen=True, kw_only=True):
     unplaceable: str | None = None
 
 
+class PendingQueueEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """A queued job the scheduler has not ranked yet: no position until it has."""
+
+    job_id: str
+    priority: int
+
+
 class QueueResponse(msgspec.Struct, frozen=True, kw_only=True):
     entries: list[QueueEntryResponse]
+    #: Queued jobs recorded after the scheduler's last view (read model order: priority,
+    #: then submission). They get a position in ``entries`` once the scheduler ranks them.
+    pending: list[PendingQueueEntry] = []
     #: Queued jobs (the read model's count; the entries may lag it).
     length: int
     #: Held jobs: waiting for a start by hand, not in the queue.
@@ -64,7 +74,8 @@ class QueueJobStatus(msgspec.Struct, frozen=True, kw_only=True):
     estimated_start: datetime | None = None
     estimated_wait_s: float | None = None
     estimated_wait_time: str | None = None
-    #: Where the position comes from: ``scheduler``, ``scheduler_pending``, ``submission_order``.
+    #: Where the position comes from: ``scheduler``, ``submission_order``; or why there is none
+    #: yet: ``scheduler_pending`` (not ranked yet).
     source: str | None = None
 
 
