@@ -63,6 +63,8 @@ export function jobView(main, jobId) {
   actions.append(
     action("Stop", "The training saves a checkpoint and stops; you can resume it later.", () => post(`${path}/stop`)),
     action("Start", "A held job joins the queue; a stopped or failed one is queued again and resumes from its last checkpoint.", () => post(`${path}/start`), { danger: false }),
+    action("Pause", "The training saves a checkpoint and rests as paused; resume it later.", () => post(`${path}/pause`)),
+    action("Resume", "A paused or stopped job is queued again and resumes from its last checkpoint.", () => post(`${path}/resume`), { danger: false }),
     action("Export", "Merge the LoRA adapter of the latest checkpoint into a full model on the runner that holds it.", () => post(`${path}/export`), { danger: false }),
     action("Delete", "The job disappears from lists; its recorded events stay in the event store.", async () => {
       await call("DELETE", path);

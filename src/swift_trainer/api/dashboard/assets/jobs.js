@@ -39,6 +39,7 @@ function row(job) {
     "tr",
     { dataset: { jobId: job.job_id, status: job.status } },
     h("td", h("a", { href: `#/job/${encodeURIComponent(job.job_id)}` }, job.job_id),
+      job.owner ? h("div.muted", `owner ${job.owner}`) : null,
       Object.keys(job.labels || {}).length
         ? h("div.labels", Object.entries(job.labels).map(([k, v]) => h("span.chip", `${k}=${v}`)))
         : null),
