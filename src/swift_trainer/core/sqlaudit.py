@@ -16,20 +16,9 @@ import sqlalchemy as sa
 
 from swift_trainer.core import _sqlschema as schema
 from swift_trainer.core.audit_chain import ChainAnchor, ChainRow, ChainVerifier, chain_time
-from swift_trainer.core.sqlstore import SqlEventStore, _store_errors
+from swift_trainer.core.sqlstore import _EVENT_COLUMNS, SqlEventStore, _store_errors
 
-_CHAIN_COLUMNS: Final = (
-    schema.events.c.position,
-    schema.events.c.stream_id,
-    schema.events.c.version,
-    schema.events.c.event_id,
-    schema.events.c.type,
-    schema.events.c.schema_version,
-    schema.events.c.payload,
-    schema.events.c.metadata,
-    schema.events.c.recorded_at,
-    schema.events.c.hash,
-)
+_CHAIN_COLUMNS: Final = (*_EVENT_COLUMNS, schema.events.c.hash)
 
 
 async def migrated_through(store: SqlEventStore) -> int:
