@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import nats
 import nats.errors
@@ -37,6 +38,8 @@ from . import subjects
 from .file_store import ensure_file_bucket
 
 _log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 DAY = 24 * 3600.0
 
@@ -202,6 +205,25 @@ TRANSIENT_JETSTREAM_ERRORS: Final = (
 )
 
 
+async def retry_transient(
+    call: Callable[[], Awaitable[T]], what: str, *, patience_s: float = 120.0
+) -> T:
+    """``call()`` again, backing off, while JetStream answers as it does during a leader
+    election (a cluster node just died), up to ``patience_s``: a process starting then must
+    wait, not exit, or a passing fault becomes a dead component."""
+    delay = 0.2
+    deadline = asyncio.get_running_loop().time() + patience_s
+    while True:
+        try:
+            return await call()
+        except TRANSIENT_JETSTREAM_ERRORS as exc:
+            if asyncio.get_running_loop().time() + delay > deadline:
+                raise
+            _log.warning("%s: JetStream not ready (%r); again in %.1fs", what, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 async def provision(
     js: JetStreamContext,
     *,
@@ -217,18 +239,11 @@ async def provision(
     it, up to ``patience_s``, instead of exiting: a restart must not turn a passing fault
     into a dead component.
     """
-    delay = 0.2
-    deadline = asyncio.get_running_loop().time() + patience_s
-    while True:
-        try:
-            await _provision_once(js, runner_lease_s, scheduler_lease_s, replicas)
-            return
-        except TRANSIENT_JETSTREAM_ERRORS as exc:
-            if asyncio.get_running_loop().time() + delay > deadline:
-                raise
-            _log.warning("JetStream not ready (%r); provisioning again in %.1fs", exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+    await retry_transient(
+        lambda: _provision_once(js, runner_lease_s, scheduler_lease_s, replicas),
+        "provisioning",
+        patience_s=patience_s,
+    )
 
 
 async def _provision_once(

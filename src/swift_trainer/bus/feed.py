@@ -24,6 +24,7 @@ from nats.js.errors import NotFoundError
 from ..core.errors import SwiftTrainerError
 from ..core.store import RecordedEvent
 from . import subjects
+from .connection import retry_transient
 from .messages import decode_event_envelope
 from .relay import POSITION_HEADER
 
@@ -91,6 +92,9 @@ class EventFeed:
         self._pending_at_start = 0
 
     async def start(self) -> None:
+        await retry_transient(self._subscribe, f"event feed {self.name}")
+
+    async def _subscribe(self) -> None:
         js = self.nc.jetstream()
         info = await js.stream_info(subjects.EVENTS_STREAM)
         self._pending_at_start = info.state.last_seq
@@ -118,7 +122,8 @@ class EventFeed:
             idle_heartbeat=5.0,
             pending_msgs_limit=1_000_000,
         )
-        self._task = asyncio.create_task(self._run(), name=f"event-feed-{self.name}")
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"event-feed-{self.name}")
 
     async def _run(self) -> None:
         while True:

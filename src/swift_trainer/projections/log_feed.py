@@ -19,6 +19,7 @@ from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
 from ..bus import subjects
+from ..bus.connection import retry_transient
 from ..bus.messages import LogMessage
 from .read_models.interface import ReadModel
 from .read_models.views import LogLine
@@ -41,14 +42,17 @@ class LogFeed:
         async def on_message(msg: Msg) -> None:
             await self._queue.put(msg)
 
-        self._sub = await self.nc.jetstream().subscribe(
-            subjects.LOGS_ALL,
-            stream=subjects.LOGS_STREAM,
-            cb=on_message,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.ALL,
-            idle_heartbeat=5.0,
-            pending_msgs_limit=1_000_000,
+        self._sub = await retry_transient(
+            lambda: self.nc.jetstream().subscribe(
+                subjects.LOGS_ALL,
+                stream=subjects.LOGS_STREAM,
+                cb=on_message,
+                ordered_consumer=True,
+                deliver_policy=DeliverPolicy.ALL,
+                idle_heartbeat=5.0,
+                pending_msgs_limit=1_000_000,
+            ),
+            "log feed",
         )
         self._task = asyncio.create_task(self._run(), name="log-feed")
 

@@ -32,6 +32,7 @@ from opentelemetry import trace
 
 from ..bus import subjects
 from ..bus.command_client import CommandClient
+from ..bus.connection import retry_transient
 from ..bus.messages import EventEnvelope, JobStateAnswer, ReplyError, decode_event_envelope
 from ..bus.trace_headers import extract_context
 from ..core import commands as c
@@ -167,7 +168,9 @@ class RunnerAgent:
 
     async def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self._kv = await self.js.key_value(subjects.RUNNERS_BUCKET)
+        self._kv = await retry_transient(
+            lambda: self.js.key_value(subjects.RUNNERS_BUCKET), "runners bucket"
+        )
         self.logs.start()
         resent = self.outbox.load()
         if resent:

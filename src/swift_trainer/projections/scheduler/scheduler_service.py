@@ -50,7 +50,7 @@ from opentelemetry import trace
 
 from swift_trainer.bus import subjects
 from swift_trainer.bus.command_client import CommandClient
-from swift_trainer.bus.connection import provision
+from swift_trainer.bus.connection import provision, retry_transient
 from swift_trainer.bus.feed import EventFeed
 from swift_trainer.bus.kv_watch import watch_bucket
 from swift_trainer.bus.relay import POSITION_HEADER
@@ -174,7 +174,7 @@ class SchedulerService:
 
     async def start(self) -> None:
         js = self.nc.jetstream()
-        kv = await self._lease_bucket()
+        kv = await retry_transient(self._lease_bucket, "scheduler lease bucket")
         ttl = (await kv.status()).ttl
         if ttl and abs(ttl - self.lease_ttl_s) > 1e-3:
             _log.info("the lease bucket expires keys after %.3gs; using that as lease TTL", ttl)
@@ -182,7 +182,8 @@ class SchedulerService:
         self.lease = LeaderLease(
             kv, self.scheduler_id, ttl_s=self.lease_ttl_s, on_change=self._on_leadership
         )
-        await js.stream_info(subjects.EVENTS_STREAM)  # fail early when nothing is provisioned
+        # Fail early when nothing is provisioned; wait out a cluster's leader election.
+        await retry_transient(lambda: js.stream_info(subjects.EVENTS_STREAM), "EVENTS stream")
         self.feed = EventFeed(self.nc, self._on_events, name=f"scheduler-{self.scheduler_id}")
         await self.feed.start()
         self._subscriptions = await subscribe_process_requests(self)
