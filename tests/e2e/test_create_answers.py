@@ -69,7 +69,15 @@ def api(tmp_path: Path, nats_url: str) -> Iterator[httpx.Client]:
     parts = {
         "handler": ["handler"],
         "scheduler": ["scheduler"],
-        "runner": ["runner", "--runner-id", "gpu-host-1", "--simulate-gpus", "2"],
+        # Its jobs train far longer than the test: stop them with the runner.
+        "runner": [
+            "runner",
+            "--runner-id",
+            "gpu-host-1",
+            "--simulate-gpus",
+            "2",
+            "--stop-jobs-on-exit",
+        ],
         "api": ["api"],
     }
     processes: dict[str, subprocess.Popen[str]] = {}
