@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from swift_trainer.core import webhook_events as w
+from swift_trainer.core.errors import MessageError, UnknownMessageType
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -62,11 +63,11 @@ def test_events_round_trip_and_bad_payloads_are_clear_errors() -> None:
     event = w.WebhookRegistered(at=T0, webhook_id="a", url="https://r", event_types=("Job*",))
     payload = w.encode_webhook_event(event)
     assert w.decode_webhook_event("WebhookRegistered", payload) == event
-    with pytest.raises(w.MessageError, match="holds a WebhookRegistered"):
+    with pytest.raises(MessageError, match="holds a WebhookRegistered"):
         w.decode_webhook_event("WebhookRemoved", payload)
-    with pytest.raises(w.UnknownMessageType):
+    with pytest.raises(UnknownMessageType):
         w.decode_webhook_event("WebhookExploded", payload)
-    with pytest.raises(w.MessageError):
+    with pytest.raises(MessageError):
         w.decode_webhook_event("WebhookRegistered", b"{")
 
 

@@ -25,8 +25,8 @@ from typing import Final
 import msgspec
 
 from .commands import AnyAccessCommand, IssueKey, RevokeKey, Role, SetQuota
-from .errors import DomainError, MessageError, UnknownMessageType
-from .events import Event
+from .errors import DomainError
+from .events import Event, decode_tagged
 
 ACCESS_STREAM: Final = "access"
 #: Secrets start with this, so a leaked one is recognisable (secret scanners, logs).
@@ -97,15 +97,7 @@ def is_access_stream(stream_id: str) -> bool:
 
 
 def decode_access_event(type_name: str, payload: bytes) -> AnyAccessEvent:
-    if type_name not in ACCESS_EVENT_TYPES:
-        raise UnknownMessageType(f"unknown access event type {type_name!r}")
-    try:
-        event = _decoder.decode(payload)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise MessageError(f"cannot decode {type_name}: {exc}") from exc
-    if type(event).__name__ != type_name:
-        raise MessageError(f"payload of a {type_name} holds a {type(event).__name__}")
-    return event
+    return decode_tagged(_decoder, ACCESS_EVENT_TYPES, type_name, payload, "access")
 
 
 # --- state ------------------------------------------------------------------------------------

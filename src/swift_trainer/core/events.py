@@ -8,14 +8,16 @@ upcaster that rewrites the old payload before decoding.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import msgspec
 
 from .errors import InvalidSpec, MessageError, UnknownMessageType
 from .spec import JobSpec
+
+T = TypeVar("T")
 
 
 class Event(msgspec.Struct, frozen=True, tag_field="type", omit_defaults=True):
@@ -265,6 +267,26 @@ def event_type(event: Event) -> str:
 
 def encode_event(event: Event) -> bytes:
     return _encoder.encode(event)
+
+
+def decode_tagged(
+    decoder: msgspec.json.Decoder[T],
+    known: Collection[str],
+    type_name: str,
+    payload: bytes,
+    kind: str,
+) -> T:
+    """Decode a payload of one of the event unions kept apart from the job events (access,
+    webhooks): the stored type name must be known and match the payload's tag."""
+    if type_name not in known:
+        raise UnknownMessageType(f"unknown {kind} event type {type_name!r}")
+    try:
+        event = decoder.decode(payload)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise MessageError(f"cannot decode {type_name}: {exc}") from exc
+    if type(event).__name__ != type_name:
+        raise MessageError(f"payload of a {type_name} holds a {type(event).__name__}")
+    return event
 
 
 def decode_event(type_name: str, payload: bytes, schema_version: int = 1) -> AnyEvent:

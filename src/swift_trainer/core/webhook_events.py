@@ -28,7 +28,8 @@ from typing import Any, ClassVar, Final
 
 import msgspec
 
-from .errors import MessageError, SwiftTrainerError, UnknownMessageType
+from .errors import SwiftTrainerError
+from .events import decode_tagged
 
 STREAM_PREFIX: Final = "webhook-"
 SIGNATURE_HEADER: Final = "X-Swift-Trainer-Signature"
@@ -106,15 +107,7 @@ def encode_webhook_event(event: WebhookEvent) -> bytes:
 
 
 def decode_webhook_event(type_name: str, payload: bytes) -> AnyWebhookEvent:
-    if type_name not in WEBHOOK_EVENT_TYPES:
-        raise UnknownMessageType(f"unknown webhook event type {type_name!r}")
-    try:
-        event = _decoder.decode(payload)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise MessageError(f"cannot decode {type_name}: {exc}") from exc
-    if type(event).__name__ != type_name:
-        raise MessageError(f"payload of a {type_name} holds a {type(event).__name__}")
-    return event
+    return decode_tagged(_decoder, WEBHOOK_EVENT_TYPES, type_name, payload, "webhook")
 
 
 class WebhookState(msgspec.Struct, frozen=True):
