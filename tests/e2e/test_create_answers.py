@@ -9,8 +9,6 @@ queued as soon as its create has returned.
 
 from __future__ import annotations
 
-import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -24,25 +22,13 @@ import httpx
 import pytest
 import redis
 from tests.conftest import service_unavailable
+from tests.e2e.conftest import REDIS_URL, process_env
 
-from swift_trainer.bus.embedded import EmbeddedNatsServer, free_port
+from swift_trainer.bus.embedded import free_port
 
-REDIS_URL = os.environ.get("SWIFT_TRAINER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 API = "/api/v1/training"
 #: Long enough that no job finishes while the four creates are checked.
 BODY = {"data_path": "d#100000", "model_path": "m", "gpu_count": 1}
-
-
-@pytest.fixture
-def nats_url(tmp_path: Path) -> Iterator[str]:
-    server = EmbeddedNatsServer(tmp_path / "nats")
-    loop = asyncio.new_event_loop()
-    loop.run_until_complete(server.start())
-    try:
-        yield server.url
-    finally:
-        loop.run_until_complete(server.stop())
-        loop.close()
 
 
 @pytest.fixture
@@ -53,18 +39,8 @@ def api(tmp_path: Path, nats_url: str) -> Iterator[httpx.Client]:
         service_unavailable("Redis", exc)
     prefix = f"test-create-{uuid.uuid4().hex[:8]}:"
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "REDIS", "EVENT"))}
-    env.update(
-        NATS_URL=nats_url,
-        EVENT_STORE_URL=f"sqlite+aiosqlite:///{tmp_path / 'events.db'}",
-        REDIS_URL=REDIS_URL,
-        REDIS_PREFIX=prefix,
-        SWIFT_TRAINER_DATA_DIR=str(tmp_path / "data"),
-        OUTPUT_ROOT=str(tmp_path / "outputs"),
-        APP_HOST="127.0.0.1",
-        APP_PORT=str(port),
-        LOG_LEVEL="WARNING",
-        SWIFT_SIM_STEP_SECONDS="0.05",
+    env = process_env(
+        tmp_path, nats_url=nats_url, redis_prefix=prefix, port=port, step_seconds=0.05
     )
     parts = {
         "handler": ["handler"],
