@@ -14,7 +14,7 @@ import msgspec
 from ..core.access import AccessState
 from ..core.commands import AnyCommand
 from ..core.errors import MessageError, SwiftTrainerError, UnknownMessageType
-from ..core.store import EventMetadata, RecordedEvent
+from ..core.store import EventMetadata, EventPlace, RecordedEvent
 
 
 class LogMessage(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -68,13 +68,7 @@ class CommandReply(msgspec.Struct, frozen=True, omit_defaults=True):
     error: ReplyError | None = None
 
 
-class EventEnvelope(msgspec.Struct, frozen=True):
-    position: int
-    stream_id: str
-    version: int
-    event_id: str
-    type: str
-    schema_version: int
+class EventEnvelope(EventPlace, frozen=True):
     recorded_at: datetime
     metadata: EventMetadata
     event: msgspec.Raw

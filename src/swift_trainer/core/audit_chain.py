@@ -26,6 +26,8 @@ from typing import Final, Literal
 
 import msgspec
 
+from .store import EventPlace
+
 #: The "previous hash" of the first event of a store.
 GENESIS_HASH: Final = bytes(32)
 
@@ -86,19 +88,13 @@ def event_hash(
     ).digest()
 
 
-class ChainRow(msgspec.Struct, frozen=True):
+class ChainRow(EventPlace, frozen=True):
     """One stored event exactly as the chain covers it (metadata as stored text).
 
     This is also the line format of ``audit export``: ``payload`` travels as base64 and
     ``hash`` as hex, so an export is checked with the same code as the database.
     """
 
-    position: int
-    stream_id: str
-    version: int
-    event_id: str
-    type: str
-    schema_version: int
     payload: bytes
     metadata: str
     recorded_at: str

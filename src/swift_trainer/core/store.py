@@ -43,8 +43,12 @@ class NewEvent(msgspec.Struct, frozen=True):
     metadata: EventMetadata = EventMetadata()
 
 
-class RecordedEvent(msgspec.Struct, frozen=True):
-    """An event as stored, with its place in its stream and in the global log."""
+class EventPlace(msgspec.Struct, frozen=True):
+    """Where an event stands and what it is: the fields every stored-event shape starts with.
+
+    Its subclasses are the stored event here, the envelope on NATS (``bus.messages``) and
+    the audit chain's row (``core.audit_chain``); each adds its own form of the rest.
+    """
 
     position: int
     stream_id: str
@@ -52,6 +56,11 @@ class RecordedEvent(msgspec.Struct, frozen=True):
     event_id: str
     type: str
     schema_version: int
+
+
+class RecordedEvent(EventPlace, frozen=True):
+    """An event as stored, with its place in its stream and in the global log."""
+
     payload: bytes
     metadata: EventMetadata
     recorded_at: datetime

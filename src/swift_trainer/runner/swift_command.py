@@ -1,52 +1,7 @@
 """The ``swift sft`` / ``swift export`` command lines for one job, as argv lists and env.
 
-Supported release: **ms-swift 4.6.0** (the ``swift`` extra in pyproject). The flags were
-checked against ms-swift 4.x sources (repository modelscope/ms-swift):
-
-* Renamed in 4.x: ``--train_type`` became ``--tuner_type``. Confirmed in
-  ``swift/arguments/base_args/base_args.py`` (``tuner_type: str = 'lora'``, and
-  ``train_type: Optional[str] = None  # compat swift3.x`` that only logs a deprecation).
-* New in 4.x and needed for a graceful stop: ``--callbacks graceful_exit``. Confirmed in
-  ``swift/callbacks/mapping.py`` (``'graceful_exit': GracefulExitCallback``, defined in
-  ``swift/callbacks/deepspeed_elastic.py``: on SIGTERM it sets ``should_save`` at the end
-  of the step, then ``should_training_stop``) and ``callbacks: List[str]`` in
-  ``TrainArgumentsMixin`` (``swift/trainers/arguments.py``).
-* Same name in 4.x, checked there: ``--model``, ``--torch_dtype``
-  (``swift/arguments/base_args/model_args.py``); ``--output_dir``, ``--add_version``
-  (default true: it would add a ``v0-<time>`` folder), ``--resume_from_checkpoint``
-  (``swift/arguments/sft_args.py``); ``--vit_lr``, ``--aligner_lr``,
-  ``--per_device_train_batch_size``, ``--gradient_accumulation_steps``,
-  ``--logging_steps``, ``--weight_decay``, ``--lr_scheduler_type``,
-  ``--dataloader_num_workers``, ``--gradient_checkpointing``
-  (``swift/trainers/arguments.py``); export's ``--adapters``, ``--merge_lora``,
-  ``--output_dir`` (default ``<checkpoint>-merged``) and ``--exist_ok``
-  (``swift/arguments/export_args.py``).
-* Hugging Face ``TrainingArguments`` names, unchanged: ``--num_train_epochs`` (the seed's
-  num_epochs), ``--max_steps``, ``--learning_rate``, ``--warmup_ratio`` (deprecated in
-  transformers 5, still accepted), ``--eval_steps``, ``--save_steps``,
-  ``--save_total_limit``, ``--save_only_model``, ``--seed``.
-* ms-swift data, template and tuner arguments under their documented names:
-  ``--dataset`` (a list), ``--dataset_num_proc``, ``--split_dataset_ratio``,
-  ``--max_length``, ``--template``, ``--system``, ``--model_type``, ``--deepspeed``,
-  ``--lora_rank``, ``--lora_alpha``, ``--lora_dropout``, ``--target_modules``,
-  ``--freeze_vit``.
-
-What a real run of ms-swift 4.6.0 showed (``tests/runner/test_real_swift.py``, a tiny Qwen2
-on the CPU), and the builder therefore does:
-
-* ``--vit_lr`` / ``--aligner_lr`` make ms-swift pick its multimodal optimizer
-  (``TrainArgumentsMixin.__post_init__``: ``optimizer = 'multimodal'`` when either is set),
-  which crashes on a text-only model (``'ModelKeys' object has no attribute
-  'vision_tower'``). The seed's defaults for them are therefore passed only for a model
-  that looks multimodal (``looks_multimodal``); a job that sets them explicitly always
-  gets them.
-* ``--check_model`` (default true) asks the ModelScope hub whether a local model is the
-  latest version; without internet that costs ~25 s of retries per job start and only
-  ever logs a warning, so every job passes ``--check_model false``.
-
-Multi-GPU: ``swift/cli/main.py`` starts ``torch.distributed.run`` when ``NPROC_PER_NODE``
-is set and passes ``MASTER_PORT`` on, so a multi-GPU job gets both, and a single-GPU job
-must not inherit a stray ``NPROC_PER_NODE`` from the runner's environment.
+Supported release: ms-swift 4.6.0. Why each flag is spelled as it is (checked against the
+ms-swift 4.x sources and a real CPU run): ``docs/swift-compatibility.md``.
 """
 
 from __future__ import annotations
