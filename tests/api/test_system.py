@@ -8,6 +8,7 @@ from pathlib import Path
 
 import msgspec
 
+from swift_trainer.core.inventory import RunnerHeartbeat
 from swift_trainer.runner.gpu_probe import GpuInfo, HostInfo, InventorySnapshot
 
 from .conftest import Stack, read_model_of, running_stack
@@ -39,7 +40,14 @@ def heartbeat(gpus: int, *, name: str = "NVIDIA H100 80GB HBM3") -> bytes:
         ),
         driver_version="570.0",
     )
-    return msgspec.json.encode(snapshot)
+    beat = RunnerHeartbeat(
+        runner_id="runner",
+        at=datetime.now(UTC),
+        lease_s=30,
+        inventory=snapshot,
+        foreign_memory_mib={3: 512},
+    )
+    return msgspec.json.encode(beat)
 
 
 async def test_gpus_pass_runner_inventories_through_and_mark_holders(stack: Stack) -> None:
@@ -60,8 +68,10 @@ async def test_gpus_pass_runner_inventories_through_and_mark_holders(stack: Stac
     assert [gpu["index"] for gpu in live["gpus"]] == [0, 1, 2, 3]
     assert [gpu["job_id"] for gpu in live["gpus"]] == [None, "big", "big", None]
     assert live["gpus"][0]["name"] == "NVIDIA H100 80GB HBM3"
-    assert live["inventory"]["host"]["hostname"] == "gpu-host"
-    assert live["inventory"]["driver_version"] == "570.0"
+    assert live["inventory"]["inventory"]["host"]["hostname"] == "gpu-host"
+    assert live["inventory"]["inventory"]["driver_version"] == "570.0"
+    assert "gpus" not in live["inventory"]["inventory"]
+    assert [gpu["foreign_memory_mib"] for gpu in live["gpus"]] == [None, None, None, 512]
     assert runners["runner-old"]["alive"] is False
     assert runners["runner-bad"]["error"]
     assert runners["runner-bad"]["gpus"] == []

@@ -36,7 +36,7 @@ def decode_strict(raw: bytes, body_type: type[T]) -> T:
         errors = validation_errors_from_msgspec(exc)
         raise ApiProblem(
             "validation_error",
-            "; ".join(f"{e['key']}: {e['message']}" if e["key"] else e["message"] for e in errors),
+            "; ".join(e.describe() for e in errors),
             errors=errors,
         ) from exc
     except msgspec.DecodeError as exc:

@@ -88,6 +88,19 @@ _TITLES: Final[Mapping[str, str]] = {
 }
 
 
+class FieldProblem(msgspec.Struct, frozen=True):
+    """One field's problem in a ``validation_error`` (or the limit a quota refusal hit)."""
+
+    message: str
+    #: The field's path in the body, query or header (``""`` for the body as a whole).
+    key: str = ""
+    #: ``body``, ``query``, ``header``, ``path``, ``quota``...
+    source: str = "body"
+
+    def describe(self) -> str:
+        return f"{self.key}: {self.message}" if self.key else self.message
+
+
 class ProblemDetails(msgspec.Struct, frozen=True, omit_defaults=True):
     """RFC 9457 problem details; ``code`` and ``errors`` are extension members."""
 
@@ -97,8 +110,8 @@ class ProblemDetails(msgspec.Struct, frozen=True, omit_defaults=True):
     detail: str
     code: str
     instance: str | None = None
-    #: Field-level problems of a ``validation_error``: ``message``, ``key``, ``source``.
-    errors: list[dict[str, Any]] | None = None
+    #: Field-level problems of a ``validation_error``.
+    errors: list[FieldProblem] | None = None
     #: Per-dependency results of a failed readiness check.
     checks: dict[str, bool | str] | None = None
 
@@ -113,7 +126,7 @@ class ApiProblem(Exception):
         *,
         status: int | None = None,
         headers: Mapping[str, str] | None = None,
-        errors: list[dict[str, Any]] | None = None,
+        errors: list[FieldProblem] | None = None,
         checks: dict[str, bool | str] | None = None,
     ) -> None:
         super().__init__(detail)
@@ -145,7 +158,7 @@ def problem_response(
     detail: str,
     status: int | None = None,
     headers: Mapping[str, str] | None = None,
-    errors: list[dict[str, Any]] | None = None,
+    errors: list[FieldProblem] | None = None,
     checks: dict[str, bool | str] | None = None,
 ) -> Response[bytes]:
     status = status or status_for_code(code)
@@ -175,15 +188,13 @@ def problem_response(
 _MSGSPEC_PATH = re.compile(r" - at `\$(?:\.data)?\.?(?P<path>[^`]*)`$")
 
 
-def validation_errors_from_msgspec(exc: msgspec.ValidationError) -> list[dict[str, Any]]:
+def validation_errors_from_msgspec(exc: msgspec.ValidationError) -> list[FieldProblem]:
     """msgspec says ``Expected `int`, got `str` - at `$.priority```; split it for clients."""
     text = str(exc)
     match = _MSGSPEC_PATH.search(text)
     if match is None:
-        return [{"message": text, "key": "", "source": "body"}]
-    return [
-        {"message": text[: match.start()], "key": match.group("path"), "source": "body"},
-    ]
+        return [FieldProblem(message=text)]
+    return [FieldProblem(message=text[: match.start()], key=match.group("path"))]
 
 
 def _handle_problem(request: Request[Any, Any, Any], exc: ApiProblem) -> Response[bytes]:
@@ -205,19 +216,20 @@ def _handle_domain(request: Request[Any, Any, Any], exc: SwiftTrainerError) -> R
     return problem_response(request, code=exc.code, detail=exc.message, status=status)
 
 
-def _readable_errors(extra: Any) -> list[dict[str, Any]]:
-    errors: list[dict[str, Any]] = []
+def _readable_errors(extra: Any) -> list[FieldProblem]:
+    errors: list[FieldProblem] = []
     if isinstance(extra, list):
         for item in extra:
             if not isinstance(item, dict):
                 continue
-            entry = dict(item)
-            if entry.get("key") == "data" and entry.get("source") == "body":
-                entry["key"] = ""  # Litestar names the body itself "data"
+            key, source = str(item.get("key") or ""), str(item.get("source") or "body")
+            message = str(item.get("message", ""))
+            if key == "data" and source == "body":
+                key = ""  # Litestar names the body itself "data"
             # A missing required body arrives as KeyError('data') text: say it plainly.
-            if entry.get("key") == "" and entry.get("message") == "'data'":
-                entry["message"] = "a JSON request body is required"
-            errors.append(entry)
+            if key == "" and message == "'data'":
+                message = "a JSON request body is required"
+            errors.append(FieldProblem(message=message, key=key, source=source))
     return errors
 
 
@@ -225,9 +237,7 @@ def _handle_validation(
     request: Request[Any, Any, Any], exc: ValidationException
 ) -> Response[bytes]:
     errors = _readable_errors(exc.extra)
-    summary = "; ".join(
-        f"{e['key']}: {e['message']}" if e.get("key") else str(e.get("message", "")) for e in errors
-    )
+    summary = "; ".join(e.describe() for e in errors)
     return problem_response(
         request,
         code="validation_error",

@@ -12,7 +12,7 @@ from typing import Final
 from ...core.job import JobStatus
 from ...projections.read_models.interface import MAX_PAGE_SIZE
 from ..deps import ApiDeps
-from ..problems import ApiProblem
+from ..problems import ApiProblem, FieldProblem
 
 _WAITING: Final = (JobStatus.QUEUED, JobStatus.HELD)
 
@@ -48,5 +48,5 @@ async def check_queued_quota(deps: ApiDeps, owner: str) -> None:
             "wait for one to start or ask an admin to raise the quota",
             status=429,
             headers={"Retry-After": "60"},
-            errors=[{"key": "max_queued_jobs", "message": f"limit {limit}", "source": "quota"}],
+            errors=[FieldProblem(key="max_queued_jobs", message=f"limit {limit}", source="quota")],
         )

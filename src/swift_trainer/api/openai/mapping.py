@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from ...core.job import JobStatus
 from ...core.spec import EffectiveTrainArgs, JobSpec, TrainArgs, decode_spec
@@ -210,7 +210,7 @@ def spec_for_request(
 
 # --- events and checkpoints ------------------------------------------------------------------
 
-_LEVEL: Final[dict[str, str]] = {
+_LEVEL: Final[dict[str, Literal["info", "warn", "error"]]] = {
     "JobFailed": "error",
     "ExportFailed": "error",
     "JobLost": "warn",
@@ -279,15 +279,15 @@ def event_object(entry: EventLogEntry) -> FineTuningJobEvent:
             "grad_norm": d.get("grad_norm"),
             "valid_loss": d.get("eval_loss"),
         }
-        kind = "metrics"
+        kind: Literal["message", "metrics"] = "metrics"
     else:
         data, kind = {}, "message"
     return FineTuningJobEvent(
         id=event_id(entry.position),
         created_at=int(entry.at.timestamp()),
-        level=_LEVEL.get(entry.type, "info"),  # type: ignore[arg-type]
+        level=_LEVEL.get(entry.type, "info"),
         message=_message(entry),
-        type=kind,  # type: ignore[arg-type]
+        type=kind,
         data={k: v for k, v in data.items() if v is not None},
     )
 

@@ -104,7 +104,7 @@ def _handle_problem(_: Request[Any, Any, Any], exc: ApiProblem) -> Response[byte
     status = _STATUS.get(exc.code, exc.status)
     param = None
     if exc.errors:
-        param = str(exc.errors[0].get("key") or "") or None
+        param = exc.errors[0].key or None
     return openai_error(status, exc.code, exc.detail, param=param, headers=exc.headers)
 
 

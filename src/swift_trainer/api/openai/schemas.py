@@ -179,7 +179,9 @@ class FineTuningJobEvent(msgspec.Struct, frozen=True):
     level: Literal["info", "warn", "error"]
     message: str
     type: Literal["message", "metrics"]
-    data: dict[str, Any]
+    #: For ``metrics``: step, total_steps, train_loss, learning_rate, epoch, grad_norm,
+    #: valid_loss (those known); empty for a message.
+    data: dict[str, float]
     object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
 
 

@@ -1,21 +1,20 @@
 """What the GPU and system endpoints count: runner heartbeats, GPU holders, this host.
 
-Runner heartbeats are opaque to the read model (the runner defines their shape); here they
-are decoded as plain JSON and passed through, with only the ``gpus`` array interpreted, so a
-runner that grows its heartbeat needs no API change.
+Heartbeats are decoded as the runner's own ``RunnerHeartbeat``, so ``/gpus`` has a schema;
+fields a newer runner adds are ignored here until this schema learns them.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 import msgspec
 
 from ...core.host import host_info
+from ...core.inventory import decode_heartbeat
 from ...core.job import ACTIVE
 from ...projections.read_models.interface import MAX_PAGE_SIZE, ReadModel
-from .schemas import GpusResponse, HostStats, RunnerGpus
+from .schemas import GpusResponse, GpuView, HostStats, RunnerGpus
 
 
 async def gpu_holders(read_model: ReadModel) -> dict[tuple[str, int], str]:
@@ -47,7 +46,7 @@ def _runner_view(
     age = max((now - seen_at).total_seconds(), 0.0)
     alive = age <= lease_s
     try:
-        decoded: Any = msgspec.json.decode(data)
+        beat = decode_heartbeat(data)
     except msgspec.DecodeError as exc:
         return RunnerGpus(
             runner_id=runner_id,
@@ -55,33 +54,24 @@ def _runner_view(
             age_s=age,
             alive=alive,
             gpus=[],
-            error=f"heartbeat is not JSON: {exc}",
+            error=f"the heartbeat could not be read: {exc}",
         )
-    if not isinstance(decoded, dict):
-        return RunnerGpus(
-            runner_id=runner_id,
-            seen_at=seen_at,
-            age_s=age,
-            alive=alive,
-            gpus=[],
-            error="heartbeat is not a JSON object",
+    gpus = [
+        GpuView(
+            **msgspec.structs.asdict(gpu),
+            job_id=holders.get((runner_id, gpu.index)),
+            foreign_memory_mib=beat.foreign_memory_mib.get(gpu.index),
         )
-    gpus: list[dict[str, Any]] = []
-    # A runner heartbeat (core.inventory.RunnerHeartbeat) nests its GPUs in the inventory.
-    inventory = decoded.get("inventory")
-    source = inventory if isinstance(inventory, dict) and "gpus" in inventory else decoded
-    raw_gpus = source.pop("gpus", [])
-    foreign = decoded.get("foreign_memory_mib")
-    foreign = foreign if isinstance(foreign, dict) else {}
-    for gpu in raw_gpus if isinstance(raw_gpus, list) else []:
-        if not isinstance(gpu, dict):
-            continue
-        index = gpu.get("index")
-        holder = holders.get((runner_id, index)) if isinstance(index, int) else None
-        extra = {"foreign_memory_mib": foreign.get(str(index))} if str(index) in foreign else {}
-        gpus.append({**gpu, **extra, "job_id": holder})
+        for gpu in beat.inventory.gpus
+    ]
+    inventory = msgspec.structs.replace(beat.inventory, gpus=())
     return RunnerGpus(
-        runner_id=runner_id, seen_at=seen_at, age_s=age, alive=alive, gpus=gpus, inventory=decoded
+        runner_id=runner_id,
+        seen_at=seen_at,
+        age_s=age,
+        alive=alive,
+        gpus=gpus,
+        inventory=msgspec.structs.replace(beat, inventory=inventory),
     )
 
 
@@ -99,7 +89,7 @@ async def gpus_overview(read_model: ReadModel, now: datetime, lease_s: float) ->
         for s in await read_model.runner_snapshots()
     ]
     live = [gpu for runner in runners if runner.alive for gpu in runner.gpus]
-    assigned = sum(1 for gpu in live if gpu["job_id"] is not None)
+    assigned = sum(1 for gpu in live if gpu.job_id is not None)
     return GpusResponse(
         runners=runners, total=len(live), free=len(live) - assigned, assigned=assigned
     )

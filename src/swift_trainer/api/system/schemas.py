@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
 import msgspec
 
+from ...core.inventory import GpuInfo, RunnerHeartbeat
 from ..queue.schemas import ProcessorStatus
+
+
+class GpuView(GpuInfo, frozen=True, omit_defaults=False):
+    """A GPU as its runner reports it, plus who holds it."""
+
+    #: The job of this system holding it, else null.
+    job_id: str | None = None
+    #: Memory held by processes its runner did not start, when there is any.
+    foreign_memory_mib: int | None = None
 
 
 class RunnerGpus(msgspec.Struct, frozen=True, kw_only=True):
@@ -19,9 +29,9 @@ class RunnerGpus(msgspec.Struct, frozen=True, kw_only=True):
     alive: bool
     #: The runner's GPUs as it reports them, each with ``job_id`` set while a job of this
     #: system holds it.
-    gpus: list[dict[str, Any]]
-    #: The rest of the runner's heartbeat (host, driver), passed through as reported.
-    inventory: dict[str, Any] | None = None
+    gpus: list[GpuView]
+    #: The rest of the runner's heartbeat (host, driver, its jobs); its GPUs are in ``gpus``.
+    inventory: RunnerHeartbeat | None = None
     #: Set when the heartbeat could not be read.
     error: str | None = None
 
