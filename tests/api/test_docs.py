@@ -112,3 +112,30 @@ def test_processing_the_queue_has_a_typed_answer(openapi: dict[str, Any]) -> Non
     }
     assert {"processed", "leader"} <= set(schema["required"])
     assert "PlacedJob" in str(schema["properties"]["placed"])
+
+
+def _open_objects(node: Any, path: str) -> list[str]:
+    """Schemas that accept any object: what a ``dict[str, Any]`` becomes in OpenAPI."""
+    found: list[str] = []
+    if isinstance(node, dict):
+        if node.get("type") == "object" and "properties" not in node:
+            extra = node.get("additionalProperties", True)
+            if extra is True or extra == {}:
+                found.append(path)
+        for key, value in node.items():
+            found += _open_objects(value, f"{path}/{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += _open_objects(value, f"{path}/{i}")
+    return found
+
+
+#: Open on purpose: an event's payload, whose schema per ``type`` is the event contract.
+_OPEN_BY_DESIGN = ["#/components/schemas/EventLogEntry/properties/data"]
+
+
+def test_no_schema_is_an_untyped_object(openapi: dict[str, Any]) -> None:
+    """Issue 10: every body is typed end to end, so clients can generate code from it."""
+    found = _open_objects(openapi["components"]["schemas"], "#/components/schemas")
+    assert found == _OPEN_BY_DESIGN
+    assert _open_objects(openapi["paths"], "#/paths") == []

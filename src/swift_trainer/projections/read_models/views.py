@@ -125,7 +125,8 @@ class EventLogEntry(msgspec.Struct, frozen=True):
     event_id: str
     type: str
     at: datetime
-    #: The event's own fields, minus the envelope, with long text shortened.
+    #: The event's own fields, minus the envelope, with long text shortened. Their schema,
+    #: per ``type``, is the event contract (``/asyncapi.json``, ``docs/contract``).
     data: dict[str, Any]
     actor: str | None = None
 
