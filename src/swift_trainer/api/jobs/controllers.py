@@ -17,6 +17,7 @@ from litestar.params import FromQuery, HeaderParameter, JSONBody, PathParameter,
 
 from ...bus.messages import CommandReply
 from ...core.commands import (
+    NAME_PATTERN,
     CancelJob,
     ChangePriority,
     DeleteJob,
@@ -154,8 +155,16 @@ async def control_answer(
     )
 
 
+def listed_owner(asked: str | None) -> str | None:
+    """The owner whose index a list reads: a user key's own, whatever it asked for."""
+    caller = principal()
+    if caller.sees_everything():
+        return asked
+    return caller.owner
+
+
 def own_jobs_only(items: Sequence[JobSummary], next_cursor: str | None) -> JobListResponse:
-    """A user key lists its owner's jobs only; a page may then be short (follow the cursor)."""
+    """A user key lists its owner's jobs only (belt and braces over the owner index)."""
     caller = principal()
     if not caller.sees_everything():
         items = [job for job in items if caller.may_see(job.owner)]
@@ -426,7 +435,25 @@ class JobsController(Controller):
                 ),
             ),
         ] = None,
+        owner: Annotated[
+            str | None,
+            QueryParameter(
+                pattern=NAME_PATTERN,
+                max_length=64,
+                description=(
+                    "Only this owner's jobs (the owner of the API key that submitted them). "
+                    "A `user` key always lists its own jobs only: another owner gives an "
+                    "empty list."
+                ),
+            ),
+        ] = None,
     ) -> JobListResponse:
+        caller = principal()
+        scope = listed_owner(owner)
+        if owner is not None and scope != owner:
+            return JobListResponse(items=[])  # a user asking for someone else's jobs
+        if scope is None and not caller.sees_everything():
+            return JobListResponse(items=[])  # a user key without an owner owns nothing
         if label is not None:
             found = await list_by_label(
                 deps.read_model,
@@ -435,10 +462,11 @@ class JobsController(Controller):
                 priority=priority,
                 cursor=cursor,
                 limit=limit,
+                owner=scope,
             )
             return own_jobs_only(found.items, found.next_cursor)
         page = await deps.read_model.list_jobs(
-            status=status, priority=priority, cursor=cursor, limit=limit
+            status=status, priority=priority, cursor=cursor, limit=limit, owner=scope
         )
         return own_jobs_only(page.items, page.next_cursor)
 

@@ -100,8 +100,12 @@ class ReadModel(Protocol):
         priority: int | None = None,
         cursor: str | None = None,
         limit: int = 50,
+        owner: str | None = None,
     ) -> JobPage:
-        """Newest submission first; a cursor page is stable while new jobs arrive."""
+        """Newest submission first; a cursor page is stable while new jobs arrive.
+
+        ``owner`` lists only that owner's jobs, from the owner's own index.
+        """
 
     async def count_by_status(self) -> dict[JobStatus, int]:
         """Live jobs per status, every status present (deleted jobs are not counted)."""

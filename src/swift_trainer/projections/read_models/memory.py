@@ -189,10 +189,11 @@ class MemoryReadModel:
         priority: int | None = None,
         cursor: str | None = None,
         limit: int = 50,
+        owner: str | None = None,
     ) -> JobPage:
         check_limit(limit)
         before = None if cursor is None else decode_cursor(cursor)
-        index = self._indexes.get(index_for(status, priority))
+        index = self._indexes.get(index_for(status, priority, owner))
         if index is None:
             return JobPage(items=[])
         ids = index.newest_before(before, limit + 1)
