@@ -38,6 +38,7 @@ from ..deps import ApiDeps, Deps
 from ..dispatch import caught_up, idempotent_command_id, reply_status, send
 from ..problems import problems
 from ..sse import EventStream, event_stream, last_event_id
+from .changes import follow_job_changes
 from .labels import list_by_label, parse_label
 from .schemas import (
     CreateJobRequest,
@@ -413,8 +414,15 @@ class JobsController(Controller):
     @get(
         "/",
         summary="List jobs",
-        description="Newest first; pass `next_cursor` back as `cursor` for the next page.",
-        responses=problems(422, 503),
+        description=(
+            "Newest first; pass `next_cursor` back as `cursor` for the next page. "
+            "`follow=true` streams changes instead (SSE): a `ready` event, then one message "
+            "per batch of changed jobs (`{jobs, deleted, position}`, the jobs as this list "
+            "shows them, only those the caller may see and, with `owner`, that owner's); "
+            "`reset` asks to reload the list, `end` to poll it instead. Other filters apply "
+            "to pages only."
+        ),
+        responses={**problems(422, 503), 200: followable(JobListResponse)},
     )
     async def list_jobs(
         self,
@@ -447,8 +455,11 @@ class JobsController(Controller):
                 ),
             ),
         ] = None,
-    ) -> JobListResponse:
+        follow: Follow = False,
+    ) -> JobListResponse | EventStream:
         caller = principal()
+        if follow:
+            return event_stream(follow_job_changes(deps, caller, owner=owner))
         scope = listed_owner(owner)
         if owner is not None and scope != owner:
             return JobListResponse(items=[])  # a user asking for someone else's jobs
