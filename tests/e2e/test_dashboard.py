@@ -96,6 +96,89 @@ class Console:
         self.errors.append(f"{text} ({url})")
 
 
+#: Every input, select and textarea has an accessible name; every button and link has a
+#: name and is reachable by Tab; text meets WCAG AA contrast (4.5:1, 3:1 when large)
+#: against the background it is drawn on. Returns what fails, empty when all pass.
+A11Y_AUDIT = r"""() => {
+  const problems = [];
+  const visible = (el) => el.getClientRects().length > 0 && getComputedStyle(el).visibility !== "hidden";
+  const named = (el) => (el.labels && [...el.labels].some((l) => l.textContent.trim()))
+    || el.getAttribute("aria-label") || el.getAttribute("aria-labelledby") || el.title;
+  for (const el of document.querySelectorAll("input, select, textarea")) {
+    if (el.type === "hidden" || !visible(el)) continue;
+    if (!named(el)) problems.push(`unnamed ${el.tagName.toLowerCase()} #${el.id || el.name}`);
+  }
+  for (const el of document.querySelectorAll("button, a[href]")) {
+    if (!visible(el)) continue;
+    const name = el.getAttribute("aria-label") || el.textContent.trim() || el.querySelector("img[alt]")?.alt;
+    if (!name) problems.push(`unnamed ${el.tagName.toLowerCase()} ${el.outerHTML.slice(0, 80)}`);
+    if (el.tabIndex < 0) problems.push(`${el.tagName.toLowerCase()} "${name}" is not reachable by Tab`);
+  }
+  const parse = (text) => {
+    let m = text.match(/^rgba?\(([\d.]+),\s*([\d.]+),\s*([\d.]+)(?:,\s*([\d.]+))?\)/);
+    if (m) return [+m[1] / 255, +m[2] / 255, +m[3] / 255, m[4] === undefined ? 1 : +m[4]];
+    m = text.match(/^color\(srgb ([\d.e-]+) ([\d.e-]+) ([\d.e-]+)(?: \/ ([\d.]+))?\)/);
+    if (m) return [+m[1], +m[2], +m[3], m[4] === undefined ? 1 : +m[4]];
+    return null;
+  };
+  const over = (top, under) => [0, 1, 2].map((i) => top[i] * top[3] + under[i] * (1 - top[3])).concat(1);
+  const background = (el) => {
+    const layers = [];
+    for (let node = el; node && node.nodeType === 1; node = node.parentElement) {
+      const bg = parse(getComputedStyle(node).backgroundColor);
+      if (bg && bg[3] > 0) { layers.push(bg); if (bg[3] >= 1) break; }
+    }
+    let color = [1, 1, 1, 1];
+    if (!layers.length || layers[layers.length - 1][3] < 1) {
+      color = matchMedia("(prefers-color-scheme: dark)").matches ? [0, 0, 0, 1] : [1, 1, 1, 1];
+    }
+    for (const layer of layers.reverse()) color = over(layer, color);
+    return color;
+  };
+  const lum = (c) => {
+    const f = (v) => (v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4);
+    return 0.2126 * f(c[0]) + 0.7152 * f(c[1]) + 0.0722 * f(c[2]);
+  };
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  const checked = new Set();
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    const el = node.parentElement;
+    if (!node.textContent.trim() || checked.has(el) || !visible(el)) continue;
+    if (el.closest("canvas, .u-legend, [aria-hidden=true], option")) continue;
+    checked.add(el);
+    const style = getComputedStyle(el);
+    const fg = parse(style.color);
+    if (!fg) continue;
+    const bg = background(el);
+    const text = over(fg, bg);
+    const [a, b] = [lum(text), lum(bg)].sort((x, y) => y - x);
+    const ratio = (a + 0.05) / (b + 0.05);
+    const size = parseFloat(style.fontSize);
+    const large = size >= 24 || (size >= 18.66 && +style.fontWeight >= 700);
+    if (ratio < (large ? 3 : 4.5)) {
+      problems.push(`contrast ${ratio.toFixed(2)} of "${node.textContent.trim().slice(0, 30)}" (${el.tagName.toLowerCase()}.${el.className})`);
+    }
+  }
+  return problems;
+}"""
+
+
+def accessible(page: Any, view: str) -> None:
+    problems = page.evaluate(A11Y_AUDIT)
+    assert problems == [], f"{view}: {problems}"
+
+
+def focus_is_visible(page: Any) -> None:
+    """Tab moves focus onto a control, and the focused control shows an outline."""
+    page.keyboard.press("Tab")
+    outline = page.evaluate(
+        "(() => { const s = getComputedStyle(document.activeElement);"
+        " return [document.activeElement.tagName, s.outlineStyle, parseFloat(s.outlineWidth)]; })()"
+    )
+    assert outline[0] in {"A", "BUTTON", "INPUT", "SELECT"}, outline
+    assert outline[1] != "none" and outline[2] >= 2, outline
+
+
 def progress_of(page: Any, job_id: str) -> int:
     bar = page.locator(f'tr[data-job-id="{job_id}"] [role=progressbar]')
     value = bar.get_attribute("aria-valuenow")
@@ -107,7 +190,7 @@ def points(page: Any, chart: str) -> int:
 
 
 def test_submit_watch_and_stop_a_job_in_the_browser(
-    service: Service, browser: Any, artifacts: Path
+    service: Service, browser: Any, artifacts: Path, tmp_path: Path
 ) -> None:
     base = str(service.http.base_url).removesuffix(API + "/").removesuffix(API)
     service.wait_for(
@@ -119,10 +202,33 @@ def test_submit_watch_and_stop_a_job_in_the_browser(
     console = Console(page)
     expect = sync_api.expect
 
-    # Submit: a refused value shows next to its field, then a valid job goes through.
+    # Submit: a dataset uploaded from the form, a refused value shown next to its field,
+    # then a valid job goes through.
     page.goto(f"{base}/#/submit")
+    accessible(page, "submit form")
+    focus_is_visible(page)
     page.get_by_role("textbox", name="Model", exact=True).fill("Qwen/Qwen2.5-VL-7B-Instruct")
-    page.get_by_role("combobox", name="Dataset", exact=True).fill("AI-ModelScope/coco#20000")
+    page.get_by_label("An uploaded file").check()
+    expect(page.get_by_label("Training file", exact=True)).to_be_visible()
+    expect(page.get_by_role("combobox", name="Path or dataset id")).to_be_hidden()
+    dataset = tmp_path / "vision-chat.jsonl"
+    dataset.write_text(
+        "".join(
+            '{"messages": [{"role": "user", "content": "q%d"}, '
+            '{"role": "assistant", "content": "a%d"}]}\n' % (n, n)
+            for n in range(50)
+        )
+    )
+    page.get_by_label("Upload a JSONL file").set_input_files(str(dataset))
+    page.get_by_role("button", name="Upload", exact=True).click()
+    expect(page.locator("#f-upload-status")).to_contain_text("uploaded vision-chat.jsonl as file-")
+    file_id = page.get_by_label("Training file", exact=True).input_value()
+    assert file_id.startswith("file-"), file_id
+    expect(
+        page.get_by_label("Training file", exact=True).locator("option:checked")
+    ).to_contain_text("vision-chat.jsonl")
+    accessible(page, "submit form, uploaded-file source")
+    page.screenshot(path=str(artifacts / "submit-form.png"), full_page=True)
     page.get_by_label("Job id", exact=True).fill("dash_001")
     page.get_by_label("Labels", exact=True).fill("team=vision")
     page.get_by_role("spinbutton", name="GPUs", exact=True).fill("0")
@@ -138,24 +244,35 @@ def test_submit_watch_and_stop_a_job_in_the_browser(
     page.get_by_label("Eval every (steps)", exact=True).fill("60")
     page.get_by_role("button", name="Submit job").click()
     page.wait_for_url(re.compile(r"#/job/dash_001$"))
+    assert service.http.get("/jobs/dash_001").json()["training_file"] == file_id
 
-    # The table: the job is there and its progress rises without a reload.
+    # The table follows the jobs feed: progress rises with no reload and no page read.
     nav = page.get_by_role("navigation", name="Main")
     nav.get_by_role("link", name="Jobs", exact=True).click()
     row = page.locator('tr[data-job-id="dash_001"]')
     expect(row).to_be_visible()
     expect(row.locator(".badge")).to_have_text("running", timeout=30_000)
+    expect(page.locator("#live-state")).to_have_attribute("data-mode", "push")
     page.wait_for_function(
         "() => +document.querySelector('tr[data-job-id=dash_001] [role=progressbar]')"
         "?.getAttribute('aria-valuenow') >= 1",
         timeout=30_000,
     )
+    page.wait_for_timeout(500)  # the page read the feed's "ready" asked for has gone out
+    reads: list[str] = []
+    navigations: list[str] = []
+    page.on("request", lambda r: reads.append(r.url) if "/jobs?" in r.url else None)
+    page.on("framenavigated", lambda f: navigations.append(f.url))
     first = progress_of(page, "dash_001")
     page.wait_for_function(
         f"() => +document.querySelector('tr[data-job-id=dash_001] [role=progressbar]')"
         f".getAttribute('aria-valuenow') > {first}",
         timeout=30_000,
     )
+    assert [url for url in reads if "follow=true" not in url] == []
+    assert navigations == []
+    accessible(page, "jobs table")
+    page.screenshot(path=str(artifacts / "jobs-table.png"))
     page.get_by_label("Label", exact=True).fill("team=vision")
     page.get_by_role("button", name="Filter").click()
     expect(row).to_be_visible()
@@ -163,6 +280,15 @@ def test_submit_watch_and_stop_a_job_in_the_browser(
     page.get_by_role("button", name="Filter").click()
     expect(row).to_have_count(0)
     expect(page.get_by_text("No jobs here yet")).to_be_visible()
+    page.get_by_label("Label", exact=True).fill("")
+    page.get_by_label("Owner", exact=True).fill("nobody")
+    page.get_by_role("button", name="Filter").click()
+    expect(row).to_have_count(0)  # without API keys, no job has an owner
+    assert "owner=nobody" in page.url
+    expect(page.locator("#live-state")).to_have_attribute("data-mode", "push")
+    page.get_by_label("Owner", exact=True).fill("")
+    page.get_by_role("button", name="Filter").click()
+    expect(row).to_be_visible()
 
     # The job page, reached by keyboard: the focused link survives the table's refreshes.
     page.goto(f"{base}/#/jobs")
@@ -186,7 +312,11 @@ def test_submit_watch_and_stop_a_job_in_the_browser(
     expect(page.locator("#log .line").first).to_be_visible()
     expect(page.locator("#timeline li[data-type=JobStarted]")).to_be_visible()
     expect(page.locator("#command")).to_contain_text("sft --model Qwen/Qwen2.5-VL-7B-Instruct")
+    # It trains from the uploaded file: the runner fetched it and swift reads its copy.
+    expect(page.locator("#command")).to_contain_text(f"datasets/{file_id}/")
+    expect(page.locator("#spec")).to_contain_text(f'"training_file": "{file_id}"')
     expect(page.locator("#spec")).to_contain_text('"team": "vision"')
+    accessible(page, "job page")
     page.get_by_label("Search the log").fill("saving model checkpoint")
     expect(page.locator("#log .line").first).to_contain_text("Saving model checkpoint")
     expect(page.locator("#log mark").first).to_have_text("Saving model checkpoint")
@@ -215,6 +345,7 @@ def test_submit_watch_and_stop_a_job_in_the_browser(
     nav.get_by_role("link", name="GPUs").click()
     expect(page.locator("tr[data-gpu]")).to_have_count(2)
     expect(page.locator("section.host[data-alive=true]")).to_have_count(1)
+    accessible(page, "GPU page")
     page.screenshot(path=str(artifacts / "gpus-page.png"), full_page=True)
 
     # Queue: why a job cannot be placed, a priority change, the processor paused and resumed.
@@ -237,6 +368,7 @@ def test_submit_watch_and_stop_a_job_in_the_browser(
     page.get_by_role("button", name="Resume processor").click()
     dialog.get_by_role("button", name="Resume").click()
     expect(page.locator(".processor .badge")).to_have_text("running")
+    accessible(page, "queue page")
     page.close()
 
     # Dark mode and a phone's width: the job page still fits, in the dark scheme.
@@ -249,6 +381,10 @@ def test_submit_watch_and_stop_a_job_in_the_browser(
     expect(small.locator("#job-status .badge")).to_have_text("stopped")
     overflow = small.evaluate("document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 1, f"the job page is {overflow}px wider than a phone"
+    accessible(small, "job page, dark, phone")
+    small.goto(f"{base}/#/jobs")
+    expect(small.locator('tr[data-job-id="dash_001"] .badge')).to_have_text("stopped")
+    accessible(small, "jobs table, dark, phone")
     small.screenshot(path=str(artifacts / "job-page-phone-dark.png"), full_page=True)
     phone.close()
     context.close()
