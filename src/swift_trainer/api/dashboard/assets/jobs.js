@@ -169,7 +169,7 @@ export function jobsView(main, query) {
   function setMode(push) {
     pushing = push;
     liveState.dataset.mode = push ? "push" : "poll";
-    liveState.textContent = push ? "live" : "refreshing every 2 s";
+    liveState.textContent = push ? "live updates" : "refreshing every 2 s";
   }
 
   function reloadShortly() {
