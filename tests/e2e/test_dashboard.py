@@ -1,13 +1,18 @@
 """The dashboard in a real headless browser against a live ``up --simulate-gpus 2``.
 
-Debian's ``chromium`` driven by Playwright (never a downloaded browser): submit through the
-form (a refused field first), watch the job's progress rise in the table, see the loss
-chart gain points on its page, have a refused action show the API's words, stop it and see
-``stopped``. Any console error or uncaught exception fails the test, except the browser's
-own "Failed to load resource" line for the refusals this test provokes on purpose.
+Debian's ``chromium`` driven by Playwright (never a downloaded browser): upload a dataset
+from the submit form and train from it, submit through the form (a refused field first),
+watch the job's progress rise in the table with no page read and no navigation (the table
+follows the jobs feed), filter by label and owner, see the loss chart gain points on its
+page, have a refused action show the API's words, stop it and see ``stopped``. With
+``--auth required``, an admin's owner filter and a user's table follow new jobs live and
+show only what each key may see. Every view passes an accessibility audit (names, Tab,
+focus outline, AA contrast; ``a11y_audit.js``, itself checked against planted faults).
+Any console error or uncaught exception fails the test, except the browser's own "Failed
+to load resource" line for the refusals this test provokes on purpose.
 
-Screenshots of the job page (light and dark) and the GPU page land in the folder the test
-prints (``DASHBOARD_ARTIFACTS`` or a temp folder).
+Screenshots of the submit form, the jobs table, the job page (light and dark) and the GPU
+page land in the folder the test prints (``DASHBOARD_ARTIFACTS`` or a temp folder).
 """
 
 from __future__ import annotations
@@ -15,10 +20,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from tests.conftest import require_services
 from tests.e2e.live_service import API, Service, start_service, stop_service
@@ -388,3 +397,102 @@ def test_the_accessibility_audit_finds_planted_faults(browser: Any) -> None:
     assert problems[3].startswith('contrast 2.32 of "faint text"')
     assert problems[4].startswith("contrast 1.") and "translucent" in problems[4]
     assert len(problems) == 5, problems
+
+
+def issue_key(data_dir: Path, owner: str, role: str) -> str:
+    """A key made as the operator makes one: ``swift-trainer keys create`` over NATS."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("NATS_", "EVENT_STORE", "REDIS", "API_", "APP_"))
+    }
+    env["SWIFT_TRAINER_DATA_DIR"] = str(data_dir)
+    command = ["keys", "create", "--owner", owner, "--role", role]
+    made = subprocess.run(
+        [sys.executable, "-m", "swift_trainer.cli", *command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert made.returncode == 0, made.stderr
+    return made.stdout.strip().splitlines()[-1]
+
+
+def sign_in(browser: Any, url: str, secret: str) -> tuple[Any, Any, Console]:
+    """A fresh tab that opens ``url``, is asked for a key and gives ``secret``."""
+    context = browser.new_context()
+    page = context.new_page()
+    console = Console(page)
+    console.expect_refusal(401, f"{API}/")
+    page.goto(url)
+    sync_api.expect(page.locator("#auth")).to_be_visible()
+    page.get_by_label("API key", exact=True).fill(secret)
+    page.get_by_role("button", name="Use this key").click()
+    sync_api.expect(page.locator("#auth")).to_be_hidden()
+    return context, page, console
+
+
+def test_owners_filter_and_live_rows_respect_api_keys(browser: Any, tmp_path: Path) -> None:
+    """With ``--auth required``: an admin filters by owner and sees a new job of that owner
+    appear live; a user's table shows (and is told of) their own jobs only."""
+    process, base = start_service(tmp_path, "--auth", "required")
+    expect = sync_api.expect
+    try:
+        keys = {
+            "admin": issue_key(tmp_path, "ops", "admin"),
+            "alice": issue_key(tmp_path, "alice", "user"),
+            "bob": issue_key(tmp_path, "bob", "user"),
+        }
+
+        def submit(who: str, job_id: str) -> None:
+            body = {"job_id": job_id, "data_path": "d#10", "model_path": "m", "auto_start": False}
+            headers = {"Authorization": f"Bearer {keys[who]}"}
+            deadline = time.monotonic() + 10  # a new key reaches the API within a second
+            while True:
+                answer = httpx.post(f"{base}{API}/jobs", json=body, headers=headers, timeout=10)
+                if answer.status_code != 401 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            assert answer.status_code == 201, answer.text
+
+        submit("alice", "alice_1")
+        submit("bob", "bob_1")
+
+        admin_ctx, admin, admin_console = sign_in(
+            browser, f"{base}/#/jobs?owner=alice", keys["admin"]
+        )
+        expect(admin.locator("tr[data-job-id]")).to_have_count(1)
+        expect(admin.locator('tr[data-job-id="alice_1"]')).to_contain_text("owner alice")
+        expect(admin.get_by_label("Owner", exact=True)).to_have_value("alice")
+        expect(admin.locator("#live-state")).to_have_attribute("data-mode", "push")
+
+        bob_ctx, bob, bob_console = sign_in(browser, f"{base}/#/jobs", keys["bob"])
+        expect(bob.locator("tr[data-job-id]")).to_have_count(1)
+        expect(bob.locator('tr[data-job-id="bob_1"]')).to_be_visible()
+        expect(bob.locator("#live-state")).to_have_attribute("data-mode", "push")
+
+        navigations: list[str] = []
+        admin.on("framenavigated", lambda f: navigations.append(f.url))
+        bob.on("framenavigated", lambda f: navigations.append(f.url))
+        submit("alice", "alice_2")
+        submit("bob", "bob_2")
+        expect(admin.locator('tr[data-job-id="alice_2"]')).to_be_visible()
+        expect(bob.locator('tr[data-job-id="bob_2"]')).to_be_visible()
+        expect(admin.locator("tr[data-job-id]")).to_have_count(2)  # bob_2 is not alice's
+        expect(bob.locator("tr[data-job-id]")).to_have_count(2)  # alice_2 is not bob's
+        assert navigations == []
+
+        # A user asking for someone else's jobs gets none.
+        bob.get_by_label("Owner", exact=True).fill("alice")
+        bob.get_by_role("button", name="Filter").click()
+        expect(bob.get_by_text("No jobs here yet")).to_be_visible()
+        accessible(admin, "jobs table, owner filter")
+        admin_ctx.close()
+        bob_ctx.close()
+        assert admin_console.errors == []
+        assert bob_console.errors == []
+    finally:
+        stderr = stop_service(process)
+    assert process.returncode == 0, stderr[-3000:]
