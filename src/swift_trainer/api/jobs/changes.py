@@ -120,7 +120,11 @@ def _visible(caller: Principal, owner: str | None, job: JobSummary) -> bool:
 async def _read(
     deps: ApiDeps, ids: dict[str, int], caller: Principal, owner: str | None
 ) -> JobChanges:
-    await caught_up(deps, max(ids.values()), CATCH_UP_S)
+    newest = max(ids.values())
+    if deps.wait_applied is not None:
+        await deps.wait_applied(newest, CATCH_UP_S)  # woken by the projection: no polling
+    else:
+        await caught_up(deps, newest, CATCH_UP_S)
     position = await deps.read_model.applied_position()
     found = await asyncio.gather(*(deps.read_model.get_job(job_id) for job_id in ids))
     jobs = [job for job in found if job is not None and _visible(caller, owner, job)]
