@@ -186,3 +186,29 @@ async def test_without_a_live_feed_or_after_losing_it_the_stream_says_poll(
         async with asyncio.timeout(10):
             rest = [m async for m in feed]
         assert rest[-1] == ("end", {"reason": "live feed lost; poll GET /jobs"})
+
+
+async def test_open_feeds_share_one_subscription_and_the_last_one_ends_it(
+    tmp_path: Path,
+) -> None:
+    async with read_model_of("memory") as model, running_stack(tmp_path, model) as (stack, _):
+
+        def listening() -> int:
+            return sum(1 for sub in stack.nc._subs.values() if sub.subject == changes.JOB_EVENTS)
+
+        operator = Principal(role="admin")
+        feeds = [messages_of(follow_job_changes(stack.deps, operator, owner=None)) for _ in "abc"]
+        for feed in feeds:
+            assert (await anext(feed))[0] == "ready"
+        await wait_for(lambda: asyncio.sleep(0, listening() == 1), what="one subscription")
+        reads = [asyncio.ensure_future(anext(feed)) for feed in feeds]
+        await stack.create(job_id="shared")
+        async with asyncio.timeout(10):
+            for read in reads:
+                _, data = await read
+                assert [job["job_id"] for job in data["jobs"]] == ["shared"]
+        await feeds[0].aclose()
+        await feeds[1].aclose()
+        assert listening() == 1  # the third feed still listens
+        await feeds[2].aclose()
+        await wait_for(lambda: asyncio.sleep(0, listening() == 0), what="the last feed to end it")

@@ -1,11 +1,11 @@
 """The jobs list's live feed (``GET /jobs?follow=true``): which jobs changed, as SSE.
 
 The dashboard's table shows one page of jobs; rather than poll that page, it follows this
-stream and redraws the rows it names. One core-NATS subscription on every job event per
-open stream tells which jobs moved; the summaries themselves come from the read model, after
-it has applied the newest event that woke the stream, so a message never shows a job older
-than that event. A NATS message says only "look now": a missed one costs that row's update
-until the job's next event, never a wrong row.
+stream and redraws the rows it names. One core-NATS subscription on every job event, shared
+by the streams open in this process, tells which jobs moved; the summaries come from the
+read model, after it has applied the newest event that woke the stream, so a message never
+shows a job older than that event. A NATS message says only "look now": a missed one costs
+that row's update until the job's next event, never a wrong row.
 
 Bounded on purpose: mentions are gathered for ``COALESCE_S`` and sent as one message (split
 past ``MAX_ITEMS``), and at most ``MAX_PENDING`` distinct jobs wait at once; past that the
@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator
 from typing import Final
 
@@ -72,12 +73,14 @@ _mention = msgspec.json.Decoder(_Mention)
 
 
 class _Pending:
-    """Job ids mentioned since the last read, with the newest position of each."""
+    """Job ids mentioned to one open feed since its last read, with the newest position."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.ids: dict[str, int] = {}
         self.overflow = False
+        #: The shared subscription ended: this feed tells its client to poll.
+        self.lost = False
         self.wake = asyncio.Event()
 
     def add(self, job_id: str, position: int) -> None:
@@ -96,21 +99,69 @@ class _Pending:
         return ids, overflow
 
 
-async def _listen(subscribe: Subscriber, pending: _Pending) -> None:
-    messages = subscribe(JOB_EVENTS)
-    try:
-        async for data in messages:
-            try:
-                mention = _mention.decode(data)
-            except msgspec.DecodeError:
-                continue  # not an envelope: nothing to look at
-            if mention.stream_id.startswith(_JOB_PREFIX):
-                pending.add(mention.stream_id.removeprefix(_JOB_PREFIX), mention.position)
-    finally:
-        pending.wake.set()  # a lost feed wakes the stream, which then tells the client
-        close = getattr(messages, "aclose", None)
-        if close is not None:
-            await close()
+class _Hub:
+    """One NATS subscription shared by every feed open in this process.
+
+    Each job event is decoded once and noted in every open feed's ``_Pending`` (a dict
+    update), rather than parsed once per feed by a subscription of its own: ten open
+    dashboards then cost little more than one. It subscribes with the first feed and
+    unsubscribes with the last.
+    """
+
+    def __init__(self, subscribe: Subscriber) -> None:
+        self.subscribe = subscribe
+        self.feeds: set[_Pending] = set()
+        self.task: asyncio.Task[None] | None = None
+
+    def join(self) -> _Pending:
+        pending = _Pending(MAX_PENDING)
+        self.feeds.add(pending)
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._listen())
+        return pending
+
+    async def leave(self, pending: _Pending) -> None:
+        self.feeds.discard(pending)
+        if self.feeds or self.task is None:
+            return
+        task, self.task = self.task, None
+        task.cancel()
+        # The stream's own scope may be cancelled (client gone): finish the cleanup anyway.
+        with anyio.move_on_after(5, shield=True):
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _listen(self) -> None:
+        messages = self.subscribe(JOB_EVENTS)
+        try:
+            async for data in messages:
+                try:
+                    mention = _mention.decode(data)
+                except msgspec.DecodeError:
+                    continue  # not an envelope: nothing to look at
+                if mention.stream_id.startswith(_JOB_PREFIX):
+                    job_id = mention.stream_id.removeprefix(_JOB_PREFIX)
+                    for pending in self.feeds:
+                        pending.add(job_id, mention.position)
+        except Exception:
+            _log.warning("jobs feed lost its NATS subscription", exc_info=True)
+        finally:
+            for pending in self.feeds:
+                pending.lost = True
+                pending.wake.set()
+            close = getattr(messages, "aclose", None)
+            if close is not None:
+                await close()
+
+
+#: The hub of each subscriber (one per API process and NATS connection).
+_hubs: weakref.WeakKeyDictionary[Subscriber, _Hub] = weakref.WeakKeyDictionary()
+
+
+def _hub(subscribe: Subscriber) -> _Hub:
+    hub = _hubs.get(subscribe)
+    if hub is None:
+        hub = _hubs[subscribe] = _Hub(subscribe)
+    return hub
 
 
 def _visible(caller: Principal, owner: str | None, job: JobSummary) -> bool:
@@ -142,8 +193,8 @@ async def follow_job_changes(
     if deps.subscribe is None:
         yield control_message("end", {"reason": "this API has no live feed; poll GET /jobs"})
         return
-    pending = _Pending(MAX_PENDING)
-    listener = asyncio.create_task(_listen(deps.subscribe, pending))
+    hub = _hub(deps.subscribe)
+    pending = hub.join()
     try:
         yield control_message("ready", {"position": await deps.read_model.applied_position()})
         last_sent = time.monotonic()
@@ -151,8 +202,7 @@ async def follow_job_changes(
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.01, deps.stream_heartbeat_s)):
                     await pending.wake.wait()
-            if listener.done():
-                _log.warning("jobs feed lost its NATS subscription; telling the client to poll")
+            if pending.lost:
                 yield control_message("end", {"reason": "live feed lost; poll GET /jobs"})
                 return
             if not pending.wake.is_set():
@@ -179,7 +229,4 @@ async def follow_job_changes(
                         yield data_message(message, message_id=changes.position)
             last_sent = time.monotonic()
     finally:
-        listener.cancel()
-        # The stream's own scope may be cancelled (client gone): finish the cleanup anyway.
-        with anyio.move_on_after(5, shield=True):
-            await asyncio.gather(listener, return_exceptions=True)
+        await hub.leave(pending)
