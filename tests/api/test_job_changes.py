@@ -1,4 +1,4 @@
-"""The jobs list's live feed (``GET /jobs?follow=true``) on the real stack.
+"""The jobs list's live feed (``GET /jobs/changes/stream``) on the real stack.
 
 Over a socket (uvicorn) where the HTTP shape matters, and by iterating the stream's
 generator on the same stack where a test needs a caller other than the operator.
@@ -52,7 +52,7 @@ async def test_the_feed_names_each_changed_job_as_the_list_shows_it(
     stack, base = live
     async with (
         httpx.AsyncClient(timeout=10) as client,
-        client.stream("GET", f"{base}/jobs", params={"follow": "true"}) as r,
+        client.stream("GET", f"{base}/jobs/changes/stream") as r,
     ):
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
@@ -97,7 +97,7 @@ async def test_a_burst_past_the_bound_asks_for_a_reload(
     monkeypatch.setattr(changes, "COALESCE_S", 1.0)
     async with (
         httpx.AsyncClient(timeout=10) as client,
-        client.stream("GET", f"{base}/jobs?follow=true") as r,
+        client.stream("GET", f"{base}/jobs/changes/stream") as r,
     ):
         reader = SseReader(r)
         assert (await reader.next())["event"] == "ready"
@@ -212,3 +212,11 @@ async def test_open_feeds_share_one_subscription_and_the_last_one_ends_it(
         assert listening() == 1  # the third feed still listens
         await feeds[2].aclose()
         await wait_for(lambda: asyncio.sleep(0, listening() == 0), what="the last feed to end it")
+
+
+async def test_a_job_called_changes_keeps_its_routes(memory_stack: Stack) -> None:
+    await memory_stack.create(job_id="changes")
+    for path in ("", "/status", "/logs", "/events", "/progress"):
+        response = await memory_stack.client.get(memory_stack.url(f"/jobs/changes{path}"))
+        assert response.status_code == 200, (path, response.text)
+    assert (await memory_stack.client.post(memory_stack.url("/jobs/changes/stop"))).is_success

@@ -207,7 +207,7 @@ def test_submit_watch_and_stop_a_job_in_the_browser(
     page.wait_for_timeout(500)  # the page read the feed's "ready" asked for has gone out
     reads: list[str] = []
     navigations: list[str] = []
-    page.on("request", lambda r: reads.append(r.url) if "/jobs?" in r.url else None)
+    page.on("request", lambda r: reads.append(r.url) if "/jobs" in r.url else None)
     page.on("framenavigated", lambda f: navigations.append(f.url))
     first = progress_of(page, "dash_001")
     page.wait_for_function(
@@ -215,7 +215,7 @@ def test_submit_watch_and_stop_a_job_in_the_browser(
         f".getAttribute('aria-valuenow') > {first}",
         timeout=30_000,
     )
-    assert [url for url in reads if "follow=true" not in url] == []
+    assert [url for url in reads if "/jobs/changes/stream" not in url] == []
     assert navigations == []
     accessible(page, "jobs table")
     page.screenshot(path=str(artifacts / "jobs-table.png"))

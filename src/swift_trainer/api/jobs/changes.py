@@ -1,4 +1,4 @@
-"""The jobs list's live feed (``GET /jobs?follow=true``): which jobs changed, as SSE.
+"""The jobs list's live feed (``GET /jobs/changes/stream``): which jobs changed, as SSE.
 
 The dashboard's table shows one page of jobs; rather than poll that page, it follows this
 stream and redraws the rows it names. One core-NATS subscription on every job event, shared

@@ -89,6 +89,17 @@ PreferWait = Annotated[
         ),
     ),
 ]
+OwnerFilter = Annotated[
+    str | None,
+    QueryParameter(
+        pattern=NAME_PATTERN,
+        max_length=64,
+        description=(
+            "Only this owner's jobs (the owner of the API key that submitted them). A `user` "
+            "key always sees its own jobs only: another owner gives nothing."
+        ),
+    ),
+]
 Follow = Annotated[
     bool,
     QueryParameter(description="Stream as server-sent events (text/event-stream) instead."),
@@ -416,13 +427,9 @@ class JobsController(Controller):
         summary="List jobs",
         description=(
             "Newest first; pass `next_cursor` back as `cursor` for the next page. "
-            "`follow=true` streams changes instead (SSE): a `ready` event, then one message "
-            "per batch of changed jobs (`{jobs, deleted, position}`, the jobs as this list "
-            "shows them, only those the caller may see and, with `owner`, that owner's); "
-            "`reset` asks to reload the list, `end` to poll it instead. Other filters apply "
-            "to pages only."
+            "`/jobs/changes/stream` follows the list's changes."
         ),
-        responses={**problems(422, 503), 200: followable(JobListResponse)},
+        responses=problems(422, 503),
     )
     async def list_jobs(
         self,
@@ -443,23 +450,9 @@ class JobsController(Controller):
                 ),
             ),
         ] = None,
-        owner: Annotated[
-            str | None,
-            QueryParameter(
-                pattern=NAME_PATTERN,
-                max_length=64,
-                description=(
-                    "Only this owner's jobs (the owner of the API key that submitted them). "
-                    "A `user` key always lists its own jobs only: another owner gives an "
-                    "empty list."
-                ),
-            ),
-        ] = None,
-        follow: Follow = False,
-    ) -> JobListResponse | EventStream:
+        owner: OwnerFilter = None,
+    ) -> JobListResponse:
         caller = principal()
-        if follow:
-            return event_stream(follow_job_changes(deps, caller, owner=owner))
         scope = listed_owner(owner)
         if owner is not None and scope != owner:
             return JobListResponse(items=[])  # a user asking for someone else's jobs
@@ -480,6 +473,23 @@ class JobsController(Controller):
             status=status, priority=priority, cursor=cursor, limit=limit, owner=scope
         )
         return own_jobs_only(page.items, page.next_cursor)
+
+    @get(
+        "/changes/stream",
+        summary="Follow the jobs list's changes (SSE)",
+        description=(
+            "What the dashboard's table follows instead of polling: a `ready` event, then one "
+            "message per batch of changed jobs, `{jobs, deleted, position}`, each job as "
+            "`GET /jobs` shows it; only jobs the caller may see and, with `owner`, that "
+            "owner's. `reset` asks the client to reload its page (too many changed at once), "
+            "`end` to poll `GET /jobs` instead (no live feed). No replay: on reconnecting, "
+            "reload the page."
+        ),
+        media_type="text/event-stream",
+        responses=problems(422, 503),
+    )
+    async def stream_job_changes(self, deps: Deps, owner: OwnerFilter = None) -> EventStream:
+        return event_stream(follow_job_changes(deps, principal(), owner=owner))
 
     @get(
         "/{job_id:str}",

@@ -1,5 +1,5 @@
 // The jobs table: filters, cursor pages, and live rows. The table follows the list's change
-// feed (GET /jobs?follow=true, SSE): a changed job on screen is redrawn in place, a new one
+// feed (GET /jobs/changes/stream, SSE): a changed job on screen is redrawn in place, a new one
 // that belongs on this page reloads the page. When the feed is down (or this API has none)
 // the page is read again every two seconds instead (paused while the tab is hidden).
 
@@ -206,9 +206,9 @@ export function jobsView(main, query) {
     clearTimeout(feedRetry);
     if (stopFeed) stopFeed();
     setMode(false);
-    const q = new URLSearchParams({ follow: "true" });
+    const q = new URLSearchParams();
     if (owner) q.set("owner", owner);
-    stopFeed = stream(`/jobs?${q}`, {
+    stopFeed = stream(`/jobs/changes/stream${owner ? "?" + q : ""}`, {
       onMessage(payload, id, event) {
         if (!alive) return;
         if (event === "ready") {
