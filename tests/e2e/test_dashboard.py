@@ -6,7 +6,7 @@ watch the job's progress rise in the table with no page read and no navigation (
 follows the jobs feed), filter by label and owner, see the loss chart gain points on its
 page, have a refused action show the API's words, stop it and see ``stopped``. With
 ``--auth required``, an admin's owner filter and a user's table follow new jobs live and
-show only what each key may see. Every view passes an accessibility audit (names, Tab,
+show only what each key may see; with the feed down, the table polls. Every view passes an accessibility audit (names, Tab,
 focus outline, AA contrast; ``a11y_audit.js``, itself checked against planted faults).
 Any console error or uncaught exception fails the test, except the browser's own "Failed
 to load resource" line for the refusals this test provokes on purpose.
@@ -420,12 +420,25 @@ def issue_key(data_dir: Path, owner: str, role: str) -> str:
     return made.stdout.strip().splitlines()[-1]
 
 
-def sign_in(browser: Any, url: str, secret: str) -> tuple[Any, Any, Console]:
-    """A fresh tab that opens ``url``, is asked for a key and gives ``secret``."""
+def sign_in(
+    browser: Any, url: str, secret: str, *, feed_down: bool = False
+) -> tuple[Any, Any, Console]:
+    """A fresh tab that opens ``url``, is asked for a key and gives ``secret``; with
+    ``feed_down`` every request for the change feed answers 503."""
     context = browser.new_context()
     page = context.new_page()
     console = Console(page)
     console.expect_refusal(401, f"{API}/")
+    if feed_down:
+        console.expect_refusal(503, "/jobs/changes/stream")
+        context.route(
+            re.compile(r".*/jobs/changes/stream.*"),
+            lambda route: route.fulfill(
+                status=503,
+                content_type="application/problem+json",
+                body='{"status": 503, "code": "unavailable", "detail": "feed down (test)"}',
+            ),
+        )
     page.goto(url)
     sync_api.expect(page.locator("#auth")).to_be_visible()
     page.get_by_label("API key", exact=True).fill(secret)
@@ -483,6 +496,19 @@ def test_owners_filter_and_live_rows_respect_api_keys(browser: Any, tmp_path: Pa
         expect(admin.locator("tr[data-job-id]")).to_have_count(2)  # bob_2 is not alice's
         expect(bob.locator("tr[data-job-id]")).to_have_count(2)  # alice_2 is not bob's
         assert navigations == []
+
+        # With the feed down the table says so, and reads its page every 2 s instead.
+        down_ctx, down, down_console = sign_in(
+            browser, f"{base}/#/jobs", keys["admin"], feed_down=True
+        )
+        expect(down.locator("tr[data-job-id]")).to_have_count(4)
+        expect(down.locator("#live-state")).to_have_attribute("data-mode", "poll")
+        expect(down.locator("#live-state")).to_have_text("refreshing every 2 s")
+        submit("alice", "alice_3")
+        expect(down.locator('tr[data-job-id="alice_3"]')).to_be_visible(timeout=10_000)
+        expect(admin.locator('tr[data-job-id="alice_3"]')).to_be_visible()
+        down_ctx.close()
+        assert down_console.errors == []
 
         # A user asking for someone else's jobs gets none.
         bob.get_by_label("Owner", exact=True).fill("alice")
