@@ -6,8 +6,9 @@ watch the job's progress rise in the table with no page read and no navigation (
 follows the jobs feed), filter by label and owner, see the loss chart gain points on its
 page, have a refused action show the API's words, stop it and see ``stopped``. With
 ``--auth required``, an admin's owner filter and a user's table follow new jobs live and
-show only what each key may see; with the feed down, the table polls. Every view passes an accessibility audit (names, Tab,
-focus outline, AA contrast; ``a11y_audit.js``, itself checked against planted faults).
+show only what each key may see; with the feed down, the table polls. Every view passes an
+accessibility audit (names, Tab, focus outline, AA contrast; ``a11y_audit.js``, itself
+checked against planted faults).
 Any console error or uncaught exception fails the test, except the browser's own "Failed
 to load resource" line for the refusals this test provokes on purpose.
 

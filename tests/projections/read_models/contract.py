@@ -348,6 +348,17 @@ class ReadModelContract(ABC):
         assert "j02" in await page_through()
         assert all(j.owner == "bob" for j in (await read_model.list_jobs(owner="bob")).items)
 
+    async def test_get_jobs_reads_several_in_order(self, read_model: ReadModel) -> None:
+        h = History()
+        for n in range(3):
+            h.submit(f"g{n}")
+        h.delete("g1")
+        await read_model.apply_many(h.records)
+        found = await read_model.get_jobs(["g2", "g1", "nope", "g0", "g2"])
+        assert [None if j is None else j.job_id for j in found] == ["g2", None, None, "g0", "g2"]
+        assert found[0] == await read_model.get_job("g2")
+        assert await read_model.get_jobs([]) == []
+
     async def test_pages_are_stable_while_jobs_arrive_and_change(
         self, read_model: ReadModel
     ) -> None:

@@ -177,7 +177,7 @@ async def _read(
     else:
         await caught_up(deps, newest, CATCH_UP_S)
     position = await deps.read_model.applied_position()
-    found = await asyncio.gather(*(deps.read_model.get_job(job_id) for job_id in ids))
+    found = await deps.read_model.get_jobs(list(ids))
     jobs = [job for job in found if job is not None and _visible(caller, owner, job)]
     jobs.sort(key=lambda job: job.submitted_position, reverse=True)
     deleted = []

@@ -90,6 +90,9 @@ class ReadModel(Protocol):
 
     async def get_job(self, job_id: str) -> JobSummary | None: ...
 
+    async def get_jobs(self, job_ids: Sequence[str]) -> list[JobSummary | None]:
+        """Several summaries in one read (None where a job is not listed), in order."""
+
     async def get_job_json(self, job_id: str) -> bytes | None:
         """The summary as JSON bytes, for readers that pass it straight through."""
 

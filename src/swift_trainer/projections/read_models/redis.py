@@ -421,6 +421,15 @@ class RedisReadModel:
         raw = await self._get(self._keys.job(job_id))
         return None if raw is None else _summary_decoder.decode(raw)
 
+    async def get_jobs(self, job_ids: Sequence[str]) -> list[JobSummary | None]:
+        found: list[JobSummary | None] = []
+        for chunk in _chunks(list(job_ids)):
+            raws = cast(
+                "list[bytes | None]", await self._redis.mget([self._keys.job(j) for j in chunk])
+            )
+            found += [None if raw is None else _summary_decoder.decode(raw) for raw in raws]
+        return found
+
     async def get_job_json(self, job_id: str) -> bytes | None:
         return await self._get(self._keys.job(job_id))
 
