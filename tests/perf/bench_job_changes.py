@@ -108,7 +108,7 @@ async def main() -> None:
                 await asyncio.sleep(0.01)
             fed_cpu = time.process_time() - cpu
             complete = done()
-            lag_ms = (max(s["at"] for s in seen) - sent_at) * 1000
+            lag_ms = max(0.0, (max(s["at"] for s in seen) - sent_at) * 1000)
             for task in readers:
                 task.cancel()
             await asyncio.gather(*readers, return_exceptions=True)
@@ -124,8 +124,8 @@ async def main() -> None:
     )
     print(
         f"  messages per feed: {min(messages)}-{max(messages)} for {args.reports} reports; "
-        f"every feed showed every job's final step: {complete}; last one "
-        f"{lag_ms:.0f} ms after the burst was applied"
+        f"every feed showed every job's final step: {complete}, the last within "
+        f"{lag_ms:.0f} ms of the burst being applied"
     )
 
 
