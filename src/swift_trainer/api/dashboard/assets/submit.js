@@ -150,14 +150,17 @@ export function submitView(main) {
 
   const fromFile = () => form.querySelector("input[name=dataset_source]:checked").value === "file";
   let filesLoaded = null;
+  let filesAsked = 0;
 
   async function loadFiles(selected) {
+    const asked = ++filesAsked;
     const training = document.getElementById(fieldId("training_file"));
     const validation = document.getElementById(fieldId("validation_file"));
-    const keep = [selected ?? training.value, validation.value];
     const errorSlot = document.getElementById(`${fieldId("training_file")}-error`);
     try {
       const list = await getFiles("/files?purpose=fine-tune&limit=200");
+      if (asked !== filesAsked) return; // a newer list was asked for (after an upload)
+      const keep = [selected ?? training.value, validation.value];
       const usable = list.data.filter((f) => f.status !== "error");
       for (const [select, empty, value] of [[training, "choose a file", keep[0]], [validation, "none", keep[1]]]) {
         select.replaceChildren(h("option", { value: "" }, usable.length ? empty : "no uploaded files yet"),
@@ -203,9 +206,9 @@ export function submitView(main) {
         picker.upload.setAttribute("aria-invalid", "true");
         return;
       }
-      status.textContent = `uploaded ${stored.filename} as ${stored.id}`;
       picker.upload.value = "";
       await loadFiles(stored.id);
+      status.textContent = `uploaded ${stored.filename} as ${stored.id}`;
     } catch (err) {
       status.textContent = "";
       error.textContent = errorText(err);
