@@ -242,8 +242,8 @@ export function jobsView(main, query) {
     if (owner) q.set("owner", owner);
     history.replaceState(null, "", `#/jobs${q.toString() ? "?" + q : ""}`);
     cursors.length = 1;
-    if (ownerChanged) follow(); // the feed itself is narrowed by owner; it reloads on ready
-    else load();
+    load();
+    if (ownerChanged) follow(); // the feed itself is narrowed by owner
   });
   statusSelect.addEventListener("change", () => form.requestSubmit());
   older.addEventListener("click", () => {
