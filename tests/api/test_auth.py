@@ -171,6 +171,30 @@ async def test_a_user_lists_only_own_jobs_and_sees_others_queue_places_without_i
     )
 
 
+async def test_a_user_key_sees_only_own_jobs_whatever_the_owner_filter(
+    secured: Secured,
+) -> None:
+    bob_job = await secured.call("bob", "POST", f"{T}/jobs", {"data_path": "d", "model_path": "m"})
+    assert bob_job.status_code == 201, bob_job.text
+    bob_id = bob_job.json()["job_id"]
+    await secured.stack.settled()
+
+    async def listed(role: str, **params: str) -> list[str]:
+        response = await secured.stack.client.get(
+            f"{T}/jobs", params=params, headers=secured.headers(role)
+        )
+        assert response.status_code == 200, response.text
+        return [job["job_id"] for job in response.json()["items"]]
+
+    assert await listed("admin", owner="alice") == [J]
+    assert await listed("viewer", owner="bob") == [bob_id]
+    assert await listed("bob", owner="bob") == [bob_id]
+    assert await listed("bob", owner="alice") == []
+    assert await listed("bob", owner="alice", label="x=y") == []
+    assert await listed("alice") == [J]
+    assert await listed("alice", status="queued") == [J]
+
+
 async def test_owner_and_actor_are_recorded_on_the_job_events(secured: Secured) -> None:
     job = await secured.stack.read_model.get_job(J)
     assert job is not None and job.owner == "alice"

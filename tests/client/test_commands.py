@@ -80,10 +80,16 @@ def submit_flags(job_id: str, steps: int, *extra: str) -> list[str]:
 
 
 def test_submit_list_show_from_flags(url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    created = run_json(capsys, *submit_flags("cli-flags", 10, "--priority", "7", "--hold"))
+    created = run_json(
+        capsys, *submit_flags("cli-flags", 10, "--priority", "7", "--hold", "--label", "team=cli")
+    )
     assert (created["job_id"], created["status"]) == ("cli-flags", "held")
     listed = run_json(capsys, "jobs", "list", "--status", "held")
     assert "cli-flags" in [job["job_id"] for job in listed["items"]]
+    labelled = run_json(capsys, "jobs", "list", "--label", "team=cli")
+    assert [job["job_id"] for job in labelled["items"]] == ["cli-flags"]
+    owned = run_json(capsys, "jobs", "list", "--label", "team=cli", "--owner", "nobody")
+    assert owned["items"] == []  # jobs from a service without keys have no owner
     shown = run_json(capsys, "jobs", "show", "cli-flags")
     assert (shown["priority"], shown["train_args"]["max_steps"]) == (7, 10)
     code, out, _ = run(capsys, "jobs", "list")

@@ -1,13 +1,19 @@
 """The dashboard in a real headless browser against a live ``up --simulate-gpus 2``.
 
-Debian's ``chromium`` driven by Playwright (never a downloaded browser): submit through the
-form (a refused field first), watch the job's progress rise in the table, see the loss
-chart gain points on its page, have a refused action show the API's words, stop it and see
-``stopped``. Any console error or uncaught exception fails the test, except the browser's
-own "Failed to load resource" line for the refusals this test provokes on purpose.
+Debian's ``chromium`` driven by Playwright (never a downloaded browser): upload a dataset
+from the submit form and train from it, submit through the form (a refused field first),
+watch the job's progress rise in the table with no page read and no navigation (the table
+follows the jobs feed), filter by label and owner, see the loss chart gain points on its
+page, have a refused action show the API's words, stop it and see ``stopped``. With
+``--auth required``, an admin's owner filter and a user's table follow new jobs live and
+show only what each key may see; with the feed down, the table polls. Every view passes an
+accessibility audit (names, Tab, focus outline, AA contrast; ``a11y_audit.js``, itself
+checked against planted faults).
+Any console error or uncaught exception fails the test, except the browser's own "Failed
+to load resource" line for the refusals this test provokes on purpose.
 
-Screenshots of the job page (light and dark) and the GPU page land in the folder the test
-prints (``DASHBOARD_ARTIFACTS`` or a temp folder).
+Screenshots of the submit form, the jobs table, the job page (light and dark) and the GPU
+page land in the folder the test prints (``DASHBOARD_ARTIFACTS`` or a temp folder).
 """
 
 from __future__ import annotations
@@ -15,10 +21,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from tests.conftest import require_services
 from tests.e2e.live_service import API, Service, start_service, stop_service
@@ -96,6 +106,26 @@ class Console:
         self.errors.append(f"{text} ({url})")
 
 
+#: Names, Tab reachability and AA contrast of what is on screen (see the file).
+A11Y_AUDIT = (Path(__file__).parent / "a11y_audit.js").read_text(encoding="utf-8")
+
+
+def accessible(page: Any, view: str) -> None:
+    problems = page.evaluate(A11Y_AUDIT)
+    assert problems == [], f"{view}: {problems}"
+
+
+def focus_is_visible(page: Any) -> None:
+    """Tab moves focus onto a control, and the focused control shows an outline."""
+    page.keyboard.press("Tab")
+    outline = page.evaluate(
+        "(() => { const s = getComputedStyle(document.activeElement);"
+        " return [document.activeElement.tagName, s.outlineStyle, parseFloat(s.outlineWidth)]; })()"
+    )
+    assert outline[0] in {"A", "BUTTON", "INPUT", "SELECT"}, outline
+    assert outline[1] != "none" and outline[2] >= 2, outline
+
+
 def progress_of(page: Any, job_id: str) -> int:
     bar = page.locator(f'tr[data-job-id="{job_id}"] [role=progressbar]')
     value = bar.get_attribute("aria-valuenow")
@@ -107,7 +137,7 @@ def points(page: Any, chart: str) -> int:
 
 
 def test_submit_watch_and_stop_a_job_in_the_browser(
-    service: Service, browser: Any, artifacts: Path
+    service: Service, browser: Any, artifacts: Path, tmp_path: Path
 ) -> None:
     base = str(service.http.base_url).removesuffix(API + "/").removesuffix(API)
     service.wait_for(
@@ -119,10 +149,41 @@ def test_submit_watch_and_stop_a_job_in_the_browser(
     console = Console(page)
     expect = sync_api.expect
 
-    # Submit: a refused value shows next to its field, then a valid job goes through.
+    # Submit: a dataset uploaded from the form, a refused value shown next to its field,
+    # then a valid job goes through.
     page.goto(f"{base}/#/submit")
+    accessible(page, "submit form")
+    focus_is_visible(page)
     page.get_by_role("textbox", name="Model", exact=True).fill("Qwen/Qwen2.5-VL-7B-Instruct")
-    page.get_by_role("combobox", name="Dataset", exact=True).fill("AI-ModelScope/coco#20000")
+    page.get_by_label("An uploaded file").check()
+    expect(page.get_by_label("Training file", exact=True)).to_be_visible()
+    expect(page.get_by_role("combobox", name="Path or dataset id")).to_be_hidden()
+    dataset = tmp_path / "vision-chat.jsonl"
+    dataset.write_text(
+        "".join(
+            f'{{"messages": [{{"role": "user", "content": "q{n}"}}, '
+            f'{{"role": "assistant", "content": "a{n}"}}]}}\n'
+            for n in range(50)
+        )
+    )
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"messages": [{"role": "user", "content": "q"}]}\nnot json\n')
+    page.get_by_label("Upload a JSONL file").set_input_files(str(broken))
+    page.get_by_role("button", name="Upload", exact=True).click()
+    expect(page.locator("#f-upload-error")).to_contain_text("broken.jsonl was stored but is not")
+    expect(page.locator("#f-upload-error")).to_contain_text("line 2:")
+    expect(page.locator("#f-upload")).to_have_attribute("aria-invalid", "true")
+    expect(page.get_by_label("Training file", exact=True).locator("option")).to_have_count(1)
+    page.get_by_label("Upload a JSONL file").set_input_files(str(dataset))
+    page.get_by_role("button", name="Upload", exact=True).click()
+    expect(page.locator("#f-upload-status")).to_contain_text("uploaded vision-chat.jsonl as file-")
+    file_id = page.get_by_label("Training file", exact=True).input_value()
+    assert file_id.startswith("file-"), file_id
+    expect(
+        page.get_by_label("Training file", exact=True).locator("option:checked")
+    ).to_contain_text("vision-chat.jsonl")
+    accessible(page, "submit form, uploaded-file source")
+    page.screenshot(path=str(artifacts / "submit-form.png"), full_page=True)
     page.get_by_label("Job id", exact=True).fill("dash_001")
     page.get_by_label("Labels", exact=True).fill("team=vision")
     page.get_by_role("spinbutton", name="GPUs", exact=True).fill("0")
@@ -138,24 +199,35 @@ def test_submit_watch_and_stop_a_job_in_the_browser(
     page.get_by_label("Eval every (steps)", exact=True).fill("60")
     page.get_by_role("button", name="Submit job").click()
     page.wait_for_url(re.compile(r"#/job/dash_001$"))
+    assert service.http.get("/jobs/dash_001").json()["training_file"] == file_id
 
-    # The table: the job is there and its progress rises without a reload.
+    # The table follows the jobs feed: progress rises with no reload and no page read.
     nav = page.get_by_role("navigation", name="Main")
     nav.get_by_role("link", name="Jobs", exact=True).click()
     row = page.locator('tr[data-job-id="dash_001"]')
     expect(row).to_be_visible()
     expect(row.locator(".badge")).to_have_text("running", timeout=30_000)
+    expect(page.locator("#live-state")).to_have_attribute("data-mode", "push")
     page.wait_for_function(
         "() => +document.querySelector('tr[data-job-id=dash_001] [role=progressbar]')"
         "?.getAttribute('aria-valuenow') >= 1",
         timeout=30_000,
     )
+    page.wait_for_timeout(500)  # the page read the feed's "ready" asked for has gone out
+    reads: list[str] = []
+    navigations: list[str] = []
+    page.on("request", lambda r: reads.append(r.url) if "/jobs" in r.url else None)
+    page.on("framenavigated", lambda f: navigations.append(f.url))
     first = progress_of(page, "dash_001")
     page.wait_for_function(
         f"() => +document.querySelector('tr[data-job-id=dash_001] [role=progressbar]')"
         f".getAttribute('aria-valuenow') > {first}",
         timeout=30_000,
     )
+    assert [url for url in reads if "/jobs/changes/stream" not in url] == []
+    assert navigations == []
+    accessible(page, "jobs table")
+    page.screenshot(path=str(artifacts / "jobs-table.png"))
     page.get_by_label("Label", exact=True).fill("team=vision")
     page.get_by_role("button", name="Filter").click()
     expect(row).to_be_visible()
@@ -163,6 +235,15 @@ def test_submit_watch_and_stop_a_job_in_the_browser(
     page.get_by_role("button", name="Filter").click()
     expect(row).to_have_count(0)
     expect(page.get_by_text("No jobs here yet")).to_be_visible()
+    page.get_by_label("Label", exact=True).fill("")
+    page.get_by_label("Owner", exact=True).fill("nobody")
+    page.get_by_role("button", name="Filter").click()
+    expect(row).to_have_count(0)  # without API keys, no job has an owner
+    assert "owner=nobody" in page.url
+    expect(page.locator("#live-state")).to_have_attribute("data-mode", "push")
+    page.get_by_label("Owner", exact=True).fill("")
+    page.get_by_role("button", name="Filter").click()
+    expect(row).to_be_visible()
 
     # The job page, reached by keyboard: the focused link survives the table's refreshes.
     page.goto(f"{base}/#/jobs")
@@ -186,7 +267,11 @@ def test_submit_watch_and_stop_a_job_in_the_browser(
     expect(page.locator("#log .line").first).to_be_visible()
     expect(page.locator("#timeline li[data-type=JobStarted]")).to_be_visible()
     expect(page.locator("#command")).to_contain_text("sft --model Qwen/Qwen2.5-VL-7B-Instruct")
+    # It trains from the uploaded file: the runner fetched it and swift reads its copy.
+    expect(page.locator("#command")).to_contain_text(f"datasets/{file_id}/")
+    expect(page.locator("#spec")).to_contain_text(f'"training_file": "{file_id}"')
     expect(page.locator("#spec")).to_contain_text('"team": "vision"')
+    accessible(page, "job page")
     page.get_by_label("Search the log").fill("saving model checkpoint")
     expect(page.locator("#log .line").first).to_contain_text("Saving model checkpoint")
     expect(page.locator("#log mark").first).to_have_text("Saving model checkpoint")
@@ -215,6 +300,7 @@ def test_submit_watch_and_stop_a_job_in_the_browser(
     nav.get_by_role("link", name="GPUs").click()
     expect(page.locator("tr[data-gpu]")).to_have_count(2)
     expect(page.locator("section.host[data-alive=true]")).to_have_count(1)
+    accessible(page, "GPU page")
     page.screenshot(path=str(artifacts / "gpus-page.png"), full_page=True)
 
     # Queue: why a job cannot be placed, a priority change, the processor paused and resumed.
@@ -237,6 +323,7 @@ def test_submit_watch_and_stop_a_job_in_the_browser(
     page.get_by_role("button", name="Resume processor").click()
     dialog.get_by_role("button", name="Resume").click()
     expect(page.locator(".processor .badge")).to_have_text("running")
+    accessible(page, "queue page")
     page.close()
 
     # Dark mode and a phone's width: the job page still fits, in the dark scheme.
@@ -249,6 +336,10 @@ def test_submit_watch_and_stop_a_job_in_the_browser(
     expect(small.locator("#job-status .badge")).to_have_text("stopped")
     overflow = small.evaluate("document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 1, f"the job page is {overflow}px wider than a phone"
+    accessible(small, "job page, dark, phone")
+    small.goto(f"{base}/#/jobs")
+    expect(small.locator('tr[data-job-id="dash_001"] .badge')).to_have_text("stopped")
+    accessible(small, "jobs table, dark, phone")
     small.screenshot(path=str(artifacts / "job-page-phone-dark.png"), full_page=True)
     phone.close()
     context.close()
@@ -295,3 +386,148 @@ def test_an_api_key_prompt_appears_on_401_and_the_key_rides_in_a_header(
     assert page.evaluate("sessionStorage.getItem('swift-trainer.api-key')") is None
     context.close()
     assert console.errors == []
+
+
+def test_the_accessibility_audit_finds_planted_faults(browser: Any) -> None:
+    """The audit the dashboard test relies on, against a page with one fault of each kind."""
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_content(
+        '<body style="background:#fff;color:#111"><label for="ok">Named</label><input id="ok">'
+        '<input id="nameless"><button></button><a href="#x" tabindex="-1">off the Tab order</a>'
+        '<p style="color:#aaa">faint text</p><p style="background:rgba(0,0,0,.8);color:#333">'
+        "dark on a translucent dark layer</p><p>fine text</p></body>"
+    )
+    problems = page.evaluate(A11Y_AUDIT)
+    context.close()
+    assert problems[0] == "unnamed input #nameless"
+    assert problems[1].startswith("unnamed button <button>")
+    assert problems[2] == 'a "off the Tab order" is not reachable by Tab'
+    assert problems[3].startswith('contrast 2.32 of "faint text"')
+    assert problems[4].startswith("contrast 1.") and "translucent" in problems[4]
+    assert len(problems) == 5, problems
+
+
+def issue_key(data_dir: Path, owner: str, role: str) -> str:
+    """A key made as the operator makes one: ``swift-trainer keys create`` over NATS."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("NATS_", "EVENT_STORE", "REDIS", "API_", "APP_"))
+    }
+    env["SWIFT_TRAINER_DATA_DIR"] = str(data_dir)
+    command = ["keys", "create", "--owner", owner, "--role", role]
+    made = subprocess.run(
+        [sys.executable, "-m", "swift_trainer.cli", *command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert made.returncode == 0, made.stderr
+    return made.stdout.strip().splitlines()[-1]
+
+
+def sign_in(
+    browser: Any, url: str, secret: str, *, feed_down: bool = False
+) -> tuple[Any, Any, Console]:
+    """A fresh tab that opens ``url``, is asked for a key and gives ``secret``; with
+    ``feed_down`` every request for the change feed answers 503."""
+    context = browser.new_context()
+    page = context.new_page()
+    console = Console(page)
+    console.expect_refusal(401, f"{API}/")
+    if feed_down:
+        console.expect_refusal(503, "/jobs/changes/stream")
+        context.route(
+            re.compile(r".*/jobs/changes/stream.*"),
+            lambda route: route.fulfill(
+                status=503,
+                content_type="application/problem+json",
+                body='{"status": 503, "code": "unavailable", "detail": "feed down (test)"}',
+            ),
+        )
+    page.goto(url)
+    sync_api.expect(page.locator("#auth")).to_be_visible()
+    page.get_by_label("API key", exact=True).fill(secret)
+    page.get_by_role("button", name="Use this key").click()
+    sync_api.expect(page.locator("#auth")).to_be_hidden()
+    return context, page, console
+
+
+def test_owners_filter_and_live_rows_respect_api_keys(browser: Any, tmp_path: Path) -> None:
+    """With ``--auth required``: an admin filters by owner and sees a new job of that owner
+    appear live; a user's table shows (and is told of) their own jobs only."""
+    process, base = start_service(tmp_path, "--auth", "required")
+    expect = sync_api.expect
+    try:
+        keys = {
+            "admin": issue_key(tmp_path, "ops", "admin"),
+            "alice": issue_key(tmp_path, "alice", "user"),
+            "bob": issue_key(tmp_path, "bob", "user"),
+        }
+
+        def submit(who: str, job_id: str) -> None:
+            body = {"job_id": job_id, "data_path": "d#10", "model_path": "m", "auto_start": False}
+            headers = {"Authorization": f"Bearer {keys[who]}"}
+            deadline = time.monotonic() + 10  # a new key reaches the API within a second
+            while True:
+                answer = httpx.post(f"{base}{API}/jobs", json=body, headers=headers, timeout=10)
+                if answer.status_code != 401 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            assert answer.status_code == 201, answer.text
+
+        submit("alice", "alice_1")
+        submit("bob", "bob_1")
+
+        admin_ctx, admin, admin_console = sign_in(
+            browser, f"{base}/#/jobs?owner=alice", keys["admin"]
+        )
+        expect(admin.locator("tr[data-job-id]")).to_have_count(1)
+        expect(admin.locator('tr[data-job-id="alice_1"]')).to_contain_text("owner alice")
+        expect(admin.get_by_label("Owner", exact=True)).to_have_value("alice")
+        expect(admin.locator("#live-state")).to_have_attribute("data-mode", "push")
+
+        bob_ctx, bob, bob_console = sign_in(browser, f"{base}/#/jobs", keys["bob"])
+        expect(bob.locator("tr[data-job-id]")).to_have_count(1)
+        expect(bob.locator('tr[data-job-id="bob_1"]')).to_be_visible()
+        expect(bob.locator("#live-state")).to_have_attribute("data-mode", "push")
+
+        navigations: list[str] = []
+        admin.on("framenavigated", lambda f: navigations.append(f.url))
+        bob.on("framenavigated", lambda f: navigations.append(f.url))
+        submit("alice", "alice_2")
+        submit("bob", "bob_2")
+        expect(admin.locator('tr[data-job-id="alice_2"]')).to_be_visible()
+        expect(bob.locator('tr[data-job-id="bob_2"]')).to_be_visible()
+        expect(admin.locator("tr[data-job-id]")).to_have_count(2)  # bob_2 is not alice's
+        expect(bob.locator("tr[data-job-id]")).to_have_count(2)  # alice_2 is not bob's
+        assert navigations == []
+
+        # With the feed down the table says so, and reads its page every 2 s instead.
+        down_ctx, down, down_console = sign_in(
+            browser, f"{base}/#/jobs", keys["admin"], feed_down=True
+        )
+        expect(down.locator("tr[data-job-id]")).to_have_count(4)
+        expect(down.locator("#live-state")).to_have_attribute("data-mode", "poll")
+        expect(down.locator("#live-state")).to_have_text("refreshing every 2 s")
+        submit("alice", "alice_3")
+        expect(down.locator('tr[data-job-id="alice_3"]')).to_be_visible(timeout=10_000)
+        expect(admin.locator('tr[data-job-id="alice_3"]')).to_be_visible()
+        down_ctx.close()
+        assert down_console.errors == []
+
+        # A user asking for someone else's jobs gets none.
+        bob.get_by_label("Owner", exact=True).fill("alice")
+        bob.get_by_role("button", name="Filter").click()
+        expect(bob.get_by_text("No jobs here yet")).to_be_visible()
+        accessible(admin, "jobs table, owner filter")
+        admin_ctx.close()
+        bob_ctx.close()
+        assert admin_console.errors == []
+        assert bob_console.errors == []
+    finally:
+        stderr = stop_service(process)
+    assert process.returncode == 0, stderr[-3000:]

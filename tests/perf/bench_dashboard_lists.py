@@ -4,12 +4,15 @@
 
 Fills a read model (memory; with ``--redis`` also Redis at 127.0.0.1:6379 under a
 throwaway prefix) with N submitted jobs, 1% of them labelled ``team=rare`` and half
-``team=common``, then times the requests the jobs table makes (25 a page): the first
-page, a page halfway down (by cursor), a status filter, a common label and a rare one
-(the bounded scan: at most 5000 jobs read per request). Each figure is the median of
-repeated requests through the Litestar app (httpx's ASGI transport: no sockets), printed
-next to the baseline of one bare ``read_model.list_jobs`` page of the same size in the same
-run, and their ratio.
+``team=common``, owned by 100 owners (``user-0`` .. ``user-99``, 1% each) but for one job
+in 10,000 owned by ``solo``, then times the requests the jobs table makes (25 a page): the
+first page, a page halfway down (by cursor), a status filter, a common label and a rare
+one (the bounded scan: at most 5000 jobs read per request), an owner, an owner with a
+status, and the rare owner (each one range read of that owner's own index). With Redis it
+also prints what the list indexes take, shared and per owner (``MEMORY USAGE``). Each
+figure is the median of repeated requests through the Litestar app (httpx's ASGI
+transport: no sockets), printed next to the baseline of one bare ``read_model.list_jobs``
+page of the same size in the same run, and their ratio.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -40,6 +44,7 @@ from swift_trainer.projections.read_models import (
 
 PAGE = 25
 REPEAT = 30
+REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 class NoCommands:
@@ -54,7 +59,8 @@ async def fill(read_model: ReadModel, jobs: int) -> None:
     batch = []
     for i in range(jobs):
         labels = {"team": "rare"} if i % 100 == 0 else {"team": "common"} if i % 2 else {}
-        batch += history.submit(f"job-{i:06d}", priority=i % 11, labels=labels)
+        owner = "solo" if i % 10_000 == 5 else f"user-{i % 100}"
+        batch += history.submit(f"job-{i:06d}", priority=i % 11, labels=labels, owner=owner)
         if len(batch) >= 20_000:
             await read_model.apply_many(batch)
             batch = []
@@ -97,10 +103,34 @@ async def measure(name: str, read_model: ReadModel, jobs: int) -> None:
             "status=queued": "status=queued",
             "label team=common": "label=team%3Dcommon",
             "label team=rare (1%)": "label=team%3Drare",
+            "owner=user-7 (1%)": "owner=user-7",
+            "owner=user-7&status=queued": "owner=user-7&status=queued",
+            "owner=solo (0.01%)": "owner=solo",
         }
         for label, query in cases.items():
             figure = await median_ms(lambda query=query: get(query))
-            print(f"  {label:24s} {figure:8.3f} ms  ({figure / baseline:6.1f}x baseline)")
+            print(f"  {label:26s} {figure:8.3f} ms  ({figure / baseline:6.1f}x baseline)")
+    if isinstance(read_model, RedisReadModel):
+        await index_memory(read_model)
+
+
+async def index_memory(read_model: RedisReadModel) -> None:
+    """Bytes the list indexes take in Redis: the shared ones and the per-owner copies."""
+    client = aioredis.Redis.from_url(REDIS_URL)
+    shared = owned = 0
+    try:
+        async for key in client.scan_iter(match=f"{read_model.prefix}idx:*", count=1000):
+            size = int(await client.memory_usage(key) or 0)
+            if key.decode().removeprefix(read_model.prefix).startswith("idx:o:"):
+                owned += size
+            else:
+                shared += size
+    finally:
+        await client.aclose()
+    mib = 1024 * 1024
+    print(
+        f"  list indexes in Redis: shared {shared / mib:.1f} MiB, per owner {owned / mib:.1f} MiB"
+    )
 
 
 async def main() -> None:
@@ -112,7 +142,7 @@ async def main() -> None:
     await measure("memory read model", MemoryReadModel(), args.jobs)
     if args.redis:
         prefix = f"bench-dash-{uuid.uuid4().hex[:8]}:"
-        redis_model = RedisReadModel.from_url("redis://127.0.0.1:6379/0", prefix=prefix)
+        redis_model = RedisReadModel.from_url(REDIS_URL, prefix=prefix)
         try:
             await measure("Redis read model", redis_model, args.jobs)
         finally:

@@ -74,6 +74,8 @@ def add_client_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser
     listing = _common(verbs.add_parser("list", help="jobs, newest first"))
     listing.add_argument("--status")
     listing.add_argument("--priority", type=int)
+    listing.add_argument("--owner", help="only this owner's jobs (a user key sees its own only)")
+    listing.add_argument("--label", metavar="KEY=VALUE", help="only jobs with this label")
     listing.add_argument("--limit", type=int, default=50)
     listing.add_argument("--all", action="store_true", help="every page, not only the first")
 
@@ -273,7 +275,13 @@ def _final_fields(job: Mapping[str, Any]) -> dict[str, Any]:
 
 
 async def _list(api: ApiClient, args: argparse.Namespace, out: _Out) -> int:
-    params = {"status": args.status, "priority": args.priority, "limit": args.limit}
+    params = {
+        "status": args.status,
+        "priority": args.priority,
+        "owner": args.owner,
+        "label": args.label,
+        "limit": args.limit,
+    }
     items: list[Any] = []
     cursor = None
     while True:

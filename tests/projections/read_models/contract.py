@@ -314,6 +314,51 @@ class ReadModelContract(ABC):
         assert len(exact.items) == 30
         assert exact.next_cursor is None
 
+    async def test_owner_filter_reads_the_owners_own_index(self, read_model: ReadModel) -> None:
+        h = History()
+        owners = ["alice", "bob", None, "alice:s", "al%3Aice"]
+        for n in range(25):
+            h.submit(f"j{n:02d}", priority=n % 2, auto_start=n % 3 != 0, owner=owners[n % 5])
+        h.stop("j05")  # alice's, queued -> stopped: it moves between her status indexes
+        h.delete("j10")  # alice's, gone from all of them
+        await read_model.apply_many(h.records)
+
+        async def page_through(**filters: object) -> list[str]:
+            seen: list[str] = []
+            cursor = None
+            while True:
+                page = await read_model.list_jobs(limit=2, cursor=cursor, **filters)  # type: ignore[arg-type]
+                seen += [j.job_id for j in page.items]
+                if page.next_cursor is None:
+                    return seen
+                cursor = page.next_cursor
+
+        alice = ["j20", "j15", "j05", "j00"]
+        assert await page_through(owner="alice") == alice
+        assert await page_through(owner="alice", status=JobStatus.STOPPED) == ["j05"]
+        assert await page_through(owner="alice", status=JobStatus.HELD) == ["j15", "j00"]
+        assert await page_through(owner="alice", priority=0) == ["j20", "j00"]
+        assert await page_through(owner="alice", status=JobStatus.QUEUED, priority=0) == ["j20"]
+        # Names that look like another owner's escaped index stay apart.
+        assert await page_through(owner="alice:s") == ["j23", "j18", "j13", "j08", "j03"]
+        assert await page_through(owner="al%3Aice") == ["j24", "j19", "j14", "j09", "j04"]
+        assert await page_through(owner="al:ice") == []
+        assert await page_through(owner="carol") == []
+        # Unowned jobs are listed with everyone's, under no owner.
+        assert "j02" in await page_through()
+        assert all(j.owner == "bob" for j in (await read_model.list_jobs(owner="bob")).items)
+
+    async def test_get_jobs_reads_several_in_order(self, read_model: ReadModel) -> None:
+        h = History()
+        for n in range(3):
+            h.submit(f"g{n}")
+        h.delete("g1")
+        await read_model.apply_many(h.records)
+        found = await read_model.get_jobs(["g2", "g1", "nope", "g0", "g2"])
+        assert [None if j is None else j.job_id for j in found] == ["g2", None, None, "g0", "g2"]
+        assert found[0] == await read_model.get_job("g2")
+        assert await read_model.get_jobs([]) == []
+
     async def test_pages_are_stable_while_jobs_arrive_and_change(
         self, read_model: ReadModel
     ) -> None:

@@ -106,6 +106,7 @@ class History:
         labels: dict[str, str] | None = None,
         train_args: TrainArgs | None = None,
         max_retries: int = 2,
+        owner: str | None = None,
     ) -> list[RecordedEvent]:
         spec = JobSpec(
             data_path="AI-ModelScope/coco#20000",
@@ -117,6 +118,7 @@ class History:
             labels=labels or {},
             train_args=train_args or TrainArgs(),
             max_retries=max_retries,
+            owner=owner,
         )
         return self.run(c.SubmitJob(job_id=job_id, spec=spec))
 
@@ -280,6 +282,7 @@ def _submit(h: History, job_id: str, rng: random.Random) -> object:
         auto_start=rng.random() < 0.8,
         gpu_count=rng.choice([1, 1, 2]),
         labels={"team": rng.choice(["vision", "nlp"])},
+        owner=rng.choice([None, "alice", "a:b"]),
     )
 
 

@@ -26,6 +26,8 @@ _OPEN_TOP: Final = re.compile(
 )
 #: Segments after ``/queue/`` that are not job ids.
 _QUEUE_WORDS: Final = frozenset({"process", "processor"})
+#: The jobs list's change feed: about no one job (it filters by the caller itself).
+_JOB_CHANGES: Final = re.compile(r"^/jobs/changes/stream/?$")
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,8 @@ def route_need(method: str, path: str, training_prefix: str) -> RouteNeed:
         if _ADMIN.match(rest):
             return RouteNeed("admin")
         job_id = None
-        if (found := _NATIVE_JOB.match(rest)) and found["job_id"] not in _QUEUE_WORDS:
+        found = _NATIVE_JOB.match(rest)
+        if found and found["job_id"] not in _QUEUE_WORDS and not _JOB_CHANGES.match(rest):
             job_id = found["job_id"]
         return RouteNeed("read" if method in _READ_METHODS else "write", job_id)
     if openai:

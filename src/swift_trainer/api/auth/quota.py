@@ -24,9 +24,9 @@ async def waiting_jobs(deps: ApiDeps, owner: str, limit: int) -> int:
         cursor = None
         while True:
             page = await deps.read_model.list_jobs(
-                status=status, cursor=cursor, limit=MAX_PAGE_SIZE
+                status=status, cursor=cursor, limit=MAX_PAGE_SIZE, owner=owner
             )
-            count += sum(1 for job in page.items if job.owner == owner)
+            count += len(page.items)
             cursor = page.next_cursor
             if count >= limit or cursor is None:
                 break

@@ -17,6 +17,7 @@ from litestar.params import FromQuery, HeaderParameter, JSONBody, PathParameter,
 
 from ...bus.messages import CommandReply
 from ...core.commands import (
+    NAME_PATTERN,
     CancelJob,
     ChangePriority,
     DeleteJob,
@@ -37,6 +38,7 @@ from ..deps import ApiDeps, Deps
 from ..dispatch import caught_up, idempotent_command_id, reply_status, send
 from ..problems import problems
 from ..sse import EventStream, event_stream, last_event_id
+from .changes import follow_job_changes
 from .labels import list_by_label, parse_label
 from .schemas import (
     CreateJobRequest,
@@ -84,6 +86,17 @@ PreferWait = Annotated[
             "`wait=N` (RFC 7240, N up to 5 seconds): wait that long at most for the "
             "scheduler's answer (its queue position, or the job placed at once) instead of "
             "answering `queue_source: scheduler_pending` with no position."
+        ),
+    ),
+]
+OwnerFilter = Annotated[
+    str | None,
+    QueryParameter(
+        pattern=NAME_PATTERN,
+        max_length=64,
+        description=(
+            "Only this owner's jobs (the owner of the API key that submitted them). A `user` "
+            "key always sees its own jobs only: another owner gives nothing."
         ),
     ),
 ]
@@ -154,8 +167,16 @@ async def control_answer(
     )
 
 
+def listed_owner(asked: str | None) -> str | None:
+    """The owner whose index a list reads: a user key's own, whatever it asked for."""
+    caller = principal()
+    if caller.sees_everything():
+        return asked
+    return caller.owner
+
+
 def own_jobs_only(items: Sequence[JobSummary], next_cursor: str | None) -> JobListResponse:
-    """A user key lists its owner's jobs only; a page may then be short (follow the cursor)."""
+    """A user key lists its owner's jobs only (belt and braces over the owner index)."""
     caller = principal()
     if not caller.sees_everything():
         items = [job for job in items if caller.may_see(job.owner)]
@@ -404,7 +425,10 @@ class JobsController(Controller):
     @get(
         "/",
         summary="List jobs",
-        description="Newest first; pass `next_cursor` back as `cursor` for the next page.",
+        description=(
+            "Newest first; pass `next_cursor` back as `cursor` for the next page. "
+            "`/jobs/changes/stream` follows the list's changes."
+        ),
         responses=problems(422, 503),
     )
     async def list_jobs(
@@ -426,7 +450,14 @@ class JobsController(Controller):
                 ),
             ),
         ] = None,
+        owner: OwnerFilter = None,
     ) -> JobListResponse:
+        caller = principal()
+        scope = listed_owner(owner)
+        if owner is not None and scope != owner:
+            return JobListResponse(items=[])  # a user asking for someone else's jobs
+        if scope is None and not caller.sees_everything():
+            return JobListResponse(items=[])  # a user key without an owner owns nothing
         if label is not None:
             found = await list_by_label(
                 deps.read_model,
@@ -435,12 +466,30 @@ class JobsController(Controller):
                 priority=priority,
                 cursor=cursor,
                 limit=limit,
+                owner=scope,
             )
             return own_jobs_only(found.items, found.next_cursor)
         page = await deps.read_model.list_jobs(
-            status=status, priority=priority, cursor=cursor, limit=limit
+            status=status, priority=priority, cursor=cursor, limit=limit, owner=scope
         )
         return own_jobs_only(page.items, page.next_cursor)
+
+    @get(
+        "/changes/stream",
+        summary="Follow the jobs list's changes (SSE)",
+        description=(
+            "What the dashboard's table follows instead of polling: a `ready` event, then one "
+            "message per batch of changed jobs, `{jobs, deleted, position}`, each job as "
+            "`GET /jobs` shows it; only jobs the caller may see and, with `owner`, that "
+            "owner's. `reset` asks the client to reload its page (too many changed at once), "
+            "`end` to poll `GET /jobs` instead (no live feed). No replay: on reconnecting, "
+            "reload the page."
+        ),
+        media_type="text/event-stream",
+        responses=problems(422, 503),
+    )
+    async def stream_job_changes(self, deps: Deps, owner: OwnerFilter = None) -> EventStream:
+        return event_stream(follow_job_changes(deps, principal(), owner=owner))
 
     @get(
         "/{job_id:str}",

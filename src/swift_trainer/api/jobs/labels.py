@@ -1,11 +1,10 @@
-"""Listing jobs by label: a bounded scan over the status/priority index, page by page.
+"""Listing jobs by label: a bounded scan over the status/priority/owner index, page by page.
 
-The read models index jobs by status and priority only; labels are free-form, so an index
-per label would grow without bound. Instead one request reads at most ``MAX_SCANNED`` jobs
-from the cursor on (in growing reads) and returns the matches it found, with a cursor to go
-on from. A
-request therefore costs the same with 100k jobs as with 100, and a rare label yields short
-(even empty) pages with a ``next_cursor``: follow it until it is null.
+The read models index jobs by status, priority and owner only; labels are free-form, so an
+index per label would grow without bound. Instead one request reads at most ``MAX_SCANNED``
+jobs from the cursor on (in growing reads) and returns the matches it found, with a cursor
+to go on from. A request therefore costs the same with 100k jobs as with 100, and a rare
+label yields short (even empty) pages with a ``next_cursor``: follow it until it is null.
 """
 
 from __future__ import annotations
@@ -47,6 +46,7 @@ async def list_by_label(
     priority: int | None,
     cursor: str | None,
     limit: int,
+    owner: str | None = None,
 ) -> JobListResponse:
     """Up to ``limit`` matching jobs, newest first, reading at most ``MAX_SCANNED`` jobs."""
     key, value = label
@@ -56,7 +56,7 @@ async def list_by_label(
     size = min(MAX_PAGE_SIZE, max(2 * limit, 50))
     while True:
         page = await read_model.list_jobs(
-            status=status, priority=priority, cursor=cursor, limit=size
+            status=status, priority=priority, cursor=cursor, limit=size, owner=owner
         )
         size = min(MAX_PAGE_SIZE, 2 * size)
         for index, job in enumerate(page.items):

@@ -189,10 +189,13 @@ class FineTuningJobsController(Controller):
                 )
             cursor = encode_cursor(previous.submitted_position)
         found: list[JobSummary] = []
+        caller = principal()
+        owner = None if caller.sees_everything() else caller.owner
         while len(found) <= limit:
-            filtered = wanted is not None or not principal().sees_everything()
-            size = MAX_PAGE_SIZE if filtered else limit + 1
-            page = await deps.read_model.list_jobs(cursor=cursor, limit=size)
+            size = MAX_PAGE_SIZE if wanted is not None else limit + 1
+            if owner is None and not caller.sees_everything():
+                break  # a user key without an owner owns nothing
+            page = await deps.read_model.list_jobs(cursor=cursor, limit=size, owner=owner)
             found.extend(
                 s for s in page.items if matches(s, wanted) and principal().may_see(s.owner)
             )

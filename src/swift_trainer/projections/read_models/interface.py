@@ -90,6 +90,9 @@ class ReadModel(Protocol):
 
     async def get_job(self, job_id: str) -> JobSummary | None: ...
 
+    async def get_jobs(self, job_ids: Sequence[str]) -> list[JobSummary | None]:
+        """Several summaries in one read (None where a job is not listed), in order."""
+
     async def get_job_json(self, job_id: str) -> bytes | None:
         """The summary as JSON bytes, for readers that pass it straight through."""
 
@@ -100,8 +103,12 @@ class ReadModel(Protocol):
         priority: int | None = None,
         cursor: str | None = None,
         limit: int = 50,
+        owner: str | None = None,
     ) -> JobPage:
-        """Newest submission first; a cursor page is stable while new jobs arrive."""
+        """Newest submission first; a cursor page is stable while new jobs arrive.
+
+        ``owner`` lists only that owner's jobs, from the owner's own index.
+        """
 
     async def count_by_status(self) -> dict[JobStatus, int]:
         """Live jobs per status, every status present (deleted jobs are not counted)."""

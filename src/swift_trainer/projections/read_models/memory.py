@@ -178,6 +178,9 @@ class MemoryReadModel:
     async def get_job(self, job_id: str) -> JobSummary | None:
         return self._jobs.get(job_id)
 
+    async def get_jobs(self, job_ids: Sequence[str]) -> list[JobSummary | None]:
+        return [self._jobs.get(job_id) for job_id in job_ids]
+
     async def get_job_json(self, job_id: str) -> bytes | None:
         summary = self._jobs.get(job_id)
         return None if summary is None else _encoder.encode(summary)
@@ -189,10 +192,11 @@ class MemoryReadModel:
         priority: int | None = None,
         cursor: str | None = None,
         limit: int = 50,
+        owner: str | None = None,
     ) -> JobPage:
         check_limit(limit)
         before = None if cursor is None else decode_cursor(cursor)
-        index = self._indexes.get(index_for(status, priority))
+        index = self._indexes.get(index_for(status, priority, owner))
         if index is None:
             return JobPage(items=[])
         ids = index.newest_before(before, limit + 1)

@@ -47,6 +47,8 @@ class ListingKey(NamedTuple):
     status: JobStatus
     priority: int
     position: int
+    #: The submitting key's owner; None (the operator's jobs) has no owner index.
+    owner: str | None = None
 
 
 class DecodedEvent(NamedTuple):
@@ -195,23 +197,38 @@ def listing_key(fold: JobFold | None) -> ListingKey | None:
     state = fold.state
     if state.spec is None or state.status is JobStatus.DELETED:
         return None
-    return ListingKey(state.status, state.priority, fold.submitted_position)
+    return ListingKey(state.status, state.priority, fold.submitted_position, state.spec.owner)
 
 
 def index_names(key: ListingKey) -> tuple[str, ...]:
-    """Every index a job belongs to, so any filter is one range read of one index."""
+    """Every index a job belongs to, so any filter is one range read of one index.
+
+    An owned job sits in a second set of the same indexes under its owner, so a user's
+    list (or ``?owner=``) reads only that owner's jobs however many others there are.
+    """
     status, priority = key.status.value, key.priority
-    return ("all", f"s:{status}", f"p:{priority}", f"sp:{status}:{priority}")
+    shared = ("all", f"s:{status}", f"p:{priority}", f"sp:{status}:{priority}")
+    if key.owner is None:
+        return shared
+    mine = owner_scope(key.owner)
+    return shared + tuple(mine + name for name in shared)
 
 
-def index_for(status: JobStatus | None, priority: int | None) -> str:
+def owner_scope(owner: str) -> str:
+    """The owner's index prefix; ``%`` and ``:`` escaped, so no owner name can reach
+    into another's indexes."""
+    return "o:" + owner.replace("%", "%25").replace(":", "%3A") + ":"
+
+
+def index_for(status: JobStatus | None, priority: int | None, owner: str | None = None) -> str:
+    scope = "" if owner is None else owner_scope(owner)
     if status is not None and priority is not None:
-        return f"sp:{status.value}:{priority}"
+        return f"{scope}sp:{status.value}:{priority}"
     if status is not None:
-        return f"s:{status.value}"
+        return f"{scope}s:{status.value}"
     if priority is not None:
-        return f"p:{priority}"
-    return "all"
+        return f"{scope}p:{priority}"
+    return f"{scope}all"
 
 
 def summarize(fold: JobFold) -> JobSummary | None:

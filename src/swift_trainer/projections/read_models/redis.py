@@ -10,6 +10,7 @@ Key layout, every key under a configurable prefix (default ``swift-trainer:``)::
     idx:s:{status}            ZSET    the same, per status (ZCARD gives the status counts)
     idx:p:{priority}          ZSET    the same, per priority
     idx:sp:{status}:{prio}    ZSET    the same, per status and priority
+    idx:o:{owner}:{index}     ZSET    each of the four above, per owner (owned jobs only)
     events:{id}               ZSET    EventLogEntry (JSON) scored by global position
     metrics:{id}              LIST    MetricPoint (JSON), oldest first, capped
     feed:logs:{id}            ZSET    LogLine (JSON) scored by seq, capped
@@ -420,6 +421,15 @@ class RedisReadModel:
         raw = await self._get(self._keys.job(job_id))
         return None if raw is None else _summary_decoder.decode(raw)
 
+    async def get_jobs(self, job_ids: Sequence[str]) -> list[JobSummary | None]:
+        found: list[JobSummary | None] = []
+        for chunk in _chunks(list(job_ids)):
+            raws = cast(
+                "list[bytes | None]", await self._redis.mget([self._keys.job(j) for j in chunk])
+            )
+            found += [None if raw is None else _summary_decoder.decode(raw) for raw in raws]
+        return found
+
     async def get_job_json(self, job_id: str) -> bytes | None:
         return await self._get(self._keys.job(job_id))
 
@@ -430,11 +440,12 @@ class RedisReadModel:
         priority: int | None = None,
         cursor: str | None = None,
         limit: int = 50,
+        owner: str | None = None,
     ) -> JobPage:
         check_limit(limit)
         top = "+inf" if cursor is None else f"({decode_cursor(cursor)}"
         members = await self._scored(
-            self._keys.index(index_for(status, priority)),
+            self._keys.index(index_for(status, priority, owner)),
             top,
             "-inf",
             desc=True,

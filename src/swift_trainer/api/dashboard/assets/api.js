@@ -4,6 +4,8 @@
 // (EventSource cannot send headers, and a key must never sit in a URL).
 
 export const API_BASE = document.querySelector('meta[name="api-base"]').content;
+/** The OpenAI-compatible front (`api/openai`, mounted at /v1): uploaded datasets live there. */
+export const FILES_BASE = "/v1";
 const KEY_STORE = "swift-trainer.api-key";
 
 /** An API refusal: the problem details' code, text and per-field errors. */
@@ -71,6 +73,11 @@ async function problemOf(response) {
   const text = await response.text();
   try {
     const body = JSON.parse(text);
+    if (body && typeof body.error === "object" && body.error) {
+      // The /v1 front answers in OpenAI's shape: {"error": {message, code, param}}.
+      const { message, code, param } = body.error;
+      return { detail: message, code: code || "", errors: param ? [{ key: param, message }] : [] };
+    }
     if (body && typeof body === "object") {
       return body;
     }
@@ -81,15 +88,25 @@ async function problemOf(response) {
 }
 
 /** Call the API; resolves to the decoded body (null for 204), rejects with ApiError. */
-export async function call(method, path, body) {
+export function call(method, path, body) {
+  return callAt(API_BASE + path, method, body);
+}
+
+/**
+ * Call any of the service's URLs. A FormData body goes as multipart (the browser sets the
+ * boundary), anything else as JSON.
+ */
+export async function callAt(url, method, body) {
   for (;;) {
-    const init = { method, headers: headers(body === undefined ? {} : { "Content-Type": "application/json" }) };
+    const form = body instanceof FormData;
+    const type = body === undefined || form ? {} : { "Content-Type": "application/json" };
+    const init = { method, headers: headers(type) };
     if (body !== undefined) {
-      init.body = JSON.stringify(body);
+      init.body = form ? body : JSON.stringify(body);
     }
     let response;
     try {
-      response = await fetch(API_BASE + path, init);
+      response = await fetch(url, init);
     } catch (err) {
       throw new ApiError(0, { detail: `the service cannot be reached (${err.message})`, code: "unreachable" });
     }
@@ -110,16 +127,21 @@ export async function call(method, path, body) {
 
 export const get = (path) => call("GET", path);
 export const post = (path, body) => call("POST", path, body);
+export const getFiles = (path) => callAt(FILES_BASE + path, "GET");
+export const postFiles = (path, body) => callAt(FILES_BASE + path, "POST", body);
 
 /**
- * Follow an SSE endpoint. onMessage(data, id) gets each data message's decoded JSON.
- * Reconnects after a dropped connection with Last-Event-ID; ends on the stream's `end`
- * event or when the returned stop() is called. onEnd(reason) runs once at the end.
+ * Follow an SSE endpoint. onMessage(data, id, event) gets each message's decoded JSON
+ * (event is "message" for data, else the control event's name, e.g. "ready").
+ * Reconnects after a dropped connection with Last-Event-ID (onDrop runs first); ends on
+ * the stream's `end` event or when the returned stop() is called. onEnd(reason) runs once
+ * at the end.
  */
-export function stream(path, { onMessage, onEnd, onError }) {
+export function stream(path, { onMessage, onEnd, onError, onDrop }) {
   const controller = new AbortController();
   let lastId = null;
   let stopped = false;
+  let endReason = "";
 
   async function once() {
     const h = headers({ Accept: "text/event-stream" });
@@ -168,12 +190,13 @@ export function stream(path, { onMessage, onEnd, onError }) {
         }
         const payload = JSON.parse(data.join("\n"));
         if (event === "end") {
+          endReason = payload.reason || "";
           return "end";
         }
         if (event === "error") {
           throw new ApiError(0, payload);
         }
-        onMessage(payload, id);
+        onMessage(payload, id, event);
       }
     }
   }
@@ -186,6 +209,7 @@ export function stream(path, { onMessage, onEnd, onError }) {
         if (outcome === "end") {
           break;
         }
+        if (outcome === "dropped" && onDrop) onDrop();
         delay = 500;
       } catch (err) {
         if (stopped || err.name === "AbortError") {
@@ -196,6 +220,7 @@ export function stream(path, { onMessage, onEnd, onError }) {
           break;
         }
         if (onError) onError(err);
+        if (onDrop) onDrop();
         delay = Math.min(delay * 2, 10000);
       }
       if (!stopped) {
@@ -203,7 +228,7 @@ export function stream(path, { onMessage, onEnd, onError }) {
       }
     }
     if (!stopped && onEnd) {
-      onEnd();
+      onEnd(endReason);
     }
   })();
 

@@ -16,7 +16,7 @@ const QUIET_EVENTS = new Set(["JobProgressed", "JobLogged"]);
 function describe(event) {
   const d = event.data || {};
   switch (event.type) {
-    case "JobSubmitted": return `submitted (${d.spec?.model_path ?? "?"} on ${d.spec?.data_path ?? "?"})`;
+    case "JobSubmitted": return `submitted (${d.spec?.model_path ?? "?"} on ${d.spec?.training_file || d.spec?.data_path || "?"})`;
     case "JobQueued": return `queued with priority ${d.priority}`;
     case "JobScheduled": return `placed on ${d.runner_id} GPU ${(d.gpu_ids || []).join(", ")} (attempt ${d.attempt})`;
     case "JobStarted": return `started on ${d.runner_id}, pid ${d.pid}`;
@@ -220,7 +220,9 @@ export function jobView(main, jobId) {
     problem.hidden = !reasons.length;
     problem.textContent = reasons.join(" · ");
     spec.textContent = JSON.stringify({
-      data_path: job.data_path, model_path: job.model_path, output_dir: job.output_dir,
+      data_path: job.data_path || undefined, training_file: job.training_file ?? undefined,
+      validation_file: job.validation_file ?? undefined, model_path: job.model_path, output_dir: job.output_dir,
+      owner: job.owner ?? undefined,
       priority: job.priority, gpu_count: job.gpu_count, gpu_name: job.gpu_name ?? undefined,
       min_gpu_memory_gb: job.min_gpu_memory_gb ?? undefined, auto_start: job.auto_start,
       max_retries: job.max_retries, labels: job.labels, train_args: job.train_args,
