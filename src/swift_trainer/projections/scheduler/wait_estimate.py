@@ -2,7 +2,8 @@
 
 The estimate replays the future as far as anyone knows it: running jobs end at their
 ``remaining_s``; at each end the same passes as the live scheduler place the queued jobs
-(same order, gangs, reservation and backfill rules); a job's estimated wait is the simulated
+(same order and fair share, quotas, gangs, reservation and backfill rules; an ending job
+gives its owner's GPUs back); a job's estimated wait is the simulated
 time of the pass that placed it. A job placed in the simulation ends after its own
 ``expected_duration_s`` or, when that is unknown, never frees its GPUs again, so jobs that
 wait only on those GPUs get no estimate (``None``) rather than a made-up one.
@@ -19,8 +20,9 @@ from collections.abc import Callable
 
 import msgspec
 
-from .job_queue import JobQueue, OrderKey, QueuedJob, Shape
+from .job_queue import JobQueue, Lane, OrderKey, QueuedJob
 from .occupancy import Occupancy
+from .owner_usage import OWNER_GPU_QUOTA, OwnerUsage
 from .placement import place_pass, unplaceable_reason
 
 
@@ -30,26 +32,32 @@ class QueueSlot(msgspec.Struct, frozen=True, kw_only=True):
     job_id: str
     position: int
     priority: int
+    gpu_count: int = 1
     estimated_wait_s: float | None = None
     #: Set when no live host can ever take the job (see ``placement.unplaceable_reason``).
     unplaceable: str | None = None
+    #: ``owner_gpu_quota`` when the owner's ``max_gpus`` keeps it waiting, with the reason.
+    blocked_by: str | None = None
+    blocked_reason: str | None = None
 
 
 def estimate_waits(
     occupancy: Occupancy,
     queue: JobQueue,
+    usage: OwnerUsage | None = None,
     *,
     backfill: bool = True,
     limit: int = 1000,
 ) -> dict[str, float]:
     """Simulated wait of each of the first ``limit`` queued jobs that gets placed at all."""
     simulated = occupancy.clone()
-    lanes: dict[Shape, list[OrderKey]] = {}
+    owners = OwnerUsage() if usage is None else usage.clone()
+    lanes: dict[Lane, list[OrderKey]] = {}
     jobs: dict[str, QueuedJob] = {}
     for job in queue.ordered(limit):
-        lanes.setdefault(job.shape, []).append(job.order_key)
+        lanes.setdefault(job.lane, []).append(job.order_key)
         jobs[job.job_id] = job
-    unplaced = sum(len(lane) for shape, lane in lanes.items() if not _never(simulated, shape))
+    unplaced = sum(len(lane) for key, lane in lanes.items() if not _never(simulated, owners, key))
     ends: list[tuple[float, str]] = []
     for job_id in simulated.job_ids:
         ends_at = simulated.ends_at(job_id)
@@ -57,7 +65,7 @@ def estimate_waits(
             ends.append((ends_at, job_id))
     heapq.heapify(ends)
     job_of: Callable[[OrderKey], QueuedJob] = lambda key: jobs[key[2]]  # noqa: E731
-    starts: dict[Shape, int] = {}
+    starts: dict[Lane, int] = {}
     waits: dict[str, float] = {}
     now = 0.0
     while unplaced:
@@ -65,6 +73,7 @@ def estimate_waits(
             simulated,
             lanes,
             job_of,
+            usage=owners,
             backfill=backfill,
             now=now,
             starts=starts,
@@ -80,36 +89,47 @@ def estimate_waits(
             break
         now = ends[0][0]
         while ends and ends[0][0] == now:
-            simulated.release(heapq.heappop(ends)[1])
+            ended = heapq.heappop(ends)[1]
+            simulated.release(ended)
+            owners.release(ended)
     return waits
 
 
 def queue_entries(
     occupancy: Occupancy,
     queue: JobQueue,
+    usage: OwnerUsage | None = None,
     *,
     backfill: bool = True,
     limit: int = 1000,
 ) -> tuple[QueueSlot, ...]:
-    """Every queued job with its position, estimate and, if stuck for good, the reason."""
-    waits = estimate_waits(occupancy, queue, backfill=backfill, limit=limit)
-    reasons: dict[Shape, str | None] = {}
+    """Every queued job with its position, estimate and, if it cannot start now for good
+    or for its owner's quota, the reason."""
+    owners = OwnerUsage() if usage is None else usage
+    waits = estimate_waits(occupancy, queue, owners, backfill=backfill, limit=limit)
+    reasons: dict[Lane, tuple[str | None, str | None]] = {}
     entries = []
     for position, job in enumerate(queue.ordered(), start=1):
-        shape = job.shape
-        if shape not in reasons:
-            reasons[shape] = unplaceable_reason(occupancy, shape)
+        lane = job.lane
+        if lane not in reasons:
+            quota = owners.quota_reason(job.owner, job.gpu_count)
+            reasons[lane] = (unplaceable_reason(occupancy, job.shape), quota)
+        unplaceable, quota = reasons[lane]
         entries.append(
             QueueSlot(
                 job_id=job.job_id,
                 position=position,
                 priority=job.priority,
+                gpu_count=job.gpu_count,
                 estimated_wait_s=waits.get(job.job_id),
-                unplaceable=reasons[shape],
+                unplaceable=unplaceable,
+                blocked_by=None if quota is None else OWNER_GPU_QUOTA,
+                blocked_reason=quota,
             ),
         )
     return tuple(entries)
 
 
-def _never(occupancy: Occupancy, shape: Shape) -> bool:
-    return shape[0] > occupancy.capacity(shape[1])
+def _never(occupancy: Occupancy, owners: OwnerUsage, lane: Lane) -> bool:
+    (count, requirement), owner = lane
+    return count > occupancy.capacity(requirement) or owners.never_within_quota(owner, count)
