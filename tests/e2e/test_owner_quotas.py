@@ -29,7 +29,10 @@ LONG = {"data_path": "d#100000", "model_path": "m", "gpu_count": 1}
 
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[Service]:
-    process, base = start_service(tmp_path, "--auth", "required", "--simulate-step-seconds", "0.05")
+    # Its jobs train far longer than the test: stop them with the service, even on failure.
+    process, base = start_service(
+        tmp_path, "--auth", "required", "--simulate-step-seconds", "0.05", "--stop-jobs-on-exit"
+    )
     running = Service(process, base, tmp_path / "outputs")
     try:
         yield running
