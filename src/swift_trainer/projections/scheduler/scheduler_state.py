@@ -2,8 +2,8 @@
 
 ``SchedulerState`` folds recorded events into per-job aggregate states (with
 ``core.job.evolve``, so the scheduler can never disagree with the domain about a job's
-status), the GPU ledger (with ``core.gpu_ledger.evolve_ledger``) and the queue processor
-switch, and keeps the pure placement core (``placement_core.Scheduler``, the attribute
+status), the GPU ledger (with ``core.gpu_ledger.evolve_ledger``), the queue processor
+switch and owners' ``max_gpus`` (``QuotaSet`` of the access stream), and keeps the pure placement core (``placement_core.Scheduler``, the attribute
 ``placement``) in step with them. It does no I/O and reads the
 clock only through the ``now`` arguments: the service shell owns NATS, leadership and time.
 
