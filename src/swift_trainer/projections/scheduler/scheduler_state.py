@@ -3,9 +3,10 @@
 ``SchedulerState`` folds recorded events into per-job aggregate states (with
 ``core.job.evolve``, so the scheduler can never disagree with the domain about a job's
 status), the GPU ledger (with ``core.gpu_ledger.evolve_ledger``), the queue processor
-switch and owners' ``max_gpus`` (``QuotaSet`` of the access stream), and keeps the pure placement core (``placement_core.Scheduler``, the attribute
-``placement``) in step with them. It does no I/O and reads the
-clock only through the ``now`` arguments: the service shell owns NATS, leadership and time.
+switch and owners' ``max_gpus`` (``QuotaSet`` of the access stream), and keeps the pure
+placement core (``placement_core.Scheduler``, the attribute ``placement``) in step with
+them. It does no I/O and reads the clock only through the ``now`` arguments: the service
+shell owns NATS, leadership and time.
 
 How a job appears in the placement core, from its state, its ledger claim and this instance's
 in-flight decisions:
