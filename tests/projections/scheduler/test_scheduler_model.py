@@ -32,12 +32,16 @@ from swift_trainer.projections.scheduler import (
     Decision,
     GpuSnapshot,
     HostSnapshot,
+    JobQueue,
+    Occupancy,
+    OwnerUsage,
     PlacementPolicy,
     QueuedJob,
     Reservation,
     RunningJob,
     Scheduler,
     place_jobs,
+    place_pass,
     select_gpus,
 )
 from swift_trainer.projections.scheduler.gpu_choice import (
@@ -677,3 +681,44 @@ SchedulerMachine.TestCase.settings = settings(
     deadline=None,
 )
 TestScheduler = SchedulerMachine.TestCase
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    cluster=clusters(),
+    backfill=st.booleans(),
+    quotas=st.dictionaries(st.sampled_from(QUOTA_OWNERS), st.integers(0, 4)),
+)
+def test_a_pass_that_does_not_report_its_reservation_decides_the_same(
+    cluster: tuple[dict[str, HostSnapshot], dict[str, RunningJob], dict[str, QueuedJob]],
+    backfill: bool,
+    quotas: dict[str, int],
+) -> None:
+    """The wait estimate's passes skip a reservation that cannot change a decision."""
+    hosts, running, queued = cluster
+    occupancy = Occupancy(THRESHOLD)
+    usage = OwnerUsage()
+    for host in hosts.values():
+        occupancy.set_host(host)
+    for held in running.values():
+        end = math.inf if held.remaining_s is None else held.remaining_s
+        occupancy.hold(held.job_id, held.runner_id, held.gpu_ids, end)
+        usage.hold(held.job_id, held.owner, len(held.gpu_ids))
+    for owner, limit in quotas.items():
+        usage.set_quota(owner, limit)
+    queue = JobQueue()
+    queue.extend(queued.values())
+    outcomes = []
+    for report in (True, False):
+        simulated, owners = occupancy.clone(), usage.clone()
+        outcome = place_pass(
+            simulated,
+            queue.lanes,
+            queue.job,
+            usage=owners,
+            backfill=backfill,
+            report_reservation=report,
+        )
+        free = {runner_id: simulated.free_gpus(runner_id) for runner_id in hosts}
+        outcomes.append((outcome.decisions, outcome.placed_per_lane, free))
+    assert outcomes[0] == outcomes[1]

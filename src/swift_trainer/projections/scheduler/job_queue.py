@@ -103,8 +103,14 @@ class JobQueue:
 
     def extend(self, jobs: Iterable[QueuedJob]) -> None:
         """Queue many jobs at once: one sort per lane instead of one insertion per job."""
+        known: dict[tuple[int, float | None, str | None, str | None], Lane] = {}
         for job in jobs:
-            self._jobs[job.job_id] = (job, job.order_key, job.lane)  # the lanes are rebuilt
+            # Few distinct lanes among many jobs: normalise each set of constraints once.
+            raw = (job.gpu_count, job.min_gpu_memory_gb, job.gpu_name, job.owner)
+            lane_key = known.get(raw)
+            if lane_key is None:
+                lane_key = known[raw] = job.lane
+            self._jobs[job.job_id] = (job, (-job.priority, job.seq, job.job_id), lane_key)
         lanes: dict[Lane, list[OrderKey]] = {}
         for _, key, lane_key in self._jobs.values():
             lanes.setdefault(lane_key, []).append(key)
@@ -159,6 +165,14 @@ class JobQueue:
 
     def ordered(self, limit: int | None = None) -> Iterator[QueuedJob]:
         """Jobs in queue order; the merge costs O(log shapes) per job."""
+        for job, _, _ in self.ordered_entries(limit):
+            yield job
+
+    def ordered_entries(
+        self, limit: int | None = None
+    ) -> Iterator[tuple[QueuedJob, OrderKey, Lane]]:
+        """``ordered`` with each job's order key and lane, as kept (not computed again)."""
         keys = heapq.merge(*self._lanes.values())
+        jobs = self._jobs
         for key in keys if limit is None else islice(keys, limit):
-            yield self._jobs[key[2]][0]
+            yield jobs[key[2]]

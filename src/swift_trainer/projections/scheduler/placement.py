@@ -159,15 +159,22 @@ def place_pass(
     backfill: bool = True,
     now: float = 0.0,
     starts: Mapping[Lane, int] | None = None,
+    report_reservation: bool = True,
+    screened: bool = False,
 ) -> PassOutcome:
     """Run one pass over ``lanes`` (from ``starts`` on), holding the chosen GPUs in
     ``occupancy`` and counting them to their owners in ``usage``.
 
     Decided jobs hold their GPUs until ``now + expected_duration_s`` (forever when
-    unknown); the caller removes them from its queue using ``placed_per_lane``.
+    unknown); the caller removes them from its queue using ``placed_per_lane``. With
+    ``report_reservation=False`` (a simulation, which only wants the decisions) the head
+    reserves only when a job behind it could still start, the one case where the
+    reservation changes a decision: planning it is most of the cost of a pass that places
+    nothing. ``screened`` says that ``lanes`` hold no job that could never start (too big
+    for every host or for its owner's whole quota), so the pass need not check.
     """
     usage = OwnerUsage() if usage is None else usage
-    cursors = _lane_fronts(occupancy, lanes, usage, starts or {})
+    cursors = _lane_fronts(occupancy, lanes, usage, starts or {}, screened=screened)
     decisions: list[Decision] = []
     placed: dict[Lane, int] = {}
     smallest_failed: dict[Requirement, int] = {}
@@ -194,7 +201,8 @@ def place_pass(
             heapq.heappop(cursors)
             smallest_failed[requirement] = count
             if reservation is None:
-                reservation = _reserve(occupancy, job_of(lane[index]), shape, now)
+                if report_reservation or (backfill and occupancy.total_free):
+                    reservation = _reserve(occupancy, job_of(lane[index]), shape, now)
                 if not backfill:
                     break
             if not occupancy.total_free:
@@ -226,19 +234,27 @@ def _lane_fronts(
     lanes: Mapping[Lane, Sequence[OrderKey]],
     usage: OwnerUsage,
     starts: Mapping[Lane, int],
+    *,
+    screened: bool,
 ) -> list[_Cursor]:
-    """The first job of every lane that could ever start, as a heap in fair-share order."""
+    """The first job of every lane that could ever start, as a heap in fair-share order.
+
+    ``screened``: the caller has left out the lanes that can never start (a simulation,
+    where hosts and quotas do not change, does it once rather than on every pass).
+    """
     cursors: list[_Cursor] = []
+    in_use = usage.in_use
     for lane_key, lane in lanes.items():
-        start = starts.get(lane_key, 0)
+        start = starts.get(lane_key, 0) if starts else 0
+        if start >= len(lane):
+            continue
         (count, requirement), owner = lane_key
-        if (
-            start < len(lane)
-            and count <= occupancy.capacity(requirement)
-            and not usage.never_within_quota(owner, count)
+        if not screened and (
+            count > occupancy.capacity(requirement) or usage.never_within_quota(owner, count)
         ):
-            priority, seq, job_id = lane[start]
-            cursors.append((priority, usage.in_use(owner), seq, job_id, lane_key, start))
+            continue
+        priority, seq, job_id = lane[start]
+        cursors.append((priority, in_use(owner), seq, job_id, lane_key, start))
     heapq.heapify(cursors)
     return cursors
 

@@ -54,10 +54,17 @@ def estimate_waits(
     owners = OwnerUsage() if usage is None else usage.clone()
     lanes: dict[Lane, list[OrderKey]] = {}
     jobs: dict[str, QueuedJob] = {}
-    for job in queue.ordered(limit):
-        lanes.setdefault(job.lane, []).append(job.order_key)
+    for job, key, lane_key in queue.ordered_entries(limit):
+        lane = lanes.get(lane_key)
+        if lane is None:
+            lanes[lane_key] = [key]
+        else:
+            lane.append(key)
         jobs[job.job_id] = job
-    unplaced = sum(len(lane) for key, lane in lanes.items() if not _never(simulated, owners, key))
+    # Lanes that can never start (too big for any host or for the owner's whole quota) stay
+    # out of the simulation; placed jobs leave their lane, and empty lanes leave the pass.
+    lanes = {key: lane for key, lane in lanes.items() if not _never(simulated, owners, key)}
+    unplaced = sum(len(lane) for lane in lanes.values())
     ends: list[tuple[float, str]] = []
     for job_id in simulated.job_ids:
         ends_at = simulated.ends_at(job_id)
@@ -65,7 +72,6 @@ def estimate_waits(
             ends.append((ends_at, job_id))
     heapq.heapify(ends)
     job_of: Callable[[OrderKey], QueuedJob] = lambda key: jobs[key[2]]  # noqa: E731
-    starts: dict[Lane, int] = {}
     waits: dict[str, float] = {}
     now = 0.0
     while unplaced:
@@ -76,9 +82,15 @@ def estimate_waits(
             usage=owners,
             backfill=backfill,
             now=now,
-            starts=starts,
+            report_reservation=False,
+            screened=True,
         )
-        starts.update(outcome.placed_per_lane)
+        for lane_key, count in outcome.placed_per_lane.items():
+            lane = lanes[lane_key]
+            if count == len(lane):
+                del lanes[lane_key]
+            else:
+                del lane[:count]
         for decision in outcome.decisions:
             waits[decision.job_id] = now
             ends_at = simulated.ends_at(decision.job_id)
@@ -109,12 +121,14 @@ def queue_entries(
     waits = estimate_waits(occupancy, queue, owners, backfill=backfill, limit=limit)
     reasons: dict[Lane, tuple[str | None, str | None]] = {}
     entries = []
-    for position, job in enumerate(queue.ordered(), start=1):
-        lane = job.lane
-        if lane not in reasons:
-            quota = owners.quota_reason(job.owner, job.gpu_count)
-            reasons[lane] = (unplaceable_reason(occupancy, job.shape), quota)
-        unplaceable, quota = reasons[lane]
+    for position, (job, _, lane) in enumerate(queue.ordered_entries(), start=1):
+        why = reasons.get(lane)
+        if why is None:
+            why = reasons[lane] = (
+                unplaceable_reason(occupancy, lane[0]),
+                owners.quota_reason(job.owner, job.gpu_count),
+            )
+        unplaceable, quota = why
         entries.append(
             QueueSlot(
                 job_id=job.job_id,
