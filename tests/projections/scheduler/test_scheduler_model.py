@@ -722,3 +722,76 @@ def test_a_pass_that_does_not_report_its_reservation_decides_the_same(
         free = {runner_id: simulated.free_gpus(runner_id) for runner_id in hosts}
         outcomes.append((outcome.decisions, outcome.placed_per_lane, free))
     assert outcomes[0] == outcomes[1]
+
+
+def reference_waits(
+    queued: dict[str, QueuedJob],
+    hosts: dict[str, HostSnapshot],
+    running: dict[str, RunningJob],
+    backfill: bool,
+    max_gpus: dict[str, int],
+) -> dict[str, float]:
+    """The wait estimate by definition: brute-force passes at every moment a job ends."""
+    waiting = dict(queued)
+    ends = {
+        job_id: math.inf if held.remaining_s is None else max(0.0, held.remaining_s)
+        for job_id, held in running.items()
+    }
+    held_now = dict(running)
+    now = 0.0
+    waits: dict[str, float] = {}
+    while waiting:
+        snapshot = {
+            job_id: msgspec.structs.replace(
+                held, remaining_s=None if math.isinf(ends[job_id]) else ends[job_id] - now
+            )
+            for job_id, held in held_now.items()
+        }
+        decisions, _ = reference_pass(waiting, hosts, snapshot, backfill, max_gpus)
+        for decision in decisions:
+            job = waiting.pop(decision.job_id)
+            waits[job.job_id] = now
+            duration = job.expected_duration_s
+            ends[job.job_id] = math.inf if duration is None else now + duration
+            held_now[job.job_id] = RunningJob(
+                job_id=job.job_id,
+                runner_id=decision.runner_id,
+                gpu_ids=decision.gpu_ids,
+                owner=job.owner,
+            )
+        finite = [end for end in ends.values() if not math.isinf(end)]
+        if not finite:
+            break
+        now = min(finite)
+        for job_id in [j for j, end in ends.items() if end == now]:
+            del ends[job_id], held_now[job_id]
+    return waits
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    cluster=clusters(),
+    backfill=st.booleans(),
+    quotas=st.dictionaries(st.sampled_from(QUOTA_OWNERS), st.integers(0, 4)),
+)
+def test_wait_estimates_follow_the_reference_simulation(
+    cluster: tuple[dict[str, HostSnapshot], dict[str, RunningJob], dict[str, QueuedJob]],
+    backfill: bool,
+    quotas: dict[str, int],
+) -> None:
+    """The queue report's estimates, with its shortcuts, against passes by definition."""
+    hosts, running, queued = cluster
+    scheduler = Scheduler(
+        PlacementPolicy(backfill=backfill, foreign_memory_threshold_mib=THRESHOLD)
+    )
+    for host in hosts.values():
+        scheduler.update_host(host)
+    for held in running.values():
+        scheduler.assign(held)
+    for owner, limit in quotas.items():
+        scheduler.set_quota(owner, limit)
+    scheduler.submit_many(queued.values())
+    expected = reference_waits(queued, hosts, running, backfill, quotas)
+    event(f"estimated {min(len(expected), 4)}+ of {min(len(queued), 4)}+")
+    got = {slot.job_id: slot.estimated_wait_s for slot in scheduler.report()}
+    assert {j: w for j, w in got.items() if w is not None} == expected
