@@ -47,6 +47,10 @@ class OwnerUsage:
         else:
             del self._in_use[owner]
 
+    def holding(self, job_id: str) -> tuple[Owner, int] | None:
+        """``(owner, gpus)`` that ``job_id`` holds, or None."""
+        return self._held.get(job_id)
+
     def in_use(self, owner: Owner) -> int:
         return self._in_use.get(owner, 0)
 

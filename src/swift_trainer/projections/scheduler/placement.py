@@ -161,6 +161,7 @@ def place_pass(
     starts: Mapping[Lane, int] | None = None,
     report_reservation: bool = True,
     screened: bool = False,
+    fronts: Sequence[LaneFront] | None = None,
 ) -> PassOutcome:
     """Run one pass over ``lanes`` (from ``starts`` on), holding the chosen GPUs in
     ``occupancy`` and counting them to their owners in ``usage``.
@@ -171,10 +172,12 @@ def place_pass(
     reserves only when a job behind it could still start, the one case where the
     reservation changes a decision: planning it is most of the cost of a pass that places
     nothing. ``screened`` says that ``lanes`` hold no job that could never start (too big
-    for every host or for its owner's whole quota), so the pass need not check.
+    for every host or for its owner's whole quota), so the pass need not check. ``fronts``:
+    every lane's first job as ``lane_front`` ranks it now, kept by a caller that runs many
+    passes (a simulation re-ranks only the lanes whose owner's GPUs changed).
     """
     usage = OwnerUsage() if usage is None else usage
-    cursors = _lane_fronts(occupancy, lanes, usage, starts or {}, screened=screened)
+    cursors = _lane_fronts(occupancy, lanes, usage, starts or {}, screened=screened, fronts=fronts)
     decisions: list[Decision] = []
     placed: dict[Lane, int] = {}
     smallest_failed: dict[Requirement, int] = {}
@@ -226,7 +229,14 @@ def place_pass(
 
 
 #: ``(-priority, the owner's GPUs in use when ranked, seq, job id, lane, index in the lane)``
-_Cursor = tuple[int, int, int, str, Lane, int]
+LaneFront = tuple[int, int, int, str, Lane, int]
+_Cursor = LaneFront
+
+
+def lane_front(lane_key: Lane, lane: Sequence[OrderKey], usage: OwnerUsage) -> LaneFront:
+    """The first job of a lane, ranked by its owner's GPUs in use now."""
+    priority, seq, job_id = lane[0]
+    return (priority, usage.in_use(lane_key[1]), seq, job_id, lane_key, 0)
 
 
 def _lane_fronts(
@@ -236,13 +246,19 @@ def _lane_fronts(
     starts: Mapping[Lane, int],
     *,
     screened: bool,
+    fronts: Sequence[LaneFront] | None,
 ) -> list[_Cursor]:
     """The first job of every lane that could ever start, as a heap in fair-share order.
 
     ``screened``: the caller has left out the lanes that can never start (a simulation,
-    where hosts and quotas do not change, does it once rather than on every pass).
+    where hosts and quotas do not change, does it once rather than on every pass);
+    ``fronts``: the caller has ranked them too.
     """
-    cursors: list[_Cursor] = []
+    if fronts is not None:
+        cursors = list(fronts)
+        heapq.heapify(cursors)
+        return cursors
+    cursors = []
     in_use = usage.in_use
     for lane_key, lane in lanes.items():
         start = starts.get(lane_key, 0) if starts else 0

@@ -23,7 +23,7 @@ import msgspec
 from .job_queue import JobQueue, Lane, OrderKey, QueuedJob
 from .occupancy import Occupancy
 from .owner_usage import OWNER_GPU_QUOTA, OwnerUsage
-from .placement import place_pass, unplaceable_reason
+from .placement import lane_front, place_pass, unplaceable_reason
 
 
 class QueueSlot(msgspec.Struct, frozen=True, kw_only=True):
@@ -50,61 +50,99 @@ def estimate_waits(
     limit: int = 1000,
 ) -> dict[str, float]:
     """Simulated wait of each of the first ``limit`` queued jobs that gets placed at all."""
-    simulated = occupancy.clone()
     owners = OwnerUsage() if usage is None else usage.clone()
-    lanes: dict[Lane, list[OrderKey]] = {}
-    jobs: dict[str, QueuedJob] = {}
-    for job, key, lane_key in queue.ordered_entries(limit):
-        lane = lanes.get(lane_key)
-        if lane is None:
-            lanes[lane_key] = [key]
-        else:
-            lane.append(key)
-        jobs[job.job_id] = job
-    # Lanes that can never start (too big for any host or for the owner's whole quota) stay
-    # out of the simulation; placed jobs leave their lane, and empty lanes leave the pass.
-    lanes = {key: lane for key, lane in lanes.items() if not _never(simulated, owners, key)}
-    unplaced = sum(len(lane) for lane in lanes.values())
-    ends: list[tuple[float, str]] = []
-    for job_id in simulated.job_ids:
-        ends_at = simulated.ends_at(job_id)
+    return _Simulation(occupancy.clone(), owners, queue, limit).run(backfill=backfill)
+
+
+class _Simulation:
+    """The future as far as it is known, one pass at each moment a job ends.
+
+    Lanes that can never start (too big for any host or for the owner's whole quota) stay
+    out; placed jobs leave their lane, and empty lanes leave the simulation. Lane fronts are
+    ranked once, and again only when their lane moved or their owner's GPUs in use changed:
+    most passes touch a few owners, not every lane.
+    """
+
+    def __init__(
+        self, occupancy: Occupancy, owners: OwnerUsage, queue: JobQueue, limit: int
+    ) -> None:
+        self.occupancy = occupancy
+        self.owners = owners
+        self.jobs: dict[str, QueuedJob] = {}
+        lanes: dict[Lane, list[OrderKey]] = {}
+        for job, order_key, lane_key in queue.ordered_entries(limit):
+            lanes.setdefault(lane_key, []).append(order_key)
+            self.jobs[job.job_id] = job
+        self.lanes = {k: lane for k, lane in lanes.items() if not _never(occupancy, owners, k)}
+        self.fronts = {k: lane_front(k, lane, owners) for k, lane in self.lanes.items()}
+        self.lanes_of: dict[str | None, list[Lane]] = {}
+        for lane_key in self.lanes:
+            self.lanes_of.setdefault(lane_key[1], []).append(lane_key)
+        self.ends: list[tuple[float, str]] = []
+        for job_id in occupancy.job_ids:
+            self._note_end(job_id)
+        heapq.heapify(self.ends)
+
+    def run(self, *, backfill: bool) -> dict[str, float]:
+        unplaced = sum(len(lane) for lane in self.lanes.values())
+        job_of: Callable[[OrderKey], QueuedJob] = lambda key: self.jobs[key[2]]  # noqa: E731
+        waits: dict[str, float] = {}
+        now = 0.0
+        while unplaced:
+            outcome = place_pass(
+                self.occupancy,
+                self.lanes,
+                job_of,
+                usage=self.owners,
+                backfill=backfill,
+                now=now,
+                report_reservation=False,
+                screened=True,
+                fronts=list(self.fronts.values()),
+            )
+            touched = self._advance_lanes(outcome.placed_per_lane)
+            for decision in outcome.decisions:
+                waits[decision.job_id] = now
+                self._note_end(decision.job_id)
+            unplaced -= len(outcome.decisions)
+            if not self.ends:
+                break
+            now = self.ends[0][0]
+            while self.ends and self.ends[0][0] == now:
+                touched.add(self._release(heapq.heappop(self.ends)[1]))
+            self._rank_again(touched)
+        return waits
+
+    def _note_end(self, job_id: str) -> None:
+        ends_at = self.occupancy.ends_at(job_id)
         if ends_at is not None and not math.isinf(ends_at):
-            ends.append((ends_at, job_id))
-    heapq.heapify(ends)
-    job_of: Callable[[OrderKey], QueuedJob] = lambda key: jobs[key[2]]  # noqa: E731
-    waits: dict[str, float] = {}
-    now = 0.0
-    while unplaced:
-        outcome = place_pass(
-            simulated,
-            lanes,
-            job_of,
-            usage=owners,
-            backfill=backfill,
-            now=now,
-            report_reservation=False,
-            screened=True,
-        )
-        for lane_key, count in outcome.placed_per_lane.items():
-            lane = lanes[lane_key]
+            heapq.heappush(self.ends, (ends_at, job_id))
+
+    def _advance_lanes(self, placed_per_lane: dict[Lane, int]) -> set[str | None]:
+        """Take placed jobs out of their lanes; returns the owners whose GPUs changed."""
+        touched: set[str | None] = set()
+        for lane_key, count in placed_per_lane.items():
+            touched.add(lane_key[1])
+            lane = self.lanes[lane_key]
             if count == len(lane):
-                del lanes[lane_key]
+                del self.lanes[lane_key], self.fronts[lane_key]
             else:
                 del lane[:count]
-        for decision in outcome.decisions:
-            waits[decision.job_id] = now
-            ends_at = simulated.ends_at(decision.job_id)
-            if ends_at is not None and not math.isinf(ends_at):
-                heapq.heappush(ends, (ends_at, decision.job_id))
-        unplaced -= len(outcome.decisions)
-        if not ends:
-            break
-        now = ends[0][0]
-        while ends and ends[0][0] == now:
-            ended = heapq.heappop(ends)[1]
-            simulated.release(ended)
-            owners.release(ended)
-    return waits
+        return touched
+
+    def _release(self, job_id: str) -> str | None:
+        """A job ends: its GPUs are free and its owner's again; returns the owner."""
+        self.occupancy.release(job_id)
+        holding = self.owners.holding(job_id)
+        self.owners.release(job_id)
+        return None if holding is None else holding[0]
+
+    def _rank_again(self, owners: set[str | None]) -> None:
+        for owner in owners:
+            for lane_key in self.lanes_of.get(owner, ()):
+                lane = self.lanes.get(lane_key)
+                if lane is not None:
+                    self.fronts[lane_key] = lane_front(lane_key, lane, self.owners)
 
 
 def queue_entries(
