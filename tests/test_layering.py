@@ -180,6 +180,7 @@ PLACEMENT_CORE = frozenset(
         "gpu_choice",
         "job_queue",
         "occupancy",
+        "owner_usage",
         "placement",
         "placement_core",
         "wait_estimate",

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from swift_trainer.core import commands as c
 from swift_trainer.core.access import hash_secret, new_secret
 from swift_trainer.projections.access_view import AccessFollower, AccessView
 from swift_trainer.projections.read_models import MemoryReadModel
+from swift_trainer.projections.read_models.views import QueueEntry, QueueView
 
 from .conftest import PREFIX, Stack, running_stack, wait_for
 
@@ -193,6 +195,46 @@ async def test_a_user_key_sees_only_own_jobs_whatever_the_owner_filter(
     assert await listed("bob", owner="alice", label="x=y") == []
     assert await listed("alice") == [J]
     assert await listed("alice", status="queued") == [J]
+
+
+#: (caller, sees alice's job id and reasons): everyone sees position, priority, GPUs and
+#: whether a quota holds the job; only its owner and the roles that see everything see more.
+QUEUE_VIEWS = [("viewer", True), ("bob", False), ("alice", True), ("admin", True)]
+
+
+@pytest.mark.parametrize(("role", "sees_all"), QUEUE_VIEWS)
+async def test_the_queue_shows_others_entries_without_ids_paths_or_owners(
+    secured: Secured, role: str, sees_all: bool
+) -> None:
+    blocked = "owner 'alice' has 1 of its max_gpus 1 GPUs in use; it starts when ..."
+    unplaceable = "needs 9 GPUs on one runner, but the largest live runner has 8"
+    await secured.stack.read_model.set_queue_view(
+        QueueView(
+            entries=(
+                QueueEntry(
+                    job_id=J,
+                    position=1,
+                    priority=7,
+                    gpu_count=2,
+                    unplaceable=unplaceable,
+                    blocked_by="owner_gpu_quota",
+                    blocked_reason=blocked,
+                ),
+            ),
+            computed_at=datetime.now(UTC),
+            as_of_position=10**9,
+        )
+    )
+    response = await secured.call(role, "GET", f"{T}/queue")
+    assert response.status_code == 200, response.text
+    [entry] = response.json()["entries"]
+    assert (entry["position"], entry["priority"], entry["gpu_count"]) == (1, 7, 2)
+    assert entry["blocked_by"] == "owner_gpu_quota"
+    shown = (entry["job_id"], entry["unplaceable"], entry["blocked_reason"])
+    assert shown == ((J, unplaceable, blocked) if sees_all else (None, None, None))
+    if not sees_all:
+        text = response.text
+        assert J not in text and "alice" not in text and "d#10" not in text
 
 
 async def test_owner_and_actor_are_recorded_on_the_job_events(secured: Secured) -> None:

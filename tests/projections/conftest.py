@@ -25,6 +25,7 @@ from swift_trainer.bus.messages import CommandReply
 from swift_trainer.bus.relay import OutboxRelay
 from swift_trainer.core import commands as c
 from swift_trainer.core import events as e
+from swift_trainer.core.access import is_access_stream
 from swift_trainer.core.invariants import gpu_double_bookings
 from swift_trainer.core.inventory import (
     GpuHealth,
@@ -188,6 +189,8 @@ class Bus:
     async def jobs(self) -> dict[str, JobState]:
         states: dict[str, JobState] = {}
         for recorded in await self.events():
+            if is_access_stream(recorded.stream_id):
+                continue  # keys and quotas: not job events
             event = e.decode_event(recorded.type, recorded.payload, recorded.schema_version)
             if isinstance(event, e.JobEvent):
                 old = states.get(event.job_id) or initial_state(event.job_id)

@@ -113,17 +113,26 @@ def queue_table(queue: Mapping[str, Any]) -> Table:
         f"processor {state}" + (f" ({processor.get('reason')})" if processor.get("reason") else "")
     )
     table = Table(title=title, title_justify="left")
-    for name in ("#", "JOB", "PRI", "ESTIMATED WAIT", "NOTE"):
+    for name in ("#", "JOB", "PRI", "GPUS", "ESTIMATED WAIT", "NOTE"):
         table.add_column(name)
     for entry in queue.get("entries", []):
         table.add_row(
             str(entry["position"]),
-            entry["job_id"],
+            entry["job_id"] or "(another owner's)",
             str(entry["priority"]),
+            str(entry.get("gpu_count", 1)),
             entry.get("estimated_wait_time") or "-",
-            Text(entry["unplaceable"], style="red") if entry.get("unplaceable") else "",
+            _queue_note(entry),
         )
     return table
+
+
+def _queue_note(entry: Mapping[str, Any]) -> Text | str:
+    if entry.get("unplaceable"):
+        return Text(entry["unplaceable"], style="red")
+    if entry.get("blocked_by"):
+        return Text(entry.get("blocked_reason") or entry["blocked_by"], style="yellow")
+    return ""
 
 
 def bar(fraction: float | None, width: int = 20) -> Text:

@@ -11,7 +11,8 @@ a random 256-bit secret (there is nothing to guess); a slow password hash would 
 every request time.
 
 Like the webhook events, these live outside the job event union on purpose: the job
-projections and the scheduler have no business with them (``is_access_stream``).
+projections have no business with them (``is_access_stream``); the scheduler folds only
+``QuotaSet`` (an owner's ``max_gpus``).
 """
 
 from __future__ import annotations

@@ -72,6 +72,7 @@ def job(
     gpu_name: str | None = None,
     attempt: int = 0,
     duration: float | None = None,
+    owner: str | None = None,
 ) -> QueuedJob:
     return QueuedJob(
         job_id=job_id,
@@ -82,6 +83,7 @@ def job(
         gpu_name=gpu_name,
         attempt=attempt,
         expected_duration_s=duration,
+        owner=owner,
     )
 
 
@@ -90,5 +92,8 @@ def running(
     runner_id: str,
     gpu_ids: tuple[int, ...],
     remaining: float | None = None,
+    owner: str | None = None,
 ) -> RunningJob:
-    return RunningJob(job_id=job_id, runner_id=runner_id, gpu_ids=gpu_ids, remaining_s=remaining)
+    return RunningJob(
+        job_id=job_id, runner_id=runner_id, gpu_ids=gpu_ids, remaining_s=remaining, owner=owner
+    )

@@ -1,12 +1,15 @@
 """The scheduler against a simple model, driven by hypothesis.
 
-The model keeps plain dicts of hosts, queued and running jobs, and ``reference_pass``
-applies the documented policy by brute force (every job against every host, no indexes, no
-pruning). A stateful test drives the incremental scheduler through random histories; after
-every step it must agree with the reference, agree with a rebuild from
-snapshots (``place_jobs``), and satisfy the invariants the design promises, checked on
-their own terms so that a bug shared by the scheduler and the reference still shows. A
-second test checks single passes over random moments, where contention is the rule.
+The model keeps plain dicts of hosts, queued and running jobs and owners' ``max_gpus``, and
+``reference_pass`` applies the documented policy by brute force (every job against every
+host, no indexes, no pruning, and the next job picked afresh each time by priority, then its
+owner's GPUs in use at that moment, then submission: fair share and quotas by definition).
+A stateful test drives the incremental scheduler through random histories (owners, quotas
+set and lifted, GPUs freed); after every step it must agree with the reference, agree with
+a rebuild from snapshots (``place_jobs``), and satisfy the invariants the design promises,
+checked on their own terms so that a bug shared by the scheduler and the reference still
+shows. A second test checks single passes over random moments, where contention is the
+rule.
 """
 
 from __future__ import annotations
@@ -29,12 +32,16 @@ from swift_trainer.projections.scheduler import (
     Decision,
     GpuSnapshot,
     HostSnapshot,
+    JobQueue,
+    Occupancy,
+    OwnerUsage,
     PlacementPolicy,
     QueuedJob,
     Reservation,
     RunningJob,
     Scheduler,
     place_jobs,
+    place_pass,
     select_gpus,
 )
 from swift_trainer.projections.scheduler.gpu_choice import (
@@ -48,6 +55,9 @@ from .builders import A100_40, A100_40_MIB, H100, H100_MIB
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 THRESHOLD = 1024
 RUNNERS = ("r1", "r2", "r3", "r4")
+#: ``None`` is the owner of jobs submitted without an API key: it has no quota.
+OWNERS = (None, "ann", "bob")
+QUOTA_OWNERS = ("ann", "bob")
 
 Gpu = tuple[str, int]
 GpuKey = tuple[int, float, int]
@@ -73,12 +83,22 @@ def capacity(job: QueuedJob, hosts: dict[str, HostSnapshot]) -> int:
     return max((sum(eligible_for(g, job) for g in h.gpus) for h in live), default=0)
 
 
+def gpus_in_use(running: dict[str, RunningJob]) -> dict[str | None, int]:
+    in_use: dict[str | None, int] = {}
+    for held in running.values():
+        in_use[held.owner] = in_use.get(held.owner, 0) + len(held.gpu_ids)
+    return in_use
+
+
 def reference_pass(
     queued: dict[str, QueuedJob],
     hosts: dict[str, HostSnapshot],
     running: dict[str, RunningJob],
     backfill: bool,
+    max_gpus: dict[str, int] | None = None,
 ) -> tuple[list[Decision], Reservation | None]:
+    limits = max_gpus or {}
+    in_use = gpus_in_use(running)
     ends: dict[Gpu, list[float]] = {}
     for held in running.values():
         for index in held.gpu_ids:
@@ -99,7 +119,13 @@ def reference_pass(
             and (runner_id, g.index) not in reserved
         ]
 
-    for job in sorted(queued.values(), key=order):
+    left = list(queued.values())
+    while left:
+        job = min(left, key=lambda j: (-j.priority, in_use.get(j.owner, 0), j.seq, j.job_id))
+        left.remove(job)
+        limit = limits.get(job.owner) if job.owner is not None else None
+        if limit is not None and in_use.get(job.owner, 0) + job.gpu_count > limit:
+            continue
         if job.gpu_count > capacity(job, hosts):
             continue
         fits = [(len(free(r, job)), r) for r in live if len(free(r, job)) >= job.gpu_count]
@@ -119,6 +145,7 @@ def reference_pass(
             duration = job.expected_duration_s
             for index in gpu_ids:
                 ends[(runner_id, index)] = [math.inf if duration is None else duration]
+            in_use[job.owner] = in_use.get(job.owner, 0) + job.gpu_count
             continue
         if reservation is None:
             reservation = reference_reservation(job, live, ends)
@@ -198,7 +225,9 @@ new_jobs = st.builds(
     min_gpu_memory_gb=st.sampled_from([None, None, None, None, 40.0, 80.0, 100.0]),
     gpu_name=st.sampled_from([None, None, None, None, "h100", "A100", "v100"]),
     expected_duration_s=st.sampled_from([None, 10.0, 40.0]),
+    owner=st.sampled_from(OWNERS),
 )
+quota_limits = st.sampled_from([None, 0, 1, 2, 3])
 
 
 class SchedulerMachine(RuleBasedStateMachine):
@@ -213,6 +242,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.next_id = 0
         self.policy = PlacementPolicy()
         self.scheduler = Scheduler(self.policy)
+        self.max_gpus: dict[str, int] = {}
 
     @initialize(
         backfill=st.booleans(),
@@ -256,6 +286,15 @@ class SchedulerMachine(RuleBasedStateMachine):
         job_id = data.draw(st.sampled_from([*sorted(self.queued), "unknown"]))
         removed = self.scheduler.remove(job_id)
         assert removed == self.queued.pop(job_id, None)
+
+    @rule(owner=st.sampled_from(QUOTA_OWNERS), limit=quota_limits)
+    def set_quota(self, owner: str, limit: int | None) -> None:
+        """An admin sets (or lifts) an owner's ``max_gpus``; the next pass obeys it."""
+        self.scheduler.set_quota(owner, limit)
+        if limit is None:
+            self.max_gpus.pop(owner, None)
+        else:
+            self.max_gpus[owner] = limit
 
     # --- running jobs ---------------------------------------------------------------------
 
@@ -347,10 +386,14 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     def place_and_check(self) -> None:
         expected_decisions, expected_reservation = reference_pass(
-            self.queued, self.hosts, self.running, self.policy.backfill
+            self.queued, self.hosts, self.running, self.policy.backfill, self.max_gpus
         )
         rebuilt = place_jobs(
-            self.queued.values(), self.hosts.values(), self.running.values(), self.policy
+            self.queued.values(),
+            self.hosts.values(),
+            self.running.values(),
+            self.policy,
+            max_gpus=self.max_gpus,
         )
         queue_before = dict(self.queued)
         running_before = dict(self.running)
@@ -359,6 +402,16 @@ class SchedulerMachine(RuleBasedStateMachine):
         event(f"pass reserved: {result.reservation is not None}")
         if any(q.gpu_count > capacity(q, self.hosts) for q in self.queued.values()):
             event("queue held an unplaceable job")
+        placed = [self.queued[d.job_id] for d in result.decisions]
+        if any(
+            w.priority == p.priority and w.seq < p.seq and w.owner != p.owner
+            for w in self.queued.values()
+            for p in placed
+            if w not in placed
+        ):
+            event("a younger job of another owner went first")
+        if over_quota(self.queued, self.running, result.decisions, self.max_gpus):
+            event("a quota kept a job waiting")
 
         assert result.decisions == tuple(expected_decisions)
         assert result.reservation == expected_reservation
@@ -372,6 +425,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             result.decisions,
             result.reservation,
             backfill=self.policy.backfill,
+            max_gpus=self.max_gpus,
         )
 
         for decision in result.decisions:
@@ -383,6 +437,7 @@ class SchedulerMachine(RuleBasedStateMachine):
                 gpu_ids=decision.gpu_ids,
                 remaining_s=job.expected_duration_s,
                 priority=job.priority,
+                owner=job.owner,
             )
         assert [q.job_id for q in rebuilt.queue] == [
             q.job_id for q in sorted(self.queued.values(), key=order)
@@ -414,6 +469,27 @@ class SchedulerMachine(RuleBasedStateMachine):
                 seen.add((held.runner_id, index))
 
 
+def over_quota(
+    queued: dict[str, QueuedJob],
+    running: dict[str, RunningJob],
+    decisions: tuple[Decision, ...],
+    max_gpus: dict[str, int],
+) -> list[QueuedJob]:
+    """Jobs left waiting that their owner's quota would refuse after the pass."""
+    in_use = gpus_in_use(running)
+    placed = {d.job_id for d in decisions}
+    for decision in decisions:
+        owner = queued[decision.job_id].owner
+        in_use[owner] = in_use.get(owner, 0) + len(decision.gpu_ids)
+    return [
+        job
+        for job in queued.values()
+        if job.job_id not in placed
+        and job.owner in max_gpus
+        and in_use.get(job.owner, 0) + job.gpu_count > max_gpus[job.owner]
+    ]
+
+
 def check_pass(
     queued: dict[str, QueuedJob],
     running: dict[str, RunningJob],
@@ -422,25 +498,54 @@ def check_pass(
     reservation: Reservation | None,
     *,
     backfill: bool,
+    max_gpus: dict[str, int] | None = None,
 ) -> None:
-    """The promises of one pass, stated directly rather than by re-running the policy."""
+    """The promises of one pass, stated directly rather than by re-running the policy.
+
+    With one owner and no quota the pass follows the queue order, and every promise about
+    it is checked; with several owners fair share reorders jobs of equal priority, and the
+    promises that need no order are checked (the reference checks the order itself).
+    """
+    limits = max_gpus or {}
     queue = sorted(queued.values(), key=order)
     rank = {job.job_id: n for n, job in enumerate(queue)}
     placed_now = {d.job_id for d in decisions}
     waiting = [job for job in queue if job.job_id not in placed_now]
     placeable = [job for job in waiting if job.gpu_count <= capacity(job, hosts)]
-    head = placeable[0] if placeable else None
+    before = gpus_in_use(running)
+    owners = {job.owner for job in queued.values()} | set(before)
+    in_queue_order = len(owners) <= 1 and not limits
+
+    # Quotas: a pass never takes an owner past its max_gpus, and it leaves waiting (without
+    # a reservation) only jobs that did not fit or that their owner's quota refused.
+    after = dict(before)
+    for decision in decisions:
+        owner = queued[decision.job_id].owner
+        after[owner] = after.get(owner, 0) + len(decision.gpu_ids)
+    for owner, limit in limits.items():
+        assert after.get(owner, 0) == before.get(owner, 0) or after[owner] <= limit
+    refused = {job.job_id for job in over_quota(queued, running, decisions, limits)}
+    if reservation is None:
+        assert all(job.job_id in refused for job in placeable)
+    head: QueuedJob | None
+    if in_queue_order:
+        head = placeable[0] if placeable else None
+    else:
+        head = queued[reservation.job_id] if reservation is not None else None
     reserved: set[Gpu] = set()
     if reservation is not None:
         assert head is not None
         assert reservation.job_id == head.job_id  # only the head reserves (EASY)
+        assert head in placeable
+        limit = limits.get(head.owner) if head.owner is not None else None
+        assert limit is None or before.get(head.owner, 0) + head.gpu_count <= limit
         assert len(reservation.gpu_ids) == head.gpu_count
         assert hosts[reservation.runner_id].alive
         reserved = {(reservation.runner_id, i) for i in reservation.gpu_ids}
     else:
-        assert head is None
+        assert head is None or not in_queue_order
 
-    after: set[Gpu] = {(r.runner_id, i) for r in running.values() for i in r.gpu_ids}
+    held: set[Gpu] = {(r.runner_id, i) for r in running.values() for i in r.gpu_ids}
     for decision in decisions:
         job = queued[decision.job_id]
         host = hosts[decision.runner_id]
@@ -450,24 +555,26 @@ def check_pass(
         assert len(decision.gpu_ids) == len(set(decision.gpu_ids)) == job.gpu_count
         assert decision.attempt == job.attempt + 1
         assert decision.gpu_uuids == tuple(gpus[i].uuid for i in decision.gpu_ids)
-        behind_head = head is not None and rank[job.job_id] > rank[head.job_id]
+        behind_head = in_queue_order and head is not None and rank[job.job_id] > rank[head.job_id]
         for index in decision.gpu_ids:
             assert usable(gpus[index])
             assert eligible_for(gpus[index], job)
             spot = (decision.runner_id, index)
-            assert spot not in after  # never two live jobs on one GPU
+            assert spot not in held  # never two live jobs on one GPU
             assert not (behind_head and spot in reserved)  # reserved GPUs are not backfilled
-            after.add(spot)
-        if head is not None and not backfill:
+            held.add(spot)
+        if head is not None and not backfill and in_queue_order:
             assert not behind_head  # strict FIFO: nothing behind the blocked head starts
 
     for job in waiting:
-        # FIFO: no younger job of the same shape went ahead of an older one.
+        # FIFO: no younger job of the same shape and owner went ahead of an older one.
         younger = [queued[j] for j in placed_now if rank[j] > rank[job.job_id]]
-        assert all(other.shape != job.shape for other in younger) or job not in placeable
+        assert all(other.lane != job.lane for other in younger) or job not in placeable
+    if not in_queue_order:
+        return
     for job in placeable:
         if backfill or job is head:
-            assert not could_have_started(job, job is head, hosts, decisions, rank, after, reserved)
+            assert not could_have_started(job, job is head, hosts, decisions, rank, held, reserved)
 
 
 def could_have_started(
@@ -527,13 +634,14 @@ def clusters(
             owner = draw(st.sampled_from([None, None, 0, 1, 2, 3]))
             if owner is not None:
                 owners.setdefault(owner, []).append(gpu.index)
-        for owner, indices in owners.items():
-            job_id = f"run-{runner_id}-{owner}"
+        for holder, indices in owners.items():
+            job_id = f"run-{runner_id}-{holder}"
             running[job_id] = RunningJob(
                 job_id=job_id,
                 runner_id=runner_id,
                 gpu_ids=tuple(indices),
                 remaining_s=draw(remaining),
+                owner=draw(st.sampled_from(OWNERS)),
             )
     queue = draw(st.lists(new_jobs, min_size=1, max_size=10))
     queued = {
@@ -543,19 +651,28 @@ def clusters(
 
 
 @settings(max_examples=200, deadline=None)
-@given(cluster=clusters(), backfill=st.booleans())
+@given(
+    cluster=clusters(),
+    backfill=st.booleans(),
+    quotas=st.dictionaries(st.sampled_from(QUOTA_OWNERS), st.integers(0, 4)),
+)
 def test_random_snapshots_follow_the_policy(
     cluster: tuple[dict[str, HostSnapshot], dict[str, RunningJob], dict[str, QueuedJob]],
     backfill: bool,
+    quotas: dict[str, int],
 ) -> None:
     hosts, running, queued = cluster
     policy = PlacementPolicy(backfill=backfill, foreign_memory_threshold_mib=THRESHOLD)
-    result = place_jobs(queued.values(), hosts.values(), running.values(), policy)
-    decisions, reservation = reference_pass(queued, hosts, running, backfill)
+    result = place_jobs(queued.values(), hosts.values(), running.values(), policy, max_gpus=quotas)
+    decisions, reservation = reference_pass(queued, hosts, running, backfill, quotas)
     event(f"placed {min(len(decisions), 3)}+ jobs; reserved: {reservation is not None}")
+    if over_quota(queued, running, result.decisions, quotas):
+        event("a quota kept a job waiting")
     assert result.decisions == tuple(decisions)
     assert result.reservations == (() if reservation is None else (reservation,))
-    check_pass(queued, running, hosts, result.decisions, reservation, backfill=backfill)
+    check_pass(
+        queued, running, hosts, result.decisions, reservation, backfill=backfill, max_gpus=quotas
+    )
 
 
 SchedulerMachine.TestCase.settings = settings(
@@ -564,3 +681,117 @@ SchedulerMachine.TestCase.settings = settings(
     deadline=None,
 )
 TestScheduler = SchedulerMachine.TestCase
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    cluster=clusters(),
+    backfill=st.booleans(),
+    quotas=st.dictionaries(st.sampled_from(QUOTA_OWNERS), st.integers(0, 4)),
+)
+def test_a_pass_that_does_not_report_its_reservation_decides_the_same(
+    cluster: tuple[dict[str, HostSnapshot], dict[str, RunningJob], dict[str, QueuedJob]],
+    backfill: bool,
+    quotas: dict[str, int],
+) -> None:
+    """The wait estimate's passes skip a reservation that cannot change a decision."""
+    hosts, running, queued = cluster
+    occupancy = Occupancy(THRESHOLD)
+    usage = OwnerUsage()
+    for host in hosts.values():
+        occupancy.set_host(host)
+    for held in running.values():
+        end = math.inf if held.remaining_s is None else held.remaining_s
+        occupancy.hold(held.job_id, held.runner_id, held.gpu_ids, end)
+        usage.hold(held.job_id, held.owner, len(held.gpu_ids))
+    for owner, limit in quotas.items():
+        usage.set_quota(owner, limit)
+    queue = JobQueue()
+    queue.extend(queued.values())
+    outcomes = []
+    for report in (True, False):
+        simulated, owners = occupancy.clone(), usage.clone()
+        outcome = place_pass(
+            simulated,
+            queue.lanes,
+            queue.job,
+            usage=owners,
+            backfill=backfill,
+            report_reservation=report,
+        )
+        free = {runner_id: simulated.free_gpus(runner_id) for runner_id in hosts}
+        outcomes.append((outcome.decisions, outcome.placed_per_lane, free))
+    assert outcomes[0] == outcomes[1]
+
+
+def reference_waits(
+    queued: dict[str, QueuedJob],
+    hosts: dict[str, HostSnapshot],
+    running: dict[str, RunningJob],
+    backfill: bool,
+    max_gpus: dict[str, int],
+) -> dict[str, float]:
+    """The wait estimate by definition: brute-force passes at every moment a job ends."""
+    waiting = dict(queued)
+    ends = {
+        job_id: math.inf if held.remaining_s is None else max(0.0, held.remaining_s)
+        for job_id, held in running.items()
+    }
+    held_now = dict(running)
+    now = 0.0
+    waits: dict[str, float] = {}
+    while waiting:
+        snapshot = {
+            job_id: msgspec.structs.replace(
+                held, remaining_s=None if math.isinf(ends[job_id]) else ends[job_id] - now
+            )
+            for job_id, held in held_now.items()
+        }
+        decisions, _ = reference_pass(waiting, hosts, snapshot, backfill, max_gpus)
+        for decision in decisions:
+            job = waiting.pop(decision.job_id)
+            waits[job.job_id] = now
+            duration = job.expected_duration_s
+            ends[job.job_id] = math.inf if duration is None else now + duration
+            held_now[job.job_id] = RunningJob(
+                job_id=job.job_id,
+                runner_id=decision.runner_id,
+                gpu_ids=decision.gpu_ids,
+                owner=job.owner,
+            )
+        finite = [end for end in ends.values() if not math.isinf(end)]
+        if not finite:
+            break
+        now = min(finite)
+        for job_id in [j for j, end in ends.items() if end == now]:
+            del ends[job_id], held_now[job_id]
+    return waits
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    cluster=clusters(),
+    backfill=st.booleans(),
+    quotas=st.dictionaries(st.sampled_from(QUOTA_OWNERS), st.integers(0, 4)),
+)
+def test_wait_estimates_follow_the_reference_simulation(
+    cluster: tuple[dict[str, HostSnapshot], dict[str, RunningJob], dict[str, QueuedJob]],
+    backfill: bool,
+    quotas: dict[str, int],
+) -> None:
+    """The queue report's estimates, with its shortcuts, against passes by definition."""
+    hosts, running, queued = cluster
+    scheduler = Scheduler(
+        PlacementPolicy(backfill=backfill, foreign_memory_threshold_mib=THRESHOLD)
+    )
+    for host in hosts.values():
+        scheduler.update_host(host)
+    for held in running.values():
+        scheduler.assign(held)
+    for owner, limit in quotas.items():
+        scheduler.set_quota(owner, limit)
+    scheduler.submit_many(queued.values())
+    expected = reference_waits(queued, hosts, running, backfill, quotas)
+    event(f"estimated {min(len(expected), 4)}+ of {min(len(queued), 4)}+")
+    got = {slot.job_id: slot.estimated_wait_s for slot in scheduler.report()}
+    assert {j: w for j, w in got.items() if w is not None} == expected

@@ -429,3 +429,26 @@ async def test_a_job_let_go_at_rest_is_read_back_and_placed_when_started_again(
     await eventually(second_attempt, what="the restarted job placed again")
     assert scheduler.state.forgotten == {}
     assert await assert_no_gpu_in_two_live_jobs(await bus.events()) >= 1
+
+
+async def test_an_owners_gpu_quota_from_the_access_stream_holds_its_jobs(bus: Bus) -> None:
+    """``quota set`` over the bus: the leader follows it from EVENTS, pass by pass."""
+    assert (await bus.send(c.SetQuota(owner="ann", max_gpus=1))).ok
+    await bus.put_heartbeat(heartbeat("r1", gpus=2))
+    scheduler = await bus.scheduler()
+    await bus.submit("ann-1", owner="ann")
+    await bus.submit("ann-2", owner="ann")
+    await bus.submit("bob-1", owner="bob")
+    assert set(await wait_placed(bus, 2)) == {"ann-1", "bob-1"}
+
+    def ann_2_blocked() -> bool:
+        entries = bus.views[-1].entries if bus.views else ()
+        return [(x.job_id, x.blocked_by) for x in entries] == [("ann-2", "owner_gpu_quota")]
+
+    await eventually(ann_2_blocked, what="ann-2 shown as held by the quota")
+    await finish(bus, "bob-1")  # a GPU is free, but not for ann
+    await eventually(lambda: scheduler.state.placement.gpus_in_use("bob") == 0, what="bob done")
+    assert (await scheduler.process_now()).placed == ()
+    assert (await bus.send(c.SetQuota(owner="ann", max_gpus=2))).ok
+    assert set(await wait_placed(bus, 2)) == {"ann-1", "ann-2"}
+    assert await assert_no_gpu_in_two_live_jobs(await bus.events()) == 3

@@ -8,7 +8,7 @@ import msgspec
 from tests.projections.conftest import heartbeat, spec
 
 from swift_trainer.core import events as e
-from swift_trainer.core.access import ACCESS_STREAM, KeyIssued
+from swift_trainer.core.access import ACCESS_STREAM, AccessEvent, KeyIssued, QuotaSet
 from swift_trainer.core.gpu_ledger import Claim
 from swift_trainer.core.ids import GPU_LEDGER_STREAM, job_stream
 from swift_trainer.core.inventory import RunnerHeartbeat, RunnerJob
@@ -398,3 +398,72 @@ def test_api_key_events_are_skipped_quietly() -> None:
     assert not state.apply([recorded], T0)
     assert state.malformed == 0
     assert state.position == 1
+
+
+def access_event(log: Log, event: AccessEvent) -> RecordedEvent:
+    """An event of the access stream, at the log's next position."""
+    recorded = RecordedEvent(
+        position=len(log.events) + 1,
+        stream_id=ACCESS_STREAM,
+        version=1,
+        event_id=f"e{len(log.events) + 1}",
+        type=type(event).__name__,
+        schema_version=1,
+        payload=msgspec.json.encode(event),
+        metadata=EventMetadata(),
+        recorded_at=T0,
+    )
+    log.events.append(recorded)
+    return recorded
+
+
+def owned(job_id: str, owner: str, gpu_count: int = 1) -> list[e.Event]:
+    return [
+        e.JobSubmitted(at=T0, job_id=job_id, spec=spec(job_id, gpu_count=gpu_count, owner=owner)),
+        e.JobQueued(at=T0, job_id=job_id, priority=5),
+    ]
+
+
+def test_a_quota_set_on_the_access_stream_limits_the_owners_gpus() -> None:
+    state, log = with_runner(gpus=4), Log()
+    state.apply(log.add(*owned("ann-1", "ann"), *owned("ann-2", "ann"), *owned("bob-1", "bob")))
+    assert state.apply([access_event(log, QuotaSet(at=T0, owner="ann", max_gpus=1))])
+    assert state.max_gpus == {"ann": 1}
+    decisions = state.placement.place().decisions
+    assert [d.job_id for d in decisions] == ["ann-1", "bob-1"]
+    # Lifted: the waiting job goes on the next pass.
+    assert state.apply([access_event(log, QuotaSet(at=T0, owner="ann", max_gpus=None))])
+    assert [d.job_id for d in state.placement.place().decisions] == ["ann-2"]
+
+
+def test_gpus_of_scheduled_jobs_and_their_claims_count_for_their_owner() -> None:
+    state, log = with_runner(gpus=4), Log()
+    state.apply(log.add(*owned("ann-1", "ann", 2), *owned("ann-2", "ann")))
+    state.apply([access_event(log, QuotaSet(at=T0, owner="ann", max_gpus=2))])
+    state.apply(log.add(claimed("ann-1", 1, "r1", 0, 1)))  # a claim in flight holds them
+    assert state.placement.gpus_in_use("ann") == 2
+    assert state.placement.place().decisions == ()
+    state.apply(log.add(scheduled("ann-1", 1, "r1", 0, 1)))
+    assert state.placement.gpus_in_use("ann") == 2
+    assert [slot.blocked_by for slot in state.placement.report()] == ["owner_gpu_quota"]
+    state.apply(log.add(e.JobStopped(at=T0, job_id="ann-1", attempt=1, reason="by hand")))
+    # The ledger claim outlives the attempt until the leader releases it: still ann's GPUs.
+    assert state.placement.gpus_in_use("ann") == 2
+    state.apply(
+        log.add(
+            e.GpusReleased(
+                at=T0, job_id="ann-1", attempt=1, runner_id="r1", gpu_ids=(0, 1), reason="ended"
+            )
+        )
+    )
+    assert state.placement.gpus_in_use("ann") == 0
+    assert [d.job_id for d in state.placement.place().decisions] == ["ann-2"]
+
+
+def test_a_malformed_access_event_is_skipped_and_counted() -> None:
+    state, log = SchedulerState(), Log()
+    bad = access_event(log, QuotaSet(at=T0, owner="ann", max_gpus=1))
+    bad = msgspec.structs.replace(bad, payload=b'{"owner": 5}')
+    assert not state.apply([bad])
+    assert state.malformed == 1
+    assert state.max_gpus == {}

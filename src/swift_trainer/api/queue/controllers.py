@@ -52,8 +52,9 @@ def processor_status(state: QueueProcessorState) -> ProcessorStatus:
 async def redact_others(
     read_model: ReadModel, entries: list[QueueEntryResponse]
 ) -> list[QueueEntryResponse]:
-    """A user sees other owners' places in the queue (position, priority, wait) but not
-    which jobs they are: no id, and no reason text that could name paths."""
+    """A user sees other owners' places in the queue (position, priority, GPUs, wait, and
+    whether a quota holds the job) but not which jobs they are: no id, and no reason text
+    that could name paths or owners."""
     caller = principal()
     if caller.sees_everything():
         return entries
@@ -62,7 +63,9 @@ async def redact_others(
         job = await read_model.get_job(entry.job_id) if entry.job_id else None
         mine = job is not None and caller.may_see(job.owner)
         shown.append(
-            entry if mine else msgspec.structs.replace(entry, job_id=None, unplaceable=None)
+            entry
+            if mine
+            else msgspec.structs.replace(entry, job_id=None, unplaceable=None, blocked_reason=None)
         )
     return shown
 
@@ -88,10 +91,13 @@ class QueueController(Controller):
                         job_id=entry.job_id,
                         position=entry.position,
                         priority=entry.priority,
+                        gpu_count=entry.gpu_count,
                         estimated_start=entry.estimated_start,
                         estimated_wait_s=wait,
                         estimated_wait_time=describe_wait(wait),
                         unplaceable=entry.unplaceable,
+                        blocked_by=entry.blocked_by,
+                        blocked_reason=entry.blocked_reason,
                     )
                 )
             source: Literal["scheduler", "submission_order"] = "scheduler"
@@ -110,6 +116,7 @@ class QueueController(Controller):
                     job_id=job.job_id,
                     position=index + 1,
                     priority=job.priority,
+                    gpu_count=job.gpu_count,
                     estimated_wait_time=describe_wait(None),
                 )
                 for index, job in enumerate(await queued_in_order(read_model))

@@ -29,15 +29,24 @@ class ProcessorCommandResponse(msgspec.Struct, frozen=True, kw_only=True):
 class QueueEntryResponse(msgspec.Struct, frozen=True, kw_only=True):
     #: None for another owner's job when the caller is a ``user`` key (see Security).
     job_id: str | None
-    #: 1 = next to start.
+    #: 1 = next to start (priority, then submission; among equal priorities the scheduler
+    #: starts first the owner with fewer GPUs in use, see Quotas).
     position: int
     priority: int
+    #: GPUs the job needs (one host, all at once).
+    gpu_count: int = 1
     estimated_start: datetime | None = None
     estimated_wait_s: float | None = None
     #: ``about 12 minutes`` or ``unknown``.
     estimated_wait_time: str
     #: Set when no known runner could ever run the job, with the reason.
     unplaceable: str | None = None
+    #: ``owner_gpu_quota``: the job waits for its owner's ``max_gpus`` (its owner's jobs to
+    #: end, or a higher quota), blocking no one.
+    blocked_by: str | None = None
+    #: The limit and the GPUs in use; None for another owner's job when the caller is a
+    #: ``user`` key (it names the owner).
+    blocked_reason: str | None = None
 
 
 class PendingQueueEntry(msgspec.Struct, frozen=True, kw_only=True):

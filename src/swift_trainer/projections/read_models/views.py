@@ -155,6 +155,11 @@ class QueueEntry(msgspec.Struct, frozen=True, omit_defaults=True):
     #: Why no known runner could ever run it (too many GPUs, constraints nothing meets), or
     #: why it is held back for now (a runner refused it a moment ago).
     unplaceable: str | None = None
+    gpu_count: int = 1
+    #: ``owner_gpu_quota`` when its owner's ``max_gpus`` keeps it waiting; the reason says
+    #: the limit (and names the owner, so other owners' users do not see it).
+    blocked_by: str | None = None
+    blocked_reason: str | None = None
 
 
 class QueueView(msgspec.Struct, frozen=True):

@@ -55,7 +55,8 @@ class RunningJob(msgspec.Struct, frozen=True, kw_only=True):
     """A job holding GPUs (scheduled, running or stopping).
 
     ``remaining_s`` is swift's own estimate at the last progress report; ``None`` means
-    unknown, which the scheduler treats as "not before the far future".
+    unknown, which the scheduler treats as "not before the far future". ``owner`` is whose
+    GPUs these are, for quotas and fair share.
     """
 
     job_id: str
@@ -63,6 +64,7 @@ class RunningJob(msgspec.Struct, frozen=True, kw_only=True):
     gpu_ids: tuple[int, ...]
     remaining_s: float | None = None
     priority: int = 0
+    owner: str | None = None
 
 
 def live_hosts(hosts: Iterable[HostSnapshot], now: datetime) -> list[HostSnapshot]:

@@ -6,10 +6,12 @@ Order is ``(-priority, seq)``: higher priority first, then first come first serv
 system did. A priority change moves the job but keeps its ``seq``: among equals it keeps the
 place its submission earned.
 
-Jobs are kept in one sorted *lane* per shape (GPU count and constraints). A placement pass
-walks the lanes merged in queue order and drops a whole lane the first time one of its jobs
-does not fit: every later job of that lane needs the same GPUs and cannot fit either. That is
-what keeps a pass over a long queue proportional to what it places, not to the queue length.
+Jobs are kept in one sorted *lane* per shape (GPU count and constraints) and owner. A
+placement pass walks the lanes merged in queue order (with fair share among owners, see
+``placement``) and drops a whole lane the first time one of its jobs does not fit or its
+owner is at its GPU quota: every later job of that lane needs the same GPUs for the same
+owner and cannot start either. That is what keeps a pass over a long queue proportional to
+what it places, not to the queue length.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from .gpu_choice import Requirement, requirement_of
 
 #: ``(gpu_count, requirement)``: jobs of one shape compete for exactly the same GPUs.
 Shape = tuple[int, Requirement]
+#: ``(shape, owner)``: jobs of one lane are interchangeable for placement but for their order.
+Lane = tuple[Shape, str | None]
 #: ``(-priority, seq, job_id)``: sorts in queue order; the id only breaks ties of bad input.
 OrderKey = tuple[int, int, str]
 
@@ -34,7 +38,8 @@ class QueuedJob(msgspec.Struct, frozen=True, kw_only=True):
 
     ``attempt`` is the job's current attempt (the placement proposes the next one);
     ``expected_duration_s`` feeds the wait estimates of the jobs behind it, ``None`` meaning
-    unknown.
+    unknown. ``owner`` is the API key owner who submitted it (``None``: no owner), for
+    quotas and fair share.
     """
 
     job_id: str
@@ -45,10 +50,15 @@ class QueuedJob(msgspec.Struct, frozen=True, kw_only=True):
     gpu_name: str | None = None
     attempt: int = 0
     expected_duration_s: float | None = None
+    owner: str | None = None
 
     @property
     def shape(self) -> Shape:
         return (self.gpu_count, requirement_of(self.min_gpu_memory_gb, self.gpu_name))
+
+    @property
+    def lane(self) -> Lane:
+        return (self.shape, self.owner)
 
     @property
     def order_key(self) -> OrderKey:
@@ -65,8 +75,8 @@ class JobQueue:
     __slots__ = ("_jobs", "_lanes")
 
     def __init__(self) -> None:
-        self._jobs: dict[str, tuple[QueuedJob, OrderKey, Shape]] = {}
-        self._lanes: dict[Shape, list[OrderKey]] = {}
+        self._jobs: dict[str, tuple[QueuedJob, OrderKey, Lane]] = {}
+        self._lanes: dict[Lane, list[OrderKey]] = {}
 
     def __len__(self) -> int:
         return len(self._jobs)
@@ -81,11 +91,11 @@ class JobQueue:
     def add(self, job: QueuedJob) -> None:
         """Queue a job; queueing a job id again replaces the earlier entry."""
         self.remove(job.job_id)
-        key, shape = job.order_key, job.shape
-        self._jobs[job.job_id] = (job, key, shape)
-        lane = self._lanes.get(shape)
+        key, lane_key = job.order_key, job.lane
+        self._jobs[job.job_id] = (job, key, lane_key)
+        lane = self._lanes.get(lane_key)
         if lane is None:
-            self._lanes[shape] = [key]
+            self._lanes[lane_key] = [key]
         elif key > lane[-1]:
             lane.append(key)  # the usual case: a new job joins the back of its lane
         else:
@@ -93,11 +103,17 @@ class JobQueue:
 
     def extend(self, jobs: Iterable[QueuedJob]) -> None:
         """Queue many jobs at once: one sort per lane instead of one insertion per job."""
+        known: dict[tuple[int, float | None, str | None, str | None], Lane] = {}
         for job in jobs:
-            self._jobs[job.job_id] = (job, job.order_key, job.shape)  # the lanes are rebuilt
-        lanes: dict[Shape, list[OrderKey]] = {}
-        for _, key, shape in self._jobs.values():
-            lanes.setdefault(shape, []).append(key)
+            # Few distinct lanes among many jobs: normalise each set of constraints once.
+            raw = (job.gpu_count, job.min_gpu_memory_gb, job.gpu_name, job.owner)
+            lane_key = known.get(raw)
+            if lane_key is None:
+                lane_key = known[raw] = job.lane
+            self._jobs[job.job_id] = (job, (-job.priority, job.seq, job.job_id), lane_key)
+        lanes: dict[Lane, list[OrderKey]] = {}
+        for _, key, lane_key in self._jobs.values():
+            lanes.setdefault(lane_key, []).append(key)
         for lane in lanes.values():
             lane.sort()
         self._lanes = lanes
@@ -106,11 +122,11 @@ class JobQueue:
         entry = self._jobs.pop(job_id, None)
         if entry is None:
             return None
-        job, key, shape = entry
-        lane = self._lanes[shape]
+        job, key, lane_key = entry
+        lane = self._lanes[lane_key]
         del lane[bisect_left(lane, key)]
         if not lane:
-            del self._lanes[shape]
+            del self._lanes[lane_key]
         return job
 
     def change_priority(self, job_id: str, priority: int) -> bool:
@@ -131,24 +147,32 @@ class JobQueue:
         return 1 + sum(bisect_left(lane, key) for lane in self._lanes.values())
 
     @property
-    def lanes(self) -> Mapping[Shape, list[OrderKey]]:
+    def lanes(self) -> Mapping[Lane, list[OrderKey]]:
         """The lanes themselves, for a placement pass to walk; callers must not modify them."""
         return self._lanes
 
     def job(self, key: OrderKey) -> QueuedJob:
         return self._jobs[key[2]][0]
 
-    def drop_front(self, shape: Shape, count: int) -> None:
+    def drop_front(self, lane_key: Lane, count: int) -> None:
         """Remove the first ``count`` jobs of a lane: the ones a pass has just placed."""
-        lane = self._lanes[shape]
+        lane = self._lanes[lane_key]
         for key in lane[:count]:
             del self._jobs[key[2]]
         del lane[:count]
         if not lane:
-            del self._lanes[shape]
+            del self._lanes[lane_key]
 
     def ordered(self, limit: int | None = None) -> Iterator[QueuedJob]:
         """Jobs in queue order; the merge costs O(log shapes) per job."""
+        for job, _, _ in self.ordered_entries(limit):
+            yield job
+
+    def ordered_entries(
+        self, limit: int | None = None
+    ) -> Iterator[tuple[QueuedJob, OrderKey, Lane]]:
+        """``ordered`` with each job's order key and lane, as kept (not computed again)."""
         keys = heapq.merge(*self._lanes.values())
+        jobs = self._jobs
         for key in keys if limit is None else islice(keys, limit):
-            yield self._jobs[key[2]][0]
+            yield jobs[key[2]]

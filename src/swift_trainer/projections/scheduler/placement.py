@@ -2,8 +2,10 @@
 
 The policy, precisely:
 
-1. **Order.** Jobs are considered in queue order: priority 10 to 0, and first come first
-   served within a priority (see ``job_queue``).
+1. **Order.** Jobs are considered in queue order: priority 10 to 0; among jobs of equal
+   priority, the owner with fewer GPUs in use first (fair share, counted at the moment of
+   the decision: GPUs placed earlier in the same pass count), then first come first served
+   (see ``job_queue``). Jobs without an owner share one (``None``).
 2. **Eligibility** (rules in ``gpu_choice``). A job may use a GPU that is on a live runner,
    healthy, held by no job of ours, has less foreign memory (used by processes this system
    did not start) than ``foreign_memory_threshold_mib``, and meets the job's
@@ -14,30 +16,37 @@ The policy, precisely:
    ties to the lowest runner id; within it, the GPUs ``gpu_choice.select_gpus`` prefers (one
    NVLink group or PCIe switch for a gang when possible, then most free memory, then lowest
    utilisation, then lowest index).
-5. **Unplaceable jobs.** A job needing more matching GPUs than any live host has in total
+5. **Owner quotas.** A job whose owner's GPUs in use plus its own would exceed the owner's
+   ``max_gpus`` (``owner_usage``) is skipped: it waits in the queue, blocks no other owner
+   and never reserves; it becomes placeable when its owner's jobs end or the quota is
+   raised, at the next pass.
+6. **Unplaceable jobs.** A job needing more matching GPUs than any live host has in total
    (counting busy GPUs but not unhealthy ones) could wait forever. It is skipped: it never
    blocks the queue and never reserves, and ``unplaceable_reason`` says why. It becomes
    placeable again by itself when a big enough host reports.
-6. **Reservation (EASY backfilling).** The first job in queue order that is placeable but
-   does not fit now is the *head*. It reserves the N GPUs of the host where it will fit
-   first, judged by the running jobs' remaining times (``Occupancy.plan_reservation``). Only
-   the head reserves; jobs behind it may start on any other eligible GPUs (backfill), but
-   never on the reserved ones, even if they would finish before the head could start. A
-   reservation lasts one pass and is recomputed by the next, so it follows the latest
-   remaining times. Backfill never touches the reserved host's reserved GPUs, so the head's
-   expected start there can only come closer (unless swift revises a remaining time
-   upwards); it moves elsewhere only when another host would start it even sooner. That is
-   the guarantee against starvation. Ties (typically every candidate waiting on jobs of
-   unknown length) are broken deterministically, so the same state reserves the same GPUs;
-   a head that waits only on jobs of unknown length or on foreign processes still waits
-   for as long as they run, with no estimate.
-7. **Strict FIFO.** With ``backfill=False``, nothing behind a blocked head starts: the pass
+7. **Reservation (EASY backfilling).** The first job in that order that is placeable and
+   within its owner's quota but does not fit now is the *head*. It reserves the N GPUs of
+   the host where it will fit first, judged by the running jobs' remaining times
+   (``Occupancy.plan_reservation``). Only the head reserves; jobs behind it may start on
+   any other eligible GPUs (backfill), but never on the reserved ones, even if they would
+   finish before the head could start. A reservation lasts one pass and is recomputed by
+   the next, so it follows the latest remaining times. Backfill never touches the reserved
+   host's reserved GPUs, so the head's expected start there can only come closer (unless
+   swift revises a remaining time upwards); it moves elsewhere only when another host would
+   start it even sooner. That is the guarantee against starvation. Ties (typically every
+   candidate waiting on jobs of unknown length) are broken deterministically, so the same
+   state reserves the same GPUs; a head that waits only on jobs of unknown length or on
+   foreign processes still waits for as long as they run, with no estimate.
+8. **Strict FIFO.** With ``backfill=False``, nothing behind a blocked head starts: the pass
    stops at the head (which still reports its reservation).
 
 Because free GPUs only ever decrease during a pass, a job that does not fit proves that no
 later job of the same constraints and at least as many GPUs fits either; the pass drops such
-jobs without looking at them. That is what keeps the work per pass proportional to what it
-places plus the number of distinct job shapes, not to the queue length.
+jobs without looking at them. Owners' GPUs in use only grow during a pass, so a job over its
+owner's quota proves the same of the rest of its lane, and a lane's fair-share rank can only
+fall: the merge re-ranks a lane's front lazily, when it comes up. That is what keeps the
+work per pass proportional to what it places plus the number of lanes (job shapes times
+owners), not to the queue length.
 """
 
 from __future__ import annotations
@@ -51,8 +60,9 @@ import msgspec
 from swift_trainer.core.commands import ClaimGpus, ScheduleJob
 
 from .gpu_choice import Requirement, describe_requirement
-from .job_queue import OrderKey, QueuedJob, Shape
+from .job_queue import Lane, OrderKey, QueuedJob, Shape
 from .occupancy import INFINITY, Occupancy
+from .owner_usage import OwnerUsage
 
 DEFAULT_FOREIGN_MEMORY_THRESHOLD_MIB = 1024
 DEFAULT_ESTIMATE_LIMIT = 1000
@@ -116,12 +126,12 @@ class Unplaceable(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class PassOutcome(msgspec.Struct, frozen=True, kw_only=True):
-    """What a pass did: decisions in queue order, the head's reservation if any, and how
+    """What a pass did: decisions in the order taken, the head's reservation if any, and how
     many jobs of each lane it placed (always a prefix of the lane)."""
 
     decisions: tuple[Decision, ...]
     reservation: Reservation | None
-    placed_per_lane: dict[Shape, int]
+    placed_per_lane: dict[Lane, int]
 
 
 def unplaceable_reason(occupancy: Occupancy, shape: Shape) -> str | None:
@@ -142,36 +152,51 @@ def unplaceable_reason(occupancy: Occupancy, shape: Shape) -> str | None:
 
 def place_pass(
     occupancy: Occupancy,
-    lanes: Mapping[Shape, Sequence[OrderKey]],
+    lanes: Mapping[Lane, Sequence[OrderKey]],
     job_of: Callable[[OrderKey], QueuedJob],
     *,
+    usage: OwnerUsage | None = None,
     backfill: bool = True,
     now: float = 0.0,
-    starts: Mapping[Shape, int] | None = None,
+    starts: Mapping[Lane, int] | None = None,
+    report_reservation: bool = True,
+    screened: bool = False,
+    fronts: Sequence[LaneFront] | None = None,
 ) -> PassOutcome:
     """Run one pass over ``lanes`` (from ``starts`` on), holding the chosen GPUs in
-    ``occupancy``.
+    ``occupancy`` and counting them to their owners in ``usage``.
 
     Decided jobs hold their GPUs until ``now + expected_duration_s`` (forever when
-    unknown); the caller removes them from its queue using ``placed_per_lane``.
+    unknown); the caller removes them from its queue using ``placed_per_lane``. With
+    ``report_reservation=False`` (a simulation, which only wants the decisions) the head
+    reserves only when a job behind it could still start, the one case where the
+    reservation changes a decision: planning it is most of the cost of a pass that places
+    nothing. ``screened`` says that ``lanes`` hold no job that could never start (too big
+    for every host or for its owner's whole quota), so the pass need not check. ``fronts``:
+    every lane's first job as ``lane_front`` ranks it now, kept by a caller that runs many
+    passes (a simulation re-ranks only the lanes whose owner's GPUs changed).
     """
-    cursors: list[tuple[OrderKey, Shape, int]] = []
-    for shape, lane in lanes.items():
-        start = starts.get(shape, 0) if starts else 0
-        if start < len(lane) and shape[0] <= occupancy.capacity(shape[1]):
-            cursors.append((lane[start], shape, start))
-    heapq.heapify(cursors)
-
+    usage = OwnerUsage() if usage is None else usage
+    cursors = _lane_fronts(occupancy, lanes, usage, starts or {}, screened=screened, fronts=fronts)
     decisions: list[Decision] = []
-    placed: dict[Shape, int] = {}
+    placed: dict[Lane, int] = {}
     smallest_failed: dict[Requirement, int] = {}
     reservation: Reservation | None = None
     while cursors:
-        key, shape, index = cursors[0]
+        priority, ranked_at, seq, job_id, lane_key, index = cursors[0]
+        shape, owner = lane_key
+        in_use = usage.in_use(owner)
+        if in_use != ranked_at:  # the owner got GPUs since: rank the lane again
+            heapq.heapreplace(cursors, (priority, in_use, seq, job_id, lane_key, index))
+            continue
         count, requirement = shape
         if count >= smallest_failed.get(requirement, math.inf):
             heapq.heappop(cursors)  # a job as small with the same needs did not fit
             continue
+        if usage.over_quota(owner, count):
+            heapq.heappop(cursors)  # waits for its owner's GPUs, reserving nothing
+            continue
+        lane = lanes[lane_key]
         runner_id = None
         if occupancy.total_free and count <= occupancy.max_free():
             runner_id = occupancy.fit_host(count, requirement)
@@ -179,36 +204,92 @@ def place_pass(
             heapq.heappop(cursors)
             smallest_failed[requirement] = count
             if reservation is None:
-                reservation = _reserve(occupancy, job_of(key), shape, now)
+                if report_reservation or (backfill and occupancy.total_free):
+                    reservation = _reserve(occupancy, job_of(lane[index]), shape, now)
                 if not backfill:
                     break
             if not occupancy.total_free:
                 break
             continue
-        job = job_of(key)
-        gpu_ids = occupancy.choose_gpus(runner_id, count, requirement)
-        duration = job.expected_duration_s
-        ends_at = INFINITY if duration is None else now + float(duration)
-        occupancy.hold(job.job_id, runner_id, gpu_ids, ends_at)
-        decisions.append(
-            Decision(
-                job_id=job.job_id,
-                attempt=job.attempt + 1,
-                runner_id=runner_id,
-                gpu_ids=gpu_ids,
-                gpu_uuids=tuple(occupancy.gpu(runner_id, i).uuid for i in gpu_ids),
-            ),
-        )
+        job = job_of(lane[index])
+        decisions.append(_start(occupancy, job, runner_id, requirement, now))
+        usage.hold(job.job_id, owner, count)
         index += 1
-        placed[shape] = index
-        lane = lanes[shape]
+        placed[lane_key] = index
         if index < len(lane):
-            heapq.heapreplace(cursors, (lane[index], shape, index))
+            priority, seq, job_id = lane[index]
+            heapq.heapreplace(
+                cursors, (priority, usage.in_use(owner), seq, job_id, lane_key, index)
+            )
         else:
             heapq.heappop(cursors)
     if reservation is not None:
         occupancy.unreserve(reservation.runner_id)
     return PassOutcome(decisions=tuple(decisions), reservation=reservation, placed_per_lane=placed)
+
+
+#: ``(-priority, the owner's GPUs in use when ranked, seq, job id, lane, index in the lane)``
+LaneFront = tuple[int, int, int, str, Lane, int]
+_Cursor = LaneFront
+
+
+def lane_front(lane_key: Lane, lane: Sequence[OrderKey], usage: OwnerUsage) -> LaneFront:
+    """The first job of a lane, ranked by its owner's GPUs in use now."""
+    priority, seq, job_id = lane[0]
+    return (priority, usage.in_use(lane_key[1]), seq, job_id, lane_key, 0)
+
+
+def _lane_fronts(
+    occupancy: Occupancy,
+    lanes: Mapping[Lane, Sequence[OrderKey]],
+    usage: OwnerUsage,
+    starts: Mapping[Lane, int],
+    *,
+    screened: bool,
+    fronts: Sequence[LaneFront] | None,
+) -> list[_Cursor]:
+    """The first job of every lane that could ever start, as a heap in fair-share order.
+
+    ``screened``: the caller has left out the lanes that can never start (a simulation,
+    where hosts and quotas do not change, does it once rather than on every pass);
+    ``fronts``: the caller has ranked them too.
+    """
+    if fronts is not None:
+        cursors = list(fronts)
+        heapq.heapify(cursors)
+        return cursors
+    cursors = []
+    in_use = usage.in_use
+    for lane_key, lane in lanes.items():
+        start = starts.get(lane_key, 0) if starts else 0
+        if start >= len(lane):
+            continue
+        (count, requirement), owner = lane_key
+        if not screened and (
+            count > occupancy.capacity(requirement) or usage.never_within_quota(owner, count)
+        ):
+            continue
+        priority, seq, job_id = lane[start]
+        cursors.append((priority, in_use(owner), seq, job_id, lane_key, start))
+    heapq.heapify(cursors)
+    return cursors
+
+
+def _start(
+    occupancy: Occupancy, job: QueuedJob, runner_id: str, requirement: Requirement, now: float
+) -> Decision:
+    """Hold the GPUs ``job`` gets on ``runner_id`` until its expected end."""
+    gpu_ids = occupancy.choose_gpus(runner_id, job.gpu_count, requirement)
+    duration = job.expected_duration_s
+    ends_at = INFINITY if duration is None else now + float(duration)
+    occupancy.hold(job.job_id, runner_id, gpu_ids, ends_at)
+    return Decision(
+        job_id=job.job_id,
+        attempt=job.attempt + 1,
+        runner_id=runner_id,
+        gpu_ids=gpu_ids,
+        gpu_uuids=tuple(occupancy.gpu(runner_id, i).uuid for i in gpu_ids),
+    )
 
 
 def _reserve(occupancy: Occupancy, job: QueuedJob, shape: Shape, now: float) -> Reservation | None:

@@ -17,7 +17,7 @@ shell should pass on swift's progress reports as they come (``set_remaining``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 
 import msgspec
@@ -25,6 +25,7 @@ import msgspec
 from .gpu_snapshots import HostSnapshot, RunningJob
 from .job_queue import JobQueue, QueuedJob
 from .occupancy import INFINITY, Occupancy
+from .owner_usage import OwnerUsage
 from .placement import (
     Decision,
     PlacementPolicy,
@@ -61,7 +62,7 @@ class Scheduler:
     say.
     """
 
-    __slots__ = ("_hosts", "_occupancy", "_queue", "_running", "policy")
+    __slots__ = ("_hosts", "_occupancy", "_queue", "_running", "_usage", "policy")
 
     def __init__(self, policy: PlacementPolicy | None = None) -> None:
         self.policy = policy or PlacementPolicy()
@@ -69,6 +70,7 @@ class Scheduler:
         self._occupancy = Occupancy(self.policy.foreign_memory_threshold_mib)
         self._hosts: dict[str, HostSnapshot] = {}
         self._running: dict[str, RunningJob] = {}
+        self._usage = OwnerUsage()
 
     # --- the queue ----------------------------------------------------------------------
 
@@ -135,6 +137,15 @@ class Scheduler:
     def jobs_on(self, runner_id: str) -> tuple[str, ...]:
         return tuple(self._occupancy.jobs_on(runner_id))
 
+    # --- owners -------------------------------------------------------------------------
+
+    def set_quota(self, owner: str, max_gpus: int | None) -> None:
+        """An owner's ``max_gpus`` (``None``: no limit), in force from the next pass."""
+        self._usage.set_quota(owner, max_gpus)
+
+    def gpus_in_use(self, owner: str | None) -> int:
+        return self._usage.in_use(owner)
+
     # --- running jobs -------------------------------------------------------------------
 
     def assign(self, job: RunningJob) -> None:
@@ -142,10 +153,12 @@ class Scheduler:
         self._queue.remove(job.job_id)
         self._running[job.job_id] = job
         self._occupancy.hold(job.job_id, job.runner_id, job.gpu_ids, _ends_at(job.remaining_s))
+        self._usage.hold(job.job_id, job.owner, len(job.gpu_ids))
 
     def release(self, job_id: str) -> RunningJob | None:
         """The job let go of its GPUs (finished, stopped, lost, refused)."""
         self._occupancy.release(job_id)
+        self._usage.release(job_id)
         return self._running.pop(job_id, None)
 
     def set_remaining(self, job_id: str, remaining_s: float | None) -> None:
@@ -169,6 +182,7 @@ class Scheduler:
             self._occupancy,
             queue.lanes,
             queue.job,
+            usage=self._usage,
             backfill=self.policy.backfill,
         )
         for decision in outcome.decisions:
@@ -180,9 +194,10 @@ class Scheduler:
                 gpu_ids=decision.gpu_ids,
                 remaining_s=job.expected_duration_s,
                 priority=job.priority,
+                owner=job.owner,
             )
-        for shape, count in outcome.placed_per_lane.items():
-            queue.drop_front(shape, count)
+        for lane, count in outcome.placed_per_lane.items():
+            queue.drop_front(lane, count)
         return Placement(decisions=outcome.decisions, reservation=outcome.reservation)
 
     def unplaceable(self) -> tuple[Unplaceable, ...]:
@@ -199,6 +214,7 @@ class Scheduler:
         return queue_entries(
             self._occupancy,
             self._queue,
+            self._usage,
             backfill=self.policy.backfill,
             limit=self.policy.estimate_limit,
         )
@@ -211,13 +227,17 @@ def place_jobs(
     policy: PlacementPolicy | None = None,
     *,
     now: datetime | None = None,
+    max_gpus: Mapping[str, int] | None = None,
 ) -> PlacementPass:
     """One complete placement pass from snapshots.
 
-    With ``now``, hosts past their lease count as dead. The queue in the result is the queue
-    after the decisions, with positions and wait estimates.
+    With ``now``, hosts past their lease count as dead; ``max_gpus`` are owners' quotas.
+    The queue in the result is the queue after the decisions, with positions and wait
+    estimates.
     """
     scheduler = Scheduler(policy)
+    for owner, limit in (max_gpus or {}).items():
+        scheduler.set_quota(owner, limit)
     for host in hosts:
         expired = now is not None and host.alive and not host.is_live(now)
         scheduler.update_host(msgspec.structs.replace(host, alive=False) if expired else host)

@@ -465,11 +465,20 @@ class SchedulerService:
                 if x.estimated_wait_s is None
                 else _whole_seconds(now + timedelta(seconds=x.estimated_wait_s)),
                 unplaceable=x.unplaceable,
+                gpu_count=x.gpu_count,
+                blocked_by=x.blocked_by,
+                blocked_reason=x.blocked_reason,
             )
             for x in self.state.placement.report()
         ]
         held = [
-            QueueEntry(job_id=job_id, position=len(queued) + n, priority=priority, unplaceable=why)
+            QueueEntry(
+                job_id=job_id,
+                position=len(queued) + n,
+                priority=priority,
+                unplaceable=why,
+                gpu_count=self.state.gpu_count(job_id),
+            )
             for n, (job_id, priority, why) in enumerate(self.state.held_back(), start=1)
         ]
         entries = (*queued, *held)

@@ -2,10 +2,11 @@
 
 ``SchedulerState`` folds recorded events into per-job aggregate states (with
 ``core.job.evolve``, so the scheduler can never disagree with the domain about a job's
-status), the GPU ledger (with ``core.gpu_ledger.evolve_ledger``) and the queue processor
-switch, and keeps the pure placement core (``placement_core.Scheduler``, the attribute
-``placement``) in step with them. It does no I/O and reads the
-clock only through the ``now`` arguments: the service shell owns NATS, leadership and time.
+status), the GPU ledger (with ``core.gpu_ledger.evolve_ledger``), the queue processor
+switch and owners' ``max_gpus`` (``QuotaSet`` of the access stream), and keeps the pure
+placement core (``placement_core.Scheduler``, the attribute ``placement``) in step with
+them. It does no I/O and reads the clock only through the ``now`` arguments: the service
+shell owns NATS, leadership and time.
 
 How a job appears in the placement core, from its state, its ledger claim and this instance's
 in-flight decisions:
@@ -38,7 +39,7 @@ from typing import Final, Literal
 import msgspec
 
 from swift_trainer.core import events as e
-from swift_trainer.core.access import is_access_stream
+from swift_trainer.core.access import QuotaSet, decode_access_event, is_access_stream
 from swift_trainer.core.errors import MessageError
 from swift_trainer.core.gpu_ledger import Claim, LedgerState, evolve_ledger
 from swift_trainer.core.inventory import RunnerHeartbeat
@@ -92,6 +93,10 @@ def _claim_is_live(state: JobState | None, claim: Claim) -> bool:
     if state.status in ACTIVE and state.runner_id is not None:
         return claim.attempt == state.attempt and claim.same_gpus(state.runner_id, state.gpu_ids)
     return state.status is JobStatus.QUEUED and claim.attempt == state.attempt + 1
+
+
+def _owner_of(state: JobState) -> str | None:
+    return state.spec.owner if state.spec is not None else None
 
 
 class ClaimAction(msgspec.Struct, frozen=True):
@@ -158,6 +163,8 @@ class SchedulerState:
         #: retry in seconds. Refusals in a row double the wait, up to ``COOLDOWN_MAX``.
         self.cooling: dict[str, tuple[datetime, str]] = {}
         self.refusals: dict[str, int] = {}
+        #: Owners' GPU quotas as the access stream last set them (None: no limit).
+        self.max_gpus: dict[str, int | None] = {}
         self.now: datetime | None = None
 
     # --- events -------------------------------------------------------------------------
@@ -175,8 +182,11 @@ class SchedulerState:
             if recorded.position <= self.position:
                 continue
             self.position = recorded.position
-            if is_webhook_stream(recorded.stream_id) or is_access_stream(recorded.stream_id):
-                continue  # webhook deliveries and API keys change nothing the scheduler places
+            if is_webhook_stream(recorded.stream_id):
+                continue  # webhook deliveries change nothing the scheduler places
+            if is_access_stream(recorded.stream_id):
+                relevant |= self._apply_access(recorded)
+                continue
             try:
                 event = e.decode_event(recorded.type, recorded.payload, recorded.schema_version)
             except MessageError as exc:
@@ -212,6 +222,20 @@ class SchedulerState:
             self._note_entered(job_id, now or batch[-1].recorded_at)
         self._settle_arrived()
         return relevant
+
+    def _apply_access(self, recorded: RecordedEvent) -> bool:
+        """Owners' ``max_gpus`` from the access stream; keys change nothing placed."""
+        try:
+            event = decode_access_event(recorded.type, recorded.payload)
+        except MessageError as exc:
+            self.malformed += 1
+            _log.warning("scheduler skips event at position %d: %s", recorded.position, exc)
+            return False
+        if not isinstance(event, QuotaSet):
+            return False
+        self.max_gpus[event.owner] = event.max_gpus
+        self.placement.set_quota(event.owner, event.max_gpus)
+        return True
 
     def _cool(self, job_id: str, now: datetime, event: e.AssignmentRejected) -> None:
         count = self.refusals.get(job_id, 0) + 1
@@ -320,7 +344,10 @@ class SchedulerState:
         if claim is not None and not _claim_is_live(state, claim):
             self.placement.assign(
                 RunningJob(
-                    job_id=claim_key(job_id), runner_id=claim.runner_id, gpu_ids=claim.gpu_ids
+                    job_id=claim_key(job_id),
+                    runner_id=claim.runner_id,
+                    gpu_ids=claim.gpu_ids,
+                    owner=self._owner(job_id),
                 ),
             )
             self._claim_holds.add(job_id)
@@ -342,6 +369,7 @@ class SchedulerState:
                     gpu_ids=state.gpu_ids,
                     remaining_s=state.progress.remaining_s if state.progress else None,
                     priority=state.priority,
+                    owner=_owner_of(state),
                 ),
             )
         elif state.status is JobStatus.QUEUED:
@@ -352,6 +380,7 @@ class SchedulerState:
                         runner_id=claim.runner_id,
                         gpu_ids=claim.gpu_ids,
                         priority=state.priority,
+                        owner=_owner_of(state),
                     ),
                 )
             elif self._cooling(job_id):
@@ -374,7 +403,13 @@ class SchedulerState:
             gpu_name=spec.gpu_name,
             attempt=state.attempt,
             expected_duration_s=state.progress.remaining_s if state.progress else None,
+            owner=spec.owner,
         )
+
+    def _owner(self, job_id: str) -> str | None:
+        """Whose GPUs a claim holds: the owner of its job, while the job is known."""
+        state = self.jobs.get(job_id) or self.dormant.peek(job_id)
+        return None if state is None else _owner_of(state)
 
     # --- this instance's own placements -------------------------------------------------
 
@@ -579,6 +614,11 @@ class SchedulerState:
             if state is not None and state.status is JobStatus.QUEUED and self._cooling(job_id):
                 held.append((job_id, state.priority, why))
         return held
+
+    def gpu_count(self, job_id: str) -> int:
+        """How many GPUs a live job asks for (1 when unknown)."""
+        state = self.jobs.get(job_id)
+        return state.spec.gpu_count if state is not None and state.spec is not None else 1
 
     @property
     def paused(self) -> bool:

@@ -76,7 +76,9 @@ export function queueView(main) {
             h("td", priorityEditor(e)),
             h("td", e.estimated_start ? fmtTime(e.estimated_start) : "–"),
             h("td", e.estimated_wait_time),
-            h("td", e.unplaceable ? h("span.warn", { role: "note" }, `cannot be placed: ${e.unplaceable}`) : h("span.muted", "waiting for GPUs"))))
+            h("td", e.unplaceable ? h("span.warn", { role: "note" }, `cannot be placed: ${e.unplaceable}`)
+              : e.blocked_by === "owner_gpu_quota" ? h("span.warn", { role: "note" }, `waiting for its owner's GPU quota${e.blocked_reason ? `: ${e.blocked_reason}` : ""}`)
+              : h("span.muted", `waiting for ${e.gpu_count > 1 ? `${e.gpu_count} GPUs` : "a GPU"}`))))
           : [h("tr", h("td.empty", { colspan: 6 }, "The queue is empty."))]),
       ]);
     } catch (err) {
