@@ -192,12 +192,13 @@ def main() -> None:
             "LOG_LEVEL": "WARNING",
         }
         nats: EmbeddedNatsServer | None = None
+        nats_loop = asyncio.new_event_loop()  # the server's start and stop share one loop
         ours: dict[str, subprocess.Popen[bytes]] = {}
         if options.shape == "up":
             ours["up"] = _start([sys.executable, "-m", "swift_trainer.cli", "up"], common)
         else:
             nats = EmbeddedNatsServer(Path(tmp) / "nats")
-            asyncio.run(nats.start())
+            nats_loop.run_until_complete(nats.start())
             distributed = {
                 **common,
                 "NATS_URL": nats.url,
@@ -292,7 +293,8 @@ def main() -> None:
                 except subprocess.TimeoutExpired:
                     process.kill()
             if nats is not None:
-                asyncio.run(nats.stop())
+                nats_loop.run_until_complete(nats.stop())
+            nats_loop.close()
             client = redis.Redis.from_url(redis_url)
             for key in client.scan_iter(match=prefix + "*"):
                 client.delete(key)

@@ -17,6 +17,11 @@ wait there, up to ``busy_timeout``.
 
 Durability is unchanged: the connection runs WAL with the store's ``synchronous`` setting,
 and a caller's future is settled only after ``COMMIT`` returned.
+
+The thread remembers what it committed last (``SqliteHead``: the chain's last link, its
+streams' versions), checked against ``PRAGMA data_version`` under the write lock, so an
+append does not read them back; any other commit to the file, or any statement run here
+for a caller, makes it read them again.
 """
 
 from __future__ import annotations
