@@ -149,7 +149,7 @@ async def test_offered_events_are_published_without_a_read_and_gaps_come_from_th
     )
     relay.offer(mine.events)
     assert await relay.publish_pending() == 1
-    assert relay.read_from_store == 0
+    assert relay.store_reads == 0, "offered events are not read back"
     await _append_job(store, "elsewhere")  # positions 2-4, never offered
     later = await store.append(
         job_stream("a"), [_new(e.JobQueued(at=NOW, job_id="a", priority=5))], expected_version=1

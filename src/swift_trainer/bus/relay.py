@@ -109,6 +109,8 @@ class OutboxRelay:
         self._tracked_at = -tracking_interval
         #: Events offered by this process's handler, by position, not yet published.
         self._offered: dict[int, RecordedEvent] = {}
+        #: Store reads (queries) and the events they returned: how often offers fell short.
+        self.store_reads = 0
         self.read_from_store = 0
 
     def offer(self, events: Sequence[RecordedEvent]) -> None:
@@ -163,15 +165,21 @@ class OutboxRelay:
         before = self.published_total
         inflight: deque[tuple[RecordedEvent, asyncio.Future[PubAck]]] = deque()
         sent_position, previous = self.position, self._last_msg_id
+        offered = False
         while True:
             events: list[RecordedEvent] = []
             if len(inflight) < self.window:
                 events = self._take_offered(sent_position)
-                if not events:
+                offered |= bool(events)
+                if not events and not offered:
+                    # Only a pass that started without offers reads the store: after
+                    # offers, what follows is offered next (and wakes the relay), or was
+                    # appended elsewhere and read on the next wake (its nudge, or the poll).
                     events = await self.store.read_all(
                         after_position=sent_position,
                         limit=self.batch_size,
                     )
+                    self.store_reads += 1
                     self.read_from_store += len(events)
             for event in events:
                 inflight.append((event, await self._publish(event, previous)))
