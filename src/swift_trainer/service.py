@@ -33,6 +33,7 @@ from .core.errors import SwiftTrainerError
 from .core.settings import Settings
 from .core.shutdown import wait_for_shutdown
 from .core.sqlstore import SqlEventStore, open_event_store
+from .core.store import AppendResult
 from .core.telemetry import setup_tracing
 from .projections.log_feed import LogFeed
 from .projections.read_model_service import ReadModelService
@@ -142,8 +143,19 @@ class Service:
 
     async def start_relay(self) -> OutboxRelay:
         assert self.nc is not None and self.store is not None
-        self.relay = OutboxRelay(self.store, self.nc)
-        await self.relay.start()
+        self.relay = relay = OutboxRelay(self.store, self.nc)
+        await relay.start()
+        if self.handler is not None:
+            # This process's appends reach its relay directly (no read back from the
+            # store); the NATS nudge still tells the relays of other processes.
+            nudge = self.handler.on_appended
+
+            def appended(result: AppendResult) -> None:
+                relay.offer(result.events)
+                if nudge is not None:
+                    nudge(result)
+
+            self.handler.on_appended = appended
         self._stoppers.append(("outbox relay", self.relay.stop))
         self.add_background(
             "relay-lag sampler", sample_relay_lag(self.store, self.relay, METRICS_SAMPLE_S)

@@ -133,3 +133,32 @@ async def test_a_running_relay_publishes_on_its_own_after_a_nudge(
         assert relay.position == 3
     finally:
         await relay.stop()
+
+
+async def test_offered_events_are_published_without_a_read_and_gaps_come_from_the_store(
+    nc: Client,
+    store: SqlEventStore,
+) -> None:
+    """What this process's handler appended is handed over; what another process appended
+    (not offered) is read from the store; an offer of what was published already is dropped."""
+    relay = OutboxRelay(store, nc)
+    await relay.reconcile()
+    spec = JobSpec(data_path="d", model_path="m", output_dir="o/a")
+    mine = await store.append(
+        job_stream("a"), [_new(e.JobSubmitted(at=NOW, job_id="a", spec=spec))], expected_version=0
+    )
+    relay.offer(mine.events)
+    assert await relay.publish_pending() == 1
+    assert relay.store_reads == 0, "offered events are not read back"
+    await _append_job(store, "elsewhere")  # positions 2-4, never offered
+    later = await store.append(
+        job_stream("a"), [_new(e.JobQueued(at=NOW, job_id="a", priority=5))], expected_version=1
+    )
+    relay.offer(later.events)  # position 5 waits behind the gap
+    relay.offer(mine.events)  # published already: ignored
+    assert await relay.publish_pending() == 4
+    assert relay.read_from_store == 4  # 2-4 and 5 came in one read of the store
+    assert await _drain(nc, "all", subjects.EVENTS_ALL, 5) == [1, 2, 3, 4, 5]
+    assert await relay.publish_pending() == 0, "the offer of 5 was not published twice"
+    info = await nc.jetstream().stream_info(subjects.EVENTS_STREAM)
+    assert info.state.messages == 5

@@ -12,6 +12,7 @@ import pytest
 
 from swift_trainer.core.errors import ConcurrencyConflict, StoreError
 from swift_trainer.core.ids import new_id
+from swift_trainer.core.sqlaudit import verify_chain
 from swift_trainer.core.sqlstore import SqlEventStore, open_event_store
 from swift_trainer.core.store import NO_STREAM, NewEvent
 
@@ -109,5 +110,87 @@ async def test_an_append_before_setup_is_a_clear_error(tmp_path: Path) -> None:
         with pytest.raises(StoreError) as refused:
             await store.append("s", [_event()], expected_version=NO_STREAM)
         assert refused.value.code == "store_not_set_up"
+    finally:
+        await store.close()
+
+
+async def test_appends_by_another_writer_of_the_file_are_seen_by_the_next_append(
+    tmp_path: Path,
+) -> None:
+    """The writer remembers the chain's last link and its streams' versions; a commit by any
+    other connection (here a second store on the same file) must make it read them again."""
+    first, second = await _open(tmp_path), await _open(tmp_path)
+    try:
+        await first.append("s-1", [_event()], expected_version=NO_STREAM)
+        await second.append("s-1", [_event()], expected_version=1)
+        await second.append("s-2", [_event()], expected_version=NO_STREAM)
+        # first remembers the chain at position 1 and s-1 at version 1: both are stale now.
+        fresh = await first.append("s-3", [_event()], expected_version=NO_STREAM)
+        assert fresh.events[0].position == 4
+        with pytest.raises(ConcurrencyConflict) as stale:
+            await first.append("s-1", [_event()], expected_version=1)
+        assert stale.value.actual == 2
+        # A stream first created elsewhere: the new-stream append is refused as a conflict.
+        with pytest.raises(ConcurrencyConflict) as exists:
+            await first.append("s-2", [_event()], expected_version=NO_STREAM)
+        assert exists.value.actual == 1
+        stored = await first.append("s-1", [_event()], expected_version=2)
+        assert stored.events[0].position == 5
+        verifier = await verify_chain(first)
+        assert verifier.problems == []
+        assert verifier.checked == 5
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_new_stream_append_to_an_existing_stream_in_a_group_is_a_conflict(
+    tmp_path: Path,
+) -> None:
+    store, other = await _open(tmp_path), await _open(tmp_path)
+    try:
+        await other.append("taken", [_event()], expected_version=NO_STREAM)
+        appends = [
+            store.append(f"s-{i}", [_event()], expected_version=NO_STREAM) for i in range(20)
+        ]
+        appends.insert(10, store.append("taken", [_event()], expected_version=NO_STREAM))
+        results = await asyncio.gather(*appends, return_exceptions=True)
+        conflict = results[10]
+        assert isinstance(conflict, ConcurrencyConflict)
+        assert conflict.actual == 1
+        assert all(not isinstance(r, BaseException) for i, r in enumerate(results) if i != 10)
+        assert (await verify_chain(store)).problems == []
+    finally:
+        await store.close()
+        await other.close()
+
+
+async def test_a_statement_on_the_writer_connection_makes_it_read_the_head_again(
+    tmp_path: Path,
+) -> None:
+    """Rows changed through the writer's own connection do not change ``data_version``:
+    the writer forgets what it remembered after any statement it runs for a caller."""
+    store = await _open(tmp_path)
+    try:
+        writer = store.sqlite_writer
+        assert writer is not None
+        await store.append("s-1", [_event()], expected_version=NO_STREAM)
+
+        def add_behind_the_store(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO events (position, stream_id, version, event_id, type,"
+                " schema_version, payload, metadata, recorded_at)"
+                " VALUES (2, 's-1', 2, ?, 'X', 1, x'00', '{}', '2026-01-01 00:00:00.000000')",
+                (new_id(),),
+            )
+
+        await writer.call(add_behind_the_store)
+        fresh = await store.append("s-2", [_event()], expected_version=NO_STREAM)
+        assert fresh.events[0].position == 3
+        with pytest.raises(ConcurrencyConflict) as stale:
+            await store.append("s-1", [_event()], expected_version=1)
+        assert stale.value.actual == 2
+        stored = await store.append("s-1", [_event()], expected_version=2)
+        assert stored.events[0].position == 4
     finally:
         await store.close()

@@ -126,6 +126,7 @@ class CommandHandler:
         self.cache_size = cache_size
         self.max_conflict_retries = max_conflict_retries
         self.on_appended = on_appended
+        self._nudge_waiting = False
         self.snapshot_every = snapshot_every
         self._snapshotted: dict[str, int] = {}
         self._states: OrderedDict[str, aggregates.State] = OrderedDict()
@@ -397,10 +398,20 @@ class CommandHandler:
         self.on_appended = self.on_appended or self._nudge_relay
 
     def _nudge_relay(self, _result: AppendResult) -> None:
-        if self._nc is not None and self._nc.is_connected:
-            task = asyncio.create_task(self._nc.publish(subjects.APPENDED, b""))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        """Wake the relays; appends made before a waiting nudge goes out share it (a relay
+        woken reads everything stored after its position)."""
+        if self._nudge_waiting or self._nc is None or not self._nc.is_connected:
+            return
+        self._nudge_waiting = True
+        task = asyncio.create_task(self._publish_nudge(self._nc))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _publish_nudge(self, nc: Client) -> None:
+        # Cleared before publishing: an append committed after this line gets a nudge of
+        # its own, one committed before it is covered by this one.
+        self._nudge_waiting = False
+        await nc.publish(subjects.APPENDED, b"")
 
     async def _serve(self, msg: Msg) -> None:
         try:

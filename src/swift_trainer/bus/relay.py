@@ -11,6 +11,11 @@ the previous event's id. If one publish in a pipeline fails, every later one is 
 the server instead of landing out of order; the relay re-reads the stream's tail and goes
 on from there. The position published so far is also written to the store's tracking table
 (``get_tracking("relay")``) for monitoring the lag.
+
+A handler in the same process hands the relay the events it has just appended (``offer``),
+exactly as the store returned them, so the relay publishes those without reading them back;
+it reads the store for any position it was not offered (another process appended it, or the
+offer came after a gap), so the store stays the outbox and the only source of what to send.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import Final
 
 import msgspec
@@ -101,6 +107,39 @@ class OutboxRelay:
         self.window = window
         self.tracking_interval = tracking_interval
         self._tracked_at = -tracking_interval
+        #: Events offered by this process's handler, by position, not yet published.
+        self._offered: dict[int, RecordedEvent] = {}
+        #: Store reads (queries) and the events they returned: how often offers fell short.
+        self.store_reads = 0
+        self.read_from_store = 0
+
+    def offer(self, events: Sequence[RecordedEvent]) -> None:
+        """Events just appended in this process, as stored: publish them without a read.
+
+        Bounded: past ``window`` waiting events new offers are dropped, and the relay reads
+        those from the store like any other.
+        """
+        offered = self._offered
+        for event in events:
+            if event.position > self.position and len(offered) < self.window:
+                offered[event.position] = event
+        self._wake.set()
+
+    def _take_offered(self, after: int) -> list[RecordedEvent]:
+        """The offered events that follow ``after`` without a gap (and forget older ones)."""
+        offered = self._offered
+        if not offered:
+            return []
+        taken: list[RecordedEvent] = []
+        position = after + 1
+        while len(taken) < self.batch_size and (event := offered.pop(position, None)):
+            taken.append(event)
+            position += 1
+        if offered and min(offered) < position:
+            # Read from the store before their offer came: published already.
+            for stale in [p for p in offered if p < position]:
+                del offered[stale]
+        return taken
 
     async def reconcile(self) -> int:
         """Resume after the last event JetStream holds (0 when the stream is empty)."""
@@ -126,13 +165,22 @@ class OutboxRelay:
         before = self.published_total
         inflight: deque[tuple[RecordedEvent, asyncio.Future[PubAck]]] = deque()
         sent_position, previous = self.position, self._last_msg_id
+        offered = False
         while True:
             events: list[RecordedEvent] = []
             if len(inflight) < self.window:
-                events = await self.store.read_all(
-                    after_position=sent_position,
-                    limit=self.batch_size,
-                )
+                events = self._take_offered(sent_position)
+                offered |= bool(events)
+                if not events and not offered:
+                    # Only a pass that started without offers reads the store: after
+                    # offers, what follows is offered next (and wakes the relay), or was
+                    # appended elsewhere and read on the next wake (its nudge, or the poll).
+                    events = await self.store.read_all(
+                        after_position=sent_position,
+                        limit=self.batch_size,
+                    )
+                    self.store_reads += 1
+                    self.read_from_store += len(events)
             for event in events:
                 inflight.append((event, await self._publish(event, previous)))
                 sent_position, previous = event.position, event.event_id

@@ -28,7 +28,7 @@ import asyncpg
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from swift_trainer.core.audit_chain import GENESIS_HASH, chain_time, event_hash
+from swift_trainer.core.audit_chain import GENESIS_HASH, event_hash
 from swift_trainer.core.errors import (
     ConcurrencyConflict,
     IntegrityError,
@@ -147,12 +147,71 @@ def new_events_result(
 
 # --- SQLite -------------------------------------------------------------------------------
 
-#: The stream's version, and the audit chain's last link (position and hash).
-_SQLITE_HEAD: Final = (
-    "SELECT (SELECT max(version) FROM events WHERE stream_id = ?),"
-    " (SELECT max(position) FROM events),"
-    " (SELECT hash FROM events ORDER BY position DESC LIMIT 1)"
-)
+#: The audit chain's last link (position and hash).
+_SQLITE_LAST_LINK: Final = "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
+#: Changes whenever another connection commits to the file (never for this one's commits).
+_SQLITE_DATA_VERSION: Final = "PRAGMA data_version"
+#: Streams whose version the writer remembers; past this, the oldest half is forgotten.
+_SQLITE_KNOWN_STREAMS: Final = 4096
+
+
+class SqliteHead:
+    """What the writer connection committed last: the chain's last link and the versions of
+    the streams it appended to, so an append need not read them back.
+
+    Valid only while no other connection has committed to the file, which ``PRAGMA
+    data_version`` tells (read under the write lock, it costs no page read); any other
+    commit, another process's or a Core connection's, drops everything and the next append
+    reads from the table again. Appends only ever update it after a successful insert, and
+    a transaction that fails after that, or any other statement run on the connection,
+    calls :meth:`forget`, so what it holds is always what is committed.
+    """
+
+    __slots__ = ("_data_version", "_hash", "_position", "_streams")
+
+    def __init__(self) -> None:
+        self._data_version: int | None = None
+        self._position = 0
+        self._hash = GENESIS_HASH
+        self._streams: dict[str, int] = {}
+
+    def forget(self) -> None:
+        self._data_version = None
+        self._streams.clear()
+
+    def last_link(self, conn: sqlite3.Connection) -> tuple[int, bytes]:
+        """The chain's last (position, hash); call inside the write transaction."""
+        (data_version,) = conn.execute(_SQLITE_DATA_VERSION).fetchone()
+        if data_version != self._data_version:
+            self._streams.clear()
+            row = conn.execute(_SQLITE_LAST_LINK).fetchone()
+            position, digest = row if row is not None else (0, None)
+            self._position, self._hash = position or 0, digest or GENESIS_HASH
+            self._data_version = data_version
+        return self._position, self._hash
+
+    def stream_version(self, conn: sqlite3.Connection, stream_id: str, expected: int | None) -> int:
+        """The stream's version; only after :meth:`last_link` in the same transaction.
+
+        A stream expected to be new and not known here is not read: 0 is returned, and the
+        unique index on (stream_id, version) refuses the insert if the stream exists.
+        """
+        version = self._streams.get(stream_id)
+        if version is None:
+            if expected == 0:
+                return 0
+            (version,) = conn.execute(_SQLITE_STREAM_VERSION, (stream_id,)).fetchone()
+        return int(version)
+
+    def appended(self, stream_id: str, version: int, position: int, digest: bytes) -> None:
+        self._position, self._hash = position, digest
+        streams = self._streams
+        if len(streams) >= _SQLITE_KNOWN_STREAMS and stream_id not in streams:
+            for stale in list(streams)[: _SQLITE_KNOWN_STREAMS // 2]:
+                del streams[stale]
+        streams[stream_id] = version
+
+
 #: Rows per INSERT statement; 6 parameters a row stays far below SQLite's 32766.
 _SQLITE_ROWS_PER_INSERT: Final = 500
 
@@ -232,7 +291,26 @@ def _sqlite_earlier(conn: sqlite3.Connection, request: AppendRequest) -> AppendR
     return earlier_result(request, found)
 
 
-def sqlite_append(conn: sqlite3.Connection, request: AppendRequest) -> AppendResult:
+def _sqlite_refusal(
+    conn: sqlite3.Connection, request: AppendRequest, exc: sqlite3.IntegrityError
+) -> AppendResult:
+    """A unique index refused the insert: a redelivery (answer it), a stream that moved
+    (a conflict: an append expecting a new stream does not read the version first, the
+    index on (stream_id, version) is its check), or a clash no retry can fix."""
+    earlier = _sqlite_earlier(conn, request)
+    if earlier is not None:
+        return earlier
+    expected = request.expected_version
+    if expected is not None:
+        (current,) = conn.execute(_SQLITE_STREAM_VERSION, (request.stream_id,)).fetchone()
+        if current != expected:
+            raise ConcurrencyConflict(request.stream_id, expected, current)
+    raise IntegrityError(f"append to stream {request.stream_id!r} refused: {exc}") from exc
+
+
+def sqlite_append(
+    conn: sqlite3.Connection, request: AppendRequest, head: SqliteHead | None = None
+) -> AppendResult:
     """Append in one transaction; runs on the thread that owns ``conn``.
 
     ``BEGIN IMMEDIATE`` takes the database's single write lock before anything is read, so
@@ -240,22 +318,24 @@ def sqlite_append(conn: sqlite3.Connection, request: AppendRequest) -> AppendRes
     ``busy_timeout``) instead of failing later on a read-to-write lock upgrade. Duplicates
     are detected optimistically by the unique indexes, so the common case costs no extra
     query; the rare conflict or duplicate path rolls back and looks up the earlier outcome.
+    ``head`` is the writer's memory of what it committed last (a fresh one reads it all).
     """
+    head = head if head is not None else SqliteHead()
     conn.execute("BEGIN IMMEDIATE")
     try:
-        outcome = _sqlite_insert(conn, request)
+        outcome = _sqlite_insert(conn, request, head)
+        if isinstance(outcome, AppendResult):
+            conn.commit()
+            return outcome
     except sqlite3.IntegrityError as exc:
+        head.forget()
         conn.rollback()
-        earlier = _sqlite_earlier(conn, request)
-        if earlier is None:
-            raise IntegrityError(f"append to stream {request.stream_id!r} refused: {exc}") from exc
-        return earlier
+        return _sqlite_refusal(conn, request, exc)
     except BaseException:
+        head.forget()
         if conn.in_transaction:
             conn.rollback()
         raise
-    if isinstance(outcome, AppendResult):
-        return outcome
     conn.rollback()
     earlier = _sqlite_earlier(conn, request)
     if earlier is None:
@@ -265,24 +345,22 @@ def sqlite_append(conn: sqlite3.Connection, request: AppendRequest) -> AppendRes
 
 
 def _sqlite_insert(
-    conn: sqlite3.Connection,
-    request: AppendRequest,
-    *,
-    commit: bool = True,
+    conn: sqlite3.Connection, request: AppendRequest, head: SqliteHead
 ) -> AppendResult | int:
-    """Inside ``BEGIN IMMEDIATE``: store (and commit, unless part of a group), or return
-    the stream's version when ``expected_version`` does not match it."""
+    """Inside ``BEGIN IMMEDIATE``: insert (the caller commits), or return the stream's
+    version when ``expected_version`` does not match it."""
     stream_id = request.stream_id
-    current, last_position, last_hash = conn.execute(_SQLITE_HEAD, (stream_id,)).fetchone()
-    current = current or 0
-    if request.expected_version is not None and current != request.expected_version:
-        return int(current)
-    first_position = (last_position or 0) + 1
+    last_position, link = head.last_link(conn)
+    expected = request.expected_version
+    current = head.stream_version(conn, stream_id, expected)
+    if expected is not None and current != expected:
+        return current
+    first_position = last_position + 1
     at = datetime.now(UTC)
-    # SQLAlchemy's text layout for SQLite DATETIME, so Core reads parse what is written here.
+    # SQLAlchemy's text layout for SQLite DATETIME, so Core reads parse what is written here;
+    # the chain's layout (``chain_time``) differs only in the "T" (one format, not two).
     stamp = at.replace(tzinfo=None).isoformat(" ", "microseconds")
-    chained_at = chain_time(at)
-    link = last_hash or GENESIS_HASH
+    chained_at = stamp.replace(" ", "T", 1)
     events = request.events
     metadata = request.metadata_json
     for start in range(0, len(events), _SQLITE_ROWS_PER_INSERT):
@@ -316,8 +394,7 @@ def _sqlite_insert(
     last = first_position + len(events) - 1
     if request.command_id is not None:
         conn.execute(_SQLITE_INSERT_COMMAND, (request.command_id, stream_id, first_position, last))
-    if commit:
-        conn.commit()
+    head.appended(stream_id, current + len(events), last, link)
     # The stored text has microsecond precision, as ``at`` has: reads return equal values.
     return new_events_result(request, first_position, current + 1, at)
 
@@ -325,6 +402,7 @@ def _sqlite_insert(
 def sqlite_append_group(
     conn: sqlite3.Connection,
     requests: Sequence[AppendRequest],
+    head: SqliteHead | None = None,
 ) -> list[AppendResult | SwiftTrainerError]:
     """Append several independent requests in ONE transaction (group commit).
 
@@ -334,36 +412,41 @@ def sqlite_append_group(
     duplicate undoes only that request and gets its own answer, exactly as if it had been
     appended alone; requests for the same stream see each other in order.
     """
+    head = head if head is not None else SqliteHead()
     outcomes: list[AppendResult | SwiftTrainerError] = []
     conn.execute("BEGIN IMMEDIATE")
     try:
         for request in requests:
             conn.execute("SAVEPOINT one_append")
+            refused: sqlite3.IntegrityError | None = None
             try:
-                outcome = _sqlite_insert(conn, request, commit=False)
+                outcome = _sqlite_insert(conn, request, head)
             except sqlite3.IntegrityError as exc:
-                outcome = -1
-                failure: SwiftTrainerError = IntegrityError(
-                    f"append to stream {request.stream_id!r} refused: {exc}",
-                )
+                outcome, refused = -1, exc
             if isinstance(outcome, AppendResult):
                 conn.execute("RELEASE one_append")
                 outcomes.append(outcome)
                 continue
             conn.execute("ROLLBACK TO one_append")
             conn.execute("RELEASE one_append")
-            earlier = _sqlite_earlier(conn, request)
+            try:
+                if refused is not None:
+                    outcomes.append(_sqlite_refusal(conn, request, refused))
+                    continue
+                earlier = _sqlite_earlier(conn, request)
+            except SwiftTrainerError as failure:
+                outcomes.append(failure)
+                continue
             if earlier is not None:
                 outcomes.append(earlier)
-            elif outcome >= 0:
+            else:
                 assert request.expected_version is not None
                 outcomes.append(
                     ConcurrencyConflict(request.stream_id, request.expected_version, outcome),
                 )
-            else:
-                outcomes.append(failure)
         conn.commit()
     except BaseException:
+        head.forget()
         if conn.in_transaction:
             conn.rollback()
         raise

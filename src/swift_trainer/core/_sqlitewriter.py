@@ -17,6 +17,11 @@ wait there, up to ``busy_timeout``.
 
 Durability is unchanged: the connection runs WAL with the store's ``synchronous`` setting,
 and a caller's future is settled only after ``COMMIT`` returned.
+
+The thread remembers what it committed last (``SqliteHead``: the chain's last link, its
+streams' versions), checked against ``PRAGMA data_version`` under the write lock, so an
+append does not read them back; any other commit to the file, or any statement run here
+for a caller, makes it read them again.
 """
 
 from __future__ import annotations
@@ -29,7 +34,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
-from swift_trainer.core._sqlappend import AppendRequest, sqlite_append, sqlite_append_group
+from swift_trainer.core._sqlappend import (
+    AppendRequest,
+    SqliteHead,
+    sqlite_append,
+    sqlite_append_group,
+)
 from swift_trainer.core.errors import StoreError, SwiftTrainerError
 from swift_trainer.core.store import AppendResult
 
@@ -82,6 +92,8 @@ class SqliteWriter:
         self._start_lock = threading.Lock()
         self._closed = False
         self._transactions = 0
+        #: Touched only by the thread: what its connection committed last.
+        self._head = SqliteHead()
 
     async def append(self, request: AppendRequest) -> AppendResult:
         """Append on the writer thread; raises what ``sqlite_append`` raises."""
@@ -145,6 +157,7 @@ class SqliteWriter:
     # --- the thread -----------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
+        self._head.forget()
         conn = sqlite3.connect(
             self._path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=True
         )
@@ -204,6 +217,8 @@ class SqliteWriter:
                 continue
             flush()
             assert job.statement is not None
+            # A statement of any kind may change what the head remembers: read it afresh.
+            self._head.forget()
             try:
                 done.append((job, job.statement(conn), False))
             except Exception as exc:
@@ -218,11 +233,11 @@ class SqliteWriter:
         requests = [job.append for job in jobs if job.append is not None]
         if len(requests) == 1:
             try:
-                return [(jobs[0], sqlite_append(conn, requests[0]), False)]
+                return [(jobs[0], sqlite_append(conn, requests[0], self._head), False)]
             except Exception as exc:
                 return [(jobs[0], exc, True)]
         try:
-            outcomes = sqlite_append_group(conn, requests)
+            outcomes = sqlite_append_group(conn, requests, self._head)
         except Exception as exc:
             return [(job, exc, True) for job in jobs]
         return [

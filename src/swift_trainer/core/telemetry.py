@@ -4,21 +4,67 @@ A real SDK tracer provider is installed even when nothing is exported, so trace 
 still created and propagated through NATS headers (logs and events carry trace ids that an
 operator can search for); exporting is off unless ``OTEL_TRACES_EXPORTER`` or an OTLP
 endpoint is set.
+
+A process that exports nothing does not record the traces it starts (``ParentBased`` on
+``ALWAYS_OFF``): its spans still get ids and travel in headers, but skip the SDK's
+attribute copies and span processors, which measured as a tenth of a create's CPU. A trace
+that arrives sampled is still recorded. Give every process of a deployment the same
+``OTEL_*`` settings: a process that starts a trace without exporting marks it unsampled
+for the processes after it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+)
+from opentelemetry.trace import Link, SpanKind
+from opentelemetry.trace.span import TraceState
+from opentelemetry.util.types import Attributes
 
 _log = logging.getLogger(__name__)
 _configured = False
+
+
+class RecordWhenExported(Sampler):
+    """``ParentBased(ALWAYS_ON)`` once spans go somewhere, ``ParentBased(ALWAYS_OFF)`` until
+    then. One object that switches, because tracers keep the sampler they were made with."""
+
+    def __init__(self, *, exporting: bool) -> None:
+        self.exporting = exporting
+        self._on = ParentBased(ALWAYS_ON)
+        self._off = ParentBased(ALWAYS_OFF)
+
+    def should_sample(  # noqa: PLR0917 - the SDK's Sampler signature
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        chosen = self._on if self.exporting else self._off
+        return chosen.should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
+
+    def get_description(self) -> str:
+        return f"RecordWhenExported(exporting={self.exporting})"
 
 
 def _exporter(env: Mapping[str, str]) -> SpanExporter | None:
@@ -63,11 +109,20 @@ def setup_tracing(
     if _configured and isinstance(current, TracerProvider):
         if processor is not None:
             current.add_span_processor(processor)
+            if isinstance(current.sampler, RecordWhenExported):
+                current.sampler.exporting = True
         return current
     source = os.environ if env is None else env
     name = source.get("OTEL_SERVICE_NAME") or service_name
-    provider = TracerProvider(resource=Resource.create({"service.name": name}))
     exporter = _exporter(source)
+    resource = Resource.create({"service.name": name})
+    if source.get("OTEL_TRACES_SAMPLER"):
+        provider = TracerProvider(resource=resource)  # the SDK reads the choice itself
+    else:
+        exporting = exporter is not None or processor is not None
+        provider = TracerProvider(
+            resource=resource, sampler=RecordWhenExported(exporting=exporting)
+        )
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     if processor is not None:
