@@ -27,6 +27,7 @@ from .deps import ApiDeps
 from .docs import docs_routes, offline_swagger
 from .http_tracing import http_tracing
 from .jobs.controllers import JobsController
+from .jobs.reads import JobReadsController
 from .openai import openai_router
 from .problems import exception_handlers
 from .queue.controllers import QueueController
@@ -74,7 +75,7 @@ class SwiftTrainerApi(InitPlugin):
         deps = self.deps
         training = Router(
             path=f"{self.api_prefix}/training",
-            route_handlers=[JobsController, QueueController, SystemController],
+            route_handlers=[JobsController, JobReadsController, QueueController, SystemController],
             # On the router: Litestar ignores a limit set on the app config by a plugin.
             request_max_body_size=MAX_BODY_BYTES,
         )
