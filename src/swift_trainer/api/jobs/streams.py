@@ -13,7 +13,7 @@ from ...projections.read_models.interface import MAX_PAGE_SIZE
 from ...projections.read_models.views import JobSummary, MetricPoint
 from ..deps import ApiDeps
 from ..durations import describe_duration
-from ..sse import data_message, follow
+from ..sse import Poll, data_message, follow
 from .schemas import ProgressResponse
 
 
@@ -53,6 +53,17 @@ def _settled(summary: JobSummary | None, now: datetime, grace_s: float) -> bool:
     return done_at is None or (now - done_at).total_seconds() >= grace_s
 
 
+def _follow(deps: ApiDeps, poll: Poll, wake_on: list[str]) -> AsyncIterator[ServerSentEventMessage]:
+    """Poll on every message on ``wake_on``, and every ``stream_poll_s`` regardless."""
+    return follow(
+        poll,
+        subscribe=deps.subscribe,
+        subjects=wake_on,
+        poll_s=deps.stream_poll_s,
+        heartbeat_s=deps.stream_heartbeat_s,
+    )
+
+
 def follow_logs(
     deps: ApiDeps, job_id: str, *, after: int | None, tail: int
 ) -> AsyncIterator[ServerSentEventMessage]:
@@ -72,13 +83,7 @@ def follow_logs(
         summary = await deps.read_model.get_job(job_id)
         return [], _settled(summary, deps.clock(), deps.stream_end_grace_s)
 
-    return follow(
-        poll,
-        subscribe=deps.subscribe,
-        subjects=[subjects.log_subject(job_id), subjects.job_events_filter(job_id)],
-        poll_s=deps.stream_poll_s,
-        heartbeat_s=deps.stream_heartbeat_s,
-    )
+    return _follow(deps, poll, [subjects.log_subject(job_id), subjects.job_events_filter(job_id)])
 
 
 def follow_events(
@@ -95,13 +100,7 @@ def follow_events(
             return [data_message(event, message_id=event.position) for event in events], False
         return [], await deps.read_model.get_job(job_id) is None
 
-    return follow(
-        poll,
-        subscribe=deps.subscribe,
-        subjects=[subjects.job_events_filter(job_id)],
-        poll_s=deps.stream_poll_s,
-        heartbeat_s=deps.stream_heartbeat_s,
-    )
+    return _follow(deps, poll, [subjects.job_events_filter(job_id)])
 
 
 def follow_progress(deps: ApiDeps, job_id: str) -> AsyncIterator[ServerSentEventMessage]:
@@ -118,10 +117,4 @@ def follow_progress(deps: ApiDeps, job_id: str) -> AsyncIterator[ServerSentEvent
         last = current
         return messages, summary.status in FINISHED
 
-    return follow(
-        poll,
-        subscribe=deps.subscribe,
-        subjects=[subjects.job_events_filter(job_id)],
-        poll_s=deps.stream_poll_s,
-        heartbeat_s=deps.stream_heartbeat_s,
-    )
+    return _follow(deps, poll, [subjects.job_events_filter(job_id)])
