@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Self, TypeVar, cast
 
@@ -73,7 +74,7 @@ from .views import (
 DEFAULT_PREFIX: Final = "swift-trainer:"
 #: Folds kept in this process between batches; a miss costs one MGET, not correctness.
 FOLD_CACHE_SIZE: Final = 10_000
-#: Values per command in a script, well under Lua's unpack limit.
+#: Values per command in a script, well under Lua's unpack limit (even: pairs stay whole).
 _CHUNK: Final = 500
 _MAX_COMMIT_ATTEMPTS: Final = 5
 
@@ -311,29 +312,52 @@ class RedisReadModel:
         self._folds.clear()
 
     def _plan_ops(self, plan: BatchPlan) -> Iterator[Op]:
+        """A batch's writes, grouped: one DEL, MSET and ZADD per index for all its jobs.
+
+        Grouping keeps the commands per batch near one per job (its event and metric
+        appends) instead of ten, which is most of what a rebuild costs Redis. Each key
+        belongs to one job, so the order between jobs does not matter; per key the order
+        is kept (a reset's DEL before the appends, an index ZREM before its ZADD).
+        """
+        grouped = _GroupedWrites()
+        appends: list[Op] = []
         for change in plan.jobs.values():
-            yield from self._job_ops(change)
+            self._group_job(change, grouped)
+            appends.extend(self._append_ops(change))
+        yield from grouped.ops()
+        yield from appends
         if plan.processor is not None:
             yield ["SET", self._keys.processor, _json(plan.processor)]
 
-    def _job_ops(self, change: JobChange) -> Iterator[Op]:
-        keys, job_id, limits = self._keys, change.job_id, self._limits
+    def _group_job(self, change: JobChange, grouped: _GroupedWrites) -> None:
+        keys, job_id = self._keys, change.job_id
         if change.reset:
-            yield ["DEL", keys.events(job_id), keys.metrics(job_id), keys.logs(job_id)]
+            grouped.doomed += [keys.events(job_id), keys.metrics(job_id), keys.logs(job_id)]
         before, after = change.before, change.after
         if before != after:
             if before is not None:
                 for name in index_names(before):
-                    yield ["ZREM", keys.index(name), job_id]
+                    grouped.removed.setdefault(keys.index(name), []).append(job_id)
             if after is not None:
                 for name in index_names(after):
-                    yield ["ZADD", keys.index(name), str(after.position), job_id]
+                    grouped.added.setdefault(keys.index(name), []).extend(
+                        (str(after.position), job_id)
+                    )
         summary = change.summary
         if summary is None:
-            yield ["DEL", keys.job(job_id)]
+            grouped.doomed.append(keys.job(job_id))
         else:
-            yield ["SET", keys.job(job_id), _json(summary)]
-        yield ["SET", keys.fold(job_id), _json(change.fold)]
+            grouped.values += [keys.job(job_id), _json(summary)]
+        grouped.values += [keys.fold(job_id), _json(change.fold)]
+
+    def _append_ops(self, change: JobChange) -> Iterator[Op]:
+        """A job's new event-log entries and metric points, trimmed to the caps.
+
+        A job the read model did not hold (or just reset) starts from empty lists and the
+        plan caps what it appends, so only a known job needs the trim.
+        """
+        keys, job_id, limits = self._keys, change.job_id, self._limits
+        trim = change.known and not change.reset
         if change.events:
             key = keys.events(job_id)
             for entries in _chunks(change.events):
@@ -341,12 +365,14 @@ class RedisReadModel:
                 for entry in entries:
                     scored += [str(entry.position), _json(entry)]
                 yield scored
-            yield ["ZREMRANGEBYRANK", key, "0", str(-limits.events_per_job - 1)]
+            if trim:
+                yield ["ZREMRANGEBYRANK", key, "0", str(-limits.events_per_job - 1)]
         if change.metrics:
             key = keys.metrics(job_id)
             for points in _chunks(change.metrics):
                 yield ["RPUSH", key, *(_json(point) for point in points)]
-            yield ["LTRIM", key, str(-limits.metric_points), "-1"]
+            if trim:
+                yield ["LTRIM", key, str(-limits.metric_points), "-1"]
 
     async def wipe(self, *, keep_feeds: bool = False) -> None:
         async with self._lock:
@@ -546,6 +572,30 @@ class RedisReadModel:
     async def processor_state(self) -> QueueProcessorState:
         raw = await self._get(self._keys.processor)
         return QueueProcessorState() if raw is None else _processor_decoder.decode(raw)
+
+
+@dataclass
+class _GroupedWrites:
+    """The writes of a batch that many jobs share a command for."""
+
+    doomed: list[str] = field(default_factory=list)
+    #: MSET's key, value, key, value...
+    values: list[str] = field(default_factory=list)
+    #: Index key -> members to remove; index key -> score, member, score, member...
+    removed: dict[str, list[str]] = field(default_factory=dict)
+    added: dict[str, list[str]] = field(default_factory=dict)
+
+    def ops(self) -> Iterator[Op]:
+        for doomed in _chunks(self.doomed):
+            yield ["DEL", *doomed]
+        for values in _chunks(self.values):  # an even chunk size keeps the pairs whole
+            yield ["MSET", *values]
+        for key, members in self.removed.items():
+            for chunk in _chunks(members):
+                yield ["ZREM", key, *chunk]
+        for key, scored in self.added.items():
+            for chunk in _chunks(scored):
+                yield ["ZADD", key, *chunk]
 
 
 def _json(value: object) -> str:
