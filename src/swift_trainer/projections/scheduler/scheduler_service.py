@@ -227,6 +227,7 @@ class SchedulerService:
                 checkpoint = None
             if checkpoint is not None:
                 self.state.load_checkpoint(checkpoint, self.clock())
+                self._saved_position = checkpoint.position
                 _log.info("scheduler state loaded at position %d", checkpoint.position)
         if self.store is None:
             return
@@ -238,7 +239,6 @@ class SchedulerService:
                     await self._on_events(batch)
         except Exception as exc:
             _log.warning("cannot fold the store at start (%r); the feed replays the rest", exc)
-        self._saved_position = self.state.position
 
     async def _checkpoint_loop(self) -> None:
         while True:
