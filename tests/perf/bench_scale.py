@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -45,13 +44,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
 
 import asyncpg
 import httpx
 import msgspec
 import nats
 import redis
+from perf_processes import Component, http_ready
 from sqlalchemy import make_url
 
 from swift_trainer.bus import subjects
@@ -201,13 +200,6 @@ def database(name: str | None, *, keep: bool) -> Iterator[str]:
             asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def p50_ms(client: httpx.Client, path: str, requests: int) -> float:
     times = []
     for _ in range(requests):
@@ -221,51 +213,6 @@ def p50_ms(client: httpx.Client, path: str, requests: int) -> float:
 def verdict(value: float, goal: float, *, below: bool = True) -> str:
     met = value < goal if below else value >= goal
     return "met" if met else "NOT met"
-
-
-class Component:
-    """One ``swift-trainer`` process, its output in a file (a full pipe would stall it)."""
-
-    def __init__(self, name: str, args: list[str], env: dict[str, str], logs: Path) -> None:
-        self.name = name
-        self.log_path = logs / f"{name}.log"
-        self._log: IO[bytes] = self.log_path.open("wb")
-        self.started = time.perf_counter()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "swift_trainer.cli", *args],
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def check(self) -> None:
-        if self.process.poll() is not None:
-            tail = self.log_path.read_text(errors="replace")[-3000:]
-            raise SystemExit(f"{self.name} exited with {self.process.returncode}:\n{tail}")
-
-    def wait_until(self, ready: Callable[[], bool], timeout: float) -> float:
-        """Seconds from the process start until ``ready()``; polls every 50 ms."""
-        deadline = time.perf_counter() + timeout
-        while time.perf_counter() < deadline:
-            self.check()
-            if ready():
-                return time.perf_counter() - self.started
-            time.sleep(0.05)
-        raise SystemExit(f"{self.name} not ready within {timeout:.0f} s; see {self.log_path}")
-
-    @property
-    def rss(self) -> float:
-        return rss_mib(self.process.pid)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
 
 
 def run_measured(args: list[str], env: dict[str, str]) -> tuple[float, float]:
@@ -333,16 +280,6 @@ def view_at(keys: redis.Redis, prefix: str, position: int) -> Callable[[], bool]
     def ready() -> bool:
         raw = keys.get(prefix + "feed:queue")
         return raw is not None and msgspec.json.decode(raw, type=_View).as_of_position >= position
-
-    return ready
-
-
-def http_ready(client: httpx.Client) -> Callable[[], bool]:
-    def ready() -> bool:
-        try:
-            return client.get("/health/ready").status_code == 200
-        except httpx.HTTPError:
-            return False
 
     return ready
 
