@@ -2,9 +2,10 @@
 
     uv run python tests/perf/bench_logs.py [--seconds 60] [--rate 1000]
 
-Starts ``swift-trainer up`` (the embedded nats-server as deployed, fsync on every JetStream
-write; SQLite; the read models in Redis, ``BENCH_REDIS_URL`` under a throwaway prefix) with
-one simulated GPU, and submits one job whose simulated trainer writes ``--rate`` numbered
+Starts a nats-server as ``up`` embeds it (fsync on every JetStream write; ``--unsynced``
+for NATS's default, to tell the disk's share apart) and ``swift-trainer up`` on it (SQLite;
+the read models in Redis, ``BENCH_REDIS_URL`` under a throwaway prefix) with one simulated
+GPU, and submits one job whose simulated trainer writes ``--rate`` numbered
 lines a second to stdout, each stamped with the time it was written
 (``--simulate-log-lines-per-second``), for ``--seconds`` (``--seconds 3600`` is the
 issue's hour). The runner tails the file and publishes each line on the LOGS stream; the
@@ -39,11 +40,11 @@ from pathlib import Path
 import httpx
 import nats
 import redis
-from perf_processes import Component, http_ready
+from perf_processes import Component, UnsyncedNatsServer, http_ready
 
 from swift_trainer.bus import subjects
 from swift_trainer.bus.connection import logs_stream_config
-from swift_trainer.bus.embedded import free_port
+from swift_trainer.bus.embedded import EmbeddedNatsServer, free_port
 from swift_trainer.projections.read_models.views import Limits
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -105,6 +106,17 @@ async def logs_stream_usage(url: str, job_id: str) -> tuple[int, int, int]:
         await nc.close()
 
 
+def _ranges(numbers: list[int]) -> list[tuple[int, int]]:
+    """Sorted numbers as (first, last) runs."""
+    runs: list[tuple[int, int]] = []
+    for n in numbers:
+        if runs and runs[-1][1] == n - 1:
+            runs[-1] = (runs[-1][0], n)
+        else:
+            runs.append((n, n))
+    return runs
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, math.ceil(fraction * len(ordered)) - 1)]
@@ -118,11 +130,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seconds", type=int, default=60, help="how long the job logs")
     parser.add_argument("--rate", type=int, default=1000, help="lines per second")
+    parser.add_argument(
+        "--unsynced", action="store_true", help="JetStream without an fsync per write"
+    )
     args = parser.parse_args()
     prefix = f"bench-logs-{uuid.uuid4().hex[:8]}:"
     keys = redis.Redis.from_url(REDIS_URL)
     rows: list[tuple[str, str, str, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
+        server_kind = UnsyncedNatsServer if args.unsynced else EmbeddedNatsServer
+        nats_server = server_kind(Path(tmp) / "nats")
+        nats_loop = asyncio.new_event_loop()  # the server's child watcher lives on its loop
+        nats_loop.run_until_complete(nats_server.start())
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "REDIS"))}
         env.update(
@@ -132,6 +151,7 @@ def main() -> None:
             OUTPUT_ROOT=str(Path(tmp) / "out"),
             SWIFT_SIM_LOG_LINES_PER_SECOND=str(args.rate),
             LOG_LEVEL="WARNING",
+            NATS_URL=nats_server.url,
         )
         up = Component(
             "up",
@@ -160,13 +180,16 @@ def main() -> None:
             until = time.monotonic() + args.seconds + 120
             follow(base, job_id, until, followed)  # ends when the job has finished
             status = client.get(f"/jobs/{job_id}/status").json()["status"]
-            nats_url = (Path(tmp) / "data" / "nats.url").read_text().strip()
-            stream_bytes, stream_msgs, job_msgs = asyncio.run(logs_stream_usage(nats_url, job_id))
+            stream_bytes, stream_msgs, job_msgs = nats_loop.run_until_complete(
+                logs_stream_usage(nats_server.url, job_id)
+            )
             held = int(keys.zcard(f"{prefix}feed:logs:{job_id}"))
             held_bytes = int(keys.memory_usage(f"{prefix}feed:logs:{job_id}") or 0)
         finally:
             client.close()
             up.stop()
+            nats_loop.run_until_complete(nats_server.stop())
+            nats_loop.close()
             for key in keys.scan_iter(match=prefix + "*", count=10_000):
                 keys.delete(key)
             keys.close()
@@ -184,7 +207,12 @@ def main() -> None:
     p99 = percentile(delays, 0.99) if delays else float("nan")
     rows += [
         ("lines written by the job", f"{written_lines:,}", f"{args.rate * args.seconds:,}", ""),
-        ("lines on the LOGS stream", f"{job_msgs:,}", f"{written_lines:,}", ""),
+        (
+            "lines on the LOGS stream (+ swift's)",
+            f"{job_msgs:,}",
+            f"{written_lines + followed.other_lines:,}",
+            "",
+        ),
         ("lines seen over SSE", f"{seen:,}", f"{written_lines:,}", ""),
         ("lost on the way to the API", f"{lost_api:,}", "0", "met" if lost_api == 0 else "NOT met"),
     ]
@@ -224,7 +252,11 @@ def main() -> None:
         ),
         ("an hour at this rate, Redis", f"{cap_lines:,} lines", f"<= {cap_lines:,}", "bounded"),
     ]
+    missing = sorted(set(range(written_lines)) - followed.seen)
+    ranges = _ranges(missing)
     print(f"job status at the end: {status}; {followed.other_lines} other lines (swift's own)")
+    print(f"JetStream: {'no fsync per write' if args.unsynced else 'fsync every write'}")
+    print(f"not seen over SSE: {len(missing):,} lines in ranges {ranges[:8]}")
     print(
         "lag over time (s since first line: delay ms): "
         + ", ".join(

@@ -50,11 +50,11 @@ import httpx
 import msgspec
 import nats
 import redis
-from perf_processes import Component, http_ready
+from perf_processes import Component, UnsyncedNatsServer, http_ready
 from sqlalchemy import make_url
 
 from swift_trainer.bus import subjects
-from swift_trainer.bus.embedded import EmbeddedNatsServer, free_port
+from swift_trainer.bus.embedded import free_port
 from swift_trainer.bus.messages import JobStateAnswer, JobStateQuery, encode
 from swift_trainer.core import commands as c
 from swift_trainer.core import job as domain
@@ -226,15 +226,6 @@ def run_measured(args: list[str], env: dict[str, str]) -> tuple[float, float]:
     if process.returncode != 0:
         raise SystemExit(f"{' '.join(args)} exited with {process.returncode}")
     return time.perf_counter() - start, usage.ru_maxrss / 1024
-
-
-class UnsyncedNatsServer(EmbeddedNatsServer):
-    """JetStream without an fsync per message, for this bench only: the relay must put the
-    whole store on the EVENTS stream (the state of a deployment that has run a while), and
-    at one fsync per event that alone takes minutes on a VM disk (~1,800 events/s here)."""
-
-    def _config(self) -> str:
-        return super()._config().replace("sync_interval: always", "sync_interval: 2m")
 
 
 class Bus:

@@ -12,6 +12,8 @@ from typing import IO
 
 import httpx
 
+from swift_trainer.bus.embedded import EmbeddedNatsServer
+
 
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -73,3 +75,15 @@ def http_ready(client: httpx.Client) -> Callable[[], bool]:
             return False
 
     return ready
+
+
+class UnsyncedNatsServer(EmbeddedNatsServer):
+    """JetStream without an fsync per message (NATS's default, ``sync_interval: 2m``).
+
+    The embedded server fsyncs every write (``sync_interval: always``). ``bench_scale`` uses
+    this one so the relay can put a whole store on the EVENTS stream (one fsync per event
+    takes minutes on a VM disk, ~1,800 events/s here); ``bench_logs --unsynced`` to tell the
+    disk's share of a line's way from the rest."""
+
+    def _config(self) -> str:
+        return super()._config().replace("sync_interval: always", "sync_interval: 2m")
