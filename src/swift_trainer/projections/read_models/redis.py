@@ -191,6 +191,9 @@ class RedisReadModel:
         self._applied: int | None = None
         self._processor: QueueProcessorState | None = None
         self._folds: OrderedDict[str, JobFold] = OrderedDict()
+        #: After this instance wiped the prefix: every job that has a fold there since. A
+        #: job not in it has none, so a rebuild skips the MGET of folds it would not find.
+        self._written: set[str] | None = None
 
     @classmethod
     def from_url(
@@ -281,6 +284,8 @@ class RedisReadModel:
 
     async def _load(self, wanted: set[str]) -> None:
         missing = [job_id for job_id in wanted if job_id not in self._folds]
+        if self._written is not None:
+            missing = [job_id for job_id in missing if job_id in self._written]
         keys = [self._keys.fold(job_id) for job_id in missing]
         if self._processor is None:
             keys.append(self._keys.processor)
@@ -297,6 +302,8 @@ class RedisReadModel:
                 self._folds[job_id] = _fold_decoder.decode(raw)
 
     def _remember(self, plan: BatchPlan) -> None:
+        if self._written is not None:
+            self._written.update(plan.jobs)
         for job_id, change in plan.jobs.items():
             self._folds[job_id] = change.fold
             self._folds.move_to_end(job_id)
@@ -307,6 +314,7 @@ class RedisReadModel:
         self._applied = plan.applied
 
     def _forget(self) -> None:
+        self._written = None
         self._applied = None
         self._processor = None
         self._folds.clear()
@@ -387,6 +395,7 @@ class RedisReadModel:
             if doomed:
                 await self._redis.unlink(*doomed)
             self._forget()
+            self._written = set()
 
     def _scan(self) -> AsyncIterator[bytes]:
         """Every key under the prefix, in batches: never KEYS, never FLUSHDB."""
