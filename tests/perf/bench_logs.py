@@ -45,6 +45,7 @@ from perf_processes import Component, UnsyncedNatsServer, http_ready
 from swift_trainer.bus import subjects
 from swift_trainer.bus.connection import logs_stream_config
 from swift_trainer.bus.embedded import EmbeddedNatsServer, free_port
+from swift_trainer.bus.messages import decode_log_payload
 from swift_trainer.projections.read_models.views import Limits
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -93,15 +94,22 @@ def follow(base: str, job_id: str, until: float, out: Followed) -> None:
                 out.trend.append((received - first, delay))
 
 
-async def logs_stream_usage(url: str, job_id: str) -> tuple[int, int, int]:
-    """(bytes in LOGS, messages in LOGS, messages on this job's subject)."""
+async def logs_stream_usage(url: str, job_id: str) -> tuple[int, int, int, int]:
+    """(bytes in LOGS, messages in LOGS, this job's messages, the lines they hold)."""
     nc = await nats.connect(url)
     try:
         js = nc.jetstream()
         subject = subjects.log_subject(job_id)
         info = await js.stream_info(subjects.LOGS_STREAM, subjects_filter=subject)
-        on_subject = (info.state.subjects or {}).get(subject, 0)
-        return info.state.bytes, info.state.messages, on_subject
+        messages = (info.state.subjects or {}).get(subject, 0)
+        sub = await js.subscribe(subject, stream=subjects.LOGS_STREAM, ordered_consumer=True)
+        lines = 0
+        try:
+            for _ in range(messages):
+                lines += len(decode_log_payload((await sub.next_msg(timeout=10)).data))
+        finally:
+            await sub.unsubscribe()
+        return info.state.bytes, info.state.messages, messages, lines
     finally:
         await nc.close()
 
@@ -180,7 +188,7 @@ def main() -> None:
             until = time.monotonic() + args.seconds + 120
             follow(base, job_id, until, followed)  # ends when the job has finished
             status = client.get(f"/jobs/{job_id}/status").json()["status"]
-            stream_bytes, stream_msgs, job_msgs = nats_loop.run_until_complete(
+            stream_bytes, stream_msgs, job_msgs, job_lines = nats_loop.run_until_complete(
                 logs_stream_usage(nats_server.url, job_id)
             )
             held = int(keys.zcard(f"{prefix}feed:logs:{job_id}"))
@@ -209,7 +217,7 @@ def main() -> None:
         ("lines written by the job", f"{written_lines:,}", f"{args.rate * args.seconds:,}", ""),
         (
             "lines on the LOGS stream (+ swift's)",
-            f"{job_msgs:,}",
+            f"{job_lines:,}",
             f"{written_lines + followed.other_lines:,}",
             "",
         ),
@@ -225,7 +233,8 @@ def main() -> None:
     cap_lines = Limits().log_lines
     config = logs_stream_config()
     assert config.max_bytes is not None and config.max_age is not None
-    per_line = stream_bytes / stream_msgs if stream_msgs else float("nan")
+    # Only this job logs on this server: the stream's bytes are its lines'.
+    per_line = stream_bytes / job_lines if job_lines else float("nan")
     hour_lines = args.rate * 3600
     hour_bytes = per_line * hour_lines
     ok_redis = held <= cap_lines
@@ -243,6 +252,7 @@ def main() -> None:
             f"<= {mib(config.max_bytes)}",
             "met" if stream_bytes <= config.max_bytes else "NOT met",
         ),
+        ("LOGS stream: messages (batches)", f"{job_msgs:,}", f"{stream_msgs:,} in all", ""),
         ("LOGS stream: bytes per line", f"{per_line:,.0f} B", "", ""),
         (
             "an hour at this rate, LOGS",
