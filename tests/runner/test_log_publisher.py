@@ -105,3 +105,17 @@ def test_either_shape_decodes_and_anything_else_is_refused() -> None:
     for bad in (b"{}", b'{"lines": [{"job_id": 3}]}', b"not json"):
         with pytest.raises((msgspec.DecodeError, msgspec.ValidationError)):
             decode_log_payload(bad)
+
+
+async def test_an_empty_batch_as_the_last_message_does_not_stall_the_publisher(
+    nc: Client,
+) -> None:
+    await nc.jetstream().publish(subjects.log_subject("empty-last"), b'{"lines": []}')
+    publisher = LogPublisher(nc, "r1", flush_interval_s=0.01)
+    publisher.start()
+    publisher.publish("empty-last", 1, "stdout", "still published")
+    try:
+        assert await publisher.flush(timeout=5)
+    finally:
+        await publisher.stop()
+    assert [m.line for m in await log_messages(nc, "empty-last")] == ["still published"]

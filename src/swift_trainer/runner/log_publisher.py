@@ -242,7 +242,7 @@ class LogPublisher:
             last = None
         if last is not None and last.data:
             try:
-                floor = max(line.seq for line in decode_log_payload(last.data))
+                floor = max((line.seq for line in decode_log_payload(last.data)), default=0)
             except (msgspec.DecodeError, msgspec.ValidationError):
                 floor = 0
         self.clock.seed(job_id, floor)
