@@ -28,7 +28,11 @@ from swift_trainer.projections.scheduler.process_requests import (
     request_processing,
 )
 from swift_trainer.projections.scheduler.scheduler_service import SchedulerService
-from swift_trainer.projections.scheduler.state_checkpoint import load_checkpoint
+from swift_trainer.projections.scheduler.state_checkpoint import (
+    SchedulerCheckpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 
 async def placements(bus: Bus) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -455,3 +459,13 @@ async def test_a_new_scheduler_starts_from_the_leaders_checkpoint_and_the_store(
     assert second.state.jobs == first.state.jobs
     assert second.state.ledger == first.state.ledger
     assert [j.job_id for j in second.state.placement.queued_jobs()] == ["b", "c", "d"]
+
+
+async def test_a_checkpoint_beyond_the_stores_head_is_ignored(bus: Bus) -> None:
+    await bus.submit("a")
+    head = await bus.store.last_position()
+    ahead = SchedulerCheckpoint(position=head + 100, jobs={})
+    await save_checkpoint(bus.store, ahead)  # as if the store were restored from a backup
+    scheduler = await bus.scheduler(checkpoints=bus.store)
+    assert scheduler.state.position == head
+    assert "a" in scheduler.state.jobs

@@ -222,8 +222,18 @@ class SchedulerService:
         if self.checkpoints is not None:
             try:
                 checkpoint = await load_checkpoint(self.checkpoints)
+                head = None if self.store is None else await self.store.last_position()
             except Exception as exc:
                 _log.warning("cannot load the scheduler checkpoint (%r); replaying", exc)
+                checkpoint = None
+            if checkpoint is not None and head is not None and checkpoint.position > head:
+                # A store restored from an older backup: the checkpoint describes events
+                # it does not hold, so it cannot be trusted.
+                _log.warning(
+                    "ignoring a scheduler checkpoint at %d beyond the store's head %d",
+                    checkpoint.position,
+                    head,
+                )
                 checkpoint = None
             if checkpoint is not None:
                 self.state.load_checkpoint(checkpoint, self.clock())
