@@ -294,6 +294,7 @@ class Service:
             vanish_grace_s=options.vanish_grace_s,
             stream_replicas=self.settings.nats_stream_replicas,
             max_jobs_at_rest=options.max_jobs_at_rest,
+            checkpoints=self.store,
         )
         await scheduler.start()
         self._stoppers.append(("scheduler", scheduler.stop))

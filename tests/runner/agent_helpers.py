@@ -13,7 +13,7 @@ from tests.runner.runner_helpers import SWIFT_SIM
 
 from swift_trainer.bus import subjects
 from swift_trainer.bus.command_client import CommandClient
-from swift_trainer.bus.messages import CommandReply
+from swift_trainer.bus.messages import CommandReply, LogMessage, decode_log_payload
 from swift_trainer.core import commands as c
 from swift_trainer.core import events as e
 from swift_trainer.core.ids import job_stream
@@ -21,7 +21,6 @@ from swift_trainer.core.spec import JobSpec, TrainArgs
 from swift_trainer.core.sqlstore import SqlEventStore
 from swift_trainer.runner.agent import RunnerAgent
 from swift_trainer.runner.gpu_probe import FakeInventory
-from swift_trainer.runner.log_publisher import LogMessage, decode_log_message
 from swift_trainer.runner.supervisor import Supervisor
 
 
@@ -142,7 +141,7 @@ def types(events: Sequence[e.AnyEvent]) -> list[str]:
 
 
 async def log_messages(nc: Client, job_id: str) -> list[LogMessage]:
-    """Every message of the job on the LOGS stream, in stream order."""
+    """Every line of the job on the LOGS stream (batches unpacked), in stream order."""
     js = nc.jetstream()
     sub = await js.subscribe(
         subjects.log_subject(job_id),
@@ -153,10 +152,12 @@ async def log_messages(nc: Client, job_id: str) -> list[LogMessage]:
     info = await js.stream_info(subjects.LOGS_STREAM, subjects_filter=subjects.log_subject(job_id))
     expected = (info.state.subjects or {}).get(subjects.log_subject(job_id), 0)
     messages: list[LogMessage] = []
+    received = 0
     try:
-        while len(messages) < expected:
+        while received < expected:
             msg = await sub.next_msg(timeout=5.0)
-            messages.append(decode_log_message(msg.data))
+            messages.extend(decode_log_payload(msg.data))
+            received += 1
     finally:
         await sub.unsubscribe()
     return messages

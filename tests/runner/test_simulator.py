@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -277,3 +279,24 @@ def test_export_failures(tmp_path: Path, sim_env: dict[str, str]) -> None:
     )
     assert failed.returncode == 1
     assert not (out / "checkpoint-1-merged").exists()
+
+
+def test_chatter_writes_numbered_timestamped_lines_at_the_rate(
+    tmp_path: Path, sim_env: dict[str, str]
+) -> None:
+    env = {**sim_env, "SWIFT_SIM_STEP_SECONDS": "0.1", "SWIFT_SIM_LOG_LINES_PER_SECOND": "500"}
+    started = time.time()
+    result = run_sim(sft_args(tmp_path / "out", "--max_steps", "10"), env, tmp_path)
+    ended = time.time()
+    assert result.returncode == 0, result.stderr
+    chatter = [
+        match.groups()
+        for line in result.stdout.splitlines()
+        if (match := re.fullmatch(r"\[INFO:swift\] chatter (\d+) at ([\d.]+) x+", line))
+    ]
+    numbers = [int(n) for n, _ in chatter]
+    assert numbers == list(range(len(numbers))), "numbered in order, none missing"
+    assert 250 <= len(numbers) <= 600, len(numbers)  # about 1 s of training at 500 lines/s
+    assert all(started <= float(at) <= ended for _, at in chatter)
+    # The training's own lines are still whole lines among them.
+    assert any(line.startswith("{") and "loss" in line for line in result.stdout.splitlines())

@@ -31,7 +31,7 @@ from swift_trainer.core.access import ACCESS_EVENT_TYPES
 
 from . import subjects
 from .connection import events_stream_config, logs_stream_config
-from .messages import CommandEnvelope, CommandReply, EventEnvelope, LogMessage
+from .messages import CommandEnvelope, CommandReply, EventEnvelope, LogBatch, LogMessage
 
 ASYNCAPI_FILE: Final = "asyncapi.json"
 SCHEMAS_FILE: Final = "messages.schema.json"
@@ -121,6 +121,7 @@ def message_schemas() -> dict[str, Any]:
         CommandEnvelope,
         CommandReply,
         LogMessage,
+        LogBatch,
         *PUBLISHED_EVENT_TYPES.values(),
         *COMMAND_TYPES.values(),
     ]
@@ -229,6 +230,14 @@ def asyncapi_document() -> dict[str, Any]:
         "headers": {"$ref": _REF.format(name="TraceHeaders")},
         "payload": {"$ref": _REF.format(name="LogMessage")},
     }
+    messages["LogLines"] = {
+        "name": "LogLines",
+        "title": "Training output lines read together",
+        "summary": _summary(LogBatch),
+        "contentType": "application/json",
+        "headers": {"$ref": _REF.format(name="TraceHeaders")},
+        "payload": {"$ref": _REF.format(name="LogBatch")},
+    }
     ref = "#/components/messages/{name}"
     channel_ref = "#/channels/{channel}/messages/{name}"
     return {
@@ -304,7 +313,10 @@ def asyncapi_document() -> dict[str, Any]:
                 "title": "Training output",
                 "description": f"JetStream stream {subjects.LOGS_STREAM}.",
                 "parameters": {"jobId": {"description": "the job id"}},
-                "messages": {"LogLine": {"$ref": ref.format(name="LogLine")}},
+                "messages": {
+                    "LogLine": {"$ref": ref.format(name="LogLine")},
+                    "LogLines": {"$ref": ref.format(name="LogLines")},
+                },
             },
         },
         "operations": {
@@ -339,7 +351,10 @@ def asyncapi_document() -> dict[str, Any]:
                 "action": "receive",
                 "channel": {"$ref": "#/channels/logs"},
                 "title": "Follow training output",
-                "messages": [{"$ref": channel_ref.format(channel="logs", name="LogLine")}],
+                "messages": [
+                    {"$ref": channel_ref.format(channel="logs", name=name)}
+                    for name in ("LogLine", "LogLines")
+                ],
             },
         },
         "components": {"schemas": message_schemas(), "messages": messages},

@@ -36,6 +36,36 @@ class LogMessage(msgspec.Struct, frozen=True, omit_defaults=True):
     truncated: bool = False
 
 
+class LogBatch(msgspec.Struct, frozen=True):
+    """Lines of one job's output read together, in one message on ``st.logs.<job_id>``.
+
+    A chatty job's lines travel in batches so that JetStream writes (and, at
+    ``sync_interval: always``, fsyncs) once per batch rather than once per line; a single
+    line still travels as a plain ``LogMessage``. The lines are in ``seq`` order.
+    """
+
+    lines: tuple[LogMessage, ...]
+
+
+class _AnyLogPayload(msgspec.Struct, frozen=True):
+    lines: tuple[LogMessage, ...] | None = None
+
+
+_any_log_decoder = msgspec.json.Decoder(_AnyLogPayload)
+_log_decoder = msgspec.json.Decoder(LogMessage)
+
+
+def decode_log_payload(data: bytes) -> tuple[LogMessage, ...]:
+    """The lines of a LOGS message of either shape (``LogBatch`` or one ``LogMessage``).
+
+    Raises ``msgspec.DecodeError``/``ValidationError`` for anything else.
+    """
+    batch = _any_log_decoder.decode(data)
+    if batch.lines is not None:
+        return batch.lines
+    return (_log_decoder.decode(data),)
+
+
 class CommandEnvelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     command_id: str
     command: AnyCommand

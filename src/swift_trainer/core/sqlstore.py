@@ -123,6 +123,11 @@ _READ_ALL: Final = (
     .order_by(schema.events.c.position)
     .limit(sa.bindparam("limit"))
 )
+#: ``read_all`` on PostgreSQL, straight to asyncpg (tables found through ``search_path``).
+_PG_READ_ALL: Final = (
+    "SELECT position, stream_id, version, event_id, type, schema_version, payload, metadata,"
+    " recorded_at FROM events WHERE position > $1 ORDER BY position LIMIT $2"
+)
 _STREAM_VERSION: Final = sa.select(sa.func.coalesce(sa.func.max(schema.events.c.version), 0)).where(
     schema.events.c.stream_id == sa.bindparam("stream_id")
 )
@@ -570,9 +575,34 @@ class SqlEventStore:
     async def read_all(self, *, after_position: int = 0, limit: int = 1000) -> list[RecordedEvent]:
         if limit <= 0:
             return []
+        if self._dialect == "postgresql":
+            return await self._read_all_postgres(after_position, limit)
         return await self._fetch_events(
             "read the event log", _READ_ALL, after=after_position, limit=limit
         )
+
+    async def _read_all_postgres(self, after_position: int, limit: int) -> list[RecordedEvent]:
+        """Through the driver, past SQLAlchemy's row processing: replays and rebuilds read
+        the whole log this way, and that processing was a third of a rebuild's time."""
+        with _store_errors("read the event log"):
+            async with self._reader.connect() as conn:
+                raw = await conn.get_raw_connection()
+                driver = cast("asyncpg.Connection[asyncpg.Record]", raw.driver_connection)
+                rows = await driver.fetch(_PG_READ_ALL, after_position, limit)
+            return [
+                RecordedEvent(
+                    position=row[0],
+                    stream_id=row[1],
+                    version=row[2],
+                    event_id=row[3],
+                    type=row[4],
+                    schema_version=row[5],
+                    payload=row[6],
+                    metadata=decode_metadata(row[7]),
+                    recorded_at=row[8],
+                )
+                for row in rows
+            ]
 
     async def stream_version(self, stream_id: str) -> int:
         rows = await self._fetch(

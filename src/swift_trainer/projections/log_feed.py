@@ -20,12 +20,11 @@ from nats.js.api import DeliverPolicy
 
 from ..bus import subjects
 from ..bus.connection import retry_transient
-from ..bus.messages import LogMessage
+from ..bus.messages import decode_log_payload
 from .read_models.interface import ReadModel
 from .read_models.views import LogLine
 
 _log = logging.getLogger(__name__)
-_decoder = msgspec.json.Decoder(LogMessage)
 
 
 class LogFeed:
@@ -64,20 +63,21 @@ class LogFeed:
             by_job: dict[str, list[LogLine]] = defaultdict(list)
             for msg in batch:
                 try:
-                    message = _decoder.decode(msg.data)
+                    messages = decode_log_payload(msg.data)
                 except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                     self.malformed += 1
                     _log.warning("skipped a malformed log message on %s: %s", msg.subject, exc)
                     continue
-                by_job[message.job_id].append(
-                    LogLine(
-                        seq=message.seq,
-                        text=message.line,
-                        at=message.at,
-                        attempt=message.attempt,
-                        stream=message.stream,
-                    ),
-                )
+                for message in messages:
+                    by_job[message.job_id].append(
+                        LogLine(
+                            seq=message.seq,
+                            text=message.line,
+                            at=message.at,
+                            attempt=message.attempt,
+                            stream=message.stream,
+                        ),
+                    )
             for job_id, lines in by_job.items():
                 await self._append(job_id, lines)
 

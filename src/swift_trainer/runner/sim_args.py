@@ -65,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--simulate-crash-after-summary", dest="crash_after_summary", action="store_true")
     add("--simulate-export-fail", dest="export_fail", action="store_true")
     add("--simulate-startup-seconds", dest="startup_seconds", type=float)
+    add("--simulate-log-lines-per-second", dest="log_lines_per_second", type=float)
     return parser
 
 
@@ -81,6 +82,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         args.export_fail = parse_bool(os.environ.get("SWIFT_SIM_EXPORT_FAIL", ""))
     if args.startup_seconds is None:
         args.startup_seconds = _env_float("SWIFT_SIM_STARTUP_SECONDS") or 0.0
+    if args.log_lines_per_second is None:
+        args.log_lines_per_second = _env_float("SWIFT_SIM_LOG_LINES_PER_SECOND") or 0.0
     args.tuner_type = args.tuner_type or args.train_type or "lora"
     return args
 

@@ -20,7 +20,11 @@ Simulator-only knobs (flags or environment): ``--simulate-step-seconds``
 (``SWIFT_SIM_STEP_SECONDS``, default 0.05), ``--simulate-fail-at-step K``
 (``SWIFT_SIM_FAIL_AT_STEP``), ``--simulate-crash-after-summary``
 (``SWIFT_SIM_CRASH_AFTER_SUMMARY=1``), ``--simulate-export-fail``
-(``SWIFT_SIM_EXPORT_FAIL=1``), ``--simulate-startup-seconds`` (``SWIFT_SIM_STARTUP_SECONDS``).
+(``SWIFT_SIM_EXPORT_FAIL=1``), ``--simulate-startup-seconds`` (``SWIFT_SIM_STARTUP_SECONDS``),
+``--simulate-log-lines-per-second N`` (``SWIFT_SIM_LOG_LINES_PER_SECOND``): while training,
+the master also writes N numbered lines a second to stdout, each with the time it was
+written (``chatter <n> at <epoch seconds>``), so a benchmark can follow a chatty job's
+output to the API and time it (``tests/perf/bench_logs.py``).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,13 +72,39 @@ class _Bar:
         cls.open = True
 
 
+#: The chatter thread and the training loop write whole lines, never parts of each other's.
+_WRITING = threading.Lock()
+#: A chatter line's filler, to the length of a typical swift log line.
+_CHATTER_PAD = "x" * 60
+
+
 def _out(text: str, stream: TextIO | None = None) -> None:
     target = stream if stream is not None else sys.stdout
-    if target is sys.stderr and _Bar.open:
-        text = "\n" + text  # tqdm.write moves below the bar the same way
-        _Bar.open = False
-    target.write(text + "\n")
-    target.flush()
+    with _WRITING:
+        if target is sys.stderr and _Bar.open:
+            text = "\n" + text  # tqdm.write moves below the bar the same way
+            _Bar.open = False
+        target.write(text + "\n")
+        target.flush()
+
+
+def _chatter(lines_per_second: float) -> None:
+    """Write ``lines_per_second`` numbered, timestamped lines a second, in 10 ms slices."""
+    start = time.monotonic()
+    written = 0
+    while True:
+        due = int((time.monotonic() - start) * lines_per_second)
+        if due > written:
+            now = time.time()
+            chunk = "".join(
+                f"[INFO:swift] chatter {n} at {now:.6f} {_CHATTER_PAD}\n"
+                for n in range(written, due)
+            )
+            with _WRITING:
+                sys.stdout.write(chunk)
+                sys.stdout.flush()
+            written = due
+        time.sleep(0.01)
 
 
 def _err(text: str) -> None:
@@ -401,6 +432,10 @@ def _sft_worker(argv: list[str]) -> int:
     time.sleep(args.startup_seconds)
     if "graceful_exit" in args.callbacks:
         _Stop.install()
+    if trainer.is_master and args.log_lines_per_second > 0:
+        threading.Thread(
+            target=_chatter, args=(args.log_lines_per_second,), daemon=True, name="chatter"
+        ).start()
     return _train_loop(trainer, resume_step(args))
 
 

@@ -33,7 +33,7 @@ from swift_trainer.projections.read_models import (
     rebuild,
 )
 
-from .history import T0, History, ListEventStore, random_history
+from .history import T0, History, ListEventStore, fleet_history, random_history
 
 SMALL = Limits(metric_points=5, events_per_job=7, log_lines=4)
 
@@ -552,6 +552,32 @@ class ReadModelContract(ABC):
         # In place, too: the wipe leaves nothing behind that the replay would not restore.
         await rebuild(ListEventStore(h.records), read_model, batch_size=1000)
         assert await read_model.snapshot() == live
+
+    @pytest.mark.parametrize("seed", [1, 2])
+    async def test_rebuild_equals_live_on_a_fleet_at_the_caps(self, seed: int) -> None:
+        """A rebuild writes each job once per large batch, skipping the trims a job new to
+        the read model does not need; live applies go event by event and trim. Same result."""
+        h = fleet_history(seed)
+        rng = random.Random(seed)
+        live = await self.create_read_model(SMALL)
+        rebuilt = await self.create_read_model(SMALL)
+        try:
+            remaining = list(h.records)
+            while remaining:
+                size = rng.choice([1, 1, 3, 9, 40])
+                batch, remaining = remaining[:size], remaining[size:]
+                await live.apply_many(batch)
+            expected = await live.snapshot()
+            assert any(len(v) == SMALL.events_per_job for v in expected.events.values())
+            assert any(len(v) == SMALL.metric_points for v in expected.metrics.values())
+            assert await rebuild(ListEventStore(h.records), rebuilt) == len(h.records)
+            assert await rebuilt.snapshot() == expected
+            # And in batches that split jobs' histories, some jobs known, some new.
+            await rebuild(ListEventStore(h.records), rebuilt, batch_size=97)
+            assert await rebuilt.snapshot() == expected
+        finally:
+            await self.dispose(live)
+            await self.dispose(rebuilt)
 
     @settings(
         max_examples=50,

@@ -341,3 +341,41 @@ def random_history(seed: int, *, jobs: int = 5, steps: int = 150, gap: int = 1) 
         with contextlib.suppress(DomainError):
             rng.choice(choices)(history, job_id, rng)
     return history
+
+
+def fleet_history(seed: int, *, jobs: int = 40) -> History:
+    """A busy fleet's log, as ``bench_scale`` writes it but interleaved across jobs: most
+    jobs run, report more progress than the small caps hold, checkpoint and finish or fail;
+    some are deleted (and their ids submitted again), reprioritised, lost and requeued,
+    and the last few stay queued."""
+    rng = random.Random(seed)
+    history = History()
+    live: dict[str, list[Action]] = {}
+    for n in range(jobs):
+        job_id = f"fleet-{n:03d}"
+        history.submit(job_id, priority=rng.randint(0, 9))
+        if n < jobs - 4:
+            live[job_id] = _fleet_plan(job_id, rng)
+    while live:  # one step of a random live job at a time: the jobs' events interleave
+        job_id = rng.choice(sorted(live))
+        rng_step = live[job_id].pop(0)
+        rng_step(history, job_id, rng)
+        if not live[job_id]:
+            del live[job_id]
+    return history
+
+
+def _fleet_plan(job_id: str, rng: random.Random) -> list[Action]:
+    steps: list[Action] = [_schedule, _started]
+    if rng.random() < 0.1:
+        steps += [_lose, _schedule, _started]
+    if rng.random() < 0.1:
+        steps.insert(0, lambda h, j, r: h.reprioritise(j, r.randint(0, 9)))
+    for step in range(10, 10 * rng.randint(3, 12), 10):
+        steps.append(lambda h, j, r, step=step: h.progress(j, step, max_steps=200, loss=5.0 / step))
+        if step % 40 == 0:
+            steps.append(lambda h, j, r, step=step: h.checkpoint(j, step))
+    steps.append(_fail if rng.random() < 0.2 else lambda h, j, r: h.succeed(j))
+    if rng.random() < 0.15:
+        steps += [_delete, lambda h, j, r: h.submit(j, priority=r.randint(0, 9))]
+    return steps

@@ -28,6 +28,11 @@ from swift_trainer.projections.scheduler.process_requests import (
     request_processing,
 )
 from swift_trainer.projections.scheduler.scheduler_service import SchedulerService
+from swift_trainer.projections.scheduler.state_checkpoint import (
+    SchedulerCheckpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 
 async def placements(bus: Bus) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -452,3 +457,38 @@ async def test_an_owners_gpu_quota_from_the_access_stream_holds_its_jobs(bus: Bu
     assert (await bus.send(c.SetQuota(owner="ann", max_gpus=2))).ok
     assert set(await wait_placed(bus, 2)) == {"ann-1", "ann-2"}
     assert await assert_no_gpu_in_two_live_jobs(await bus.events()) == 3
+
+
+async def test_a_new_scheduler_starts_from_the_leaders_checkpoint_and_the_store(bus: Bus) -> None:
+    await bus.put_heartbeat(heartbeat("r1", gpus=1))
+    first = await bus.scheduler(checkpoints=bus.store)
+    for job_id in ("a", "b", "c"):
+        await bus.submit(job_id)
+    await wait_placed(bus, 1)
+    await eventually(lambda: first.leading, what="the first scheduler leads")
+    head = await bus.store.last_position()
+    await eventually(lambda: first.state.position >= head, what="the first caught up")
+    assert await first.save_checkpoint()
+    assert not await first.save_checkpoint(), "nothing new: nothing saved"
+    saved = await load_checkpoint(bus.store)
+    assert saved is not None and saved.position == first.state.position
+    await bus.submit("d")  # after the checkpoint: comes from the store at the next start
+
+    second = await bus.scheduler(checkpoints=bus.store)
+    head = await bus.store.last_position()
+    assert second.state.position == head, "started at the head, not replaying the stream"
+    assert second.feed is not None and (second.feed.start_seq or 0) > 1
+    await eventually(lambda: first.state.position >= head, what="the first saw d")
+    assert second.state.jobs == first.state.jobs
+    assert second.state.ledger == first.state.ledger
+    assert [j.job_id for j in second.state.placement.queued_jobs()] == ["b", "c", "d"]
+
+
+async def test_a_checkpoint_beyond_the_stores_head_is_ignored(bus: Bus) -> None:
+    await bus.submit("a")
+    head = await bus.store.last_position()
+    ahead = SchedulerCheckpoint(position=head + 100, jobs={})
+    await save_checkpoint(bus.store, ahead)  # as if the store were restored from a backup
+    scheduler = await bus.scheduler(checkpoints=bus.store)
+    assert scheduler.state.position == head
+    assert "a" in scheduler.state.jobs

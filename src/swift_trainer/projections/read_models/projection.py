@@ -67,6 +67,9 @@ class JobChange:
     fold: JobFold
     #: The job was deleted in this batch: drop its events, metrics and logs first.
     reset: bool = False
+    #: The read model held a fold for the job before the batch, so its event and metric
+    #: lists may hold entries already; when False they are empty and need no trimming.
+    known: bool = True
     #: Event-log entries and metric points to append (after any reset), oldest first.
     events: list[EventLogEntry] = field(default_factory=list)
     metrics: list[MetricPoint] = field(default_factory=list)
@@ -150,6 +153,7 @@ def plan_batch(
                     job_id=event.job_id,
                     before=listing_key(fold),
                     fold=fold or JobFold(state=initial_state(event.job_id)),
+                    known=fold is not None,
                 )
                 plan.jobs[event.job_id] = change
             _plan_event(change, recorded, event, limits)

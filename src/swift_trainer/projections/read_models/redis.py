@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Self, TypeVar, cast
 
@@ -74,7 +75,7 @@ from .views import (
 DEFAULT_PREFIX: Final = "swift-trainer:"
 #: Folds kept in this process between batches; a miss costs one MGET, not correctness.
 FOLD_CACHE_SIZE: Final = 10_000
-#: Values per command in a script, well under Lua's unpack limit.
+#: Values per command in a script, well under Lua's unpack limit (even: pairs stay whole).
 _CHUNK: Final = 500
 _MAX_COMMIT_ATTEMPTS: Final = 5
 
@@ -119,6 +120,31 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 return 1
 """
+
+#: One step of a wipe: SCAN from ARGV[1] for ARGV[2], UNLINK what it found except keys
+#: starting with ARGV[3] (when not empty); returns the next cursor ("0": done). Keys are
+#: found by pattern, which Redis Cluster cannot route: the module docstring's hash tag
+#: keeps a prefix in one slot.
+_WIPE = """
+local found = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[4])
+local keep = ARGV[3]
+local doomed = {}
+for _, key in ipairs(found[2]) do
+  if keep == '' or string.sub(key, 1, #keep) ~= keep then
+    doomed[#doomed + 1] = key
+  end
+  if #doomed >= 500 then
+    redis.call('UNLINK', unpack(doomed))
+    doomed = {}
+  end
+end
+if #doomed > 0 then
+  redis.call('UNLINK', unpack(doomed))
+end
+return found[1]
+"""
+#: Keys a wipe step scans (the script runs a few milliseconds per step).
+_WIPE_COUNT: Final = 5000
 
 _encoder = msgspec.json.Encoder()
 _summary_decoder = msgspec.json.Decoder(JobSummary)
@@ -187,10 +213,14 @@ class RedisReadModel:
         self._commit = client.register_script(_COMMIT)
         self._append_logs = client.register_script(_APPEND_LOGS)
         self._put_runner = client.register_script(_PUT_RUNNER)
+        self._wipe = client.register_script(_WIPE)
         self._lock = asyncio.Lock()
         self._applied: int | None = None
         self._processor: QueueProcessorState | None = None
         self._folds: OrderedDict[str, JobFold] = OrderedDict()
+        #: After this instance wiped the prefix: every job that has a fold there since. A
+        #: job not in it has none, so a rebuild skips the MGET of folds it would not find.
+        self._written: set[str] | None = None
 
     @classmethod
     def from_url(
@@ -281,6 +311,8 @@ class RedisReadModel:
 
     async def _load(self, wanted: set[str]) -> None:
         missing = [job_id for job_id in wanted if job_id not in self._folds]
+        if self._written is not None:
+            missing = [job_id for job_id in missing if job_id in self._written]
         keys = [self._keys.fold(job_id) for job_id in missing]
         if self._processor is None:
             keys.append(self._keys.processor)
@@ -297,6 +329,8 @@ class RedisReadModel:
                 self._folds[job_id] = _fold_decoder.decode(raw)
 
     def _remember(self, plan: BatchPlan) -> None:
+        if self._written is not None:
+            self._written.update(plan.jobs)
         for job_id, change in plan.jobs.items():
             self._folds[job_id] = change.fold
             self._folds.move_to_end(job_id)
@@ -307,34 +341,58 @@ class RedisReadModel:
         self._applied = plan.applied
 
     def _forget(self) -> None:
+        self._written = None
         self._applied = None
         self._processor = None
         self._folds.clear()
 
     def _plan_ops(self, plan: BatchPlan) -> Iterator[Op]:
+        """A batch's writes, grouped: one DEL, MSET and ZADD per index for all its jobs.
+
+        Grouping keeps the commands per batch near one per job (its event and metric
+        appends) instead of ten, which is most of what a rebuild costs Redis. Each key
+        belongs to one job, so the order between jobs does not matter; per key the order
+        is kept (a reset's DEL before the appends, an index ZREM before its ZADD).
+        """
+        grouped = _GroupedWrites()
+        appends: list[Op] = []
         for change in plan.jobs.values():
-            yield from self._job_ops(change)
+            self._group_job(change, grouped)
+            appends.extend(self._append_ops(change))
+        yield from grouped.ops()
+        yield from appends
         if plan.processor is not None:
             yield ["SET", self._keys.processor, _json(plan.processor)]
 
-    def _job_ops(self, change: JobChange) -> Iterator[Op]:
-        keys, job_id, limits = self._keys, change.job_id, self._limits
+    def _group_job(self, change: JobChange, grouped: _GroupedWrites) -> None:
+        keys, job_id = self._keys, change.job_id
         if change.reset:
-            yield ["DEL", keys.events(job_id), keys.metrics(job_id), keys.logs(job_id)]
+            grouped.doomed += [keys.events(job_id), keys.metrics(job_id), keys.logs(job_id)]
         before, after = change.before, change.after
         if before != after:
             if before is not None:
                 for name in index_names(before):
-                    yield ["ZREM", keys.index(name), job_id]
+                    grouped.removed.setdefault(keys.index(name), []).append(job_id)
             if after is not None:
                 for name in index_names(after):
-                    yield ["ZADD", keys.index(name), str(after.position), job_id]
+                    grouped.added.setdefault(keys.index(name), []).extend(
+                        (str(after.position), job_id)
+                    )
         summary = change.summary
         if summary is None:
-            yield ["DEL", keys.job(job_id)]
+            grouped.doomed.append(keys.job(job_id))
         else:
-            yield ["SET", keys.job(job_id), _json(summary)]
-        yield ["SET", keys.fold(job_id), _json(change.fold)]
+            grouped.values += [keys.job(job_id), _json(summary)]
+        grouped.values += [keys.fold(job_id), _json(change.fold)]
+
+    def _append_ops(self, change: JobChange) -> Iterator[Op]:
+        """A job's new event-log entries and metric points, trimmed to the caps.
+
+        A job the read model did not hold (or just reset) starts from empty lists and the
+        plan caps what it appends, so only a known job needs the trim.
+        """
+        keys, job_id, limits = self._keys, change.job_id, self._limits
+        trim = change.known and not change.reset
         if change.events:
             key = keys.events(job_id)
             for entries in _chunks(change.events):
@@ -342,26 +400,39 @@ class RedisReadModel:
                 for entry in entries:
                     scored += [str(entry.position), _json(entry)]
                 yield scored
-            yield ["ZREMRANGEBYRANK", key, "0", str(-limits.events_per_job - 1)]
+            if trim:
+                yield ["ZREMRANGEBYRANK", key, "0", str(-limits.events_per_job - 1)]
         if change.metrics:
             key = keys.metrics(job_id)
             for points in _chunks(change.metrics):
                 yield ["RPUSH", key, *(_json(point) for point in points)]
-            yield ["LTRIM", key, str(-limits.metric_points), "-1"]
+            if trim:
+                yield ["LTRIM", key, str(-limits.metric_points), "-1"]
 
     async def wipe(self, *, keep_feeds: bool = False) -> None:
+        """Unlink every key under the prefix (``feed:`` ones too unless ``keep_feeds``).
+
+        The scan runs in a script, a few thousand keys per call: a rebuild of 100k jobs
+        wipes half a million keys, and bringing each name here to send it back cost seconds.
+        """
         async with self._lock:
-            doomed: list[bytes] = []
-            async for key in self._scan():
-                if keep_feeds and key.decode().startswith(self._keys.feed):
-                    continue
-                doomed.append(key)
-                if len(doomed) >= _CHUNK:
-                    await self._redis.unlink(*doomed)
-                    doomed.clear()
-            if doomed:
-                await self._redis.unlink(*doomed)
+            cursor = "0"
+            while True:
+                cursor = (
+                    await self._wipe(
+                        keys=[],
+                        args=[
+                            cursor,
+                            _glob_escape(self.prefix) + "*",
+                            self._keys.feed if keep_feeds else "",
+                            _WIPE_COUNT,
+                        ],
+                    )
+                ).decode()
+                if cursor == "0":
+                    break
             self._forget()
+            self._written = set()
 
     def _scan(self) -> AsyncIterator[bytes]:
         """Every key under the prefix, in batches: never KEYS, never FLUSHDB."""
@@ -557,6 +628,30 @@ class RedisReadModel:
     async def processor_state(self) -> QueueProcessorState:
         raw = await self._get(self._keys.processor)
         return QueueProcessorState() if raw is None else _processor_decoder.decode(raw)
+
+
+@dataclass
+class _GroupedWrites:
+    """The writes of a batch that many jobs share a command for."""
+
+    doomed: list[str] = field(default_factory=list)
+    #: MSET's key, value, key, value...
+    values: list[str] = field(default_factory=list)
+    #: Index key -> members to remove; index key -> score, member, score, member...
+    removed: dict[str, list[str]] = field(default_factory=dict)
+    added: dict[str, list[str]] = field(default_factory=dict)
+
+    def ops(self) -> Iterator[Op]:
+        for doomed in _chunks(self.doomed):
+            yield ["DEL", *doomed]
+        for values in _chunks(self.values):  # an even chunk size keeps the pairs whole
+            yield ["MSET", *values]
+        for key, members in self.removed.items():
+            for chunk in _chunks(members):
+                yield ["ZREM", key, *chunk]
+        for key, scored in self.added.items():
+            for chunk in _chunks(scored):
+                yield ["ZADD", key, *chunk]
 
 
 def _json(value: object) -> str:

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Protocol
+from typing import Final, Protocol
 
+from swift_trainer.core.gc_pause import collector_paused
 from swift_trainer.core.store import RecordedEvent
 
 from .interface import ReadModel
+
+#: Events per read and per Redis commit in a rebuild: large enough that round trips and
+#: per-commit costs vanish, small enough to hold a few MiB (about 500 jobs' histories).
+REBUILD_BATCH: Final = 5000
 
 
 class EventLog(Protocol):
@@ -32,6 +37,11 @@ async def catch_up(store: EventLog, read_model: ReadModel, *, batch_size: int = 
     Resuming from ``applied_position()`` rather than a separate tracking record is what
     makes a restart exact: the position was stored with the changes it stands for.
     """
+    with collector_paused():
+        return await _catch_up(store, read_model, batch_size)
+
+
+async def _catch_up(store: EventLog, read_model: ReadModel, batch_size: int) -> int:
     position = await read_model.applied_position()
     applied = 0
     batch = await store.read_all(after_position=position, limit=batch_size)
@@ -56,7 +66,7 @@ async def rebuild(
     store: EventLog,
     read_model: ReadModel,
     *,
-    batch_size: int = 1000,
+    batch_size: int = REBUILD_BATCH,
     keep_feeds: bool = False,
 ) -> int:
     """Wipe and replay the whole store; returns how many events were applied."""

@@ -53,6 +53,10 @@ class DormantJobs:
             self._jobs.popitem(last=False)
             self.evicted += 1
 
+    def entries(self) -> list[tuple[JobState, int]]:
+        """Every job kept with its submission position, oldest first (for a checkpoint)."""
+        return list(self._jobs.values())
+
     def peek(self, job_id: str) -> JobState | None:
         entry = self._jobs.get(job_id)
         return None if entry is None else entry[0]

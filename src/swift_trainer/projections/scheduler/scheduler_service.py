@@ -37,9 +37,9 @@ import os
 import re
 import socket
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 from nats.aio.client import Client
@@ -55,10 +55,12 @@ from swift_trainer.bus.feed import EventFeed
 from swift_trainer.bus.kv_watch import watch_bucket
 from swift_trainer.bus.relay import POSITION_HEADER
 from swift_trainer.core.clock import Clock, utc_now
+from swift_trainer.core.gc_pause import collector_paused
 from swift_trainer.core.ids import new_id
 from swift_trainer.core.inventory import RunnerHeartbeat, decode_heartbeat
 from swift_trainer.core.store import EventStore, RecordedEvent
 
+from ..read_models.replay import REBUILD_BATCH
 from ..read_models.views import QueueEntry, QueueView
 from .dormant_jobs import DEFAULT_LIMIT
 from .gpu_choice import placement_signature
@@ -69,6 +71,7 @@ from .pass_result import PassResult, PlacedJob, UnplaceableJob, not_processed
 from .placement import Decision, PlacementPolicy
 from .process_requests import subscribe_process_requests
 from .scheduler_state import SchedulerState
+from .state_checkpoint import CheckpointStore, load_checkpoint, save_checkpoint
 
 _log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
@@ -111,6 +114,10 @@ class SchedulerService:
     for this long (two heartbeats at least) is marked lost.
     ``max_jobs_at_rest``: failed, stopped and paused jobs kept for a quick restart; one let
     go is read back (``job_history``) when it is queued again (see ``dormant_jobs``).
+    ``checkpoints``: optional (the event store's snapshots); a start loads the newest
+    checkpoint and folds the store's events after it instead of replaying the whole EVENTS
+    stream, and the leader saves one every ``checkpoint_interval_s`` (see
+    ``state_checkpoint``).
     """
 
     def __init__(
@@ -130,8 +137,12 @@ class SchedulerService:
         vanish_grace_s: float = 10.0,
         stream_replicas: int = 1,
         max_jobs_at_rest: int = DEFAULT_LIMIT,
+        checkpoints: CheckpointStore | None = None,
+        checkpoint_interval_s: float = 30.0,
     ) -> None:
         self.nc = nc
+        self.checkpoints = checkpoints
+        self.checkpoint_interval_s = checkpoint_interval_s
         self.scheduler_id = scheduler_id or default_scheduler_id()
         if not subjects.is_token(self.scheduler_id):
             raise ValueError(f"scheduler id {self.scheduler_id!r} must match [A-Za-z0-9_-]+")
@@ -169,6 +180,7 @@ class SchedulerService:
         self._subscriptions: list[Subscription] = []
         self._last_view: tuple[object, ...] | None = None
         self._last_view_at = -1e9
+        self._saved_position = 0
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -184,16 +196,77 @@ class SchedulerService:
         )
         # Fail early when nothing is provisioned; wait out a cluster's leader election.
         await retry_transient(lambda: js.stream_info(subjects.EVENTS_STREAM), "EVENTS stream")
-        self.feed = EventFeed(self.nc, self._on_events, name=f"scheduler-{self.scheduler_id}")
+        await self._warm_start()
+        self.feed = EventFeed(
+            self.nc,
+            self._on_events,
+            after_position=self.state.position,
+            name=f"scheduler-{self.scheduler_id}",
+        )
         await self.feed.start()
         self._subscriptions = await subscribe_process_requests(self)
-        for name, work in (
+        work: list[tuple[str, Coroutine[Any, Any, None]]] = [
             ("runners", self._watch_runners()),
             ("lease", self.lease.run()),
             ("placer", self._place_loop()),
-        ):
-            self._tasks.append(asyncio.create_task(work, name=f"scheduler-{name}"))
+        ]
+        if self.checkpoints is not None:
+            work.append(("checkpoints", self._checkpoint_loop()))
+        for name, coroutine in work:
+            self._tasks.append(asyncio.create_task(coroutine, name=f"scheduler-{name}"))
         _log.info("scheduler %s started", self.scheduler_id)
+
+    async def _warm_start(self) -> None:
+        """Load the newest checkpoint, then fold the store's events after it, so the feed
+        starts near the head. Any failure here only means a longer replay from the feed."""
+        if self.checkpoints is not None:
+            try:
+                checkpoint = await load_checkpoint(self.checkpoints)
+                head = None if self.store is None else await self.store.last_position()
+            except Exception as exc:
+                _log.warning("cannot load the scheduler checkpoint (%r); replaying", exc)
+                checkpoint = None
+            if checkpoint is not None and head is not None and checkpoint.position > head:
+                # A store restored from an older backup: the checkpoint describes events
+                # it does not hold, so it cannot be trusted.
+                _log.warning(
+                    "ignoring a scheduler checkpoint at %d beyond the store's head %d",
+                    checkpoint.position,
+                    head,
+                )
+                checkpoint = None
+            if checkpoint is not None:
+                self.state.load_checkpoint(checkpoint, self.clock())
+                self._saved_position = checkpoint.position
+                _log.info("scheduler state loaded at position %d", checkpoint.position)
+        if self.store is None:
+            return
+        try:
+            with collector_paused():
+                while batch := await self.store.read_all(
+                    after_position=self.state.position, limit=REBUILD_BATCH
+                ):
+                    await self._on_events(batch)
+        except Exception as exc:
+            _log.warning("cannot fold the store at start (%r); the feed replays the rest", exc)
+
+    async def _checkpoint_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.checkpoint_interval_s)
+            await self.save_checkpoint()
+
+    async def save_checkpoint(self) -> bool:
+        """Save the state as a checkpoint when this instance leads and it moved since."""
+        position = self.state.position
+        if self.checkpoints is None or not self.leading or position <= self._saved_position:
+            return False
+        try:
+            await save_checkpoint(self.checkpoints, self.state.checkpoint())
+        except Exception as exc:
+            _log.warning("cannot save the scheduler checkpoint (%r); retrying later", exc)
+            return False
+        self._saved_position = position
+        return True
 
     async def _lease_bucket(self) -> KeyValue:
         js = self.nc.jetstream()
@@ -206,6 +279,8 @@ class SchedulerService:
     async def stop(self, *, release_lease: bool = True) -> None:
         """Stop every task; ``release_lease=False`` leaves the lease to expire, as a crash
         would (tests use it to exercise the takeover)."""
+        if release_lease:  # a leader's parting checkpoint spares its successor the replay
+            await self.save_checkpoint()
         for subscription in self._subscriptions:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()

@@ -54,6 +54,7 @@ from .gpu_snapshots import HostSnapshot, RunningJob
 from .job_queue import QueuedJob
 from .placement import PlacementPolicy
 from .placement_core import Scheduler
+from .state_checkpoint import SchedulerCheckpoint
 
 _log = logging.getLogger(__name__)
 
@@ -328,6 +329,60 @@ class SchedulerState:
         self.sync(job_id)
         self._note_entered(job_id, now)
         return state is not None
+
+    # --- checkpoints --------------------------------------------------------------------
+
+    def checkpoint(self) -> SchedulerCheckpoint:
+        """What the events decided, as of ``position`` (see ``state_checkpoint``)."""
+        return SchedulerCheckpoint(
+            position=self.position,
+            malformed=self.malformed,
+            jobs=dict(self.jobs),
+            seqs=dict(self.seqs),
+            dormant=self.dormant.entries(),
+            dormant_evicted=self.dormant.evicted,
+            forgotten={job_id: list(events) for job_id, events in self.forgotten.items()},
+            claims=dict(self.ledger.claims),
+            ledger_version=self.ledger.version,
+            processor=self.processor,
+            cooling=dict(self.cooling),
+            refusals=dict(self.refusals),
+            max_gpus=dict(self.max_gpus),
+        )
+
+    def load_checkpoint(self, checkpoint: SchedulerCheckpoint, now: datetime) -> None:
+        """Take a checkpoint's state; only a state that has applied nothing yet may.
+
+        Every job's bounds for the healing rules start at ``now``, as when a new scheduler
+        replays the log.
+        """
+        if self.position or self.jobs or self.ledger.claims:
+            raise ValueError("a checkpoint can only be loaded into a fresh scheduler state")
+        self.position = checkpoint.position
+        self.malformed = checkpoint.malformed
+        self.jobs = dict(checkpoint.jobs)
+        self.seqs = dict(checkpoint.seqs)
+        for state, seq in checkpoint.dormant:
+            self.dormant.keep(state, seq)
+        self.dormant.evicted += checkpoint.dormant_evicted
+        self.forgotten = {job_id: list(events) for job_id, events in checkpoint.forgotten.items()}
+        claims = dict(checkpoint.claims)
+        holders = {
+            (claim.runner_id, gpu): job_id
+            for job_id, claim in claims.items()
+            for gpu in claim.gpu_ids
+        }
+        self.ledger = LedgerState(claims, holders, checkpoint.ledger_version)
+        self.processor = checkpoint.processor
+        self.cooling = dict(checkpoint.cooling)
+        self.refusals = dict(checkpoint.refusals)
+        for owner, limit in checkpoint.max_gpus.items():
+            self.max_gpus[owner] = limit
+            self.placement.set_quota(owner, limit)
+        self.now = now
+        for job_id in sorted({*self.jobs, *claims}):
+            self.sync(job_id)
+            self._note_entered(job_id, now)
 
     # --- keeping the core in step -------------------------------------------------------
 
