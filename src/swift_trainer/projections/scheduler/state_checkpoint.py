@@ -3,9 +3,9 @@
 Replaying a long EVENTS stream message by message took most of a minute at a million
 events; a checkpoint in the store's snapshots table, plus the store's events after it,
 takes a second. Only what the events decide is kept (jobs, submission positions, jobs at
-rest, the GPU ledger, the processor switch, refusal cool-downs, owners' GPU quotas); what this instance saw
-itself (heartbeats, in-flight placements, when it first saw each job) starts afresh, as it
-does for any new scheduler.
+rest, the GPU ledger, the processor switch, refusal cool-downs, owners' GPU quotas); what
+this instance saw itself (heartbeats, in-flight placements, when it first saw each job)
+starts afresh, as it does for any new scheduler.
 
 Like every snapshot it is a cache, never an authority: the events after its position are
 always applied on top, and one that cannot be read is ignored (a full replay follows).
