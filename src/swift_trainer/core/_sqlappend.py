@@ -467,17 +467,19 @@ _REJECTED_COMMAND: Final = 4
 _CONFLICT_SEEN_BEFORE: Final = 5
 
 
-def _postgres_event(row: asyncpg.Record) -> RecordedEvent:
+def postgres_event(row: asyncpg.Record, first: int = 0) -> RecordedEvent:
+    """An event from an asyncpg row whose event columns start at index ``first``, in the
+    events table's order (position ... recorded_at)."""
     return RecordedEvent(
-        position=row[1],
-        stream_id=row[2],
-        version=row[3],
-        event_id=row[4],
-        type=row[5],
-        schema_version=row[6],
-        payload=row[7],
-        metadata=decode_metadata(row[8]),
-        recorded_at=row[9],
+        position=row[first],
+        stream_id=row[first + 1],
+        version=row[first + 2],
+        event_id=row[first + 3],
+        type=row[first + 4],
+        schema_version=row[first + 5],
+        payload=row[first + 6],
+        metadata=decode_metadata(row[first + 7]),
+        recorded_at=row[first + 8],
     )
 
 
@@ -492,9 +494,9 @@ def _postgres_earlier(request: AppendRequest, rows: Sequence[asyncpg.Record]) ->
     if outcome == _REJECTED_COMMAND:
         return rejected_command_result(rows[0][2], rows[0][3])
     if outcome == _SEEN_COMMAND:
-        return command_result(rows[0][2], [_postgres_event(r) for r in rows])
+        return command_result(rows[0][2], [postgres_event(r, first=1) for r in rows])
     assert outcome == _SEEN_EVENTS, outcome
-    return earlier_result(request, [_postgres_event(r) for r in rows])
+    return earlier_result(request, [postgres_event(r, first=1) for r in rows])
 
 
 async def postgres_append(

@@ -74,6 +74,7 @@ from swift_trainer.core._sqlappend import (
     HeldConnections,
     decode_metadata,
     postgres_append,
+    postgres_event,
 )
 from swift_trainer.core._sqlitewriter import SqliteWriter
 from swift_trainer.core.errors import (
@@ -589,20 +590,7 @@ class SqlEventStore:
                 raw = await conn.get_raw_connection()
                 driver = cast("asyncpg.Connection[asyncpg.Record]", raw.driver_connection)
                 rows = await driver.fetch(_PG_READ_ALL, after_position, limit)
-            return [
-                RecordedEvent(
-                    position=row[0],
-                    stream_id=row[1],
-                    version=row[2],
-                    event_id=row[3],
-                    type=row[4],
-                    schema_version=row[5],
-                    payload=row[6],
-                    metadata=decode_metadata(row[7]),
-                    recorded_at=row[8],
-                )
-                for row in rows
-            ]
+            return [postgres_event(row) for row in rows]
 
     async def stream_version(self, stream_id: str) -> int:
         rows = await self._fetch(
