@@ -11,7 +11,6 @@ message must not stop a projection forever.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -23,6 +22,7 @@ from nats.js.errors import NotFoundError
 
 from ..core.errors import SwiftTrainerError
 from ..core.store import RecordedEvent
+from ..core.tasks import cancel_and_wait, unsubscribe_quietly
 from . import subjects
 from .connection import retry_transient
 from .messages import decode_event_envelope
@@ -172,10 +172,6 @@ class EventFeed:
             await self.caught_up.wait()
 
     async def stop(self) -> None:
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()  # type: ignore[attr-defined]
+        await unsubscribe_quietly(self._sub)
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)

@@ -9,7 +9,6 @@ read model drops a line whose ``seq`` is not above the highest it keeps for the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import defaultdict
 
@@ -21,6 +20,7 @@ from nats.js.api import DeliverPolicy
 from ..bus import subjects
 from ..bus.connection import retry_transient
 from ..bus.messages import decode_log_payload
+from ..core.tasks import cancel_and_wait, unsubscribe_quietly
 from .read_models.interface import ReadModel
 from .read_models.views import LogLine
 
@@ -96,10 +96,6 @@ class LogFeed:
                 return
 
     async def stop(self) -> None:
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()  # type: ignore[attr-defined]
+        await unsubscribe_quietly(self._sub)
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)

@@ -42,7 +42,7 @@ from ..core.ids import job_stream
 from ..core.inventory import RunnerHeartbeat, RunnerJob
 from ..core.limits import MAX_REASON_CHARS
 from ..core.spec import JobSpec
-from ._tasks import cancel_and_wait
+from ..core.tasks import cancel_and_wait
 from .assignment_check import assignment_problem
 from .dataset_cache import DatasetCache, DatasetUnavailable
 from .gpu_probe import GpuInventory, foreign_memory_mib

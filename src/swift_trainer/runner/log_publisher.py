@@ -50,7 +50,7 @@ from nats.js.errors import NotFoundError
 
 from ..bus import subjects
 from ..bus.messages import LogMessage, decode_log_payload
-from ._tasks import cancel_and_wait
+from ..core.tasks import cancel_and_wait
 
 _log = logging.getLogger(__name__)
 

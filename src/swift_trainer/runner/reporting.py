@@ -39,7 +39,7 @@ from ..core import commands as c
 from ..core.atomic_file import write_atomic
 from ..core.ids import new_id
 from ..core.limits import MAX_REASON_CHARS
-from ._tasks import cancel_and_wait
+from ..core.tasks import cancel_and_wait
 from .log_publisher import LogPublisher
 from .outcome import ExportOutcome, JobOutcome
 from .reporter_protocol import Stream

@@ -1,4 +1,4 @@
-"""Cancelling a background task for sure.
+"""Cancelling a background task for sure, and letting go of a subscription at stop.
 
 On Python 3.11, ``asyncio.wait_for`` (used inside nats-py's request and fetch, and by our
 own loops) can swallow a cancellation that arrives just as the awaited thing finishes; a
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Protocol, cast
 
 _log = logging.getLogger(__name__)
 
@@ -25,3 +26,17 @@ async def cancel_and_wait(
         error = task.exception()
         if error is not None:
             _log.warning("task %s ended with %r", task.get_name(), error)
+
+
+class _Unsubscribable(Protocol):
+    async def unsubscribe(self) -> None: ...
+
+
+async def unsubscribe_quietly(subscription: object | None) -> None:
+    """At stop: a connection already closed cannot unsubscribe, and need not."""
+    if subscription is None:
+        return
+    try:
+        await cast("_Unsubscribable", subscription).unsubscribe()
+    except Exception as exc:
+        _log.debug("unsubscribe at stop failed: %r", exc)
