@@ -4,17 +4,23 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import datetime
+from typing import Final
 
 from litestar.response.sse import ServerSentEventMessage
 
 from ...bus import subjects
 from ...core.job import FINISHED
 from ...projections.read_models.interface import MAX_PAGE_SIZE
-from ...projections.read_models.views import JobSummary, MetricPoint
+from ...projections.read_models.views import JobSummary, MetricPoint, ProgressView
 from ..deps import ApiDeps
 from ..durations import describe_duration
 from ..sse import Poll, data_message, follow
 from .schemas import ProgressResponse
+
+#: What a progress answer copies from the read model's progress as it is.
+_SHARED_FIELDS: Final = tuple(
+    name for name in ProgressResponse.__struct_fields__ if name in ProgressView.__struct_fields__
+)
 
 
 def progress_of(summary: JobSummary, history: list[MetricPoint] | None = None) -> ProgressResponse:
@@ -24,21 +30,9 @@ def progress_of(summary: JobSummary, history: list[MetricPoint] | None = None) -
     return ProgressResponse(
         job_id=summary.job_id,
         status=summary.status,
-        step=p.step,
-        max_steps=p.max_steps,
-        percent=p.percent,
-        epoch=p.epoch,
-        loss=p.loss,
-        learning_rate=p.learning_rate,
-        grad_norm=p.grad_norm,
-        eval_loss=p.eval_loss,
-        elapsed_s=p.elapsed_s,
-        remaining_s=p.remaining_s,
+        **{name: getattr(p, name) for name in _SHARED_FIELDS},
         elapsed=describe_duration(p.elapsed_s),
         remaining=describe_duration(p.remaining_s),
-        memory_gib=p.memory_gib,
-        train_speed=p.train_speed,
-        at=p.at,
         history=history,
     )
 

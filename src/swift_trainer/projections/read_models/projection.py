@@ -295,22 +295,7 @@ def progress_view(state: JobState) -> ProgressView | None:
         percent = round(min(p.step / p.max_steps, 1.0) * 100, 2)
     if state.status is JobStatus.SUCCEEDED:
         percent = 100.0
-    return ProgressView(
-        step=p.step,
-        max_steps=p.max_steps,
-        percent=percent,
-        epoch=p.epoch,
-        loss=p.loss,
-        learning_rate=p.learning_rate,
-        grad_norm=p.grad_norm,
-        eval_loss=p.eval_loss,
-        elapsed_s=p.elapsed_s,
-        remaining_s=p.remaining_s,
-        memory_gib=p.memory_gib,
-        train_speed=p.train_speed,
-        at=p.at,
-        tokens_seen=p.tokens_seen,
-    )
+    return ProgressView(**msgspec.structs.asdict(p), percent=percent)
 
 
 def metric_point(event: e.JobProgressed) -> MetricPoint | None:
