@@ -467,9 +467,9 @@ _REJECTED_COMMAND: Final = 4
 _CONFLICT_SEEN_BEFORE: Final = 5
 
 
-def postgres_event(row: asyncpg.Record, first: int = 0) -> RecordedEvent:
-    """An event from an asyncpg row whose event columns start at index ``first``, in the
-    events table's order (position ... recorded_at)."""
+def event_from_row(row: Sequence[Any] | asyncpg.Record, first: int = 0) -> RecordedEvent:
+    """An event from a row (asyncpg's or SQLAlchemy's) whose event columns start at index
+    ``first``, in the events table's order (position ... recorded_at)."""
     return RecordedEvent(
         position=row[first],
         stream_id=row[first + 1],
@@ -494,9 +494,9 @@ def _postgres_earlier(request: AppendRequest, rows: Sequence[asyncpg.Record]) ->
     if outcome == _REJECTED_COMMAND:
         return rejected_command_result(rows[0][2], rows[0][3])
     if outcome == _SEEN_COMMAND:
-        return command_result(rows[0][2], [postgres_event(r, first=1) for r in rows])
+        return command_result(rows[0][2], [event_from_row(r, first=1) for r in rows])
     assert outcome == _SEEN_EVENTS, outcome
-    return earlier_result(request, [postgres_event(r, first=1) for r in rows])
+    return earlier_result(request, [event_from_row(r, first=1) for r in rows])
 
 
 async def postgres_append(

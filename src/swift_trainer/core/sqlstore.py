@@ -72,9 +72,8 @@ from swift_trainer.core import _sqlschema as schema
 from swift_trainer.core._sqlappend import (
     AppendRequest,
     HeldConnections,
-    decode_metadata,
+    event_from_row,
     postgres_append,
-    postgres_event,
 )
 from swift_trainer.core._sqlitewriter import SqliteWriter
 from swift_trainer.core.errors import (
@@ -212,20 +211,6 @@ def _sqlite_positional(statement: sa.Executable) -> tuple[str, tuple[str, ...]]:
     compiled = cast(sa.ClauseElement, statement).compile(dialect=sqlite_dialect.dialect())
     assert isinstance(compiled, SQLCompiler)
     return str(compiled), tuple(compiled.positiontup or ())
-
-
-def _to_event(row: _Row, at: int = 0) -> RecordedEvent:
-    return RecordedEvent(
-        position=row[at],
-        stream_id=row[at + 1],
-        version=row[at + 2],
-        event_id=row[at + 3],
-        type=row[at + 4],
-        schema_version=row[at + 5],
-        payload=row[at + 6],
-        metadata=decode_metadata(row[at + 7]),
-        recorded_at=row[at + 8],
-    )
 
 
 @contextmanager
@@ -512,7 +497,7 @@ class SqlEventStore:
             return None
         stream_id, error_code, error_message = rows[0][0], rows[0][1], rows[0][2]
         with _store_errors(f"find command {command_id!r}"):
-            events = tuple(_to_event(row, 3) for row in rows if row[3] is not None)
+            events = tuple(event_from_row(row, 3) for row in rows if row[3] is not None)
         return CommandRecord(
             command_id=command_id,
             stream_id=stream_id,
@@ -566,7 +551,7 @@ class SqlEventStore:
     ) -> list[RecordedEvent]:
         rows = await self._fetch(action, statement, **params)
         with _store_errors(action):
-            return [_to_event(row) for row in rows]
+            return [event_from_row(row) for row in rows]
 
     async def read_stream(self, stream_id: str, *, after_version: int = 0) -> list[RecordedEvent]:
         return await self._fetch_events(
@@ -590,7 +575,7 @@ class SqlEventStore:
                 raw = await conn.get_raw_connection()
                 driver = cast("asyncpg.Connection[asyncpg.Record]", raw.driver_connection)
                 rows = await driver.fetch(_PG_READ_ALL, after_position, limit)
-            return [postgres_event(row) for row in rows]
+            return [event_from_row(row) for row in rows]
 
     async def stream_version(self, stream_id: str) -> int:
         rows = await self._fetch(
