@@ -15,15 +15,16 @@ from typing import Final
 import sqlalchemy as sa
 
 from swift_trainer.core import _sqlschema as schema
+from swift_trainer.core._sqlerrors import store_errors
 from swift_trainer.core.audit_chain import ChainAnchor, ChainRow, ChainVerifier, chain_time
-from swift_trainer.core.sqlstore import _EVENT_COLUMNS, SqlEventStore, _store_errors
+from swift_trainer.core.sqlstore import _EVENT_COLUMNS, SqlEventStore
 
 _CHAIN_COLUMNS: Final = (*_EVENT_COLUMNS, schema.events.c.hash)
 
 
 async def migrated_through(store: SqlEventStore) -> int:
     """The last position the version-3 migration hashed (gaps up to it are historical)."""
-    with _store_errors("read the audit chain start"):
+    with store_errors("read the audit chain start"):
         async with store.engine.connect() as conn:
             value = (await conn.execute(sa.select(schema.audit_chain.c.migrated_through))).scalar()
     return int(value or 0)
@@ -53,7 +54,7 @@ async def chain_rows(
             query = query.where(schema.events.c.recorded_at >= since)
         if until is not None:
             query = query.where(schema.events.c.recorded_at < until)
-        with _store_errors("read the audit chain"):
+        with store_errors("read the audit chain"):
             async with store.engine.connect() as conn:
                 rows = (await conn.execute(query)).all()
         if not rows:
@@ -87,7 +88,7 @@ async def streams_with_prefix(store: SqlEventStore, prefix: str) -> list[str]:
         .distinct()
         .order_by(schema.events.c.stream_id)
     )
-    with _store_errors(f"list streams {prefix}*"):
+    with store_errors(f"list streams {prefix}*"):
         async with store.engine.connect() as conn:
             return [row[0] for row in (await conn.execute(query)).all()]
 
@@ -100,7 +101,7 @@ async def anchor_before(store: SqlEventStore, position: int) -> ChainAnchor | No
         .order_by(schema.events.c.position.desc())
         .limit(1)
     )
-    with _store_errors("read the audit chain"):
+    with store_errors("read the audit chain"):
         async with store.engine.connect() as conn:
             row = (await conn.execute(query)).first()
     if row is None:

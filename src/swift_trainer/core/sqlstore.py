@@ -2,64 +2,22 @@
 
 SQLAlchemy Core (async engine, pool, dialect types) does setup, migrations and reads; the
 append hot path talks to the driver in one call per append (see ``_sqlappend``), because
-appends are what every command waits for.
-
-Ordering of the global log (why a reader of ``read_all`` never skips an event):
-
-- PostgreSQL hands out identity values when a row is inserted, not when it commits, so two
-  overlapping appenders could commit positions 11 and 10 in that order, and a reader that
-  saw 11 would never look at 10. Every append therefore takes ``LOCK TABLE events IN
-  EXCLUSIVE MODE`` inside its transaction *before* it inserts. EXCLUSIVE conflicts with
-  itself and with plain INSERTs (ROW EXCLUSIVE), so appenders are serialised and positions
-  are assigned in commit order, but it does not conflict with ACCESS SHARE, so readers are
-  never blocked. A table lock was chosen over ``pg_advisory_xact_lock`` because it also
-  orders any writer that does not know the convention (a manual INSERT waits too). The lock
-  also makes the version check exact: the stream's version is read after the lock is held.
-  Positions of rolled-back transactions leave gaps, which readers simply step over. The
-  lock is held for one round trip: the whole append is one call of a PL/pgSQL function, in
-  autocommit mode. No ``lock_timeout`` is set (as in the eventsourcing library): a writer
-  waits behind a slow one rather than failing; the server's
-  ``idle_in_transaction_session_timeout`` is what bounds a stuck session.
-- SQLite has a single writer: ``BEGIN IMMEDIATE`` takes the write lock before the version and
-  position are read, so appenders serialise (waiting up to ``busy_timeout``, also across
-  processes sharing the file) instead of failing on a read-to-write upgrade. Within one
-  process, every write goes to one writer thread with its own connection
-  (``_sqlitewriter``), which commits appends queued together in one transaction, so
-  writers never sleep in SQLite's busy handler.
-
-Durability: SQLite runs in WAL mode with ``synchronous=FULL`` by default, so the WAL is
-fsynced at every commit and an acknowledged append survives power loss. That is SQLite's
-compiled default and what the eventsourcing library's SQLite recorder runs with (it never
-changes it), so benchmarks compare like with like. ``NORMAL`` is faster but may lose the
-last commits on power failure; it is available for throwaway databases. The fsync happens
-on the writer thread, not on the event loop. PostgreSQL keeps the server's
-``synchronous_commit`` setting.
-
-Idempotency: an append whose ``command_id`` is in the ``commands`` table, or whose event ids
-are all stored already in the same stream, returns the earlier result with
-``duplicate=True`` and stores nothing, even when ``expected_version`` no longer matches:
-a redelivered message is answered, not refused. A command recorded as refused
-(``record_rejection``) appends nothing and returns ``duplicate=True`` with no events. Event
-ids that clash with another stream (or only partly overlap an earlier batch) are an
-``IntegrityError``. Two identical appends racing each other: one stores, the other gets
-the unique violation, rolls back and answers with the winner's events.
-
-Errors: callers see only the ``errors`` hierarchy (``ConcurrencyConflict`` <
-``IntegrityError`` < ``StoreError``, ``SchemaVersionError``), never a driver exception.
+appends are what every command waits for. Why a reader of ``read_all`` never skips an
+event, what an acknowledged append survives, and how a redelivered append is answered:
+``docs/architecture.md``, "The SQL event store". Callers see only the ``errors``
+hierarchy, never a driver exception (``_sqlerrors``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-import sqlite3
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, cast
 
 import asyncpg
-import msgspec
 import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
 from sqlalchemy import event as sa_event
@@ -75,6 +33,7 @@ from swift_trainer.core._sqlappend import (
     event_from_row,
     postgres_append,
 )
+from swift_trainer.core._sqlerrors import store_errors
 from swift_trainer.core._sqlitewriter import SqliteWriter
 from swift_trainer.core.errors import (
     ConcurrencyConflict,
@@ -213,76 +172,6 @@ def _sqlite_positional(statement: sa.Executable) -> tuple[str, tuple[str, ...]]:
     return str(compiled), tuple(compiled.positiontup or ())
 
 
-@contextmanager
-def _store_errors(action: str) -> Iterator[None]:
-    """Turn driver and SQLAlchemy errors into the store's own, so callers catch meaning."""
-    try:
-        yield
-    except SwiftTrainerError:
-        raise
-    except (
-        sa_exc.IntegrityError,
-        sqlite3.IntegrityError,
-        asyncpg.IntegrityConstraintViolationError,
-    ) as exc:
-        raise IntegrityError(f"{action} refused by the database: {_cause(exc)}") from exc
-    except (
-        sa_exc.SQLAlchemyError,
-        sqlite3.Error,
-        asyncpg.PostgresError,
-        asyncpg.InterfaceError,
-        OSError,
-    ) as exc:
-        raise _unavailable(action, exc) from exc
-    except msgspec.MsgspecError as exc:
-        raise StoreError(
-            f"{action} failed: a stored event's metadata does not decode ({exc})",
-            code="store_corrupt",
-        ) from exc
-
-
-#: PostgreSQL's codes for "the schema is not there": undefined table, function, schema.
-_MISSING_SCHEMA_STATES: Final = frozenset({"42P01", "42883", "3F000"})
-
-
-def _sqlstate(exc: BaseException) -> str | None:
-    """The PostgreSQL error code behind SQLAlchemy's and asyncpg's wrappers, if any."""
-    seen: BaseException | None = exc
-    for _ in range(5):
-        if seen is None:
-            return None
-        state = getattr(seen, "sqlstate", None)
-        if isinstance(state, str):
-            return state
-        seen = getattr(seen, "orig", None) or seen.__cause__
-    return None
-
-
-def _unavailable(action: str, exc: BaseException) -> StoreError:
-    text = _cause(exc)
-    lowered = text.lower()
-    if "no such table" in lowered or _sqlstate(exc) in _MISSING_SCHEMA_STATES:
-        return StoreError(
-            f"{action} failed: the event store has no schema yet ({text}); call setup() first",
-            code="store_not_set_up",
-        )
-    if "database is locked" in lowered or "database is busy" in lowered:
-        return StoreError(
-            f"{action} failed: another writer held the SQLite database past busy_timeout "
-            f"({text}); retry, or raise sqlite_busy_timeout",
-            code="store_busy",
-        )
-    return StoreError(
-        f"{action} failed: {text}; check the event store URL and that the database is reachable",
-        code="store_unavailable",
-    )
-
-
-def _cause(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", None)
-    return f"{type(orig or exc).__name__}: {orig or exc}".splitlines()[0]
-
-
 class SqlEventStore:
     """An :class:`~swift_trainer.core.store.EventStore` on SQLite or PostgreSQL.
 
@@ -356,7 +245,7 @@ class SqlEventStore:
         lock, a PostgreSQL advisory lock per schema), the others wait and then find nothing
         left to do. A database newer than this code is refused rather than misread.
         """
-        with _store_errors("event store setup"):
+        with store_errors("event store setup"):
             async with self._write_transaction() as conn:
                 if self._dialect == "postgresql":
                     await conn.execute(
@@ -432,7 +321,7 @@ class SqlEventStore:
             if expected_version is not None and version != expected_version:
                 raise ConcurrencyConflict(stream_id, expected_version, version)
             return AppendResult(stream_id=stream_id, version=version, events=())
-        with _store_errors(f"append to stream {stream_id!r}"):
+        with store_errors(f"append to stream {stream_id!r}"):
             if self._closed:
                 raise StoreError("the event store is closed", code="store_closed")
             if self._dialect == "sqlite":
@@ -454,7 +343,7 @@ class SqlEventStore:
         """Record a follower's position; a smaller position than the stored one is ignored."""
         if position < 0:
             raise IntegrityError(f"tracking position must be >= 0, got {position}")
-        with _store_errors(f"set tracking {name!r}"):
+        with store_errors(f"set tracking {name!r}"):
             await self._write(self._set_tracking, name=name, position=position)
 
     async def _write(self, statement: sa.Executable, **params: Any) -> None:
@@ -473,7 +362,7 @@ class SqlEventStore:
         snapshot is stored already."""
         if version < 1:
             raise IntegrityError(f"snapshot version must be >= 1, got {version}")
-        with _store_errors(f"save snapshot of {stream_id!r}"):
+        with store_errors(f"save snapshot of {stream_id!r}"):
             await self._write(
                 self._save_snapshot, stream_id=stream_id, version=version, payload=payload
             )
@@ -496,7 +385,7 @@ class SqlEventStore:
         if not rows:
             return None
         stream_id, error_code, error_message = rows[0][0], rows[0][1], rows[0][2]
-        with _store_errors(f"find command {command_id!r}"):
+        with store_errors(f"find command {command_id!r}"):
             events = tuple(event_from_row(row, 3) for row in rows if row[3] is not None)
         return CommandRecord(
             command_id=command_id,
@@ -525,7 +414,7 @@ class SqlEventStore:
         self, command_id: str, stream_id: str, code: str | None, message: str | None
     ) -> CommandRecord:
         """Insert-if-absent into the command log: an error (refused) or none (no-op)."""
-        with _store_errors(f"record the outcome of command {command_id!r}"):
+        with store_errors(f"record the outcome of command {command_id!r}"):
             await self._write(
                 self._record_rejection,
                 command_id=command_id,
@@ -541,7 +430,7 @@ class SqlEventStore:
     # --- reads ----------------------------------------------------------------------------
 
     async def _fetch(self, action: str, statement: sa.Executable, **params: Any) -> Sequence[_Row]:
-        with _store_errors(action):
+        with store_errors(action):
             async with self._reader.connect() as conn:
                 result = await conn.execute(statement, params)
                 return result.all()
@@ -550,7 +439,7 @@ class SqlEventStore:
         self, action: str, statement: sa.Executable, **params: Any
     ) -> list[RecordedEvent]:
         rows = await self._fetch(action, statement, **params)
-        with _store_errors(action):
+        with store_errors(action):
             return [event_from_row(row) for row in rows]
 
     async def read_stream(self, stream_id: str, *, after_version: int = 0) -> list[RecordedEvent]:
@@ -570,7 +459,7 @@ class SqlEventStore:
     async def _read_all_postgres(self, after_position: int, limit: int) -> list[RecordedEvent]:
         """Through the driver, past SQLAlchemy's row processing: replays and rebuilds read
         the whole log this way, and that processing was a third of a rebuild's time."""
-        with _store_errors("read the event log"):
+        with store_errors("read the event log"):
             async with self._reader.connect() as conn:
                 raw = await conn.get_raw_connection()
                 driver = cast("asyncpg.Connection[asyncpg.Record]", raw.driver_connection)
