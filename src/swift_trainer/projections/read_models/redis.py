@@ -43,6 +43,7 @@ from swift_trainer.core.job import JobStatus
 from swift_trainer.core.queue_processor import QueueProcessorState
 from swift_trainer.core.store import RecordedEvent
 
+from . import redis_scripts as scripts
 from .interface import ReadModelConflict, check_limit
 from .projection import (
     LISTED_STATUSES,
@@ -78,73 +79,6 @@ FOLD_CACHE_SIZE: Final = 10_000
 #: Values per command in a script, well under Lua's unpack limit (even: pairs stay whole).
 _CHUNK: Final = 500
 _MAX_COMMIT_ATTEMPTS: Final = 5
-
-_COMMIT = """
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-if current ~= tonumber(ARGV[1]) then
-  return {0, current}
-end
-local ops = cmsgpack.unpack(ARGV[3])
-for i = 1, #ops do
-  redis.call(unpack(ops[i]))
-end
-redis.call('SET', KEYS[1], ARGV[2])
-return {1, tonumber(ARGV[2])}
-"""
-
-_APPEND_LOGS = """
-local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-local high = -1
-if #top == 2 then high = tonumber(top[2]) end
-local added = 0
-for i = 2, #ARGV, 2 do
-  local seq = tonumber(ARGV[i])
-  if seq > high then
-    redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1])
-    high = seq
-    added = added + 1
-  end
-end
-if added > 0 then
-  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[1]) + 1))
-end
-return added
-"""
-
-_PUT_RUNNER = """
-local seen = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if seen and tonumber(seen) > tonumber(ARGV[2]) then
-  return 0
-end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-return 1
-"""
-
-#: One step of a wipe: SCAN from ARGV[1] for ARGV[2], UNLINK what it found except keys
-#: starting with ARGV[3] (when not empty); returns the next cursor ("0": done). Keys are
-#: found by pattern, which Redis Cluster cannot route: the module docstring's hash tag
-#: keeps a prefix in one slot.
-_WIPE = """
-local found = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[4])
-local keep = ARGV[3]
-local doomed = {}
-for _, key in ipairs(found[2]) do
-  if keep == '' or string.sub(key, 1, #keep) ~= keep then
-    doomed[#doomed + 1] = key
-  end
-  if #doomed >= 500 then
-    redis.call('UNLINK', unpack(doomed))
-    doomed = {}
-  end
-end
-if #doomed > 0 then
-  redis.call('UNLINK', unpack(doomed))
-end
-return found[1]
-"""
-#: Keys a wipe step scans (the script runs a few milliseconds per step).
-_WIPE_COUNT: Final = 5000
 
 _encoder = msgspec.json.Encoder()
 _summary_decoder = msgspec.json.Decoder(JobSummary)
@@ -210,10 +144,10 @@ class RedisReadModel:
         self._keys = _Keys(prefix)
         self._limits = limits or Limits()
         self._owns_client = owns_client
-        self._commit = client.register_script(_COMMIT)
-        self._append_logs = client.register_script(_APPEND_LOGS)
-        self._put_runner = client.register_script(_PUT_RUNNER)
-        self._wipe = client.register_script(_WIPE)
+        self._commit = client.register_script(scripts.COMMIT)
+        self._append_logs = client.register_script(scripts.APPEND_LOGS)
+        self._put_runner = client.register_script(scripts.PUT_RUNNER)
+        self._wipe = client.register_script(scripts.WIPE)
         self._lock = asyncio.Lock()
         self._applied: int | None = None
         self._processor: QueueProcessorState | None = None
@@ -425,7 +359,7 @@ class RedisReadModel:
                             cursor,
                             _glob_escape(self.prefix) + "*",
                             self._keys.feed if keep_feeds else "",
-                            _WIPE_COUNT,
+                            scripts.WIPE_COUNT,
                         ],
                     )
                 ).decode()
