@@ -9,7 +9,6 @@ absence (no scheduler connected, no live feed) instead of pretending.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,6 +25,7 @@ from ..core.clock import Clock, utc_now
 from ..core.commands import AnyCommand
 from ..core.settings import DEFAULT_FILES_MAX_BYTES
 from ..core.store import EventStore
+from ..core.tasks import unsubscribe_quietly
 from ..projections.access_view import AccessView
 from ..projections.read_models.interface import ReadModel
 from ..projections.scheduler.pass_result import PassResult, not_processed
@@ -170,8 +170,7 @@ def nats_subscriber(nc: Client) -> Subscriber:
             async for msg in subscription.messages:
                 yield msg.data
         finally:
-            with contextlib.suppress(Exception):
-                await subscription.unsubscribe()
+            await unsubscribe_quietly(subscription)
 
     return subscribe
 

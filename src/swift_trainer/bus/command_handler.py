@@ -42,6 +42,7 @@ from ..core.events import encode_event, event_type
 from ..core.ids import GPU_LEDGER_STREAM, job_stream, new_id
 from ..core.job import JobState
 from ..core.store import AppendResult, CommandRecord, CommandStore, EventMetadata, NewEvent
+from ..core.tasks import unsubscribe_quietly
 from . import subjects
 from .messages import (
     AccessAnswer,
@@ -462,14 +463,10 @@ class CommandHandler:
                 await msg.respond(encode(answer))
 
     async def stop(self) -> None:
-        if self._access_subscription is not None:
-            with contextlib.suppress(Exception):
-                await self._access_subscription.unsubscribe()
-            self._access_subscription = None
-        if self._query_subscription is not None:
-            with contextlib.suppress(Exception):
-                await self._query_subscription.unsubscribe()
-            self._query_subscription = None
+        await unsubscribe_quietly(self._access_subscription)
+        self._access_subscription = None
+        await unsubscribe_quietly(self._query_subscription)
+        self._query_subscription = None
         if self._subscription is not None:
             with contextlib.suppress(Exception):
                 await self._subscription.drain()  # type: ignore[no-untyped-call]

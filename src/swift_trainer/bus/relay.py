@@ -39,6 +39,7 @@ from nats.js.errors import NotFoundError
 from opentelemetry import trace
 
 from ..core.store import EventStore, RecordedEvent
+from ..core.tasks import unsubscribe_quietly
 from . import subjects
 from .messages import EventEnvelope, encode
 from .trace_headers import extract_context
@@ -274,9 +275,7 @@ class OutboxRelay:
                     await self.reconcile()
 
     async def stop(self) -> None:
-        if self._nudges is not None:
-            with contextlib.suppress(Exception):
-                await self._nudges.unsubscribe()
+        await unsubscribe_quietly(self._nudges)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

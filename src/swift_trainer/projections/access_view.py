@@ -39,6 +39,7 @@ from ..core.access import (
 )
 from ..core.errors import SwiftTrainerError
 from ..core.store import RecordedEvent
+from ..core.tasks import unsubscribe_quietly
 
 _log = logging.getLogger(__name__)
 
@@ -93,8 +94,7 @@ async def gather_key_usage(nc: Client, *, wait_s: float = 0.5) -> dict[str, date
                 if key_id not in found or at > found[key_id]:
                     found[key_id] = at
     finally:
-        with contextlib.suppress(Exception):
-            await subscription.unsubscribe()
+        await unsubscribe_quietly(subscription)
     return found
 
 
@@ -180,10 +180,8 @@ class AccessFollower:
                 await msg.respond(_usage_encoder.encode(self.view.last_used))
 
     async def stop(self) -> None:
-        if self._usage is not None:
-            with contextlib.suppress(Exception):
-                await self._usage.unsubscribe()
-            self._usage = None
+        await unsubscribe_quietly(self._usage)
+        self._usage = None
         if self._feed is not None:
             await self._feed.stop()
             self._feed = None

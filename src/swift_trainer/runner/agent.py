@@ -42,7 +42,7 @@ from ..core.ids import job_stream
 from ..core.inventory import RunnerHeartbeat, RunnerJob
 from ..core.limits import MAX_REASON_CHARS
 from ..core.spec import JobSpec
-from ..core.tasks import cancel_and_wait
+from ..core.tasks import cancel_and_wait, unsubscribe_quietly
 from .assignment_check import assignment_problem
 from .dataset_cache import DatasetCache, DatasetUnavailable
 from .gpu_probe import GpuInventory, foreign_memory_mib
@@ -208,10 +208,8 @@ class RunnerAgent:
         for task in [*self._tasks, *self._resends]:
             await cancel_and_wait(task)
         self._tasks = []
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-            self._sub = None
+        await unsubscribe_quietly(self._sub)
+        self._sub = None
         await self.supervisor.close(kill=self.stop_jobs_on_exit)
         if not await self.outbox.drain(timeout=5.0):
             _log.warning(

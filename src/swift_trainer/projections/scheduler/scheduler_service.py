@@ -60,6 +60,7 @@ from swift_trainer.core.ids import new_id
 from swift_trainer.core.inventory import RunnerHeartbeat, decode_heartbeat
 from swift_trainer.core.store import EventStore, RecordedEvent
 
+from ...core.tasks import unsubscribe_quietly
 from ..read_models.replay import REBUILD_BATCH
 from ..read_models.views import QueueEntry, QueueView
 from .dormant_jobs import DEFAULT_LIMIT
@@ -282,8 +283,7 @@ class SchedulerService:
         if release_lease:  # a leader's parting checkpoint spares its successor the replay
             await self.save_checkpoint()
         for subscription in self._subscriptions:
-            with contextlib.suppress(Exception):
-                await subscription.unsubscribe()
+            await unsubscribe_quietly(subscription)
         self._subscriptions = []
         every = {*self._tasks, *([self._ready_task] if self._ready_task else [])}
         tasks = set(every)
