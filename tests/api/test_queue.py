@@ -128,6 +128,9 @@ async def test_queue_status_of_a_job(stack: Stack) -> None:
         "estimated_wait_s": None,
         "estimated_wait_time": None,
         "source": None,
+        "unplaceable": None,
+        "blocked_by": None,
+        "blocked_reason": None,
     }
     moved_up = (await stack.client.get(stack.url("/queue/second/status"))).json()
     assert moved_up["position"] == 1
@@ -148,6 +151,33 @@ async def test_queue_status_uses_the_schedulers_estimate(stack: Stack) -> None:
     assert body["position"] == 4
     assert body["source"] == "scheduler"
     assert body["estimated_wait_time"] in {"about 4 minutes", "about 5 minutes"}
+    assert (body["unplaceable"], body["blocked_by"], body["blocked_reason"]) == (None, None, None)
+
+
+async def test_queue_status_says_what_holds_a_job(stack: Stack) -> None:
+    """The job's own place names the quota that holds it, as the queue view does."""
+    await stack.create(job_id="held")
+    reason = "owner 'ann' has 1 of its max_gpus 1 GPUs in use"
+    await stack.read_model.set_queue_view(
+        QueueView(
+            entries=(
+                QueueEntry(
+                    job_id="held",
+                    position=1,
+                    priority=5,
+                    blocked_by="owner_gpu_quota",
+                    blocked_reason=reason,
+                ),
+            ),
+            computed_at=datetime.now(UTC),
+        )
+    )
+    body = (await stack.client.get(stack.url("/queue/held/status"))).json()
+    assert (body["position"], body["blocked_by"], body["blocked_reason"]) == (
+        1,
+        "owner_gpu_quota",
+        reason,
+    )
 
 
 async def test_processor_stop_start_and_status(stack: Stack) -> None:

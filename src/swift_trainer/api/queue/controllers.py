@@ -201,6 +201,9 @@ class QueueController(Controller):
             estimated_wait_s=place.estimated_wait_s,
             estimated_wait_time=describe_wait(place.estimated_wait_s),
             source=place.source,
+            unplaceable=place.unplaceable,
+            blocked_by=place.blocked_by,
+            blocked_reason=place.blocked_reason,
         )
 
     @post(

@@ -38,6 +38,10 @@ class QueuePlace(msgspec.Struct, frozen=True):
     source: PlaceSource
     estimated_start: datetime | None = None
     estimated_wait_s: float | None = None
+    #: Why the scheduler cannot place it now, as its queue view says (see ``QueueEntry``).
+    unplaceable: str | None = None
+    blocked_by: str | None = None
+    blocked_reason: str | None = None
 
 
 def wait_until(start: datetime | None, now: datetime) -> float | None:
@@ -87,6 +91,9 @@ async def place_in_queue(
             source="scheduler",
             estimated_start=entry.estimated_start,
             estimated_wait_s=wait_until(entry.estimated_start, now),
+            unplaceable=entry.unplaceable,
+            blocked_by=entry.blocked_by,
+            blocked_reason=entry.blocked_reason,
         )
     if view.computed_at is not None:
         if queued_at is not None and view.as_of_position >= queued_at:

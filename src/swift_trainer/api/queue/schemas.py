@@ -86,6 +86,12 @@ class QueueJobStatus(msgspec.Struct, frozen=True, kw_only=True):
     #: Where the position comes from: ``scheduler``, ``submission_order``; or why there is none
     #: yet: ``scheduler_pending`` (not ranked yet).
     source: str | None = None
+    #: Set when no known runner could ever run the job, with the reason.
+    unplaceable: str | None = None
+    #: ``owner_gpu_quota`` while the job waits for its owner's ``max_gpus``.
+    blocked_by: str | None = None
+    #: The limit and the GPUs in use.
+    blocked_reason: str | None = None
 
 
 class QueueRemoval(msgspec.Struct, frozen=True, kw_only=True):
