@@ -486,7 +486,8 @@ def test_owners_filter_and_live_rows_respect_api_keys(browser: Any, tmp_path: Pa
             browser, f"{base}/#/jobs?owner=alice", keys["admin"]
         )
         expect(admin.locator("tr[data-job-id]")).to_have_count(1)
-        expect(admin.locator('tr[data-job-id="alice_1"]')).to_contain_text("owner alice")
+        owner_cell = admin.locator('tr[data-job-id="alice_1"] td[data-col="owner"]')
+        expect(owner_cell).to_have_text("alice")
         expect(admin.get_by_label("Owner", exact=True)).to_have_value("alice")
         expect(admin.locator("#live-state")).to_have_attribute("data-mode", "push")
 

@@ -58,11 +58,11 @@ function row(job) {
     "tr",
     { dataset: { jobId: job.job_id, status: job.status, position: String(job.submitted_position) } },
     h("td", h("a", { href: `#/job/${encodeURIComponent(job.job_id)}` }, job.job_id),
-      job.owner ? h("div.muted", `owner ${job.owner}`) : null,
       Object.keys(job.labels || {}).length
         ? h("div.labels", Object.entries(job.labels).map(([k, v]) => h("span.chip", `${k}=${v}`)))
         : null),
     h("td", badge(job.status)),
+    h("td", { "data-col": "owner" }, job.owner || "–"),
     h("td.num", String(job.priority)),
     h("td", gpusText(job)),
     h("td.progress-cell", progressCell(job)),
@@ -121,7 +121,7 @@ export function jobsView(main, query) {
     h("div.table-wrap",
       h("table.jobs", { "aria-label": "Jobs", "aria-describedby": "live-state" },
         h("thead", h("tr",
-          ["Job", "Status", "Priority", "GPUs", "Progress", "Loss", "Elapsed", "ETA", "Submitted"]
+          ["Job", "Status", "Owner", "Priority", "GPUs", "Progress", "Loss", "Elapsed", "ETA", "Submitted"]
             .map((c) => h("th", { scope: "col" }, c)))),
         tbody)),
     h("div.pager", newer, pageNo, older),
@@ -142,7 +142,7 @@ export function jobsView(main, query) {
       replaceKeepingFocus(tbody, [
         ...(page.items.length
           ? page.items.map(row)
-          : [h("tr", h("td.empty", { colspan: 9 }, "No jobs here yet. ", h("a", { href: "#/submit" }, "Submit one.")))]),
+          : [h("tr", h("td.empty", { colspan: 10 }, "No jobs here yet. ", h("a", { href: "#/submit" }, "Submit one.")))]),
       ]);
       older.disabled = !page.next_cursor;
       older.dataset.cursor = page.next_cursor || "";
