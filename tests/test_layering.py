@@ -250,6 +250,25 @@ def test_no_scheduler_module_shares_its_name_with_another_module() -> None:
     assert not elsewhere, elsewhere
 
 
+#: Litestar's per-feature convention under ``api/``, and packages' own ``__init__``.
+_SHARED_NAMES = {"__init__.py", "controllers.py", "schemas.py"}
+
+
+def test_no_two_modules_share_a_base_name() -> None:
+    """Issue 10: a name says which module it is, wherever it appears (logs, tracebacks)."""
+    seen: dict[str, list[str]] = {}
+    for path in SRC.rglob("*.py"):
+        if path.name not in _SHARED_NAMES:
+            seen.setdefault(path.name, []).append(path.relative_to(SRC).as_posix())
+    assert {name: paths for name, paths in seen.items() if len(paths) > 1} == {}
+    shared = [
+        path.relative_to(SRC).as_posix()
+        for path in SRC.rglob("*.py")
+        if path.name in {"controllers.py", "schemas.py"}
+    ]
+    assert all(path.startswith("api/") for path in shared), shared
+
+
 def test_the_placement_core_is_pure_and_the_api_sees_only_the_answer() -> None:
     assert all((SRC.parent / (m.replace(".", "/") + ".py")).is_file() for m in PLACEMENT_CORE)
     found = scheduler_violations(SRC)
