@@ -103,3 +103,30 @@ def stop_service(process: subprocess.Popen[str]) -> str:
         _, stderr = process.communicate()
         pytest.fail(f"swift-trainer up did not stop on SIGINT: {stderr[-3000:]}")
     return stderr
+
+
+def operator_cli(data_dir: Path, *args: str) -> str:
+    """Run an operator command against the running ``up`` (found by its data folder), as
+    an operator would: another process, over the service's own NATS."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("NATS_", "EVENT_STORE", "REDIS", "API_", "APP_"))
+    }
+    env["SWIFT_TRAINER_DATA_DIR"] = str(data_dir)
+    done = subprocess.run(
+        [sys.executable, "-m", "swift_trainer.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def issue_key(data_dir: Path, owner: str, role: str) -> str:
+    """A key made with ``swift-trainer keys create``; the secret is its last line."""
+    made = operator_cli(data_dir, "keys", "create", "--owner", owner, "--role", role)
+    return made.strip().splitlines()[-1]

@@ -21,8 +21,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +29,7 @@ from typing import Any
 import httpx
 import pytest
 from tests.conftest import require_services
-from tests.e2e.live_service import API, Service, start_service, stop_service
+from tests.e2e.live_service import API, Service, issue_key, start_service, stop_service
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -406,27 +404,6 @@ def test_the_accessibility_audit_finds_planted_faults(browser: Any) -> None:
     assert problems[3].startswith('contrast 2.32 of "faint text"')
     assert problems[4].startswith("contrast 1.") and "translucent" in problems[4]
     assert len(problems) == 5, problems
-
-
-def issue_key(data_dir: Path, owner: str, role: str) -> str:
-    """A key made as the operator makes one: ``swift-trainer keys create`` over NATS."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("NATS_", "EVENT_STORE", "REDIS", "API_", "APP_"))
-    }
-    env["SWIFT_TRAINER_DATA_DIR"] = str(data_dir)
-    command = ["keys", "create", "--owner", owner, "--role", role]
-    made = subprocess.run(
-        [sys.executable, "-m", "swift_trainer.cli", *command],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert made.returncode == 0, made.stderr
-    return made.stdout.strip().splitlines()[-1]
 
 
 def sign_in(

@@ -10,9 +10,6 @@ two users' keys and the quota made with the ``keys`` and ``quota`` commands, job
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .live_service import Service, start_service, stop_service
+from .live_service import Service, operator_cli, start_service, stop_service
 
 #: Long enough to outlive the test: only stops end these trainings.
 LONG = {"data_path": "d#100000", "model_path": "m", "gpu_count": 1}
@@ -40,26 +37,6 @@ def service(tmp_path: Path) -> Iterator[Service]:
         running.http.close()
         stderr = stop_service(process)
         assert process.returncode == 0, stderr[-3000:]
-
-
-def cli(data_dir: Path, *args: str) -> str:
-    """Run an operator command against the running ``up`` (found by its data folder)."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("NATS_", "EVENT_STORE", "REDIS", "API_", "APP_"))
-    }
-    env["SWIFT_TRAINER_DATA_DIR"] = str(data_dir)
-    done = subprocess.run(
-        [sys.executable, "-m", "swift_trainer.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
 
 
 class User:
@@ -98,7 +75,9 @@ class User:
 
 
 def user(service: Service, data_dir: Path, owner: str) -> User:
-    secret = cli(data_dir, "keys", "create", "--owner", owner, "--role", "user").splitlines()[-1]
+    secret = operator_cli(
+        data_dir, "keys", "create", "--owner", owner, "--role", "user"
+    ).splitlines()[-1]
     assert secret.startswith("stk_")
     made = User(service, secret)
     service.wait_for(f"{owner}'s key", lambda: made.call("GET", "/jobs").status_code == 200)
@@ -117,7 +96,7 @@ def test_a_quota_holds_one_owner_and_fair_share_orders_equal_priorities(
     service: Service, tmp_path: Path
 ) -> None:
     ann, bob = user(service, tmp_path, "ann"), user(service, tmp_path, "bob")
-    cli(tmp_path, "quota", "set", "ann", "--max-gpus", "1")
+    operator_cli(tmp_path, "quota", "set", "ann", "--max-gpus", "1")
     time.sleep(1.0)  # the scheduler follows the access stream on EVENTS
 
     # 1. ann at her limit waits; bob's job takes the second GPU.
@@ -146,7 +125,7 @@ def test_a_quota_holds_one_owner_and_fair_share_orders_equal_priorities(
 
     # 2. Fair share: with the quota lifted ann holds both GPUs; her older job and bob's
     # newer one wait; the next free GPU goes to bob, who has none.
-    cli(tmp_path, "quota", "set", "ann")
+    operator_cli(tmp_path, "quota", "set", "ann")
     time.sleep(1.0)
     ann.submit("ann-3")
     ann.wait_status("ann-3", "running")
