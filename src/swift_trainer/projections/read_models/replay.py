@@ -35,16 +35,22 @@ async def catch_up(store: EventLog, read_model: ReadModel, *, batch_size: int = 
     """Apply everything after the read model's applied position; returns how many were new.
 
     Resuming from ``applied_position()`` rather than a separate tracking record is what
-    makes a restart exact: the position was stored with the changes it stands for.
+    makes a restart exact: the position was stored with the changes it stands for. Only a
+    long catch-up (more than one batch) pauses the garbage collector: a short one, as after
+    a replica's conflict, is not worth the full collection that ends a pause.
     """
-    with collector_paused():
-        return await _catch_up(store, read_model, batch_size)
-
-
-async def _catch_up(store: EventLog, read_model: ReadModel, batch_size: int) -> int:
     position = await read_model.applied_position()
-    applied = 0
     batch = await store.read_all(after_position=position, limit=batch_size)
+    if len(batch) < batch_size:
+        return await _apply_from(store, read_model, batch, batch_size)
+    with collector_paused():
+        return await _apply_from(store, read_model, batch, batch_size)
+
+
+async def _apply_from(
+    store: EventLog, read_model: ReadModel, batch: list[RecordedEvent], batch_size: int
+) -> int:
+    applied = 0
     while batch:
         # The next batch is read while this one is applied: the store's and the read
         # model's round trips overlap instead of adding up (a rebuild is all round trips).
