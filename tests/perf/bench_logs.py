@@ -16,8 +16,9 @@ measures, against the issue's goals (issue 16, item 5):
 - whether the runner keeps up: lines written (counted in the job's stdout file) against
   lines on the LOGS stream and lines seen over SSE, and the lag over time;
 - the caps: the job's Redis log buffer (``Limits.log_lines``) and the LOGS stream
-  (``max_bytes``, ``max_age``) against what they hold at the end, and what an hour at
-  this rate holds, extrapolated from the measured bytes per line.
+  (``max_bytes``, ``max_age``, ``max_msgs_per_subject`` per job) against what they hold at
+  the end, and what an hour at this rate writes and holds, extrapolated from the measured
+  bytes per line and per message.
 
 Everything it starts is stopped and everything it creates (folders, Redis keys) is removed.
 """
@@ -237,6 +238,11 @@ def main() -> None:
     per_line = stream_bytes / job_lines if job_lines else float("nan")
     hour_lines = args.rate * 3600
     hour_bytes = per_line * hour_lines
+    # The stream keeps at most ``max_msgs_per_subject`` of one job's messages (batches).
+    per_job = config.max_msgs_per_subject or 0
+    per_msg = stream_bytes / job_msgs if job_msgs else float("nan")
+    hour_msgs = job_msgs / args.seconds * 3600
+    hour_held = min(hour_msgs, per_job) * per_msg if per_job > 0 else hour_bytes
     ok_redis = held <= cap_lines
     rows += [
         (
@@ -255,10 +261,16 @@ def main() -> None:
         ("LOGS stream: messages (batches)", f"{job_msgs:,}", f"{stream_msgs:,} in all", ""),
         ("LOGS stream: bytes per line", f"{per_line:,.0f} B", "", ""),
         (
-            "an hour at this rate, LOGS",
+            "an hour at this rate, written to LOGS",
             mib(hour_bytes),
-            f"<= {mib(config.max_bytes)}",
-            "fits" if hour_bytes <= config.max_bytes else "cap binds",
+            f"{hour_msgs:,.0f} messages",
+            "",
+        ),
+        (
+            "an hour at this rate, held by LOGS for the job",
+            mib(hour_held),
+            f"<= {per_job:,} messages, <= {mib(config.max_bytes)}",
+            "per-job cap binds" if hour_msgs > per_job > 0 else "fits",
         ),
         ("an hour at this rate, Redis", f"{cap_lines:,} lines", f"<= {cap_lines:,}", "bounded"),
     ]

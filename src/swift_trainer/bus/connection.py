@@ -143,10 +143,21 @@ def events_stream_config(replicas: int = 1) -> StreamConfig:
     )
 
 
+#: Messages the LOGS stream keeps per job (per ``st.logs.<job_id>`` subject). At least as
+#: many lines as the read model's per-job buffer (``Limits.log_lines``), so a replay refills
+#: it, and at most 5,000 x 64 KiB per job, so one chatty job cannot push every other job's
+#: lines out of the stream's shared ``max_bytes``.
+LOG_MESSAGES_PER_JOB: Final = 5_000
+
+
 def logs_stream_config(
-    max_bytes: int = 2 * 1024**3, max_age_s: float = 14 * DAY, replicas: int = 1
+    max_bytes: int = 2 * 1024**3,
+    max_age_s: float = 14 * DAY,
+    replicas: int = 1,
+    per_job: int = LOG_MESSAGES_PER_JOB,
 ) -> StreamConfig:
-    """Training output: bounded by size and age, since a chatty job must not fill the disk."""
+    """Training output: bounded by size and age, since a chatty job must not fill the disk,
+    and per job, since one job must not crowd out the others."""
     return StreamConfig(
         num_replicas=replicas,
         name=subjects.LOGS_STREAM,
@@ -156,6 +167,7 @@ def logs_stream_config(
         storage=StorageType.FILE,
         max_bytes=max_bytes,
         max_age=max_age_s,
+        max_msgs_per_subject=per_job,
         max_msg_size=64 * 1024,
         discard=DiscardPolicy.OLD,
         duplicate_window=120.0,
