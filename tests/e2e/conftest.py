@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
+from tests.conftest import service_unavailable
 
 from swift_trainer.bus.embedded import EmbeddedNatsServer
 
@@ -46,3 +49,12 @@ def process_env(
         SWIFT_SIM_STEP_SECONDS=str(step_seconds),
     )
     return env
+
+
+def redis_prefix(name: str) -> str:
+    """A throwaway key prefix on the test Redis; skips (or fails in CI) when Redis is absent."""
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        service_unavailable("Redis", exc)
+    return f"test-{name}-{uuid.uuid4().hex[:8]}:"

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from tests.conftest import service_unavailable
-from tests.e2e.conftest import REDIS_URL, process_env
+from tests.e2e.conftest import REDIS_URL, process_env, redis_prefix
 
 from swift_trainer.bus.embedded import free_port
 
@@ -33,11 +31,7 @@ BODY = {"data_path": "d#100000", "model_path": "m", "gpu_count": 1}
 
 @pytest.fixture
 def api(tmp_path: Path, nats_url: str) -> Iterator[httpx.Client]:
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
-    except redis.RedisError as exc:
-        service_unavailable("Redis", exc)
-    prefix = f"test-create-{uuid.uuid4().hex[:8]}:"
+    prefix = redis_prefix("create")
     port = free_port()
     env = process_env(
         tmp_path, nats_url=nats_url, redis_prefix=prefix, port=port, step_seconds=0.05

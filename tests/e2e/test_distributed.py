@@ -11,14 +11,12 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
-from tests.conftest import service_unavailable
-from tests.e2e.conftest import REDIS_URL, process_env
+from tests.e2e.conftest import REDIS_URL, process_env, redis_prefix
 
 from swift_trainer.bus.embedded import free_port
 
@@ -26,11 +24,7 @@ API = "/api/v1/training"
 
 
 def test_separate_processes_run_a_job_end_to_end(tmp_path: Path, nats_url: str) -> None:
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
-    except redis.RedisError as exc:
-        service_unavailable("Redis", exc)
-    prefix = f"test-dist-{uuid.uuid4().hex[:8]}:"
+    prefix = redis_prefix("dist")
     port = free_port()
     env = process_env(
         tmp_path, nats_url=nats_url, redis_prefix=prefix, port=port, step_seconds=0.02
