@@ -8,8 +8,10 @@
 | runner      | core, bus                     |
 | api         | core, bus, projections        |
 | client      | core (the terminal client speaks HTTP only) |
+| service.py  | core, bus, projections, runner, api (the composition root) |
+| cli         | everything, and nothing imports it |
 
-Modules directly under ``src/swift_trainer`` (the CLI, the app wiring) may import anything.
+The command line (``cli``) parses and prints; ``service.py`` wires the layers below.
 
 Inside ``projections/scheduler`` the placement core (``PLACEMENT_CORE``) is pure: it imports
 only ``core`` and itself, and no I/O or clock module. The API reaches the scheduler only
@@ -40,6 +42,10 @@ ALLOWED: dict[str, frozenset[str]] = {
     "runner": frozenset({"runner", "core", "bus"}),
     "api": frozenset({"api", "core", "bus", "projections"}),
     "client": frozenset({"client", "core"}),
+    "service": frozenset({"service", "core", "bus", "projections", "runner", "api"}),
+    "cli": frozenset(
+        {"cli", "service", "core", "bus", "projections", "runner", "api", "client", "package"}
+    ),
 }
 
 #: Third-party and standard-library modules core must not know (prefix match on dotted names).
@@ -132,12 +138,14 @@ def imports_of(path: Path, root: Path) -> Iterator[Import]:
 
 
 def layer_of(dotted: str) -> str | None:
-    """``core`` for ``swift_trainer.core.x``; ``""`` for the top level; None if not ours."""
+    """``core`` for ``swift_trainer.core.x``, ``package`` for ``swift_trainer``, else None."""
     parts = dotted.split(".")
     if parts[0] != PACKAGE:
         return None
     if len(parts) > 1 and parts[1] in ALLOWED:
         return parts[1]
+    if len(parts) == 1 or parts[1] == "__init__":
+        return "package"
     return ""
 
 
@@ -150,12 +158,16 @@ def violations(root: Path) -> list[str]:
     for path in sorted(root.rglob("*.py")):
         for imp in imports_of(path, root):
             source = layer_of(imp.module)
-            if not source:
-                continue  # top-level modules wire everything together
+            if source in (None, "", "package"):
+                continue  # the package's own __init__ and version module import nothing of ours
             target = layer_of(imp.target)
             if target is not None and target not in ALLOWED[source]:
                 allowed = ", ".join(sorted(ALLOWED[source] - {source})) or "nothing of ours"
-                what = f"{PACKAGE} (the top level)" if target == "" else f"{PACKAGE}.{target}"
+                what = (
+                    f"{PACKAGE} (the top level)"
+                    if target in ("", "package")
+                    else f"{PACKAGE}.{target}"
+                )
                 found.append(
                     f"{imp.where(root)}: {source} imports {imp.target} from {what}; "
                     f"{source} may import {allowed}"
@@ -227,46 +239,18 @@ def test_the_source_tree_exists() -> None:
     assert len(list(SRC.rglob("*.py"))) > 10
 
 
-def test_every_subpackage_has_a_rule() -> None:
+def test_every_subpackage_and_top_level_module_has_a_rule() -> None:
     subpackages = {p.parent.name for p in SRC.glob("*/__init__.py")}
     assert subpackages <= set(ALLOWED), "add the new folder to DESIGN.md's table and here"
     folders = {p.name for p in SRC.iterdir() if p.is_dir() and p.name != "__pycache__"}
     assert folders <= set(ALLOWED), folders - set(ALLOWED)
+    modules = {p.stem for p in SRC.glob("*.py")} - {"__init__"}
+    assert modules <= set(ALLOWED), "a module at the top level needs a rule: " + str(modules)
 
 
 def test_dependencies_point_one_way() -> None:
     found = violations(SRC)
     assert not found, "layering violations:\n" + "\n".join(found)
-
-
-def test_no_scheduler_module_shares_its_name_with_another_module() -> None:
-    package = SRC / "projections" / "scheduler"
-    ours = {p.name for p in package.glob("*.py")} - {"__init__.py"}
-    elsewhere = [
-        p.relative_to(SRC).as_posix()
-        for p in SRC.rglob("*.py")
-        if p.name in ours and p.parent != package
-    ]
-    assert not elsewhere, elsewhere
-
-
-#: Litestar's per-feature convention under ``api/``, and packages' own ``__init__``.
-_SHARED_NAMES = {"__init__.py", "controllers.py", "schemas.py"}
-
-
-def test_no_two_modules_share_a_base_name() -> None:
-    """Issue 10: a name says which module it is, wherever it appears (logs, tracebacks)."""
-    seen: dict[str, list[str]] = {}
-    for path in SRC.rglob("*.py"):
-        if path.name not in _SHARED_NAMES:
-            seen.setdefault(path.name, []).append(path.relative_to(SRC).as_posix())
-    assert {name: paths for name, paths in seen.items() if len(paths) > 1} == {}
-    shared = [
-        path.relative_to(SRC).as_posix()
-        for path in SRC.rglob("*.py")
-        if path.name in {"controllers.py", "schemas.py"}
-    ]
-    assert all(path.startswith("api/") for path in shared), shared
 
 
 def test_the_placement_core_is_pure_and_the_api_sees_only_the_answer() -> None:
@@ -363,7 +347,8 @@ def test_the_checker_finds_every_kind_of_violation(tmp_path: Path) -> None:
                 "from swift_trainer.runner import supervisor\n"  # 3
                 "from .. import cli\n"  # 4: the top level
             ),
-            "cli.py": "from .api import app\nfrom .runner import supervisor\nimport subprocess\n",
+            "cli/entry.py": ("from ..api import app\nfrom .. import service\nimport subprocess\n"),
+            "service.py": "from .api import app\nfrom .runner import agent\nfrom .cli import x\n",
         },
     )
     found = violations(root)
@@ -377,6 +362,7 @@ def test_the_checker_finds_every_kind_of_violation(tmp_path: Path) -> None:
             "swift_trainer/projections/scheduler/job_queue.py:5",
             "swift_trainer/projections/scheduler/job_queue.py:6",
             "swift_trainer/runner/supervisor.py:3",
+            "swift_trainer/service.py:3",
         ]
     ), "\n".join(found)
     assert any("core may import nothing of ours" in line for line in found)
@@ -401,13 +387,13 @@ def test_the_scheduler_checker_finds_planted_violations(tmp_path: Path) -> None:
                 "import time\n"  # 4
                 "from nats.aio.client import Client\n"  # 5
                 "from ..read_models import views\n"  # 6
-                "from .scheduler_state import SchedulerState\n"  # 7
+                "from .state import SchedulerState\n"  # 7
                 "from ...bus import subjects\n"  # 8
             ),
-            "projections/scheduler/scheduler_service.py": "import time\nimport nats\n",
+            "projections/scheduler/service.py": "import time\nimport nats\n",
             "api/queue/controllers.py": (
                 "from ...projections.scheduler.pass_result import PassResult\n"
-                "from ...projections.scheduler import scheduler_service\n"  # 2
+                "from ...projections.scheduler import service\n"  # 2
                 "from swift_trainer.projections.scheduler.placement import Decision\n"  # 3
                 "from ...projections.read_models import views\n"
             ),

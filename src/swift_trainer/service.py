@@ -24,11 +24,13 @@ import uvicorn
 from nats.aio.client import Client
 from prometheus_client import start_http_server
 
-from .bus.bus_metrics import MeteredCommandHandler, sample_relay_lag
 from .bus.command_handler import CommandHandler
 from .bus.connection import connect, provision, resolve_nats_url
 from .bus.embedded import EmbeddedNatsServer
+from .bus.metrics import MeteredCommandHandler, sample_relay_lag
 from .bus.relay import OutboxRelay
+from .cli.keys import check_exposure, warn_insecure
+from .cli.scheduler import SchedulerOptions
 from .core.errors import SwiftTrainerError
 from .core.settings import Settings
 from .core.shutdown import wait_for_shutdown
@@ -43,10 +45,8 @@ from .projections.read_models.redis import RedisReadModel
 from .projections.runner_feed import RunnerFeed
 from .projections.scheduler.observed_scheduler import ObservedSchedulerService
 from .projections.scheduler.pass_result import PassResult
-from .projections.scheduler.scheduler_cli import SchedulerOptions
 from .runner.agent import RunnerAgent
-from .runner.runner_factory import RunnerOptions, create_runner_agent
-from .security_cli import check_exposure, warn_insecure
+from .runner.factory import RunnerOptions, create_runner_agent
 
 _log = logging.getLogger(__name__)
 
@@ -256,7 +256,7 @@ class Service:
         )
         app = create_app(deps, api_prefix=self.settings.api_prefix)
         port = await self.start_http(app, host=host, port=port)
-        from .api.api_metrics import sample_read_models
+        from .api.metrics import sample_read_models
 
         store = self.store
         self.add_background(
@@ -311,8 +311,8 @@ class Service:
 
     async def start_webhooks(self) -> None:
         """The webhook dispatcher, which reads the store (so only where the store is)."""
+        from .cli.webhooks import signing_key
         from .projections.webhook_dispatcher import WebhookDispatcher
-        from .webhooks_cli import signing_key
 
         assert self.store is not None
         webhooks = WebhookDispatcher(self.store, signing_key(self.settings))

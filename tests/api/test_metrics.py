@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from prometheus_client import REGISTRY
 
-from swift_trainer.api.api_metrics import sample_fleet
+from swift_trainer.api.metrics import sample_fleet
 
 from .conftest import Stack
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from nats.aio.client import Client
 from prometheus_client import REGISTRY
 
-from swift_trainer.bus.bus_metrics import MeteredCommandHandler
 from swift_trainer.bus.command_client import CommandClient
+from swift_trainer.bus.metrics import MeteredCommandHandler
 from swift_trainer.core import commands as c
 from swift_trainer.core.spec import JobSpec
 from swift_trainer.core.sqlstore import SqlEventStore

@@ -139,9 +139,9 @@ def test_prometheus_config_is_valid() -> None:
 
 def _registered_families() -> set[str]:
     # Importing the modules registers their instruments; the HTTP ones exist after a request.
-    import swift_trainer.api.api_metrics
-    import swift_trainer.bus.bus_metrics
-    import swift_trainer.projections.scheduler.scheduler_metrics
+    import swift_trainer.api.metrics
+    import swift_trainer.bus.metrics
+    import swift_trainer.projections.scheduler.metrics
     import swift_trainer.runner.gpu_metrics  # noqa: F401
 
     return {family.name for family in REGISTRY.collect()}

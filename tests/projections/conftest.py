@@ -39,7 +39,7 @@ from swift_trainer.core.spec import JobSpec
 from swift_trainer.core.sqlstore import SqlEventStore, open_event_store
 from swift_trainer.core.store import RecordedEvent
 from swift_trainer.projections.read_models.views import QueueView
-from swift_trainer.projections.scheduler.scheduler_service import SchedulerService
+from swift_trainer.projections.scheduler.service import SchedulerService
 
 SCHEDULER_LEASE_S = 2.0
 H100 = "NVIDIA H100 80GB HBM3"

@@ -18,7 +18,6 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Tag
 from litestar.plugins import InitPlugin
 
-from .api_metrics import MetricsEndpoint, http_metrics
 from .asyncapi_endpoint import asyncapi_json
 from .auth.guard import AuthGuard
 from .auth.rate_limit import WriteRateLimit
@@ -28,6 +27,7 @@ from .docs import docs_routes, offline_swagger
 from .http_tracing import http_tracing
 from .jobs.controllers import JobsController
 from .jobs.reads import JobReadsController
+from .metrics import MetricsEndpoint, http_metrics
 from .openai import openai_router
 from .problems import exception_handlers
 from .queue.controllers import QueueController

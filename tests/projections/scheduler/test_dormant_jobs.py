@@ -7,7 +7,7 @@ import tracemalloc
 import msgspec
 import pytest
 from tests.projections.conftest import heartbeat, spec
-from tests.projections.scheduler.test_scheduler_state import (
+from tests.projections.scheduler.test_state import (
     T0,
     Log,
     claimed,
@@ -20,7 +20,7 @@ from swift_trainer.core.ids import job_stream
 from swift_trainer.core.job import JobState, JobStatus
 from swift_trainer.core.store import RecordedEvent
 from swift_trainer.projections.scheduler.dormant_jobs import DormantJobs
-from swift_trainer.projections.scheduler.scheduler_state import SchedulerState
+from swift_trainer.projections.scheduler.state import SchedulerState
 
 
 def at_rest(job_id: str, n: int) -> e.Event:

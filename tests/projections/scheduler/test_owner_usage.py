@@ -3,7 +3,7 @@
 The rule (``placement``, items 1 and 5): among jobs of equal priority the owner with fewer
 GPUs in use goes first, counted at each decision; a job that would take its owner past
 ``max_gpus`` waits without blocking or reserving. The brute-force model in
-``test_scheduler_model`` checks the rule over random histories; these are its edge cases.
+``test_model`` checks the rule over random histories; these are its edge cases.
 """
 
 from __future__ import annotations

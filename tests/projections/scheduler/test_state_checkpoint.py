@@ -11,7 +11,7 @@ from tests.projections.read_models.history import fleet_history, random_history
 from swift_trainer.core import events as e
 from swift_trainer.core.access import QuotaSet
 from swift_trainer.core.store import RecordedEvent, Snapshot
-from swift_trainer.projections.scheduler.scheduler_state import SchedulerState, claim_key
+from swift_trainer.projections.scheduler.state import SchedulerState, claim_key
 from swift_trainer.projections.scheduler.state_checkpoint import (
     CHECKPOINT_STREAM,
     SchedulerCheckpoint,
@@ -21,7 +21,7 @@ from swift_trainer.projections.scheduler.state_checkpoint import (
     save_checkpoint,
 )
 
-from .test_scheduler_state import Log, access_event, claimed, owned, scheduled, submitted
+from .test_state import Log, access_event, claimed, owned, scheduled, submitted
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 

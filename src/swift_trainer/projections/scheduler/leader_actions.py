@@ -18,7 +18,7 @@ from swift_trainer.bus.messages import CommandReply
 from swift_trainer.core import commands as c
 
 from .placement import Decision
-from .scheduler_state import SchedulerState
+from .state import SchedulerState
 
 _log = logging.getLogger(__name__)
 

@@ -23,10 +23,10 @@ from opentelemetry import trace
 from ...bus.trace_headers import extract_context
 from ...core.ids import job_stream
 from ...core.store import RecordedEvent
-from . import scheduler_metrics as metrics
+from . import metrics
 from .pass_result import PassResult
 from .placement import Decision
-from .scheduler_service import SchedulerService
+from .service import SchedulerService
 
 _tracer = trace.get_tracer(__name__)
 

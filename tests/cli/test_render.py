@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from swift_trainer.client.render import queue_table
+from swift_trainer.cli.render import queue_table
 
 
 def rendered(entry: dict[str, Any]) -> str:

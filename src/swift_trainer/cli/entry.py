@@ -19,14 +19,14 @@ from typing import Any
 
 import msgspec
 
-from . import service
-from .core import commands as c
-from .core.errors import SwiftTrainerError
-from .core.ids import new_job_id
-from .core.logs import configure_logging
-from .core.settings import Settings, load_settings
-from .core.spec import decode_spec
-from .security_cli import (
+from .. import service
+from ..core import commands as c
+from ..core.errors import SwiftTrainerError
+from ..core.ids import new_job_id
+from ..core.logs import configure_logging
+from ..core.settings import Settings, load_settings
+from ..core.spec import decode_spec
+from .keys import (
     add_auth_arguments,
     add_keys_arguments,
     auth_env,
@@ -45,7 +45,7 @@ def _configure_logging(settings: Settings, command: str) -> None:
 
 
 async def _run_up(settings: Settings, args: argparse.Namespace) -> int:
-    from .runner.runner_cli import options_from_args
+    from .runner import options_from_args
 
     return await service.run_up(
         settings, options_from_args(settings, args), nats_port=args.nats_port
@@ -57,13 +57,13 @@ async def _run_handler(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 async def _run_scheduler(settings: Settings, args: argparse.Namespace) -> int:
-    from .projections.scheduler.scheduler_cli import scheduler_options
+    from .scheduler import scheduler_options
 
     return await service.run_scheduler(settings, scheduler_options(args), nats_url=args.nats_url)
 
 
 async def _run_runner(settings: Settings, args: argparse.Namespace) -> int:
-    from .runner.runner_cli import options_from_args
+    from .runner import options_from_args
 
     return await service.run_runner(
         settings, options_from_args(settings, args), nats_url=args.nats_url
@@ -136,8 +136,8 @@ def _build_command(args: argparse.Namespace) -> c.AnyCommand:
 
 async def _run_upload(settings: Settings, args: argparse.Namespace) -> int:
     """``swift-trainer upload FILE``: check and store a dataset, print its file object."""
-    from .bus.connection import connect, resolve_nats_url
-    from .bus.file_store import FileStore, upload_path
+    from ..bus.connection import connect, resolve_nats_url
+    from ..bus.file_store import FileStore, upload_path
 
     path = Path(args.path)
     if not await asyncio.to_thread(path.is_file):
@@ -154,8 +154,8 @@ async def _run_upload(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _run_send(settings: Settings, args: argparse.Namespace) -> int:
-    from .bus.command_client import CommandClient
-    from .bus.connection import connect, resolve_nats_url
+    from ..bus.command_client import CommandClient
+    from ..bus.connection import connect, resolve_nats_url
 
     try:
         command = _build_command(args)
@@ -176,10 +176,10 @@ async def _run_send(settings: Settings, args: argparse.Namespace) -> int:
 
 def _add_front_doors(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Audit, the published contract, the HTTP terminal client and webhooks (issue 15)."""
-    from .audit_cli import add_audit_arguments
-    from .client.terminal import add_client_arguments
-    from .contract_cli import add_contract_arguments
-    from .webhooks_cli import add_webhooks_arguments
+    from .audit import add_audit_arguments
+    from .contract import add_contract_arguments
+    from .jobs import add_client_arguments
+    from .webhooks import add_webhooks_arguments
 
     add_audit_arguments(sub)
     add_contract_arguments(sub)
@@ -227,8 +227,8 @@ def _parser() -> argparse.ArgumentParser:
         help="only serve; another process keeps the shared read models up to date",
     )
 
-    from .projections.scheduler.scheduler_cli import add_scheduler_arguments
-    from .runner.runner_cli import add_runner_arguments
+    from .runner import add_runner_arguments
+    from .scheduler import add_scheduler_arguments
 
     add_runner_arguments(up)
     scheduler = sub.add_parser("scheduler", help="run a scheduler (distributed)")
@@ -305,10 +305,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _configure_logging(settings, args.command)
         if getattr(args, "metrics_port", None) is not None:
             service.serve_metrics(settings, args.metrics_port)
-        from .audit_cli import run_audit
-        from .client.terminal import run_client
-        from .contract_cli import run_contract
-        from .webhooks_cli import run_webhooks
+        from .audit import run_audit
+        from .contract import run_contract
+        from .jobs import run_client
+        from .webhooks import run_webhooks
 
         runners = {
             "up": _run_up,
@@ -334,7 +334,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

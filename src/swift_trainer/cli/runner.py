@@ -7,8 +7,8 @@ import argparse
 from pathlib import Path
 
 from ..core.settings import Settings
-from .agent import DEFAULT_MAX_FOREIGN_MEMORY_MIB
-from .runner_factory import SIMULATOR, RunnerOptions, default_runner_id
+from ..runner.agent import DEFAULT_MAX_FOREIGN_MEMORY_MIB
+from ..runner.factory import SIMULATOR, RunnerOptions, default_runner_id
 
 
 def add_runner_arguments(parser: argparse.ArgumentParser) -> None:

@@ -20,14 +20,14 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from .core.audit_chain import ChainVerifier, ExportLine, export_line, read_export
-from .core.errors import SwiftTrainerError
-from .core.settings import Settings
-from .core.sqlaudit import anchor_before, chain_rows
-from .core.sqlstore import SqlEventStore, open_event_store
-from .projections.audit import AuditReport, job_history, job_state_as_of, verify_store
-from .projections.read_models.interface import ReadModel
-from .projections.read_models.redis import RedisReadModel
+from ..core.audit_chain import ChainVerifier, ExportLine, export_line, read_export
+from ..core.errors import SwiftTrainerError
+from ..core.settings import Settings
+from ..core.sqlaudit import anchor_before, chain_rows
+from ..core.sqlstore import SqlEventStore, open_event_store
+from ..projections.audit import AuditReport, job_history, job_state_as_of, verify_store
+from ..projections.read_models.interface import ReadModel
+from ..projections.read_models.redis import RedisReadModel
 
 _EXIT_DIFFERENCE = 1
 

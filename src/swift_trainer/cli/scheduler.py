@@ -7,8 +7,8 @@ import argparse
 
 import msgspec
 
-from .dormant_jobs import DEFAULT_LIMIT
-from .placement import DEFAULT_FOREIGN_MEMORY_THRESHOLD_MIB, PlacementPolicy
+from ..projections.scheduler.dormant_jobs import DEFAULT_LIMIT
+from ..projections.scheduler.placement import DEFAULT_FOREIGN_MEMORY_THRESHOLD_MIB, PlacementPolicy
 
 
 def _count(text: str) -> int:

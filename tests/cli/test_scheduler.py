@@ -6,8 +6,8 @@ import argparse
 
 import pytest
 
+from swift_trainer.cli.scheduler import add_scheduler_arguments
 from swift_trainer.projections.scheduler.dormant_jobs import DEFAULT_LIMIT
-from swift_trainer.projections.scheduler.scheduler_cli import add_scheduler_arguments
 
 
 def parser() -> argparse.ArgumentParser:

@@ -71,7 +71,7 @@ from .leader_lease import LeaderLease
 from .pass_result import PassResult, PlacedJob, UnplaceableJob, not_processed
 from .placement import Decision, PlacementPolicy
 from .process_requests import subscribe_process_requests
-from .scheduler_state import SchedulerState
+from .state import SchedulerState
 from .state_checkpoint import CheckpointStore, load_checkpoint, save_checkpoint
 
 _log = logging.getLogger(__name__)

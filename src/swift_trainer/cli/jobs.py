@@ -24,9 +24,9 @@ import msgspec
 import yaml
 from rich.console import Console
 
+from ..client.http import EXIT_REFUSED, EXIT_USAGE, ApiClient, ClientError
+from ..client.profile import environment, resolve_connection
 from . import render
-from .http import EXIT_REFUSED, EXIT_USAGE, ApiClient, ClientError
-from .profile import environment, resolve_connection
 
 #: Statuses ``submit --wait`` stops at, and which of them count as success.
 _FINAL: Final = frozenset({"succeeded", "failed", "stopped", "deleted"})

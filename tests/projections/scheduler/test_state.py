@@ -14,7 +14,7 @@ from swift_trainer.core.ids import GPU_LEDGER_STREAM, job_stream
 from swift_trainer.core.inventory import RunnerHeartbeat, RunnerJob
 from swift_trainer.core.store import EventMetadata, RecordedEvent
 from swift_trainer.projections.scheduler.gpu_choice import host_snapshot
-from swift_trainer.projections.scheduler.scheduler_state import SchedulerState, claim_key
+from swift_trainer.projections.scheduler.state import SchedulerState, claim_key
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -27,7 +27,7 @@ from swift_trainer.projections.scheduler.process_requests import (
     PROCESS_SUBJECT,
     request_processing,
 )
-from swift_trainer.projections.scheduler.scheduler_service import SchedulerService
+from swift_trainer.projections.scheduler.service import SchedulerService
 from swift_trainer.projections.scheduler.state_checkpoint import (
     SchedulerCheckpoint,
     load_checkpoint,

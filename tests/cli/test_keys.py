@@ -19,8 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from swift_trainer.cli.keys import check_exposure, is_loopback, warn_insecure
 from swift_trainer.core.settings import load_settings
-from swift_trainer.security_cli import check_exposure, is_loopback, warn_insecure
 
 
 def _env(data_dir: Path) -> dict[str, str]:

@@ -10,8 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .bus.event_contract import stale_files, write_contract
-from .core.settings import Settings
+from ..bus.event_contract import stale_files, write_contract
+from ..core.settings import Settings
 
 DEFAULT_FOLDER = Path("docs/contract")
 

@@ -6,16 +6,16 @@ import argparse
 
 import pytest
 
+from swift_trainer.cli.runner import add_runner_arguments, options_from_args
 from swift_trainer.core.settings import Settings
-from swift_trainer.runner import runner_factory
-from swift_trainer.runner.runner_cli import add_runner_arguments, options_from_args
-from swift_trainer.runner.runner_factory import SIMULATOR
+from swift_trainer.runner import factory
+from swift_trainer.runner.factory import SIMULATOR
 
 
 def test_runner_options_default_from_the_host_and_settings(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(runner_factory.socket, "gethostname", lambda: "gpu.host_1.example")
+    monkeypatch.setattr(factory.socket, "gethostname", lambda: "gpu.host_1.example")
     parser = argparse.ArgumentParser()
     add_runner_arguments(parser)
     settings = Settings(data_dir="/var/st", output_root="/data/out")

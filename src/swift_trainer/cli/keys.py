@@ -21,10 +21,10 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from .core import commands as c
-from .core.access import ROLES, hash_secret, new_key_id, new_secret
-from .core.errors import SwiftTrainerError
-from .core.settings import Settings
+from ..core import commands as c
+from ..core.access import ROLES, hash_secret, new_key_id, new_secret
+from ..core.errors import SwiftTrainerError
+from ..core.settings import Settings
 
 _log = logging.getLogger("swift_trainer")
 
@@ -120,8 +120,8 @@ def add_keys_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 async def _send(settings: Settings, nats_url: str | None, command: c.AnyCommand) -> None:
-    from .bus.command_client import CommandClient
-    from .bus.connection import connect, resolve_nats_url
+    from ..bus.command_client import CommandClient
+    from ..bus.connection import connect, resolve_nats_url
 
     nc = await connect(resolve_nats_url(settings, nats_url), settings, name="swift-trainer-cli")
     try:
@@ -158,8 +158,8 @@ def _command(args: argparse.Namespace, secret: str | None) -> c.AnyCommand:
 
 
 async def _listing(settings: Settings, args: argparse.Namespace) -> int:
-    from .bus.connection import connect, resolve_nats_url
-    from .projections.access_view import fetch_access, gather_key_usage
+    from ..bus.connection import connect, resolve_nats_url
+    from ..projections.access_view import fetch_access, gather_key_usage
 
     nc = await connect(
         resolve_nats_url(settings, args.nats_url), settings, name="swift-trainer-cli"

@@ -25,14 +25,14 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from .core import webhook_events as w
-from .core.errors import SwiftTrainerError
-from .core.ids import is_valid_job_id, new_id
-from .core.settings import Settings
-from .core.shutdown import wait_for_shutdown
-from .core.sqlaudit import streams_with_prefix
-from .core.sqlstore import SqlEventStore, open_event_store
-from .projections.webhook_dispatcher import WebhookDispatcher, register_webhook, remove_webhook
+from ..core import webhook_events as w
+from ..core.errors import SwiftTrainerError
+from ..core.ids import is_valid_job_id, new_id
+from ..core.settings import Settings
+from ..core.shutdown import wait_for_shutdown
+from ..core.sqlaudit import streams_with_prefix
+from ..core.sqlstore import SqlEventStore, open_event_store
+from ..projections.webhook_dispatcher import WebhookDispatcher, register_webhook, remove_webhook
 
 
 def signing_key(settings: Settings, env: dict[str, str] | None = None) -> bytes:
