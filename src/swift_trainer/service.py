@@ -24,13 +24,12 @@ import uvicorn
 from nats.aio.client import Client
 from prometheus_client import start_http_server
 
+from .api.auth.exposure import check_exposure, warn_insecure
 from .bus.command_handler import CommandHandler
 from .bus.connection import connect, provision, resolve_nats_url
 from .bus.embedded import EmbeddedNatsServer
 from .bus.metrics import MeteredCommandHandler, sample_relay_lag
 from .bus.relay import OutboxRelay
-from .cli.keys import check_exposure, warn_insecure
-from .cli.scheduler import SchedulerOptions
 from .core.errors import SwiftTrainerError
 from .core.settings import Settings
 from .core.shutdown import wait_for_shutdown
@@ -45,6 +44,7 @@ from .projections.read_models.redis import RedisReadModel
 from .projections.runner_feed import RunnerFeed
 from .projections.scheduler.observed_scheduler import ObservedSchedulerService
 from .projections.scheduler.pass_result import PassResult
+from .projections.scheduler.service import SchedulerOptions
 from .runner.agent import RunnerAgent
 from .runner.factory import RunnerOptions, create_runner_agent
 
@@ -283,18 +283,12 @@ class Service:
             sink = self.read_model.set_queue_view
         scheduler = ObservedSchedulerService(
             self.nc,
-            scheduler_id=options.scheduler_id,
-            policy=options.policy,
+            options,
             queue_view_sink=sink,
-            lease_ttl_s=options.lease_ttl_s,
-            tick_s=options.tick_s,
             store=self.store,
-            command_timeout_s=self.settings.command_timeout_s,
-            start_timeout_s=options.start_timeout_s,
-            vanish_grace_s=options.vanish_grace_s,
-            stream_replicas=self.settings.nats_stream_replicas,
-            max_jobs_at_rest=options.max_jobs_at_rest,
             checkpoints=self.store,
+            command_timeout_s=self.settings.command_timeout_s,
+            stream_replicas=self.settings.nats_stream_replicas,
         )
         await scheduler.start()
         self._stoppers.append(("scheduler", scheduler.stop))
@@ -311,11 +305,10 @@ class Service:
 
     async def start_webhooks(self) -> None:
         """The webhook dispatcher, which reads the store (so only where the store is)."""
-        from .cli.webhooks import signing_key
-        from .projections.webhook_dispatcher import WebhookDispatcher
+        from .projections.webhook_dispatcher import WebhookDispatcher, load_signing_key
 
         assert self.store is not None
-        webhooks = WebhookDispatcher(self.store, signing_key(self.settings))
+        webhooks = WebhookDispatcher(self.store, load_signing_key(self.settings))
         await webhooks.start()
         self._stoppers.append(("webhooks", webhooks.stop))
 

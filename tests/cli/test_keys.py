@@ -3,10 +3,7 @@ host over NATS, used over HTTP, listed without its secret, revoked."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import logging
 import os
 import re
 import signal
@@ -17,10 +14,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
-
-from swift_trainer.cli.keys import check_exposure, is_loopback, warn_insecure
-from swift_trainer.core.settings import load_settings
 
 
 def _env(data_dir: Path) -> dict[str, str]:
@@ -129,19 +122,3 @@ def test_binding_beyond_loopback_without_auth_is_refused(tmp_path: Path) -> None
     refused = _run(env, "up", "--host", "0.0.0.0", "--port", "0")
     assert refused.returncode == 2
     assert "insecure" in refused.stderr or "without authentication" in refused.stderr
-    settings = load_settings({"APP_HOST": "0.0.0.0", "API_INSECURE_NO_AUTH": "true"})
-    assert check_exposure(settings) is True
-    assert check_exposure(load_settings({})) is False  # 127.0.0.1 by default
-    assert check_exposure(load_settings({"APP_HOST": "0.0.0.0", "API_AUTH": "required"})) is False
-    assert is_loopback("::1") and is_loopback("localhost") and not is_loopback("10.0.0.1")
-
-
-async def test_the_insecure_warning_repeats(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="swift_trainer")
-    task = asyncio.create_task(warn_insecure("0.0.0.0", every_s=0.05))
-    await asyncio.sleep(0.18)
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    warnings = [r for r in caplog.records if "WITHOUT authentication" in r.getMessage()]
-    assert len(warnings) >= 3

@@ -39,7 +39,7 @@ from swift_trainer.core.spec import JobSpec
 from swift_trainer.core.sqlstore import SqlEventStore, open_event_store
 from swift_trainer.core.store import RecordedEvent
 from swift_trainer.projections.read_models.views import QueueView
-from swift_trainer.projections.scheduler.service import SchedulerService
+from swift_trainer.projections.scheduler.service import SchedulerOptions, SchedulerService
 
 SCHEDULER_LEASE_S = 2.0
 H100 = "NVIDIA H100 80GB HBM3"
@@ -165,13 +165,11 @@ class Bus:
         async def keep(view: QueueView) -> None:
             self.views.append(view)
 
-        settings: dict[str, object] = {
-            "tick_s": 0.2,
-            "queue_view_sink": keep,
-            "store": self.store,
-        }
-        settings.update(options)
-        service = cls(nc, **settings)  # type: ignore[arg-type]
+        fields = set(SchedulerOptions.__struct_fields__)
+        chosen = {"tick_s": 0.2, **{k: v for k, v in options.items() if k in fields}}
+        settings: dict[str, object] = {"queue_view_sink": keep, "store": self.store}
+        settings.update({k: v for k, v in options.items() if k not in fields})
+        service = cls(nc, SchedulerOptions(**chosen), **settings)  # type: ignore[arg-type]
         await service.start()
         self.schedulers.append(service)
         return service

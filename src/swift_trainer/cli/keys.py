@@ -1,4 +1,4 @@
-"""``swift-trainer keys`` and ``quota``, and the API's authentication mode (issue 12).
+"""``swift-trainer keys`` and ``quota``, and the ``--auth`` options of ``up`` and ``api``.
 
 Keys and quotas are commands over NATS, like ``submit``: whoever can reach NATS is the
 operator (on the embedded ``up`` that is the host itself; in compose, the ``operator``
@@ -10,12 +10,9 @@ travels.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import ipaddress
 import json
-import logging
 import sys
-from typing import Any, Final
+from typing import Any
 
 import msgspec
 from rich.console import Console
@@ -25,12 +22,6 @@ from ..core import commands as c
 from ..core.access import ROLES, hash_secret, new_key_id, new_secret
 from ..core.errors import SwiftTrainerError
 from ..core.settings import Settings
-
-_log = logging.getLogger("swift_trainer")
-
-#: How often the "no authentication" warning repeats while the API serves.
-INSECURE_WARNING_EVERY_S: Final = 3600.0
-
 
 # --- the authentication mode of ``up`` and ``api`` ---------------------------------------------
 
@@ -54,41 +45,6 @@ def auth_env(args: argparse.Namespace, env: dict[str, str]) -> None:
         env["API_AUTH"] = args.auth
     if getattr(args, "insecure_no_auth", False):
         env["API_INSECURE_NO_AUTH"] = "true"
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_exposure(settings: Settings) -> bool:
-    """Refuse (SwiftTrainerError) an API without authentication beyond loopback, unless
-    ``--insecure-no-auth``; True when the insecure warning must be repeated."""
-    if settings.api_auth == "required" or is_loopback(settings.app_host):
-        return False
-    if not settings.insecure_no_auth:
-        raise SwiftTrainerError(
-            f"refusing to serve the API on {settings.app_host} without authentication: "
-            "pass --auth required (and make a key: swift-trainer keys create --owner NAME "
-            "--role admin), bind to 127.0.0.1, or pass --insecure-no-auth",
-            code="insecure_bind",
-        )
-    return True
-
-
-async def warn_insecure(host: str, every_s: float = INSECURE_WARNING_EVERY_S) -> None:
-    """The warning at start and then every ``every_s``, for as long as the API serves."""
-    while True:
-        _log.warning(
-            "SECURITY: the API serves on %s WITHOUT authentication (--insecure-no-auth): "
-            "anyone who reaches it can run and stop training",
-            host,
-        )
-        await asyncio.sleep(every_s)
 
 
 # --- keys and quotas --------------------------------------------------------------------------

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import argparse
 
-import msgspec
-
 from ..projections.scheduler.dormant_jobs import DEFAULT_LIMIT
-from ..projections.scheduler.placement import DEFAULT_FOREIGN_MEMORY_THRESHOLD_MIB, PlacementPolicy
+from ..projections.scheduler.placement import DEFAULT_FOREIGN_MEMORY_THRESHOLD_MIB
+from ..projections.scheduler.service import SchedulerOptions
 
 
 def _count(text: str) -> int:
@@ -66,26 +65,6 @@ def add_scheduler_arguments(parser: argparse.ArgumentParser) -> None:
         help="failed, stopped and paused jobs kept in memory for a quick restart; one let go "
         f"is read back from the event log when started again (default {DEFAULT_LIMIT})",
     )
-
-
-class SchedulerOptions(msgspec.Struct, frozen=True, kw_only=True):
-    """What ``swift-trainer scheduler`` was asked for; ``service.py`` builds the service."""
-
-    scheduler_id: str | None = None
-    lease_ttl_s: float = 5.0
-    tick_s: float = 1.0
-    start_timeout_s: float = 60.0
-    vanish_grace_s: float = 10.0
-    backfill: bool = True
-    foreign_memory_threshold_mib: int = DEFAULT_FOREIGN_MEMORY_THRESHOLD_MIB
-    max_jobs_at_rest: int = DEFAULT_LIMIT
-
-    @property
-    def policy(self) -> PlacementPolicy:
-        return PlacementPolicy(
-            backfill=self.backfill,
-            foreign_memory_threshold_mib=self.foreign_memory_threshold_mib,
-        )
 
 
 def scheduler_options(args: argparse.Namespace) -> SchedulerOptions:

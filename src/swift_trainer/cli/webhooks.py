@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import os
-import secrets
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,21 +30,12 @@ from ..core.settings import Settings
 from ..core.shutdown import wait_for_shutdown
 from ..core.sqlaudit import streams_with_prefix
 from ..core.sqlstore import SqlEventStore, open_event_store
-from ..projections.webhook_dispatcher import WebhookDispatcher, register_webhook, remove_webhook
-
-
-def signing_key(settings: Settings, env: dict[str, str] | None = None) -> bytes:
-    """The deployment's key: the environment's, else a key file in the data dir."""
-    value = (env if env is not None else os.environ).get("WEBHOOK_SIGNING_KEY")
-    if value:
-        return value.encode()
-    path = Path(settings.data_dir) / "webhook-signing.key"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(secrets.token_hex(32))
-    return path.read_text(encoding="utf-8").strip().encode()
+from ..projections.webhook_dispatcher import (
+    WebhookDispatcher,
+    load_signing_key,
+    register_webhook,
+    remove_webhook,
+)
 
 
 def add_webhooks_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -92,7 +81,7 @@ async def run_webhooks(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _run_dispatcher(settings: Settings, store: SqlEventStore) -> int:
-    dispatcher = WebhookDispatcher(store, signing_key(settings))
+    dispatcher = WebhookDispatcher(store, load_signing_key(settings))
     await dispatcher.start()
     try:
         await wait_for_shutdown()
@@ -132,7 +121,7 @@ async def _admin(settings: Settings, store: SqlEventStore, args: argparse.Namesp
             "webhook_id": webhook_id,
             "url": args.url,
             "event_types": list(args.event),
-            "secret": w.webhook_secret(signing_key(settings), webhook_id),
+            "secret": w.webhook_secret(load_signing_key(settings), webhook_id),
             "starts_after_position": recorded.position - 1,
         }
         _emit(out, as_json, answer, f"webhook {webhook_id} registered", answer)

@@ -21,8 +21,11 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
+import secrets
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Final
 
 import httpx
@@ -33,11 +36,13 @@ from swift_trainer.core import webhook_events as w
 from swift_trainer.core.access import is_access_stream
 from swift_trainer.core.clock import Clock, utc_now
 from swift_trainer.core.errors import ConcurrencyConflict, MessageError, StoreError
+from swift_trainer.core.settings import Settings
 from swift_trainer.core.sqlaudit import streams_with_prefix
 from swift_trainer.core.sqlstore import SqlEventStore
 from swift_trainer.core.store import EventMetadata, NewEvent, RecordedEvent
 
 _log = logging.getLogger(__name__)
+
 
 ACTOR: Final = "webhooks"
 
@@ -296,3 +301,17 @@ async def remove_webhook(
         expected_version=version,
     )
     return result.events[0]
+
+
+def load_signing_key(settings: Settings, env: dict[str, str] | None = None) -> bytes:
+    """The deployment's key: the environment's, else a key file in the data dir."""
+    value = (env if env is not None else os.environ).get("WEBHOOK_SIGNING_KEY")
+    if value:
+        return value.encode()
+    path = Path(settings.data_dir) / "webhook-signing.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(secrets.token_hex(32))
+    return path.read_text(encoding="utf-8").strip().encode()

@@ -69,7 +69,7 @@ from .job_history import job_history
 from .leader_actions import LeaderActions
 from .leader_lease import LeaderLease
 from .pass_result import PassResult, PlacedJob, UnplaceableJob, not_processed
-from .placement import Decision, PlacementPolicy
+from .placement import DEFAULT_FOREIGN_MEMORY_THRESHOLD_MIB, Decision, PlacementPolicy
 from .process_requests import subscribe_process_requests
 from .state import SchedulerState
 from .state_checkpoint import CheckpointStore, load_checkpoint, save_checkpoint
@@ -93,61 +93,84 @@ def default_scheduler_id() -> str:
     return f"{host}-{os.getpid()}-{new_id()[-6:]}"
 
 
-class SchedulerService:
-    """One scheduler instance; run several for high availability, one of them leads.
+class SchedulerOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """How one scheduler instance runs; ``swift-trainer scheduler`` fills it from its flags.
 
-    ``nc``: a connected NATS client, with the streams and buckets provisioned (``start``
-    provisions them if the lease bucket is missing).
     ``scheduler_id``: a subject token naming this instance (default: host, pid, random).
-    ``policy``: the placement policy (``placement.PlacementPolicy``).
-    ``queue_view_sink``: receives the queue with positions and estimated starts after the
-    leader's passes (at most every ``VIEW_INTERVAL_S`` unless requested, only on change).
-    ``heartbeat_sink``: receives every decoded runner heartbeat, on every instance (e.g.
-    to store it for ``GET /gpus``).
     ``lease_ttl_s``: leader lease TTL used when this service provisions the bucket; an
     existing bucket's own TTL wins, because the server expires the key by it.
     ``tick_s``: a pass runs at least this often, to notice expired runner leases.
-    ``store``: optional; when given, a new leader waits until it has applied every event
-    the store holds (else: every event on the EVENTS stream) before it acts.
-    ``start_timeout_s``: a scheduled job whose runner reports no start within this long is
-    marked lost (and requeued, as the domain decides).
-    ``vanish_grace_s``: a running job whose runner's heartbeats have not listed its process
-    for this long (two heartbeats at least) is marked lost.
-    ``max_jobs_at_rest``: failed, stopped and paused jobs kept for a quick restart; one let
-    go is read back (``job_history``) when it is queued again (see ``dormant_jobs``).
+    ``start_timeout_s``: a scheduled job with no reported start after this is marked lost.
+    ``vanish_grace_s``: a running job whose process the runner's heartbeats stopped
+    listing for this long (two heartbeats at least) is marked lost.
+    ``backfill`` and ``foreign_memory_threshold_mib``: the placement policy.
+    ``max_jobs_at_rest``: failed, stopped and paused jobs kept for a quick restart.
+    ``checkpoint_interval_s``: how often the leader saves the state's checkpoint.
+    """
+
+    scheduler_id: str | None = None
+    lease_ttl_s: float = 5.0
+    tick_s: float = 1.0
+    start_timeout_s: float = 60.0
+    vanish_grace_s: float = 10.0
+    backfill: bool = True
+    foreign_memory_threshold_mib: int = DEFAULT_FOREIGN_MEMORY_THRESHOLD_MIB
+    max_jobs_at_rest: int = DEFAULT_LIMIT
+    checkpoint_interval_s: float = 30.0
+
+    @property
+    def policy(self) -> PlacementPolicy:
+        return PlacementPolicy(
+            backfill=self.backfill,
+            foreign_memory_threshold_mib=self.foreign_memory_threshold_mib,
+        )
+
+
+class SchedulerService:
+    """One scheduler instance; run several for high availability, one of them leads.
+
+    ``nc``: a connected NATS client (``start`` provisions what is missing).
+    ``options``: how it runs (``SchedulerOptions``).
+    ``queue_view_sink``: receives the queue with positions and estimated starts after the
+    leader's passes (at most every ``VIEW_INTERVAL_S`` unless requested, only on change).
+    ``heartbeat_sink``: receives every decoded runner heartbeat, on every instance.
+    ``store``: optional; a new leader waits until it has applied every event the store
+    holds (else: every event on the EVENTS stream) before it acts.
     ``checkpoints``: optional (the event store's snapshots); a start loads the newest
-    checkpoint and folds the store's events after it instead of replaying the whole EVENTS
-    stream, and the leader saves one every ``checkpoint_interval_s`` (see
-    ``state_checkpoint``).
+    checkpoint and folds only the events after it (see ``state_checkpoint``).
+    ``observer``: optional; told of events, passes and placements (metrics, traces).
     """
 
     def __init__(
         self,
         nc: Client,
+        options: SchedulerOptions | None = None,
         *,
-        scheduler_id: str | None = None,
-        policy: PlacementPolicy | None = None,
         queue_view_sink: QueueViewSink | None = None,
         heartbeat_sink: HeartbeatSink | None = None,
-        lease_ttl_s: float = 5.0,
-        tick_s: float = 1.0,
         store: EventStore | None = None,
         command_timeout_s: float = 10.0,
         clock: Clock = utc_now,
-        start_timeout_s: float = 60.0,
-        vanish_grace_s: float = 10.0,
         stream_replicas: int = 1,
-        max_jobs_at_rest: int = DEFAULT_LIMIT,
         checkpoints: CheckpointStore | None = None,
-        checkpoint_interval_s: float = 30.0,
     ) -> None:
+        options = options or SchedulerOptions()
+        self.options = options
+        policy = options.policy
+        scheduler_id = options.scheduler_id
+        lease_ttl_s = options.lease_ttl_s
+        tick_s = options.tick_s
+        start_timeout_s = options.start_timeout_s
+        vanish_grace_s = options.vanish_grace_s
+        max_jobs_at_rest = options.max_jobs_at_rest
+        checkpoint_interval_s = options.checkpoint_interval_s
         self.nc = nc
         self.checkpoints = checkpoints
         self.checkpoint_interval_s = checkpoint_interval_s
         self.scheduler_id = scheduler_id or default_scheduler_id()
         if not subjects.is_token(self.scheduler_id):
             raise ValueError(f"scheduler id {self.scheduler_id!r} must match [A-Za-z0-9_-]+")
-        self.policy = policy or PlacementPolicy()
+        self.policy = policy
         self.queue_view_sink = queue_view_sink
         self.heartbeat_sink = heartbeat_sink
         self.lease_ttl_s = lease_ttl_s
