@@ -5,7 +5,7 @@ Run: ``uv run python tests/perf/bench_placement.py`` (not collected by pytest).
 Figures, per queue size:
 - ``full pass``: ``place_jobs`` from snapshots: build the queue and index, place, and report
   every position with simulated waits for the first 1,000 jobs;
-- ``place``: ``Scheduler.place`` on a built scheduler with 10% of the GPUs free;
+- ``place``: ``PlacementCore.place`` on a built scheduler with 10% of the GPUs free;
 - ``gpu frees``: a running job ends and the next jobs are placed (``release`` + ``place``);
 - ``submit``: one job is queued and decided (``submit`` + ``place``);
 - ``position``: one job's queue position;
@@ -36,9 +36,9 @@ import msgspec
 from swift_trainer.projections.scheduler import (
     GpuSnapshot,
     HostSnapshot,
+    PlacementCore,
     QueuedJob,
     RunningJob,
-    Scheduler,
     place_jobs,
 )
 
@@ -131,8 +131,8 @@ def cpu_timed(action: Callable[[], object]) -> float:
     return time.process_time() - start
 
 
-def build(n: int, rng: random.Random, free_fraction: float) -> Scheduler:
-    scheduler = Scheduler()
+def build(n: int, rng: random.Random, free_fraction: float) -> PlacementCore:
+    scheduler = PlacementCore()
     for host in make_hosts():
         scheduler.update_host(host)
     for job in make_running(rng, free_fraction):

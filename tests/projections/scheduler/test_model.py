@@ -35,11 +35,11 @@ from swift_trainer.projections.scheduler import (
     JobQueue,
     Occupancy,
     OwnerUsage,
+    PlacementCore,
     PlacementPolicy,
     QueuedJob,
     Reservation,
     RunningJob,
-    Scheduler,
     place_jobs,
     place_pass,
     select_gpus,
@@ -241,7 +241,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.seq = 0
         self.next_id = 0
         self.policy = PlacementPolicy()
-        self.scheduler = Scheduler(self.policy)
+        self.scheduler = PlacementCore(self.policy)
         self.max_gpus: dict[str, int] = {}
 
     @initialize(
@@ -250,7 +250,7 @@ class SchedulerMachine(RuleBasedStateMachine):
     )
     def setup(self, backfill: bool, layout: list[list[tuple[bool, int | None]]]) -> None:
         self.policy = PlacementPolicy(backfill=backfill, foreign_memory_threshold_mib=THRESHOLD)
-        self.scheduler = Scheduler(self.policy)
+        self.scheduler = PlacementCore(self.policy)
         for runner_id, kinds in zip(RUNNERS, layout, strict=False):
             self.set_host(make_host(runner_id, kinds))
 
@@ -781,7 +781,7 @@ def test_wait_estimates_follow_the_reference_simulation(
 ) -> None:
     """The queue report's estimates, with its shortcuts, against passes by definition."""
     hosts, running, queued = cluster
-    scheduler = Scheduler(
+    scheduler = PlacementCore(
         PlacementPolicy(backfill=backfill, foreign_memory_threshold_mib=THRESHOLD)
     )
     for host in hosts.values():

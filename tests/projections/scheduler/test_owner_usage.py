@@ -13,10 +13,10 @@ import pytest
 from swift_trainer.projections.scheduler import (
     OWNER_GPU_QUOTA,
     OwnerUsage,
+    PlacementCore,
     PlacementPolicy,
     QueuedJob,
     RunningJob,
-    Scheduler,
     place_jobs,
 )
 
@@ -149,7 +149,7 @@ def test_strict_fifo_does_not_stop_at_a_job_its_quota_holds() -> None:
 
 
 def test_a_quota_change_takes_effect_on_the_next_pass() -> None:
-    scheduler = Scheduler()
+    scheduler = PlacementCore()
     scheduler.update_host(host("a", 4))
     scheduler.set_quota("ann", 1)
     scheduler.submit_many([job(f"ann-{n}", seq=n, owner="ann") for n in range(3)])
@@ -162,7 +162,7 @@ def test_a_quota_change_takes_effect_on_the_next_pass() -> None:
 
 
 def test_a_job_becomes_placeable_when_its_owners_job_ends() -> None:
-    scheduler = Scheduler()
+    scheduler = PlacementCore()
     scheduler.update_host(host("a", 4))
     scheduler.set_quota("ann", 1)
     scheduler.submit_many([job("ann-1", seq=1, owner="ann"), job("ann-2", seq=2, owner="ann")])
@@ -174,7 +174,7 @@ def test_a_job_becomes_placeable_when_its_owners_job_ends() -> None:
 
 
 def test_the_queue_report_says_which_jobs_a_quota_holds_and_their_gpus() -> None:
-    scheduler = Scheduler()
+    scheduler = PlacementCore()
     scheduler.update_host(host("a", 4))
     scheduler.set_quota("ann", 2)
     scheduler.submit_many(
@@ -198,7 +198,7 @@ def test_the_queue_report_says_which_jobs_a_quota_holds_and_their_gpus() -> None
 
 
 def test_the_wait_estimate_gives_the_owners_gpus_back_when_its_job_ends() -> None:
-    scheduler = Scheduler()
+    scheduler = PlacementCore()
     scheduler.update_host(host("a", 4))
     scheduler.set_quota("ann", 1)
     scheduler.submit_many(

@@ -1,4 +1,4 @@
-"""Placement rules, one at a time, through ``place_jobs`` and the incremental ``Scheduler``."""
+"""Placement rules, one at a time, through ``place_jobs`` and the incremental ``PlacementCore``."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from swift_trainer.core.spec import JobSpec
 from swift_trainer.projections.scheduler import (
     Decision,
     HostSnapshot,
+    PlacementCore,
     PlacementPolicy,
     QueuedJob,
     Reservation,
     RunningJob,
-    Scheduler,
     place_jobs,
 )
 
@@ -49,7 +49,7 @@ def test_equal_priority_is_first_come_first_served() -> None:
 
 
 def test_a_priority_change_moves_a_job_ahead() -> None:
-    scheduler = Scheduler()
+    scheduler = PlacementCore()
     scheduler.update_host(host("a", 1))
     scheduler.submit(job("first", priority=5, seq=1))
     scheduler.submit(job("second", priority=5, seq=2))
@@ -108,7 +108,7 @@ def test_runners_past_their_lease_get_no_work() -> None:
 
 
 def test_expire_leases_marks_runners_dead_and_names_their_jobs() -> None:
-    scheduler = Scheduler()
+    scheduler = PlacementCore()
     scheduler.update_host(host("a", 2, lease_expires_at=NOW + timedelta(seconds=5)))
     scheduler.update_host(host("b", 2, lease_expires_at=NOW + timedelta(seconds=50)))
     scheduler.assign(running("r", "a", (0,)))
@@ -311,7 +311,7 @@ def test_a_constrained_head_reserves_matching_gpus_only() -> None:
 
 
 def test_reservations_last_one_pass() -> None:
-    scheduler = Scheduler()
+    scheduler = PlacementCore()
     for hs in (host("a", 2), host("b", 1)):
         scheduler.update_host(hs)
     scheduler.assign(running("ra", "a", (0,), 10))
@@ -365,7 +365,7 @@ def test_unhealthy_gpus_do_not_count_as_capacity_but_busy_ones_do() -> None:
 
 
 def test_an_unplaceable_job_starts_once_a_big_enough_runner_reports() -> None:
-    scheduler = Scheduler()
+    scheduler = PlacementCore()
     scheduler.update_host(host("a", 4))
     scheduler.submit(job("eight", gpus=8))
     assert scheduler.place().decisions == ()
@@ -379,7 +379,7 @@ def test_an_unplaceable_job_starts_once_a_big_enough_runner_reports() -> None:
 
 
 def test_a_decision_is_applied_at_once() -> None:
-    scheduler = Scheduler()
+    scheduler = PlacementCore()
     scheduler.update_host(host("a", 1))
     scheduler.submit(job("j", seq=1, duration=60))
     scheduler.submit(job("k", seq=2))
@@ -394,7 +394,7 @@ def test_a_decision_is_applied_at_once() -> None:
 
 
 def test_a_refused_decision_can_be_undone() -> None:
-    scheduler = Scheduler()
+    scheduler = PlacementCore()
     scheduler.update_host(host("a", 1))
     queued = job("j")
     scheduler.submit(queued)
@@ -406,7 +406,7 @@ def test_a_refused_decision_can_be_undone() -> None:
 
 
 def test_assigning_a_queued_job_takes_it_out_of_the_queue() -> None:
-    scheduler = Scheduler()
+    scheduler = PlacementCore()
     scheduler.update_host(host("a", 2))
     scheduler.submit(job("j"))
     scheduler.assign(running("j", "a", (1,), 30))
@@ -418,7 +418,7 @@ def test_assigning_a_queued_job_takes_it_out_of_the_queue() -> None:
 
 
 def test_a_runner_going_away_and_coming_back() -> None:
-    scheduler = Scheduler()
+    scheduler = PlacementCore()
     scheduler.update_host(host("a", 1))
     scheduler.update_host(host("a", 1, alive=False))
     scheduler.submit(job("j"))
@@ -431,7 +431,7 @@ def test_a_runner_going_away_and_coming_back() -> None:
 
 
 def test_remaining_time_updates_move_the_reservation() -> None:
-    scheduler = Scheduler()
+    scheduler = PlacementCore()
     for name in ("a", "b"):
         scheduler.update_host(host(name, 1))
     scheduler.assign(running("ra", "a", (0,), 100))

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from swift_trainer.projections.scheduler import (
+    PlacementCore,
     PlacementPolicy,
     QueueSlot,
-    Scheduler,
     place_jobs,
 )
 
@@ -65,7 +65,7 @@ def test_strict_fifo_estimates_respect_the_order() -> None:
 
 
 def test_a_job_that_fits_now_waits_zero_seconds() -> None:
-    scheduler = Scheduler()
+    scheduler = PlacementCore()
     scheduler.update_host(host("a", 1))
     scheduler.submit(job("j"))
     assert waits(scheduler.report()) == {"j": 0.0}
@@ -93,7 +93,7 @@ def test_unplaceable_jobs_get_a_position_and_a_reason_but_no_estimate() -> None:
 
 
 def test_the_report_does_not_change_the_scheduler() -> None:
-    scheduler = Scheduler()
+    scheduler = PlacementCore()
     scheduler.update_host(host("a", 1))
     scheduler.assign(running("r", "a", (0,), 5))
     scheduler.submit(job("j", duration=10))

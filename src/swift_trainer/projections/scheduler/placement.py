@@ -54,6 +54,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -63,6 +64,9 @@ from .gpu_choice import Requirement, describe_requirement
 from .job_queue import Lane, OrderKey, QueuedJob, Shape
 from .occupancy import INFINITY, Occupancy
 from .owner_usage import OwnerUsage
+
+if TYPE_CHECKING:
+    from .wait_estimate import QueueSlot
 
 DEFAULT_FOREIGN_MEMORY_THRESHOLD_MIB = 1024
 DEFAULT_ESTIMATE_LIMIT = 1000
@@ -125,13 +129,24 @@ class Unplaceable(msgspec.Struct, frozen=True, kw_only=True):
     reason: str
 
 
-class PassOutcome(msgspec.Struct, frozen=True, kw_only=True):
-    """What a pass did: decisions in the order taken, the head's reservation if any, and how
-    many jobs of each lane it placed (always a prefix of the lane)."""
+class PlacementPass(msgspec.Struct, frozen=True, kw_only=True):
+    """What one placement pass decided, the one result type of every pass.
+
+    ``decisions`` come in the order taken; ``reservation`` is the blocked head's, if any;
+    ``placed_per_lane`` counts the jobs placed from each lane (always a prefix). A pass
+    from snapshots (``place_jobs``) also lists the unplaceable jobs and the queue after it.
+    """
 
     decisions: tuple[Decision, ...]
-    reservation: Reservation | None
-    placed_per_lane: dict[Lane, int]
+    reservation: Reservation | None = None
+    placed_per_lane: dict[Lane, int] = {}
+    unplaceable: tuple[Unplaceable, ...] = ()
+    queue: tuple[QueueSlot, ...] = ()
+
+    @property
+    def reservations(self) -> tuple[Reservation, ...]:
+        """The reservation as a tuple: empty, or the blocked head's."""
+        return () if self.reservation is None else (self.reservation,)
 
 
 def unplaceable_reason(occupancy: Occupancy, shape: Shape) -> str | None:
@@ -162,7 +177,7 @@ def place_pass(
     report_reservation: bool = True,
     screened: bool = False,
     fronts: Sequence[LaneFront] | None = None,
-) -> PassOutcome:
+) -> PlacementPass:
     """Run one pass over ``lanes`` (from ``starts`` on), holding the chosen GPUs in
     ``occupancy`` and counting them to their owners in ``usage``.
 
@@ -225,7 +240,9 @@ def place_pass(
             heapq.heappop(cursors)
     if reservation is not None:
         occupancy.unreserve(reservation.runner_id)
-    return PassOutcome(decisions=tuple(decisions), reservation=reservation, placed_per_lane=placed)
+    return PlacementPass(
+        decisions=tuple(decisions), reservation=reservation, placed_per_lane=placed
+    )
 
 
 #: ``(-priority, the owner's GPUs in use when ranked, seq, job id, lane, index in the lane)``

@@ -1,6 +1,6 @@
 """The scheduler's pure core: queue, GPU occupancy and placement, kept incrementally.
 
-``Scheduler`` holds what a placement needs and updates it in place as the event stream and
+``PlacementCore`` holds what a placement needs and updates it in place as the event stream and
 the runners report, so that one decision costs what it changes rather than a rescan of the
 queue and the cluster. It performs no I/O and reads no clock: its service shell feeds it
 events and runner reports, calls ``place`` and turns each ``Decision`` into a
@@ -27,9 +27,8 @@ from .job_queue import JobQueue, QueuedJob
 from .occupancy import INFINITY, Occupancy
 from .owner_usage import OwnerUsage
 from .placement import (
-    Decision,
+    PlacementPass,
     PlacementPolicy,
-    Reservation,
     Unplaceable,
     place_pass,
     unplaceable_reason,
@@ -37,23 +36,7 @@ from .placement import (
 from .wait_estimate import QueueSlot, queue_entries
 
 
-class Placement(msgspec.Struct, frozen=True, kw_only=True):
-    """The decisions of one pass, in queue order, and the blocked head's reservation."""
-
-    decisions: tuple[Decision, ...]
-    reservation: Reservation | None = None
-
-
-class PlacementPass(msgspec.Struct, frozen=True, kw_only=True):
-    """A full pass: decisions, reservations, unplaceable jobs, and the queue after it."""
-
-    decisions: tuple[Decision, ...]
-    reservations: tuple[Reservation, ...]
-    unplaceable: tuple[Unplaceable, ...]
-    queue: tuple[QueueSlot, ...]
-
-
-class Scheduler:
+class PlacementCore:
     """Queue, inventory and assignments of one scheduler, with placement on demand.
 
     A decision is applied at once: the job leaves the queue and holds its GPUs, so the next
@@ -175,7 +158,7 @@ class Scheduler:
 
     # --- decisions ----------------------------------------------------------------------
 
-    def place(self) -> Placement:
+    def place(self) -> PlacementPass:
         """Place what can be placed now, and apply it."""
         queue = self._queue
         outcome = place_pass(
@@ -198,7 +181,7 @@ class Scheduler:
             )
         for lane, count in outcome.placed_per_lane.items():
             queue.drop_front(lane, count)
-        return Placement(decisions=outcome.decisions, reservation=outcome.reservation)
+        return outcome
 
     def unplaceable(self) -> tuple[Unplaceable, ...]:
         """Queued jobs no live host can ever take, in queue order, with the reason."""
@@ -235,7 +218,7 @@ def place_jobs(
     The queue in the result is the queue after the decisions, with positions and wait
     estimates.
     """
-    scheduler = Scheduler(policy)
+    scheduler = PlacementCore(policy)
     for owner, limit in (max_gpus or {}).items():
         scheduler.set_quota(owner, limit)
     for host in hosts:
@@ -246,9 +229,8 @@ def place_jobs(
     scheduler.submit_many(queued)
     placement = scheduler.place()
     entries = scheduler.report()
-    return PlacementPass(
-        decisions=placement.decisions,
-        reservations=() if placement.reservation is None else (placement.reservation,),
+    return msgspec.structs.replace(
+        placement,
         unplaceable=tuple(
             Unplaceable(job_id=entry.job_id, reason=entry.unplaceable)
             for entry in entries

@@ -4,7 +4,7 @@
 ``core.job.evolve``, so the scheduler can never disagree with the domain about a job's
 status), the GPU ledger (with ``core.gpu_ledger.evolve_ledger``), the queue processor
 switch and owners' ``max_gpus`` (``QuotaSet`` of the access stream), and keeps the pure
-placement core (``placement_core.Scheduler``, the attribute ``placement``) in step with
+placement core (``placement_core.PlacementCore``, the attribute ``placement``) in step with
 them. It does no I/O and reads the clock only through the ``now`` arguments: the service
 shell owns NATS, leadership and time.
 
@@ -53,7 +53,7 @@ from .gpu_choice import host_snapshot
 from .gpu_snapshots import HostSnapshot, RunningJob
 from .job_queue import QueuedJob
 from .placement import PlacementPolicy
-from .placement_core import Scheduler
+from .placement_core import PlacementCore
 from .state_checkpoint import SchedulerCheckpoint
 
 _log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ class SchedulerState:
     def __init__(
         self, policy: PlacementPolicy | None = None, *, max_jobs_at_rest: int = DEFAULT_LIMIT
     ) -> None:
-        self.placement = Scheduler(policy)
+        self.placement = PlacementCore(policy)
         #: Jobs that are neither at rest nor over for good.
         self.jobs: dict[str, JobState] = {}
         #: Global position of each job's ``JobSubmitted``: first come, first served.
