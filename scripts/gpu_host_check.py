@@ -52,7 +52,7 @@ from swift_trainer.runner.gpu_probe import (  # noqa: E402
     foreign_memory_mib,
 )
 from swift_trainer.runner.outcome import ExportOutcome, JobOutcome  # noqa: E402
-from swift_trainer.runner.reporter_protocol import Stream  # noqa: E402
+from swift_trainer.runner.run_watch import Stream  # noqa: E402
 from swift_trainer.runner.supervisor import Supervisor  # noqa: E402
 from swift_trainer.runner.swift_command import build_sft_command  # noqa: E402
 from swift_trainer.runner.training_log import TrainingProgress  # noqa: E402

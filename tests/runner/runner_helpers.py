@@ -12,7 +12,7 @@ import psutil
 
 from swift_trainer.core.spec import JobSpec, TrainArgs
 from swift_trainer.runner.outcome import ExportOutcome, JobOutcome
-from swift_trainer.runner.reporter_protocol import Stream
+from swift_trainer.runner.run_watch import Stream
 from swift_trainer.runner.training_log import TrainingProgress
 
 #: The simulator, started the way the runner's --simulate-gpus mode starts it.

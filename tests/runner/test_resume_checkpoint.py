@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from swift_trainer.runner.resume_checkpoint import resolve_resume
+from swift_trainer.runner.agent import ResumePoint, resolve_resume
 
 
 def test_resume_falls_back_to_the_newest_complete_checkpoint(tmp_path: Path) -> None:
@@ -17,11 +17,11 @@ def test_resume_falls_back_to_the_newest_complete_checkpoint(tmp_path: Path) -> 
         if complete:
             (folder / "trainer_state.json").write_text("{}")
     (out / "checkpoint-35-merged").mkdir()
-    assert resolve_resume(None) == (None, None)
-    assert resolve_resume("checkpoint-5") == ("checkpoint-5", None)
-    assert resolve_resume(str(out / "checkpoint-30")) == (str(out / "checkpoint-30"), None)
-    assert resolve_resume(str(out / "checkpoint-25")) == (str(out / "checkpoint-35"), None)
-    path, problem = resolve_resume(str(tmp_path / "elsewhere" / "checkpoint-25"))
-    assert path is None
-    assert problem is not None
-    assert "is not on this runner" in problem
+    assert resolve_resume(None) == ResumePoint(None)
+    assert resolve_resume("checkpoint-5") == ResumePoint("checkpoint-5")
+    assert resolve_resume(str(out / "checkpoint-30")) == ResumePoint(str(out / "checkpoint-30"))
+    assert resolve_resume(str(out / "checkpoint-25")) == ResumePoint(str(out / "checkpoint-35"))
+    missing = resolve_resume(str(tmp_path / "elsewhere" / "checkpoint-25"))
+    assert missing.path is None
+    assert missing.problem is not None
+    assert "is not on this runner" in missing.problem

@@ -15,7 +15,8 @@ import contextlib
 import importlib.metadata
 import logging
 import os
-from collections.abc import Awaitable, Mapping, Sequence
+import re
+from collections.abc import Awaitable, Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
@@ -37,22 +38,17 @@ from ..bus.messages import EventEnvelope, JobStateAnswer, ReplyError, decode_eve
 from ..bus.trace_headers import extract_context
 from ..core import commands as c
 from ..core import events as e
+from ..core.atomic_file import write_atomic
 from ..core.errors import SwiftTrainerError
 from ..core.ids import job_stream
-from ..core.inventory import RunnerHeartbeat, RunnerJob
+from ..core.inventory import InventorySnapshot, RunnerHeartbeat, RunnerJob
 from ..core.limits import MAX_REASON_CHARS
 from ..core.spec import JobSpec
 from ..core.tasks import cancel_and_wait, unsubscribe_quietly
-from .assignment_check import assignment_problem
 from .dataset_cache import DatasetCache, DatasetUnavailable
 from .gpu_probe import GpuInventory, foreign_memory_mib
-from .handled_events import HandledEvents
 from .log_publisher import LogPublisher
-from .reporting import (
-    ReportOutbox,
-)
-from .resume_checkpoint import resolve_resume
-from .run_reports import RunReporters
+from .reporting import ReportOutbox, RunReporters
 from .run_state import RunRecord, run_key
 from .supervisor import AlreadyRunning, LaunchError, Supervisor
 from .swift_command import build_export_command, build_sft_command, expected_export_path
@@ -376,9 +372,10 @@ class RunnerAgent:
             self.supervisor.request_stop(running.key, grace_period_s=self.grace_period_s)
             self._reject(event, f"attempt {running.attempt} of this job is still stopping here")
         else:
-            problem = await self._check_assignment(event)
+            resume = resolve_resume(event.resume_from)
+            problem = await self._check_assignment(event) or resume.problem
             if problem is None:
-                await self._start(event)
+                await self._start(event, resume.path)
             else:
                 self._reject(event, problem)
         self.handled.add(envelope.event_id)
@@ -410,11 +407,9 @@ class RunnerAgent:
         problem = assignment_problem(
             event, snapshot, own, self.supervisor.running(), self.max_foreign_memory_mib
         )
-        if problem is not None:
-            return problem
-        return resolve_resume(event.resume_from)[1]
+        return problem
 
-    async def _start(self, event: e.JobScheduled) -> None:
+    async def _start(self, event: e.JobScheduled, resume_from: str | None) -> None:
         spec = await self.job_spec(event.job_id)
         if spec is None:
             self._reject(event, f"no JobSubmitted for job {event.job_id} on the EVENTS stream")
@@ -429,7 +424,7 @@ class RunnerAgent:
                 spec,
                 output_root=self.output_root,
                 gpu_ids=event.gpu_ids,
-                resume_from=resolve_resume(event.resume_from)[0],
+                resume_from=resume_from,
                 swift_executable=self.swift_executable,
                 base_env=self.base_env,
                 gpu_uuids=event.gpu_uuids,
@@ -565,3 +560,105 @@ async def _settle(reply: Awaitable[None], verb: str, msg: Msg) -> None:
         await reply
     except Exception as exc:
         _log.warning("cannot %s the message on %s: %s", verb, msg.subject, exc)
+
+
+# --- what a start checks on this host -------------------------------------------------
+
+
+class ResumePoint(msgspec.Struct, frozen=True):
+    """The checkpoint an attempt resumes from on this host, or why there is none."""
+
+    path: str | None
+    problem: str | None = None
+
+
+_CHECKPOINT_DIR: Final = re.compile(r"checkpoint-(\d+)")
+
+
+def resolve_resume(resume_from: str | None) -> ResumePoint:
+    """The checkpoint to resume from here, or why there is none.
+
+    A relative path is resolved inside the job's output folder by the command builder. An
+    absolute one must be on this host. When it is gone but the folder holds newer complete
+    checkpoints (an attempt marked lost trained on, and ``save_total_limit`` rotated the
+    recorded one away), the newest is used: it holds at least as much progress.
+    """
+    if not resume_from or not Path(resume_from).is_absolute() or Path(resume_from).is_dir():
+        return ResumePoint(resume_from)
+    named = Path(resume_from)
+    candidates = []
+    with contextlib.suppress(OSError):
+        for entry in named.parent.iterdir():
+            match = _CHECKPOINT_DIR.fullmatch(entry.name)
+            if match and (entry / "trainer_state.json").is_file():
+                candidates.append((int(match.group(1)), entry))
+    if candidates:
+        newest = max(candidates)[1]
+        _log.warning("checkpoint %s is gone; resuming from %s instead", named, newest)
+        return ResumePoint(str(newest))
+    return ResumePoint(None, f"checkpoint {resume_from} to resume from is not on this runner")
+
+
+def assignment_problem(
+    event: e.JobScheduled,
+    snapshot: InventorySnapshot,
+    own_pids: Collection[int],
+    running: Iterable[RunRecord],
+    max_foreign_memory_mib: int,
+) -> str | None:
+    """Why the assigned GPUs cannot be used now, or None: not visible here, another UUID
+    (a stale placement), in use by another job of ours, or holding more than
+    ``max_foreign_memory_mib`` of processes this runner did not start."""
+    gpus = {gpu.index: gpu for gpu in snapshot.gpus}
+    missing = [i for i in event.gpu_ids if i not in gpus]
+    if missing:
+        return f"GPUs {missing} are not visible on this runner ({snapshot.error or 'not listed'})"
+    for index, uuid in zip(event.gpu_ids, event.gpu_uuids, strict=False):
+        if gpus[index].uuid != uuid:
+            return f"GPU {index} is {gpus[index].uuid} here, not {uuid}: the placement is stale"
+    for record in running:
+        shared = sorted(set(record.gpu_ids) & set(event.gpu_ids))
+        if shared and record.kind == "job" and record.job_id != event.job_id:
+            return f"GPUs {shared} are in use by job {record.job_id} on this runner"
+    for index in event.gpu_ids:
+        foreign = foreign_memory_mib(gpus[index], own_pids)
+        if foreign > max_foreign_memory_mib:
+            return (
+                f"GPU {index} has {foreign} MiB in use by processes this runner did not "
+                f"start (limit {max_foreign_memory_mib} MiB)"
+            )
+    return None
+
+
+class HandledEvents:
+    """Ids of the start and export events acted on, kept on disk across restarts.
+
+    A start redelivered after the process it started has already ended (the ack was lost
+    with a crash) must not train the attempt a second time. Bounded: the oldest ids go.
+    """
+
+    def __init__(self, path: str | Path, *, limit: int = 4096) -> None:
+        self.path = Path(path)
+        self.limit = limit
+        self._ids: dict[str, None] = {}
+        try:
+            loaded = msgspec.json.decode(self.path.read_bytes(), type=list[str])
+        except FileNotFoundError:
+            loaded = []
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            _log.warning("ignoring unreadable %s: %s", self.path, exc)
+            loaded = []
+        self._ids = dict.fromkeys(loaded[-limit:])
+
+    def __contains__(self, event_id: object) -> bool:
+        return event_id in self._ids
+
+    def add(self, event_id: str) -> None:
+        self._ids[event_id] = None
+        while len(self._ids) > self.limit:
+            self._ids.pop(next(iter(self._ids)))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            write_atomic(self.path, msgspec.json.encode(list(self._ids)))
+        except OSError as exc:
+            _log.error("cannot persist %s: %s", self.path, exc)

@@ -36,13 +36,16 @@ import msgspec
 from ..bus.command_client import CommandClient
 from ..bus.messages import ReplyError
 from ..core import commands as c
+from ..core import events as e
 from ..core.atomic_file import write_atomic
 from ..core.ids import new_id
 from ..core.limits import MAX_REASON_CHARS
 from ..core.tasks import cancel_and_wait
 from .log_publisher import LogPublisher
 from .outcome import ExportOutcome, JobOutcome
-from .reporter_protocol import Stream
+from .run_state import RunRecord, run_key
+from .run_watch import Stream
+from .supervisor import Supervisor
 from .training_log import TrainingProgress
 
 _log = logging.getLogger(__name__)
@@ -431,3 +434,94 @@ def export_failure_reason(outcome: ExportOutcome, limit: int = MAX_REASON_CHARS)
     if len(reason) > limit:
         reason = reason[: limit - 1] + "\u2026"
     return reason
+
+
+class RunReporters:
+    """Builds ``JobReports`` / ``ExportReports``; a start's command id carries the
+    process's create time (from the supervisor), so a re-sent start is deduplicated."""
+
+    def __init__(
+        self,
+        *,
+        runner_id: str,
+        outbox: ReportOutbox,
+        logs: LogPublisher,
+        supervisor: Supervisor,
+    ) -> None:
+        self.runner_id = runner_id
+        self.outbox = outbox
+        self.logs = logs
+        self.supervisor = supervisor
+
+    def job(self, job_id: str, attempt: int) -> JobReports:
+        key = run_key("job", job_id)
+
+        def started_id(pid: int) -> str:
+            record = next((r for r in self.supervisor.running() if r.key == key), None)
+            created = record.create_time if record is not None and record.pid == pid else 0.0
+            return started_command_id(job_id, attempt, pid, created)
+
+        return JobReports(
+            job_id=job_id,
+            attempt=attempt,
+            runner_id=self.runner_id,
+            outbox=self.outbox,
+            logs=self.logs,
+            started_id=started_id,
+        )
+
+    def export(self, event: e.ExportRequested) -> ExportReports:
+        key = run_key("export", event.export_id)
+
+        def started_id(pid: int) -> str:
+            record = next((r for r in self.supervisor.running() if r.key == key), None)
+            created = record.create_time if record is not None and record.pid == pid else 0.0
+            return export_started_command_id(event.export_id, pid, created)
+
+        return ExportReports(
+            job_id=event.job_id,
+            export_id=event.export_id,
+            runner_id=self.runner_id,
+            outbox=self.outbox,
+            logs=self.logs,
+            started_id=started_id,
+        )
+
+    def reattached_job(self, record: RunRecord) -> JobReports:
+        """Reporter of a run found after a restart; it is reported as started again first
+        (deduplicated by its command id), since that report may be what the crash lost."""
+        reports = self.job(record.job_id, record.attempt)
+        self.outbox.submit(
+            c.ReportStarted(
+                job_id=record.job_id,
+                attempt=record.attempt,
+                runner_id=self.runner_id,
+                pid=record.pid,
+                command=record.argv,
+            ),
+            command_id=started_command_id(
+                record.job_id, record.attempt, record.pid, record.create_time
+            ),
+        )
+        return reports
+
+    def reattached_export(self, record: RunRecord) -> ExportReports:
+        export_id = record.export_id or ""
+        reports = ExportReports(
+            job_id=record.job_id,
+            export_id=export_id,
+            runner_id=self.runner_id,
+            outbox=self.outbox,
+            logs=self.logs,
+        )
+        self.outbox.submit(
+            c.ReportExportStarted(
+                job_id=record.job_id,
+                export_id=export_id,
+                runner_id=self.runner_id,
+                pid=record.pid,
+                command=record.argv,
+            ),
+            command_id=export_started_command_id(export_id, record.pid, record.create_time),
+        )
+        return reports

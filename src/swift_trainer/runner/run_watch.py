@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, Protocol
 
 from .log_tail import LineTail, seed_tail
 from .outcome import (
@@ -28,7 +29,6 @@ from .outcome import (
     decide_job,
 )
 from .process_tree import ProcessTree
-from .reporter_protocol import ExportReporter, JobReporter, Stream
 from .run_state import RunRecord
 from .training_log import (
     LOGGING_FILE,
@@ -39,6 +39,33 @@ from .training_log import (
     latest_checkpoint,
     merge_progress,
 )
+
+Stream = Literal["stdout", "stderr"]
+
+
+class JobReporter(Protocol):
+    """Callbacks of one training run; the NATS shell maps them to ``Report*`` commands."""
+
+    async def on_started(self, pid: int, argv: tuple[str, ...]) -> None: ...
+
+    async def on_progress(self, progress: TrainingProgress) -> None: ...
+
+    async def on_checkpoint(self, step: int, path: str) -> None: ...
+
+    async def on_log_line(self, stream: Stream, line: str) -> None: ...
+
+    async def on_finished(self, outcome: JobOutcome) -> None: ...
+
+
+class ExportReporter(Protocol):
+    """Callbacks of one ``swift export`` run."""
+
+    async def on_started(self, pid: int, argv: tuple[str, ...]) -> None: ...
+
+    async def on_log_line(self, stream: Stream, line: str) -> None: ...
+
+    async def on_finished(self, outcome: ExportOutcome) -> None: ...
+
 
 _log = logging.getLogger(__name__)
 

@@ -28,9 +28,15 @@ from swift_trainer.core.errors import SwiftTrainerError
 from .gpu_probe import GpuProcessRegistry
 from .outcome import ExportOutcome, JobOutcome, lost_track_outcome
 from .process_tree import ProcessTree, live_pids
-from .reporter_protocol import ExportReporter, JobReporter
 from .run_state import RunRecord, RunStateStore, run_key, state_file_name
-from .run_watch import WatchedRun, WatchTiming, monitor, report_safely
+from .run_watch import (
+    ExportReporter,
+    JobReporter,
+    WatchedRun,
+    WatchTiming,
+    monitor,
+    report_safely,
+)
 from .swift_command import SwiftInvocation
 from .training_log import CheckpointWatcher, current_log_size
 
