@@ -169,3 +169,20 @@ async def test_saved_under_its_own_key_and_an_older_one_does_not_replace_a_newer
     loaded = await load_checkpoint(store)
     assert loaded is not None and loaded.position == 20
     assert list(store.kept) == [CHECKPOINT_STREAM]
+
+
+def test_a_cooldown_keeps_the_two_item_shape_of_older_checkpoints() -> None:
+    import msgspec
+
+    from swift_trainer.projections.scheduler.state_checkpoint import (
+        Cooldown,
+        decode_checkpoint,
+    )
+
+    until = datetime(2026, 1, 1, tzinfo=UTC)
+    older = msgspec.msgpack.encode({"position": 7, "cooling": {"a": (until, "refused")}})
+    checkpoint = decode_checkpoint(older)
+    assert checkpoint is not None
+    assert checkpoint.cooling == {"a": Cooldown(until, "refused")}
+    again = msgspec.msgpack.decode(msgspec.msgpack.encode(checkpoint))
+    assert again["cooling"] == {"a": [until, "refused"]}

@@ -54,7 +54,7 @@ from .gpu_snapshots import HostSnapshot, RunningJob
 from .job_queue import QueuedJob
 from .placement import PlacementPolicy
 from .placement_core import PlacementCore
-from .state_checkpoint import SchedulerCheckpoint
+from .state_checkpoint import Cooldown, SchedulerCheckpoint
 
 _log = logging.getLogger(__name__)
 
@@ -118,6 +118,14 @@ class LostJob(msgspec.Struct, frozen=True):
     reason: str = ""
 
 
+class Entered(msgspec.Struct, frozen=True):
+    """When this instance first saw a job in its current status and attempt."""
+
+    status: JobStatus
+    attempt: int
+    at: datetime
+
+
 class _Absence(msgspec.Struct):
     """Heartbeats of a job's runner that did not list the job's process."""
 
@@ -156,13 +164,13 @@ class SchedulerState:
         self._claim_holds: set[str] = set()
         #: When this instance first saw each active job in its current status and attempt:
         #: the clock of the healing rules (a new leader gives every job a fresh bound).
-        self.entered: dict[str, tuple[JobStatus, int, datetime]] = {}
+        self.entered: dict[str, Entered] = {}
         #: Running jobs whose runner's heartbeats stopped listing their process.
         self.absent: dict[str, _Absence] = {}
         #: Jobs held out of placement after a runner refused them, until when and why: a
         #: refusal repeated at once (the old attempt still stopping there) would burn every
         #: retry in seconds. Refusals in a row double the wait, up to ``COOLDOWN_MAX``.
-        self.cooling: dict[str, tuple[datetime, str]] = {}
+        self.cooling: dict[str, Cooldown] = {}
         self.refusals: dict[str, int] = {}
         #: Owners' GPU quotas as the access stream last set them (None: no limit).
         self.max_gpus: dict[str, int | None] = {}
@@ -247,11 +255,11 @@ class SchedulerState:
             f"held back until {until.isoformat(timespec='seconds')}: runner "
             f"{event.runner_id} refused attempt {event.attempt} ({event.reason[:200]})"
         )
-        self.cooling[job_id] = (until, why)
+        self.cooling[job_id] = Cooldown(until, why)
 
     def _cooling(self, job_id: str) -> bool:
         entry = self.cooling.get(job_id)
-        return entry is not None and (self.now is None or self.now < entry[0])
+        return entry is not None and (self.now is None or self.now < entry.until)
 
     def _note_entered(self, job_id: str, now: datetime) -> None:
         state = self.jobs.get(job_id)
@@ -259,10 +267,9 @@ class SchedulerState:
             self.entered.pop(job_id, None)
             self.absent.pop(job_id, None)
             return
-        key = (state.status, state.attempt)
         known = self.entered.get(job_id)
-        if known is None or known[:2] != key:
-            self.entered[job_id] = (*key, now)
+        if known is None or (known.status, known.attempt) != (state.status, state.attempt):
+            self.entered[job_id] = Entered(state.status, state.attempt, now)
             self.absent.pop(job_id, None)
 
     def _evolve_job(self, recorded: RecordedEvent, event: e.AnyJobEvent) -> None:
@@ -525,7 +532,7 @@ class SchedulerState:
             if (job_id, state.attempt) in listed or entered is None:
                 self.absent.pop(job_id, None)
                 continue
-            if seen_at - entered[2] < HEARTBEAT_SETTLE:
+            if seen_at - entered.at < HEARTBEAT_SETTLE:
                 continue
             absence = self.absent.get(job_id)
             if absence is None or absence.attempt != state.attempt:
@@ -549,7 +556,7 @@ class SchedulerState:
         """
         self.placement.expire_leases(now)
         self.now = now
-        for job_id in [j for j, (until, _) in self.cooling.items() if until <= now]:
+        for job_id in [j for j, cooldown in self.cooling.items() if cooldown.until <= now]:
             del self.cooling[job_id]
             self.sync(job_id)
         for job_id in self._active:
@@ -591,7 +598,7 @@ class SchedulerState:
             entered = self.entered.get(job_id)
             if state.status is not JobStatus.SCHEDULED or entered is None:
                 continue
-            if (now - entered[2]).total_seconds() >= timeout_s:
+            if (now - entered.at).total_seconds() >= timeout_s:
                 assert state.runner_id is not None
                 overdue.append(
                     LostJob(
@@ -664,10 +671,10 @@ class SchedulerState:
     def held_back(self) -> list[tuple[str, int, str]]:
         """Queued jobs cooling down after a refusal: ``(job_id, priority, why)``."""
         held = []
-        for job_id, (_, why) in sorted(self.cooling.items()):
+        for job_id, cooldown in sorted(self.cooling.items()):
             state = self.jobs.get(job_id)
             if state is not None and state.status is JobStatus.QUEUED and self._cooling(job_id):
-                held.append((job_id, state.priority, why))
+                held.append((job_id, state.priority, cooldown.why))
         return held
 
     def gpu_count(self, job_id: str) -> int:

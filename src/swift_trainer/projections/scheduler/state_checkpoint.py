@@ -32,6 +32,16 @@ CHECKPOINT_STREAM: Final = "scheduler-checkpoint"
 CHECKPOINT_SCHEMA: Final = 2
 
 
+class Cooldown(msgspec.Struct, frozen=True, array_like=True):
+    """A queued job held out of placement after a refusal: until when, and why.
+
+    Encoded as a two-item array, so checkpoints keep their shape.
+    """
+
+    until: datetime
+    why: str
+
+
 class SchedulerCheckpoint(msgspec.Struct, frozen=True, kw_only=True):
     schema: int = CHECKPOINT_SCHEMA
     position: int
@@ -45,7 +55,7 @@ class SchedulerCheckpoint(msgspec.Struct, frozen=True, kw_only=True):
     claims: dict[str, Claim] = {}
     ledger_version: int = 0
     processor: QueueProcessorState = QueueProcessorState()
-    cooling: dict[str, tuple[datetime, str]] = {}
+    cooling: dict[str, Cooldown] = {}
     refusals: dict[str, int] = {}
     #: Owners' ``max_gpus`` as the access stream last set them (schema 2).
     max_gpus: dict[str, int | None] = {}
