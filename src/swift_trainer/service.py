@@ -28,13 +28,12 @@ from .api.auth.exposure import check_exposure, warn_insecure
 from .bus.command_handler import CommandHandler
 from .bus.connection import connect, provision, resolve_nats_url
 from .bus.embedded import EmbeddedNatsServer
-from .bus.metrics import MeteredCommandHandler, sample_relay_lag
-from .bus.relay import OutboxRelay
+from .bus.metrics import observe_command, sample_relay_lag
+from .bus.relay import OutboxRelay, RelayNudge
 from .core.errors import SwiftTrainerError
 from .core.settings import Settings
 from .core.shutdown import wait_for_shutdown
 from .core.sqlstore import SqlEventStore, open_event_store
-from .core.store import AppendResult
 from .core.telemetry import setup_tracing
 from .projections.log_feed import LogFeed
 from .projections.read_model_service import ReadModelService
@@ -135,32 +134,26 @@ class Service:
         return self.store
 
     async def start_handler(self) -> CommandHandler:
-        assert self.nc is not None and self.store is not None
-        self.handler = MeteredCommandHandler(self.store)
-        await self.handler.start(self.nc)
-        self._stoppers.append(("command handler", self.handler.stop))
-        return self.handler
+        """The command handler and the outbox relay beside it.
 
-    async def start_relay(self) -> OutboxRelay:
+        After each append, in this order: this process's relay gets the stored events
+        (no read back), then the relays of other processes are woken over NATS.
+        """
         assert self.nc is not None and self.store is not None
         self.relay = relay = OutboxRelay(self.store, self.nc)
-        await relay.start()
-        if self.handler is not None:
-            # This process's appends reach its relay directly (no read back from the
-            # store); the NATS nudge still tells the relays of other processes.
-            nudge = self.handler.on_appended
-
-            def appended(result: AppendResult) -> None:
-                relay.offer(result.events)
-                if nudge is not None:
-                    nudge(result)
-
-            self.handler.on_appended = appended
-        self._stoppers.append(("outbox relay", self.relay.stop))
-        self.add_background(
-            "relay-lag sampler", sample_relay_lag(self.store, self.relay, METRICS_SAMPLE_S)
+        self.handler = CommandHandler(
+            self.store,
+            after_append=[relay.offer_appended, RelayNudge(self.nc)],
+            observer=observe_command,
         )
-        return self.relay
+        await self.handler.start(self.nc)
+        self._stoppers.append(("command handler", self.handler.stop))
+        await relay.start()
+        self._stoppers.append(("outbox relay", relay.stop))
+        self.add_background(
+            "relay-lag sampler", sample_relay_lag(self.store, relay, METRICS_SAMPLE_S)
+        )
+        return self.handler
 
     async def start_read_model(self, *, follow: bool = True) -> ReadModel:
         """Redis when configured (shared by API processes), else in memory (embedded)."""
@@ -395,7 +388,6 @@ async def run_up(settings: Settings, runner: RunnerOptions, *, nats_port: int | 
         await service.start_nats(embedded_port=nats_port)
         await service.start_store()
         await service.start_handler()
-        await service.start_relay()
         await service.start_read_model()
         await service.start_webhooks()
         scheduler = await service.start_scheduler(publish_queue_view=True)
@@ -427,7 +419,6 @@ async def run_handler(settings: Settings) -> int:
         await service.start_nats()
         await service.start_store()
         await service.start_handler()
-        await service.start_relay()
         return await _serve_until_shutdown(service)
     finally:
         await service.stop()

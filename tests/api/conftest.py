@@ -39,7 +39,7 @@ from swift_trainer.bus.connection import connect, provision
 from swift_trainer.bus.embedded import EmbeddedNatsServer
 from swift_trainer.bus.feed import EventFeed
 from swift_trainer.bus.file_store import FileStore
-from swift_trainer.bus.relay import OutboxRelay
+from swift_trainer.bus.relay import OutboxRelay, RelayNudge
 from swift_trainer.core import commands as c
 from swift_trainer.core.sqlstore import SqlEventStore, open_event_store
 from swift_trainer.projections.read_models import (
@@ -215,8 +215,8 @@ async def running_stack(
     await server.start()
     nc = await connect(server.url, name="api-test")
     store = open_event_store(f"sqlite+aiosqlite:///{tmp_path / 'events.db'}")
-    handler = CommandHandler(store)
     relay = OutboxRelay(store, nc)
+    handler = CommandHandler(store, after_append=[relay.offer_appended, RelayNudge(nc)])
     feed = EventFeed(nc, read_model.apply_many, name="api-test")
     try:
         await provision(nc.jetstream())

@@ -6,7 +6,8 @@ from nats.aio.client import Client
 from prometheus_client import REGISTRY
 
 from swift_trainer.bus.command_client import CommandClient
-from swift_trainer.bus.metrics import MeteredCommandHandler
+from swift_trainer.bus.command_handler import CommandHandler
+from swift_trainer.bus.metrics import observe_command
 from swift_trainer.core import commands as c
 from swift_trainer.core.spec import JobSpec
 from swift_trainer.core.sqlstore import SqlEventStore
@@ -19,7 +20,7 @@ def _value(name: str, **labels: str) -> float:
 async def test_handled_commands_are_timed_counted_and_refusals_coded(
     nc: Client, store: SqlEventStore
 ) -> None:
-    handler = MeteredCommandHandler(store)
+    handler = CommandHandler(store, observer=observe_command)
     await handler.start(nc)
     client = CommandClient(nc, timeout=5)
     ok = {"command": "SubmitJob", "outcome": "ok"}

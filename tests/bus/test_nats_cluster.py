@@ -15,7 +15,7 @@ from swift_trainer.bus.command_client import CommandClient
 from swift_trainer.bus.command_handler import CommandHandler
 from swift_trainer.bus.connection import TRANSIENT_JETSTREAM_ERRORS, connect, provision
 from swift_trainer.bus.nats_cluster import LocalNatsCluster
-from swift_trainer.bus.relay import OutboxRelay
+from swift_trainer.bus.relay import OutboxRelay, RelayNudge
 from swift_trainer.core import commands as c
 from swift_trainer.core.settings import SettingsError, load_settings
 from swift_trainer.core.spec import JobSpec
@@ -64,8 +64,8 @@ async def test_streams_are_replicated_and_commands_survive_the_loss_of_a_node(
         assert len(info.cluster.replicas or []) == 2, "a leader and two replicas"
 
     handler_nc = await connect(cluster.url, name="handler")
-    handler = CommandHandler(store)
     relay = OutboxRelay(store, handler_nc)
+    handler = CommandHandler(store, after_append=[relay.offer_appended, RelayNudge(handler_nc)])
     await handler.start(handler_nc)
     await relay.start()
     client = CommandClient(cluster_nc, timeout=5)

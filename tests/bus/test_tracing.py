@@ -7,7 +7,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from swift_trainer.bus.command_client import CommandClient
 from swift_trainer.bus.command_handler import CommandHandler
-from swift_trainer.bus.relay import OutboxRelay
+from swift_trainer.bus.relay import OutboxRelay, RelayNudge
 from swift_trainer.core import commands as c
 from swift_trainer.core.spec import JobSpec
 from swift_trainer.core.sqlstore import SqlEventStore
@@ -20,9 +20,9 @@ async def test_one_trace_spans_request_handling_append_and_published_events(
 ) -> None:
     exporter = InMemorySpanExporter()
     setup_tracing("test", processor=SimpleSpanProcessor(exporter))
-    handler = CommandHandler(store)
-    await handler.start(nc)
     relay = OutboxRelay(store, nc)
+    handler = CommandHandler(store, after_append=[RelayNudge(nc)])
+    await handler.start(nc)
     await relay.reconcile()
     try:
         with trace.get_tracer("test").start_as_current_span("api request") as root:

@@ -26,6 +26,7 @@ from swift_trainer.bus.command_client import CommandClient
 from swift_trainer.bus.command_handler import CommandHandler
 from swift_trainer.bus.connection import connect, provision
 from swift_trainer.bus.embedded import EmbeddedNatsServer
+from swift_trainer.bus.relay import RelayNudge
 from swift_trainer.core import commands as c
 from swift_trainer.core.spec import JobSpec
 from swift_trainer.core.sqlstore import open_event_store
@@ -69,8 +70,8 @@ async def main(n: int, concurrency: int) -> None:
         await store.setup()
         nc: Client = await connect(server.url, name="bench")
         await provision(nc.jetstream())
-        handler = CommandHandler(store)
         handler_nc = await connect(server.url, name="bench-handler")
+        handler = CommandHandler(store, after_append=[RelayNudge(handler_nc)])
         await handler.start(handler_nc)
 
         async def echo(msg: Msg) -> None:

@@ -22,7 +22,7 @@ from swift_trainer.bus.command_handler import CommandHandler
 from swift_trainer.bus.connection import connect, provision
 from swift_trainer.bus.embedded import EmbeddedNatsServer
 from swift_trainer.bus.messages import CommandReply
-from swift_trainer.bus.relay import OutboxRelay
+from swift_trainer.bus.relay import OutboxRelay, RelayNudge
 from swift_trainer.core import commands as c
 from swift_trainer.core import events as e
 from swift_trainer.core.access import is_access_stream
@@ -235,9 +235,9 @@ async def bus(tmp_path: Path) -> AsyncIterator[Bus]:
     db = tmp_path / "events.db"
     store = open_event_store(f"sqlite+aiosqlite:///{db}")
     await store.setup()
-    handler = CommandHandler(store)
-    await handler.start(nc)
     relay = OutboxRelay(store, nc)
+    handler = CommandHandler(store, after_append=[relay.offer_appended, RelayNudge(nc)])
+    await handler.start(nc)
     await relay.start()
     result = Bus(server, nc, store, db)
     try:

@@ -11,7 +11,7 @@ import pytest
 from nats.aio.client import Client
 
 from swift_trainer.bus.command_handler import CommandHandler
-from swift_trainer.bus.relay import OutboxRelay
+from swift_trainer.bus.relay import OutboxRelay, RelayNudge
 from swift_trainer.core.sqlstore import SqlEventStore
 
 TEST_SESSION = uuid.uuid4().hex
@@ -34,9 +34,9 @@ def sim_env(tmp_path: Path) -> dict[str, str]:
 @pytest.fixture
 async def bus(nc: Client, store: SqlEventStore) -> AsyncIterator[CommandHandler]:
     """The command handler answering on ``nc`` and the relay publishing what it stores."""
-    handler = CommandHandler(store)
-    await handler.start(nc)
     relay = OutboxRelay(store, nc, poll_interval=0.2)
+    handler = CommandHandler(store, after_append=[relay.offer_appended, RelayNudge(nc)])
+    await handler.start(nc)
     await relay.start()
     try:
         yield handler

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 
@@ -109,6 +110,12 @@ class _StreamLock:
         self.users = 0
 
 
+#: Told of every append that stored events (a relay's offer, the nudge of other relays).
+AppendListener = Callable[[AppendResult], None]
+#: Told of every executed command: its type name, the reply, and the seconds it took.
+CommandObserver = Callable[[str, CommandReply, float], None]
+
+
 class CommandHandler:
     """Decides and records commands; answers NATS requests on ``st.commands.>``."""
 
@@ -119,15 +126,17 @@ class CommandHandler:
         clock: Clock = utc_now,
         cache_size: int = 10_000,
         max_conflict_retries: int = 20,
-        on_appended: Callable[[AppendResult], None] | None = None,
+        after_append: Sequence[AppendListener] = (),
+        observer: CommandObserver | None = None,
         snapshot_every: int = 500,
     ) -> None:
         self.store = store
         self.clock = clock
         self.cache_size = cache_size
         self.max_conflict_retries = max_conflict_retries
-        self.on_appended = on_appended
-        self._nudge_waiting = False
+        #: Called in this order after every append that stored events.
+        self.after_append: tuple[AppendListener, ...] = tuple(after_append)
+        self.observer = observer
         self.snapshot_every = snapshot_every
         self._snapshotted: dict[str, int] = {}
         self._states: OrderedDict[str, aggregates.State] = OrderedDict()
@@ -261,6 +270,7 @@ class CommandHandler:
                 "stream": stream_id,
             },
         ) as span:
+            started = time.perf_counter()
             try:
                 async with self._stream_lock(stream_id):
                     reply = await self._execute(envelope, stream_id)
@@ -269,6 +279,8 @@ class CommandHandler:
                 reply = error_reply(envelope.command_id, exc)
             if reply.error is not None:
                 span.set_attribute("command.error", reply.error.code)
+            if self.observer is not None:
+                self.observer(name, reply, time.perf_counter() - started)
             return reply
 
     async def _execute(self, envelope: CommandEnvelope, stream_id: str) -> CommandReply:
@@ -315,8 +327,8 @@ class CommandHandler:
                 state = aggregates.apply(state, event)
             self._remember(stream_id, state)
             await self._maybe_snapshot(stream_id, state)
-            if self.on_appended is not None:
-                self.on_appended(result)
+            for listener in self.after_append:
+                listener(result)
             return _reply_from_result(command_id, result)
         return error_reply(
             command_id,
@@ -396,23 +408,6 @@ class CommandHandler:
             cb=self._on_access_query,
         )
         await nc.flush()  # the subscriptions are live on the server before start() returns
-        self.on_appended = self.on_appended or self._nudge_relay
-
-    def _nudge_relay(self, _result: AppendResult) -> None:
-        """Wake the relays; appends made before a waiting nudge goes out share it (a relay
-        woken reads everything stored after its position)."""
-        if self._nudge_waiting or self._nc is None or not self._nc.is_connected:
-            return
-        self._nudge_waiting = True
-        task = asyncio.create_task(self._publish_nudge(self._nc))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _publish_nudge(self, nc: Client) -> None:
-        # Cleared before publishing: an append committed after this line gets a nudge of
-        # its own, one committed before it is covered by this one.
-        self._nudge_waiting = False
-        await nc.publish(subjects.APPENDED, b"")
 
     async def _serve(self, msg: Msg) -> None:
         try:

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Final
 
 from prometheus_client import Counter, Gauge, Histogram
 
 from ..core.store import EventStore
-from .command_handler import CommandHandler
-from .messages import CommandEnvelope, CommandReply
+from .messages import CommandReply
 from .relay import OutboxRelay
 
 _log = logging.getLogger(__name__)
@@ -52,27 +50,13 @@ def outcome_of(reply: CommandReply) -> str:
 
 
 def observe_command(command: str, reply: CommandReply, seconds: float) -> None:
-    """Count one handled command: its latency, its refusal code, the events it appended."""
+    """The handler's observer: one command's latency, refusal code and appended events."""
     COMMAND_SECONDS.labels(command=command, outcome=outcome_of(reply)).observe(seconds)
     if reply.error is not None:
         COMMAND_REFUSALS.labels(code=reply.error.code).inc()
     elif not reply.duplicate:
         for event in reply.events:
             EVENTS_APPENDED.labels(type=event.type).inc()
-
-
-class MeteredCommandHandler(CommandHandler):
-    """The command handler, timed and counted around ``execute`` (the decision path)."""
-
-    async def execute(
-        self,
-        envelope: CommandEnvelope,
-        trace_context: dict[str, str] | None = None,
-    ) -> CommandReply:
-        started = time.perf_counter()
-        reply = await super().execute(envelope, trace_context)
-        observe_command(type(envelope.command).__name__, reply, time.perf_counter() - started)
-        return reply
 
 
 async def sample_relay_lag(store: EventStore, relay: OutboxRelay, interval_s: float) -> None:

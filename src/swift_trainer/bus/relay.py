@@ -38,7 +38,7 @@ from nats.js.api import Header, PubAck
 from nats.js.errors import NotFoundError
 from opentelemetry import trace
 
-from ..core.store import EventStore, RecordedEvent
+from ..core.store import AppendResult, EventStore, RecordedEvent
 from ..core.tasks import unsubscribe_quietly
 from . import subjects
 from .messages import EventEnvelope, encode
@@ -113,6 +113,10 @@ class OutboxRelay:
         #: Store reads (queries) and the events they returned: how often offers fell short.
         self.store_reads = 0
         self.read_from_store = 0
+
+    def offer_appended(self, result: AppendResult) -> None:
+        """An after-append listener: ``offer`` the events one append stored."""
+        self.offer(result.events)
 
     def offer(self, events: Sequence[RecordedEvent]) -> None:
         """Events just appended in this process, as stored: publish them without a read.
@@ -284,3 +288,30 @@ class OutboxRelay:
         if self.position:
             with contextlib.suppress(Exception):
                 await self.store.set_tracking(TRACKING_NAME, self.position)
+
+
+class RelayNudge:
+    """An after-append listener that wakes every relay over NATS (``st.appended``).
+
+    Appends made while one nudge waits to go out share it: a relay woken reads everything
+    stored after its position.
+    """
+
+    def __init__(self, nc: Client) -> None:
+        self.nc = nc
+        self._waiting = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __call__(self, _result: AppendResult) -> None:
+        if self._waiting or not self.nc.is_connected:
+            return
+        self._waiting = True
+        task = asyncio.create_task(self._publish())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _publish(self) -> None:
+        # Cleared before publishing: an append committed after this line gets a nudge of
+        # its own, one committed before it is covered by this one.
+        self._waiting = False
+        await self.nc.publish(subjects.APPENDED, b"")
