@@ -41,7 +41,7 @@ from .projections.read_models.interface import ReadModel
 from .projections.read_models.memory import MemoryReadModel
 from .projections.read_models.redis import RedisReadModel
 from .projections.runner_feed import RunnerFeed
-from .projections.scheduler.observed_scheduler import ObservedSchedulerService
+from .projections.scheduler.telemetry import ObservedSchedulerService
 from .projections.scheduler.pass_result import PassResult
 from .projections.scheduler.service import SchedulerOptions
 from .runner.agent import RunnerAgent
