@@ -41,9 +41,9 @@ from .projections.read_models.interface import ReadModel
 from .projections.read_models.memory import MemoryReadModel
 from .projections.read_models.redis import RedisReadModel
 from .projections.runner_feed import RunnerFeed
-from .projections.scheduler.telemetry import ObservedSchedulerService
 from .projections.scheduler.pass_result import PassResult
-from .projections.scheduler.service import SchedulerOptions
+from .projections.scheduler.service import SchedulerOptions, SchedulerService
+from .projections.scheduler.telemetry import SchedulerTelemetry
 from .runner.agent import RunnerAgent
 from .runner.factory import RunnerOptions, create_runner_agent
 
@@ -265,7 +265,7 @@ class Service:
 
     async def start_scheduler(
         self, options: SchedulerOptions | None = None, *, publish_queue_view: bool = False
-    ) -> ObservedSchedulerService:
+    ) -> SchedulerService:
         """A scheduler on this process's NATS (and store, when it has one); with
         ``publish_queue_view`` it writes the queue view into this process's read model."""
         assert self.nc is not None
@@ -274,7 +274,7 @@ class Service:
         if publish_queue_view:
             assert self.read_model is not None
             sink = self.read_model.set_queue_view
-        scheduler = ObservedSchedulerService(
+        scheduler = SchedulerService(
             self.nc,
             options,
             queue_view_sink=sink,
@@ -282,6 +282,7 @@ class Service:
             checkpoints=self.store,
             command_timeout_s=self.settings.command_timeout_s,
             stream_replicas=self.settings.nats_stream_replicas,
+            observer=SchedulerTelemetry(),
         )
         await scheduler.start()
         self._stoppers.append(("scheduler", scheduler.stop))

@@ -141,7 +141,7 @@ def _registered_families() -> set[str]:
     # Importing the modules registers their instruments; the HTTP ones exist after a request.
     import swift_trainer.api.metrics
     import swift_trainer.bus.metrics
-    import swift_trainer.projections.scheduler.metrics
+    import swift_trainer.projections.scheduler.telemetry
     import swift_trainer.runner.gpu_metrics  # noqa: F401
 
     return {family.name for family in REGISTRY.collect()}

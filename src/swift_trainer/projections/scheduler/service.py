@@ -39,7 +39,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import msgspec
 from nats.aio.client import Client
@@ -85,6 +85,19 @@ VIEW_INTERVAL_S: Final = 0.25
 
 QueueViewSink = Callable[[QueueView], Awaitable[None]]
 HeartbeatSink = Callable[[RunnerHeartbeat], Awaitable[None]]
+
+
+class SchedulerObserver(Protocol):
+    """What a scheduler tells about its work (metrics and traces, see ``telemetry``)."""
+
+    def on_events(self, batch: Sequence[RecordedEvent], *, counting: bool) -> None:
+        """A batch about to be applied; ``counting`` when this instance leads, caught up."""
+
+    def on_pass(self, result: PassResult, seconds: float, *, leader: bool) -> None:
+        """A pass ended (processed or not) after ``seconds``."""
+
+    def placing(self, decision: Decision) -> contextlib.AbstractContextManager[object]:
+        """The context a decision's claim and ``ScheduleJob`` run in (a span)."""
 
 
 def default_scheduler_id() -> str:
@@ -153,8 +166,10 @@ class SchedulerService:
         clock: Clock = utc_now,
         stream_replicas: int = 1,
         checkpoints: CheckpointStore | None = None,
+        observer: SchedulerObserver | None = None,
     ) -> None:
         options = options or SchedulerOptions()
+        self.observer = observer
         self.options = options
         policy = options.policy
         scheduler_id = options.scheduler_id
@@ -402,6 +417,9 @@ class SchedulerService:
     # --- inputs -------------------------------------------------------------------------
 
     async def _on_events(self, batch: Sequence[RecordedEvent]) -> None:
+        if self.observer is not None:
+            counting = self.is_leader and self.feed is not None and self.feed.caught_up.is_set()
+            self.observer.on_events(batch, counting=counting)
         if self.state.apply(batch, self.clock()):
             self.wake()
         if self.state.forgotten:
@@ -498,6 +516,13 @@ class SchedulerService:
 
     async def run_pass(self, *, force_view: bool = False) -> PassResult:
         """Bring the picture up to now and, when leading, act on it (one traced span)."""
+        started = time.perf_counter()
+        result = await self._run_pass(force_view=force_view)
+        if self.observer is not None:
+            self.observer.on_pass(result, time.perf_counter() - started, leader=self.is_leader)
+        return result
+
+    async def _run_pass(self, *, force_view: bool) -> PassResult:
         async with self._pass_lock:
             if self.state.forgotten:
                 await self._restore_forgotten()
@@ -543,8 +568,11 @@ class SchedulerService:
         )
 
     async def _execute(self, decision: Decision) -> bool:
-        """Claim, then schedule (``LeaderActions.execute``); a hook for subclasses to wrap."""
-        return await self.actions.execute(decision)
+        """Claim, then schedule (``LeaderActions.execute``), in the observer's context."""
+        if self.observer is None:
+            return await self.actions.execute(decision)
+        with self.observer.placing(decision):
+            return await self.actions.execute(decision)
 
     async def _publish_view(self, now: datetime, *, force: bool) -> None:
         """Push the queue to the sink, when it changed (or ``force``)."""

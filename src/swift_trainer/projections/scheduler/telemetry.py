@@ -1,4 +1,4 @@
-"""The scheduler service as deployed: its passes measured and each placement traced per job.
+"""The scheduler's observer as deployed: passes measured, each placement traced per job.
 
 Tracing: a job's placement (``ClaimGpus`` + ``ScheduleJob``) runs in a span whose parent is
 the trace of the request that queued the job (from that event's metadata), linked to the
@@ -13,20 +13,19 @@ totals a dashboard sums. History replayed at start is not counted either.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from datetime import datetime
-from typing import Any, Final
+from typing import Final
 
 from opentelemetry import trace
+from prometheus_client import Counter, Gauge, Histogram
 
 from ...bus.trace_headers import extract_context
 from ...core.ids import job_stream
 from ...core.store import RecordedEvent
-from . import metrics
 from .pass_result import PassResult
 from .placement import Decision
-from .service import SchedulerService
 
 _tracer = trace.get_tracer(__name__)
 
@@ -36,16 +35,18 @@ _MAX_TRACKED: Final = 200_000
 _DONE: Final = frozenset({"JobSucceeded", "JobFailed", "JobStopped", "JobDeleted"})
 
 
-class ObservedSchedulerService(SchedulerService):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+class SchedulerTelemetry:
+    """A ``SchedulerObserver`` with Prometheus metrics and OpenTelemetry spans."""
+
+    def __init__(self) -> None:
         #: When each waiting job entered the queue (by stream id), for the queue wait.
         self._queued_at: dict[str, datetime] = {}
         #: The trace context of the request that last queued each job (by stream id).
         self._job_traces: dict[str, dict[str, str]] = {}
 
-    def _counting(self) -> bool:
-        return self.is_leader and self.feed is not None and self.feed.caught_up.is_set()
+    def on_events(self, batch: Sequence[RecordedEvent], *, counting: bool) -> None:
+        for event in batch:
+            self._track(event, counting)
 
     def _track(self, event: RecordedEvent, counting: bool) -> None:
         stream = event.stream_id
@@ -57,35 +58,27 @@ class ObservedSchedulerService(SchedulerService):
                     if len(self._job_traces) < _MAX_TRACKED:
                         self._job_traces[stream] = dict(event.metadata.trace)
                 elif counting:
-                    metrics.JOBS_REQUEUED.inc()
+                    JOBS_REQUEUED.inc()
             case "JobStarted":
                 since = self._queued_at.pop(stream, None)
                 if counting and since is not None:
                     wait = (event.recorded_at - since).total_seconds()
-                    metrics.QUEUE_WAIT_SECONDS.observe(max(wait, 0.0))
+                    QUEUE_WAIT_SECONDS.observe(max(wait, 0.0))
             case "JobLost":
                 if counting:
-                    metrics.JOBS_LOST.inc()
+                    JOBS_LOST.inc()
             case kind if kind in _DONE:
                 self._queued_at.pop(stream, None)
                 self._job_traces.pop(stream, None)
 
-    async def _on_events(self, batch: Sequence[RecordedEvent]) -> None:
-        counting = self._counting()
-        for event in batch:
-            self._track(event, counting)
-        await super()._on_events(batch)
-
-    async def run_pass(self, *, force_view: bool = False) -> PassResult:
-        started = time.perf_counter()
-        result = await super().run_pass(force_view=force_view)
-        metrics.LEADER.set(1 if self.is_leader else 0)
+    def on_pass(self, result: PassResult, seconds: float, *, leader: bool) -> None:
+        LEADER.set(1 if leader else 0)
         if result.processed:
-            metrics.PLACEMENT_SECONDS.observe(time.perf_counter() - started)
-            metrics.QUEUE_LENGTH.set(result.queued)
-        return result
+            PLACEMENT_SECONDS.observe(seconds)
+            QUEUE_LENGTH.set(result.queued)
 
-    async def _execute(self, decision: Decision) -> bool:
+    @contextlib.contextmanager
+    def placing(self, decision: Decision) -> Iterator[object]:
         carrier = self._job_traces.get(job_stream(decision.job_id))
         decided_in = trace.get_current_span().get_span_context()
         with _tracer.start_as_current_span(
@@ -98,5 +91,36 @@ class ObservedSchedulerService(SchedulerService):
                 "runner.id": decision.runner_id,
                 "gpu.ids": list(decision.gpu_ids),
             },
-        ):
-            return await super()._execute(decision)
+        ) as span:
+            yield span
+
+
+# --- the instruments ------------------------------------------------------------------------
+
+PLACEMENT_SECONDS: Final = Histogram(
+    "swift_trainer_placement_pass_duration_seconds",
+    "Time one leading scheduler pass took (lost-runner check, placement, queue view).",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+LEADER: Final = Gauge(
+    "swift_trainer_scheduler_leader",
+    "1 while this scheduler holds the leader lease, else 0.",
+)
+QUEUE_LENGTH: Final = Gauge(
+    "swift_trainer_queue_length",
+    "Jobs waiting for GPUs, as the leading scheduler last counted them.",
+)
+QUEUE_WAIT_SECONDS: Final = Histogram(
+    "swift_trainer_queue_wait_seconds",
+    "Time from a job entering the queue (submitted, released, resumed or requeued) to its "
+    "training process starting.",
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600),
+)
+JOBS_LOST: Final = Counter(
+    "swift_trainer_jobs_lost",
+    "Jobs marked lost because their runner stopped heartbeating.",
+)
+JOBS_REQUEUED: Final = Counter(
+    "swift_trainer_jobs_requeued",
+    "Jobs put back in the queue after a loss or a refused start.",
+)
