@@ -38,6 +38,7 @@ from swift_trainer.core.errors import (
 from swift_trainer.core.job import (
     ACTIVE,
     FINISHED,
+    STATUS_AFTER,
     Checkpoint,
     JobState,
     JobStatus,
@@ -333,7 +334,12 @@ class Trace:
             decoded = e.decode_event(e.event_type(event), e.encode_event(event))
             assert decoded == event
             assert type(decoded) is type(event)
+            status_before = self.state.status
             self.state = evolve(self.state, event)
+            # (e) the status an event sets is the one the domain's table names, so a reply's
+            # event types tell its status.
+            expected = STATUS_AFTER.get(e.event_type(event), status_before)
+            assert self.state.status == expected, e.event_type(event)
             self.events.append(event)
         # (a) whatever happened, the state is valid.
         check_invariants(self.state, len(self.events))

@@ -11,34 +11,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Iterable
-from typing import Final
 
 import msgspec
 
 from ..bus.messages import CommandReply
 from ..core.commands import AnyCommand, SubmitJob
 from ..core.errors import SwiftTrainerError
-from ..core.job import JobStatus
+from ..core.job import JobStatus, status_after
 from .auth.principal import principal
 from .auth.quota import check_queued_quota
 from .deps import ApiDeps
-
-#: What a job's status is right after an event of this type.
-STATUS_AFTER: Final[dict[str, JobStatus]] = {
-    "JobHeld": JobStatus.HELD,
-    "JobQueued": JobStatus.QUEUED,
-    "JobRequeued": JobStatus.QUEUED,
-    "JobScheduled": JobStatus.SCHEDULED,
-    "JobStarted": JobStatus.RUNNING,
-    "StopRequested": JobStatus.STOPPING,
-    "JobStopped": JobStatus.STOPPED,
-    "JobPaused": JobStatus.PAUSED,
-    "JobCancelled": JobStatus.CANCELLED,
-    "JobSucceeded": JobStatus.SUCCEEDED,
-    "JobFailed": JobStatus.FAILED,
-    "JobDeleted": JobStatus.DELETED,
-}
 
 
 def idempotent_command_id(key: str | None, scope: str) -> str | None:
@@ -55,13 +37,6 @@ def idempotent_command_id(key: str | None, scope: str) -> str | None:
         scope = f"{caller}\x00{scope}"
     digest = hashlib.sha256(f"{scope}\x00{key}".encode()).hexdigest()
     return f"idem-{digest[:40]}"
-
-
-def status_after(event_types: Iterable[str]) -> JobStatus | None:
-    status = None
-    for name in event_types:
-        status = STATUS_AFTER.get(name, status)
-    return status
 
 
 async def send(

@@ -20,6 +20,7 @@ and the runner's confirmation ends the job ``paused`` (resumable, like ``stopped
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from enum import StrEnum
 from typing import Final, Literal
@@ -864,3 +865,34 @@ def replay(job_id: str, events: list[e.AnyJobEvent]) -> JobState:
     for event in events:
         state = evolve(state, event)
     return state
+
+
+#: The status ``evolve`` gives a job right after an event of this type, for every event
+#: that sets one; any other event leaves the status as it was. The property tests check
+#: this against ``evolve``, so an API can tell a command's outcome from its event types.
+STATUS_AFTER: Final[dict[str, JobStatus]] = {
+    cls.__name__: status
+    for cls, status in (
+        (e.JobSubmitted, JobStatus.NEW),
+        (e.JobHeld, JobStatus.HELD),
+        (e.JobQueued, JobStatus.QUEUED),
+        (e.JobRequeued, JobStatus.QUEUED),
+        (e.JobScheduled, JobStatus.SCHEDULED),
+        (e.JobStarted, JobStatus.RUNNING),
+        (e.StopRequested, JobStatus.STOPPING),
+        (e.JobStopped, JobStatus.STOPPED),
+        (e.JobPaused, JobStatus.PAUSED),
+        (e.JobCancelled, JobStatus.CANCELLED),
+        (e.JobSucceeded, JobStatus.SUCCEEDED),
+        (e.JobFailed, JobStatus.FAILED),
+        (e.JobDeleted, JobStatus.DELETED),
+    )
+}
+
+
+def status_after(event_types: Iterable[str]) -> JobStatus | None:
+    """A job's status after events of these types, or None when none of them sets one."""
+    status = None
+    for name in event_types:
+        status = STATUS_AFTER.get(name, status)
+    return status
