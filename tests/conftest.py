@@ -22,10 +22,17 @@ def require_services() -> bool:
 
 
 def service_unavailable(what: str, error: BaseException) -> None:
-    message = f"{what} is not reachable ({error!r})"
+    missing(f"{what} is not reachable ({error!r})")
+
+
+def missing(message: str, *, module_level: bool = False) -> None:
+    """Skip for a missing service or tool, or fail when REQUIRE_SERVICES=1."""
     if require_services():
         pytest.fail(f"{message}, and REQUIRE_SERVICES=1 requires it")
-    pytest.skip(f"{message}; set REQUIRE_SERVICES=1 to make this a failure")
+    pytest.skip(
+        f"{message}; set REQUIRE_SERVICES=1 to make this a failure",
+        allow_module_level=module_level,
+    )
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.conftest import missing
 
 from swift_trainer.bus.connection import connect, tls_context
 from swift_trainer.bus.embedded import free_port, nats_server_binary
@@ -27,7 +28,7 @@ def _openssl(*args: str, cwd: Path) -> None:
 @pytest.fixture
 def certificates(tmp_path: Path) -> Path:
     if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed (.ci/run installs it)")
+        missing("openssl is not installed (.ci/run installs it)")
     (tmp_path / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
     _openssl(
         "req",

@@ -265,8 +265,13 @@ class EventStoreContract(ABC):
         assert result.version == 3
 
     async def test_negative_expected_version_is_refused(self, store: SqlEventStore) -> None:
-        with pytest.raises(IntegrityError):
+        # Refused as bad input, not as a lost race: ConcurrencyConflict is an
+        # IntegrityError too, and a store without the check would raise that one.
+        with pytest.raises(IntegrityError) as refused:
             await store.append("a", events(1), expected_version=-1)
+        assert not isinstance(refused.value, ConcurrencyConflict)
+        assert "expected_version" in str(refused.value)
+        assert await store.read_all() == []
 
     # --- atomicity -------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.conftest import require_services
+from tests.conftest import missing, require_services
 from tests.e2e.live_service import API, Service, issue_key, start_service, stop_service
 
 CHROMIUM = "/usr/bin/chromium"
@@ -42,7 +42,10 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 
-sync_api = pytest.importorskip("playwright.sync_api")
+try:
+    from playwright import sync_api
+except ImportError as exc:  # pragma: no cover - uv sync installs it
+    missing(f"playwright cannot be imported ({exc})", module_level=True)
 
 
 @pytest.fixture

@@ -365,9 +365,9 @@ async def test_stop_for_a_job_not_running_here_is_answered_at_once(
             return False
         return True
 
-    for _ in range(100):
-        if await published():
-            break
+    deadline = asyncio.get_running_loop().time() + 10
+    while not await published():
+        assert asyncio.get_running_loop().time() < deadline, "StopRequested never published"
         await asyncio.sleep(0.05)
     agent = await agents(runner_id="r9")  # its new consumer starts after those events
     stop_record = next(

@@ -197,9 +197,14 @@ def test_reader_restarts_on_truncation_and_recreation(tmp_path: Path) -> None:
     assert len(reader.poll()) == 3
     path.write_bytes(dump(TRAIN_LINE))  # truncated and rewritten
     assert len(reader.poll()) == 1
-    path.unlink()
-    path.write_bytes(dump(TRAIN_LINE) * 5)  # recreated (a new inode) and longer than before
-    assert len(reader.poll()) >= 4
+    # Recreated (a new inode: written beside it, then renamed over it) and longer than
+    # before: every line of the new file is read, the first one included.
+    steps = [dict(TRAIN_LINE, **{"global_step/max_steps": f"{n}/94"}) for n in range(1, 6)]
+    replacement = tmp_path / "replacement.jsonl"
+    replacement.write_bytes(b"".join(dump(line) for line in steps))
+    replacement.replace(path)
+    records = reader.poll()
+    assert [r.step for r in records if isinstance(r, TrainingProgress)] == [1, 2, 3, 4, 5]
 
 
 def test_throttle_holds_back_but_never_drops_the_last() -> None:

@@ -19,6 +19,7 @@ from tests.projections.conftest import (
     heartbeat,
 )
 
+from swift_trainer.bus.messages import CommandReply
 from swift_trainer.core import commands as c
 from swift_trainer.core import events as e
 from swift_trainer.core.inventory import RunnerJob
@@ -53,6 +54,12 @@ async def wait_placed(
     return await placements(bus)
 
 
+async def applied(scheduler: SchedulerService, reply: CommandReply) -> None:
+    """Wait until the scheduler has applied the events of a command's reply."""
+    position = reply.events[-1].position
+    await eventually(lambda: scheduler.state.position >= position, what=f"position {position}")
+
+
 async def finish(bus: Bus, job_id: str) -> None:
     """Play the runner: start the job and report it succeeded."""
     state = (await bus.jobs())[job_id]
@@ -67,9 +74,11 @@ async def test_queued_jobs_are_placed_in_priority_order_when_gpus_appear(bus: Bu
     await bus.submit("low", priority=1)
     await bus.submit("high", priority=9)
     await bus.submit("mid", priority=5)
-    await bus.submit("mid-later", priority=5)
+    last = await bus.submit("mid-later", priority=5)
     await eventually(lambda: scheduler.leading, what="leadership")
-    await asyncio.sleep(0.3)
+    await applied(scheduler, last)
+    result = await scheduler.process_now()
+    assert (result.processed, result.placed, result.queued) == (True, (), 4)
     assert await placements(bus) == {}, "nothing to place on before a runner reports"
 
     await bus.put_heartbeat(heartbeat("r1", gpus=2))
@@ -88,14 +97,14 @@ async def test_queued_jobs_are_placed_in_priority_order_when_gpus_appear(bus: Bu
 async def test_a_gang_gets_all_its_gpus_on_one_runner(bus: Bus) -> None:
     await bus.put_heartbeat(heartbeat("small", gpus=2))
     await bus.put_heartbeat(heartbeat("big", gpus=4))
-    await bus.scheduler()
+    scheduler = await bus.scheduler()
     await bus.submit("gang4", gpu_count=4, priority=9)
     await bus.submit("gang3", gpu_count=3, priority=8)
     await bus.submit("pair", gpu_count=2, priority=7)
     placed = await wait_placed(bus, 2)
     assert placed == {"gang4": ("big", (0, 1, 2, 3)), "pair": ("small", (0, 1))}
-    await asyncio.sleep(0.3)
-    assert "gang3" not in await placements(bus), "no runner has 3 free GPUs"
+    assert (await scheduler.process_now()).placed == (), "no runner has 3 free GPUs"
+    assert "gang3" not in await placements(bus)
     await finish(bus, "gang4")
     placed = await wait_placed(bus, 2)
     assert placed["gang3"][0] == "big"
@@ -133,8 +142,7 @@ async def test_process_now_over_nats_places_and_says_who_leads(bus: Bus) -> None
         "reason": None,
     }
     await bus.submit("big", gpu_count=2)
-    await bus.submit("a")
-    await asyncio.sleep(0.1)
+    await applied(scheduler, await bus.submit("a"))
     reply = await bus.nc.request(PROCESS_SUBJECT, b"{}", timeout=10)
     body = msgspec.json.decode(reply.data)
     assert body["processed"] is True
