@@ -186,6 +186,9 @@ def _add_front_doors(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     add_client_arguments(sub)
     add_webhooks_arguments(sub)
     add_keys_arguments(sub)
+    from .files_cli import add_files_arguments
+
+    add_files_arguments(sub)
 
 
 def _add_submit_arguments(submit: argparse.ArgumentParser) -> None:
@@ -308,6 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .audit_cli import run_audit
         from .client.terminal import run_client
         from .contract_cli import run_contract
+        from .files_cli import run_files
         from .webhooks_cli import run_webhooks
 
         runners = {
@@ -326,6 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "upload": _run_upload,
             "keys": run_keys,
             "quota": run_keys,
+            "files": run_files,
         }
         run = runners.get(args.command, _run_send)
         return asyncio.run(run(settings, args))
