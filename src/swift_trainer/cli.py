@@ -186,9 +186,11 @@ def _add_front_doors(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     add_client_arguments(sub)
     add_webhooks_arguments(sub)
     add_keys_arguments(sub)
+    from .client.usage import add_usage_arguments
     from .files_cli import add_files_arguments
 
     add_files_arguments(sub)
+    add_usage_arguments(sub)
 
 
 def _add_submit_arguments(submit: argparse.ArgumentParser) -> None:
@@ -310,6 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             service.serve_metrics(settings, args.metrics_port)
         from .audit_cli import run_audit
         from .client.terminal import run_client
+        from .client.usage import run_usage
         from .contract_cli import run_contract
         from .files_cli import run_files
         from .webhooks_cli import run_webhooks
@@ -331,6 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "keys": run_keys,
             "quota": run_keys,
             "files": run_files,
+            "usage": run_usage,
         }
         run = runners.get(args.command, _run_send)
         return asyncio.run(run(settings, args))

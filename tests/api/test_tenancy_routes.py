@@ -96,6 +96,7 @@ ROUTES: dict[tuple[str, str], Row] = {
     ("GET", f"{T}/queue/processor/status"): Row("list"),
     ("GET", f"{T}/gpus"): Row("list"),
     ("GET", f"{T}/system/status"): Row("list"),
+    ("GET", f"{T}/usage"): Row("list"),
     ("POST", f"{T}/queue/process"): Row("admin"),
     ("POST", f"{T}/queue/processor/start"): Row("admin"),
     ("POST", f"{T}/queue/processor/stop"): Row("admin"),

@@ -8,6 +8,7 @@ and (looking at the attempt's end) whether that step's work is lost. Events fall
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -276,31 +277,43 @@ def brute(
             cause, checkpoints = attempt_fate(events, run.attempt)
             if cause is not None and not any(c > k for c in checkpoints):
                 r["lost"] += run.gpus * STEP
-        queued: int | None = None
-        status: tuple[str, int] | None = None
-        for step, event in events:
-            match event:
-                case e.JobQueued() | e.JobRequeued():
-                    queued = step if queued is None else queued
-                    status = None
-                case e.JobScheduled():
-                    if queued is not None and lo <= step < hi:
-                        row(key_of(script, group_by, step))["waits"].append((step - queued) * STEP)
-                    queued = None
-                    status = None
-                case e.JobSucceeded():
-                    status = ("succeeded", step)
-                case e.JobFailed():
-                    status = ("failed", step)
-                case e.JobStopped():
-                    status = ("stopped", step)
-                case e.JobCancelled():
-                    status = ("cancelled", step)
-                    queued = None
-        if status is not None and lo <= status[1] < hi:
-            jobs = row(key_of(script, group_by, status[1]))["jobs"]
-            jobs[status[0]] = jobs.get(status[0], 0) + 1
+        _waits_and_ending(script, events, group_by, lo, hi, row)
     return rows
+
+
+def _waits_and_ending(
+    script: Script,
+    events: list[tuple[int, e.Event]],
+    group_by: str,
+    lo: int,
+    hi: int,
+    row: Callable[[str], dict[str, Any]],
+) -> None:
+    """Queue waits (queued to scheduled) and the job's final status, by plain replay."""
+    queued: int | None = None
+    status: tuple[str, int] | None = None
+    for step, event in events:
+        match event:
+            case e.JobQueued() | e.JobRequeued():
+                queued = step if queued is None else queued
+                status = None
+            case e.JobScheduled():
+                if queued is not None and lo <= step < hi:
+                    row(key_of(script, group_by, step))["waits"].append((step - queued) * STEP)
+                queued = None
+                status = None
+            case e.JobSucceeded():
+                status = ("succeeded", step)
+            case e.JobFailed():
+                status = ("failed", step)
+            case e.JobStopped():
+                status = ("stopped", step)
+            case e.JobCancelled():
+                status = ("cancelled", step)
+                queued = None
+    if status is not None and lo <= status[1] < hi:
+        jobs = row(key_of(script, group_by, status[1]))["jobs"]
+        jobs[status[0]] = jobs.get(status[0], 0) + 1
 
 
 @settings(max_examples=150, deadline=None)

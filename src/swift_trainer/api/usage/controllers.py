@@ -12,7 +12,7 @@ from typing import Annotated, Final
 
 import msgspec
 from litestar import Controller, get
-from litestar.params import Parameter
+from litestar.params import QueryParameter
 
 from ...core.usage import UsageRow, check_group_by, usage_report
 from ..auth.principal import principal
@@ -59,13 +59,14 @@ class UsageController(Controller):
         deps: Deps,
         group_by: Annotated[
             str,
-            Parameter(description="`owner`, `day` (UTC) or `label:KEY`", max_length=80),
+            QueryParameter(description="`owner`, `day` (UTC) or `label:KEY`", max_length=80),
         ] = "owner",
         start: Annotated[
-            datetime | None, Parameter(query="from", description="window start (ISO 8601)")
+            datetime | None, QueryParameter(name="from", description="window start (ISO 8601)")
         ] = None,
         end: Annotated[
-            datetime | None, Parameter(query="to", description="window end (ISO 8601; default now)")
+            datetime | None,
+            QueryParameter(name="to", description="window end (ISO 8601; default now)"),
         ] = None,
     ) -> UsageReport:
         problem = check_group_by(group_by)
