@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Final, Literal
 
 import msgspec
@@ -63,20 +63,31 @@ LOSING: Final = ("failed", "lost", "preempted")
 FINAL_STATUSES: Final = ("succeeded", "failed", "cancelled", "stopped")
 
 
-@dataclass
+@dataclass(frozen=True)
+class JobTags:
+    owner: str
+    labels: dict[str, str]
+
+
+#: The tags of a job whose submission is not in the log.
+_UNKNOWN: Final = JobTags(NO_OWNER, {})
+
+
+@dataclass(slots=True)
 class Attempt:
-    """One attempt of a job on its GPUs."""
+    """One attempt of a job on its GPUs; instants are POSIX seconds (fast to sum)."""
 
     job_id: str
     attempt: int
     gpus: int
-    started_at: datetime | None = None
-    ended_at: datetime | None = None
+    tags: JobTags = _UNKNOWN
+    started_at: float | None = None
+    ended_at: float | None = None
     outcome: Outcome | None = None
-    last_checkpoint_at: datetime | None = None
+    last_checkpoint_at: float | None = None
     preempting: bool = False
 
-    def lost_from(self) -> datetime | None:
+    def lost_from(self) -> float | None:
         """Where lost work begins, for an attempt that ended losing it; else None."""
         if self.started_at is None or self.outcome not in LOSING:
             return None
@@ -85,17 +96,21 @@ class Attempt:
         return self.started_at
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Wait:
     job_id: str
-    queued_at: datetime
-    scheduled_at: datetime
+    queued_at: float
+    scheduled_at: float
+    tags: JobTags = _UNKNOWN
 
 
-@dataclass(frozen=True)
-class JobTags:
-    owner: str
-    labels: dict[str, str]
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """A job's final status and when it was reached."""
+
+    status: str
+    at: float
+    tags: JobTags = _UNKNOWN
 
 
 @dataclass
@@ -105,9 +120,9 @@ class UsageLedger:
     jobs: dict[str, JobTags] = field(default_factory=dict)
     attempts: list[Attempt] = field(default_factory=list)
     waits: list[Wait] = field(default_factory=list)
-    endings: dict[str, tuple[str, datetime]] = field(default_factory=dict)
+    endings: dict[str, Ending] = field(default_factory=dict)
     _open: dict[str, Attempt] = field(default_factory=dict)
-    _queued_at: dict[str, datetime] = field(default_factory=dict)
+    _queued_at: dict[str, float] = field(default_factory=dict)
 
     def apply(self, event: Event) -> None:
         """Fold one event; events of other kinds are ignored."""
@@ -115,29 +130,31 @@ class UsageLedger:
             case JobSubmitted(job_id=job_id, spec=spec):
                 self.jobs[job_id] = JobTags(spec.owner or NO_OWNER, dict(spec.labels))
             case JobQueued(job_id=job_id, at=at) | JobRequeued(job_id=job_id, at=at):
-                self._close(job_id, at, "requeued")
+                self._close(job_id, at.timestamp(), "requeued")
                 self.endings.pop(job_id, None)
-                self._queued_at.setdefault(job_id, at)
+                self._queued_at.setdefault(job_id, at.timestamp())
             case JobScheduled():
                 self._scheduled(event)
             case JobStarted() | CheckpointSaved() | StopRequested() | AssignmentRejected():
                 self._attempt_fact(event)
             case JobSucceeded() | JobFailed() | JobLost():
-                self._end(event.job_id, event.attempt, event.at, _ENDS[type(event)], None)
+                ends = _ENDS[type(event)]
+                self._end(event.job_id, event.attempt, event.at.timestamp(), ends, None)
             case JobStopped() | JobPaused() | JobCancelled():
                 if isinstance(event, JobCancelled):
                     self._queued_at.pop(event.job_id, None)
                 status = _ENDS[type(event)]
-                self._end(event.job_id, event.attempt, event.at, status, event.checkpoint)
+                at_s = event.at.timestamp()
+                self._end(event.job_id, event.attempt, at_s, status, event.checkpoint)
 
     def _scheduled(self, event: JobScheduled) -> None:
-        job_id, at = event.job_id, event.at
+        job_id, at = event.job_id, event.at.timestamp()
         self._close(job_id, at, "requeued")
         self.endings.pop(job_id, None)
         queued = self._queued_at.pop(job_id, None)
         if queued is not None:
-            self.waits.append(Wait(job_id, queued, at))
-        record = Attempt(job_id, event.attempt, len(event.gpu_ids))
+            self.waits.append(Wait(job_id, queued, at, self.tags(job_id)))
+        record = Attempt(job_id, event.attempt, len(event.gpu_ids), self.tags(job_id))
         self.attempts.append(record)
         self._open[job_id] = record
 
@@ -149,13 +166,17 @@ class UsageLedger:
             return
         match event:
             case JobStarted(at=at):
-                record.started_at = record.started_at or at
+                if record.started_at is None:
+                    record.started_at = at.timestamp()
             case CheckpointSaved(at=at):
-                record.last_checkpoint_at = at
+                record.last_checkpoint_at = at.timestamp()
             case StopRequested(intent=intent):
                 record.preempting = record.preempting or "preempt" in intent
             case AssignmentRejected(at=at):
-                self._close(event.job_id, at, "requeued")
+                self._close(event.job_id, at.timestamp(), "requeued")
+
+    def tags(self, job_id: str) -> JobTags:
+        return self.jobs.get(job_id, _UNKNOWN)
 
     def _current(self, job_id: str, attempt: int) -> Attempt | None:
         record = self._open.get(job_id)
@@ -163,17 +184,17 @@ class UsageLedger:
             return None
         return record
 
-    def _close(self, job_id: str, at: datetime, outcome: Outcome) -> None:
+    def _close(self, job_id: str, at: float, outcome: Outcome) -> None:
         record = self._open.pop(job_id, None)
         if record is not None:
             record.ended_at = at
             record.outcome = "preempted" if record.preempting else outcome
 
     def _end(
-        self, job_id: str, attempt: int, at: datetime, status: Outcome, checkpoint: str | None
+        self, job_id: str, attempt: int, at: float, status: Outcome, checkpoint: str | None
     ) -> None:
         if status in FINAL_STATUSES:
-            self.endings[job_id] = (status, at)
+            self.endings[job_id] = Ending(status, at, self.tags(job_id))
         record = self._current(job_id, attempt)
         if record is None:
             return
@@ -216,12 +237,26 @@ def check_group_by(group_by: str) -> str | None:
 
 def day_spans(start: datetime, end: datetime) -> Iterator[tuple[str, float]]:
     """``(UTC day, seconds)`` of ``[start, end)`` cut at each midnight."""
-    at = start
-    while at < end:
-        midnight = datetime(at.year, at.month, at.day, tzinfo=UTC) + timedelta(days=1)
-        cut = min(midnight, end)
-        yield at.astimezone(UTC).date().isoformat(), (cut - at).total_seconds()
-        at = cut
+    return _day_cuts(start.timestamp(), end.timestamp())
+
+
+_DAY: Final = 86400.0
+_day_names: dict[int, str] = {}
+
+
+def _day_name(day: int) -> str:
+    name = _day_names.get(day)
+    if name is None:
+        name = _day_names[day] = datetime.fromtimestamp(day * _DAY, UTC).date().isoformat()
+    return name
+
+
+def _day_cuts(lo: float, hi: float) -> Iterator[tuple[str, float]]:
+    day = int(lo // _DAY)
+    while lo < hi:
+        cut = min((day + 1) * _DAY, hi)
+        yield _day_name(day), cut - lo
+        lo, day = cut, day + 1
 
 
 def p95(values: list[float]) -> float | None:
@@ -232,11 +267,7 @@ def p95(values: list[float]) -> float | None:
     return ordered[max(math.ceil(0.95 * len(ordered)) - 1, 0)]
 
 
-_TICK: Final = timedelta(microseconds=1)
-_UNKNOWN: Final = JobTags(NO_OWNER, {})
-
-
-@dataclass
+@dataclass(slots=True)
 class _Sums:
     used: float = 0.0
     lost: dict[str, float] = field(default_factory=dict)
@@ -247,71 +278,75 @@ class _Sums:
 
 @dataclass
 class _Grouping:
-    """Which group a stretch of a job's time falls in, and which jobs count."""
+    """The groups of one report, and the key of a job's tags in them."""
 
-    ledger: UsageLedger
     group_by: GroupBy
-    start: datetime
-    end: datetime
+    lo: float
+    hi: float
     owner: str | None
     sums: dict[str, _Sums] = field(default_factory=dict)
 
-    def tags(self, job_id: str) -> JobTags:
-        return self.ledger.jobs.get(job_id, _UNKNOWN)
-
-    def visible(self, job_id: str) -> bool:
-        return self.owner is None or self.tags(job_id).owner == self.owner
-
-    def spans(self, job_id: str, lo: datetime, hi: datetime) -> Iterable[tuple[_Sums, float]]:
-        """The groups ``[lo, hi)`` of a job falls in, with its seconds in each."""
-        if self.group_by == "day":
-            return [(self.group(day), s) for day, s in day_spans(lo, hi)]
-        tags = self.tags(job_id)
+    def key(self, tags: JobTags) -> str | None:
+        """The group of a job (None: not the owner asked for); ``day`` cuts by time."""
+        if self.owner is not None and tags.owner != self.owner:
+            return None
         if self.group_by == "owner":
-            key = tags.owner
-        else:
-            key = tags.labels.get(self.group_by[len("label:") :], NO_LABEL)
-        return [(self.group(key), (hi - lo).total_seconds())]
-
-    def at(self, job_id: str, instant: datetime) -> _Sums:
-        """The group of one instant of a job."""
-        return next(iter(self.spans(job_id, instant, instant + _TICK)))[0]
+            return tags.owner
+        if self.group_by == "day":
+            return ""
+        return tags.labels.get(self.group_by[6:], NO_LABEL)
 
     def group(self, key: str) -> _Sums:
-        return self.sums.setdefault(key, _Sums())
+        found = self.sums.get(key)
+        if found is None:
+            found = self.sums[key] = _Sums()
+        return found
 
-    def clip(self, lo: datetime, hi: datetime | None) -> tuple[datetime, datetime] | None:
-        lo, top = max(lo, self.start), min(hi or self.end, self.end)
-        return (lo, top) if lo < top else None
+    def spans(self, key: str, lo: float, hi: float) -> Iterator[tuple[_Sums, float]]:
+        if self.group_by == "day":
+            for day, seconds in _day_cuts(lo, hi):
+                yield self.group(day), seconds
+        else:
+            yield self.group(key), hi - lo
 
-    def add_attempt(self, record: Attempt) -> None:
-        if record.started_at is None or not self.visible(record.job_id):
-            return
-        used = self.clip(record.started_at, record.ended_at)
-        if used is None:
-            return
-        counted: set[int] = set()
-        for group, seconds in self.spans(record.job_id, *used):
+    def at(self, key: str, instant: float) -> _Sums:
+        return self.group(_day_name(int(instant // _DAY)) if self.group_by == "day" else key)
+
+
+def _add_attempts(grouping: _Grouping, attempts: list[Attempt]) -> None:
+    window_lo, window_hi, key_of = grouping.lo, grouping.hi, grouping.key
+    for record in attempts:
+        started, ended = record.started_at, record.ended_at
+        if started is None or started >= window_hi:
+            continue
+        if ended is None or ended > window_hi:
+            ended = window_hi
+        lo = max(started, window_lo)
+        key = key_of(record.tags) if lo < ended else None
+        if key is None:
+            continue
+        for group, seconds in grouping.spans(key, lo, ended):
             group.used += record.gpus * seconds
-            if id(group) not in counted:
-                group.attempts += 1
-                counted.add(id(group))
+            group.attempts += 1
         lost_from = record.lost_from()
-        lost = self.clip(lost_from, record.ended_at) if lost_from is not None else None
-        if lost is None or record.outcome is None:
-            return
-        for group, seconds in self.spans(record.job_id, *lost):
+        if lost_from is None or record.outcome is None:
+            continue
+        lo = max(lost_from, window_lo)
+        for group, seconds in grouping.spans(key, lo, ended) if lo < ended else ():
             group.lost[record.outcome] = group.lost.get(record.outcome, 0.0) + record.gpus * seconds
 
-    def add_wait(self, wait: Wait) -> None:
-        if self.start <= wait.scheduled_at < self.end and self.visible(wait.job_id):
-            seconds = (wait.scheduled_at - wait.queued_at).total_seconds()
-            self.at(wait.job_id, wait.scheduled_at).waits.append(seconds)
 
-    def add_ending(self, job_id: str, status: str, instant: datetime) -> None:
-        if self.start <= instant < self.end and self.visible(job_id):
-            jobs = self.at(job_id, instant).jobs
-            jobs[status] = jobs.get(status, 0) + 1
+def _add_waits_and_endings(
+    grouping: _Grouping, waits: list[Wait], endings: Iterable[Ending]
+) -> None:
+    lo, hi, key_of = grouping.lo, grouping.hi, grouping.key
+    for wait in waits:
+        if lo <= wait.scheduled_at < hi and (key := key_of(wait.tags)) is not None:
+            grouping.at(key, wait.scheduled_at).waits.append(wait.scheduled_at - wait.queued_at)
+    for ending in endings:
+        if lo <= ending.at < hi and (key := key_of(ending.tags)) is not None:
+            jobs = grouping.at(key, ending.at).jobs
+            jobs[ending.status] = jobs.get(ending.status, 0) + 1
 
 
 def usage_report(
@@ -326,13 +361,9 @@ def usage_report(
 
     An attempt still running counts up to ``end`` (pass the current time for "now").
     """
-    grouping = _Grouping(ledger, group_by, start, end, owner)
-    for record in ledger.attempts:
-        grouping.add_attempt(record)
-    for wait in ledger.waits:
-        grouping.add_wait(wait)
-    for job_id, (status, instant) in ledger.endings.items():
-        grouping.add_ending(job_id, status, instant)
+    grouping = _Grouping(group_by, start.timestamp(), end.timestamp(), owner)
+    _add_attempts(grouping, ledger.attempts)
+    _add_waits_and_endings(grouping, ledger.waits, ledger.endings.values())
     return [_row(key, grouping.sums[key]) for key in sorted(grouping.sums)]
 
 
@@ -361,7 +392,8 @@ def gpu_seconds_by_owner(ledger: UsageLedger, now: datetime) -> dict[str, float]
     for record in ledger.attempts:
         if record.started_at is None:
             continue
-        tags = ledger.jobs.get(record.job_id, _UNKNOWN)
-        seconds = max(((record.ended_at or now) - record.started_at).total_seconds(), 0.0)
+        tags = record.tags
+        ended = record.ended_at if record.ended_at is not None else now.timestamp()
+        seconds = max(ended - record.started_at, 0.0)
         totals[tags.owner] = totals.get(tags.owner, 0.0) + record.gpus * seconds
     return totals
