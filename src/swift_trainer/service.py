@@ -230,6 +230,14 @@ class Service:
             await follower.start(timeout=self.settings.command_timeout_s * 3)
             self._stoppers.append(("access view", follower.stop))
             access = follower.view
+        usage = None
+        if self.store is not None:
+            from .api.usage.metrics import count_gpu_seconds
+            from .projections.usage_view import UsageView
+
+            usage = UsageView(self.store)
+            # Keeps the fold warm (a report folds only what came since) and the counter set.
+            self.add_background("usage fold", count_gpu_seconds(usage, METRICS_SAMPLE_S))
         deps = ApiDeps(
             access=access,
             write_rate=self.settings.api_write_rate,
@@ -246,6 +254,7 @@ class Service:
             files=FileStore(self.nc.jetstream()),
             files_max_bytes=self.settings.files_max_bytes,
             auto_export=self.settings.auto_export,
+            usage=usage,
         )
         app = create_app(deps, api_prefix=self.settings.api_prefix)
         port = await self.start_http(app, host=host, port=port)

@@ -48,6 +48,7 @@ from swift_trainer.projections.read_models import (
     ReadModel,
     RedisReadModel,
 )
+from swift_trainer.projections.usage_view import UsageView
 
 REDIS_URL = os.environ.get("SWIFT_TRAINER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 PREFIX = "/api/v1/training"
@@ -236,6 +237,7 @@ async def running_stack(
             ),
             "output_root": str(tmp_path / "output"),
             "files": FileStore(nc.jetstream()),
+            "usage": UsageView(store),
             "stream_poll_s": 0.2,
             "stream_end_grace_s": 0.0,
             **overrides,

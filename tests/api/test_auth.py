@@ -96,7 +96,7 @@ T = PREFIX
 ROUTES: list[tuple[str, str, Any, tuple[int, int, int, int, int]]] = [
     ("GET", f"{T}/health", None, (200, 200, 200, 200, 200)),
     ("GET", f"{T}/health/ready", None, (200, 200, 200, 200, 200)),
-    ("GET", "/metrics", None, (200, 200, 200, 200, 200)),
+    ("GET", "/metrics", None, (401, 200, 403, 403, 200)),
     ("GET", "/", None, (200, 200, 200, 200, 200)),
     ("GET", f"{T}/jobs", None, (401, 200, 200, 200, 200)),
     ("GET", f"{T}/jobs/{J}", None, (401, 200, 404, 200, 200)),

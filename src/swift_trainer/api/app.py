@@ -32,6 +32,7 @@ from .openai import openai_router
 from .problems import exception_handlers
 from .queue.controllers import QueueController
 from .system.controllers import SystemController
+from .usage import UsageController
 
 
 def _api_version() -> str:
@@ -75,7 +76,13 @@ class SwiftTrainerApi(InitPlugin):
         deps = self.deps
         training = Router(
             path=f"{self.api_prefix}/training",
-            route_handlers=[JobsController, JobReadsController, QueueController, SystemController],
+            route_handlers=[
+                JobsController,
+                JobReadsController,
+                QueueController,
+                SystemController,
+                UsageController,
+            ],
             # On the router: Litestar ignores a limit set on the app config by a plugin.
             request_max_body_size=MAX_BODY_BYTES,
         )
@@ -110,6 +117,7 @@ class SwiftTrainerApi(InitPlugin):
                 Tag(name="queue", description="The GPU queue and its processor."),
                 Tag(name="system", description="GPUs, system status and health."),
                 Tag(name="openai", description="OpenAI-compatible files and fine-tuning."),
+                Tag(name="usage", description="GPU-hours per owner, label or day."),
             ],
             use_handler_docstrings=False,
         )

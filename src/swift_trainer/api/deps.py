@@ -29,6 +29,7 @@ from ..core.tasks import unsubscribe_quietly
 from ..projections.access_view import AccessView
 from ..projections.read_models.interface import ReadModel
 from ..projections.scheduler.pass_result import PassResult, not_processed
+from ..projections.usage_view import UsageView
 
 
 class CommandSender(Protocol):
@@ -88,6 +89,8 @@ class ApiDeps:
     readiness_timeout_s: float = 5.0
     clock: Clock = field(default=utc_now)
 
+    #: The usage fold of the event store (``GET /usage``); None: it answers 503.
+    usage: UsageView | None = None
     #: Uploaded datasets (``/v1/files``); None: the files endpoints answer 503.
     files: FileStore | None = None
     #: Largest upload accepted (``FILES_MAX_BYTES``).

@@ -113,6 +113,15 @@ class FileStore:
         with contextlib.suppress(NatsObjectNotFound, NotFoundError):
             await bucket.delete(file_id)
 
+    async def set_owner(self, file_id: str, owner: str) -> FileRecord:
+        """Give a file to ``owner``: the record in the object's description is rewritten."""
+        record = msgspec.structs.replace(await self.get(file_id), owner=owner)
+        stored = msgspec.structs.replace(record, digest=None)
+        meta = ObjectMeta(name=file_id, description=msgspec.json.encode(stored).decode())
+        bucket = await self.bucket()
+        await bucket.update_meta(file_id, meta)
+        return record
+
     async def download(self, file_id: str, target: Path) -> FileRecord:
         """Write the content to ``target`` atomically (a temp file renamed into place).
 

@@ -186,6 +186,11 @@ def _add_front_doors(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     add_client_arguments(sub)
     add_webhooks_arguments(sub)
     add_keys_arguments(sub)
+    from .files import add_files_arguments
+    from .usage import add_usage_arguments
+
+    add_files_arguments(sub)
+    add_usage_arguments(sub)
 
 
 def _add_submit_arguments(submit: argparse.ArgumentParser) -> None:
@@ -309,6 +314,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .contract import run_contract
         from .jobs import run_client
         from .webhooks import run_webhooks
+        from .files import run_files
+        from .usage import run_usage
 
         runners = {
             "up": _run_up,
@@ -326,6 +333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "upload": _run_upload,
             "keys": run_keys,
             "quota": run_keys,
+            "files": run_files,
+            "usage": run_usage,
         }
         run = runners.get(args.command, _run_send)
         return asyncio.run(run(settings, args))

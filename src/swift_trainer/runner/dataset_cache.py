@@ -54,7 +54,8 @@ class DatasetCache:
     def path_for(self, file_id: str, digest: str | None) -> Path:
         return self.cache_dir / file_id / f"{digest_key(digest)}.jsonl"
 
-    async def local_path(self, file_id: str) -> Path:
+    async def local_path(self, file_id: str, owner: str | None = None) -> Path:
+        """``owner``: the job's owner; a file of another owner is refused as unknown."""
         lock = self._locks.setdefault(file_id, asyncio.Lock())
         async with lock:  # two jobs on one file fetch it once
             try:
@@ -63,6 +64,8 @@ class DatasetCache:
                 raise DatasetUnavailable(
                     f"dataset {file_id} cannot be fetched: {exc.message}"
                 ) from exc
+            if owner is not None and record.owner != owner:
+                raise DatasetUnavailable(f"dataset {file_id} cannot be fetched: no such file")
             if record.status != "processed":
                 raise DatasetUnavailable(
                     f"dataset {file_id} is {record.status}: {record.status_details or 'unusable'}"
@@ -79,6 +82,11 @@ class DatasetCache:
             return target
 
     async def resolve(self, spec: JobSpec) -> Mapping[str, str]:
-        """File id -> local path for every uploaded file ``spec`` names."""
+        """File id -> local path for every uploaded file ``spec`` names.
+
+        A job with an owner trains only on that owner's files (the API checks it too; this
+        holds for any command that reaches the bus). Jobs without an owner are the
+        operator's and may name any file.
+        """
         ids = [i for i in (spec.training_file, spec.validation_file) if i is not None]
-        return {file_id: str(await self.local_path(file_id)) for file_id in ids}
+        return {file_id: str(await self.local_path(file_id, spec.owner)) for file_id in ids}

@@ -61,6 +61,12 @@ class AuthGuard:
         connection.scope.setdefault("state", {})["principal"] = caller
         if need.need == "admin" and caller.role != "admin":
             raise ApiProblem("forbidden", "this action needs an admin key", status=403)
+        if need.need == "fleet" and caller.role == "user":
+            raise ApiProblem(
+                "forbidden",
+                "these figures cover every owner: they need an admin or viewer key",
+                status=403,
+            )
         if need.need in ("write", "admin") and caller.role == "viewer":
             raise ApiProblem("forbidden", "a viewer key reads only", status=403)
         if need.job_id is not None and not caller.sees_everything():

@@ -2,8 +2,9 @@
 
 Paths are matched after the API prefix is removed from native routes. ``open`` routes
 answer without a key: liveness and readiness (orchestrators probe them), the dashboard's
-page and assets (the page asks for a key), the API docs and contract (no data), and
-``/metrics`` (aggregate figures for Prometheus; keep the port internal, see README).
+page and assets (the page asks for a key), the API docs and contract (no data).
+``/metrics`` is a ``fleet`` route: it names owners (GPU-seconds per owner), so under
+required keys it needs an admin or viewer key (a scraper sends it as a bearer token).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Final, Literal
 
-Need = Literal["open", "read", "write", "admin"]
+Need = Literal["open", "read", "write", "admin", "fleet"]
 
 _READ_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -21,9 +22,9 @@ _ADMIN: Final = re.compile(r"^/queue/(process|processor/(start|stop))/?$")
 _NATIVE_JOB: Final = re.compile(r"^/(?:jobs|queue)/(?P<job_id>[^/]+)(?:/.*)?$")
 _OPENAI_JOB: Final = re.compile(r"^/v1/fine_tuning/jobs/(?P<job_id>[^/]+)(?:/.*)?$")
 _OPEN_NATIVE: Final = re.compile(r"^/health(/ready)?/?$")
-_OPEN_TOP: Final = re.compile(
-    r"^/($|health|metrics|docs|swagger|schema|dashboard|asyncapi\.json|favicon)"
-)
+_OPEN_TOP: Final = re.compile(r"^/($|health|docs|swagger|schema|dashboard|asyncapi\.json|favicon)")
+#: Figures about every owner's work: admin and viewer keys only.
+_FLEET_TOP: Final = re.compile(r"^/metrics/?$")
 #: Segments after ``/queue/`` that are not job ids.
 _QUEUE_WORDS: Final = frozenset({"process", "processor"})
 #: The jobs list's change feed: about no one job (it filters by the caller itself).
@@ -59,6 +60,8 @@ def route_need(method: str, path: str, training_prefix: str) -> RouteNeed:
             found["job_id"] if found else None,
             openai=True,
         )
+    if _FLEET_TOP.match(path):
+        return RouteNeed("fleet")
     if _OPEN_TOP.match(path):
         return RouteNeed("open")
     return RouteNeed("read" if method in _READ_METHODS else "write")

@@ -33,6 +33,22 @@ class Principal(msgspec.Struct, frozen=True):
     def may_see(self, owner: str | None) -> bool:
         return self.sees_everything() or (owner is not None and owner == self.owner)
 
+    def may_see_file(self, owner: str) -> bool:
+        """An admin sees every file; any other key sees its own owner's (datasets are data)."""
+        return self.role == "admin" or owner == self.owner
+
+    def may_train_on(self, owner: str) -> bool:
+        """A job trains only on its own owner's files; the keyless operator on any."""
+        return self.key_id is None or owner == self.owner
+
+    @property
+    def file_owner(self) -> str:
+        """The owner a file uploaded by this caller gets (``local`` without keys)."""
+        return self.owner if self.key_id is not None and self.owner else LOCAL_OWNER
+
+
+#: The owner of files uploaded without keys (authentication off, or the operator's CLI).
+LOCAL_OWNER: Final = "local"
 
 #: Authentication off: every caller acts as an admin without a key.
 OPERATOR: Final = Principal(role="admin")

@@ -23,6 +23,7 @@ from ...core.errors import JobAlreadyExists, SwiftTrainerError
 from ...core.ids import is_valid_job_id, new_job_id
 from ...core.job import JobStatus
 from ...core.spec import JobSpec, decode_spec
+from ..auth.principal import principal
 from ..deps import ApiDeps
 from ..dispatch import idempotent_command_id, job_id_of, reply_status, send
 from ..durations import describe_wait
@@ -99,7 +100,7 @@ async def check_satisfiable(deps: ApiDeps, body: CreateJobRequest) -> None:
 
 
 async def check_files(deps: ApiDeps, body: CreateJobRequest) -> None:
-    """An uploaded dataset must exist and have passed its check, or no runner can train."""
+    """An uploaded dataset must exist, be the job owner's and have passed its check."""
     for name, file_id in (
         ("training_file", body.training_file),
         ("validation_file", body.validation_file),
@@ -112,6 +113,9 @@ async def check_files(deps: ApiDeps, body: CreateJobRequest) -> None:
             record = await deps.files.get(file_id)
         except FileNotFound:
             raise ApiProblem("invalid_spec", f"{name}: no file {file_id!r}") from None
+        if not principal().may_train_on(record.owner):
+            # Another owner's file reads exactly like an unknown one.
+            raise ApiProblem("invalid_spec", f"{name}: no file {file_id!r}")
         if record.status != "processed":
             raise ApiProblem(
                 "invalid_spec",

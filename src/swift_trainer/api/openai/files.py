@@ -5,9 +5,9 @@ object store, from which every runner fetches by id. A file whose check fails is
 stored, with ``status: error`` and ``status_details`` naming the first bad line, as the
 OpenAI API does; a job naming it is refused.
 
-Owners: every file belongs to the uploading key's owner. API keys (issue 12) are not built
-yet, so every caller is the owner ``local``; the ``Authorization`` header is accepted and
-ignored until then.
+Owners: every file belongs to the uploading key's owner (``local`` without keys). A caller
+sees its own owner's files and an admin sees every file; another owner's file answers
+exactly like an unknown id (see docs/tenancy.md).
 """
 
 from __future__ import annotations
@@ -32,13 +32,12 @@ from litestar.response import Stream
 from ...bus.file_store import FileNotFound, FileStore
 from ...core.dataset_files import FILE_ID_PATTERN, FileRecord, new_file_id
 from ...projections.read_models.views import MetricPoint
+from ..auth.principal import LOCAL_OWNER, principal
 from ..deps import ApiDeps, Deps
 from .openai_errors import OpenAIProblem
 from .schemas import FileDeleted, FileList, FileObject
 from .uploads import receive_upload
 
-#: The owner of every file until API keys exist (issue 12).
-LOCAL_OWNER: Final = "local"
 PURPOSES: Final = ("fine-tune",)
 RESULTS_PURPOSE: Final = "fine-tune-results"
 
@@ -82,7 +81,7 @@ async def owned_file(deps: ApiDeps, file_id: str) -> FileRecord:
         record = await file_store(deps).get(file_id)
     except FileNotFound:
         raise OpenAIProblem("file_not_found", f"no file {file_id!r}", param="file_id") from None
-    if record.owner != LOCAL_OWNER:
+    if not principal().may_see_file(record.owner):
         raise OpenAIProblem("file_not_found", f"no file {file_id!r}", param="file_id")
     return record
 
@@ -118,8 +117,13 @@ def metrics_csv(points: list[MetricPoint]) -> bytes:
     return out.getvalue().encode()
 
 
-async def ensure_results_file(deps: ApiDeps, job_id: str, known: set[str]) -> str | None:
-    """The id of the job's metrics CSV, written to the object store on first need."""
+async def ensure_results_file(
+    deps: ApiDeps, job_id: str, known: set[str], owner: str | None = None
+) -> str | None:
+    """The id of the job's metrics CSV, written to the object store on first need.
+
+    It belongs to the job's owner, so only they (and admins) may read it.
+    """
     if deps.files is None:
         return None
     file_id = results_file_id(job_id)
@@ -136,7 +140,7 @@ async def ensure_results_file(deps: ApiDeps, job_id: str, known: set[str]) -> st
             bytes=len(content),
             created_at=int(time.time()),
             status="processed",
-            owner=LOCAL_OWNER,
+            owner=owner or LOCAL_OWNER,
         )
         await deps.files.put(record, io.BytesIO(content))
     known.add(file_id)
@@ -195,7 +199,7 @@ class FilesController(Controller):
                 status_details=upload.problem,
                 records=upload.records,
                 preference_records=upload.preference_records,
-                owner=LOCAL_OWNER,
+                owner=principal().file_owner,
             )
             stored = await store.put(record, upload.content)  # type: ignore[arg-type]
         finally:
@@ -212,10 +216,11 @@ class FilesController(Controller):
         order: FromQuery[Literal["asc", "desc"]] = "desc",
         purpose: Annotated[str | None, QueryParameter(max_length=64)] = None,
     ) -> FileList:
+        caller = principal()
         records = [
             r
             for r in await file_store(deps).list()
-            if r.owner == LOCAL_OWNER and (purpose is None or r.purpose == purpose)
+            if caller.may_see_file(r.owner) and (purpose is None or r.purpose == purpose)
         ]
         if order == "desc":
             records.reverse()

@@ -77,7 +77,9 @@ async def present(deps: ApiDeps, summary: JobSummary) -> FineTuningJob:
     results: list[str] = []
     if summary.status is JobStatus.SUCCEEDED:
         try:
-            file_id = await ensure_results_file(deps, summary.job_id, _written_results)
+            file_id = await ensure_results_file(
+                deps, summary.job_id, _written_results, summary.owner
+            )
         except Exception:  # the metrics CSV is a convenience: never fail the read for it
             _log.warning("results file for %s not written", summary.job_id, exc_info=True)
             file_id = None
@@ -93,6 +95,8 @@ async def check_training_file(
         record = await owned_file(deps, file_id)
     except OpenAIProblem:
         raise OpenAIProblem("invalid_file", f"no file {file_id!r}", param=param) from None
+    if not principal().may_train_on(record.owner):
+        raise OpenAIProblem("invalid_file", f"no file {file_id!r}", param=param)
     if record.purpose != "fine-tune":
         raise OpenAIProblem(
             "invalid_file", f"file {file_id} has purpose {record.purpose!r}", param=param

@@ -7,6 +7,7 @@ import asyncio
 from litestar import Controller, get
 
 from ...core.job import JobStatus
+from ..auth.principal import principal
 from ..deps import Deps, combine_checks, read_model_check
 from ..problems import ApiProblem, problems
 from ..queue.controllers import processor_status
@@ -20,7 +21,10 @@ class SystemController(Controller):
 
     @get("/gpus", summary="GPU information", responses=problems(503))
     async def gpus(self, deps: Deps) -> GpusResponse:
-        return await gpus_overview(deps.read_model, deps.clock(), deps.runner_lease_s)
+        caller = principal()
+        return await gpus_overview(
+            deps.read_model, deps.clock(), deps.runner_lease_s, caller.may_see
+        )
 
     @get("/system/status", summary="System status", responses=problems(503))
     async def system_status(self, deps: Deps) -> SystemStatus:

@@ -6,6 +6,7 @@ fields a newer runner adds are ignored here until this schema learns them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 import msgspec
@@ -17,9 +18,24 @@ from ...projections.read_models.interface import MAX_PAGE_SIZE, ReadModel
 from .schemas import GpusResponse, GpuView, HostStats, RunnerGpus
 
 
-async def gpu_holders(read_model: ReadModel) -> dict[tuple[str, int], str]:
-    """``(runner_id, gpu index) -> job_id`` for every job that holds GPUs now."""
-    holders: dict[tuple[str, int], str] = {}
+class GpuHolder(msgspec.Struct, frozen=True):
+    """The job holding a GPU, and whose job it is."""
+
+    job_id: str
+    owner: str | None = None
+
+
+#: Whether the caller may see the work of an owner (``Principal.may_see``).
+OwnerFilter = Callable[[str | None], bool]
+
+
+def _everyone(_owner: str | None) -> bool:
+    return True
+
+
+async def gpu_holders(read_model: ReadModel) -> dict[tuple[str, int], GpuHolder]:
+    """``(runner_id, gpu index) -> holder`` for every job that holds GPUs now."""
+    holders: dict[tuple[str, int], GpuHolder] = {}
     for status in sorted(ACTIVE):
         cursor: str | None = None
         while True:
@@ -27,7 +43,7 @@ async def gpu_holders(read_model: ReadModel) -> dict[tuple[str, int], str]:
             for job in page.items:
                 if job.runner_id is not None:
                     for index in job.gpu_ids:
-                        holders[(job.runner_id, index)] = job.job_id
+                        holders[(job.runner_id, index)] = GpuHolder(job.job_id, job.owner)
             if page.next_cursor is None:
                 break
             cursor = page.next_cursor
@@ -41,8 +57,11 @@ def _runner_view(
     data: bytes,
     now: datetime,
     lease_s: float,
-    holders: dict[tuple[str, int], str],
+    holders: dict[tuple[str, int], GpuHolder],
+    may_see: OwnerFilter = _everyone,
 ) -> RunnerGpus:
+    """One runner's GPUs; another owner's job is shown as a held GPU without its id,
+    processes or run (``may_see`` says whose work the caller may see)."""
     age = max((now - seen_at).total_seconds(), 0.0)
     alive = age <= lease_s
     try:
@@ -56,26 +75,37 @@ def _runner_view(
             gpus=[],
             error=f"the heartbeat could not be read: {exc}",
         )
-    gpus = [
-        GpuView(
-            **msgspec.structs.asdict(gpu),
-            job_id=holders.get((runner_id, gpu.index)),
-            foreign_memory_mib=beat.foreign_memory_mib.get(gpu.index),
+    gpus = []
+    for gpu in beat.inventory.gpus:
+        holder = holders.get((runner_id, gpu.index))
+        hidden = holder is not None and not may_see(holder.owner)
+        shown = msgspec.structs.replace(gpu, processes=()) if hidden else gpu
+        gpus.append(
+            GpuView(
+                **msgspec.structs.asdict(shown),
+                job_id=None if holder is None or hidden else holder.job_id,
+                held=holder is not None,
+                foreign_memory_mib=beat.foreign_memory_mib.get(gpu.index),
+            )
         )
-        for gpu in beat.inventory.gpus
-    ]
     inventory = msgspec.structs.replace(beat.inventory, gpus=())
+    owners = {h.job_id: h.owner for (runner, _), h in holders.items() if runner == runner_id}
+    jobs = tuple(j for j in beat.jobs if j.job_id in owners and may_see(owners[j.job_id]))
+    if may_see is _everyone:
+        jobs = beat.jobs
     return RunnerGpus(
         runner_id=runner_id,
         seen_at=seen_at,
         age_s=age,
         alive=alive,
         gpus=gpus,
-        inventory=msgspec.structs.replace(beat, inventory=inventory),
+        inventory=msgspec.structs.replace(beat, inventory=inventory, jobs=jobs),
     )
 
 
-async def gpus_overview(read_model: ReadModel, now: datetime, lease_s: float) -> GpusResponse:
+async def gpus_overview(
+    read_model: ReadModel, now: datetime, lease_s: float, may_see: OwnerFilter = _everyone
+) -> GpusResponse:
     holders = await gpu_holders(read_model)
     runners = [
         _runner_view(
@@ -85,11 +115,12 @@ async def gpus_overview(read_model: ReadModel, now: datetime, lease_s: float) ->
             now=now,
             lease_s=lease_s,
             holders=holders,
+            may_see=may_see,
         )
         for s in await read_model.runner_snapshots()
     ]
     live = [gpu for runner in runners if runner.alive for gpu in runner.gpus]
-    assigned = sum(1 for gpu in live if gpu.job_id is not None)
+    assigned = sum(1 for gpu in live if gpu.held)
     return GpusResponse(
         runners=runners, total=len(live), free=len(live) - assigned, assigned=assigned
     )

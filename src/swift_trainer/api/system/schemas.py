@@ -14,8 +14,11 @@ from ..queue.schemas import ProcessorStatus
 class GpuView(GpuInfo, frozen=True, omit_defaults=False):
     """A GPU as its runner reports it, plus who holds it."""
 
-    #: The job of this system holding it, else null.
+    #: The job of this system holding it, else null; null too for another owner's job
+    #: when a ``user`` key asks (``held`` still says the GPU is taken).
     job_id: str | None = None
+    #: A job of this system holds it (whoever owns that job).
+    held: bool = False
     #: Memory held by processes its runner did not start, when there is any.
     foreign_memory_mib: int | None = None
 
