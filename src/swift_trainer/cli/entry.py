@@ -312,10 +312,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             service.serve_metrics(settings, args.metrics_port)
         from .audit import run_audit
         from .contract import run_contract
-        from .jobs import run_client
-        from .webhooks import run_webhooks
         from .files import run_files
+        from .jobs import run_client
         from .usage import run_usage
+        from .webhooks import run_webhooks
 
         runners = {
             "up": _run_up,
