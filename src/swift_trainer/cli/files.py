@@ -35,8 +35,8 @@ def add_files_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 async def run_files(settings: Settings, args: argparse.Namespace) -> int:
-    from .bus.connection import connect, resolve_nats_url
-    from .bus.file_store import FileStore
+    from ..bus.connection import connect, resolve_nats_url
+    from ..bus.file_store import FileStore
 
     nc = await connect(
         resolve_nats_url(settings, args.nats_url), settings, name="swift-trainer-cli"
