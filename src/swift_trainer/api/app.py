@@ -29,7 +29,7 @@ from .http_tracing import http_tracing
 from .jobs.controllers import JobsController
 from .jobs.reads import JobReadsController
 from .openai import openai_router
-from .problems import exception_handlers
+from .problems import MAX_BODY_BYTES, exception_handlers
 from .queue.controllers import QueueController
 from .system.controllers import SystemController
 
@@ -43,8 +43,6 @@ def _api_version() -> str:
 
 API_VERSION: Final = _api_version()
 
-#: Bodies larger than this are refused with 413 (a job spec is a few KiB).
-MAX_BODY_BYTES: Final = 1024 * 1024
 
 _DESCRIPTION: Final = """\
 Runs ms-swift fine-tuning jobs on your own GPU hosts. Writes are recorded as events and
@@ -52,7 +50,7 @@ acted on asynchronously; reads come from projections of those events, so a job y
 created may take a moment to appear in reads.
 
 **Job statuses**: `held` (created with `auto_start: false`), `queued`, `scheduled` (GPUs
-chosen, the runner is starting it; the seed's `pending`), `running`, `stopping`,
+chosen, the runner is starting it), `running`, `stopping`,
 `succeeded`, `failed`, `stopped`, `paused` (resumable), `cancelled` (final).
 
 **Errors** are RFC 9457 problem details (`application/problem+json`) with a stable `code`.
