@@ -1,8 +1,7 @@
 """Wiring the Litestar app: one plugin adds the routes, errors, docs and dependencies.
 
-Routes live under ``{api_prefix}/training`` (the seed's layout); the interactive docs are
-at ``/docs`` and the OpenAPI document at ``/schema/openapi.json``, outside the prefix, where
-the seed's README sends people.
+Routes live under ``{api_prefix}/training``; the interactive docs are at ``/docs`` and the
+OpenAPI document at ``/schema/openapi.json``, outside the prefix.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Settings from the environment (and env files), with the seed's names and defaults.
+"""Settings from the environment (and env files), with their names and defaults.
 
 Every process reads the same variables, so one env file configures a whole deployment. A
 value left unset selects the embedded default: no ``NATS_URL`` starts a local nats-server,

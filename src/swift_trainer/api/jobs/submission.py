@@ -182,7 +182,7 @@ async def _answer(
         place = await place_in_queue(
             deps.read_model, job_id, priority, deps.clock(), view, queued_at=queued_at
         )
-        if place.source == "scheduler_placing":
+        if place.source in ("scheduler_placing", "scheduler_pending"):
             summary = await deps.read_model.get_job(job_id)
             if summary is not None and summary.status is not JobStatus.QUEUED:
                 return CreateJobResponse(

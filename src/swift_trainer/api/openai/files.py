@@ -5,9 +5,7 @@ object store, from which every runner fetches by id. A file whose check fails is
 stored, with ``status: error`` and ``status_details`` naming the first bad line, as the
 OpenAI API does; a job naming it is refused.
 
-Owners: every file belongs to the uploading key's owner. API keys (issue 12) are not built
-yet, so every caller is the owner ``local``; the ``Authorization`` header is accepted and
-ignored until then.
+Owners: files are not scoped to API keys; every file belongs to the owner ``local``.
 """
 
 from __future__ import annotations
@@ -37,7 +35,7 @@ from .openai_errors import OpenAIProblem
 from .schemas import FileDeleted, FileList, FileObject
 from .uploads import receive_upload
 
-#: The owner of every file until API keys exist (issue 12).
+#: The owner of every file: files are shared by every key.
 LOCAL_OWNER: Final = "local"
 PURPOSES: Final = ("fine-tune",)
 RESULTS_PURPOSE: Final = "fine-tune-results"
