@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,7 +14,7 @@ from swift_trainer.api.jobs.submission import prefer_wait_s
 from swift_trainer.core import commands as c
 from swift_trainer.projections.read_models import LogLine, QueueEntry, QueueView
 
-from .conftest import Stack
+from .conftest import Stack, wait_for
 
 BODY: dict[str, Any] = {
     "data_path": "AI-ModelScope/coco#20000",
@@ -155,14 +156,15 @@ async def test_a_job_the_scheduler_has_seen_but_not_listed_is_being_placed(
 @pytest.mark.parametrize(
     ("prefer", "seconds"),
     [
-        (None, 0.0),
+        (None, 1.0),
+        ("wait=0", 0.0),
         ("wait=2", 2.0),
         ("respond-async, wait=1.5", 1.5),
         ("wait=600", 5.0),
-        ("wait=soon", 0.0),
-        ("wait=-1", 0.0),
-        ("wait=nan", 0.0),
-        ("return=minimal", 0.0),
+        ("wait=soon", 1.0),
+        ("wait=-1", 1.0),
+        ("wait=nan", 1.0),
+        ("return=minimal", 1.0),
     ],
 )
 def test_prefer_wait_is_read_capped_and_malformed_ignored(
@@ -642,3 +644,31 @@ async def test_every_job_endpoint_refuses_unknown_and_impossible_ids(
     problem(unknown, 404, "job_not_found")
     invalid = await client.request(method, url(path.format("not%20an%20id")), json=body)
     problem(invalid, 422, "validation_error")
+
+
+async def test_a_create_waits_for_the_schedulers_rank_by_default(stack: Stack) -> None:
+    async def rank_when_seen(job_id: str) -> None:
+        await wait_for(lambda: stack.read_model.get_job(job_id), what=f"{job_id} recorded")
+        now = datetime.now(UTC)
+        entry = QueueEntry(
+            job_id=job_id, position=1, priority=5, estimated_start=now + timedelta(minutes=5)
+        )
+        view = QueueView(entries=(entry,), computed_at=now, as_of_position=10**9)
+        await stack.read_model.set_queue_view(view)
+
+    await stack.read_model.set_queue_view(QueueView(entries=(), computed_at=datetime.now(UTC)))
+    ranker = asyncio.create_task(rank_when_seen("ranked"))
+    response = await stack.client.post(stack.url("/jobs"), json={**BODY, "job_id": "ranked"})
+    await ranker
+    body = response.json()
+    assert body["queue_position"] == 1, body
+    assert body["queue_source"] == "scheduler"
+    assert body["estimated_wait_time"] != "unknown"
+
+
+async def test_prefer_wait_zero_answers_without_waiting_for_a_rank(stack: Stack) -> None:
+    await stack.read_model.set_queue_view(QueueView(entries=(), computed_at=datetime.now(UTC)))
+    response = await stack.client.post(
+        stack.url("/jobs"), json={**BODY, "job_id": "now"}, headers={"Prefer": "wait=0"}
+    )
+    assert response.json()["queue_source"] == "scheduler_pending"

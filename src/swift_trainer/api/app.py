@@ -1,8 +1,7 @@
 """Wiring the Litestar app: one plugin adds the routes, errors, docs and dependencies.
 
-Routes live under ``{api_prefix}/training`` (the seed's layout); the interactive docs are
-at ``/docs`` and the OpenAPI document at ``/schema/openapi.json``, outside the prefix, where
-the seed's README sends people.
+Routes live under ``{api_prefix}/training``; the interactive docs are at ``/docs`` and the
+OpenAPI document at ``/schema/openapi.json``, outside the prefix.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ from .jobs.controllers import JobsController
 from .jobs.reads import JobReadsController
 from .metrics import MetricsEndpoint, http_metrics
 from .openai import openai_router
-from .problems import exception_handlers
+from .problems import MAX_BODY_BYTES, exception_handlers
 from .queue.controllers import QueueController
 from .system.controllers import SystemController
 from .usage import UsageController
@@ -44,8 +43,6 @@ def _api_version() -> str:
 
 API_VERSION: Final = _api_version()
 
-#: Bodies larger than this are refused with 413 (a job spec is a few KiB).
-MAX_BODY_BYTES: Final = 1024 * 1024
 
 _DESCRIPTION: Final = """\
 Runs ms-swift fine-tuning jobs on your own GPU hosts. Writes are recorded as events and
@@ -53,7 +50,7 @@ acted on asynchronously; reads come from projections of those events, so a job y
 created may take a moment to appear in reads.
 
 **Job statuses**: `held` (created with `auto_start: false`), `queued`, `scheduled` (GPUs
-chosen, the runner is starting it; the seed's `pending`), `running`, `stopping`,
+chosen, the runner is starting it), `running`, `stopping`,
 `succeeded`, `failed`, `stopped`, `paused` (resumable), `cancelled` (final).
 
 **Errors** are RFC 9457 problem details (`application/problem+json`) with a stable `code`.

@@ -49,12 +49,12 @@ def offline_swagger(path: str = "/swagger") -> SwaggerRenderPlugin:
 
 
 def docs_routes() -> list[Any]:
-    """``/docs`` (the seed's docs URL) and the static assets it loads."""
+    """``/docs`` and the static assets it loads."""
     swagger = offline_swagger(path="/docs")
 
     @get("/docs", include_in_schema=False, media_type=MediaType.HTML, sync_to_thread=False)
     def docs(request: Request[Any, Any, Any]) -> bytes:
-        # The same page the OpenAPI router serves at /schema/swagger, at the seed's /docs.
+        # The same page the OpenAPI router serves at /schema/swagger, at /docs.
         schema = request.app.openapi_schema.to_schema()
         return swagger.render(request, schema)
 

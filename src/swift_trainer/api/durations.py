@@ -34,6 +34,6 @@ def _plural(count: int, unit: str) -> str:
 
 
 def describe_wait(seconds: float | None) -> str:
-    """The seed's ``estimated_wait_time`` sentence: never empty, ``unknown`` when unknown."""
+    """The ``estimated_wait_time`` sentence: never empty, ``unknown`` when unknown."""
     text = describe_duration(seconds)
     return "unknown" if text is None else text

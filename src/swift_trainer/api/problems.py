@@ -32,7 +32,10 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.types import ExceptionHandlersMap
 from redis.exceptions import RedisError
 
+from ..core.commands import NAME_PATTERN
 from ..core.errors import SwiftTrainerError
+from ..core.ids import JOB_ID_PATTERN
+from ..core.spec import TrainArgs
 
 _log = logging.getLogger(__name__)
 
@@ -40,6 +43,17 @@ PROBLEM_MEDIA_TYPE: Final = "application/problem+json"
 PROBLEM_TYPE_PREFIX: Final = "urn:swift-trainer:problem:"
 #: Seconds a client should wait before retrying after a 503.
 RETRY_AFTER_S: Final = 2
+#: Bodies larger than this are refused with 413 (a job spec is a few KiB).
+MAX_BODY_BYTES: Final = 1024 * 1024
+
+#: What a value matching each pattern may hold, in words (a regex is no answer for a person).
+_PATTERN_WORDS: Final[Mapping[str, str]] = {
+    JOB_ID_PATTERN: "a job id is 1 to 64 letters, digits, '_' or '-', starting with a "
+    "letter or digit",
+    NAME_PATTERN: "a name is 1 to 64 letters, digits, '_', '.', '@' or '-', starting with a "
+    "letter or digit",
+}
+_REGEX_TEXT = re.compile(r"Expected `str` matching regex (?P<pattern>.*)$")
 
 CODE_STATUS: Final[Mapping[str, int]] = {
     "malformed_json": 400,
@@ -188,13 +202,33 @@ def problem_response(
 _MSGSPEC_PATH = re.compile(r" - at `\$(?:\.data)?\.?(?P<path>[^`]*)`$")
 
 
+def readable_message(key: str, message: str) -> str:
+    """A validator's message in words a person can act on.
+
+    A pattern is described instead of shown, and an unknown ``train_args`` key comes with
+    the list of known ones.
+    """
+    regex = _REGEX_TEXT.search(message)
+    if regex is not None:
+        shown = regex.group("pattern")
+        for pattern, words in _PATTERN_WORDS.items():
+            if pattern.split("$", 1)[0] in shown:
+                return words
+        return "holds characters or a length this field does not accept"
+    if key.split(".", 1)[0] == "train_args" and "unknown field" in message:
+        known = ", ".join(sorted(TrainArgs.__struct_fields__))
+        return f"{message}; known keys: {known}"
+    return message
+
+
 def validation_errors_from_msgspec(exc: msgspec.ValidationError) -> list[FieldProblem]:
     """msgspec says ``Expected `int`, got `str` - at `$.priority```; split it for clients."""
     text = str(exc)
     match = _MSGSPEC_PATH.search(text)
     if match is None:
-        return [FieldProblem(message=text)]
-    return [FieldProblem(message=text[: match.start()], key=match.group("path"))]
+        return [FieldProblem(message=readable_message("", text))]
+    key = match.group("path")
+    return [FieldProblem(message=readable_message(key, text[: match.start()]), key=key)]
 
 
 def _handle_problem(request: Request[Any, Any, Any], exc: ApiProblem) -> Response[bytes]:
@@ -222,8 +256,11 @@ def _readable_errors(extra: Any) -> list[FieldProblem]:
         for item in extra:
             if not isinstance(item, dict):
                 continue
-            key, source = str(item.get("key") or ""), str(item.get("source") or "body")
-            message = str(item.get("message", ""))
+            raw_source = item.get("source") or "body"
+            # Litestar gives a parameter's source as its ParamType enum: keep the plain word.
+            source = str(getattr(raw_source, "value", raw_source))
+            key = str(item.get("key") or "")
+            message = readable_message(key, str(item.get("message", "")))
             if key == "data" and source == "body":
                 key = ""  # Litestar names the body itself "data"
             # A missing required body arrives as KeyError('data') text: say it plainly.
@@ -264,7 +301,10 @@ def _handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Respons
     if status == 400 and isinstance(exc.__cause__, SerializationException):
         code, detail = "malformed_json", f"the request body is not valid JSON: {exc.detail}"
     elif status == 413:
-        detail = "the request body is larger than this API accepts"
+        detail = (
+            f"the request body is larger than the {MAX_BODY_BYTES // (1024 * 1024)} MiB "
+            "this API accepts"
+        )
     headers = {k: str(v) for k, v in (exc.headers or {}).items()}
     return problem_response(request, code=code, detail=detail, status=status, headers=headers)
 

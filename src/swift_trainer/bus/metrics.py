@@ -39,7 +39,7 @@ COMMAND_REFUSALS: Final = Counter(
 )
 RELAY_LAG: Final = Gauge(
     "swift_trainer_relay_lag_events",
-    "Stored events this process's outbox relay has not yet published to JetStream.",
+    "Stored events this process's outbox relay has still to publish to JetStream.",
 )
 
 

@@ -108,7 +108,7 @@ class OutboxRelay:
         self.window = window
         self.tracking_interval = tracking_interval
         self._tracked_at = -tracking_interval
-        #: Events offered by this process's handler, by position, not yet published.
+        #: Events offered by this process's handler, by position, still to publish.
         self._offered: dict[int, RecordedEvent] = {}
         #: Store reads (queries) and the events they returned: how often offers fell short.
         self.store_reads = 0

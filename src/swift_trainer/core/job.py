@@ -521,7 +521,7 @@ def _decide_reject(
     now: datetime,
 ) -> list[e.AnyJobEvent]:
     if state.status is not JobStatus.SCHEDULED:
-        raise _refuse(state, "reject the assignment of", "only a job not yet started can be")
+        raise _refuse(state, "reject the assignment of", "only a job that has not started can be")
     _require_attempt(state, command)
     rejected = e.AssignmentRejected(
         at=now,

@@ -1,7 +1,7 @@
 """The queue processor switch: whether the scheduler places queued jobs.
 
-The seed let operators start and stop its background queue processor; here pausing is an
-event, so a restarted scheduler (or a standby taking over) keeps the operator's choice.
+Operators start and stop the queue processor; pausing is an event, so a restarted
+scheduler (or a standby taking over) keeps the operator's choice.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Settings from the environment (and env files), with the seed's names and defaults.
+"""Settings from the environment (and env files), with their names and defaults.
 
 Every process reads the same variables, so one env file configures a whole deployment. A
 value left unset selects the embedded default: no ``NATS_URL`` starts a local nats-server,
@@ -57,7 +57,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: Loopback by default: reaching further needs APP_HOST and, with auth off, consent.
     app_host: str = "127.0.0.1"
     app_port: int = 8000
-    output_root: str = "."
+    #: Where every job's ``output_dir`` lives on a runner: ``<data dir>/output`` unless
+    #: ``OUTPUT_ROOT`` says otherwise, so training output never lands in the current folder.
+    output_root: str = ".swift-trainer/output"
     command_timeout_s: float = 10.0
     #: Largest upload ``/v1/files`` accepts (``FILES_MAX_BYTES``).
     files_max_bytes: int = DEFAULT_FILES_MAX_BYTES
@@ -76,6 +78,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if self.event_store_url:
             return self.event_store_url
         return f"sqlite+aiosqlite:///{Path(self.data_dir).resolve() / 'events.db'}"
+
+
+def default_output_root(data_dir: str) -> str:
+    """The folder job output goes to when ``OUTPUT_ROOT`` is unset: under the data dir."""
+    return str(Path(data_dir) / "output")
 
 
 def parse_env_file(text: str) -> dict[str, str]:
@@ -109,13 +116,13 @@ def load_settings(
     *,
     env_file: str | Path | None = None,
 ) -> Settings:
-    """Read settings; ``env_file`` (or ``SWIFT_TRAINER_ENV_FILE``, or the seed's
+    """Read settings; ``env_file`` (or ``SWIFT_TRAINER_ENV_FILE``, or
     ``env/.env.<ENVIRONMENT>`` when present) fills in what the environment leaves unset."""
     source = dict(os.environ if env is None else env)
     path = env_file or source.get("SWIFT_TRAINER_ENV_FILE")
     if path is None:
-        seed_file = Path("env") / f".env.{source.get('ENVIRONMENT', 'dev')}"
-        path = seed_file if seed_file.is_file() else None
+        environment_file = Path("env") / f".env.{source.get('ENVIRONMENT', 'dev')}"
+        path = environment_file if environment_file.is_file() else None
     if path is not None:
         try:
             file_values = parse_env_file(Path(path).read_text(encoding="utf-8"))
@@ -152,12 +159,13 @@ def load_settings(
     prefix = text("API_PREFIX", "/api/v1") or ""
     if prefix and not prefix.startswith("/"):
         raise SettingsError(f"API_PREFIX must start with '/', got {prefix!r}")
+    data_dir = text("SWIFT_TRAINER_DATA_DIR", ".swift-trainer") or ".swift-trainer"
     return Settings(
         environment=text("ENVIRONMENT", "dev") or "dev",
         log_level=(text("LOG_LEVEL", "INFO") or "INFO").upper(),
         log_format=log_format,
         log_dir=text("LOG_DIR"),
-        data_dir=text("SWIFT_TRAINER_DATA_DIR", ".swift-trainer") or ".swift-trainer",
+        data_dir=data_dir,
         nats_url=text("NATS_URL"),
         nats_user=text("NATS_USER"),
         nats_password=text("NATS_PASSWORD"),
@@ -173,7 +181,7 @@ def load_settings(
         api_prefix=prefix.rstrip("/"),
         app_host=text("APP_HOST", "127.0.0.1") or "127.0.0.1",
         app_port=port,
-        output_root=text("OUTPUT_ROOT", ".") or ".",
+        output_root=text("OUTPUT_ROOT") or default_output_root(data_dir),
         command_timeout_s=timeout,
         files_max_bytes=files_max_bytes,
         auto_export=auto_export in ("1", "true", "yes", "on"),

@@ -1,7 +1,7 @@
 """What a user asks for when submitting a job: the job spec and its swift training args.
 
-The defaults are the seed's fixed swift parameters (SEED.md); a job overrides any of them in
-``train_args``. Unknown keys are rejected rather than passed through, so a typo such as
+The defaults are fixed swift parameters (``EffectiveTrainArgs``); a job overrides any of
+them in ``train_args``. Unknown keys are rejected rather than passed through, so a typo such as
 ``learning_rte`` fails at submission instead of silently training with the default.
 """
 
@@ -29,9 +29,9 @@ MAX_GPUS_PER_JOB: Final = 64
 
 
 class TrainArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
-    """Overrides of the seed's swift parameters; ``None`` means "use the default".
+    """Overrides of the default swift parameters; ``None`` means "use the default".
 
-    Names follow the seed (``train_type``, ``num_epochs``); the runner maps them to the
+    Names are the service's (``train_type``, ``num_epochs``); the runner maps them to the
     flags of the ms-swift release it supports.
     """
 
@@ -72,7 +72,7 @@ class TrainArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_de
 
 
 class EffectiveTrainArgs(msgspec.Struct, frozen=True):
-    """The seed's defaults with a job's overrides applied: what the runner will pass."""
+    """The defaults with a job's overrides applied: what the runner will pass."""
 
     num_epochs: float = 1
     batch_size: int = 1
@@ -109,7 +109,7 @@ class EffectiveTrainArgs(msgspec.Struct, frozen=True):
 
 
 def effective_train_args(overrides: TrainArgs) -> EffectiveTrainArgs:
-    """Merge a job's overrides over the seed's defaults."""
+    """Merge a job's overrides over the defaults."""
     given = {k: v for k, v in msgspec.structs.asdict(overrides).items() if v is not None}
     return msgspec.structs.replace(EffectiveTrainArgs(), **given)
 

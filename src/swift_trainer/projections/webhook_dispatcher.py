@@ -4,7 +4,7 @@ It is a projection of the event store with one side effect: for each active webh
 walks the global log from the webhook's cursor, posts each event its filter selects (the
 same JSON envelope NATS subscribers get), and records the outcome as an event on the
 webhook's own stream. Everything it needs to resume lives in those streams: after a restart
-it continues with the first event not yet delivered or given up on, and honours a pending
+it continues with the first event neither delivered nor given up on, and honours a pending
 back-off.
 
 Guarantees: at least once, in log order per webhook (a failing receiver holds back only

@@ -257,7 +257,7 @@ class ReportOutbox:
         return True
 
     async def close(self) -> None:
-        """Stop sending; durable reports not yet answered stay on disk for the next start."""
+        """Stop sending; durable reports still unanswered stay on disk for the next start."""
         self._closing = True
         tasks = [lane.task for lane in self._lanes.values() if lane.task is not None]
         for task in tasks:

@@ -67,7 +67,7 @@ def looks_multimodal(model_path: str) -> bool:
     """Whether the vision learning rates (``--vit_lr``, ``--aligner_lr``) apply to a model.
 
     A local model folder answers through its ``config.json`` (multimodal configs carry a
-    ``vision_config``); a hub id by its name. A wrong "no" only drops the seed's separate
+    ``vision_config``); a hub id by its name. A wrong "no" only drops the default separate
     vision learning rates (the LLM's rate is used instead); a wrong "yes" would crash a
     text-only run, hence the narrow name pattern.
     """
@@ -86,7 +86,7 @@ def looks_multimodal(model_path: str) -> bool:
 
 
 def _train_flags(args: EffectiveTrainArgs, *, explicit: TrainArgs, multimodal: bool) -> list[str]:
-    """The seed's parameters (plus overrides) under their ms-swift 4.x names."""
+    """The default parameters (plus overrides) under their ms-swift 4.x names."""
     vit_lr = args.vit_lr if multimodal or explicit.vit_lr is not None else None
     aligner_lr = args.aligner_lr if multimodal or explicit.aligner_lr is not None else None
     flags: list[tuple[str, object | None]] = [

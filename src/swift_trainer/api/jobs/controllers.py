@@ -94,8 +94,10 @@ class JobsController(Controller):
         description=(
             "Queued jobs start by themselves when GPUs matching them free up "
             "(`auto_start: false` holds the job until started). The answer comes from the "
-            "recorded command, so `status` is `queued` or `held`; the seed's `pending` "
-            "(GPUs chosen, not yet running) is this API's `scheduled`."
+            "recorded command, so `status` is `queued` or `held` (or `scheduled`/`running` "
+            "when free GPUs took it at once). A queued job's answer carries its "
+            "`queue_position` and `estimated_wait_time`: the API waits up to 1 second for "
+            "the scheduler's rank (`Prefer: wait=N` changes that, `wait=0` answers at once)."
         ),
         responses=problems(400, 409, 413, 422, 503),
     )

@@ -36,9 +36,10 @@ PreferWait = Annotated[
         required=False,
         max_length=200,
         description=(
-            "`wait=N` (RFC 7240, N up to 5 seconds): wait that long at most for the "
-            "scheduler's answer (its queue position, or the job placed at once) instead of "
-            "answering `queue_source: scheduler_pending` with no position."
+            "`wait=N` (RFC 7240, N up to 5 seconds): how long a queued job's answer waits at "
+            "most for the scheduler's rank (its queue position and estimated wait, or the job "
+            "placed at once). Without it the answer waits up to 1 second; `wait=0` answers at "
+            "once, possibly with `queue_source: scheduler_pending` and no position."
         ),
     ),
 ]

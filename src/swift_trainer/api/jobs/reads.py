@@ -144,7 +144,7 @@ class JobReadsController(Controller):
         "/{job_id:str}",
         summary="Job details",
         description=(
-            "Statuses: held, queued, scheduled (the seed's `pending`: GPUs chosen, runner "
+            "Statuses: held, queued, scheduled (GPUs chosen, the runner is "
             "starting it), running, stopping, succeeded, failed, stopped, paused, cancelled."
         ),
         responses=problems(404, 422, 503),

@@ -83,7 +83,7 @@ class CreateJobRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
             msgspec.Meta(
                 description=(
                     "Your id for the job. Default: the last part of output_dir when that is a "
-                    "valid, unused id (the seed's 'output/training_001' -> 'training_001'), "
+                    "valid, unused id ('output/training_001' -> 'training_001'), "
                     "else a generated one."
                 ),
             ),
@@ -111,7 +111,7 @@ class CreateJobRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
 
 
 class CreateJobResponse(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """The seed's create answer; the queue fields appear for a queued job only."""
+    """The create answer; the queue fields appear for a queued job only."""
 
     job_id: str
     status: JobStatus

@@ -1,6 +1,6 @@
-"""Creating a job: choosing its id, refusing what no host can run, answering like the seed.
+"""Creating a job: choosing its id, refusing what no host can run, answering with its place.
 
-Ids: a client-chosen ``job_id`` wins; otherwise the seed's examples name a job after the
+Ids: a client-chosen ``job_id`` wins; otherwise a job is named after the
 last part of its output dir (``output/training_001`` -> ``training_001``), used when it is a
 valid id and not taken (a taken one falls back rather than failing); otherwise a generated
 id. With an ``Idempotency-Key`` the generated id and each command id derive from the key,
@@ -36,13 +36,16 @@ _log = logging.getLogger(__name__)
 
 #: The longest ``Prefer: wait=N`` a create honours: a request is not a place to idle.
 MAX_PREFER_WAIT_S: Final = 5.0
+#: How long a create waits for the scheduler's rank when the request states no preference.
+DEFAULT_WAIT_S: Final = 1.0
 
 
 def prefer_wait_s(prefer: str | None) -> float:
-    """``wait=N`` from a ``Prefer`` header (RFC 7240), capped; 0 when absent or malformed
-    (a preference the server cannot honour is ignored, as the RFC says)."""
+    """``wait=N`` from a ``Prefer`` header (RFC 7240), capped at 5 s; ``wait=0`` answers at
+    once. Absent or malformed, the create waits ``DEFAULT_WAIT_S`` (a preference the server
+    cannot honour is ignored, as the RFC says)."""
     if not prefer:
-        return 0.0
+        return DEFAULT_WAIT_S
     for part in prefer.replace(";", ",").split(","):
         name, _, value = part.strip().partition("=")
         if name.strip().lower() != "wait":
@@ -50,11 +53,11 @@ def prefer_wait_s(prefer: str | None) -> float:
         try:
             seconds = float(value.strip().strip('"'))
         except ValueError:
-            return 0.0
-        if not math.isfinite(seconds) or seconds <= 0:
-            return 0.0
+            return DEFAULT_WAIT_S
+        if not math.isfinite(seconds) or seconds < 0:
+            return DEFAULT_WAIT_S
         return min(seconds, MAX_PREFER_WAIT_S)
-    return 0.0
+    return DEFAULT_WAIT_S
 
 
 def id_from_output_dir(output_dir: str | None) -> str | None:
@@ -129,10 +132,10 @@ async def submit_job(
     body: CreateJobRequest,
     idempotency_key: str | None,
     *,
-    wait_s: float = 0.0,
+    wait_s: float = DEFAULT_WAIT_S,
 ) -> CreateJobResponse:
-    """Create the job; ``wait_s`` > 0 (``Prefer: wait=N``) waits that long at most for the
-    scheduler's answer instead of answering that it is pending."""
+    """Create the job; a queued job's answer waits up to ``wait_s`` (``Prefer: wait=N``,
+    1 s by default, 0 for none) for the scheduler's rank instead of answering pending."""
     candidates = candidate_ids(body, idempotency_key)
     specs = [spec_for(body, job_id) for job_id, _ in candidates]  # InvalidSpec -> 422 first
     await check_satisfiable(deps, body)
@@ -172,8 +175,8 @@ async def _answer(
             status=status,
             output_dir=output_dir,
             message=(
-                f"job {job_id} is held (auto_start false); start it with "
-                f"POST .../jobs/{job_id}/start to queue it"
+                f"job {job_id} is held (auto_start false); start it "
+                f"(swift-trainer jobs start {job_id}) to queue it"
             ),
         )
     try:
@@ -183,7 +186,7 @@ async def _answer(
         place = await place_in_queue(
             deps.read_model, job_id, priority, deps.clock(), view, queued_at=queued_at
         )
-        if place.source == "scheduler_placing":
+        if place.source in ("scheduler_placing", "scheduler_pending"):
             summary = await deps.read_model.get_job(job_id)
             if summary is not None and summary.status is not JobStatus.QUEUED:
                 return CreateJobResponse(
@@ -206,8 +209,8 @@ async def _answer(
         doing = (
             "the scheduler is placing it on free GPUs now"
             if place.source == "scheduler_placing"
-            else "the scheduler has not ranked it yet, so it has no position yet "
-            f"(GET /queue/{job_id}/status tells it; send Prefer: wait=2 to wait for it)"
+            else "the scheduler has not ranked it yet, so it has no position "
+            "(swift-trainer queue shows it once ranked)"
         )
         return CreateJobResponse(
             job_id=job_id,

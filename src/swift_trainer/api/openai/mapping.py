@@ -35,7 +35,7 @@ from .schemas import (
     SupervisedOut,
 )
 
-#: Every job's ``organization_id`` until organisations exist (API keys are issue 12).
+#: Every job's ``organization_id``: there is one organisation.
 ORGANIZATION_ID: Final = "org-local"
 #: ms-swift's default seed, reported for native jobs that did not set one.
 DEFAULT_SEED: Final = 42

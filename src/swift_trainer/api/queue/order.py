@@ -6,8 +6,8 @@ while a scheduler runs: a job it has not ranked yet has *no* position (``schedul
 rather than a guess, because a guess is wrong exactly when it matters (free GPUs: the job
 starts at once instead of waiting at "position 1"). A job the scheduler has seen
 (``as_of_position`` past the job's queueing) but does not list is being placed
-(``scheduler_placing``). A deployment without a scheduler still gets positions by the seed's
-rule, higher priority first and FIFO by submission within a priority, labelled
+(``scheduler_placing``). A deployment without a scheduler still gets positions by the
+submission rule, higher priority first and FIFO by submission within a priority, labelled
 ``submission_order``, with no estimate.
 """
 
@@ -51,7 +51,7 @@ def wait_until(start: datetime | None, now: datetime) -> float | None:
 
 
 async def queued_in_order(read_model: ReadModel, limit: int = MAX_SCAN) -> list[JobSummary]:
-    """Queued jobs as the seed orders them: priority descending, then submission order."""
+    """Queued jobs by priority descending, then submission order."""
     found: list[JobSummary] = []
     cursor: str | None = None
     while len(found) < limit:

@@ -219,6 +219,8 @@ class SchedulerService:
         self._subscriptions: list[Subscription] = []
         self._last_view: tuple[object, ...] | None = None
         self._last_view_at = -1e9
+        #: A view was held back by ``VIEW_INTERVAL_S``: the next pass comes once it passes.
+        self._view_due = False
         self._saved_position = 0
 
     # --- life cycle ---------------------------------------------------------------------
@@ -493,7 +495,8 @@ class SchedulerService:
             try:
                 # Not wait_for: on Python 3.11 it can swallow a cancellation that arrives
                 # as the wait ends, and the loop would outlive ``stop``.
-                async with asyncio.timeout(self.tick_s):
+                wait_s = VIEW_INTERVAL_S if self._view_due else self.tick_s
+                async with asyncio.timeout(wait_s):
                     await self._wake.wait()
             except TimeoutError:
                 pass
@@ -580,7 +583,9 @@ class SchedulerService:
             return
         monotonic = time.monotonic()
         if not force and monotonic - self._last_view_at < VIEW_INTERVAL_S:
+            self._view_due = True
             return
+        self._view_due = False
         self._last_view_at = monotonic
         queued = [
             QueueEntry(

@@ -1,5 +1,5 @@
-// The submit form: the seed's fields with their defaults, the GPU count and priority.
-// Only the training arguments that differ from the seed's defaults are sent, so the spec
+// The submit form: the job's fields with their defaults, the GPU count and priority.
+// Only the training arguments that differ from the defaults are sent, so the spec
 // as submitted says what the person chose. The API validates; its errors appear next to
 // the field they name (problem details' `errors[].key`, or the field a domain error names).
 //
@@ -24,7 +24,7 @@ const JOB_FIELDS = [
   ["gpu_name", "GPU name contains", "text", "", { placeholder: "A100" }, "Optional."],
 ];
 
-// The seed's swift defaults (core/spec.py EffectiveTrainArgs).
+// The default swift training arguments (core/spec.py EffectiveTrainArgs).
 const TRAIN_FIELDS = [
   ["num_epochs", "Epochs", "number", 1, { min: 0, step: "any" }],
   ["max_steps", "Max steps", "number", "", { min: 1, step: 1, placeholder: "from epochs" }],
@@ -138,7 +138,7 @@ export function submitView(main) {
     h("fieldset", h("legend", "Job"), h("div.grid", JOB_FIELDS.map((f) => field(...f)))),
     picker.part,
     h("details.fieldset",
-      h("summary", "Training arguments (the seed's defaults; change what you need)"),
+      h("summary", "Training arguments (defaults shown; change what you need)"),
       h("div.grid", TRAIN_FIELDS.map(([key, label, type, value, extra]) => field(`train_args.${key}`, label, type, value, extra)))),
     h("div.field.check", h("input", { type: "checkbox", id: "f-auto_start", name: "auto_start", checked: true }),
       h("label", { for: "f-auto_start" }, "Queue it now (untick to hold it until started)")),
