@@ -27,6 +27,7 @@ from .deps import ApiDeps
 #: What a job's status is right after an event of this type.
 STATUS_AFTER: Final[dict[str, JobStatus]] = {
     "JobHeld": JobStatus.HELD,
+    "JobWaiting": JobStatus.WAITING,
     "JobQueued": JobStatus.QUEUED,
     "JobRequeued": JobStatus.QUEUED,
     "JobScheduled": JobStatus.SCHEDULED,

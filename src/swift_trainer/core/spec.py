@@ -121,6 +121,17 @@ MetadataKey = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 MetadataValue = Annotated[str, msgspec.Meta(max_length=512)]
 #: ``supervised``: ``swift sft``; ``dpo``: ``swift rlhf --rlhf_type dpo`` on preference pairs.
 TrainingMethod = Literal["supervised", "dpo"]
+#: What a job waits for in another: its success, its failure, or its end of any kind.
+DependencyCondition = Literal["succeeded", "failed", "ended"]
+#: At most this many conditions per job.
+MAX_DEPENDENCIES: Final = 32
+
+
+class Dependency(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One condition of ``after``: the job waits until job ``job`` has ended as ``on`` says."""
+
+    job: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$(?!\n)")]
+    on: DependencyCondition = "succeeded"
 
 
 class JobSpec(
@@ -163,6 +174,8 @@ class JobSpec(
     #: Who the job belongs to: the submitting API key's owner (the API sets it, whatever the
     #: body says); None for jobs from the operator's CLI and from before owners existed.
     owner: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    #: Jobs this one waits for (status ``waiting``) before it is queued.
+    after: tuple[Dependency, ...] = ()
 
     def __post_init__(self) -> None:
         check_output_dir(self.output_dir)
@@ -176,6 +189,8 @@ class JobSpec(
             raise InvalidSpec("give data_path or training_file, not both")
         if self.dpo_beta is not None and self.method != "dpo":
             raise InvalidSpec("dpo_beta applies only to method 'dpo'")
+        if len(self.after) > MAX_DEPENDENCIES:
+            raise InvalidSpec(f"at most {MAX_DEPENDENCIES} conditions in after")
 
     @property
     def effective_args(self) -> EffectiveTrainArgs:

@@ -43,6 +43,7 @@ _DEFAULTS: Final = EffectiveTrainArgs()
 
 _STATUS: Final[dict[JobStatus, FineTuningStatus]] = {
     JobStatus.HELD: "queued",
+    JobStatus.WAITING: "queued",
     JobStatus.QUEUED: "queued",
     JobStatus.SCHEDULED: "queued",
     JobStatus.RUNNING: "running",
