@@ -52,17 +52,21 @@ class ExperimentsService:
         store: EventLog | None = None,
         command_timeout_s: float = 10.0,
         retry_s: float = RETRY_S,
+        acting: bool = True,
     ) -> None:
         self.nc = nc
         self.store = store
         self.client = CommandClient(nc, timeout=command_timeout_s, actor=ACTOR)
         self.retry_s = retry_s
+        #: False: only fold (an API's view of the sweeps); True: also send the commands.
+        self.acting = acting
         self.dependencies = DependencyState()
         self.sweeps = SweepDriver()
         self.position = 0
         self.feed: EventFeed | None = None
         self._ready = asyncio.Event()
         self._wake = asyncio.Event()
+        self._advanced = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         #: Command id -> when it was last sent; a command is sent again after ``retry_s``.
         self._sent: dict[str, float] = {}
@@ -85,6 +89,17 @@ class ExperimentsService:
 
     async def _on_batch(self, events: Sequence[RecordedEvent]) -> None:
         self.apply(events)
+        async with self._advanced:
+            self._advanced.notify_all()
+
+    async def wait_applied(self, position: int, timeout: float) -> bool:
+        """Wait until the fold has applied ``position``; False after ``timeout``."""
+        try:
+            async with asyncio.timeout(timeout), self._advanced:
+                await self._advanced.wait_for(lambda: self.position >= position)
+        except TimeoutError:
+            return False
+        return True
 
     async def start(self) -> None:
         if self.store is not None:
@@ -100,7 +115,7 @@ class ExperimentsService:
         assert self.feed is not None
         await self.feed.caught_up.wait()
         self._ready.set()
-        while True:
+        while self.acting:
             self._wake.clear()
             try:
                 await self.act()
