@@ -154,7 +154,10 @@ def test_after_is_checked_at_decoding() -> None:
 
 
 def test_a_submission_recorded_before_after_existed_still_decodes() -> None:
-    old = b'{"type":"JobSubmitted","at":"2025-01-01T00:00:00Z","job_id":"x","spec":{"data_path":"d","model_path":"m","output_dir":"o"}}'
+    old = (
+        b'{"type":"JobSubmitted","at":"2025-01-01T00:00:00Z","job_id":"x",'
+        b'"spec":{"data_path":"d","model_path":"m","output_dir":"o"}}'
+    )
     event = e.decode_event("JobSubmitted", old)
     assert isinstance(event, e.JobSubmitted) and event.spec.after == ()
     waiting = e.encode_event(e.JobWaiting(at=T0, job_id="x"))
