@@ -14,7 +14,7 @@ from tests.projections.conftest import Bus, eventually
 
 from swift_trainer.bus.connection import connect
 from swift_trainer.core import commands as c
-from swift_trainer.core.spec import Dependency, JobSpec
+from swift_trainer.core.spec import JobSpec
 from swift_trainer.core.sweep_space import Parameter, SweepSpec
 from swift_trainer.projections.experiments.experiments_service import ExperimentsService
 
@@ -185,7 +185,7 @@ async def test_cancel_of_a_sweep_of_256_trials_ends_every_trial_at_once(
     await eventually(
         lambda: service.sweeps.sweeps["big"].finished, timeout=60, what="every trial cancelled"
     )
-    print(f"cancel of 256 trials: {time.perf_counter() - started:.2f} s")  # noqa: T201
+    print(f"cancel of 256 trials: {time.perf_counter() - started:.2f} s")
     statuses = set((await _jobs_of(bus, "big")).values())
     assert statuses == {"cancelled"}
 
