@@ -177,6 +177,7 @@ async def _run_send(settings: Settings, args: argparse.Namespace) -> int:
 def _add_front_doors(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Audit, the published contract, the HTTP terminal client and webhooks (issue 15)."""
     from .audit_cli import add_audit_arguments
+    from .client.sweeps_terminal import add_sweeps_arguments
     from .client.terminal import add_client_arguments
     from .contract_cli import add_contract_arguments
     from .webhooks_cli import add_webhooks_arguments
@@ -184,6 +185,7 @@ def _add_front_doors(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     add_audit_arguments(sub)
     add_contract_arguments(sub)
     add_client_arguments(sub)
+    add_sweeps_arguments(sub)
     add_webhooks_arguments(sub)
     add_keys_arguments(sub)
 
@@ -306,6 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "metrics_port", None) is not None:
             service.serve_metrics(settings, args.metrics_port)
         from .audit_cli import run_audit
+        from .client.sweeps_terminal import run_sweeps
         from .client.terminal import run_client
         from .contract_cli import run_contract
         from .webhooks_cli import run_webhooks
@@ -322,6 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "jobs": run_client,
             "queue": run_client,
             "gpus": run_client,
+            "sweeps": run_sweeps,
             "webhooks": run_webhooks,
             "upload": _run_upload,
             "keys": run_keys,
