@@ -22,6 +22,8 @@ Ratio = Annotated[float, msgspec.Meta(ge=0, le=1)]
 ShortText = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 
+#: Experiment trackers swift reports to (``--report_to``); credentials come from the runner.
+Tracker = Literal["tensorboard", "wandb", "swanlab", "mlflow"]
 DeepSpeedPreset = Literal["zero0", "zero1", "zero2", "zero3", "zero2_offload", "zero3_offload"]
 
 DEFAULT_PRIORITY: Final = 5
@@ -69,6 +71,10 @@ class TrainArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_de
     model_type: Name | None = None
     template: Name | None = None
     system: ShortText | None = None
+    #: Where swift reports metrics; TensorBoard when unset. Several are allowed.
+    report_to: Annotated[tuple[Tracker, ...], msgspec.Meta(min_length=1, max_length=4)] | None = (
+        None
+    )
 
 
 class EffectiveTrainArgs(msgspec.Struct, frozen=True):
@@ -106,6 +112,7 @@ class EffectiveTrainArgs(msgspec.Struct, frozen=True):
     model_type: str | None = None
     template: str | None = None
     system: str | None = None
+    report_to: tuple[str, ...] = ("tensorboard",)
 
 
 def effective_train_args(overrides: TrainArgs) -> EffectiveTrainArgs:
