@@ -77,6 +77,19 @@ class TrainArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_de
     )
 
 
+class Tracking(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Where a tracker files the run: project, team (``entity``), run name and tags.
+
+    No credentials: API keys and tracking URLs come from the runner's environment.
+    """
+
+    project: Name | None = None
+    entity: Name | None = None
+    #: The run's name; the job's id when unset.
+    name: Name | None = None
+    tags: Annotated[tuple[Name, ...], msgspec.Meta(max_length=32)] = ()
+
+
 class EffectiveTrainArgs(msgspec.Struct, frozen=True):
     """The seed's defaults with a job's overrides applied: what the runner will pass."""
 
@@ -183,6 +196,8 @@ class JobSpec(
     owner: Annotated[str, msgspec.Meta(max_length=64)] | None = None
     #: Jobs this one waits for (status ``waiting``) before it is queued.
     after: tuple[Dependency, ...] = ()
+    #: How experiment trackers (``train_args.report_to``) file the run.
+    tracking: Tracking | None = None
 
     def __post_init__(self) -> None:
         check_output_dir(self.output_dir)

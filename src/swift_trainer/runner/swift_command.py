@@ -16,7 +16,7 @@ from typing import Final
 
 import msgspec
 
-from swift_trainer.core.spec import EffectiveTrainArgs, JobSpec, TrainArgs
+from swift_trainer.core.spec import EffectiveTrainArgs, JobSpec, Tracking, TrainArgs
 
 SUPPORTED_MS_SWIFT_VERSION: Final = "4.6.0"
 
@@ -137,7 +137,10 @@ def _train_flags(args: EffectiveTrainArgs, *, explicit: TrainArgs, multimodal: b
 
 
 def tracking(
-    args: EffectiveTrainArgs, run_name: str | None, tags: Mapping[str, str]
+    args: EffectiveTrainArgs,
+    run_name: str | None,
+    tags: Mapping[str, str],
+    options: Tracking | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """``--report_to`` and the run's name and tags, as flags and as the trackers' env vars.
 
@@ -148,16 +151,27 @@ def tracking(
     trackers = list(dict.fromkeys(args.report_to))
     argv = ["--report_to", *trackers]
     env: dict[str, str] = {}
+    options = options or Tracking()
+    run_name = options.name or run_name
     if run_name is None:
         return argv, env
     argv += ["--run_name", run_name]
     if "wandb" in trackers:
         env["WANDB_NAME"] = run_name
-        env["WANDB_TAGS"] = ",".join(f"{k}={v}" for k, v in tags.items())[:1024]
+        labels = [f"{k}={v}" for k, v in tags.items()]
+        env["WANDB_TAGS"] = ",".join([*labels, *options.tags])[:1024]
+        if options.project:
+            env["WANDB_PROJECT"] = options.project
+        if options.entity:
+            env["WANDB_ENTITY"] = options.entity
     if "mlflow" in trackers:
-        env["MLFLOW_TAGS"] = json.dumps(dict(tags))
+        env["MLFLOW_TAGS"] = json.dumps({**tags, **dict.fromkeys(options.tags, "true")})
+        if options.project:
+            env["MLFLOW_EXPERIMENT_NAME"] = options.project
     if "swanlab" in trackers:
         env["SWANLAB_EXP_NAME"] = run_name
+        if options.project:
+            env["SWANLAB_PROJ_NAME"] = options.project
     return argv, env
 
 
@@ -267,7 +281,7 @@ def build_sft_command(
             multimodal=looks_multimodal(spec.model_path),
         ),
     ]
-    track_argv, track_env = tracking(spec.effective_args, run_name, run_tags or {})
+    track_argv, track_env = tracking(spec.effective_args, run_name, run_tags or {}, spec.tracking)
     argv += track_argv
     if resume_from:
         resume = Path(resume_from)

@@ -289,6 +289,7 @@ def summarize(fold: JobFold) -> JobSummary | None:
         metadata=dict(spec.metadata),
         owner=spec.owner,
         after=spec.after,
+        tracking=spec.tracking,
     )
 
 
