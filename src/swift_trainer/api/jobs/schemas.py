@@ -111,6 +111,13 @@ class CreateJobRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
             "'on' says (succeeded, failed or ended), then queues."
         ),
     ] = ()
+    tracking: Annotated[
+        Tracking | None,
+        msgspec.Meta(
+            description="How trackers in train_args.report_to file the run (project, "
+            "entity, name, tags); credentials come from the runner's environment."
+        ),
+    ] = None
 
     def __post_init__(self) -> None:
         # A request error (422 validation_error), before the domain ever sees a spec.
