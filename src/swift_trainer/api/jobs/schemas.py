@@ -22,6 +22,7 @@ from ...core.spec import (
     Name,
     Priority,
     ShortText,
+    Tracking,
     TrainArgs,
     TrainingMethod,
 )
