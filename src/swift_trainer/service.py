@@ -35,6 +35,7 @@ from .core.settings import Settings
 from .core.shutdown import wait_for_shutdown
 from .core.sqlstore import SqlEventStore, open_event_store
 from .core.telemetry import setup_tracing
+from .projections.experiments.experiments_service import ExperimentsService
 from .projections.log_feed import LogFeed
 from .projections.read_model_service import ReadModelService
 from .projections.read_models.interface import ReadModel
@@ -69,6 +70,7 @@ class Service:
         self.read_model: ReadModel | None = None
         self.read_model_service: ReadModelService | None = None
         self.log_feed: LogFeed | None = None
+        self.experiments: ExperimentsService | None = None
         self.http: _EmbeddedHttpServer | None = None
         self._stoppers: list[tuple[str, Stopper]] = []
         self.failed = asyncio.Event()
@@ -255,6 +257,7 @@ class Service:
             files_max_bytes=self.settings.files_max_bytes,
             auto_export=self.settings.auto_export,
             usage=usage,
+            experiments=self.experiments,
         )
         app = create_app(deps, api_prefix=self.settings.api_prefix)
         port = await self.start_http(app, host=host, port=port)
@@ -296,6 +299,19 @@ class Service:
         await scheduler.start()
         self._stoppers.append(("scheduler", scheduler.stop))
         return scheduler
+
+    async def start_experiments(self, *, acting: bool = True) -> ExperimentsService:
+        """Dependency release and sweeps (``acting``), or only their view for an API."""
+        assert self.nc is not None
+        self.experiments = ExperimentsService(
+            self.nc,
+            store=self.store,
+            command_timeout_s=self.settings.command_timeout_s,
+            acting=acting,
+        )
+        await self.experiments.start()
+        self._stoppers.append(("experiments", self.experiments.stop))
+        return self.experiments
 
     async def start_runner(self, options: RunnerOptions) -> RunnerAgent:
         assert self.nc is not None
@@ -401,6 +417,7 @@ async def run_up(settings: Settings, runner: RunnerOptions, *, nats_port: int | 
         await service.start_read_model()
         await service.start_webhooks()
         scheduler = await service.start_scheduler(publish_queue_view=True)
+        await service.start_experiments()
         # Ctrl-C on the embedded service stops its training too (with a checkpoint), so no
         # process outlives it; a stand-alone runner leaves jobs running for re-attach.
         await service.start_runner(msgspec.structs.replace(runner, stop_jobs_on_exit=True))
@@ -451,6 +468,7 @@ async def run_scheduler(
         if settings.redis_url:
             await service.start_read_model(follow=False)
         await service.start_scheduler(options, publish_queue_view=settings.redis_url is not None)
+        await service.start_experiments()
         return await _serve_until_shutdown(service)
     finally:
         await service.stop()
@@ -492,6 +510,7 @@ async def run_api(settings: Settings, *, projector: bool = True) -> int:
         async def process_queue() -> PassResult:
             return await request_processing(nc)
 
+        await service.start_experiments(acting=False)
         port = await service.start_api(process_queue=process_queue)
         if insecure:
             service.add_background("insecure warning", warn_insecure(settings.app_host))

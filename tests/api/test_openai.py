@@ -122,7 +122,7 @@ async def test_bad_requests_name_their_parameter(memory_stack: Stack) -> None:
         ({"model": "m", "training_file": bad["id"]}, "training_file"),
         ({"model": "m", "training_file": "nonsense"}, "training_file"),
         ({"model": "m", "training_file": "file-x", "surprise": 1}, None),
-        ({"model": "m", "training_file": "file-x", "integrations": [{"type": "wandb"}]}, None),
+        ({"model": "m", "training_file": "file-x", "integrations": [{"type": "comet"}]}, None),
     ]
     for body, param in cases:
         response = await s.client.post("/v1/fine_tuning/jobs", json=body)

@@ -146,3 +146,32 @@ def test_unsupported_integrations_are_refused() -> None:
     with pytest.raises(OpenAIProblem) as info:
         spec_for_request(body, "ftjob-1", seed=1, auto_export=False)
     assert info.value.param == "integrations"
+
+
+def test_a_wandb_integration_becomes_report_to_and_tracking() -> None:
+    wandb = {"project": "vision", "entity": "team-a", "name": "run-7", "tags": ["lr"]}
+    body = CreateFineTuningJob(
+        model="m", training_file="file-abc", integrations=[{"type": "wandb", "wandb": wandb}]
+    )
+    spec = spec_for_request(body, "ftjob-1", seed=1, auto_export=False)
+    assert spec.train_args.report_to == ("tensorboard", "wandb")
+    assert spec.tracking is not None
+    assert (spec.tracking.project, spec.tracking.entity, spec.tracking.name) == (
+        "vision",
+        "team-a",
+        "run-7",
+    )
+    assert spec.tracking.tags == ("lr",)
+    job = job_object(summary(train_args=spec.train_args, tracking=spec.tracking), [])
+    assert msgspec.json.decode(msgspec.json.encode(job.integrations)) == [
+        {"type": "wandb", "wandb": wandb}
+    ]
+    plain = job_object(summary(), [])
+    assert plain.integrations is None
+    bad = CreateFineTuningJob(
+        model="m",
+        training_file="file-abc",
+        integrations=[{"type": "wandb", "wandb": {"api_key": "k"}}],
+    )
+    with pytest.raises(OpenAIProblem):
+        spec_for_request(bad, "ftjob-1", seed=1, auto_export=False)

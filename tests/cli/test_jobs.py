@@ -266,3 +266,66 @@ def test_the_progress_bar_renders_in_a_pseudo_terminal(url: str, tmp_path: Path)
     # 40 steps with failures at step 30: the bar ran, and the exit code says it failed.
     assert code == 1
     assert "ended failed" in text
+
+
+def test_submit_after_waits_for_each_condition(
+    url: str, service: Service, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A fails (the simulator fails it at step 30): B after A:failed runs, C after A is
+    cancelled with the reason."""
+    run_json(capsys, *submit_flags("cli-dep-a", 40))
+    b = run_json(capsys, *submit_flags("cli-dep-b", 10, "--after", "cli-dep-a:failed"))
+    c = run_json(capsys, *submit_flags("cli-dep-c", 10, "--after", "cli-dep-a"))
+    assert b["status"] == c["status"] == "waiting"
+    service.wait_status("cli-dep-b", "succeeded")
+    service.wait_status("cli-dep-c", "cancelled")
+    shown = run_json(capsys, "jobs", "show", "cli-dep-c")
+    assert shown["stop_reason"] == "job cli-dep-a failed; this job waited for it to succeed"
+    code, _, err = run(capsys, *submit_flags("cli-dep-d", 10, "--after", "cli-dep-a:later"))
+    assert code == 2 and "--after expects" in err
+
+
+def test_sweeps_create_list_show_cancel(
+    url: str, service: Service, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(
+        "sweep_id: cli-sweep\n"
+        "name: rank\n"
+        "base:\n"
+        "  data_path: d#100\n"
+        "  model_path: Qwen/Qwen2.5-0.5B\n"
+        "  output_dir: output/cli-sweep\n"
+        "  train_args: {max_steps: 10, save_steps: 5}\n"
+        "parameters:\n"
+        "  train_args.lora_rank: {values: [8, 16]}\n"
+        "max_parallel: 1\n",
+        encoding="utf-8",
+    )
+    created = run_json(capsys, "sweeps", "create", "-f", str(sweep_file))
+    assert created["trials_total"] == 2
+    service.wait_for(
+        "the sweep to finish",
+        lambda: run_json(capsys, "sweeps", "show", "cli-sweep")["status"] == "finished",
+    )
+    code, out, _ = run(capsys, "sweeps", "show", "cli-sweep")
+    assert code == 0 and "cli-sweep-t1" in out and "100% done" in out
+    code, out, _ = run(capsys, "sweeps", "list")
+    assert code == 0 and "cli-sweep" in out
+    sweep_file.write_text(
+        sweep_file.read_text()
+        .replace("cli-sweep", "cli-sweep2")
+        .replace("max_steps: 10", "max_steps: 25"),
+        encoding="utf-8",
+    )
+    run_json(capsys, "sweeps", "create", "-f", str(sweep_file))
+    cancelled = run_json(capsys, "sweeps", "cancel", "cli-sweep2")
+    assert cancelled["sweep_id"] == "cli-sweep2"
+    service.wait_for(
+        "the cancelled sweep to finish",
+        lambda: run_json(capsys, "sweeps", "show", "cli-sweep2")["status"] == "finished",
+    )
+    final = run_json(capsys, "sweeps", "show", "cli-sweep2")
+    assert {t["outcome"] for t in final["trials"] if t.get("outcome")} <= {"cancelled"}
+    code, _, err = run(capsys, "sweeps", "show", "nope")
+    assert code == 1 and "does not exist" in err

@@ -19,6 +19,7 @@ from swift_trainer.core.errors import (
 )
 from swift_trainer.core.ids import JOB_ID_PATTERN, is_valid_job_id
 from swift_trainer.core.spec import JobSpec, TrainArgs
+from swift_trainer.core.sweep_space import EarlyStop, Parameter, SweepSpec
 
 JOB = "training_001"
 SPEC = JobSpec(
@@ -45,6 +46,22 @@ SAMPLES: list[c.AnyCommand] = [
     c.ResumeJob(job_id=JOB),
     c.CancelJob(job_id=JOB, reason="wrong model"),
     c.ChangePriority(job_id=JOB, priority=10),
+    c.ReleaseWaitingJob(job_id=JOB, reason="dependencies met"),
+    c.CreateSweep(
+        sweep_id="lr-sweep",
+        spec=SweepSpec(
+            name="lr",
+            base=SPEC,
+            parameters={"train_args.learning_rate": Parameter(min=1e-6, max=1e-3)},
+            method="random",
+            count=8,
+            max_parallel=2,
+            early_stop=EarlyStop(min_steps=50),
+        ),
+    ),
+    c.BeginTrial(sweep_id="lr-sweep", index=0),
+    c.EndTrial(sweep_id="lr-sweep", index=0, outcome="early_stopped", metric=0.5),
+    c.StopSweep(sweep_id="lr-sweep", intent="cancel", reason="enough"),
     c.RequestExport(job_id=JOB, checkpoint="checkpoint-100", overwrite=True),
     c.DeleteJob(job_id=JOB),
     c.ScheduleJob(
@@ -89,7 +106,9 @@ def test_samples_cover_every_command_type() -> None:
     assert {type(x) for x in SAMPLES} == set(c.AnyCommand.__args__)
     assert set(c.AnyJobCommand.__args__) | set(c.ProcessorCommand.__args__) | set(
         c.LedgerCommand.__args__
-    ) | set(c.AnyAccessCommand.__args__) == set(c.AnyCommand.__args__)
+    ) | set(c.AnyAccessCommand.__args__) | set(c.AnySweepCommand.__args__) == set(
+        c.AnyCommand.__args__
+    )
 
 
 @pytest.mark.parametrize("command", SAMPLES, ids=lambda x: type(x).__name__)

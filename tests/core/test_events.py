@@ -33,6 +33,7 @@ J: dict[str, Any] = {"at": AT, "job_id": "training_001"}
 SAMPLES: list[e.Event] = [
     e.JobSubmitted(**J, spec=SPEC),
     e.JobHeld(**J),
+    e.JobWaiting(**J),
     e.JobReleased(**J),
     e.JobQueued(**J, priority=3, reason="resumed", resume_from="out/checkpoint-100"),
     e.JobPriorityChanged(**J, old_priority=3, new_priority=8),

@@ -34,7 +34,7 @@ from swift_trainer.core.job import (
     initial_state,
     replay,
 )
-from swift_trainer.core.spec import JobSpec, TrainArgs
+from swift_trainer.core.spec import Dependency, JobSpec, TrainArgs
 
 JOB = "training_001"
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -234,6 +234,8 @@ def in_status(status: JobStatus) -> Job:
     match status:
         case JobStatus.HELD:
             return submitted(auto_start=False)
+        case JobStatus.WAITING:
+            return submitted(after=(Dependency(job="other"),))
         case JobStatus.QUEUED:
             return submitted()
         case JobStatus.SCHEDULED:
@@ -314,6 +316,7 @@ NOT_SUBMIT = [
     c.ResumeJob(job_id=JOB),
     c.CancelJob(job_id=JOB),
     c.ChangePriority(job_id=JOB, priority=1),
+    c.ReleaseWaitingJob(job_id=JOB),
     c.RequestExport(job_id=JOB),
     c.DeleteJob(job_id=JOB),
     c.ScheduleJob(job_id=JOB, attempt=1, runner_id=RUNNER, gpu_ids=(0,)),
@@ -523,7 +526,7 @@ def test_priority_is_fixed_once_the_job_has_left_the_queue(status: JobStatus) ->
     message = job.refuse(
         c.ChangePriority(job_id=JOB, priority=1), InvalidTransition, "invalid_transition"
     )
-    assert "only held or queued jobs" in message
+    assert "only held, waiting or queued jobs" in message
 
 
 @pytest.mark.parametrize("priority", [-1, 11, 100])

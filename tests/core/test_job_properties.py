@@ -210,6 +210,8 @@ def build_command(  # noqa: C901 - one branch per command type reads best as a t
         )
     if kind is c.DeleteJob:
         return c.DeleteJob(job_id=job)
+    if kind is c.ReleaseWaitingJob:
+        return c.ReleaseWaitingJob(job_id=job)
     if kind is c.ScheduleJob:
         count = state.spec.gpu_count if state.spec is not None else 1
         first = ch.pick % 3
@@ -296,7 +298,7 @@ def test_strategies_cover_every_command_type() -> None:
     spec = JobSpec(data_path="d", model_path="m", output_dir="o")
     built = {type(build_command(state, kind, spec, Choices())) for kind in COMMAND_TYPES}
     assert built == set(c.AnyJobCommand.__args__)
-    assert len(COMMAND_TYPES) == 21
+    assert len(COMMAND_TYPES) == 22
 
 
 # --- the properties -------------------------------------------------------------------------

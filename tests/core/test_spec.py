@@ -67,8 +67,10 @@ def test_effective_args_default_to_the_seed_parameters_exactly() -> None:
         assert args[name] == value, name
         if isinstance(value, bool | str):
             assert type(args[name]) is type(value), name  # True == 1, so check bools apart
-    # Everything the seed did not fix is left to ms-swift's own default.
-    assert {k for k, v in args.items() if v is not None} == set(SEED_DEFAULTS)
+    # Everything the seed did not fix is left to ms-swift's own default, but the tracker:
+    # TensorBoard, so every run leaves event files in its output folder.
+    assert args["report_to"] == ("tensorboard",)
+    assert {k for k, v in args.items() if v is not None} - {"report_to"} == set(SEED_DEFAULTS)
 
 
 def test_a_spec_without_train_args_trains_with_the_seed_parameters() -> None:

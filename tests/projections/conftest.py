@@ -38,6 +38,7 @@ from swift_trainer.core.job import JobState, evolve, initial_state
 from swift_trainer.core.spec import JobSpec
 from swift_trainer.core.sqlstore import SqlEventStore, open_event_store
 from swift_trainer.core.store import RecordedEvent
+from swift_trainer.core.sweep import is_sweep_stream
 from swift_trainer.projections.read_models.views import QueueView
 from swift_trainer.projections.scheduler.service import SchedulerOptions, SchedulerService
 
@@ -187,8 +188,8 @@ class Bus:
     async def jobs(self) -> dict[str, JobState]:
         states: dict[str, JobState] = {}
         for recorded in await self.events():
-            if is_access_stream(recorded.stream_id):
-                continue  # keys and quotas: not job events
+            if is_access_stream(recorded.stream_id) or is_sweep_stream(recorded.stream_id):
+                continue  # keys, quotas and sweeps: not job events
             event = e.decode_event(recorded.type, recorded.payload, recorded.schema_version)
             if isinstance(event, e.JobEvent):
                 old = states.get(event.job_id) or initial_state(event.job_id)

@@ -313,3 +313,44 @@ def test_dpo_runs_swift_rlhf_with_its_beta(tmp_path: Path) -> None:
     assert flag(argv, "--beta") == "0.2"
     plain = JobSpec(data_path="d.jsonl", model_path="m", output_dir="o", method="dpo")
     assert "--beta" not in build_sft_command(plain, output_root=tmp_path, gpu_ids=[0]).argv
+
+
+def test_tensorboard_is_the_default_tracker(tmp_path: Path) -> None:
+    inv = build_sft_command(make_spec(), output_root=tmp_path, gpu_ids=[0], base_env={})
+    assert flag_values(inv.argv, "--report_to") == ["tensorboard"]
+    assert "--run_name" not in inv.argv
+
+
+def test_trackers_get_the_job_as_run_name_and_its_labels_as_tags(tmp_path: Path) -> None:
+    spec = make_spec(report_to=("wandb", "mlflow", "swanlab", "tensorboard"))
+    secret = {"WANDB_API_KEY": "wk-secret", "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"}
+    inv = build_sft_command(
+        spec,
+        output_root=tmp_path,
+        gpu_ids=[0],
+        base_env=secret,
+        run_name="job-1",
+        run_tags={"job_id": "job-1", "sweep": "s1"},
+    )
+    assert flag_values(inv.argv, "--report_to") == ["wandb", "mlflow", "swanlab", "tensorboard"]
+    assert flag(inv.argv, "--run_name") == "job-1"
+    assert inv.env["WANDB_NAME"] == "job-1"
+    assert inv.env["WANDB_TAGS"] == "job_id=job-1,sweep=s1"
+    assert inv.env["MLFLOW_TAGS"] == '{"job_id": "job-1", "sweep": "s1"}'
+    assert inv.env["SWANLAB_EXP_NAME"] == "job-1"
+    # Credentials reach swift only through the runner's environment, never its argv.
+    assert inv.env["WANDB_API_KEY"] == "wk-secret"
+    assert not any("secret" in a or "5000" in a for a in inv.argv)
+
+
+def test_report_to_takes_known_trackers_only() -> None:
+    from swift_trainer.core.errors import InvalidSpec
+    from swift_trainer.core.spec import decode_spec
+
+    base = {"data_path": "d", "model_path": "m", "output_dir": "o"}
+    assert decode_spec({**base, "train_args": {"report_to": ["mlflow"]}}).train_args.report_to == (
+        "mlflow",
+    )
+    for bad in (["comet"], []):
+        with pytest.raises(InvalidSpec):
+            decode_spec({**base, "train_args": {"report_to": bad}})

@@ -30,6 +30,7 @@ from .metrics import MetricsEndpoint, http_metrics
 from .openai import openai_router
 from .problems import MAX_BODY_BYTES, exception_handlers
 from .queue.controllers import QueueController
+from .sweeps.controllers import SweepsController
 from .system.controllers import SystemController
 from .usage import UsageController
 
@@ -79,6 +80,7 @@ class SwiftTrainerApi(InitPlugin):
                 QueueController,
                 SystemController,
                 UsageController,
+                SweepsController,
             ],
             # On the router: Litestar ignores a limit set on the app config by a plugin.
             request_max_body_size=MAX_BODY_BYTES,

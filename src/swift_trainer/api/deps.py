@@ -27,6 +27,7 @@ from ..core.settings import DEFAULT_FILES_MAX_BYTES
 from ..core.store import EventStore
 from ..core.tasks import unsubscribe_quietly
 from ..projections.access_view import AccessView
+from ..projections.experiments.experiments_service import ExperimentsService
 from ..projections.read_models.interface import ReadModel
 from ..projections.scheduler.pass_result import PassResult, not_processed
 from ..projections.usage_view import UsageView
@@ -103,6 +104,8 @@ class ApiDeps:
     #: Writes per second per API key (bursts of ``write_burst``); 0: unlimited.
     write_rate: float = 5.0
     write_burst: int = 20
+    #: The sweeps and their trials, folded in this process; None: the sweep routes answer 503.
+    experiments: ExperimentsService | None = None
 
     #: How long the largest runner's GPU count is reused between creates.
     capacity_cache_s: float = 5.0

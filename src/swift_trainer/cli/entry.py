@@ -179,11 +179,13 @@ def _add_front_doors(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     from .audit import add_audit_arguments
     from .contract import add_contract_arguments
     from .jobs import add_client_arguments
+    from .sweeps import add_sweeps_arguments
     from .webhooks import add_webhooks_arguments
 
     add_audit_arguments(sub)
     add_contract_arguments(sub)
     add_client_arguments(sub)
+    add_sweeps_arguments(sub)
     add_webhooks_arguments(sub)
     add_keys_arguments(sub)
     from .files import add_files_arguments
@@ -314,6 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .contract import run_contract
         from .files import run_files
         from .jobs import run_client
+        from .sweeps import run_sweeps
         from .usage import run_usage
         from .webhooks import run_webhooks
 
@@ -329,6 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "jobs": run_client,
             "queue": run_client,
             "gpus": run_client,
+            "sweeps": run_sweeps,
             "webhooks": run_webhooks,
             "upload": _run_upload,
             "keys": run_keys,

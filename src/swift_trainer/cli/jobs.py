@@ -66,6 +66,13 @@ def add_client_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser
     submit.add_argument("--train-arg", action="append", default=[], metavar="KEY=VALUE")
     submit.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
     submit.add_argument(
+        "--after",
+        action="append",
+        default=[],
+        metavar="ID[:succeeded|failed|ended]",
+        help="wait for this job to end so (default succeeded) before queueing; repeatable",
+    )
+    submit.add_argument(
         "--wait",
         action="store_true",
         help="show progress until the job ends; exit 1 unless it succeeded",
@@ -163,6 +170,8 @@ def submit_body(args: argparse.Namespace) -> dict[str, Any]:
         }
     if args.label:
         body["labels"] = {**body.get("labels", {}), **_pairs(args.label, "--label", parse=False)}
+    if getattr(args, "after", None):
+        body["after"] = [*body.get("after", []), *(_dependency(x) for x in args.after)]
     missing = [k for k in ("data_path", "model_path") if not body.get(k)]
     if missing:
         raise ClientError(
@@ -172,6 +181,18 @@ def submit_body(args: argparse.Namespace) -> dict[str, Any]:
             exit_code=EXIT_USAGE,
         )
     return body
+
+
+def _dependency(value: str) -> dict[str, str]:
+    """``ID`` or ``ID:on`` from ``--after``, as the create request's ``after`` entry."""
+    job, _, on = value.partition(":")
+    on = on or "succeeded"
+    if not job or on not in ("succeeded", "failed", "ended"):
+        raise ClientError(
+            f"--after expects ID or ID:succeeded|failed|ended, got {value!r}",
+            exit_code=EXIT_USAGE,
+        )
+    return {"job": job, "on": on}
 
 
 async def run_client(_settings: object, args: argparse.Namespace) -> int:

@@ -28,9 +28,18 @@ from .ids import GPU_LEDGER_STREAM, QUEUE_PROCESSOR_STREAM, job_stream
 from .job import JobState, decide, evolve, initial_state
 from .queue_processor import QueueProcessorState, decide_processor, evolve_processor
 from .store import RecordedEvent
+from .sweep import (
+    AnySweepEvent,
+    SweepState,
+    decide_sweep,
+    decode_sweep_event,
+    evolve_sweep,
+    is_sweep_stream,
+    sweep_stream,
+)
 
-State: TypeAlias = JobState | QueueProcessorState | LedgerState | AccessState
-AnyStoredEvent: TypeAlias = e.AnyEvent | AnyAccessEvent
+State: TypeAlias = JobState | QueueProcessorState | LedgerState | AccessState | SweepState
+AnyStoredEvent: TypeAlias = e.AnyEvent | AnyAccessEvent | AnySweepEvent
 
 
 def stream_of(command: c.AnyCommand) -> str:
@@ -40,6 +49,8 @@ def stream_of(command: c.AnyCommand) -> str:
         return GPU_LEDGER_STREAM
     if isinstance(command, c.IssueKey | c.RevokeKey | c.SetQuota):
         return ACCESS_STREAM
+    if isinstance(command, c.SweepCommand):
+        return sweep_stream(command.sweep_id)
     return QUEUE_PROCESSOR_STREAM
 
 
@@ -50,6 +61,8 @@ def initial(stream_id: str) -> State:
         return LedgerState()
     if stream_id == ACCESS_STREAM:
         return AccessState()
+    if is_sweep_stream(stream_id):
+        return SweepState(sweep_id=stream_id.removeprefix("sweep-"))
     return initial_state(stream_id.removeprefix("job-"))
 
 
@@ -57,7 +70,10 @@ def apply(state: State, event: AnyStoredEvent) -> State:
     if isinstance(state, AccessState):
         assert isinstance(event, AnyAccessEvent)
         return evolve_access(state, event)
-    assert not isinstance(event, AnyAccessEvent)
+    if isinstance(state, SweepState):
+        assert isinstance(event, AnySweepEvent)
+        return evolve_sweep(state, event)
+    assert not isinstance(event, AnyAccessEvent | AnySweepEvent)
     if isinstance(state, QueueProcessorState):
         assert isinstance(event, e.QueueProcessorPaused | e.QueueProcessorResumed)
         return evolve_processor(state, event)
@@ -76,6 +92,8 @@ def fold(stream_id: str, recorded: Sequence[RecordedEvent], state: State | None 
     for item in recorded:
         if stream_id == ACCESS_STREAM:
             current = apply(current, decode_access_event(item.type, item.payload))
+        elif is_sweep_stream(stream_id):
+            current = apply(current, decode_sweep_event(item.type, item.payload))
         else:
             current = apply(current, e.decode_event(item.type, item.payload, item.schema_version))
     return current
@@ -85,7 +103,10 @@ def decide_any(state: State, command: c.AnyCommand, now: datetime) -> Sequence[A
     if isinstance(state, AccessState):
         assert isinstance(command, c.IssueKey | c.RevokeKey | c.SetQuota)
         return decide_access(state, command, now)
-    assert not isinstance(command, c.IssueKey | c.RevokeKey | c.SetQuota)
+    if isinstance(state, SweepState):
+        assert isinstance(command, c.SweepCommand)
+        return decide_sweep(state, command, now)
+    assert not isinstance(command, c.IssueKey | c.RevokeKey | c.SetQuota | c.SweepCommand)
     if isinstance(state, QueueProcessorState):
         assert isinstance(command, c.PauseQueueProcessor | c.ResumeQueueProcessor)
         return decide_processor(state, command, now)

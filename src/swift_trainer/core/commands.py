@@ -16,6 +16,7 @@ from .errors import MessageError, UnknownMessageType
 from .ids import JOB_ID_PATTERN
 from .limits import MAX_REASON_CHARS
 from .spec import JobSpec, Priority
+from .sweep_space import SweepSpec
 
 JobId = Annotated[str, msgspec.Meta(pattern=JOB_ID_PATTERN)]
 Reason = Annotated[str, msgspec.Meta(max_length=MAX_REASON_CHARS)]
@@ -60,6 +61,12 @@ class CancelJob(JobCommand, frozen=True, tag=True):
     """End a job for good: unlike a stop, a cancelled job cannot be started again."""
 
     reason: Reason = "cancelled by user"
+
+
+class ReleaseWaitingJob(JobCommand, frozen=True, tag=True):
+    """Queue a waiting job: every condition of its ``after`` holds (sent by the releaser)."""
+
+    reason: Reason = "dependencies met"
 
 
 class ChangePriority(JobCommand, frozen=True, tag=True):
@@ -239,6 +246,45 @@ class SetQuota(Command, frozen=True, tag=True):
 AnyAccessCommand = IssueKey | RevokeKey | SetQuota
 
 
+# --- sweeps (the ``sweep-<id>`` streams, see ``core.sweep``) ------------------------------------
+
+SweepId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$(?!\n)")]
+#: How a trial ended, as its sweep records it.
+TrialOutcome = Literal["succeeded", "failed", "stopped", "cancelled", "early_stopped"]
+
+
+class SweepCommand(Command, frozen=True):
+    sweep_id: SweepId
+
+
+class CreateSweep(SweepCommand, frozen=True, tag=True):
+    spec: SweepSpec
+
+
+class BeginTrial(SweepCommand, frozen=True, tag=True):
+    """Record that trial ``index`` is submitted now (the next one, within ``max_parallel``)."""
+
+    index: Annotated[int, msgspec.Meta(ge=0)]
+
+
+class EndTrial(SweepCommand, frozen=True, tag=True):
+    """Record how trial ``index`` ended, with its final metric when it has one."""
+
+    index: Annotated[int, msgspec.Meta(ge=0)]
+    outcome: TrialOutcome
+    metric: float | None = None
+
+
+class StopSweep(SweepCommand, frozen=True, tag=True):
+    """Stop (``stop``) or cancel (``cancel``) every trial at once; no new trial begins."""
+
+    intent: Literal["stop", "cancel"] = "stop"
+    reason: Reason = "stopped by user"
+
+
+AnySweepCommand = CreateSweep | BeginTrial | EndTrial | StopSweep
+
+
 AnyJobCommand = (
     SubmitJob
     | StartJob
@@ -261,10 +307,11 @@ AnyJobCommand = (
     | ReportExportStarted
     | ReportExportSucceeded
     | ReportExportFailed
+    | ReleaseWaitingJob
 )
 ProcessorCommand = PauseQueueProcessor | ResumeQueueProcessor
 LedgerCommand = ClaimGpus | ReleaseGpus
-AnyCommand = AnyJobCommand | ProcessorCommand | LedgerCommand | AnyAccessCommand
+AnyCommand = AnyJobCommand | ProcessorCommand | LedgerCommand | AnyAccessCommand | AnySweepCommand
 
 _decoder: msgspec.json.Decoder[AnyCommand] = msgspec.json.Decoder(AnyCommand)
 _encoder = msgspec.json.Encoder()

@@ -43,6 +43,10 @@ class JobReleased(JobEvent, frozen=True, tag=True):
     """A held job was started by a user."""
 
 
+class JobWaiting(JobEvent, frozen=True, tag=True):
+    """The job waits for the jobs its spec names in ``after`` before it is queued."""
+
+
 class JobQueued(JobEvent, frozen=True, tag=True):
     priority: int
     #: ``submitted``, ``released``, ``resumed``, ``requeued``.
@@ -237,6 +241,7 @@ AnyJobEvent = (
     | ExportSucceeded
     | ExportFailed
     | JobDeleted
+    | JobWaiting
 )
 ProcessorEvent = QueueProcessorPaused | QueueProcessorResumed
 LedgerEvent = GpusClaimed | GpusReleased

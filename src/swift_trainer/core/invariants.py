@@ -16,6 +16,7 @@ from . import events as e
 from .access import is_access_stream
 from .job import ACTIVE, JobState, evolve, initial_state
 from .store import RecordedEvent
+from .sweep import is_sweep_stream
 
 
 class Violation(msgspec.Struct, frozen=True):
@@ -35,7 +36,7 @@ def gpu_double_bookings(log: Iterable[RecordedEvent]) -> tuple[list[Violation], 
     violations: list[Violation] = []
     scheduled = 0
     for recorded in log:
-        if is_access_stream(recorded.stream_id):
+        if is_access_stream(recorded.stream_id) or is_sweep_stream(recorded.stream_id):
             continue
         event = e.decode_event(recorded.type, recorded.payload, recorded.schema_version)
         if not isinstance(event, e.JobEvent):

@@ -7,8 +7,9 @@ refuses: events are facts that already happened, so it must accept every event `
 can emit, in any stored order.
 
 Statuses:
-``held`` (auto_start false) → ``queued`` → ``scheduled`` (GPUs chosen, runner not started)
-→ ``running`` → ``succeeded`` | ``failed`` | ``stopping`` → ``stopped``. A lost job goes
+``held`` (auto_start false) → ``waiting`` (only with ``after``: for the jobs it names)
+→ ``queued`` → ``scheduled`` (GPUs chosen, runner not started) → ``running``
+→ ``succeeded`` | ``failed`` | ``stopping`` → ``stopped``. A lost job goes
 back to ``queued`` until its retries run out. ``stopped`` and ``failed`` jobs can be
 started again (they resume from their last checkpoint); ``deleted`` is final for the
 history but the id may be submitted again.
@@ -54,6 +55,8 @@ class JobStatus(StrEnum):
     PAUSED = "paused"
     CANCELLED = "cancelled"
     DELETED = "deleted"
+    #: Waits for the jobs named in ``spec.after`` before it is queued.
+    WAITING = "waiting"
 
 
 #: Statuses in which a runner owns GPUs for the job.
@@ -195,6 +198,8 @@ def decide(  # noqa: C901 - one case per command reads best as a table
             return _decide_cancel(state, reason, now)
         case c.ChangePriority(priority=priority):
             return _decide_priority(state, priority, now)
+        case c.ReleaseWaitingJob(reason=reason):
+            return _decide_release_waiting(state, reason, now)
         case c.DeleteJob():
             if state.status in ACTIVE:
                 raise _refuse(state, "delete", "stop it first and delete it once it has stopped")
@@ -233,22 +238,40 @@ def _decide_submit(state: JobState, command: c.SubmitJob, now: datetime) -> list
         raise InvalidSpec(
             f"invalid spec for job {job_id!r}: {exc.message}; fix it and submit again",
         ) from exc
+    if any(condition.job == job_id for condition in spec.after):
+        raise InvalidSpec(f"job {job_id!r} cannot wait for itself: remove it from after")
     submitted = e.JobSubmitted(at=now, job_id=job_id, spec=spec)
     if not spec.auto_start:
         return [submitted, e.JobHeld(at=now, job_id=job_id)]
+    if spec.after:
+        return [submitted, e.JobWaiting(at=now, job_id=job_id)]
     return [submitted, e.JobQueued(at=now, job_id=job_id, priority=spec.priority)]
+
+
+def _decide_release_waiting(state: JobState, reason: str, now: datetime) -> list[e.AnyJobEvent]:
+    """Queue a waiting job; anything else already left the wait (a no-op, not a refusal)."""
+    if state.status is not JobStatus.WAITING:
+        return []
+    return [e.JobQueued(at=now, job_id=state.job_id, priority=state.priority, reason=reason)]
 
 
 def _decide_start(state: JobState, now: datetime) -> list[e.AnyJobEvent]:
     job_id = state.job_id
     match state.status:
+        case JobStatus.HELD if state.spec is not None and state.spec.after:
+            return [e.JobReleased(at=now, job_id=job_id), e.JobWaiting(at=now, job_id=job_id)]
         case JobStatus.HELD:
             return [
                 e.JobReleased(at=now, job_id=job_id),
                 e.JobQueued(at=now, job_id=job_id, priority=state.priority, reason="released"),
             ]
-        case JobStatus.QUEUED | JobStatus.SCHEDULED | JobStatus.RUNNING:
+        case JobStatus.QUEUED | JobStatus.SCHEDULED | JobStatus.RUNNING | JobStatus.WAITING:
             return []
+        case JobStatus.STOPPED | JobStatus.PAUSED if (
+            state.attempt == 0 and state.spec is not None and state.spec.after
+        ):
+            # Stopped while it waited: it waits again, its conditions still apply.
+            return [e.JobWaiting(at=now, job_id=job_id)]
         case JobStatus.STOPPED | JobStatus.FAILED | JobStatus.PAUSED:
             checkpoint = state.last_checkpoint
             return [
@@ -271,7 +294,7 @@ def _decide_start(state: JobState, now: datetime) -> list[e.AnyJobEvent]:
 def _decide_stop(state: JobState, reason: str, now: datetime) -> list[e.AnyJobEvent]:
     job_id = state.job_id
     match state.status:
-        case JobStatus.HELD | JobStatus.QUEUED:
+        case JobStatus.HELD | JobStatus.QUEUED | JobStatus.WAITING:
             return [e.JobStopped(at=now, job_id=job_id, reason=reason, attempt=state.attempt)]
         case JobStatus.SCHEDULED | JobStatus.RUNNING:
             return [
@@ -325,7 +348,7 @@ def _stop_request(state: JobState, reason: str, intent: str, now: datetime) -> e
 def _decide_pause(state: JobState, reason: str, now: datetime) -> list[e.AnyJobEvent]:
     checkpoint = state.last_checkpoint
     match state.status:
-        case JobStatus.HELD | JobStatus.QUEUED:
+        case JobStatus.HELD | JobStatus.QUEUED | JobStatus.WAITING:
             path = checkpoint.path if checkpoint else None
             return _stop_ended(state, "pause", reason, now, path)
         case JobStatus.SCHEDULED | JobStatus.RUNNING:
@@ -350,7 +373,13 @@ def _decide_cancel(state: JobState, reason: str, now: datetime) -> list[e.AnyJob
     checkpoint = state.last_checkpoint
     path = checkpoint.path if checkpoint else None
     match state.status:
-        case JobStatus.HELD | JobStatus.QUEUED | JobStatus.PAUSED | JobStatus.STOPPED:
+        case (
+            JobStatus.HELD
+            | JobStatus.QUEUED
+            | JobStatus.PAUSED
+            | JobStatus.STOPPED
+            | JobStatus.WAITING
+        ):
             return _stop_ended(state, "cancel", reason, now, path)
         case JobStatus.SCHEDULED | JobStatus.RUNNING:
             return [_stop_request(state, reason, "cancel", now)]
@@ -370,8 +399,10 @@ def _decide_priority(state: JobState, priority: int, now: datetime) -> list[e.An
         raise InvalidSpec(
             f"priority {priority!r} for job {state.job_id!r} is out of range: use 0-10",
         ) from None
-    if state.status not in (JobStatus.HELD, JobStatus.QUEUED):
-        raise _refuse(state, "change the priority of", "only held or queued jobs can be reordered")
+    if state.status not in (JobStatus.HELD, JobStatus.QUEUED, JobStatus.WAITING):
+        raise _refuse(
+            state, "change the priority of", "only held, waiting or queued jobs can be reordered"
+        )
     if priority == state.priority:
         return []
     return [
@@ -758,6 +789,8 @@ def evolve(state: JobState, event: e.AnyJobEvent) -> JobState:  # noqa: C901 - a
             )
         case e.JobHeld():
             return s(state, status=JobStatus.HELD)
+        case e.JobWaiting():
+            return s(state, status=JobStatus.WAITING, finished_at=None)
         case e.JobReleased():
             return state
         case e.JobQueued(priority=priority, reason=reason, resume_from=resume_from):
@@ -875,6 +908,7 @@ STATUS_AFTER: Final[dict[str, JobStatus]] = {
     for cls, status in (
         (e.JobSubmitted, JobStatus.NEW),
         (e.JobHeld, JobStatus.HELD),
+        (e.JobWaiting, JobStatus.WAITING),
         (e.JobQueued, JobStatus.QUEUED),
         (e.JobRequeued, JobStatus.QUEUED),
         (e.JobScheduled, JobStatus.SCHEDULED),

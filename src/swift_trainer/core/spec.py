@@ -22,6 +22,8 @@ Ratio = Annotated[float, msgspec.Meta(ge=0, le=1)]
 ShortText = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 
+#: Experiment trackers swift reports to (``--report_to``); credentials come from the runner.
+Tracker = Literal["tensorboard", "wandb", "swanlab", "mlflow"]
 DeepSpeedPreset = Literal["zero0", "zero1", "zero2", "zero3", "zero2_offload", "zero3_offload"]
 
 DEFAULT_PRIORITY: Final = 5
@@ -69,6 +71,23 @@ class TrainArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_de
     model_type: Name | None = None
     template: Name | None = None
     system: ShortText | None = None
+    #: Where swift reports metrics; TensorBoard when unset. Several are allowed.
+    report_to: Annotated[tuple[Tracker, ...], msgspec.Meta(min_length=1, max_length=4)] | None = (
+        None
+    )
+
+
+class Tracking(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Where a tracker files the run: project, team (``entity``), run name and tags.
+
+    No credentials: API keys and tracking URLs come from the runner's environment.
+    """
+
+    project: Name | None = None
+    entity: Name | None = None
+    #: The run's name; the job's id when unset.
+    name: Name | None = None
+    tags: Annotated[tuple[Name, ...], msgspec.Meta(max_length=32)] = ()
 
 
 class EffectiveTrainArgs(msgspec.Struct, frozen=True):
@@ -106,6 +125,7 @@ class EffectiveTrainArgs(msgspec.Struct, frozen=True):
     model_type: str | None = None
     template: str | None = None
     system: str | None = None
+    report_to: tuple[str, ...] = ("tensorboard",)
 
 
 def effective_train_args(overrides: TrainArgs) -> EffectiveTrainArgs:
@@ -121,6 +141,17 @@ MetadataKey = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 MetadataValue = Annotated[str, msgspec.Meta(max_length=512)]
 #: ``supervised``: ``swift sft``; ``dpo``: ``swift rlhf --rlhf_type dpo`` on preference pairs.
 TrainingMethod = Literal["supervised", "dpo"]
+#: What a job waits for in another: its success, its failure, or its end of any kind.
+DependencyCondition = Literal["succeeded", "failed", "ended"]
+#: At most this many conditions per job.
+MAX_DEPENDENCIES: Final = 32
+
+
+class Dependency(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One condition of ``after``: the job waits until job ``job`` has ended as ``on`` says."""
+
+    job: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$(?!\n)")]
+    on: DependencyCondition = "succeeded"
 
 
 class JobSpec(
@@ -163,6 +194,10 @@ class JobSpec(
     #: Who the job belongs to: the submitting API key's owner (the API sets it, whatever the
     #: body says); None for jobs from the operator's CLI and from before owners existed.
     owner: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    #: Jobs this one waits for (status ``waiting``) before it is queued.
+    after: tuple[Dependency, ...] = ()
+    #: How experiment trackers (``train_args.report_to``) file the run.
+    tracking: Tracking | None = None
 
     def __post_init__(self) -> None:
         check_output_dir(self.output_dir)
@@ -176,6 +211,8 @@ class JobSpec(
             raise InvalidSpec("give data_path or training_file, not both")
         if self.dpo_beta is not None and self.method != "dpo":
             raise InvalidSpec("dpo_beta applies only to method 'dpo'")
+        if len(self.after) > MAX_DEPENDENCIES:
+            raise InvalidSpec(f"at most {MAX_DEPENDENCIES} conditions in after")
 
     @property
     def effective_args(self) -> EffectiveTrainArgs:

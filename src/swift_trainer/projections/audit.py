@@ -28,6 +28,7 @@ from swift_trainer.core.job import JobState
 from swift_trainer.core.sqlaudit import chain_rows, migrated_through
 from swift_trainer.core.sqlstore import SqlEventStore
 from swift_trainer.core.store import EventMetadata, RecordedEvent
+from swift_trainer.core.sweep import decode_sweep_event, is_sweep_stream
 
 from .read_models.interface import ReadModel
 from .read_models.memory import MemoryReadModel
@@ -108,6 +109,8 @@ def _fold_one(row: ChainRow, state: _FoldState | None) -> _FoldState:
     event: aggregates.AnyStoredEvent = (
         decode_access_event(row.type, row.payload)
         if is_access_stream(row.stream_id)
+        else decode_sweep_event(row.type, row.payload)
+        if is_sweep_stream(row.stream_id)
         else e.decode_event(row.type, row.payload, row.schema_version)
     )
     current = aggregates.initial(row.stream_id) if state is None else state

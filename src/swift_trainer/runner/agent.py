@@ -429,6 +429,8 @@ class RunnerAgent:
                 base_env=self.base_env,
                 gpu_uuids=event.gpu_uuids,
                 dataset_files=dataset_files,
+                run_name=event.job_id,
+                run_tags={"job_id": event.job_id, **spec.labels},
             )
             with _tracer.start_as_current_span(
                 "swift sft start",

@@ -16,7 +16,7 @@ from typing import Final
 
 import msgspec
 
-from swift_trainer.core.spec import EffectiveTrainArgs, JobSpec, TrainArgs
+from swift_trainer.core.spec import EffectiveTrainArgs, JobSpec, Tracking, TrainArgs
 
 SUPPORTED_MS_SWIFT_VERSION: Final = "4.6.0"
 
@@ -136,6 +136,45 @@ def _train_flags(args: EffectiveTrainArgs, *, explicit: TrainArgs, multimodal: b
     return argv
 
 
+def tracking(
+    args: EffectiveTrainArgs,
+    run_name: str | None,
+    tags: Mapping[str, str],
+    options: Tracking | None = None,
+) -> tuple[list[str], dict[str, str]]:
+    """``--report_to`` and the run's name and tags, as flags and as the trackers' env vars.
+
+    Only names and tags are set here; credentials and tracking URLs (``WANDB_API_KEY``,
+    ``MLFLOW_TRACKING_URI``, ``SWANLAB_API_KEY``) come from the runner's own environment,
+    so they never enter an event, a command line or a log.
+    """
+    trackers = list(dict.fromkeys(args.report_to))
+    argv = ["--report_to", *trackers]
+    env: dict[str, str] = {}
+    options = options or Tracking()
+    run_name = options.name or run_name
+    if run_name is None:
+        return argv, env
+    argv += ["--run_name", run_name]
+    if "wandb" in trackers:
+        env["WANDB_NAME"] = run_name
+        labels = [f"{k}={v}" for k, v in tags.items()]
+        env["WANDB_TAGS"] = ",".join([*labels, *options.tags])[:1024]
+        if options.project:
+            env["WANDB_PROJECT"] = options.project
+        if options.entity:
+            env["WANDB_ENTITY"] = options.entity
+    if "mlflow" in trackers:
+        env["MLFLOW_TAGS"] = json.dumps({**tags, **dict.fromkeys(options.tags, "true")})
+        if options.project:
+            env["MLFLOW_EXPERIMENT_NAME"] = options.project
+    if "swanlab" in trackers:
+        env["SWANLAB_EXP_NAME"] = run_name
+        if options.project:
+            env["SWANLAB_PROJ_NAME"] = options.project
+    return argv, env
+
+
 def split_datasets(data_path: str) -> list[str]:
     """Several datasets are given space-separated, as on swift's own command line.
 
@@ -202,8 +241,13 @@ def build_sft_command(
     extra_args: Sequence[str] = (),
     gpu_uuids: Sequence[str] = (),
     dataset_files: Mapping[str, str] | None = None,
+    run_name: str | None = None,
+    run_tags: Mapping[str, str] | None = None,
 ) -> SwiftInvocation:
     """The ``swift sft`` invocation for one attempt of a job on the GPUs it was given.
+
+    ``run_name`` and ``run_tags`` name the run in the experiment trackers (the job's id,
+    its labels); see ``tracking``.
 
     ``dataset_files`` maps the uploaded files the spec names (``training_file``,
     ``validation_file``) to their local copies; a DPO job runs ``swift rlhf --rlhf_type dpo``.
@@ -237,6 +281,8 @@ def build_sft_command(
             multimodal=looks_multimodal(spec.model_path),
         ),
     ]
+    track_argv, track_env = tracking(spec.effective_args, run_name, run_tags or {}, spec.tracking)
+    argv += track_argv
     if resume_from:
         resume = Path(resume_from)
         if not resume.is_absolute():
@@ -247,6 +293,7 @@ def build_sft_command(
     env = _base_env(base_env)
     for key in _TORCHRUN_ENV:
         env.pop(key, None)
+    env.update(track_env)
     env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     visible = gpu_uuids if gpu_uuids else [str(i) for i in gpu_ids]
     env["CUDA_VISIBLE_DEVICES"] = ",".join(visible)

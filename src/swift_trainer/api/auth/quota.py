@@ -14,7 +14,7 @@ from ...projections.read_models.interface import MAX_PAGE_SIZE
 from ..deps import ApiDeps
 from ..problems import ApiProblem, FieldProblem
 
-_WAITING: Final = (JobStatus.QUEUED, JobStatus.HELD)
+_WAITING: Final = (JobStatus.QUEUED, JobStatus.HELD, JobStatus.WAITING)
 
 
 async def waiting_jobs(deps: ApiDeps, owner: str, limit: int) -> int:

@@ -17,10 +17,12 @@ from ...core.job import JobStatus
 from ...core.spec import (
     DEFAULT_PRIORITY,
     MAX_GPUS_PER_JOB,
+    Dependency,
     FileId,
     Name,
     Priority,
     ShortText,
+    Tracking,
     TrainArgs,
     TrainingMethod,
 )
@@ -103,6 +105,20 @@ class CreateJobRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     ] = True
     max_retries: Annotated[int, msgspec.Meta(ge=0, le=20)] = 2
     labels: dict[Name, Annotated[str, msgspec.Meta(max_length=256)]] = {}
+    after: Annotated[
+        tuple[Dependency, ...],
+        msgspec.Meta(
+            description="Jobs to wait for: the job is 'waiting' until each has ended as "
+            "'on' says (succeeded, failed or ended), then queues."
+        ),
+    ] = ()
+    tracking: Annotated[
+        Tracking | None,
+        msgspec.Meta(
+            description="How trackers in train_args.report_to file the run (project, "
+            "entity, name, tags); credentials come from the runner's environment."
+        ),
+    ] = None
 
     def __post_init__(self) -> None:
         # A request error (422 validation_error), before the domain ever sees a spec.

@@ -19,6 +19,7 @@ import msgspec
 
 from ...bus.file_store import FileNotFound
 from ...core.commands import SubmitJob
+from ...core.dependencies import find_cycle
 from ...core.errors import JobAlreadyExists, SwiftTrainerError
 from ...core.ids import is_valid_job_id, new_job_id
 from ...core.job import JobStatus
@@ -127,6 +128,57 @@ async def check_files(deps: ApiDeps, body: CreateJobRequest) -> None:
             )
 
 
+async def check_dependencies(deps: ApiDeps, job_id: str | None, body: CreateJobRequest) -> None:
+    """Every job in ``after`` must exist, and waiting for it must not close a loop.
+
+    A loop can only arise through an id that was deleted and submitted again, or an
+    explicit id that an older job already waits for; the search follows ``after`` through
+    the read model, one lookup per job.
+    """
+    if not body.after:
+        return
+    named = [condition.job for condition in body.after]
+    found = await deps.read_model.get_jobs(named)
+    caller = principal()
+    missing = [
+        job
+        for job, summary in zip(named, found, strict=True)
+        if summary is None or not caller.may_see(summary.owner)
+    ]
+    if missing:
+        raise ApiProblem(
+            "invalid_spec",
+            f"after names unknown jobs: {', '.join(sorted(set(missing)))}; submit them first",
+        )
+    if job_id is None:
+        return
+    graph: dict[str, tuple[str, ...]] = {}
+    frontier = set(named)
+    while frontier:
+        batch = sorted(frontier - graph.keys())
+        frontier = set()
+        for name, summary in zip(batch, await deps.read_model.get_jobs(batch), strict=True):
+            graph[name] = tuple(c.job for c in summary.after) if summary is not None else ()
+            frontier.update(graph[name])
+        frontier -= graph.keys()
+    cycle = find_cycle(job_id, named, lambda x: graph.get(x, ()))
+    if cycle is not None:
+        raise ApiProblem(
+            "invalid_spec",
+            f"after would make a cycle: {' -> '.join(cycle)}; a job cannot wait for itself",
+        )
+
+
+def _waiting_answer(job_id: str, spec: JobSpec, output_dir: str) -> CreateJobResponse:
+    conditions = ", ".join(f"{c.job} {c.on}" for c in spec.after)
+    return CreateJobResponse(
+        job_id=job_id,
+        status=JobStatus.WAITING,
+        output_dir=output_dir,
+        message=f"job {job_id} is waiting for: {conditions}; it queues once all hold",
+    )
+
+
 async def submit_job(
     deps: ApiDeps,
     body: CreateJobRequest,
@@ -140,6 +192,7 @@ async def submit_job(
     specs = [spec_for(body, job_id) for job_id, _ in candidates]  # InvalidSpec -> 422 first
     await check_satisfiable(deps, body)
     await check_files(deps, body)
+    await check_dependencies(deps, candidates[0][0] if body.job_id else None, body)
     for index, ((job_id, kind), spec) in enumerate(zip(candidates, specs, strict=True)):
         command_id = idempotent_command_id(idempotency_key, f"create:{kind}")
         try:
@@ -151,6 +204,8 @@ async def submit_job(
             raise
         final_id = job_id_of(reply, job_id)
         status = reply_status(reply) or (JobStatus.QUEUED if spec.auto_start else JobStatus.HELD)
+        if status is JobStatus.WAITING:
+            return _waiting_answer(final_id, spec, body.output_dir or f"output/{final_id}")
         output_dir = body.output_dir or f"output/{final_id}"
         queued_at = reply.events[-1].position if reply.events else None
         return await _answer(

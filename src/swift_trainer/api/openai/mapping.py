@@ -15,6 +15,8 @@ import math
 from datetime import datetime
 from typing import Any, Final, Literal
 
+import msgspec
+
 from ...core.job import JobStatus
 from ...core.spec import EffectiveTrainArgs, JobSpec, TrainArgs, decode_spec
 from ...projections.read_models.views import EventLogEntry, JobSummary, MetricPoint
@@ -43,6 +45,7 @@ _DEFAULTS: Final = EffectiveTrainArgs()
 
 _STATUS: Final[dict[JobStatus, FineTuningStatus]] = {
     JobStatus.HELD: "queued",
+    JobStatus.WAITING: "queued",
     JobStatus.QUEUED: "queued",
     JobStatus.SCHEDULED: "queued",
     JobStatus.RUNNING: "running",
@@ -139,7 +142,7 @@ def job_object(summary: JobSummary, result_files: list[str]) -> FineTuningJob:
         training_file=summary.training_file or summary.data_path,
         validation_file=summary.validation_file,
         estimated_finish=estimated_finish(summary),
-        integrations=None,
+        integrations=integrations_out(summary),
         metadata=dict(summary.metadata) or None,
         method=method_of(summary, hyper),
         user_provided_suffix=summary.suffix,
@@ -154,14 +157,53 @@ def _chosen(hyper: Hyperparameters | None, name: str) -> Any:
     return None if value == "auto" else value
 
 
+def integrations_of(
+    integrations: list[Any],
+) -> tuple[list[str] | None, dict[str, Any] | None]:
+    """``report_to`` and ``tracking`` of OpenAI's ``integrations`` (``wandb`` only).
+
+    TensorBoard stays on beside W&B, so the run's event files are in its output folder too.
+    """
+    if not integrations:
+        return None, None
+    if len(integrations) > 1:
+        raise OpenAIProblem(
+            "validation_error", "give at most one integration", param="integrations"
+        )
+    item = integrations[0]
+    if not isinstance(item, dict) or item.get("type") != "wandb":
+        raise OpenAIProblem(
+            "validation_error",
+            "the only integration is {type: 'wandb', wandb: {project, name, entity, tags}}",
+            param="integrations",
+        )
+    wandb = item.get("wandb") or {}
+    if not isinstance(wandb, dict) or not set(wandb) <= {"project", "name", "entity", "tags"}:
+        raise OpenAIProblem(
+            "validation_error",
+            "wandb takes project, name, entity and tags",
+            param="integrations.wandb",
+        )
+    tracking = {k: v for k, v in wandb.items() if v is not None}
+    return ["tensorboard", "wandb"], tracking
+
+
+def integrations_out(summary: JobSummary) -> list[Any] | None:
+    """The ``integrations`` a job was created with, as OpenAI shows them."""
+    if "wandb" not in (summary.train_args.report_to or ()):
+        return None
+    tracking = summary.tracking
+    wandb: dict[str, Any] = {}
+    if tracking is not None:
+        wandb = {k: v for k, v in msgspec.to_builtins(tracking).items() if v}
+    return [{"type": "wandb", "wandb": wandb}]
+
+
 def spec_for_request(
     body: CreateFineTuningJob, job_id: str, *, seed: int, auto_export: bool
 ) -> JobSpec:
     """The native spec of an OpenAI create request (``auto`` means the native default)."""
-    if body.integrations:
-        raise OpenAIProblem(
-            "validation_error", "integrations are not supported", param="integrations"
-        )
+    report_to, tracking = integrations_of(body.integrations or [])
     method = body.method.type if body.method is not None else "supervised"
     hyper: Hyperparameters | None = body.hyperparameters
     beta = None
@@ -193,10 +235,13 @@ def spec_for_request(
                 "batch_size": _chosen(hyper, "batch_size"),
                 "learning_rate": learning_rate,
                 "seed": seed,
+                "report_to": report_to,
             }.items()
             if v is not None
         },
     }
+    if tracking is not None:
+        fields["tracking"] = tracking
     if body.validation_file is not None:
         fields["validation_file"] = body.validation_file
     if beta is not None:

@@ -26,6 +26,7 @@ from swift_trainer.core.errors import MessageError
 from swift_trainer.core.job import JobState, JobStatus, evolve, initial_state
 from swift_trainer.core.queue_processor import QueueProcessorState, evolve_processor
 from swift_trainer.core.store import RecordedEvent
+from swift_trainer.core.sweep import is_sweep_stream
 from swift_trainer.core.webhook_events import is_webhook_stream
 
 from .interface import InvalidCursor
@@ -110,7 +111,11 @@ def fresh_events(events: Iterable[RecordedEvent], applied: int) -> list[Recorded
 
 def decode_recorded(recorded: RecordedEvent) -> DecodedEvent:
     """Decode, or skip with a warning: one bad message must not stop the projection."""
-    if is_webhook_stream(recorded.stream_id) or is_access_stream(recorded.stream_id):
+    if (
+        is_webhook_stream(recorded.stream_id)
+        or is_access_stream(recorded.stream_id)
+        or is_sweep_stream(recorded.stream_id)
+    ):
         return DecodedEvent(recorded, None)  # webhooks and API keys are no job's business
     try:
         event = e.decode_event(recorded.type, recorded.payload, recorded.schema_version)
@@ -283,6 +288,8 @@ def summarize(fold: JobFold) -> JobSummary | None:
         suffix=spec.suffix,
         metadata=dict(spec.metadata),
         owner=spec.owner,
+        after=spec.after,
+        tracking=spec.tracking,
     )
 
 

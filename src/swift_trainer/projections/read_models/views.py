@@ -14,7 +14,7 @@ import msgspec
 from swift_trainer.core.job import Checkpoint, Export, JobState, JobStatus
 from swift_trainer.core.progress import TrainingMetrics
 from swift_trainer.core.queue_processor import QueueProcessorState
-from swift_trainer.core.spec import TrainArgs
+from swift_trainer.core.spec import Dependency, Tracking, TrainArgs
 
 
 class Limits(msgspec.Struct, frozen=True):
@@ -88,6 +88,10 @@ class JobSummary(msgspec.Struct, frozen=True):
     metadata: dict[str, str] = {}
     #: The API key owner who submitted the job (None: the operator, or before owners).
     owner: str | None = None
+    #: The jobs this one waits for, and on what (status ``waiting`` until all hold).
+    after: tuple[Dependency, ...] = ()
+    #: How experiment trackers file the run (project, run name, tags).
+    tracking: Tracking | None = None
 
 
 class JobFold(msgspec.Struct, frozen=True):

@@ -46,6 +46,7 @@ from swift_trainer.core.inventory import RunnerHeartbeat
 from swift_trainer.core.job import ACTIVE, JobState, JobStatus, evolve, initial_state
 from swift_trainer.core.queue_processor import QueueProcessorState, evolve_processor
 from swift_trainer.core.store import RecordedEvent
+from swift_trainer.core.sweep import is_sweep_stream
 from swift_trainer.core.webhook_events import is_webhook_stream
 
 from .dormant_jobs import AT_REST, DEFAULT_LIMIT, DormantJobs
@@ -69,6 +70,7 @@ QUIET_EVENTS: Final = frozenset(
     {
         "JobSubmitted",
         "JobHeld",
+        "JobWaiting",
         "JobReleased",
         "JobStarted",
         "JobProgressed",
@@ -191,8 +193,8 @@ class SchedulerState:
             if recorded.position <= self.position:
                 continue
             self.position = recorded.position
-            if is_webhook_stream(recorded.stream_id):
-                continue  # webhook deliveries change nothing the scheduler places
+            if is_webhook_stream(recorded.stream_id) or is_sweep_stream(recorded.stream_id):
+                continue  # webhook deliveries and sweeps change nothing the scheduler places
             if is_access_stream(recorded.stream_id):
                 relevant |= self._apply_access(recorded)
                 continue

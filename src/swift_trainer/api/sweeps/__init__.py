@@ -1,0 +1,1 @@
+"""Sweeps: create, follow, stop and export the results of a hyperparameter search."""

@@ -1,0 +1,1 @@
+"""Process managers of experiments: dependency release and sweeps, derived from events."""

@@ -1,0 +1,112 @@
+"""Sweeps and dependencies end to end, over HTTP against ``swift-trainer up --simulate-gpus 2``."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.e2e.live_service import Service, start_service, stop_service
+
+BASE = {
+    "data_path": "AI-ModelScope/coco#200",
+    "model_path": "Qwen/Qwen2.5-VL-7B-Instruct",
+    "output_dir": "output/exp",
+    "train_args": {"max_steps": 20, "save_steps": 10, "logging_steps": 5},
+}
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[Service]:
+    process, base = start_service(tmp_path, "--simulate-step-seconds", "0.02")
+    running = Service(process, base, tmp_path / "outputs")
+    try:
+        yield running
+    finally:
+        running.http.close()
+        stderr = stop_service(process)
+        assert process.returncode == 0, stderr[-3000:]
+
+
+def test_b_after_a_runs_only_once_a_succeeds(service: Service) -> None:
+    http = service.http
+    a = http.post("/jobs", json={**BASE, "job_id": "a", "train_args": {"max_steps": 60}})
+    assert a.status_code == 201, a.text
+    b = http.post("/jobs", json={**BASE, "job_id": "b", "after": [{"job": "a"}]})
+    assert b.status_code == 201, b.text
+    assert b.json()["status"] == "waiting"
+    assert "a succeeded" in b.json()["message"]
+    shown = http.get("/jobs/b").json()
+    assert shown["status"] == "waiting" and shown["after"] == [{"job": "a", "on": "succeeded"}]
+    # B read first, then A: while A has not succeeded, B was seen before that and waited.
+    seen_b: set[str] = set()
+
+    def a_done() -> bool:
+        b_status = service.status("b")
+        if service.status("a") == "succeeded":
+            return True
+        seen_b.add(b_status)
+        return False
+
+    service.wait_for("a to succeed", a_done)
+    assert seen_b == {"waiting"}, seen_b
+    service.wait_status("b", "succeeded")
+    b_job, a_job = http.get("/jobs/b").json(), http.get("/jobs/a").json()
+    assert b_job["started_at"] > a_job["finished_at"]
+
+    # Unknown ids and cycles are refused at submission.
+    unknown = http.post("/jobs", json={**BASE, "job_id": "c", "after": [{"job": "nope"}]})
+    assert unknown.status_code == 422 and "nope" in unknown.json()["detail"]
+    self_wait = http.post("/jobs", json={**BASE, "job_id": "d", "after": [{"job": "d"}]})
+    assert self_wait.status_code == 422
+
+
+def test_a_six_trial_grid_with_max_parallel_two_runs_to_its_end(service: Service) -> None:
+    http = service.http
+    created = http.post(
+        "/sweeps",
+        json={
+            "sweep_id": "lr-grid",
+            "name": "learning rate",
+            "base": BASE,
+            "parameters": {
+                "train_args.learning_rate": {"values": [1e-5, 3e-5, 1e-4]},
+                "train_args.lora_rank": {"values": [8, 16]},
+            },
+            "method": "grid",
+            "max_parallel": 2,
+            "metric": "loss",
+            "goal": "minimize",
+        },
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["trials_total"] == 6
+    most_under_way = 0
+
+    def finished() -> dict[str, Any] | None:
+        nonlocal most_under_way
+        view: dict[str, Any] = http.get("/sweeps/lr-grid").json()
+        counts = view["counts"]
+        under_way = sum(counts.get(s, 0) for s in ("queued", "scheduled", "running", "stopping"))
+        most_under_way = max(most_under_way, under_way)
+        return view if view["status"] == "finished" else None
+
+    view = service.wait_for("the sweep to finish", finished, timeout=180)
+    assert most_under_way <= 2
+    assert view["percent_done"] == 100.0
+    assert view["counts"] == {"succeeded": 6}
+    trials = view["trials"]
+    best = min(trials, key=lambda t: t["metric"])
+    assert view["best"]["job_id"] == best["job_id"]
+    assert view["best"]["params"] == best["params"]
+    jobs = http.get("/jobs", params={"label": "sweep=lr-grid"}).json()
+    assert len(jobs["items"]) == 6
+    listed = http.get("/sweeps").json()["sweeps"]
+    assert [s["sweep_id"] for s in listed] == ["lr-grid"]
+    rows = list(csv.DictReader(io.StringIO(http.get("/sweeps/lr-grid/results.csv").text)))
+    assert len(rows) == 6
+    assert {r["train_args.lora_rank"] for r in rows} == {"8", "16"}
+    assert http.get("/sweeps/none").status_code == 404
