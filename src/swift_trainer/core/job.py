@@ -450,9 +450,7 @@ def _decide_preempt(state: JobState, command: c.PreemptJob, now: datetime) -> li
     ]
 
 
-def _decide_time_out(
-    state: JobState, command: c.TimeOutJob, now: datetime
-) -> list[e.AnyJobEvent]:
+def _decide_time_out(state: JobState, command: c.TimeOutJob, now: datetime) -> list[e.AnyJobEvent]:
     """Stop a job at its ``max_runtime``, with a checkpoint; it ends ``timed_out``."""
     if command.attempt != state.attempt:
         raise StaleAssignment(

@@ -173,7 +173,9 @@ class JobSpec(
     #: scheduler's ``PREEMPT_GRACE_S``).
     preempt_grace_s: Annotated[float, msgspec.Meta(gt=0, le=86_400)] | None = None
     #: The most it may run, over all its attempts: seconds, or ``"90m"``, ``"6h"``, ``"2d"``.
-    max_runtime: Annotated[int, msgspec.Meta(ge=1)] | Annotated[str, msgspec.Meta(max_length=32)] | None = None
+    max_runtime: (
+        Annotated[int, msgspec.Meta(ge=1)] | Annotated[str, msgspec.Meta(max_length=32)] | None
+    ) = None
 
     def __post_init__(self) -> None:
         check_output_dir(self.output_dir)
@@ -216,7 +218,8 @@ def parse_duration(value: int | str) -> int:
         seconds = int(number) * _DURATION_UNITS[unit]
     if not 1 <= seconds <= MAX_RUNTIME_LIMIT_S:
         raise InvalidSpec(
-            f"max_runtime {value!r} must be between 1 second and {MAX_RUNTIME_LIMIT_S // 86_400} days"
+            f"max_runtime {value!r} must be between 1 second and "
+            f"{MAX_RUNTIME_LIMIT_S // 86_400} days"
         )
     return seconds
 

@@ -63,6 +63,7 @@ from .gpu_choice import Requirement, describe_requirement
 from .job_queue import Lane, OrderKey, QueuedJob, Shape
 from .occupancy import INFINITY, Occupancy
 from .owner_usage import OwnerUsage
+from .preemption import PreemptionPolicy
 
 DEFAULT_FOREIGN_MEMORY_THRESHOLD_MIB = 1024
 DEFAULT_ESTIMATE_LIMIT = 1000
@@ -77,6 +78,8 @@ class PlacementPolicy(msgspec.Struct, frozen=True, kw_only=True):
     foreign_memory_threshold_mib: int = DEFAULT_FOREIGN_MEMORY_THRESHOLD_MIB
     #: Only the first this many queued jobs get a simulated wait estimate.
     estimate_limit: int = DEFAULT_ESTIMATE_LIMIT
+    #: Whether and how a queued job may preempt running jobs of lower priority.
+    preemption: PreemptionPolicy = PreemptionPolicy()
 
 
 class Decision(msgspec.Struct, frozen=True, kw_only=True):

@@ -498,9 +498,12 @@ class SchedulerService:
         self.actions.forget_old_actions()
         await self.actions.mark_lost(now)
         await self.actions.reconcile_claims()
+        await self.actions.time_out(now)
         placed: list[PlacedJob] = []
         if not state.paused:
-            decisions = state.placement.place().decisions
+            placement = state.placement.place()
+            decisions = placement.decisions
+            await self.actions.preempt(placement.preemptions)
             for decision in decisions:
                 state.begin(decision.job_id)
             placed = [
