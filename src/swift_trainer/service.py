@@ -43,6 +43,7 @@ from .projections.read_models.redis import RedisReadModel
 from .projections.runner_feed import RunnerFeed
 from .projections.scheduler.observed_scheduler import ObservedSchedulerService
 from .projections.scheduler.pass_result import PassResult
+from .projections.scheduler.preemption import PreemptionPolicy
 from .projections.scheduler.scheduler_cli import SchedulerOptions
 from .runner.agent import RunnerAgent
 from .runner.runner_factory import RunnerOptions, create_runner_agent
@@ -281,10 +282,17 @@ class Service:
         if publish_queue_view:
             assert self.read_model is not None
             sink = self.read_model.set_queue_view
+        settings = self.settings
+        preemption = PreemptionPolicy(
+            enabled=settings.scheduler_preemption,
+            min_runtime_s=settings.preempt_min_runtime_s,
+            max_per_hour=settings.preempt_max_per_hour,
+            grace_s=settings.preempt_grace_s,
+        )
         scheduler = ObservedSchedulerService(
             self.nc,
             scheduler_id=options.scheduler_id,
-            policy=options.policy,
+            policy=msgspec.structs.replace(options.policy, preemption=preemption),
             queue_view_sink=sink,
             lease_ttl_s=options.lease_ttl_s,
             tick_s=options.tick_s,
