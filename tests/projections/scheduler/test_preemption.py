@@ -229,12 +229,8 @@ def brute_force(
         )
         for size in range(1, len(allowed) + 1):
             for subset in itertools.combinations(allowed, size):
-                freed = {
-                    i
-                    for i, h in cand.holders.items()
-                    if h <= set(subset) | {j for j in h if known[j].soon}
-                }
-                if len(cand.free) + len(freed | soon) >= count:
+                freed = {i for i, h in cand.holders.items() if h and h <= set(subset)}
+                if len(cand.free) + len(freed) >= count:
                     valid = True
     return False, valid
 
@@ -263,12 +259,10 @@ def test_the_search_agrees_with_brute_force(
     assert len(found.gpu_ids) == count == len(set(found.gpu_ids))
     for index in found.gpu_ids:
         holders = target.holders.get(index, frozenset())
-        assert all(j in ids or known[j].soon for j in holders), "only freed GPUs are promised"
+        assert holders <= ids, "only free GPUs and the victims' are promised"
     for victim in found.victims:  # minimal: no victim could be let off
         rest = ids - {victim.job_id}
-        freed = {
-            i for i, h in target.holders.items() if h and all(j in rest or known[j].soon for j in h)
-        }
+        freed = {i for i, h in target.holders.items() if h and h <= rest}
         assert len(target.free) + len(freed) < count
 
 

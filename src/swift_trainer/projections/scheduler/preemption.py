@@ -12,7 +12,8 @@ pass (``victim_facts``: the clock is a parameter), and the placement core asks
 3. A job whose estimated end comes sooner than its grace is waited for, never preempted:
    its GPUs count as free soon, as do the GPUs of jobs already stopping. When free and
    soon-free GPUs already suffice on some host, nobody is preempted: the job waits.
-4. The victims are all on one host and together free enough GPUs there (gang placement).
+4. The victims are all on one host and, with its free GPUs, free enough GPUs there (gang
+   placement; GPUs that free soon are not counted on, so two plans never share one).
    On each host the victims are taken lowest priority first, then least work lost since
    their last checkpoint, until enough GPUs are free; any victim the others make
    unnecessary is let off again. Among hosts, the set whose highest priority is lowest
@@ -166,11 +167,11 @@ def find_preemption(
         free, soon, candidates = _classify(host, priority, facts, taken)
         if len(free) + len(soon) >= count:
             return WAIT
-        chosen = _choose(host, count, len(free) + len(soon), soon, candidates)
+        chosen = _choose(host, count, len(free), candidates)
         if chosen is None:
             continue
-        freed = _freed(host, soon, {v.job_id for v in chosen}) - soon
-        gpu_ids = tuple(sorted([*sorted(free), *sorted(freed), *sorted(soon)][:count]))
+        freed = _freed(host, {v.job_id for v in chosen})
+        gpu_ids = tuple(sorted([*sorted(free), *sorted(freed)][:count]))
         key = (
             max(v.priority for v in chosen),
             sum(v.lost_work_s for v in chosen),
@@ -229,22 +230,18 @@ def _is_soon(fact: VictimFacts | None, taken: frozenset[str] | set[str]) -> bool
     return fact is not None and fact.soon and fact.job_id not in taken
 
 
-def _freed(host: HostGpus, soon: set[int], victims: set[str]) -> set[int]:
+def _freed(host: HostGpus, victims: set[str]) -> set[int]:
     """GPUs of ``host`` that are busy now and free once ``victims`` have stopped."""
     freed = set()
     for index in host.usable - host.free:
         holders = host.holders.get(index, frozenset())
-        if holders and index not in soon and holders <= victims | _soon_holders(host, soon):
+        if holders and holders <= victims:
             freed.add(index)
-    return freed | soon
-
-
-def _soon_holders(host: HostGpus, soon: set[int]) -> set[str]:
-    return {holder for index in soon for holder in host.holders.get(index, ())}
+    return freed
 
 
 def _choose(
-    host: HostGpus, count: int, available: int, soon: set[int], candidates: Sequence[Victim]
+    host: HostGpus, count: int, available: int, candidates: Sequence[Victim]
 ) -> list[Victim] | None:
     """Victims taken cheapest first until ``count`` GPUs are obtainable; then any victim
     the others make unnecessary is let off, the dearest first."""
@@ -253,13 +250,13 @@ def _choose(
     for victim in candidates:
         chosen.append(victim)
         ids.add(victim.job_id)
-        if available + len(_freed(host, soon, ids) - soon) >= count:
+        if available + len(_freed(host, ids)) >= count:
             break
     else:
         return None
     for victim in reversed(list(chosen)):
         rest = ids - {victim.job_id}
-        if rest and available + len(_freed(host, soon, rest) - soon) >= count:
+        if rest and available + len(_freed(host, rest)) >= count:
             chosen.remove(victim)
             ids = rest
     return chosen
