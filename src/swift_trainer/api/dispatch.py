@@ -35,6 +35,8 @@ STATUS_AFTER: Final[dict[str, JobStatus]] = {
     "JobStopped": JobStatus.STOPPED,
     "JobPaused": JobStatus.PAUSED,
     "JobCancelled": JobStatus.CANCELLED,
+    "JobPreempted": JobStatus.QUEUED,
+    "JobTimedOut": JobStatus.TIMED_OUT,
     "JobSucceeded": JobStatus.SUCCEEDED,
     "JobFailed": JobStatus.FAILED,
     "JobDeleted": JobStatus.DELETED,

@@ -283,6 +283,10 @@ def summarize(fold: JobFold) -> JobSummary | None:
         suffix=spec.suffix,
         metadata=dict(spec.metadata),
         owner=spec.owner,
+        preemptible=spec.preemptible,
+        preemptions=state.preemptions,
+        preempted_by=state.preempted_by,
+        max_runtime=spec.max_runtime,
     )
 
 

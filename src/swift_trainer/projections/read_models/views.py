@@ -88,6 +88,12 @@ class JobSummary(msgspec.Struct, frozen=True):
     metadata: dict[str, str] = {}
     #: The API key owner who submitted the job (None: the operator, or before owners).
     owner: str | None = None
+    #: Preemption and time limits: whether it may be preempted, how often it was, the job
+    #: taking its GPUs while a preemption is under way, and its ``max_runtime``.
+    preemptible: bool = True
+    preemptions: int = 0
+    preempted_by: str | None = None
+    max_runtime: int | str | None = None
 
 
 class JobFold(msgspec.Struct, frozen=True):

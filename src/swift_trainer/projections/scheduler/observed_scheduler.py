@@ -34,6 +34,12 @@ _tracer = trace.get_tracer(__name__)
 _MAX_TRACKED: Final = 200_000
 #: After these a job needs no placement until it is queued again.
 _DONE: Final = frozenset({"JobSucceeded", "JobFailed", "JobStopped", "JobDeleted"})
+#: Events counted as they come, by type.
+_COUNTERS: Final = {
+    "JobLost": metrics.JOBS_LOST,
+    "JobPreempted": metrics.JOBS_PREEMPTED,
+    "JobTimedOut": metrics.JOBS_TIMED_OUT,
+}
 
 
 class ObservedSchedulerService(SchedulerService):
@@ -63,9 +69,9 @@ class ObservedSchedulerService(SchedulerService):
                 if counting and since is not None:
                     wait = (event.recorded_at - since).total_seconds()
                     metrics.QUEUE_WAIT_SECONDS.observe(max(wait, 0.0))
-            case "JobLost":
+            case "JobLost" | "JobPreempted" | "JobTimedOut":
                 if counting:
-                    metrics.JOBS_LOST.inc()
+                    _COUNTERS[event.type].inc()
             case kind if kind in _DONE:
                 self._queued_at.pop(stream, None)
                 self._job_traces.pop(stream, None)

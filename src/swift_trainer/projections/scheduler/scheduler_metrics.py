@@ -32,6 +32,14 @@ JOBS_LOST: Final = Counter(
     "swift_trainer_jobs_lost",
     "Jobs marked lost because their runner stopped heartbeating.",
 )
+JOBS_PREEMPTED: Final = Counter(
+    "swift_trainer_jobs_preempted",
+    "Jobs stopped with a checkpoint and queued again to make room for a job of higher priority.",
+)
+JOBS_TIMED_OUT: Final = Counter(
+    "swift_trainer_jobs_timed_out",
+    "Jobs stopped with a checkpoint at their max_runtime.",
+)
 JOBS_REQUEUED: Final = Counter(
     "swift_trainer_jobs_requeued",
     "Jobs put back in the queue after a loss or a refused start.",
