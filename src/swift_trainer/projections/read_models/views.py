@@ -163,7 +163,8 @@ class QueueEntry(msgspec.Struct, frozen=True, omit_defaults=True):
     unplaceable: str | None = None
     gpu_count: int = 1
     #: ``owner_gpu_quota`` when its owner's ``max_gpus`` keeps it waiting; the reason says
-    #: the limit (and names the owner, so other owners' users do not see it).
+    #: the limit (and names the owner, so other owners' users do not see it). ``preempting``
+    #: while jobs of lower priority stop to make room for it; the reason names them.
     blocked_by: str | None = None
     blocked_reason: str | None = None
 

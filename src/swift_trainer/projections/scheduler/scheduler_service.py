@@ -182,6 +182,8 @@ class SchedulerService:
         self._last_view: tuple[object, ...] | None = None
         self._last_view_at = -1e9
         self._saved_position = 0
+        #: When each preemption under way was decided, for the preemptor's expected start.
+        self._preempting_since: dict[str, datetime] = {}
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -504,6 +506,8 @@ class SchedulerService:
             placement = state.placement.place()
             decisions = placement.decisions
             await self.actions.preempt(placement.preemptions)
+            for plan in placement.preemptions:
+                self._preempting_since[plan.job_id] = now
             for decision in decisions:
                 state.begin(decision.job_id)
             placed = [
@@ -549,6 +553,7 @@ class SchedulerService:
             )
             for x in self.state.placement.report()
         ]
+        queued = self._with_preemptions(queued, now)
         held = [
             QueueEntry(
                 job_id=job_id,
@@ -571,6 +576,39 @@ class SchedulerService:
             _log.exception("the queue view sink failed")
         else:
             self._last_view = key
+
+    def _with_preemptions(self, entries: list[QueueEntry], now: datetime) -> list[QueueEntry]:
+        """Mark the jobs about to preempt: whom, on which host, and when they start (by the
+        end of their victims' grace at the latest)."""
+        plans = self.state.placement.plans
+        for job_id in [j for j in self._preempting_since if j not in plans]:
+            del self._preempting_since[job_id]
+        if not plans:
+            return entries
+        marked = []
+        for entry in entries:
+            plan = plans.get(entry.job_id)
+            if plan is None:
+                marked.append(entry)
+                continue
+            since = self._preempting_since.setdefault(entry.job_id, now)
+            grace = max((v.grace_s for v in plan.victims), default=0.0)
+            start = _whole_seconds(since + timedelta(seconds=grace))
+            victims = ", ".join(sorted(plan.victim_ids))
+            marked.append(
+                msgspec.structs.replace(
+                    entry,
+                    estimated_start=start,
+                    blocked_by=PREEMPTING,
+                    blocked_reason=f"preempting {victims} on host {plan.runner_id}: starts "
+                    f"when they have stopped with a checkpoint, by {start.isoformat()}",
+                )
+            )
+        return marked
+
+
+#: The ``blocked_by`` code of a queued job whose preemption of others is under way.
+PREEMPTING: Final = "preempting"
 
 
 def _whole_seconds(moment: datetime) -> datetime:
