@@ -43,6 +43,7 @@ from .projections.read_models.memory import MemoryReadModel
 from .projections.read_models.redis import RedisReadModel
 from .projections.runner_feed import RunnerFeed
 from .projections.scheduler.pass_result import PassResult
+from .projections.scheduler.preemption import PreemptionPolicy
 from .projections.scheduler.service import SchedulerOptions, SchedulerService
 from .projections.scheduler.telemetry import SchedulerTelemetry
 from .runner.agent import RunnerAgent
@@ -286,9 +287,16 @@ class Service:
         if publish_queue_view:
             assert self.read_model is not None
             sink = self.read_model.set_queue_view
+        settings = self.settings
+        preemption = PreemptionPolicy(
+            enabled=settings.scheduler_preemption,
+            min_runtime_s=settings.preempt_min_runtime_s,
+            max_per_hour=settings.preempt_max_per_hour,
+            grace_s=settings.preempt_grace_s,
+        )
         scheduler = SchedulerService(
             self.nc,
-            options,
+            msgspec.structs.replace(options, preemption=preemption),
             queue_view_sink=sink,
             store=self.store,
             checkpoints=self.store,

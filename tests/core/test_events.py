@@ -70,6 +70,18 @@ SAMPLES: list[e.Event] = [
     e.JobCancelled(**J, reason="cancelled by user", attempt=2, checkpoint="o/checkpoint-5"),
     e.JobStopped(**J, reason="user", attempt=2, checkpoint="out/checkpoint-100"),
     e.JobLost(**J, attempt=2, runner_id="gpu-host-1", reason="lease expired"),
+    e.StopRequested(
+        **J,
+        reason="preempted by urgent (priority 9 > 2) on host gpu-host-1",
+        runner_id="gpu-host-1",
+        attempt=2,
+        intent="preempt",
+        grace_s=120.0,
+        preempted_by="urgent",
+        reserved_gpu_ids=(0, 1),
+    ),
+    e.JobPreempted(**J, attempt=2, reason="preempted", preempted_by="urgent", checkpoint="c"),
+    e.JobTimedOut(**J, attempt=2, reason="reached max_runtime 5s", checkpoint="c"),
     e.JobRequeued(**J, priority=3, retries=1, reason="lost", resume_from="out/checkpoint-100"),
     e.AssignmentRejected(**J, attempt=2, runner_id="gpu-host-1", reason="gpu busy"),
     e.ExportRequested(
@@ -429,3 +441,20 @@ def test_a_spec_naming_an_uploaded_file_round_trips() -> None:
     event = e.JobSubmitted(**J, spec=spec)
     assert e.decode_event("JobSubmitted", e.encode_event(event)) == event
     assert "data_path" not in msgspec.json.decode(e.encode_event(event))["spec"]
+
+
+def test_a_stop_requested_recorded_before_preemption_decodes_with_no_grace_or_preemptor() -> None:
+    old = b"""{"type": "StopRequested", "at": "2024-11-02T08:00:00Z", "job_id": "training_001",
+    "reason": "user", "runner_id": "gpu-host-1", "attempt": 2, "intent": "pause"}"""
+    event = e.decode_event("StopRequested", old, 1)
+    assert isinstance(event, e.StopRequested)
+    assert (event.grace_s, event.preempted_by, event.reserved_gpu_ids) == (None, None, ())
+
+
+def test_a_spec_recorded_before_preemption_and_time_limits_is_preemptible_without_a_limit() -> None:
+    old = b"""{"type": "JobSubmitted", "at": "2024-11-02T08:00:00Z", "job_id": "training_001",
+    "spec": {"data_path": "d", "model_path": "m", "output_dir": "o"}}"""
+    event = e.decode_event("JobSubmitted", old, 1)
+    assert isinstance(event, e.JobSubmitted)
+    assert event.spec.preemptible is True
+    assert (event.spec.preempt_grace_s, event.spec.max_runtime_s) == (None, None)

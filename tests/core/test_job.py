@@ -222,6 +222,9 @@ def finished(status: JobStatus, *, checkpoints: tuple[str, ...] = (CKPT_100,), *
     elif status is JobStatus.CANCELLED:
         job.do(c.CancelJob(job_id=JOB))
         job.do(job.stopped())
+    elif status is JobStatus.TIMED_OUT:
+        job.do(c.TimeOutJob(job_id=JOB, attempt=job.state.attempt, reason="max_runtime 5s"))
+        job.do(job.stopped())
     else:
         job.do(c.StopJob(job_id=JOB))
         job.do(job.stopped())
@@ -321,6 +324,8 @@ NOT_SUBMIT = [
     c.DeleteJob(job_id=JOB),
     c.ScheduleJob(job_id=JOB, attempt=1, runner_id=RUNNER, gpu_ids=(0,)),
     c.MarkLost(job_id=JOB, attempt=1),
+    c.PreemptJob(job_id=JOB, attempt=1, preempted_by="other", reason="x", grace_s=1.0),
+    c.TimeOutJob(job_id=JOB, attempt=1, reason="x"),
     c.ReportStarted(job_id=JOB, attempt=1, runner_id=RUNNER, pid=1, command=()),
     c.RejectAssignment(job_id=JOB, attempt=1, runner_id=RUNNER, reason="x"),
     c.ReportProgress(job_id=JOB, attempt=1, runner_id=RUNNER, step=1),
@@ -1231,7 +1236,7 @@ def test_a_paused_job_can_also_be_started_natively() -> None:
 def test_resume_of_a_job_that_is_not_paused_is_refused(status: JobStatus) -> None:
     job = in_status(status)
     message = job.refuse(c.ResumeJob(job_id=JOB), InvalidTransition, "invalid_transition")
-    assert "only paused or stopped jobs" in message
+    assert "only paused, stopped or timed-out jobs" in message
 
 
 def test_resume_of_a_stopped_job_queues_it_like_start() -> None:

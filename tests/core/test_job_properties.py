@@ -62,7 +62,7 @@ CHECKPOINT_PATHS = (
 # --- invariants -----------------------------------------------------------------------------
 
 
-def check_invariants(state: JobState, applied: int) -> None:
+def check_invariants(state: JobState, applied: int) -> None:  # noqa: C901
     """What every reachable state satisfies, whatever the command history."""
     assert state.job_id == JOB_ID
     assert state.version == applied, "version counts the events applied"
@@ -98,8 +98,23 @@ def check_invariants(state: JobState, applied: int) -> None:
         assert state.last_runner_id == state.runner_id
     if status in FINISHED:
         assert state.finished_at is not None
-    if status in (JobStatus.STOPPING, JobStatus.STOPPED, JobStatus.PAUSED, JobStatus.CANCELLED):
+    if status in (
+        JobStatus.STOPPING,
+        JobStatus.STOPPED,
+        JobStatus.PAUSED,
+        JobStatus.CANCELLED,
+        JobStatus.TIMED_OUT,
+    ):
         assert state.stop_reason is not None
+    if state.preempted_by is not None:
+        assert status is JobStatus.STOPPING and state.stop_intent == "preempt"
+        assert spec.preemptible, "only a preemptible job is ever preempted"
+    if not spec.preemptible:
+        assert state.preemptions == 0
+    assert len(state.preempted_at) <= state.preemptions
+    assert state.runtime_s >= 0
+    if state.run_since is not None:
+        assert status in (JobStatus.RUNNING, JobStatus.STOPPING), "a clock runs only in an attempt"
     if status is not JobStatus.STOPPING:
         assert state.stop_intent == "stop", "an intent lives only as long as its stop"
     if status is JobStatus.FAILED:
@@ -139,6 +154,7 @@ specs = st.builds(
     auto_start=st.booleans(),
     max_retries=st.integers(0, 3),
     auto_export=st.booleans(),
+    preemptible=st.booleans(),
 )
 REASONS = ("because", "runner lease expired", "disk full", "")
 COMMAND_TYPES: tuple[type[c.AnyJobCommand], ...] = c.AnyJobCommand.__args__
@@ -224,6 +240,17 @@ def build_command(  # noqa: C901 - one branch per command type reads best as a t
         )
     if kind is c.MarkLost:
         return c.MarkLost(job_id=job, attempt=attempt, reason=reason)
+    if kind is c.PreemptJob:
+        return c.PreemptJob(
+            job_id=job,
+            attempt=attempt,
+            preempted_by="urgent",
+            reason=reason or "preempted",
+            grace_s=1 + ch.number % 120,
+            reserved_gpu_ids=ch.gpus,
+        )
+    if kind is c.TimeOutJob:
+        return c.TimeOutJob(job_id=job, attempt=attempt, reason=reason or "max_runtime")
     if kind is c.ReportStarted:
         return c.ReportStarted(
             job_id=job, attempt=attempt, runner_id=runner, pid=ch.number + 1, command=("swift",)
@@ -298,7 +325,7 @@ def test_strategies_cover_every_command_type() -> None:
     spec = JobSpec(data_path="d", model_path="m", output_dir="o")
     built = {type(build_command(state, kind, spec, Choices())) for kind in COMMAND_TYPES}
     assert built == set(c.AnyJobCommand.__args__)
-    assert len(COMMAND_TYPES) == 22
+    assert len(COMMAND_TYPES) == 24
 
 
 # --- the properties -------------------------------------------------------------------------
@@ -398,15 +425,18 @@ _NEXT_STEPS: dict[JobStatus, list[type[c.AnyJobCommand]]] = {
     JobStatus.RUNNING: [
         *(c.ReportCheckpoint, c.ReportCheckpoint, c.ReportCheckpoint, c.ReportProgress),
         *(c.ReportSucceeded, c.ReportFailed, c.MarkLost, c.StopJob, c.PauseJob, c.CancelJob),
+        *(c.PreemptJob, c.PreemptJob, c.TimeOutJob),
     ],
     JobStatus.STOPPING: [
         *(c.ReportStopped, c.ReportStopped, c.ReportCheckpoint, c.MarkLost, c.CancelJob),
+        *(c.StopJob, c.ReportFailed, c.TimeOutJob),
     ],
     JobStatus.SUCCEEDED: _FINISHED_STEPS,
     JobStatus.FAILED: _FINISHED_STEPS,
     JobStatus.STOPPED: _FINISHED_STEPS,
     JobStatus.PAUSED: [c.ResumeJob, c.ResumeJob, *_FINISHED_STEPS],
     JobStatus.CANCELLED: _FINISHED_STEPS,
+    JobStatus.TIMED_OUT: [c.StartJob, c.ResumeJob, *_FINISHED_STEPS],
 }
 NEXT_STEPS = {status: st.sampled_from(kinds) for status, kinds in _NEXT_STEPS.items()}
 #: One draw in five is any command with any selectors: stale reports, unknown ids.

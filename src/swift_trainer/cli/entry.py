@@ -223,6 +223,11 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--host", help="HTTP bind address (default APP_HOST or 127.0.0.1)")
     up.add_argument("--port", type=int, help="HTTP port (default APP_PORT or 8000)")
     up.add_argument("--nats-port", type=int, default=None, help="embedded nats-server port")
+    up.add_argument(
+        "--preemption",
+        choices=("on", "off"),
+        help="let urgent jobs preempt lower-priority ones (default SCHEDULER_PREEMPTION or on)",
+    )
 
     sub.add_parser("handler", help="run the command handler and outbox relay (distributed)")
     api = sub.add_parser("api", help="run the HTTP API (distributed; Redis read models)")
@@ -307,6 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     auth_env(args, env)
     if args.command == "up" and getattr(args, "nats_url", None):
         env["NATS_URL"] = args.nats_url
+    if getattr(args, "preemption", None):
+        env["SCHEDULER_PREEMPTION"] = args.preemption
     try:
         settings = load_settings(env, env_file=args.env_file)
         _configure_logging(settings, args.command)

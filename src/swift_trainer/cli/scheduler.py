@@ -59,6 +59,11 @@ def add_scheduler_arguments(parser: argparse.ArgumentParser) -> None:
         help="a GPU with this much memory used by processes we did not start counts as busy",
     )
     parser.add_argument(
+        "--preemption",
+        choices=("on", "off"),
+        help="let urgent jobs preempt lower-priority ones (default SCHEDULER_PREEMPTION or on)",
+    )
+    parser.add_argument(
         "--max-jobs-at-rest",
         type=_count,
         default=DEFAULT_LIMIT,

@@ -103,6 +103,27 @@ class MarkLost(JobCommand, frozen=True, tag=True):
     reason: Reason = "runner lease expired"
 
 
+class PreemptJob(JobCommand, frozen=True, tag=True):
+    """Stop a running job with a checkpoint so that ``preempted_by`` can take its GPUs.
+
+    The job goes back to the queue when it has stopped; ``grace_s`` is how long it has to
+    write its checkpoint, ``reserved_gpu_ids`` the GPUs of its host the preemptor gets.
+    """
+
+    attempt: int
+    preempted_by: JobId
+    reason: Reason
+    grace_s: Annotated[float, msgspec.Meta(gt=0)]
+    reserved_gpu_ids: tuple[int, ...] = ()
+
+
+class TimeOutJob(JobCommand, frozen=True, tag=True):
+    """Stop a job with a checkpoint because it reached its ``max_runtime``."""
+
+    attempt: int
+    reason: Reason
+
+
 # --- from runners ---------------------------------------------------------------------------
 
 
@@ -297,6 +318,8 @@ AnyJobCommand = (
     | DeleteJob
     | ScheduleJob
     | MarkLost
+    | PreemptJob
+    | TimeOutJob
     | ReportStarted
     | RejectAssignment
     | ReportProgress

@@ -116,8 +116,15 @@ class StopRequested(JobEvent, frozen=True, tag=True):
     runner_id: str | None = None
     attempt: int = 0
     #: What the stop is for, so the runner's confirmation ends the job in the right state:
-    #: ``stop`` (``stopped``), ``pause`` (``paused``) or ``cancel`` (``cancelled``).
+    #: ``stop`` (``stopped``), ``pause`` (``paused``) or ``cancel`` (``cancelled``),
+    #: ``preempt`` (back to ``queued``) or ``timeout`` (``timed_out``).
     intent: str = "stop"
+    #: Seconds the process gets to write its checkpoint before the runner kills it
+    #: (None: the runner's own grace period).
+    grace_s: float | None = None
+    #: For a preemption: the job that takes the GPUs, and the GPUs it will start on.
+    preempted_by: str | None = None
+    reserved_gpu_ids: tuple[int, ...] = ()
 
 
 class JobStopped(JobEvent, frozen=True, tag=True):
@@ -139,6 +146,26 @@ class JobCancelled(JobEvent, frozen=True, tag=True):
 
     reason: str
     attempt: int = 0
+    checkpoint: str | None = None
+
+
+class JobPreempted(JobEvent, frozen=True, tag=True):
+    """Stopped with a checkpoint to make room for ``preempted_by``; a ``JobRequeued`` follows.
+
+    A preemption does not count against ``max_retries``.
+    """
+
+    attempt: int
+    reason: str
+    preempted_by: str | None = None
+    checkpoint: str | None = None
+
+
+class JobTimedOut(JobEvent, frozen=True, tag=True):
+    """Stopped with a checkpoint at its ``max_runtime``; ``start`` resumes it."""
+
+    attempt: int
+    reason: str
     checkpoint: str | None = None
 
 
@@ -234,6 +261,8 @@ AnyJobEvent = (
     | JobPaused
     | JobCancelled
     | JobLost
+    | JobPreempted
+    | JobTimedOut
     | JobRequeued
     | AssignmentRejected
     | ExportRequested

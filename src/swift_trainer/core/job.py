@@ -17,6 +17,9 @@ history but the id may be submitted again.
 Pause and cancel ride on the same stop as ``stopping``: the request records its intent,
 and the runner's confirmation ends the job ``paused`` (resumable, like ``stopped``) or
 ``cancelled`` (final: nothing starts it again, the OpenAI API's meaning of cancel).
+A preemption (``PreemptJob``) and a time limit (``TimeOutJob``) ride on it too: a preempted
+job goes back to ``queued`` without spending a retry, and one that reached its
+``max_runtime`` ends ``timed_out`` (resumable, like ``stopped``). See docs/preemption.md.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class JobStatus(StrEnum):
     STOPPED = "stopped"
     PAUSED = "paused"
     CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
     DELETED = "deleted"
     #: Waits for the jobs named in ``spec.after`` before it is queued.
     WAITING = "waiting"
@@ -69,10 +73,13 @@ FINISHED: Final = frozenset(
         JobStatus.STOPPED,
         JobStatus.PAUSED,
         JobStatus.CANCELLED,
+        JobStatus.TIMED_OUT,
     }
 )
 #: What a stop is for (``StopRequested.intent``).
-STOP_INTENTS: Final = ("stop", "pause", "cancel")
+STOP_INTENTS: Final = ("stop", "pause", "cancel", "preempt", "timeout")
+#: Preemption times a job keeps: enough for any hourly cap an operator sets.
+PREEMPTIONS_KEPT: Final = 32
 
 
 class Progress(TrainingMetrics, frozen=True, omit_defaults=True, kw_only=True):
@@ -127,6 +134,18 @@ class JobState(msgspec.Struct, frozen=True, omit_defaults=True):
     last_runner_id: str | None = None
     #: The intent of the stop in progress (``stop``, ``pause`` or ``cancel``).
     stop_intent: str = "stop"
+    #: How often the job was preempted, and when (the latest ``PREEMPTIONS_KEPT``).
+    preemptions: int = 0
+    preempted_at: tuple[datetime, ...] = ()
+    #: While a preemption is under way: the job taking the GPUs, and the GPUs it gets.
+    preempted_by: str | None = None
+    preempt_gpu_ids: tuple[int, ...] = ()
+    #: When the latest checkpoint was recorded: the work a preemption would lose.
+    checkpointed_at: datetime | None = None
+    #: Seconds run by attempts that have ended, and when the current one started running:
+    #: together the runtime that ``max_runtime`` limits.
+    runtime_s: float = 0.0
+    run_since: datetime | None = None
 
     @property
     def exists(self) -> bool:
@@ -135,6 +154,11 @@ class JobState(msgspec.Struct, frozen=True, omit_defaults=True):
     @property
     def last_checkpoint(self) -> Checkpoint | None:
         return self.checkpoints[-1] if self.checkpoints else None
+
+    def runtime_at(self, now: datetime) -> float:
+        """Seconds run over every attempt up to ``now`` (since the last timed-out resume)."""
+        running = 0.0 if self.run_since is None else (now - self.run_since).total_seconds()
+        return self.runtime_s + max(0.0, running)
 
     @property
     def export_in_flight(self) -> Export | None:
@@ -210,6 +234,10 @@ def decide(  # noqa: C901 - one case per command reads best as a table
             return _decide_schedule(state, command, now)
         case c.MarkLost():
             return _decide_lost(state, command, now)
+        case c.PreemptJob():
+            return _decide_preempt(state, command, now)
+        case c.TimeOutJob():
+            return _decide_time_out(state, command, now)
         case c.RejectAssignment():
             return _decide_reject(state, command, now)
         case (
@@ -272,7 +300,7 @@ def _decide_start(state: JobState, now: datetime) -> list[e.AnyJobEvent]:
         ):
             # Stopped while it waited: it waits again, its conditions still apply.
             return [e.JobWaiting(at=now, job_id=job_id)]
-        case JobStatus.STOPPED | JobStatus.FAILED | JobStatus.PAUSED:
+        case JobStatus.STOPPED | JobStatus.FAILED | JobStatus.PAUSED | JobStatus.TIMED_OUT:
             checkpoint = state.last_checkpoint
             return [
                 e.JobQueued(
@@ -306,6 +334,9 @@ def _decide_stop(state: JobState, reason: str, now: datetime) -> list[e.AnyJobEv
                     attempt=state.attempt,
                 ),
             ]
+        case JobStatus.STOPPING if state.stop_intent in ("preempt", "timeout"):
+            # The user's stop wins: the job ends stopped, not back in the queue.
+            return [_stop_request(state, reason, "stop", now)]
         case JobStatus.STOPPING:
             return []
         case _:
@@ -317,6 +348,31 @@ def _stop_ended(
 ) -> list[e.AnyJobEvent]:
     """The fact that ends a stop, by what the stop was for."""
     job_id, attempt = state.job_id, state.attempt
+    if intent == "preempt":
+        return [
+            e.JobPreempted(
+                at=now,
+                job_id=job_id,
+                reason=reason,
+                attempt=attempt,
+                preempted_by=state.preempted_by,
+                checkpoint=checkpoint,
+            ),
+            e.JobRequeued(
+                at=now,
+                job_id=job_id,
+                priority=state.priority,
+                retries=state.retries,
+                reason=reason,
+                resume_from=checkpoint or state.resume_from,
+            ),
+        ]
+    if intent == "timeout":
+        return [
+            e.JobTimedOut(
+                at=now, job_id=job_id, reason=reason, attempt=attempt, checkpoint=checkpoint
+            )
+        ]
     if intent == "pause":
         return [
             e.JobPaused(
@@ -357,6 +413,8 @@ def _decide_pause(state: JobState, reason: str, now: datetime) -> list[e.AnyJobE
             return []
         case JobStatus.STOPPING if state.stop_intent == "pause":
             return []
+        case JobStatus.STOPPING if state.stop_intent in ("preempt", "timeout"):
+            return [_stop_request(state, reason, "pause", now)]
         case JobStatus.STOPPING:
             raise _refuse(state, "pause", f"a {state.stop_intent} is already in progress")
         case _:
@@ -364,8 +422,8 @@ def _decide_pause(state: JobState, reason: str, now: datetime) -> list[e.AnyJobE
 
 
 def _decide_resume(state: JobState, now: datetime) -> list[e.AnyJobEvent]:
-    if state.status not in (JobStatus.PAUSED, JobStatus.STOPPED):
-        raise _refuse(state, "resume", "only paused or stopped jobs can be resumed")
+    if state.status not in (JobStatus.PAUSED, JobStatus.STOPPED, JobStatus.TIMED_OUT):
+        raise _refuse(state, "resume", "only paused, stopped or timed-out jobs can be resumed")
     return _decide_start(state, now)
 
 
@@ -379,6 +437,7 @@ def _decide_cancel(state: JobState, reason: str, now: datetime) -> list[e.AnyJob
             | JobStatus.PAUSED
             | JobStatus.STOPPED
             | JobStatus.WAITING
+            | JobStatus.TIMED_OUT
         ):
             return _stop_ended(state, "cancel", reason, now, path)
         case JobStatus.SCHEDULED | JobStatus.RUNNING:
@@ -390,6 +449,49 @@ def _decide_cancel(state: JobState, reason: str, now: datetime) -> list[e.AnyJob
             return []
         case _:
             raise _refuse(state, "cancel", "it has already finished")
+
+
+def _decide_preempt(state: JobState, command: c.PreemptJob, now: datetime) -> list[e.AnyJobEvent]:
+    """The scheduler's choice of a victim, checked against the stored state."""
+    assert state.spec is not None
+    if state.status is JobStatus.STOPPING and state.stop_intent == "preempt":
+        return []
+    if state.status is not JobStatus.RUNNING or command.attempt != state.attempt:
+        raise _refuse(state, "preempt", f"only its running attempt {state.attempt} can be")
+    if not state.spec.preemptible:
+        raise _refuse(state, "preempt", "its spec says preemptible: false")
+    return [
+        e.StopRequested(
+            at=now,
+            job_id=state.job_id,
+            reason=command.reason,
+            runner_id=state.runner_id,
+            attempt=state.attempt,
+            intent="preempt",
+            grace_s=command.grace_s,
+            preempted_by=command.preempted_by,
+            reserved_gpu_ids=command.reserved_gpu_ids,
+        )
+    ]
+
+
+def _decide_time_out(state: JobState, command: c.TimeOutJob, now: datetime) -> list[e.AnyJobEvent]:
+    """Stop a job at its ``max_runtime``, with a checkpoint; it ends ``timed_out``."""
+    if command.attempt != state.attempt:
+        raise StaleAssignment(
+            f"time limit for attempt {command.attempt} of job {state.job_id!r}, whose current "
+            f"attempt is {state.attempt}"
+        )
+    match state.status:
+        case JobStatus.SCHEDULED | JobStatus.RUNNING:
+            return [_stop_request(state, command.reason, "timeout", now)]
+        case JobStatus.STOPPING if state.stop_intent in ("timeout", "cancel"):
+            return []
+        case JobStatus.STOPPING:
+            # A preemption or a stop under way ends in the time limit instead.
+            return [_stop_request(state, command.reason, "timeout", now)]
+        case _:
+            raise _refuse(state, "time out", "it is not running")
 
 
 def _decide_priority(state: JobState, priority: int, now: datetime) -> list[e.AnyJobEvent]:
@@ -639,9 +741,23 @@ def _decide_report(  # noqa: C901 - one branch per report kind reads best as a t
                     latest = state.last_checkpoint
                     kept = latest.path if latest else None
                     return [failed, *_stop_ended(state, "cancel", command.reason, now, kept)]
+                if state.status is JobStatus.STOPPING and state.stop_intent in (
+                    "preempt",
+                    "timeout",
+                ):
+                    # Killed at the end of its grace: the stop still ends as it was meant to.
+                    latest = state.last_checkpoint
+                    kept = latest.path if latest else None
+                    reason = state.stop_reason or command.reason
+                    return _stop_ended(state, state.stop_intent, reason, now, kept)
                 return [failed]
         case c.ReportStopped(checkpoint=checkpoint):
-            if state.status in (JobStatus.STOPPED, JobStatus.PAUSED, JobStatus.CANCELLED):
+            if state.status in (
+                JobStatus.STOPPED,
+                JobStatus.PAUSED,
+                JobStatus.CANCELLED,
+                JobStatus.TIMED_OUT,
+            ):
                 return []
             if state.status is JobStatus.STOPPING or (
                 state.status in (JobStatus.RUNNING, JobStatus.SCHEDULED)
@@ -768,13 +884,36 @@ def _ended(state: JobState, status: JobStatus, at: datetime, reason: str) -> Job
         finished_at=at,
         stop_reason=reason,
         stop_intent="stop",
+        preempted_by=None,
+        preempt_gpu_ids=(),
         runner_id=None,
         gpu_ids=(),
     )
 
 
-def evolve(state: JobState, event: e.AnyJobEvent) -> JobState:  # noqa: C901 - a table
+#: Events after which the job runs no attempt: its runtime so far is banked.
+_ATTEMPT_ENDS: Final = (
+    e.JobSucceeded,
+    e.JobFailed,
+    e.JobStopped,
+    e.JobPaused,
+    e.JobCancelled,
+    e.JobLost,
+    e.JobPreempted,
+    e.JobTimedOut,
+    e.JobRequeued,
+)
+
+
+def evolve(state: JobState, event: e.AnyJobEvent) -> JobState:
     """Apply one recorded fact; total over every event ``decide`` emits."""
+    if state.run_since is not None and isinstance(event, _ATTEMPT_ENDS):
+        ran = max(0.0, (event.at - state.run_since).total_seconds())
+        state = msgspec.structs.replace(state, runtime_s=state.runtime_s + ran, run_since=None)
+    return _evolve(state, event)
+
+
+def _evolve(state: JobState, event: e.AnyJobEvent) -> JobState:  # noqa: C901 - a table
     s = msgspec.structs.replace
     state = s(state, version=state.version + 1)
     match event:
@@ -795,6 +934,8 @@ def evolve(state: JobState, event: e.AnyJobEvent) -> JobState:  # noqa: C901 - a
             return state
         case e.JobQueued(priority=priority, reason=reason, resume_from=resume_from):
             if reason == "resumed":
+                if state.status is JobStatus.TIMED_OUT:  # a fresh max_runtime from here
+                    state = s(state, runtime_s=0.0)
                 state = s(state, retries=0, stop_reason=None, failure_reason=None, exit_code=None)
             return s(
                 state,
@@ -822,6 +963,7 @@ def evolve(state: JobState, event: e.AnyJobEvent) -> JobState:  # noqa: C901 - a
                 command=argv,
                 started_at=at,
                 last_runner_id=runner_id,
+                run_since=at,
             )
         case e.JobProgressed():
             fields = msgspec.structs.asdict(event)
@@ -833,7 +975,12 @@ def evolve(state: JobState, event: e.AnyJobEvent) -> JobState:  # noqa: C901 - a
             # The checkpoint lives where the job runs now, even if its start was never
             # recorded (a stop that overtook the runner's start report).
             holder = state.runner_id if state.runner_id is not None else state.last_runner_id
-            return s(state, checkpoints=(*state.checkpoints, checkpoint), last_runner_id=holder)
+            return s(
+                state,
+                checkpoints=(*state.checkpoints, checkpoint),
+                last_runner_id=holder,
+                checkpointed_at=event.at,
+            )
         case e.JobSucceeded(at=at):
             return s(
                 state,
@@ -842,6 +989,8 @@ def evolve(state: JobState, event: e.AnyJobEvent) -> JobState:  # noqa: C901 - a
                 runner_id=None,
                 gpu_ids=(),
                 stop_intent="stop",
+                preempted_by=None,
+                preempt_gpu_ids=(),
             )
         case e.JobFailed(at=at, reason=reason, exit_code=exit_code):
             return s(
@@ -853,15 +1002,38 @@ def evolve(state: JobState, event: e.AnyJobEvent) -> JobState:  # noqa: C901 - a
                 runner_id=None,
                 gpu_ids=(),
                 stop_intent="stop",
+                preempted_by=None,
+                preempt_gpu_ids=(),
             )
         case e.StopRequested(reason=reason, intent=intent):
-            return s(state, status=JobStatus.STOPPING, stop_reason=reason, stop_intent=intent)
+            return s(
+                state,
+                status=JobStatus.STOPPING,
+                stop_reason=reason,
+                stop_intent=intent,
+                preempted_by=event.preempted_by if intent == "preempt" else None,
+                preempt_gpu_ids=event.reserved_gpu_ids if intent == "preempt" else (),
+            )
         case e.JobStopped(at=at, reason=reason):
             return _ended(state, JobStatus.STOPPED, at, reason)
         case e.JobPaused(at=at, reason=reason):
             return _ended(state, JobStatus.PAUSED, at, reason)
         case e.JobCancelled(at=at, reason=reason):
             return _ended(state, JobStatus.CANCELLED, at, reason)
+        case e.JobTimedOut(at=at, reason=reason):
+            return _ended(state, JobStatus.TIMED_OUT, at, reason)
+        case e.JobPreempted(at=at):
+            return s(
+                state,
+                preemptions=state.preemptions + 1,
+                preempted_at=(*state.preempted_at, at)[-PREEMPTIONS_KEPT:],
+                stop_intent="stop",
+                preempted_by=None,
+                preempt_gpu_ids=(),
+                runner_id=None,
+                gpu_ids=(),
+                pid=None,
+            )
         case e.JobLost():
             return s(state, runner_id=None, gpu_ids=(), pid=None)
         case e.AssignmentRejected():
@@ -917,6 +1089,8 @@ STATUS_AFTER: Final[dict[str, JobStatus]] = {
         (e.JobStopped, JobStatus.STOPPED),
         (e.JobPaused, JobStatus.PAUSED),
         (e.JobCancelled, JobStatus.CANCELLED),
+        (e.JobPreempted, JobStatus.QUEUED),
+        (e.JobTimedOut, JobStatus.TIMED_OUT),
         (e.JobSucceeded, JobStatus.SUCCEEDED),
         (e.JobFailed, JobStatus.FAILED),
         (e.JobDeleted, JobStatus.DELETED),

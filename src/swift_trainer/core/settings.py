@@ -72,6 +72,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: Writes per second per API key, and the burst (``API_WRITE_RATE``, ``API_WRITE_BURST``).
     api_write_rate: float = 5.0
     api_write_burst: int = 20
+    #: Whether a queued job may preempt running jobs of lower priority
+    #: (``SCHEDULER_PREEMPTION``, ``--preemption on|off``), and its bounds: the least time an
+    #: attempt runs before it may be preempted, the most preemptions of one job per hour,
+    #: and the time a victim gets to write its checkpoint (``PREEMPT_MIN_RUNTIME_S``,
+    #: ``PREEMPT_MAX_PER_HOUR``, ``PREEMPT_GRACE_S``).
+    scheduler_preemption: bool = True
+    preempt_min_runtime_s: float = 600.0
+    preempt_max_per_hour: int = 2
+    preempt_grace_s: float = 120.0
 
     @property
     def resolved_event_store_url(self) -> str:
@@ -186,7 +195,35 @@ def load_settings(
         files_max_bytes=files_max_bytes,
         auto_export=auto_export in ("1", "true", "yes", "on"),
         **_auth_settings(text),
+        **_preemption_settings(text),
     )
+
+
+def _preemption_settings(text: Callable[[str, str], str | None]) -> dict[str, Any]:
+    """``SCHEDULER_PREEMPTION``, ``PREEMPT_MIN_RUNTIME_S``, ``PREEMPT_MAX_PER_HOUR``,
+    ``PREEMPT_GRACE_S``."""
+    enabled = (text("SCHEDULER_PREEMPTION", "on") or "on").lower()
+    if enabled not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise SettingsError(f"SCHEDULER_PREEMPTION must be on or off, got {enabled!r}")
+    try:
+        min_runtime = float(text("PREEMPT_MIN_RUNTIME_S", "600") or "600")
+        per_hour = int(text("PREEMPT_MAX_PER_HOUR", "2") or "2")
+        grace = float(text("PREEMPT_GRACE_S", "120") or "120")
+    except ValueError as exc:
+        raise SettingsError(
+            f"PREEMPT_MIN_RUNTIME_S / PREEMPT_MAX_PER_HOUR / PREEMPT_GRACE_S must be numbers: {exc}"
+        ) from exc
+    if min_runtime < 0 or per_hour < 0 or grace <= 0:
+        raise SettingsError(
+            "PREEMPT_MIN_RUNTIME_S and PREEMPT_MAX_PER_HOUR must be 0 or more, "
+            "PREEMPT_GRACE_S more than 0"
+        )
+    return {
+        "scheduler_preemption": enabled in ("1", "true", "yes", "on"),
+        "preempt_min_runtime_s": min_runtime,
+        "preempt_max_per_hour": per_hour,
+        "preempt_grace_s": grace,
+    }
 
 
 def _auth_settings(text: Callable[[str, str], str | None]) -> dict[str, Any]:

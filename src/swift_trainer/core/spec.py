@@ -28,6 +28,9 @@ DeepSpeedPreset = Literal["zero0", "zero1", "zero2", "zero3", "zero2_offload", "
 
 DEFAULT_PRIORITY: Final = 5
 MAX_GPUS_PER_JOB: Final = 64
+#: The longest ``max_runtime`` a job may ask for: 365 days.
+MAX_RUNTIME_LIMIT_S: Final = 365 * 86_400
+_DURATION_UNITS: Final = {"s": 1, "m": 60, "h": 3_600, "d": 86_400}
 
 
 class TrainArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -198,9 +201,21 @@ class JobSpec(
     after: tuple[Dependency, ...] = ()
     #: How experiment trackers (``train_args.report_to``) file the run.
     tracking: Tracking | None = None
+    #: Whether a job of higher priority may stop this one (with a checkpoint) to take its
+    #: GPUs; it goes back to the queue and resumes from the checkpoint.
+    preemptible: bool = True
+    #: Seconds this job gets to write its checkpoint when preempted (default: the
+    #: scheduler's ``PREEMPT_GRACE_S``).
+    preempt_grace_s: Annotated[float, msgspec.Meta(gt=0, le=86_400)] | None = None
+    #: The most it may run, over all its attempts: seconds, or ``"90m"``, ``"6h"``, ``"2d"``.
+    max_runtime: (
+        Annotated[int, msgspec.Meta(ge=1)] | Annotated[str, msgspec.Meta(max_length=32)] | None
+    ) = None
 
     def __post_init__(self) -> None:
         check_output_dir(self.output_dir)
+        if self.max_runtime is not None:
+            parse_duration(self.max_runtime)
         if len(self.labels) > 32:
             raise InvalidSpec("at most 32 labels per job")
         if len(self.metadata) > 16:
@@ -217,6 +232,33 @@ class JobSpec(
     @property
     def effective_args(self) -> EffectiveTrainArgs:
         return effective_train_args(self.train_args)
+
+    @property
+    def max_runtime_s(self) -> float | None:
+        """``max_runtime`` in seconds, or None when the job has no time limit."""
+        return None if self.max_runtime is None else parse_duration(self.max_runtime)
+
+
+def parse_duration(value: int | str) -> int:
+    """Seconds from a number of seconds or a text such as ``"90m"``, ``"6h"``, ``"2d"``."""
+    if isinstance(value, int):
+        seconds = value
+    else:
+        text = value.strip().lower()
+        unit = text[-1:] if text[-1:] in _DURATION_UNITS else "s"
+        number = text[:-1] if text[-1:] in _DURATION_UNITS else text
+        if not number.isdigit():
+            raise InvalidSpec(
+                f"max_runtime {value!r} is not a duration: give seconds, or a whole number "
+                "with s, m, h or d (such as '90m', '6h', '2d')"
+            )
+        seconds = int(number) * _DURATION_UNITS[unit]
+    if not 1 <= seconds <= MAX_RUNTIME_LIMIT_S:
+        raise InvalidSpec(
+            f"max_runtime {value!r} must be between 1 second and "
+            f"{MAX_RUNTIME_LIMIT_S // 86_400} days"
+        )
+    return seconds
 
 
 def check_output_dir(output_dir: str) -> None:

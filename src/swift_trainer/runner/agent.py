@@ -451,7 +451,9 @@ class RunnerAgent:
     def _on_stop(self, event: e.StopRequested) -> None:
         running = self._running_job(event.job_id)
         if running is not None and event.attempt in (0, running.attempt):
-            self.supervisor.request_stop(running.key, grace_period_s=self.grace_period_s)
+            # A preemption names its own grace: the process is killed when it runs out.
+            grace = self.grace_period_s if event.grace_s is None else event.grace_s
+            self.supervisor.request_stop(running.key, grace_period_s=grace)
         elif running is None and event.attempt:
             # Nothing of the job runs here (it ended, or never could start): say so, or the
             # job would wait in "stopping" for a report that never comes.

@@ -36,6 +36,7 @@ from swift_trainer.projections.scheduler import (
     Occupancy,
     OwnerUsage,
     PlacementCore,
+    PlacementPass,
     PlacementPolicy,
     QueuedJob,
     Reservation,
@@ -49,6 +50,7 @@ from swift_trainer.projections.scheduler.gpu_choice import (
     gpu_preference,
     requirement_of,
 )
+from swift_trainer.projections.scheduler.preemption import PreemptionPolicy, VictimFacts
 
 from .builders import A100_40, A100_40_MIB, H100, H100_MIB
 
@@ -795,3 +797,188 @@ def test_wait_estimates_follow_the_reference_simulation(
     event(f"estimated {min(len(expected), 4)}+ of {min(len(queued), 4)}+")
     got = {slot.job_id: slot.estimated_wait_s for slot in scheduler.report()}
     assert {j: w for j, w in got.items() if w is not None} == expected
+
+
+# --- preemption -----------------------------------------------------------------------------
+
+
+def victim_gpus(
+    host: HostSnapshot,
+    job: QueuedJob,
+    holders: dict[int, set[str]],
+    facts: dict[str, VictimFacts],
+    taken: set[str],
+) -> tuple[int, int, list[str]] | None:
+    """For one live host: ``(free, free soon, victims allowed)`` for ``job``, by definition."""
+    mine = [g for g in host.gpus if usable(g) and eligible_for(g, job)]
+    if len(mine) < job.gpu_count:
+        return None
+    free = sum(1 for g in mine if not holders.get(g.index))
+    soon = sum(
+        1
+        for g in mine
+        if holders.get(g.index)
+        and all(h in facts and facts[h].soon and h not in taken for h in holders[g.index])
+    )
+    allowed = sorted(
+        {
+            h
+            for g in mine
+            for h in holders.get(g.index, ())
+            if h in facts
+            and h not in taken
+            and facts[h].eligible
+            and facts[h].priority < job.priority
+        }
+    )
+    return free, soon, allowed
+
+
+def could_preempt(
+    host: HostSnapshot,
+    job: QueuedJob,
+    holders: dict[int, set[str]],
+    facts: dict[str, VictimFacts],
+    taken: set[str],
+) -> bool | None:
+    """Whether some set of allowed victims frees enough GPUs (None: the job must wait)."""
+    found = victim_gpus(host, job, holders, facts, taken)
+    if found is None:
+        return False
+    free, soon, allowed = found
+    if free + soon >= job.gpu_count:
+        return None
+    mine = [g.index for g in host.gpus if usable(g) and eligible_for(g, job)]
+    everyone = set(allowed)
+    freed = sum(1 for i in mine if holders.get(i) and holders[i] <= everyone)
+    return free + freed >= job.gpu_count
+
+
+def draw_victim_facts(
+    data: st.DataObject, running: dict[str, RunningJob]
+) -> dict[str, VictimFacts]:
+    """Random rule outcomes for every running job; its priority is written back."""
+    facts: dict[str, VictimFacts] = {}
+    for job_id, held in list(running.items()):
+        priority = data.draw(st.integers(0, 10))
+        running[job_id] = msgspec.structs.replace(held, priority=priority)
+        soon = data.draw(st.integers(0, 4)) == 0
+        facts[job_id] = VictimFacts(
+            job_id=job_id,
+            attempt=1,
+            priority=priority,
+            eligible=data.draw(st.booleans()) and not soon,
+            soon=soon,
+            lost_work_s=data.draw(st.integers(0, 100)),
+        )
+    return facts
+
+
+def holders_after(
+    hosts: dict[str, HostSnapshot],
+    running: dict[str, RunningJob],
+    decisions: tuple[Decision, ...],
+    promised: set[tuple[str, int]],
+) -> dict[str, dict[int, set[str]]]:
+    """Who holds each GPU after a pass: running jobs, decisions, GPUs promised to plans."""
+    holders: dict[str, dict[int, set[str]]] = {r: {} for r in hosts}
+    for held in [*running.values(), *decisions]:
+        for index in held.gpu_ids:
+            holders[held.runner_id].setdefault(index, set()).add(held.job_id)
+    for runner_id, index in promised:
+        holders[runner_id].setdefault(index, set()).add("promised")
+    return holders
+
+
+def check_plans(
+    placement: PlacementPass,
+    hosts: dict[str, HostSnapshot],
+    running: dict[str, RunningJob],
+    queued: dict[str, QueuedJob],
+    facts: dict[str, VictimFacts],
+    scheduler: PlacementCore,
+) -> tuple[set[str], set[tuple[str, int]]]:
+    """Every plan follows the rules; returns the victims taken and the GPUs promised."""
+    placed = {d.job_id for d in placement.decisions}
+    before = holders_after(hosts, running, placement.decisions, set())
+    taken: set[str] = set()
+    promised: set[tuple[str, int]] = set()
+    for plan in placement.preemptions:
+        job = queued[plan.job_id]
+        assert plan.job_id not in placed
+        assert plan.priority == job.priority
+        assert len(plan.gpu_ids) == len(set(plan.gpu_ids)) == job.gpu_count
+        assert hosts[plan.runner_id].alive
+        gpus = {g.index: g for g in hosts[plan.runner_id].gpus}
+        for victim in plan.victims:
+            fact = facts[victim.job_id]
+            assert fact.priority < job.priority, "a victim has strictly lower priority"
+            assert fact.eligible and not fact.soon, "preemptible, past its minimum, under cap"
+            assert running[victim.job_id].runner_id == plan.runner_id, "all on one host"
+            assert victim.job_id not in taken, "no job is the victim of two plans"
+            taken.add(victim.job_id)
+        for index in plan.gpu_ids:
+            assert usable(gpus[index]) and eligible_for(gpus[index], job)
+            assert before[plan.runner_id].get(index, set()) <= plan.victim_ids
+            assert (plan.runner_id, index) not in promised, "no GPU is promised twice"
+            promised.add((plan.runner_id, index))
+        assert not usage_over_quota(scheduler, job), "never past the owner's quota"
+    return taken, promised
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    cluster=clusters(),
+    data=st.data(),
+    quotas=st.dictionaries(st.sampled_from(QUOTA_OWNERS), st.integers(0, 4)),
+)
+def test_random_snapshots_preempt_by_the_rules(
+    cluster: tuple[dict[str, HostSnapshot], dict[str, RunningJob], dict[str, QueuedJob]],
+    data: st.DataObject,
+    quotas: dict[str, int],
+) -> None:
+    """A pass with preemption on: every victim is allowed by the rules, the victims of a
+    plan are on one host and free enough GPUs there, the preemptor is promised exactly
+    GPUs that are free or its victims', and no job waits for one it could have preempted."""
+    hosts, running, queued = cluster
+    facts = draw_victim_facts(data, running)
+    policy = PlacementPolicy(
+        foreign_memory_threshold_mib=THRESHOLD, preemption=PreemptionPolicy(enabled=True)
+    )
+    scheduler = PlacementCore(policy)
+    for owner, limit in quotas.items():
+        scheduler.set_quota(owner, limit)
+    for snapshot in hosts.values():
+        scheduler.update_host(snapshot)
+    for held in running.values():
+        scheduler.assign(held)
+    scheduler.submit_many(queued.values())
+    scheduler.set_victim_facts(facts)
+    placement = scheduler.place()
+    event(f"plans: {min(len(placement.preemptions), 2)}+")
+    taken, promised = check_plans(placement, hosts, running, queued, facts, scheduler)
+    # No job waits for a lower-priority one it could have preempted: the first job in queue
+    # order that got neither GPUs nor a plan had no allowed victims (or must wait).
+    planned = {plan.job_id for plan in placement.preemptions}
+    placed = {d.job_id for d in placement.decisions}
+    holders = holders_after(hosts, running, placement.decisions, promised)
+    waiting = [
+        job
+        for job in sorted(queued.values(), key=order)
+        if job.job_id not in placed | planned
+        and not usage_over_quota(scheduler, job)
+        and capacity(job, hosts) >= job.gpu_count
+    ]
+    if not waiting:
+        return
+    job = waiting[0]
+    live = [h for h in hosts.values() if h.alive]
+    verdicts = [could_preempt(h, job, holders[h.runner_id], facts, taken) for h in live]
+    if None not in verdicts:  # no host frees within the grace: it must have had no victims
+        assert not any(verdicts), f"{job.job_id} waits for a job it could preempt"
+
+
+def usage_over_quota(scheduler: PlacementCore, job: QueuedJob) -> bool:
+    """Whether the job's owner is at its quota once this pass's decisions hold GPUs."""
+    limit = None if job.owner is None else scheduler._usage.max_gpus(job.owner)
+    return limit is not None and scheduler.gpus_in_use(job.owner) + job.gpu_count > limit

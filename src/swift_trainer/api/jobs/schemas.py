@@ -119,6 +119,37 @@ class CreateJobRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
             "entity, name, tags); credentials come from the runner's environment."
         ),
     ] = None
+    preemptible: Annotated[
+        bool,
+        msgspec.Meta(
+            description="A job of higher priority may stop this one with a checkpoint to "
+            "take its GPUs; it then waits in the queue and resumes from the checkpoint."
+        ),
+    ] = True
+    preempt_grace_s: (
+        Annotated[
+            float,
+            msgspec.Meta(
+                gt=0,
+                le=86_400,
+                description="Seconds to write a checkpoint when preempted (default: the "
+                "scheduler's PREEMPT_GRACE_S, 120).",
+            ),
+        ]
+        | None
+    ) = None
+    max_runtime: (
+        Annotated[int, msgspec.Meta(ge=1, description="Seconds over all attempts.")]
+        | Annotated[
+            str,
+            msgspec.Meta(
+                max_length=32,
+                description="Over all attempts, such as '90m', '6h' or '2d'; at the limit the "
+                "job stops with a checkpoint and ends timed_out.",
+            ),
+        ]
+        | None
+    ) = None
 
     def __post_init__(self) -> None:
         # A request error (422 validation_error), before the domain ever sees a spec.

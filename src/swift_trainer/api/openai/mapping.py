@@ -55,6 +55,7 @@ _STATUS: Final[dict[JobStatus, FineTuningStatus]] = {
     JobStatus.STOPPED: "paused",
     JobStatus.PAUSED: "paused",
     JobStatus.CANCELLED: "cancelled",
+    JobStatus.TIMED_OUT: "failed",
 }
 _FINAL: Final = frozenset({"succeeded", "failed", "cancelled"})
 
@@ -261,6 +262,8 @@ _LEVEL: Final[dict[str, Literal["info", "warn", "error"]]] = {
     "JobLost": "warn",
     "AssignmentRejected": "warn",
     "JobRequeued": "warn",
+    "JobPreempted": "warn",
+    "JobTimedOut": "warn",
 }
 
 
@@ -305,6 +308,13 @@ def _message(entry: EventLogEntry) -> str:  # noqa: C901 - one sentence per even
             return "Fine-tuning job cancelled"
         case "JobStopped":
             return f"Fine-tuning job stopped: {d.get('reason')}"
+        case "JobPreempted":
+            return (
+                f"Fine-tuning job {d.get('reason')}; it is queued again and resumes from its "
+                "latest checkpoint"
+            )
+        case "JobTimedOut":
+            return f"Fine-tuning job timed out: it {d.get('reason')}"
         case "ExportSucceeded":
             return f"Merged model saved to {d.get('artifact_path')}"
         case "ExportFailed":

@@ -42,7 +42,9 @@ class QueueEntryResponse(msgspec.Struct, frozen=True, kw_only=True):
     #: Set when no known runner could ever run the job, with the reason.
     unplaceable: str | None = None
     #: ``owner_gpu_quota``: the job waits for its owner's ``max_gpus`` (its owner's jobs to
-    #: end, or a higher quota), blocking no one.
+    #: end, or a higher quota), blocking no one. ``preempting``: jobs of lower priority are
+    #: stopping with a checkpoint to make room for it (``blocked_reason`` says whom, where and
+    #: by when; ``estimated_start`` is the end of their grace).
     blocked_by: str | None = None
     #: The limit and the GPUs in use; None for another owner's job when the caller is a
     #: ``user`` key (it names the owner).
@@ -88,7 +90,8 @@ class QueueJobStatus(msgspec.Struct, frozen=True, kw_only=True):
     source: str | None = None
     #: Set when no known runner could ever run the job, with the reason.
     unplaceable: str | None = None
-    #: ``owner_gpu_quota`` while the job waits for its owner's ``max_gpus``.
+    #: ``owner_gpu_quota`` while the job waits for its owner's ``max_gpus``; ``preempting``
+    #: while jobs of lower priority stop to make room for it.
     blocked_by: str | None = None
     #: The limit and the GPUs in use.
     blocked_reason: str | None = None

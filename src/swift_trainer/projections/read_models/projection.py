@@ -290,6 +290,10 @@ def summarize(fold: JobFold) -> JobSummary | None:
         owner=spec.owner,
         after=spec.after,
         tracking=spec.tracking,
+        preemptible=spec.preemptible,
+        preemptions=state.preemptions,
+        preempted_by=state.preempted_by,
+        max_runtime=spec.max_runtime,
     )
 
 

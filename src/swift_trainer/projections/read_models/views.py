@@ -92,6 +92,12 @@ class JobSummary(msgspec.Struct, frozen=True):
     after: tuple[Dependency, ...] = ()
     #: How experiment trackers file the run (project, run name, tags).
     tracking: Tracking | None = None
+    #: Preemption and time limits: whether it may be preempted, how often it was, the job
+    #: taking its GPUs while a preemption is under way, and its ``max_runtime``.
+    preemptible: bool = True
+    preemptions: int = 0
+    preempted_by: str | None = None
+    max_runtime: int | str | None = None
 
 
 class JobFold(msgspec.Struct, frozen=True):
@@ -161,7 +167,8 @@ class QueueEntry(msgspec.Struct, frozen=True, omit_defaults=True):
     unplaceable: str | None = None
     gpu_count: int = 1
     #: ``owner_gpu_quota`` when its owner's ``max_gpus`` keeps it waiting; the reason says
-    #: the limit (and names the owner, so other owners' users do not see it).
+    #: the limit (and names the owner, so other owners' users do not see it). ``preempting``
+    #: while jobs of lower priority stop to make room for it; the reason names them.
     blocked_by: str | None = None
     blocked_reason: str | None = None
 

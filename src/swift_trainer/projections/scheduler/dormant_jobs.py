@@ -18,7 +18,9 @@ import msgspec
 from swift_trainer.core.job import JobState, JobStatus
 
 #: Statuses a job rests in that a user can leave again (start or resume: a new ``JobQueued``).
-AT_REST: Final = frozenset({JobStatus.FAILED, JobStatus.STOPPED, JobStatus.PAUSED})
+AT_REST: Final = frozenset(
+    {JobStatus.FAILED, JobStatus.STOPPED, JobStatus.PAUSED, JobStatus.TIMED_OUT}
+)
 #: Jobs at rest kept by default: a few MiB, and more than a team restarts from memory.
 DEFAULT_LIMIT: Final = 10_000
 

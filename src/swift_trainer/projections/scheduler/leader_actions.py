@@ -18,6 +18,7 @@ from swift_trainer.bus.messages import CommandReply
 from swift_trainer.core import commands as c
 
 from .placement import Decision
+from .preemption import PreemptionPlan
 from .state import SchedulerState
 
 _log = logging.getLogger(__name__)
@@ -168,3 +169,35 @@ class LeaderActions:
                         gpu_uuids=state.gpu_uuids(claim.runner_id, claim.gpu_ids),
                     )
                 )
+
+    async def preempt(self, plans: tuple[PreemptionPlan, ...]) -> None:
+        """Ask each victim of each new plan to stop with a checkpoint, within its grace."""
+        for plan in plans:
+            for victim in plan.victims:
+                key = ("preempt", victim.job_id, victim.attempt)
+                if not self._due(key) or not self.leading():
+                    continue
+                reason = plan.reason(victim)
+                _log.info(
+                    "preempting job %s (attempt %d): %s", victim.job_id, victim.attempt, reason
+                )
+                await self.send(
+                    c.PreemptJob(
+                        job_id=victim.job_id,
+                        attempt=victim.attempt,
+                        preempted_by=plan.job_id,
+                        reason=reason,
+                        grace_s=victim.grace_s,
+                        reserved_gpu_ids=plan.gpu_ids,
+                    )
+                )
+
+    async def time_out(self, now: datetime) -> None:
+        """Stop, with a checkpoint, every running job that reached its ``max_runtime``."""
+        for limit in self.state.time_limits(now):
+            if not self._due(("timeout", limit.job_id, limit.attempt)) or not self.leading():
+                continue
+            _log.info("job %s (attempt %d) %s", limit.job_id, limit.attempt, limit.reason)
+            await self.send(
+                c.TimeOutJob(job_id=limit.job_id, attempt=limit.attempt, reason=limit.reason)
+            )

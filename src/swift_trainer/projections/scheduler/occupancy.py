@@ -215,6 +215,18 @@ class Occupancy:
     def free_gpus(self, runner_id: str) -> frozenset[int]:
         return frozenset(self._free.get(runner_id, ()))
 
+    def usable_gpus(self, runner_id: str, requirement: Requirement) -> frozenset[int]:
+        """GPUs of a live host a job with ``requirement`` may use, busy or not."""
+        info = self._hosts.get(runner_id)
+        if info is None:
+            return frozenset()
+        return info.usable if requirement == ANY_GPU else info.usable & info.matching(requirement)
+
+    def holders_on(self, runner_id: str) -> dict[int, frozenset[str]]:
+        """Who holds each busy GPU of a host (a job id, or a claim or hold key)."""
+        held = self._holders.get(runner_id, {})
+        return {index: frozenset(jobs) for index, jobs in held.items()}
+
     def max_free(self) -> int:
         """The most free GPUs on any one host: no gang larger than this fits anywhere."""
         for count in range(len(self._by_free) - 1, 0, -1):

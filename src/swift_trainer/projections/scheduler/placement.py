@@ -64,6 +64,7 @@ from .gpu_choice import Requirement, describe_requirement
 from .job_queue import Lane, OrderKey, QueuedJob, Shape
 from .occupancy import INFINITY, Occupancy
 from .owner_usage import OwnerUsage
+from .preemption import PreemptionPlan, PreemptionPolicy
 
 if TYPE_CHECKING:
     from .wait_estimate import QueueSlot
@@ -81,6 +82,8 @@ class PlacementPolicy(msgspec.Struct, frozen=True, kw_only=True):
     foreign_memory_threshold_mib: int = DEFAULT_FOREIGN_MEMORY_THRESHOLD_MIB
     #: Only the first this many queued jobs get a simulated wait estimate.
     estimate_limit: int = DEFAULT_ESTIMATE_LIMIT
+    #: Whether and how a queued job may preempt running jobs of lower priority.
+    preemption: PreemptionPolicy = PreemptionPolicy()
 
 
 class Decision(msgspec.Struct, frozen=True, kw_only=True):
@@ -142,6 +145,8 @@ class PlacementPass(msgspec.Struct, frozen=True, kw_only=True):
     placed_per_lane: dict[Lane, int] = {}
     unplaceable: tuple[Unplaceable, ...] = ()
     queue: tuple[QueueSlot, ...] = ()
+    #: Preemptions decided in this pass: the shell asks each victim to stop.
+    preemptions: tuple[PreemptionPlan, ...] = ()
 
     @property
     def reservations(self) -> tuple[Reservation, ...]:

@@ -17,23 +17,34 @@ shell should pass on swift's progress reports as they come (``set_remaining``).
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Mapping
 from datetime import datetime
+from typing import Final
 
 import msgspec
 
+from .gpu_choice import ANY_GPU
 from .gpu_snapshots import HostSnapshot, RunningJob
 from .job_queue import JobQueue, QueuedJob
 from .occupancy import INFINITY, Occupancy
 from .owner_usage import OwnerUsage
 from .placement import (
+    Decision,
     PlacementPass,
     PlacementPolicy,
     Unplaceable,
     place_pass,
     unplaceable_reason,
 )
+from .preemption import HostGpus, PreemptionPlan, VictimFacts, find_preemption
 from .wait_estimate import QueueSlot, queue_entries
+
+#: Key under which the GPUs freed for a preemptor are held until all of them are free;
+#: ``/`` never occurs in a job id. A ``claim/`` key is a victim's ledger claim that
+#: outlived its attempt (``scheduler_state.claim_key``): it goes once the claim is released.
+HOLD_PREFIX: Final = "preempt/"
+_CLAIM_PREFIX: Final = "claim/"
 
 
 class PlacementCore:
@@ -45,7 +56,16 @@ class PlacementCore:
     say.
     """
 
-    __slots__ = ("_hosts", "_occupancy", "_queue", "_running", "_usage", "policy")
+    __slots__ = (
+        "_facts",
+        "_hosts",
+        "_occupancy",
+        "_plans",
+        "_queue",
+        "_running",
+        "_usage",
+        "policy",
+    )
 
     def __init__(self, policy: PlacementPolicy | None = None) -> None:
         self.policy = policy or PlacementPolicy()
@@ -54,6 +74,10 @@ class PlacementCore:
         self._hosts: dict[str, HostSnapshot] = {}
         self._running: dict[str, RunningJob] = {}
         self._usage = OwnerUsage()
+        #: Preemptions under way, by preemptor: their GPUs are held for it until free.
+        self._plans: dict[str, PreemptionPlan] = {}
+        #: What the preemption rules know of each job holding GPUs, as of the last pass.
+        self._facts: dict[str, VictimFacts] = {}
 
     # --- the queue ----------------------------------------------------------------------
 
@@ -71,6 +95,7 @@ class PlacementCore:
 
     def remove(self, job_id: str) -> QueuedJob | None:
         """Take a job out of the queue (held, stopped, deleted); None if it was not queued."""
+        self._drop_plan(job_id)
         return self._queue.remove(job_id)
 
     def change_priority(self, job_id: str, priority: int) -> bool:
@@ -159,8 +184,11 @@ class PlacementCore:
     # --- decisions ----------------------------------------------------------------------
 
     def place(self) -> PlacementPass:
-        """Place what can be placed now, and apply it."""
+        """Place what can be placed now, and apply it; then, with preemption on, decide
+        whom to preempt for the jobs that still fit nowhere (see ``preemption``)."""
         queue = self._queue
+        from_plans = self._advance_plans()
+        parked = [job for job in map(queue.remove, list(self._plans)) if job is not None]
         outcome = place_pass(
             self._occupancy,
             queue.lanes,
@@ -181,7 +209,156 @@ class PlacementCore:
             )
         for lane, count in outcome.placed_per_lane.items():
             queue.drop_front(lane, count)
-        return outcome
+        for job in parked:
+            queue.add(job)
+        plans = self._preempt()
+        return msgspec.structs.replace(
+            outcome, decisions=(*from_plans, *outcome.decisions), preemptions=plans
+        )
+
+    # --- preemption ---------------------------------------------------------------------
+
+    def set_victim_facts(self, facts: Mapping[str, VictimFacts]) -> None:
+        """The preemption rules' view of the jobs holding GPUs, for the next pass."""
+        self._facts = dict(facts)
+
+    def restore_plan(self, plan: PreemptionPlan) -> None:
+        """A preemption the event log shows under way (after a restart or a takeover)."""
+        if plan.job_id not in self._plans and plan.job_id in self._queue:
+            self._plans[plan.job_id] = plan
+
+    @property
+    def plans(self) -> dict[str, PreemptionPlan]:
+        """Preemptions under way, by preemptor."""
+        return dict(self._plans)
+
+    def _drop_plan(self, job_id: str) -> None:
+        if self._plans.pop(job_id, None) is not None:
+            self._occupancy.release(HOLD_PREFIX + job_id)
+
+    def _advance_plans(self) -> list[Decision]:
+        """Start each preemptor whose GPUs are all free; hold the free ones of the rest.
+
+        A plan ends when its preemptor leaves the queue, its host dies, or one of its GPUs
+        is taken by anything but its victims (it is then searched for again).
+        """
+        occupancy, decisions = self._occupancy, []
+        for job_id, plan in list(self._plans.items()):
+            occupancy.release(HOLD_PREFIX + job_id)
+            job = self._queue.get(job_id)
+            runner_id, wanted = plan.runner_id, frozenset(plan.gpu_ids)
+            allowed = plan.victim_ids | {_CLAIM_PREFIX + v for v in plan.victim_ids}
+            holders = occupancy.holders_on(runner_id)
+            broken = (
+                job is None
+                or not occupancy.is_live(runner_id)
+                or not wanted <= occupancy.usable_gpus(runner_id, job.shape[1])
+                or any(not holders.get(i, frozenset()) <= allowed for i in wanted)
+            )
+            if broken:
+                del self._plans[job_id]
+                continue
+            assert job is not None
+            free = occupancy.free_gpus(runner_id) & wanted
+            if free != wanted:
+                occupancy.hold(HOLD_PREFIX + job_id, runner_id, sorted(free), INFINITY)
+                continue
+            del self._plans[job_id]
+            self._queue.remove(job_id)
+            duration = job.expected_duration_s
+            occupancy.hold(job_id, runner_id, plan.gpu_ids, _ends_at(duration))
+            self._usage.hold(job_id, job.owner, job.gpu_count)
+            self._running[job_id] = RunningJob(
+                job_id=job_id,
+                runner_id=runner_id,
+                gpu_ids=plan.gpu_ids,
+                remaining_s=duration,
+                priority=job.priority,
+                owner=job.owner,
+            )
+            decisions.append(
+                Decision(
+                    job_id=job_id,
+                    attempt=job.attempt + 1,
+                    runner_id=runner_id,
+                    gpu_ids=plan.gpu_ids,
+                    gpu_uuids=tuple(occupancy.gpu(runner_id, i).uuid for i in plan.gpu_ids),
+                )
+            )
+        return decisions
+
+    def _preempt(self) -> tuple[PreemptionPlan, ...]:
+        """Plans for the queued jobs that fit nowhere now, in queue order.
+
+        One search per lane at most fails: a later job of the lane has the same shape and
+        owner and no higher priority, so it could preempt no one either. The walk stops at
+        the first job whose priority is no higher than any eligible victim's.
+        """
+        if not self.policy.preemption.enabled:
+            return ()
+        facts = self._facts
+        lowest = min((f.priority for f in facts.values() if f.eligible), default=None)
+        if lowest is None:
+            return ()
+        queue, occupancy, usage = self._queue, self._occupancy, self._usage
+        taken: set[str] = {v for plan in self._plans.values() for v in plan.victim_ids}
+        views: dict[str, HostGpus] = {}
+        cursors = [(lane[0], lane_key, 0) for lane_key, lane in queue.lanes.items()]
+        heapq.heapify(cursors)
+        plans: list[PreemptionPlan] = []
+        while cursors:
+            key, lane_key, index = heapq.heappop(cursors)
+            if -key[0] <= lowest:
+                break
+            lane = queue.lanes[lane_key]
+            job = queue.job(key)
+            (count, requirement), owner = lane_key
+            found: PreemptionPlan | str | None = None
+            if job.job_id in self._plans:
+                found = "planned"
+            elif (
+                count <= occupancy.capacity(requirement)
+                and not usage.over_quota(owner, count)
+                and occupancy.fit_host(count, requirement) is None
+            ):
+                hosts = [
+                    self._host_view(views, runner_id, requirement)
+                    for runner_id in occupancy.runner_ids
+                ]
+                found = find_preemption(job.job_id, job.priority, count, hosts, facts, taken=taken)
+            if isinstance(found, PreemptionPlan):
+                plans.append(found)
+                self._plans[job.job_id] = found
+                taken |= found.victim_ids
+                free = occupancy.free_gpus(found.runner_id) & set(found.gpu_ids)
+                if free:
+                    occupancy.hold(
+                        HOLD_PREFIX + job.job_id, found.runner_id, sorted(free), INFINITY
+                    )
+                views.pop(found.runner_id, None)
+            elif found != "planned":
+                continue  # nobody to preempt (or wait): the rest of the lane neither
+            if index + 1 < len(lane):
+                heapq.heappush(cursors, (lane[index + 1], lane_key, index + 1))
+        return tuple(plans)
+
+    def _host_view(
+        self, views: dict[str, HostGpus], runner_id: str, requirement: object
+    ) -> HostGpus:
+        view = views.get(runner_id)
+        occupancy = self._occupancy
+        if view is None:
+            view = HostGpus(
+                runner_id=runner_id,
+                usable=occupancy.usable_gpus(runner_id, ANY_GPU),
+                free=occupancy.free_gpus(runner_id),
+                holders=occupancy.holders_on(runner_id),
+            )
+            views[runner_id] = view
+        if requirement == ANY_GPU:
+            return view
+        usable = occupancy.usable_gpus(runner_id, requirement)  # type: ignore[arg-type]
+        return msgspec.structs.replace(view, usable=usable)
 
     def unplaceable(self) -> tuple[Unplaceable, ...]:
         """Queued jobs no live host can ever take, in queue order, with the reason."""

@@ -70,6 +70,7 @@ from .leader_actions import LeaderActions
 from .leader_lease import LeaderLease
 from .pass_result import PassResult, PlacedJob, UnplaceableJob, not_processed
 from .placement import DEFAULT_FOREIGN_MEMORY_THRESHOLD_MIB, Decision, PlacementPolicy
+from .preemption import PreemptionPolicy
 from .process_requests import subscribe_process_requests
 from .state import SchedulerState
 from .state_checkpoint import CheckpointStore, load_checkpoint, save_checkpoint
@@ -130,12 +131,14 @@ class SchedulerOptions(msgspec.Struct, frozen=True, kw_only=True):
     foreign_memory_threshold_mib: int = DEFAULT_FOREIGN_MEMORY_THRESHOLD_MIB
     max_jobs_at_rest: int = DEFAULT_LIMIT
     checkpoint_interval_s: float = 30.0
+    preemption: PreemptionPolicy = PreemptionPolicy()
 
     @property
     def policy(self) -> PlacementPolicy:
         return PlacementPolicy(
             backfill=self.backfill,
             foreign_memory_threshold_mib=self.foreign_memory_threshold_mib,
+            preemption=self.preemption,
         )
 
 
@@ -222,6 +225,8 @@ class SchedulerService:
         #: A view was held back by ``VIEW_INTERVAL_S``: the next pass comes once it passes.
         self._view_due = False
         self._saved_position = 0
+        #: When each preemption under way was decided, for the preemptor's expected start.
+        self._preempting_since: dict[str, datetime] = {}
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -549,9 +554,14 @@ class SchedulerService:
         self.actions.forget_old_actions()
         await self.actions.mark_lost(now)
         await self.actions.reconcile_claims()
+        await self.actions.time_out(now)
         placed: list[PlacedJob] = []
         if not state.paused:
-            decisions = state.placement.place().decisions
+            placement = state.placement.place()
+            decisions = placement.decisions
+            await self.actions.preempt(placement.preemptions)
+            for plan in placement.preemptions:
+                self._preempting_since[plan.job_id] = now
             for decision in decisions:
                 state.begin(decision.job_id)
             placed = [
@@ -602,6 +612,7 @@ class SchedulerService:
             )
             for x in self.state.placement.report()
         ]
+        queued = self._with_preemptions(queued, now)
         held = [
             QueueEntry(
                 job_id=job_id,
@@ -624,6 +635,39 @@ class SchedulerService:
             _log.exception("the queue view sink failed")
         else:
             self._last_view = key
+
+    def _with_preemptions(self, entries: list[QueueEntry], now: datetime) -> list[QueueEntry]:
+        """Mark the jobs about to preempt: whom, on which host, and when they start (by the
+        end of their victims' grace at the latest)."""
+        plans = self.state.placement.plans
+        for job_id in [j for j in self._preempting_since if j not in plans]:
+            del self._preempting_since[job_id]
+        if not plans:
+            return entries
+        marked = []
+        for entry in entries:
+            plan = plans.get(entry.job_id)
+            if plan is None:
+                marked.append(entry)
+                continue
+            since = self._preempting_since.setdefault(entry.job_id, now)
+            grace = max((v.grace_s for v in plan.victims), default=0.0)
+            start = _whole_seconds(since + timedelta(seconds=grace))
+            victims = ", ".join(sorted(plan.victim_ids))
+            marked.append(
+                msgspec.structs.replace(
+                    entry,
+                    estimated_start=start,
+                    blocked_by=PREEMPTING,
+                    blocked_reason=f"preempting {victims} on host {plan.runner_id}: starts "
+                    f"when they have stopped with a checkpoint, by {start.isoformat()}",
+                )
+            )
+        return marked
+
+
+#: The ``blocked_by`` code of a queued job whose preemption of others is under way.
+PREEMPTING: Final = "preempting"
 
 
 def _whole_seconds(moment: datetime) -> datetime:

@@ -55,6 +55,7 @@ from .gpu_snapshots import HostSnapshot, RunningJob
 from .job_queue import QueuedJob
 from .placement import PlacementPolicy
 from .placement_core import PlacementCore
+from .preemption import PreemptionPlan, Victim, victim_facts
 from .state_checkpoint import Cooldown, SchedulerCheckpoint
 
 _log = logging.getLogger(__name__)
@@ -126,6 +127,14 @@ class Entered(msgspec.Struct, frozen=True):
     status: JobStatus
     attempt: int
     at: datetime
+
+
+class TimeLimit(msgspec.Struct, frozen=True):
+    """A running attempt that reached its job's ``max_runtime`` (``TimeOutJob``)."""
+
+    job_id: str
+    attempt: int
+    reason: str
 
 
 class _Absence(msgspec.Struct):
@@ -570,6 +579,68 @@ class SchedulerState:
                 continue
             elapsed = (now - progress.at).total_seconds()
             self.placement.set_remaining(job_id, max(0.0, progress.remaining_s - max(elapsed, 0.0)))
+        self._refresh_preemption(now)
+
+    def _refresh_preemption(self, now: datetime) -> None:
+        """The preemption rules' facts about every job holding GPUs, as of ``now``, and the
+        preemptions the log shows under way (their victims are stopping)."""
+        policy = self.placement.policy.preemption
+        if not policy.enabled:
+            return
+        facts = {}
+        under_way: dict[str, PreemptionPlan] = {}
+        for job_id in self._active:
+            if job_id in self.pending:
+                continue
+            state = self.jobs[job_id]
+            running = self.placement.running_job(job_id)
+            remaining = running.remaining_s if running is not None else None
+            fact = victim_facts(state, now, policy, remaining)
+            facts[job_id] = fact
+            by = state.preempted_by
+            if state.status is JobStatus.STOPPING and by is not None and state.runner_id:
+                victim = Victim(
+                    job_id=job_id,
+                    attempt=state.attempt,
+                    priority=state.priority,
+                    lost_work_s=fact.lost_work_s,
+                    grace_s=fact.grace_s,
+                )
+                known = under_way.get(by)
+                preemptor = self.jobs.get(by)
+                under_way[by] = PreemptionPlan(
+                    job_id=by,
+                    priority=preemptor.priority if preemptor is not None else 0,
+                    runner_id=state.runner_id,
+                    gpu_ids=state.preempt_gpu_ids,
+                    victims=(*(known.victims if known else ()), victim),
+                )
+        self.placement.set_victim_facts(facts)
+        for plan in under_way.values():
+            if plan.gpu_ids:
+                self.placement.restore_plan(plan)
+
+    def time_limits(self, now: datetime) -> list[TimeLimit]:
+        """Running attempts whose job has run its ``max_runtime`` by ``now`` (over all its
+        attempts, from the events), each with the reason for the audit trail."""
+        found = []
+        for job_id in sorted(self._active):
+            state = self.jobs[job_id]
+            spec = state.spec
+            limit = spec.max_runtime_s if spec is not None else None
+            if limit is None or state.status is not JobStatus.RUNNING:
+                continue
+            ran = state.runtime_at(now)
+            if ran >= limit:
+                found.append(
+                    TimeLimit(
+                        job_id=job_id,
+                        attempt=state.attempt,
+                        reason=f"reached its max_runtime of {spec.max_runtime} "  # type: ignore[union-attr]
+                        f"({limit:g}s) after {ran:.0f}s of running",
+                    )
+                )
+        return found
 
     def lost_jobs(self, now: datetime) -> list[LostJob]:
         """Active jobs whose runner has no live lease at ``now`` (or never reported)."""

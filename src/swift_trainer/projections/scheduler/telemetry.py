@@ -64,9 +64,9 @@ class SchedulerTelemetry:
                 if counting and since is not None:
                     wait = (event.recorded_at - since).total_seconds()
                     QUEUE_WAIT_SECONDS.observe(max(wait, 0.0))
-            case "JobLost":
+            case "JobLost" | "JobPreempted" | "JobTimedOut":
                 if counting:
-                    JOBS_LOST.inc()
+                    _COUNTERS[event.type].inc()
             case kind if kind in _DONE:
                 self._queued_at.pop(stream, None)
                 self._job_traces.pop(stream, None)
@@ -124,3 +124,17 @@ JOBS_REQUEUED: Final = Counter(
     "swift_trainer_jobs_requeued",
     "Jobs put back in the queue after a loss or a refused start.",
 )
+JOBS_PREEMPTED: Final = Counter(
+    "swift_trainer_jobs_preempted",
+    "Jobs stopped with a checkpoint and queued again to make room for a job of higher priority.",
+)
+JOBS_TIMED_OUT: Final = Counter(
+    "swift_trainer_jobs_timed_out",
+    "Jobs stopped with a checkpoint at their max_runtime.",
+)
+#: Events counted as they come, by type.
+_COUNTERS: Final = {
+    "JobLost": JOBS_LOST,
+    "JobPreempted": JOBS_PREEMPTED,
+    "JobTimedOut": JOBS_TIMED_OUT,
+}
