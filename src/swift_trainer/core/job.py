@@ -1089,7 +1089,6 @@ STATUS_AFTER: Final[dict[str, JobStatus]] = {
         (e.JobStopped, JobStatus.STOPPED),
         (e.JobPaused, JobStatus.PAUSED),
         (e.JobCancelled, JobStatus.CANCELLED),
-        (e.JobPreempted, JobStatus.QUEUED),
         (e.JobTimedOut, JobStatus.TIMED_OUT),
         (e.JobSucceeded, JobStatus.SUCCEEDED),
         (e.JobFailed, JobStatus.FAILED),
