@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from swift_trainer.core import events as e
 from swift_trainer.core.errors import MessageError, UnknownMessageType
+from swift_trainer.core.failure import FAILURE_KINDS, Failure
 from swift_trainer.core.spec import JobSpec, TrainArgs
 
 AT = datetime(2025, 3, 1, 12, 30, 15, 123456, tzinfo=UTC)
@@ -138,6 +139,19 @@ specs = st.builds(
     labels=st.dictionaries(st.text(min_size=1, max_size=8), st.text(max_size=8), max_size=4),
 )
 
+failures = st.builds(
+    Failure,
+    kind=st.sampled_from(FAILURE_KINDS),
+    detail=st.text(max_size=40),
+    log_line=st.none() | st.text(max_size=40),
+    gpus=st.lists(st.text(min_size=1, max_size=12), max_size=2).map(tuple),
+)
+train_args = st.builds(
+    TrainArgs,
+    batch_size=st.none() | st.integers(1, 64),
+    gradient_accumulation_steps=st.none() | st.integers(1, 64),
+)
+
 
 def _strategy_for(annotation: Any) -> st.SearchStrategy[Any]:
     """A strategy for one field type of an event (what the wire format can carry)."""
@@ -154,6 +168,10 @@ def _strategy_for(annotation: Any) -> st.SearchStrategy[Any]:
         return st.booleans()
     if annotation is JobSpec:
         return specs
+    if annotation is Failure:
+        return failures
+    if annotation is TrainArgs:
+        return train_args
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is tuple:
         return st.lists(_strategy_for(args[0]), max_size=4).map(tuple)

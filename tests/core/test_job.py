@@ -23,6 +23,7 @@ from swift_trainer.core.errors import (
     NoCheckpoint,
     StaleAssignment,
 )
+from swift_trainer.core.failure import Failure
 from swift_trainer.core.job import (
     ACTIVE,
     FINISHED,
@@ -835,6 +836,7 @@ def test_a_lost_job_is_requeued_from_its_last_checkpoint() -> None:
             retries=1,
             reason="lost: lease expired",
             resume_from=CKPT_100,
+            failure=Failure(kind="runner_lost", detail="lease expired"),
         ),
     ]
     state = job.state
@@ -859,6 +861,7 @@ def test_a_lost_job_is_retried_until_max_retries_then_fails() -> None:
         attempt=3,
         exit_code=None,
         reason="lost: lease expired; gave up after 2 retries",
+        failure=Failure(kind="runner_lost", detail="lease expired"),
     )
     assert job.state.status is JobStatus.FAILED
     assert job.state.retries == 2

@@ -13,6 +13,7 @@ from typing import Annotated, Any, ClassVar, Final, Literal
 import msgspec
 
 from .errors import MessageError, UnknownMessageType
+from .failure import Failure
 from .ids import JOB_ID_PATTERN
 from .limits import MAX_REASON_CHARS
 from .spec import JobSpec, Priority
@@ -144,6 +145,8 @@ class ReportFailed(RunnerReport, frozen=True, tag=True):
     exit_code: int | None
     reason: Reason
     stderr_tail: Annotated[str, msgspec.Meta(max_length=65536)] = ""
+    #: The runner's classification of the cause.
+    failure: Failure | None = None
 
 
 class ReportStopped(RunnerReport, frozen=True, tag=True):

@@ -15,7 +15,8 @@ from typing import Any, ClassVar, TypeVar
 import msgspec
 
 from .errors import InvalidSpec, MessageError, UnknownMessageType
-from .spec import JobSpec
+from .failure import Failure
+from .spec import JobSpec, TrainArgs
 
 T = TypeVar("T")
 
@@ -61,6 +62,9 @@ class JobScheduled(JobEvent, frozen=True, tag=True):
     gpu_ids: tuple[int, ...]
     gpu_uuids: tuple[str, ...] = ()
     resume_from: str | None = None
+    #: The training arguments of this attempt when a retry changed them (a halved batch);
+    #: None means the spec's own.
+    train_args: TrainArgs | None = None
 
 
 class JobStarted(JobEvent, frozen=True, tag=True):
@@ -104,6 +108,8 @@ class JobFailed(JobEvent, frozen=True, tag=True):
     exit_code: int | None
     reason: str
     stderr_tail: str = ""
+    #: What the runner found the cause to be (None: not classified).
+    failure: Failure | None = None
 
 
 class StopRequested(JobEvent, frozen=True, tag=True):
@@ -145,12 +151,21 @@ class JobLost(JobEvent, frozen=True, tag=True):
 
 
 class JobRequeued(JobEvent, frozen=True, tag=True):
-    """Back in the queue after a loss or a refused start; ``retries`` counts against max."""
+    """Back in the queue after a loss, a refused start or a failure worth retrying.
+
+    ``retries`` counts against ``max_retries``; a retry after a classified failure names it
+    and what it changed: the attempt's training arguments, the GPUs it avoids.
+    """
 
     priority: int
     retries: int
     reason: str
     resume_from: str | None = None
+    failure: Failure | None = None
+    #: The training arguments from now on (a halved batch); None keeps the current ones.
+    train_args: TrainArgs | None = None
+    #: GPUs (by UUID) this job no longer runs on.
+    excluded_gpus: tuple[str, ...] = ()
 
 
 class AssignmentRejected(JobEvent, frozen=True, tag=True):

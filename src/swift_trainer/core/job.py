@@ -36,8 +36,10 @@ from .errors import (
     NoCheckpoint,
     StaleAssignment,
 )
+from .failure import HARDWARE, OOM, RUNNER_LOST, Failure
 from .progress import TrainingMetrics
-from .spec import JobSpec, Priority, decode_spec
+from .retry import GiveUp, RetryCounts, plan_retry
+from .spec import JobSpec, Priority, TrainArgs, decode_spec
 
 
 class JobStatus(StrEnum):
@@ -95,6 +97,13 @@ class Export(msgspec.Struct, frozen=True, omit_defaults=True):
     reason: str | None = None
 
 
+class AttemptFailure(msgspec.Struct, frozen=True):
+    """How one attempt failed."""
+
+    attempt: int
+    failure: Failure
+
+
 class JobState(msgspec.Struct, frozen=True, omit_defaults=True):
     job_id: str
     status: JobStatus = JobStatus.NEW
@@ -123,10 +132,29 @@ class JobState(msgspec.Struct, frozen=True, omit_defaults=True):
     last_runner_id: str | None = None
     #: The intent of the stop in progress (``stop``, ``pause`` or ``cancel``).
     stop_intent: str = "stop"
+    #: UUIDs of the GPUs of the current attempt.
+    gpu_uuids: tuple[str, ...] = ()
+    #: The cause of the last failed attempt, as the runner classified it.
+    failure: Failure | None = None
+    #: Every classified failure, by attempt.
+    failures: tuple[AttemptFailure, ...] = ()
+    #: Training arguments a retry changed (a halved batch); None: the spec's.
+    train_args: TrainArgs | None = None
+    #: GPUs (by UUID) this job avoids after faults on them.
+    excluded_gpus: tuple[str, ...] = ()
+    #: Retries made under each rule of the spec's retry policy.
+    retry_counts: RetryCounts = RetryCounts()
 
     @property
     def exists(self) -> bool:
         return self.status not in (JobStatus.NEW, JobStatus.DELETED)
+
+    @property
+    def attempt_args(self) -> TrainArgs | None:
+        """The training arguments the next attempt runs with."""
+        if self.train_args is not None:
+            return self.train_args
+        return self.spec.train_args if self.spec is not None else None
 
     @property
     def last_checkpoint(self) -> Checkpoint | None:
@@ -452,6 +480,7 @@ def _decide_schedule(state: JobState, command: c.ScheduleJob, now: datetime) -> 
             gpu_ids=command.gpu_ids,
             gpu_uuids=command.gpu_uuids,
             resume_from=state.resume_from,
+            train_args=state.train_args,
         ),
     ]
 
@@ -462,6 +491,7 @@ def _requeue_or_fail(
     now: datetime,
     *,
     count_retry: bool,
+    failure: Failure | None = None,
 ) -> list[e.AnyJobEvent]:
     assert state.spec is not None
     retries = state.retries + 1 if count_retry else state.retries
@@ -473,6 +503,7 @@ def _requeue_or_fail(
                 attempt=state.attempt,
                 exit_code=None,
                 reason=f"{reason}; gave up after {state.spec.max_retries} retries",
+                failure=failure,
             ),
         ]
     checkpoint = state.last_checkpoint
@@ -484,6 +515,7 @@ def _requeue_or_fail(
             retries=retries,
             reason=reason,
             resume_from=checkpoint.path if checkpoint else state.resume_from,
+            failure=failure,
         ),
     ]
 
@@ -511,7 +543,11 @@ def _decide_lost(state: JobState, command: c.MarkLost, now: datetime) -> list[e.
                 checkpoint.path if checkpoint else None,
             ),
         ]
-    return [lost, *_requeue_or_fail(state, f"lost: {command.reason}", now, count_retry=True)]
+    failure = Failure(kind=RUNNER_LOST, detail=command.reason)
+    return [
+        lost,
+        *_requeue_or_fail(state, f"lost: {command.reason}", now, count_retry=True, failure=failure),
+    ]
 
 
 def _decide_reject(
@@ -601,13 +637,16 @@ def _decide_report(  # noqa: C901 - one branch per report kind reads best as a t
                     exit_code=command.exit_code,
                     reason=command.reason,
                     stderr_tail=command.stderr_tail,
+                    failure=command.failure,
                 )
                 if state.status is JobStatus.STOPPING and state.stop_intent == "cancel":
                     # Cancel is final even when the process failed on its way out.
                     latest = state.last_checkpoint
                     kept = latest.path if latest else None
                     return [failed, *_stop_ended(state, "cancel", command.reason, now, kept)]
-                return [failed]
+                if state.status is JobStatus.STOPPING or command.failure is None:
+                    return [failed]
+                return _retry_or_fail(state, failed, command.failure, now)
         case c.ReportStopped(checkpoint=checkpoint):
             if state.status in (JobStatus.STOPPED, JobStatus.PAUSED, JobStatus.CANCELLED):
                 return []
@@ -624,6 +663,37 @@ def _decide_report(  # noqa: C901 - one branch per report kind reads best as a t
                     checkpoint or (last.path if last else None),
                 )
     raise _refuse(state, f"record {type(command).__name__} for", "the report does not fit")
+
+
+def _retry_or_fail(
+    state: JobState, failed: e.JobFailed, failure: Failure, now: datetime
+) -> list[e.AnyJobEvent]:
+    """Apply the spec's retry policy to a classified failure."""
+    assert state.spec is not None
+    plan = plan_retry(
+        failure,
+        state.spec.retry,
+        args=state.attempt_args or TrainArgs(),
+        counts=state.retry_counts,
+        attempt_gpus=state.gpu_uuids,
+    )
+    if isinstance(plan, GiveUp):
+        reason = f"{failed.reason}; {plan.reason}"
+        return [msgspec.structs.replace(failed, reason=reason)]
+    checkpoint = state.last_checkpoint
+    return [
+        e.JobRequeued(
+            at=now,
+            job_id=state.job_id,
+            priority=state.priority,
+            retries=state.retries,
+            reason=plan.reason,
+            resume_from=checkpoint.path if checkpoint else state.resume_from,
+            failure=failure,
+            train_args=plan.train_args,
+            excluded_gpus=plan.excluded_gpus,
+        )
+    ]
 
 
 def _auto_export(state: JobState, output_path: str | None, now: datetime) -> list[e.AnyJobEvent]:
@@ -741,6 +811,31 @@ def _ended(state: JobState, status: JobStatus, at: datetime, reason: str) -> Job
     )
 
 
+def _with_failure(state: JobState, attempt: int, failure: Failure | None) -> JobState:
+    if failure is None:
+        return state
+    failures = (*state.failures, AttemptFailure(attempt=attempt, failure=failure))
+    return msgspec.structs.replace(state, failure=failure, failures=failures)
+
+
+def _after_retry(state: JobState, event: e.JobRequeued) -> JobState:
+    """What a retry after a classified failure changes: args, avoided GPUs, counts."""
+    failure = event.failure
+    if failure is None:
+        return state
+    state = _with_failure(state, state.attempt, failure)
+    counts = state.retry_counts
+    if failure.kind == OOM:
+        counts = msgspec.structs.replace(counts, oom=counts.oom + 1)
+    elif failure.kind in HARDWARE:
+        counts = msgspec.structs.replace(counts, gpu=counts.gpu + 1)
+    if event.train_args is not None:
+        state = msgspec.structs.replace(state, train_args=event.train_args)
+    new = tuple(g for g in event.excluded_gpus if g not in state.excluded_gpus)
+    excluded = (*state.excluded_gpus, *new)
+    return msgspec.structs.replace(state, retry_counts=counts, excluded_gpus=excluded)
+
+
 def evolve(state: JobState, event: e.AnyJobEvent) -> JobState:  # noqa: C901 - a table
     """Apply one recorded fact; total over every event ``decide`` emits."""
     s = msgspec.structs.replace
@@ -761,7 +856,15 @@ def evolve(state: JobState, event: e.AnyJobEvent) -> JobState:  # noqa: C901 - a
             return state
         case e.JobQueued(priority=priority, reason=reason, resume_from=resume_from):
             if reason == "resumed":
-                state = s(state, retries=0, stop_reason=None, failure_reason=None, exit_code=None)
+                state = s(
+                    state,
+                    retries=0,
+                    stop_reason=None,
+                    failure_reason=None,
+                    exit_code=None,
+                    failure=None,
+                    retry_counts=RetryCounts(),
+                )
             return s(
                 state,
                 status=JobStatus.QUEUED,
@@ -778,6 +881,7 @@ def evolve(state: JobState, event: e.AnyJobEvent) -> JobState:  # noqa: C901 - a
                 attempt=attempt,
                 runner_id=runner_id,
                 gpu_ids=gpu_ids,
+                gpu_uuids=event.gpu_uuids,
                 pid=None,
             )
         case e.JobStarted(pid=pid, command=argv, at=at, runner_id=runner_id):
@@ -810,6 +914,7 @@ def evolve(state: JobState, event: e.AnyJobEvent) -> JobState:  # noqa: C901 - a
                 stop_intent="stop",
             )
         case e.JobFailed(at=at, reason=reason, exit_code=exit_code):
+            state = _with_failure(state, event.attempt, event.failure)
             return s(
                 state,
                 status=JobStatus.FAILED,
@@ -833,6 +938,7 @@ def evolve(state: JobState, event: e.AnyJobEvent) -> JobState:  # noqa: C901 - a
         case e.AssignmentRejected():
             return s(state, runner_id=None, gpu_ids=())
         case e.JobRequeued(retries=retries, priority=priority, resume_from=resume_from):
+            state = _after_retry(state, event)
             return s(
                 state,
                 status=JobStatus.QUEUED,
