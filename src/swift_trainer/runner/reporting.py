@@ -359,6 +359,7 @@ def outcome_command(
         exit_code=outcome.exit_code,
         reason=outcome.reason,
         stderr_tail=outcome.stderr_tail,
+        failure=outcome.failure,
     )
 
 

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .failure_classifier import GpuFault
 from .log_tail import LineTail, seed_tail
 from .outcome import (
     ExportFacts,
@@ -122,7 +123,7 @@ class WatchedRun:
     def stderr_text(self) -> str:
         return clip_stderr_tail(tuple(self.stderr_tail))
 
-    def decide(self) -> JobOutcome | ExportOutcome:
+    def decide(self, *, gpu_faults: tuple[GpuFault, ...] = ()) -> JobOutcome | ExportOutcome:
         """Gather the facts (exit code, log, newest checkpoint, artifact) and judge them."""
         record = self.record
         if record.kind == "export":
@@ -151,6 +152,7 @@ class WatchedRun:
                 output_dir=record.output_dir,
                 stderr_tail=self.stderr_text(),
                 unkillable=tuple(self.unkillable),
+                gpu_faults=gpu_faults,
             )
         )
 
