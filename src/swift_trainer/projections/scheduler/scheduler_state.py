@@ -459,6 +459,7 @@ class SchedulerState:
             attempt=state.attempt,
             expected_duration_s=state.progress.remaining_s if state.progress else None,
             owner=spec.owner,
+            excluded_gpus=state.excluded_gpus,
         )
 
     def _owner(self, job_id: str) -> str | None:
