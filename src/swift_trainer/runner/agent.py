@@ -41,11 +41,11 @@ from ..core.errors import SwiftTrainerError
 from ..core.ids import job_stream
 from ..core.inventory import RunnerHeartbeat, RunnerJob
 from ..core.limits import MAX_REASON_CHARS
-from ..core.spec import JobSpec
+from ..core.spec import JobSpec, effective_train_args
 from ..core.tasks import cancel_and_wait, unsubscribe_quietly
 from .assignment_check import assignment_problem
 from .dataset_cache import DatasetCache, DatasetUnavailable
-from .gpu_probe import GpuInventory, foreign_memory_mib
+from .gpu_probe import SIM_FAULT_DIR, GpuInventory, foreign_memory_mib
 from .handled_events import HandledEvents
 from .log_publisher import LogPublisher
 from .reporting import (
@@ -54,6 +54,7 @@ from .reporting import (
 from .resume_checkpoint import resolve_resume
 from .run_reports import RunReporters
 from .run_state import RunRecord, run_key
+from .sim_faults import fault_args
 from .supervisor import AlreadyRunning, LaunchError, Supervisor
 from .swift_command import build_export_command, build_sft_command, expected_export_path
 
@@ -120,6 +121,7 @@ class RunnerAgent:
         ack_wait_s: float = 300.0,
         max_deliver: int = 10,
         fetch_timeout_s: float = 1.0,
+        simulate_faults: bool = False,
     ) -> None:
         if not subjects.is_token(runner_id):
             raise SwiftTrainerError(
@@ -143,6 +145,8 @@ class RunnerAgent:
         self.ack_wait_s = ack_wait_s
         self.max_deliver = max_deliver
         self.fetch_timeout_s = fetch_timeout_s
+        #: Honour the ``sim.*`` fault labels (simulated runners only).
+        self.simulate_faults = simulate_faults
         self.draining = False
         self.malformed = 0
         self.client = CommandClient(nc, timeout=command_timeout_s, actor=runner_id)
@@ -424,9 +428,13 @@ class RunnerAgent:
         except DatasetUnavailable as exc:
             self._reject(event, exc.message)
             return
+        extra_args = self._simulated_faults(spec, event)
+        if event.train_args is not None:  # a retry changed them (a halved batch)
+            spec = msgspec.structs.replace(spec, train_args=event.train_args)
         try:
             invocation = build_sft_command(
                 spec,
+                extra_args=extra_args,
                 output_root=self.output_root,
                 gpu_ids=event.gpu_ids,
                 resume_from=resolve_resume(event.resume_from)[0],
@@ -450,6 +458,18 @@ class RunnerAgent:
             self._reject(event, str(exc))
             return
         _log.info("started attempt %d of %s: pid %d", event.attempt, event.job_id, pid)
+
+    def _simulated_faults(self, spec: JobSpec, event: e.JobScheduled) -> list[str]:
+        if not self.simulate_faults:
+            return []
+        args = event.train_args or spec.train_args
+        return fault_args(
+            spec.labels,
+            attempt=event.attempt,
+            batch_size=effective_train_args(args).batch_size,
+            spec_batch_size=spec.effective_args.batch_size,
+            fault_dir=self.output_root / SIM_FAULT_DIR,
+        )
 
     def _on_stop(self, event: e.StopRequested) -> None:
         running = self._running_job(event.job_id)

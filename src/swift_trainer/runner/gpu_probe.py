@@ -478,6 +478,8 @@ class FakeInventory:
             return
         for entry in entries:
             index = next((i for i in range(self.gpu_count) if self.uuid(i) == entry.name), None)
+            if index is None and entry.name.isdigit() and int(entry.name) < self.gpu_count:
+                index = int(entry.name)  # CUDA_VISIBLE_DEVICES by index
             try:
                 text = entry.read_text(encoding="utf-8").strip()
                 entry.unlink()

@@ -112,4 +112,5 @@ def create_runner_agent(
         max_foreign_memory_mib=options.max_foreign_memory_mib,
         command_timeout_s=command_timeout_s,
         stop_jobs_on_exit=options.stop_jobs_on_exit,
+        simulate_faults=options.simulate_gpus is not None,
     )
