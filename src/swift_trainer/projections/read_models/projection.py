@@ -283,6 +283,10 @@ def summarize(fold: JobFold) -> JobSummary | None:
         suffix=spec.suffix,
         metadata=dict(spec.metadata),
         owner=spec.owner,
+        failure=state.failure,
+        failures=state.failures,
+        retry_train_args=state.train_args,
+        excluded_gpus=state.excluded_gpus,
     )
 
 

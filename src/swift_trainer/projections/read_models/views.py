@@ -11,7 +11,8 @@ from typing import Any
 
 import msgspec
 
-from swift_trainer.core.job import Checkpoint, Export, JobState, JobStatus
+from swift_trainer.core.failure import Failure
+from swift_trainer.core.job import AttemptFailure, Checkpoint, Export, JobState, JobStatus
 from swift_trainer.core.progress import TrainingMetrics
 from swift_trainer.core.queue_processor import QueueProcessorState
 from swift_trainer.core.spec import TrainArgs
@@ -88,6 +89,14 @@ class JobSummary(msgspec.Struct, frozen=True):
     metadata: dict[str, str] = {}
     #: The API key owner who submitted the job (None: the operator, or before owners).
     owner: str | None = None
+    #: What the last failed attempt died of: kind, meaning and the decisive log line.
+    failure: Failure | None = None
+    #: Every classified failure, by attempt.
+    failures: tuple[AttemptFailure, ...] = ()
+    #: The training arguments a retry changed (a halved batch); None: ``train_args``.
+    retry_train_args: TrainArgs | None = None
+    #: GPUs (by UUID) this job avoids after faults on them.
+    excluded_gpus: tuple[str, ...] = ()
 
 
 class JobFold(msgspec.Struct, frozen=True):
