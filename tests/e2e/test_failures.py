@@ -1,0 +1,104 @@
+"""Failures end to end on ``up --simulate-gpus 2``: classified, and retried by cause."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.e2e.live_service import Service, start_service, stop_service
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[Service]:
+    process, base = start_service(tmp_path, "--simulate-step-seconds", "0.05")
+    running = Service(process, base, tmp_path / "outputs")
+    try:
+        running.wait_for(
+            "two simulated GPUs",
+            lambda: (
+                sum(len(r.get("gpus") or []) for r in running.http.get("/gpus").json()["runners"])
+                == 2
+            ),
+        )
+        yield running
+    finally:
+        running.http.close()
+        stderr = stop_service(process)
+        assert process.returncode == 0, stderr[-3000:]
+
+
+def submit(service: Service, job_id: str, labels: dict[str, str], **train: Any) -> None:
+    response = service.http.post(
+        "/jobs",
+        json={
+            "job_id": job_id,
+            "data_path": "AI-ModelScope/coco#20000",
+            "model_path": "Qwen/Qwen2.5-VL-7B-Instruct",
+            "output_dir": f"output/{job_id}",
+            "train_args": {"max_steps": 12, "save_steps": 4, **train},
+            "labels": labels,
+        },
+    )
+    assert response.status_code == 201, response.text
+
+
+def events(service: Service, job_id: str) -> list[dict[str, Any]]:
+    body = service.http.get(f"/jobs/{job_id}/events?limit=200").json()
+    found: list[dict[str, Any]] = body["events"]
+    return found
+
+
+def commands(service: Service, job_id: str) -> list[list[str]]:
+    return [e["data"]["command"] for e in events(service, job_id) if e["type"] == "JobStarted"]
+
+
+def flag(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+def test_an_oom_succeeds_on_its_retry_with_the_halved_batch(service: Service) -> None:
+    submit(service, "oom1", {"sim.fail": "oom", "sim.fail_at_step": "2"}, batch_size=4)
+    service.wait_status("oom1", "succeeded", "failed", timeout=120)
+    job = service.http.get("/jobs/oom1").json()
+    assert job["status"] == "succeeded", job
+    assert job["failure"]["kind"] == "oom"
+    assert "CUDA out of memory" in job["failure"]["log_line"]
+    assert job["retry_train_args"]["batch_size"] == 2
+    first, second = commands(service, "oom1")
+    assert flag(first, "--per_device_train_batch_size") == "4"
+    assert flag(second, "--per_device_train_batch_size") == "2"
+    assert flag(second, "--gradient_accumulation_steps") == str(
+        2 * int(flag(first, "--gradient_accumulation_steps"))
+    )
+    (requeued,) = [e for e in events(service, "oom1") if e["type"] == "JobRequeued"]
+    assert "batch_size 4 -> 2" in requeued["data"]["reason"]
+
+
+def test_a_data_error_fails_at_once_with_its_kind_and_line(service: Service) -> None:
+    submit(service, "data1", {"sim.fail": "data_error"})
+    service.wait_status("data1", "failed", timeout=120)
+    job = service.http.get("/jobs/data1").json()
+    assert job["attempt"] == 1
+    assert job["failure"]["kind"] == "data_error"
+    assert "The local path does not exist" in job["failure"]["log_line"]
+    assert "not retried" in job["failure_reason"]
+    assert "JobRequeued" not in [e["type"] for e in events(service, "data1")]
+
+
+def test_an_xid_gpu_leaves_placement_and_the_job_finishes_on_the_other(service: Service) -> None:
+    submit(service, "xid1", {"sim.fail": "xid", "sim.fail_at_step": "2"})
+    service.wait_status("xid1", "succeeded", "failed", timeout=120)
+    job = service.http.get("/jobs/xid1").json()
+    assert job["status"] == "succeeded", job
+    assert job["failure"]["kind"] == "gpu_fault"
+    faulty = job["excluded_gpus"]
+    assert len(faulty) == 1
+    scheduled = [e["data"] for e in events(service, "xid1") if e["type"] == "JobScheduled"]
+    assert scheduled[0]["gpu_uuids"] == faulty
+    assert faulty[0] not in scheduled[-1]["gpu_uuids"]
+    # The card itself reports the Xid: placement keeps every job off it.
+    gpus = [g for r in service.http.get("/gpus").json()["runners"] for g in r["gpus"]]
+    sick = next(g for g in gpus if g["uuid"] == faulty[0])
+    assert sick["health"]["xid_events"]
