@@ -62,6 +62,7 @@ SAMPLES: list[e.Event] = [
         eval_loss=1.5,
     ),
     e.CheckpointSaved(**J, attempt=2, step=100, path="out/checkpoint-100"),
+    e.CheckpointRemoved(**J, attempt=2, path="out/checkpoint-100", reason="no longer on disk"),
     e.JobSucceeded(**J, attempt=2, final_step=1000, output_path="out/v0"),
     e.JobFailed(**J, attempt=2, exit_code=-9, reason="killed", stderr_tail="Killed\n"),
     e.StopRequested(**J, reason="user", runner_id="gpu-host-1", attempt=2),

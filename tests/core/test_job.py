@@ -323,6 +323,7 @@ NOT_SUBMIT = [
     c.RejectAssignment(job_id=JOB, attempt=1, runner_id=RUNNER, reason="x"),
     c.ReportProgress(job_id=JOB, attempt=1, runner_id=RUNNER, step=1),
     c.ReportCheckpoint(job_id=JOB, attempt=1, runner_id=RUNNER, step=1, path=CKPT_100),
+    c.ReportCheckpointsRemoved(job_id=JOB, attempt=1, runner_id=RUNNER, paths=(CKPT_100,)),
     c.ReportSucceeded(job_id=JOB, attempt=1, runner_id=RUNNER),
     c.ReportFailed(job_id=JOB, attempt=1, runner_id=RUNNER, exit_code=1, reason="x"),
     c.ReportStopped(job_id=JOB, attempt=1, runner_id=RUNNER),

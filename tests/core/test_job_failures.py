@@ -7,6 +7,7 @@ import pytest
 
 from swift_trainer.core import commands as c
 from swift_trainer.core import events as e
+from swift_trainer.core.errors import CheckpointMissing
 from swift_trainer.core.failure import FAILURE_KINDS, Failure, RetryPolicy
 from swift_trainer.core.job import JobStatus, replay
 from swift_trainer.core.retry import GiveUp, Retry, RetryCounts, plan_retry
@@ -204,3 +205,53 @@ def test_halving_an_odd_batch_keeps_at_least_the_effective_batch() -> None:
     assert plan.train_args.batch_size == 1
     assert plan.train_args.gradient_accumulation_steps == 6
     assert msgspec.structs.asdict(plan.counts) == {"oom": 1, "gpu": 0}
+
+
+CKPT_A = "output/training_001/checkpoint-100"
+CKPT_B = "output/training_001/checkpoint-200"
+
+
+def saved(job: Job, path: str, step: int) -> None:
+    job.do(
+        c.ReportCheckpoint(
+            job_id=JOB, attempt=job.state.attempt, runner_id=RUNNER, step=step, path=path
+        )
+    )
+
+
+def test_a_removed_checkpoint_is_no_longer_offered_nor_resumed_from() -> None:
+    job = running(train_args=TrainArgs(batch_size=8))
+    saved(job, CKPT_A, 100)
+    saved(job, CKPT_B, 200)
+    removed = job.do(
+        c.ReportCheckpointsRemoved(
+            job_id=JOB, attempt=1, runner_id=RUNNER, paths=(CKPT_A, "never/reported")
+        )
+    )
+    assert removed == [
+        e.CheckpointRemoved(
+            at=job.now, job_id=JOB, attempt=1, path=CKPT_A, reason="no longer on disk"
+        )
+    ]
+    assert [cp.path for cp in job.state.checkpoints] == [CKPT_B]
+    assert [cp.path for cp in job.state.removed_checkpoints] == [CKPT_A]
+    job.do(c.ReportCheckpointsRemoved(job_id=JOB, attempt=1, runner_id=RUNNER, paths=(CKPT_B,)))
+    (requeued,) = fail(job, OOM)
+    assert isinstance(requeued, e.JobRequeued)
+    assert requeued.resume_from is None  # nothing left on disk to resume from
+
+
+def test_an_export_of_a_removed_checkpoint_is_refused_as_missing() -> None:
+    job = running()
+    saved(job, CKPT_A, 100)
+    saved(job, CKPT_B, 200)
+    job.do(c.ReportCheckpointsRemoved(job_id=JOB, attempt=1, runner_id=RUNNER, paths=(CKPT_A,)))
+    job.do(c.StopJob(job_id=JOB))
+    job.do(c.ReportStopped(job_id=JOB, attempt=1, runner_id=RUNNER))
+    for name in (CKPT_A, "checkpoint-100"):
+        message = job.refuse(
+            c.RequestExport(job_id=JOB, checkpoint=name), CheckpointMissing, "checkpoint_missing"
+        )
+        assert "no longer on disk" in message
+    (export,) = job.do(c.RequestExport(job_id=JOB, checkpoint="checkpoint-200"))
+    assert isinstance(export, e.ExportRequested)

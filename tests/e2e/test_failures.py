@@ -102,3 +102,18 @@ def test_an_xid_gpu_leaves_placement_and_the_job_finishes_on_the_other(service: 
     gpus = [g for r in service.http.get("/gpus").json()["runners"] for g in r["gpus"]]
     sick = next(g for g in gpus if g["uuid"] == faulty[0])
     assert sick["health"]["xid_events"]
+
+
+def test_checkpoints_rotated_out_are_no_longer_offered(service: Service) -> None:
+    submit(service, "rot1", {}, save_total_limit=2, save_steps=2)
+    service.wait_status("rot1", "succeeded", timeout=120)
+    job = service.wait_for(
+        "the rotated checkpoints recorded as removed",
+        lambda: len((j := service.http.get("/jobs/rot1").json())["checkpoints"]) == 2 and j,
+    )
+    assert [c["step"] for c in job["checkpoints"]] == [10, 12]
+    kinds = [e["type"] for e in events(service, "rot1")]
+    assert kinds.count("CheckpointRemoved") == 4
+    refused = service.http.post("/jobs/rot1/export", json={"checkpoint": "checkpoint-2"})
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["code"] == "checkpoint_missing"

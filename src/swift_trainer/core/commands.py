@@ -136,6 +136,13 @@ class ReportCheckpoint(RunnerReport, frozen=True, tag=True):
     path: str
 
 
+class ReportCheckpointsRemoved(RunnerReport, frozen=True, tag=True):
+    """Checkpoints the runner reported before are gone from disk."""
+
+    paths: tuple[Annotated[str, msgspec.Meta(max_length=4096)], ...]
+    reason: Reason = "no longer on disk"
+
+
 class ReportSucceeded(RunnerReport, frozen=True, tag=True):
     final_step: int | None = None
     output_path: str | None = None
@@ -258,6 +265,7 @@ AnyJobCommand = (
     | RejectAssignment
     | ReportProgress
     | ReportCheckpoint
+    | ReportCheckpointsRemoved
     | ReportSucceeded
     | ReportFailed
     | ReportStopped

@@ -97,6 +97,15 @@ class CheckpointSaved(JobEvent, frozen=True, tag=True):
     path: str
 
 
+class CheckpointRemoved(JobEvent, frozen=True, tag=True):
+    """A checkpoint is gone from disk (rotated by ``save_total_limit``, or deleted):
+    nothing resumes from it or exports it any more."""
+
+    path: str
+    reason: str
+    attempt: int = 0
+
+
 class JobSucceeded(JobEvent, frozen=True, tag=True):
     attempt: int
     final_step: int | None = None
@@ -238,6 +247,7 @@ AnyJobEvent = (
     | JobStarted
     | JobProgressed
     | CheckpointSaved
+    | CheckpointRemoved
     | JobSucceeded
     | JobFailed
     | StopRequested

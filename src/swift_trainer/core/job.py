@@ -29,6 +29,7 @@ import msgspec
 from . import commands as c
 from . import events as e
 from .errors import (
+    CheckpointMissing,
     InvalidSpec,
     InvalidTransition,
     JobAlreadyExists,
@@ -144,6 +145,8 @@ class JobState(msgspec.Struct, frozen=True, omit_defaults=True):
     excluded_gpus: tuple[str, ...] = ()
     #: Retries made under each rule of the spec's retry policy.
     retry_counts: RetryCounts = RetryCounts()
+    #: Checkpoints gone from disk since they were saved (rotated out, or deleted).
+    removed_checkpoints: tuple[Checkpoint, ...] = ()
 
     @property
     def exists(self) -> bool:
@@ -238,6 +241,7 @@ def decide(  # noqa: C901 - one case per command reads best as a table
             c.ReportStarted()
             | c.ReportProgress()
             | c.ReportCheckpoint()
+            | c.ReportCheckpointsRemoved()
             | c.ReportSucceeded()
             | c.ReportFailed()
             | c.ReportStopped()
@@ -428,6 +432,14 @@ def _decide_export(state: JobState, command: c.RequestExport, now: datetime) -> 
             checkpoint = command.checkpoint
         elif command.checkpoint in by_name:
             checkpoint = by_name[command.checkpoint]
+        elif any(
+            command.checkpoint in (cp.path, cp.path.rstrip("/").rsplit("/", 1)[-1])
+            for cp in state.removed_checkpoints
+        ):
+            raise CheckpointMissing(
+                f"checkpoint {command.checkpoint!r} of job {state.job_id!r} is no longer on "
+                f"disk; choose one of {sorted(by_name)}",
+            )
         else:
             raise NoCheckpoint(
                 f"job {state.job_id!r} has no checkpoint {command.checkpoint!r}; "
@@ -576,6 +588,7 @@ def _decide_report(  # noqa: C901 - one branch per report kind reads best as a t
     command: c.ReportStarted
     | c.ReportProgress
     | c.ReportCheckpoint
+    | c.ReportCheckpointsRemoved
     | c.ReportSucceeded
     | c.ReportFailed
     | c.ReportStopped,
@@ -614,6 +627,15 @@ def _decide_report(  # noqa: C901 - one branch per report kind reads best as a t
                 return [
                     e.CheckpointSaved(at=now, job_id=job_id, attempt=attempt, step=step, path=path)
                 ]
+        case c.ReportCheckpointsRemoved(paths=paths, reason=reason):
+            known = {cp.path for cp in state.checkpoints}
+            return [
+                e.CheckpointRemoved(
+                    at=now, job_id=job_id, attempt=attempt, path=path, reason=reason
+                )
+                for path in paths
+                if path in known
+            ]
         case c.ReportSucceeded():
             if state.status is JobStatus.SUCCEEDED:
                 return []
@@ -904,6 +926,12 @@ def evolve(state: JobState, event: e.AnyJobEvent) -> JobState:  # noqa: C901 - a
             # recorded (a stop that overtook the runner's start report).
             holder = state.runner_id if state.runner_id is not None else state.last_runner_id
             return s(state, checkpoints=(*state.checkpoints, checkpoint), last_runner_id=holder)
+        case e.CheckpointRemoved(path=path):
+            gone = tuple(cp for cp in state.checkpoints if cp.path == path)
+            kept = tuple(cp for cp in state.checkpoints if cp.path != path)
+            return s(
+                state, checkpoints=kept, removed_checkpoints=(*state.removed_checkpoints, *gone)
+            )
         case e.JobSucceeded(at=at):
             return s(
                 state,

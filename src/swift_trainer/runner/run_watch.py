@@ -183,7 +183,10 @@ class WatchedRun:
             await report_safely(
                 job_reporter.on_checkpoint(checkpoint.step, checkpoint.path), self.record
             )
-        if new:
+        removed = tuple(self.checkpoints.removed())
+        if removed:
+            await report_safely(job_reporter.on_checkpoints_removed(removed), self.record)
+        if new or removed:
             self.record.reported_checkpoints = tuple(sorted(self.checkpoints.known))
             persist()
 
