@@ -41,6 +41,7 @@ from .projections.read_models.interface import ReadModel
 from .projections.read_models.memory import MemoryReadModel
 from .projections.read_models.redis import RedisReadModel
 from .projections.runner_feed import RunnerFeed
+from .projections.scheduler.job_watch import WatchLimits
 from .projections.scheduler.observed_scheduler import ObservedSchedulerService
 from .projections.scheduler.pass_result import PassResult
 from .projections.scheduler.scheduler_cli import SchedulerOptions
@@ -292,6 +293,12 @@ class Service:
             command_timeout_s=self.settings.command_timeout_s,
             start_timeout_s=options.start_timeout_s,
             vanish_grace_s=options.vanish_grace_s,
+            watch_limits=WatchLimits(
+                resume_check_s=self.settings.resume_check_s,
+                idle_warn_s=self.settings.idle_gpu_warn_s,
+                idle_util_pct=self.settings.idle_gpu_util_pct,
+                idle_stop_s=self.settings.idle_gpu_stop_s,
+            ),
             stream_replicas=self.settings.nats_stream_replicas,
             max_jobs_at_rest=options.max_jobs_at_rest,
             checkpoints=self.store,

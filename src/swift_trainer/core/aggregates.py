@@ -23,13 +23,14 @@ from .access import (
     decode_access_event,
     evolve_access,
 )
+from .fleet import FleetState, decide_fleet, evolve_fleet
 from .gpu_ledger import LedgerState, decide_ledger, decode_ledger, encode_ledger, evolve_ledger
-from .ids import GPU_LEDGER_STREAM, QUEUE_PROCESSOR_STREAM, job_stream
+from .ids import FLEET_STREAM, GPU_LEDGER_STREAM, QUEUE_PROCESSOR_STREAM, job_stream
 from .job import JobState, decide, evolve, initial_state
 from .queue_processor import QueueProcessorState, decide_processor, evolve_processor
 from .store import RecordedEvent
 
-State: TypeAlias = JobState | QueueProcessorState | LedgerState | AccessState
+State: TypeAlias = JobState | QueueProcessorState | LedgerState | AccessState | FleetState
 AnyStoredEvent: TypeAlias = e.AnyEvent | AnyAccessEvent
 
 
@@ -40,6 +41,8 @@ def stream_of(command: c.AnyCommand) -> str:
         return GPU_LEDGER_STREAM
     if isinstance(command, c.IssueKey | c.RevokeKey | c.SetQuota):
         return ACCESS_STREAM
+    if isinstance(command, c.DrainRunner | c.UndrainRunner | c.RecordGpuHealth):
+        return FLEET_STREAM
     return QUEUE_PROCESSOR_STREAM
 
 
@@ -50,6 +53,8 @@ def initial(stream_id: str) -> State:
         return LedgerState()
     if stream_id == ACCESS_STREAM:
         return AccessState()
+    if stream_id == FLEET_STREAM:
+        return FleetState()
     return initial_state(stream_id.removeprefix("job-"))
 
 
@@ -58,6 +63,9 @@ def apply(state: State, event: AnyStoredEvent) -> State:
         assert isinstance(event, AnyAccessEvent)
         return evolve_access(state, event)
     assert not isinstance(event, AnyAccessEvent)
+    if isinstance(state, FleetState):
+        assert isinstance(event, e.RunnerDrained | e.RunnerUndrained | e.GpuHealthChanged)
+        return evolve_fleet(state, event)
     if isinstance(state, QueueProcessorState):
         assert isinstance(event, e.QueueProcessorPaused | e.QueueProcessorResumed)
         return evolve_processor(state, event)
@@ -65,7 +73,14 @@ def apply(state: State, event: AnyStoredEvent) -> State:
         assert isinstance(event, e.GpusClaimed | e.GpusReleased)
         return evolve_ledger(state, event)
     assert not isinstance(
-        event, e.QueueProcessorPaused | e.QueueProcessorResumed | e.GpusClaimed | e.GpusReleased
+        event,
+        e.QueueProcessorPaused
+        | e.QueueProcessorResumed
+        | e.GpusClaimed
+        | e.GpusReleased
+        | e.RunnerDrained
+        | e.RunnerUndrained
+        | e.GpuHealthChanged,
     )
     return evolve(state, event)
 
@@ -86,6 +101,9 @@ def decide_any(state: State, command: c.AnyCommand, now: datetime) -> Sequence[A
         assert isinstance(command, c.IssueKey | c.RevokeKey | c.SetQuota)
         return decide_access(state, command, now)
     assert not isinstance(command, c.IssueKey | c.RevokeKey | c.SetQuota)
+    if isinstance(state, FleetState):
+        assert isinstance(command, c.DrainRunner | c.UndrainRunner | c.RecordGpuHealth)
+        return decide_fleet(state, command, now)
     if isinstance(state, QueueProcessorState):
         assert isinstance(command, c.PauseQueueProcessor | c.ResumeQueueProcessor)
         return decide_processor(state, command, now)
@@ -93,7 +111,14 @@ def decide_any(state: State, command: c.AnyCommand, now: datetime) -> Sequence[A
         assert isinstance(command, c.ClaimGpus | c.ReleaseGpus)
         return decide_ledger(state, command, now)
     assert not isinstance(
-        command, c.PauseQueueProcessor | c.ResumeQueueProcessor | c.ClaimGpus | c.ReleaseGpus
+        command,
+        c.PauseQueueProcessor
+        | c.ResumeQueueProcessor
+        | c.ClaimGpus
+        | c.ReleaseGpus
+        | c.DrainRunner
+        | c.UndrainRunner
+        | c.RecordGpuHealth,
     )
     return decide(state, command, now)
 

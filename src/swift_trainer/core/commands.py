@@ -206,6 +206,42 @@ class ReleaseGpus(Command, frozen=True, tag=True):
 # --- the queue processor (scheduler on/off switch) ------------------------------------------
 
 
+class DrainRunner(Command, frozen=True, tag=True):
+    """Take no new jobs on a runner; ``stop_jobs`` also requeues its running ones."""
+
+    runner_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_REASON_CHARS)]
+    stop_jobs: bool = False
+
+
+class UndrainRunner(Command, frozen=True, tag=True):
+    runner_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    reason: Reason = "undrained"
+
+
+class RecordGpuHealth(Command, frozen=True, tag=True):
+    """A GPU's health as its runner's heartbeat shows it; no reasons means healthy."""
+
+    runner_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    gpu_uuid: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    gpu_index: int
+    reasons: tuple[Annotated[str, msgspec.Meta(max_length=256)], ...] = ()
+
+
+class RequeueJob(JobCommand, frozen=True, tag=True):
+    """Stop a running job with a checkpoint and queue it again (a drain, a sick GPU)."""
+
+    reason: Reason
+
+
+class FlagJob(JobCommand, frozen=True, tag=True):
+    """A warning about a running attempt: ``resume_stalled`` or ``idle``."""
+
+    attempt: int
+    warning: Literal["resume_stalled", "idle"]
+    reason: Reason
+
+
 class PauseQueueProcessor(Command, frozen=True, tag=True):
     reason: Reason = ""
 
@@ -272,10 +308,13 @@ AnyJobCommand = (
     | ReportExportStarted
     | ReportExportSucceeded
     | ReportExportFailed
+    | RequeueJob
+    | FlagJob
 )
 ProcessorCommand = PauseQueueProcessor | ResumeQueueProcessor
+FleetCommand = DrainRunner | UndrainRunner | RecordGpuHealth
 LedgerCommand = ClaimGpus | ReleaseGpus
-AnyCommand = AnyJobCommand | ProcessorCommand | LedgerCommand | AnyAccessCommand
+AnyCommand = AnyJobCommand | ProcessorCommand | LedgerCommand | AnyAccessCommand | FleetCommand
 
 _decoder: msgspec.json.Decoder[AnyCommand] = msgspec.json.Decoder(AnyCommand)
 _encoder = msgspec.json.Encoder()

@@ -212,6 +212,38 @@ class JobDeleted(JobEvent, frozen=True, tag=True):
     pass
 
 
+class JobWarned(JobEvent, frozen=True, tag=True):
+    """A running attempt looks wrong: ``resume_stalled`` (a resume did not reach its
+    checkpoint's step in time) or ``idle`` (its GPUs sat unused)."""
+
+    attempt: int
+    warning: str
+    reason: str
+
+
+class RunnerDrained(Event, frozen=True, tag=True):
+    """A runner takes no new jobs; with ``stop_jobs`` its running jobs are requeued."""
+
+    runner_id: str
+    reason: str
+    stop_jobs: bool = False
+
+
+class RunnerUndrained(Event, frozen=True, tag=True):
+    runner_id: str
+    reason: str = ""
+
+
+class GpuHealthChanged(Event, frozen=True, tag=True):
+    """A GPU turned unhealthy (``reasons`` say why) or healthy again."""
+
+    runner_id: str
+    gpu_uuid: str
+    gpu_index: int
+    healthy: bool
+    reasons: tuple[str, ...] = ()
+
+
 class QueueProcessorPaused(Event, frozen=True, tag=True):
     reason: str = ""
 
@@ -262,10 +294,12 @@ AnyJobEvent = (
     | ExportSucceeded
     | ExportFailed
     | JobDeleted
+    | JobWarned
 )
 ProcessorEvent = QueueProcessorPaused | QueueProcessorResumed
+FleetEvent = RunnerDrained | RunnerUndrained | GpuHealthChanged
 LedgerEvent = GpusClaimed | GpusReleased
-AnyEvent = AnyJobEvent | ProcessorEvent | LedgerEvent
+AnyEvent = AnyJobEvent | ProcessorEvent | LedgerEvent | FleetEvent
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
@@ -273,6 +307,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         *AnyJobEvent.__args__,
         *ProcessorEvent.__args__,
         *LedgerEvent.__args__,
+        *FleetEvent.__args__,
     )
 }
 

@@ -71,7 +71,7 @@ FINISHED: Final = frozenset(
     }
 )
 #: What a stop is for (``StopRequested.intent``).
-STOP_INTENTS: Final = ("stop", "pause", "cancel")
+STOP_INTENTS: Final = ("stop", "pause", "cancel", "requeue")
 
 
 class Progress(TrainingMetrics, frozen=True, omit_defaults=True, kw_only=True):
@@ -103,6 +103,15 @@ class AttemptFailure(msgspec.Struct, frozen=True):
 
     attempt: int
     failure: Failure
+
+
+class JobWarning(msgspec.Struct, frozen=True):
+    """Something looks wrong with a running attempt."""
+
+    attempt: int
+    kind: str
+    reason: str
+    at: datetime
 
 
 class JobState(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -147,6 +156,8 @@ class JobState(msgspec.Struct, frozen=True, omit_defaults=True):
     retry_counts: RetryCounts = RetryCounts()
     #: Checkpoints gone from disk since they were saved (rotated out, or deleted).
     removed_checkpoints: tuple[Checkpoint, ...] = ()
+    #: Warnings about the current attempt (``resume_stalled``, ``idle``), with reasons.
+    warnings: tuple[JobWarning, ...] = ()
 
     @property
     def exists(self) -> bool:
@@ -231,6 +242,10 @@ def decide(  # noqa: C901 - one case per command reads best as a table
             return [e.JobDeleted(at=now, job_id=state.job_id)]
         case c.RequestExport():
             return _decide_export(state, command, now)
+        case c.RequeueJob(reason=reason):
+            return _decide_requeue(state, reason, now)
+        case c.FlagJob():
+            return _decide_flag(state, command, now)
         case c.ScheduleJob():
             return _decide_schedule(state, command, now)
         case c.MarkLost():
@@ -325,6 +340,17 @@ def _stop_ended(
 ) -> list[e.AnyJobEvent]:
     """The fact that ends a stop, by what the stop was for."""
     job_id, attempt = state.job_id, state.attempt
+    if intent == "requeue":
+        return [
+            e.JobRequeued(
+                at=now,
+                job_id=job_id,
+                priority=state.priority,
+                retries=state.retries,
+                reason=reason,
+                resume_from=checkpoint or state.resume_from,
+            )
+        ]
     if intent == "pause":
         return [
             e.JobPaused(
@@ -369,6 +395,34 @@ def _decide_pause(state: JobState, reason: str, now: datetime) -> list[e.AnyJobE
             raise _refuse(state, "pause", f"a {state.stop_intent} is already in progress")
         case _:
             raise _refuse(state, "pause", "only queued or running jobs can be paused")
+
+
+def _decide_requeue(state: JobState, reason: str, now: datetime) -> list[e.AnyJobEvent]:
+    """Stop with a checkpoint and queue again: the graceful path with intent ``requeue``."""
+    match state.status:
+        case JobStatus.SCHEDULED | JobStatus.RUNNING:
+            return [_stop_request(state, reason, "requeue", now)]
+        case JobStatus.STOPPING | JobStatus.QUEUED | JobStatus.HELD:
+            return []
+        case _:
+            raise _refuse(state, "requeue", "it is not running")
+
+
+def _decide_flag(state: JobState, command: c.FlagJob, now: datetime) -> list[e.AnyJobEvent]:
+    """Warn once per attempt and kind, while the attempt is the current one."""
+    if command.attempt != state.attempt or state.status not in ACTIVE:
+        return []
+    if any(w.attempt == command.attempt and w.kind == command.warning for w in state.warnings):
+        return []
+    return [
+        e.JobWarned(
+            at=now,
+            job_id=state.job_id,
+            attempt=command.attempt,
+            warning=command.warning,
+            reason=command.reason,
+        )
+    ]
 
 
 def _decide_resume(state: JobState, now: datetime) -> list[e.AnyJobEvent]:
@@ -975,6 +1029,7 @@ def evolve(state: JobState, event: e.AnyJobEvent) -> JobState:  # noqa: C901 - a
                 resume_from=resume_from,
                 runner_id=None,
                 gpu_ids=(),
+                stop_intent="stop",
             )
         case e.ExportRequested(export_id=export_id, checkpoint=checkpoint, runner_id=runner_id):
             export = Export(export_id=export_id, checkpoint=checkpoint, runner_id=runner_id)
@@ -989,6 +1044,9 @@ def evolve(state: JobState, event: e.AnyJobEvent) -> JobState:  # noqa: C901 - a
             return s(state, exports=exports)
         case e.JobDeleted():
             return JobState(job_id=state.job_id, version=state.version, status=JobStatus.DELETED)
+        case e.JobWarned(attempt=attempt, warning=kind, reason=reason, at=at):
+            warning = JobWarning(attempt=attempt, kind=kind, reason=reason, at=at)
+            return s(state, warnings=(*state.warnings, warning))
     raise AssertionError(f"unhandled event {event!r}")  # pragma: no cover
 
 

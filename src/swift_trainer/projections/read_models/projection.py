@@ -145,6 +145,8 @@ def plan_batch(
         elif isinstance(event, e.GpusClaimed | e.GpusReleased):
             # The scheduler's GPU ledger: its effect shows in the jobs' own events.
             continue
+        elif isinstance(event, e.RunnerDrained | e.RunnerUndrained | e.GpuHealthChanged):
+            continue  # the fleet: the scheduler's view carries it
         elif event is not None:
             change = plan.jobs.get(event.job_id)
             if change is None:

@@ -66,6 +66,7 @@ from ..read_models.views import QueueEntry, QueueView
 from .dormant_jobs import DEFAULT_LIMIT
 from .gpu_choice import placement_signature
 from .job_history import job_history
+from .job_watch import WatchLimits
 from .leader_actions import LeaderActions
 from .leader_lease import LeaderLease
 from .pass_result import PassResult, PlacedJob, UnplaceableJob, not_processed
@@ -136,6 +137,7 @@ class SchedulerService:
         clock: Clock = utc_now,
         start_timeout_s: float = 60.0,
         vanish_grace_s: float = 10.0,
+        watch_limits: WatchLimits | None = None,
         stream_replicas: int = 1,
         max_jobs_at_rest: int = DEFAULT_LIMIT,
         checkpoints: CheckpointStore | None = None,
@@ -167,6 +169,7 @@ class SchedulerService:
             retry_s=max(2.0, 2 * tick_s),
             start_timeout_s=start_timeout_s,
             vanish_grace_s=vanish_grace_s,
+            watch_limits=watch_limits,
         )
         self.feed: EventFeed | None = None
         self.lease: LeaderLease | None = None
@@ -497,6 +500,7 @@ class SchedulerService:
         now = self.clock()
         self.actions.forget_old_actions()
         await self.actions.mark_lost(now)
+        await self.actions.watch(now)
         await self.actions.reconcile_claims()
         placed: list[PlacedJob] = []
         if not state.paused:
