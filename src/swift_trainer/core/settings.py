@@ -193,7 +193,9 @@ def _watch_settings(text: Callable[[str, str], str | None]) -> dict[str, Any]:
     """``RESUME_CHECK_S``, ``IDLE_GPU_WARN_S``, ``IDLE_GPU_UTIL_PCT``, ``IDLE_GPU_STOP_S``."""
     names = ("RESUME_CHECK_S", "IDLE_GPU_WARN_S", "IDLE_GPU_UTIL_PCT", "IDLE_GPU_STOP_S")
     try:
-        resume, warn, util = (float(text(n, "") or d) for n, d in zip(names, ("600", "1800", "5")))
+        resume = float(text("RESUME_CHECK_S", "600") or "600")
+        warn = float(text("IDLE_GPU_WARN_S", "1800") or "1800")
+        util = float(text("IDLE_GPU_UTIL_PCT", "5") or "5")
         stop_text = text("IDLE_GPU_STOP_S", "")
         stop = float(stop_text) if stop_text else None
     except ValueError as exc:
