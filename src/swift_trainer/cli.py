@@ -322,6 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "jobs": run_client,
             "queue": run_client,
             "gpus": run_client,
+            "runners": run_client,
             "webhooks": run_webhooks,
             "upload": _run_upload,
             "keys": run_keys,

@@ -117,3 +117,67 @@ def test_checkpoints_rotated_out_are_no_longer_offered(service: Service) -> None
     refused = service.http.post("/jobs/rot1/export", json={"checkpoint": "checkpoint-2"})
     assert refused.status_code == 409, refused.text
     assert refused.json()["code"] == "checkpoint_missing"
+
+
+def only_runner(service: Service) -> str:
+    runners = service.http.get("/runners").json()["runners"]
+    assert len(runners) == 1, runners
+    runner_id: str = runners[0]["runner_id"]
+    return runner_id
+
+
+def test_a_drained_runner_gets_no_new_jobs_until_undrained(service: Service) -> None:
+    runner = only_runner(service)
+    drained = service.http.post(f"/runners/{runner}/drain", json={"reason": "DIMM swap"})
+    assert drained.status_code == 200, drained.text
+    assert drained.json()["changed"] is True
+    shown = service.wait_for(
+        "the drain in the runner list",
+        lambda: (r := service.http.get("/runners").json()["runners"][0])["drained"] and r,
+    )
+    assert shown["drain_reason"] == "DIMM swap"
+    submit(service, "held1", {})
+    # The scheduler has seen the job and left it waiting: the queue view lists it.
+    service.wait_for(
+        "the scheduler's queue view of held1",
+        lambda: any(
+            e["job_id"] == "held1" for e in service.http.get("/queue").json().get("entries", [])
+        ),
+    )
+    assert service.status("held1") == "queued"
+    undrained = service.http.post(f"/runners/{runner}/undrain", json={"reason": "done"})
+    assert undrained.json()["changed"] is True
+    service.wait_status("held1", "running", "succeeded")
+
+
+def test_drain_now_requeues_running_jobs_with_the_reason(service: Service) -> None:
+    runner = only_runner(service)
+    submit(service, "long1", {}, max_steps=4000, save_steps=10)
+    service.wait_status("long1", "running")
+    now = service.http.post(f"/runners/{runner}/drain", json={"reason": "reboot", "now": True})
+    assert now.status_code == 200, now.text
+    requeued = service.wait_for(
+        "the requeue",
+        lambda: [e for e in events(service, "long1") if e["type"] == "JobRequeued"],
+    )
+    assert f"runner {runner} drained: reboot" in requeued[0]["data"]["reason"]
+    assert service.status("long1") == "queued"
+    service.http.post(f"/runners/{runner}/undrain", json={})
+    service.wait_status("long1", "running")
+    assert service.http.post("/jobs/long1/cancel").status_code == 200
+
+
+def test_an_xid_is_recorded_as_a_gpu_health_change(service: Service) -> None:
+    submit(service, "xid2", {"sim.fail": "xid"})
+    service.wait_status("xid2", "succeeded", "failed", timeout=120)
+    runners = service.wait_for(
+        "the unhealthy GPU in the runner list",
+        lambda: (
+            (r := service.http.get("/runners").json()["runners"])
+            and any(not g["healthy"] for g in r[0]["gpus"])
+            and r
+        ),
+    )
+    sick = [g for g in runners[0]["gpus"] if not g["healthy"]]
+    assert [g["reasons"] for g in sick] == [["Xid 79"]]
+    assert sick[0]["unhealthy_since"] is not None

@@ -31,6 +31,7 @@ from .jobs.reads import JobReadsController
 from .openai import openai_router
 from .problems import exception_handlers
 from .queue.controllers import QueueController
+from .runners.controllers import RunnersController
 from .system.controllers import SystemController
 
 
@@ -75,7 +76,13 @@ class SwiftTrainerApi(InitPlugin):
         deps = self.deps
         training = Router(
             path=f"{self.api_prefix}/training",
-            route_handlers=[JobsController, JobReadsController, QueueController, SystemController],
+            route_handlers=[
+                JobsController,
+                JobReadsController,
+                QueueController,
+                SystemController,
+                RunnersController,
+            ],
             # On the router: Litestar ignores a limit set on the app config by a plugin.
             request_max_body_size=MAX_BODY_BYTES,
         )

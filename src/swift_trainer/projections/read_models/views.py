@@ -171,6 +171,32 @@ class QueueEntry(msgspec.Struct, frozen=True, omit_defaults=True):
     blocked_reason: str | None = None
 
 
+class DrainView(msgspec.Struct, frozen=True):
+    """A drained runner: it takes no new jobs."""
+
+    runner_id: str
+    reason: str
+    at: datetime
+    stop_jobs: bool = False
+
+
+class GpuHealthView(msgspec.Struct, frozen=True):
+    """A GPU out of placement, and why."""
+
+    runner_id: str
+    uuid: str
+    index: int
+    reasons: tuple[str, ...]
+    since: datetime
+
+
+class FleetView(msgspec.Struct, frozen=True):
+    """Drained runners and unhealthy GPUs, as the fleet's events say."""
+
+    drained: tuple[DrainView, ...] = ()
+    unhealthy_gpus: tuple[GpuHealthView, ...] = ()
+
+
 class QueueView(msgspec.Struct, frozen=True):
     """The scheduler's latest queue, stored as computed and served as is."""
 
@@ -178,6 +204,8 @@ class QueueView(msgspec.Struct, frozen=True):
     computed_at: datetime | None = None
     #: The last event position the scheduler had seen, so readers can tell how fresh it is.
     as_of_position: int = 0
+    #: Drained runners and unhealthy GPUs, with their reasons.
+    fleet: FleetView = FleetView()
 
     def entry(self, job_id: str) -> QueueEntry | None:
         return next((x for x in self.entries if x.job_id == job_id), None)

@@ -55,6 +55,7 @@ from swift_trainer.bus.feed import EventFeed
 from swift_trainer.bus.kv_watch import watch_bucket
 from swift_trainer.bus.relay import POSITION_HEADER
 from swift_trainer.core.clock import Clock, utc_now
+from swift_trainer.core.fleet import FleetState
 from swift_trainer.core.gc_pause import collector_paused
 from swift_trainer.core.ids import new_id
 from swift_trainer.core.inventory import RunnerHeartbeat, decode_heartbeat
@@ -62,7 +63,7 @@ from swift_trainer.core.store import EventStore, RecordedEvent
 
 from ...core.tasks import unsubscribe_quietly
 from ..read_models.replay import REBUILD_BATCH
-from ..read_models.views import QueueEntry, QueueView
+from ..read_models.views import DrainView, FleetView, GpuHealthView, QueueEntry, QueueView
 from .dormant_jobs import DEFAULT_LIMIT
 from .gpu_choice import placement_signature
 from .job_history import job_history
@@ -566,12 +567,33 @@ class SchedulerService:
             return
         try:
             await self.queue_view_sink(
-                QueueView(entries=entries, computed_at=now, as_of_position=self.state.position)
+                QueueView(
+                    entries=entries,
+                    computed_at=now,
+                    as_of_position=self.state.position,
+                    fleet=fleet_view(self.state.fleet),
+                )
             )
         except Exception:
             _log.exception("the queue view sink failed")
         else:
             self._last_view = key
+
+
+def fleet_view(fleet: FleetState) -> FleetView:
+    """The fleet's drains and unhealthy GPUs, for readers of the queue view."""
+    return FleetView(
+        drained=tuple(
+            DrainView(runner_id=r, reason=d.reason, at=d.at, stop_jobs=d.stop_jobs)
+            for r, d in sorted(fleet.drained.items())
+        ),
+        unhealthy_gpus=tuple(
+            GpuHealthView(
+                runner_id=g.runner_id, uuid=uuid, index=g.index, reasons=g.reasons, since=g.at
+            )
+            for uuid, g in sorted(fleet.unhealthy().items())
+        ),
+    )
 
 
 def _whole_seconds(moment: datetime) -> datetime:
