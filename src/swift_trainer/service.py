@@ -42,6 +42,7 @@ from .projections.read_models.interface import ReadModel
 from .projections.read_models.memory import MemoryReadModel
 from .projections.read_models.redis import RedisReadModel
 from .projections.runner_feed import RunnerFeed
+from .projections.scheduler.job_watch import WatchLimits
 from .projections.scheduler.pass_result import PassResult
 from .projections.scheduler.preemption import PreemptionPolicy
 from .projections.scheduler.service import SchedulerOptions, SchedulerService
@@ -301,6 +302,12 @@ class Service:
             store=self.store,
             checkpoints=self.store,
             command_timeout_s=self.settings.command_timeout_s,
+            watch_limits=WatchLimits(
+                resume_check_s=self.settings.resume_check_s,
+                idle_warn_s=self.settings.idle_gpu_warn_s,
+                idle_util_pct=self.settings.idle_gpu_util_pct,
+                idle_stop_s=self.settings.idle_gpu_stop_s,
+            ),
             stream_replicas=self.settings.nats_stream_replicas,
             observer=SchedulerTelemetry(),
         )

@@ -11,6 +11,7 @@ import pytest
 from swift_trainer.api.openai.mapping import job_object, openai_status, spec_for_request
 from swift_trainer.api.openai.openai_errors import OpenAIProblem
 from swift_trainer.api.openai.schemas import CreateFineTuningJob
+from swift_trainer.core.failure import Failure
 from swift_trainer.core.job import Export, JobStatus
 from swift_trainer.core.spec import TrainArgs
 from swift_trainer.projections.read_models.views import JobSummary, ProgressView
@@ -175,3 +176,13 @@ def test_a_wandb_integration_becomes_report_to_and_tracking() -> None:
     )
     with pytest.raises(OpenAIProblem):
         spec_for_request(bad, "ftjob-1", seed=1, auto_export=False)
+
+
+def test_a_classified_failure_gives_its_kind_as_the_code_and_its_line() -> None:
+    failure = Failure(kind="data_error", detail="missing", log_line="ValueError: no dataset")
+    failed = job_object(
+        summary(status=JobStatus.FAILED, failure_reason="swift failed", failure=failure), []
+    )
+    assert failed.error is not None
+    assert failed.error.code == "data_error"
+    assert failed.error.message == "swift failed: ValueError: no dataset"

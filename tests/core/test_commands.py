@@ -85,6 +85,7 @@ SAMPLES: list[c.AnyCommand] = [
         eval_loss=2.0,
     ),
     c.ReportCheckpoint(**R, step=100, path="output/training_001/v0/checkpoint-100"),
+    c.ReportCheckpointsRemoved(**R, paths=("output/training_001/v0/checkpoint-100",)),
     c.ReportSucceeded(**R, final_step=100, output_path="output/training_001/v0"),
     c.ReportFailed(**R, exit_code=137, reason="killed", stderr_tail="Killed"),
     c.ReportStopped(**R, checkpoint="output/training_001/v0/checkpoint-100"),

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from swift_trainer.core import events as e
 from swift_trainer.core.errors import MessageError, UnknownMessageType
+from swift_trainer.core.failure import FAILURE_KINDS, Failure
 from swift_trainer.core.spec import JobSpec, TrainArgs
 
 AT = datetime(2025, 3, 1, 12, 30, 15, 123456, tzinfo=UTC)
@@ -62,6 +63,7 @@ SAMPLES: list[e.Event] = [
         eval_loss=1.5,
     ),
     e.CheckpointSaved(**J, attempt=2, step=100, path="out/checkpoint-100"),
+    e.CheckpointRemoved(**J, attempt=2, path="out/checkpoint-100", reason="no longer on disk"),
     e.JobSucceeded(**J, attempt=2, final_step=1000, output_path="out/v0"),
     e.JobFailed(**J, attempt=2, exit_code=-9, reason="killed", stderr_tail="Killed\n"),
     e.StopRequested(**J, reason="user", runner_id="gpu-host-1", attempt=2),
@@ -151,6 +153,19 @@ specs = st.builds(
     labels=st.dictionaries(st.text(min_size=1, max_size=8), st.text(max_size=8), max_size=4),
 )
 
+failures = st.builds(
+    Failure,
+    kind=st.sampled_from(FAILURE_KINDS),
+    detail=st.text(max_size=40),
+    log_line=st.none() | st.text(max_size=40),
+    gpus=st.lists(st.text(min_size=1, max_size=12), max_size=2).map(tuple),
+)
+train_args = st.builds(
+    TrainArgs,
+    batch_size=st.none() | st.integers(1, 64),
+    gradient_accumulation_steps=st.none() | st.integers(1, 64),
+)
+
 
 def _strategy_for(annotation: Any) -> st.SearchStrategy[Any]:
     """A strategy for one field type of an event (what the wire format can carry)."""
@@ -167,6 +182,10 @@ def _strategy_for(annotation: Any) -> st.SearchStrategy[Any]:
         return st.booleans()
     if annotation is JobSpec:
         return specs
+    if annotation is Failure:
+        return failures
+    if annotation is TrainArgs:
+        return train_args
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is tuple:
         return st.lists(_strategy_for(args[0]), max_size=4).map(tuple)

@@ -23,6 +23,7 @@ from swift_trainer.core.errors import (
     NoCheckpoint,
     StaleAssignment,
 )
+from swift_trainer.core.failure import Failure
 from swift_trainer.core.job import (
     ACTIVE,
     FINISHED,
@@ -330,6 +331,7 @@ NOT_SUBMIT = [
     c.RejectAssignment(job_id=JOB, attempt=1, runner_id=RUNNER, reason="x"),
     c.ReportProgress(job_id=JOB, attempt=1, runner_id=RUNNER, step=1),
     c.ReportCheckpoint(job_id=JOB, attempt=1, runner_id=RUNNER, step=1, path=CKPT_100),
+    c.ReportCheckpointsRemoved(job_id=JOB, attempt=1, runner_id=RUNNER, paths=(CKPT_100,)),
     c.ReportSucceeded(job_id=JOB, attempt=1, runner_id=RUNNER),
     c.ReportFailed(job_id=JOB, attempt=1, runner_id=RUNNER, exit_code=1, reason="x"),
     c.ReportStopped(job_id=JOB, attempt=1, runner_id=RUNNER),
@@ -843,6 +845,7 @@ def test_a_lost_job_is_requeued_from_its_last_checkpoint() -> None:
             retries=1,
             reason="lost: lease expired",
             resume_from=CKPT_100,
+            failure=Failure(kind="runner_lost", detail="lease expired"),
         ),
     ]
     state = job.state
@@ -867,6 +870,7 @@ def test_a_lost_job_is_retried_until_max_retries_then_fails() -> None:
         attempt=3,
         exit_code=None,
         reason="lost: lease expired; gave up after 2 retries",
+        failure=Failure(kind="runner_lost", detail="lease expired"),
     )
     assert job.state.status is JobStatus.FAILED
     assert job.state.retries == 2

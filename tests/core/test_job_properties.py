@@ -35,6 +35,7 @@ from swift_trainer.core.errors import (
     JobNotFound,
     StaleAssignment,
 )
+from swift_trainer.core.failure import FAILURE_KINDS, Failure
 from swift_trainer.core.job import (
     ACTIVE,
     FINISHED,
@@ -275,6 +276,13 @@ def build_command(  # noqa: C901 - one branch per command type reads best as a t
             step=ch.number,
             path=CHECKPOINT_PATHS[ch.pick % len(CHECKPOINT_PATHS)],
         )
+    if kind is c.ReportCheckpointsRemoved:
+        return c.ReportCheckpointsRemoved(
+            job_id=job,
+            attempt=attempt,
+            runner_id=runner,
+            paths=(CHECKPOINT_PATHS[ch.pick % len(CHECKPOINT_PATHS)],),
+        )
     if kind is c.ReportSucceeded:
         return c.ReportSucceeded(
             job_id=job, attempt=attempt, runner_id=runner, final_step=ch.number
@@ -286,6 +294,7 @@ def build_command(  # noqa: C901 - one branch per command type reads best as a t
             runner_id=runner,
             exit_code=None if ch.flag else ch.number % 256,
             reason=reason,
+            failure=None if ch.flag else Failure(kind=FAILURE_KINDS[ch.pick % len(FAILURE_KINDS)]),
         )
     if kind is c.ReportStopped:
         checkpoint = None if ch.flag else CHECKPOINT_PATHS[ch.pick % len(CHECKPOINT_PATHS)]
@@ -424,6 +433,7 @@ _NEXT_STEPS: dict[JobStatus, list[type[c.AnyJobCommand]]] = {
     ],
     JobStatus.RUNNING: [
         *(c.ReportCheckpoint, c.ReportCheckpoint, c.ReportCheckpoint, c.ReportProgress),
+        c.ReportCheckpointsRemoved,
         *(c.ReportSucceeded, c.ReportFailed, c.MarkLost, c.StopJob, c.PauseJob, c.CancelJob),
         *(c.PreemptJob, c.PreemptJob, c.TimeOutJob),
     ],

@@ -26,6 +26,7 @@ class RecordingReporter:
     started: list[tuple[int, tuple[str, ...]]] = field(default_factory=list)
     progress: list[TrainingProgress] = field(default_factory=list)
     checkpoints: list[tuple[int, str]] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
     lines: list[tuple[Stream, str]] = field(default_factory=list)
     outcomes: list[JobOutcome | ExportOutcome] = field(default_factory=list)
     finished: asyncio.Event = field(default_factory=asyncio.Event)
@@ -38,6 +39,9 @@ class RecordingReporter:
 
     async def on_checkpoint(self, step: int, path: str) -> None:
         self.checkpoints.append((step, path))
+
+    async def on_checkpoints_removed(self, paths: tuple[str, ...]) -> None:
+        self.removed.extend(paths)
 
     async def on_log_line(self, stream: Stream, line: str) -> None:
         self.lines.append((stream, line))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -290,3 +291,20 @@ def test_progress_maps_one_to_one_onto_the_core_report() -> None:
         268.0,
         0.5,
     )
+
+
+def test_the_watcher_reports_a_removed_checkpoint_once(tmp_path: Path) -> None:
+    def complete(step: int) -> Path:
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "trainer_state.json").write_text("{}")
+        return folder
+
+    watcher = CheckpointWatcher(tmp_path)
+    first, second = complete(10), complete(20)
+    assert [c.step for c in watcher.scan()] == [10, 20]
+    assert watcher.removed() == []
+    shutil.rmtree(first)  # save_total_limit rotated it out
+    (second / "trainer_state.json").unlink()  # or it was taken apart by hand
+    assert watcher.removed() == [str(first), str(second)]
+    assert watcher.removed() == []

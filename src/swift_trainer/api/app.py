@@ -30,6 +30,7 @@ from .metrics import MetricsEndpoint, http_metrics
 from .openai import openai_router
 from .problems import MAX_BODY_BYTES, exception_handlers
 from .queue.controllers import QueueController
+from .runners.controllers import RunnersController
 from .sweeps.controllers import SweepsController
 from .system.controllers import SystemController
 from .usage import UsageController
@@ -81,6 +82,7 @@ class SwiftTrainerApi(InitPlugin):
                 SystemController,
                 UsageController,
                 SweepsController,
+                RunnersController,
             ],
             # On the router: Litestar ignores a limit set on the app config by a plugin.
             request_max_body_size=MAX_BODY_BYTES,

@@ -340,6 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "queue": run_client,
             "gpus": run_client,
             "sweeps": run_sweeps,
+            "runners": run_client,
             "webhooks": run_webhooks,
             "upload": _run_upload,
             "keys": run_keys,

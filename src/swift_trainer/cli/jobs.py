@@ -105,6 +105,42 @@ def add_client_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser
 
     _common(sub.add_parser("queue", help="the GPU queue, over the HTTP API"))
     _common(sub.add_parser("gpus", help="GPUs per runner with memory and load bars"))
+    add_runner_arguments(sub)
+
+
+# --- runners: list, drain, undrain (admin) ---------------------------------------------------
+
+
+def add_runner_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    runners = sub.add_parser("runners", help="GPU hosts: drains and GPU health (admin)")
+    verbs = runners.add_subparsers(dest="verb", required=True)
+    _common(verbs.add_parser("list", help="runners, drains and unhealthy GPUs with reasons"))
+    drain = _common(verbs.add_parser("drain", help="give a runner no new jobs"))
+    drain.add_argument("runner_id")
+    drain.add_argument("--reason", required=True, help="why, for the audit trail")
+    drain.add_argument(
+        "--now", action="store_true", help="also stop its jobs with a checkpoint and requeue them"
+    )
+    undrain = _common(verbs.add_parser("undrain", help="let a drained runner take jobs again"))
+    undrain.add_argument("runner_id")
+    undrain.add_argument("--reason", default="undrained")
+
+
+async def _runners(api: ApiClient, args: argparse.Namespace, out: _Out) -> int:
+    if args.verb == "list":
+        answer = await api.call("GET", "/runners")
+        out.data(answer) if out.json else out.show(render.runners_table(answer))
+        return 0
+    path = f"/runners/{args.runner_id}/{args.verb}"
+    body: dict[str, Any] = {"reason": args.reason}
+    if args.verb == "drain":
+        body["now"] = args.now
+    answer = await api.call("POST", path, body=body)
+    if out.json:
+        out.data(answer)
+    else:
+        out.console.print(answer.get("message", answer), highlight=False)
+    return 0
 
 
 class _Out:
@@ -225,6 +261,8 @@ async def _dispatch(api: ApiClient, args: argparse.Namespace, out: _Out) -> int:
         gpus = await api.call("GET", "/gpus")
         out.data(gpus) if out.json else out.show(render.gpus_table(gpus))
         return 0
+    if args.command == "runners":
+        return await _runners(api, args, out)
     verb: str = args.verb
     if verb == "submit":
         return await _submit(api, args, out)

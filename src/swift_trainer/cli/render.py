@@ -209,3 +209,30 @@ class TrainingProgress:
             max_steps=max_steps if max_steps is not None else "?",
             loss=_number(report.get("loss")),
         )
+
+
+def runners_table(answer: Mapping[str, Any]) -> Table:
+    """Runners with their drain and each unhealthy GPU's reasons."""
+    table = Table(title="runners", title_justify="left")
+    for name in ("RUNNER", "ALIVE", "DRAINED", "GPUS", "UNHEALTHY"):
+        table.add_column(name, overflow="fold")
+    for runner in answer.get("runners", []):
+        drained = "-"
+        if runner.get("drained"):
+            drained = runner.get("drain_reason") or "yes"
+            if runner.get("drain_stops_jobs"):
+                drained += " (jobs requeued)"
+        gpus = runner.get("gpus") or []
+        sick = [
+            f"GPU {g['index']}: {'; '.join(g.get('reasons') or [])}"
+            for g in gpus
+            if not g.get("healthy", True)
+        ]
+        table.add_row(
+            runner["runner_id"],
+            "yes" if runner.get("alive") else "no",
+            drained,
+            str(len(gpus)),
+            "\n".join(sick) or "-",
+        )
+    return table

@@ -23,8 +23,9 @@ from .access import (
     decode_access_event,
     evolve_access,
 )
+from .fleet import FleetState, decide_fleet, evolve_fleet
 from .gpu_ledger import LedgerState, decide_ledger, decode_ledger, encode_ledger, evolve_ledger
-from .ids import GPU_LEDGER_STREAM, QUEUE_PROCESSOR_STREAM, job_stream
+from .ids import FLEET_STREAM, GPU_LEDGER_STREAM, QUEUE_PROCESSOR_STREAM, job_stream
 from .job import JobState, decide, evolve, initial_state
 from .queue_processor import QueueProcessorState, decide_processor, evolve_processor
 from .store import RecordedEvent
@@ -38,7 +39,9 @@ from .sweep import (
     sweep_stream,
 )
 
-State: TypeAlias = JobState | QueueProcessorState | LedgerState | AccessState | SweepState
+State: TypeAlias = (
+    JobState | QueueProcessorState | LedgerState | AccessState | SweepState | FleetState
+)
 AnyStoredEvent: TypeAlias = e.AnyEvent | AnyAccessEvent | AnySweepEvent
 
 
@@ -51,6 +54,8 @@ def stream_of(command: c.AnyCommand) -> str:
         return ACCESS_STREAM
     if isinstance(command, c.SweepCommand):
         return sweep_stream(command.sweep_id)
+    if isinstance(command, c.DrainRunner | c.UndrainRunner | c.RecordGpuHealth):
+        return FLEET_STREAM
     return QUEUE_PROCESSOR_STREAM
 
 
@@ -63,6 +68,8 @@ def initial(stream_id: str) -> State:
         return AccessState()
     if is_sweep_stream(stream_id):
         return SweepState(sweep_id=stream_id.removeprefix("sweep-"))
+    if stream_id == FLEET_STREAM:
+        return FleetState()
     return initial_state(stream_id.removeprefix("job-"))
 
 
@@ -74,6 +81,9 @@ def apply(state: State, event: AnyStoredEvent) -> State:
         assert isinstance(event, AnySweepEvent)
         return evolve_sweep(state, event)
     assert not isinstance(event, AnyAccessEvent | AnySweepEvent)
+    if isinstance(state, FleetState):
+        assert isinstance(event, e.RunnerDrained | e.RunnerUndrained | e.GpuHealthChanged)
+        return evolve_fleet(state, event)
     if isinstance(state, QueueProcessorState):
         assert isinstance(event, e.QueueProcessorPaused | e.QueueProcessorResumed)
         return evolve_processor(state, event)
@@ -81,7 +91,14 @@ def apply(state: State, event: AnyStoredEvent) -> State:
         assert isinstance(event, e.GpusClaimed | e.GpusReleased)
         return evolve_ledger(state, event)
     assert not isinstance(
-        event, e.QueueProcessorPaused | e.QueueProcessorResumed | e.GpusClaimed | e.GpusReleased
+        event,
+        e.QueueProcessorPaused
+        | e.QueueProcessorResumed
+        | e.GpusClaimed
+        | e.GpusReleased
+        | e.RunnerDrained
+        | e.RunnerUndrained
+        | e.GpuHealthChanged,
     )
     return evolve(state, event)
 
@@ -107,6 +124,9 @@ def decide_any(state: State, command: c.AnyCommand, now: datetime) -> Sequence[A
         assert isinstance(command, c.SweepCommand)
         return decide_sweep(state, command, now)
     assert not isinstance(command, c.IssueKey | c.RevokeKey | c.SetQuota | c.SweepCommand)
+    if isinstance(state, FleetState):
+        assert isinstance(command, c.DrainRunner | c.UndrainRunner | c.RecordGpuHealth)
+        return decide_fleet(state, command, now)
     if isinstance(state, QueueProcessorState):
         assert isinstance(command, c.PauseQueueProcessor | c.ResumeQueueProcessor)
         return decide_processor(state, command, now)
@@ -114,7 +134,14 @@ def decide_any(state: State, command: c.AnyCommand, now: datetime) -> Sequence[A
         assert isinstance(command, c.ClaimGpus | c.ReleaseGpus)
         return decide_ledger(state, command, now)
     assert not isinstance(
-        command, c.PauseQueueProcessor | c.ResumeQueueProcessor | c.ClaimGpus | c.ReleaseGpus
+        command,
+        c.PauseQueueProcessor
+        | c.ResumeQueueProcessor
+        | c.ClaimGpus
+        | c.ReleaseGpus
+        | c.DrainRunner
+        | c.UndrainRunner
+        | c.RecordGpuHealth,
     )
     return decide(state, command, now)
 

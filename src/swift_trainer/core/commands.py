@@ -13,6 +13,7 @@ from typing import Annotated, Any, ClassVar, Final, Literal
 import msgspec
 
 from .errors import MessageError, UnknownMessageType
+from .failure import Failure
 from .ids import JOB_ID_PATTERN
 from .limits import MAX_REASON_CHARS
 from .spec import JobSpec, Priority
@@ -163,6 +164,13 @@ class ReportCheckpoint(RunnerReport, frozen=True, tag=True):
     path: str
 
 
+class ReportCheckpointsRemoved(RunnerReport, frozen=True, tag=True):
+    """Checkpoints the runner reported before are gone from disk."""
+
+    paths: tuple[Annotated[str, msgspec.Meta(max_length=4096)], ...]
+    reason: Reason = "no longer on disk"
+
+
 class ReportSucceeded(RunnerReport, frozen=True, tag=True):
     final_step: int | None = None
     output_path: str | None = None
@@ -172,6 +180,8 @@ class ReportFailed(RunnerReport, frozen=True, tag=True):
     exit_code: int | None
     reason: Reason
     stderr_tail: Annotated[str, msgspec.Meta(max_length=65536)] = ""
+    #: The runner's classification of the cause.
+    failure: Failure | None = None
 
 
 class ReportStopped(RunnerReport, frozen=True, tag=True):
@@ -222,6 +232,42 @@ class ReleaseGpus(Command, frozen=True, tag=True):
 
 
 # --- the queue processor (scheduler on/off switch) ------------------------------------------
+
+
+class DrainRunner(Command, frozen=True, tag=True):
+    """Take no new jobs on a runner; ``stop_jobs`` also requeues its running ones."""
+
+    runner_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_REASON_CHARS)]
+    stop_jobs: bool = False
+
+
+class UndrainRunner(Command, frozen=True, tag=True):
+    runner_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    reason: Reason = "undrained"
+
+
+class RecordGpuHealth(Command, frozen=True, tag=True):
+    """A GPU's health as its runner's heartbeat shows it; no reasons means healthy."""
+
+    runner_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    gpu_uuid: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    gpu_index: int
+    reasons: tuple[Annotated[str, msgspec.Meta(max_length=256)], ...] = ()
+
+
+class RequeueJob(JobCommand, frozen=True, tag=True):
+    """Stop a running job with a checkpoint and queue it again (a drain, a sick GPU)."""
+
+    reason: Reason
+
+
+class FlagJob(JobCommand, frozen=True, tag=True):
+    """A warning about a running attempt: ``resume_stalled`` or ``idle``."""
+
+    attempt: int
+    warning: Literal["resume_stalled", "idle"]
+    reason: Reason
 
 
 class PauseQueueProcessor(Command, frozen=True, tag=True):
@@ -324,6 +370,7 @@ AnyJobCommand = (
     | RejectAssignment
     | ReportProgress
     | ReportCheckpoint
+    | ReportCheckpointsRemoved
     | ReportSucceeded
     | ReportFailed
     | ReportStopped
@@ -331,10 +378,20 @@ AnyJobCommand = (
     | ReportExportSucceeded
     | ReportExportFailed
     | ReleaseWaitingJob
+    | RequeueJob
+    | FlagJob
 )
 ProcessorCommand = PauseQueueProcessor | ResumeQueueProcessor
+FleetCommand = DrainRunner | UndrainRunner | RecordGpuHealth
 LedgerCommand = ClaimGpus | ReleaseGpus
-AnyCommand = AnyJobCommand | ProcessorCommand | LedgerCommand | AnyAccessCommand | AnySweepCommand
+AnyCommand = (
+    AnyJobCommand
+    | ProcessorCommand
+    | LedgerCommand
+    | AnyAccessCommand
+    | AnySweepCommand
+    | FleetCommand
+)
 
 _decoder: msgspec.json.Decoder[AnyCommand] = msgspec.json.Decoder(AnyCommand)
 _encoder = msgspec.json.Encoder()

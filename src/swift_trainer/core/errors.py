@@ -49,6 +49,12 @@ class NoCheckpoint(InvalidTransition):
     code = "no_checkpoint"
 
 
+class CheckpointMissing(InvalidTransition):
+    """The checkpoint asked for was recorded once but is gone from disk."""
+
+    code = "checkpoint_missing"
+
+
 class StaleAssignment(DomainError):
     """A runner reported on an attempt that is no longer the job's current one."""
 

@@ -15,7 +15,8 @@ from typing import Any, ClassVar, TypeVar
 import msgspec
 
 from .errors import InvalidSpec, MessageError, UnknownMessageType
-from .spec import JobSpec
+from .failure import Failure
+from .spec import JobSpec, TrainArgs
 
 T = TypeVar("T")
 
@@ -65,6 +66,9 @@ class JobScheduled(JobEvent, frozen=True, tag=True):
     gpu_ids: tuple[int, ...]
     gpu_uuids: tuple[str, ...] = ()
     resume_from: str | None = None
+    #: The training arguments of this attempt when a retry changed them (a halved batch);
+    #: None means the spec's own.
+    train_args: TrainArgs | None = None
 
 
 class JobStarted(JobEvent, frozen=True, tag=True):
@@ -97,6 +101,15 @@ class CheckpointSaved(JobEvent, frozen=True, tag=True):
     path: str
 
 
+class CheckpointRemoved(JobEvent, frozen=True, tag=True):
+    """A checkpoint is gone from disk (rotated by ``save_total_limit``, or deleted):
+    nothing resumes from it or exports it any more."""
+
+    path: str
+    reason: str
+    attempt: int = 0
+
+
 class JobSucceeded(JobEvent, frozen=True, tag=True):
     attempt: int
     final_step: int | None = None
@@ -108,6 +121,8 @@ class JobFailed(JobEvent, frozen=True, tag=True):
     exit_code: int | None
     reason: str
     stderr_tail: str = ""
+    #: What the runner found the cause to be (None: not classified).
+    failure: Failure | None = None
 
 
 class StopRequested(JobEvent, frozen=True, tag=True):
@@ -176,12 +191,21 @@ class JobLost(JobEvent, frozen=True, tag=True):
 
 
 class JobRequeued(JobEvent, frozen=True, tag=True):
-    """Back in the queue after a loss or a refused start; ``retries`` counts against max."""
+    """Back in the queue after a loss, a refused start or a failure worth retrying.
+
+    ``retries`` counts against ``max_retries``; a retry after a classified failure names it
+    and what it changed: the attempt's training arguments, the GPUs it avoids.
+    """
 
     priority: int
     retries: int
     reason: str
     resume_from: str | None = None
+    failure: Failure | None = None
+    #: The training arguments from now on (a halved batch); None keeps the current ones.
+    train_args: TrainArgs | None = None
+    #: GPUs (by UUID) this job no longer runs on.
+    excluded_gpus: tuple[str, ...] = ()
 
 
 class AssignmentRejected(JobEvent, frozen=True, tag=True):
@@ -219,6 +243,38 @@ class JobDeleted(JobEvent, frozen=True, tag=True):
     pass
 
 
+class JobWarned(JobEvent, frozen=True, tag=True):
+    """A running attempt looks wrong: ``resume_stalled`` (a resume did not reach its
+    checkpoint's step in time) or ``idle`` (its GPUs sat unused)."""
+
+    attempt: int
+    warning: str
+    reason: str
+
+
+class RunnerDrained(Event, frozen=True, tag=True):
+    """A runner takes no new jobs; with ``stop_jobs`` its running jobs are requeued."""
+
+    runner_id: str
+    reason: str
+    stop_jobs: bool = False
+
+
+class RunnerUndrained(Event, frozen=True, tag=True):
+    runner_id: str
+    reason: str = ""
+
+
+class GpuHealthChanged(Event, frozen=True, tag=True):
+    """A GPU turned unhealthy (``reasons`` say why) or healthy again."""
+
+    runner_id: str
+    gpu_uuid: str
+    gpu_index: int
+    healthy: bool
+    reasons: tuple[str, ...] = ()
+
+
 class QueueProcessorPaused(Event, frozen=True, tag=True):
     reason: str = ""
 
@@ -254,6 +310,7 @@ AnyJobEvent = (
     | JobStarted
     | JobProgressed
     | CheckpointSaved
+    | CheckpointRemoved
     | JobSucceeded
     | JobFailed
     | StopRequested
@@ -271,10 +328,12 @@ AnyJobEvent = (
     | ExportFailed
     | JobDeleted
     | JobWaiting
+    | JobWarned
 )
 ProcessorEvent = QueueProcessorPaused | QueueProcessorResumed
+FleetEvent = RunnerDrained | RunnerUndrained | GpuHealthChanged
 LedgerEvent = GpusClaimed | GpusReleased
-AnyEvent = AnyJobEvent | ProcessorEvent | LedgerEvent
+AnyEvent = AnyJobEvent | ProcessorEvent | LedgerEvent | FleetEvent
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
@@ -282,6 +341,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         *AnyJobEvent.__args__,
         *ProcessorEvent.__args__,
         *LedgerEvent.__args__,
+        *FleetEvent.__args__,
     )
 }
 

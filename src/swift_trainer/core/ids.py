@@ -44,5 +44,8 @@ def job_stream(job_id: str) -> str:
 #: The stream of the queue processor's own state (paused or running).
 QUEUE_PROCESSOR_STREAM: Final = "queue-processor"
 
+#: The stream of runner drains and GPU health (see ``fleet``).
+FLEET_STREAM: Final = "fleet"
+
 #: The stream of the GPU ledger: which job attempt holds which GPUs (see ``gpu_ledger``).
 GPU_LEDGER_STREAM: Final = "gpu-ledger"

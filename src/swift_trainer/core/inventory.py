@@ -7,7 +7,7 @@ places jobs from them) and the API (which shows them), so they live in core.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Final, Literal
 
 import msgspec
 
@@ -18,6 +18,11 @@ class GpuProcess(msgspec.Struct, frozen=True, omit_defaults=True):
     used_memory_mib: int | None = None
     kind: Literal["compute", "graphics"] = "compute"
     name: str | None = None
+
+
+#: Xids an application causes (a bad kernel, a page fault); the card itself is fine.
+#: The others point at the card (NVIDIA's device plugin treats them the same way).
+APPLICATION_XIDS: Final = frozenset({13, 31, 43, 45, 68, 109})
 
 
 class XidEvent(msgspec.Struct, frozen=True):
@@ -32,11 +37,34 @@ class GpuHealth(msgspec.Struct, frozen=True, omit_defaults=True):
     ecc_aggregate_uncorrected: int | None = None
     retired_pages_pending: bool | None = None
     xid_events: tuple[XidEvent, ...] = ()
+    #: Row remapping (A100 and later): a remap waits for a reset, or one failed.
+    remapped_rows_pending: bool | None = None
+    remapping_failed: bool | None = None
+    #: Active hardware slowdowns: ``thermal``, ``power_brake`` (NVML's throttle reasons).
+    throttled: tuple[str, ...] = ()
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        """Why the card should get no new work, one reason each; empty when healthy."""
+        found = []
+        if self.ecc_volatile_uncorrected:
+            found.append(f"{self.ecc_volatile_uncorrected} uncorrected ECC errors")
+        if self.retired_pages_pending:
+            found.append("retired pages wait for a reset")
+        if self.remapped_rows_pending:
+            found.append("remapped rows wait for a reset")
+        if self.remapping_failed:
+            found.append("row remapping failed")
+        fatal = sorted({x.xid for x in self.xid_events if x.xid not in APPLICATION_XIDS})
+        if fatal:
+            found.append("Xid " + ", ".join(str(x) for x in fatal))
+        found.extend(f"{reason.replace('_', ' ')} slowdown" for reason in self.throttled)
+        return tuple(found)
 
     @property
     def suspect(self) -> bool:
         """Signals worth keeping jobs off the card until someone looks."""
-        return bool(self.ecc_volatile_uncorrected) or bool(self.retired_pages_pending)
+        return bool(self.problems)
 
 
 class GpuInfo(msgspec.Struct, frozen=True, omit_defaults=True):

@@ -34,6 +34,7 @@ import msgspec
 from . import commands as c
 from . import events as e
 from .errors import (
+    CheckpointMissing,
     InvalidSpec,
     InvalidTransition,
     JobAlreadyExists,
@@ -41,8 +42,10 @@ from .errors import (
     NoCheckpoint,
     StaleAssignment,
 )
+from .failure import HARDWARE, OOM, RUNNER_LOST, Failure
 from .progress import TrainingMetrics
-from .spec import JobSpec, Priority, decode_spec
+from .retry import GiveUp, RetryCounts, plan_retry
+from .spec import JobSpec, Priority, TrainArgs, decode_spec
 
 
 class JobStatus(StrEnum):
@@ -77,7 +80,7 @@ FINISHED: Final = frozenset(
     }
 )
 #: What a stop is for (``StopRequested.intent``).
-STOP_INTENTS: Final = ("stop", "pause", "cancel", "preempt", "timeout")
+STOP_INTENTS: Final = ("stop", "pause", "cancel", "preempt", "timeout", "requeue")
 #: Preemption times a job keeps: enough for any hourly cap an operator sets.
 PREEMPTIONS_KEPT: Final = 32
 
@@ -104,6 +107,22 @@ class Export(msgspec.Struct, frozen=True, omit_defaults=True):
     status: ExportStatus = "requested"
     artifact_path: str | None = None
     reason: str | None = None
+
+
+class AttemptFailure(msgspec.Struct, frozen=True):
+    """How one attempt failed."""
+
+    attempt: int
+    failure: Failure
+
+
+class JobWarning(msgspec.Struct, frozen=True):
+    """Something looks wrong with a running attempt."""
+
+    attempt: int
+    kind: str
+    reason: str
+    at: datetime
 
 
 class JobState(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -146,10 +165,33 @@ class JobState(msgspec.Struct, frozen=True, omit_defaults=True):
     #: together the runtime that ``max_runtime`` limits.
     runtime_s: float = 0.0
     run_since: datetime | None = None
+    #: UUIDs of the GPUs of the current attempt.
+    gpu_uuids: tuple[str, ...] = ()
+    #: The cause of the last failed attempt, as the runner classified it.
+    failure: Failure | None = None
+    #: Every classified failure, by attempt.
+    failures: tuple[AttemptFailure, ...] = ()
+    #: Training arguments a retry changed (a halved batch); None: the spec's.
+    train_args: TrainArgs | None = None
+    #: GPUs (by UUID) this job avoids after faults on them.
+    excluded_gpus: tuple[str, ...] = ()
+    #: Retries made under each rule of the spec's retry policy.
+    retry_counts: RetryCounts = RetryCounts()
+    #: Checkpoints gone from disk since they were saved (rotated out, or deleted).
+    removed_checkpoints: tuple[Checkpoint, ...] = ()
+    #: Warnings about the current attempt (``resume_stalled``, ``idle``), with reasons.
+    warnings: tuple[JobWarning, ...] = ()
 
     @property
     def exists(self) -> bool:
         return self.status not in (JobStatus.NEW, JobStatus.DELETED)
+
+    @property
+    def attempt_args(self) -> TrainArgs | None:
+        """The training arguments the next attempt runs with."""
+        if self.train_args is not None:
+            return self.train_args
+        return self.spec.train_args if self.spec is not None else None
 
     @property
     def last_checkpoint(self) -> Checkpoint | None:
@@ -230,6 +272,10 @@ def decide(  # noqa: C901 - one case per command reads best as a table
             return [e.JobDeleted(at=now, job_id=state.job_id)]
         case c.RequestExport():
             return _decide_export(state, command, now)
+        case c.RequeueJob(reason=reason):
+            return _decide_requeue(state, reason, now)
+        case c.FlagJob():
+            return _decide_flag(state, command, now)
         case c.ScheduleJob():
             return _decide_schedule(state, command, now)
         case c.MarkLost():
@@ -244,6 +290,7 @@ def decide(  # noqa: C901 - one case per command reads best as a table
             c.ReportStarted()
             | c.ReportProgress()
             | c.ReportCheckpoint()
+            | c.ReportCheckpointsRemoved()
             | c.ReportSucceeded()
             | c.ReportFailed()
             | c.ReportStopped()
@@ -348,6 +395,14 @@ def _stop_ended(
 ) -> list[e.AnyJobEvent]:
     """The fact that ends a stop, by what the stop was for."""
     job_id, attempt = state.job_id, state.attempt
+    requeued = e.JobRequeued(
+        at=now,
+        job_id=job_id,
+        priority=state.priority,
+        retries=state.retries,
+        reason=reason,
+        resume_from=checkpoint or state.resume_from,
+    )
     if intent == "preempt":
         return [
             e.JobPreempted(
@@ -358,15 +413,10 @@ def _stop_ended(
                 preempted_by=state.preempted_by,
                 checkpoint=checkpoint,
             ),
-            e.JobRequeued(
-                at=now,
-                job_id=job_id,
-                priority=state.priority,
-                retries=state.retries,
-                reason=reason,
-                resume_from=checkpoint or state.resume_from,
-            ),
+            requeued,
         ]
+    if intent == "requeue":
+        return [requeued]
     if intent == "timeout":
         return [
             e.JobTimedOut(
@@ -419,6 +469,34 @@ def _decide_pause(state: JobState, reason: str, now: datetime) -> list[e.AnyJobE
             raise _refuse(state, "pause", f"a {state.stop_intent} is already in progress")
         case _:
             raise _refuse(state, "pause", "only queued or running jobs can be paused")
+
+
+def _decide_requeue(state: JobState, reason: str, now: datetime) -> list[e.AnyJobEvent]:
+    """Stop with a checkpoint and queue again: the graceful path with intent ``requeue``."""
+    match state.status:
+        case JobStatus.SCHEDULED | JobStatus.RUNNING:
+            return [_stop_request(state, reason, "requeue", now)]
+        case JobStatus.STOPPING | JobStatus.QUEUED | JobStatus.HELD:
+            return []
+        case _:
+            raise _refuse(state, "requeue", "it is not running")
+
+
+def _decide_flag(state: JobState, command: c.FlagJob, now: datetime) -> list[e.AnyJobEvent]:
+    """Warn once per attempt and kind, while the attempt is the current one."""
+    if command.attempt != state.attempt or state.status not in ACTIVE:
+        return []
+    if any(w.attempt == command.attempt and w.kind == command.warning for w in state.warnings):
+        return []
+    return [
+        e.JobWarned(
+            at=now,
+            job_id=state.job_id,
+            attempt=command.attempt,
+            warning=command.warning,
+            reason=command.reason,
+        )
+    ]
 
 
 def _decide_resume(state: JobState, now: datetime) -> list[e.AnyJobEvent]:
@@ -534,6 +612,14 @@ def _decide_export(state: JobState, command: c.RequestExport, now: datetime) -> 
             checkpoint = command.checkpoint
         elif command.checkpoint in by_name:
             checkpoint = by_name[command.checkpoint]
+        elif any(
+            command.checkpoint in (cp.path, cp.path.rstrip("/").rsplit("/", 1)[-1])
+            for cp in state.removed_checkpoints
+        ):
+            raise CheckpointMissing(
+                f"checkpoint {command.checkpoint!r} of job {state.job_id!r} is no longer on "
+                f"disk; choose one of {sorted(by_name)}",
+            )
         else:
             raise NoCheckpoint(
                 f"job {state.job_id!r} has no checkpoint {command.checkpoint!r}; "
@@ -586,6 +672,7 @@ def _decide_schedule(state: JobState, command: c.ScheduleJob, now: datetime) -> 
             gpu_ids=command.gpu_ids,
             gpu_uuids=command.gpu_uuids,
             resume_from=state.resume_from,
+            train_args=state.train_args,
         ),
     ]
 
@@ -596,6 +683,7 @@ def _requeue_or_fail(
     now: datetime,
     *,
     count_retry: bool,
+    failure: Failure | None = None,
 ) -> list[e.AnyJobEvent]:
     assert state.spec is not None
     retries = state.retries + 1 if count_retry else state.retries
@@ -607,6 +695,7 @@ def _requeue_or_fail(
                 attempt=state.attempt,
                 exit_code=None,
                 reason=f"{reason}; gave up after {state.spec.max_retries} retries",
+                failure=failure,
             ),
         ]
     checkpoint = state.last_checkpoint
@@ -618,6 +707,7 @@ def _requeue_or_fail(
             retries=retries,
             reason=reason,
             resume_from=checkpoint.path if checkpoint else state.resume_from,
+            failure=failure,
         ),
     ]
 
@@ -645,7 +735,11 @@ def _decide_lost(state: JobState, command: c.MarkLost, now: datetime) -> list[e.
                 checkpoint.path if checkpoint else None,
             ),
         ]
-    return [lost, *_requeue_or_fail(state, f"lost: {command.reason}", now, count_retry=True)]
+    failure = Failure(kind=RUNNER_LOST, detail=command.reason)
+    return [
+        lost,
+        *_requeue_or_fail(state, f"lost: {command.reason}", now, count_retry=True, failure=failure),
+    ]
 
 
 def _decide_reject(
@@ -674,6 +768,7 @@ def _decide_report(  # noqa: C901 - one branch per report kind reads best as a t
     command: c.ReportStarted
     | c.ReportProgress
     | c.ReportCheckpoint
+    | c.ReportCheckpointsRemoved
     | c.ReportSucceeded
     | c.ReportFailed
     | c.ReportStopped,
@@ -712,6 +807,15 @@ def _decide_report(  # noqa: C901 - one branch per report kind reads best as a t
                 return [
                     e.CheckpointSaved(at=now, job_id=job_id, attempt=attempt, step=step, path=path)
                 ]
+        case c.ReportCheckpointsRemoved(paths=paths, reason=reason):
+            known = {cp.path for cp in state.checkpoints}
+            return [
+                e.CheckpointRemoved(
+                    at=now, job_id=job_id, attempt=attempt, path=path, reason=reason
+                )
+                for path in paths
+                if path in known
+            ]
         case c.ReportSucceeded():
             if state.status is JobStatus.SUCCEEDED:
                 return []
@@ -735,6 +839,7 @@ def _decide_report(  # noqa: C901 - one branch per report kind reads best as a t
                     exit_code=command.exit_code,
                     reason=command.reason,
                     stderr_tail=command.stderr_tail,
+                    failure=command.failure,
                 )
                 if state.status is JobStatus.STOPPING and state.stop_intent == "cancel":
                     # Cancel is final even when the process failed on its way out.
@@ -744,13 +849,16 @@ def _decide_report(  # noqa: C901 - one branch per report kind reads best as a t
                 if state.status is JobStatus.STOPPING and state.stop_intent in (
                     "preempt",
                     "timeout",
+                    "requeue",
                 ):
                     # Killed at the end of its grace: the stop still ends as it was meant to.
                     latest = state.last_checkpoint
                     kept = latest.path if latest else None
                     reason = state.stop_reason or command.reason
                     return _stop_ended(state, state.stop_intent, reason, now, kept)
-                return [failed]
+                if state.status is JobStatus.STOPPING or command.failure is None:
+                    return [failed]
+                return _retry_or_fail(state, failed, command.failure, now)
         case c.ReportStopped(checkpoint=checkpoint):
             if state.status in (
                 JobStatus.STOPPED,
@@ -772,6 +880,37 @@ def _decide_report(  # noqa: C901 - one branch per report kind reads best as a t
                     checkpoint or (last.path if last else None),
                 )
     raise _refuse(state, f"record {type(command).__name__} for", "the report does not fit")
+
+
+def _retry_or_fail(
+    state: JobState, failed: e.JobFailed, failure: Failure, now: datetime
+) -> list[e.AnyJobEvent]:
+    """Apply the spec's retry policy to a classified failure."""
+    assert state.spec is not None
+    plan = plan_retry(
+        failure,
+        state.spec.retry,
+        args=state.attempt_args or TrainArgs(),
+        counts=state.retry_counts,
+        attempt_gpus=state.gpu_uuids,
+    )
+    if isinstance(plan, GiveUp):
+        reason = f"{failed.reason}; {plan.reason}"
+        return [msgspec.structs.replace(failed, reason=reason)]
+    checkpoint = state.last_checkpoint
+    return [
+        e.JobRequeued(
+            at=now,
+            job_id=state.job_id,
+            priority=state.priority,
+            retries=state.retries,
+            reason=plan.reason,
+            resume_from=checkpoint.path if checkpoint else state.resume_from,
+            failure=failure,
+            train_args=plan.train_args,
+            excluded_gpus=plan.excluded_gpus,
+        )
+    ]
 
 
 def _auto_export(state: JobState, output_path: str | None, now: datetime) -> list[e.AnyJobEvent]:
@@ -905,6 +1044,31 @@ _ATTEMPT_ENDS: Final = (
 )
 
 
+def _with_failure(state: JobState, attempt: int, failure: Failure | None) -> JobState:
+    if failure is None:
+        return state
+    failures = (*state.failures, AttemptFailure(attempt=attempt, failure=failure))
+    return msgspec.structs.replace(state, failure=failure, failures=failures)
+
+
+def _after_retry(state: JobState, event: e.JobRequeued) -> JobState:
+    """What a retry after a classified failure changes: args, avoided GPUs, counts."""
+    failure = event.failure
+    if failure is None:
+        return state
+    state = _with_failure(state, state.attempt, failure)
+    counts = state.retry_counts
+    if failure.kind == OOM:
+        counts = msgspec.structs.replace(counts, oom=counts.oom + 1)
+    elif failure.kind in HARDWARE:
+        counts = msgspec.structs.replace(counts, gpu=counts.gpu + 1)
+    if event.train_args is not None:
+        state = msgspec.structs.replace(state, train_args=event.train_args)
+    new = tuple(g for g in event.excluded_gpus if g not in state.excluded_gpus)
+    excluded = (*state.excluded_gpus, *new)
+    return msgspec.structs.replace(state, retry_counts=counts, excluded_gpus=excluded)
+
+
 def evolve(state: JobState, event: e.AnyJobEvent) -> JobState:
     """Apply one recorded fact; total over every event ``decide`` emits."""
     if state.run_since is not None and isinstance(event, _ATTEMPT_ENDS):
@@ -936,7 +1100,15 @@ def _evolve(state: JobState, event: e.AnyJobEvent) -> JobState:  # noqa: C901 - 
             if reason == "resumed":
                 if state.status is JobStatus.TIMED_OUT:  # a fresh max_runtime from here
                     state = s(state, runtime_s=0.0)
-                state = s(state, retries=0, stop_reason=None, failure_reason=None, exit_code=None)
+                state = s(
+                    state,
+                    retries=0,
+                    stop_reason=None,
+                    failure_reason=None,
+                    exit_code=None,
+                    failure=None,
+                    retry_counts=RetryCounts(),
+                )
             return s(
                 state,
                 status=JobStatus.QUEUED,
@@ -953,6 +1125,7 @@ def _evolve(state: JobState, event: e.AnyJobEvent) -> JobState:  # noqa: C901 - 
                 attempt=attempt,
                 runner_id=runner_id,
                 gpu_ids=gpu_ids,
+                gpu_uuids=event.gpu_uuids,
                 pid=None,
             )
         case e.JobStarted(pid=pid, command=argv, at=at, runner_id=runner_id):
@@ -981,6 +1154,12 @@ def _evolve(state: JobState, event: e.AnyJobEvent) -> JobState:  # noqa: C901 - 
                 last_runner_id=holder,
                 checkpointed_at=event.at,
             )
+        case e.CheckpointRemoved(path=path):
+            gone = tuple(cp for cp in state.checkpoints if cp.path == path)
+            kept = tuple(cp for cp in state.checkpoints if cp.path != path)
+            return s(
+                state, checkpoints=kept, removed_checkpoints=(*state.removed_checkpoints, *gone)
+            )
         case e.JobSucceeded(at=at):
             return s(
                 state,
@@ -993,6 +1172,7 @@ def _evolve(state: JobState, event: e.AnyJobEvent) -> JobState:  # noqa: C901 - 
                 preempt_gpu_ids=(),
             )
         case e.JobFailed(at=at, reason=reason, exit_code=exit_code):
+            state = _with_failure(state, event.attempt, event.failure)
             return s(
                 state,
                 status=JobStatus.FAILED,
@@ -1039,6 +1219,7 @@ def _evolve(state: JobState, event: e.AnyJobEvent) -> JobState:  # noqa: C901 - 
         case e.AssignmentRejected():
             return s(state, runner_id=None, gpu_ids=())
         case e.JobRequeued(retries=retries, priority=priority, resume_from=resume_from):
+            state = _after_retry(state, event)
             return s(
                 state,
                 status=JobStatus.QUEUED,
@@ -1047,6 +1228,7 @@ def _evolve(state: JobState, event: e.AnyJobEvent) -> JobState:  # noqa: C901 - 
                 resume_from=resume_from,
                 runner_id=None,
                 gpu_ids=(),
+                stop_intent="stop",
             )
         case e.ExportRequested(export_id=export_id, checkpoint=checkpoint, runner_id=runner_id):
             export = Export(export_id=export_id, checkpoint=checkpoint, runner_id=runner_id)
@@ -1061,6 +1243,9 @@ def _evolve(state: JobState, event: e.AnyJobEvent) -> JobState:  # noqa: C901 - 
             return s(state, exports=exports)
         case e.JobDeleted():
             return JobState(job_id=state.job_id, version=state.version, status=JobStatus.DELETED)
+        case e.JobWarned(attempt=attempt, warning=kind, reason=reason, at=at):
+            warning = JobWarning(attempt=attempt, kind=kind, reason=reason, at=at)
+            return s(state, warnings=(*state.warnings, warning))
     raise AssertionError(f"unhandled event {event!r}")  # pragma: no cover
 
 

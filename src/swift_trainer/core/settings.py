@@ -81,6 +81,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     preempt_min_runtime_s: float = 600.0
     preempt_max_per_hour: int = 2
     preempt_grace_s: float = 120.0
+    #: A resumed attempt must report its checkpoint's step within this (``RESUME_CHECK_S``).
+    resume_check_s: float = 600.0
+    #: A job whose GPUs stay under ``idle_gpu_util_pct`` this long is flagged idle.
+    idle_gpu_warn_s: float = 1800.0
+    idle_gpu_util_pct: float = 5.0
+    #: Set: an idle job is stopped with a checkpoint after this long (``IDLE_GPU_STOP_S``).
+    idle_gpu_stop_s: float | None = None
 
     @property
     def resolved_event_store_url(self) -> str:
@@ -196,6 +203,7 @@ def load_settings(
         auto_export=auto_export in ("1", "true", "yes", "on"),
         **_auth_settings(text),
         **_preemption_settings(text),
+        **_watch_settings(text),
     )
 
 
@@ -223,6 +231,30 @@ def _preemption_settings(text: Callable[[str, str], str | None]) -> dict[str, An
         "preempt_min_runtime_s": min_runtime,
         "preempt_max_per_hour": per_hour,
         "preempt_grace_s": grace,
+    }
+
+
+def _watch_settings(text: Callable[[str, str], str | None]) -> dict[str, Any]:
+    """``RESUME_CHECK_S``, ``IDLE_GPU_WARN_S``, ``IDLE_GPU_UTIL_PCT``, ``IDLE_GPU_STOP_S``."""
+    names = ("RESUME_CHECK_S", "IDLE_GPU_WARN_S", "IDLE_GPU_UTIL_PCT", "IDLE_GPU_STOP_S")
+    try:
+        resume = float(text("RESUME_CHECK_S", "600") or "600")
+        warn = float(text("IDLE_GPU_WARN_S", "1800") or "1800")
+        util = float(text("IDLE_GPU_UTIL_PCT", "5") or "5")
+        stop_text = text("IDLE_GPU_STOP_S", "")
+        stop = float(stop_text) if stop_text else None
+    except ValueError as exc:
+        raise SettingsError(f"{' / '.join(names)} must be numbers: {exc}") from exc
+    if min(resume, warn) <= 0 or not 0 <= util <= 100 or (stop is not None and stop <= 0):
+        raise SettingsError(
+            "RESUME_CHECK_S, IDLE_GPU_WARN_S and IDLE_GPU_STOP_S must be positive seconds, "
+            "IDLE_GPU_UTIL_PCT a percentage"
+        )
+    return {
+        "resume_check_s": resume,
+        "idle_gpu_warn_s": warn,
+        "idle_gpu_util_pct": util,
+        "idle_gpu_stop_s": stop,
     }
 
 

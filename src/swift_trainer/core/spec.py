@@ -13,6 +13,7 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 
 from .errors import InvalidSpec
+from .failure import RetryPolicy
 
 Priority = Annotated[int, msgspec.Meta(ge=0, le=10, description="0-10, larger is more urgent")]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
@@ -211,6 +212,8 @@ class JobSpec(
     max_runtime: (
         Annotated[int, msgspec.Meta(ge=1)] | Annotated[str, msgspec.Meta(max_length=32)] | None
     ) = None
+    #: How a failed attempt is retried, by the cause of its failure.
+    retry: RetryPolicy = RetryPolicy()
 
     def __post_init__(self) -> None:
         check_output_dir(self.output_dir)

@@ -43,13 +43,14 @@ from ..core.errors import SwiftTrainerError
 from ..core.ids import job_stream
 from ..core.inventory import InventorySnapshot, RunnerHeartbeat, RunnerJob
 from ..core.limits import MAX_REASON_CHARS
-from ..core.spec import JobSpec
+from ..core.spec import JobSpec, effective_train_args
 from ..core.tasks import cancel_and_wait, unsubscribe_quietly
 from .dataset_cache import DatasetCache, DatasetUnavailable
-from .gpu_probe import GpuInventory, foreign_memory_mib
+from .gpu_probe import SIM_FAULT_DIR, GpuInventory, foreign_memory_mib
 from .log_publisher import LogPublisher
 from .reporting import ReportOutbox, RunReporters
 from .run_state import RunRecord, run_key
+from .sim_faults import fault_args
 from .supervisor import AlreadyRunning, LaunchError, Supervisor
 from .swift_command import build_export_command, build_sft_command, expected_export_path
 
@@ -116,6 +117,7 @@ class RunnerAgent:
         ack_wait_s: float = 300.0,
         max_deliver: int = 10,
         fetch_timeout_s: float = 1.0,
+        simulate_faults: bool = False,
     ) -> None:
         if not subjects.is_token(runner_id):
             raise SwiftTrainerError(
@@ -139,6 +141,8 @@ class RunnerAgent:
         self.ack_wait_s = ack_wait_s
         self.max_deliver = max_deliver
         self.fetch_timeout_s = fetch_timeout_s
+        #: Honour the ``sim.*`` fault labels (simulated runners only).
+        self.simulate_faults = simulate_faults
         self.draining = False
         self.malformed = 0
         self.client = CommandClient(nc, timeout=command_timeout_s, actor=runner_id)
@@ -419,9 +423,13 @@ class RunnerAgent:
         except DatasetUnavailable as exc:
             self._reject(event, exc.message)
             return
+        extra_args = self._simulated_faults(spec, event)
+        if event.train_args is not None:  # a retry changed them (a halved batch)
+            spec = msgspec.structs.replace(spec, train_args=event.train_args)
         try:
             invocation = build_sft_command(
                 spec,
+                extra_args=extra_args,
                 output_root=self.output_root,
                 gpu_ids=event.gpu_ids,
                 resume_from=resume_from,
@@ -447,6 +455,18 @@ class RunnerAgent:
             self._reject(event, str(exc))
             return
         _log.info("started attempt %d of %s: pid %d", event.attempt, event.job_id, pid)
+
+    def _simulated_faults(self, spec: JobSpec, event: e.JobScheduled) -> list[str]:
+        if not self.simulate_faults:
+            return []
+        args = event.train_args or spec.train_args
+        return fault_args(
+            spec.labels,
+            attempt=event.attempt,
+            batch_size=effective_train_args(args).batch_size,
+            spec_batch_size=spec.effective_args.batch_size,
+            fault_dir=self.output_root / SIM_FAULT_DIR,
+        )
 
     def _on_stop(self, event: e.StopRequested) -> None:
         running = self._running_job(event.job_id)
@@ -585,10 +605,13 @@ def resolve_resume(resume_from: str | None) -> ResumePoint:
     A relative path is resolved inside the job's output folder by the command builder. An
     absolute one must be on this host. When it is gone but the folder holds newer complete
     checkpoints (an attempt marked lost trained on, and ``save_total_limit`` rotated the
-    recorded one away), the newest is used: it holds at least as much progress.
+    recorded one away), the newest is used: it holds at least as much progress. A
+    checkpoint folder without its ``trainer_state.json`` is incomplete and never used.
     """
-    if not resume_from or not Path(resume_from).is_absolute() or Path(resume_from).is_dir():
+    if not resume_from or not Path(resume_from).is_absolute():
         return ResumePoint(resume_from)
+    if (Path(resume_from) / "trainer_state.json").is_file():
+        return ResumePoint(resume_from)  # complete: HF's Trainer writes this file last
     named = Path(resume_from)
     candidates = []
     with contextlib.suppress(OSError):
@@ -598,7 +621,7 @@ def resolve_resume(resume_from: str | None) -> ResumePoint:
                 candidates.append((int(match.group(1)), entry))
     if candidates:
         newest = max(candidates)[1]
-        _log.warning("checkpoint %s is gone; resuming from %s instead", named, newest)
+        _log.warning("checkpoint %s is gone or incomplete; resuming from %s", named, newest)
         return ResumePoint(str(newest))
     return ResumePoint(None, f"checkpoint {resume_from} to resume from is not on this runner")
 

@@ -17,6 +17,7 @@ from nats.aio.client import Client
 
 from ..core.settings import Settings
 from .agent import DEFAULT_MAX_FOREIGN_MEMORY_MIB, RunnerAgent
+from .gpu_faults import fault_reader
 from .gpu_metrics import MeteredRunnerAgent
 from .gpu_probe import FakeInventory, GpuInventory, NvmlInventory
 from .supervisor import Supervisor
@@ -91,6 +92,7 @@ def create_runner_agent(
         state_dir=state_dir / "runs",
         grace_period_s=options.grace_period_s,
         process_registry=registry,
+        gpu_faults=fault_reader(inventory),
     )
     env = dict(os.environ if base_env is None else base_env)
     if options.simulate_step_seconds is not None:
@@ -110,4 +112,5 @@ def create_runner_agent(
         max_foreign_memory_mib=options.max_foreign_memory_mib,
         command_timeout_s=command_timeout_s,
         stop_jobs_on_exit=options.stop_jobs_on_exit,
+        simulate_faults=options.simulate_gpus is not None,
     )

@@ -34,6 +34,8 @@ from ..core.inventory import (
 )
 
 _MIB: Final = 1024 * 1024
+#: Under a simulated runner's output root: where the simulator reports faulted cards.
+SIM_FAULT_DIR: Final = ".sim-gpu-faults"
 _XID_HISTORY: Final = 16
 _T = TypeVar("_T")
 
@@ -285,11 +287,17 @@ class NvmlInventory:
         )
         pending = self._optional(lambda: nvml.nvmlDeviceGetRetiredPagesPendingStatus(handle))
         enabled = getattr(nvml, "NVML_FEATURE_ENABLED", 1)
+        remap_rows = getattr(nvml, "nvmlDeviceGetRemappedRows", None)
+        remap = self._optional(lambda: remap_rows(handle)) if remap_rows else None
+        reasons = self._optional(lambda: _throttle_reasons(nvml, handle))
         return GpuHealth(
             ecc_volatile_uncorrected=int(volatile) if volatile is not None else None,
             ecc_aggregate_uncorrected=int(aggregate) if aggregate is not None else None,
             retired_pages_pending=(int(pending) == enabled) if pending is not None else None,
             xid_events=tuple(self._xids.get(index, ())),
+            remapped_rows_pending=bool(remap[2]) if remap is not None else None,
+            remapping_failed=bool(remap[3]) if remap is not None else None,
+            throttled=throttle_names(int(reasons)) if reasons is not None else (),
         )
 
     def _register_xid_events(self, nvml: ModuleType) -> None:
@@ -347,6 +355,33 @@ class NvmlInventory:
                 self._event_set = None
             self._optional(nvml.nvmlShutdown)
             self._initialised = False
+
+
+#: NVML's clock-throttle reason bits that mean the hardware protects itself.
+_HW_THERMAL: Final = 0x40
+_HW_POWER_BRAKE: Final = 0x80
+
+
+def _throttle_reasons(nvml: ModuleType, handle: Any) -> int | None:
+    """The current clock-throttle bitmask (named "event reasons" in newer drivers)."""
+    for name in (
+        "nvmlDeviceGetCurrentClocksEventReasons",
+        "nvmlDeviceGetCurrentClocksThrottleReasons",
+    ):
+        read = getattr(nvml, name, None)
+        if read is not None:
+            return int(read(handle))
+    return None
+
+
+def throttle_names(mask: int) -> tuple[str, ...]:
+    """The hardware slowdowns in a throttle bitmask: ``thermal``, ``power_brake``."""
+    names = []
+    if mask & _HW_THERMAL:
+        names.append("thermal")
+    if mask & _HW_POWER_BRAKE:
+        names.append("power_brake")
+    return tuple(names)
 
 
 def _text(value: object) -> str:
@@ -408,7 +443,10 @@ class FakeInventory:
         self.per_process_mib = per_process_mib
         self._tracked: dict[str, tuple[int, tuple[int, ...]]] = {}
         self._foreign: dict[int, list[GpuProcess]] = {}
+        self._xids: dict[int, list[XidEvent]] = {}
         self._lock = threading.Lock()
+        #: The simulator writes ``<uuid>`` files here (holding an Xid) to fault a card.
+        self.fault_dir = self.output_root / SIM_FAULT_DIR
 
     def uuid(self, index: int) -> str:
         return f"GPU-5ea7ed00-0000-4000-8000-{index:012d}"
@@ -427,6 +465,29 @@ class FakeInventory:
                 GpuProcess(pid=pid, used_memory_mib=used_memory_mib, name="foreign"),
             )
 
+    def add_xid(self, gpu_index: int, xid: int) -> None:
+        """Report an Xid on a simulated card, as the driver would on a real one."""
+        with self._lock:
+            self._xids.setdefault(gpu_index, []).append(XidEvent(xid=xid, at=datetime.now(UTC)))
+
+    def _collect_faults(self) -> None:
+        """Take the Xids the simulator left in ``fault_dir`` (one file per faulted card)."""
+        try:
+            entries = list(self.fault_dir.iterdir())
+        except OSError:
+            return
+        for entry in entries:
+            index = next((i for i in range(self.gpu_count) if self.uuid(i) == entry.name), None)
+            if index is None and entry.name.isdigit() and int(entry.name) < self.gpu_count:
+                index = int(entry.name)  # CUDA_VISIBLE_DEVICES by index
+            try:
+                text = entry.read_text(encoding="utf-8").strip()
+                entry.unlink()
+            except OSError:
+                continue
+            if index is not None and text.isdigit():
+                self.add_xid(index, int(text))
+
     def _job_processes(self) -> dict[int, list[GpuProcess]]:
         per_gpu: dict[int, list[GpuProcess]] = {}
         for root_pid, gpu_ids in self._tracked.values():
@@ -441,9 +502,11 @@ class FakeInventory:
         return per_gpu
 
     def snapshot(self) -> InventorySnapshot:
+        self._collect_faults()
         with self._lock:
             jobs = self._job_processes()
             foreign = {k: list(v) for k, v in self._foreign.items()}
+            xids = {k: tuple(v) for k, v in self._xids.items()}
         gpus = []
         for index in range(self.gpu_count):
             processes = tuple(jobs.get(index, []) + foreign.get(index, []))
@@ -466,6 +529,7 @@ class FakeInventory:
                         ecc_volatile_uncorrected=0,
                         ecc_aggregate_uncorrected=0,
                         retired_pages_pending=False,
+                        xid_events=xids.get(index, ()),
                     ),
                 ),
             )

@@ -14,7 +14,9 @@ from typing import Final, Literal
 
 import msgspec
 
+from ..core.failure import Failure
 from ..core.limits import MAX_REASON_CHARS
+from .failure_classifier import GpuFault, classify_failure
 from .training_log import TrainingSummary
 
 #: The limits of ``ReportFailed.stderr_tail`` and of a ``Reason`` in core.commands.
@@ -34,6 +36,8 @@ class JobOutcome(msgspec.Struct, frozen=True, omit_defaults=True):
     checkpoint: str | None = None
     output_path: str | None = None
     malformed_log_lines: int = 0
+    #: What a failed run died of (only on ``failed``).
+    failure: Failure | None = None
 
 
 class ExportOutcome(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -61,6 +65,8 @@ class JobFacts(msgspec.Struct, frozen=True, kw_only=True):
     stderr_tail: str = ""
     #: Processes that outlived SIGKILL.
     unkillable: tuple[int, ...] = ()
+    #: Health problems NVML reported on the run's GPUs while it ran.
+    gpu_faults: tuple[GpuFault, ...] = ()
 
 
 class ExportFacts(msgspec.Struct, frozen=True, kw_only=True):
@@ -146,7 +152,8 @@ def decide_job(facts: JobFacts) -> JobOutcome:
             reason += " after writing its final summary (a crash while finishing)"
     if facts.unkillable:
         reason += f"; processes {list(facts.unkillable)} survived SIGKILL"
-    return msgspec.structs.replace(failed, reason=clip(reason))
+    failure = classify_failure(code, facts.stderr_tail.splitlines(), facts.gpu_faults)
+    return msgspec.structs.replace(failed, reason=clip(reason), failure=failure)
 
 
 def decide_export(facts: ExportFacts) -> ExportOutcome:

@@ -330,6 +330,17 @@ class JobReports:
             ),
         )
 
+    async def on_checkpoints_removed(self, paths: tuple[str, ...]) -> None:
+        self.outbox.submit(
+            c.ReportCheckpointsRemoved(
+                job_id=self.job_id,
+                attempt=self.attempt,
+                runner_id=self.runner_id,
+                paths=paths,
+                reason="no longer on disk",
+            ),
+        )
+
     async def on_log_line(self, stream: Stream, line: str) -> None:
         if self.logs is not None:
             self.logs.publish(self.job_id, self.attempt, stream, line)
@@ -362,6 +373,7 @@ def outcome_command(
         exit_code=outcome.exit_code,
         reason=outcome.reason,
         stderr_tail=outcome.stderr_tail,
+        failure=outcome.failure,
     )
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
+from .failure_classifier import GpuFault
 from .log_tail import LineTail, seed_tail
 from .outcome import (
     ExportFacts,
@@ -51,6 +52,8 @@ class JobReporter(Protocol):
     async def on_progress(self, progress: TrainingProgress) -> None: ...
 
     async def on_checkpoint(self, step: int, path: str) -> None: ...
+
+    async def on_checkpoints_removed(self, paths: tuple[str, ...]) -> None: ...
 
     async def on_log_line(self, stream: Stream, line: str) -> None: ...
 
@@ -149,7 +152,7 @@ class WatchedRun:
     def stderr_text(self) -> str:
         return clip_stderr_tail(tuple(self.stderr_tail))
 
-    def decide(self) -> JobOutcome | ExportOutcome:
+    def decide(self, *, gpu_faults: tuple[GpuFault, ...] = ()) -> JobOutcome | ExportOutcome:
         """Gather the facts (exit code, log, newest checkpoint, artifact) and judge them."""
         record = self.record
         if record.kind == "export":
@@ -178,6 +181,7 @@ class WatchedRun:
                 output_dir=record.output_dir,
                 stderr_tail=self.stderr_text(),
                 unkillable=tuple(self.unkillable),
+                gpu_faults=gpu_faults,
             )
         )
 
@@ -208,7 +212,10 @@ class WatchedRun:
             await report_safely(
                 job_reporter.on_checkpoint(checkpoint.step, checkpoint.path), self.record
             )
-        if new:
+        removed = tuple(self.checkpoints.removed())
+        if removed:
+            await report_safely(job_reporter.on_checkpoints_removed(removed), self.record)
+        if new or removed:
             self.record.reported_checkpoints = tuple(sorted(self.checkpoints.known))
             persist()
 

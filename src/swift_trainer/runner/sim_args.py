@@ -62,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     # simulator knobs
     add("--simulate-step-seconds", dest="step_seconds", type=float)
     add("--simulate-fail-at-step", dest="fail_at_step", type=int)
+    add("--simulate-fail", dest="fail_kind")
+    add("--simulate-fault-dir", dest="fault_dir")
     add("--simulate-crash-after-summary", dest="crash_after_summary", action="store_true")
     add("--simulate-export-fail", dest="export_fail", action="store_true")
     add("--simulate-startup-seconds", dest="startup_seconds", type=float)

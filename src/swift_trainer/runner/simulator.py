@@ -54,6 +54,7 @@ from swift_trainer.runner.sim_checkpoint import (
     save_checkpoint,
     write_json,
 )
+from swift_trainer.runner.sim_faults import INPUT_FAULTS, fault_message, report_faulted_card
 
 _ROLE_ENV = "SWIFT_SIM_ROLE"
 _TORCHRUN = "torch.distributed.run"
@@ -406,6 +407,8 @@ def _sft_worker(argv: list[str]) -> int:
     args = parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
     problem = _validate(args)
+    if problem is None and args.fail_kind in INPUT_FAULTS:
+        problem = _fault_text(args)
     if problem:
         return _fail(problem) if rank == 0 else 1
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -439,6 +442,20 @@ def _sft_worker(argv: list[str]) -> int:
     return _train_loop(trainer, resume_step(args))
 
 
+def _fault_text(args: argparse.Namespace) -> str:
+    dataset = args.dataset[0] if args.dataset else ""
+    return fault_message(
+        args.fail_kind or "oom", dataset=dataset, batch_size=args.per_device_train_batch_size
+    )
+
+
+def _hang(trainer: _Trainer, step: int) -> None:
+    """Make no progress (a stuck collective) until asked to stop; then save and finish."""
+    while not _Stop.requested:
+        time.sleep(trainer.args.step_seconds)
+    trainer.save_checkpoint(step)
+
+
 def _train_loop(trainer: _Trainer, start_step: int) -> int:
     args = trainer.args
     step = start_step
@@ -449,10 +466,12 @@ def _train_loop(trainer: _Trainer, start_step: int) -> int:
         time.sleep(args.step_seconds)
         step += 1
         if step == args.fail_at_step and trainer.is_master:
-            return _fail(
-                "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. "
-                "GPU 0 has a total capacity of 79.25 GiB of which 1.12 GiB is free.",
-            )
+            if args.fail_kind == "hang":
+                _hang(trainer, step)
+                break
+            if args.fail_kind == "xid" and args.fault_dir:
+                report_faulted_card(args.fault_dir, os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+            return _fail(_fault_text(args))
         if not trainer.is_master:
             if _Stop.requested:
                 break

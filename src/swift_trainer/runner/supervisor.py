@@ -25,6 +25,7 @@ import psutil
 
 from swift_trainer.core.errors import SwiftTrainerError
 
+from .failure_classifier import GpuFault
 from .gpu_probe import GpuProcessRegistry
 from .outcome import ExportOutcome, JobOutcome, lost_track_outcome
 from .process_tree import ProcessTree, live_pids
@@ -101,6 +102,7 @@ class Supervisor:
         state_flush_s: float = 5.0,
         stderr_tail_lines: int = 50,
         process_registry: GpuProcessRegistry | None = None,
+        gpu_faults: Callable[[tuple[int, ...], float], tuple[GpuFault, ...]] | None = None,
     ) -> None:
         self.store = RunStateStore(state_dir)
         self.grace_period_s = grace_period_s
@@ -111,6 +113,8 @@ class Supervisor:
         self.state_flush_s = state_flush_s
         self.stderr_tail_lines = stderr_tail_lines
         self.registry = process_registry
+        #: Reads the faults NVML saw on a run's GPUs since it started (blocking).
+        self.gpu_faults = gpu_faults
         self._runs: dict[str, WatchedRun] = {}
 
     # --- public API ---------------------------------------------------------------------
@@ -422,7 +426,8 @@ class Supervisor:
         try:
             await monitor(run, self.timing, lambda: self._flush(run))
             await run.drain(final=True, persist=lambda: self._flush(run))
-            outcome: JobOutcome | ExportOutcome = run.decide()
+            faults = await self._faults_of(run)
+            outcome: JobOutcome | ExportOutcome = run.decide(gpu_faults=faults)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -441,6 +446,17 @@ class Supervisor:
         self._runs.pop(run.record.key, None)
         if not run.done.done():
             run.done.set_result(outcome)
+
+    async def _faults_of(self, run: WatchedRun) -> tuple[GpuFault, ...]:
+        """What NVML saw on a failed job's GPUs; nothing for a clean exit or an export."""
+        record = run.record
+        if self.gpu_faults is None or record.kind != "job" or run.exit_code() == 0:
+            return ()
+        try:
+            return await asyncio.to_thread(self.gpu_faults, record.gpu_ids, record.started_at)
+        except Exception:
+            _log.warning("cannot read the GPU health of %s", record.key, exc_info=True)
+            return ()
 
     def _flush(self, run: WatchedRun) -> None:
         run.record.processes = dict(run.tree.known)

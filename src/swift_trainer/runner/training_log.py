@@ -388,3 +388,11 @@ class CheckpointWatcher:
         new = [c for c in list_checkpoints(self.output_dir) if c.path not in self.known]
         self.known.update(c.path for c in new)
         return new
+
+    def removed(self) -> list[str]:
+        """Reported checkpoints that are gone from disk (``save_total_limit`` rotated
+        them out, or someone deleted them); each is returned once."""
+        present = {c.path for c in list_checkpoints(self.output_dir)}
+        gone = sorted(path for path in self.known if path not in present)
+        self.known.difference_update(gone)
+        return gone

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import msgspec
+
 from swift_trainer.core import commands as c
 from swift_trainer.core import events as e
 from swift_trainer.core.job import JobStatus, decide, evolve, initial_state
@@ -447,3 +449,19 @@ def test_remaining_time_updates_move_the_reservation() -> None:
     running_ra = scheduler.running_job("ra")
     assert running_ra is not None
     assert running_ra.remaining_s is None
+
+
+def test_a_job_avoids_the_gpus_that_failed_it() -> None:
+    hosts = [host("a", 2)]
+    faulty = hosts[0].gpus[0].uuid
+    avoiding = msgspec.structs.replace(job("j", seq=1), excluded_gpus=(faulty,))
+    assert placed([avoiding], hosts) == {"j": ("a", (1,))}
+    # Other jobs still get the card: the exclusion is the job's own.
+    assert placed([job("k", seq=2)], [host("a", 1)]) == {"k": ("a", (0,))}
+
+
+def test_a_job_whose_only_matching_gpu_is_excluded_waits() -> None:
+    hosts = [host("a", 1)]
+    avoiding = msgspec.structs.replace(job("j", seq=1), excluded_gpus=(hosts[0].gpus[0].uuid,))
+    result = place_jobs([avoiding], hosts, [])
+    assert result.decisions == ()

@@ -19,6 +19,8 @@ _READ_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 
 #: Native routes (under ``{prefix}/training``) that only an admin may call.
 _ADMIN: Final = re.compile(r"^/queue/(process|processor/(start|stop))/?$")
+#: The runners and their drains: admins only, reads included.
+_ADMIN_RUNNERS: Final = re.compile(r"^/runners(/.*)?$")
 _NATIVE_JOB: Final = re.compile(r"^/(?:jobs|queue)/(?P<job_id>[^/]+)(?:/.*)?$")
 _OPENAI_JOB: Final = re.compile(r"^/v1/fine_tuning/jobs/(?P<job_id>[^/]+)(?:/.*)?$")
 _OPEN_NATIVE: Final = re.compile(r"^/health(/ready)?/?$")
@@ -46,7 +48,7 @@ def route_need(method: str, path: str, training_prefix: str) -> RouteNeed:
         rest = path[len(training_prefix) :] or "/"
         if _OPEN_NATIVE.match(rest):
             return RouteNeed("open")
-        if _ADMIN.match(rest):
+        if _ADMIN.match(rest) or _ADMIN_RUNNERS.match(rest):
             return RouteNeed("admin")
         job_id = None
         found = _NATIVE_JOB.match(rest)

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import msgspec
 
+from ...core.failure import Failure
 from ...core.ids import JOB_ID_PATTERN
 from ...core.job import JobStatus
 from ...core.spec import (
@@ -243,6 +244,8 @@ class JobStatusResponse(msgspec.Struct, frozen=True, kw_only=True):
     failure_reason: str | None = None
     stop_reason: str | None = None
     exit_code: int | None = None
+    #: What the last failed attempt died of: ``kind``, ``detail`` and ``log_line``.
+    failure: Failure | None = None
 
 
 class ProgressResponse(msgspec.Struct, frozen=True, kw_only=True):

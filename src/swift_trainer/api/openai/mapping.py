@@ -120,13 +120,24 @@ def trained_tokens(summary: JobSummary, status: str) -> int | None:
     return summary.progress.tokens_seen
 
 
+def job_error(summary: JobSummary) -> JobError:
+    """The error of a failed job: its failure kind as the code, with the decisive line."""
+    message = summary.failure_reason or "the training failed"
+    failure = summary.failure
+    if failure is not None:
+        if failure.log_line:
+            message = f"{message}: {failure.log_line}"
+        return JobError(code=failure.kind, message=message)
+    code = "exit_code_" + str(summary.exit_code) if summary.exit_code is not None else "failed"
+    return JobError(code=code, message=message)
+
+
 def job_object(summary: JobSummary, result_files: list[str]) -> FineTuningJob:
     status = openai_status(summary)
     hyper = hyperparameters_of(summary.train_args)
     error = None
     if status == "failed":
-        code = "exit_code_" + str(summary.exit_code) if summary.exit_code is not None else "failed"
-        error = JobError(code=code, message=summary.failure_reason or "the training failed")
+        error = job_error(summary)
     return FineTuningJob(
         id=summary.job_id,
         created_at=unix(summary.submitted_at) or 0,

@@ -32,6 +32,7 @@ _STATUS: Final[Mapping[str, int]] = {
     "not_found": 404,
     "invalid_transition": 400,
     "no_checkpoint": 400,
+    "checkpoint_missing": 400,
     "job_already_exists": 400,
     "invalid_spec": 400,
     "validation_error": 400,

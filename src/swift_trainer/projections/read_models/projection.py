@@ -150,6 +150,8 @@ def plan_batch(
         elif isinstance(event, e.GpusClaimed | e.GpusReleased):
             # The scheduler's GPU ledger: its effect shows in the jobs' own events.
             continue
+        elif isinstance(event, e.RunnerDrained | e.RunnerUndrained | e.GpuHealthChanged):
+            continue  # the fleet: the scheduler's view carries it
         elif event is not None:
             change = plan.jobs.get(event.job_id)
             if change is None:
@@ -294,6 +296,10 @@ def summarize(fold: JobFold) -> JobSummary | None:
         preemptions=state.preemptions,
         preempted_by=state.preempted_by,
         max_runtime=spec.max_runtime,
+        failure=state.failure,
+        failures=state.failures,
+        retry_train_args=state.train_args,
+        excluded_gpus=state.excluded_gpus,
     )
 
 

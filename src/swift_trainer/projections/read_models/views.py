@@ -11,7 +11,8 @@ from typing import Any
 
 import msgspec
 
-from swift_trainer.core.job import Checkpoint, Export, JobState, JobStatus
+from swift_trainer.core.failure import Failure
+from swift_trainer.core.job import AttemptFailure, Checkpoint, Export, JobState, JobStatus
 from swift_trainer.core.progress import TrainingMetrics
 from swift_trainer.core.queue_processor import QueueProcessorState
 from swift_trainer.core.spec import Dependency, Tracking, TrainArgs
@@ -98,6 +99,14 @@ class JobSummary(msgspec.Struct, frozen=True):
     preemptions: int = 0
     preempted_by: str | None = None
     max_runtime: int | str | None = None
+    #: What the last failed attempt died of: kind, meaning and the decisive log line.
+    failure: Failure | None = None
+    #: Every classified failure, by attempt.
+    failures: tuple[AttemptFailure, ...] = ()
+    #: The training arguments a retry changed (a halved batch); None: ``train_args``.
+    retry_train_args: TrainArgs | None = None
+    #: GPUs (by UUID) this job avoids after faults on them.
+    excluded_gpus: tuple[str, ...] = ()
 
 
 class JobFold(msgspec.Struct, frozen=True):
@@ -173,6 +182,32 @@ class QueueEntry(msgspec.Struct, frozen=True, omit_defaults=True):
     blocked_reason: str | None = None
 
 
+class DrainView(msgspec.Struct, frozen=True):
+    """A drained runner: it takes no new jobs."""
+
+    runner_id: str
+    reason: str
+    at: datetime
+    stop_jobs: bool = False
+
+
+class GpuHealthView(msgspec.Struct, frozen=True):
+    """A GPU out of placement, and why."""
+
+    runner_id: str
+    uuid: str
+    index: int
+    reasons: tuple[str, ...]
+    since: datetime
+
+
+class FleetView(msgspec.Struct, frozen=True):
+    """Drained runners and unhealthy GPUs, as the fleet's events say."""
+
+    drained: tuple[DrainView, ...] = ()
+    unhealthy_gpus: tuple[GpuHealthView, ...] = ()
+
+
 class QueueView(msgspec.Struct, frozen=True):
     """The scheduler's latest queue, stored as computed and served as is."""
 
@@ -180,6 +215,8 @@ class QueueView(msgspec.Struct, frozen=True):
     computed_at: datetime | None = None
     #: The last event position the scheduler had seen, so readers can tell how fresh it is.
     as_of_position: int = 0
+    #: Drained runners and unhealthy GPUs, with their reasons.
+    fleet: FleetView = FleetView()
 
     def entry(self, job_id: str) -> QueueEntry | None:
         return next((x for x in self.entries if x.job_id == job_id), None)

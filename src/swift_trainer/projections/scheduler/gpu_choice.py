@@ -20,9 +20,10 @@ from swift_trainer.core.inventory import RunnerHeartbeat
 
 from .gpu_snapshots import GpuSnapshot, HostSnapshot
 
-#: ``(min_gpu_memory_gb, lower-cased gpu_name fragment)``; ``(0.0, "")`` asks for nothing.
-Requirement = tuple[float, str]
-ANY_GPU: Final[Requirement] = (0.0, "")
+#: ``(min_gpu_memory_gb, lower-cased gpu_name fragment, GPU UUIDs to avoid)``;
+#: ``ANY_GPU`` asks for nothing.
+Requirement = tuple[float, str, frozenset[str]]
+ANY_GPU: Final[Requirement] = (0.0, "", frozenset())
 #: How GPUs of one host rank for a job: lower is better (see ``gpu_preference``).
 GpuPreference = tuple[int, float, int]
 
@@ -82,9 +83,16 @@ def placement_signature(host: HostSnapshot | None, threshold: int) -> object:
     )
 
 
-def requirement_of(min_gpu_memory_gb: float | None, gpu_name: str | None) -> Requirement:
-    """Normalise a job's GPU constraints so that equal constraints share one index entry."""
-    return (float(min_gpu_memory_gb or 0.0), (gpu_name or "").lower())
+def requirement_of(
+    min_gpu_memory_gb: float | None,
+    gpu_name: str | None,
+    excluded_gpus: Iterable[str] = (),
+) -> Requirement:
+    """Normalise a job's GPU constraints so that equal constraints share one index entry.
+
+    ``excluded_gpus`` are the UUIDs of cards that failed this job before.
+    """
+    return (float(min_gpu_memory_gb or 0.0), (gpu_name or "").lower(), frozenset(excluded_gpus))
 
 
 def gpu_matches(gpu: GpuSnapshot, requirement: Requirement) -> bool:
@@ -94,20 +102,24 @@ def gpu_matches(gpu: GpuSnapshot, requirement: Requirement) -> bool:
     cards are sold: an "80GB" H100 reports 81559 MiB, which is 85.5 GB but only 79.6 GiB, and a
     user asking for 80 GB means that card.
     """
-    min_gb, fragment = requirement
+    min_gb, fragment, excluded = requirement
     if min_gb and gpu.memory_total_mib * _BYTES_PER_MIB < min_gb * _BYTES_PER_GB:
+        return False
+    if gpu.uuid in excluded:
         return False
     return not fragment or fragment in gpu.name.lower()
 
 
 def describe_requirement(requirement: Requirement) -> str:
     """The constraint in the words of the job spec, for reasons a user can act on."""
-    min_gb, fragment = requirement
+    min_gb, fragment, excluded = requirement
     parts = []
     if fragment:
         parts.append(f"named like {fragment!r}")
     if min_gb:
         parts.append(f"with at least {min_gb:g} GB")
+    if excluded:
+        parts.append(f"other than {', '.join(sorted(excluded))} (faulty for this job)")
     return (" " + " and ".join(parts)) if parts else ""
 
 

@@ -51,10 +51,15 @@ class QueuedJob(msgspec.Struct, frozen=True, kw_only=True):
     attempt: int = 0
     expected_duration_s: float | None = None
     owner: str | None = None
+    #: GPUs (by UUID) that failed this job before: placement avoids them.
+    excluded_gpus: tuple[str, ...] = ()
 
     @property
     def shape(self) -> Shape:
-        return (self.gpu_count, requirement_of(self.min_gpu_memory_gb, self.gpu_name))
+        return (
+            self.gpu_count,
+            requirement_of(self.min_gpu_memory_gb, self.gpu_name, self.excluded_gpus),
+        )
 
     @property
     def lane(self) -> Lane:
@@ -103,10 +108,10 @@ class JobQueue:
 
     def extend(self, jobs: Iterable[QueuedJob]) -> None:
         """Queue many jobs at once: one sort per lane instead of one insertion per job."""
-        known: dict[tuple[int, float | None, str | None, str | None], Lane] = {}
+        known: dict[tuple[int, float | None, str | None, str | None, tuple[str, ...]], Lane] = {}
         for job in jobs:
             # Few distinct lanes among many jobs: normalise each set of constraints once.
-            raw = (job.gpu_count, job.min_gpu_memory_gb, job.gpu_name, job.owner)
+            raw = (job.gpu_count, job.min_gpu_memory_gb, job.gpu_name, job.owner, job.excluded_gpus)
             lane_key = known.get(raw)
             if lane_key is None:
                 lane_key = known[raw] = job.lane

@@ -17,6 +17,7 @@ from swift_trainer.bus.command_client import CommandClient
 from swift_trainer.bus.messages import CommandReply
 from swift_trainer.core import commands as c
 
+from .job_watch import WatchLimits, health_actions, job_actions, track_idle
 from .placement import Decision
 from .preemption import PreemptionPlan
 from .state import SchedulerState
@@ -40,6 +41,7 @@ class LeaderActions:
         retry_s: float,
         start_timeout_s: float,
         vanish_grace_s: float,
+        watch_limits: WatchLimits | None = None,
     ) -> None:
         self.client = client
         self.state = state
@@ -48,6 +50,9 @@ class LeaderActions:
         self.start_timeout_s = start_timeout_s
         self.vanish_grace_s = vanish_grace_s
         self._recent: dict[tuple[str, str, int], float] = {}
+        self.watch_limits = watch_limits or WatchLimits()
+        #: When each running attempt's GPUs went idle, per this instance's heartbeats.
+        self.idle_since: dict[tuple[str, int], datetime] = {}
 
     async def send(self, command: c.AnyCommand) -> CommandReply | None:
         """Send; returns the reply when accepted, else logs why and returns None."""
@@ -130,6 +135,22 @@ class LeaderActions:
                         job_id=lost.job_id, attempt=lost.attempt, reason="the job was lost"
                     )
                 )
+
+    async def watch(self, now: datetime) -> None:
+        """Record GPU health changes; requeue, flag or stop jobs as ``job_watch`` says."""
+        state = self.state
+        beats = {runner_id: beat for runner_id, (beat, _) in state.heartbeats.items()}
+        limits = self.watch_limits
+        track_idle(self.idle_since, state.jobs, beats, now, limits.idle_util_pct)
+        actions = [
+            *health_actions(state.fleet, beats),
+            *job_actions(state.jobs, state.fleet, now, limits, self.idle_since),
+        ]
+        for action in actions:
+            if not self._due(action.key) or not self.leading():
+                continue
+            _log.warning("%s: %s", type(action.command).__name__, action.command)
+            await self.send(action.command)
 
     async def reconcile_claims(self) -> None:
         state = self.state

@@ -55,6 +55,7 @@ from swift_trainer.bus.feed import EventFeed
 from swift_trainer.bus.kv_watch import watch_bucket
 from swift_trainer.bus.relay import POSITION_HEADER
 from swift_trainer.core.clock import Clock, utc_now
+from swift_trainer.core.fleet import FleetState
 from swift_trainer.core.gc_pause import collector_paused
 from swift_trainer.core.ids import new_id
 from swift_trainer.core.inventory import RunnerHeartbeat, decode_heartbeat
@@ -62,10 +63,11 @@ from swift_trainer.core.store import EventStore, RecordedEvent
 
 from ...core.tasks import unsubscribe_quietly
 from ..read_models.replay import REBUILD_BATCH
-from ..read_models.views import QueueEntry, QueueView
+from ..read_models.views import DrainView, FleetView, GpuHealthView, QueueEntry, QueueView
 from .dormant_jobs import DEFAULT_LIMIT
 from .gpu_choice import placement_signature
 from .job_history import job_history
+from .job_watch import WatchLimits
 from .leader_actions import LeaderActions
 from .leader_lease import LeaderLease
 from .pass_result import PassResult, PlacedJob, UnplaceableJob, not_processed
@@ -167,6 +169,7 @@ class SchedulerService:
         store: EventStore | None = None,
         command_timeout_s: float = 10.0,
         clock: Clock = utc_now,
+        watch_limits: WatchLimits | None = None,
         stream_replicas: int = 1,
         checkpoints: CheckpointStore | None = None,
         observer: SchedulerObserver | None = None,
@@ -208,6 +211,7 @@ class SchedulerService:
             retry_s=max(2.0, 2 * tick_s),
             start_timeout_s=start_timeout_s,
             vanish_grace_s=vanish_grace_s,
+            watch_limits=watch_limits,
         )
         self.feed: EventFeed | None = None
         self.lease: LeaderLease | None = None
@@ -553,6 +557,7 @@ class SchedulerService:
         now = self.clock()
         self.actions.forget_old_actions()
         await self.actions.mark_lost(now)
+        await self.actions.watch(now)
         await self.actions.reconcile_claims()
         await self.actions.time_out(now)
         placed: list[PlacedJob] = []
@@ -629,7 +634,12 @@ class SchedulerService:
             return
         try:
             await self.queue_view_sink(
-                QueueView(entries=entries, computed_at=now, as_of_position=self.state.position)
+                QueueView(
+                    entries=entries,
+                    computed_at=now,
+                    as_of_position=self.state.position,
+                    fleet=fleet_view(self.state.fleet),
+                )
             )
         except Exception:
             _log.exception("the queue view sink failed")
@@ -668,6 +678,22 @@ class SchedulerService:
 
 #: The ``blocked_by`` code of a queued job whose preemption of others is under way.
 PREEMPTING: Final = "preempting"
+
+
+def fleet_view(fleet: FleetState) -> FleetView:
+    """The fleet's drains and unhealthy GPUs, for readers of the queue view."""
+    return FleetView(
+        drained=tuple(
+            DrainView(runner_id=r, reason=d.reason, at=d.at, stop_jobs=d.stop_jobs)
+            for r, d in sorted(fleet.drained.items())
+        ),
+        unhealthy_gpus=tuple(
+            GpuHealthView(
+                runner_id=g.runner_id, uuid=uuid, index=g.index, reasons=g.reasons, since=g.at
+            )
+            for uuid, g in sorted(fleet.unhealthy().items())
+        ),
+    )
 
 
 def _whole_seconds(moment: datetime) -> datetime:

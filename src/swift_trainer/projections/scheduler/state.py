@@ -41,6 +41,7 @@ import msgspec
 from swift_trainer.core import events as e
 from swift_trainer.core.access import QuotaSet, decode_access_event, is_access_stream
 from swift_trainer.core.errors import MessageError
+from swift_trainer.core.fleet import FleetState, evolve_fleet
 from swift_trainer.core.gpu_ledger import Claim, LedgerState, evolve_ledger
 from swift_trainer.core.inventory import RunnerHeartbeat
 from swift_trainer.core.job import ACTIVE, JobState, JobStatus, evolve, initial_state
@@ -186,6 +187,10 @@ class SchedulerState:
         #: Owners' GPU quotas as the access stream last set them (None: no limit).
         self.max_gpus: dict[str, int | None] = {}
         self.now: datetime | None = None
+        #: Drained runners and GPU health, as the fleet's events say.
+        self.fleet = FleetState()
+        #: Each runner's latest heartbeat and when it was seen (to re-apply a drain).
+        self.heartbeats: dict[str, tuple[RunnerHeartbeat, datetime | None]] = {}
 
     # --- events -------------------------------------------------------------------------
 
@@ -223,8 +228,14 @@ class SchedulerState:
                     self._evolve_job(recorded, event)
                     touched.add(job_id)
                     self.refusals.pop(job_id, None)
-                case e.QueueProcessorPaused() | e.QueueProcessorResumed():
-                    self.processor = evolve_processor(self.processor, event)
+                case (
+                    e.QueueProcessorPaused()
+                    | e.QueueProcessorResumed()
+                    | e.RunnerDrained()
+                    | e.RunnerUndrained()
+                    | e.GpuHealthChanged()
+                ):
+                    self._apply_switch(event)
                 case e.GpusClaimed() | e.GpusReleased():
                     self.ledger = evolve_ledger(self.ledger, event)
                     touched.add(event.job_id)
@@ -366,6 +377,7 @@ class SchedulerState:
             cooling=dict(self.cooling),
             refusals=dict(self.refusals),
             max_gpus=dict(self.max_gpus),
+            fleet=self.fleet,
         )
 
     def load_checkpoint(self, checkpoint: SchedulerCheckpoint, now: datetime) -> None:
@@ -394,6 +406,7 @@ class SchedulerState:
         self.processor = checkpoint.processor
         self.cooling = dict(checkpoint.cooling)
         self.refusals = dict(checkpoint.refusals)
+        self.fleet = checkpoint.fleet
         for owner, limit in checkpoint.max_gpus.items():
             self.max_gpus[owner] = limit
             self.placement.set_quota(owner, limit)
@@ -477,6 +490,7 @@ class SchedulerState:
             attempt=state.attempt,
             expected_duration_s=state.progress.remaining_s if state.progress else None,
             owner=spec.owner,
+            excluded_gpus=state.excluded_gpus,
         )
 
     def _owner(self, job_id: str) -> str | None:
@@ -521,12 +535,34 @@ class SchedulerState:
         is off neither dies early nor lives forever), or the heartbeat's own ``at`` for one
         it found already stored when it started (which may be old).
         """
+        self.heartbeats[heartbeat.runner_id] = (heartbeat, seen_at)
         host = host_snapshot(heartbeat, seen_at)
+        if heartbeat.runner_id in self.fleet.drained:
+            host = msgspec.structs.replace(host, alive=False)  # drained: no new jobs
         assert host.lease_expires_at is not None
         self.leases[heartbeat.runner_id] = host.lease_expires_at
         self.placement.update_host(host)
         self._check_listed(heartbeat, seen_at or heartbeat.at)
         return host
+
+    def _apply_switch(self, event: e.ProcessorEvent | e.FleetEvent) -> None:
+        """The queue processor's switch, a runner's drain, a GPU's health."""
+        if isinstance(event, e.QueueProcessorPaused | e.QueueProcessorResumed):
+            self.processor = evolve_processor(self.processor, event)
+            return
+        self.fleet = evolve_fleet(self.fleet, event)
+        if not isinstance(event, e.GpuHealthChanged):
+            self._refresh_host(event.runner_id)
+
+    def _refresh_host(self, runner_id: str) -> None:
+        """Place on a runner again as its latest heartbeat and its drain say."""
+        known = self.heartbeats.get(runner_id)
+        if known is not None:
+            heartbeat, seen_at = known
+            host = host_snapshot(heartbeat, seen_at)
+            if runner_id in self.fleet.drained:
+                host = msgspec.structs.replace(host, alive=False)
+            self.placement.update_host(host)
 
     def _check_listed(self, heartbeat: RunnerHeartbeat, seen_at: datetime) -> None:
         """Count heartbeats that do not list a running job's process (see ``vanished``).

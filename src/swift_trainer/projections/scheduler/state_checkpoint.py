@@ -19,6 +19,7 @@ from typing import Final, Protocol
 
 import msgspec
 
+from swift_trainer.core.fleet import FleetState
 from swift_trainer.core.gpu_ledger import Claim
 from swift_trainer.core.job import JobState
 from swift_trainer.core.queue_processor import QueueProcessorState
@@ -59,6 +60,8 @@ class SchedulerCheckpoint(msgspec.Struct, frozen=True, kw_only=True):
     refusals: dict[str, int] = {}
     #: Owners' ``max_gpus`` as the access stream last set them (schema 2).
     max_gpus: dict[str, int | None] = {}
+    #: Drained runners and GPU health, as the fleet's events left them.
+    fleet: FleetState = FleetState()
 
 
 class CheckpointStore(Protocol):

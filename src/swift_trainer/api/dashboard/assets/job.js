@@ -216,9 +216,14 @@ export function jobView(main, jobId) {
       h("div.card", h("span.k", "Priority"), h("span.v", String(job.priority))),
       h("div.card", h("span.k", "Attempt"), h("span.v", `${job.attempt}`, h("small.muted", ` · ${job.retries}/${job.max_retries} retries`))),
     );
-    const reasons = [job.failure_reason && `failed: ${job.failure_reason}`, job.stop_reason && `stopped: ${job.stop_reason}`].filter(Boolean);
+    const failure = job.failure;
+    const failedText = job.failure_reason && (failure ? `failed (${failure.kind}): ${job.failure_reason}` : `failed: ${job.failure_reason}`);
+    const retried = !job.failure_reason && failure && job.status !== "failed" ? `retried after ${failure.kind}: ${failure.detail}` : null;
+    const reasons = [failedText, retried, job.stop_reason && `stopped: ${job.stop_reason}`].filter(Boolean);
     problem.hidden = !reasons.length;
-    problem.textContent = reasons.join(" · ");
+    problem.replaceChildren(reasons.join(" · "));
+    if (failure && failure.log_line) problem.append(" — ", h("code.failure-line", { id: "failure-line" }, failure.log_line));
+    if (job.excluded_gpus && job.excluded_gpus.length) problem.append(" · ", h("span.muted", `avoids GPUs ${job.excluded_gpus.join(", ")}`));
     spec.textContent = JSON.stringify({
       data_path: job.data_path || undefined, training_file: job.training_file ?? undefined,
       validation_file: job.validation_file ?? undefined, model_path: job.model_path, output_dir: job.output_dir,

@@ -1,0 +1,1 @@
+"""runner endpoints: the fleet's runners, their drains and their GPUs' health."""
