@@ -26,6 +26,10 @@ DeepSpeedPreset = Literal["zero0", "zero1", "zero2", "zero3", "zero2_offload", "
 
 DEFAULT_PRIORITY: Final = 5
 MAX_GPUS_PER_JOB: Final = 64
+MAX_NODES_PER_JOB: Final = 64
+#: A host label's key or value: letters, digits and ``_ . / -``, as runners are given them.
+HOST_LABEL_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,62}$(?!\n)"
+HostLabel = Annotated[str, msgspec.Meta(pattern=HOST_LABEL_PATTERN)]
 
 
 class TrainArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -163,6 +167,11 @@ class JobSpec(
     #: Who the job belongs to: the submitting API key's owner (the API sets it, whatever the
     #: body says); None for jobs from the operator's CLI and from before owners existed.
     owner: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    #: How many hosts the job spans; it takes ``gpu_count`` GPUs on each of ``nodes``
+    #: distinct runners, all at once.
+    nodes: Annotated[int, msgspec.Meta(ge=1, le=MAX_NODES_PER_JOB)] = 1
+    #: Runs only on runners whose labels (``runner --label KEY=VALUE``) include all these.
+    host_labels: dict[HostLabel, HostLabel] = {}
 
     def __post_init__(self) -> None:
         check_output_dir(self.output_dir)
@@ -176,6 +185,8 @@ class JobSpec(
             raise InvalidSpec("give data_path or training_file, not both")
         if self.dpo_beta is not None and self.method != "dpo":
             raise InvalidSpec("dpo_beta applies only to method 'dpo'")
+        if len(self.host_labels) > 16:
+            raise InvalidSpec("at most 16 host labels per job")
 
     @property
     def effective_args(self) -> EffectiveTrainArgs:
