@@ -295,6 +295,7 @@ class Service:
             stream_replicas=self.settings.nats_stream_replicas,
             max_jobs_at_rest=options.max_jobs_at_rest,
             checkpoints=self.store,
+            gang_start_timeout_s=options.gang_start_timeout_s,
         )
         await scheduler.start()
         self._stoppers.append(("scheduler", scheduler.stop))

@@ -12,7 +12,7 @@ the jobs; the runner re-checks the GPUs it is given before it starts anything.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Final
 
@@ -20,9 +20,12 @@ from swift_trainer.core.inventory import RunnerHeartbeat
 
 from .gpu_snapshots import GpuSnapshot, HostSnapshot
 
-#: ``(min_gpu_memory_gb, lower-cased gpu_name fragment)``; ``(0.0, "")`` asks for nothing.
-Requirement = tuple[float, str]
-ANY_GPU: Final[Requirement] = (0.0, "")
+#: Host labels a job asks for, as sorted ``(key, value)`` pairs.
+HostLabels = tuple[tuple[str, str], ...]
+#: ``(min_gpu_memory_gb, lower-cased gpu_name fragment, host labels, nodes)``: what a job
+#: asks of each GPU, of each host, and how many hosts; ``ANY_GPU`` asks for nothing.
+Requirement = tuple[float, str, HostLabels, int]
+ANY_GPU: Final[Requirement] = (0.0, "", (), 1)
 #: How GPUs of one host rank for a job: lower is better (see ``gpu_preference``).
 GpuPreference = tuple[int, float, int]
 
@@ -53,6 +56,7 @@ def host_snapshot(heartbeat: RunnerHeartbeat, seen_at: datetime | None = None) -
         ),
         alive=not heartbeat.draining,
         lease_expires_at=(seen_at or heartbeat.at) + timedelta(seconds=heartbeat.lease_s),
+        labels=dict(heartbeat.labels),
     )
 
 
@@ -68,6 +72,7 @@ def placement_signature(host: HostSnapshot | None, threshold: int) -> object:
         return None
     return (
         host.alive,
+        tuple(sorted(host.labels.items())),
         tuple(
             (
                 g.index,
@@ -82,9 +87,25 @@ def placement_signature(host: HostSnapshot | None, threshold: int) -> object:
     )
 
 
-def requirement_of(min_gpu_memory_gb: float | None, gpu_name: str | None) -> Requirement:
-    """Normalise a job's GPU constraints so that equal constraints share one index entry."""
-    return (float(min_gpu_memory_gb or 0.0), (gpu_name or "").lower())
+def requirement_of(
+    min_gpu_memory_gb: float | None,
+    gpu_name: str | None,
+    host_labels: Mapping[str, str] | None = None,
+    nodes: int = 1,
+) -> Requirement:
+    """Normalise a job's constraints so that equal constraints share one index entry."""
+    labels = tuple(sorted((host_labels or {}).items()))
+    return (float(min_gpu_memory_gb or 0.0), (gpu_name or "").lower(), labels, nodes)
+
+
+def host_matches(labels: Mapping[str, str], requirement: Requirement) -> bool:
+    """Whether a host carries every label the job asks for."""
+    return all(labels.get(key) == value for key, value in requirement[2])
+
+
+def shared_labels(a: Mapping[str, str], b: Mapping[str, str]) -> int:
+    """How many labels two hosts have in common (same key, same value)."""
+    return sum(1 for key, value in a.items() if b.get(key) == value)
 
 
 def gpu_matches(gpu: GpuSnapshot, requirement: Requirement) -> bool:
@@ -94,7 +115,7 @@ def gpu_matches(gpu: GpuSnapshot, requirement: Requirement) -> bool:
     cards are sold: an "80GB" H100 reports 81559 MiB, which is 85.5 GB but only 79.6 GiB, and a
     user asking for 80 GB means that card.
     """
-    min_gb, fragment = requirement
+    min_gb, fragment = requirement[0], requirement[1]
     if min_gb and gpu.memory_total_mib * _BYTES_PER_MIB < min_gb * _BYTES_PER_GB:
         return False
     return not fragment or fragment in gpu.name.lower()
@@ -102,12 +123,14 @@ def gpu_matches(gpu: GpuSnapshot, requirement: Requirement) -> bool:
 
 def describe_requirement(requirement: Requirement) -> str:
     """The constraint in the words of the job spec, for reasons a user can act on."""
-    min_gb, fragment = requirement
+    min_gb, fragment, labels = requirement[0], requirement[1], requirement[2]
     parts = []
     if fragment:
         parts.append(f"named like {fragment!r}")
     if min_gb:
         parts.append(f"with at least {min_gb:g} GB")
+    if labels:
+        parts.append("on a runner labelled " + ",".join(f"{k}={v}" for k, v in labels))
     return (" " + " and ".join(parts)) if parts else ""
 
 

@@ -39,6 +39,7 @@ class LeaderActions:
         retry_s: float,
         start_timeout_s: float,
         vanish_grace_s: float,
+        gang_start_timeout_s: float = 300.0,
     ) -> None:
         self.client = client
         self.state = state
@@ -46,6 +47,8 @@ class LeaderActions:
         self.retry_s = retry_s
         self.start_timeout_s = start_timeout_s
         self.vanish_grace_s = vanish_grace_s
+        #: How long every rank of a multi-node job has to report its start.
+        self.gang_start_timeout_s = gang_start_timeout_s
         self._recent: dict[tuple[str, str, int], float] = {}
 
     async def send(self, command: c.AnyCommand) -> CommandReply | None:
@@ -113,6 +116,7 @@ class LeaderActions:
             *state.lost_jobs(now),
             *state.overdue_starts(now, self.start_timeout_s),
             *state.vanished(now, self.vanish_grace_s),
+            *state.gang_overdue(now, self.gang_start_timeout_s),
         ]
         for lost in found:
             if not self._due(("lost", lost.job_id, lost.attempt)) or not self.leading():
@@ -166,5 +170,6 @@ class LeaderActions:
                         runner_id=claim.runner_id,
                         gpu_ids=claim.gpu_ids,
                         gpu_uuids=state.gpu_uuids(claim.runner_id, claim.gpu_ids),
+                        peers=claim.peers,
                     )
                 )

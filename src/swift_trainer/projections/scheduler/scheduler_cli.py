@@ -60,6 +60,13 @@ def add_scheduler_arguments(parser: argparse.ArgumentParser) -> None:
         help="a GPU with this much memory used by processes we did not start counts as busy",
     )
     parser.add_argument(
+        "--gang-start-timeout",
+        type=float,
+        default=300.0,
+        help="seconds every rank of a multi-node job has to start; past it, all its ranks "
+        "are stopped and the job is queued again (default 300)",
+    )
+    parser.add_argument(
         "--max-jobs-at-rest",
         type=_count,
         default=DEFAULT_LIMIT,
@@ -76,6 +83,7 @@ class SchedulerOptions(msgspec.Struct, frozen=True, kw_only=True):
     tick_s: float = 1.0
     start_timeout_s: float = 60.0
     vanish_grace_s: float = 10.0
+    gang_start_timeout_s: float = 300.0
     backfill: bool = True
     foreign_memory_threshold_mib: int = DEFAULT_FOREIGN_MEMORY_THRESHOLD_MIB
     max_jobs_at_rest: int = DEFAULT_LIMIT
@@ -95,6 +103,7 @@ def scheduler_options(args: argparse.Namespace) -> SchedulerOptions:
         tick_s=args.tick,
         start_timeout_s=args.start_timeout,
         vanish_grace_s=args.vanished_grace,
+        gang_start_timeout_s=args.gang_start_timeout,
         backfill=not args.strict_fifo,
         foreign_memory_threshold_mib=args.foreign_memory_threshold_mib,
         max_jobs_at_rest=args.max_jobs_at_rest,

@@ -140,6 +140,7 @@ class SchedulerService:
         max_jobs_at_rest: int = DEFAULT_LIMIT,
         checkpoints: CheckpointStore | None = None,
         checkpoint_interval_s: float = 30.0,
+        gang_start_timeout_s: float = 300.0,
     ) -> None:
         self.nc = nc
         self.checkpoints = checkpoints
@@ -167,6 +168,7 @@ class SchedulerService:
             retry_s=max(2.0, 2 * tick_s),
             start_timeout_s=start_timeout_s,
             vanish_grace_s=vanish_grace_s,
+            gang_start_timeout_s=gang_start_timeout_s,
         )
         self.feed: EventFeed | None = None
         self.lease: LeaderLease | None = None
