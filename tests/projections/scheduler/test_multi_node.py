@@ -25,7 +25,6 @@ from swift_trainer.projections.scheduler import (
     Scheduler,
     place_jobs,
 )
-from swift_trainer.projections.scheduler.gpu_choice import shared_labels
 
 from .builders import host, job
 
