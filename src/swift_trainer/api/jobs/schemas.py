@@ -17,7 +17,9 @@ from ...core.job import JobStatus
 from ...core.spec import (
     DEFAULT_PRIORITY,
     MAX_GPUS_PER_JOB,
+    MAX_NODES_PER_JOB,
     FileId,
+    HostLabel,
     Name,
     Priority,
     ShortText,
@@ -103,6 +105,18 @@ class CreateJobRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     ] = True
     max_retries: Annotated[int, msgspec.Meta(ge=0, le=20)] = 2
     labels: dict[Name, Annotated[str, msgspec.Meta(max_length=256)]] = {}
+    nodes: Annotated[
+        int,
+        msgspec.Meta(
+            ge=1,
+            le=MAX_NODES_PER_JOB,
+            description="Hosts the job spans: gpu_count GPUs on each of this many runners.",
+        ),
+    ] = 1
+    host_labels: Annotated[
+        dict[HostLabel, HostLabel],
+        msgspec.Meta(description="Only runners carrying all these labels (runner --label)."),
+    ] = {}
 
     def __post_init__(self) -> None:
         # A request error (422 validation_error), before the domain ever sees a spec.
