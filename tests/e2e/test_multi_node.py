@@ -43,6 +43,8 @@ class Cluster:
         )
         self.output_root = Path(self.env["OUTPUT_ROOT"])
         self.processes: dict[str, subprocess.Popen[str]] = {}
+        #: The job whose history a failed wait shows.
+        self.job_id = ""
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{port}{API}", timeout=30)
 
     def start(self, name: str, *args: str) -> None:
@@ -73,7 +75,8 @@ class Cluster:
             if result:
                 return result
             time.sleep(0.2)
-        pytest.fail(f"timed out waiting for {what}")
+        history = [(x["type"], x["data"].get("reason")) for x in self.events(self.job_id)]
+        pytest.fail(f"timed out waiting for {what}; the job's events: {history}")
 
     def events(self, job_id: str) -> list[dict[str, Any]]:
         body = self.http.get(f"/jobs/{job_id}/events", params={"limit": 500}).json()
@@ -122,6 +125,7 @@ def cluster(tmp_path: Path, nats_url: str, request: pytest.FixtureRequest) -> It
 
 
 def submit(cluster: Cluster, job_id: str, data: str) -> None:
+    cluster.job_id = job_id
     body = {
         "job_id": job_id,
         "data_path": data,
@@ -139,6 +143,7 @@ def status(cluster: Cluster, job_id: str) -> str:
     return str(cluster.http.get(f"/jobs/{job_id}/status").json()["status"])
 
 
+@pytest.mark.timeout(240)
 def test_a_two_node_job_runs_on_both_runners_with_the_rendezvous_on_every_rank(
     cluster: Cluster,
 ) -> None:
@@ -162,9 +167,10 @@ def test_a_two_node_job_runs_on_both_runners_with_the_rendezvous_on_every_rank(
     assert job["checkpoints"]
 
 
-@pytest.mark.parametrize("cluster", [0.25], indirect=True)
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("cluster", [0.15], indirect=True)
 def test_losing_one_runner_stops_the_other_rank_requeues_and_resumes(cluster: Cluster) -> None:
-    submit(cluster, "mn-2", "d#400")
+    submit(cluster, "mn-2", "d#2000")
 
     def started() -> dict[str, Any] | None:
         events = cluster.events("mn-2")
@@ -175,10 +181,9 @@ def test_losing_one_runner_stops_the_other_rank_requeues_and_resumes(cluster: Cl
 
     rank0 = cluster.wait("both ranks and a checkpoint", started)
     os.kill(cluster.processes["gpu-host-2"].pid, signal.SIGKILL)
-    cluster.processes.pop("gpu-host-2").wait()
-    killed_at = time.monotonic()
+    cluster.processes.pop("gpu-host-2").communicate()
+    # The other rank is stopped within 60 s of its peer's runner dying (its lease is 6 s).
     cluster.wait("rank 0 to stop", lambda: not _alive(rank0["pid"]), timeout=60)
-    assert time.monotonic() - killed_at < 60
     cluster.wait("the requeue", lambda: status(cluster, "mn-2") == "queued", timeout=30)
     cluster.start_runner("gpu-host-2", "r1")
     cluster.wait("success", lambda: status(cluster, "mn-2") == "succeeded", timeout=180)
