@@ -89,6 +89,7 @@ SAMPLES: list[c.AnyCommand] = [
     c.ReportSucceeded(**R, final_step=100, output_path="output/training_001/v0"),
     c.ReportFailed(**R, exit_code=137, reason="killed", stderr_tail="Killed"),
     c.ReportStopped(**R, checkpoint="output/training_001/v0/checkpoint-100"),
+    c.ReportRendezvous(**R, master_addr="10.0.0.1", master_port=29500),
     c.ReportExportStarted(job_id=JOB, export_id="e-1", runner_id="h", pid=5, command=("x",)),
     c.ReportExportSucceeded(job_id=JOB, export_id="e-1", runner_id="h", artifact_path="m"),
     c.ReportExportFailed(job_id=JOB, export_id="e-1", runner_id="h", exit_code=None, reason="x"),

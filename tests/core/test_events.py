@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from swift_trainer.core import events as e
 from swift_trainer.core.errors import MessageError, UnknownMessageType
 from swift_trainer.core.failure import FAILURE_KINDS, Failure
+from swift_trainer.core.gang import RankPlacement
 from swift_trainer.core.spec import JobSpec, TrainArgs
 
 AT = datetime(2025, 3, 1, 12, 30, 15, 123456, tzinfo=UTC)
@@ -45,7 +46,18 @@ SAMPLES: list[e.Event] = [
         gpu_ids=(0, 3),
         gpu_uuids=("GPU-a", "GPU-b"),
         resume_from="out/checkpoint-100",
+        peers=(RankPlacement(rank=1, runner_id="gpu-host-2", gpu_ids=(0, 1)),),
     ),
+    e.RankStartRequested(
+        **J,
+        attempt=2,
+        rank=1,
+        runner_id="gpu-host-2",
+        gpu_ids=(0, 1),
+        master_addr="10.0.0.1",
+        master_port=29500,
+    ),
+    e.RankStarted(**J, attempt=2, rank=1, runner_id="gpu-host-2", pid=77),
     e.JobStarted(**J, attempt=2, runner_id="gpu-host-1", pid=4242, command=("swift", "sft")),
     e.JobProgressed(
         **J,
@@ -186,6 +198,14 @@ def _strategy_for(annotation: Any) -> st.SearchStrategy[Any]:
         return failures
     if annotation is TrainArgs:
         return train_args
+    if annotation is RankPlacement:
+        return st.builds(
+            RankPlacement,
+            rank=st.integers(1, 63),
+            runner_id=st.text(),
+            gpu_ids=st.lists(st.integers(0, 7), max_size=4).map(tuple),
+            gpu_uuids=st.lists(st.text(), max_size=4).map(tuple),
+        )
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is tuple:
         return st.lists(_strategy_for(args[0]), max_size=4).map(tuple)
@@ -238,7 +258,23 @@ def test_a_job_scheduled_recorded_before_gpu_uuids_and_resume_from_still_decodes
         gpu_ids=(0, 1),
     )
     assert isinstance(event, e.JobScheduled)
-    assert (event.gpu_uuids, event.resume_from) == ((), None)
+    assert (event.gpu_uuids, event.resume_from, event.peers) == ((), None, ())
+
+
+def test_a_ledger_claim_recorded_before_multi_node_jobs_decodes_with_no_peers() -> None:
+    old = b"""{"type": "GpusClaimed", "at": "2024-11-02T08:00:00Z", "job_id": "training_001",
+               "attempt": 1, "runner_id": "gpu-host-1", "gpu_ids": [0]}"""
+    event = e.decode_event("GpusClaimed", old, 1)
+    assert isinstance(event, e.GpusClaimed)
+    assert event.peers == ()
+
+
+def test_a_spec_recorded_before_nodes_and_host_labels_decodes_as_one_node_anywhere() -> None:
+    old = b"""{"type": "JobSubmitted", "at": "2024-11-02T08:00:00Z", "job_id": "training_001",
+               "spec": {"data_path": "d", "model_path": "m", "output_dir": "o"}}"""
+    event = e.decode_event("JobSubmitted", old, 1)
+    assert isinstance(event, e.JobSubmitted)
+    assert (event.spec.nodes, event.spec.host_labels) == (1, {})
 
 
 @pytest.mark.parametrize(

@@ -335,6 +335,7 @@ NOT_SUBMIT = [
     c.ReportSucceeded(job_id=JOB, attempt=1, runner_id=RUNNER),
     c.ReportFailed(job_id=JOB, attempt=1, runner_id=RUNNER, exit_code=1, reason="x"),
     c.ReportStopped(job_id=JOB, attempt=1, runner_id=RUNNER),
+    c.ReportRendezvous(job_id=JOB, attempt=1, runner_id=RUNNER, master_addr="h", master_port=1),
     c.ReportExportStarted(job_id=JOB, export_id="x", runner_id=RUNNER, pid=1),
     c.ReportExportSucceeded(job_id=JOB, export_id="x", runner_id=RUNNER, artifact_path="a"),
     c.ReportExportFailed(job_id=JOB, export_id="x", runner_id=RUNNER, exit_code=1, reason="x"),

@@ -299,6 +299,14 @@ def build_command(  # noqa: C901 - one branch per command type reads best as a t
     if kind is c.ReportStopped:
         checkpoint = None if ch.flag else CHECKPOINT_PATHS[ch.pick % len(CHECKPOINT_PATHS)]
         return c.ReportStopped(job_id=job, attempt=attempt, runner_id=runner, checkpoint=checkpoint)
+    if kind is c.ReportRendezvous:
+        return c.ReportRendezvous(
+            job_id=job,
+            attempt=attempt,
+            runner_id=runner,
+            master_addr="10.0.0.1",
+            master_port=1 + ch.number % 65535,
+        )
     if kind is c.ReportExportStarted:
         return c.ReportExportStarted(
             job_id=job, export_id=export_id, runner_id=export_runner, pid=ch.number + 1

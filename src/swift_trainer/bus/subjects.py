@@ -46,7 +46,9 @@ NO_RUNNER: Final = "_"
 _TOKEN: Final = re.compile(r"^[A-Za-z0-9_-]+$")
 
 #: Events a runner acts on, published under its runner token.
-RUNNER_ADDRESSED: Final = frozenset({"JobScheduled", "StopRequested", "ExportRequested"})
+RUNNER_ADDRESSED: Final = frozenset(
+    {"JobScheduled", "StopRequested", "ExportRequested", "RankStartRequested"}
+)
 
 
 def is_token(value: str) -> bool:

@@ -4,11 +4,19 @@ builds and runs the agent from them."""
 from __future__ import annotations
 
 import argparse
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Final
 
+from ..core.errors import SwiftTrainerError
 from ..core.settings import Settings
+from ..core.spec import HOST_LABEL_PATTERN
 from ..runner.agent import DEFAULT_MAX_FOREIGN_MEMORY_MIB
 from ..runner.factory import SIMULATOR, RunnerOptions, default_runner_id
+
+_LABEL: Final = re.compile(HOST_LABEL_PATTERN)
 
 
 def add_runner_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,10 +48,44 @@ def add_runner_arguments(parser: argparse.ArgumentParser) -> None:
         help="refuse GPUs on which other processes hold more memory than this",
     )
     add(
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a host label jobs can ask for with host_labels (repeatable; also "
+        "RUNNER_LABELS=KEY=VALUE,KEY=VALUE)",
+    )
+    add(
+        "--advertise-address",
+        help="the address other hosts reach this one at, for multi-node jobs' MASTER_ADDR "
+        "(default: this host's address on the route to NATS)",
+    )
+    add(
         "--stop-jobs-on-exit",
         action="store_true",
         help="stop training on shutdown (default: leave it running for the next start)",
     )
+
+
+def parse_labels(pairs: Iterable[str]) -> dict[str, str]:
+    """``KEY=VALUE`` pairs as a label map; a bad pair is refused with its text named."""
+    labels: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.strip().partition("=")
+        if not sep or not _LABEL.fullmatch(key) or not _LABEL.fullmatch(value):
+            raise SwiftTrainerError(
+                f"host label {pair!r} must be KEY=VALUE, each of letters, digits and "
+                "'_ . / -' (at most 63 characters)",
+                code="invalid_label",
+            )
+        labels[key] = value
+    return labels
+
+
+def runner_labels(given: Sequence[str], environ: Mapping[str, str]) -> dict[str, str]:
+    """Labels from ``RUNNER_LABELS`` (comma-separated), then ``--label`` over them."""
+    from_env = [p for p in environ.get("RUNNER_LABELS", "").split(",") if p.strip()]
+    return {**parse_labels(from_env), **parse_labels(given)}
 
 
 def options_from_args(settings: Settings, args: argparse.Namespace) -> RunnerOptions:
@@ -68,4 +110,6 @@ def options_from_args(settings: Settings, args: argparse.Namespace) -> RunnerOpt
         grace_period_s=args.grace_period_s,
         stop_jobs_on_exit=args.stop_jobs_on_exit,
         max_foreign_memory_mib=args.max_foreign_memory_mib,
+        labels=runner_labels(args.label, os.environ),
+        advertise_address=args.advertise_address,
     )

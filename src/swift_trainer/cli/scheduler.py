@@ -64,6 +64,13 @@ def add_scheduler_arguments(parser: argparse.ArgumentParser) -> None:
         help="let urgent jobs preempt lower-priority ones (default SCHEDULER_PREEMPTION or on)",
     )
     parser.add_argument(
+        "--gang-start-timeout",
+        type=float,
+        default=300.0,
+        help="seconds every rank of a multi-node job has to start; past it, all its ranks "
+        "are stopped and the job is queued again (default 300)",
+    )
+    parser.add_argument(
         "--max-jobs-at-rest",
         type=_count,
         default=DEFAULT_LIMIT,
@@ -79,6 +86,7 @@ def scheduler_options(args: argparse.Namespace) -> SchedulerOptions:
         tick_s=args.tick,
         start_timeout_s=args.start_timeout,
         vanish_grace_s=args.vanished_grace,
+        gang_start_timeout_s=args.gang_start_timeout,
         backfill=not args.strict_fifo,
         foreign_memory_threshold_mib=args.foreign_memory_threshold_mib,
         max_jobs_at_rest=args.max_jobs_at_rest,

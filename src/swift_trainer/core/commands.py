@@ -14,6 +14,7 @@ import msgspec
 
 from .errors import MessageError, UnknownMessageType
 from .failure import Failure
+from .gang import RankPlacement
 from .ids import JOB_ID_PATTERN
 from .limits import MAX_REASON_CHARS
 from .spec import JobSpec, Priority
@@ -95,6 +96,8 @@ class ScheduleJob(JobCommand, frozen=True, tag=True):
     runner_id: str
     gpu_ids: tuple[int, ...]
     gpu_uuids: tuple[str, ...] = ()
+    #: A multi-node job's ranks 1 and up, each on its own runner (rank 0 is ``runner_id``).
+    peers: tuple[RankPlacement, ...] = ()
 
 
 class MarkLost(JobCommand, frozen=True, tag=True):
@@ -188,6 +191,13 @@ class ReportStopped(RunnerReport, frozen=True, tag=True):
     checkpoint: str | None = None
 
 
+class ReportRendezvous(RunnerReport, frozen=True, tag=True):
+    """Rank 0 of a multi-node job has started: the address and port the others join."""
+
+    master_addr: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+    master_port: Annotated[int, msgspec.Meta(ge=1, le=65535)]
+
+
 class ExportReport(JobCommand, frozen=True):
     export_id: str
     runner_id: str
@@ -221,6 +231,8 @@ class ClaimGpus(Command, frozen=True, tag=True):
     attempt: int
     runner_id: str
     gpu_ids: tuple[int, ...]
+    #: A multi-node job's other ranks: claimed in the same append, or not at all.
+    peers: tuple[RankPlacement, ...] = ()
 
 
 class ReleaseGpus(Command, frozen=True, tag=True):
@@ -374,6 +386,7 @@ AnyJobCommand = (
     | ReportSucceeded
     | ReportFailed
     | ReportStopped
+    | ReportRendezvous
     | ReportExportStarted
     | ReportExportSucceeded
     | ReportExportFailed

@@ -16,6 +16,7 @@ import msgspec
 
 from .errors import InvalidSpec, MessageError, UnknownMessageType
 from .failure import Failure
+from .gang import RankPlacement
 from .spec import JobSpec, TrainArgs
 
 T = TypeVar("T")
@@ -69,6 +70,30 @@ class JobScheduled(JobEvent, frozen=True, tag=True):
     #: The training arguments of this attempt when a retry changed them (a halved batch);
     #: None means the spec's own.
     train_args: TrainArgs | None = None
+    #: A multi-node job's ranks 1 and up; they start once rank 0 publishes the rendezvous.
+    peers: tuple[RankPlacement, ...] = ()
+
+
+class RankStartRequested(JobEvent, frozen=True, tag=True):
+    """Start one rank past rank 0 of a multi-node job on its runner, joining rank 0."""
+
+    attempt: int
+    rank: int
+    runner_id: str
+    gpu_ids: tuple[int, ...]
+    master_addr: str
+    master_port: int
+    gpu_uuids: tuple[str, ...] = ()
+    resume_from: str | None = None
+
+
+class RankStarted(JobEvent, frozen=True, tag=True):
+    """A rank past rank 0 of a multi-node job started its process."""
+
+    attempt: int
+    rank: int
+    runner_id: str
+    pid: int
 
 
 class JobStarted(JobEvent, frozen=True, tag=True):
@@ -290,6 +315,8 @@ class GpuLedgerEvent(Event, frozen=True):
     attempt: int
     runner_id: str
     gpu_ids: tuple[int, ...]
+    #: A multi-node job's other ranks, claimed or released with rank 0's GPUs.
+    peers: tuple[RankPlacement, ...] = ()
 
 
 class GpusClaimed(GpuLedgerEvent, frozen=True, tag=True):
@@ -307,6 +334,8 @@ AnyJobEvent = (
     | JobQueued
     | JobPriorityChanged
     | JobScheduled
+    | RankStartRequested
+    | RankStarted
     | JobStarted
     | JobProgressed
     | CheckpointSaved

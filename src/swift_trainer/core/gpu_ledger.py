@@ -16,6 +16,8 @@ Rules:
 - A job holds at most one claim. A claim for a later attempt supersedes the job's claim
   for an earlier one (that attempt must have ended for the job to be placed again); a
   claim for an earlier attempt than the one held is stale and refused.
+- A multi-node job's claim names every rank (``peers``): all its GPUs on all its runners
+  are claimed in one event, or the claim is refused as a whole. No partial gang exists.
 - Releasing a claim that is not held (unknown job, other attempt) is a no-op, so releases
   can be retried and raced freely.
 
@@ -31,6 +33,7 @@ import msgspec
 from . import commands as c
 from . import events as e
 from .errors import DomainError, GpuTaken, StaleAssignment
+from .gang import RankPlacement
 
 
 class Claim(msgspec.Struct, frozen=True):
@@ -38,9 +41,26 @@ class Claim(msgspec.Struct, frozen=True):
     attempt: int
     runner_id: str
     gpu_ids: tuple[int, ...]
+    #: A multi-node job's ranks past rank 0.
+    peers: tuple[RankPlacement, ...] = ()
 
-    def same_gpus(self, runner_id: str, gpu_ids: tuple[int, ...]) -> bool:
-        return self.runner_id == runner_id and sorted(self.gpu_ids) == sorted(gpu_ids)
+    def same_gpus(
+        self, runner_id: str, gpu_ids: tuple[int, ...], peers: tuple[RankPlacement, ...] = ()
+    ) -> bool:
+        return _held(self.runner_id, self.gpu_ids, self.peers) == _held(runner_id, gpu_ids, peers)
+
+    def gpus(self) -> list[tuple[str, int]]:
+        """Every ``(runner_id, gpu)`` the claim holds, rank 0 first."""
+        return sorted(_held(self.runner_id, self.gpu_ids, self.peers))
+
+
+def _held(
+    runner_id: str, gpu_ids: tuple[int, ...], peers: tuple[RankPlacement, ...]
+) -> frozenset[tuple[str, int]]:
+    pairs = {(runner_id, gpu) for gpu in gpu_ids}
+    for peer in peers:
+        pairs.update((peer.runner_id, gpu) for gpu in peer.gpu_ids)
+    return frozenset(pairs)
 
 
 class LedgerState(msgspec.Struct, frozen=True):
@@ -63,6 +83,17 @@ def _check_shape(command: c.ClaimGpus) -> None:
             f">= 1, got attempt {command.attempt} and GPUs {list(gpus)}",
             code="invalid_claim",
         )
+    runners = [command.runner_id, *(peer.runner_id for peer in command.peers)]
+    bad_peer = any(
+        not peer.gpu_ids or len(set(peer.gpu_ids)) != len(peer.gpu_ids) or min(peer.gpu_ids) < 0
+        for peer in command.peers
+    )
+    if len(set(runners)) != len(runners) or bad_peer:
+        raise DomainError(
+            f"claim for job {command.job_id!r} must put each rank on its own runner with "
+            f"distinct GPU indices, got runners {runners}",
+            code="invalid_claim",
+        )
 
 
 def decide_ledger(
@@ -74,11 +105,12 @@ def decide_ledger(
     match command:
         case c.ClaimGpus(job_id=job_id, attempt=attempt, runner_id=runner_id, gpu_ids=gpu_ids):
             _check_shape(command)
+            peers = command.peers
             events: list[e.LedgerEvent] = []
             held = state.claims.get(job_id)
             if held is not None:
                 if held.attempt == attempt:
-                    if held.same_gpus(runner_id, gpu_ids):
+                    if held.same_gpus(runner_id, gpu_ids, peers):
                         return []
                     raise GpuTaken(
                         f"attempt {attempt} of job {job_id!r} already holds GPUs "
@@ -98,13 +130,14 @@ def decide_ledger(
                         runner_id=held.runner_id,
                         gpu_ids=held.gpu_ids,
                         reason=f"superseded by attempt {attempt}",
+                        peers=held.peers,
                     ),
                 )
-            for gpu in gpu_ids:
-                other = state.holder(runner_id, gpu)
+            for host, gpu in sorted(_held(runner_id, gpu_ids, peers)):
+                other = state.holder(host, gpu)
                 if other is not None and other.job_id != job_id:
                     raise GpuTaken(
-                        f"GPU {gpu} of runner {runner_id!r} is held by attempt {other.attempt} "
+                        f"GPU {gpu} of runner {host!r} is held by attempt {other.attempt} "
                         f"of job {other.job_id!r}; place job {job_id!r} on other GPUs",
                     )
             events.append(
@@ -114,6 +147,7 @@ def decide_ledger(
                     attempt=attempt,
                     runner_id=runner_id,
                     gpu_ids=gpu_ids,
+                    peers=peers,
                 ),
             )
             return events
@@ -129,6 +163,7 @@ def decide_ledger(
                     runner_id=held.runner_id,
                     gpu_ids=held.gpu_ids,
                     reason=reason,
+                    peers=held.peers,
                 ),
             ]
     raise AssertionError(f"unhandled command {command!r}")  # pragma: no cover
@@ -141,9 +176,9 @@ def _without(
     holders = dict(state.holders)
     old = claims.pop(job_id, None)
     if old is not None:
-        for gpu in old.gpu_ids:
-            if holders.get((old.runner_id, gpu)) == job_id:
-                del holders[(old.runner_id, gpu)]
+        for pair in old.gpus():
+            if holders.get(pair) == job_id:
+                del holders[pair]
     return claims, holders
 
 
@@ -151,9 +186,10 @@ def evolve_ledger(state: LedgerState, event: e.LedgerEvent) -> LedgerState:
     match event:
         case e.GpusClaimed(job_id=job_id, attempt=attempt, runner_id=runner_id, gpu_ids=gpus):
             claims, holders = _without(state, job_id)
-            claims[job_id] = Claim(job_id, attempt, runner_id, gpus)
-            for gpu in gpus:
-                holders[(runner_id, gpu)] = job_id
+            claim = Claim(job_id, attempt, runner_id, gpus, event.peers)
+            claims[job_id] = claim
+            for pair in claim.gpus():
+                holders[pair] = job_id
             return LedgerState(claims, holders, state.version + 1)
         case e.GpusReleased(job_id=job_id, attempt=attempt):
             held = state.claims.get(job_id)
@@ -181,9 +217,7 @@ def decode_ledger(payload: bytes) -> LedgerState:
     """The state a snapshot holds; raises ``msgspec.DecodeError`` on a broken payload."""
     snapshot = msgspec.json.decode(payload, type=LedgerSnapshot)
     claims = {claim.job_id: claim for claim in snapshot.claims}
-    holders = {
-        (claim.runner_id, gpu): claim.job_id for claim in snapshot.claims for gpu in claim.gpu_ids
-    }
+    holders = {pair: claim.job_id for claim in snapshot.claims for pair in claim.gpus()}
     return LedgerState(claims, holders, snapshot.version)
 
 

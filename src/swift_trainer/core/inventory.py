@@ -136,6 +136,10 @@ class RunnerHeartbeat(msgspec.Struct, frozen=True, omit_defaults=True):
     #: The runner stops taking new jobs (maintenance), but keeps running its own.
     draining: bool = False
     version: str = ""
+    #: The runner's host labels (``runner --label KEY=VALUE``): jobs pick hosts by them.
+    labels: dict[str, str] = {}
+    #: The address other hosts reach this runner at (``runner --advertise-address``).
+    advertise_address: str | None = None
 
 
 _heartbeat_decoder = msgspec.json.Decoder(RunnerHeartbeat)

@@ -43,6 +43,8 @@ from .errors import (
     StaleAssignment,
 )
 from .failure import HARDWARE, OOM, RUNNER_LOST, Failure
+from .gang import RankPlacement, rank_of
+from .limits import MAX_REASON_CHARS
 from .progress import TrainingMetrics
 from .retry import GiveUp, RetryCounts, plan_retry
 from .spec import JobSpec, Priority, TrainArgs, decode_spec
@@ -181,6 +183,18 @@ class JobState(msgspec.Struct, frozen=True, omit_defaults=True):
     removed_checkpoints: tuple[Checkpoint, ...] = ()
     #: Warnings about the current attempt (``resume_stalled``, ``idle``), with reasons.
     warnings: tuple[JobWarning, ...] = ()
+    #: A multi-node job's ranks past rank 0 while it holds GPUs (rank 0 is ``runner_id``).
+    peers: tuple[RankPlacement, ...] = ()
+    #: The ranks past rank 0 that reported their start in the current attempt.
+    ranks_started: tuple[int, ...] = ()
+    #: Where the ranks of the current attempt meet, as rank 0's runner published it.
+    master_addr: str | None = None
+    master_port: int | None = None
+
+    @property
+    def gang_started(self) -> bool:
+        """Every rank of the current attempt runs (always true for a one-node job)."""
+        return self.status is JobStatus.RUNNING and len(self.ranks_started) == len(self.peers)
 
     @property
     def exists(self) -> bool:
@@ -234,7 +248,10 @@ def _require_attempt(state: JobState, report: c.RunnerReport) -> None:
     if (
         report.attempt != state.attempt
         or state.status is JobStatus.QUEUED
-        or (state.runner_id is not None and report.runner_id != state.runner_id)
+        or (
+            state.runner_id is not None
+            and rank_of(report.runner_id, state.runner_id, state.peers) is None
+        )
     ):
         where = f"on {state.runner_id!r}" if state.runner_id is not None else str(state.status)
         raise StaleAssignment(
@@ -295,7 +312,15 @@ def decide(  # noqa: C901 - one case per command reads best as a table
             | c.ReportFailed()
             | c.ReportStopped()
         ):
+            if state.peers and command.runner_id != state.runner_id:
+                _require_attempt(state, command)
+                return _decide_rank_report(state, command, now)
+            if state.peers and isinstance(command, c.ReportFailed):
+                _require_attempt(state, command)
+                return _decide_rank_report(state, command, now)
             return _decide_report(state, command, now)
+        case c.ReportRendezvous():
+            return _decide_rendezvous(state, command, now)
         case c.ReportExportStarted() | c.ReportExportSucceeded() | c.ReportExportFailed():
             return _decide_export_report(state, command, now)
     raise AssertionError(f"unhandled command {command!r}")  # pragma: no cover
@@ -380,6 +405,7 @@ def _decide_stop(state: JobState, reason: str, now: datetime) -> list[e.AnyJobEv
                     runner_id=state.runner_id,
                     attempt=state.attempt,
                 ),
+                *_rank_stops(state, reason, "stop", now),
             ]
         case JobStatus.STOPPING if state.stop_intent in ("preempt", "timeout"):
             # The user's stop wins: the job ends stopped, not back in the queue.
@@ -458,7 +484,10 @@ def _decide_pause(state: JobState, reason: str, now: datetime) -> list[e.AnyJobE
             path = checkpoint.path if checkpoint else None
             return _stop_ended(state, "pause", reason, now, path)
         case JobStatus.SCHEDULED | JobStatus.RUNNING:
-            return [_stop_request(state, reason, "pause", now)]
+            return [
+                _stop_request(state, reason, "pause", now),
+                *_rank_stops(state, reason, "pause", now),
+            ]
         case JobStatus.PAUSED:
             return []
         case JobStatus.STOPPING if state.stop_intent == "pause":
@@ -519,10 +548,16 @@ def _decide_cancel(state: JobState, reason: str, now: datetime) -> list[e.AnyJob
         ):
             return _stop_ended(state, "cancel", reason, now, path)
         case JobStatus.SCHEDULED | JobStatus.RUNNING:
-            return [_stop_request(state, reason, "cancel", now)]
+            return [
+                _stop_request(state, reason, "cancel", now),
+                *_rank_stops(state, reason, "cancel", now),
+            ]
         case JobStatus.STOPPING if state.stop_intent != "cancel":
             # The stop under way becomes a cancel: its confirmation ends the job for good.
-            return [_stop_request(state, reason, "cancel", now)]
+            return [
+                _stop_request(state, reason, "cancel", now),
+                *_rank_stops(state, reason, "cancel", now),
+            ]
         case JobStatus.STOPPING | JobStatus.CANCELLED:
             return []
         case _:
@@ -663,6 +698,7 @@ def _decide_schedule(state: JobState, command: c.ScheduleJob, now: datetime) -> 
             "schedule",
             f"it needs {state.spec.gpu_count} distinct GPUs, got {list(command.gpu_ids)}",
         )
+    _check_ranks(state, state.spec, command)
     return [
         e.JobScheduled(
             at=now,
@@ -673,8 +709,141 @@ def _decide_schedule(state: JobState, command: c.ScheduleJob, now: datetime) -> 
             gpu_uuids=command.gpu_uuids,
             resume_from=state.resume_from,
             train_args=state.train_args,
+            peers=command.peers,
         ),
     ]
+
+
+def _check_ranks(state: JobState, spec: JobSpec, command: c.ScheduleJob) -> None:
+    """A placement names every rank once, each on its own runner with its share of GPUs."""
+    peers = command.peers
+    runners = {command.runner_id, *(peer.runner_id for peer in peers)}
+    problem = None
+    if len(peers) != spec.nodes - 1:
+        problem = f"it spans {spec.nodes} runners, got {len(peers) + 1}"
+    elif len(runners) != spec.nodes:
+        problem = "each rank needs its own runner"
+    elif [peer.rank for peer in peers] != list(range(1, spec.nodes)):
+        problem = f"ranks must be numbered 1 to {spec.nodes - 1}"
+    elif any(
+        len(peer.gpu_ids) != spec.gpu_count or len(set(peer.gpu_ids)) != spec.gpu_count
+        for peer in peers
+    ):
+        problem = f"every rank needs {spec.gpu_count} distinct GPUs"
+    if problem is not None:
+        raise _refuse(state, "schedule", problem)
+
+
+def _rank_stops(state: JobState, reason: str, intent: str, now: datetime) -> list[e.AnyJobEvent]:
+    """Stop requests for a multi-node job's ranks past rank 0, one per runner."""
+    return [
+        e.StopRequested(
+            at=now,
+            job_id=state.job_id,
+            reason=reason,
+            runner_id=peer.runner_id,
+            attempt=state.attempt,
+            intent=intent,
+        )
+        for peer in state.peers
+    ]
+
+
+def _gang_stops(
+    state: JobState, reason: str, now: datetime, *, but: str | None = None
+) -> list[e.AnyJobEvent]:
+    """Stop every rank of a multi-node job (but the one on ``but``), before a requeue."""
+    runners = [state.runner_id, *(peer.runner_id for peer in state.peers)]
+    return [
+        e.StopRequested(
+            at=now,
+            job_id=state.job_id,
+            reason=reason,
+            runner_id=runner_id,
+            attempt=state.attempt,
+            intent="requeue",
+        )
+        for runner_id in runners
+        if runner_id is not None and runner_id != but
+    ]
+
+
+def _decide_rendezvous(
+    state: JobState, command: c.ReportRendezvous, now: datetime
+) -> list[e.AnyJobEvent]:
+    """Rank 0 has chosen where the ranks meet: start every other rank there."""
+    _require_attempt(state, command)
+    if command.runner_id != state.runner_id:
+        raise _refuse(state, "record a rendezvous for", "only rank 0's runner publishes it")
+    if state.master_addr is not None or state.status not in (
+        JobStatus.SCHEDULED,
+        JobStatus.RUNNING,
+    ):
+        return []
+    return [
+        e.RankStartRequested(
+            at=now,
+            job_id=state.job_id,
+            attempt=state.attempt,
+            rank=peer.rank,
+            runner_id=peer.runner_id,
+            gpu_ids=peer.gpu_ids,
+            gpu_uuids=peer.gpu_uuids,
+            master_addr=command.master_addr,
+            master_port=command.master_port,
+            resume_from=state.resume_from,
+        )
+        for peer in state.peers
+    ]
+
+
+def _decide_rank_report(
+    state: JobState,
+    command: c.ReportStarted
+    | c.ReportProgress
+    | c.ReportCheckpoint
+    | c.ReportCheckpointsRemoved
+    | c.ReportSucceeded
+    | c.ReportFailed
+    | c.ReportStopped,
+    now: datetime,
+) -> list[e.AnyJobEvent]:
+    """A multi-node job's report: only rank 0 speaks for the job, but one rank's failure
+    stops every rank and requeues the job as one."""
+    rank = rank_of(command.runner_id, state.runner_id, state.peers)
+    assert rank is not None
+    match command:
+        case c.ReportStarted(pid=pid):
+            live = state.status in (JobStatus.SCHEDULED, JobStatus.RUNNING)
+            if not live or rank in state.ranks_started:
+                return []
+            return [
+                e.RankStarted(
+                    at=now,
+                    job_id=state.job_id,
+                    attempt=state.attempt,
+                    rank=rank,
+                    runner_id=command.runner_id,
+                    pid=pid,
+                )
+            ]
+        case c.ReportFailed(exit_code=exit_code, reason=reason):
+            if state.status not in (JobStatus.SCHEDULED, JobStatus.RUNNING):
+                return []  # a rank ending while the job stops is part of the stop
+            why = f"rank {rank} on {command.runner_id} failed (exit code {exit_code}): {reason}"
+            lost = e.JobLost(
+                at=now,
+                job_id=state.job_id,
+                attempt=state.attempt,
+                runner_id=command.runner_id,
+                reason=why[:MAX_REASON_CHARS],
+            )
+            return [
+                *_gang_stops(state, why[:MAX_REASON_CHARS], now, but=command.runner_id),
+                lost,
+                *_requeue_or_fail(state, why[:MAX_REASON_CHARS], now, count_retry=True),
+            ]
+    return []  # progress, checkpoints and outcomes come from rank 0
 
 
 def _requeue_or_fail(
@@ -723,6 +892,11 @@ def _decide_lost(state: JobState, command: c.MarkLost, now: datetime) -> list[e.
         runner_id=state.runner_id,
         reason=command.reason,
     )
+    if state.peers and state.status is not JobStatus.STOPPING:
+        # One rank is gone: the others must not train on alone.
+        stops = _gang_stops(state, f"lost: {command.reason}", now)
+        requeue = _requeue_or_fail(state, f"lost: {command.reason}", now, count_retry=True)
+        return [*stops, lost, *requeue]
     if state.status is JobStatus.STOPPING:
         checkpoint = state.last_checkpoint
         return [
@@ -747,8 +921,11 @@ def _decide_reject(
     command: c.RejectAssignment,
     now: datetime,
 ) -> list[e.AnyJobEvent]:
-    if state.status is not JobStatus.SCHEDULED:
-        raise _refuse(state, "reject the assignment of", "only a job that has not started can be")
+    gang_rank = state.peers and command.runner_id != state.runner_id
+    if state.status is not JobStatus.SCHEDULED and not (
+        gang_rank and state.status is JobStatus.RUNNING
+    ):
+        raise _refuse(state, "reject the assignment of", "only a job not yet started can be")
     _require_attempt(state, command)
     rejected = e.AssignmentRejected(
         at=now,
@@ -758,6 +935,7 @@ def _decide_reject(
         reason=command.reason,
     )
     return [
+        *_gang_stops(state, f"rank refused: {command.reason}", now, but=command.runner_id),
         rejected,
         *_requeue_or_fail(state, f"rejected: {command.reason}", now, count_retry=True),
     ]
@@ -1027,6 +1205,7 @@ def _ended(state: JobState, status: JobStatus, at: datetime, reason: str) -> Job
         preempt_gpu_ids=(),
         runner_id=None,
         gpu_ids=(),
+        peers=(),
     )
 
 
@@ -1077,7 +1256,7 @@ def evolve(state: JobState, event: e.AnyJobEvent) -> JobState:
     return _evolve(state, event)
 
 
-def _evolve(state: JobState, event: e.AnyJobEvent) -> JobState:  # noqa: C901 - a table
+def _evolve(state: JobState, event: e.AnyJobEvent) -> JobState:  # noqa: C901, PLR0915 - a table
     s = msgspec.structs.replace
     state = s(state, version=state.version + 1)
     match event:
@@ -1127,7 +1306,17 @@ def _evolve(state: JobState, event: e.AnyJobEvent) -> JobState:  # noqa: C901 - 
                 gpu_ids=gpu_ids,
                 gpu_uuids=event.gpu_uuids,
                 pid=None,
+                peers=event.peers,
+                ranks_started=(),
+                master_addr=None,
+                master_port=None,
             )
+        case e.RankStartRequested(master_addr=addr, master_port=port):
+            return s(state, master_addr=addr, master_port=port)
+        case e.RankStarted(rank=rank):
+            if rank in state.ranks_started:
+                return state
+            return s(state, ranks_started=(*state.ranks_started, rank))
         case e.JobStarted(pid=pid, command=argv, at=at, runner_id=runner_id):
             return s(
                 state,
@@ -1170,6 +1359,7 @@ def _evolve(state: JobState, event: e.AnyJobEvent) -> JobState:  # noqa: C901 - 
                 stop_intent="stop",
                 preempted_by=None,
                 preempt_gpu_ids=(),
+                peers=(),
             )
         case e.JobFailed(at=at, reason=reason, exit_code=exit_code):
             state = _with_failure(state, event.attempt, event.failure)
@@ -1184,6 +1374,7 @@ def _evolve(state: JobState, event: e.AnyJobEvent) -> JobState:  # noqa: C901 - 
                 stop_intent="stop",
                 preempted_by=None,
                 preempt_gpu_ids=(),
+                peers=(),
             )
         case e.StopRequested(reason=reason, intent=intent):
             return s(
@@ -1215,9 +1406,9 @@ def _evolve(state: JobState, event: e.AnyJobEvent) -> JobState:  # noqa: C901 - 
                 pid=None,
             )
         case e.JobLost():
-            return s(state, runner_id=None, gpu_ids=(), pid=None)
+            return s(state, runner_id=None, gpu_ids=(), pid=None, peers=())
         case e.AssignmentRejected():
-            return s(state, runner_id=None, gpu_ids=())
+            return s(state, runner_id=None, gpu_ids=(), peers=())
         case e.JobRequeued(retries=retries, priority=priority, resume_from=resume_from):
             state = _after_retry(state, event)
             return s(
@@ -1228,6 +1419,7 @@ def _evolve(state: JobState, event: e.AnyJobEvent) -> JobState:  # noqa: C901 - 
                 resume_from=resume_from,
                 runner_id=None,
                 gpu_ids=(),
+                peers=(),
                 stop_intent="stop",
             )
         case e.ExportRequested(export_id=export_id, checkpoint=checkpoint, runner_id=runner_id):

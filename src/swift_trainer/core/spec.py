@@ -32,6 +32,10 @@ MAX_GPUS_PER_JOB: Final = 64
 #: The longest ``max_runtime`` a job may ask for: 365 days.
 MAX_RUNTIME_LIMIT_S: Final = 365 * 86_400
 _DURATION_UNITS: Final = {"s": 1, "m": 60, "h": 3_600, "d": 86_400}
+MAX_NODES_PER_JOB: Final = 64
+#: A host label's key or value: letters, digits and ``_ . / -``, as runners are given them.
+HOST_LABEL_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,62}$(?!\n)"
+HostLabel = Annotated[str, msgspec.Meta(pattern=HOST_LABEL_PATTERN)]
 
 
 class TrainArgs(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -214,6 +218,11 @@ class JobSpec(
     ) = None
     #: How a failed attempt is retried, by the cause of its failure.
     retry: RetryPolicy = RetryPolicy()
+    #: How many hosts the job spans; it takes ``gpu_count`` GPUs on each of ``nodes``
+    #: distinct runners, all at once.
+    nodes: Annotated[int, msgspec.Meta(ge=1, le=MAX_NODES_PER_JOB)] = 1
+    #: Runs only on runners whose labels (``runner --label KEY=VALUE``) include all these.
+    host_labels: dict[HostLabel, HostLabel] = {}
 
     def __post_init__(self) -> None:
         check_output_dir(self.output_dir)
@@ -231,6 +240,8 @@ class JobSpec(
             raise InvalidSpec("dpo_beta applies only to method 'dpo'")
         if len(self.after) > MAX_DEPENDENCIES:
             raise InvalidSpec(f"at most {MAX_DEPENDENCIES} conditions in after")
+        if len(self.host_labels) > 16:
+            raise InvalidSpec("at most 16 host labels per job")
 
     @property
     def effective_args(self) -> EffectiveTrainArgs:

@@ -40,6 +40,7 @@ from ..core import commands as c
 from ..core import events as e
 from ..core.atomic_file import write_atomic
 from ..core.errors import SwiftTrainerError
+from ..core.gang import rendezvous_env
 from ..core.ids import job_stream
 from ..core.inventory import InventorySnapshot, RunnerHeartbeat, RunnerJob
 from ..core.limits import MAX_REASON_CHARS
@@ -48,11 +49,23 @@ from ..core.tasks import cancel_and_wait, unsubscribe_quietly
 from .dataset_cache import DatasetCache, DatasetUnavailable
 from .gpu_probe import SIM_FAULT_DIR, GpuInventory, foreign_memory_mib
 from .log_publisher import LogPublisher
+from .rendezvous import (
+    RendezvousMarker,
+    free_port,
+    reaching_address,
+    shared_output_problem,
+    write_marker,
+)
 from .reporting import ReportOutbox, RunReporters
 from .run_state import RunRecord, run_key
 from .sim_faults import fault_args
 from .supervisor import AlreadyRunning, LaunchError, Supervisor
-from .swift_command import build_export_command, build_sft_command, expected_export_path
+from .swift_command import (
+    build_export_command,
+    build_sft_command,
+    expected_export_path,
+    job_output_dir,
+)
 
 _log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
@@ -118,6 +131,8 @@ class RunnerAgent:
         max_deliver: int = 10,
         fetch_timeout_s: float = 1.0,
         simulate_faults: bool = False,
+        labels: Mapping[str, str] | None = None,
+        advertise_address: str | None = None,
     ) -> None:
         if not subjects.is_token(runner_id):
             raise SwiftTrainerError(
@@ -143,6 +158,11 @@ class RunnerAgent:
         self.fetch_timeout_s = fetch_timeout_s
         #: Honour the ``sim.*`` fault labels (simulated runners only).
         self.simulate_faults = simulate_faults
+        #: Host labels that jobs' ``host_labels`` match, sent with every heartbeat.
+        self.labels = dict(labels or {})
+        #: Where other hosts reach this one (rank 0's ``MASTER_ADDR``); found at start when
+        #: not given.
+        self.advertise_address = advertise_address
         self.draining = False
         self.malformed = 0
         self.client = CommandClient(nc, timeout=command_timeout_s, actor=runner_id)
@@ -168,6 +188,9 @@ class RunnerAgent:
 
     async def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.advertise_address is None:
+            url = self.nc.connected_url
+            self.advertise_address = reaching_address(url.geturl() if url else None)
         self._kv = await retry_transient(
             lambda: self.js.key_value(subjects.RUNNERS_BUCKET), "runners bucket"
         )
@@ -267,6 +290,8 @@ class RunnerAgent:
             jobs=(*running, *ending),
             draining=self.draining,
             version=_version(),
+            labels=self.labels,
+            advertise_address=self.advertise_address,
         )
 
     async def _heartbeat_once(self) -> None:
@@ -325,6 +350,8 @@ class RunnerAgent:
                 await self._on_scheduled(envelope, event)
             case e.StopRequested() if event.runner_id == self.runner_id:
                 self._on_stop(event)
+            case e.RankStartRequested() if event.runner_id == self.runner_id:
+                await self._on_rank_start(envelope, event)
             case e.ExportRequested() if event.runner_id == self.runner_id:
                 await self._on_export(envelope, event)
             case _:
@@ -426,6 +453,32 @@ class RunnerAgent:
         extra_args = self._simulated_faults(spec, event)
         if event.train_args is not None:  # a retry changed them (a halved batch)
             spec = msgspec.structs.replace(spec, train_args=event.train_args)
+        rendezvous: dict[str, str] | None = None
+        marker: RendezvousMarker | None = None
+        if event.peers:
+            # Rank 0 of a multi-node job: choose where the ranks meet, and prove the
+            # output folder to the others before any of them starts.
+            assert self.advertise_address is not None
+            marker = RendezvousMarker(
+                job_id=event.job_id,
+                attempt=event.attempt,
+                master_addr=self.advertise_address,
+                master_port=free_port(),
+            )
+            try:
+                await asyncio.to_thread(
+                    write_marker, job_output_dir(self.output_root, spec), marker
+                )
+            except OSError as exc:
+                self._reject(event, f"cannot write the rendezvous marker: {exc}")
+                return
+            rendezvous = rendezvous_env(
+                nodes=len(event.peers) + 1,
+                rank=0,
+                master_addr=marker.master_addr,
+                master_port=marker.master_port,
+                nproc_per_node=len(event.gpu_ids),
+            )
         try:
             invocation = build_sft_command(
                 spec,
@@ -439,6 +492,7 @@ class RunnerAgent:
                 dataset_files=dataset_files,
                 run_name=event.job_id,
                 run_tags={"job_id": event.job_id, **spec.labels},
+                rendezvous=rendezvous,
             )
             with _tracer.start_as_current_span(
                 "swift sft start",
@@ -455,6 +509,105 @@ class RunnerAgent:
             self._reject(event, str(exc))
             return
         _log.info("started attempt %d of %s: pid %d", event.attempt, event.job_id, pid)
+        if marker is not None:
+            self.outbox.submit(
+                c.ReportRendezvous(
+                    job_id=event.job_id,
+                    attempt=event.attempt,
+                    runner_id=self.runner_id,
+                    master_addr=marker.master_addr,
+                    master_port=marker.master_port,
+                )
+            )
+
+    async def _on_rank_start(self, envelope: EventEnvelope, event: e.RankStartRequested) -> None:
+        """Start one rank past rank 0 of a multi-node job, joining rank 0's rendezvous."""
+        if envelope.event_id in self.handled:
+            return
+        running = self._running_job(event.job_id)
+        if running is not None and running.attempt == event.attempt:
+            return  # a redelivery: this rank runs already
+        as_scheduled = e.JobScheduled(
+            at=event.at,
+            job_id=event.job_id,
+            attempt=event.attempt,
+            runner_id=self.runner_id,
+            gpu_ids=event.gpu_ids,
+            gpu_uuids=event.gpu_uuids,
+            resume_from=event.resume_from,
+        )
+        stored = await self._stored_state(event.job_id)
+        if stored is not None and (
+            stored.attempt != event.attempt or stored.status not in ("scheduled", "running")
+        ):
+            _log.info("not starting rank %d of %s: it has moved on", event.rank, event.job_id)
+        elif running is not None:
+            self.supervisor.request_stop(running.key, grace_period_s=self.grace_period_s)
+            self._reject(as_scheduled, f"attempt {running.attempt} of this job is still here")
+        else:
+            problem = await self._check_assignment(as_scheduled)
+            if problem is None:
+                await self._start_rank(event, as_scheduled)
+            else:
+                self._reject(as_scheduled, problem)
+        self.handled.add(envelope.event_id)
+
+    async def _start_rank(self, event: e.RankStartRequested, as_scheduled: e.JobScheduled) -> None:
+        spec = await self.job_spec(event.job_id)
+        if spec is None:
+            self._reject(as_scheduled, f"no JobSubmitted for job {event.job_id}")
+            return
+        expected = RendezvousMarker(
+            job_id=event.job_id,
+            attempt=event.attempt,
+            master_addr=event.master_addr,
+            master_port=event.master_port,
+        )
+        output_dir = job_output_dir(self.output_root, spec)
+        problem = await asyncio.to_thread(shared_output_problem, output_dir, expected)
+        if problem is not None:
+            self._reject(as_scheduled, problem)
+            return
+        try:
+            dataset_files = await self.datasets.resolve(spec)
+        except DatasetUnavailable as exc:
+            self._reject(as_scheduled, exc.message)
+            return
+        try:
+            invocation = build_sft_command(
+                spec,
+                output_root=self.output_root,
+                gpu_ids=event.gpu_ids,
+                resume_from=resolve_resume(event.resume_from).path,
+                swift_executable=self.swift_executable,
+                base_env=self.base_env,
+                gpu_uuids=event.gpu_uuids,
+                dataset_files=dataset_files,
+                rendezvous=rendezvous_env(
+                    nodes=spec.nodes,
+                    rank=event.rank,
+                    master_addr=event.master_addr,
+                    master_port=event.master_port,
+                    nproc_per_node=len(event.gpu_ids),
+                ),
+            )
+            pid = await self.supervisor.start_job(
+                event.job_id,
+                event.attempt,
+                invocation,
+                self.reporters.job(event.job_id, event.attempt),
+                gpu_ids=event.gpu_ids,
+            )
+        except (LaunchError, AlreadyRunning, ValueError) as exc:
+            self._reject(as_scheduled, str(exc))
+            return
+        _log.info(
+            "started rank %d of attempt %d of %s: pid %d",
+            event.rank,
+            event.attempt,
+            event.job_id,
+            pid,
+        )
 
     def _simulated_faults(self, spec: JobSpec, event: e.JobScheduled) -> list[str]:
         if not self.simulate_faults:

@@ -50,6 +50,10 @@ class RunnerOptions(msgspec.Struct, frozen=True, kw_only=True):
     grace_period_s: float = 60.0
     stop_jobs_on_exit: bool = False
     max_foreign_memory_mib: int = DEFAULT_MAX_FOREIGN_MEMORY_MIB
+    #: Host labels (``--label KEY=VALUE``, ``RUNNER_LABELS``) that jobs' ``host_labels`` match.
+    labels: dict[str, str] = {}
+    #: The address other hosts reach this one at; default: the one on the route to NATS.
+    advertise_address: str | None = None
 
 
 def simulated_options(
@@ -113,4 +117,6 @@ def create_runner_agent(
         command_timeout_s=command_timeout_s,
         stop_jobs_on_exit=options.stop_jobs_on_exit,
         simulate_faults=options.simulate_gpus is not None,
+        labels=options.labels,
+        advertise_address=options.advertise_address,
     )

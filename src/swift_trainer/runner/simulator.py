@@ -55,6 +55,7 @@ from swift_trainer.runner.sim_checkpoint import (
     write_json,
 )
 from swift_trainer.runner.sim_faults import INPUT_FAULTS, fault_message, report_faulted_card
+from swift_trainer.runner.sim_rendezvous import MasterLink, WorkerLink, record_env
 
 _ROLE_ENV = "SWIFT_SIM_ROLE"
 _TORCHRUN = "torch.distributed.run"
@@ -189,8 +190,30 @@ def _terminate(children: Sequence[subprocess.Popen[bytes]], timeout: float = 5.0
             child.wait()
 
 
+def _join_nodes(argv: list[str]) -> tuple[MasterLink | WorkerLink | None, int]:
+    """With ``NNODES`` > 1: record the rendezvous env and meet the other nodes' agents.
+
+    Returns the link (None for one node) and this node's rank.
+    """
+    nnodes = int(os.environ.get("NNODES", "1"))
+    node_rank = int(os.environ.get("NODE_RANK", "0"))
+    if nnodes <= 1:
+        return None, 0
+    record_env(output_dir_of(parse_args(argv[1:])), os.environ)
+    port = int(os.environ["MASTER_PORT"])
+    if node_rank == 0:
+        return MasterLink(port), 0
+    return WorkerLink(os.environ["MASTER_ADDR"], port, timeout_s=60.0), node_rank
+
+
 def _agent(argv: list[str]) -> int:
     nproc = int(os.environ.get("NPROC_PER_NODE", "1"))
+    nnodes = int(os.environ.get("NNODES", "1"))
+    try:
+        link, node_rank = _join_nodes(argv)
+    except (ConnectionError, OSError, KeyError, ValueError) as exc:
+        _err(str(exc))
+        return 1
     _err(
         "W0000 00:00:00.000000 torch/distributed/run.py:792] Setting OMP_NUM_THREADS "
         "environment variable for each process to be 1 in default, to avoid your system "
@@ -203,9 +226,9 @@ def _agent(argv: list[str]) -> int:
         env.update(
             {
                 _ROLE_ENV: "worker",
-                "RANK": str(rank),
+                "RANK": str(node_rank * nproc + rank),
                 "LOCAL_RANK": str(rank),
-                "WORLD_SIZE": str(nproc),
+                "WORLD_SIZE": str(nnodes * nproc),
                 "LOCAL_WORLD_SIZE": str(nproc),
             },
         )
@@ -230,7 +253,16 @@ def _agent(argv: list[str]) -> int:
             _err("=" * 56)
             return 1
         if all(c == 0 for c in codes):
+            if isinstance(link, MasterLink):
+                link.finish()
             return 0
+        if isinstance(link, WorkerLink) and link.master_gone():
+            _err(
+                "torch.distributed.DistBackendError: the connection to rank 0 at "
+                f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')} was lost"
+            )
+            _terminate(workers)
+            return 1
         time.sleep(0.02)
 
 

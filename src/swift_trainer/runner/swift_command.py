@@ -243,6 +243,7 @@ def build_sft_command(
     dataset_files: Mapping[str, str] | None = None,
     run_name: str | None = None,
     run_tags: Mapping[str, str] | None = None,
+    rendezvous: Mapping[str, str] | None = None,
 ) -> SwiftInvocation:
     """The ``swift sft`` invocation for one attempt of a job on the GPUs it was given.
 
@@ -255,6 +256,9 @@ def build_sft_command(
     ``gpu_uuids``, when given, pin CUDA_VISIBLE_DEVICES by UUID: a UUID names the same
     physical card whatever enumeration order CUDA picks. Indices are used otherwise, with
     ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` so CUDA's index N is NVML's index N.
+
+    ``rendezvous`` is one rank's ``NNODES``, ``NODE_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``
+    and ``NPROC_PER_NODE`` when the job spans several hosts (``core.gang.rendezvous_env``).
     """
     if not gpu_ids:
         raise ValueError("a training job needs at least one GPU")
@@ -300,6 +304,8 @@ def build_sft_command(
     if len(gpu_ids) > 1:
         env["NPROC_PER_NODE"] = str(len(gpu_ids))
         env["MASTER_PORT"] = str(master_port if master_port is not None else pick_free_port())
+    if rendezvous:
+        env.update(rendezvous)
     return SwiftInvocation(argv=tuple(argv), env=env, output_dir=str(output_dir))
 
 

@@ -18,8 +18,10 @@ from ...core.job import JobStatus
 from ...core.spec import (
     DEFAULT_PRIORITY,
     MAX_GPUS_PER_JOB,
+    MAX_NODES_PER_JOB,
     Dependency,
     FileId,
+    HostLabel,
     Name,
     Priority,
     ShortText,
@@ -151,6 +153,18 @@ class CreateJobRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
         ]
         | None
     ) = None
+    nodes: Annotated[
+        int,
+        msgspec.Meta(
+            ge=1,
+            le=MAX_NODES_PER_JOB,
+            description="Hosts the job spans: gpu_count GPUs on each of this many runners.",
+        ),
+    ] = 1
+    host_labels: Annotated[
+        dict[HostLabel, HostLabel],
+        msgspec.Meta(description="Only runners carrying all these labels (runner --label)."),
+    ] = {}
 
     def __post_init__(self) -> None:
         # A request error (422 validation_error), before the domain ever sees a spec.

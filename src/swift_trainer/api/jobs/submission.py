@@ -94,6 +94,8 @@ def spec_for(body: CreateJobRequest, job_id: str) -> JobSpec:
 
 
 async def check_satisfiable(deps: ApiDeps, body: CreateJobRequest) -> None:
+    if body.nodes > 1 or body.host_labels:
+        return  # the scheduler's queue view says whether enough matching runners exist
     capacity = await deps.gpu_capacity()
     if capacity is not None and body.gpu_count > capacity:
         raise ApiProblem(

@@ -12,18 +12,33 @@ the jobs; the runner re-checks the GPUs it is given before it starts anything.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Final, NamedTuple
 
 from swift_trainer.core.inventory import RunnerHeartbeat
 
 from .gpu_snapshots import GpuSnapshot, HostSnapshot
 
-#: ``(min_gpu_memory_gb, lower-cased gpu_name fragment, GPU UUIDs to avoid)``;
-#: ``ANY_GPU`` asks for nothing.
-Requirement = tuple[float, str, frozenset[str]]
-ANY_GPU: Final[Requirement] = (0.0, "", frozenset())
+#: Host labels a job asks for, as sorted ``(key, value)`` pairs.
+HostLabels = tuple[tuple[str, str], ...]
+
+
+class Requirement(NamedTuple):
+    """What a job asks of each GPU, of each host, and how many hosts; normalised so that
+    equal constraints share one index entry."""
+
+    min_gb: float
+    #: A lower-cased fragment of the GPU name ("" for any).
+    fragment: str
+    labels: HostLabels
+    nodes: int
+    #: UUIDs of cards that failed this job before.
+    excluded: frozenset[str]
+
+
+#: Asks for nothing.
+ANY_GPU: Final = Requirement(0.0, "", (), 1, frozenset())
 #: How GPUs of one host rank for a job: lower is better (see ``gpu_preference``).
 GpuPreference = tuple[int, float, int]
 
@@ -54,6 +69,7 @@ def host_snapshot(heartbeat: RunnerHeartbeat, seen_at: datetime | None = None) -
         ),
         alive=not heartbeat.draining,
         lease_expires_at=(seen_at or heartbeat.at) + timedelta(seconds=heartbeat.lease_s),
+        labels=dict(heartbeat.labels),
     )
 
 
@@ -69,6 +85,7 @@ def placement_signature(host: HostSnapshot | None, threshold: int) -> object:
         return None
     return (
         host.alive,
+        tuple(sorted(host.labels.items())),
         tuple(
             (
                 g.index,
@@ -86,13 +103,32 @@ def placement_signature(host: HostSnapshot | None, threshold: int) -> object:
 def requirement_of(
     min_gpu_memory_gb: float | None,
     gpu_name: str | None,
+    host_labels: Mapping[str, str] | None = None,
+    nodes: int = 1,
     excluded_gpus: Iterable[str] = (),
 ) -> Requirement:
-    """Normalise a job's GPU constraints so that equal constraints share one index entry.
+    """Normalise a job's constraints so that equal constraints share one index entry.
 
     ``excluded_gpus`` are the UUIDs of cards that failed this job before.
     """
-    return (float(min_gpu_memory_gb or 0.0), (gpu_name or "").lower(), frozenset(excluded_gpus))
+    labels = tuple(sorted((host_labels or {}).items()))
+    return Requirement(
+        float(min_gpu_memory_gb or 0.0),
+        (gpu_name or "").lower(),
+        labels,
+        nodes,
+        frozenset(excluded_gpus),
+    )
+
+
+def host_matches(labels: Mapping[str, str], requirement: Requirement) -> bool:
+    """Whether a host carries every label the job asks for."""
+    return all(labels.get(key) == value for key, value in requirement.labels)
+
+
+def shared_labels(a: Mapping[str, str], b: Mapping[str, str]) -> int:
+    """How many labels two hosts have in common (same key, same value)."""
+    return sum(1 for key, value in a.items() if b.get(key) == value)
 
 
 def gpu_matches(gpu: GpuSnapshot, requirement: Requirement) -> bool:
@@ -102,7 +138,7 @@ def gpu_matches(gpu: GpuSnapshot, requirement: Requirement) -> bool:
     cards are sold: an "80GB" H100 reports 81559 MiB, which is 85.5 GB but only 79.6 GiB, and a
     user asking for 80 GB means that card.
     """
-    min_gb, fragment, excluded = requirement
+    min_gb, fragment, excluded = requirement.min_gb, requirement.fragment, requirement.excluded
     if min_gb and gpu.memory_total_mib * _BYTES_PER_MIB < min_gb * _BYTES_PER_GB:
         return False
     if gpu.uuid in excluded:
@@ -112,12 +148,15 @@ def gpu_matches(gpu: GpuSnapshot, requirement: Requirement) -> bool:
 
 def describe_requirement(requirement: Requirement) -> str:
     """The constraint in the words of the job spec, for reasons a user can act on."""
-    min_gb, fragment, excluded = requirement
+    min_gb, fragment, labels = requirement.min_gb, requirement.fragment, requirement.labels
+    excluded = requirement.excluded
     parts = []
     if fragment:
         parts.append(f"named like {fragment!r}")
     if min_gb:
         parts.append(f"with at least {min_gb:g} GB")
+    if labels:
+        parts.append("on a runner labelled " + ",".join(f"{k}={v}" for k, v in labels))
     if excluded:
         parts.append(f"other than {', '.join(sorted(excluded))} (faulty for this job)")
     return (" " + " and ".join(parts)) if parts else ""

@@ -13,6 +13,8 @@ from datetime import datetime
 
 import msgspec
 
+from swift_trainer.core.gang import RankPlacement
+
 
 class GpuSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     """One GPU as its runner last saw it.
@@ -45,6 +47,8 @@ class HostSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     gpus: tuple[GpuSnapshot, ...] = ()
     alive: bool = True
     lease_expires_at: datetime | None = None
+    #: The runner's host labels (``runner --label KEY=VALUE``), matched by ``host_labels``.
+    labels: dict[str, str] = {}
 
     def is_live(self, now: datetime) -> bool:
         """Alive and still within its lease: the clock is a parameter so the core stays pure."""
@@ -65,6 +69,8 @@ class RunningJob(msgspec.Struct, frozen=True, kw_only=True):
     remaining_s: float | None = None
     priority: int = 0
     owner: str | None = None
+    #: A multi-node job's ranks past rank 0, each holding GPUs on its own runner.
+    peers: tuple[RankPlacement, ...] = ()
 
 
 def live_hosts(hosts: Iterable[HostSnapshot], now: datetime) -> list[HostSnapshot]:

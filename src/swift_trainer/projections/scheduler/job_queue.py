@@ -53,13 +53,20 @@ class QueuedJob(msgspec.Struct, frozen=True, kw_only=True):
     owner: str | None = None
     #: GPUs (by UUID) that failed this job before: placement avoids them.
     excluded_gpus: tuple[str, ...] = ()
+    #: Runners it spans (``gpu_count`` GPUs on each) and the labels they must carry.
+    nodes: int = 1
+    host_labels: dict[str, str] = {}
 
     @property
     def shape(self) -> Shape:
-        return (
-            self.gpu_count,
-            requirement_of(self.min_gpu_memory_gb, self.gpu_name, self.excluded_gpus),
+        requirement = requirement_of(
+            self.min_gpu_memory_gb,
+            self.gpu_name,
+            self.host_labels,
+            self.nodes,
+            self.excluded_gpus,
         )
+        return (self.gpu_count, requirement)
 
     @property
     def lane(self) -> Lane:
@@ -108,10 +115,18 @@ class JobQueue:
 
     def extend(self, jobs: Iterable[QueuedJob]) -> None:
         """Queue many jobs at once: one sort per lane instead of one insertion per job."""
-        known: dict[tuple[int, float | None, str | None, str | None, tuple[str, ...]], Lane] = {}
+        known: dict[tuple[object, ...], Lane] = {}
         for job in jobs:
             # Few distinct lanes among many jobs: normalise each set of constraints once.
-            raw = (job.gpu_count, job.min_gpu_memory_gb, job.gpu_name, job.owner, job.excluded_gpus)
+            raw = (
+                job.gpu_count,
+                job.min_gpu_memory_gb,
+                job.gpu_name,
+                job.owner,
+                job.nodes,
+                tuple(sorted(job.host_labels.items())),
+                job.excluded_gpus,
+            )
             lane_key = known.get(raw)
             if lane_key is None:
                 lane_key = known[raw] = job.lane

@@ -42,6 +42,7 @@ class LeaderActions:
         start_timeout_s: float,
         vanish_grace_s: float,
         watch_limits: WatchLimits | None = None,
+        gang_start_timeout_s: float = 300.0,
     ) -> None:
         self.client = client
         self.state = state
@@ -49,6 +50,8 @@ class LeaderActions:
         self.retry_s = retry_s
         self.start_timeout_s = start_timeout_s
         self.vanish_grace_s = vanish_grace_s
+        #: How long every rank of a multi-node job has to report its start.
+        self.gang_start_timeout_s = gang_start_timeout_s
         self._recent: dict[tuple[str, str, int], float] = {}
         self.watch_limits = watch_limits or WatchLimits()
         #: When each running attempt's GPUs went idle, per this instance's heartbeats.
@@ -119,6 +122,7 @@ class LeaderActions:
             *state.lost_jobs(now),
             *state.overdue_starts(now, self.start_timeout_s),
             *state.vanished(now, self.vanish_grace_s),
+            *state.gang_overdue(now, self.gang_start_timeout_s),
         ]
         for lost in found:
             if not self._due(("lost", lost.job_id, lost.attempt)) or not self.leading():
@@ -188,6 +192,7 @@ class LeaderActions:
                         runner_id=claim.runner_id,
                         gpu_ids=claim.gpu_ids,
                         gpu_uuids=state.gpu_uuids(claim.runner_id, claim.gpu_ids),
+                        peers=claim.peers,
                     )
                 )
 

@@ -29,8 +29,10 @@ from .gpu_choice import (
     Requirement,
     gpu_matches,
     gpu_preference,
+    host_matches,
     is_usable,
     select_gpus,
+    shared_labels,
 )
 from .gpu_snapshots import GpuSnapshot, HostSnapshot
 
@@ -41,15 +43,28 @@ _FREE_NOW: Final = -math.inf
 _GpuTime = tuple[float, GpuPreference, int]
 #: How a host ranks for a reservation: its first N free times, latest first, then its id.
 _ReservationKey = tuple[tuple[float, ...], str]
+#: Where each rank of a gang runs: ``(runner_id, gpu_ids)``, rank 0 first.
+GangHosts = tuple[tuple[str, tuple[int, ...]], ...]
+
+
+def rank_key(job_id: str, rank: int) -> str:
+    """The key a multi-node job's rank holds its GPUs under (rank 0: the job id itself)."""
+    return job_id if rank == 0 else f"{job_id}#{rank}"
+
+
+def job_of_key(key: str) -> str:
+    """The job a holding key belongs to (job ids never contain ``#``)."""
+    return key.split("#", 1)[0]
 
 
 class _HostInfo:
     """What one snapshot says about a host, computed once per snapshot."""
 
-    __slots__ = ("_matching", "gpus", "healthy", "preference", "runner_id", "usable")
+    __slots__ = ("_matching", "gpus", "healthy", "labels", "preference", "runner_id", "usable")
 
     def __init__(self, host: HostSnapshot, foreign_memory_threshold_mib: int) -> None:
         self.runner_id = host.runner_id
+        self.labels = dict(host.labels)
         self.gpus = {gpu.index: gpu for gpu in host.gpus}
         self.healthy = frozenset(i for i, gpu in self.gpus.items() if gpu.healthy)
         self.usable = frozenset(
@@ -62,7 +77,10 @@ class _HostInfo:
         """Healthy GPUs meeting ``requirement``, busy or not: the host's capacity for it."""
         found = self._matching.get(requirement)
         if found is None:
-            found = frozenset(i for i in self.healthy if gpu_matches(self.gpus[i], requirement))
+            if host_matches(self.labels, requirement):
+                found = frozenset(i for i in self.healthy if gpu_matches(self.gpus[i], requirement))
+            else:
+                found = frozenset()
             self._matching[requirement] = found
         return found
 
@@ -84,6 +102,7 @@ class Occupancy:
         "_holders",
         "_hosts",
         "_jobs",
+        "_ranks",
         "_reservation_heaps",
         "_reserved",
         "_stale_for",
@@ -100,6 +119,8 @@ class Occupancy:
         self._free: dict[str, set[int]] = {}  # live hosts only
         self._holders: dict[str, dict[int, set[str]]] = {}  # any runner, live or not
         self._jobs: dict[str, tuple[str, tuple[int, ...]]] = {}
+        #: A multi-node job's keys for its ranks past rank 0 (see ``rank_key``).
+        self._ranks: dict[str, list[str]] = {}
         self._ends: dict[str, float] = {}
         self._reserved: dict[str, frozenset[int]] = {}
         self._by_free: list[list[str]] = [[]]  # k -> sorted runner ids with k free GPUs
@@ -160,7 +181,19 @@ class Occupancy:
             held.setdefault(index, set()).add(job_id)
         self._refresh(runner_id)
 
+    def hold_gang(self, job_id: str, hosts: GangHosts, ends_at: float) -> None:
+        """Record a multi-node job on every rank's GPUs at once (rank 0 first)."""
+        self.release(job_id)
+        for rank, (runner_id, gpu_ids) in enumerate(hosts):
+            self.hold(rank_key(job_id, rank), runner_id, gpu_ids, ends_at)
+        self._ranks[job_id] = [rank_key(job_id, rank) for rank in range(1, len(hosts))]
+
     def release(self, job_id: str) -> bool:
+        for key in self._ranks.pop(job_id, ()):
+            self._release_key(key)
+        return self._release_key(job_id)
+
+    def _release_key(self, job_id: str) -> bool:
         placed = self._jobs.pop(job_id, None)
         if placed is None:
             return False
@@ -178,9 +211,10 @@ class Occupancy:
         return True
 
     def set_end(self, job_id: str, ends_at: float) -> None:
-        if job_id in self._jobs:
-            self._ends[job_id] = ends_at
-            self._changed(self._jobs[job_id][0])
+        for key in (job_id, *self._ranks.get(job_id, ())):
+            if key in self._jobs:
+                self._ends[key] = ends_at
+                self._changed(self._jobs[key][0])
 
     def holding(self, job_id: str) -> tuple[str, tuple[int, ...]] | None:
         return self._jobs.get(job_id)
@@ -190,11 +224,12 @@ class Occupancy:
 
     @property
     def job_ids(self) -> list[str]:
-        return list(self._jobs)
+        return [key for key in self._jobs if "#" not in key]
 
     def jobs_on(self, runner_id: str) -> list[str]:
+        """The jobs holding GPUs of a runner, whichever rank they hold there."""
         held = self._holders.get(runner_id, {})
-        return sorted({job_id for holders in held.values() for job_id in holders})
+        return sorted({job_of_key(key) for holders in held.values() for key in holders})
 
     # --- reservations (pass-local) ------------------------------------------------------
 
@@ -241,7 +276,12 @@ class Occupancy:
         """
         found = self._capacity.get(requirement)
         if found is None:
-            found = max((len(h.matching(requirement)) for h in self._hosts.values()), default=0)
+            sizes = sorted(
+                (len(h.matching(requirement)) for h in self._hosts.values()), reverse=True
+            )
+            nodes = requirement.nodes
+            # A gang of N hosts is as big as the N-th biggest host it could use.
+            found = sizes[nodes - 1] if len(sizes) >= nodes else 0
             self._capacity[requirement] = found
         return found
 
@@ -267,6 +307,49 @@ class Occupancy:
             if free_count >= count and (best is None or free_count < best_count):
                 best, best_count = runner_id, free_count
         return best
+
+    def fit_gang(self, count: int, requirement: Requirement) -> tuple[str, ...] | None:
+        """The runners a multi-node job takes now, ``count`` free matching GPUs on each.
+
+        Among the runners that fit, the set sharing the most labels wins (hosts of one rack
+        or one switch talk faster), then the tightest fit, then the lowest runner ids.
+        Rank 0 is the first runner of the result.
+        """
+        nodes = requirement.nodes
+        fitting: list[tuple[int, str]] = []
+        for runner_id, matching in self._candidates_for(requirement):
+            free_count = len(self._free[runner_id] & matching)
+            if free_count >= count:
+                fitting.append((free_count, runner_id))
+        if len(fitting) < nodes:
+            return None
+        return _best_gang(fitting, nodes, {r: self._hosts[r].labels for _, r in fitting})
+
+    def plan_gang_reservation(
+        self, count: int, requirement: Requirement, now: float
+    ) -> tuple[GangHosts, float] | None:
+        """Where a blocked multi-node job will fit first: one ``(runner_id, gpu_ids)`` per
+        rank and the start, the time the last of them frees (see ``plan_reservation``)."""
+        nodes = requirement.nodes
+        ranked: list[tuple[_ReservationKey, tuple[int, ...], float]] = []
+        for runner_id, matching in self._candidates_for(requirement):
+            if len(matching) < count:
+                continue
+            times = [entry for entry in self._gpu_times(runner_id) if entry[2] in matching]
+            first = times[:count]
+            ranked.append(
+                (
+                    _reservation_key(runner_id, first),
+                    tuple(sorted(index for _, _, index in first)),
+                    first[-1][0],
+                )
+            )
+        if len(ranked) < nodes:
+            return None
+        ranked.sort()
+        chosen = ranked[:nodes]
+        start = max(now, *(time for _, _, time in chosen))
+        return tuple((key[1], gpu_ids) for key, gpu_ids, _ in chosen), start
 
     def choose_gpus(self, runner_id: str, count: int, requirement: Requirement) -> tuple[int, ...]:
         info = self._hosts[runner_id]
@@ -319,6 +402,7 @@ class Occupancy:
             for runner_id, held in self._holders.items()
         }
         copy._jobs = dict(self._jobs)
+        copy._ranks = {job_id: list(keys) for job_id, keys in self._ranks.items()}
         copy._ends = dict(self._ends)
         copy._reserved = dict(self._reserved)
         copy._by_free = [list(runners) for runners in self._by_free]
@@ -424,6 +508,29 @@ class Occupancy:
             found.sort()
             self._times[runner_id] = found
         return found
+
+
+def _best_gang(
+    fitting: list[tuple[int, str]], nodes: int, labels: dict[str, dict[str, str]]
+) -> tuple[str, ...]:
+    """The ``nodes`` runners to take among those that fit: most labels in common, then the
+    fewest free GPUs in all (the tightest fit), then the lowest ids; sorted by id."""
+    fitting = sorted(fitting)
+    best: tuple[tuple[int, int, tuple[str, ...]], tuple[str, ...]] | None = None
+    for free_count, anchor in fitting:
+        others = sorted(
+            (item for item in fitting if item[1] != anchor),
+            key=lambda item: (-shared_labels(labels[anchor], labels[item[1]]), item),
+        )[: nodes - 1]
+        chosen = tuple(sorted((anchor, *(runner_id for _, runner_id in others))))
+        common = dict(labels[chosen[0]])
+        for runner_id in chosen[1:]:
+            common = {k: v for k, v in common.items() if labels[runner_id].get(k) == v}
+        key = (-len(common), free_count + sum(count for count, _ in others), chosen)
+        if best is None or key < best[0]:
+            best = (key, chosen)
+    assert best is not None
+    return best[1]
 
 
 def _reservation_key(runner_id: str, first: list[_GpuTime]) -> _ReservationKey:

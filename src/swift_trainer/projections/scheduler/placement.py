@@ -39,6 +39,13 @@ The policy, precisely:
    foreign processes still waits for as long as they run, with no estimate.
 8. **Strict FIFO.** With ``backfill=False``, nothing behind a blocked head starts: the pass
    stops at the head (which still reports its reservation).
+9. **Host labels and multi-node jobs.** A job with ``host_labels`` may use only the GPUs of
+   runners carrying all those labels. A job of ``nodes`` N > 1 needs ``gpu_count`` GPUs on
+   each of N distinct runners, all in one decision (``Decision.peers``) or none: the runners
+   that share the most labels, then the tightest fit (``Occupancy.fit_gang``), and on each
+   the GPUs ``select_gpus`` prefers. Blocked at the head, it reserves GPUs on N runners
+   (the N whose GPUs free first), so backfill cannot starve it. It counts N x
+   ``gpu_count`` GPUs against its owner's quota.
 
 Because free GPUs only ever decrease during a pass, a job that does not fit proves that no
 later job of the same constraints and at least as many GPUs fits either; the pass drops such
@@ -59,10 +66,11 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from swift_trainer.core.commands import ClaimGpus, ScheduleJob
+from swift_trainer.core.gang import RankPlacement
 
 from .gpu_choice import Requirement, describe_requirement
 from .job_queue import Lane, OrderKey, QueuedJob, Shape
-from .occupancy import INFINITY, Occupancy
+from .occupancy import INFINITY, GangHosts, Occupancy
 from .owner_usage import OwnerUsage
 from .preemption import PreemptionPlan, PreemptionPolicy
 
@@ -94,6 +102,8 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     runner_id: str
     gpu_ids: tuple[int, ...]
     gpu_uuids: tuple[str, ...]
+    #: A multi-node job's ranks past rank 0, placed with it.
+    peers: tuple[RankPlacement, ...] = ()
 
     def claim_command(self) -> ClaimGpus:
         """The ledger claim that must be accepted before ``to_command`` is sent."""
@@ -102,6 +112,7 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
             attempt=self.attempt,
             runner_id=self.runner_id,
             gpu_ids=self.gpu_ids,
+            peers=self.peers,
         )
 
     def to_command(self) -> ScheduleJob:
@@ -111,6 +122,7 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
             runner_id=self.runner_id,
             gpu_ids=self.gpu_ids,
             gpu_uuids=self.gpu_uuids,
+            peers=self.peers,
         )
 
 
@@ -125,6 +137,8 @@ class Reservation(msgspec.Struct, frozen=True, kw_only=True):
     runner_id: str
     gpu_ids: tuple[int, ...]
     expected_start_s: float | None
+    #: A multi-node job's other ranks' runners and GPUs, reserved with rank 0's.
+    peers: tuple[RankPlacement, ...] = ()
 
 
 class Unplaceable(msgspec.Struct, frozen=True, kw_only=True):
@@ -161,6 +175,12 @@ def unplaceable_reason(occupancy: Occupancy, shape: Shape) -> str | None:
     if count <= capacity:
         return None
     what = describe_requirement(requirement)
+    nodes = requirement.nodes
+    if nodes > 1:
+        return (
+            f"needs {nodes} runners with {count} GPU{'s' if count > 1 else ''}{what} each, "
+            f"but fewer live runners have that many; the job waits until enough report"
+        )
     if capacity == 0:
         return f"no live runner has a healthy GPU{what}"
     plural = "s" if count > 1 else ""
@@ -210,17 +230,16 @@ def place_pass(
             heapq.heapreplace(cursors, (priority, in_use, seq, job_id, lane_key, index))
             continue
         count, requirement = shape
+        gpus = count * requirement.nodes
         if count >= smallest_failed.get(requirement, math.inf):
             heapq.heappop(cursors)  # a job as small with the same needs did not fit
             continue
-        if usage.over_quota(owner, count):
+        if usage.over_quota(owner, gpus):
             heapq.heappop(cursors)  # waits for its owner's GPUs, reserving nothing
             continue
         lane = lanes[lane_key]
-        runner_id = None
-        if occupancy.total_free and count <= occupancy.max_free():
-            runner_id = occupancy.fit_host(count, requirement)
-        if runner_id is None:
+        hosts = _fit(occupancy, count, requirement)
+        if hosts is None:
             heapq.heappop(cursors)
             smallest_failed[requirement] = count
             if reservation is None:
@@ -232,8 +251,8 @@ def place_pass(
                 break
             continue
         job = job_of(lane[index])
-        decisions.append(_start(occupancy, job, runner_id, requirement, now))
-        usage.hold(job.job_id, owner, count)
+        decisions.append(_start_on(occupancy, job, hosts, requirement, now))
+        usage.hold(job.job_id, owner, gpus)
         index += 1
         placed[lane_key] = index
         if index < len(lane):
@@ -245,6 +264,8 @@ def place_pass(
             heapq.heappop(cursors)
     if reservation is not None:
         occupancy.unreserve(reservation.runner_id)
+        for peer in reservation.peers:
+            occupancy.unreserve(peer.runner_id)
     return PlacementPass(
         decisions=tuple(decisions), reservation=reservation, placed_per_lane=placed
     )
@@ -288,13 +309,36 @@ def _lane_fronts(
             continue
         (count, requirement), owner = lane_key
         if not screened and (
-            count > occupancy.capacity(requirement) or usage.never_within_quota(owner, count)
+            count > occupancy.capacity(requirement)
+            or usage.never_within_quota(owner, count * requirement.nodes)
         ):
             continue
         priority, seq, job_id = lane[start]
         cursors.append((priority, in_use(owner), seq, job_id, lane_key, start))
     heapq.heapify(cursors)
     return cursors
+
+
+def _fit(occupancy: Occupancy, count: int, requirement: Requirement) -> tuple[str, ...] | None:
+    """The runners a job of this shape takes now (one per node), or None."""
+    if occupancy.total_free < count * requirement.nodes or count > occupancy.max_free():
+        return None
+    if requirement.nodes > 1:
+        return occupancy.fit_gang(count, requirement)
+    runner_id = occupancy.fit_host(count, requirement)
+    return None if runner_id is None else (runner_id,)
+
+
+def _start_on(
+    occupancy: Occupancy,
+    job: QueuedJob,
+    hosts: tuple[str, ...],
+    requirement: Requirement,
+    now: float,
+) -> Decision:
+    if len(hosts) > 1:
+        return _start_gang(occupancy, job, hosts, requirement, now)
+    return _start(occupancy, job, hosts[0], requirement, now)
 
 
 def _start(
@@ -314,7 +358,64 @@ def _start(
     )
 
 
+def _start_gang(
+    occupancy: Occupancy,
+    job: QueuedJob,
+    runner_ids: tuple[str, ...],
+    requirement: Requirement,
+    now: float,
+) -> Decision:
+    """Hold ``gpu_count`` GPUs on each of ``runner_ids`` for a multi-node job, all at once."""
+    hosts: GangHosts = tuple(
+        (runner_id, occupancy.choose_gpus(runner_id, job.gpu_count, requirement))
+        for runner_id in runner_ids
+    )
+    duration = job.expected_duration_s
+    occupancy.hold_gang(job.job_id, hosts, INFINITY if duration is None else now + duration)
+    (head, head_gpus), rest = hosts[0], hosts[1:]
+    return Decision(
+        job_id=job.job_id,
+        attempt=job.attempt + 1,
+        runner_id=head,
+        gpu_ids=head_gpus,
+        gpu_uuids=tuple(occupancy.gpu(head, i).uuid for i in head_gpus),
+        peers=tuple(
+            RankPlacement(
+                rank=rank,
+                runner_id=runner_id,
+                gpu_ids=gpu_ids,
+                gpu_uuids=tuple(occupancy.gpu(runner_id, i).uuid for i in gpu_ids),
+            )
+            for rank, (runner_id, gpu_ids) in enumerate(rest, start=1)
+        ),
+    )
+
+
+def _reserve_gang(
+    occupancy: Occupancy, job: QueuedJob, shape: Shape, now: float
+) -> Reservation | None:
+    plan = occupancy.plan_gang_reservation(shape[0], shape[1], now)
+    if plan is None:  # pragma: no cover - placeable shapes always have enough hosts
+        return None
+    hosts, start = plan
+    for runner_id, gpu_ids in hosts:
+        occupancy.reserve(runner_id, gpu_ids)
+    (head, head_gpus), rest = hosts[0], hosts[1:]
+    return Reservation(
+        job_id=job.job_id,
+        runner_id=head,
+        gpu_ids=head_gpus,
+        expected_start_s=None if math.isinf(start) else start - now,
+        peers=tuple(
+            RankPlacement(rank=rank, runner_id=runner_id, gpu_ids=gpu_ids)
+            for rank, (runner_id, gpu_ids) in enumerate(rest, start=1)
+        ),
+    )
+
+
 def _reserve(occupancy: Occupancy, job: QueuedJob, shape: Shape, now: float) -> Reservation | None:
+    if shape[1][3] > 1:
+        return _reserve_gang(occupancy, job, shape, now)
     plan = occupancy.plan_reservation(shape[0], shape[1], now)
     if plan is None:  # pragma: no cover - placeable shapes always have a host
         return None

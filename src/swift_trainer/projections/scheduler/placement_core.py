@@ -160,8 +160,17 @@ class PlacementCore:
         """Record a job holding GPUs (scheduled, running, stopping); it leaves the queue."""
         self._queue.remove(job.job_id)
         self._running[job.job_id] = job
-        self._occupancy.hold(job.job_id, job.runner_id, job.gpu_ids, _ends_at(job.remaining_s))
-        self._usage.hold(job.job_id, job.owner, len(job.gpu_ids))
+        ends_at = _ends_at(job.remaining_s)
+        if job.peers:
+            hosts = (
+                (job.runner_id, job.gpu_ids),
+                *((peer.runner_id, peer.gpu_ids) for peer in job.peers),
+            )
+            self._occupancy.hold_gang(job.job_id, hosts, ends_at)
+        else:
+            self._occupancy.hold(job.job_id, job.runner_id, job.gpu_ids, ends_at)
+        held = len(job.gpu_ids) + sum(len(peer.gpu_ids) for peer in job.peers)
+        self._usage.hold(job.job_id, job.owner, held)
 
     def release(self, job_id: str) -> RunningJob | None:
         """The job let go of its GPUs (finished, stopped, lost, refused)."""
@@ -206,6 +215,7 @@ class PlacementCore:
                 remaining_s=job.expected_duration_s,
                 priority=job.priority,
                 owner=job.owner,
+                peers=decision.peers,
             )
         for lane, count in outcome.placed_per_lane.items():
             queue.drop_front(lane, count)

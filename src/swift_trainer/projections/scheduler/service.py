@@ -129,6 +129,7 @@ class SchedulerOptions(msgspec.Struct, frozen=True, kw_only=True):
     tick_s: float = 1.0
     start_timeout_s: float = 60.0
     vanish_grace_s: float = 10.0
+    gang_start_timeout_s: float = 300.0
     backfill: bool = True
     foreign_memory_threshold_mib: int = DEFAULT_FOREIGN_MEMORY_THRESHOLD_MIB
     max_jobs_at_rest: int = DEFAULT_LIMIT
@@ -212,6 +213,7 @@ class SchedulerService:
             start_timeout_s=start_timeout_s,
             vanish_grace_s=vanish_grace_s,
             watch_limits=watch_limits,
+            gang_start_timeout_s=options.gang_start_timeout_s,
         )
         self.feed: EventFeed | None = None
         self.lease: LeaderLease | None = None

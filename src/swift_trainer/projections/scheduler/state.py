@@ -42,6 +42,7 @@ from swift_trainer.core import events as e
 from swift_trainer.core.access import QuotaSet, decode_access_event, is_access_stream
 from swift_trainer.core.errors import MessageError
 from swift_trainer.core.fleet import FleetState, evolve_fleet
+from swift_trainer.core.gang import rank_runners
 from swift_trainer.core.gpu_ledger import Claim, LedgerState, evolve_ledger
 from swift_trainer.core.inventory import RunnerHeartbeat
 from swift_trainer.core.job import ACTIVE, JobState, JobStatus, evolve, initial_state
@@ -96,7 +97,9 @@ def _claim_is_live(state: JobState | None, claim: Claim) -> bool:
     if state is None:
         return False
     if state.status in ACTIVE and state.runner_id is not None:
-        return claim.attempt == state.attempt and claim.same_gpus(state.runner_id, state.gpu_ids)
+        return claim.attempt == state.attempt and claim.same_gpus(
+            state.runner_id, state.gpu_ids, state.peers
+        )
     return state.status is JobStatus.QUEUED and claim.attempt == state.attempt + 1
 
 
@@ -434,6 +437,7 @@ class SchedulerState:
                     runner_id=claim.runner_id,
                     gpu_ids=claim.gpu_ids,
                     owner=self._owner(job_id),
+                    peers=claim.peers,
                 ),
             )
             self._claim_holds.add(job_id)
@@ -456,6 +460,7 @@ class SchedulerState:
                     remaining_s=state.progress.remaining_s if state.progress else None,
                     priority=state.priority,
                     owner=_owner_of(state),
+                    peers=state.peers,
                 ),
             )
         elif state.status is JobStatus.QUEUED:
@@ -467,6 +472,7 @@ class SchedulerState:
                         gpu_ids=claim.gpu_ids,
                         priority=state.priority,
                         owner=_owner_of(state),
+                        peers=claim.peers,
                     ),
                 )
             elif self._cooling(job_id):
@@ -491,6 +497,8 @@ class SchedulerState:
             expected_duration_s=state.progress.remaining_s if state.progress else None,
             owner=spec.owner,
             excluded_gpus=state.excluded_gpus,
+            nodes=spec.nodes,
+            host_labels=spec.host_labels,
         )
 
     def _owner(self, job_id: str) -> str | None:
@@ -683,16 +691,20 @@ class SchedulerState:
         lost = []
         for job_id in sorted(self._active):
             state = self.jobs[job_id]
-            runner_id = state.runner_id
-            assert runner_id is not None
-            expires = self.leases.get(runner_id)
-            if expires is None or now >= expires:
+            assert state.runner_id is not None
+            # A multi-node job is lost with any of its runners.
+            gone = [
+                runner_id
+                for runner_id in rank_runners(state.runner_id, state.peers)
+                if (expires := self.leases.get(runner_id)) is None or now >= expires
+            ]
+            if gone:
                 lost.append(
                     LostJob(
                         job_id=job_id,
                         attempt=state.attempt,
-                        runner_id=runner_id,
-                        reason=f"runner {runner_id} stopped heartbeating",
+                        runner_id=gone[0],
+                        reason=f"runner {gone[0]} stopped heartbeating",
                     )
                 )
         return lost
@@ -718,6 +730,32 @@ class SchedulerState:
                         f"{state.attempt} within {timeout_s:g}s",
                     )
                 )
+        return overdue
+
+    def gang_overdue(self, now: datetime, timeout_s: float) -> list[LostJob]:
+        """Multi-node jobs whose ranks have not all reported a start within ``timeout_s`` of
+        this instance seeing the placement: a partial gang must not hold GPUs longer."""
+        overdue = []
+        for job_id in sorted(self._active):
+            state = self.jobs[job_id]
+            entered = self.entered.get(job_id)
+            if not state.peers or entered is None or state.status is JobStatus.STOPPING:
+                continue
+            if state.gang_started or (now - entered.at).total_seconds() < timeout_s:
+                continue
+            missing = [peer.rank for peer in state.peers if peer.rank not in state.ranks_started]
+            if state.status is JobStatus.SCHEDULED:
+                missing = [0, *missing]
+            assert state.runner_id is not None
+            overdue.append(
+                LostJob(
+                    job_id=job_id,
+                    attempt=state.attempt,
+                    runner_id=state.runner_id,
+                    reason=f"ranks {missing} of attempt {state.attempt} did not start within "
+                    f"the gang start timeout of {timeout_s:g}s",
+                )
+            )
         return overdue
 
     def vanished(self, now: datetime, grace_s: float) -> list[LostJob]:

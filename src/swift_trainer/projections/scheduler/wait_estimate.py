@@ -34,6 +34,8 @@ class QueueSlot(msgspec.Struct, frozen=True, kw_only=True):
     priority: int
     gpu_count: int = 1
     estimated_wait_s: float | None = None
+    #: Runners the job spans (``gpu_count`` GPUs on each).
+    nodes: int = 1
     #: Set when no live host can ever take the job (see ``placement.unplaceable_reason``).
     unplaceable: str | None = None
     #: ``owner_gpu_quota`` when the owner's ``max_gpus`` keeps it waiting, with the reason.
@@ -164,7 +166,7 @@ def queue_entries(
         if why is None:
             why = reasons[lane] = (
                 unplaceable_reason(occupancy, lane[0]),
-                owners.quota_reason(job.owner, job.gpu_count),
+                owners.quota_reason(job.owner, job.gpu_count * job.nodes),
             )
         unplaceable, quota = why
         entries.append(
@@ -173,6 +175,7 @@ def queue_entries(
                 position=position,
                 priority=job.priority,
                 gpu_count=job.gpu_count,
+                nodes=job.nodes,
                 estimated_wait_s=waits.get(job.job_id),
                 unplaceable=unplaceable,
                 blocked_by=None if quota is None else OWNER_GPU_QUOTA,
@@ -184,4 +187,5 @@ def queue_entries(
 
 def _never(occupancy: Occupancy, owners: OwnerUsage, lane: Lane) -> bool:
     (count, requirement), owner = lane
-    return count > occupancy.capacity(requirement) or owners.never_within_quota(owner, count)
+    gpus = count * requirement.nodes
+    return count > occupancy.capacity(requirement) or owners.never_within_quota(owner, gpus)
