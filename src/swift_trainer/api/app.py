@@ -18,14 +18,14 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Tag
 from litestar.plugins import InitPlugin
 
-from .api_metrics import MetricsEndpoint, http_metrics
+from .api_metrics import HttpMetrics, MetricsEndpoint
 from .asyncapi_endpoint import asyncapi_json
 from .auth.guard import AuthGuard
 from .auth.rate_limit import WriteRateLimit
 from .dashboard import dashboard_handlers
 from .deps import ApiDeps
 from .docs import docs_routes, offline_swagger
-from .http_tracing import http_tracing
+from .http_tracing import HttpTracing
 from .jobs.controllers import JobsController
 from .jobs.reads import JobReadsController
 from .openai import openai_router
@@ -83,7 +83,8 @@ class SwiftTrainerApi(InitPlugin):
         app_config.route_handlers.extend(
             [training, openai, *docs_routes(), MetricsEndpoint, asyncapi_json]
         )
-        app_config.middleware.append(http_metrics().middleware)
+        # Outermost first: the span covers the metered time.
+        app_config.middleware.extend([HttpTracing, HttpMetrics])
         # The web dashboard at / (it calls the API above; see api/dashboard).
         app_config.route_handlers.extend(
             dashboard_handlers(f"{self.api_prefix}/training", API_VERSION)
@@ -124,7 +125,7 @@ def _prime_cpu_counter() -> None:
 
 def create_app(deps: ApiDeps, *, api_prefix: str = "/api/v1", debug: bool = False) -> Litestar:
     return Litestar(
-        plugins=[SwiftTrainerApi(deps, api_prefix=api_prefix), http_tracing()],
+        plugins=[SwiftTrainerApi(deps, api_prefix=api_prefix)],
         debug=debug,
         # The process configures logging (text or JSON lines with trace ids); Litestar's
         # default config would replace the root logger's handlers with its own format.
