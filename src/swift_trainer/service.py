@@ -147,13 +147,12 @@ class Service:
         await relay.start()
         if self.handler is not None:
             # This process's appends reach its relay directly (no read back from the
-            # store); the NATS nudge still tells the relays of other processes.
-            nudge = self.handler.on_appended
+            # store); the relay's announcement tells the relays of other processes, and
+            # its own relay ignores it.
 
             def appended(result: AppendResult) -> None:
                 relay.offer(result.events)
-                if nudge is not None:
-                    nudge(result)
+                relay.announce()
 
             self.handler.on_appended = appended
         self._stoppers.append(("outbox relay", self.relay.stop))
@@ -224,6 +223,7 @@ class Service:
         )
         from .bus.command_client import CommandClient
         from .bus.file_store import FileStore
+        from .bus.local_commands import LocalCommandClient
 
         assert self.nc is not None and self.read_model is not None
         checks = {"nats": nats_check(self.nc), "read_model": read_model_check(self.read_model)}
@@ -237,11 +237,19 @@ class Service:
             await follower.start(timeout=self.settings.command_timeout_s * 3)
             self._stoppers.append(("access view", follower.stop))
             access = follower.view
+        # A handler in this process takes the API's commands directly (no NATS round trip).
+        commands = (
+            LocalCommandClient(
+                self.nc, self.handler, timeout=self.settings.command_timeout_s, actor="api"
+            )
+            if self.handler is not None
+            else CommandClient(self.nc, timeout=self.settings.command_timeout_s, actor="api")
+        )
         deps = ApiDeps(
             access=access,
             write_rate=self.settings.api_write_rate,
             write_burst=self.settings.api_write_burst,
-            commands=CommandClient(self.nc, timeout=self.settings.command_timeout_s, actor="api"),
+            commands=commands,
             read_model=self.read_model,
             readiness=combine_checks(**checks),
             process_queue=process_queue or no_scheduler,
