@@ -296,11 +296,12 @@ class Fleet:
         await nc.subscribe(f"{subjects.EVENTS_ROOT}.job.>", cb=watch.on_event)
         await nc.subscribe(f"$KV.{subjects.RUNNERS_BUCKET}.>", cb=watch.on_heartbeat)
         await nc.subscribe(f"{subjects.COMMANDS}.ReportProgress", cb=watch.on_progress)
-        total_gpus = options.hosts * options.gpus
+        total_gpus: int = options.hosts * options.gpus
         async with httpx.AsyncClient(base_url=self.api, timeout=60) as client:
 
             async def gpus_up() -> bool:
-                return int((await client.get("/gpus")).json()["total"]) >= total_gpus
+                seen: int = (await client.get("/gpus")).json()["total"]
+                return seen >= total_gpus
 
             await wait_for("the fleet's GPUs", gpus_up, self.components, options.timeout)
             wave = list(job_bodies("wave", max(1, options.hosts // 2), 1, options.steps))
