@@ -147,7 +147,7 @@ class Service:
         self.relay = relay = OutboxRelay(self.store, self.nc)
         self.handler = CommandHandler(
             self.store,
-            after_append=[relay.offer_appended, RelayNudge(self.nc)],
+            after_append=[relay.offer_appended, RelayNudge(self.nc, origin=relay.origin)],
             observer=observe_command,
         )
         await self.handler.start(self.nc)
@@ -221,6 +221,7 @@ class Service:
         )
         from .bus.command_client import CommandClient
         from .bus.file_store import FileStore
+        from .bus.local_commands import LocalCommandClient
 
         assert self.nc is not None and self.read_model is not None
         checks = {"nats": nats_check(self.nc), "read_model": read_model_check(self.read_model)}
@@ -242,11 +243,19 @@ class Service:
             usage = UsageView(self.store)
             # Keeps the fold warm (a report folds only what came since) and the counter set.
             self.add_background("usage fold", count_gpu_seconds(usage, METRICS_SAMPLE_S))
+        # A handler in this process takes the API's commands directly (no NATS round trip).
+        commands = (
+            LocalCommandClient(
+                self.nc, self.handler, timeout=self.settings.command_timeout_s, actor="api"
+            )
+            if self.handler is not None
+            else CommandClient(self.nc, timeout=self.settings.command_timeout_s, actor="api")
+        )
         deps = ApiDeps(
             access=access,
             write_rate=self.settings.api_write_rate,
             write_burst=self.settings.api_write_burst,
-            commands=CommandClient(self.nc, timeout=self.settings.command_timeout_s, actor="api"),
+            commands=commands,
             read_model=self.read_model,
             readiness=combine_checks(**checks),
             process_queue=process_queue or no_scheduler,

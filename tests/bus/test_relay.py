@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from swift_trainer.bus import subjects
@@ -162,3 +164,48 @@ async def test_offered_events_are_published_without_a_read_and_gaps_come_from_th
     assert await relay.publish_pending() == 0, "the offer of 5 was not published twice"
     info = await nc.jetstream().stream_info(subjects.EVENTS_STREAM)
     assert info.state.messages == 5
+
+
+async def test_a_running_relay_reads_the_store_for_others_appends_not_for_its_own(
+    nc: Client,
+    store: SqlEventStore,
+) -> None:
+    """Offers and the relay's own announcement cost no store read; another process's
+    announcement (or nudge) does, and brings what that process appended."""
+    relay = OutboxRelay(store, nc, poll_interval=30)
+    await relay.start()
+    heard: list[bytes] = []
+
+    async def listen(msg: Msg) -> None:
+        heard.append(msg.data)
+
+    listener = await nc.subscribe(subjects.APPENDED, cb=listen)
+    try:
+        reads = relay.store_reads
+        spec = JobSpec(data_path="d", model_path="m", output_dir="o/a")
+        mine = await store.append(
+            job_stream("a"),
+            [_new(e.JobSubmitted(at=NOW, job_id="a", spec=spec))],
+            expected_version=0,
+        )
+        relay.offer(mine.events)
+        relay.announce()
+        await _until(lambda: relay.position == 1 and heard == [relay.origin])
+        await nc.flush()
+        await asyncio.sleep(0.1)  # room for a wrongly woken pass to read
+        assert relay.store_reads == reads, "its own append needed no read"
+        await _append_job(store, "elsewhere")  # positions 2-4, never offered
+        await nc.publish(subjects.APPENDED, b"another-relay")
+        await _until(lambda: relay.position == 4)
+        assert relay.store_reads > reads
+    finally:
+        await listener.unsubscribe()
+        await relay.stop()
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    for _ in range(250):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the condition did not hold within 5 s")

@@ -25,13 +25,22 @@ def rss_mib(pid: int) -> float:
 class Component:
     """One ``swift-trainer`` process, its output in a file (a full pipe would stall it)."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], logs: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        env: dict[str, str],
+        logs: Path,
+        *,
+        program: list[str] | None = None,
+    ) -> None:
+        """``program`` replaces ``swift-trainer`` (``args`` then follow it)."""
         self.name = name
         self.log_path = logs / f"{name}.log"
         self._log: IO[bytes] = self.log_path.open("wb")
         self.started = time.perf_counter()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "swift_trainer.cli", *args],
+            [*(program or [sys.executable, "-m", "swift_trainer.cli"]), *args],
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -23,10 +23,10 @@ from .auth.rate_limit import WriteRateLimit
 from .dashboard import dashboard_handlers
 from .deps import ApiDeps
 from .docs import docs_routes, offline_swagger
-from .http_tracing import http_tracing
+from .http_tracing import HttpTracing
 from .jobs.controllers import JobsController
 from .jobs.reads import JobReadsController
-from .metrics import MetricsEndpoint, http_metrics
+from .metrics import HttpMetrics, MetricsEndpoint
 from .openai import openai_router
 from .problems import MAX_BODY_BYTES, exception_handlers
 from .queue.controllers import QueueController
@@ -91,7 +91,8 @@ class SwiftTrainerApi(InitPlugin):
         app_config.route_handlers.extend(
             [training, openai, *docs_routes(), MetricsEndpoint, asyncapi_json]
         )
-        app_config.middleware.append(http_metrics().middleware)
+        # Outermost first: the span covers the metered time.
+        app_config.middleware.extend([HttpTracing, HttpMetrics])
         # The web dashboard at / (it calls the API above; see api/dashboard).
         app_config.route_handlers.extend(
             dashboard_handlers(f"{self.api_prefix}/training", API_VERSION)
@@ -133,7 +134,7 @@ def _prime_cpu_counter() -> None:
 
 def create_app(deps: ApiDeps, *, api_prefix: str = "/api/v1", debug: bool = False) -> Litestar:
     return Litestar(
-        plugins=[SwiftTrainerApi(deps, api_prefix=api_prefix), http_tracing()],
+        plugins=[SwiftTrainerApi(deps, api_prefix=api_prefix)],
         debug=debug,
         # The process configures logging (text or JSON lines with trace ids); Litestar's
         # default config would replace the root logger's handlers with its own format.

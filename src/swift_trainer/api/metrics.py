@@ -1,7 +1,7 @@
 """``/metrics`` on the API port, HTTP latency by route, and the gauges read from read models.
 
-HTTP series come from Litestar's Prometheus middleware (``prometheus-client`` underneath),
-grouped by route template so a job id never becomes a label. The fleet's gauges (jobs by
+HTTP series come from a route middleware (``prometheus-client`` underneath), grouped by
+route template so a job id never becomes a label. The fleet's gauges (jobs by
 status, runners alive, GPUs total and free per runner, read-model lag) are sampled
 every few seconds from the read models this process serves, not computed per scrape:
 a scrape is served from a thread and must not wait on Redis. Each GPU's NVML readings are
@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any, Final
+from typing import Final
 
 import msgspec
-from litestar import Request
 from litestar.enums import ScopeType
-from litestar.plugins.prometheus import (
-    PrometheusConfig,
-    PrometheusController,
-    PrometheusMiddleware,
-)
-from prometheus_client import Gauge
+from litestar.plugins.prometheus import PrometheusController
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import Counter, Gauge, Histogram
 
 from ..core.clock import Clock, utc_now
 from ..core.inventory import RunnerHeartbeat
@@ -59,34 +57,99 @@ class MetricsEndpoint(PrometheusController):
     include_in_schema = False
 
 
-class RouteTemplateMetrics(PrometheusMiddleware):
-    """Labels from the route template alone.
+HTTP_REQUESTS: Final = Counter(
+    "swift_trainer_http_requests_total",
+    "Total requests",
+    ["method", "path", "status_code", "app_name"],
+)
+HTTP_ERRORS: Final = Counter(
+    "swift_trainer_http_requests_error_total",
+    "Total errors in requests",
+    ["method", "path", "status_code", "app_name"],
+)
+HTTP_DURATION: Final = Histogram(
+    "swift_trainer_http_request_duration_seconds",
+    "Request duration, in seconds",
+    ["method", "path", "status_code", "app_name"],
+)
+HTTP_IN_PROGRESS: Final = Gauge(
+    "swift_trainer_http_requests_in_progress",
+    "Total requests currently in progress",
+    ["method", "path", "status_code", "app_name"],
+    multiprocess_mode="livesum",
+)
+_APP_NAME: Final = "swift-trainer"
 
-    Litestar's own middleware builds the request's whole URL (query string and all) for
-    every request before it replaces the path by the template; measured under load that
-    was most of the middleware's cost, for a value it then throws away.
+
+class _RouteSeries:
+    """The series of one method and route template, bound once and reused per request."""
+
+    def __init__(self, method: str, template: str) -> None:
+        self.labels = (method, template)
+        self.in_progress = HTTP_IN_PROGRESS.labels(method, template, "200", _APP_NAME)
+        self._by_status: dict[int, tuple[Counter, Histogram]] = {}
+
+    def by_status(self, status: int) -> tuple[Counter, Histogram]:
+        bound = self._by_status.get(status)
+        if bound is None:
+            values = (*self.labels, str(status), _APP_NAME)
+            bound = self._by_status[status] = (
+                HTTP_REQUESTS.labels(*values),
+                HTTP_DURATION.labels(*values),
+            )
+        return bound
+
+
+class HttpMetrics:
+    """Route middleware: request count, errors, latency and in-flight per route template.
+
+    The label children are bound once per method and status, so a request costs two
+    timer reads, a dict lookup and the increments; a job id never becomes a label.
     """
 
-    def _get_default_labels(self, request: Request[Any, Any, Any]) -> dict[str, str | int | float]:
-        scope = request.scope
-        return {
-            "method": scope["method"] if scope["type"] == ScopeType.HTTP else scope["type"],
-            "path": scope["path_template"],
-            "status_code": 200,
-            "app_name": self._config.app_name,
-        }
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._routes: dict[tuple[str, str], _RouteSeries | None] = {}
+
+    def _series(self, scope: Scope) -> _RouteSeries | None:
+        method = scope["method"] if scope["type"] == ScopeType.HTTP else str(scope["type"])
+        template = scope.get("path_template") or scope["path"]
+        key = (method, template)
+        if key not in self._routes:
+            metered = template != METRICS_PATH
+            self._routes[key] = _RouteSeries(method, template) if metered else None
+        return self._routes[key]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        series = self._series(scope) if scope["type"] in _METERED else None
+        if series is None:
+            await self.app(scope, receive, send)
+            return
+        status = 200
+        started = time.perf_counter()
+        ended = 0.0
+
+        async def metered_send(message: Message) -> None:
+            nonlocal status, ended
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                ended = time.perf_counter()
+            await send(message)
+
+        series.in_progress.inc()
+        try:
+            await self.app(scope, receive, metered_send)
+        finally:
+            series.in_progress.dec()
+            count, duration = series.by_status(status)
+            if status >= HTTP_500_INTERNAL_SERVER_ERROR:
+                HTTP_ERRORS.labels(*series.labels, str(status), _APP_NAME).inc()
+            count.inc()
+            duration.observe((ended or time.perf_counter()) - started)
 
 
-def http_metrics() -> PrometheusConfig:
-    """Request count and latency per route template (``swift_trainer_http_*``)."""
-    return PrometheusConfig(
-        app_name="swift-trainer",
-        prefix="swift_trainer_http",
-        middleware_class=RouteTemplateMetrics,
-        group_path=True,
-        exclude_unhandled_paths=True,
-        exclude=[METRICS_PATH],
-    )
+_METERED: Final = frozenset({ScopeType.HTTP, ScopeType.WEBSOCKET})
 
 
 async def sample_fleet(read_model: ReadModel, *, now: datetime, lease_s: float) -> None:

@@ -38,6 +38,7 @@ from nats.js.api import Header, PubAck
 from nats.js.errors import NotFoundError
 from opentelemetry import trace
 
+from ..core.ids import new_id
 from ..core.store import AppendResult, EventStore, RecordedEvent
 from ..core.tasks import unsubscribe_quietly
 from . import subjects
@@ -113,6 +114,13 @@ class OutboxRelay:
         #: Store reads (queries) and the events they returned: how often offers fell short.
         self.store_reads = 0
         self.read_from_store = 0
+        #: Sent as the body of this relay's own nudges, which it then ignores.
+        self.origin = new_id().encode()
+        self._announce_waiting = False
+        #: Whether the next woken pass reads the store: set by another process's nudge, a
+        #: dropped offer, a failed publish and the poll; offers alone need no read.
+        self._read_wanted = True
+        self._announcing: set[asyncio.Task[None]] = set()
 
     def offer_appended(self, result: AppendResult) -> None:
         """An after-append listener: ``offer`` the events one append stored."""
@@ -126,8 +134,12 @@ class OutboxRelay:
         """
         offered = self._offered
         for event in events:
-            if event.position > self.position and len(offered) < self.window:
+            if event.position <= self.position:
+                continue
+            if len(offered) < self.window:
                 offered[event.position] = event
+            else:
+                self._read_wanted = True
         self._wake.set()
 
     def _take_offered(self, after: int) -> list[RecordedEvent]:
@@ -160,8 +172,11 @@ class OutboxRelay:
             self._last_msg_id = headers.get(Header.MSG_ID.value)
         return self.position
 
-    async def publish_pending(self) -> int:
+    async def publish_pending(self, *, read_store: bool = True) -> int:
         """Publish everything stored after ``position``; returns how many were published.
+
+        With ``read_store`` False only offered events are published (the store holds
+        nothing else this relay has been told of).
 
         Reading the store and awaiting acks overlap: up to ``window`` publishes are in
         flight while the next batch is read, so a JetStream fsync per message (sync
@@ -176,7 +191,7 @@ class OutboxRelay:
             if len(inflight) < self.window:
                 events = self._take_offered(sent_position)
                 offered |= bool(events)
-                if not events and not offered:
+                if not events and not offered and read_store:
                     # Only a pass that started without offers reads the store: after
                     # offers, what follows is offered next (and wakes the relay), or was
                     # appended elsewhere and read on the next wake (its nudge, or the poll).
@@ -198,6 +213,7 @@ class OutboxRelay:
                     if future.done() and not future.cancelled():
                         future.exception()  # retrieved: the tail is read again instead
                     future.cancel()
+                self._read_wanted = True
                 await self.reconcile()
                 break
         published = self.published_total - before
@@ -253,8 +269,10 @@ class OutboxRelay:
     async def start(self) -> None:
         await self.reconcile()
 
-        async def on_nudge(_msg: Msg) -> None:
-            self._wake.set()
+        async def on_nudge(msg: Msg) -> None:
+            if msg.data != self.origin:  # its own appends came by ``offer``
+                self._read_wanted = True
+                self._wake.set()
 
         self._nudges = await self.nc.subscribe(subjects.APPENDED, cb=on_nudge)
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
@@ -262,24 +280,50 @@ class OutboxRelay:
     def wake(self) -> None:
         self._wake.set()
 
+    def announce(self) -> None:
+        """Wake the relays of other processes after an append here; appends made before
+        a waiting announcement goes out share it (a relay woken reads all it lacks)."""
+        if self._announce_waiting or not self.nc.is_connected:
+            return
+        self._announce_waiting = True
+        task = asyncio.create_task(self._publish_announcement())
+        self._announcing.add(task)
+        task.add_done_callback(self._announcing.discard)
+
+    async def _publish_announcement(self) -> None:
+        # Cleared before publishing: an append after this line gets an announcement of its
+        # own, one before it is covered by this one.
+        self._announce_waiting = False
+        #: Whether the next woken pass reads the store: set by another process's nudge, a
+        #: dropped offer, a failed publish and the poll; offers alone need no read.
+        self._read_wanted = True
+        with contextlib.suppress(Exception):
+            await self.nc.publish(subjects.APPENDED, self.origin)
+
     async def _run(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
+            try:
                 async with asyncio.timeout(self.poll_interval):
                     await self._wake.wait()
+            except TimeoutError:
+                self._read_wanted = True  # the poll: whatever a lost nudge left behind
             self._wake.clear()
+            read_store, self._read_wanted = self._read_wanted, False
             try:
-                await self.publish_pending()
+                await self.publish_pending(read_store=read_store)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 _log.exception("outbox relay pass failed; retrying")
+                self._read_wanted = True
                 await asyncio.sleep(self.poll_interval)
                 with contextlib.suppress(Exception):
                     await self.reconcile()
 
     async def stop(self) -> None:
         await unsubscribe_quietly(self._nudges)
+        if self._announcing:
+            await asyncio.gather(*self._announcing, return_exceptions=True)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -297,8 +341,10 @@ class RelayNudge:
     stored after its position.
     """
 
-    def __init__(self, nc: Client) -> None:
+    def __init__(self, nc: Client, *, origin: bytes = b"") -> None:
         self.nc = nc
+        #: The body of each nudge: the relay beside the handler ignores its own.
+        self.origin = origin
         self._waiting = False
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -314,4 +360,4 @@ class RelayNudge:
         # Cleared before publishing: an append committed after this line gets a nudge of
         # its own, one committed before it is covered by this one.
         self._waiting = False
-        await self.nc.publish(subjects.APPENDED, b"")
+        await self.nc.publish(subjects.APPENDED, self.origin)

@@ -60,6 +60,7 @@ from .projection import (
     plan_batch,
     to_micros,
 )
+from .redis_gets import DirectGets
 from .views import (
     EventLogEntry,
     JobFold,
@@ -148,6 +149,7 @@ class RedisReadModel:
         self._append_logs = client.register_script(scripts.APPEND_LOGS)
         self._put_runner = client.register_script(scripts.PUT_RUNNER)
         self._wipe = client.register_script(scripts.WIPE)
+        self._gets = DirectGets(client)
         self._lock = asyncio.Lock()
         self._applied: int | None = None
         self._processor: QueueProcessorState | None = None
@@ -173,13 +175,14 @@ class RedisReadModel:
         return self._keys.prefix
 
     async def close(self) -> None:
+        await self._gets.close()
         if self._owns_client:
             await self._redis.aclose()
 
     # redis-py types replies for every decode mode; this client always gets bytes back.
 
     async def _get(self, key: str) -> bytes | None:
-        return cast("bytes | None", await self._redis.get(key))
+        return await self._gets.get(key)
 
     async def _members(
         self, key: str, start: int | str, stop: int | str, **options: Any

@@ -1,0 +1,75 @@
+"""Commands to the handler of this same process, without the NATS round trip.
+
+When the API and a command handler share a process (``swift-trainer up``), a command need
+not travel to nats-server and back: the envelope is encoded and decoded as on the wire (so
+it passes the same checks), then handed to the handler's ``execute``. The decision, the
+append, idempotency by command id and the reply are the handler's, exactly as over NATS.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from nats.aio.client import Client
+from opentelemetry import trace
+
+from ..core.commands import AnyCommand
+from ..core.errors import SwiftTrainerError
+from ..core.ids import new_id
+from .command_client import CommandClient
+from .command_handler import CommandHandler
+from .messages import CommandEnvelope, CommandReply, decode_envelope, encode, error_reply
+from .trace_headers import inject_headers
+
+_log = logging.getLogger(__name__)
+_tracer = trace.get_tracer(__name__)
+
+
+class LocalCommandClient(CommandClient):
+    """A ``CommandClient`` whose commands go straight to ``handler``; queries still use NATS."""
+
+    def __init__(
+        self,
+        nc: Client,
+        handler: CommandHandler,
+        *,
+        timeout: float = 10.0,
+        actor: str | None = None,
+    ) -> None:
+        super().__init__(nc, timeout=timeout, actor=actor)
+        self.handler = handler
+
+    async def send(
+        self,
+        command: AnyCommand,
+        *,
+        command_id: str | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        actor: str | None = None,
+        timeout: float | None = None,
+        retries: int = 2,
+    ) -> CommandReply:
+        """Decide and record ``command`` here; the reply is the one NATS would carry."""
+        envelope = CommandEnvelope(
+            command_id=command_id or new_id(),
+            command=command,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            actor=actor or self.actor,
+        )
+        name = type(command).__name__
+        with _tracer.start_as_current_span(
+            f"send {name}",
+            kind=trace.SpanKind.PRODUCER,
+            attributes={"command.type": name, "command.id": envelope.command_id},
+        ):
+            try:
+                checked = decode_envelope(encode(envelope))
+            except SwiftTrainerError as exc:  # what the handler answers a malformed request
+                return error_reply(envelope.command_id, exc)
+            try:
+                return await self.handler.execute(checked, inject_headers())
+            except Exception as exc:  # as over NATS: an answer, never a crash
+                _log.exception("unexpected error handling command %s", envelope.command_id)
+                return error_reply(envelope.command_id, SwiftTrainerError(repr(exc)))
