@@ -22,7 +22,7 @@ from swift_trainer.projections.scheduler import (
     HostSnapshot,
     QueuedJob,
     RunningJob,
-    Scheduler,
+    PlacementCore,
     place_jobs,
 )
 
@@ -118,7 +118,7 @@ def test_the_queue_view_shows_nodes_and_a_wait_for_a_gang() -> None:
 
 
 def test_a_released_gang_frees_every_rank() -> None:
-    scheduler = Scheduler()
+    scheduler = PlacementCore()
     for h in (host("a", 2), host("b", 2)):
         scheduler.update_host(h)
     scheduler.submit(gang("g", 2, 2))
@@ -256,7 +256,7 @@ def test_a_two_node_job_is_not_starved_by_a_stream_of_one_gpu_jobs(
 ) -> None:
     """1-GPU jobs keep arriving behind a 2-node x 2-GPU job; it starts once the jobs that
     ran when it came have ended, whatever the stream does."""
-    scheduler = Scheduler()
+    scheduler = PlacementCore()
     scheduler.update_host(labelled("a", 2, rack="x"))
     scheduler.update_host(labelled("b", 2, rack=rack_b))
     ends: dict[str, float] = {}
