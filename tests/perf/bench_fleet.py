@@ -42,7 +42,7 @@ import redis
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from perf_processes import Component, rss_mib
-from swift_trainer.runner.runner_factory import RunnerOptions, create_runner_agent
+from swift_trainer.runner.factory import RunnerOptions, create_runner_agent
 
 from swift_trainer.bus import subjects
 from swift_trainer.bus.connection import connect, provision

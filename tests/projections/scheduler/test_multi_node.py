@@ -20,9 +20,9 @@ from swift_trainer.core.gang import RankPlacement
 from swift_trainer.projections.scheduler import (
     Decision,
     HostSnapshot,
+    PlacementCore,
     QueuedJob,
     RunningJob,
-    PlacementCore,
     place_jobs,
 )
 
