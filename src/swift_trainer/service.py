@@ -238,7 +238,12 @@ class Service:
             self._stoppers.append(("access view", follower.stop))
             access = follower.view
         usage = None
+        webhooks = None
         if self.store is not None:
+            from .api.deps import WebhookAccess
+            from .webhooks_cli import signing_key
+
+            webhooks = WebhookAccess(self.store, signing_key(self.settings))
             from .api.usage.metrics import count_gpu_seconds
             from .projections.usage_view import UsageView
 
@@ -262,6 +267,7 @@ class Service:
             files_max_bytes=self.settings.files_max_bytes,
             auto_export=self.settings.auto_export,
             usage=usage,
+            webhooks=webhooks,
         )
         app = create_app(deps, api_prefix=self.settings.api_prefix)
         port = await self.start_http(app, host=host, port=port)

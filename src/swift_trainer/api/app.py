@@ -33,6 +33,7 @@ from .problems import exception_handlers
 from .queue.controllers import QueueController
 from .system.controllers import SystemController
 from .usage import UsageController
+from .webhooks import WebhooksController
 
 
 def _api_version() -> str:
@@ -82,6 +83,7 @@ class SwiftTrainerApi(InitPlugin):
                 QueueController,
                 SystemController,
                 UsageController,
+                WebhooksController,
             ],
             # On the router: Litestar ignores a limit set on the app config by a plugin.
             request_max_body_size=MAX_BODY_BYTES,
@@ -118,6 +120,7 @@ class SwiftTrainerApi(InitPlugin):
                 Tag(name="system", description="GPUs, system status and health."),
                 Tag(name="openai", description="OpenAI-compatible files and fine-tuning."),
                 Tag(name="usage", description="GPU-hours per owner, label or day."),
+                Tag(name="webhooks", description="Signed deliveries of your jobs' events."),
             ],
             use_handler_docstrings=False,
         )
