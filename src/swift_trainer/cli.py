@@ -186,7 +186,7 @@ def _add_front_doors(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     add_client_arguments(sub)
     add_webhooks_arguments(sub)
     add_keys_arguments(sub)
-    from .client.usage import add_usage_arguments
+    from .client.usage_table import add_usage_arguments
     from .files_cli import add_files_arguments
 
     add_files_arguments(sub)
@@ -312,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             service.serve_metrics(settings, args.metrics_port)
         from .audit_cli import run_audit
         from .client.terminal import run_client
-        from .client.usage import run_usage
+        from .client.usage_table import run_usage
         from .contract_cli import run_contract
         from .files_cli import run_files
         from .webhooks_cli import run_webhooks

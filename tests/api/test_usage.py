@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from swift_trainer.client.usage import usage_csv
+from swift_trainer.client.usage_table import usage_csv
 from swift_trainer.core import commands as c
 from swift_trainer.projections.access_view import AccessFollower, AccessView
 from swift_trainer.projections.read_models import MemoryReadModel
