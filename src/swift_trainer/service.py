@@ -236,7 +236,12 @@ class Service:
             self._stoppers.append(("access view", follower.stop))
             access = follower.view
         usage = None
+        webhooks = None
         if self.store is not None:
+            from .api.deps import WebhookAccess
+            from .projections.webhook_dispatcher import load_signing_key
+
+            webhooks = WebhookAccess(self.store, load_signing_key(self.settings))
             from .api.usage.metrics import count_gpu_seconds
             from .projections.usage_view import UsageView
 
@@ -269,6 +274,7 @@ class Service:
             auto_export=self.settings.auto_export,
             usage=usage,
             experiments=self.experiments,
+            webhooks=webhooks,
         )
         app = create_app(deps, api_prefix=self.settings.api_prefix)
         port = await self.start_http(app, host=host, port=port)

@@ -33,6 +33,7 @@ from swift_trainer.api import (
     nats_subscriber,
     read_model_check,
 )
+from swift_trainer.api.deps import WebhookAccess
 from swift_trainer.bus.command_client import CommandClient
 from swift_trainer.bus.command_handler import CommandHandler
 from swift_trainer.bus.connection import connect, provision
@@ -238,6 +239,7 @@ async def running_stack(
             "output_root": str(tmp_path / "output"),
             "files": FileStore(nc.jetstream()),
             "usage": UsageView(store),
+            "webhooks": WebhookAccess(store, b"test-signing-key"),
             "stream_poll_s": 0.2,
             "stream_end_grace_s": 0.0,
             **overrides,

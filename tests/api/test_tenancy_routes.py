@@ -59,6 +59,8 @@ Kind = Literal[
     "upload",
     "create_native",
     "create_openai",
+    "hook_create",
+    "hook_delete",
 ]
 
 
@@ -97,6 +99,9 @@ ROUTES: dict[tuple[str, str], Row] = {
     ("GET", f"{T}/gpus"): Row("list"),
     ("GET", f"{T}/system/status"): Row("list"),
     ("GET", f"{T}/usage"): Row("list"),
+    ("GET", f"{T}/webhooks"): Row("list"),
+    ("POST", f"{T}/webhooks"): Row("hook_create", {"url": "http://127.0.0.1:9/alice-hook"}),
+    ("DELETE", f"{T}/webhooks/{{webhook_id:str}}"): Row("hook_delete"),
     ("POST", f"{T}/queue/process"): Row("admin"),
     ("POST", f"{T}/queue/processor/start"): Row("admin"),
     ("POST", f"{T}/queue/processor/stop"): Row("admin"),
@@ -166,6 +171,10 @@ def expected(kind: Kind, who: Who, target: Target) -> frozenset[int]:
         return frozenset({200} if file_seen else {404})
     if kind == "upload":
         return frozenset({200})
+    if kind == "hook_create":
+        return frozenset({201})
+    if kind == "hook_delete":
+        return frozenset({204} if file_seen else {404})
     # A job trains on its own owner's files only (the admin's owner has none here).
     trains = target == "own" and who == "user"
     if kind == "create_native":
@@ -174,7 +183,7 @@ def expected(kind: Kind, who: Who, target: Target) -> frozenset[int]:
 
 
 def targets_of(kind: Kind) -> tuple[Target, ...]:
-    if kind in ("job_read", "job_write", "file_read", "file_delete"):
+    if kind in ("job_read", "job_write", "file_read", "file_delete", "hook_delete"):
         return TARGETS
     if kind in ("create_native", "create_openai"):
         return TARGETS
@@ -259,6 +268,7 @@ class World:
     bob_secret: str
     job: dict[str, str]
     file: dict[str, str]
+    hook: dict[str, str] = field(default_factory=dict)
     bob_files: set[str] = field(default_factory=set)
     counter: itertools.count[int] = field(default_factory=itertools.count)
 
@@ -275,6 +285,19 @@ class World:
         response = await self.http.post(f"{PREFIX}/jobs", json=body, headers=self.headers(owner))
         assert response.status_code == 201, response.text
         return job_id
+
+    async def new_hook(self, owner: Literal["user", "bob"]) -> str:
+        name = "alice" if owner == "user" else BOB
+        body = {
+            "url": f"http://127.0.0.1:9/{name}-hook",
+            "webhook_id": f"{name}-hook-{next(self.counter)}",
+        }
+        response = await self.http.post(
+            f"{PREFIX}/webhooks", json=body, headers=self.headers(owner)
+        )
+        assert response.status_code == 201, response.text
+        hook_id: str = response.json()["webhook_id"]
+        return hook_id
 
     async def new_file(self, owner: Literal["user", "bob"]) -> str:
         line = BOB_LINE if owner == "bob" else "alice-line"
@@ -329,6 +352,11 @@ async def world_of(tmp_path: Path) -> AsyncIterator[tuple[World, Litestar]]:
                     "other": await world.new_job("bob"),
                 }
                 world.job["none"] = "nosuchjob-1"
+                world.hook = {
+                    "own": await world.new_hook("user"),
+                    "other": await world.new_hook("bob"),
+                }
+                world.hook["none"] = "nosuchhook-1"
                 await stack.settled()
                 # bob's job holds GPU 0 of a live runner: the GPU view must not name it.
                 now = datetime.now(UTC)
@@ -407,7 +435,11 @@ async def walk(world: World, rows: dict[tuple[str, str], Row]) -> list[str]:
                     job_id = await world.new_job("user" if target == "own" else "bob")
                 if fresh and row.kind == "file_delete" and target != "none":
                     file_id = await world.new_file("user" if target == "own" else "bob")
+                hook_id = world.hook[target]
+                if row.kind == "hook_delete" and allowed == {204}:
+                    hook_id = await world.new_hook("user" if target == "own" else "bob")
                 url = row.example or template.replace(J, job_id).replace(F, file_id)
+                url = url.replace("{webhook_id:str}", hook_id)
                 body = _fill(row.body, file_id) if row.body is not None else None
                 status, text = await _call(world, method, url, who, body)
                 answers[target] = (status, text)
@@ -415,7 +447,7 @@ async def walk(world: World, rows: dict[tuple[str, str], Row]) -> list[str]:
                 if status not in allowed:
                     wrong.append(f"{where}: {status} not in {sorted(allowed)}: {text[:160]}")
                 if who in ("user", "none"):
-                    leaked = _leaks(world, text, (job_id, file_id))
+                    leaked = _leaks(world, text, (job_id, file_id, hook_id))
                     if leaked:
                         wrong.append(f"{where}: the body names {leaked}: {text[:160]}")
                 await world.stack.settled()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import msgspec
 import pytest
 from nats.aio.client import Client
 
@@ -70,3 +71,20 @@ async def test_a_local_file_is_checked_and_stored_like_an_upload(
         "error",
         "line 2: expected a JSON object, got list",
     )
+
+
+async def test_set_owner_rewrites_the_record_and_keeps_content_and_digest(
+    nc: Client, tmp_path: Path
+) -> None:
+    await provision(nc.jetstream())
+    store = FileStore(nc.jetstream())
+    content = b'{"query": "q", "response": "r"}\n' * 10
+    stored = await store.put(record(len(content)), io.BytesIO(content))
+    assert stored.owner == "local"
+    moved = await store.set_owner(stored.id, "alice")
+    assert moved == msgspec.structs.replace(stored, owner="alice")
+    assert await store.get(stored.id) == moved
+    await store.download(stored.id, tmp_path / "d.jsonl")
+    assert (tmp_path / "d.jsonl").read_bytes() == content
+    with pytest.raises(FileNotFound):
+        await store.set_owner("file-000000000000000000000000", "alice")

@@ -346,6 +346,8 @@ def test_the_report_equals_a_brute_force_replay(
         assert row.attempts == len(want["attempts"]), key
         assert row.queue_waits == len(want["waits"]), key
         assert row.queue_wait_p95_s == p95([float(w) for w in want["waits"]]), key
+        mean = sum(want["waits"]) / len(want["waits"]) if want["waits"] else None
+        assert row.queue_wait_mean_s == (round(mean, 3) if mean is not None else None), key
         assert row.jobs == dict(sorted(want["jobs"].items())), key
 
 

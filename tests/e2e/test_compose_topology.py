@@ -254,7 +254,8 @@ def test_compose_services_run_a_job_here_with_one_trace_across_them(topology: To
         _wait("readiness", lambda: http.get("/health/ready").status_code == 200, topology)
         # API_AUTH=required in compose: the first admin key, made as the NATS operator.
         assert http.get("/jobs").status_code == 401
-        http.headers["Authorization"] = f"Bearer {_admin_key(topology)}"
+        admin = {"Authorization": f"Bearer {_admin_key(topology)}"}
+        http.headers.update(admin)
         _wait("the runner's GPUs", lambda: http.get("/gpus").json()["total"] == 2, topology)
         body = {"job_id": "composed", "data_path": "d#40", "model_path": "m", "gpu_count": 2}
         created = http.post("/jobs", json=body)
@@ -279,7 +280,7 @@ def test_compose_services_run_a_job_here_with_one_trace_across_them(topology: To
         "the jobs gauge (sampled every 2 s)",
         lambda: (
             'swift_trainer_jobs{status="succeeded"} 1.0'
-            in httpx.get(f"{topology.base}/metrics").text
+            in httpx.get(f"{topology.base}/metrics", headers=admin).text
         ),
         topology,
         timeout=15,

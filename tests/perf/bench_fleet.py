@@ -42,12 +42,12 @@ import redis
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from perf_processes import Component, rss_mib
-from swift_trainer.runner.factory import RunnerOptions, create_runner_agent
 
 from swift_trainer.bus import subjects
 from swift_trainer.bus.connection import connect, provision
 from swift_trainer.bus.embedded import EmbeddedNatsServer, free_port
 from swift_trainer.bus.messages import decode_event_envelope
+from swift_trainer.runner.factory import RunnerOptions, create_runner_agent
 
 API = "/api/v1/training"
 TRAINER = Path(__file__).with_name("fleet_swift.sh")

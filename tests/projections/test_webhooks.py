@@ -272,3 +272,38 @@ async def test_access_events_are_never_delivered_and_the_audit_folds_them(
     assert [j.job_id for j in (await read_model.list_jobs()).items] == ["after-key"]
     report = await verify_store(store)
     assert report.ok, report
+
+
+async def test_an_owners_webhook_gets_only_that_owners_job_events(
+    store: SqlEventStore, dispatcher: WebhookDispatcher, receiver: Receiver
+) -> None:
+    history = History()
+    await register_webhook(store, "alice-hook", receiver.url, (), actor="k", owner="alice")
+    history.submit("a-job", owner="alice")
+    history.submit("b-job", owner="bob")
+    history.submit("cli-job")
+    for job_id in ("a-job", "b-job", "cli-job"):
+        history.schedule(job_id)
+        history.started(job_id)
+        history.succeed(job_id)
+    await stored(store, history)
+
+    await drive(dispatcher, lambda: len(receiver.requests) >= 5)
+    await dispatcher.run_once()
+    bodies = [json.loads(r.body) for r in receiver.requests]
+    assert {b["event"]["job_id"] for b in bodies} == {"a-job"}
+    assert [b["type"] for b in bodies] == [
+        "JobSubmitted",
+        "JobQueued",
+        "JobScheduled",
+        "JobStarted",
+        "JobSucceeded",
+    ]
+
+
+def test_a_registration_stored_before_owners_decodes_as_every_jobs() -> None:
+    old = b'{"type":"WebhookRegistered","at":"2026-01-01T00:00:00Z","webhook_id":"h","url":"http://x/"}'
+    event = w.decode_webhook_event("WebhookRegistered", old)
+    assert isinstance(event, w.WebhookRegistered)
+    assert event.owner is None
+    assert w.fold_webhook("h", [event]).owner is None

@@ -70,3 +70,18 @@ def test_digest_keys_are_hex_and_safe_in_file_names() -> None:
     assert digest_key(None) == "nodigest"
     key = digest_key("SHA-256=" + "A" * 43 + "=")
     assert len(key) == 64 and all(c in "0123456789abcdef" for c in key)
+
+
+async def test_a_job_trains_only_on_its_owners_files(nc: Client, tmp_path: Path) -> None:
+    await provision(nc.jetstream())
+    alices = await put(nc, owner="alice")
+    cache = DatasetCache(nc.jetstream(), tmp_path / "datasets")
+    for owner in ("bob", "local"):
+        spec = JobSpec(model_path="m", output_dir="o", training_file=alices.id, owner=owner)
+        with pytest.raises(DatasetUnavailable, match="no such file"):
+            await cache.resolve(spec)
+    assert cache.fetches == 0, "nothing of alice's reached the host"
+    mine = JobSpec(model_path="m", output_dir="o", training_file=alices.id, owner="alice")
+    assert list(await cache.resolve(mine)) == [alices.id]
+    keyless = JobSpec(model_path="m", output_dir="o", training_file=alices.id)
+    assert list(await cache.resolve(keyless)) == [alices.id], "the operator's job may"

@@ -34,6 +34,7 @@ from .runners.controllers import RunnersController
 from .sweeps.controllers import SweepsController
 from .system.controllers import SystemController
 from .usage import UsageController
+from .webhooks import WebhooksController
 
 
 def _api_version() -> str:
@@ -83,6 +84,7 @@ class SwiftTrainerApi(InitPlugin):
                 UsageController,
                 SweepsController,
                 RunnersController,
+                WebhooksController,
             ],
             # On the router: Litestar ignores a limit set on the app config by a plugin.
             request_max_body_size=MAX_BODY_BYTES,
@@ -120,6 +122,7 @@ class SwiftTrainerApi(InitPlugin):
                 Tag(name="system", description="GPUs, system status and health."),
                 Tag(name="openai", description="OpenAI-compatible files and fine-tuning."),
                 Tag(name="usage", description="GPU-hours per owner, label or day."),
+                Tag(name="webhooks", description="Signed deliveries of your jobs' events."),
             ],
             use_handler_docstrings=False,
         )

@@ -24,6 +24,7 @@ from ..bus.messages import CommandReply
 from ..core.clock import Clock, utc_now
 from ..core.commands import AnyCommand
 from ..core.settings import DEFAULT_FILES_MAX_BYTES
+from ..core.sqlstore import SqlEventStore
 from ..core.store import EventStore
 from ..core.tasks import unsubscribe_quietly
 from ..projections.access_view import AccessView
@@ -61,6 +62,14 @@ async def no_scheduler() -> PassResult:
     return not_processed("no scheduler is connected to this API; queued jobs wait for one")
 
 
+@dataclass(frozen=True)
+class WebhookAccess:
+    """What registering a webhook needs: the store (it is an event) and the signing key."""
+
+    store: SqlEventStore
+    signing_key: bytes
+
+
 @dataclass(frozen=True, kw_only=True)
 class ApiDeps:
     commands: CommandSender
@@ -90,6 +99,8 @@ class ApiDeps:
     readiness_timeout_s: float = 5.0
     clock: Clock = field(default=utc_now)
 
+    #: Registering webhooks over HTTP (``/webhooks``); None: those routes answer 503.
+    webhooks: WebhookAccess | None = None
     #: The usage fold of the event store (``GET /usage``); None: it answers 503.
     usage: UsageView | None = None
     #: Uploaded datasets (``/v1/files``); None: the files endpoints answer 503.

@@ -67,6 +67,9 @@ class WebhookRegistered(WebhookEvent, frozen=True, tag=True):
     description: str = ""
     #: Deliveries start after this global position (the log's end at registration).
     start_after: int = 0
+    #: Deliver only the events of this owner's jobs (a ``user`` key's webhook); None:
+    #: every event the filter selects (an admin's).
+    owner: str | None = None
 
 
 class WebhookRemoved(WebhookEvent, frozen=True, tag=True):
@@ -126,6 +129,10 @@ class WebhookState(msgspec.Struct, frozen=True):
     retry_at: datetime | None = None
     delivered: int = 0
     abandoned: int = 0
+    #: Only this owner's jobs' events are delivered (None: every job's).
+    owner: str | None = None
+    registered_by: str | None = None
+    description: str = ""
 
     @property
     def active(self) -> bool:
@@ -141,6 +148,9 @@ def evolve_webhook(state: WebhookState, event: AnyWebhookEvent) -> WebhookState:
                 version=version,
                 url=event.url,
                 event_types=event.event_types,
+                owner=event.owner,
+                registered_by=event.registered_by,
+                description=event.description,
                 removed=False,
                 cursor=max(state.cursor, event.start_after),
             )

@@ -36,6 +36,7 @@ from swift_trainer.core import webhook_events as w
 from swift_trainer.core.access import is_access_stream
 from swift_trainer.core.clock import Clock, utc_now
 from swift_trainer.core.errors import ConcurrencyConflict, MessageError, StoreError
+from swift_trainer.core.events import decode_event
 from swift_trainer.core.settings import Settings
 from swift_trainer.core.sqlaudit import streams_with_prefix
 from swift_trainer.core.sqlstore import SqlEventStore
@@ -45,6 +46,8 @@ _log = logging.getLogger(__name__)
 
 
 ACTOR: Final = "webhooks"
+#: Job streams are ``job-<job id>``.
+JOB_STREAM_PREFIX: Final = "job-"
 
 
 class WebhookDispatcher:
@@ -75,6 +78,8 @@ class WebhookDispatcher:
         self._scanned: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        #: Each job stream's owner, read once from its submission.
+        self._owners: dict[str, str | None] = {}
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -166,10 +171,27 @@ class WebhookDispatcher:
                     not w.is_webhook_stream(recorded.stream_id)
                     and not is_access_stream(recorded.stream_id)
                     and w.wants(state.event_types, recorded.type)
+                    and await self._owner_may_see(state.owner, recorded.stream_id)
                 ):
                     self._scanned[state.webhook_id] = recorded.position - 1
                     return recorded
             after = batch[-1].position
+
+    async def _owner_may_see(self, owner: str | None, stream_id: str) -> bool:
+        """An owner's webhook gets its own jobs' events only: no ledger, no other job."""
+        if owner is None:
+            return True
+        if not stream_id.startswith(JOB_STREAM_PREFIX):
+            return False
+        if stream_id not in self._owners:
+            first = await self.store.read_stream(stream_id)
+            submitted = None
+            if first and first[0].type == "JobSubmitted":
+                with contextlib.suppress(MessageError):
+                    submitted = decode_event(first[0].type, first[0].payload)
+            spec = getattr(submitted, "spec", None)
+            self._owners[stream_id] = spec.owner if spec is not None else None
+        return self._owners[stream_id] == owner
 
     async def _deliver(self, state: w.WebhookState, event: RecordedEvent) -> NewEvent:
         assert state.url is not None
@@ -253,8 +275,10 @@ async def register_webhook(
     *,
     actor: str,
     description: str = "",
+    owner: str | None = None,
 ) -> RecordedEvent:
-    """Record a registration (an admin's act); a webhook id is registered once."""
+    """Record a registration; a webhook id is registered once. ``owner``: deliver only
+    that owner's jobs' events (a ``user`` key's webhook)."""
     w.validate_registration(url, event_types)
     event = w.WebhookRegistered(
         at=datetime.now(UTC),
@@ -264,6 +288,7 @@ async def register_webhook(
         registered_by=actor,
         description=description,
         start_after=await store.last_position(),
+        owner=owner,
     )
     result = await store.append(
         w.webhook_stream(webhook_id),

@@ -89,10 +89,9 @@ def _runner_view(
             )
         )
     inventory = msgspec.structs.replace(beat.inventory, gpus=())
+    # A run of a job holding no GPU now has no known owner: only callers who see all get it.
     owners = {h.job_id: h.owner for (runner, _), h in holders.items() if runner == runner_id}
-    jobs = tuple(j for j in beat.jobs if j.job_id in owners and may_see(owners[j.job_id]))
-    if may_see is _everyone:
-        jobs = beat.jobs
+    jobs = tuple(j for j in beat.jobs if may_see(owners.get(j.job_id)))
     return RunnerGpus(
         runner_id=runner_id,
         seen_at=seen_at,

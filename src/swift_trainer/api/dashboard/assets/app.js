@@ -1,5 +1,5 @@
 // The dashboard's router: one view at a time, chosen by the URL fragment (#/jobs,
-// #/job/ID, #/queue, #/gpus, #/submit), so links, the back button and reloads all work
+// #/job/ID, #/queue, #/gpus, #/usage, #/submit), so links, the back button and reloads all work
 // without any server-side routing beyond "/".
 
 import { forgetKey, apiKey, get } from "./api.js";
@@ -9,6 +9,7 @@ import { jobView } from "./job.js";
 import { queueView } from "./queue.js";
 import { gpusView } from "./gpus.js";
 import { submitView } from "./submit.js";
+import { usageView } from "./usage.js";
 
 const main = document.getElementById("main");
 let teardown = null;
@@ -24,6 +25,7 @@ function route() {
     job: () => jobView(main, arg),
     queue: () => queueView(main),
     gpus: () => gpusView(main),
+    usage: () => usageView(main),
     submit: () => submitView(main),
   };
   const view = views[name] || (() => {

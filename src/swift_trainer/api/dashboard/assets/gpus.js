@@ -11,6 +11,9 @@ function holder(gpu) {
   if (gpu.job_id) {
     return h("a", { href: `#/job/${encodeURIComponent(gpu.job_id)}` }, gpu.job_id);
   }
+  if (gpu.held) {
+    return h("span.muted", "another owner's job");
+  }
   if (gpu.foreign_memory_mib) {
     return h("span.warn", `foreign process (${fmtBytesMiB(gpu.foreign_memory_mib)})`);
   }
