@@ -15,6 +15,7 @@ from typing import Any, ClassVar, TypeVar
 import msgspec
 
 from .errors import InvalidSpec, MessageError, UnknownMessageType
+from .progress import MetricSample
 from .spec import JobSpec
 
 T = TypeVar("T")
@@ -85,6 +86,8 @@ class JobProgressed(JobEvent, frozen=True, tag=True):
     eval_loss: float | None = None
     #: Input tokens trained on so far, where the trainer reports them.
     tokens_seen: int | None = None
+    #: Steps logged since the previous report, oldest first (its curve points).
+    earlier: tuple[MetricSample, ...] = ()
 
 
 class CheckpointSaved(JobEvent, frozen=True, tag=True):

@@ -791,7 +791,7 @@ def evolve(state: JobState, event: e.AnyJobEvent) -> JobState:  # noqa: C901 - a
             )
         case e.JobProgressed():
             fields = msgspec.structs.asdict(event)
-            for key in ("job_id", "attempt"):
+            for key in ("job_id", "attempt", "earlier"):
                 fields.pop(key)
             return s(state, progress=Progress(**fields))
         case e.CheckpointSaved(step=step, path=path, attempt=attempt):

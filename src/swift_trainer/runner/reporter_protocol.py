@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Literal, Protocol
 
+from ..core.progress import MetricSample
 from .outcome import ExportOutcome, JobOutcome
 from .training_log import TrainingProgress
 
@@ -19,7 +20,9 @@ class JobReporter(Protocol):
 
     async def on_started(self, pid: int, argv: tuple[str, ...]) -> None: ...
 
-    async def on_progress(self, progress: TrainingProgress) -> None: ...
+    async def on_progress(
+        self, progress: TrainingProgress, earlier: tuple[MetricSample, ...] = ()
+    ) -> None: ...
 
     async def on_checkpoint(self, step: int, path: str) -> None: ...
 

@@ -211,13 +211,15 @@ class WatchedRun:
                     self.progress = merge_progress(self.progress, record)
                     ready = self.throttle.offer(self.progress)
                     if ready is not None:
-                        await report_safely(job_reporter.on_progress(ready), self.record)
+                        earlier = self.throttle.take_earlier()
+                        await report_safely(job_reporter.on_progress(ready, earlier), self.record)
             if final or self.log.at_end:
                 break
             await asyncio.sleep(0)
         due = self.throttle.flush() if final else self.throttle.due()
         if due is not None:
-            await report_safely(job_reporter.on_progress(due), self.record)
+            earlier = self.throttle.take_earlier()
+            await report_safely(job_reporter.on_progress(due, earlier), self.record)
 
 
 async def monitor(run: WatchedRun, timing: WatchTiming, persist: Callable[[], None]) -> None:
