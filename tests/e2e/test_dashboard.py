@@ -371,7 +371,7 @@ def test_the_job_page_offers_only_what_the_status_allows(service: Service, brows
     )
     assert done.status_code == 201, done.text
     service.wait_status("done1", "succeeded", timeout=120)
-    base = str(service.http.base_url).removesuffix(API)
+    base = str(service.http.base_url).removesuffix(API + "/").removesuffix(API)
     page = browser.new_page()
     console = Console(page)
 
@@ -390,14 +390,14 @@ def test_the_job_page_offers_only_what_the_status_allows(service: Service, brows
 
 def test_an_unknown_job_id_shows_a_not_found_page(service: Service, browser: Any) -> None:
     expect = sync_api.expect
-    base = str(service.http.base_url).removesuffix(API)
+    base = str(service.http.base_url).removesuffix(API + "/").removesuffix(API)
     page = browser.new_page()
     console = Console(page)
     console.expect_refusal(404, "/jobs/no_such_job")
     page.goto(f"{base}/#/job/no_such_job")
     expect(page.get_by_role("heading", name="Job not found")).to_be_visible()
     expect(page.locator("#job-not-found")).to_contain_text("no job with the id no_such_job")
-    assert page.locator(".actions button").count() == 0
+    assert page.locator("button[data-action]").count() == 0
     assert page.locator("figure[data-chart]").count() == 0
     assert page.locator(".badge").count() == 0
     accessible(page, "not-found page")
