@@ -366,7 +366,7 @@ def test_the_job_page_offers_only_what_the_status_allows(service: Service, brows
             "job_id": "done1",
             "data_path": "d#10",
             "model_path": "m",
-            "train_args": {"max_steps": 20, "save_steps": 10},
+            "train_args": {"max_steps": 20, "save_steps": 10, "logging_steps": 2},
         },
     )
     assert done.status_code == 201, done.text
@@ -382,6 +382,12 @@ def test_the_job_page_offers_only_what_the_status_allows(service: Service, brows
     page.goto(f"{base}/#/job/done1")
     expect(page.locator("#job-status .badge")).to_have_text("succeeded")
     assert shown_actions(page) == ["export", "delete"]
+    # Every logged step (2, 4, ... 20) is in the curve and on the chart, not one per report.
+    curve = http.get("/jobs/done1/progress", params={"history": "true"}).json()["history"]
+    assert {2, 4, 6, 8, 10, 12, 14, 16, 18, 20} <= {point["step"] for point in curve}
+    expect(page.locator("figure[data-chart=loss]")).to_have_attribute(
+        "data-points", str(len([p for p in curve if p.get("loss") is not None]))
+    )
     expect(page.get_by_role("button", name=re.compile("^Export checkpoint")).first).to_be_visible()
     accessible(page, "succeeded job page")
     page.close()

@@ -333,7 +333,25 @@ export function jobView(main, jobId) {
   let lastSeq = null;
   let lastPosition = 0;
 
-  async function catchUpCurve() {
+  // One read at a time; a report that arrives during a read asks for one more after it,
+  // since the read in flight may predate that report's steps.
+  let curveRead = null;
+  let curveAgain = false;
+  function catchUpCurve() {
+    if (curveRead) {
+      curveAgain = true;
+      return curveRead;
+    }
+    curveRead = (async () => {
+      do {
+        curveAgain = false;
+        await readCurve();
+      } while (curveAgain && alive);
+    })().finally(() => { curveRead = null; });
+    return curveRead;
+  }
+
+  async function readCurve() {
     try {
       const progress = await get(`${path}/progress?history=true`);
       for (const point of progress.history || []) addPoint(point);
@@ -345,7 +363,11 @@ export function jobView(main, jobId) {
   function connect() {
     stops.push(stream(`${path}/progress/stream`, {
       onMessage: (p, id) => {
-        addPoint(p);
+        // A report carries the steps logged since the previous one: read them from the
+        // curve (they are there before the report is streamed), then the report's own.
+        if (p.step > lastStep) {
+          catchUpCurve().then(() => addPoint(p));
+        }
         const version = Number(id);
         if (summary && version >= shownVersion) {
           shownVersion = version;
