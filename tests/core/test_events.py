@@ -154,6 +154,10 @@ def _strategy_for(annotation: Any) -> st.SearchStrategy[Any]:
         return st.booleans()
     if annotation is JobSpec:
         return specs
+    if isinstance(annotation, type) and issubclass(annotation, msgspec.Struct):
+        hints = typing.get_type_hints(annotation)
+        fields = {name: _strategy_for(hints[name]) for name in annotation.__struct_fields__}
+        return st.builds(annotation, **fields)
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is tuple:
         return st.lists(_strategy_for(args[0]), max_size=4).map(tuple)
