@@ -195,9 +195,7 @@ class ReadModelContract(ABC):
         assert [(p.step, p.loss, p.grad_norm) for p in curve][-1] == (25, None, 0.7)
         assert curve[0].grad_norm is None
 
-    async def test_steps_sent_along_are_points_too(
-        self, read_model: ReadModel
-    ) -> None:
+    async def test_steps_sent_along_are_points_too(self, read_model: ReadModel) -> None:
         h = History()
         h.running("a")
         samples = (MetricSample(step=5, loss=2.0), MetricSample(step=10, learning_rate=1e-4))
