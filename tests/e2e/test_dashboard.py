@@ -19,6 +19,7 @@ page land in the folder the test prints (``DASHBOARD_ARTIFACTS`` or a temp folde
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import time
@@ -30,6 +31,8 @@ import httpx
 import pytest
 from tests.conftest import require_services
 from tests.e2e.live_service import API, Service, issue_key, start_service, stop_service
+
+from swift_trainer.api.jobs.curve import lttb
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -390,6 +393,15 @@ def test_the_job_page_offers_only_what_the_status_allows(service: Service, brows
     )
     expect(page.get_by_role("button", name=re.compile("^Export checkpoint")).first).to_be_visible()
     accessible(page, "succeeded job page")
+
+    # The charts thin long curves by the same rule as the API (the same indices kept).
+    rng = random.Random(7)
+    ys = [rng.gauss(0, 1) for _ in range(3000)]
+    xs = [float(x) for x in range(len(ys))]
+    in_browser = page.evaluate(
+        "async ([xs, ys]) => (await import('/dashboard/charts.js')).lttb(xs, ys, 500)", [xs, ys]
+    )
+    assert in_browser == lttb(xs, ys, 500)
     page.close()
     assert console.errors == []
 
