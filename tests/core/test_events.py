@@ -206,6 +206,10 @@ def _strategy_for(annotation: Any) -> st.SearchStrategy[Any]:
             gpu_ids=st.lists(st.integers(0, 7), max_size=4).map(tuple),
             gpu_uuids=st.lists(st.text(), max_size=4).map(tuple),
         )
+    if isinstance(annotation, type) and issubclass(annotation, msgspec.Struct):
+        hints = typing.get_type_hints(annotation)
+        fields = {name: _strategy_for(hints[name]) for name in annotation.__struct_fields__}
+        return st.builds(annotation, **fields)
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is tuple:
         return st.lists(_strategy_for(args[0]), max_size=4).map(tuple)

@@ -19,6 +19,7 @@ page land in the folder the test prints (``DASHBOARD_ARTIFACTS`` or a temp folde
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import time
@@ -30,6 +31,8 @@ import httpx
 import pytest
 from tests.conftest import missing, require_services
 from tests.e2e.live_service import API, Service, issue_key, start_service, stop_service
+
+from swift_trainer.api.jobs.curve import lttb
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -138,6 +141,14 @@ def progress_of(page: Any, job_id: str) -> int:
 
 def points(page: Any, chart: str) -> int:
     return int(page.locator(f'figure[data-chart="{chart}"]').get_attribute("data-points") or 0)
+
+
+def shown_actions(page: Any) -> list[str]:
+    """The job page's action buttons on screen, in order."""
+    names: list[str] = page.eval_on_selector_all(
+        ".actions button[data-action]", "bs => bs.filter(b => !b.hidden).map(b => b.dataset.action)"
+    )
+    return names
 
 
 def test_submit_watch_and_stop_a_job_in_the_browser(
@@ -281,14 +292,9 @@ def test_submit_watch_and_stop_a_job_in_the_browser(
     expect(page.locator("#log mark").first).to_have_text("Saving model checkpoint")
     page.get_by_label("Search the log").fill("")
 
-    # A refused action shows the API's own words in the confirmation dialog.
-    console.expect_refusal(409, "/jobs/dash_001")
-    page.get_by_role("button", name="Delete").click()
+    # A running job offers what a running job allows, and nothing else.
+    assert shown_actions(page) == ["stop", "pause"]
     dialog = page.locator("#confirm")
-    dialog.get_by_role("button", name="Delete").click()
-    expect(dialog.locator("#confirm-error")).to_contain_text("invalid_transition")
-    dialog.get_by_role("button", name="Cancel").click()
-    expect(dialog).to_be_hidden()
 
     page.screenshot(path=str(artifacts / "job-page.png"), full_page=True)
 
@@ -350,6 +356,76 @@ def test_submit_watch_and_stop_a_job_in_the_browser(
 
     assert console.errors == []
     assert small_console.errors == []
+
+
+def test_the_job_page_offers_only_what_the_status_allows(service: Service, browser: Any) -> None:
+    expect = sync_api.expect
+    http = service.http
+    held = http.post(
+        "/jobs",
+        json={"job_id": "held1", "data_path": "d#10", "model_path": "m", "auto_start": False},
+    )
+    assert held.status_code == 201, held.text
+    done = http.post(
+        "/jobs",
+        json={
+            "job_id": "done1",
+            "data_path": "d#10",
+            "model_path": "m",
+            "train_args": {"max_steps": 20, "save_steps": 10, "logging_steps": 2},
+        },
+    )
+    assert done.status_code == 201, done.text
+    service.wait_status("done1", "succeeded", timeout=120)
+    base = str(service.http.base_url).removesuffix(API + "/").removesuffix(API)
+    page = browser.new_page()
+    console = Console(page)
+
+    page.goto(f"{base}/#/job/held1")
+    expect(page.locator("#job-status .badge")).to_have_text("held")
+    assert shown_actions(page) == ["stop", "start", "pause", "delete"]
+
+    page.goto(f"{base}/#/job/done1")
+    expect(page.locator("#job-status .badge")).to_have_text("succeeded")
+    assert shown_actions(page) == ["export", "delete"]
+    # Every logged step (2, 4, ... 20) is in the curve and on the chart, not one per report.
+    curve = http.get("/jobs/done1/progress", params={"history": "true"}).json()["history"]
+    assert {2, 4, 6, 8, 10, 12, 14, 16, 18, 20} <= {point["step"] for point in curve}
+    expect(page.locator("figure[data-chart=loss]")).to_have_attribute(
+        "data-points", str(len([p for p in curve if p.get("loss") is not None]))
+    )
+    expect(page.get_by_role("button", name=re.compile("^Export checkpoint")).first).to_be_visible()
+    accessible(page, "succeeded job page")
+
+    # The charts thin long curves by the same rule as the API (the same indices kept).
+    rng = random.Random(7)
+    ys = [rng.gauss(0, 1) for _ in range(3000)]
+    xs = [float(x) for x in range(len(ys))]
+    in_browser = page.evaluate(
+        "async ([xs, ys]) => (await import('/dashboard/charts.js')).lttb(xs, ys, 500)", [xs, ys]
+    )
+    assert in_browser == lttb(xs, ys, 500)
+    page.close()
+    assert console.errors == []
+
+
+def test_an_unknown_job_id_shows_a_not_found_page(service: Service, browser: Any) -> None:
+    expect = sync_api.expect
+    base = str(service.http.base_url).removesuffix(API + "/").removesuffix(API)
+    page = browser.new_page()
+    console = Console(page)
+    console.expect_refusal(404, "/jobs/no_such_job")
+    page.goto(f"{base}/#/job/no_such_job")
+    expect(page.get_by_role("heading", name="Job not found")).to_be_visible()
+    expect(page.locator("#job-not-found")).to_contain_text("no job with the id no_such_job")
+    assert page.locator("button[data-action]").count() == 0
+    assert page.locator("figure[data-chart]").count() == 0
+    assert page.locator(".badge").count() == 0
+    accessible(page, "not-found page")
+    page.get_by_role("link", name="Back to the jobs").click()
+    page.wait_for_url(re.compile(r"#/jobs$"))
+    page.close()
+    assert console.errors == []
 
 
 def test_an_api_key_prompt_appears_on_401_and_the_key_rides_in_a_header(

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
+from swift_trainer.core.progress import MetricSample
 from swift_trainer.core.spec import JobSpec, TrainArgs
 from swift_trainer.runner.outcome import ExportOutcome, JobOutcome
 from swift_trainer.runner.run_watch import Stream
@@ -34,7 +35,9 @@ class RecordingReporter:
     async def on_started(self, pid: int, argv: tuple[str, ...]) -> None:
         self.started.append((pid, argv))
 
-    async def on_progress(self, progress: TrainingProgress) -> None:
+    async def on_progress(
+        self, progress: TrainingProgress, earlier: tuple[MetricSample, ...] = ()
+    ) -> None:
         self.progress.append(progress)
 
     async def on_checkpoint(self, step: int, path: str) -> None:

@@ -24,6 +24,7 @@ from tests.runner.runner_helpers import (
     wait_for,
 )
 
+from swift_trainer.core.progress import MetricSample
 from swift_trainer.runner.gpu_probe import FakeInventory
 from swift_trainer.runner.outcome import MAX_STDERR_TAIL_CHARS, ExportOutcome, JobOutcome
 from swift_trainer.runner.run_state import RunStateStore, run_key
@@ -564,7 +565,9 @@ async def test_redelivered_start_is_harmless(
 
 
 class BrokenReporter(RecordingReporter):
-    async def on_progress(self, progress: TrainingProgress) -> None:
+    async def on_progress(
+        self, progress: TrainingProgress, earlier: tuple[MetricSample, ...] = ()
+    ) -> None:
         raise ConnectionError("the bus is down")
 
     async def on_log_line(self, stream: object, line: str) -> None:

@@ -226,6 +226,22 @@ def test_throttle_holds_back_but_never_drops_the_last() -> None:
     assert throttle.flush() is None
 
 
+def test_throttle_keeps_every_held_back_step_as_a_sample() -> None:
+    now = [0.0]
+    throttle = ProgressThrottle(5.0, clock=lambda: now[0])
+    assert throttle.offer(TrainingProgress(step=1, loss=3.0)) is not None
+    assert throttle.take_earlier() == ()
+    now[0] = 1.0
+    for step in (2, 3, 4):
+        assert throttle.offer(TrainingProgress(step=step, loss=3.0 - step / 10)) is None
+    # An evaluation at the same step merges into it rather than adding a sample.
+    assert throttle.offer(TrainingProgress(step=4, loss=2.6, eval_loss=2.9)) is None
+    now[0] = 6.0
+    assert throttle.due() == TrainingProgress(step=4, loss=2.6, eval_loss=2.9)
+    assert [(x.step, x.loss) for x in throttle.take_earlier()] == [(2, 2.8), (3, 2.7)]
+    assert throttle.take_earlier() == ()
+
+
 def test_merge_progress_keeps_the_newest_value_of_each_field() -> None:
     train = TrainingProgress(step=50, max_steps=94, loss=1.0, learning_rate=1e-4)
     evaluation = TrainingProgress(step=50, max_steps=94, eval_loss=1.3)

@@ -17,6 +17,7 @@ from .failure import Failure
 from .gang import RankPlacement
 from .ids import JOB_ID_PATTERN
 from .limits import MAX_REASON_CHARS
+from .progress import MetricSample
 from .spec import JobSpec, Priority
 from .sweep_space import SweepSpec
 
@@ -160,6 +161,8 @@ class ReportProgress(RunnerReport, frozen=True, tag=True):
     train_speed: float | None = None
     eval_loss: float | None = None
     tokens_seen: int | None = None
+    #: Steps logged since the previous report, oldest first (at most 1,000).
+    earlier: tuple[MetricSample, ...] = ()
 
 
 class ReportCheckpoint(RunnerReport, frozen=True, tag=True):

@@ -17,6 +17,7 @@ import msgspec
 from .errors import InvalidSpec, MessageError, UnknownMessageType
 from .failure import Failure
 from .gang import RankPlacement
+from .progress import MetricSample
 from .spec import JobSpec, TrainArgs
 
 T = TypeVar("T")
@@ -118,6 +119,8 @@ class JobProgressed(JobEvent, frozen=True, tag=True):
     eval_loss: float | None = None
     #: Input tokens trained on so far, where the trainer reports them.
     tokens_seen: int | None = None
+    #: Steps logged since the previous report, oldest first (its curve points).
+    earlier: tuple[MetricSample, ...] = ()
 
 
 class CheckpointSaved(JobEvent, frozen=True, tag=True):

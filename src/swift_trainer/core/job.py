@@ -1329,7 +1329,7 @@ def _evolve(state: JobState, event: e.AnyJobEvent) -> JobState:  # noqa: C901, P
             )
         case e.JobProgressed():
             fields = msgspec.structs.asdict(event)
-            for key in ("job_id", "attempt"):
+            for key in ("job_id", "attempt", "earlier"):
                 fields.pop(key)
             return s(state, progress=Progress(**fields))
         case e.CheckpointSaved(step=step, path=path, attempt=attempt):

@@ -31,3 +31,33 @@ class TrainingMetrics(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=T
 
 #: The field names, in order: what a report, an event and the state share.
 METRIC_FIELDS: tuple[str, ...] = TrainingMetrics.__struct_fields__
+
+#: The most logged steps one progress report carries besides its own.
+MAX_EARLIER_SAMPLES = 1000
+
+
+class MetricSample(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
+    """One logged step's curve values, sent along with the next progress report.
+
+    A runner reports progress at most every few seconds; the steps logged in between ride
+    along as samples, so the job's curves keep every logged step.
+    """
+
+    step: int
+    epoch: float | None = None
+    loss: float | None = None
+    learning_rate: float | None = None
+    grad_norm: float | None = None
+    eval_loss: float | None = None
+
+
+def sample_of(metrics: TrainingMetrics) -> MetricSample:
+    """The curve values of one progress record."""
+    return MetricSample(
+        step=metrics.step,
+        epoch=metrics.epoch,
+        loss=metrics.loss,
+        learning_rate=metrics.learning_rate,
+        grad_norm=metrics.grad_norm,
+        eval_loss=metrics.eval_loss,
+    )

@@ -40,6 +40,7 @@ from ..core import events as e
 from ..core.atomic_file import write_atomic
 from ..core.ids import new_id
 from ..core.limits import MAX_REASON_CHARS
+from ..core.progress import MetricSample
 from ..core.tasks import cancel_and_wait
 from .log_publisher import LogPublisher
 from .outcome import ExportOutcome, JobOutcome
@@ -311,11 +312,17 @@ class JobReports:
         command_id = self._started_id(pid) if self._started_id is not None else None
         self.outbox.submit(command, command_id=command_id)
 
-    async def on_progress(self, progress: TrainingProgress) -> None:
+    async def on_progress(
+        self, progress: TrainingProgress, earlier: tuple[MetricSample, ...] = ()
+    ) -> None:
         fields = msgspec.structs.asdict(progress)
         self.outbox.submit(
             c.ReportProgress(
-                job_id=self.job_id, attempt=self.attempt, runner_id=self.runner_id, **fields
+                job_id=self.job_id,
+                attempt=self.attempt,
+                runner_id=self.runner_id,
+                earlier=earlier,
+                **fields,
             ),
         )
 

@@ -9,6 +9,8 @@ the grace period every process still alive in the tree, session or group gets SI
 
 from __future__ import annotations
 
+from ..core.progress import MetricSample
+
 import asyncio
 import logging
 import signal
@@ -49,7 +51,9 @@ class JobReporter(Protocol):
 
     async def on_started(self, pid: int, argv: tuple[str, ...]) -> None: ...
 
-    async def on_progress(self, progress: TrainingProgress) -> None: ...
+    async def on_progress(
+        self, progress: TrainingProgress, earlier: tuple[MetricSample, ...] = ()
+    ) -> None: ...
 
     async def on_checkpoint(self, step: int, path: str) -> None: ...
 
@@ -245,13 +249,15 @@ class WatchedRun:
                     self.progress = merge_progress(self.progress, record)
                     ready = self.throttle.offer(self.progress)
                     if ready is not None:
-                        await report_safely(job_reporter.on_progress(ready), self.record)
+                        earlier = self.throttle.take_earlier()
+                        await report_safely(job_reporter.on_progress(ready, earlier), self.record)
             if final or self.log.at_end:
                 break
             await asyncio.sleep(0)
         due = self.throttle.flush() if final else self.throttle.due()
         if due is not None:
-            await report_safely(job_reporter.on_progress(due), self.record)
+            earlier = self.throttle.take_earlier()
+            await report_safely(job_reporter.on_progress(due, earlier), self.record)
 
 
 async def monitor(run: WatchedRun, timing: WatchTiming, persist: Callable[[], None]) -> None:

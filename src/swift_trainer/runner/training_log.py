@@ -30,7 +30,7 @@ from typing import Any, Final
 
 import msgspec
 
-from ..core.progress import TrainingMetrics
+from ..core.progress import MAX_EARLIER_SAMPLES, MetricSample, TrainingMetrics, sample_of
 from .log_tail import MAX_READ_BYTES
 
 LOGGING_FILE: Final = "logging.jsonl"
@@ -315,11 +315,25 @@ class ProgressThrottle:
         self._clock = clock
         self._last_emit: float | None = None
         self._pending: TrainingProgress | None = None
+        self._earlier: list[MetricSample] = []
 
     def offer(self, progress: TrainingProgress) -> TrainingProgress | None:
-        """The record to send now, or None when it is held back as the pending one."""
+        """The record to send now, or None when it is held back as the pending one.
+
+        A pending record that a newer step replaces is kept as a sample (``take_earlier``),
+        so the curves keep every logged step; one at the same step is merged into the new.
+        """
+        pending = self._pending
+        fits = len(self._earlier) < MAX_EARLIER_SAMPLES
+        if pending is not None and pending.step != progress.step and fits:
+            self._earlier.append(sample_of(pending))
         self._pending = progress
         return self.due()
+
+    def take_earlier(self) -> tuple[MetricSample, ...]:
+        """The samples held back since the last emitted record, oldest first; clears them."""
+        earlier, self._earlier = tuple(self._earlier), []
+        return earlier
 
     def due(self) -> TrainingProgress | None:
         """The pending record if the interval has passed since the last emission."""

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from swift_trainer.core import events as e
 from swift_trainer.core.job import JobStatus
+from swift_trainer.core.progress import MetricSample
 from swift_trainer.core.queue_processor import QueueProcessorState
 from swift_trainer.core.spec import TrainArgs
 from swift_trainer.core.store import RecordedEvent
@@ -193,6 +194,21 @@ class ReadModelContract(ABC):
         curve = await read_model.metric_history("a")
         assert [(p.step, p.loss, p.grad_norm) for p in curve][-1] == (25, None, 0.7)
         assert curve[0].grad_norm is None
+
+    async def test_steps_sent_along_are_points_too(self, read_model: ReadModel) -> None:
+        h = History()
+        h.running("a")
+        samples = (MetricSample(step=5, loss=2.0), MetricSample(step=10, learning_rate=1e-4))
+        h.progress("a", 15, loss=1.5, earlier=samples)
+        await read_model.apply_many(h.records)
+        curve = await read_model.metric_history("a")
+        assert [(p.step, p.loss, p.learning_rate) for p in curve] == [
+            (5, 2.0, None),
+            (10, None, 1e-4),
+            (15, 1.5, None),
+        ]
+        job = await read_model.get_job("a")
+        assert job is not None and job.progress is not None and job.progress.step == 15
 
     async def test_loss_curve_keeps_the_newest_points(self, small: ReadModel) -> None:
         h = History()

@@ -23,6 +23,7 @@ from ..deps import Deps
 from ..problems import problems
 from ..sse import EventStream, event_stream, last_event_id
 from .changes import follow_job_changes
+from .curve import downsample_curve
 from .labels import list_by_label, parse_label
 from .params import Follow, JobIdPath, OwnerFilter, load_job
 from .schemas import (
@@ -166,7 +167,11 @@ class JobReadsController(Controller):
     @get(
         "/{job_id:str}/progress",
         summary="Training progress",
-        description="`history=true` adds the loss curve; `follow=true` streams updates (SSE).",
+        description=(
+            "`history=true` adds the training curve: every logged step, or past 1,000 "
+            "points the steps that keep each series' shape (largest-triangle-three-buckets); "
+            "`follow=true` streams updates (SSE)."
+        ),
         responses={**problems(404, 422, 503), 200: followable(ProgressResponse)},
     )
     async def job_progress(
@@ -181,7 +186,7 @@ class JobReadsController(Controller):
         if follow:
             return event_stream(follow_progress(deps, job_id))
         curve = await deps.read_model.metric_history(job_id) if history else None
-        return progress_of(summary, curve)
+        return progress_of(summary, None if curve is None else downsample_curve(curve))
 
     @get(
         "/{job_id:str}/progress/stream",

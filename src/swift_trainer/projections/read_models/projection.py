@@ -24,6 +24,7 @@ from swift_trainer.core import events as e
 from swift_trainer.core.access import is_access_stream
 from swift_trainer.core.errors import MessageError
 from swift_trainer.core.job import JobState, JobStatus, evolve, initial_state
+from swift_trainer.core.progress import MetricSample
 from swift_trainer.core.queue_processor import QueueProcessorState, evolve_processor
 from swift_trainer.core.store import RecordedEvent
 from swift_trainer.core.sweep import is_sweep_stream
@@ -192,11 +193,13 @@ def _plan_event(
     if len(change.events) > limits.events_per_job:
         del change.events[: -limits.events_per_job]
     if isinstance(event, e.JobProgressed):
+        for sample in event.earlier:
+            change.metrics.append(sample_point(sample, event.at))
         point = metric_point(event)
         if point is not None:
             change.metrics.append(point)
-            if len(change.metrics) > limits.metric_points:
-                del change.metrics[: -limits.metric_points]
+        if len(change.metrics) > limits.metric_points:
+            del change.metrics[: -limits.metric_points]
 
 
 # --- views ----------------------------------------------------------------------------------
@@ -332,6 +335,19 @@ def metric_point(event: e.JobProgressed) -> MetricPoint | None:
         eval_loss=event.eval_loss,
         epoch=event.epoch,
         grad_norm=event.grad_norm,
+    )
+
+
+def sample_point(sample: MetricSample, at: datetime) -> MetricPoint:
+    """A logged step that rode along with a later report (stamped with that report's time)."""
+    return MetricPoint(
+        step=sample.step,
+        at=at,
+        loss=sample.loss,
+        learning_rate=sample.learning_rate,
+        eval_loss=sample.eval_loss,
+        epoch=sample.epoch,
+        grad_norm=sample.grad_norm,
     )
 
 

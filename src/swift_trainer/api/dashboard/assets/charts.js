@@ -3,6 +3,40 @@
 // readers, since a canvas says nothing to them.
 
 const HEIGHT = 190;
+/** The points a chart keeps; past twice as many it thins them back, keeping the shape. */
+export const MAX_POINTS = 1000;
+
+/** Largest-triangle-three-buckets: the indices that keep the line's shape, ends included
+ * (the same rule as the API's curve answer). */
+export function lttb(xs, ys, threshold) {
+  const count = xs.length;
+  if (threshold >= count || count <= 2) return xs.map((_, i) => i);
+  const kept = [0];
+  const bucket = (count - 2) / (threshold - 2);
+  let chosen = 0;
+  for (let index = 0; index < threshold - 2; index++) {
+    const start = Math.floor(index * bucket) + 1;
+    const end = Math.floor((index + 1) * bucket) + 1;
+    let afterStart = end;
+    let afterEnd = Math.min(Math.floor((index + 2) * bucket) + 1, count);
+    if (afterStart >= afterEnd) { afterStart = count - 1; afterEnd = count; }
+    let meanX = 0;
+    let meanY = 0;
+    for (let i = afterStart; i < afterEnd; i++) { meanX += xs[i]; meanY += ys[i]; }
+    meanX /= afterEnd - afterStart;
+    meanY /= afterEnd - afterStart;
+    let best = start;
+    let bestArea = -1;
+    for (let i = start; i < Math.min(end, count - 1); i++) {
+      const area = Math.abs((xs[chosen] - meanX) * (ys[i] - ys[chosen]) - (xs[chosen] - xs[i]) * (meanY - ys[chosen]));
+      if (area > bestArea) { best = i; bestArea = area; }
+    }
+    kept.push(best);
+    chosen = best;
+  }
+  kept.push(count - 1);
+  return kept;
+}
 
 function cssVar(name) {
   return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
@@ -80,6 +114,13 @@ export function lineChart(name, label, color) {
     add(step, value) {
       steps.push(step);
       values.push(value);
+      if (steps.length > 2 * MAX_POINTS) {
+        const kept = lttb(steps, values, MAX_POINTS);
+        const keptSteps = kept.map((i) => steps[i]);
+        const keptValues = kept.map((i) => values[i]);
+        steps.splice(0, steps.length, ...keptSteps);
+        values.splice(0, values.length, ...keptValues);
+      }
       if (!frame) frame = requestAnimationFrame(draw);
     },
     destroy() {

@@ -10,6 +10,22 @@ import {
 } from "./ui.js";
 
 const MAX_LOG_LINES = 3000;
+
+/** The statuses in which each action is allowed (the job lifecycle of the API's domain). */
+export const ACTIONS_BY_STATUS = {
+  stop: ["held", "queued", "scheduled", "running"],
+  start: ["held", "stopped", "failed", "paused"],
+  pause: ["held", "queued", "scheduled", "running"],
+  resume: ["paused", "stopped"],
+  export: ["succeeded", "failed", "stopped", "paused", "cancelled"],
+  delete: ["held", "queued", "succeeded", "failed", "stopped", "paused", "cancelled"],
+};
+
+/** Whether the job page offers ``action`` for ``job`` (an export also needs a checkpoint). */
+export function allows(action, job) {
+  if (!ACTIONS_BY_STATUS[action].includes(job.status)) return false;
+  return action !== "export" || job.checkpoints.length > 0;
+}
 const QUIET_EVENTS = new Set(["JobProgressed", "JobLogged"]);
 
 /** One line saying what an event did, for the audit timeline. */
@@ -52,6 +68,7 @@ export function jobView(main, jobId) {
   function action(label, verb, run, { danger = true, done = refresh } = {}) {
     return h("button", {
       type: "button", class: danger ? "danger-outline" : "secondary", "data-action": label.toLowerCase(),
+      hidden: true,
       onclick: async () => {
         const result = await confirmAction(`${label} ${jobId}?`, verb, run, { okLabel: label, danger });
         if (result && result.message) toast(result.message);
@@ -203,6 +220,9 @@ export function jobView(main, jobId) {
   function renderSummary(job) {
     const p = job.progress || {};
     status.replaceChildren(badge(job.status));
+    for (const button of actions.querySelectorAll("button[data-action]")) {
+      button.hidden = !allows(button.dataset.action, job);
+    }
     document.title = `${job.job_id} · ${job.status} · swift-trainer`;
     facts.replaceChildren(
       h("div.card.wide", h("span.k", "Progress"), progressCell(job)),
@@ -233,7 +253,8 @@ export function jobView(main, jobId) {
       max_retries: job.max_retries, labels: job.labels, train_args: job.train_args,
     }, null, 2);
     // Re-rendered only when they change, so a focused button keeps its focus.
-    const artifactsKey = JSON.stringify([job.checkpoints, job.exports]);
+    const exportable = allows("export", job);
+    const artifactsKey = JSON.stringify([job.checkpoints, job.exports, exportable]);
     if (artifactsKey === shownArtifacts) return;
     shownArtifacts = artifactsKey;
     artifacts.replaceChildren(
@@ -241,7 +262,7 @@ export function jobView(main, jobId) {
       job.checkpoints.length
         ? h("table.compact", h("thead", h("tr", ["Step", "Attempt", "Path", ""].map((c) => h("th", { scope: "col" }, c)))),
           h("tbody", job.checkpoints.map((c) => h("tr", h("td.num", String(c.step)), h("td.num", String(c.attempt)), h("td", h("code", c.path)),
-            h("td", h("button.secondary.small", {
+            h("td", !exportable ? "" : h("button.secondary.small", {
               type: "button",
               "aria-label": `Export checkpoint ${c.step}`,
               onclick: async () => {
@@ -259,6 +280,20 @@ export function jobView(main, jobId) {
         : h("p.muted", "None: Export merges the latest checkpoint's LoRA adapter."),
     );
 
+  }
+
+  /** An unknown (or deleted) id: a page that says so, with nothing to act on. */
+  function showNotFound() {
+    alive = false;
+    disconnect();
+    document.title = "Job not found · swift-trainer";
+    main.replaceChildren(
+      h("nav.crumbs", { "aria-label": "Breadcrumb" }, h("a", { href: "#/jobs" }, "Jobs"), " / ", jobId),
+      h("section.not-found", { id: "job-not-found" },
+        h("h1", "Job not found"),
+        h("p", `There is no job with the id ${jobId}. It may have been deleted, or the link may be mistyped.`),
+        h("p", h("a", { href: "#/jobs" }, "Back to the jobs"))),
+    );
   }
 
   // Summaries and progress messages race each other: each carries the job's version, and
@@ -286,9 +321,7 @@ export function jobView(main, jobId) {
       } catch (err) {
         if (!alive) return;
         if (err.status === 404) {
-          problem.textContent = `Job ${jobId} does not exist (or was deleted).`;
-          problem.hidden = false;
-          status.replaceChildren(badge("deleted"));
+          showNotFound();
         } else {
           toast(errorText(err), "error");
         }
@@ -305,7 +338,25 @@ export function jobView(main, jobId) {
   let lastSeq = null;
   let lastPosition = 0;
 
-  async function catchUpCurve() {
+  // One read at a time; a report that arrives during a read asks for one more after it,
+  // since the read in flight may predate that report's steps.
+  let curveRead = null;
+  let curveAgain = false;
+  function catchUpCurve() {
+    if (curveRead) {
+      curveAgain = true;
+      return curveRead;
+    }
+    curveRead = (async () => {
+      do {
+        curveAgain = false;
+        await readCurve();
+      } while (curveAgain && alive);
+    })().finally(() => { curveRead = null; });
+    return curveRead;
+  }
+
+  async function readCurve() {
     try {
       const progress = await get(`${path}/progress?history=true`);
       for (const point of progress.history || []) addPoint(point);
@@ -317,7 +368,11 @@ export function jobView(main, jobId) {
   function connect() {
     stops.push(stream(`${path}/progress/stream`, {
       onMessage: (p, id) => {
-        addPoint(p);
+        // A report carries the steps logged since the previous one: read them from the
+        // curve (they are there before the report is streamed), then the report's own.
+        if (p.step > lastStep) {
+          catchUpCurve().then(() => addPoint(p));
+        }
         const version = Number(id);
         if (summary && version >= shownVersion) {
           shownVersion = version;
