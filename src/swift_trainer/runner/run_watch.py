@@ -9,8 +9,6 @@ the grace period every process still alive in the tree, session or group gets SI
 
 from __future__ import annotations
 
-from ..core.progress import MetricSample
-
 import asyncio
 import logging
 import signal
@@ -20,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
+from ..core.progress import MetricSample
 from .failure_classifier import GpuFault
 from .log_tail import LineTail, seed_tail
 from .outcome import (
