@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
 from nats.aio.client import Client
 
+from swift_trainer.bus.command_client import CommandUnavailable
 from swift_trainer.bus.command_handler import CommandHandler
 from swift_trainer.bus.local_commands import LocalCommandClient
+from swift_trainer.bus.messages import CommandEnvelope, CommandReply
 from swift_trainer.core import commands as c
 from swift_trainer.core.ids import job_stream
 from swift_trainer.core.spec import JobSpec
@@ -44,3 +49,27 @@ async def test_a_refusal_comes_back_as_the_domain_error(nc: Client, store: SqlEv
     client = LocalCommandClient(nc, CommandHandler(store))
     reply = await client.send(c.StartJob(job_id="missing"))
     assert reply.error is not None and reply.error.code == "job_not_found"
+
+
+class _SlowHandler(CommandHandler):
+    async def execute(
+        self, envelope: CommandEnvelope, trace_context: dict[str, str] | None = None
+    ) -> CommandReply:
+        await asyncio.sleep(0.3)
+        return await super().execute(envelope, trace_context)
+
+
+async def test_a_handler_slower_than_the_timeout_is_unavailable_but_still_records(
+    nc: Client, store: SqlEventStore
+) -> None:
+    client = LocalCommandClient(nc, _SlowHandler(store), timeout=0.05)
+    with pytest.raises(CommandUnavailable, match="retry with the same command id"):
+        await client.send(c.SubmitJob(job_id="slow", spec=SPEC), command_id="cmd-slow", retries=0)
+    for _ in range(100):
+        if await store.read_stream(job_stream("slow")):
+            break
+        await asyncio.sleep(0.02)
+    assert [e.type for e in await store.read_stream(job_stream("slow"))] == [
+        "JobSubmitted",
+        "JobQueued",
+    ]

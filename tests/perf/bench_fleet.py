@@ -159,8 +159,8 @@ def histogram_quantile(text: str, name: str, q: float) -> float:
     return next(bound for bound, count in buckets if count >= target)
 
 
-def job_bodies(prefix: str, count: int, seed: int, steps: int) -> Iterator[dict[str, object]]:
-    rng = random.Random(seed)
+def job_bodies(prefix: str, count: int, draw: int, steps: int) -> Iterator[dict[str, object]]:
+    rng = random.Random(draw)
     for i in range(count):
         yield {
             "job_id": f"{prefix}-{i}",

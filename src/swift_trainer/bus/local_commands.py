@@ -8,6 +8,7 @@ append, idempotency by command id and the reply are the handler's, exactly as ov
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from nats.aio.client import Client
@@ -16,7 +17,7 @@ from opentelemetry import trace
 from ..core.commands import AnyCommand
 from ..core.errors import SwiftTrainerError
 from ..core.ids import new_id
-from .command_client import CommandClient
+from .command_client import CommandClient, CommandUnavailable
 from .command_handler import CommandHandler
 from .messages import CommandEnvelope, CommandReply, decode_envelope, encode, error_reply
 from .trace_headers import inject_headers
@@ -38,6 +39,7 @@ class LocalCommandClient(CommandClient):
     ) -> None:
         super().__init__(nc, timeout=timeout, actor=actor)
         self.handler = handler
+        self._running: set[asyncio.Future[CommandReply]] = set()
 
     async def send(
         self,
@@ -68,8 +70,23 @@ class LocalCommandClient(CommandClient):
                 checked = decode_envelope(encode(envelope))
             except SwiftTrainerError as exc:  # what the handler answers a malformed request
                 return error_reply(envelope.command_id, exc)
+            # As over NATS, the handler finishes what it started even when the caller
+            # stops waiting; the caller then learns that the outcome is unknown.
+            task = asyncio.ensure_future(self._execute(checked))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
             try:
-                return await self.handler.execute(checked, inject_headers())
-            except Exception as exc:  # as over NATS: an answer, never a crash
-                _log.exception("unexpected error handling command %s", envelope.command_id)
-                return error_reply(envelope.command_id, SwiftTrainerError(repr(exc)))
+                async with asyncio.timeout((timeout or self.timeout) * (retries + 1)):
+                    return await asyncio.shield(task)
+            except TimeoutError:
+                raise CommandUnavailable(
+                    f"the command handler did not answer {name} {envelope.command_id} in "
+                    "time; retry with the same command id",
+                ) from None
+
+    async def _execute(self, envelope: CommandEnvelope) -> CommandReply:
+        try:
+            return await self.handler.execute(envelope, inject_headers())
+        except Exception as exc:  # as over NATS: an answer, never a crash
+            _log.exception("unexpected error handling command %s", envelope.command_id)
+            return error_reply(envelope.command_id, SwiftTrainerError(repr(exc)))

@@ -571,10 +571,13 @@ class SchedulerService:
                 self._preempting_since[plan.job_id] = now
             for decision in decisions:
                 state.begin(decision.job_id)
+            # Sent together: each decision's claim and start are two commands to wait for,
+            # and a burst of decisions one after the other waited for all of them in a row.
+            sent = await asyncio.gather(*(self._execute(decision) for decision in decisions))
             placed = [
                 PlacedJob(decision.job_id, decision.attempt, decision.runner_id, decision.gpu_ids)
-                for decision in decisions
-                if await self._execute(decision)
+                for decision, ok in zip(decisions, sent, strict=True)
+                if ok
             ]
         await self._publish_view(self.clock(), force=force_view)
         unplaceable = state.placement.unplaceable() if force_view else ()
