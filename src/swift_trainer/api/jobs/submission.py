@@ -152,8 +152,8 @@ async def check_dependencies(deps: ApiDeps, job_id: str | None, body: CreateJobR
         batch = sorted(frontier - graph.keys())
         frontier = set()
         for name, summary in zip(batch, await deps.read_model.get_jobs(batch), strict=True):
-            still_waits = summary is not None and summary.status in _MAY_WAIT
-            graph[name] = tuple(c.job for c in summary.after) if still_waits else ()
+            waits = summary is not None and summary.status in _MAY_WAIT
+            graph[name] = tuple(c.job for c in summary.after) if summary and waits else ()
             frontier.update(graph[name])
         frontier -= graph.keys()
     cycle = find_cycle(job_id, named, lambda x: graph.get(x, ()))
