@@ -145,6 +145,10 @@ class ReportCheckpoint(RunnerReport, frozen=True, tag=True):
 class ReportSucceeded(RunnerReport, frozen=True, tag=True):
     final_step: int | None = None
     output_path: str | None = None
+    #: Scores of the evaluation after training (``spec.eval``), by dataset.
+    eval_results: dict[str, float] = {}
+    #: Why that evaluation failed; the training succeeded all the same.
+    eval_error: Reason | None = None
 
 
 class ReportFailed(RunnerReport, frozen=True, tag=True):

@@ -101,6 +101,10 @@ class JobSucceeded(JobEvent, frozen=True, tag=True):
     attempt: int
     final_step: int | None = None
     output_path: str | None = None
+    #: Scores of the evaluation after training, by dataset; empty without ``spec.eval``.
+    eval_results: dict[str, float] = {}
+    #: Why the evaluation failed (the training itself succeeded).
+    eval_error: str | None = None
 
 
 class JobFailed(JobEvent, frozen=True, tag=True):

@@ -126,6 +126,10 @@ class JobState(msgspec.Struct, frozen=True, omit_defaults=True):
     last_runner_id: str | None = None
     #: The intent of the stop in progress (``stop``, ``pause`` or ``cancel``).
     stop_intent: str = "stop"
+    #: Scores of the evaluation after training (``spec.eval``), by dataset.
+    eval_results: dict[str, float] = {}
+    #: Why that evaluation failed, beside a succeeded training.
+    eval_error: str | None = None
 
     @property
     def exists(self) -> bool:
@@ -619,6 +623,8 @@ def _decide_report(  # noqa: C901 - one branch per report kind reads best as a t
                     attempt=attempt,
                     final_step=command.final_step,
                     output_path=command.output_path,
+                    eval_results=command.eval_results,
+                    eval_error=command.eval_error,
                 )
                 return [succeeded, *_auto_export(state, command.output_path, now)]
         case c.ReportFailed():
@@ -833,9 +839,11 @@ def evolve(state: JobState, event: e.AnyJobEvent) -> JobState:  # noqa: C901 - a
             # recorded (a stop that overtook the runner's start report).
             holder = state.runner_id if state.runner_id is not None else state.last_runner_id
             return s(state, checkpoints=(*state.checkpoints, checkpoint), last_runner_id=holder)
-        case e.JobSucceeded(at=at):
+        case e.JobSucceeded(at=at, eval_results=scores, eval_error=eval_error):
             return s(
                 state,
+                eval_results=scores,
+                eval_error=eval_error,
                 status=JobStatus.SUCCEEDED,
                 finished_at=at,
                 runner_id=None,

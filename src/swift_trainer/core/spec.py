@@ -90,6 +90,19 @@ class Tracking(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_def
     tags: Annotated[tuple[Name, ...], msgspec.Meta(max_length=32)] = ()
 
 
+class EvalSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Evaluate the trained model with ``swift eval`` (EvalScope) once training succeeds.
+
+    ``datasets`` are EvalScope dataset names (``gsm8k``, ``arc``, ...); ``args`` are more
+    ``swift eval`` flags, ``{"eval_backend": "Native"}`` for ``--eval_backend Native``.
+    """
+
+    datasets: Annotated[tuple[Name, ...], msgspec.Meta(min_length=1, max_length=16)]
+    #: At most this many samples per dataset (``--eval_limit``).
+    limit: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    args: dict[Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,63}$")], ShortText] = {}
+
+
 class EffectiveTrainArgs(msgspec.Struct, frozen=True):
     """The seed's defaults with a job's overrides applied: what the runner will pass."""
 
@@ -198,6 +211,8 @@ class JobSpec(
     after: tuple[Dependency, ...] = ()
     #: How experiment trackers (``train_args.report_to``) file the run.
     tracking: Tracking | None = None
+    #: Evaluate the result after a successful training, on the same GPUs.
+    eval: EvalSpec | None = None
 
     def __post_init__(self) -> None:
         check_output_dir(self.output_dir)

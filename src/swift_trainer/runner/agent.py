@@ -15,7 +15,7 @@ import contextlib
 import importlib.metadata
 import logging
 import os
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
@@ -45,9 +45,11 @@ from ..core.spec import JobSpec
 from ..core.tasks import cancel_and_wait, unsubscribe_quietly
 from .assignment_check import assignment_problem
 from .dataset_cache import DatasetCache, DatasetUnavailable
+from .evaluation import EvalReport, build_eval_command, run_eval
 from .gpu_probe import GpuInventory, foreign_memory_mib
 from .handled_events import HandledEvents
 from .log_publisher import LogPublisher
+from .outcome import JobOutcome
 from .reporting import (
     ReportOutbox,
 )
@@ -445,13 +447,38 @@ class RunnerAgent:
                     event.job_id,
                     event.attempt,
                     invocation,
-                    self.reporters.job(event.job_id, event.attempt),
+                    self.reporters.job(
+                        event.job_id, event.attempt, self._evaluation(spec, event.gpu_ids)
+                    ),
                     gpu_ids=event.gpu_ids,
                 )
         except (LaunchError, AlreadyRunning, ValueError) as exc:
             self._reject(event, str(exc))
             return
         _log.info("started attempt %d of %s: pid %d", event.attempt, event.job_id, pid)
+
+    def _evaluation(
+        self, spec: JobSpec, gpu_ids: Sequence[int]
+    ) -> Callable[[JobOutcome], Awaitable[EvalReport]] | None:
+        """``swift eval`` of the trained model, when the spec asks for it (``spec.eval``)."""
+        if spec.eval is None:
+            return None
+
+        async def evaluate(outcome: JobOutcome) -> EvalReport:
+            trained = outcome.output_path or outcome.checkpoint
+            if trained is None:
+                return EvalReport(error="training left no final checkpoint to evaluate")
+            invocation = build_eval_command(
+                spec,
+                output_root=self.output_root,
+                trained=trained,
+                gpu_ids=gpu_ids,
+                swift_executable=self.swift_executable,
+                base_env=self.base_env,
+            )
+            return await run_eval(invocation)
+
+        return evaluate
 
     def _on_stop(self, event: e.StopRequested) -> None:
         running = self._running_job(event.job_id)

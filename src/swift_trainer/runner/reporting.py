@@ -40,6 +40,7 @@ from ..core.atomic_file import write_atomic
 from ..core.ids import new_id
 from ..core.limits import MAX_REASON_CHARS
 from ..core.tasks import cancel_and_wait
+from .evaluation import EvalReport
 from .log_publisher import LogPublisher
 from .outcome import ExportOutcome, JobOutcome
 from .reporter_protocol import Stream
@@ -288,8 +289,11 @@ class JobReports:
         logs: LogPublisher | None,
         started_id: Callable[[int], str] | None = None,
         on_finished: Callable[[JobOutcome], None] | None = None,
+        evaluate: Callable[[JobOutcome], Awaitable[EvalReport]] | None = None,
     ) -> None:
         self.job_id = job_id
+        #: The evaluation after a successful training, run before the success is reported.
+        self.evaluate = evaluate
         self.attempt = attempt
         self.runner_id = runner_id
         self.outbox = outbox
@@ -332,7 +336,17 @@ class JobReports:
             self.logs.publish(self.job_id, self.attempt, stream, line)
 
     async def on_finished(self, outcome: JobOutcome) -> None:
-        self.outbox.submit(outcome_command(outcome, self.job_id, self.attempt, self.runner_id))
+        command = outcome_command(outcome, self.job_id, self.attempt, self.runner_id)
+        if isinstance(command, c.ReportSucceeded) and self.evaluate is not None:
+            try:
+                report = await self.evaluate(outcome)
+            except Exception as exc:  # an evaluation never fails the training
+                _log.exception("evaluation of %s failed", self.job_id)
+                report = EvalReport(error=f"evaluation failed: {exc!r}"[:MAX_REASON_CHARS])
+            command = msgspec.structs.replace(
+                command, eval_results=report.results, eval_error=report.error
+            )
+        self.outbox.submit(command)
         if self._on_finished is not None:
             self._on_finished(outcome)
 

@@ -3,9 +3,13 @@ output lines to the LOGS stream, under this runner's id."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from ..core import commands as c
 from ..core import events as e
+from .evaluation import EvalReport
 from .log_publisher import LogPublisher
+from .outcome import JobOutcome
 from .reporting import (
     ExportReports,
     JobReports,
@@ -34,7 +38,12 @@ class RunReporters:
         self.logs = logs
         self.supervisor = supervisor
 
-    def job(self, job_id: str, attempt: int) -> JobReports:
+    def job(
+        self,
+        job_id: str,
+        attempt: int,
+        evaluate: Callable[[JobOutcome], Awaitable[EvalReport]] | None = None,
+    ) -> JobReports:
         key = run_key("job", job_id)
 
         def started_id(pid: int) -> str:
@@ -49,6 +58,7 @@ class RunReporters:
             outbox=self.outbox,
             logs=self.logs,
             started_id=started_id,
+            evaluate=evaluate,
         )
 
     def export(self, event: e.ExportRequested) -> ExportReports:

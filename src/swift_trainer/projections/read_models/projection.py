@@ -290,6 +290,8 @@ def summarize(fold: JobFold) -> JobSummary | None:
         owner=spec.owner,
         after=spec.after,
         tracking=spec.tracking,
+        eval_results=dict(state.eval_results),
+        eval_error=state.eval_error,
     )
 
 

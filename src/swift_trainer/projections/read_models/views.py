@@ -92,6 +92,9 @@ class JobSummary(msgspec.Struct, frozen=True):
     after: tuple[Dependency, ...] = ()
     #: How experiment trackers file the run (project, run name, tags).
     tracking: Tracking | None = None
+    #: Scores of the evaluation after training, by dataset; and why it failed, if it did.
+    eval_results: dict[str, float] = {}
+    eval_error: str | None = None
 
 
 class JobFold(msgspec.Struct, frozen=True):
