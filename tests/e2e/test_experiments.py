@@ -110,3 +110,36 @@ def test_a_six_trial_grid_with_max_parallel_two_runs_to_its_end(service: Service
     assert len(rows) == 6
     assert {r["train_args.lora_rank"] for r in rows} == {"8", "16"}
     assert http.get("/sweeps/none").status_code == 404
+
+
+def test_evaluation_after_training_shows_and_ranks_a_sweep(service: Service) -> None:
+    """A job with ``eval`` shows its scores; a sweep ranked by an eval score names the
+    trial with the highest."""
+    http = service.http
+    job = {**BASE, "job_id": "evaluated", "eval": {"datasets": ["gsm8k", "arc"], "limit": 5}}
+    assert http.post("/jobs", json=job).status_code == 201
+    service.wait_status("evaluated", "succeeded")
+    shown = http.get("/jobs/evaluated").json()
+    assert set(shown["eval_results"]) == {"gsm8k", "arc"}
+    assert "eval_error" not in shown or shown["eval_error"] is None
+    created = http.post(
+        "/sweeps",
+        json={
+            "sweep_id": "by-score",
+            "name": "rank by gsm8k",
+            "base": {**BASE, "eval": {"datasets": ["gsm8k"]}},
+            "parameters": {"train_args.lora_rank": {"values": [4, 8, 16]}},
+            "max_parallel": 2,
+            "metric": "eval:gsm8k",
+            "goal": "maximize",
+        },
+    )
+    assert created.status_code == 201, created.text
+    view = service.wait_for(
+        "the sweep to finish",
+        lambda: (v := http.get("/sweeps/by-score").json())["status"] == "finished" and v,
+        timeout=120,
+    )
+    scores = {t["job_id"]: t["metric"] for t in view["trials"]}
+    assert all(isinstance(s, float) for s in scores.values()), scores
+    assert view["best"]["metric"] == max(scores.values())

@@ -106,3 +106,15 @@ def test_eval_in_a_spec_is_checked() -> None:
     ok = decode_spec({**base, "eval": {"datasets": ["gsm8k"]}})
     assert ok.eval == EvalSpec(datasets=("gsm8k",))
     assert msgspec.json.decode(msgspec.json.encode(ok))["eval"] == {"datasets": ["gsm8k"]}
+
+
+def test_a_success_recorded_before_evaluation_existed_still_decodes() -> None:
+    from swift_trainer.core import events as e
+    from swift_trainer.core.job import JobStatus, evolve, initial_state
+
+    old = b'{"type":"JobSucceeded","at":"2025-01-01T00:00:00Z","job_id":"x","attempt":1}'
+    event = e.decode_event("JobSucceeded", old)
+    assert isinstance(event, e.JobSucceeded)
+    assert (event.eval_results, event.eval_error) == ({}, None)
+    state = evolve(initial_state("x"), event)
+    assert state.status is JobStatus.SUCCEEDED and state.eval_results == {}

@@ -18,6 +18,7 @@ from ...core.spec import (
     DEFAULT_PRIORITY,
     MAX_GPUS_PER_JOB,
     Dependency,
+    EvalSpec,
     FileId,
     Name,
     Priority,
@@ -117,6 +118,13 @@ class CreateJobRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
         msgspec.Meta(
             description="How trackers in train_args.report_to file the run (project, "
             "entity, name, tags); credentials come from the runner's environment."
+        ),
+    ] = None
+    eval: Annotated[
+        EvalSpec | None,
+        msgspec.Meta(
+            description="Evaluate the trained model with swift eval (EvalScope) on the job's "
+            "GPUs once training succeeds; scores appear as eval_results."
         ),
     ] = None
 
