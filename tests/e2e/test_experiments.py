@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 from tests.e2e.live_service import Service, start_service, stop_service
 
+from swift_trainer.bus.embedded import free_port
+
 BASE = {
     "data_path": "AI-ModelScope/coco#200",
     "model_path": "Qwen/Qwen2.5-VL-7B-Instruct",
@@ -143,3 +145,30 @@ def test_evaluation_after_training_shows_and_ranks_a_sweep(service: Service) -> 
     scores = {t["job_id"]: t["metric"] for t in view["trials"]}
     assert all(isinstance(s, float) for s in scores.values()), scores
     assert view["best"]["metric"] == max(scores.values())
+
+
+def test_an_unreachable_tracker_leaves_training_running_with_a_warning(tmp_path: Path) -> None:
+    closed = free_port()
+    process, base = start_service(
+        tmp_path,
+        "--simulate-step-seconds",
+        "0.02",
+        env_extra={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{closed}"},
+    )
+    service = Service(process, base, tmp_path / "outputs")
+    try:
+        job = {
+            **BASE,
+            "job_id": "tracked",
+            "train_args": {"max_steps": 20, "report_to": ["tensorboard", "mlflow"]},
+        }
+        assert service.http.post("/jobs", json=job).status_code == 201
+        service.wait_status("tracked", "succeeded")
+        shown = service.http.get("/jobs/tracked").json()
+        [warning] = shown["warnings"]
+        assert warning.startswith(f"mlflow: 127.0.0.1:{closed} cannot be reached")
+        assert "MLFLOW_TRACKING_URI" not in " ".join(shown.get("command") or [])
+    finally:
+        service.http.close()
+        stderr = stop_service(process)
+        assert process.returncode == 0, stderr[-3000:]

@@ -114,6 +114,8 @@ class RunnerReport(JobCommand, frozen=True):
 class ReportStarted(RunnerReport, frozen=True, tag=True):
     pid: int
     command: tuple[str, ...]
+    #: What the runner had to change to start the run (an unreachable experiment tracker).
+    warnings: tuple[Reason, ...] = ()
 
 
 class RejectAssignment(RunnerReport, frozen=True, tag=True):

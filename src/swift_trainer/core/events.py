@@ -72,6 +72,8 @@ class JobStarted(JobEvent, frozen=True, tag=True):
     runner_id: str
     pid: int
     command: tuple[str, ...]
+    #: What the runner had to change to start it (an unreachable experiment tracker).
+    warnings: tuple[str, ...] = ()
 
 
 class JobProgressed(JobEvent, frozen=True, tag=True):

@@ -130,6 +130,8 @@ class JobState(msgspec.Struct, frozen=True, omit_defaults=True):
     eval_results: dict[str, float] = {}
     #: Why that evaluation failed, beside a succeeded training.
     eval_error: str | None = None
+    #: What the runner changed to start the current attempt (an unreachable tracker).
+    warnings: tuple[str, ...] = ()
 
     @property
     def exists(self) -> bool:
@@ -594,6 +596,7 @@ def _decide_report(  # noqa: C901 - one branch per report kind reads best as a t
                         runner_id=command.runner_id,
                         pid=pid,
                         command=argv,
+                        warnings=command.warnings,
                     ),
                 ]
             if live:
@@ -822,6 +825,7 @@ def evolve(state: JobState, event: e.AnyJobEvent) -> JobState:  # noqa: C901 - a
         case e.JobStarted(pid=pid, command=argv, at=at, runner_id=runner_id):
             return s(
                 state,
+                warnings=event.warnings,
                 status=JobStatus.RUNNING,
                 pid=pid,
                 command=argv,

@@ -58,6 +58,7 @@ from .run_reports import RunReporters
 from .run_state import RunRecord, run_key
 from .supervisor import AlreadyRunning, LaunchError, Supervisor
 from .swift_command import build_export_command, build_sft_command, expected_export_path
+from .tracker_check import unreachable_trackers, without_unreachable
 
 _log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
@@ -439,6 +440,8 @@ class RunnerAgent:
                 run_name=event.job_id,
                 run_tags={"job_id": event.job_id, **spec.labels},
             )
+            problems = await unreachable_trackers(invocation)
+            invocation, warnings = without_unreachable(invocation, problems)
             with _tracer.start_as_current_span(
                 "swift sft start",
                 attributes={"job.id": event.job_id, "job.attempt": event.attempt},
@@ -448,7 +451,10 @@ class RunnerAgent:
                     event.attempt,
                     invocation,
                     self.reporters.job(
-                        event.job_id, event.attempt, self._evaluation(spec, event.gpu_ids)
+                        event.job_id,
+                        event.attempt,
+                        self._evaluation(spec, event.gpu_ids),
+                        warnings=warnings,
                     ),
                     gpu_ids=event.gpu_ids,
                 )

@@ -290,7 +290,10 @@ class JobReports:
         started_id: Callable[[int], str] | None = None,
         on_finished: Callable[[JobOutcome], None] | None = None,
         evaluate: Callable[[JobOutcome], Awaitable[EvalReport]] | None = None,
+        warnings: tuple[str, ...] = (),
     ) -> None:
+        #: What was changed to start the run; reported with the start.
+        self.warnings = tuple(w[:MAX_REASON_CHARS] for w in warnings)
         self.job_id = job_id
         #: The evaluation after a successful training, run before the success is reported.
         self.evaluate = evaluate
@@ -308,6 +311,7 @@ class JobReports:
             runner_id=self.runner_id,
             pid=pid,
             command=argv,
+            warnings=self.warnings,
         )
         command_id = self._started_id(pid) if self._started_id is not None else None
         self.outbox.submit(command, command_id=command_id)

@@ -43,6 +43,8 @@ class RunReporters:
         job_id: str,
         attempt: int,
         evaluate: Callable[[JobOutcome], Awaitable[EvalReport]] | None = None,
+        *,
+        warnings: tuple[str, ...] = (),
     ) -> JobReports:
         key = run_key("job", job_id)
 
@@ -59,6 +61,7 @@ class RunReporters:
             logs=self.logs,
             started_id=started_id,
             evaluate=evaluate,
+            warnings=warnings,
         )
 
     def export(self, event: e.ExportRequested) -> ExportReports:

@@ -292,6 +292,7 @@ def summarize(fold: JobFold) -> JobSummary | None:
         tracking=spec.tracking,
         eval_results=dict(state.eval_results),
         eval_error=state.eval_error,
+        warnings=state.warnings,
     )
 
 

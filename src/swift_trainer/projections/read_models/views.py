@@ -95,6 +95,8 @@ class JobSummary(msgspec.Struct, frozen=True):
     #: Scores of the evaluation after training, by dataset; and why it failed, if it did.
     eval_results: dict[str, float] = {}
     eval_error: str | None = None
+    #: What the runner changed to start the job (an unreachable experiment tracker).
+    warnings: tuple[str, ...] = ()
 
 
 class JobFold(msgspec.Struct, frozen=True):
