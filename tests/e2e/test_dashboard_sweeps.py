@@ -71,7 +71,7 @@ def test_a_sweep_page_and_the_compare_view(service: Service, browser: Any) -> No
     row.get_by_role("link", name="dash-sweep", exact=True).click()
     expect(page.locator("table.trials tbody tr")).to_have_count(3)
     expect(page.locator("table.trials tr.best")).to_have_attribute("data-trial", str(best["index"]))
-    expect(page.locator(".best")).to_contain_text(f"Best trial: {best['job_id']}")
+    expect(page.locator("div.best")).to_contain_text(f"Best trial: {best['job_id']}")
     expect(page.locator("table.trials thead")).to_contain_text("train_args.learning_rate")
     chart = page.locator('figure[data-chart="param-train_args.learning_rate"]')
     expect(chart).to_have_attribute("data-points", "3")

@@ -121,7 +121,7 @@ export function sweepView(main, sweepId) {
     replaceKeepingFocus(tbody, sweep.trials.map((t) => h(`tr${t.index === bestIndex ? ".best" : ""}`, { "data-trial": String(t.index) },
       h("td", t.index === bestIndex ? `${t.index} ★` : String(t.index)),
       h("td", t.status === "pending" ? t.job_id : h("a", { href: `#/job/${encodeURIComponent(t.job_id)}` }, t.job_id)),
-      h("td", badge(t.outcome || t.status)),
+      h("td", { "data-status": t.outcome || t.status }, t.outcome || t.status),
       h("td", t.metric === undefined ? "–" : fmtNumber(t.metric)),
       h("td", t.step === undefined ? "–" : String(t.step)),
       ...params.map((p) => h("td", t.params[p] === undefined ? "" : String(t.params[p]))),
