@@ -2,7 +2,8 @@
 
 A finished 3-trial grid: the sweeps list names it and its best trial, the sweep page shows
 every trial with its parameters and metric, marks the best, draws the parameter against
-the metric, and links to the compare view, which overlays the trials' loss curves. Every
+the metric, and links to the compare view, which overlays the trials' loss curves; the
+best trial's page shows its evaluation scores. Every
 view passes the accessibility audit, with no console error.
 """
 
@@ -43,6 +44,7 @@ def test_a_sweep_page_and_the_compare_view(service: Service, browser: Any) -> No
                 "model_path": "Qwen/Qwen2.5-0.5B",
                 "output_dir": "output/dash",
                 "train_args": {"max_steps": 20, "logging_steps": 5},
+                "eval": {"datasets": ["gsm8k"]},
             },
             "parameters": {"train_args.learning_rate": {"values": [1e-5, 1e-4, 1e-3]}},
             "max_parallel": 2,
@@ -78,6 +80,10 @@ def test_a_sweep_page_and_the_compare_view(service: Service, browser: Any) -> No
     expect(page.get_by_role("button", name="Cancel sweep")).to_be_disabled()
     accessible(page, "sweep page")
 
+    # The best trial's page shows its evaluation after training.
+    page.goto(f"{base}/#/job/{best['job_id']}")
+    expect(page.locator("#fact-eval")).to_contain_text("gsm8k")
+    page.goto(f"{base}/#/sweep/dash-sweep")
     page.get_by_role("link", name="Compare loss curves").click()
     figure = page.locator('figure[data-chart="compare"]')
     expect(figure).to_have_attribute("data-series", "3")
