@@ -9,6 +9,7 @@ view passes the accessibility audit, with no console error.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,9 @@ def test_a_sweep_page_and_the_compare_view(service: Service, browser: Any) -> No
     page.goto(f"{base}/#/job/{best['job_id']}")
     expect(page.locator("#fact-eval")).to_contain_text("gsm8k")
     page.goto(f"{base}/#/sweep/dash-sweep")
-    page.get_by_role("link", name="Compare loss curves").click()
+    compare = page.get_by_role("link", name="Compare loss curves")
+    expect(compare).to_have_attribute("href", re.compile(r"jobs=dash-sweep-t0,"))
+    compare.click()
     figure = page.locator('figure[data-chart="compare"]')
     expect(figure).to_have_attribute("data-series", "3")
     expect(page.locator("ul.legend li")).to_have_count(3)
