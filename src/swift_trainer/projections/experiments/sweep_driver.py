@@ -137,8 +137,17 @@ class SweepDriver:
             return
         trial.metric = event.eval_results.get(state.spec.metric.removeprefix("eval:"))
 
-    def refused(self, command_id: str) -> None:
-        """A refusal changes nothing here: the state that follows decides the next try."""
+    def refused(self, command_id: str, code: str) -> None:
+        """A trial whose job id another job holds cannot run: it ends as failed.
+
+        Any other refusal changes nothing here: the state that follows decides the next try.
+        """
+        if code != "job_already_exists" or not command_id.startswith("trial-"):
+            return
+        trial = self.trials.get(command_id.removeprefix("trial-"))
+        if trial is not None and not trial.submitted:
+            trial.submitted = True
+            trial.outcome = "failed"
 
     def actions(self) -> list[Action]:
         found: list[Action] = []
