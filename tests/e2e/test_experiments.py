@@ -172,3 +172,42 @@ def test_an_unreachable_tracker_leaves_training_running_with_a_warning(tmp_path:
         service.http.close()
         stderr = stop_service(process)
         assert process.returncode == 0, stderr[-3000:]
+
+
+def test_b_still_waits_for_a_across_a_restart_of_everything(tmp_path: Path) -> None:
+    """``up`` stops (its runner stops A with a checkpoint) while B waits for A; the restarted
+    service knows B waits, A resumes and succeeds, and only then B runs."""
+    process, base = start_service(tmp_path, "--simulate-step-seconds", "0.05")
+    service = Service(process, base, tmp_path / "outputs")
+    try:
+        a = {**BASE, "job_id": "a", "train_args": {"max_steps": 400, "save_steps": 20}}
+        assert service.http.post("/jobs", json=a).status_code == 201
+        b = {**BASE, "job_id": "b", "after": [{"job": "a"}]}
+        assert service.http.post("/jobs", json=b).json()["status"] == "waiting"
+        service.wait_status("a", "running")
+    finally:
+        service.http.close()
+        stderr = stop_service(process)
+        assert process.returncode == 0, stderr[-3000:]
+    process, base = start_service(tmp_path, "--simulate-step-seconds", "0.01")
+    service = Service(process, base, tmp_path / "outputs")
+    try:
+        assert service.status("a") == "stopped"
+        assert service.status("b") == "waiting"
+        assert service.http.post("/jobs/a/start").status_code == 200
+        seen_b: set[str] = set()
+
+        def a_done() -> bool:
+            b_status = service.status("b")
+            if service.status("a") == "succeeded":
+                return True
+            seen_b.add(b_status)
+            return False
+
+        service.wait_for("a to succeed after the restart", a_done, timeout=120)
+        assert seen_b == {"waiting"}
+        service.wait_status("b", "succeeded")
+    finally:
+        service.http.close()
+        stderr = stop_service(process)
+        assert process.returncode == 0, stderr[-3000:]
