@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 from tests.e2e.live_service import Service, start_service, stop_service
 
+from swift_trainer.bus.embedded import free_port
+
 BASE = {
     "data_path": "AI-ModelScope/coco#200",
     "model_path": "Qwen/Qwen2.5-VL-7B-Instruct",
@@ -110,3 +112,102 @@ def test_a_six_trial_grid_with_max_parallel_two_runs_to_its_end(service: Service
     assert len(rows) == 6
     assert {r["train_args.lora_rank"] for r in rows} == {"8", "16"}
     assert http.get("/sweeps/none").status_code == 404
+
+
+def test_evaluation_after_training_shows_and_ranks_a_sweep(service: Service) -> None:
+    """A job with ``eval`` shows its scores; a sweep ranked by an eval score names the
+    trial with the highest."""
+    http = service.http
+    job = {**BASE, "job_id": "evaluated", "eval": {"datasets": ["gsm8k", "arc"], "limit": 5}}
+    assert http.post("/jobs", json=job).status_code == 201
+    service.wait_status("evaluated", "succeeded")
+    shown = http.get("/jobs/evaluated").json()
+    assert set(shown["eval_results"]) == {"gsm8k", "arc"}
+    assert "eval_error" not in shown or shown["eval_error"] is None
+    created = http.post(
+        "/sweeps",
+        json={
+            "sweep_id": "by-score",
+            "name": "rank by gsm8k",
+            "base": {**BASE, "eval": {"datasets": ["gsm8k"]}},
+            "parameters": {"train_args.lora_rank": {"values": [4, 8, 16]}},
+            "max_parallel": 2,
+            "metric": "eval:gsm8k",
+            "goal": "maximize",
+        },
+    )
+    assert created.status_code == 201, created.text
+    view = service.wait_for(
+        "the sweep to finish",
+        lambda: (v := http.get("/sweeps/by-score").json())["status"] == "finished" and v,
+        timeout=120,
+    )
+    scores = {t["job_id"]: t["metric"] for t in view["trials"]}
+    assert all(isinstance(s, float) for s in scores.values()), scores
+    assert view["best"]["metric"] == max(scores.values())
+
+
+def test_an_unreachable_tracker_leaves_training_running_with_a_warning(tmp_path: Path) -> None:
+    closed = free_port()
+    process, base = start_service(
+        tmp_path,
+        "--simulate-step-seconds",
+        "0.02",
+        env_extra={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{closed}"},
+    )
+    service = Service(process, base, tmp_path / "outputs")
+    try:
+        job = {
+            **BASE,
+            "job_id": "tracked",
+            "train_args": {"max_steps": 20, "report_to": ["tensorboard", "mlflow"]},
+        }
+        assert service.http.post("/jobs", json=job).status_code == 201
+        service.wait_status("tracked", "succeeded")
+        shown = service.http.get("/jobs/tracked").json()
+        [warning] = shown["warnings"]
+        assert warning.startswith(f"mlflow: 127.0.0.1:{closed} cannot be reached")
+        assert "MLFLOW_TRACKING_URI" not in " ".join(shown.get("command") or [])
+    finally:
+        service.http.close()
+        stderr = stop_service(process)
+        assert process.returncode == 0, stderr[-3000:]
+
+
+def test_b_still_waits_for_a_across_a_restart_of_everything(tmp_path: Path) -> None:
+    """``up`` stops (its runner stops A with a checkpoint) while B waits for A; the restarted
+    service knows B waits, A resumes and succeeds, and only then B runs."""
+    process, base = start_service(tmp_path, "--simulate-step-seconds", "0.05")
+    service = Service(process, base, tmp_path / "outputs")
+    try:
+        a = {**BASE, "job_id": "a", "train_args": {"max_steps": 400, "save_steps": 20}}
+        assert service.http.post("/jobs", json=a).status_code == 201
+        b = {**BASE, "job_id": "b", "after": [{"job": "a"}]}
+        assert service.http.post("/jobs", json=b).json()["status"] == "waiting"
+        service.wait_status("a", "running")
+    finally:
+        service.http.close()
+        stderr = stop_service(process)
+        assert process.returncode == 0, stderr[-3000:]
+    process, base = start_service(tmp_path, "--simulate-step-seconds", "0.01")
+    service = Service(process, base, tmp_path / "outputs")
+    try:
+        assert service.status("a") == "stopped"
+        assert service.status("b") == "waiting"
+        assert service.http.post("/jobs/a/start").status_code == 200
+        seen_b: set[str] = set()
+
+        def a_done() -> bool:
+            b_status = service.status("b")
+            if service.status("a") == "succeeded":
+                return True
+            seen_b.add(b_status)
+            return False
+
+        service.wait_for("a to succeed after the restart", a_done, timeout=120)
+        assert seen_b == {"waiting"}
+        service.wait_status("b", "succeeded")
+    finally:
+        service.http.close()
+        stderr = stop_service(process)
+        assert process.returncode == 0, stderr[-3000:]

@@ -140,6 +140,8 @@ class RunnerReport(JobCommand, frozen=True):
 class ReportStarted(RunnerReport, frozen=True, tag=True):
     pid: int
     command: tuple[str, ...]
+    #: What the runner had to change to start the run (an unreachable experiment tracker).
+    warnings: tuple[Reason, ...] = ()
 
 
 class RejectAssignment(RunnerReport, frozen=True, tag=True):
@@ -180,6 +182,10 @@ class ReportCheckpointsRemoved(RunnerReport, frozen=True, tag=True):
 class ReportSucceeded(RunnerReport, frozen=True, tag=True):
     final_step: int | None = None
     output_path: str | None = None
+    #: Scores of the evaluation after training (``spec.eval``), by dataset.
+    eval_results: dict[str, float] = {}
+    #: Why that evaluation failed; the training succeeded all the same.
+    eval_error: Reason | None = None
 
 
 class ReportFailed(RunnerReport, frozen=True, tag=True):

@@ -102,6 +102,8 @@ class JobStarted(JobEvent, frozen=True, tag=True):
     runner_id: str
     pid: int
     command: tuple[str, ...]
+    #: What the runner had to change to start it (an unreachable experiment tracker).
+    warnings: tuple[str, ...] = ()
 
 
 class JobProgressed(JobEvent, frozen=True, tag=True):
@@ -142,6 +144,10 @@ class JobSucceeded(JobEvent, frozen=True, tag=True):
     attempt: int
     final_step: int | None = None
     output_path: str | None = None
+    #: Scores of the evaluation after training, by dataset; empty without ``spec.eval``.
+    eval_results: dict[str, float] = {}
+    #: Why the evaluation failed (the training itself succeeded).
+    eval_error: str | None = None
 
 
 class JobFailed(JobEvent, frozen=True, tag=True):

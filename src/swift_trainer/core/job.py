@@ -195,6 +195,12 @@ class JobState(msgspec.Struct, frozen=True, omit_defaults=True):
     def gang_started(self) -> bool:
         """Every rank of the current attempt runs (always true for a one-node job)."""
         return self.status is JobStatus.RUNNING and len(self.ranks_started) == len(self.peers)
+    #: Scores of the evaluation after training (``spec.eval``), by dataset.
+    eval_results: dict[str, float] = {}
+    #: Why that evaluation failed, beside a succeeded training.
+    eval_error: str | None = None
+    #: What the runner changed to start the current attempt (an unreachable tracker).
+    start_warnings: tuple[str, ...] = ()
 
     @property
     def exists(self) -> bool:
@@ -966,6 +972,7 @@ def _decide_report(  # noqa: C901 - one branch per report kind reads best as a t
                         runner_id=command.runner_id,
                         pid=pid,
                         command=argv,
+                        warnings=command.warnings,
                     ),
                 ]
             if live:
@@ -1004,6 +1011,8 @@ def _decide_report(  # noqa: C901 - one branch per report kind reads best as a t
                     attempt=attempt,
                     final_step=command.final_step,
                     output_path=command.output_path,
+                    eval_results=command.eval_results,
+                    eval_error=command.eval_error,
                 )
                 return [succeeded, *_auto_export(state, command.output_path, now)]
         case c.ReportFailed():
@@ -1320,6 +1329,7 @@ def _evolve(state: JobState, event: e.AnyJobEvent) -> JobState:  # noqa: C901, P
         case e.JobStarted(pid=pid, command=argv, at=at, runner_id=runner_id):
             return s(
                 state,
+                start_warnings=event.warnings,
                 status=JobStatus.RUNNING,
                 pid=pid,
                 command=argv,
@@ -1349,9 +1359,11 @@ def _evolve(state: JobState, event: e.AnyJobEvent) -> JobState:  # noqa: C901, P
             return s(
                 state, checkpoints=kept, removed_checkpoints=(*state.removed_checkpoints, *gone)
             )
-        case e.JobSucceeded(at=at):
+        case e.JobSucceeded(at=at, eval_results=scores, eval_error=eval_error):
             return s(
                 state,
+                eval_results=scores,
+                eval_error=eval_error,
                 status=JobStatus.SUCCEEDED,
                 finished_at=at,
                 runner_id=None,

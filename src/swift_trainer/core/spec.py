@@ -98,6 +98,19 @@ class Tracking(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_def
     tags: Annotated[tuple[Name, ...], msgspec.Meta(max_length=32)] = ()
 
 
+class EvalSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Evaluate the trained model with ``swift eval`` (EvalScope) once training succeeds.
+
+    ``datasets`` are EvalScope dataset names (``gsm8k``, ``arc``, ...); ``args`` are more
+    ``swift eval`` flags, ``{"eval_backend": "Native"}`` for ``--eval_backend Native``.
+    """
+
+    datasets: Annotated[tuple[Name, ...], msgspec.Meta(min_length=1, max_length=16)]
+    #: At most this many samples per dataset (``--eval_limit``).
+    limit: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    args: dict[Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,63}$")], ShortText] = {}
+
+
 class EffectiveTrainArgs(msgspec.Struct, frozen=True):
     """The defaults with a job's overrides applied: what the runner will pass."""
 
@@ -223,6 +236,8 @@ class JobSpec(
     nodes: Annotated[int, msgspec.Meta(ge=1, le=MAX_NODES_PER_JOB)] = 1
     #: Runs only on runners whose labels (``runner --label KEY=VALUE``) include all these.
     host_labels: dict[HostLabel, HostLabel] = {}
+    #: Evaluate the result after a successful training, on the same GPUs.
+    eval: EvalSpec | None = None
 
     def __post_init__(self) -> None:
         check_output_dir(self.output_dir)

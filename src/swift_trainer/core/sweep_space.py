@@ -69,8 +69,11 @@ class SweepSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_de
     method: Literal["grid", "random"] = "grid"
     count: Annotated[int, msgspec.Meta(ge=1, le=MAX_TRIALS)] | None = None
     max_parallel: Annotated[int, msgspec.Meta(ge=1, le=MAX_TRIALS)] = 1
-    #: ``loss``, ``eval_loss`` (from training progress).
-    metric: Literal["loss", "eval_loss"] = "loss"
+    #: ``loss``, ``eval_loss`` (from training progress) or ``eval:<dataset>``, a score of the
+    #: evaluation after training (``base.eval``).
+    metric: Annotated[
+        str, msgspec.Meta(pattern=r"^(loss|eval_loss|eval:[A-Za-z0-9_.-]{1,64})$")
+    ] = "loss"
     goal: Goal = "minimize"
     seed: Annotated[int, msgspec.Meta(ge=0)] = 0
     early_stop: EarlyStop | None = None

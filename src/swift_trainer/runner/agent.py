@@ -16,7 +16,7 @@ import importlib.metadata
 import logging
 import os
 import re
-from collections.abc import Awaitable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
@@ -47,8 +47,10 @@ from ..core.limits import MAX_REASON_CHARS
 from ..core.spec import JobSpec, effective_train_args
 from ..core.tasks import cancel_and_wait, unsubscribe_quietly
 from .dataset_cache import DatasetCache, DatasetUnavailable
+from .evaluation import EvalReport, build_eval_command, run_eval
 from .gpu_probe import SIM_FAULT_DIR, GpuInventory, foreign_memory_mib
 from .log_publisher import LogPublisher
+from .outcome import JobOutcome
 from .rendezvous import (
     RendezvousMarker,
     free_port,
@@ -66,6 +68,7 @@ from .swift_command import (
     expected_export_path,
     job_output_dir,
 )
+from .tracker_check import unreachable_trackers, without_unreachable
 
 _log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
@@ -494,6 +497,8 @@ class RunnerAgent:
                 run_tags={"job_id": event.job_id, **spec.labels},
                 rendezvous=rendezvous,
             )
+            problems = await unreachable_trackers(invocation)
+            invocation, warnings = without_unreachable(invocation, problems)
             with _tracer.start_as_current_span(
                 "swift sft start",
                 attributes={"job.id": event.job_id, "job.attempt": event.attempt},
@@ -502,7 +507,12 @@ class RunnerAgent:
                     event.job_id,
                     event.attempt,
                     invocation,
-                    self.reporters.job(event.job_id, event.attempt),
+                    self.reporters.job(
+                        event.job_id,
+                        event.attempt,
+                        self._evaluation(spec, event.gpu_ids),
+                        warnings=warnings,
+                    ),
                     gpu_ids=event.gpu_ids,
                 )
         except (LaunchError, AlreadyRunning, ValueError) as exc:
@@ -620,6 +630,29 @@ class RunnerAgent:
             spec_batch_size=spec.effective_args.batch_size,
             fault_dir=self.output_root / SIM_FAULT_DIR,
         )
+
+    def _evaluation(
+        self, spec: JobSpec, gpu_ids: Sequence[int]
+    ) -> Callable[[JobOutcome], Awaitable[EvalReport]] | None:
+        """``swift eval`` of the trained model, when the spec asks for it (``spec.eval``)."""
+        if spec.eval is None:
+            return None
+
+        async def evaluate(outcome: JobOutcome) -> EvalReport:
+            trained = outcome.output_path or outcome.checkpoint
+            if trained is None:
+                return EvalReport(error="training left no final checkpoint to evaluate")
+            invocation = build_eval_command(
+                spec,
+                output_root=self.output_root,
+                trained=trained,
+                gpu_ids=gpu_ids,
+                swift_executable=self.swift_executable,
+                base_env=self.base_env,
+            )
+            return await run_eval(invocation)
+
+        return evaluate
 
     def _on_stop(self, event: e.StopRequested) -> None:
         running = self._running_job(event.job_id)

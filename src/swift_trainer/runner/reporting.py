@@ -42,6 +42,7 @@ from ..core.ids import new_id
 from ..core.limits import MAX_REASON_CHARS
 from ..core.progress import MetricSample
 from ..core.tasks import cancel_and_wait
+from .evaluation import EvalReport
 from .log_publisher import LogPublisher
 from .outcome import ExportOutcome, JobOutcome
 from .run_state import RunRecord, run_key
@@ -292,8 +293,14 @@ class JobReports:
         logs: LogPublisher | None,
         started_id: Callable[[int], str] | None = None,
         on_finished: Callable[[JobOutcome], None] | None = None,
+        evaluate: Callable[[JobOutcome], Awaitable[EvalReport]] | None = None,
+        warnings: tuple[str, ...] = (),
     ) -> None:
+        #: What was changed to start the run; reported with the start.
+        self.warnings = tuple(w[:MAX_REASON_CHARS] for w in warnings)
         self.job_id = job_id
+        #: The evaluation after a successful training, run before the success is reported.
+        self.evaluate = evaluate
         self.attempt = attempt
         self.runner_id = runner_id
         self.outbox = outbox
@@ -308,6 +315,7 @@ class JobReports:
             runner_id=self.runner_id,
             pid=pid,
             command=argv,
+            warnings=self.warnings,
         )
         command_id = self._started_id(pid) if self._started_id is not None else None
         self.outbox.submit(command, command_id=command_id)
@@ -353,7 +361,17 @@ class JobReports:
             self.logs.publish(self.job_id, self.attempt, stream, line)
 
     async def on_finished(self, outcome: JobOutcome) -> None:
-        self.outbox.submit(outcome_command(outcome, self.job_id, self.attempt, self.runner_id))
+        command = outcome_command(outcome, self.job_id, self.attempt, self.runner_id)
+        if isinstance(command, c.ReportSucceeded) and self.evaluate is not None:
+            try:
+                report = await self.evaluate(outcome)
+            except Exception as exc:  # an evaluation never fails the training
+                _log.exception("evaluation of %s failed", self.job_id)
+                report = EvalReport(error=f"evaluation failed: {exc!r}"[:MAX_REASON_CHARS])
+            command = msgspec.structs.replace(
+                command, eval_results=report.results, eval_error=report.error
+            )
+        self.outbox.submit(command)
         if self._on_finished is not None:
             self._on_finished(outcome)
 
@@ -472,7 +490,14 @@ class RunReporters:
         self.logs = logs
         self.supervisor = supervisor
 
-    def job(self, job_id: str, attempt: int) -> JobReports:
+    def job(
+        self,
+        job_id: str,
+        attempt: int,
+        evaluate: Callable[[JobOutcome], Awaitable[EvalReport]] | None = None,
+        *,
+        warnings: tuple[str, ...] = (),
+    ) -> JobReports:
         key = run_key("job", job_id)
 
         def started_id(pid: int) -> str:
@@ -487,6 +512,8 @@ class RunReporters:
             outbox=self.outbox,
             logs=self.logs,
             started_id=started_id,
+            evaluate=evaluate,
+            warnings=warnings,
         )
 
     def export(self, event: e.ExportRequested) -> ExportReports:

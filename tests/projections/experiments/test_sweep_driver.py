@@ -115,3 +115,14 @@ def test_a_stopped_sweep_stops_its_trials_and_ends_those_never_submitted() -> No
     assert isinstance(wanted["sweep-cancel-s-t0"], c.CancelJob)
     assert wanted["end-s-1"] == c.EndTrial(sweep_id="s", index=1, outcome="cancelled")
     assert "begin-s-2" not in wanted and "trial-s-t1" not in wanted
+
+
+def test_a_trial_whose_job_id_is_taken_ends_as_failed() -> None:
+    log = Log(spec(2))
+    log.sweep(c.BeginTrial(sweep_id="s", index=0))
+    log.driver.refused("trial-s-t0", "invalid_spec")  # another refusal: tried again
+    assert "trial-s-t0" in log.wanted()
+    log.driver.refused("trial-s-t0", "job_already_exists")
+    wanted = log.wanted()
+    assert "trial-s-t0" not in wanted
+    assert wanted["end-s-0"] == c.EndTrial(sweep_id="s", index=0, outcome="failed")

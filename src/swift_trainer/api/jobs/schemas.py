@@ -20,6 +20,7 @@ from ...core.spec import (
     MAX_GPUS_PER_JOB,
     MAX_NODES_PER_JOB,
     Dependency,
+    EvalSpec,
     FileId,
     HostLabel,
     Name,
@@ -165,6 +166,13 @@ class CreateJobRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
         dict[HostLabel, HostLabel],
         msgspec.Meta(description="Only runners carrying all these labels (runner --label)."),
     ] = {}
+    eval: Annotated[
+        EvalSpec | None,
+        msgspec.Meta(
+            description="Evaluate the trained model with swift eval (EvalScope) on the job's "
+            "GPUs once training succeeds; scores appear as eval_results."
+        ),
+    ] = None
 
     def __post_init__(self) -> None:
         # A request error (422 validation_error), before the domain ever sees a spec.

@@ -133,9 +133,9 @@ async def check_files(deps: ApiDeps, body: CreateJobRequest) -> None:
 async def check_dependencies(deps: ApiDeps, job_id: str | None, body: CreateJobRequest) -> None:
     """Every job in ``after`` must exist, and waiting for it must not close a loop.
 
-    A loop can only arise through an id that was deleted and submitted again, or an
-    explicit id that an older job already waits for; the search follows ``after`` through
-    the read model, one lookup per job.
+    A loop can only arise through an id that was deleted and submitted again while a held
+    job still names it; the search follows ``after`` of the jobs that may still wait
+    (waiting, held), through the read model, one lookup per job.
     """
     if not body.after:
         return
@@ -160,7 +160,8 @@ async def check_dependencies(deps: ApiDeps, job_id: str | None, body: CreateJobR
         batch = sorted(frontier - graph.keys())
         frontier = set()
         for name, summary in zip(batch, await deps.read_model.get_jobs(batch), strict=True):
-            graph[name] = tuple(c.job for c in summary.after) if summary is not None else ()
+            waits = summary is not None and summary.status in _MAY_WAIT
+            graph[name] = tuple(c.job for c in summary.after) if summary and waits else ()
             frontier.update(graph[name])
         frontier -= graph.keys()
     cycle = find_cycle(job_id, named, lambda x: graph.get(x, ()))
@@ -169,6 +170,10 @@ async def check_dependencies(deps: ApiDeps, job_id: str | None, body: CreateJobR
             "invalid_spec",
             f"after would make a cycle: {' -> '.join(cycle)}; a job cannot wait for itself",
         )
+
+
+#: Statuses in which a job's ``after`` still matters.
+_MAY_WAIT: Final = frozenset({JobStatus.WAITING, JobStatus.HELD})
 
 
 def _waiting_answer(job_id: str, spec: JobSpec, output_dir: str) -> CreateJobResponse:

@@ -11,7 +11,7 @@ from litestar.params import JSONBody, Parameter
 
 from ...core.commands import CreateSweep, StopSweep
 from ...core.ids import new_id
-from ...core.sweep import SweepNotFound, SweepState
+from ...core.sweep import SweepNotFound, SweepState, plan_trials
 from ...projections.experiments.experiments_service import ExperimentsService
 from ...projections.experiments.sweep_driver import stop_action
 from ..auth.principal import principal
@@ -88,7 +88,10 @@ class SweepsController(Controller):
         reply = await send(deps, CreateSweep(sweep_id=sweep_id, spec=spec), command_id=command_id)
         if reply.events:
             await experiments.wait_applied(reply.events[-1].position, VIEW_WAIT_S)
-        state = _sweep(deps, sweep_id)
+        state = experiments.sweeps.sweeps.get(sweep_id)
+        if state is None:  # the view lags: answer with what was recorded
+            plans = plan_trials(sweep_id, spec)
+            state = SweepState(sweep_id=sweep_id, spec=spec, trials=plans)
         location = f"{request.url.path.rstrip('/')}/{sweep_id}"
         view = await _view(deps, state, detailed=True)
         return Response(view, status_code=201, headers={"Location": location})

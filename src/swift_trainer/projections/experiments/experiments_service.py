@@ -157,7 +157,7 @@ class ExperimentsService:
                 command_id,
                 reply.error.message,
             )
-            self.sweeps.refused(command_id)
+            self.sweeps.refused(command_id, reply.error.code)
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
         async with asyncio.timeout(timeout):

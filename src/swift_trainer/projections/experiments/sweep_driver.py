@@ -111,6 +111,8 @@ class SweepDriver:
                 trial.metric = value
                 trial.history[event.step] = value
         elif name in _ENDED_STATUS:
+            if isinstance(event, e.JobSucceeded):
+                self._eval_metric(trial, event)
             outcome: c.TrialOutcome = _ENDED_STATUS[name]
             reason = getattr(event, "reason", "")
             if outcome == "stopped" and str(reason).startswith(EARLY_STOP_REASON):
@@ -124,12 +126,28 @@ class SweepDriver:
 
     def _metric_of(self, sweep_id: str, event: e.JobProgressed) -> float | None:
         state = self.sweeps.get(sweep_id)
-        if state is None or state.spec is None:
+        if state is None or state.spec is None or state.spec.metric.startswith("eval:"):
             return None
         return event.eval_loss if state.spec.metric == "eval_loss" else event.loss
 
-    def refused(self, command_id: str) -> None:
-        """A refusal changes nothing here: the state that follows decides the next try."""
+    def _eval_metric(self, trial: TrialJob, event: e.JobSucceeded) -> None:
+        """An ``eval:<dataset>`` metric is the score of the evaluation after training."""
+        state = self.sweeps.get(trial.sweep_id)
+        if state is None or state.spec is None or not state.spec.metric.startswith("eval:"):
+            return
+        trial.metric = event.eval_results.get(state.spec.metric.removeprefix("eval:"))
+
+    def refused(self, command_id: str, code: str) -> None:
+        """A trial whose job id another job holds cannot run: it ends as failed.
+
+        Any other refusal changes nothing here: the state that follows decides the next try.
+        """
+        if code != "job_already_exists" or not command_id.startswith("trial-"):
+            return
+        trial = self.trials.get(command_id.removeprefix("trial-"))
+        if trial is not None and not trial.submitted:
+            trial.submitted = True
+            trial.outcome = "failed"
 
     def actions(self) -> list[Action]:
         found: list[Action] = []

@@ -303,6 +303,12 @@ def summarize(fold: JobFold) -> JobSummary | None:
         failures=state.failures,
         retry_train_args=state.train_args,
         excluded_gpus=state.excluded_gpus,
+        eval_results=dict(state.eval_results),
+        eval_error=state.eval_error,
+        warnings=(
+            *state.start_warnings,
+            *(f"{w.kind}: {w.reason}" for w in state.warnings if w.attempt == state.attempt),
+        ),
     )
 
 

@@ -107,6 +107,11 @@ class JobSummary(msgspec.Struct, frozen=True):
     retry_train_args: TrainArgs | None = None
     #: GPUs (by UUID) this job avoids after faults on them.
     excluded_gpus: tuple[str, ...] = ()
+    #: Scores of the evaluation after training, by dataset; and why it failed, if it did.
+    eval_results: dict[str, float] = {}
+    eval_error: str | None = None
+    #: What the runner changed to start the job (an unreachable experiment tracker).
+    warnings: tuple[str, ...] = ()
 
 
 class JobFold(msgspec.Struct, frozen=True):

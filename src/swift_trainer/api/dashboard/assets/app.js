@@ -10,6 +10,7 @@ import { queueView } from "./queue.js";
 import { gpusView } from "./gpus.js";
 import { submitView } from "./submit.js";
 import { usageView } from "./usage.js";
+import { compareView, sweepView, sweepsView } from "./sweeps.js";
 
 const main = document.getElementById("main");
 let teardown = null;
@@ -27,6 +28,9 @@ function route() {
     gpus: () => gpusView(main),
     usage: () => usageView(main),
     submit: () => submitView(main),
+    sweeps: () => sweepsView(main),
+    sweep: () => sweepView(main, arg),
+    compare: () => compareView(main, queryPart),
   };
   const view = views[name] || (() => {
     main.replaceChildren(h("h1", "Not found"), h("p", h("a", { href: "#/jobs" }, "Back to the jobs")));
@@ -35,7 +39,7 @@ function route() {
   if (teardown) teardown();
   teardown = null;
   main.replaceChildren();
-  const nav = name === "job" || name === "" ? "jobs" : name;
+  const nav = name === "job" || name === "" ? "jobs" : name === "sweep" || name === "compare" ? "sweeps" : name;
   for (const link of document.querySelectorAll("[data-nav]")) {
     if (link.dataset.nav === nav) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");

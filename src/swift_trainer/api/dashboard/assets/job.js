@@ -236,6 +236,17 @@ export function jobView(main, jobId) {
       h("div.card", h("span.k", "Priority"), h("span.v", String(job.priority))),
       h("div.card", h("span.k", "Attempt"), h("span.v", `${job.attempt}`, h("small.muted", ` · ${job.retries}/${job.max_retries} retries`))),
     );
+    const scores = Object.entries(job.eval_results || {});
+    if (scores.length || job.eval_error) {
+      facts.append(h("div.card.wide", { id: "fact-eval" }, h("span.k", "Evaluation"),
+        h("span.v", scores.length ? scores.map(([d, v]) => `${d} ${fmtNumber(v)}`).join(" · ") : "failed"),
+        job.eval_error ? h("small.muted", ` ${job.eval_error}`) : null));
+    }
+    if (job.status === "waiting" && (job.after || []).length) {
+      facts.append(h("div.card.wide", { id: "fact-after" }, h("span.k", "Waiting for"),
+        h("span.v", job.after.map((d, i) => [i ? ", " : "", h("a", { href: `#/job/${encodeURIComponent(d.job)}` }, d.job), ` ${d.on}`]))));
+    }
+    for (const warning of job.warnings || []) facts.append(h("div.card.wide", h("span.k", "Warning"), h("span.v", warning)));
     const failure = job.failure;
     const failedText = job.failure_reason && (failure ? `failed (${failure.kind}): ${job.failure_reason}` : `failed: ${job.failure_reason}`);
     const retried = !job.failure_reason && failure && job.status !== "failed" ? `retried after ${failure.kind}: ${failure.detail}` : null;
