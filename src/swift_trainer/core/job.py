@@ -195,6 +195,7 @@ class JobState(msgspec.Struct, frozen=True, omit_defaults=True):
     def gang_started(self) -> bool:
         """Every rank of the current attempt runs (always true for a one-node job)."""
         return self.status is JobStatus.RUNNING and len(self.ranks_started) == len(self.peers)
+
     #: Scores of the evaluation after training (``spec.eval``), by dataset.
     eval_results: dict[str, float] = {}
     #: Why that evaluation failed, beside a succeeded training.
