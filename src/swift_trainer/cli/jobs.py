@@ -34,9 +34,9 @@ _FINAL: Final = frozenset({"succeeded", "failed", "stopped", "deleted"})
 _JOB_ACTIONS: Final = {
     "start": "start a held job, or resume a stopped or failed one",
     "stop": "stop a job (a running one saves a checkpoint)",
-    "pause": "pause a job (needs the API of issue 13)",
-    "resume": "resume a paused job (needs the API of issue 13)",
-    "cancel": "cancel a job (needs the API of issue 13)",
+    "pause": "stop a job with a checkpoint, to resume it later",
+    "resume": "queue a paused job again from its checkpoint",
+    "cancel": "end a job for good (not resumable)",
 }
 
 
@@ -51,7 +51,7 @@ def _common(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def add_client_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    jobs = sub.add_parser("jobs", help="training jobs over the HTTP API (works from anywhere)")
+    jobs = sub.add_parser("jobs", help="submit, list, show, follow and control training jobs")
     verbs = jobs.add_subparsers(dest="verb", required=True)
 
     submit = _common(verbs.add_parser("submit", help="submit a job from flags or a spec file"))
@@ -96,7 +96,7 @@ def add_client_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser
     export.add_argument("--overwrite", action="store_true")
     _common(verbs.add_parser("delete", help="delete a finished job")).add_argument("job_id")
 
-    _common(sub.add_parser("queue", help="the GPU queue, over the HTTP API"))
+    _common(sub.add_parser("queue", help="the jobs waiting for GPUs, in order"))
     _common(sub.add_parser("gpus", help="GPUs per runner with memory and load bars"))
 
 
@@ -215,7 +215,7 @@ async def _dispatch(api: ApiClient, args: argparse.Namespace, out: _Out) -> int:
     answer: Any
     if verb == "show":
         answer = await api.call("GET", f"/jobs/{job}")
-        out.data(answer) if out.json else out.show(render.key_values(job, answer))
+        out.data(answer) if out.json else out.show(render.job_details(answer))
         return 0
     if verb in _JOB_ACTIONS:
         answer = await api.call("POST", f"/jobs/{job}/{verb}")
@@ -243,10 +243,10 @@ async def _submit(api: ApiClient, args: argparse.Namespace, out: _Out) -> int:
         if out.json:
             out.data(created)
         else:
-            out.console.print(created.get("message", job_id), highlight=False)
+            out.console.print(submitted_message(created), highlight=False)
         return 0
     if not out.json:
-        out.err.print(created.get("message", job_id), highlight=False)
+        out.err.print(submitted_message(created), highlight=False)
         with render.TrainingProgress(out.err, job_id) as bar:
             async for report in api.follow(f"/jobs/{job_id}/progress/stream"):
                 bar.update(report)
@@ -267,6 +267,22 @@ async def _submit(api: ApiClient, args: argparse.Namespace, out: _Out) -> int:
         highlight=False,
     )
     return EXIT_REFUSED
+
+
+def submitted_message(created: Mapping[str, Any]) -> str:
+    """What a submit says to a person, with the command to run next."""
+    job_id, status = created["job_id"], created.get("status")
+    if status == "held":
+        return f"job {job_id} is held; start it with: swift-trainer jobs start {job_id}"
+    if status == "queued":
+        position = created.get("queue_position")
+        where = f" at position {position}" if position is not None else ""
+        wait = created.get("estimated_wait_time")
+        eta = f", estimated wait {wait}" if wait and wait != "unknown" else ""
+        return (
+            f"job {job_id} is queued{where}{eta}; follow it with: swift-trainer jobs show {job_id}"
+        )
+    return f"job {job_id} is {status}; follow it with: swift-trainer jobs show {job_id}"
 
 
 def _final_fields(job: Mapping[str, Any]) -> dict[str, Any]:
