@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import select
 import signal
 import subprocess
@@ -283,6 +284,8 @@ def test_the_progress_bar_renders_in_a_pseudo_terminal(url: str, tmp_path: Path)
     assert "cli-tty" in text
     assert "steps" in text
     assert "\x1b[" in text, "a terminal gets the live (ANSI) bar"
+    shown_steps = {int(step) for step in re.findall(r"(\d+)/40 steps", text)}
+    assert len(shown_steps) >= 3, f"the bar moved through {sorted(shown_steps)} only"
     # 40 steps with failures at step 30: the bar ran, and the exit code says it failed.
     assert code == 1
     assert "ended failed" in text

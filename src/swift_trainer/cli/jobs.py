@@ -14,7 +14,10 @@ that message.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -247,9 +250,7 @@ async def _submit(api: ApiClient, args: argparse.Namespace, out: _Out) -> int:
         return 0
     if not out.json:
         out.err.print(submitted_message(created), highlight=False)
-        with render.TrainingProgress(out.err, job_id) as bar:
-            async for report in api.follow(f"/jobs/{job_id}/progress/stream"):
-                bar.update(report)
+        await _follow_with_bar(api, job_id, out)
     else:
         async for _ in api.follow(f"/jobs/{job_id}/progress/stream"):
             pass
@@ -267,6 +268,34 @@ async def _submit(api: ApiClient, args: argparse.Namespace, out: _Out) -> int:
         highlight=False,
     )
     return EXIT_REFUSED
+
+
+#: The step in a line of swift's training log (``'global_step/max_steps': '12/200'``).
+_STEP_IN_LOG: Final = re.compile(r"global_step/max_steps['\"]?\s*:\s*['\"]?(\d+)/(\d+)")
+
+
+async def _follow_with_bar(api: ApiClient, job_id: str, out: _Out) -> None:
+    """The bar until the job ends: status and loss from its progress, steps from its log.
+
+    Progress reports are spaced out by the runner; the log has a line per logged step, so
+    the bar moves with the training.
+    """
+    with render.TrainingProgress(out.err, job_id) as bar:
+
+        async def steps_from_log() -> None:
+            async for line in api.follow(f"/jobs/{job_id}/logs/stream", {"limit": 1}):
+                match = _STEP_IN_LOG.search(str(line.get("text", "")))
+                if match:
+                    bar.step(int(match[1]), int(match[2]))
+
+        log = asyncio.create_task(steps_from_log())
+        try:
+            async for report in api.follow(f"/jobs/{job_id}/progress/stream"):
+                bar.update(report)
+        finally:
+            log.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ClientError):
+                await log
 
 
 def submitted_message(created: Mapping[str, Any]) -> str:

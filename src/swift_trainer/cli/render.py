@@ -271,6 +271,7 @@ class TrainingProgress:
         self._task: TaskID = self._progress.add_task(
             job_id, total=None, job=job_id, status="queued", max_steps="?", loss="-"
         )
+        self._step = 0
 
     def __enter__(self) -> TrainingProgress:
         self._progress.start()
@@ -280,12 +281,25 @@ class TrainingProgress:
         self._progress.stop()
 
     def update(self, report: Mapping[str, Any]) -> None:
+        """A progress report: status and loss; the step unless the log is already past it."""
+        status = report.get("status", "?")
+        step = report.get("step") or 0
+        if status in ("queued", "scheduled"):
+            self._step = step  # a new attempt resumes from its checkpoint
+        self._step = max(self._step, step)
         max_steps = report.get("max_steps")
         self._progress.update(
             self._task,
             total=max_steps,
-            completed=report.get("step") or 0,
-            status=report.get("status", "?"),
+            completed=self._step,
+            status=status,
             max_steps=max_steps if max_steps is not None else "?",
             loss=_number(report.get("loss")),
+        )
+
+    def step(self, step: int, max_steps: int) -> None:
+        """A step read from the training log, between progress reports."""
+        self._step = max(self._step, step)
+        self._progress.update(
+            self._task, total=max_steps, completed=self._step, max_steps=max_steps
         )
