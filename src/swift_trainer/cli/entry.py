@@ -319,7 +319,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--env-file", help="read settings from this env file")
     parser.add_argument("--data-dir", help="where events, JetStream and state live")
     sub = parser.add_subparsers(
-        dest="command", required=True, metavar="COMMAND", help=argparse.SUPPRESS
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        help=argparse.SUPPRESS,
+        prog="swift-trainer",
     )
 
     up = sub.add_parser("up", help="run the whole service in one process (embedded mode)")
