@@ -173,7 +173,7 @@ async def _run_send(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _add_front_doors(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Audit, the published contract, the HTTP terminal client and webhooks (issue 15)."""
+    """Audit, the published contract, the job commands over HTTP, webhooks and keys."""
     from .audit import add_audit_arguments
     from .contract import add_contract_arguments
     from .jobs import add_client_arguments

@@ -1,14 +1,8 @@
-"""``swift-trainer jobs ...``, ``queue`` and ``gpus``: the terminal client's commands.
+"""``swift-trainer jobs ...``, ``queue`` and ``gpus``: the job commands over the HTTP API.
 
-Habits of ``gh`` and ``kubectl``: tables for people, ``--output json`` (the API's JSON as
-is) for scripts, ``-f`` to follow, and exit codes a script can trust: 0 success, 1 the server
-refused (its problem-details message goes to stderr; with ``--output json`` the problem
-object also goes to stdout) or the job ``submit --wait`` waited for did not succeed,
-2 bad usage, 3 server unreachable.
-
-``pause``, ``resume`` and ``cancel`` call ``/jobs/{id}/pause|resume|cancel``, which the API
-gains with issue 13; until then the server answers 404/405 and the command exits 1 with
-that message.
+Tables for people, ``--output json`` (the API's JSON as is) for scripts, ``-f`` to follow.
+Exit codes: 0 success; 1 refused by the server, or ``submit --wait`` ended unsuccessfully;
+2 bad usage; 3 server unreachable. docs/cli.md is the reference.
 """
 
 from __future__ import annotations

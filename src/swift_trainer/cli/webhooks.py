@@ -1,10 +1,8 @@
 """``swift-trainer webhooks``: register, list, remove, inspect and run webhook deliveries.
 
 Registration is an admin's act recorded in the event store (``WebhookRegistered`` with the
-actor), so these commands talk to the store directly, like ``audit``: the HTTP API has no
-authentication yet (issue 12), and an unauthenticated endpoint that makes the server POST
-to any URL would be an open door. ``up`` runs the dispatcher; in the distributed mode run
-``swift-trainer webhooks run`` once per deployment.
+actor), so these commands talk to the store directly, like ``audit``. ``up`` runs the
+dispatcher; in the distributed mode run ``swift-trainer webhooks run`` once per deployment.
 
 The signing key: ``WEBHOOK_SIGNING_KEY``, else ``<data dir>/webhook-signing.key`` (created
 0600 on first use). Every process that registers or delivers must see the same key; each
