@@ -1,11 +1,8 @@
 """The composition root: every process kind is assembled here, and only here.
 
-``Service`` starts parts (NATS, store, handler, relay, read models, scheduler, runner, API)
-in dependency order and stops them in reverse, so Ctrl-C never leaves a half-published batch
-or an orphaned child. The ``run_*`` functions below are the processes: ``up`` runs every
-part in one (the embedded mode); ``handler``, ``scheduler``, ``runner`` and ``api`` run one
-part each against shared NATS / PostgreSQL / Redis. ``cli.py`` only parses arguments and
-calls them.
+``Service`` starts parts in dependency order and stops them in reverse, so Ctrl-C never
+leaves a half-published batch or an orphaned child. The ``run_*`` functions are the
+processes; the ``cli`` package parses arguments and calls them.
 """
 
 from __future__ import annotations

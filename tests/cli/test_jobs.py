@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import select
 import signal
 import subprocess
@@ -65,6 +66,12 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def fits_80_columns_without_log_lines(out: str, err: str) -> None:
+    assert max((len(line) for line in out.splitlines()), default=0) <= 80, out
+    for noise in ("HTTP Request", "INFO", "httpx"):
+        assert noise not in out + err
+
+
 def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> Any:
     code, out, err = run(capsys, *argv, "-o", "json")
     assert code == 0, err
@@ -92,10 +99,21 @@ def test_submit_list_show_from_flags(url: str, capsys: pytest.CaptureFixture[str
     assert owned["items"] == []  # jobs from a service without keys have no owner
     shown = run_json(capsys, "jobs", "show", "cli-flags")
     assert (shown["priority"], shown["train_args"]["max_steps"]) == (7, 10)
-    code, out, _ = run(capsys, "jobs", "list")
+    code, out, err = run(capsys, "jobs", "list")
     assert code == 0
     assert "cli-flags" in out
     assert "held" in out
+    fits_80_columns_without_log_lines(out, err)
+    code, out, err = run(capsys, "jobs", "show", "cli-flags")
+    assert code == 0
+    assert "max_steps=10" in out
+    assert "submitted_position" not in out
+    fits_80_columns_without_log_lines(out, err)
+    code, out, err = run(capsys, *submit_flags("cli-hint", 10, "--hold"))
+    assert code == 0
+    assert "start it with: swift-trainer jobs start cli-hint" in out
+    assert "POST" not in out
+    fits_80_columns_without_log_lines(out, err)
 
 
 def test_submit_from_a_yaml_spec_and_wait_for_success(
@@ -200,13 +218,16 @@ def test_queue_and_gpus(url: str, capsys: pytest.CaptureFixture[str]) -> None:
     gpus = run_json(capsys, "gpus")
     assert gpus["total"] == 2
     assert len(gpus["runners"][0]["gpus"]) == 2
-    code, out, _ = run(capsys, "gpus")
+    code, out, err = run(capsys, "gpus")
     assert code == 0
     assert "█" in out or "░" in out
-    code, out, _ = run(capsys, "queue")
+    assert "RUNNER" in out and "MEMORY" in out
+    fits_80_columns_without_log_lines(out, err)
+    code, out, err = run(capsys, "queue")
     assert code == 0
     assert "processor" in out
     assert "running" in out
+    fits_80_columns_without_log_lines(out, err)
 
 
 def test_bad_input_and_unreachable_servers_get_clear_exit_codes(
@@ -263,6 +284,8 @@ def test_the_progress_bar_renders_in_a_pseudo_terminal(url: str, tmp_path: Path)
     assert "cli-tty" in text
     assert "steps" in text
     assert "\x1b[" in text, "a terminal gets the live (ANSI) bar"
+    shown_steps = {int(step) for step in re.findall(r"(\d+)/40 steps", text)}
+    assert len(shown_steps) >= 3, f"the bar moved through {sorted(shown_steps)} only"
     # 40 steps with failures at step 30: the bar ran, and the exit code says it failed.
     assert code == 1
     assert "ended failed" in text

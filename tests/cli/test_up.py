@@ -40,7 +40,16 @@ def test_up_runs_the_embedded_service_and_stops_it_cleanly(tmp_path: Path) -> No
         assert any("nats-server" in child.name() for child in children)
 
         submit = subprocess.run(
-            _cli("submit", "--job-id", "cli-1", "--data-path", "d#10", "--model-path", "m"),
+            _cli(
+                "operator",
+                "submit",
+                "--job-id",
+                "cli-1",
+                "--data-path",
+                "d#10",
+                "--model-path",
+                "m",
+            ),
             env=env,
             capture_output=True,
             text=True,
@@ -51,7 +60,9 @@ def test_up_runs_the_embedded_service_and_stops_it_cleanly(tmp_path: Path) -> No
         reply = json.loads(submit.stdout)
         assert reply["ok"] is True
         assert [e["type"] for e in reply["events"]] == ["JobSubmitted", "JobQueued"]
+        assert "deprecated" not in submit.stderr
 
+        # The old top-level name still works, and says which commands replace it.
         again = subprocess.run(
             _cli("submit", "--job-id", "cli-1", "--data-path", "d", "--model-path", "m"),
             env=env,
@@ -62,6 +73,8 @@ def test_up_runs_the_embedded_service_and_stops_it_cleanly(tmp_path: Path) -> No
         )
         assert again.returncode == 1
         assert json.loads(again.stdout)["error"]["code"] == "job_already_exists"
+        assert "'swift-trainer submit' is deprecated" in again.stderr
+        assert "swift-trainer operator submit" in again.stderr
     finally:
         up.send_signal(signal.SIGINT)
         try:

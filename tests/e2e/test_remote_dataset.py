@@ -111,7 +111,7 @@ def test_a_second_runner_fetches_the_dataset_from_the_object_store(tmp_path: Pat
 
         dataset = tmp_path / "cli.jsonl"
         dataset.write_bytes(content)
-        uploaded_by_cli = cli("upload", str(dataset))
+        uploaded_by_cli = cli("operator", "upload", str(dataset))
         assert uploaded_by_cli.returncode == 0, uploaded_by_cli.stderr
         cli_file = json.loads(uploaded_by_cli.stdout)
         assert (cli_file["status"], cli_file["bytes"]) == ("processed", len(content))
@@ -119,6 +119,7 @@ def test_a_second_runner_fetches_the_dataset_from_the_object_store(tmp_path: Pat
         assert cli_file["id"] in [f["id"] for f in listed], "the same store as /v1/files"
 
         held = cli(
+            "operator",
             "submit",
             "--job-id",
             "cli-1",
@@ -130,15 +131,15 @@ def test_a_second_runner_fetches_the_dataset_from_the_object_store(tmp_path: Pat
         )
         assert held.returncode == 0, held.stderr
         assert json.loads(held.stdout)["ok"] is True
-        paused = cli("pause", "cli-1")
+        paused = cli("operator", "pause", "cli-1")
         assert paused.returncode == 0, paused.stderr
         assert [x["type"] for x in json.loads(paused.stdout)["events"]] == ["JobPaused"]
         service.wait_status("cli-1", "paused")
-        resumed = cli("resume", "cli-1")
+        resumed = cli("operator", "resume", "cli-1")
         assert resumed.returncode == 0, resumed.stderr
         assert [x["type"] for x in json.loads(resumed.stdout)["events"]] == ["JobQueued"]
         service.wait_status("cli-1", "succeeded", timeout=60)
-        refused = cli("cancel", "cli-1")
+        refused = cli("operator", "cancel", "cli-1")
         assert refused.returncode == 1, "a succeeded job cannot be cancelled"
         assert json.loads(refused.stdout)["error"]["code"] == "invalid_transition"
 

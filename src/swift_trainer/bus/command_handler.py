@@ -1,22 +1,8 @@
 """The command handler service: NATS request in, decision, append, reply out.
 
-Several handlers may run in one queue group. They never coordinate, and each caches the
-states it folded, so a handler may decide on a state that another handler has moved on
-since. Correctness therefore never rests on the cache (see docs/architecture.md):
-
-- An append carries the version the decision was made on; a handler that lost the race
-  (``ConcurrencyConflict``) reads only the events after its cached version, folds them on
-  top and decides again.
-- A refusal or an "already so" no-op is never answered from the cache alone. Before one is
-  recorded, the handler reads the events after its cached version; when there are any, it
-  decides again on the fresh state. A refusal stored under a command id is therefore one
-  that the stored stream justified when it was read.
-- The GPU ledger is one stream that only grows: its folded state is saved as a snapshot
-  every ``snapshot_every`` events, and a cold handler folds only what came after.
-
-Idempotency has two layers: the store refuses a second append of a command id (returning
-the first result), and refusals are recorded too, so a retried command gets the answer the
-first try got even when the job has moved on since.
+Several handlers may run in one queue group, each with a cache of folded states; the
+cache never decides alone. docs/architecture.md ("Many handlers") says why no update is
+lost and how a retried command gets its first answer.
 """
 
 from __future__ import annotations

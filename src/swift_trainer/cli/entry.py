@@ -1,9 +1,4 @@
-"""The ``swift-trainer`` command line.
-
-``up`` runs the whole service in one process (embedded mode); ``handler`` runs one part
-against shared infrastructure (distributed mode); ``submit`` and friends send commands over
-NATS and print the handler's answer as JSON.
-"""
+"""The ``swift-trainer`` command: one parser, commands grouped for the help, then dispatch."""
 
 from __future__ import annotations
 
@@ -13,9 +8,9 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
@@ -34,6 +29,9 @@ from .keys import (
 )
 
 _log = logging.getLogger("swift_trainer")
+
+#: Commands of the terminal client over HTTP: their output is for people or scripts.
+CLIENT_COMMANDS: Final = frozenset({"jobs", "queue", "gpus"})
 
 
 def _configure_logging(settings: Settings, command: str) -> None:
@@ -97,7 +95,7 @@ def _parse_train_args(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def _build_command(args: argparse.Namespace) -> c.AnyCommand:
-    match args.command:
+    match args.op:
         case "submit":
             job_id = args.job_id or new_job_id()
             fields: dict[str, Any] = {
@@ -131,7 +129,7 @@ def _build_command(args: argparse.Namespace) -> c.AnyCommand:
             return c.RequestExport(job_id=args.job_id, checkpoint=args.checkpoint)
         case "priority":
             return c.ChangePriority(job_id=args.job_id, priority=args.priority)
-    raise SwiftTrainerError(f"unknown command {args.command!r}")
+    raise SwiftTrainerError(f"unknown command {args.op!r}")
 
 
 async def _run_upload(settings: Settings, args: argparse.Namespace) -> int:
@@ -175,7 +173,7 @@ async def _run_send(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _add_front_doors(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Audit, the published contract, the HTTP terminal client and webhooks (issue 15)."""
+    """Audit, the published contract, the job commands over HTTP, webhooks and keys."""
     from .audit import add_audit_arguments
     from .contract import add_contract_arguments
     from .jobs import add_client_arguments
@@ -193,6 +191,77 @@ def _add_front_doors(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
     add_files_arguments(sub)
     add_usage_arguments(sub)
+
+
+def _add_operator_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``swift-trainer operator ...``: job commands sent straight over NATS, on the host."""
+    operator = sub.add_parser(
+        "operator",
+        help="job commands straight over NATS, on the service's host (JSON answers)",
+        description="Job commands sent over NATS, where the service runs; they print the "
+        "command handler's answer as JSON. From anywhere else, use 'swift-trainer jobs'.",
+    )
+    ops = operator.add_subparsers(dest="op", required=True, metavar="ACTION")
+
+    def with_nats(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--nats-url", help="NATS server (default NATS_URL or the running 'up')")
+        return p
+
+    _add_submit_arguments(with_nats(ops.add_parser("submit", help="submit a training job")))
+    upload = with_nats(ops.add_parser("upload", help="check and store a JSONL dataset"))
+    upload.add_argument("path", help="a JSONL file (messages, or query/response records)")
+    for name, text in (
+        ("start", "start or resume a job"),
+        ("delete", "delete a job"),
+        ("pause", "stop a job with a checkpoint, to resume it later"),
+        ("resume", "queue a paused job again from its checkpoint"),
+    ):
+        with_nats(ops.add_parser(name, help=text)).add_argument("job_id")
+    cancel = with_nats(ops.add_parser("cancel", help="end a job for good (not resumable)"))
+    cancel.add_argument("job_id")
+    cancel.add_argument("--reason", default="cancelled by user")
+    stop = with_nats(ops.add_parser("stop", help="stop a job"))
+    stop.add_argument("job_id")
+    stop.add_argument("--reason", default="stopped by user")
+    export = with_nats(ops.add_parser("export", help="merge a job's LoRA adapter"))
+    export.add_argument("job_id")
+    export.add_argument("--checkpoint")
+    priority = with_nats(ops.add_parser("priority", help="change a queued job's priority"))
+    priority.add_argument("job_id")
+    priority.add_argument("priority", type=int)
+
+
+def normalize_argv(argv: Sequence[str]) -> list[str]:
+    """Global options moved to the front; a legacy job command put under ``operator``.
+
+    A legacy command also gets a deprecation notice on stderr.
+    """
+    front: list[str] = []
+    rest: list[str] = []
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        item = items[i]
+        name = item.split("=", 1)[0]
+        if name in GLOBAL_OPTIONS:
+            if "=" in item or i + 1 == len(items):
+                front.append(item)
+                i += 1
+            else:
+                front.extend(items[i : i + 2])
+                i += 2
+            continue
+        rest.append(item)
+        i += 1
+    if rest and rest[0] in LEGACY_OPERATOR_COMMANDS:
+        print(  # noqa: T201
+            f"warning: 'swift-trainer {rest[0]}' is deprecated and will be removed; use "
+            f"'swift-trainer jobs {rest[0]}' (HTTP API) or 'swift-trainer operator {rest[0]}' "
+            "(NATS, on the service's host)",
+            file=sys.stderr,
+        )
+        rest.insert(0, "operator")
+    return front + rest
 
 
 def _add_submit_arguments(submit: argparse.ArgumentParser) -> None:
@@ -213,11 +282,57 @@ def _add_submit_arguments(submit: argparse.ArgumentParser) -> None:
     submit.add_argument("--train-arg", action="append", default=[], metavar="KEY=VALUE")
 
 
+#: The top-level help's groups, in order; every command is in exactly one.
+COMMAND_GROUPS: Final = {
+    "service processes": ("up", "handler", "api", "scheduler", "runner"),
+    "jobs (over the HTTP API, from anywhere)": ("jobs", "sweeps", "queue", "gpus", "usage"),
+    "administration": (
+        "keys",
+        "quota",
+        "files",
+        "webhooks",
+        "audit",
+        "projections",
+        "contract",
+        "operator",
+    ),
+}
+#: Job commands that once sat at the top level; they still work, under ``operator``.
+LEGACY_OPERATOR_COMMANDS: Final = frozenset(
+    {"submit", "upload", "start", "delete", "pause", "resume", "cancel", "stop", "export"}
+    | {"priority"}
+)
+#: Options every command accepts, before or after the command's name.
+GLOBAL_OPTIONS: Final = ("--env-file", "--data-dir")
+
+
+def _grouped_help(helps: dict[str, str]) -> str:
+    lines = []
+    for title, names in COMMAND_GROUPS.items():
+        lines.append(f"{title}:")
+        lines.extend(f"  {name:<14}{helps.get(name, '')}" for name in names)
+        lines.append("")
+    lines.append("Run 'swift-trainer COMMAND --help' for a command's options.")
+    lines.append("--env-file and --data-dir may also come after the command.")
+    return "\n".join(lines)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="swift-trainer", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="swift-trainer",
+        usage="swift-trainer [--env-file FILE] [--data-dir DIR] COMMAND ...",
+        description="Run ms-swift fine-tuning jobs on your own GPU hosts.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--env-file", help="read settings from this env file")
     parser.add_argument("--data-dir", help="where events, JetStream and state live")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        help=argparse.SUPPRESS,
+        prog="swift-trainer",
+    )
 
     up = sub.add_parser("up", help="run the whole service in one process (embedded mode)")
     up.add_argument("--host", help="HTTP bind address (default APP_HOST or 127.0.0.1)")
@@ -270,38 +385,19 @@ def _parser() -> argparse.ArgumentParser:
 
     _add_front_doors(sub)
 
-    def with_nats(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--nats-url", help="NATS server (default NATS_URL or the running 'up')")
-        return p
-
-    _add_submit_arguments(with_nats(sub.add_parser("submit", help="submit a training job")))
-    upload = with_nats(sub.add_parser("upload", help="check and store a JSONL dataset"))
-    upload.add_argument("path", help="a JSONL file (messages, or query/response records)")
-
-    for name, text in (
-        ("start", "start or resume a job"),
-        ("delete", "delete a job"),
-        ("pause", "stop a job with a checkpoint, to resume it later"),
-        ("resume", "queue a paused job again from its checkpoint"),
-    ):
-        with_nats(sub.add_parser(name, help=text)).add_argument("job_id")
-    cancel = with_nats(sub.add_parser("cancel", help="end a job for good (not resumable)"))
-    cancel.add_argument("job_id")
-    cancel.add_argument("--reason", default="cancelled by user")
-    stop = with_nats(sub.add_parser("stop", help="stop a job"))
-    stop.add_argument("job_id")
-    stop.add_argument("--reason", default="stopped by user")
-    export = with_nats(sub.add_parser("export", help="merge a job's LoRA adapter"))
-    export.add_argument("job_id")
-    export.add_argument("--checkpoint")
-    priority = with_nats(sub.add_parser("priority", help="change a queued job's priority"))
-    priority.add_argument("job_id")
-    priority.add_argument("priority", type=int)
+    _add_operator_commands(sub)
+    groups = {action.dest: action.help or "" for action in sub._choices_actions}
+    sub._choices_actions.clear()  # the grouped list below replaces argparse's flat one
+    parser.epilog = _grouped_help(groups)
     return parser
 
 
+async def _awaited(work: Awaitable[int]) -> int:
+    return await work
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(normalize_argv(sys.argv[1:] if argv is None else argv))
     env = dict(os.environ)
     if args.data_dir:
         env["SWIFT_TRAINER_DATA_DIR"] = args.data_dir
@@ -317,6 +413,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(env, env_file=args.env_file)
         _configure_logging(settings, args.command)
+        if args.command in CLIENT_COMMANDS:
+            for library in ("httpx", "httpcore"):  # their INFO lines are not for this output
+                logging.getLogger(library).setLevel(logging.WARNING)
         if getattr(args, "metrics_port", None) is not None:
             service.serve_metrics(settings, args.metrics_port)
         from .audit import run_audit
@@ -327,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .usage import run_usage
         from .webhooks import run_webhooks
 
-        runners = {
+        runners: dict[str, Callable[[Settings, argparse.Namespace], Awaitable[int]]] = {
             "up": _run_up,
             "handler": _run_handler,
             "scheduler": _run_scheduler,
@@ -342,14 +441,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "sweeps": run_sweeps,
             "runners": run_client,
             "webhooks": run_webhooks,
-            "upload": _run_upload,
             "keys": run_keys,
             "quota": run_keys,
             "files": run_files,
             "usage": run_usage,
+            "operator": _run_upload if getattr(args, "op", None) == "upload" else _run_send,
         }
-        run = runners.get(args.command, _run_send)
-        return asyncio.run(run(settings, args))
+        return asyncio.run(_awaited(runners[args.command](settings, args)))
     except SwiftTrainerError as exc:
         print(f"error: {exc}", file=sys.stderr)  # noqa: T201
         return 2

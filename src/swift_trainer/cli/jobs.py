@@ -1,20 +1,17 @@
-"""``swift-trainer jobs ...``, ``queue`` and ``gpus``: the terminal client's commands.
+"""``swift-trainer jobs ...``, ``queue`` and ``gpus``: the job commands over the HTTP API.
 
-Habits of ``gh`` and ``kubectl``: tables for people, ``--output json`` (the API's JSON as
-is) for scripts, ``-f`` to follow, and exit codes a script can trust: 0 success, 1 the server
-refused (its problem-details message goes to stderr; with ``--output json`` the problem
-object also goes to stdout) or the job ``submit --wait`` waited for did not succeed,
-2 bad usage, 3 server unreachable.
-
-``pause``, ``resume`` and ``cancel`` call ``/jobs/{id}/pause|resume|cancel``, which the API
-gains with issue 13; until then the server answers 404/405 and the command exits 1 with
-that message.
+Tables for people, ``--output json`` (the API's JSON as is) for scripts, ``-f`` to follow.
+Exit codes: 0 success; 1 refused by the server, or ``submit --wait`` ended unsuccessfully;
+2 bad usage; 3 server unreachable. docs/cli.md is the reference.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,9 +31,9 @@ _FINAL: Final = frozenset({"succeeded", "failed", "stopped", "deleted"})
 _JOB_ACTIONS: Final = {
     "start": "start a held job, or resume a stopped or failed one",
     "stop": "stop a job (a running one saves a checkpoint)",
-    "pause": "pause a job (needs the API of issue 13)",
-    "resume": "resume a paused job (needs the API of issue 13)",
-    "cancel": "cancel a job (needs the API of issue 13)",
+    "pause": "stop a job with a checkpoint, to resume it later",
+    "resume": "queue a paused job again from its checkpoint",
+    "cancel": "end a job for good (not resumable)",
 }
 
 
@@ -51,7 +48,7 @@ def _common(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def add_client_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    jobs = sub.add_parser("jobs", help="training jobs over the HTTP API (works from anywhere)")
+    jobs = sub.add_parser("jobs", help="submit, list, show, follow and control training jobs")
     verbs = jobs.add_subparsers(dest="verb", required=True)
 
     submit = _common(verbs.add_parser("submit", help="submit a job from flags or a spec file"))
@@ -103,7 +100,7 @@ def add_client_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser
     export.add_argument("--overwrite", action="store_true")
     _common(verbs.add_parser("delete", help="delete a finished job")).add_argument("job_id")
 
-    _common(sub.add_parser("queue", help="the GPU queue, over the HTTP API"))
+    _common(sub.add_parser("queue", help="the jobs waiting for GPUs, in order"))
     _common(sub.add_parser("gpus", help="GPUs per runner with memory and load bars"))
     add_runner_arguments(sub)
 
@@ -274,7 +271,7 @@ async def _dispatch(api: ApiClient, args: argparse.Namespace, out: _Out) -> int:
     answer: Any
     if verb == "show":
         answer = await api.call("GET", f"/jobs/{job}")
-        out.data(answer) if out.json else out.show(render.key_values(job, answer))
+        out.data(answer) if out.json else out.show(render.job_details(answer))
         return 0
     if verb in _JOB_ACTIONS:
         answer = await api.call("POST", f"/jobs/{job}/{verb}")
@@ -302,13 +299,11 @@ async def _submit(api: ApiClient, args: argparse.Namespace, out: _Out) -> int:
         if out.json:
             out.data(created)
         else:
-            out.console.print(created.get("message", job_id), highlight=False)
+            out.console.print(submitted_message(created), highlight=False)
         return 0
     if not out.json:
-        out.err.print(created.get("message", job_id), highlight=False)
-        with render.TrainingProgress(out.err, job_id) as bar:
-            async for report in api.follow(f"/jobs/{job_id}/progress/stream"):
-                bar.update(report)
+        out.err.print(submitted_message(created), highlight=False)
+        await _follow_with_bar(api, job_id, out)
     else:
         async for _ in api.follow(f"/jobs/{job_id}/progress/stream"):
             pass
@@ -326,6 +321,50 @@ async def _submit(api: ApiClient, args: argparse.Namespace, out: _Out) -> int:
         highlight=False,
     )
     return EXIT_REFUSED
+
+
+#: The step in a line of swift's training log (``'global_step/max_steps': '12/200'``).
+_STEP_IN_LOG: Final = re.compile(r"global_step/max_steps['\"]?\s*:\s*['\"]?(\d+)/(\d+)")
+
+
+async def _follow_with_bar(api: ApiClient, job_id: str, out: _Out) -> None:
+    """The bar until the job ends: status and loss from its progress, steps from its log.
+
+    Progress reports are spaced out by the runner; the log has a line per logged step, so
+    the bar moves with the training.
+    """
+    with render.TrainingProgress(out.err, job_id) as bar:
+
+        async def steps_from_log() -> None:
+            async for line in api.follow(f"/jobs/{job_id}/logs/stream", {"limit": 1}):
+                match = _STEP_IN_LOG.search(str(line.get("text", "")))
+                if match:
+                    bar.step(int(match[1]), int(match[2]))
+
+        log = asyncio.create_task(steps_from_log())
+        try:
+            async for report in api.follow(f"/jobs/{job_id}/progress/stream"):
+                bar.update(report)
+        finally:
+            log.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ClientError):
+                await log
+
+
+def submitted_message(created: Mapping[str, Any]) -> str:
+    """What a submit says to a person, with the command to run next."""
+    job_id, status = created["job_id"], created.get("status")
+    if status == "held":
+        return f"job {job_id} is held; start it with: swift-trainer jobs start {job_id}"
+    if status == "queued":
+        position = created.get("queue_position")
+        where = f" at position {position}" if position is not None else ""
+        wait = created.get("estimated_wait_time")
+        eta = f", estimated wait {wait}" if wait and wait != "unknown" else ""
+        return (
+            f"job {job_id} is queued{where}{eta}; follow it with: swift-trainer jobs show {job_id}"
+        )
+    return f"job {job_id} is {status}; follow it with: swift-trainer jobs show {job_id}"
 
 
 def _final_fields(job: Mapping[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -40,34 +41,105 @@ def _number(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def _table(title: str) -> Table:
+    """A plain table that fits 80 columns: a rule under the headers, no side borders."""
+    return Table(
+        title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0)
+    )
+
+
+def _status_column(table: Table) -> None:
+    # A status word is never cut: the column is as wide as the longest one.
+    width = max(len(name) for name in STATUS_STYLES)
+    table.add_column("STATUS", no_wrap=True, min_width=width)
+
+
 def jobs_table(items: Iterable[Mapping[str, Any]]) -> Table:
     jobs = list(items)
-    table = Table(title="jobs", title_justify="left")
+    table = _table("jobs")
     # Ids are what people copy into the next command: never wrapped or cut.
     longest = max((len(job["job_id"]) for job in jobs), default=3)
     table.add_column("JOB", no_wrap=True, min_width=longest)
-    for name in ("STATUS", "PRI", "GPUS", "PROGRESS", "LOSS", "RUNNER"):
-        table.add_column(name, no_wrap=True)
-    table.add_column("SUBMITTED", overflow="ellipsis", no_wrap=True)
+    _status_column(table)
+    for name in ("PRI", "GPUS", "STEP", "LOSS"):
+        table.add_column(name, no_wrap=True, justify="right")
+    table.add_column("SUBMITTED", no_wrap=True, overflow="ellipsis")
     for job in jobs:
         progress = job.get("progress") or {}
-        percent = progress.get("percent")
         table.add_row(
             job["job_id"],
             status_text(job.get("status")),
             str(job.get("priority", "-")),
             str(job.get("gpu_count", "-")),
-            f"{percent:.0f}%" if percent is not None else "-",
+            _steps(progress),
             _number(progress.get("loss")),
-            job.get("runner_id") or "-",
-            (job.get("submitted_at") or "-")[:16].replace("T", " "),
+            (job.get("submitted_at") or "-")[5:16].replace("T", " "),
         )
     return table
 
 
+def _steps(progress: Mapping[str, Any]) -> str:
+    step, total = progress.get("step"), progress.get("max_steps")
+    if step is None:
+        return "-"
+    return f"{step}/{total}" if total else str(step)
+
+
+#: Fields of a job that say how it is stored, not what it is: ``jobs show`` leaves them out.
+INTERNAL_FIELDS: Final = frozenset(
+    {"version", "submitted_position", "updated_position", "last_checkpoint", "pid"}
+)
+
+
+def job_details(job: Mapping[str, Any]) -> Table:
+    """``jobs show``: one field a line; lists (checkpoints, exports) one item a line."""
+    table = Table(title=str(job.get("job_id", "")), title_justify="left", box=None)
+    table.show_header = False
+    table.add_column("field", style="bold", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    for key, value in job.items():
+        if key in INTERNAL_FIELDS or key == "job_id" or value in (None, [], {}, ()):
+            continue
+        if key == "status":
+            table.add_row(key, status_text(value))
+        elif key == "progress":
+            table.add_row(key, _progress_line(value))
+        elif key == "checkpoints":
+            table.add_row(key, "\n".join(_checkpoint_line(c) for c in value))
+        elif key == "exports":
+            table.add_row(key, "\n".join(_export_line(x) for x in value))
+        elif isinstance(value, dict):
+            table.add_row(key, "\n".join(f"{k}={_plain(v)}" for k, v in value.items()))
+        else:
+            table.add_row(key, _plain(value))
+    return table
+
+
+def _progress_line(progress: Mapping[str, Any]) -> str:
+    parts = [f"step {_steps(progress)}"]
+    if progress.get("percent") is not None:
+        parts[0] += f" ({progress['percent']:.0f}%)"
+    parts.extend(
+        f"{name} {_number(progress[name])}"
+        for name in ("loss", "learning_rate", "eval_loss")
+        if progress.get(name) is not None
+    )
+    return ", ".join(parts)
+
+
+def _checkpoint_line(checkpoint: Mapping[str, Any]) -> str:
+    step, attempt = checkpoint.get("step"), checkpoint.get("attempt")
+    return f"step {step} (attempt {attempt}): {checkpoint.get('path')}"
+
+
+def _export_line(export: Mapping[str, Any]) -> str:
+    where = export.get("artifact_path") or export.get("reason") or export.get("checkpoint")
+    return f"{export.get('export_id')} {export.get('status')}: {where}"
+
+
 def key_values(title: str, data: Mapping[str, Any]) -> Table:
-    table = Table(title=title, title_justify="left", show_header=False)
-    table.add_column("field", style="bold")
+    table = Table(title=title, title_justify="left", box=None, show_header=False)
+    table.add_column("field", style="bold", no_wrap=True)
     table.add_column("value", overflow="fold")
     for key, value in data.items():
         if value in (None, [], {}, ()):
@@ -112,9 +184,13 @@ def queue_table(queue: Mapping[str, Any]) -> Table:
         f"queue: {queue.get('length', 0)} queued, {queue.get('held', 0)} held; "
         f"processor {state}" + (f" ({processor.get('reason')})" if processor.get("reason") else "")
     )
-    table = Table(title=title, title_justify="left")
-    for name in ("#", "JOB", "PRI", "GPUS", "ESTIMATED WAIT", "NOTE"):
-        table.add_column(name)
+    table = _table(title)
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("JOB", no_wrap=True)
+    table.add_column("PRI", justify="right", no_wrap=True)
+    table.add_column("GPUS", justify="right", no_wrap=True)
+    table.add_column("WAIT", no_wrap=True)
+    table.add_column("NOTE", overflow="fold")
     for entry in queue.get("entries", []):
         table.add_row(
             str(entry["position"]),
@@ -152,23 +228,27 @@ def gpus_table(gpus: Mapping[str, Any]) -> Table:
         f"GPUs: {gpus.get('total', 0)} on live runners, {gpus.get('free', 0)} free, "
         f"{gpus.get('assigned', 0)} assigned"
     )
-    table = Table(title=title, title_justify="left")
-    for name in ("RUNNER", "GPU", "NAME", "MEMORY", "", "UTIL", "", "JOB"):
-        table.add_column(name, no_wrap=True)
+    table = _table(title)
+    table.add_column("RUNNER", no_wrap=True)
+    table.add_column("GPU", no_wrap=True, justify="right")
+    table.add_column("NAME", no_wrap=True, overflow="ellipsis", max_width=16)
+    table.add_column("MEMORY (GiB)", no_wrap=True)
+    table.add_column("UTIL", no_wrap=True, justify="right")
+    table.add_column("JOB", no_wrap=True)
     for runner in gpus.get("runners", []):
         alive = runner.get("alive", False)
         runner_id = Text(runner["runner_id"], style="" if alive else "bright_black strike")
         for gpu in runner.get("gpus", []):
             total, used = gpu.get("memory_total_mib") or 0, gpu.get("memory_used_mib") or 0
             utilization = gpu.get("utilization_pct")
+            memory = bar(used / total if total else None, width=10)
+            memory.append(f" {used / 1024:.0f}/{total / 1024:.0f}")
             table.add_row(
                 runner_id,
                 str(gpu.get("index", "?")),
-                str(gpu.get("name", "?")),
-                bar(used / total if total else None),
-                f"{used / 1024:.1f}/{total / 1024:.1f} GiB",
-                bar(utilization / 100 if utilization is not None else None, width=10),
-                f"{utilization}%" if utilization is not None else "-",
+                str(gpu.get("name", "?")).removeprefix("NVIDIA "),
+                memory,
+                f"{utilization:.0f}%" if utilization is not None else "-",
                 gpu.get("job_id") or "",
             )
     return table
@@ -191,6 +271,7 @@ class TrainingProgress:
         self._task: TaskID = self._progress.add_task(
             job_id, total=None, job=job_id, status="queued", max_steps="?", loss="-"
         )
+        self._step = 0
 
     def __enter__(self) -> TrainingProgress:
         self._progress.start()
@@ -200,14 +281,27 @@ class TrainingProgress:
         self._progress.stop()
 
     def update(self, report: Mapping[str, Any]) -> None:
+        """A progress report: status and loss; the step unless the log is already past it."""
+        status = report.get("status", "?")
+        step = report.get("step") or 0
+        if status in ("queued", "scheduled"):
+            self._step = step  # a new attempt resumes from its checkpoint
+        self._step = max(self._step, step)
         max_steps = report.get("max_steps")
         self._progress.update(
             self._task,
             total=max_steps,
-            completed=report.get("step") or 0,
-            status=report.get("status", "?"),
+            completed=self._step,
+            status=status,
             max_steps=max_steps if max_steps is not None else "?",
             loss=_number(report.get("loss")),
+        )
+
+    def step(self, step: int, max_steps: int) -> None:
+        """A step read from the training log, between progress reports."""
+        self._step = max(self._step, step)
+        self._progress.update(
+            self._task, total=max_steps, completed=self._step, max_steps=max_steps
         )
 
 

@@ -33,8 +33,8 @@ def add_runner_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add(
         "--swift-executable",
-        help="the swift CLI to run (default: 'swift', or the simulator with --simulate-gpus); "
-        "several words are split like a shell would not: give a path",
+        help="the swift CLI to run, as one path (it is not split into words; default: "
+        "'swift', or the simulator with --simulate-gpus)",
     )
     add("--output-root", help="where job output folders go (default OUTPUT_ROOT)")
     add("--state-dir", help="the runner's state (default <data dir>/runner-<id>)")

@@ -6,10 +6,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from swift_trainer.core.inventory import GpuInfo, HostInfo, InventorySnapshot, RunnerHeartbeat
 from swift_trainer.projections.scheduler import live_hosts, select_gpus
 from swift_trainer.projections.scheduler.gpu_choice import (
     describe_requirement,
     gpu_matches,
+    host_snapshot,
+    is_usable,
+    placement_signature,
     requirement_of,
 )
 
@@ -117,3 +121,70 @@ def test_topology_does_not_matter_for_one_gpu() -> None:
 def test_choosing_more_gpus_than_offered_is_an_error() -> None:
     with pytest.raises(ValueError, match="cannot choose 3 GPUs out of 2"):
         select_gpus([gpu(0), gpu(1)], 3)
+
+
+def test_a_gpu_with_exactly_the_memory_asked_for_matches() -> None:
+    exact = gpu(0, total=1_953_125)  # 2**20 * 1,953,125 bytes = 2048 GB exactly
+    assert gpu_matches(exact, (2048.0, None))
+    assert not gpu_matches(exact, (2048.5, None))
+
+
+def test_a_gang_may_take_every_candidate_but_not_more() -> None:
+    candidates = [gpu(0), gpu(1)]
+    assert select_gpus(candidates, 2) == (0, 1)
+    with pytest.raises(ValueError, match="cannot choose 3 GPUs out of 2"):
+        select_gpus(candidates, 3)
+
+
+def _heartbeat(*gpus: GpuInfo, draining: bool = False) -> RunnerHeartbeat:
+    info = HostInfo(
+        hostname="a",
+        cpu_count=8,
+        memory_total_bytes=1,
+        memory_available_bytes=1,
+        disk_path="/",
+        disk_total_bytes=1,
+        disk_free_bytes=1,
+    )
+    inventory = InventorySnapshot(taken_at=NOW, source="simulated", host=info, gpus=gpus)
+    return RunnerHeartbeat(
+        runner_id="a",
+        at=NOW,
+        lease_s=15.0,
+        inventory=inventory,
+        foreign_memory_mib={1: 700},
+        draining=draining,
+    )
+
+
+def test_a_heartbeat_becomes_the_snapshot_placement_reads() -> None:
+    beat = _heartbeat(
+        GpuInfo(0, "GPU-0", "NVIDIA H100", 81_559, 1_024, utilization_pct=37),
+        GpuInfo(1, "GPU-1", "NVIDIA A100", 40_960, 0),
+    )
+    snapshot = host_snapshot(beat, seen_at=NOW + timedelta(seconds=5))
+    first, second = snapshot.gpus
+    assert (first.index, first.uuid, first.name) == (0, "GPU-0", "NVIDIA H100")
+    assert (first.memory_total_mib, first.memory_used_mib) == (81_559, 1_024)
+    assert (first.utilization_pct, first.foreign_memory_mib, first.healthy) == (37.0, 0, True)
+    assert (second.utilization_pct, second.foreign_memory_mib) == (0.0, 700)
+    assert snapshot.alive
+    assert snapshot.lease_expires_at == NOW + timedelta(seconds=20)
+    assert not host_snapshot(_heartbeat(draining=True)).alive
+
+
+def test_a_gpu_is_usable_when_healthy_and_below_the_foreign_memory_threshold() -> None:
+    assert is_usable(gpu(0, foreign=499), 500)
+    assert not is_usable(gpu(0, foreign=500), 500)
+    assert not is_usable(gpu(0, healthy=False), 500)
+
+
+def test_the_placement_signature_ignores_load_but_not_what_placement_reads() -> None:
+    base = host("a", gpus=(gpu(0, util=10.0), gpu(1)))
+    signature = placement_signature(base, 500)
+    assert placement_signature(None, 500) is None
+    assert signature is not None
+    assert placement_signature(host("a", gpus=(gpu(0, util=90.0), gpu(1))), 500) == signature
+    taken = host("a", gpus=(gpu(0, foreign=500), gpu(1)))
+    assert placement_signature(taken, 500) != signature
+    assert placement_signature(host("a", gpus=(gpu(0, foreign=499), gpu(1))), 500) == signature

@@ -14,6 +14,7 @@ rule.
 
 from __future__ import annotations
 
+import itertools
 import math
 from datetime import UTC, datetime, timedelta
 
@@ -43,7 +44,6 @@ from swift_trainer.projections.scheduler import (
     RunningJob,
     place_jobs,
     place_pass,
-    select_gpus,
 )
 from swift_trainer.projections.scheduler.gpu_choice import (
     gpu_matches,
@@ -133,7 +133,7 @@ def reference_pass(
         fits = [(len(free(r, job)), r) for r in live if len(free(r, job)) >= job.gpu_count]
         if fits:
             runner_id = min(fits)[1]
-            gpu_ids = select_gpus(free(runner_id, job), job.gpu_count)
+            gpu_ids = reference_gpus(free(runner_id, job), job.gpu_count)
             gpus = {g.index: g for g in live[runner_id].gpus}
             decisions.append(
                 Decision(
@@ -155,6 +155,33 @@ def reference_pass(
             if not backfill:
                 break
     return decisions, reservation
+
+
+def reference_gpus(free: list[GpuSnapshot], count: int) -> tuple[int, ...]:
+    """Brute force over every set of ``count`` free GPUs, apart from ``select_gpus``.
+
+    A gang's set lies in one NVLink group if any can hold it, else in one PCIe switch,
+    else anywhere; among those, the set whose GPUs rank best (most free memory, least
+    busy, lowest index) wins. A single GPU is simply the best ranked.
+    """
+
+    def rank(gpu: GpuSnapshot) -> tuple[int, float, int]:
+        return (-gpu.memory_free_mib, gpu.utilization_pct, gpu.index)
+
+    def one_nvlink_group(gpus: tuple[GpuSnapshot, ...]) -> bool:
+        return gpus[0].nvlink_group is not None and len({g.nvlink_group for g in gpus}) == 1
+
+    def one_pcie_switch(gpus: tuple[GpuSnapshot, ...]) -> bool:
+        return gpus[0].pcie_switch is not None and len({g.pcie_switch for g in gpus}) == 1
+
+    sets = list(itertools.combinations(free, count))
+    rules = (one_nvlink_group, one_pcie_switch) if count >= 2 else ()
+    for together in (*rules, lambda _: True):
+        fitting = [chosen for chosen in sets if together(chosen)]
+        if fitting:
+            best = min(fitting, key=lambda chosen: sorted(rank(g) for g in chosen))
+            return tuple(sorted(g.index for g in best))
+    raise AssertionError(f"no {count} GPUs among {len(free)}")
 
 
 def reference_reservation(
@@ -195,8 +222,9 @@ def reference_reservation(
 # --- the machine ----------------------------------------------------------------------------
 
 
-def make_host(runner_id: str, kinds: list[tuple[bool, int | None]]) -> HostSnapshot:
-    """One GPU per ``(is_h100, nvlink group)``; small hosts make contention likely."""
+def make_host(runner_id: str, kinds: list[tuple[bool, int | None, int | None]]) -> HostSnapshot:
+    """One GPU per ``(is_h100, nvlink group, pcie switch)``; small hosts make contention
+    likely, and links of both kinds make the GPU choice matter."""
     return HostSnapshot(
         runner_id=runner_id,
         gpus=tuple(
@@ -208,13 +236,14 @@ def make_host(runner_id: str, kinds: list[tuple[bool, int | None]]) -> HostSnaps
                 memory_used_mib=(index * 37) % 5,
                 utilization_pct=float(index % 2),
                 nvlink_group=None if group is None else f"{runner_id}-{group}",
+                pcie_switch=None if switch is None else f"{runner_id}-pcie-{switch}",
             )
-            for index, (is_h100, group) in enumerate(kinds)
+            for index, (is_h100, group, switch) in enumerate(kinds)
         ),
     )
 
 
-gpu_kinds = st.tuples(st.booleans(), st.sampled_from([None, 0, 1]))
+gpu_kinds = st.tuples(st.booleans(), st.sampled_from([None, 0, 1]), st.sampled_from([None, 0, 1]))
 host_kinds = st.lists(gpu_kinds, min_size=1, max_size=4)
 remaining = st.sampled_from([None, 0.0, 5.0, 10.0, 30.0])
 #: Mostly small unconstrained jobs, so that passes contend; sometimes ones that never fit.

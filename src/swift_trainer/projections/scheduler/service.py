@@ -1,7 +1,7 @@
 """The scheduler service: the event log and runner heartbeats in, placements as commands out.
 
 Every instance follows the whole EVENTS stream from the beginning (the scheduler is a
-projection, see ``scheduler_state``) and watches the runners' KV bucket, so a standby is
+projection, see ``state``) and watches the runners' KV bucket, so a standby is
 always ready to take over. Only the holder of the leader lease (``leader_lease``) acts:
 
 1. it marks jobs lost (``MarkLost``, with the rule's reason), which requeues or fails them
