@@ -290,6 +290,7 @@ COMMAND_GROUPS: Final = {
         "keys",
         "quota",
         "files",
+        "runners",
         "webhooks",
         "audit",
         "projections",

@@ -932,7 +932,7 @@ def _decide_reject(
     if state.status is not JobStatus.SCHEDULED and not (
         gang_rank and state.status is JobStatus.RUNNING
     ):
-        raise _refuse(state, "reject the assignment of", "only a job not yet started can be")
+        raise _refuse(state, "reject the assignment of", "only a job that has not started can be")
     _require_attempt(state, command)
     rejected = e.AssignmentRejected(
         at=now,

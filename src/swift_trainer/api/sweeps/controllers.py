@@ -143,7 +143,7 @@ class SweepsController(Controller):
         "/{sweep_id:str}/cancel",
         status_code=200,
         summary="Cancel every trial of a sweep",
-        description="No trial begins any more; every trial not yet ended is cancelled.",
+        description="No trial begins any more; every unfinished trial is cancelled.",
         responses=problems(404, 503),
     )
     async def cancel_sweep(

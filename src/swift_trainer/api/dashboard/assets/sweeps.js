@@ -94,7 +94,7 @@ export function sweepView(main, sweepId) {
   let drawnCharts = "";
   const path = `/sweeps/${encodeURIComponent(sweepId)}`;
 
-  for (const [button, verb, text] of [[stop, "stop", "Every trial under way stops with a checkpoint; no new trial begins."], [cancel, "cancel", "Every trial not yet ended is cancelled; no new trial begins."]]) {
+  for (const [button, verb, text] of [[stop, "stop", "Every trial under way stops with a checkpoint; no new trial begins."], [cancel, "cancel", "Every unfinished trial is cancelled; no new trial begins."]]) {
     button.addEventListener("click", () => confirmAction(`${verb[0].toUpperCase()}${verb.slice(1)} sweep ${sweepId}?`, text, async () => {
       const answer = await call("POST", `${path}/${verb}`);
       toast(answer.message);
