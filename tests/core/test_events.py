@@ -450,9 +450,7 @@ def test_a_stop_requested_recorded_before_preemption_decodes_with_no_grace_or_pr
     assert (event.grace_s, event.preempted_by, event.reserved_gpu_ids) == (None, None, ())
 
 
-def test_a_spec_recorded_before_preemption_and_time_limits_is_preemptible_without_a_limit() -> (
-    None
-):
+def test_a_spec_recorded_before_preemption_and_time_limits_is_preemptible_without_a_limit() -> None:
     old = b"""{"type": "JobSubmitted", "at": "2024-11-02T08:00:00Z", "job_id": "training_001",
     "spec": {"data_path": "d", "model_path": "m", "output_dir": "o"}}"""
     event = e.decode_event("JobSubmitted", old, 1)

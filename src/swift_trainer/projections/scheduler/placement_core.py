@@ -37,7 +37,13 @@ from .placement import (
     place_pass,
     unplaceable_reason,
 )
-from .preemption import HostGpus, PreemptionPlan, VictimFacts, find_preemption
+from .preemption import (
+    HostGpus,
+    PreemptionPlan,
+    SummaryCache,
+    VictimFacts,
+    find_preemption,
+)
 from .wait_estimate import QueueSlot, queue_entries
 
 #: Key under which the GPUs freed for a preemptor are held until all of them are free;
@@ -81,7 +87,10 @@ class Scheduler:
         "_plans",
         "_queue",
         "_running",
+        "_summaries",
+        "_summary_stamps",
         "_usage",
+        "_views",
         "policy",
     )
 
@@ -96,6 +105,11 @@ class Scheduler:
         self._plans: dict[str, PreemptionPlan] = {}
         #: What the preemption rules know of each job holding GPUs, as of the last pass.
         self._facts: dict[str, VictimFacts] = {}
+        # Caches of the search, per host, valid while the host's layout stamp holds (and
+        # the facts and plans of its jobs do not change).
+        self._views: dict[str, tuple[int, HostGpus]] = {}
+        self._summaries: SummaryCache = {}
+        self._summary_stamps: dict[str, int] = {}
 
     # --- the queue ----------------------------------------------------------------------
 
@@ -240,7 +254,14 @@ class Scheduler:
 
     def set_victim_facts(self, facts: Mapping[str, VictimFacts]) -> None:
         """The preemption rules' view of the jobs holding GPUs, for the next pass."""
-        self._facts = dict(facts)
+        old, new = self._facts, dict(facts)
+        for job_id in old.keys() | new.keys():
+            before, after = old.get(job_id), new.get(job_id)
+            if before is None or after is None or _verdict(before) != _verdict(after):
+                held = self._occupancy.holding(job_id)
+                if held is not None:
+                    self._summaries.pop(held[0], None)
+        self._facts = new
 
     def restore_plan(self, plan: PreemptionPlan) -> None:
         """A preemption the event log shows under way (after a restart or a takeover)."""
@@ -253,8 +274,10 @@ class Scheduler:
         return dict(self._plans)
 
     def _drop_plan(self, job_id: str) -> None:
-        if self._plans.pop(job_id, None) is not None:
+        plan = self._plans.pop(job_id, None)
+        if plan is not None:
             self._occupancy.release(HOLD_PREFIX + job_id)
+            self._summaries.pop(plan.runner_id, None)
 
     def _advance_plans(self) -> list[Decision]:
         """Start each preemptor whose GPUs are all free; hold the free ones of the rest.
@@ -264,25 +287,28 @@ class Scheduler:
         """
         occupancy, decisions = self._occupancy, []
         for job_id, plan in list(self._plans.items()):
-            occupancy.release(HOLD_PREFIX + job_id)
+            hold = HOLD_PREFIX + job_id
             job = self._queue.get(job_id)
             runner_id, wanted = plan.runner_id, frozenset(plan.gpu_ids)
-            allowed = plan.victim_ids | {_CLAIM_PREFIX + v for v in plan.victim_ids}
-            holders = occupancy.holders_on(runner_id)
+            allowed = plan.victim_ids | {_CLAIM_PREFIX + v for v in plan.victim_ids} | {hold}
             broken = (
                 job is None
                 or not occupancy.is_live(runner_id)
                 or not wanted <= occupancy.usable_gpus(runner_id, job.shape[1])
-                or any(not holders.get(i, frozenset()) <= allowed for i in wanted)
+                or any(not occupancy.holders_at(runner_id, i) <= allowed for i in wanted)
             )
             if broken:
-                del self._plans[job_id]
+                self._drop_plan(job_id)
                 continue
             assert job is not None
-            free = occupancy.free_gpus(runner_id) & wanted
-            if free != wanted:
-                occupancy.hold(HOLD_PREFIX + job_id, runner_id, sorted(free), INFINITY)
+            held = occupancy.holding(hold)
+            mine = frozenset(held[1]) if held is not None else frozenset()
+            newly = occupancy.free_gpus(runner_id) & wanted
+            if mine | newly != wanted:
+                if newly:
+                    occupancy.hold(hold, runner_id, sorted(mine | newly), INFINITY)
                 continue
+            occupancy.release(hold)
             del self._plans[job_id]
             self._queue.remove(job_id)
             duration = job.expected_duration_s
@@ -322,7 +348,10 @@ class Scheduler:
             return ()
         queue, occupancy, usage = self._queue, self._occupancy, self._usage
         taken: set[str] = {v for plan in self._plans.values() for v in plan.victim_ids}
-        views: dict[str, HostGpus] = {}
+        summaries, stamps = self._summaries, self._summary_stamps
+        for runner_id in list(summaries):
+            if stamps.get(runner_id) != occupancy.layout_stamp(runner_id):
+                del summaries[runner_id]
         cursors = [(lane[0], lane_key, 0) for lane_key, lane in queue.lanes.items()]
         heapq.heapify(cursors)
         plans: list[PreemptionPlan] = []
@@ -342,10 +371,11 @@ class Scheduler:
                 and occupancy.fit_host(count, requirement) is None
             ):
                 hosts = [
-                    self._host_view(views, runner_id, requirement)
-                    for runner_id in occupancy.runner_ids
+                    self._host_view(runner_id, requirement) for runner_id in occupancy.runner_ids
                 ]
-                found = find_preemption(job.job_id, job.priority, count, hosts, facts, taken=taken)
+                found = find_preemption(
+                    job.job_id, job.priority, count, hosts, facts, taken=taken, cache=summaries
+                )
             if isinstance(found, PreemptionPlan):
                 plans.append(found)
                 self._plans[job.job_id] = found
@@ -355,26 +385,29 @@ class Scheduler:
                     occupancy.hold(
                         HOLD_PREFIX + job.job_id, found.runner_id, sorted(free), INFINITY
                     )
-                views.pop(found.runner_id, None)
+                summaries.pop(found.runner_id, None)
             elif found != "planned":
                 continue  # nobody to preempt (or wait): the rest of the lane neither
             if index + 1 < len(lane):
                 heapq.heappush(cursors, (lane[index + 1], lane_key, index + 1))
+        for runner_id in summaries:
+            stamps[runner_id] = occupancy.layout_stamp(runner_id)
         return tuple(plans)
 
-    def _host_view(
-        self, views: dict[str, HostGpus], runner_id: str, requirement: object
-    ) -> HostGpus:
-        view = views.get(runner_id)
+    def _host_view(self, runner_id: str, requirement: object) -> HostGpus:
         occupancy = self._occupancy
-        if view is None:
+        stamp = occupancy.layout_stamp(runner_id)
+        cached = self._views.get(runner_id)
+        if cached is not None and cached[0] == stamp:
+            view = cached[1]
+        else:
             view = HostGpus(
                 runner_id=runner_id,
                 usable=occupancy.usable_gpus(runner_id, ANY_GPU),
                 free=occupancy.free_gpus(runner_id),
                 holders=occupancy.holders_on(runner_id),
             )
-            views[runner_id] = view
+            self._views[runner_id] = (stamp, view)
         if requirement == ANY_GPU:
             return view
         usable = occupancy.usable_gpus(runner_id, requirement)  # type: ignore[arg-type]
@@ -436,6 +469,11 @@ def place_jobs(
         ),
         queue=entries,
     )
+
+
+def _verdict(facts: VictimFacts) -> tuple[bool, bool, int]:
+    """What of a job's facts a host summary depends on."""
+    return (facts.eligible, facts.soon, facts.priority)
 
 
 def _ends_at(remaining_s: float | None) -> float:
