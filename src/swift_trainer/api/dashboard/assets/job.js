@@ -214,9 +214,9 @@ export function jobView(main, jobId) {
       h("div.card", h("span.k", "ETA"), h("span.v", job.status === "running" ? fmtDuration(p.remaining_s) : "–")),
       h("div.card", h("span.k", "GPUs"), h("span.v", gpusText(job))),
       h("div.card", h("span.k", "Priority"), h("span.v", String(job.priority))),
-      h("div.card", h("span.k", "Attempt"), h("span.v", `${job.attempt}`, h("small.muted", ` · ${job.retries}/${job.max_retries} retries`))),
+      h("div.card", h("span.k", "Attempt"), h("span.v", `${job.attempt}`, h("small.muted", ` · ${job.retries}/${job.max_retries} retries`), h("small.muted", ` · preempted ${job.preemptions ?? 0}×`))),
     );
-    const reasons = [job.failure_reason && `failed: ${job.failure_reason}`, job.stop_reason && `stopped: ${job.stop_reason}`].filter(Boolean);
+    const reasons = [job.failure_reason && `failed: ${job.failure_reason}`, job.stop_reason && `stopped: ${job.stop_reason}`, job.preempted_by && `being preempted by ${job.preempted_by}`].filter(Boolean);
     problem.hidden = !reasons.length;
     problem.textContent = reasons.join(" · ");
     spec.textContent = JSON.stringify({
@@ -226,6 +226,7 @@ export function jobView(main, jobId) {
       priority: job.priority, gpu_count: job.gpu_count, gpu_name: job.gpu_name ?? undefined,
       min_gpu_memory_gb: job.min_gpu_memory_gb ?? undefined, auto_start: job.auto_start,
       max_retries: job.max_retries, labels: job.labels, train_args: job.train_args,
+      preemptible: job.preemptible, max_runtime: job.max_runtime ?? undefined,
     }, null, 2);
     // Re-rendered only when they change, so a focused button keeps its focus.
     const artifactsKey = JSON.stringify([job.checkpoints, job.exports]);
