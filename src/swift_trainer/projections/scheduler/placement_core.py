@@ -42,6 +42,7 @@ from .preemption import (
     PreemptionPlan,
     SummaryCache,
     VictimFacts,
+    Wait,
     find_preemption,
 )
 from .wait_estimate import QueueSlot, queue_entries
@@ -338,7 +339,9 @@ class Scheduler:
 
         One search per lane at most fails: a later job of the lane has the same shape and
         owner and no higher priority, so it could preempt no one either. The walk stops at
-        the first job whose priority is no higher than any eligible victim's.
+        the first job whose priority is no higher than any eligible victim's. A job that
+        waits for GPUs freeing soon on a host keeps that host out of the later searches of
+        the pass, so no job after it plans on the GPUs it waits for.
         """
         if not self.policy.preemption.enabled:
             return ()
@@ -348,10 +351,8 @@ class Scheduler:
             return ()
         queue, occupancy, usage = self._queue, self._occupancy, self._usage
         taken: set[str] = {v for plan in self._plans.values() for v in plan.victim_ids}
-        summaries, stamps = self._summaries, self._summary_stamps
-        for runner_id in list(summaries):
-            if stamps.get(runner_id) != occupancy.layout_stamp(runner_id):
-                del summaries[runner_id]
+        summaries = self._valid_summaries()
+        waited_on: set[str] = set()
         cursors = [(lane[0], lane_key, 0) for lane_key, lane in queue.lanes.items()]
         heapq.heapify(cursors)
         plans: list[PreemptionPlan] = []
@@ -362,7 +363,7 @@ class Scheduler:
             lane = queue.lanes[lane_key]
             job = queue.job(key)
             (count, requirement), owner = lane_key
-            found: PreemptionPlan | str | None = None
+            found: PreemptionPlan | Wait | str | None = None
             if job.job_id in self._plans:
                 found = "planned"
             elif (
@@ -371,28 +372,44 @@ class Scheduler:
                 and occupancy.fit_host(count, requirement) is None
             ):
                 hosts = [
-                    self._host_view(runner_id, requirement) for runner_id in occupancy.runner_ids
+                    self._host_view(runner_id, requirement)
+                    for runner_id in occupancy.runner_ids
+                    if runner_id not in waited_on
                 ]
                 found = find_preemption(
                     job.job_id, job.priority, count, hosts, facts, taken=taken, cache=summaries
                 )
             if isinstance(found, PreemptionPlan):
                 plans.append(found)
-                self._plans[job.job_id] = found
                 taken |= found.victim_ids
-                free = occupancy.free_gpus(found.runner_id) & set(found.gpu_ids)
-                if free:
-                    occupancy.hold(
-                        HOLD_PREFIX + job.job_id, found.runner_id, sorted(free), INFINITY
-                    )
-                summaries.pop(found.runner_id, None)
+                self._adopt(found)
+            elif isinstance(found, Wait):
+                waited_on.add(found.runner_id)
+                continue  # it waits: the rest of the lane too
             elif found != "planned":
-                continue  # nobody to preempt (or wait): the rest of the lane neither
+                continue  # nobody to preempt: the rest of the lane neither
             if index + 1 < len(lane):
                 heapq.heappush(cursors, (lane[index + 1], lane_key, index + 1))
         for runner_id in summaries:
-            stamps[runner_id] = occupancy.layout_stamp(runner_id)
+            self._summary_stamps[runner_id] = occupancy.layout_stamp(runner_id)
         return tuple(plans)
+
+    def _valid_summaries(self) -> SummaryCache:
+        """The cached host summaries, less those whose host changed since."""
+        summaries, stamps, occupancy = self._summaries, self._summary_stamps, self._occupancy
+        for runner_id in list(summaries):
+            if stamps.get(runner_id) != occupancy.layout_stamp(runner_id):
+                del summaries[runner_id]
+        return summaries
+
+    def _adopt(self, plan: PreemptionPlan) -> None:
+        """Keep a new plan, and hold its GPUs that are free already."""
+        occupancy = self._occupancy
+        self._plans[plan.job_id] = plan
+        free = occupancy.free_gpus(plan.runner_id) & set(plan.gpu_ids)
+        if free:
+            occupancy.hold(HOLD_PREFIX + plan.job_id, plan.runner_id, sorted(free), INFINITY)
+        self._summaries.pop(plan.runner_id, None)
 
     def _host_view(self, runner_id: str, requirement: object) -> HostGpus:
         occupancy = self._occupancy

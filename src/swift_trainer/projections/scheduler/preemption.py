@@ -107,8 +107,12 @@ class HostGpus(msgspec.Struct, frozen=True, kw_only=True):
     holders: Mapping[int, frozenset[str]]
 
 
-#: The search's verdict when free and soon-free GPUs already suffice: the job waits.
-WAIT: Final = "wait"
+class Wait(msgspec.Struct, frozen=True):
+    """The search's verdict when free and soon-free GPUs already suffice on a host: the job
+    waits for them, and no job after it in the pass may take them for a preemption."""
+
+    runner_id: str
+
 
 #: A host at a glance, whatever the preemptor: its free GPUs, its GPUs that free soon, and
 #: for each GPU that a preemption could free, the highest priority among its holders
@@ -162,10 +166,10 @@ def find_preemption(
     *,
     taken: frozenset[str] | set[str] = frozenset(),
     cache: SummaryCache | None = None,
-) -> PreemptionPlan | str | None:
+) -> PreemptionPlan | Wait | None:
     """The cheapest plan that makes room for a job of ``count`` GPUs at ``priority``.
 
-    Returns ``WAIT`` when some host will have room within the grace without preempting,
+    Returns ``Wait`` when some host will have room within the grace without preempting,
     and None when no set of victims would do. ``taken``: jobs already chosen as victims
     this pass, which no second plan may count on. ``cache``: host summaries kept by a
     caller that searches several times over the same hosts (it drops a host's entry when
@@ -186,7 +190,7 @@ def find_preemption(
                 known[host.usable] = summary
         free_count, soon_count, gates = summary
         if free_count + soon_count >= count:
-            return WAIT
+            return Wait(host.runner_id)
         need = count - free_count
         if bisect_left(gates, priority) >= need:
             bounded.append((gates[need - 1], host.runner_id, host))
