@@ -183,6 +183,7 @@ PLACEMENT_CORE = frozenset(
         "owner_usage",
         "placement",
         "placement_core",
+        "preemption",
         "wait_estimate",
     )
 )
