@@ -63,7 +63,7 @@ CHECKPOINT_PATHS = (
 # --- invariants -----------------------------------------------------------------------------
 
 
-def check_invariants(state: JobState, applied: int) -> None:  # noqa: C901
+def check_invariants(state: JobState, applied: int) -> None:
     """What every reachable state satisfies, whatever the command history."""
     assert state.job_id == JOB_ID
     assert state.version == applied, "version counts the events applied"
@@ -107,15 +107,7 @@ def check_invariants(state: JobState, applied: int) -> None:  # noqa: C901
         JobStatus.TIMED_OUT,
     ):
         assert state.stop_reason is not None
-    if state.preempted_by is not None:
-        assert status is JobStatus.STOPPING and state.stop_intent == "preempt"
-        assert spec.preemptible, "only a preemptible job is ever preempted"
-    if not spec.preemptible:
-        assert state.preemptions == 0
-    assert len(state.preempted_at) <= state.preemptions
-    assert state.runtime_s >= 0
-    if state.run_since is not None:
-        assert status in (JobStatus.RUNNING, JobStatus.STOPPING), "a clock runs only in an attempt"
+    check_preemption_invariants(state)
     if status is not JobStatus.STOPPING:
         assert state.stop_intent == "stop", "an intent lives only as long as its stop"
     if status is JobStatus.FAILED:
@@ -132,6 +124,22 @@ def check_invariants(state: JobState, applied: int) -> None:  # noqa: C901
         assert export.checkpoint in paths
         assert export.status in ("requested", "running", "succeeded", "failed")
         assert (export.artifact_path is not None) == (export.status == "succeeded")
+
+
+def check_preemption_invariants(state: JobState) -> None:
+    """Preemptions and the runtime clock, whatever the command history."""
+    assert state.spec is not None
+    if state.preempted_by is not None:
+        assert state.status is JobStatus.STOPPING and state.stop_intent == "preempt"
+        assert state.spec.preemptible, "only a preemptible job is ever preempted"
+    if not state.spec.preemptible:
+        assert state.preemptions == 0
+    assert len(state.preempted_at) <= state.preemptions
+    assert state.runtime_s >= 0
+    if state.run_since is not None:
+        assert state.status in (JobStatus.RUNNING, JobStatus.STOPPING), (
+            "a clock runs only in an attempt"
+        )
 
 
 # --- strategies -----------------------------------------------------------------------------

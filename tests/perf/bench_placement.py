@@ -13,7 +13,13 @@ Figures, per queue size:
   ``OWNERS`` owners, half of them with a ``max_gpus`` quota (fair share and quotas at work:
   one lane per shape and owner);
 - ``full pass cpu``, ``owners cpu``: the same two in CPU time of this process, steadier
-  than wall time on a shared machine.
+  than wall time on a shared machine;
+- ``preemption``: at 10k queued jobs, 1,000 GPUs and 2,000 running jobs (two per GPU,
+  priority 5-9, 80% preemptible; the queue's priorities 0-5 preempt none of them), a job
+  of priority 10 and 1-8 GPUs is submitted on the full cluster and ``PlacementCore.place``
+  decides whom it preempts (placement, then the search; each round's plan is withdrawn
+  before the next); printed beside ``place`` and ``gpu frees`` of the same run, with its
+  goal of 10 ms per decision. ``bench_placement.py preemption`` runs this part alone.
 The collector runs as usual, but garbage left by building the input is collected before
 each timed section. The growth ratios compare each size with the one before it, next to
 n*log(n) for the same step, so super-linear growth shows at a glance. The goals: one
@@ -28,6 +34,7 @@ import itertools
 import math
 import random
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -41,6 +48,8 @@ from swift_trainer.projections.scheduler import (
     RunningJob,
     place_jobs,
 )
+from swift_trainer.projections.scheduler.placement import PlacementPolicy
+from swift_trainer.projections.scheduler.preemption import PreemptionPolicy, VictimFacts
 
 HOSTS = 125
 GPUS_PER_HOST = 8
@@ -51,6 +60,9 @@ INCREMENTAL_ROUNDS = 300
 OWNERS = 20
 FULL_PASS_GOAL_S = 0.100
 INCREMENTAL_GOAL_S = 0.001
+PREEMPTION_GOAL_S = 0.010
+PREEMPTION_RUNNING = 2_000
+PREEMPTION_ROUNDS = 100
 
 
 def make_hosts() -> list[HostSnapshot]:
@@ -201,6 +213,84 @@ def bench(n: int) -> dict[str, float]:
     }
 
 
+def preemption_scheduler(rng: random.Random, n: int) -> PlacementCore:
+    """A full cluster: every GPU held by two running jobs of priority 5-9, most of them
+    preemptible; ``n`` queued jobs of priority 0-5, which may preempt none of them (a
+    victim's priority is strictly lower); preemption on."""
+    policy = PlacementPolicy(preemption=PreemptionPolicy(enabled=True))
+    scheduler = PlacementCore(policy)
+    for host in make_hosts():
+        scheduler.update_host(host)
+    facts = {}
+    for k in range(PREEMPTION_RUNNING):
+        gpu = k % (HOSTS * GPUS_PER_HOST)
+        job_id = f"run-{k}"
+        priority = rng.randint(5, 9)
+        scheduler.assign(
+            RunningJob(
+                job_id=job_id,
+                runner_id=f"host-{gpu // GPUS_PER_HOST:03d}",
+                gpu_ids=(gpu % GPUS_PER_HOST,),
+                remaining_s=rng.uniform(600, 36_000),
+                priority=priority,
+            )
+        )
+        facts[job_id] = VictimFacts(
+            job_id=job_id,
+            attempt=1,
+            priority=priority,
+            eligible=rng.random() < 0.8,
+            lost_work_s=rng.uniform(0, 3600),
+        )
+    scheduler.submit_many(
+        msgspec.structs.replace(job, priority=rng.randint(0, 5)) for job in make_queue(rng, n)
+    )
+    scheduler.set_victim_facts(facts)
+    assert not scheduler.place().preemptions
+    return scheduler
+
+
+def bench_preemption(n: int = 10_000) -> tuple[float, int]:
+    """Median time of one ``place`` that decides a preemption for a new urgent job, and in
+    how many rounds it found victims (an 8-GPU job finds none once every host has a job
+    that may not be preempted)."""
+    rng = random.Random(n)
+    scheduler = preemption_scheduler(rng, n)
+    gc.collect()
+    times, planned = [], 0
+    for k in range(PREEMPTION_ROUNDS):
+        urgent = QueuedJob(
+            job_id=f"urgent-{k}",
+            priority=10,
+            seq=100 * n + k,
+            gpu_count=rng.choices(SHAPES, SHAPE_WEIGHTS)[0],
+        )
+        start = time.perf_counter()
+        scheduler.submit(urgent)
+        placement = scheduler.place()
+        times.append(time.perf_counter() - start)
+        planned += any(plan.job_id == urgent.job_id for plan in placement.preemptions)
+        scheduler.remove(urgent.job_id)
+    assert planned, "no round found victims: the benchmark measures nothing"
+    return statistics.median(times), planned
+
+
+def main_preemption(today: dict[str, float] | None = None) -> None:
+    figure, planned = bench_preemption()
+    if today is None:
+        rng = random.Random(10_000)
+        scheduler = build(10_000, rng, 0.1)
+        today = {"place": timed(scheduler.place)}
+    beside = ", ".join(f"{name} {today[name] * 1e3:.3f} ms" for name in today)
+    verdict = "met" if figure < PREEMPTION_GOAL_S else "MISSED"
+    print(
+        f"goal: one preemption decision at 10k queued, {HOSTS * GPUS_PER_HOST} GPUs, "
+        f"{PREEMPTION_RUNNING} running < {PREEMPTION_GOAL_S * 1e3:g} ms: {figure * 1e3:.3f} ms "
+        f"({figure / PREEMPTION_GOAL_S:.2f} of the goal, {verdict}; victims found in "
+        f"{planned} of {PREEMPTION_ROUNDS} rounds); today's placement in this run: {beside}"
+    )
+
+
 def main() -> None:
     print(f"placement benchmark: {HOSTS} hosts x {GPUS_PER_HOST} GPUs, shapes {SHAPES}")
     results = {n: bench(n) for n in SIZES}
@@ -230,7 +320,11 @@ def main() -> None:
             f"goal: {what} at 10k queued < {goal * 1e3:g} ms: {figure * 1e3:.3f} ms "
             f"({figure / goal:.2f} of the goal, {verdict})"
         )
+    main_preemption({name: at_10k[name] for name in ("place", "gpu frees")})
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["preemption"]:
+        main_preemption()
+    else:
+        main()

@@ -284,3 +284,40 @@ async def test_failed_ack_nak_and_term_are_logged_not_swallowed(
     await agent.handle_message(failed)  # type: ignore[arg-type]
     assert failed.calls == ["nak"]
     assert "cannot nak the message" in caplog.text
+
+
+class _RecordingSupervisor:
+    """Records the stops asked of it, for a run it claims to hold."""
+
+    def __init__(self) -> None:
+        self.stops: list[tuple[str, float | None]] = []
+
+    def request_stop(self, key: str, *, grace_period_s: float | None = None) -> bool:
+        self.stops.append((key, grace_period_s))
+        return True
+
+
+@pytest.mark.parametrize(("grace_s", "used"), [(None, 15.0), (30.0, 30.0)])
+async def test_a_stop_that_names_a_grace_kills_the_process_when_it_runs_out(
+    nc: Client, tmp_path: Path, sim_env: dict[str, str], grace_s: float | None, used: float
+) -> None:
+    """A preemption's grace wins over the runner's own; a plain stop keeps the runner's."""
+    agent = make_agent(nc, tmp_path, sim_env)
+    recorder = _RecordingSupervisor()
+
+    class Run:
+        key, attempt = "job/j1", 1
+
+    agent._running_job = lambda job_id: Run()  # type: ignore[assignment,method-assign,return-value]
+    agent.supervisor = recorder  # type: ignore[assignment]
+    event = e.StopRequested(
+        job_id="j1",
+        at=datetime.now(UTC),
+        reason="preempted by urgent (priority 9 > 2) on host r1",
+        runner_id="r1",
+        attempt=1,
+        intent="preempt",
+        grace_s=grace_s,
+    )
+    agent._on_stop(event)
+    assert recorder.stops == [("job/j1", used)]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from swift_trainer.runner.runner_factory import SIMULATOR
+from swift_trainer.runner.factory import SIMULATOR
 
 from swift_trainer.core import commands as c
 from swift_trainer.core.spec import EvalSpec, JobSpec, TrainArgs

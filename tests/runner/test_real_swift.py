@@ -316,3 +316,41 @@ def _train_through_the_openai_api(swift_venv: Path, tiny: dict[str, str], tmp_pa
     finally:
         service.http.close()
         stop_service(process)
+
+
+async def test_a_preempted_real_swift_run_resumes_from_its_checkpoints_global_step(
+    real_agent: RunnerAgent,
+    tiny: dict[str, str],
+    nc: Client,
+    store: SqlEventStore,
+) -> None:
+    """The scheduler's preemption of a real ``swift sft``: SIGTERM within the grace, a
+    checkpoint, back to the queue, and the next attempt continues from its global step."""
+    client = CommandClient(nc, timeout=10.0, actor="test-scheduler")
+    job = "real-preempted"
+    await submit_and_schedule(client, job, tiny_spec(tiny, max_steps=400), runner_id="real")
+    await wait_event(store, job, e.CheckpointSaved, timeout=300)
+
+    reason = "preempted by urgent (priority 9 > 5) on host real"
+    await ok(
+        client,
+        c.PreemptJob(job_id=job, attempt=1, preempted_by="urgent", reason=reason, grace_s=120),
+    )
+    preempted = (await wait_event(store, job, e.JobPreempted, timeout=300))[0]
+    assert preempted.checkpoint is not None
+    state = json.loads((Path(preempted.checkpoint) / "trainer_state.json").read_text())
+    saved_at = state["global_step"]
+    assert 10 <= saved_at < 400, state
+    requeued = [x for x in await job_events(store, job) if isinstance(x, e.JobRequeued)][-1]
+    assert (requeued.retries, requeued.resume_from) == (0, preempted.checkpoint)
+
+    await ok(client, c.ScheduleJob(job_id=job, attempt=2, runner_id="real", gpu_ids=(0,)))
+    second = (await wait_event(store, job, e.JobStarted, count=2, timeout=300))[1]
+    assert second.command[second.command.index("--resume_from_checkpoint") + 1] == (
+        preempted.checkpoint
+    )
+    succeeded = (await wait_event(store, job, e.JobSucceeded, timeout=600))[0]
+    assert succeeded.attempt == 2
+    progress = [x for x in await job_events(store, job) if isinstance(x, e.JobProgressed)]
+    resumed = [p.step for p in progress if p.attempt == 2]
+    assert resumed and min(resumed) > saved_at, "it went on from the checkpoint's global step"

@@ -60,6 +60,14 @@ def add_client_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser
     submit.add_argument("--priority", type=int)
     submit.add_argument("--gpu-count", type=int)
     submit.add_argument("--hold", action="store_true", help="hold until started by hand")
+    submit.add_argument(
+        "--max-runtime", help="time limit over all attempts: seconds, or 90m, 6h, 2d"
+    )
+    submit.add_argument(
+        "--not-preemptible",
+        action="store_true",
+        help="never stop this job to make room for one of higher priority",
+    )
     submit.add_argument("--train-arg", action="append", default=[], metavar="KEY=VALUE")
     submit.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
     submit.add_argument(
@@ -192,10 +200,13 @@ def submit_body(args: argparse.Namespace) -> dict[str, Any]:
         "output_dir": args.output_dir,
         "priority": args.priority,
         "gpu_count": args.gpu_count,
+        "max_runtime": _duration(args.max_runtime),
     }
     body.update({k: v for k, v in flags.items() if v is not None})
     if args.hold:
         body["auto_start"] = False
+    if args.not_preemptible:
+        body["preemptible"] = False
     if args.train_arg:
         body["train_args"] = {
             **body.get("train_args", {}),
@@ -367,8 +378,23 @@ def submitted_message(created: Mapping[str, Any]) -> str:
     return f"job {job_id} is {status}; follow it with: swift-trainer jobs show {job_id}"
 
 
+def _duration(text: str | None) -> int | str | None:
+    """``--max-runtime``: a number of seconds goes as a number, anything else as text."""
+    if text is None:
+        return None
+    return int(text) if text.isdigit() else text
+
+
 def _final_fields(job: Mapping[str, Any]) -> dict[str, Any]:
-    keep = ("status", "attempt", "progress", "failure_reason", "stop_reason", "exit_code")
+    keep = (
+        "status",
+        "attempt",
+        "preemptions",
+        "progress",
+        "failure_reason",
+        "stop_reason",
+        "exit_code",
+    )
     return {k: job.get(k) for k in keep}
 
 

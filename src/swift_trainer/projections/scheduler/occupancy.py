@@ -102,6 +102,7 @@ class Occupancy:
         "_holders",
         "_hosts",
         "_jobs",
+        "_layouts",
         "_ranks",
         "_reservation_heaps",
         "_reserved",
@@ -135,6 +136,8 @@ class Occupancy:
         self._stale_for: dict[int, set[str]] = {}
         self._stamps: dict[str, int] = {}
         self._stamp = 0
+        #: Per host, the stamp of its last change of GPUs or holders (not of end times).
+        self._layouts: dict[str, int] = {}
 
     # --- inventory ----------------------------------------------------------------------
 
@@ -256,6 +259,15 @@ class Occupancy:
         if info is None:
             return frozenset()
         return info.usable if requirement == ANY_GPU else info.usable & info.matching(requirement)
+
+    def layout_stamp(self, runner_id: str) -> int:
+        """Changes whenever the host's GPUs, free set or holders change (not end times):
+        what a cache of the host's layout is valid for."""
+        return self._layouts.get(runner_id, 0)
+
+    def holders_at(self, runner_id: str, index: int) -> frozenset[str]:
+        """Who holds one GPU (empty when it is free)."""
+        return frozenset(self._holders.get(runner_id, {}).get(index, ()))
 
     def holders_on(self, runner_id: str) -> dict[int, frozenset[str]]:
         """Who holds each busy GPU of a host (a job id, or a claim or hold key)."""
@@ -414,6 +426,7 @@ class Occupancy:
         copy._stale_for = {n: set(runners) for n, runners in self._stale_for.items()}
         copy._stamps = dict(self._stamps)
         copy._stamp = self._stamp
+        copy._layouts = dict(self._layouts)
         return copy
 
     # --- index maintenance --------------------------------------------------------------
@@ -423,6 +436,7 @@ class Occupancy:
         if info is None:
             return
         self._changed(runner_id)
+        self._layouts[runner_id] = self._stamp
         free = set(info.usable)
         held = self._holders.get(runner_id)
         if held:

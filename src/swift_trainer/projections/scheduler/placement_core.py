@@ -37,12 +37,19 @@ from .placement import (
     place_pass,
     unplaceable_reason,
 )
-from .preemption import HostGpus, PreemptionPlan, VictimFacts, find_preemption
+from .preemption import (
+    HostGpus,
+    PreemptionPlan,
+    SummaryCache,
+    VictimFacts,
+    Wait,
+    find_preemption,
+)
 from .wait_estimate import QueueSlot, queue_entries
 
 #: Key under which the GPUs freed for a preemptor are held until all of them are free;
 #: ``/`` never occurs in a job id. A ``claim/`` key is a victim's ledger claim that
-#: outlived its attempt (``scheduler_state.claim_key``): it goes once the claim is released.
+#: outlived its attempt (``state.claim_key``): it goes once the claim is released.
 HOLD_PREFIX: Final = "preempt/"
 _CLAIM_PREFIX: Final = "claim/"
 
@@ -63,7 +70,10 @@ class PlacementCore:
         "_plans",
         "_queue",
         "_running",
+        "_summaries",
+        "_summary_stamps",
         "_usage",
+        "_views",
         "policy",
     )
 
@@ -78,6 +88,11 @@ class PlacementCore:
         self._plans: dict[str, PreemptionPlan] = {}
         #: What the preemption rules know of each job holding GPUs, as of the last pass.
         self._facts: dict[str, VictimFacts] = {}
+        # Caches of the search, per host, valid while the host's layout stamp holds (and
+        # the facts and plans of its jobs do not change).
+        self._views: dict[str, tuple[int, HostGpus]] = {}
+        self._summaries: SummaryCache = {}
+        self._summary_stamps: dict[str, int] = {}
 
     # --- the queue ----------------------------------------------------------------------
 
@@ -230,7 +245,14 @@ class PlacementCore:
 
     def set_victim_facts(self, facts: Mapping[str, VictimFacts]) -> None:
         """The preemption rules' view of the jobs holding GPUs, for the next pass."""
-        self._facts = dict(facts)
+        old, new = self._facts, dict(facts)
+        for job_id in old.keys() | new.keys():
+            before, after = old.get(job_id), new.get(job_id)
+            if before is None or after is None or _verdict(before) != _verdict(after):
+                held = self._occupancy.holding(job_id)
+                if held is not None:
+                    self._summaries.pop(held[0], None)
+        self._facts = new
 
     def restore_plan(self, plan: PreemptionPlan) -> None:
         """A preemption the event log shows under way (after a restart or a takeover)."""
@@ -243,8 +265,10 @@ class PlacementCore:
         return dict(self._plans)
 
     def _drop_plan(self, job_id: str) -> None:
-        if self._plans.pop(job_id, None) is not None:
+        plan = self._plans.pop(job_id, None)
+        if plan is not None:
             self._occupancy.release(HOLD_PREFIX + job_id)
+            self._summaries.pop(plan.runner_id, None)
 
     def _advance_plans(self) -> list[Decision]:
         """Start each preemptor whose GPUs are all free; hold the free ones of the rest.
@@ -254,25 +278,28 @@ class PlacementCore:
         """
         occupancy, decisions = self._occupancy, []
         for job_id, plan in list(self._plans.items()):
-            occupancy.release(HOLD_PREFIX + job_id)
+            hold = HOLD_PREFIX + job_id
             job = self._queue.get(job_id)
             runner_id, wanted = plan.runner_id, frozenset(plan.gpu_ids)
-            allowed = plan.victim_ids | {_CLAIM_PREFIX + v for v in plan.victim_ids}
-            holders = occupancy.holders_on(runner_id)
+            allowed = plan.victim_ids | {_CLAIM_PREFIX + v for v in plan.victim_ids} | {hold}
             broken = (
                 job is None
                 or not occupancy.is_live(runner_id)
                 or not wanted <= occupancy.usable_gpus(runner_id, job.shape[1])
-                or any(not holders.get(i, frozenset()) <= allowed for i in wanted)
+                or any(not occupancy.holders_at(runner_id, i) <= allowed for i in wanted)
             )
             if broken:
-                del self._plans[job_id]
+                self._drop_plan(job_id)
                 continue
             assert job is not None
-            free = occupancy.free_gpus(runner_id) & wanted
-            if free != wanted:
-                occupancy.hold(HOLD_PREFIX + job_id, runner_id, sorted(free), INFINITY)
+            held = occupancy.holding(hold)
+            mine = frozenset(held[1]) if held is not None else frozenset()
+            newly = occupancy.free_gpus(runner_id) & wanted
+            if mine | newly != wanted:
+                if newly:
+                    occupancy.hold(hold, runner_id, sorted(mine | newly), INFINITY)
                 continue
+            occupancy.release(hold)
             del self._plans[job_id]
             self._queue.remove(job_id)
             duration = job.expected_duration_s
@@ -302,7 +329,9 @@ class PlacementCore:
 
         One search per lane at most fails: a later job of the lane has the same shape and
         owner and no higher priority, so it could preempt no one either. The walk stops at
-        the first job whose priority is no higher than any eligible victim's.
+        the first job whose priority is no higher than any eligible victim's. A job that
+        waits for GPUs freeing soon on a host keeps that host out of the later searches of
+        the pass, so no job after it plans on the GPUs it waits for.
         """
         if not self.policy.preemption.enabled:
             return ()
@@ -312,7 +341,8 @@ class PlacementCore:
             return ()
         queue, occupancy, usage = self._queue, self._occupancy, self._usage
         taken: set[str] = {v for plan in self._plans.values() for v in plan.victim_ids}
-        views: dict[str, HostGpus] = {}
+        summaries = self._valid_summaries()
+        waited_on: set[str] = set()
         cursors = [(lane[0], lane_key, 0) for lane_key, lane in queue.lanes.items()]
         heapq.heapify(cursors)
         plans: list[PreemptionPlan] = []
@@ -323,7 +353,7 @@ class PlacementCore:
             lane = queue.lanes[lane_key]
             job = queue.job(key)
             (count, requirement), owner = lane_key
-            found: PreemptionPlan | str | None = None
+            found: PreemptionPlan | Wait | str | None = None
             if job.job_id in self._plans:
                 found = "planned"
             elif (
@@ -332,39 +362,59 @@ class PlacementCore:
                 and occupancy.fit_host(count, requirement) is None
             ):
                 hosts = [
-                    self._host_view(views, runner_id, requirement)
+                    self._host_view(runner_id, requirement)
                     for runner_id in occupancy.runner_ids
+                    if runner_id not in waited_on
                 ]
-                found = find_preemption(job.job_id, job.priority, count, hosts, facts, taken=taken)
+                found = find_preemption(
+                    job.job_id, job.priority, count, hosts, facts, taken=taken, cache=summaries
+                )
             if isinstance(found, PreemptionPlan):
                 plans.append(found)
-                self._plans[job.job_id] = found
                 taken |= found.victim_ids
-                free = occupancy.free_gpus(found.runner_id) & set(found.gpu_ids)
-                if free:
-                    occupancy.hold(
-                        HOLD_PREFIX + job.job_id, found.runner_id, sorted(free), INFINITY
-                    )
-                views.pop(found.runner_id, None)
+                self._adopt(found)
+            elif isinstance(found, Wait):
+                waited_on.add(found.runner_id)
+                continue  # it waits: the rest of the lane too
             elif found != "planned":
-                continue  # nobody to preempt (or wait): the rest of the lane neither
+                continue  # nobody to preempt: the rest of the lane neither
             if index + 1 < len(lane):
                 heapq.heappush(cursors, (lane[index + 1], lane_key, index + 1))
+        for runner_id in summaries:
+            self._summary_stamps[runner_id] = occupancy.layout_stamp(runner_id)
         return tuple(plans)
 
-    def _host_view(
-        self, views: dict[str, HostGpus], runner_id: str, requirement: object
-    ) -> HostGpus:
-        view = views.get(runner_id)
+    def _valid_summaries(self) -> SummaryCache:
+        """The cached host summaries, less those whose host changed since."""
+        summaries, stamps, occupancy = self._summaries, self._summary_stamps, self._occupancy
+        for runner_id in list(summaries):
+            if stamps.get(runner_id) != occupancy.layout_stamp(runner_id):
+                del summaries[runner_id]
+        return summaries
+
+    def _adopt(self, plan: PreemptionPlan) -> None:
+        """Keep a new plan, and hold its GPUs that are free already."""
         occupancy = self._occupancy
-        if view is None:
+        self._plans[plan.job_id] = plan
+        free = occupancy.free_gpus(plan.runner_id) & set(plan.gpu_ids)
+        if free:
+            occupancy.hold(HOLD_PREFIX + plan.job_id, plan.runner_id, sorted(free), INFINITY)
+        self._summaries.pop(plan.runner_id, None)
+
+    def _host_view(self, runner_id: str, requirement: object) -> HostGpus:
+        occupancy = self._occupancy
+        stamp = occupancy.layout_stamp(runner_id)
+        cached = self._views.get(runner_id)
+        if cached is not None and cached[0] == stamp:
+            view = cached[1]
+        else:
             view = HostGpus(
                 runner_id=runner_id,
                 usable=occupancy.usable_gpus(runner_id, ANY_GPU),
                 free=occupancy.free_gpus(runner_id),
                 holders=occupancy.holders_on(runner_id),
             )
-            views[runner_id] = view
+            self._views[runner_id] = (stamp, view)
         if requirement == ANY_GPU:
             return view
         usable = occupancy.usable_gpus(runner_id, requirement)  # type: ignore[arg-type]
@@ -425,6 +475,11 @@ def place_jobs(
         ),
         queue=entries,
     )
+
+
+def _verdict(facts: VictimFacts) -> tuple[bool, bool, int]:
+    """What of a job's facts a host summary depends on."""
+    return (facts.eligible, facts.soon, facts.priority)
 
 
 def _ends_at(remaining_s: float | None) -> float:

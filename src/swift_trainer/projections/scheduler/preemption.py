@@ -26,7 +26,8 @@ backfill takes them) until the victims have stopped. See docs/preemption.md.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from bisect import bisect_left
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from datetime import datetime, timedelta
 from typing import Final
 
@@ -106,8 +107,19 @@ class HostGpus(msgspec.Struct, frozen=True, kw_only=True):
     holders: Mapping[int, frozenset[str]]
 
 
-#: The search's verdict when free and soon-free GPUs already suffice: the job waits.
-WAIT: Final = "wait"
+class Wait(msgspec.Struct, frozen=True):
+    """The search's verdict when free and soon-free GPUs already suffice on a host: the job
+    waits for them, and no job after it in the pass may take them for a preemption."""
+
+    runner_id: str
+
+
+#: A host at a glance, whatever the preemptor: its free GPUs, its GPUs that free soon, and
+#: for each GPU that a preemption could free, the highest priority among its holders
+#: (sorted). It bounds a host's best plan before any victim is chosen.
+HostSummary = tuple[int, int, list[int]]
+#: Summaries by runner, then by the GPUs usable for the job (its constraints).
+SummaryCache = MutableMapping[str, dict[frozenset[int], HostSummary]]
 
 
 def victim_facts(
@@ -153,20 +165,41 @@ def find_preemption(
     facts: Mapping[str, VictimFacts],
     *,
     taken: frozenset[str] | set[str] = frozenset(),
-) -> PreemptionPlan | str | None:
+    cache: SummaryCache | None = None,
+) -> PreemptionPlan | Wait | None:
     """The cheapest plan that makes room for a job of ``count`` GPUs at ``priority``.
 
-    Returns ``WAIT`` when some host will have room within the grace without preempting,
+    Returns ``Wait`` when some host will have room within the grace without preempting,
     and None when no set of victims would do. ``taken``: jobs already chosen as victims
-    this pass, which no second plan may count on.
+    this pass, which no second plan may count on. ``cache``: host summaries kept by a
+    caller that searches several times over the same hosts (it drops a host's entry when
+    the host or the victims taken there change).
+
+    Hosts are tried in order of the lowest priority their plan could have (a bound from
+    the summary), and the search stops once that bound exceeds the best plan found.
     """
-    best: tuple[tuple[int, float, int, str], PreemptionPlan] | None = None
+    bounded = []
     for host in hosts:
         if len(host.usable) < count:
             continue
-        free, soon, candidates = _classify(host, priority, facts, taken)
-        if len(free) + len(soon) >= count:
-            return WAIT
+        known = None if cache is None else cache.setdefault(host.runner_id, {})
+        summary = None if known is None else known.get(host.usable)
+        if summary is None:
+            summary = _summary(host, facts, taken)
+            if known is not None:
+                known[host.usable] = summary
+        free_count, soon_count, gates = summary
+        if free_count + soon_count >= count:
+            return Wait(host.runner_id)
+        need = count - free_count
+        if bisect_left(gates, priority) >= need:
+            bounded.append((gates[need - 1], host.runner_id, host))
+    bounded.sort(key=lambda entry: entry[:2])
+    best: tuple[tuple[int, float, int, str], PreemptionPlan] | None = None
+    for bound, _, host in bounded:
+        if best is not None and bound > best[0][0]:
+            break
+        free, _, candidates = _classify(host, priority, facts, taken)
         chosen = _choose(host, count, len(free), candidates)
         if chosen is None:
             continue
@@ -188,6 +221,25 @@ def find_preemption(
             )
             best = (key, plan)
     return None if best is None else best[1]
+
+
+def _summary(
+    host: HostGpus, facts: Mapping[str, VictimFacts], taken: frozenset[str] | set[str]
+) -> HostSummary:
+    free = len(host.usable & host.free)
+    soon = 0
+    gates = []
+    for index in host.usable - host.free:
+        holders = host.holders.get(index, frozenset())
+        if not holders:
+            continue
+        known = [facts.get(h) for h in holders]
+        if all(_is_soon(f, taken) for f in known):
+            soon += 1
+        elif all(f is not None and f.eligible and f.job_id not in taken for f in known):
+            gates.append(max(f.priority for f in known if f is not None))
+    gates.sort()
+    return free, soon, gates
 
 
 def _classify(

@@ -234,7 +234,7 @@ export function jobView(main, jobId) {
       h("div.card", h("span.k", "ETA"), h("span.v", job.status === "running" ? fmtDuration(p.remaining_s) : "–")),
       h("div.card", h("span.k", "GPUs"), h("span.v", gpusText(job))),
       h("div.card", h("span.k", "Priority"), h("span.v", String(job.priority))),
-      h("div.card", h("span.k", "Attempt"), h("span.v", `${job.attempt}`, h("small.muted", ` · ${job.retries}/${job.max_retries} retries`))),
+      h("div.card", h("span.k", "Attempt"), h("span.v", `${job.attempt}`, h("small.muted", ` · ${job.retries}/${job.max_retries} retries`), h("small.muted", ` · preempted ${job.preemptions ?? 0}×`))),
     );
     const scores = Object.entries(job.eval_results || {});
     if (scores.length || job.eval_error) {
@@ -250,7 +250,7 @@ export function jobView(main, jobId) {
     const failure = job.failure;
     const failedText = job.failure_reason && (failure ? `failed (${failure.kind}): ${job.failure_reason}` : `failed: ${job.failure_reason}`);
     const retried = !job.failure_reason && failure && job.status !== "failed" ? `retried after ${failure.kind}: ${failure.detail}` : null;
-    const reasons = [failedText, retried, job.stop_reason && `stopped: ${job.stop_reason}`].filter(Boolean);
+    const reasons = [failedText, retried, job.stop_reason && `stopped: ${job.stop_reason}`, job.preempted_by && `being preempted by ${job.preempted_by}`].filter(Boolean);
     problem.hidden = !reasons.length;
     problem.replaceChildren(reasons.join(" · "));
     if (failure && failure.log_line) problem.append(" — ", h("code.failure-line", { id: "failure-line" }, failure.log_line));
@@ -262,6 +262,7 @@ export function jobView(main, jobId) {
       priority: job.priority, gpu_count: job.gpu_count, gpu_name: job.gpu_name ?? undefined,
       min_gpu_memory_gb: job.min_gpu_memory_gb ?? undefined, auto_start: job.auto_start,
       max_retries: job.max_retries, labels: job.labels, train_args: job.train_args,
+      preemptible: job.preemptible, max_runtime: job.max_runtime ?? undefined,
     }, null, 2);
     // Re-rendered only when they change, so a focused button keeps its focus.
     const exportable = allows("export", job);

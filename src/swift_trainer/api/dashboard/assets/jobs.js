@@ -6,7 +6,7 @@
 import { get, stream } from "./api.js";
 import { badge, bar, errorText, fmtAgo, fmtDuration, fmtNumber, h, replaceKeepingFocus } from "./ui.js";
 
-const STATUSES = ["held", "waiting", "queued", "scheduled", "running", "stopping", "succeeded", "failed", "stopped"];
+const STATUSES = ["held", "waiting", "queued", "scheduled", "running", "stopping", "succeeded", "failed", "stopped", "timed_out"];
 const REFRESH_MS = 2000;
 // While the feed is up: a page read now and then anyway (elapsed times, a missed event).
 const SAFETY_REFRESH_MS = 30000;

@@ -78,6 +78,7 @@ export function queueView(main) {
             h("td", e.estimated_wait_time),
             h("td", e.unplaceable ? h("span.warn", { role: "note" }, `cannot be placed: ${e.unplaceable}`)
               : e.blocked_by === "owner_gpu_quota" ? h("span.warn", { role: "note" }, `waiting for its owner's GPU quota${e.blocked_reason ? `: ${e.blocked_reason}` : ""}`)
+              : e.blocked_by === "preempting" ? h("span.warn", { role: "note" }, e.blocked_reason || "preempting jobs of lower priority")
               : h("span.muted", `waiting for ${e.gpu_count > 1 ? `${e.gpu_count} GPUs` : "a GPU"}`))))
           : [h("tr", h("td.empty", { colspan: 6 }, "The queue is empty."))]),
       ]);

@@ -22,6 +22,7 @@ const JOB_FIELDS = [
   ["max_retries", "Retries when lost", "number", 2, { min: 0, max: 20, step: 1 }, ""],
   ["min_gpu_memory_gb", "Min GPU memory (GB)", "number", "", { min: 0, step: "any" }, "Per GPU; optional."],
   ["gpu_name", "GPU name contains", "text", "", { placeholder: "A100" }, "Optional."],
+  ["max_runtime", "Time limit", "text", "", { placeholder: "6h", pattern: "[0-9]+[smhd]?" }, "Over all attempts: seconds, or 90m, 6h, 2d."],
 ];
 
 // The default swift training arguments (core/spec.py EffectiveTrainArgs).
