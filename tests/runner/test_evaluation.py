@@ -8,11 +8,11 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from swift_trainer.runner.factory import SIMULATOR
 
 from swift_trainer.core import commands as c
 from swift_trainer.core.spec import EvalSpec, JobSpec, TrainArgs
 from swift_trainer.runner.evaluation import build_eval_command, read_scores, run_eval
+from swift_trainer.runner.factory import SIMULATOR
 from swift_trainer.runner.outcome import JobOutcome
 from swift_trainer.runner.reporting import JobReports
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from swift_trainer.projections.scheduler.state import SchedulerState
 from tests.projections.conftest import heartbeat, spec
 from tests.projections.scheduler.test_state import T0, Log
 
 from swift_trainer.core import events as e
 from swift_trainer.projections.scheduler.placement import PlacementPolicy
 from swift_trainer.projections.scheduler.preemption import PreemptionPolicy
+from swift_trainer.projections.scheduler.state import SchedulerState
 
 POLICY = PlacementPolicy(
     preemption=PreemptionPolicy(enabled=True, min_runtime_s=60, max_per_hour=2, grace_s=30)
