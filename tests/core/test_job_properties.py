@@ -246,6 +246,11 @@ def build_command(  # noqa: C901 - one branch per command type reads best as a t
             step=ch.number,
             path=CHECKPOINT_PATHS[ch.pick % len(CHECKPOINT_PATHS)],
         )
+    if kind is c.RequeueJob:
+        return c.RequeueJob(job_id=job, reason=reason)
+    if kind is c.FlagJob:
+        warning = "idle" if ch.flag else "resume_stalled"
+        return c.FlagJob(job_id=job, attempt=attempt, warning=warning, reason=reason)
     if kind is c.ReportCheckpointsRemoved:
         return c.ReportCheckpointsRemoved(
             job_id=job,
@@ -304,7 +309,7 @@ def test_strategies_cover_every_command_type() -> None:
     spec = JobSpec(data_path="d", model_path="m", output_dir="o")
     built = {type(build_command(state, kind, spec, Choices())) for kind in COMMAND_TYPES}
     assert built == set(c.AnyJobCommand.__args__)
-    assert len(COMMAND_TYPES) == 22
+    assert len(COMMAND_TYPES) == 24
 
 
 # --- the properties -------------------------------------------------------------------------
@@ -399,6 +404,8 @@ _NEXT_STEPS: dict[JobStatus, list[type[c.AnyJobCommand]]] = {
     JobStatus.RUNNING: [
         *(c.ReportCheckpoint, c.ReportCheckpoint, c.ReportCheckpoint, c.ReportProgress),
         c.ReportCheckpointsRemoved,
+        c.RequeueJob,
+        c.FlagJob,
         *(c.ReportSucceeded, c.ReportFailed, c.MarkLost, c.StopJob, c.PauseJob, c.CancelJob),
     ],
     JobStatus.STOPPING: [
