@@ -6,8 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
-from tests.e2e.live_service import Service, start_service, stop_service
+from tests.e2e.live_service import API, Service, start_service, stop_service
 
 
 @pytest.fixture
@@ -181,3 +182,18 @@ def test_an_xid_is_recorded_as_a_gpu_health_change(service: Service) -> None:
     sick = [g for g in runners[0]["gpus"] if not g["healthy"]]
     assert [g["reasons"] for g in sick] == [["Xid 79"]]
     assert sick[0]["unhealthy_since"] is not None
+    gpus = [g for r in service.http.get("/gpus").json()["runners"] for g in r["gpus"]]
+    assert [g["health_problems"] for g in gpus if g["health_problems"]] == [["Xid 79"]]
+    root = str(service.http.base_url).removesuffix("/").removesuffix(API)
+    line = service.wait_for(
+        "the unhealthy GPU in /metrics",
+        lambda: next(
+            (
+                x
+                for x in httpx.get(root + "/metrics").text.splitlines()
+                if x.startswith("swift_trainer_gpu_unhealthy{")
+            ),
+            None,
+        ),
+    )
+    assert 'reason="Xid 79"' in line

@@ -289,6 +289,7 @@ def summarize(fold: JobFold) -> JobSummary | None:
         failures=state.failures,
         retry_train_args=state.train_args,
         excluded_gpus=state.excluded_gpus,
+        warnings=state.warnings,
     )
 
 

@@ -12,7 +12,14 @@ from typing import Any
 import msgspec
 
 from swift_trainer.core.failure import Failure
-from swift_trainer.core.job import AttemptFailure, Checkpoint, Export, JobState, JobStatus
+from swift_trainer.core.job import (
+    AttemptFailure,
+    Checkpoint,
+    Export,
+    JobState,
+    JobStatus,
+    JobWarning,
+)
 from swift_trainer.core.progress import TrainingMetrics
 from swift_trainer.core.queue_processor import QueueProcessorState
 from swift_trainer.core.spec import TrainArgs
@@ -97,6 +104,8 @@ class JobSummary(msgspec.Struct, frozen=True):
     retry_train_args: TrainArgs | None = None
     #: GPUs (by UUID) this job avoids after faults on them.
     excluded_gpus: tuple[str, ...] = ()
+    #: Warnings about running attempts (``resume_stalled``, ``idle``).
+    warnings: tuple[JobWarning, ...] = ()
 
 
 class JobFold(msgspec.Struct, frozen=True):

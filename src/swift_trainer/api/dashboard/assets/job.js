@@ -219,7 +219,9 @@ export function jobView(main, jobId) {
     const failure = job.failure;
     const failedText = job.failure_reason && (failure ? `failed (${failure.kind}): ${job.failure_reason}` : `failed: ${job.failure_reason}`);
     const retried = !job.failure_reason && failure && job.status !== "failed" ? `retried after ${failure.kind}: ${failure.detail}` : null;
-    const reasons = [failedText, retried, job.stop_reason && `stopped: ${job.stop_reason}`].filter(Boolean);
+    const warned = (job.warnings || []).filter((w) => w.attempt === job.attempt && ["running", "stopping"].includes(job.status))
+      .map((w) => `warning (${w.kind.replace("_", " ")}): ${w.reason}`);
+    const reasons = [failedText, retried, ...warned, job.stop_reason && `stopped: ${job.stop_reason}`].filter(Boolean);
     problem.hidden = !reasons.length;
     problem.replaceChildren(reasons.join(" · "));
     if (failure && failure.log_line) problem.append(" — ", h("code.failure-line", { id: "failure-line" }, failure.log_line));
