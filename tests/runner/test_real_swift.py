@@ -316,3 +316,24 @@ def _train_through_the_openai_api(swift_venv: Path, tiny: dict[str, str], tmp_pa
     finally:
         service.http.close()
         stop_service(process)
+
+
+async def test_real_swift_with_a_missing_dataset_fails_as_a_data_error_at_once(
+    real_agent: RunnerAgent,
+    tiny: dict[str, str],
+    nc: Client,
+    store: SqlEventStore,
+    tmp_path: Path,
+) -> None:
+    client = CommandClient(nc, timeout=10.0, actor="test-scheduler")
+    job = "real-missing-data"
+    missing = str(tmp_path / "nowhere" / "train.jsonl")
+    spec = msgspec.structs.replace(tiny_spec(tiny, max_steps=20), data_path=missing)
+    await submit_and_schedule(client, job, spec, runner_id="real")
+    failed = (await wait_event(store, job, e.JobFailed, timeout=300))[0]
+    assert failed.failure is not None, failed
+    assert failed.failure.kind == "data_error", failed.failure
+    assert failed.failure.log_line is not None
+    assert missing in failed.failure.log_line  # ms-swift's own line names the path
+    assert "not retried" in failed.reason
+    assert "JobRequeued" not in types(await job_events(store, job))
