@@ -113,7 +113,8 @@ def check_invariants(state: JobState, applied: int) -> None:
     export_ids = [x.export_id for x in state.exports]
     assert len(export_ids) == len(set(export_ids))
     for export in state.exports:
-        assert export.checkpoint in paths
+        # An export names a checkpoint the job saved (it may be gone from disk since).
+        assert export.checkpoint in paths + [cp.path for cp in state.removed_checkpoints]
         assert export.status in ("requested", "running", "succeeded", "failed")
         assert (export.artifact_path is not None) == (export.status == "succeeded")
 
