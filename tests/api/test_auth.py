@@ -117,6 +117,9 @@ ROUTES: list[tuple[str, str, Any, tuple[int, int, int, int, int]]] = [
     ("POST", f"{T}/queue/process", None, (401, 403, 403, 403, 200)),
     ("POST", f"{T}/queue/processor/stop", None, (401, 403, 403, 403, 200)),
     ("POST", f"{T}/queue/processor/start", None, (401, 403, 403, 403, 200)),
+    ("GET", f"{T}/runners", None, (401, 403, 403, 403, 200)),
+    ("POST", f"{T}/runners/r9/drain", {"reason": "maintenance"}, (401, 403, 403, 403, 200)),
+    ("POST", f"{T}/runners/r9/undrain", {}, (401, 403, 403, 403, 200)),
     # Writes on alice's job: the owner and an admin act (the admin's repeat is a no-op).
     ("PUT", f"{T}/jobs/{J}/priority", {"priority": 7}, (401, 403, 404, 200, 200)),
     ("POST", f"/v1/fine_tuning/jobs/{J}/pause", None, (401, 403, 404, 200, 200)),

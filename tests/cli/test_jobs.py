@@ -352,3 +352,38 @@ def test_sweeps_create_list_show_cancel(
     assert {t["outcome"] for t in final["trials"] if t.get("outcome")} <= {"cancelled"}
     code, _, err = run(capsys, "sweeps", "show", "nope")
     assert code == 1 and "does not exist" in err
+def test_runners_list_drain_and_undrain(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    (runner,) = run_json(capsys, "runners", "list")["runners"]
+    name = runner["runner_id"]
+    drained = run_json(capsys, "runners", "drain", name, "--reason", "cli maintenance")
+    assert drained["changed"] is True
+    # The scheduler publishes the drain with its view: wait for it to show.
+    deadline = time.monotonic() + 30
+    out = ""
+    while "cli maintenance" not in out and time.monotonic() < deadline:
+        code, out, _ = run(capsys, "runners", "list")
+        assert code == 0
+        time.sleep(0.2)
+    assert "cli maintenance" in out
+    code, out, _ = run(capsys, "runners", "undrain", name)
+    assert code == 0
+    assert "takes new jobs again" in out
+    with pytest.raises(SystemExit) as usage:  # --reason is required
+        main(["runners", "drain", name])
+    assert usage.value.code == 2
+    assert "--reason" in capsys.readouterr().err
+
+
+def test_jobs_show_names_the_failure_kind_and_line(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flags = submit_flags("cli-data-err", 20, "--label", "sim.fail=data_error", "--wait")
+    code, _, _ = run(capsys, *flags)
+    assert code == 1
+    shown = run_json(capsys, "jobs", "show", "cli-data-err")
+    assert shown["failure"]["kind"] == "data_error"
+    assert "The local path does not exist" in shown["failure"]["log_line"]
+    code, out, _ = run(capsys, "jobs", "show", "cli-data-err")
+    assert code == 0
+    assert "kind=data_error" in out
+    assert "log_line=ValueError" in out

@@ -100,6 +100,11 @@ SAMPLES: list[c.AnyCommand] = [
     c.IssueKey(key_id="key-1", owner="alice", role="user", secret_sha256="0" * 64),
     c.RevokeKey(key_id="key-1", reason="left the team"),
     c.SetQuota(owner="alice", max_gpus=4, max_queued_jobs=10),
+    c.RequeueJob(job_id=JOB, reason="runner gpu-host-1 drained: reboot"),
+    c.FlagJob(job_id=JOB, attempt=2, warning="idle", reason="idle for 1800 s"),
+    c.DrainRunner(runner_id="gpu-host-1", reason="reboot", stop_jobs=True),
+    c.UndrainRunner(runner_id="gpu-host-1"),
+    c.RecordGpuHealth(runner_id="gpu-host-1", gpu_uuid="GPU-1", gpu_index=1, reasons=("Xid 79",)),
 ]
 COMMAND_NAMES = sorted(type(x).__name__ for x in SAMPLES)
 
@@ -108,7 +113,9 @@ def test_samples_cover_every_command_type() -> None:
     assert {type(x) for x in SAMPLES} == set(c.AnyCommand.__args__)
     assert set(c.AnyJobCommand.__args__) | set(c.ProcessorCommand.__args__) | set(
         c.LedgerCommand.__args__
-    ) | set(c.AnyAccessCommand.__args__) | set(c.AnySweepCommand.__args__) == set(
+    ) | set(c.AnyAccessCommand.__args__) | set(c.AnySweepCommand.__args__) | set(
+        c.FleetCommand.__args__
+    ) == set(
         c.AnyCommand.__args__
     )
 

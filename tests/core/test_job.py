@@ -332,6 +332,8 @@ NOT_SUBMIT = [
     c.ReportProgress(job_id=JOB, attempt=1, runner_id=RUNNER, step=1),
     c.ReportCheckpoint(job_id=JOB, attempt=1, runner_id=RUNNER, step=1, path=CKPT_100),
     c.ReportCheckpointsRemoved(job_id=JOB, attempt=1, runner_id=RUNNER, paths=(CKPT_100,)),
+    c.RequeueJob(job_id=JOB, reason="runner drained"),
+    c.FlagJob(job_id=JOB, attempt=1, warning="idle", reason="idle"),
     c.ReportSucceeded(job_id=JOB, attempt=1, runner_id=RUNNER),
     c.ReportFailed(job_id=JOB, attempt=1, runner_id=RUNNER, exit_code=1, reason="x"),
     c.ReportStopped(job_id=JOB, attempt=1, runner_id=RUNNER),

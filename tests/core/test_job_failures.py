@@ -255,3 +255,29 @@ def test_an_export_of_a_removed_checkpoint_is_refused_as_missing() -> None:
         assert "no longer on disk" in message
     (export,) = job.do(c.RequestExport(job_id=JOB, checkpoint="checkpoint-200"))
     assert isinstance(export, e.ExportRequested)
+
+
+def test_a_requeue_stops_with_a_checkpoint_then_queues_again() -> None:
+    job = running()
+    saved(job, CKPT_A, 100)
+    (stop,) = job.do(c.RequeueJob(job_id=JOB, reason="runner r drained: reboot"))
+    assert isinstance(stop, e.StopRequested)
+    assert stop.intent == "requeue"
+    assert job.do(c.RequeueJob(job_id=JOB, reason="again")) == []
+    (requeued,) = job.do(c.ReportStopped(job_id=JOB, attempt=1, runner_id=RUNNER))
+    assert isinstance(requeued, e.JobRequeued)
+    assert requeued.reason == "runner r drained: reboot"
+    assert requeued.resume_from == CKPT_A
+    assert job.state.status is JobStatus.QUEUED
+    assert job.state.stop_intent == "stop"
+    assert job.state.retries == 0  # not the job's fault: no retry used
+
+
+def test_a_warning_is_recorded_once_per_attempt() -> None:
+    job = running()
+    flag = c.FlagJob(job_id=JOB, attempt=1, warning="resume_stalled", reason="no step")
+    (warned,) = job.do(flag)
+    assert isinstance(warned, e.JobWarned)
+    assert job.do(flag) == []
+    assert job.do(msgspec.structs.replace(flag, attempt=7)) == []  # not the current attempt
+    assert [w.kind for w in job.state.warnings] == ["resume_stalled"]

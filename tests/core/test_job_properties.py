@@ -121,7 +121,8 @@ def check_invariants(state: JobState, applied: int) -> None:
     export_ids = [x.export_id for x in state.exports]
     assert len(export_ids) == len(set(export_ids))
     for export in state.exports:
-        assert export.checkpoint in paths
+        # An export names a checkpoint the job saved (it may be gone from disk since).
+        assert export.checkpoint in paths + [cp.path for cp in state.removed_checkpoints]
         assert export.status in ("requested", "running", "succeeded", "failed")
         assert (export.artifact_path is not None) == (export.status == "succeeded")
 
@@ -284,6 +285,11 @@ def build_command(  # noqa: C901 - one branch per command type reads best as a t
             step=ch.number,
             path=CHECKPOINT_PATHS[ch.pick % len(CHECKPOINT_PATHS)],
         )
+    if kind is c.RequeueJob:
+        return c.RequeueJob(job_id=job, reason=reason)
+    if kind is c.FlagJob:
+        warning = "idle" if ch.flag else "resume_stalled"
+        return c.FlagJob(job_id=job, attempt=attempt, warning=warning, reason=reason)
     if kind is c.ReportCheckpointsRemoved:
         return c.ReportCheckpointsRemoved(
             job_id=job,
@@ -450,6 +456,8 @@ _NEXT_STEPS: dict[JobStatus, list[type[c.AnyJobCommand]]] = {
     JobStatus.RUNNING: [
         *(c.ReportCheckpoint, c.ReportCheckpoint, c.ReportCheckpoint, c.ReportProgress),
         c.ReportCheckpointsRemoved,
+        c.RequeueJob,
+        c.FlagJob,
         *(c.ReportSucceeded, c.ReportFailed, c.MarkLost, c.StopJob, c.PauseJob, c.CancelJob),
         *(c.PreemptJob, c.PreemptJob, c.TimeOutJob),
     ],

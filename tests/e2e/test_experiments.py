@@ -165,7 +165,7 @@ def test_an_unreachable_tracker_leaves_training_running_with_a_warning(tmp_path:
         assert service.http.post("/jobs", json=job).status_code == 201
         service.wait_status("tracked", "succeeded")
         shown = service.http.get("/jobs/tracked").json()
-        [warning] = shown["warnings"]
+        [warning] = shown["start_warnings"]
         assert warning.startswith(f"mlflow: 127.0.0.1:{closed} cannot be reached")
         assert "MLFLOW_TRACKING_URI" not in " ".join(shown.get("command") or [])
     finally:

@@ -6,8 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
-from tests.e2e.live_service import Service, start_service, stop_service
+from tests.e2e.live_service import API, Service, start_service, stop_service
 
 
 @pytest.fixture
@@ -181,3 +182,52 @@ def test_an_xid_is_recorded_as_a_gpu_health_change(service: Service) -> None:
     sick = [g for g in runners[0]["gpus"] if not g["healthy"]]
     assert [g["reasons"] for g in sick] == [["Xid 79"]]
     assert sick[0]["unhealthy_since"] is not None
+    gpus = [g for r in service.http.get("/gpus").json()["runners"] for g in r["gpus"]]
+    assert [g["health_problems"] for g in gpus if g["health_problems"]] == [["Xid 79"]]
+    root = str(service.http.base_url).removesuffix("/").removesuffix(API)
+    line = service.wait_for(
+        "the unhealthy GPU in /metrics",
+        lambda: next(
+            (
+                x
+                for x in httpx.get(root + "/metrics").text.splitlines()
+                if x.startswith("swift_trainer_gpu_unhealthy{")
+            ),
+            None,
+        ),
+    )
+    assert 'reason="Xid 79"' in line
+
+
+def test_a_resume_that_hangs_is_flagged_resume_stalled(tmp_path: Path) -> None:
+    process, base = start_service(
+        tmp_path, "--simulate-step-seconds", "0.05", env_extra={"RESUME_CHECK_S": "2"}
+    )
+    service = Service(process, base, tmp_path / "outputs")
+    try:
+        labels = {"sim.fail": "hang", "sim.fail_attempt": "2"}
+        submit(service, "res1", labels, max_steps=4000, save_steps=5)
+        service.wait_for(
+            "a checkpoint", lambda: service.http.get("/jobs/res1").json()["checkpoints"]
+        )
+        assert service.http.post("/jobs/res1/stop").status_code == 200
+        service.wait_status("res1", "stopped")
+        assert service.http.post("/jobs/res1/start").status_code == 200
+        warned = service.wait_for(
+            "the resume_stalled warning",
+            lambda: (j := service.http.get("/jobs/res1").json())["warnings"] and j,
+            timeout=90,
+        )
+        (warning,) = warned["warnings"]
+        assert (warning["kind"], warning["attempt"]) == ("resume_stalled", 2)
+        assert "resumed from checkpoint step" in warning["reason"]
+        kinds = [
+            e["data"].get("warning") for e in events(service, "res1") if e["type"] == "JobWarned"
+        ]
+        assert kinds == ["resume_stalled"]
+        assert service.http.post("/jobs/res1/cancel").status_code == 200
+        service.wait_status("res1", "cancelled")
+    finally:
+        service.http.close()
+        stderr = stop_service(process)
+        assert process.returncode == 0, stderr[-3000:]

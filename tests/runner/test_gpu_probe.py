@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from swift_trainer.core.inventory import GpuHealth, XidEvent
 from swift_trainer.runner.gpu_probe import (
     FakeInventory,
     GpuInfo,
@@ -22,6 +24,7 @@ from swift_trainer.runner.gpu_probe import (
     foreign_memory_mib,
     foreign_processes,
     process_tree_pids,
+    throttle_names,
 )
 
 GIB = 1024**3
@@ -329,3 +332,41 @@ def test_a_lost_gpu_does_not_hide_the_others(tmp_path: Path) -> None:
     snapshot = NvmlInventory(tmp_path, nvml=nvml).snapshot()
     assert [g.index for g in snapshot.gpus] == [0]
     assert snapshot.error == "GPU 1: NVMLError: GPU is lost"
+
+
+class RemappingNvml(FakeNvml):
+    """A card with a pending row remap and a hardware thermal slowdown (GPU 0 only)."""
+
+    def nvmlDeviceGetRemappedRows(self, handle: Any) -> tuple[int, int, int, int]:
+        if handle.index == 1:
+            raise self.NVMLError_NotSupported("Not Supported")
+        return (0, 2, 1, 0)  # corrected, uncorrected, pending, failure
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, handle: Any) -> int:
+        return 0x40 | 0x1 if handle.index == 0 else 0x4  # thermal + idle; power cap only
+
+
+def test_remapped_rows_and_hardware_slowdowns_are_health_problems(tmp_path: Path) -> None:
+    inventory = NvmlInventory(tmp_path, nvml=RemappingNvml(own_pid=os.getpid()))
+    first, second = inventory.snapshot().gpus
+    assert first.health.remapped_rows_pending is True
+    assert first.health.remapping_failed is False
+    assert first.health.throttled == ("thermal",)
+    assert "remapped rows wait for a reset" in first.health.problems
+    assert "thermal slowdown" in first.health.problems
+    # Unsupported remapping and a software power cap: nothing to hold against the card.
+    assert second.health.remapped_rows_pending is None
+    assert second.health.throttled == ()
+    assert not second.health.suspect
+    inventory.close()
+
+
+def test_throttle_names_read_the_hardware_bits_only() -> None:
+    assert throttle_names(0x40 | 0x80 | 0x4 | 0x20) == ("thermal", "power_brake")
+    assert throttle_names(0) == ()
+
+
+def test_application_xids_do_not_make_a_card_suspect() -> None:
+    now = datetime.now(UTC)
+    assert not GpuHealth(xid_events=(XidEvent(xid=13, at=now),)).suspect
+    assert GpuHealth(xid_events=(XidEvent(xid=48, at=now),)).problems == ("Xid 48",)

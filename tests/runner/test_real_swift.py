@@ -354,3 +354,24 @@ async def test_a_preempted_real_swift_run_resumes_from_its_checkpoints_global_st
     progress = [x for x in await job_events(store, job) if isinstance(x, e.JobProgressed)]
     resumed = [p.step for p in progress if p.attempt == 2]
     assert resumed and min(resumed) > saved_at, "it went on from the checkpoint's global step"
+
+
+async def test_real_swift_with_a_missing_dataset_fails_as_a_data_error_at_once(
+    real_agent: RunnerAgent,
+    tiny: dict[str, str],
+    nc: Client,
+    store: SqlEventStore,
+    tmp_path: Path,
+) -> None:
+    client = CommandClient(nc, timeout=10.0, actor="test-scheduler")
+    job = "real-missing-data"
+    missing = str(tmp_path / "nowhere" / "train.jsonl")
+    spec = msgspec.structs.replace(tiny_spec(tiny, max_steps=20), data_path=missing)
+    await submit_and_schedule(client, job, spec, runner_id="real")
+    failed = (await wait_event(store, job, e.JobFailed, timeout=300))[0]
+    assert failed.failure is not None, failed
+    assert failed.failure.kind == "data_error", failed.failure
+    assert failed.failure.log_line is not None
+    assert missing in failed.failure.log_line  # ms-swift's own line names the path
+    assert "not retried" in failed.reason
+    assert "JobRequeued" not in types(await job_events(store, job))

@@ -610,3 +610,20 @@ def test_no_stray_simulator_processes_remain(sim_env: dict[str, str]) -> None:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     assert strays == []
+
+
+async def test_checkpoints_rotated_out_are_reported_removed(
+    tmp_path: Path, sup: Supervisor, sim_env: dict[str, str]
+) -> None:
+    reporter = RecordingReporter()
+    invocation = sft(tmp_path, sim_env, max_steps=12, save_steps=2, save_total_limit=2)
+    await sup.start_job("job-1", 1, invocation, reporter)
+    outcome = await finished(reporter)
+    assert outcome.status == "succeeded"
+    out = Path(invocation.output_dir)
+    kept = [c.path for c in list_checkpoints(out)]
+    assert kept == [str(out / "checkpoint-10"), str(out / "checkpoint-12")]
+    reported = {path for _, path in reporter.checkpoints}
+    # Every reported checkpoint that is gone was reported removed, once.
+    assert sorted(reporter.removed) == sorted(reported - set(kept))
+    assert len(reporter.removed) == len(set(reporter.removed))

@@ -47,6 +47,17 @@ READ_MODEL_LAG: Final = Gauge(
     "Stored events the read models served here have not applied yet.",
 )
 
+RUNNER_DRAINED: Final = Gauge(
+    "swift_trainer_runner_drained",
+    "1 for a runner an operator drained; the label says why.",
+    ["runner", "reason"],
+)
+GPU_UNHEALTHY: Final = Gauge(
+    "swift_trainer_gpu_unhealthy",
+    "1 for a GPU out of placement as unhealthy; the label says why.",
+    ["runner", "gpu", "uuid", "reason"],
+)
+
 _heartbeat = msgspec.json.Decoder(RunnerHeartbeat)
 
 
@@ -176,6 +187,15 @@ async def sample_fleet(read_model: ReadModel, *, now: datetime, lease_s: float) 
         GPUS_TOTAL.labels(runner=snapshot.runner_id).set(len(indexes))
         GPUS_FREE.labels(runner=snapshot.runner_id).set(len(indexes) - held)
     RUNNERS_ALIVE.set(alive)
+    fleet = (await read_model.queue_view()).fleet
+    RUNNER_DRAINED.clear()
+    for drain in fleet.drained:
+        RUNNER_DRAINED.labels(runner=drain.runner_id, reason=drain.reason[:200]).set(1)
+    GPU_UNHEALTHY.clear()
+    for gpu in fleet.unhealthy_gpus:
+        reason = "; ".join(gpu.reasons)[:200]
+        labels = {"runner": gpu.runner_id, "gpu": str(gpu.index), "uuid": gpu.uuid}
+        GPU_UNHEALTHY.labels(**labels, reason=reason).set(1)
 
 
 async def sample_read_models(

@@ -3,9 +3,9 @@
 Under ``--simulate-gpus``, ``sim.fail`` (``oom``, ``nccl``, ``user_error``, ``data_error``,
 ``xid``, ``hang``) and ``sim.fail_at_step`` (default 1) choose the fault; ``sim.max_batch``
 is the largest batch that fits a simulated card (default: half the spec's batch, so
-the first halved retry fits). A GPU-side fault (``nccl``, ``xid``, ``hang``) strikes the
-first attempt only, as a flaky card or link would; a user or data error strikes every
-attempt. Real runners never read these labels.
+the first halved retry fits). A GPU-side fault (``nccl``, ``xid``, ``hang``) strikes one
+attempt only, as a flaky card or link would: the first, or ``sim.fail_attempt``. A user
+or data error strikes every attempt. Real runners never read these labels.
 
 Standard library only: the simulator's processes import this too.
 """
@@ -19,6 +19,7 @@ from typing import Final
 FAIL_LABEL: Final = "sim.fail"
 FAIL_AT_STEP_LABEL: Final = "sim.fail_at_step"
 MAX_BATCH_LABEL: Final = "sim.max_batch"
+FAIL_ATTEMPT_LABEL: Final = "sim.fail_attempt"
 FAULTS: Final = ("oom", "nccl", "user_error", "data_error", "xid", "hang")
 #: Faults of the inputs, which strike at start-up whatever the step.
 INPUT_FAULTS: Final = frozenset({"user_error", "data_error"})
@@ -56,7 +57,7 @@ def fault_args(
         fits = _int_label(labels, MAX_BATCH_LABEL, max(spec_batch_size // 2, 1))
         if batch_size <= fits:
             return []
-    elif kind not in INPUT_FAULTS and attempt > 1:
+    elif kind not in INPUT_FAULTS and attempt != _int_label(labels, FAIL_ATTEMPT_LABEL, 1):
         return []
     step = _int_label(labels, FAIL_AT_STEP_LABEL, 1)
     args = ["--simulate-fail", kind, "--simulate-fail-at-step", str(step)]

@@ -497,7 +497,11 @@ def _train_loop(trainer: _Trainer, start_step: int) -> int:
     while step < trainer.max_steps:
         time.sleep(args.step_seconds)
         step += 1
-        if step == args.fail_at_step and trainer.is_master:
+        # A hang strikes at the first step of a resumed run at the latest.
+        fault_step = args.fail_at_step
+        if args.fail_kind == "hang" and fault_step is not None:
+            fault_step = max(fault_step, start_step + 1)
+        if step == fault_step and trainer.is_master:
             if args.fail_kind == "hang":
                 _hang(trainer, step)
                 break

@@ -186,3 +186,23 @@ def test_a_cooldown_keeps_the_two_item_shape_of_older_checkpoints() -> None:
     assert checkpoint.cooling == {"a": Cooldown(until, "refused")}
     again = msgspec.msgpack.decode(msgspec.msgpack.encode(checkpoint))
     assert again["cooling"] == {"a": [until, "refused"]}
+def test_a_drain_comes_back_from_a_checkpoint_and_keeps_jobs_off_the_runner() -> None:
+    log = Log()
+    records = [
+        *log.add(e.RunnerDrained(at=NOW, runner_id="runner-a", reason="DIMM swap")),
+        *log.add(*submitted("j1")),
+    ]
+    whole = _applied(records)
+    assert {d.runner_id for d in whole.placement.place().decisions} == {"runner-b"}
+    state = fresh(10)
+    state.load_checkpoint(whole.checkpoint(), NOW)
+    assert state.fleet.drained["runner-a"].reason == "DIMM swap"
+    # The next heartbeat of the drained runner does not bring it back into placement.
+    state.update_runner(heartbeat("runner-a", gpus=4, at=NOW, lease_s=3600))
+    assert {d.runner_id for d in state.placement.place().decisions} == {"runner-b"}
+    # Undrained (and runner-b full): the job goes to runner-a.
+    again = fresh(10)
+    again.load_checkpoint(whole.checkpoint(), NOW)
+    again.apply(log.add(e.RunnerUndrained(at=NOW, runner_id="runner-a")), NOW)
+    again.update_runner(heartbeat("runner-b", gpus=0, at=NOW, lease_s=3600))
+    assert {d.runner_id for d in again.placement.place().decisions} == {"runner-a"}

@@ -275,6 +275,7 @@ _LEVEL: Final[dict[str, Literal["info", "warn", "error"]]] = {
     "JobRequeued": "warn",
     "JobPreempted": "warn",
     "JobTimedOut": "warn",
+    "JobWarned": "warn",
 }
 
 
@@ -330,6 +331,10 @@ def _message(entry: EventLogEntry) -> str:  # noqa: C901 - one sentence per even
             return f"Merged model saved to {d.get('artifact_path')}"
         case "ExportFailed":
             return f"Merging the model failed: {d.get('reason')}"
+        case "JobWarned":
+            return f"Warning ({d.get('warning')}): {d.get('reason')}"
+        case "CheckpointRemoved":
+            return f"Checkpoint removed: {d.get('path')} ({d.get('reason')})"
     return entry.type
 
 

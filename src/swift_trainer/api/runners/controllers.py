@@ -11,7 +11,7 @@ from typing import Annotated
 
 import msgspec
 from litestar import Controller, get, post
-from litestar.params import PathParameter
+from litestar.params import JSONBody, PathParameter
 
 from ...core.commands import DrainRunner, UndrainRunner
 from ...core.inventory import decode_heartbeat
@@ -104,7 +104,9 @@ class RunnersController(Controller):
         ),
         responses=problems(422, 503),
     )
-    async def drain(self, deps: Deps, runner_id: RunnerIdPath, data: DrainRequest) -> DrainResponse:
+    async def drain(
+        self, deps: Deps, runner_id: RunnerIdPath, data: JSONBody[DrainRequest]
+    ) -> DrainResponse:
         command = DrainRunner(runner_id=runner_id, reason=data.reason, stop_jobs=data.now)
         reply = await send(deps, command)
         changed = bool(reply.events)
@@ -125,7 +127,7 @@ class RunnersController(Controller):
         responses=problems(422, 503),
     )
     async def undrain(
-        self, deps: Deps, runner_id: RunnerIdPath, data: UndrainRequest | None = None
+        self, deps: Deps, runner_id: RunnerIdPath, data: JSONBody[UndrainRequest | None] = None
     ) -> DrainResponse:
         reason = data.reason if data is not None else "undrained"
         reply = await send(deps, UndrainRunner(runner_id=runner_id, reason=reason))

@@ -11,7 +11,7 @@ from ..auth.principal import principal
 from ..deps import Deps, combine_checks, read_model_check
 from ..problems import ApiProblem, problems
 from ..queue.controllers import processor_status
-from .resources import gpus_overview, host_stats
+from .resources import gpus_overview, host_stats, with_drains
 from .schemas import GpusResponse, Health, Readiness, SystemStatus
 
 
@@ -22,9 +22,10 @@ class SystemController(Controller):
     @get("/gpus", summary="GPU information", responses=problems(503))
     async def gpus(self, deps: Deps) -> GpusResponse:
         caller = principal()
-        return await gpus_overview(
+        overview = await gpus_overview(
             deps.read_model, deps.clock(), deps.runner_lease_s, caller.may_see
         )
+        return with_drains(overview, (await deps.read_model.queue_view()).fleet)
 
     @get("/system/status", summary="System status", responses=problems(503))
     async def system_status(self, deps: Deps) -> SystemStatus:

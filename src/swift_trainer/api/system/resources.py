@@ -15,6 +15,7 @@ from ...core.host import host_info
 from ...core.inventory import decode_heartbeat
 from ...core.job import ACTIVE
 from ...projections.read_models.interface import MAX_PAGE_SIZE, ReadModel
+from ...projections.read_models.views import FleetView
 from .schemas import GpusResponse, GpuView, HostStats, RunnerGpus
 
 
@@ -86,6 +87,7 @@ def _runner_view(
                 job_id=None if holder is None or hidden else holder.job_id,
                 held=holder is not None,
                 foreign_memory_mib=beat.foreign_memory_mib.get(gpu.index),
+                health_problems=gpu.health.problems,
             )
         )
     inventory = msgspec.structs.replace(beat.inventory, gpus=())
@@ -145,3 +147,17 @@ def host_stats(output_root: str) -> HostStats:
 
 def _percent_used(free: int, total: int) -> float:
     return round(100.0 * (total - free) / total, 1) if total else 0.0
+
+
+def with_drains(overview: GpusResponse, fleet: FleetView) -> GpusResponse:
+    """Mark the runners an operator drained, with the reason."""
+    drains = {d.runner_id: d for d in fleet.drained}
+    if not drains:
+        return overview
+    runners = [
+        msgspec.structs.replace(r, drained=True, drain_reason=drains[r.runner_id].reason)
+        if r.runner_id in drains
+        else r
+        for r in overview.runners
+    ]
+    return msgspec.structs.replace(overview, runners=runners)

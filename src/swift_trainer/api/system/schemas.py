@@ -21,6 +21,8 @@ class GpuView(GpuInfo, frozen=True, omit_defaults=False):
     held: bool = False
     #: Memory held by processes its runner did not start, when there is any.
     foreign_memory_mib: int | None = None
+    #: Why the GPU gets no new jobs (Xid, ECC, remapped rows, slowdowns); empty: healthy.
+    health_problems: tuple[str, ...] = ()
 
 
 class RunnerGpus(msgspec.Struct, frozen=True, kw_only=True):
@@ -37,6 +39,9 @@ class RunnerGpus(msgspec.Struct, frozen=True, kw_only=True):
     inventory: RunnerHeartbeat | None = None
     #: Set when the heartbeat could not be read.
     error: str | None = None
+    #: Drained by an operator: it takes no new jobs (``drain_reason`` says why).
+    drained: bool = False
+    drain_reason: str | None = None
 
 
 class GpusResponse(msgspec.Struct, frozen=True, kw_only=True):

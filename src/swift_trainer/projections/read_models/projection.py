@@ -305,10 +305,8 @@ def summarize(fold: JobFold) -> JobSummary | None:
         excluded_gpus=state.excluded_gpus,
         eval_results=dict(state.eval_results),
         eval_error=state.eval_error,
-        warnings=(
-            *state.start_warnings,
-            *(f"{w.kind}: {w.reason}" for w in state.warnings if w.attempt == state.attempt),
-        ),
+        start_warnings=state.start_warnings,
+        warnings=state.warnings,
     )
 
 

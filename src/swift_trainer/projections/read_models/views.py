@@ -12,7 +12,14 @@ from typing import Any
 import msgspec
 
 from swift_trainer.core.failure import Failure
-from swift_trainer.core.job import AttemptFailure, Checkpoint, Export, JobState, JobStatus
+from swift_trainer.core.job import (
+    AttemptFailure,
+    Checkpoint,
+    Export,
+    JobState,
+    JobStatus,
+    JobWarning,
+)
 from swift_trainer.core.progress import TrainingMetrics
 from swift_trainer.core.queue_processor import QueueProcessorState
 from swift_trainer.core.spec import Dependency, Tracking, TrainArgs
@@ -111,7 +118,9 @@ class JobSummary(msgspec.Struct, frozen=True):
     eval_results: dict[str, float] = {}
     eval_error: str | None = None
     #: What the runner changed to start the job (an unreachable experiment tracker).
-    warnings: tuple[str, ...] = ()
+    start_warnings: tuple[str, ...] = ()
+    #: Warnings about running attempts (``resume_stalled``, ``idle``).
+    warnings: tuple[JobWarning, ...] = ()
 
 
 class JobFold(msgspec.Struct, frozen=True):

@@ -31,7 +31,10 @@ function gpuRow(gpu) {
     h("td.meter", bar(memPct, `${fmtBytesMiB(used)} / ${fmtBytesMiB(total)}`, memPct > 90 ? "bad" : "")),
     h("td.meter", bar(gpu.utilization_pct, `${gpu.utilization_pct ?? "–"}%`)),
     h(`td.num${temp >= HOT_C ? ".hot" : ""}`, temp === null || temp === undefined ? "–" : `${temp} °C`),
-    h("td", holder(gpu)),
+    h("td", holder(gpu),
+      gpu.health_problems && gpu.health_problems.length
+        ? h("div.warn", { dataset: { health: "unhealthy" } }, `unhealthy: ${gpu.health_problems.join("; ")}`)
+        : null),
   );
 }
 
@@ -48,6 +51,7 @@ function runnerCard(runner) {
         inv.driver_version ? h("span.muted", `driver ${inv.driver_version}, CUDA ${inv.cuda_driver_version || "?"}`) : null)),
     runner.error ? h("p.problem", runner.error) : null,
     down ? h("p.warn", "No heartbeat within the runner lease: its jobs are requeued once the lease expires.") : null,
+    runner.drained ? h("p.warn", { dataset: { drained: "true" } }, `Drained: ${runner.drain_reason || "no reason given"}. It finishes its jobs and takes no new ones.`) : null,
     h("div.table-wrap", h("table", { "aria-label": `GPUs of ${runner.runner_id}` },
       h("thead", h("tr", ["GPU", "Name", "Memory", "Utilisation", "Temp", "Holder"].map((c) => h("th", { scope: "col" }, c)))),
       h("tbody", runner.gpus.length ? runner.gpus.map(gpuRow) : h("tr", h("td.empty", { colspan: 6 }, "No GPUs reported."))))),

@@ -246,11 +246,13 @@ export function jobView(main, jobId) {
       facts.append(h("div.card.wide", { id: "fact-after" }, h("span.k", "Waiting for"),
         h("span.v", job.after.map((d, i) => [i ? ", " : "", h("a", { href: `#/job/${encodeURIComponent(d.job)}` }, d.job), ` ${d.on}`]))));
     }
-    for (const warning of job.warnings || []) facts.append(h("div.card.wide", h("span.k", "Warning"), h("span.v", warning)));
+    for (const warning of job.start_warnings || []) facts.append(h("div.card.wide", h("span.k", "Warning"), h("span.v", warning)));
     const failure = job.failure;
     const failedText = job.failure_reason && (failure ? `failed (${failure.kind}): ${job.failure_reason}` : `failed: ${job.failure_reason}`);
     const retried = !job.failure_reason && failure && job.status !== "failed" ? `retried after ${failure.kind}: ${failure.detail}` : null;
-    const reasons = [failedText, retried, job.stop_reason && `stopped: ${job.stop_reason}`, job.preempted_by && `being preempted by ${job.preempted_by}`].filter(Boolean);
+    const warned = (job.warnings || []).filter((w) => w.attempt === job.attempt && ["running", "stopping"].includes(job.status))
+      .map((w) => `warning (${w.kind.replace("_", " ")}): ${w.reason}`);
+    const reasons = [failedText, retried, ...warned, job.stop_reason && `stopped: ${job.stop_reason}`, job.preempted_by && `being preempted by ${job.preempted_by}`].filter(Boolean);
     problem.hidden = !reasons.length;
     problem.replaceChildren(reasons.join(" · "));
     if (failure && failure.log_line) problem.append(" — ", h("code.failure-line", { id: "failure-line" }, failure.log_line));
