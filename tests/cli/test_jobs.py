@@ -352,6 +352,8 @@ def test_sweeps_create_list_show_cancel(
     assert {t["outcome"] for t in final["trials"] if t.get("outcome")} <= {"cancelled"}
     code, _, err = run(capsys, "sweeps", "show", "nope")
     assert code == 1 and "does not exist" in err
+
+
 def test_runners_list_drain_and_undrain(url: str, capsys: pytest.CaptureFixture[str]) -> None:
     (runner,) = run_json(capsys, "runners", "list")["runners"]
     name = runner["runner_id"]

@@ -115,9 +115,7 @@ def test_samples_cover_every_command_type() -> None:
         c.LedgerCommand.__args__
     ) | set(c.AnyAccessCommand.__args__) | set(c.AnySweepCommand.__args__) | set(
         c.FleetCommand.__args__
-    ) == set(
-        c.AnyCommand.__args__
-    )
+    ) == set(c.AnyCommand.__args__)
 
 
 @pytest.mark.parametrize("command", SAMPLES, ids=lambda x: type(x).__name__)

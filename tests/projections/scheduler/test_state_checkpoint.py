@@ -186,6 +186,8 @@ def test_a_cooldown_keeps_the_two_item_shape_of_older_checkpoints() -> None:
     assert checkpoint.cooling == {"a": Cooldown(until, "refused")}
     again = msgspec.msgpack.decode(msgspec.msgpack.encode(checkpoint))
     assert again["cooling"] == {"a": [until, "refused"]}
+
+
 def test_a_drain_comes_back_from_a_checkpoint_and_keeps_jobs_off_the_runner() -> None:
     log = Log()
     records = [
