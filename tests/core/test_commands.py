@@ -68,6 +68,10 @@ SAMPLES: list[c.AnyCommand] = [
         job_id=JOB, attempt=2, runner_id="gpu-host-1", gpu_ids=(0, 1), gpu_uuids=("a", "b")
     ),
     c.MarkLost(job_id=JOB, attempt=2, reason="heartbeat missed"),
+    c.PreemptJob(
+        job_id=JOB, attempt=2, preempted_by="urgent", reason="preempted by urgent", grace_s=120.0
+    ),
+    c.TimeOutJob(job_id=JOB, attempt=2, reason="reached its max_runtime"),
     c.ReportStarted(**R, pid=4242, command=("swift", "sft", "--num_train_epochs", "3")),
     c.RejectAssignment(**R, reason="GPU 1 busy"),
     c.ReportProgress(

@@ -224,6 +224,8 @@ def _strategy_for(annotation: Any) -> st.SearchStrategy[Any]:
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is tuple:
         return st.lists(_strategy_for(args[0]), max_size=4).map(tuple)
+    if origin is dict:
+        return st.dictionaries(_strategy_for(args[0]), _strategy_for(args[1]), max_size=3)
     if origin is types.UnionType:
         return st.one_of([_strategy_for(arg) for arg in args])
     if annotation is type(None):

@@ -356,7 +356,7 @@ def test_strategies_cover_every_command_type() -> None:
     spec = JobSpec(data_path="d", model_path="m", output_dir="o")
     built = {type(build_command(state, kind, spec, Choices())) for kind in COMMAND_TYPES}
     assert built == set(c.AnyJobCommand.__args__)
-    assert len(COMMAND_TYPES) == 24
+    assert len(COMMAND_TYPES) == 28
 
 
 # --- the properties -------------------------------------------------------------------------
