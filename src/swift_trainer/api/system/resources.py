@@ -17,8 +17,11 @@ from ...projections.read_models.interface import MAX_PAGE_SIZE, ReadModel
 from .schemas import GpusResponse, GpuView, HostStats, RunnerGpus
 
 
-async def gpu_holders(read_model: ReadModel) -> dict[tuple[str, int], str]:
-    """``(runner_id, gpu index) -> job_id`` for every job that holds GPUs now."""
+async def gpu_holders(
+    read_model: ReadModel, ranks: dict[tuple[str, int], int] | None = None
+) -> dict[tuple[str, int], str]:
+    """``(runner_id, gpu index) -> job_id`` for every job that holds GPUs now; ``ranks``,
+    when given, is filled with the rank each GPU of a multi-node job serves."""
     holders: dict[tuple[str, int], str] = {}
     for status in sorted(ACTIVE):
         cursor: str | None = None
@@ -28,6 +31,13 @@ async def gpu_holders(read_model: ReadModel) -> dict[tuple[str, int], str]:
                 if job.runner_id is not None:
                     for index in job.gpu_ids:
                         holders[(job.runner_id, index)] = job.job_id
+                        if ranks is not None and job.peers:
+                            ranks[(job.runner_id, index)] = 0
+                    for peer in job.peers:
+                        for index in peer.gpu_ids:
+                            holders[(peer.runner_id, index)] = job.job_id
+                            if ranks is not None:
+                                ranks[(peer.runner_id, index)] = peer.rank
             if page.next_cursor is None:
                 break
             cursor = page.next_cursor
@@ -42,6 +52,7 @@ def _runner_view(
     now: datetime,
     lease_s: float,
     holders: dict[tuple[str, int], str],
+    ranks: dict[tuple[str, int], int] | None = None,
 ) -> RunnerGpus:
     age = max((now - seen_at).total_seconds(), 0.0)
     alive = age <= lease_s
@@ -60,6 +71,7 @@ def _runner_view(
         GpuView(
             **msgspec.structs.asdict(gpu),
             job_id=holders.get((runner_id, gpu.index)),
+            rank=(ranks or {}).get((runner_id, gpu.index)),
             foreign_memory_mib=beat.foreign_memory_mib.get(gpu.index),
         )
         for gpu in beat.inventory.gpus
@@ -76,7 +88,8 @@ def _runner_view(
 
 
 async def gpus_overview(read_model: ReadModel, now: datetime, lease_s: float) -> GpusResponse:
-    holders = await gpu_holders(read_model)
+    ranks: dict[tuple[str, int], int] = {}
+    holders = await gpu_holders(read_model, ranks)
     runners = [
         _runner_view(
             runner_id=s.runner_id,
@@ -85,6 +98,7 @@ async def gpus_overview(read_model: ReadModel, now: datetime, lease_s: float) ->
             now=now,
             lease_s=lease_s,
             holders=holders,
+            ranks=ranks,
         )
         for s in await read_model.runner_snapshots()
     ]

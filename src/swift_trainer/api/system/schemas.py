@@ -18,6 +18,8 @@ class GpuView(GpuInfo, frozen=True, omit_defaults=False):
     job_id: str | None = None
     #: Memory held by processes its runner did not start, when there is any.
     foreign_memory_mib: int | None = None
+    #: The rank of the multi-node job holding it (0 is the rank that reports progress).
+    rank: int | None = None
 
 
 class RunnerGpus(msgspec.Struct, frozen=True, kw_only=True):

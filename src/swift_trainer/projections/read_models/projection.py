@@ -23,6 +23,7 @@ import msgspec
 from swift_trainer.core import events as e
 from swift_trainer.core.access import is_access_stream
 from swift_trainer.core.errors import MessageError
+from swift_trainer.core.gang import rank_runners
 from swift_trainer.core.job import JobState, JobStatus, evolve, initial_state
 from swift_trainer.core.queue_processor import QueueProcessorState, evolve_processor
 from swift_trainer.core.store import RecordedEvent
@@ -283,6 +284,10 @@ def summarize(fold: JobFold) -> JobSummary | None:
         suffix=spec.suffix,
         metadata=dict(spec.metadata),
         owner=spec.owner,
+        nodes=spec.nodes,
+        host_labels=dict(spec.host_labels),
+        hosts=rank_runners(state.runner_id, state.peers),
+        peers=state.peers,
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 
+from swift_trainer.core.gang import RankPlacement
 from swift_trainer.core.job import Checkpoint, Export, JobState, JobStatus
 from swift_trainer.core.progress import TrainingMetrics
 from swift_trainer.core.queue_processor import QueueProcessorState
@@ -88,6 +89,13 @@ class JobSummary(msgspec.Struct, frozen=True):
     metadata: dict[str, str] = {}
     #: The API key owner who submitted the job (None: the operator, or before owners).
     owner: str | None = None
+    #: Hosts the job spans (``gpu_count`` GPUs on each) and the runner labels it asks for.
+    nodes: int = 1
+    host_labels: dict[str, str] = {}
+    #: Every rank's runner while the job holds GPUs, rank 0 (``runner_id``) first.
+    hosts: tuple[str, ...] = ()
+    #: A multi-node job's ranks past rank 0: runner and GPUs of each.
+    peers: tuple[RankPlacement, ...] = ()
 
 
 class JobFold(msgspec.Struct, frozen=True):
