@@ -288,12 +288,15 @@ class JobReports:
         logs: LogPublisher | None,
         started_id: Callable[[int], str] | None = None,
         on_finished: Callable[[JobOutcome], None] | None = None,
+        rank: int | None = None,
     ) -> None:
         self.job_id = job_id
         self.attempt = attempt
         self.runner_id = runner_id
         self.outbox = outbox
         self.logs = logs
+        #: The rank of a multi-node job this run is, marked on each of its log lines.
+        self.rank = rank
         self._started_id = started_id
         self._on_finished = on_finished
 
@@ -329,7 +332,7 @@ class JobReports:
 
     async def on_log_line(self, stream: Stream, line: str) -> None:
         if self.logs is not None:
-            self.logs.publish(self.job_id, self.attempt, stream, line)
+            self.logs.publish(self.job_id, self.attempt, stream, line, rank=self.rank)
 
     async def on_finished(self, outcome: JobOutcome) -> None:
         self.outbox.submit(outcome_command(outcome, self.job_id, self.attempt, self.runner_id))

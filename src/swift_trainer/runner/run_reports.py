@@ -34,7 +34,7 @@ class RunReporters:
         self.logs = logs
         self.supervisor = supervisor
 
-    def job(self, job_id: str, attempt: int) -> JobReports:
+    def job(self, job_id: str, attempt: int, rank: int | None = None) -> JobReports:
         key = run_key("job", job_id)
 
         def started_id(pid: int) -> str:
@@ -49,6 +49,7 @@ class RunReporters:
             outbox=self.outbox,
             logs=self.logs,
             started_id=started_id,
+            rank=rank,
         )
 
     def export(self, event: e.ExportRequested) -> ExportReports:

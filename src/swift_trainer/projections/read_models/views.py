@@ -143,7 +143,9 @@ class LogLine(msgspec.Struct, frozen=True, omit_defaults=True):
     """A line of a job's training output.
 
     ``seq`` is assigned by the writer (the runner) and must grow across a job's attempts;
-    a line at or below the highest stored ``seq`` is taken for a redelivery and dropped.
+    a line whose ``seq`` is already stored is taken for a redelivery and dropped. The ranks
+    of a multi-node job write on different runners, so a line may arrive after one with a
+    higher ``seq``: it is kept in its place.
     """
 
     seq: int
@@ -151,6 +153,8 @@ class LogLine(msgspec.Struct, frozen=True, omit_defaults=True):
     at: datetime | None = None
     attempt: int = 0
     stream: str = "stdout"
+    #: The rank of a multi-node job that wrote it (None: a one-node job).
+    rank: int | None = None
 
 
 class QueueEntry(msgspec.Struct, frozen=True, omit_defaults=True):
