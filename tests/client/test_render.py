@@ -50,3 +50,23 @@ def test_queue_rows(entry: dict[str, Any], shown: list[str], hidden: list[str]) 
         assert part in text
     for part in hidden:
         assert part not in text
+
+
+def test_a_multi_node_job_shows_its_shape_and_every_host() -> None:
+    from swift_trainer.client.render import jobs_table
+
+    job = {
+        "job_id": "big",
+        "status": "running",
+        "priority": 5,
+        "gpu_count": 8,
+        "nodes": 4,
+        "runner_id": "gpu-1",
+        "hosts": ["gpu-1", "gpu-2", "gpu-3", "gpu-4"],
+    }
+    console = Console(width=200, record=True)
+    console.print(jobs_table([job, {**job, "job_id": "one", "nodes": 1, "hosts": ["gpu-9"]}]))
+    text = console.export_text()
+    assert "4x8" in text
+    assert "gpu-1,gpu-2,gpu-3,gpu-4" in text
+    assert "gpu-9" in text

@@ -40,6 +40,13 @@ def _number(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def _gpus(job: Mapping[str, Any]) -> str:
+    """``8``, or ``4x8`` for a job on 4 hosts with 8 GPUs each."""
+    nodes = job.get("nodes") or 1
+    count = str(job.get("gpu_count", "-"))
+    return f"{nodes}x{count}" if nodes > 1 else count
+
+
 def jobs_table(items: Iterable[Mapping[str, Any]]) -> Table:
     jobs = list(items)
     table = Table(title="jobs", title_justify="left")
@@ -56,10 +63,10 @@ def jobs_table(items: Iterable[Mapping[str, Any]]) -> Table:
             job["job_id"],
             status_text(job.get("status")),
             str(job.get("priority", "-")),
-            str(job.get("gpu_count", "-")),
+            _gpus(job),
             f"{percent:.0f}%" if percent is not None else "-",
             _number(progress.get("loss")),
-            job.get("runner_id") or "-",
+            ",".join(job.get("hosts") or ()) or job.get("runner_id") or "-",
             (job.get("submitted_at") or "-")[:16].replace("T", " "),
         )
     return table
