@@ -41,6 +41,7 @@ BASE = {"position": 1, "priority": 5, "gpu_count": 2, "estimated_wait_time": "un
             ["None"],
         ),
         ({**BASE, "job_id": "big", "unplaceable": "needs 9 GPUs"}, ["needs 9 GPUs"], []),
+        ({**BASE, "job_id": "gang", "nodes": 3}, ["gang", "3x2"], []),
     ],
 )
 def test_queue_rows(entry: dict[str, Any], shown: list[str], hidden: list[str]) -> None:

@@ -127,7 +127,7 @@ def queue_table(queue: Mapping[str, Any]) -> Table:
             str(entry["position"]),
             entry["job_id"] or "(another owner's)",
             str(entry["priority"]),
-            str(entry.get("gpu_count", 1)),
+            _gpus({"gpu_count": 1, **entry}),
             entry.get("estimated_wait_time") or "-",
             _queue_note(entry),
         )

@@ -172,6 +172,8 @@ class QueueEntry(msgspec.Struct, frozen=True, omit_defaults=True):
     #: the limit (and names the owner, so other owners' users do not see it).
     blocked_by: str | None = None
     blocked_reason: str | None = None
+    #: Hosts the job spans (``gpu_count`` GPUs on each).
+    nodes: int = 1
 
 
 class QueueView(msgspec.Struct, frozen=True):
