@@ -324,7 +324,7 @@ class Run:
     # --- workload ----------------------------------------------------------------------
 
     def job_body(self, index: int) -> dict[str, Any]:
-        return {
+        body = {
             "job_id": f"chaos-{index:05d}",
             "data_path": "chaos/data.jsonl#1000",
             "model_path": "sim/model",
@@ -333,6 +333,10 @@ class Run:
             "max_retries": 20,
             "train_args": {"max_steps": self.args.steps, "save_steps": 5},
         }
+        if self.args.gang_every and index % self.args.gang_every == self.args.gang_every - 1:
+            # A 2-node job: one rank on each runner, placed, lost and requeued as one.
+            body.update(nodes=2, gpu_count=self.rng.choice((1, 2)))
+        return body
 
     async def submit_all(self) -> None:
         for index in range(self.args.jobs):
@@ -702,6 +706,9 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=30)
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--steps", type=int, default=40, help="simulated steps per job")
+    parser.add_argument(
+        "--gang-every", type=int, default=5, help="every N-th job spans both runners (0: none)"
+    )
     parser.add_argument("--step-seconds", type=float, default=0.1)
     parser.add_argument("--timeout", type=float, default=240, help="seconds to drain")
     parser.add_argument("--seed", type=int, default=int(time.time()))

@@ -315,6 +315,38 @@ async def test_more_gpus_than_any_runner_has_is_unsatisfiable(stack: Stack) -> N
     assert ok.status_code == 201
 
 
+async def test_a_multi_node_job_needs_enough_matching_runners(stack: Stack) -> None:
+    for runner_id, rack in (("r1", "a"), ("r2", "a"), ("r3", "b")):
+        beat = {"gpus": [{"index": 0}, {"index": 1}], "labels": {"rack": rack}}
+        await stack.read_model.put_runner_snapshot(
+            runner_id, msgspec.json.encode(beat), datetime.now(UTC)
+        )
+    gang = {**BODY, "gpu_count": 2, "nodes": 3}
+    created = await stack.client.post(stack.url("/jobs"), json={**gang, "job_id": "g1"})
+    assert created.status_code == 201, created.text
+    details = problem(
+        await stack.client.post(
+            stack.url("/jobs"), json={**gang, "job_id": "g2", "host_labels": {"rack": "a"}}
+        ),
+        422,
+        "unsatisfiable",
+    )
+    assert "3 runners labelled rack=a with 2 GPUs each, and 2 known runners" in details["detail"]
+    too_big = {**gang, "job_id": "g3", "gpu_count": 4, "nodes": 2}
+    problem(await stack.client.post(stack.url("/jobs"), json=too_big), 422, "unsatisfiable")
+
+    async def shown() -> dict[str, Any]:
+        return dict((await stack.client.get(stack.url("/jobs/g1"))).json())
+
+    job = await shown()
+    for _ in range(50):
+        if "nodes" in job:
+            break
+        await asyncio.sleep(0.1)
+        job = await shown()
+    assert (job["nodes"], job["gpu_count"]) == (3, 2)
+
+
 async def test_gpu_count_is_not_limited_while_no_runner_is_known(stack: Stack) -> None:
     response = await stack.client.post(stack.url("/jobs"), json={**BODY, "gpu_count": 8})
     assert response.status_code == 201

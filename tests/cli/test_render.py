@@ -42,6 +42,7 @@ BASE = {"position": 1, "priority": 5, "gpu_count": 2, "estimated_wait_time": "un
             ["None"],
         ),
         ({**BASE, "job_id": "big", "unplaceable": "needs 9 GPUs"}, ["needs 9 GPUs"], []),
+        ({**BASE, "job_id": "gang", "nodes": 3}, ["gang", "3x2"], []),
     ],
 )
 def test_queue_rows(entry: dict[str, Any], shown: list[str], hidden: list[str]) -> None:
@@ -272,3 +273,20 @@ def test_jobs_show_leaves_out_internal_fields() -> None:
     text = at_80_columns(render.job_details(SHOW))
     for internal in ("version", "submitted_position", "updated_position", "last_checkpoint"):
         assert internal not in text
+
+
+def test_a_multi_node_job_shows_its_shape() -> None:
+    job = {
+        "job_id": "big",
+        "status": "running",
+        "priority": 5,
+        "gpu_count": 8,
+        "nodes": 4,
+        "runner_id": "gpu-1",
+        "hosts": ["gpu-1", "gpu-2", "gpu-3", "gpu-4"],
+    }
+    console = Console(width=80, record=True)
+    console.print(render.jobs_table([job, {**job, "job_id": "one", "nodes": 1}]))
+    text = console.export_text()
+    assert "4x8" in text
+    assert " 8 " in text

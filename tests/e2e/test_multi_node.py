@@ -165,6 +165,14 @@ def test_a_two_node_job_runs_on_both_runners_with_the_rendezvous_on_every_rank(
         assert env["MASTER_PORT"] == str(rank_start["master_port"])
     job = cluster.http.get("/jobs/mn-1").json()
     assert job["checkpoints"]
+    assert (job["nodes"], job["host_labels"]) == (2, {"rack": "r1"})
+
+    def ranks_logged() -> set[int | None]:
+        lines = cluster.http.get("/jobs/mn-1/logs", params={"limit": 1000}).json()["lines"]
+        found = {line.get("rank") for line in lines}
+        return found if found == {0, 1} else set()
+
+    assert cluster.wait("both ranks' lines, marked", ranks_logged, timeout=20) == {0, 1}
 
 
 @pytest.mark.timeout(400)

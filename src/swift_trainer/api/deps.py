@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeAlias
 
@@ -161,6 +161,31 @@ def gpus_in_snapshot(data: bytes) -> list[Any] | None:
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
     return decoded.inventory.gpus if decoded.inventory is not None else decoded.gpus
+
+
+class _Labelled(msgspec.Struct):
+    labels: dict[str, str] = {}
+
+
+async def matching_runner_sizes(
+    read_model: ReadModel, host_labels: Mapping[str, str]
+) -> list[int] | None:
+    """GPU counts of the runners ever heard from that carry ``host_labels``; None when no
+    runner has reported a GPU at all (nothing is known yet)."""
+    sizes: list[int] = []
+    known = False
+    for snapshot in await read_model.runner_snapshots():
+        gpus = gpus_in_snapshot(snapshot.data)
+        if not gpus:
+            continue
+        known = True
+        try:
+            labels = msgspec.json.decode(snapshot.data, type=_Labelled).labels
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue
+        if all(labels.get(key) == value for key, value in host_labels.items()):
+            sizes.append(len(gpus))
+    return sizes if known else None
 
 
 async def largest_runner(read_model: ReadModel) -> int | None:

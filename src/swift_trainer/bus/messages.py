@@ -34,6 +34,8 @@ class LogMessage(msgspec.Struct, frozen=True, omit_defaults=True):
     runner_id: str
     export_id: str | None = None
     truncated: bool = False
+    #: The rank of a multi-node job that wrote the line (None: a one-node job).
+    rank: int | None = None
 
 
 class LogBatch(msgspec.Struct, frozen=True):

@@ -58,7 +58,15 @@ def add_client_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser
     submit.add_argument("--model-path")
     submit.add_argument("--output-dir")
     submit.add_argument("--priority", type=int)
-    submit.add_argument("--gpu-count", type=int)
+    submit.add_argument("--gpu-count", type=int, help="GPUs per host")
+    submit.add_argument("--nodes", type=int, help="hosts the job spans (gpu-count GPUs on each)")
+    submit.add_argument(
+        "--host-label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="run only on runners carrying this label (repeatable)",
+    )
     submit.add_argument("--hold", action="store_true", help="hold until started by hand")
     submit.add_argument(
         "--max-runtime", help="time limit over all attempts: seconds, or 90m, 6h, 2d"
@@ -201,6 +209,7 @@ def submit_body(args: argparse.Namespace) -> dict[str, Any]:
         "priority": args.priority,
         "gpu_count": args.gpu_count,
         "max_runtime": _duration(args.max_runtime),
+        "nodes": args.nodes,
     }
     body.update({k: v for k, v in flags.items() if v is not None})
     if args.hold:
@@ -216,6 +225,11 @@ def submit_body(args: argparse.Namespace) -> dict[str, Any]:
         body["labels"] = {**body.get("labels", {}), **_pairs(args.label, "--label", parse=False)}
     if getattr(args, "after", None):
         body["after"] = [*body.get("after", []), *(_dependency(x) for x in args.after)]
+    if args.host_label:
+        body["host_labels"] = {
+            **body.get("host_labels", {}),
+            **_pairs(args.host_label, "--host-label", parse=False),
+        }
     missing = [k for k in ("data_path", "model_path") if not body.get(k)]
     if missing:
         raise ClientError(

@@ -54,6 +54,13 @@ def _status_column(table: Table) -> None:
     table.add_column("STATUS", no_wrap=True, min_width=width)
 
 
+def _gpus(job: Mapping[str, Any]) -> str:
+    """``8``, or ``4x8`` for a job on 4 hosts with 8 GPUs each."""
+    nodes = job.get("nodes") or 1
+    count = str(job.get("gpu_count", "-"))
+    return f"{nodes}x{count}" if nodes > 1 else count
+
+
 def jobs_table(items: Iterable[Mapping[str, Any]]) -> Table:
     jobs = list(items)
     table = _table("jobs")
@@ -70,7 +77,7 @@ def jobs_table(items: Iterable[Mapping[str, Any]]) -> Table:
             job["job_id"],
             status_text(job.get("status")),
             str(job.get("priority", "-")),
-            str(job.get("gpu_count", "-")),
+            _gpus(job),
             _steps(progress),
             _number(progress.get("loss")),
             (job.get("submitted_at") or "-")[5:16].replace("T", " "),
@@ -196,7 +203,7 @@ def queue_table(queue: Mapping[str, Any]) -> Table:
             str(entry["position"]),
             entry["job_id"] or "(another owner's)",
             str(entry["priority"]),
-            str(entry.get("gpu_count", 1)),
+            _gpus({"gpu_count": 1, **entry}),
             entry.get("estimated_wait_time") or "-",
             _queue_note(entry),
         )

@@ -3,7 +3,7 @@
 Logs are not events: they are bounded by the LOGS stream's size and age limits and by the
 read model's per-job cap, and they are not replayed from the event store. The consumer is
 ordered and replays what the stream still holds when it starts, which is harmless: the
-read model drops a line whose ``seq`` is not above the highest it keeps for the job.
+read model drops a line whose ``seq`` it already keeps for the job.
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ class LogFeed:
                             at=message.at,
                             attempt=message.attempt,
                             stream=message.stream,
+                            rank=message.rank,
                         ),
                     )
             for job_id, lines in by_job.items():

@@ -40,24 +40,18 @@ from ..core import commands as c
 from ..core import events as e
 from ..core.atomic_file import write_atomic
 from ..core.errors import SwiftTrainerError
-from ..core.gang import rendezvous_env
 from ..core.ids import job_stream
 from ..core.inventory import InventorySnapshot, RunnerHeartbeat, RunnerJob
 from ..core.limits import MAX_REASON_CHARS
 from ..core.spec import JobSpec, effective_train_args
 from ..core.tasks import cancel_and_wait, unsubscribe_quietly
+from . import rank_starts
 from .dataset_cache import DatasetCache, DatasetUnavailable
 from .evaluation import EvalReport, build_eval_command, run_eval
 from .gpu_probe import SIM_FAULT_DIR, GpuInventory, foreign_memory_mib
 from .log_publisher import LogPublisher
 from .outcome import JobOutcome
-from .rendezvous import (
-    RendezvousMarker,
-    free_port,
-    reaching_address,
-    shared_output_problem,
-    write_marker,
-)
+from .rendezvous import reaching_address
 from .reporting import ReportOutbox, RunReporters
 from .run_state import RunRecord, run_key
 from .sim_faults import fault_args
@@ -66,7 +60,6 @@ from .swift_command import (
     build_export_command,
     build_sft_command,
     expected_export_path,
-    job_output_dir,
 )
 from .tracker_check import unreachable_trackers, without_unreachable
 
@@ -354,7 +347,7 @@ class RunnerAgent:
             case e.StopRequested() if event.runner_id == self.runner_id:
                 self._on_stop(event)
             case e.RankStartRequested() if event.runner_id == self.runner_id:
-                await self._on_rank_start(envelope, event)
+                await rank_starts.on_rank_start(self, envelope, event)
             case e.ExportRequested() if event.runner_id == self.runner_id:
                 await self._on_export(envelope, event)
             case _:
@@ -456,32 +449,11 @@ class RunnerAgent:
         extra_args = self._simulated_faults(spec, event)
         if event.train_args is not None:  # a retry changed them (a halved batch)
             spec = msgspec.structs.replace(spec, train_args=event.train_args)
-        rendezvous: dict[str, str] | None = None
-        marker: RendezvousMarker | None = None
+        marker = None
         if event.peers:
-            # Rank 0 of a multi-node job: choose where the ranks meet, and prove the
-            # output folder to the others before any of them starts.
-            assert self.advertise_address is not None
-            marker = RendezvousMarker(
-                job_id=event.job_id,
-                attempt=event.attempt,
-                master_addr=self.advertise_address,
-                master_port=free_port(),
-            )
-            try:
-                await asyncio.to_thread(
-                    write_marker, job_output_dir(self.output_root, spec), marker
-                )
-            except OSError as exc:
-                self._reject(event, f"cannot write the rendezvous marker: {exc}")
+            marker = await rank_starts.publish_marker(self, event, spec)
+            if marker is None:
                 return
-            rendezvous = rendezvous_env(
-                nodes=len(event.peers) + 1,
-                rank=0,
-                master_addr=marker.master_addr,
-                master_port=marker.master_port,
-                nproc_per_node=len(event.gpu_ids),
-            )
         try:
             invocation = build_sft_command(
                 spec,
@@ -495,7 +467,7 @@ class RunnerAgent:
                 dataset_files=dataset_files,
                 run_name=event.job_id,
                 run_tags={"job_id": event.job_id, **spec.labels},
-                rendezvous=rendezvous,
+                rendezvous=None if marker is None else rank_starts.head_env(event, marker),
             )
             problems = await unreachable_trackers(invocation)
             invocation, warnings = without_unreachable(invocation, problems)
@@ -512,6 +484,7 @@ class RunnerAgent:
                         event.attempt,
                         self._evaluation(spec, event.gpu_ids),
                         warnings=warnings,
+                        rank=0 if event.peers else None,
                     ),
                     gpu_ids=event.gpu_ids,
                 )
@@ -520,104 +493,7 @@ class RunnerAgent:
             return
         _log.info("started attempt %d of %s: pid %d", event.attempt, event.job_id, pid)
         if marker is not None:
-            self.outbox.submit(
-                c.ReportRendezvous(
-                    job_id=event.job_id,
-                    attempt=event.attempt,
-                    runner_id=self.runner_id,
-                    master_addr=marker.master_addr,
-                    master_port=marker.master_port,
-                )
-            )
-
-    async def _on_rank_start(self, envelope: EventEnvelope, event: e.RankStartRequested) -> None:
-        """Start one rank past rank 0 of a multi-node job, joining rank 0's rendezvous."""
-        if envelope.event_id in self.handled:
-            return
-        running = self._running_job(event.job_id)
-        if running is not None and running.attempt == event.attempt:
-            return  # a redelivery: this rank runs already
-        as_scheduled = e.JobScheduled(
-            at=event.at,
-            job_id=event.job_id,
-            attempt=event.attempt,
-            runner_id=self.runner_id,
-            gpu_ids=event.gpu_ids,
-            gpu_uuids=event.gpu_uuids,
-            resume_from=event.resume_from,
-        )
-        stored = await self._stored_state(event.job_id)
-        if stored is not None and (
-            stored.attempt != event.attempt or stored.status not in ("scheduled", "running")
-        ):
-            _log.info("not starting rank %d of %s: it has moved on", event.rank, event.job_id)
-        elif running is not None:
-            self.supervisor.request_stop(running.key, grace_period_s=self.grace_period_s)
-            self._reject(as_scheduled, f"attempt {running.attempt} of this job is still here")
-        else:
-            problem = await self._check_assignment(as_scheduled)
-            if problem is None:
-                await self._start_rank(event, as_scheduled)
-            else:
-                self._reject(as_scheduled, problem)
-        self.handled.add(envelope.event_id)
-
-    async def _start_rank(self, event: e.RankStartRequested, as_scheduled: e.JobScheduled) -> None:
-        spec = await self.job_spec(event.job_id)
-        if spec is None:
-            self._reject(as_scheduled, f"no JobSubmitted for job {event.job_id}")
-            return
-        expected = RendezvousMarker(
-            job_id=event.job_id,
-            attempt=event.attempt,
-            master_addr=event.master_addr,
-            master_port=event.master_port,
-        )
-        output_dir = job_output_dir(self.output_root, spec)
-        problem = await asyncio.to_thread(shared_output_problem, output_dir, expected)
-        if problem is not None:
-            self._reject(as_scheduled, problem)
-            return
-        try:
-            dataset_files = await self.datasets.resolve(spec)
-        except DatasetUnavailable as exc:
-            self._reject(as_scheduled, exc.message)
-            return
-        try:
-            invocation = build_sft_command(
-                spec,
-                output_root=self.output_root,
-                gpu_ids=event.gpu_ids,
-                resume_from=resolve_resume(event.resume_from).path,
-                swift_executable=self.swift_executable,
-                base_env=self.base_env,
-                gpu_uuids=event.gpu_uuids,
-                dataset_files=dataset_files,
-                rendezvous=rendezvous_env(
-                    nodes=spec.nodes,
-                    rank=event.rank,
-                    master_addr=event.master_addr,
-                    master_port=event.master_port,
-                    nproc_per_node=len(event.gpu_ids),
-                ),
-            )
-            pid = await self.supervisor.start_job(
-                event.job_id,
-                event.attempt,
-                invocation,
-                self.reporters.job(event.job_id, event.attempt),
-                gpu_ids=event.gpu_ids,
-            )
-        except (LaunchError, AlreadyRunning, ValueError) as exc:
-            self._reject(as_scheduled, str(exc))
-            return
-        _log.info(
-            "started rank %d of attempt %d of %s: pid %d",
-            event.rank,
-            event.attempt,
-            event.job_id,
-            pid,
-        )
+            self.outbox.submit(rank_starts.rendezvous_report(event, self.runner_id, marker))
 
     def _simulated_faults(self, spec: JobSpec, event: e.JobScheduled) -> list[str]:
         if not self.simulate_faults:

@@ -100,6 +100,7 @@ class _Pending(msgspec.Struct):
     at_us: int
     export_id: str | None = None
     seq: int = 0
+    rank: int | None = None
 
 
 class SeqClock:
@@ -176,6 +177,7 @@ class LogPublisher:
         line: str,
         *,
         export_id: str | None = None,
+        rank: int | None = None,
     ) -> None:
         text, truncated = clip_line(line)
         if len(self._queue) >= self.max_pending:
@@ -193,6 +195,7 @@ class LogPublisher:
                 truncated=truncated,
                 at_us=time.time_ns() // 1000,
                 export_id=export_id,
+                rank=rank,
             ),
         )
         self._idle.clear()
@@ -334,4 +337,5 @@ class LogPublisher:
             runner_id=self.runner_id,
             export_id=pending.export_id,
             truncated=pending.truncated,
+            rank=pending.rank,
         )

@@ -295,6 +295,7 @@ class JobReports:
         on_finished: Callable[[JobOutcome], None] | None = None,
         evaluate: Callable[[JobOutcome], Awaitable[EvalReport]] | None = None,
         warnings: tuple[str, ...] = (),
+        rank: int | None = None,
     ) -> None:
         #: What was changed to start the run; reported with the start.
         self.warnings = tuple(w[:MAX_REASON_CHARS] for w in warnings)
@@ -305,6 +306,8 @@ class JobReports:
         self.runner_id = runner_id
         self.outbox = outbox
         self.logs = logs
+        #: The rank of a multi-node job this run is, marked on each of its log lines.
+        self.rank = rank
         self._started_id = started_id
         self._on_finished = on_finished
 
@@ -358,7 +361,7 @@ class JobReports:
 
     async def on_log_line(self, stream: Stream, line: str) -> None:
         if self.logs is not None:
-            self.logs.publish(self.job_id, self.attempt, stream, line)
+            self.logs.publish(self.job_id, self.attempt, stream, line, rank=self.rank)
 
     async def on_finished(self, outcome: JobOutcome) -> None:
         command = outcome_command(outcome, self.job_id, self.attempt, self.runner_id)
@@ -497,6 +500,7 @@ class RunReporters:
         evaluate: Callable[[JobOutcome], Awaitable[EvalReport]] | None = None,
         *,
         warnings: tuple[str, ...] = (),
+        rank: int | None = None,
     ) -> JobReports:
         key = run_key("job", job_id)
 
@@ -514,6 +518,7 @@ class RunReporters:
             started_id=started_id,
             evaluate=evaluate,
             warnings=warnings,
+            rank=rank,
         )
 
     def export(self, event: e.ExportRequested) -> ExportReports:

@@ -477,6 +477,17 @@ class ReadModelContract(ABC):
 
     # --- redelivery, restart, rebuild -----------------------------------------------------
 
+    async def test_a_late_line_of_another_rank_is_kept_in_its_place(
+        self, read_model: ReadModel
+    ) -> None:
+        rank0 = [LogLine(seq=n, text=f"rank 0 line {n}", rank=0) for n in (10, 30)]
+        rank1 = [LogLine(seq=n, text=f"rank 1 line {n}", rank=1) for n in (20, 25)]
+        assert await read_model.append_logs("g", rank0) == 2
+        assert await read_model.append_logs("g", rank1) == 2
+        assert await read_model.append_logs("g", rank1) == 0  # redelivered
+        stored = await read_model.logs("g")
+        assert [(x.seq, x.rank) for x in stored] == [(10, 0), (20, 1), (25, 1), (30, 0)]
+
     async def test_redelivered_events_change_nothing(self, read_model: ReadModel) -> None:
         h = History()
         h.running("a")

@@ -467,3 +467,44 @@ def test_a_malformed_access_event_is_skipped_and_counted() -> None:
     assert not state.apply([bad])
     assert state.malformed == 1
     assert state.max_gpus == {}
+
+
+def _gang_events(job_id: str) -> list[e.Event]:
+    from swift_trainer.core.gang import RankPlacement
+
+    gang_spec = msgspec.structs.replace(spec(job_id, gpu_count=2), nodes=2)
+    peers = (RankPlacement(rank=1, runner_id="r2", gpu_ids=(0, 1)),)
+    return [
+        e.JobSubmitted(at=T0, job_id=job_id, spec=gang_spec),
+        e.JobQueued(at=T0, job_id=job_id, priority=5),
+        e.GpusClaimed(at=T0, job_id=job_id, attempt=1, runner_id="r1", gpu_ids=(0, 1), peers=peers),
+        e.JobScheduled(
+            at=T0, job_id=job_id, attempt=1, runner_id="r1", gpu_ids=(0, 1), peers=peers
+        ),
+        e.JobStarted(at=T0, job_id=job_id, attempt=1, runner_id="r1", pid=7, command=()),
+    ]
+
+
+def test_a_gang_whose_ranks_do_not_all_start_is_overdue_after_the_gang_timeout() -> None:
+    state, log = with_runner(), Log()
+    state.update_runner(heartbeat("r2", gpus=2, at=T0, lease_s=60))
+    state.apply(log.add(*_gang_events("g")), T0)
+    assert state.placement.jobs_on("r2") == ("g",), "every rank holds its GPUs"
+    assert state.gang_overdue(T0 + timedelta(seconds=299), 300) == []
+    [late] = state.gang_overdue(T0 + timedelta(seconds=300), 300)
+    assert (late.job_id, late.attempt) == ("g", 1)
+    assert "ranks [1] of attempt 1 did not start within the gang start timeout" in late.reason
+    state.apply(
+        log.add(e.RankStarted(at=T0, job_id="g", attempt=1, rank=1, runner_id="r2", pid=8)),
+        T0 + timedelta(seconds=10),
+    )
+    assert state.gang_overdue(T0 + timedelta(seconds=900), 300) == []
+
+
+def test_a_gang_is_lost_with_any_of_its_runners() -> None:
+    state, log = with_runner(), Log()
+    state.update_runner(heartbeat("r2", gpus=2, at=T0, lease_s=5))
+    state.apply(log.add(*_gang_events("g")), T0)
+    assert state.lost_jobs(T0 + timedelta(seconds=4)) == []
+    [lost] = state.lost_jobs(T0 + timedelta(seconds=5))
+    assert (lost.job_id, lost.runner_id) == ("g", "r2")

@@ -25,7 +25,7 @@ from ...core.ids import is_valid_job_id, new_job_id
 from ...core.job import JobStatus
 from ...core.spec import JobSpec, decode_spec
 from ..auth.principal import principal
-from ..deps import ApiDeps
+from ..deps import ApiDeps, matching_runner_sizes
 from ..dispatch import idempotent_command_id, job_id_of, reply_status, send
 from ..durations import describe_wait
 from ..problems import ApiProblem
@@ -95,7 +95,8 @@ def spec_for(body: CreateJobRequest, job_id: str) -> JobSpec:
 
 async def check_satisfiable(deps: ApiDeps, body: CreateJobRequest) -> None:
     if body.nodes > 1 or body.host_labels:
-        return  # the scheduler's queue view says whether enough matching runners exist
+        await _check_gang_satisfiable(deps, body)
+        return
     capacity = await deps.gpu_capacity()
     if capacity is not None and body.gpu_count > capacity:
         raise ApiProblem(
@@ -103,6 +104,25 @@ async def check_satisfiable(deps: ApiDeps, body: CreateJobRequest) -> None:
             f"gpu_count {body.gpu_count} can never be placed: a job's GPUs must all be on one "
             f"host, and the largest known runner has {capacity}; ask for at most {capacity}",
         )
+
+
+async def _check_gang_satisfiable(deps: ApiDeps, body: CreateJobRequest) -> None:
+    """Unsatisfiable: no set of ``nodes`` runners carrying the labels has ``gpu_count`` GPUs
+    each (runners ever heard from; dead ones may return)."""
+    sizes = await matching_runner_sizes(deps.read_model, body.host_labels)
+    if sizes is None:
+        return
+    fitting = sum(1 for size in sizes if size >= body.gpu_count)
+    if fitting >= body.nodes:
+        return
+    labels = ",".join(f"{k}={v}" for k, v in sorted(body.host_labels.items()))
+    which = f"runners labelled {labels}" if labels else "runners"
+    raise ApiProblem(
+        "unsatisfiable",
+        f"nodes {body.nodes} x gpu_count {body.gpu_count} can never be placed: it needs "
+        f"{body.nodes} {which} with {body.gpu_count} GPUs each, and {fitting} known "
+        f"{'runner has' if fitting == 1 else 'runners have'} that many",
+    )
 
 
 async def check_files(deps: ApiDeps, body: CreateJobRequest) -> None:

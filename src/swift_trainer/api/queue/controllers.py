@@ -92,6 +92,7 @@ class QueueController(Controller):
                         position=entry.position,
                         priority=entry.priority,
                         gpu_count=entry.gpu_count,
+                        nodes=entry.nodes,
                         estimated_start=entry.estimated_start,
                         estimated_wait_s=wait,
                         estimated_wait_time=describe_wait(wait),

@@ -33,8 +33,10 @@ class QueueEntryResponse(msgspec.Struct, frozen=True, kw_only=True):
     #: starts first the owner with fewer GPUs in use, see Quotas).
     position: int
     priority: int
-    #: GPUs the job needs (one host, all at once).
+    #: GPUs the job needs on each host, all at once.
     gpu_count: int = 1
+    #: Hosts the job spans (``gpu_count`` GPUs on each).
+    nodes: int = 1
     estimated_start: datetime | None = None
     estimated_wait_s: float | None = None
     #: ``about 12 minutes`` or ``unknown``.

@@ -34,8 +34,11 @@ def _everyone(_owner: str | None) -> bool:
     return True
 
 
-async def gpu_holders(read_model: ReadModel) -> dict[tuple[str, int], GpuHolder]:
-    """``(runner_id, gpu index) -> holder`` for every job that holds GPUs now."""
+async def gpu_holders(
+    read_model: ReadModel, ranks: dict[tuple[str, int], int] | None = None
+) -> dict[tuple[str, int], GpuHolder]:
+    """``(runner_id, gpu index) -> holder`` for every job that holds GPUs now; ``ranks``,
+    when given, is filled with the rank each GPU of a multi-node job serves."""
     holders: dict[tuple[str, int], GpuHolder] = {}
     for status in sorted(ACTIVE):
         cursor: str | None = None
@@ -45,6 +48,13 @@ async def gpu_holders(read_model: ReadModel) -> dict[tuple[str, int], GpuHolder]
                 if job.runner_id is not None:
                     for index in job.gpu_ids:
                         holders[(job.runner_id, index)] = GpuHolder(job.job_id, job.owner)
+                        if ranks is not None and job.peers:
+                            ranks[(job.runner_id, index)] = 0
+                    for peer in job.peers:
+                        for index in peer.gpu_ids:
+                            holders[(peer.runner_id, index)] = GpuHolder(job.job_id, job.owner)
+                            if ranks is not None:
+                                ranks[(peer.runner_id, index)] = peer.rank
             if page.next_cursor is None:
                 break
             cursor = page.next_cursor
@@ -60,6 +70,7 @@ def _runner_view(
     lease_s: float,
     holders: dict[tuple[str, int], GpuHolder],
     may_see: OwnerFilter = _everyone,
+    ranks: dict[tuple[str, int], int] | None = None,
 ) -> RunnerGpus:
     """One runner's GPUs; another owner's job is shown as a held GPU without its id,
     processes or run (``may_see`` says whose work the caller may see)."""
@@ -86,6 +97,7 @@ def _runner_view(
                 **msgspec.structs.asdict(shown),
                 job_id=None if holder is None or hidden else holder.job_id,
                 held=holder is not None,
+                rank=(ranks or {}).get((runner_id, gpu.index)),
                 foreign_memory_mib=beat.foreign_memory_mib.get(gpu.index),
                 health_problems=gpu.health.problems,
             )
@@ -107,7 +119,8 @@ def _runner_view(
 async def gpus_overview(
     read_model: ReadModel, now: datetime, lease_s: float, may_see: OwnerFilter = _everyone
 ) -> GpusResponse:
-    holders = await gpu_holders(read_model)
+    ranks: dict[tuple[str, int], int] = {}
+    holders = await gpu_holders(read_model, ranks)
     runners = [
         _runner_view(
             runner_id=s.runner_id,
@@ -117,6 +130,7 @@ async def gpus_overview(
             lease_s=lease_s,
             holders=holders,
             may_see=may_see,
+            ranks=ranks,
         )
         for s in await read_model.runner_snapshots()
     ]

@@ -23,6 +23,8 @@ class GpuView(GpuInfo, frozen=True, omit_defaults=False):
     foreign_memory_mib: int | None = None
     #: Why the GPU gets no new jobs (Xid, ECC, remapped rows, slowdowns); empty: healthy.
     health_problems: tuple[str, ...] = ()
+    #: The rank of the multi-node job holding it (0 is the rank that reports progress).
+    rank: int | None = None
 
 
 class RunnerGpus(msgspec.Struct, frozen=True, kw_only=True):

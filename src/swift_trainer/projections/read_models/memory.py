@@ -232,15 +232,22 @@ class MemoryReadModel:
         stored = self._logs.get(job_id, [])
         high = stored[-1].seq if stored else -1
         fresh: list[LogLine] = []
+        late = 0
         for line in sorted(lines, key=lambda x: x.seq):
             if line.seq > high:
                 fresh.append(line)
                 high = line.seq
-        if fresh:
+                continue
+            at = bisect.bisect_left(stored, line.seq, key=lambda x: x.seq)
+            if at == len(stored) or stored[at].seq != line.seq:
+                # A line another rank's runner read a moment earlier: kept in its place.
+                stored.insert(at, line)
+                late += 1
+        if fresh or late:
             stored.extend(fresh)
             del stored[: -self._limits.log_lines]
             self._logs[job_id] = stored
-        return len(fresh)
+        return len(fresh) + late
 
     async def logs(
         self,

@@ -23,6 +23,7 @@ import msgspec
 from swift_trainer.core import events as e
 from swift_trainer.core.access import is_access_stream
 from swift_trainer.core.errors import MessageError
+from swift_trainer.core.gang import rank_runners
 from swift_trainer.core.job import JobState, JobStatus, evolve, initial_state
 from swift_trainer.core.progress import MetricSample
 from swift_trainer.core.queue_processor import QueueProcessorState, evolve_processor
@@ -307,6 +308,10 @@ def summarize(fold: JobFold) -> JobSummary | None:
         eval_error=state.eval_error,
         start_warnings=state.start_warnings,
         warnings=state.warnings,
+        nodes=spec.nodes,
+        host_labels=dict(spec.host_labels),
+        hosts=rank_runners(state.runner_id, state.peers),
+        peers=state.peers,
     )
 
 

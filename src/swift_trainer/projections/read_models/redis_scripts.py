@@ -33,6 +33,10 @@ for i = 2, #ARGV, 2 do
     redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1])
     high = seq
     added = added + 1
+  elseif #redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[i], ARGV[i], 'LIMIT', 0, 1) == 0 then
+    -- a line another rank's runner read a moment earlier: kept in its place
+    redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1])
+    added = added + 1
   end
 end
 if added > 0 then

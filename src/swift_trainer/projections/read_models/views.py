@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 from swift_trainer.core.failure import Failure
+from swift_trainer.core.gang import RankPlacement
 from swift_trainer.core.job import (
     AttemptFailure,
     Checkpoint,
@@ -121,6 +122,13 @@ class JobSummary(msgspec.Struct, frozen=True):
     start_warnings: tuple[str, ...] = ()
     #: Warnings about running attempts (``resume_stalled``, ``idle``).
     warnings: tuple[JobWarning, ...] = ()
+    #: Hosts the job spans (``gpu_count`` GPUs on each) and the runner labels it asks for.
+    nodes: int = 1
+    host_labels: dict[str, str] = {}
+    #: Every rank's runner while the job holds GPUs, rank 0 (``runner_id``) first.
+    hosts: tuple[str, ...] = ()
+    #: A multi-node job's ranks past rank 0: runner and GPUs of each.
+    peers: tuple[RankPlacement, ...] = ()
 
 
 class JobFold(msgspec.Struct, frozen=True):
@@ -168,7 +176,9 @@ class LogLine(msgspec.Struct, frozen=True, omit_defaults=True):
     """A line of a job's training output.
 
     ``seq`` is assigned by the writer (the runner) and must grow across a job's attempts;
-    a line at or below the highest stored ``seq`` is taken for a redelivery and dropped.
+    a line whose ``seq`` is already stored is taken for a redelivery and dropped. The ranks
+    of a multi-node job write on different runners, so a line may arrive after one with a
+    higher ``seq``: it is kept in its place.
     """
 
     seq: int
@@ -176,6 +186,8 @@ class LogLine(msgspec.Struct, frozen=True, omit_defaults=True):
     at: datetime | None = None
     attempt: int = 0
     stream: str = "stdout"
+    #: The rank of a multi-node job that wrote it (None: a one-node job).
+    rank: int | None = None
 
 
 class QueueEntry(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -194,6 +206,8 @@ class QueueEntry(msgspec.Struct, frozen=True, omit_defaults=True):
     #: while jobs of lower priority stop to make room for it; the reason names them.
     blocked_by: str | None = None
     blocked_reason: str | None = None
+    #: Hosts the job spans (``gpu_count`` GPUs on each).
+    nodes: int = 1
 
 
 class DrainView(msgspec.Struct, frozen=True):

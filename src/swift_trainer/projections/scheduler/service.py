@@ -619,6 +619,7 @@ class SchedulerService:
                 gpu_count=x.gpu_count,
                 blocked_by=x.blocked_by,
                 blocked_reason=x.blocked_reason,
+                nodes=x.nodes,
             )
             for x in self.state.placement.report()
         ]

@@ -9,7 +9,9 @@ const HOT_C = 80;
 
 function holder(gpu) {
   if (gpu.job_id) {
-    return h("a", { href: `#/job/${encodeURIComponent(gpu.job_id)}` }, gpu.job_id);
+    const link = h("a", { href: `#/job/${encodeURIComponent(gpu.job_id)}` }, gpu.job_id);
+    // A multi-node job's GPU: which of its ranks runs here.
+    return gpu.rank == null ? link : h("span", link, h("span.muted", ` rank ${gpu.rank}`));
   }
   if (gpu.held) {
     return h("span.muted", "another owner's job");

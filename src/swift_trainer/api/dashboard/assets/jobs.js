@@ -46,6 +46,11 @@ export function progressCell(job) {
 }
 
 export function gpusText(job) {
+  if ((job.nodes ?? 1) > 1) {
+    // A multi-node job: GPUs per host times hosts, and every rank's host (rank 0 first).
+    const hosts = job.hosts && job.hosts.length ? ` on ${job.hosts.join(", ")}` : "";
+    return `${job.nodes} x ${job.gpu_count}${hosts}`;
+  }
   const host = job.runner_id || job.last_runner_id;
   const ids = job.gpu_ids && job.gpu_ids.length ? `:${job.gpu_ids.join(",")}` : "";
   return host ? `${job.gpu_count} on ${host}${ids}` : `${job.gpu_count}`;

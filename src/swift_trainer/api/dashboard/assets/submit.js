@@ -16,7 +16,9 @@ const JOB_FIELDS = [
   ["model_path", "Model", "text", "", { required: true, placeholder: "Qwen/Qwen2.5-7B-Instruct" }, "A ModelScope id or a path on the runner."],
   ["output_dir", "Output folder", "text", "", { placeholder: "output/<job id>" }, "Relative to the runner's OUTPUT_ROOT."],
   ["job_id", "Job id", "text", "", { placeholder: "generated", pattern: "[A-Za-z0-9_-]{1,64}" }, "Optional; letters, digits, '_' and '-'."],
-  ["gpu_count", "GPUs", "number", 1, { min: 1, max: 64, step: 1, required: true }, "All on one host."],
+  ["gpu_count", "GPUs", "number", 1, { min: 1, max: 64, step: 1, required: true }, "Per host."],
+  ["nodes", "Hosts", "number", 1, { min: 1, max: 64, step: 1 }, "Hosts the job spans; the GPUs above on each."],
+  ["host_labels", "Host labels", "text", "", { placeholder: "rack=r12" }, "Only runners with all these labels."],
   ["priority", "Priority", "number", 5, { min: 0, max: 10, step: 1, required: true }, "0-10, larger starts first."],
   ["labels", "Labels", "text", "", { placeholder: "team=nlp, project=vl" }, "key=value pairs, comma separated."],
   ["max_retries", "Retries when lost", "number", 2, { min: 0, max: 20, step: 1 }, ""],
@@ -238,8 +240,8 @@ export function submitView(main) {
     const body = {};
     for (const [key] of JOB_FIELDS) {
       const value = valueOf(document.getElementById(fieldId(key)));
-      if (key === "labels") {
-        body.labels = parseLabels(value || "");
+      if (key === "labels" || key === "host_labels") {
+        body[key] = parseLabels(value || "");
       } else if (value !== null) {
         body[key] = value;
       }
