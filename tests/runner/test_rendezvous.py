@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from swift_trainer.runner.runner_cli import parse_labels, runner_labels
+from swift_trainer.cli.runner import parse_labels, runner_labels
 
 from swift_trainer.core.errors import SwiftTrainerError
 from swift_trainer.core.gang import rendezvous_env

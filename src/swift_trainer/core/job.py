@@ -191,17 +191,17 @@ class JobState(msgspec.Struct, frozen=True, omit_defaults=True):
     master_addr: str | None = None
     master_port: int | None = None
 
-    @property
-    def gang_started(self) -> bool:
-        """Every rank of the current attempt runs (always true for a one-node job)."""
-        return self.status is JobStatus.RUNNING and len(self.ranks_started) == len(self.peers)
-
     #: Scores of the evaluation after training (``spec.eval``), by dataset.
     eval_results: dict[str, float] = {}
     #: Why that evaluation failed, beside a succeeded training.
     eval_error: str | None = None
     #: What the runner changed to start the current attempt (an unreachable tracker).
     start_warnings: tuple[str, ...] = ()
+
+    @property
+    def gang_started(self) -> bool:
+        """Every rank of the current attempt runs (always true for a one-node job)."""
+        return self.status is JobStatus.RUNNING and len(self.ranks_started) == len(self.peers)
 
     @property
     def exists(self) -> bool:
