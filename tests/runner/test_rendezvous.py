@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from swift_trainer.cli.runner import parse_labels, runner_labels
 
+from swift_trainer.cli.runner import parse_labels, runner_labels
 from swift_trainer.core.errors import SwiftTrainerError
 from swift_trainer.core.gang import rendezvous_env
 from swift_trainer.core.spec import JobSpec
