@@ -93,6 +93,7 @@ async def test_system_status_reports_host_jobs_queue_and_gpus(stack: Stack) -> N
     assert body["jobs"]["running"] == 1
     assert set(body["jobs"]) == {
         "held",
+        "waiting",
         "queued",
         "scheduled",
         "running",
@@ -101,6 +102,7 @@ async def test_system_status_reports_host_jobs_queue_and_gpus(stack: Stack) -> N
         "failed",
         "stopped",
         "paused",
+        "timed_out",
         "cancelled",
     }
     assert body["queue_length"] == 2

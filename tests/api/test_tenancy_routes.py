@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import re
@@ -26,9 +27,11 @@ import httpx
 import pytest
 from litestar import Litestar, get
 
+from swift_trainer.api.app import create_app
 from swift_trainer.api.auth.principal import Principal
 from swift_trainer.api.dashboard.routes import ASSETS
 from swift_trainer.projections.access_view import AccessFollower, AccessView
+from swift_trainer.projections.experiments.experiments_service import ExperimentsService
 from swift_trainer.projections.read_models import MemoryReadModel
 
 from .conftest import PREFIX, Stack, running_stack
@@ -61,6 +64,9 @@ Kind = Literal[
     "create_openai",
     "hook_create",
     "hook_delete",
+    "sweep_create",
+    "sweep_read",
+    "sweep_write",
 ]
 
 
@@ -76,6 +82,10 @@ class Row:
 T = PREFIX
 J = "{job_id:str}"
 F = "{file_id:str}"
+S = "{sweep_id:str}"
+#: A sweep's base and grid: small, so that its trials are few.
+SWEEP_BASE = {"data_path": "d#10", "model_path": "m", "output_dir": "output/walk"}
+SWEEP_GRID = {"train_args.lora_rank": {"values": [8]}}
 
 #: (method, path template as the app names it) -> its rule.
 ROUTES: dict[tuple[str, str], Row] = {
@@ -127,6 +137,21 @@ ROUTES: dict[tuple[str, str], Row] = {
     ("POST", f"{T}/jobs/{J}/start"): Row("job_write"),
     ("POST", f"{T}/jobs/{J}/stop"): Row("job_write"),
     ("DELETE", f"{T}/queue/{J}"): Row("job_write"),
+    ("GET", f"{T}/sweeps"): Row("list"),
+    ("POST", f"{T}/sweeps"): Row(
+        "sweep_create", {"name": "walk", "base": SWEEP_BASE, "parameters": SWEEP_GRID}
+    ),
+    ("GET", f"{T}/sweeps/{S}"): Row("sweep_read"),
+    ("GET", f"{T}/sweeps/{S}/results.csv"): Row("sweep_read"),
+    ("POST", f"{T}/sweeps/{S}/stop"): Row("sweep_write"),
+    ("POST", f"{T}/sweeps/{S}/cancel"): Row("sweep_write"),
+    ("GET", f"{T}/runners"): Row("admin"),
+    ("POST", f"{T}/runners/{{runner_id:str}}/drain"): Row(
+        "admin", {"reason": "the walk"}, example=f"{T}/runners/runner-1/drain"
+    ),
+    ("POST", f"{T}/runners/{{runner_id:str}}/undrain"): Row(
+        "admin", example=f"{T}/runners/runner-1/undrain"
+    ),
     ("GET", "/v1/files"): Row("list"),
     ("POST", "/v1/files"): Row("upload"),
     ("GET", f"/v1/files/{F}"): Row("file_read"),
@@ -145,7 +170,7 @@ ROUTES: dict[tuple[str, str], Row] = {
 }
 
 
-def expected(kind: Kind, who: Who, target: Target) -> frozenset[int]:
+def expected(kind: Kind, who: Who, target: Target) -> frozenset[int]:  # noqa: C901 - the table
     """The statuses a call may answer: the rule of each kind, in one place."""
     if kind == "open":
         return frozenset({200})
@@ -158,12 +183,14 @@ def expected(kind: Kind, who: Who, target: Target) -> frozenset[int]:
     if kind == "admin":
         return frozenset({200} if who == "admin" else {403})
     sees = target == "own" or (target == "other" and who != "user")
-    if kind == "job_read":
+    if kind in ("job_read", "sweep_read"):
         return frozenset({200} if sees and target != "none" else {404})
     if who == "viewer" and kind != "file_read":
         return frozenset({403})
-    if kind == "job_write":
+    if kind in ("job_write", "sweep_write"):
         return WRITE_OK if sees and target != "none" else frozenset({404})
+    if kind == "sweep_create":
+        return frozenset({201})
     file_seen = (target == "own" and who in ("user", "admin")) or (
         target == "other" and who == "admin"
     )
@@ -184,6 +211,8 @@ def expected(kind: Kind, who: Who, target: Target) -> frozenset[int]:
 
 def targets_of(kind: Kind) -> tuple[Target, ...]:
     if kind in ("job_read", "job_write", "file_read", "file_delete", "hook_delete"):
+        return TARGETS
+    if kind in ("sweep_read", "sweep_write"):
         return TARGETS
     if kind in ("create_native", "create_openai"):
         return TARGETS
@@ -269,6 +298,7 @@ class World:
     job: dict[str, str]
     file: dict[str, str]
     hook: dict[str, str] = field(default_factory=dict)
+    sweep: dict[str, str] = field(default_factory=dict)
     bob_files: set[str] = field(default_factory=set)
     counter: itertools.count[int] = field(default_factory=itertools.count)
 
@@ -299,6 +329,19 @@ class World:
         hook_id: str = response.json()["webhook_id"]
         return hook_id
 
+    async def new_sweep(self, owner: Literal["user", "bob"]) -> str:
+        name = "alice" if owner == "user" else BOB
+        body = {
+            "sweep_id": f"{name}-sweep-{next(self.counter)}",
+            "name": "walk",
+            "base": SWEEP_BASE,
+            "parameters": SWEEP_GRID,
+        }
+        response = await self.http.post(f"{PREFIX}/sweeps", json=body, headers=self.headers(owner))
+        assert response.status_code == 201, response.text
+        sweep_id: str = response.json()["sweep_id"]
+        return sweep_id
+
     async def new_file(self, owner: Literal["user", "bob"]) -> str:
         line = BOB_LINE if owner == "bob" else "alice-line"
         content = json.dumps({"query": line, "response": "ok"}) + "\n"
@@ -318,15 +361,13 @@ class World:
 @contextlib.asynccontextmanager
 async def world_of(tmp_path: Path) -> AsyncIterator[tuple[World, Litestar]]:
     view = AccessView()
-    async with (
-        running_stack(
-            tmp_path, MemoryReadModel(), access=view, write_rate=0, stream_heartbeat_s=0.2
-        ) as (
-            stack,
-            app,
-        ),
-        serving(app) as base,
-    ):
+    async with running_stack(
+        tmp_path, MemoryReadModel(), access=view, write_rate=0, stream_heartbeat_s=0.2
+    ) as (stack, _):
+        experiments = ExperimentsService(stack.nc, store=stack.store, retry_s=0.3)
+        await experiments.start()
+        await experiments.wait_ready()
+        app = create_app(dataclasses.replace(stack.deps, experiments=experiments))
         follower = AccessFollower(stack.nc, view)
         await follower.start(timeout=10)
         try:
@@ -339,8 +380,10 @@ async def world_of(tmp_path: Path) -> AsyncIterator[tuple[World, Litestar]]:
             for who, (owner, role) in keys.items():
                 secrets[who] = await issue(stack, view, f"key-{who}", owner, role)  # type: ignore[index]
             bob_secret = await issue(stack, view, "key-bob", BOB, "user")
-            root = base.removesuffix(PREFIX)
-            async with httpx.AsyncClient(base_url=root, timeout=10) as http:
+            async with (
+                serving(app) as base,
+                httpx.AsyncClient(base_url=base.removesuffix(PREFIX), timeout=10) as http,
+            ):
                 world = World(stack, http, secrets, bob_secret, {}, {})
                 world.file = {
                     "own": await world.new_file("user"),
@@ -357,6 +400,11 @@ async def world_of(tmp_path: Path) -> AsyncIterator[tuple[World, Litestar]]:
                     "other": await world.new_hook("bob"),
                 }
                 world.hook["none"] = "nosuchhook-1"
+                world.sweep = {
+                    "own": await world.new_sweep("user"),
+                    "other": await world.new_sweep("bob"),
+                }
+                world.sweep["none"] = "nosuchsweep-1"
                 await stack.settled()
                 # bob's job holds GPU 0 of a live runner: the GPU view must not name it.
                 now = datetime.now(UTC)
@@ -365,6 +413,7 @@ async def world_of(tmp_path: Path) -> AsyncIterator[tuple[World, Litestar]]:
                 yield world, app
         finally:
             await follower.stop()
+            await experiments.stop()
 
 
 # --- the walk ------------------------------------------------------------------------------------
@@ -439,7 +488,7 @@ async def walk(world: World, rows: dict[tuple[str, str], Row]) -> list[str]:
                 if row.kind == "hook_delete" and allowed == {204}:
                     hook_id = await world.new_hook("user" if target == "own" else "bob")
                 url = row.example or template.replace(J, job_id).replace(F, file_id)
-                url = url.replace("{webhook_id:str}", hook_id)
+                url = url.replace("{webhook_id:str}", hook_id).replace(S, world.sweep[target])
                 body = _fill(row.body, file_id) if row.body is not None else None
                 status, text = await _call(world, method, url, who, body)
                 answers[target] = (status, text)
@@ -447,7 +496,7 @@ async def walk(world: World, rows: dict[tuple[str, str], Row]) -> list[str]:
                 if status not in allowed:
                     wrong.append(f"{where}: {status} not in {sorted(allowed)}: {text[:160]}")
                 if who in ("user", "none"):
-                    leaked = _leaks(world, text, (job_id, file_id, hook_id))
+                    leaked = _leaks(world, text, (job_id, file_id, hook_id, world.sweep[target]))
                     if leaked:
                         wrong.append(f"{where}: the body names {leaked}: {text[:160]}")
                 await world.stack.settled()

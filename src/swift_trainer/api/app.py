@@ -52,9 +52,10 @@ Runs ms-swift fine-tuning jobs on your own GPU hosts. Writes are recorded as eve
 acted on asynchronously; reads come from projections of those events, so a job you just
 created may take a moment to appear in reads.
 
-**Job statuses**: `held` (created with `auto_start: false`), `queued`, `scheduled` (GPUs
-chosen, the runner is starting it), `running`, `stopping`,
-`succeeded`, `failed`, `stopped`, `paused` (resumable), `cancelled` (final).
+**Job statuses**: `held` (created with `auto_start: false`), `waiting` (for the jobs named
+in `after`), `queued`, `scheduled` (GPUs chosen, the runner is starting it), `running`,
+`stopping`, `succeeded`, `failed`, `stopped`, `paused` (resumable), `timed_out` (reached
+its `max_runtime`; resumable), `cancelled` (final).
 
 **Errors** are RFC 9457 problem details (`application/problem+json`) with a stable `code`.
 Validation failures are 422, malformed JSON 400, state conflicts 409, an unavailable
