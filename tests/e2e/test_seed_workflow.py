@@ -67,7 +67,8 @@ def test_the_seed_workflow_end_to_end(service: Service) -> None:
     # Three one-GPU jobs on two GPUs: the third queues.
     first = create(service, "training_001", steps=2000, priority=9)
     second = create(service, "training_002", steps=2000, priority=5)
-    assert first["status"] == second["status"] == "queued"
+    # The create waits up to 1 s for the scheduler, so a free GPU may already be taken.
+    assert {first["status"], second["status"]} <= {"queued", "scheduled", "running"}
     service.wait_status("training_001", "running")
     service.wait_status("training_002", "running")
     # Prefer: wait asks for the scheduler's answer rather than "pending" (issue 16).
