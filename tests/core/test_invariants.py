@@ -98,3 +98,16 @@ def test_a_reused_event_id_is_reported() -> None:
         )
     )
     assert [(v.rule, v.position) for v in repeated_appends(log.events)] == [("event_repeated", 99)]
+
+
+def test_one_command_may_store_two_events_of_a_type_but_not_one_fact_twice() -> None:
+    log = Log()
+    _placed(log, "a", "r1", 0)
+    for path in ("o/a/checkpoint-2", "o/a/checkpoint-4"):
+        log.add(e.CheckpointRemoved(at=T0, job_id="a", path=path, reason="rotated"), "removed")
+    assert repeated_appends(log.events) == []
+    # The same fact decided again a moment later: a redelivered command stored twice.
+    later = T0.replace(second=5)
+    log.add(e.JobPaused(at=T0, job_id="a", reason="x", attempt=1), "pause")
+    log.add(e.JobPaused(at=later, job_id="a", reason="x", attempt=1), "pause")
+    assert [v.rule for v in repeated_appends(log.events)] == ["command_appended_twice"]

@@ -102,7 +102,7 @@ def test_an_xid_gpu_leaves_placement_and_the_job_finishes_on_the_other(service: 
     # The card itself reports the Xid: placement keeps every job off it.
     gpus = [g for r in service.http.get("/gpus").json()["runners"] for g in r["gpus"]]
     sick = next(g for g in gpus if g["uuid"] == faulty[0])
-    assert sick["health"]["xid_events"]
+    assert sick["health"].get("xid_events"), sick
 
 
 def test_checkpoints_rotated_out_are_no_longer_offered(service: Service) -> None:
