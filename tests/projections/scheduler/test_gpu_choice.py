@@ -125,8 +125,8 @@ def test_choosing_more_gpus_than_offered_is_an_error() -> None:
 
 def test_a_gpu_with_exactly_the_memory_asked_for_matches() -> None:
     exact = gpu(0, total=1_953_125)  # 2**20 * 1,953,125 bytes = 2048 GB exactly
-    assert gpu_matches(exact, (2048.0, None))
-    assert not gpu_matches(exact, (2048.5, None))
+    assert gpu_matches(exact, requirement_of(2048.0, None))
+    assert not gpu_matches(exact, requirement_of(2048.5, None))
 
 
 def test_a_gang_may_take_every_candidate_but_not_more() -> None:
