@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from swift_trainer.core import events as e
 from swift_trainer.core.inventory import GpuInfo, GpuProcess, HostInfo, InventorySnapshot
-from swift_trainer.runner.agent import assignment_problem
+from swift_trainer.runner.host_checks import assignment_problem
 from swift_trainer.runner.run_state import RunRecord
 
 NOW = datetime.now(UTC)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from swift_trainer.runner.agent import HandledEvents
+from swift_trainer.runner.host_checks import HandledEvents
 
 
 def test_handled_events_persist_and_stay_bounded(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from swift_trainer.runner.agent import ResumePoint, resolve_resume
+from swift_trainer.runner.host_checks import ResumePoint, resolve_resume
 
 
 def test_resume_falls_back_to_the_newest_complete_checkpoint(tmp_path: Path) -> None:

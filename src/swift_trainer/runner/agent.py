@@ -15,8 +15,7 @@ import contextlib
 import importlib.metadata
 import logging
 import os
-import re
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
@@ -38,23 +37,27 @@ from ..bus.messages import EventEnvelope, JobStateAnswer, ReplyError, decode_eve
 from ..bus.trace_headers import extract_context
 from ..core import commands as c
 from ..core import events as e
-from ..core.atomic_file import write_atomic
 from ..core.errors import SwiftTrainerError
 from ..core.ids import job_stream
-from ..core.inventory import InventorySnapshot, RunnerHeartbeat, RunnerJob
+from ..core.inventory import RunnerHeartbeat
 from ..core.limits import MAX_REASON_CHARS
-from ..core.spec import JobSpec, effective_train_args
+from ..core.spec import JobSpec
 from ..core.tasks import cancel_and_wait, unsubscribe_quietly
 from . import rank_starts
 from .dataset_cache import DatasetCache, DatasetUnavailable
-from .evaluation import EvalReport, build_eval_command, run_eval
-from .gpu_probe import SIM_FAULT_DIR, GpuInventory, foreign_memory_mib
+from .evaluation import evaluation_of
+from .gpu_probe import GpuInventory, foreign_memory_mib
+from .host_checks import (
+    HandledEvents,
+    assignment_problem,
+    merged_artifact_complete,
+    resolve_resume,
+)
 from .log_publisher import LogPublisher
-from .outcome import JobOutcome
 from .rendezvous import reaching_address
 from .reporting import ReportOutbox, RunReporters
-from .run_state import RunRecord, run_key
-from .sim_faults import fault_args
+from .run_state import RunRecord, heartbeat_jobs, run_key
+from .sim_faults import job_fault_args
 from .supervisor import AlreadyRunning, LaunchError, Supervisor
 from .swift_command import (
     build_export_command,
@@ -82,15 +85,6 @@ def _version() -> str:
         return importlib.metadata.version("swift-trainer")
     except importlib.metadata.PackageNotFoundError:
         return ""
-
-
-def merged_artifact_complete(path: str | Path) -> bool:
-    """A merged model folder with its config and at least one weight file."""
-    folder = Path(path)
-    if not (folder / "config.json").is_file():
-        return False
-    patterns = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin")
-    return any(any(folder.glob(pattern)) for pattern in patterns)
 
 
 def _is_dir(path: Path) -> bool:
@@ -260,30 +254,13 @@ class RunnerAgent:
         before = await self.supervisor.own_pids_async()
         snapshot = await asyncio.to_thread(self.inventory.snapshot)
         own = before | await self.supervisor.own_pids_async()
-        running = [
-            RunnerJob(
-                job_id=record.job_id,
-                attempt=record.attempt,
-                kind=record.kind,
-                export_id=record.export_id,
-                pid=record.pid,
-            )
-            for record in self.supervisor.running()
-        ]
-        # A run that ended but whose outcome is not delivered yet is still this runner's:
-        # listed without a pid, so the scheduler does not take it for a vanished process.
-        listed = {(job.job_id, job.attempt) for job in running if job.kind == "job"}
-        ending = [
-            RunnerJob(job_id=job_id, attempt=attempt)
-            for job_id, attempt in sorted(self.outbox.undelivered_attempts() - listed)
-        ]
         return RunnerHeartbeat(
             runner_id=self.runner_id,
             at=datetime.now(UTC),
             lease_s=self.lease_s,
             inventory=snapshot,
             foreign_memory_mib={gpu.index: foreign_memory_mib(gpu, own) for gpu in snapshot.gpus},
-            jobs=(*running, *ending),
+            jobs=heartbeat_jobs(self.supervisor.running(), self.outbox.undelivered_attempts()),
             draining=self.draining,
             version=_version(),
             labels=self.labels,
@@ -446,7 +423,11 @@ class RunnerAgent:
         except DatasetUnavailable as exc:
             self._reject(event, exc.message)
             return
-        extra_args = self._simulated_faults(spec, event)
+        extra_args = (
+            job_fault_args(spec, event.train_args, event.attempt, self.output_root)
+            if self.simulate_faults
+            else []
+        )
         if event.train_args is not None:  # a retry changed them (a halved batch)
             spec = msgspec.structs.replace(spec, train_args=event.train_args)
         marker = None
@@ -482,7 +463,13 @@ class RunnerAgent:
                     self.reporters.job(
                         event.job_id,
                         event.attempt,
-                        self._evaluation(spec, event.gpu_ids),
+                        evaluation_of(
+                            spec,
+                            event.gpu_ids,
+                            output_root=self.output_root,
+                            swift_executable=self.swift_executable,
+                            base_env=self.base_env,
+                        ),
                         warnings=warnings,
                         rank=0 if event.peers else None,
                     ),
@@ -494,41 +481,6 @@ class RunnerAgent:
         _log.info("started attempt %d of %s: pid %d", event.attempt, event.job_id, pid)
         if marker is not None:
             self.outbox.submit(rank_starts.rendezvous_report(event, self.runner_id, marker))
-
-    def _simulated_faults(self, spec: JobSpec, event: e.JobScheduled) -> list[str]:
-        if not self.simulate_faults:
-            return []
-        args = event.train_args or spec.train_args
-        return fault_args(
-            spec.labels,
-            attempt=event.attempt,
-            batch_size=effective_train_args(args).batch_size,
-            spec_batch_size=spec.effective_args.batch_size,
-            fault_dir=self.output_root / SIM_FAULT_DIR,
-        )
-
-    def _evaluation(
-        self, spec: JobSpec, gpu_ids: Sequence[int]
-    ) -> Callable[[JobOutcome], Awaitable[EvalReport]] | None:
-        """``swift eval`` of the trained model, when the spec asks for it (``spec.eval``)."""
-        if spec.eval is None:
-            return None
-
-        async def evaluate(outcome: JobOutcome) -> EvalReport:
-            trained = outcome.output_path or outcome.checkpoint
-            if trained is None:
-                return EvalReport(error="training left no final checkpoint to evaluate")
-            invocation = build_eval_command(
-                spec,
-                output_root=self.output_root,
-                trained=trained,
-                gpu_ids=gpu_ids,
-                swift_executable=self.swift_executable,
-                base_env=self.base_env,
-            )
-            return await run_eval(invocation)
-
-        return evaluate
 
     def _on_stop(self, event: e.StopRequested) -> None:
         running = self._running_job(event.job_id)
@@ -646,108 +598,3 @@ async def _settle(reply: Awaitable[None], verb: str, msg: Msg) -> None:
         await reply
     except Exception as exc:
         _log.warning("cannot %s the message on %s: %s", verb, msg.subject, exc)
-
-
-# --- what a start checks on this host -------------------------------------------------
-
-
-class ResumePoint(msgspec.Struct, frozen=True):
-    """The checkpoint an attempt resumes from on this host, or why there is none."""
-
-    path: str | None
-    problem: str | None = None
-
-
-_CHECKPOINT_DIR: Final = re.compile(r"checkpoint-(\d+)")
-
-
-def resolve_resume(resume_from: str | None) -> ResumePoint:
-    """The checkpoint to resume from here, or why there is none.
-
-    A relative path is resolved inside the job's output folder by the command builder. An
-    absolute one must be on this host. When it is gone but the folder holds newer complete
-    checkpoints (an attempt marked lost trained on, and ``save_total_limit`` rotated the
-    recorded one away), the newest is used: it holds at least as much progress. A
-    checkpoint folder without its ``trainer_state.json`` is incomplete and never used.
-    """
-    if not resume_from or not Path(resume_from).is_absolute():
-        return ResumePoint(resume_from)
-    if (Path(resume_from) / "trainer_state.json").is_file():
-        return ResumePoint(resume_from)  # complete: HF's Trainer writes this file last
-    named = Path(resume_from)
-    candidates = []
-    with contextlib.suppress(OSError):
-        for entry in named.parent.iterdir():
-            match = _CHECKPOINT_DIR.fullmatch(entry.name)
-            if match and (entry / "trainer_state.json").is_file():
-                candidates.append((int(match.group(1)), entry))
-    if candidates:
-        newest = max(candidates)[1]
-        _log.warning("checkpoint %s is gone or incomplete; resuming from %s", named, newest)
-        return ResumePoint(str(newest))
-    return ResumePoint(None, f"checkpoint {resume_from} to resume from is not on this runner")
-
-
-def assignment_problem(
-    event: e.JobScheduled,
-    snapshot: InventorySnapshot,
-    own_pids: Collection[int],
-    running: Iterable[RunRecord],
-    max_foreign_memory_mib: int,
-) -> str | None:
-    """Why the assigned GPUs cannot be used now, or None: not visible here, another UUID
-    (a stale placement), in use by another job of ours, or holding more than
-    ``max_foreign_memory_mib`` of processes this runner did not start."""
-    gpus = {gpu.index: gpu for gpu in snapshot.gpus}
-    missing = [i for i in event.gpu_ids if i not in gpus]
-    if missing:
-        return f"GPUs {missing} are not visible on this runner ({snapshot.error or 'not listed'})"
-    for index, uuid in zip(event.gpu_ids, event.gpu_uuids, strict=False):
-        if gpus[index].uuid != uuid:
-            return f"GPU {index} is {gpus[index].uuid} here, not {uuid}: the placement is stale"
-    for record in running:
-        shared = sorted(set(record.gpu_ids) & set(event.gpu_ids))
-        if shared and record.kind == "job" and record.job_id != event.job_id:
-            return f"GPUs {shared} are in use by job {record.job_id} on this runner"
-    for index in event.gpu_ids:
-        foreign = foreign_memory_mib(gpus[index], own_pids)
-        if foreign > max_foreign_memory_mib:
-            return (
-                f"GPU {index} has {foreign} MiB in use by processes this runner did not "
-                f"start (limit {max_foreign_memory_mib} MiB)"
-            )
-    return None
-
-
-class HandledEvents:
-    """Ids of the start and export events acted on, kept on disk across restarts.
-
-    A start redelivered after the process it started has already ended (the ack was lost
-    with a crash) must not train the attempt a second time. Bounded: the oldest ids go.
-    """
-
-    def __init__(self, path: str | Path, *, limit: int = 4096) -> None:
-        self.path = Path(path)
-        self.limit = limit
-        self._ids: dict[str, None] = {}
-        try:
-            loaded = msgspec.json.decode(self.path.read_bytes(), type=list[str])
-        except FileNotFoundError:
-            loaded = []
-        except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
-            _log.warning("ignoring unreadable %s: %s", self.path, exc)
-            loaded = []
-        self._ids = dict.fromkeys(loaded[-limit:])
-
-    def __contains__(self, event_id: object) -> bool:
-        return event_id in self._ids
-
-    def add(self, event_id: str) -> None:
-        self._ids[event_id] = None
-        while len(self._ids) > self.limit:
-            self._ids.pop(next(iter(self._ids)))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            write_atomic(self.path, msgspec.json.encode(list(self._ids)))
-        except OSError as exc:
-            _log.error("cannot persist %s: %s", self.path, exc)

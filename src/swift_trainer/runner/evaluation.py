@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO, Final
 
@@ -24,6 +24,7 @@ import msgspec
 from swift_trainer.core.limits import MAX_REASON_CHARS
 from swift_trainer.core.spec import JobSpec
 
+from .outcome import JobOutcome
 from .swift_command import SwiftInvocation, _base_env, _executable, job_output_dir
 
 _log = logging.getLogger(__name__)
@@ -142,3 +143,32 @@ def _tail(path: Path, lines: int = 3) -> str:
     except OSError:
         return ""
     return " | ".join(line.strip() for line in text.splitlines()[-lines:] if line.strip())
+
+
+def evaluation_of(
+    spec: JobSpec,
+    gpu_ids: Sequence[int],
+    *,
+    output_root: Path,
+    swift_executable: str | Sequence[str],
+    base_env: Mapping[str, str] | None,
+) -> Callable[[JobOutcome], Awaitable[EvalReport]] | None:
+    """``swift eval`` of the trained model, when the spec asks for it (``spec.eval``)."""
+    if spec.eval is None:
+        return None
+
+    async def evaluate(outcome: JobOutcome) -> EvalReport:
+        trained = outcome.output_path or outcome.checkpoint
+        if trained is None:
+            return EvalReport(error="training left no final checkpoint to evaluate")
+        invocation = build_eval_command(
+            spec,
+            output_root=output_root,
+            trained=trained,
+            gpu_ids=gpu_ids,
+            swift_executable=swift_executable,
+            base_env=base_env,
+        )
+        return await run_eval(invocation)
+
+    return evaluate

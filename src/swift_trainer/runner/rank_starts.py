@@ -18,6 +18,7 @@ from ..core import events as e
 from ..core.gang import rendezvous_env
 from ..core.spec import JobSpec
 from .dataset_cache import DatasetUnavailable
+from .host_checks import resolve_resume
 from .rendezvous import RendezvousMarker, free_port, shared_output_problem, write_marker
 from .supervisor import AlreadyRunning, LaunchError
 from .swift_command import build_sft_command, job_output_dir
@@ -130,8 +131,6 @@ async def _start_rank(
     except DatasetUnavailable as exc:
         agent._reject(as_scheduled, exc.message)
         return
-    from .agent import resolve_resume
-
     try:
         invocation = build_sft_command(
             spec,

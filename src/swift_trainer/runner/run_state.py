@@ -11,12 +11,14 @@ import contextlib
 import hashlib
 import logging
 import re
+from collections.abc import Iterable, Set
 from pathlib import Path
 from typing import Literal
 
 import msgspec
 
 from ..core.atomic_file import write_atomic
+from ..core.inventory import RunnerJob
 
 _log = logging.getLogger(__name__)
 
@@ -92,3 +94,27 @@ class RunStateStore:
                 with contextlib.suppress(OSError):
                     path.rename(path.with_suffix(".corrupt"))
         return records
+
+
+def heartbeat_jobs(
+    running: Iterable[RunRecord], undelivered: Set[tuple[str, int]]
+) -> tuple[RunnerJob, ...]:
+    """The runs a heartbeat lists: every live process, then each attempt that ended but
+    whose outcome is not delivered yet. Those are listed without a pid, so the scheduler
+    does not take them for vanished processes."""
+    live = [
+        RunnerJob(
+            job_id=record.job_id,
+            attempt=record.attempt,
+            kind=record.kind,
+            export_id=record.export_id,
+            pid=record.pid,
+        )
+        for record in running
+    ]
+    listed = {(job.job_id, job.attempt) for job in live if job.kind == "job"}
+    ending = [
+        RunnerJob(job_id=job_id, attempt=attempt)
+        for job_id, attempt in sorted(set(undelivered) - listed)
+    ]
+    return (*live, *ending)

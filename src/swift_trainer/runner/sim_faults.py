@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
+from ..core.spec import JobSpec, TrainArgs, effective_train_args
+
 FAIL_LABEL: Final = "sim.fail"
 FAIL_AT_STEP_LABEL: Final = "sim.fail_at_step"
 MAX_BATCH_LABEL: Final = "sim.max_batch"
@@ -99,3 +101,18 @@ def report_faulted_card(fault_dir: str | Path, visible_devices: str) -> None:
     folder = Path(fault_dir)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / first).write_text(str(SIM_XID), encoding="utf-8")
+
+
+def job_fault_args(
+    spec: JobSpec, train_args: TrainArgs | None, attempt: int, output_root: Path
+) -> list[str]:
+    """The simulator flags for a simulated runner's start of this attempt of ``spec``."""
+    from .gpu_probe import SIM_FAULT_DIR  # the runner's side only: the simulator stays light
+
+    return fault_args(
+        spec.labels,
+        attempt=attempt,
+        batch_size=effective_train_args(train_args or spec.train_args).batch_size,
+        spec_batch_size=spec.effective_args.batch_size,
+        fault_dir=output_root / SIM_FAULT_DIR,
+    )

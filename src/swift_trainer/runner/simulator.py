@@ -118,17 +118,13 @@ def _err(text: str) -> None:
 
 def format_time(seconds: float) -> str:
     """ms-swift's ``format_time``: ``"1d 2h 3m 4s"``, ``"2h 3m 4s"``, ``"3m 4s"``, ``"4s"``."""
-    days = int(seconds // 86400)
-    hours = int(seconds % 86400 // 3600)
-    minutes = int(seconds % 3600 // 60)
-    secs = int(seconds % 60)
-    if days > 0:
-        return f"{days}d {hours}h {minutes}m {secs}s"
-    if hours > 0:
-        return f"{hours}h {minutes}m {secs}s"
-    if minutes > 0:
-        return f"{minutes}m {secs}s"
-    return f"{secs}s"
+    parts = (
+        (int(seconds // 86400), "d"),
+        (int(seconds % 86400 // 3600), "h"),
+        (int(seconds % 3600 // 60), "m"),
+    )
+    shown = [f"{n}{unit}" for i, (n, unit) in enumerate(parts) if any(m for m, _ in parts[: i + 1])]
+    return " ".join([*shown, f"{int(seconds % 60)}s"])
 
 
 def _traceback(error: str, frames: Sequence[tuple[str, int, str, str]]) -> None:
@@ -576,42 +572,6 @@ def _export_worker(argv: list[str]) -> int:
     return 0
 
 
-# --- swift eval (EvalScope) ------------------------------------------------------------------
-
-
-def _eval(argv: list[str]) -> int:
-    """``swift eval``: a score per dataset, written where EvalScope writes its reports.
-
-    The score is a stable function of the model and the dataset, so tests can predict it;
-    ``SWIFT_SIM_EVAL_FAIL=1`` makes the evaluation fail as a crashed EvalScope would.
-    """
-    parser = argparse.ArgumentParser(prog="swift eval", add_help=False)
-    parser.add_argument("--model")
-    parser.add_argument("--adapters", nargs="+", default=[])
-    parser.add_argument("--eval_dataset", nargs="+", default=[])
-    parser.add_argument("--eval_output_dir", default="eval_output")
-    parser.add_argument("--eval_limit", type=int)
-    args, _unknown = parser.parse_known_args(argv)
-    frames = [("swift/cli/eval.py", 5, "<module>", "eval_main()")]
-    if not args.model or not args.eval_dataset:
-        _traceback("ValueError: swift eval needs --model and --eval_dataset", frames)
-        return 1
-    _err(f"[INFO:swift] eval_dataset: {args.eval_dataset}, limit: {args.eval_limit}")
-    if os.environ.get("SWIFT_SIM_EVAL_FAIL", "").lower() in {"1", "true", "yes"}:
-        _traceback("RuntimeError: EvalScope could not load the dataset (simulated)", frames)
-        return 1
-    trained = args.adapters[0] if args.adapters else args.model
-    name = Path(trained).name or "model"
-    reports = Path(args.eval_output_dir) / "reports" / name
-    reports.mkdir(parents=True, exist_ok=True)
-    for dataset in args.eval_dataset:
-        seed = sum(ord(ch) for ch in f"{trained}|{dataset}")
-        score = round(0.2 + (seed % 70) / 100, 4)
-        write_json(reports / f"{dataset}.json", {"dataset_name": dataset, "score": score})
-        _out(f"| {name} | {dataset} | mean_acc | {score} |")
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == [_TORCHRUN]:
@@ -621,7 +581,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     command, rest = args[0].replace("-", "_"), args[1:]
     if command == "eval":
-        return _eval(rest)
+        from swift_trainer.runner.sim_eval import simulated_eval
+
+        return simulated_eval(rest)
     if command not in {"sft", "rlhf", "export"}:
         _err(f"KeyError: '{command}' (the simulator knows sft, rlhf and export)")
         return 2
