@@ -161,7 +161,11 @@ class RunnerAgent:
         )
         self.logs = LogPublisher(nc, runner_id)
         self.reporters = RunReporters(
-            runner_id=runner_id, outbox=self.outbox, logs=self.logs, supervisor=supervisor
+            runner_id=runner_id,
+            outbox=self.outbox,
+            logs=self.logs,
+            supervisor=supervisor,
+            before_outcome=self._before_outcome,
         )
         self.handled = HandledEvents(self.state_dir / "handled.json")
         #: Uploaded datasets, fetched from the object store (the state dir is per runner).
@@ -272,6 +276,17 @@ class RunnerAgent:
         beat = await self.heartbeat()
         await self._kv.put(self.runner_id, msgspec.json.encode(beat))
         self.heartbeats += 1
+
+    async def _before_outcome(self, outcome: JobOutcome) -> None:
+        """A run that ended on faulted GPUs is heartbeaten at once, before its failure is
+        reported: the scheduler (and ``GET /gpus``) then sees the cards' faults before it
+        retries the job elsewhere, not up to ``heartbeat_s`` later."""
+        if outcome.failure is None or not outcome.failure.gpus or self._kv is None:
+            return
+        try:
+            await self._heartbeat_once()
+        except Exception as exc:  # NATS away: the next regular beat carries the faults
+            _log.warning("the heartbeat after a GPU fault failed: %s", exc)
 
     # --- events -------------------------------------------------------------------------
 

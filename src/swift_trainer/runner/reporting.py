@@ -296,6 +296,7 @@ class JobReports:
         evaluate: Callable[[JobOutcome], Awaitable[EvalReport]] | None = None,
         warnings: tuple[str, ...] = (),
         rank: int | None = None,
+        before_outcome: Callable[[JobOutcome], Awaitable[None]] | None = None,
     ) -> None:
         #: What was changed to start the run; reported with the start.
         self.warnings = tuple(w[:MAX_REASON_CHARS] for w in warnings)
@@ -310,6 +311,8 @@ class JobReports:
         self.rank = rank
         self._started_id = started_id
         self._on_finished = on_finished
+        #: Awaited before the outcome is reported (the agent heartbeats a GPU fault first).
+        self._before_outcome = before_outcome
 
     async def on_started(self, pid: int, argv: tuple[str, ...]) -> None:
         command = c.ReportStarted(
@@ -374,6 +377,11 @@ class JobReports:
             command = msgspec.structs.replace(
                 command, eval_results=report.results, eval_error=report.error
             )
+        if self._before_outcome is not None:
+            try:
+                await self._before_outcome(outcome)
+            except Exception:  # the outcome is reported whatever happened before it
+                _log.exception("preparing the outcome report of %s failed", self.job_id)
         self.outbox.submit(command)
         if self._on_finished is not None:
             self._on_finished(outcome)
@@ -487,11 +495,14 @@ class RunReporters:
         outbox: ReportOutbox,
         logs: LogPublisher,
         supervisor: Supervisor,
+        before_outcome: Callable[[JobOutcome], Awaitable[None]] | None = None,
     ) -> None:
         self.runner_id = runner_id
         self.outbox = outbox
         self.logs = logs
         self.supervisor = supervisor
+        #: Awaited before each job outcome is reported (``JobReports.before_outcome``).
+        self.before_outcome = before_outcome
 
     def job(
         self,
@@ -519,6 +530,7 @@ class RunReporters:
             evaluate=evaluate,
             warnings=warnings,
             rank=rank,
+            before_outcome=self.before_outcome,
         )
 
     def export(self, event: e.ExportRequested) -> ExportReports:
