@@ -16,6 +16,7 @@ from typing import Any, Final, TypeVar
 import nats
 import nats.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
     DiscardPolicy,
@@ -266,3 +267,12 @@ async def _provision_once(
     await ensure_bucket(js, subjects.RUNNERS_BUCKET, runner_lease_s, replicas=replicas)
     await ensure_bucket(js, subjects.SCHEDULER_LEASE_BUCKET, scheduler_lease_s, replicas=replicas)
     await ensure_file_bucket(js, replicas=replicas)
+
+
+async def settle(reply: Awaitable[None], verb: str, msg: Msg) -> None:
+    """Send an ack, nak or term; a failure is logged, not raised: the message is then
+    redelivered after ``ack_wait`` and handled again (handling is idempotent)."""
+    try:
+        await reply
+    except Exception as exc:
+        _log.warning("cannot %s the message on %s: %s", verb, msg.subject, exc)

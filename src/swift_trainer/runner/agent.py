@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.metadata
 import logging
 import os
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
@@ -32,7 +31,7 @@ from opentelemetry import trace
 
 from ..bus import subjects
 from ..bus.command_client import CommandClient
-from ..bus.connection import retry_transient
+from ..bus.connection import retry_transient, settle
 from ..bus.messages import EventEnvelope, JobStateAnswer, ReplyError, decode_event_envelope
 from ..bus.trace_headers import extract_context
 from ..core import commands as c
@@ -54,9 +53,10 @@ from .host_checks import (
     resolve_resume,
 )
 from .log_publisher import LogPublisher
+from .outcome import JobOutcome
 from .rendezvous import reaching_address
 from .reporting import ReportOutbox, RunReporters
-from .run_state import RunRecord, heartbeat_jobs, run_key
+from .run_state import RunRecord, heartbeat_jobs, run_key, runner_version
 from .sim_faults import job_fault_args
 from .supervisor import AlreadyRunning, LaunchError, Supervisor
 from .swift_command import (
@@ -78,13 +78,6 @@ _GONE: Final = frozenset({"new", "deleted"})
 
 def consumer_name(runner_id: str) -> str:
     return f"runner-{runner_id}"
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("swift-trainer")
-    except importlib.metadata.PackageNotFoundError:
-        return ""
 
 
 def _is_dir(path: Path) -> bool:
@@ -266,7 +259,7 @@ class RunnerAgent:
             foreign_memory_mib={gpu.index: foreign_memory_mib(gpu, own) for gpu in snapshot.gpus},
             jobs=heartbeat_jobs(self.supervisor.running(), self.outbox.undelivered_attempts()),
             draining=self.draining,
-            version=_version(),
+            version=runner_version(),
             labels=self.labels,
             advertise_address=self.advertise_address,
         )
@@ -314,7 +307,7 @@ class RunnerAgent:
         except SwiftTrainerError as exc:
             self.malformed += 1
             _log.warning("terminating undecodable message on %s: %s", msg.subject, exc)
-            await _settle(msg.term(), "term", msg)
+            await settle(msg.term(), "term", msg)
             return
         with _tracer.start_as_current_span(
             f"runner {envelope.type}",
@@ -328,9 +321,9 @@ class RunnerAgent:
                 _log.exception(
                     "handling %s %s failed; redelivering", envelope.type, envelope.event_id
                 )
-                await _settle(msg.nak(delay=2.0), "nak", msg)
+                await settle(msg.nak(delay=2.0), "nak", msg)
                 return
-        await _settle(msg.ack(), "ack", msg)
+        await settle(msg.ack(), "ack", msg)
 
     async def dispatch(self, envelope: EventEnvelope, event: e.AnyEvent) -> None:
         match event:
@@ -604,12 +597,3 @@ class RunnerAgent:
         task = asyncio.create_task(later(), name=f"resend {key}")
         self._resends.add(task)
         task.add_done_callback(self._resends.discard)
-
-
-async def _settle(reply: Awaitable[None], verb: str, msg: Msg) -> None:
-    """Send an ack, nak or term; a failure is logged, not raised: the message is then
-    redelivered after ``ack_wait`` and handled again (handling is idempotent)."""
-    try:
-        await reply
-    except Exception as exc:
-        _log.warning("cannot %s the message on %s: %s", verb, msg.subject, exc)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import logging
 import re
 from collections.abc import Iterable, Set
@@ -118,3 +119,11 @@ def heartbeat_jobs(
         for job_id, attempt in sorted(set(undelivered) - listed)
     ]
     return (*live, *ending)
+
+
+def runner_version() -> str:
+    """The installed swift-trainer version a heartbeat reports ("" when not installed)."""
+    try:
+        return importlib.metadata.version("swift-trainer")
+    except importlib.metadata.PackageNotFoundError:
+        return ""
