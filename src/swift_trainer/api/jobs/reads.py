@@ -145,8 +145,9 @@ class JobReadsController(Controller):
         "/{job_id:str}",
         summary="Job details",
         description=(
-            "Statuses: held, queued, scheduled (GPUs chosen, the runner is "
-            "starting it), running, stopping, succeeded, failed, stopped, paused, cancelled."
+            "Statuses: held, waiting (for the jobs in after), queued, scheduled (GPUs chosen, "
+            "the runner is starting it), running, stopping, succeeded, failed, stopped, "
+            "paused, timed_out (reached max_runtime), cancelled."
         ),
         responses=problems(404, 422, 503),
     )
