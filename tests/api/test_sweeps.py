@@ -63,7 +63,10 @@ async def test_create_show_list_csv_and_cancel(sweeps: SweepStack) -> None:
 
     async def two_queued() -> bool:
         got = (await http.get(f"{API}/sweeps/s1")).json()
-        return bool(got["counts"] == {"queued": 2, "pending": 1})
+        # The process manager has seen both trials submitted: a cancel now signals both.
+        known = sweeps.experiments.sweeps.trials
+        submitted = all(j in known and known[j].submitted for j in ("s1-t0", "s1-t1"))
+        return bool(got["counts"] == {"queued": 2, "pending": 1}) and submitted
 
     await wait_for(two_queued)
     listed = (await http.get(f"{API}/sweeps")).json()["sweeps"]
