@@ -162,6 +162,9 @@ async def _stop(
     """
     experiments = _experiments(deps)
     state = _sweep(deps, sweep_id)
+    # The trials this request stops: those under way now. The process manager may stop
+    # them first (it reacts to the same event); either way they are signalled once.
+    under_way = [index for index, record in state.begun.items() if record.outcome is None]
     reason = "cancelled by user" if intent == "cancel" else "stopped by user"
     command = StopSweep(sweep_id=sweep_id, intent="cancel" if intent == "cancel" else "stop")
     command = msgspec.structs.replace(command, reason=reason)
@@ -183,7 +186,8 @@ async def _stop(
         *(deps.commands.send(a.command, command_id=a.command_id) for a in actions),
         return_exceptions=True,
     )
-    signalled = sum(1 for r in results if not isinstance(r, BaseException) and r.ok)
+    sent = sum(1 for r in results if not isinstance(r, BaseException) and r.ok)
+    signalled = max(sent, len(under_way))
     return SweepCommandResponse(
         sweep_id=sweep_id,
         status=sweep_status(state),
