@@ -194,18 +194,22 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
 async def ensure_bucket(
     js: JetStreamContext, bucket: str, ttl_s: float, history: int = 1, replicas: int = 1
 ) -> None:
+    """Create the bucket unless it exists; an existing bucket's own settings win.
+
+    Processes started together race to create it: a create refused because another
+    process just made the bucket (with its own TTL) counts as done once the bucket is there.
+    """
     try:
         await js.key_value(bucket)
     except (NotFoundError, BadRequestError):
-        await js.create_key_value(
-            KeyValueConfig(
-                bucket=bucket,
-                ttl=ttl_s,
-                history=history,
-                storage=StorageType.FILE,
-                replicas=replicas,
-            ),
+        config = KeyValueConfig(
+            bucket=bucket, ttl=ttl_s, history=history, storage=StorageType.FILE, replicas=replicas
         )
+        try:
+            await js.create_key_value(config)
+        except BadRequestError:
+            await js.key_value(bucket)  # made concurrently: fine; still missing: raise
+            _log.debug("bucket %s created concurrently", bucket)
 
 
 #: What a JetStream call answers while a cluster elects leaders or a node restarts.
