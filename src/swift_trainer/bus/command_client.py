@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from contextlib import AbstractContextManager
 from typing import Final
 
 import msgspec
@@ -46,6 +47,23 @@ class CommandClient:
         self.timeout = timeout
         self.actor = actor
 
+    def envelope(
+        self,
+        command: AnyCommand,
+        command_id: str | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        actor: str | None = None,
+    ) -> CommandEnvelope:
+        """The envelope a send carries: a new id unless given, this client's actor."""
+        return CommandEnvelope(
+            command_id=command_id or new_id(),
+            command=command,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            actor=actor or self.actor,
+        )
+
     async def send(
         self,
         command: AnyCommand,
@@ -58,19 +76,9 @@ class CommandClient:
         retries: int = 2,
     ) -> CommandReply:
         """Send and wait for the outcome; lost replies are retried with the same id."""
-        envelope = CommandEnvelope(
-            command_id=command_id or new_id(),
-            command=command,
-            correlation_id=correlation_id,
-            causation_id=causation_id,
-            actor=actor or self.actor,
-        )
+        envelope = self.envelope(command, command_id, correlation_id, causation_id, actor)
         name = type(command).__name__
-        with _tracer.start_as_current_span(
-            f"send {name}",
-            kind=trace.SpanKind.PRODUCER,
-            attributes={"command.type": name, "command.id": envelope.command_id},
-        ):
+        with send_span(envelope):
             data = encode(envelope)
             headers = inject_headers()
             wait = timeout or self.timeout
@@ -132,3 +140,13 @@ class CommandClient:
         if answer.error is not None:
             raise CommandUnavailable(f"the state of {job_id} is unknown: {answer.error.message}")
         return answer
+
+
+def send_span(envelope: CommandEnvelope) -> AbstractContextManager[trace.Span]:
+    """The producer span of one command send, whichever way the command travels."""
+    name = type(envelope.command).__name__
+    return _tracer.start_as_current_span(
+        f"send {name}",
+        kind=trace.SpanKind.PRODUCER,
+        attributes={"command.type": name, "command.id": envelope.command_id},
+    )

@@ -12,18 +12,15 @@ import asyncio
 import logging
 
 from nats.aio.client import Client
-from opentelemetry import trace
 
 from ..core.commands import AnyCommand
 from ..core.errors import SwiftTrainerError
-from ..core.ids import new_id
-from .command_client import CommandClient, CommandUnavailable
+from .command_client import CommandClient, CommandUnavailable, send_span
 from .command_handler import CommandHandler
 from .messages import CommandEnvelope, CommandReply, decode_envelope, encode, error_reply
 from .trace_headers import inject_headers
 
 _log = logging.getLogger(__name__)
-_tracer = trace.get_tracer(__name__)
 
 
 class LocalCommandClient(CommandClient):
@@ -53,19 +50,9 @@ class LocalCommandClient(CommandClient):
         retries: int = 2,
     ) -> CommandReply:
         """Decide and record ``command`` here; the reply is the one NATS would carry."""
-        envelope = CommandEnvelope(
-            command_id=command_id or new_id(),
-            command=command,
-            correlation_id=correlation_id,
-            causation_id=causation_id,
-            actor=actor or self.actor,
-        )
+        envelope = self.envelope(command, command_id, correlation_id, causation_id, actor)
         name = type(command).__name__
-        with _tracer.start_as_current_span(
-            f"send {name}",
-            kind=trace.SpanKind.PRODUCER,
-            attributes={"command.type": name, "command.id": envelope.command_id},
-        ):
+        with send_span(envelope):
             try:
                 checked = decode_envelope(encode(envelope))
             except SwiftTrainerError as exc:  # what the handler answers a malformed request
