@@ -214,6 +214,30 @@ async def test_open_feeds_share_one_subscription_and_the_last_one_ends_it(
         await wait_for(lambda: asyncio.sleep(0, listening() == 0), what="the last feed to end it")
 
 
+async def test_a_feed_opened_while_the_last_one_closes_stays_live() -> None:
+    """A dashboard that changes its filter closes one feed and opens another; when the
+    server ends the old listener just as the new feed joins, the new feed stays live."""
+    subscriptions: list[str] = []
+
+    async def subscribe(subject: str) -> AsyncIterator[bytes]:
+        subscriptions.append(subject)
+        while True:
+            await asyncio.sleep(3600)
+            yield b"{}"
+
+    hub = changes._Hub(subscribe)
+    first = hub.join()
+    await wait_for(lambda: asyncio.sleep(0, len(subscriptions) == 1), what="the listener")
+    leaving = asyncio.ensure_future(hub.leave(first))
+    await asyncio.sleep(0)  # the old listener is cancelled, its cleanup not yet run
+    second = hub.join()
+    await leaving
+    await wait_for(lambda: asyncio.sleep(0, len(subscriptions) == 2), what="a new listener")
+    assert not second.lost
+    assert not second.wake.is_set()
+    await hub.leave(second)
+
+
 async def test_a_job_called_changes_keeps_its_routes(memory_stack: Stack) -> None:
     await memory_stack.create(job_id="changes")
     for path in ("", "/status", "/logs", "/events", "/progress"):

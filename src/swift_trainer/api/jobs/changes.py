@@ -145,9 +145,13 @@ class _Hub:
         except Exception:
             _log.warning("jobs feed lost its NATS subscription", exc_info=True)
         finally:
-            for pending in self.feeds:
-                pending.lost = True
-                pending.wake.set()
+            # A listener that ``leave`` ended is no longer the hub's: the feeds open now
+            # joined after it and have a listener of their own, so only a listener still
+            # current tells its feeds the subscription is gone.
+            if self.task is asyncio.current_task():
+                for pending in self.feeds:
+                    pending.lost = True
+                    pending.wake.set()
             close = getattr(messages, "aclose", None)
             if close is not None:
                 await close()
