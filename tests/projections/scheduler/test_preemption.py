@@ -329,3 +329,93 @@ def test_a_plan_whose_gpus_another_job_took_is_given_up() -> None:
     scheduler.assign(RunningJob(job_id="intruder", runner_id="a", gpu_ids=(0,), priority=1))
     scheduler.place()
     assert "urgent" not in scheduler.plans
+
+
+# --- multi-node preemptors (rule 6) ---------------------------------------------------------
+
+
+def test_a_multi_node_job_uses_a_free_host_and_makes_room_on_the_cheapest_other() -> None:
+    hosts = [view("a", {}), view("b", {0: "x", 1: "x"}), view("c", {0: "y", 1: "y"})]
+    known = {"x": facts("x", 3), "y": facts("y", 1, lost=900)}
+    plan = find_preemption("p", 9, 2, hosts, known, nodes=2)
+    assert isinstance(plan, PreemptionPlan)
+    assert plan.hosts == (("a", (0, 1)), ("c", (0, 1)))
+    assert [(v.job_id, v.runner_id) for v in plan.victims] == [("y", "c")]
+    assert plan.gpus_on("c") == (0, 1) and plan.gpus_on("b") == ()
+    assert plan.reason(plan.victims[0]).endswith("on host c")
+
+
+def test_at_one_priority_the_hosts_losing_least_work_are_preempted() -> None:
+    hosts = [view(r, {0: f"j{r}", 1: f"j{r}"}) for r in "abc"]
+    known = {"ja": facts("ja", 2, lost=300), "jb": facts("jb", 2, lost=10), "jc": facts("jc", 1)}
+    plan = find_preemption("p", 9, 2, hosts, known, nodes=2)
+    assert isinstance(plan, PreemptionPlan)
+    assert sorted(v.job_id for v in plan.victims) == ["jb", "jc"], "lowest top priority first"
+    assert [runner for runner, _ in plan.hosts] == ["b", "c"]
+
+
+def test_a_multi_node_job_waits_when_hosts_free_soon_suffice() -> None:
+    soon = VictimFacts(job_id="s", attempt=1, priority=1, eligible=False, soon=True)
+    hosts = [view("a", {}), view("b", {0: "s", 1: "s"}), view("c", {0: "x", 1: "x"})]
+    known = {"s": soon, "x": facts("x", 1)}
+    assert find_preemption("p", 9, 2, hosts, known, nodes=2) == Wait("b", ("a",))
+
+
+def test_a_multi_node_job_preempts_nobody_when_too_few_hosts_can_be_freed() -> None:
+    hosts = [view("a", {0: "x", 1: "x"}), view("b", {0: "hi", 1: "hi"})]
+    known = {"x": facts("x", 1), "hi": facts("hi", 9)}
+    assert find_preemption("p", 9, 2, hosts, known, nodes=2) is None
+
+
+def gang_cluster() -> PlacementCore:
+    scheduler = PlacementCore(ON)
+    for runner_id in "ab":
+        scheduler.update_host(host(runner_id, 2))
+        scheduler.assign(
+            RunningJob(job_id=f"low-{runner_id}", runner_id=runner_id, gpu_ids=(0, 1), priority=2)
+        )
+    scheduler.set_victim_facts({n: facts(n, 2) for n in ("low-a", "low-b")})
+    return scheduler
+
+
+def test_a_blocked_multi_node_job_frees_two_hosts_and_starts_on_both_at_once() -> None:
+    scheduler = gang_cluster()
+    scheduler.submit(msgspec.structs.replace(job("urgent", priority=9, gpus=2), nodes=2))
+    placement = scheduler.place()
+    assert placement.decisions == ()
+    (plan,) = placement.preemptions
+    assert plan.victim_ids == {"low-a", "low-b"}
+    assert plan.hosts == (("a", (0, 1)), ("b", (0, 1)))
+    scheduler.release("low-a")
+    scheduler.submit(job("backfill", priority=1, gpus=1))
+    assert scheduler.place().decisions == (), "the first freed host is held for the gang"
+    scheduler.release("low-b")
+    decisions = scheduler.place().decisions
+    (decision,) = [d for d in decisions if d.job_id == "urgent"]
+    assert (decision.runner_id, decision.gpu_ids) == ("a", (0, 1))
+    assert [(p.rank, p.runner_id, p.gpu_ids) for p in decision.peers] == [(1, "b", (0, 1))]
+    assert scheduler.jobs_on("a") == ("urgent",) and scheduler.jobs_on("b") == ("urgent",)
+    assert scheduler.gpus_in_use(None) == 4, "every rank's GPUs count for its owner"
+
+
+def test_a_multi_node_job_over_its_owners_quota_preempts_nobody() -> None:
+    scheduler = gang_cluster()
+    scheduler.set_quota("team", 3)
+    gang = msgspec.structs.replace(job("urgent", priority=9, gpus=2, owner="team"), nodes=2)
+    scheduler.submit(gang)
+    assert scheduler.place().preemptions == (), "2 nodes x 2 GPUs is over a quota of 3"
+
+
+def test_a_multi_node_plan_is_given_up_when_one_of_its_hosts_dies() -> None:
+    scheduler = gang_cluster()
+    scheduler.submit(msgspec.structs.replace(job("urgent", priority=9, gpus=2), nodes=2))
+    assert scheduler.place().preemptions
+    scheduler.release("low-a")
+    scheduler.place()
+    scheduler.update_host(host("b", 2, alive=False))
+    scheduler.place()
+    assert "urgent" not in scheduler.plans
+    scheduler.remove("urgent")
+    scheduler.submit(job("next", priority=1, gpus=2))
+    (decision,) = scheduler.place().decisions
+    assert (decision.job_id, decision.runner_id) == ("next", "a"), "host a's hold is gone"

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import IO
 
@@ -69,7 +68,7 @@ async def test_the_standby_process_takes_over_when_the_leader_is_killed(
         async def someone_leads() -> bool:
             return await _holder(bus) in procs
 
-        await eventually(someone_leads, timeout=30, what="a scheduler process to lead")
+        await eventually(someone_leads, timeout=60, what="a scheduler process to lead")
         leader = await _holder(bus)
         assert leader is not None
         standby = next(name for name in procs if name != leader)
@@ -83,15 +82,14 @@ async def test_the_standby_process_takes_over_when_the_leader_is_killed(
 
         procs[leader].send_signal(signal.SIGKILL)
         procs[leader].wait(timeout=10)
-        killed_at = time.monotonic()
         await bus.submit("after")
 
         async def standby_leads() -> bool:
             return await _holder(bus) == standby
 
-        await eventually(standby_leads, timeout=6 * SCHEDULER_LEASE_S, what="takeover")
-        await eventually(lambda: placed("after"), timeout=15, what="the standby to place a job")
-        assert time.monotonic() - killed_at < 4 * SCHEDULER_LEASE_S
+        # Within about 1.2 lease TTLs on a quiet machine; here, only that it happens.
+        await eventually(standby_leads, timeout=30, what="takeover")
+        await eventually(lambda: placed("after"), timeout=30, what="the standby to place a job")
 
         procs[standby].send_signal(signal.SIGTERM)
         assert procs[standby].wait(timeout=30) == 0, "a scheduler exits 0 on SIGTERM"

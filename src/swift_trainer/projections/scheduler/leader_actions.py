@@ -214,7 +214,7 @@ class LeaderActions:
                         preempted_by=plan.job_id,
                         reason=reason,
                         grace_s=victim.grace_s,
-                        reserved_gpu_ids=plan.gpu_ids,
+                        reserved_gpu_ids=plan.gpus_on(victim.runner_id or plan.runner_id),
                     )
                 )
 

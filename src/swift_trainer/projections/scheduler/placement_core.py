@@ -24,10 +24,12 @@ from typing import Final
 
 import msgspec
 
-from .gpu_choice import ANY_GPU
+from swift_trainer.core.gang import RankPlacement
+
+from .gpu_choice import ANY_GPU, Requirement
 from .gpu_snapshots import HostSnapshot, RunningJob
 from .job_queue import JobQueue, QueuedJob
-from .occupancy import INFINITY, Occupancy
+from .occupancy import INFINITY, Occupancy, rank_key
 from .owner_usage import OwnerUsage
 from .placement import (
     Decision,
@@ -267,62 +269,101 @@ class PlacementCore:
     def _drop_plan(self, job_id: str) -> None:
         plan = self._plans.pop(job_id, None)
         if plan is not None:
-            self._occupancy.release(HOLD_PREFIX + job_id)
-            self._summaries.pop(plan.runner_id, None)
+            self._release_holds(plan)
+
+    def _release_holds(self, plan: PreemptionPlan) -> None:
+        """Let go of the GPUs held for a preemptor, on every host of its plan."""
+        for rank, (runner_id, _) in enumerate(plan.hosts):
+            self._occupancy.release(rank_key(HOLD_PREFIX + plan.job_id, rank))
+            self._summaries.pop(runner_id, None)
 
     def _advance_plans(self) -> list[Decision]:
         """Start each preemptor whose GPUs are all free; hold the free ones of the rest.
 
-        A plan ends when its preemptor leaves the queue, its host dies, or one of its GPUs
-        is taken by anything but its victims (it is then searched for again).
+        A plan ends when its preemptor leaves the queue, one of its hosts dies, or one of
+        its GPUs is taken by anything but its victims (it is then searched for again).
         """
         occupancy, decisions = self._occupancy, []
         for job_id, plan in list(self._plans.items()):
             hold = HOLD_PREFIX + job_id
             job = self._queue.get(job_id)
-            runner_id, wanted = plan.runner_id, frozenset(plan.gpu_ids)
-            allowed = plan.victim_ids | {_CLAIM_PREFIX + v for v in plan.victim_ids} | {hold}
-            broken = (
-                job is None
-                or not occupancy.is_live(runner_id)
-                or not wanted <= occupancy.usable_gpus(runner_id, job.shape[1])
-                or any(not occupancy.holders_at(runner_id, i) <= allowed for i in wanted)
+            allowed = (
+                plan.victim_ids
+                | {_CLAIM_PREFIX + v for v in plan.victim_ids}
+                | {rank_key(hold, rank) for rank in range(len(plan.hosts))}
+            )
+            broken = job is None or any(
+                not occupancy.is_live(runner_id)
+                or not frozenset(gpus) <= occupancy.usable_gpus(runner_id, job.shape[1])
+                or any(not occupancy.holders_at(runner_id, i) <= allowed for i in gpus)
+                for runner_id, gpus in plan.hosts
             )
             if broken:
                 self._drop_plan(job_id)
                 continue
             assert job is not None
-            held = occupancy.holding(hold)
-            mine = frozenset(held[1]) if held is not None else frozenset()
-            newly = occupancy.free_gpus(runner_id) & wanted
-            if mine | newly != wanted:
-                if newly:
-                    occupancy.hold(hold, runner_id, sorted(mine | newly), INFINITY)
+            if not self._hold_free(plan):
                 continue
-            occupancy.release(hold)
+            self._release_holds(plan)
             del self._plans[job_id]
             self._queue.remove(job_id)
-            duration = job.expected_duration_s
-            occupancy.hold(job_id, runner_id, plan.gpu_ids, _ends_at(duration))
-            self._usage.hold(job_id, job.owner, job.gpu_count)
-            self._running[job_id] = RunningJob(
-                job_id=job_id,
-                runner_id=runner_id,
-                gpu_ids=plan.gpu_ids,
-                remaining_s=duration,
-                priority=job.priority,
-                owner=job.owner,
-            )
-            decisions.append(
-                Decision(
-                    job_id=job_id,
-                    attempt=job.attempt + 1,
-                    runner_id=runner_id,
-                    gpu_ids=plan.gpu_ids,
-                    gpu_uuids=tuple(occupancy.gpu(runner_id, i).uuid for i in plan.gpu_ids),
-                )
-            )
+            decisions.append(self._start_planned(job, plan))
         return decisions
+
+    def _hold_free(self, plan: PreemptionPlan) -> bool:
+        """Hold for the preemptor each of its GPUs that is free now; True once all are."""
+        occupancy, hold = self._occupancy, HOLD_PREFIX + plan.job_id
+        grown: list[tuple[str, str, frozenset[int]]] = []
+        ready = True
+        for rank, (runner_id, gpus) in enumerate(plan.hosts):
+            key = rank_key(hold, rank)
+            wanted = frozenset(gpus)
+            held = occupancy.holding(key)
+            mine = frozenset(held[1]) if held is not None else frozenset()
+            newly = occupancy.free_gpus(runner_id) & wanted
+            ready = ready and mine | newly == wanted
+            if newly:
+                grown.append((key, runner_id, mine | newly))
+        if not ready:
+            for key, runner_id, gpus_held in grown:
+                occupancy.hold(key, runner_id, sorted(gpus_held), INFINITY)
+        return ready
+
+    def _start_planned(self, job: QueuedJob, plan: PreemptionPlan) -> Decision:
+        """The preemptor's start on the GPUs its plan freed, every rank at once."""
+        occupancy, job_id = self._occupancy, job.job_id
+        duration = job.expected_duration_s
+        if plan.peers:
+            occupancy.hold_gang(job_id, plan.hosts, _ends_at(duration))
+        else:
+            occupancy.hold(job_id, plan.runner_id, plan.gpu_ids, _ends_at(duration))
+        self._usage.hold(job_id, job.owner, sum(len(gpus) for _, gpus in plan.hosts))
+        peers = tuple(
+            RankPlacement(
+                rank=rank,
+                runner_id=runner_id,
+                gpu_ids=gpus,
+                gpu_uuids=tuple(occupancy.gpu(runner_id, i).uuid for i in gpus),
+            )
+            for rank, (runner_id, gpus) in enumerate(plan.peers, start=1)
+        )
+        self._running[job_id] = RunningJob(
+            job_id=job_id,
+            runner_id=plan.runner_id,
+            gpu_ids=plan.gpu_ids,
+            remaining_s=duration,
+            priority=job.priority,
+            owner=job.owner,
+            peers=peers,
+        )
+        return Decision(
+            job_id=job_id,
+            attempt=job.attempt + 1,
+            runner_id=plan.runner_id,
+            gpu_ids=plan.gpu_ids,
+            gpu_uuids=tuple(occupancy.gpu(plan.runner_id, i).uuid for i in plan.gpu_ids),
+            peers=peers,
+        )
 
     def _preempt(self) -> tuple[PreemptionPlan, ...]:
         """Plans for the queued jobs that fit nowhere now, in queue order.
@@ -358,8 +399,8 @@ class PlacementCore:
                 found = "planned"
             elif (
                 count <= occupancy.capacity(requirement)
-                and not usage.over_quota(owner, count)
-                and occupancy.fit_host(count, requirement) is None
+                and not usage.over_quota(owner, count * requirement.nodes)
+                and not self._fits_now(count, requirement)
             ):
                 hosts = [
                     self._host_view(runner_id, requirement)
@@ -367,14 +408,21 @@ class PlacementCore:
                     if runner_id not in waited_on
                 ]
                 found = find_preemption(
-                    job.job_id, job.priority, count, hosts, facts, taken=taken, cache=summaries
+                    job.job_id,
+                    job.priority,
+                    count,
+                    hosts,
+                    facts,
+                    nodes=requirement.nodes,
+                    taken=taken,
+                    cache=summaries,
                 )
             if isinstance(found, PreemptionPlan):
                 plans.append(found)
                 taken |= found.victim_ids
                 self._adopt(found)
             elif isinstance(found, Wait):
-                waited_on.add(found.runner_id)
+                waited_on.update(found.runner_ids)
                 continue  # it waits: the rest of the lane too
             elif found != "planned":
                 continue  # nobody to preempt: the rest of the lane neither
@@ -394,12 +442,16 @@ class PlacementCore:
 
     def _adopt(self, plan: PreemptionPlan) -> None:
         """Keep a new plan, and hold its GPUs that are free already."""
-        occupancy = self._occupancy
         self._plans[plan.job_id] = plan
-        free = occupancy.free_gpus(plan.runner_id) & set(plan.gpu_ids)
-        if free:
-            occupancy.hold(HOLD_PREFIX + plan.job_id, plan.runner_id, sorted(free), INFINITY)
-        self._summaries.pop(plan.runner_id, None)
+        self._hold_free(plan)
+        for runner_id, _ in plan.hosts:
+            self._summaries.pop(runner_id, None)
+
+    def _fits_now(self, count: int, requirement: Requirement) -> bool:
+        occupancy = self._occupancy
+        if requirement.nodes > 1:
+            return occupancy.fit_gang(count, requirement) is not None
+        return occupancy.fit_host(count, requirement) is not None
 
     def _host_view(self, runner_id: str, requirement: object) -> HostGpus:
         occupancy = self._occupancy

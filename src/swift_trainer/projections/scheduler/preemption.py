@@ -19,6 +19,10 @@ pass (``victim_facts``: the clock is a parameter), and the placement core asks
    unnecessary is let off again. Among hosts, the set whose highest priority is lowest
    wins, then the least work lost, then the fewest victims, then the lowest runner id.
 5. A job over its owner's ``max_gpus`` preempts nobody.
+6. A multi-node job of ``nodes`` N needs N hosts with room: hosts whose GPUs are free now
+   count first, and rule 4 makes room on as many others as are missing. The cheapest
+   hosts win by the same order (the highest priority among all victims, then the work
+   lost, then the victims); a host whose GPUs free soon means waiting, as in rule 3.
 
 The result names the GPUs the preemptor will start on; the core holds them for it (no
 backfill takes them) until the victims have stopped. See docs/preemption.md.
@@ -74,22 +78,36 @@ class Victim(msgspec.Struct, frozen=True, kw_only=True):
     priority: int
     lost_work_s: float
     grace_s: float
+    #: The host whose GPUs its stop frees for the preemptor ("": the plan's first host).
+    runner_id: str = ""
 
 
 class PreemptionPlan(msgspec.Struct, frozen=True, kw_only=True):
-    """Stop ``victims`` so that ``job_id`` starts on ``gpu_ids`` of ``runner_id``."""
+    """Stop ``victims`` so that ``job_id`` starts on ``gpu_ids`` of ``runner_id`` (and, for
+    a multi-node job, its other ranks on ``peers``)."""
 
     job_id: str
     priority: int
     runner_id: str
     gpu_ids: tuple[int, ...]
     victims: tuple[Victim, ...]
+    #: A multi-node preemptor's ranks past rank 0: ``(runner_id, gpu_ids)``, rank 1 first.
+    peers: tuple[tuple[str, tuple[int, ...]], ...] = ()
+
+    @property
+    def hosts(self) -> tuple[tuple[str, tuple[int, ...]], ...]:
+        """Every rank's host and GPUs, rank 0 first."""
+        return ((self.runner_id, self.gpu_ids), *self.peers)
+
+    def gpus_on(self, runner_id: str) -> tuple[int, ...]:
+        """The GPUs the preemptor will take on one host (none if it takes no GPU there)."""
+        return next((gpus for host, gpus in self.hosts if host == runner_id), ())
 
     def reason(self, victim: Victim) -> str:
         """The audit trail's words for one victim's stop."""
         return (
             f"preempted by {self.job_id} (priority {self.priority} > {victim.priority}) "
-            f"on host {self.runner_id}"
+            f"on host {victim.runner_id or self.runner_id}"
         )
 
     @property
@@ -108,10 +126,17 @@ class HostGpus(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Wait(msgspec.Struct, frozen=True):
-    """The search's verdict when free and soon-free GPUs already suffice on a host: the job
-    waits for them, and no job after it in the pass may take them for a preemption."""
+    """The search's verdict when free and soon-free GPUs already suffice on a host (on
+    enough hosts, for a multi-node job): the job waits for them, and no job after it in the
+    pass may take them for a preemption."""
 
     runner_id: str
+    #: The other hosts a multi-node job waits for.
+    others: tuple[str, ...] = ()
+
+    @property
+    def runner_ids(self) -> tuple[str, ...]:
+        return (self.runner_id, *self.others)
 
 
 #: A host at a glance, whatever the preemptor: its free GPUs, its GPUs that free soon, and
@@ -164,10 +189,12 @@ def find_preemption(
     hosts: Iterable[HostGpus],
     facts: Mapping[str, VictimFacts],
     *,
+    nodes: int = 1,
     taken: frozenset[str] | set[str] = frozenset(),
     cache: SummaryCache | None = None,
 ) -> PreemptionPlan | Wait | None:
-    """The cheapest plan that makes room for a job of ``count`` GPUs at ``priority``.
+    """The cheapest plan that makes room for a job of ``count`` GPUs at ``priority`` (on
+    each of ``nodes`` hosts).
 
     Returns ``Wait`` when some host will have room within the grace without preempting,
     and None when no set of victims would do. ``taken``: jobs already chosen as victims
@@ -178,6 +205,10 @@ def find_preemption(
     Hosts are tried in order of the lowest priority their plan could have (a bound from
     the summary), and the search stops once that bound exceeds the best plan found.
     """
+    if nodes > 1:
+        return _find_gang_preemption(
+            job_id, priority, count, nodes=nodes, hosts=hosts, facts=facts, taken=taken
+        )
     bounded = []
     for host in hosts:
         if len(host.usable) < count:
@@ -199,28 +230,107 @@ def find_preemption(
     for bound, _, host in bounded:
         if best is not None and bound > best[0][0]:
             break
-        free, _, candidates = _classify(host, priority, facts, taken)
-        chosen = _choose(host, count, len(free), candidates)
-        if chosen is None:
+        room = _room_on(host, priority, count, facts, taken)
+        if room is None:
             continue
-        freed = _freed(host, {v.job_id for v in chosen})
-        gpu_ids = tuple(sorted([*sorted(free), *sorted(freed)][:count]))
-        key = (
-            max(v.priority for v in chosen),
-            sum(v.lost_work_s for v in chosen),
-            len(chosen),
-            host.runner_id,
-        )
+        key, gpu_ids, chosen = room
         if best is None or key < best[0]:
             plan = PreemptionPlan(
                 job_id=job_id,
                 priority=priority,
                 runner_id=host.runner_id,
                 gpu_ids=gpu_ids,
-                victims=tuple(chosen),
+                victims=chosen,
             )
             best = (key, plan)
     return None if best is None else best[1]
+
+
+#: How a host's room compares: highest victim priority, work lost, victims, runner id.
+_RoomKey = tuple[int, float, int, str]
+
+
+def _room_on(
+    host: HostGpus,
+    priority: int,
+    count: int,
+    facts: Mapping[str, VictimFacts],
+    taken: frozenset[str] | set[str],
+) -> tuple[_RoomKey, tuple[int, ...], tuple[Victim, ...]] | None:
+    """The cheapest victims on one host that free ``count`` GPUs there, with the GPUs."""
+    free, _, candidates = _classify(host, priority, facts, taken)
+    chosen = _choose(host, count, len(free), candidates)
+    if chosen is None:
+        return None
+    freed = _freed(host, {v.job_id for v in chosen})
+    gpu_ids = tuple(sorted([*sorted(free), *sorted(freed)][:count]))
+    key = (
+        max(v.priority for v in chosen),
+        sum(v.lost_work_s for v in chosen),
+        len(chosen),
+        host.runner_id,
+    )
+    return key, gpu_ids, tuple(chosen)
+
+
+def _find_gang_preemption(
+    job_id: str,
+    priority: int,
+    count: int,
+    *,
+    nodes: int,
+    hosts: Iterable[HostGpus],
+    facts: Mapping[str, VictimFacts],
+    taken: frozenset[str] | set[str],
+) -> PreemptionPlan | Wait | None:
+    """Rule 6: free hosts first, then room made on the cheapest others.
+
+    The hosts to preempt on are those of the lowest highest-priority that can supply the
+    missing count, and among those the ones losing the least work: the plan's highest
+    priority is then as low as any plan's, and its work lost the least at that priority.
+    """
+    views = {host.runner_id: host for host in hosts}
+    ready: list[str] = []
+    soon: list[str] = []
+    rooms: list[tuple[_RoomKey, tuple[int, ...], tuple[Victim, ...]]] = []
+    for host in sorted(views.values(), key=lambda h: h.runner_id):
+        if len(host.usable) < count:
+            continue
+        free, soon_gpus, _ = _classify(host, priority, facts, taken)
+        if len(free) >= count:
+            ready.append(host.runner_id)
+        elif len(free) + len(soon_gpus) >= count:
+            soon.append(host.runner_id)
+        else:
+            room = _room_on(host, priority, count, facts, taken)
+            if room is not None:
+                rooms.append(room)
+    if len(ready) + len(soon) >= nodes:
+        waited = [*soon, *ready][:nodes]
+        return Wait(waited[0], tuple(waited[1:]))
+    missing = nodes - len(ready)
+    if len(rooms) < missing:
+        return None
+    ceiling = sorted(room[0][0] for room in rooms)[missing - 1]
+    affordable = sorted(
+        (room for room in rooms if room[0][0] <= ceiling), key=lambda room: room[0][1:]
+    )
+    chosen = affordable[:missing]
+    by_host: dict[str, tuple[int, ...]] = {room[0][3]: room[1] for room in chosen}
+    for runner_id in ready:
+        view = views[runner_id]
+        by_host[runner_id] = tuple(sorted(view.free & view.usable))[:count]
+    ranks = sorted(by_host.items())
+    victims = tuple(victim for room in chosen for victim in room[2])
+    (head, head_gpus), peers = ranks[0], tuple(ranks[1:])
+    return PreemptionPlan(
+        job_id=job_id,
+        priority=priority,
+        runner_id=head,
+        gpu_ids=head_gpus,
+        victims=victims,
+        peers=peers,
+    )
 
 
 def _summary(
@@ -273,6 +383,7 @@ def _classify(
                     priority=fact.priority,
                     lost_work_s=fact.lost_work_s,
                     grace_s=fact.grace_s,
+                    runner_id=host.runner_id,
                 )
     ordered = sorted(candidates.values(), key=lambda v: (v.priority, v.lost_work_s, v.job_id))
     return free, soon, ordered

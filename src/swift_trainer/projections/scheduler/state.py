@@ -652,6 +652,10 @@ class SchedulerState:
                 )
                 known = under_way.get(by)
                 preemptor = self.jobs.get(by)
+                if preemptor is not None and preemptor.spec and preemptor.spec.nodes > 1:
+                    # A multi-node plan's hosts without victims are not in the log: the
+                    # search finds the stopping victims again and the job waits for them.
+                    continue
                 under_way[by] = PreemptionPlan(
                     job_id=by,
                     priority=preemptor.priority if preemptor is not None else 0,
