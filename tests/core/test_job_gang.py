@@ -9,10 +9,11 @@ import pytest
 from swift_trainer.core import commands as c
 from swift_trainer.core import events as e
 from swift_trainer.core.errors import DomainError, StaleAssignment
+from swift_trainer.core.failure import Failure
 from swift_trainer.core.gang import RankPlacement, rank_of, rendezvous_env
 from swift_trainer.core.gpu_ledger import LedgerState, decide_ledger, evolve_ledger
 from swift_trainer.core.job import JobState, JobStatus, decide, evolve, initial_state, replay
-from swift_trainer.core.spec import JobSpec
+from swift_trainer.core.spec import JobSpec, TrainArgs
 
 JOB = "gang_001"
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -27,7 +28,9 @@ def peer(rank: int, runner_id: str, gpus: tuple[int, ...] = (0, 1)) -> RankPlace
 class Gang:
     """A 3-node job of 2 GPUs per node, driven command by command."""
 
-    def __init__(self, nodes: int = 3, max_retries: int = 2) -> None:
+    def __init__(
+        self, nodes: int = 3, max_retries: int = 2, train_args: TrainArgs | None = None
+    ) -> None:
         self.state = initial_state(JOB)
         self.history: list[e.AnyJobEvent] = []
         self.now = T0
@@ -38,6 +41,7 @@ class Gang:
             gpu_count=2,
             nodes=nodes,
             max_retries=max_retries,
+            train_args=train_args or TrainArgs(),
         )
         self.do(c.SubmitJob(job_id=JOB, spec=spec))
 
@@ -111,6 +115,32 @@ def test_other_ranks_start_only_once_rank_0_publishes_the_rendezvous() -> None:
     assert gang.report(c.ReportStarted, PEER, pid=11, command=("swift",)) == []
     gang.report(c.ReportStarted, THIRD, pid=12, command=("swift",))
     assert gang.state.gang_started and gang.state.ranks_started == (1, 2)
+
+
+def test_every_rank_of_a_retry_trains_with_the_batch_the_retry_halved() -> None:
+    gang = Gang(train_args=TrainArgs(batch_size=8, gradient_accumulation_steps=2))
+    gang.running()
+    oom = Failure(kind="oom", detail="CUDA out of memory")
+    gang.report(c.ReportFailed, HEAD, exit_code=1, reason="oom", failure=oom)
+    halved = TrainArgs(batch_size=4, gradient_accumulation_steps=4)
+    assert gang.state.status is JobStatus.QUEUED and gang.state.train_args == halved
+    (scheduled,) = gang.schedule()
+    assert isinstance(scheduled, e.JobScheduled) and scheduled.train_args == halved
+    gang.report(c.ReportStarted, HEAD, pid=20, command=("swift",))
+    starts = gang.report(c.ReportRendezvous, HEAD, master_addr="10.0.0.1", master_port=29501)
+    assert [x.train_args for x in starts] == [halved, halved]  # type: ignore[attr-defined]
+
+
+def test_a_data_error_on_any_rank_fails_the_whole_job_at_once_and_stops_the_rest() -> None:
+    gang = Gang()
+    gang.running()
+    bad = Failure(kind="data_error", detail="no dataset", log_line="FileNotFoundError: d")
+    events = gang.report(c.ReportFailed, PEER, exit_code=1, reason="no data", failure=bad)
+    assert stops_to(events) == [HEAD, THIRD]  # type: ignore[arg-type]
+    (failed,) = [x for x in events if isinstance(x, e.JobFailed)]  # type: ignore[attr-defined]
+    assert failed.failure == bad and "not retried" in failed.reason
+    assert "rank 1 on host-b" in failed.reason
+    assert gang.state.status is JobStatus.FAILED and gang.state.peers == ()
 
 
 def test_only_rank_0_speaks_for_progress_checkpoints_and_the_outcome() -> None:

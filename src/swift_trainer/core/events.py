@@ -86,6 +86,9 @@ class RankStartRequested(JobEvent, frozen=True, tag=True):
     master_port: int
     gpu_uuids: tuple[str, ...] = ()
     resume_from: str | None = None
+    #: The attempt's training arguments when a retry changed them (a halved batch), so
+    #: every rank trains with what rank 0 trains with; None means the spec's own.
+    train_args: TrainArgs | None = None
 
 
 class RankStarted(JobEvent, frozen=True, tag=True):

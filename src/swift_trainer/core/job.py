@@ -799,6 +799,7 @@ def _decide_rendezvous(
             master_addr=command.master_addr,
             master_port=command.master_port,
             resume_from=state.resume_from,
+            train_args=state.train_args,
         )
         for peer in state.peers
     ]
@@ -838,6 +839,20 @@ def _decide_rank_report(
             if state.status not in (JobStatus.SCHEDULED, JobStatus.RUNNING):
                 return []  # a rank ending while the job stops is part of the stop
             why = f"rank {rank} on {command.runner_id} failed (exit code {exit_code}): {reason}"
+            stops = _gang_stops(state, why[:MAX_REASON_CHARS], now, but=command.runner_id)
+            if command.failure is not None:
+                # A classified failure follows the retry policy as on one node (a halved
+                # batch, avoided GPUs, no retry of a data error), for every rank at once.
+                failed = e.JobFailed(
+                    at=now,
+                    job_id=state.job_id,
+                    attempt=state.attempt,
+                    exit_code=exit_code,
+                    reason=why[:MAX_REASON_CHARS],
+                    stderr_tail=command.stderr_tail,
+                    failure=command.failure,
+                )
+                return [*stops, *_retry_or_fail(state, failed, command.failure, now)]
             lost = e.JobLost(
                 at=now,
                 job_id=state.job_id,
@@ -846,7 +861,7 @@ def _decide_rank_report(
                 reason=why[:MAX_REASON_CHARS],
             )
             return [
-                *_gang_stops(state, why[:MAX_REASON_CHARS], now, but=command.runner_id),
+                *stops,
                 lost,
                 *_requeue_or_fail(state, why[:MAX_REASON_CHARS], now, count_retry=True),
             ]

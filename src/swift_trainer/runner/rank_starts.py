@@ -12,6 +12,8 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from ..bus.messages import EventEnvelope
 from ..core import commands as c
 from ..core import events as e
@@ -115,6 +117,8 @@ async def _start_rank(
     if spec is None:
         agent._reject(as_scheduled, f"no JobSubmitted for job {event.job_id}")
         return
+    if event.train_args is not None:  # a retry changed them: the same as rank 0's
+        spec = msgspec.structs.replace(spec, train_args=event.train_args)
     expected = RendezvousMarker(
         job_id=event.job_id,
         attempt=event.attempt,
