@@ -10,6 +10,11 @@
 # GPU host wants). TORCH_SPEC, MS_SWIFT_SPEC and pip's own PIP_INDEX_URL choose otherwise.
 # Measured here: ~90 s, 2.1 GB (about 130 MB downloaded, the rest from local wheels).
 #
+# Tracking block (below): MLflow, pinned, for the tracking tests: the training's MLflow
+# client and the loopback `mlflow server` the tests start. MLFLOW_SPEC chooses another.
+# Measured here: 32 more packages, ~205 MB (scikit-learn, flask, alembic, mlflow itself),
+# ~56 s; a venv made before the block gets it on the next run of this script.
+#
 # Usage: scripts/setup_real_swift.sh [venv dir]   (default: .venv-swift)
 # Idempotent: a venv with the supported ms-swift and this checkout's swift_trainer is reused.
 set -euo pipefail
@@ -34,9 +39,28 @@ installed_project() {
   "$VENV/bin/python" -c "import swift_trainer; print(swift_trainer.__file__)" 2>/dev/null || true
 }
 
+# --- Experiment tracking: MLflow in the same venv (client for training, server for tests) ---
+# 3.17.2: the newest mlflow whose mlflow-tracing of the same version the index holds.
+MLFLOW_SPEC="${MLFLOW_SPEC:-mlflow==3.17.2}"
+install_tracking() {
+  if [ "$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("mlflow"))' \
+    2>/dev/null || true)" = "${MLFLOW_SPEC#mlflow==}" ]; then
+    return
+  fi
+  local began
+  began=$(date +%s)
+  # The torch pin keeps the build installed above.
+  "$VENV/bin/python" -m pip --disable-pip-version-check --no-input install --quiet \
+    "$MLFLOW_SPEC" "$TORCH_SPEC" 2>&1 \
+    | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+  echo "installed $MLFLOW_SPEC in $(( $(date +%s) - began ))s"
+}
+# --- end of the tracking block ---
+
 # Reuse only a venv with the right ms-swift whose swift_trainer is this checkout's.
 if [ -x "$VENV/bin/swift" ] && [ "$(installed_version)" = "${MS_SWIFT_SPEC#ms-swift==}" ] \
   && [ "$(installed_project)" = "$PWD/src/swift_trainer/__init__.py" ]; then
+  install_tracking
   echo "$VENV already has $MS_SWIFT_SPEC and swift_trainer; nothing to do"
   exit 0
 fi
@@ -55,10 +79,11 @@ pip_install "$TORCH_SPEC"
 pip_install "$MS_SWIFT_SPEC" "$TORCH_SPEC"
 # This project too, so scripts (gpu_host_check.py, make_tiny_qwen2.py) run on this python.
 pip_install -e . "$TORCH_SPEC"
+install_tracking
 "$VENV/bin/swift" --help >/dev/null 2>&1 || true
 "$VENV/bin/python" - <<'PY'
 import importlib.metadata as m
-for name in ("ms-swift", "torch", "transformers", "peft", "trl", "swift-trainer"):
+for name in ("ms-swift", "torch", "transformers", "peft", "trl", "mlflow", "swift-trainer"):
     print(f"{name}=={m.version(name)}")
 PY
 echo "set up $VENV in $(( $(date +%s) - start ))s ($(du -sh "$VENV" | cut -f1))"

@@ -290,3 +290,14 @@ def test_a_multi_node_job_shows_its_shape() -> None:
     text = console.export_text()
     assert "4x8" in text
     assert " 8 " in text
+
+
+def test_jobs_show_gives_each_tracker_run_a_row_with_its_link() -> None:
+    url = "http://mlflow.example:5000/#/experiments/3/runs/0123456789abcdef0123456789abcdef"
+    job = {"job_id": "tracked", "status": "running", "tracker_urls": {"mlflow": url}}
+    console = Console(width=80, record=True)
+    console.print(render.job_details(job))
+    text = console.export_text(clear=False)
+    assert "mlflow run" in text
+    assert url in "".join(text.split()), "a folded URL is still the whole URL"
+    assert f'href="{url}"' in console.export_html(), "and a terminal link"

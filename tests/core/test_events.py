@@ -303,6 +303,11 @@ def test_a_spec_recorded_before_nodes_and_host_labels_decodes_as_one_node_anywhe
         ("JobFailed", {"attempt": 1, "exit_code": 1, "reason": "x"}, {"stderr_tail": ""}),
         ("ExportRequested", {"export_id": "x", "checkpoint": "c", "runner_id": "r"}, {}),
         ("QueueProcessorPaused", {}, {"reason": ""}),
+        (
+            "JobStarted",
+            {"attempt": 1, "runner_id": "r", "pid": 7, "command": ["swift"]},
+            {"warnings": (), "tracker_urls": {}},
+        ),
     ],
 )
 def test_old_payloads_without_later_fields_decode_to_the_defaults(

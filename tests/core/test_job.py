@@ -628,6 +628,28 @@ def test_started_report_marks_the_job_running() -> None:
     assert job.do(job.started()) == [], "a redelivered start is harmless"
 
 
+def test_tracker_links_of_a_start_stay_with_the_job_across_attempts() -> None:
+    job = scheduled()
+    mlflow = {"mlflow": "http://mlflow:5000/#/experiments/1/runs/abc"}
+    [started] = job.do(msgspec.structs.replace(job.started(), tracker_urls=mlflow))
+    assert isinstance(started, e.JobStarted) and started.tracker_urls == mlflow
+    assert job.state.tracker_urls == mlflow
+    job.do(job.stopped())
+    job.do(c.StartJob(job_id=JOB))
+    job.schedule()
+    wandb = {"wandb": "https://wandb.ai/team/p/runs/training_001"}
+    job.do(msgspec.structs.replace(job.started(), tracker_urls=wandb))
+    assert job.state.tracker_urls == {**mlflow, **wandb}, "an attempt without a link keeps it"
+
+
+def test_a_tracker_link_is_a_web_address() -> None:
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert(
+            {**msgspec.to_builtins(Job().started(1)), "tracker_urls": {"x": "javascript:x"}},
+            c.ReportStarted,
+        )
+
+
 @pytest.mark.parametrize(
     ("attempt", "runner"), [(0, RUNNER), (2, RUNNER), (1, OTHER)], ids=["old", "future", "other"]
 )

@@ -3,8 +3,8 @@
 A finished 3-trial grid: the sweeps list names it and its best trial, the sweep page shows
 every trial with its parameters and metric, marks the best, draws the parameter against
 the metric, and links to the compare view, which overlays the trials' loss curves; the
-best trial's page shows its evaluation scores. Every
-view passes the accessibility audit, with no console error.
+best trial's page shows its evaluation scores. A job reported to MLflow links its run on
+its page. Every view passes the accessibility audit, with no console error.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from tests.e2e.live_service import API, Service, start_service, stop_service
 from tests.e2e.test_dashboard import Console, accessible, browser, sync_api
+from tests.runner.mlflow_rest import mlflow_rest_server
 
 __all__ = ["browser"]  # the fixture, shared with the dashboard's own tests
 
@@ -95,3 +96,41 @@ def test_a_sweep_page_and_the_compare_view(service: Service, browser: Any) -> No
     accessible(page, "compare view")
     context.close()
     assert console.errors == []
+
+
+def test_a_job_page_links_its_tracker_run(tmp_path: Path, browser: Any) -> None:
+    with mlflow_rest_server() as (uri, mlflow):
+        process, base = start_service(
+            tmp_path,
+            "--simulate-step-seconds",
+            "0.02",
+            env_extra={"MLFLOW_TRACKING_URI": uri},
+        )
+        service = Service(process, base, tmp_path / "outputs")
+        try:
+            job = {
+                "job_id": "dash-linked",
+                "data_path": "d#100",
+                "model_path": "Qwen/Qwen2.5-0.5B",
+                "output_dir": "output/linked",
+                "train_args": {"max_steps": 10, "report_to": ["mlflow"]},
+            }
+            assert service.http.post("/jobs", json=job).status_code == 201
+            service.wait_status("dash-linked", "succeeded")
+            url = service.http.get("/jobs/dash-linked").json()["tracker_urls"]["mlflow"]
+            root = str(service.http.base_url).removesuffix(API + "/").removesuffix(API)
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            page = context.new_page()
+            console = Console(page)
+            page.goto(f"{root}/#/job/dash-linked")
+            link = page.locator("#fact-tracker").get_by_role("link", name="mlflow")
+            sync_api.expect(link).to_have_attribute("href", url)
+            sync_api.expect(link).to_have_attribute("rel", "noopener noreferrer")
+            accessible(page, "job page with a tracker link")
+            context.close()
+            assert console.errors == []
+        finally:
+            service.http.close()
+            stderr = stop_service(process)
+            assert process.returncode == 0, stderr[-3000:]
+    assert url.endswith(f"/runs/{mlflow.runs[0]['info']['run_id']}")

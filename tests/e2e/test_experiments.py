@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.e2e.live_service import Service, start_service, stop_service
+from tests.e2e.live_service import API, Service, start_service, stop_service
+from tests.runner.mlflow_rest import mlflow_rest_server
 
 from swift_trainer.bus.embedded import free_port
+from swift_trainer.cli import main
 
 BASE = {
     "data_path": "AI-ModelScope/coco#200",
@@ -172,6 +174,49 @@ def test_an_unreachable_tracker_leaves_training_running_with_a_warning(tmp_path:
         service.http.close()
         stderr = stop_service(process)
         assert process.returncode == 0, stderr[-3000:]
+
+
+def test_a_job_page_links_the_mlflow_run_the_runner_made(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with mlflow_rest_server() as (uri, mlflow):
+        process, base = start_service(
+            tmp_path,
+            "--simulate-step-seconds",
+            "0.02",
+            env_extra={"MLFLOW_TRACKING_URI": uri, "MLFLOW_TRACKING_TOKEN": "tok-secret"},
+        )
+        service = Service(process, base, tmp_path / "outputs")
+        try:
+            job = {
+                **BASE,
+                "job_id": "linked",
+                "labels": {"team": "nlp"},
+                "tracking": {"project": "vision"},
+                "train_args": {"max_steps": 20, "report_to": ["tensorboard", "mlflow"]},
+            }
+            assert service.http.post("/jobs", json=job).status_code == 201
+            service.wait_status("linked", "succeeded")
+            shown = service.http.get("/jobs/linked").json()
+            events = service.http.get("/jobs/linked/events").json()["events"]
+            monkeypatch.setenv("SWIFT_TRAINER_URL", base.removesuffix(API))
+            monkeypatch.setenv("SWIFT_TRAINER_CONFIG", str(tmp_path / "no-profiles.toml"))
+            assert main(["jobs", "show", "linked"]) == 0
+            out = capsys.readouterr().out
+        finally:
+            service.http.close()
+            stderr = stop_service(process)
+            assert process.returncode == 0, stderr[-3000:]
+    [run] = mlflow.runs
+    experiment = mlflow.experiments["vision"]
+    url = f"{uri}/#/experiments/{experiment}/runs/{run['info']['run_id']}"
+    assert shown["tracker_urls"] == {"mlflow": url}
+    assert shown["start_warnings"] == []
+    assert run["info"]["run_name"] == "linked"
+    assert {"key": "team", "value": "nlp"} in run["data"]["tags"]
+    assert all(r.headers["Authorization"] == "Bearer tok-secret" for r in mlflow.requests)
+    assert "tok-secret" not in str(events) and "tok-secret" not in str(shown)
+    assert "mlflow run" in out and url in "".join(out.split())
 
 
 def test_b_still_waits_for_a_across_a_restart_of_everything(tmp_path: Path) -> None:

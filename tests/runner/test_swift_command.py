@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 import pytest
 from tests.runner.runner_helpers import make_spec
 
-from swift_trainer.core.spec import JobSpec, TrainArgs
+from swift_trainer.core.spec import JobSpec, Tracking, TrainArgs
 from swift_trainer.runner.swift_command import (
     SUPPORTED_MS_SWIFT_VERSION,
     build_export_command,
@@ -337,10 +338,22 @@ def test_trackers_get_the_job_as_run_name_and_its_labels_as_tags(tmp_path: Path)
     assert inv.env["WANDB_NAME"] == "job-1"
     assert inv.env["WANDB_TAGS"] == "job_id=job-1,sweep=s1"
     assert inv.env["MLFLOW_TAGS"] == '{"job_id": "job-1", "sweep": "s1"}'
-    assert inv.env["SWANLAB_EXP_NAME"] == "job-1"
+    assert flag(inv.argv, "--swanlab_exp_name") == "job-1"
+    assert "--swanlab_project" not in inv.argv
     # Credentials reach swift only through the runner's environment, never its argv.
     assert inv.env["WANDB_API_KEY"] == "wk-secret"
     assert not any("secret" in a or "5000" in a for a in inv.argv)
+
+
+def test_a_swanlab_project_and_workspace_are_swift_flags(tmp_path: Path) -> None:
+    """ms-swift passes SwanLab its own ``--swanlab_*`` arguments, so env vars would lose."""
+    spec = msgspec.structs.replace(
+        make_spec(report_to=("swanlab",)), tracking=Tracking(project="p", entity="team")
+    )
+    inv = build_sft_command(spec, output_root=tmp_path, gpu_ids=[0], base_env={}, run_name="j")
+    assert flag(inv.argv, "--swanlab_project") == "p"
+    assert flag(inv.argv, "--swanlab_workspace") == "team"
+    assert not any(k.startswith("SWANLAB_") for k in inv.env)
 
 
 def test_report_to_takes_known_trackers_only() -> None:

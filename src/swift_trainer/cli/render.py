@@ -115,6 +115,10 @@ def job_details(job: Mapping[str, Any]) -> Table:
             table.add_row(key, "\n".join(_checkpoint_line(c) for c in value))
         elif key == "exports":
             table.add_row(key, "\n".join(_export_line(x) for x in value))
+        elif key == "tracker_urls":
+            # One row a tracker; the link style keeps a folded URL clickable in a terminal.
+            for tracker, link in value.items():
+                table.add_row(f"{tracker} run", Text(link, style=f"link {link}"))
         elif isinstance(value, dict):
             table.add_row(key, "\n".join(f"{k}={_plain(v)}" for k, v in value.items()))
         else:

@@ -23,6 +23,8 @@ from .sweep_space import SweepSpec
 
 JobId = Annotated[str, msgspec.Meta(pattern=JOB_ID_PATTERN)]
 Reason = Annotated[str, msgspec.Meta(max_length=MAX_REASON_CHARS)]
+#: A link to a run in an experiment tracker (never with credentials in it).
+TrackerUrl = Annotated[str, msgspec.Meta(max_length=2048, pattern=r"^https?://")]
 
 
 class Command(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=True):
@@ -142,6 +144,8 @@ class ReportStarted(RunnerReport, frozen=True, tag=True):
     command: tuple[str, ...]
     #: What the runner had to change to start the run (an unreachable experiment tracker).
     warnings: tuple[Reason, ...] = ()
+    #: Tracker -> the page of the run it files the training under (``mlflow``, ``wandb``).
+    tracker_urls: dict[Annotated[str, msgspec.Meta(max_length=32)], TrackerUrl] = {}
 
 
 class RejectAssignment(RunnerReport, frozen=True, tag=True):

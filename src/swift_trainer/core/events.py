@@ -107,6 +107,8 @@ class JobStarted(JobEvent, frozen=True, tag=True):
     command: tuple[str, ...]
     #: What the runner had to change to start it (an unreachable experiment tracker).
     warnings: tuple[str, ...] = ()
+    #: Tracker -> the page of the run it files the training under (``mlflow``, ``wandb``).
+    tracker_urls: dict[str, str] = {}
 
 
 class JobProgressed(JobEvent, frozen=True, tag=True):

@@ -197,6 +197,8 @@ class JobState(msgspec.Struct, frozen=True, omit_defaults=True):
     eval_error: str | None = None
     #: What the runner changed to start the current attempt (an unreachable tracker).
     start_warnings: tuple[str, ...] = ()
+    #: Tracker -> the page of the job's run there; an attempt without a link keeps the last.
+    tracker_urls: dict[str, str] = {}
 
     @property
     def gang_started(self) -> bool:
@@ -989,6 +991,7 @@ def _decide_report(  # noqa: C901 - one branch per report kind reads best as a t
                         pid=pid,
                         command=argv,
                         warnings=command.warnings,
+                        tracker_urls=dict(command.tracker_urls),
                     ),
                 ]
             if live:
@@ -1346,6 +1349,7 @@ def _evolve(state: JobState, event: e.AnyJobEvent) -> JobState:  # noqa: C901, P
             return s(
                 state,
                 start_warnings=event.warnings,
+                tracker_urls={**state.tracker_urls, **event.tracker_urls},
                 status=JobStatus.RUNNING,
                 pid=pid,
                 command=argv,

@@ -64,7 +64,7 @@ from .swift_command import (
     build_sft_command,
     expected_export_path,
 )
-from .tracker_check import unreachable_trackers, without_unreachable
+from .tracker_runs import prepare_trackers
 
 _log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
@@ -458,8 +458,8 @@ class RunnerAgent:
                 run_tags={"job_id": event.job_id, **spec.labels},
                 rendezvous=None if marker is None else rank_starts.head_env(event, marker),
             )
-            problems = await unreachable_trackers(invocation)
-            invocation, warnings = without_unreachable(invocation, problems)
+            tracked = await prepare_trackers(invocation, event.job_id)
+            invocation = tracked.invocation
             with _tracer.start_as_current_span(
                 "swift sft start",
                 attributes={"job.id": event.job_id, "job.attempt": event.attempt},
@@ -478,7 +478,8 @@ class RunnerAgent:
                             swift_executable=self.swift_executable,
                             base_env=self.base_env,
                         ),
-                        warnings=warnings,
+                        warnings=tracked.warnings,
+                        tracker_urls=tracked.urls,
                         rank=0 if event.peers else None,
                     ),
                     gpu_ids=event.gpu_ids,

@@ -27,7 +27,7 @@ import contextlib
 import logging
 import re
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Final
 
@@ -295,11 +295,13 @@ class JobReports:
         on_finished: Callable[[JobOutcome], None] | None = None,
         evaluate: Callable[[JobOutcome], Awaitable[EvalReport]] | None = None,
         warnings: tuple[str, ...] = (),
+        tracker_urls: Mapping[str, str] | None = None,
         rank: int | None = None,
         before_outcome: Callable[[JobOutcome], Awaitable[None]] | None = None,
     ) -> None:
-        #: What was changed to start the run; reported with the start.
+        #: What was changed to start the run, and where trackers show it; sent with the start.
         self.warnings = tuple(w[:MAX_REASON_CHARS] for w in warnings)
+        self.tracker_urls = dict(tracker_urls or {})
         self.job_id = job_id
         #: The evaluation after a successful training, run before the success is reported.
         self.evaluate = evaluate
@@ -322,6 +324,7 @@ class JobReports:
             pid=pid,
             command=argv,
             warnings=self.warnings,
+            tracker_urls=self.tracker_urls,
         )
         command_id = self._started_id(pid) if self._started_id is not None else None
         self.outbox.submit(command, command_id=command_id)
@@ -511,6 +514,7 @@ class RunReporters:
         evaluate: Callable[[JobOutcome], Awaitable[EvalReport]] | None = None,
         *,
         warnings: tuple[str, ...] = (),
+        tracker_urls: Mapping[str, str] | None = None,
         rank: int | None = None,
     ) -> JobReports:
         key = run_key("job", job_id)
@@ -529,6 +533,7 @@ class RunReporters:
             started_id=started_id,
             evaluate=evaluate,
             warnings=warnings,
+            tracker_urls=tracker_urls,
             rank=rank,
             before_outcome=self.before_outcome,
         )

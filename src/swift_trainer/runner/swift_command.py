@@ -169,9 +169,13 @@ def tracking(
         if options.project:
             env["MLFLOW_EXPERIMENT_NAME"] = options.project
     if "swanlab" in trackers:
-        env["SWANLAB_EXP_NAME"] = run_name
+        # ms-swift hands SwanLab its own arguments (``SwanlabArguments``), which default to
+        # the output folder and project ``ms-swift``; SwanLab's env vars would be overridden.
+        argv += ["--swanlab_exp_name", run_name]
         if options.project:
-            env["SWANLAB_PROJ_NAME"] = options.project
+            argv += ["--swanlab_project", options.project]
+        if options.entity:
+            argv += ["--swanlab_workspace", options.entity]
     return argv, env
 
 

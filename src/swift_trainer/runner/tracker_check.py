@@ -52,18 +52,21 @@ async def reachable(url: str, timeout_s: float = CONNECT_TIMEOUT_S) -> str | Non
     return None
 
 
-async def unreachable_trackers(invocation: SwiftInvocation) -> dict[str, str]:
-    """Tracker -> why its server cannot be reached, for the trackers of ``invocation``."""
-    argv = invocation.argv
+def report_to(argv: tuple[str, ...]) -> tuple[str, ...]:
+    """The trackers an argv's ``--report_to`` names (none without the flag)."""
     if "--report_to" not in argv:
-        return {}
-    start = argv.index("--report_to") + 1
-    trackers = []
-    for item in argv[start:]:
+        return ()
+    trackers: list[str] = []
+    for item in argv[argv.index("--report_to") + 1 :]:
         if item.startswith("--"):
             break
         trackers.append(item)
-    endpoints = remote_endpoints(tuple(trackers), invocation.env)
+    return tuple(trackers)
+
+
+async def unreachable_trackers(invocation: SwiftInvocation) -> dict[str, str]:
+    """Tracker -> why its server cannot be reached, for the trackers of ``invocation``."""
+    endpoints = remote_endpoints(report_to(invocation.argv), invocation.env)
     answers = await asyncio.gather(*(reachable(url) for url in endpoints.values()))
     return {t: why for t, why in zip(endpoints, answers, strict=True) if why is not None}
 

@@ -307,6 +307,7 @@ def summarize(fold: JobFold) -> JobSummary | None:
         eval_results=dict(state.eval_results),
         eval_error=state.eval_error,
         start_warnings=state.start_warnings,
+        tracker_urls=dict(state.tracker_urls),
         warnings=state.warnings,
         nodes=spec.nodes,
         host_labels=dict(spec.host_labels),

@@ -120,6 +120,8 @@ class JobSummary(msgspec.Struct, frozen=True):
     eval_error: str | None = None
     #: What the runner changed to start the job (an unreachable experiment tracker).
     start_warnings: tuple[str, ...] = ()
+    #: Tracker -> the page of the job's run there (``mlflow``, ``wandb``).
+    tracker_urls: dict[str, str] = {}
     #: Warnings about running attempts (``resume_stalled``, ``idle``).
     warnings: tuple[JobWarning, ...] = ()
     #: Hosts the job spans (``gpu_count`` GPUs on each) and the runner labels it asks for.

@@ -246,6 +246,11 @@ export function jobView(main, jobId) {
       facts.append(h("div.card.wide", { id: "fact-after" }, h("span.k", "Waiting for"),
         h("span.v", job.after.map((d, i) => [i ? ", " : "", h("a", { href: `#/job/${encodeURIComponent(d.job)}` }, d.job), ` ${d.on}`]))));
     }
+    const runs = Object.entries(job.tracker_urls || {}).filter(([, url]) => /^https?:\/\//.test(url));
+    if (runs.length) {
+      facts.append(h("div.card.wide", { id: "fact-tracker" }, h("span.k", "Tracked in"),
+        h("span.v", runs.map(([tracker, url], i) => [i ? " · " : "", h("a", { href: url, target: "_blank", rel: "noopener noreferrer" }, tracker)]))));
+    }
     for (const warning of job.start_warnings || []) facts.append(h("div.card.wide", h("span.k", "Warning"), h("span.v", warning)));
     const failure = job.failure;
     const failedText = job.failure_reason && (failure ? `failed (${failure.kind}): ${job.failure_reason}` : `failed: ${job.failure_reason}`);
