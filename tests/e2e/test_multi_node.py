@@ -112,6 +112,8 @@ class Cluster:
 def cluster(tmp_path: Path, nats_url: str, request: pytest.FixtureRequest) -> Iterator[Cluster]:
     step_seconds = getattr(request, "param", 0.02)
     running = Cluster(tmp_path, nats_url, step_seconds)
+    # Preemption with no minimum runtime and a short grace, for the urgent gang below.
+    running.env.update(PREEMPT_MIN_RUNTIME_S="0", PREEMPT_GRACE_S="15")
     try:
         for name in ("handler", "scheduler", "api"):
             running.start(name, name)
@@ -124,9 +126,10 @@ def cluster(tmp_path: Path, nats_url: str, request: pytest.FixtureRequest) -> It
         running.close()
 
 
-def submit(cluster: Cluster, job_id: str, data: str) -> None:
+def submit(cluster: Cluster, job_id: str, data: str, **extra: Any) -> None:
     cluster.job_id = job_id
     body = {
+        **extra,
         "job_id": job_id,
         "data_path": data,
         "model_path": "m",
@@ -208,3 +211,43 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("cluster", [0.05], indirect=True)
+def test_an_urgent_two_node_job_preempts_on_both_runners_and_starts_on_both(
+    cluster: Cluster,
+) -> None:
+    for job_id in ("low-1", "low-2"):
+        body = {
+            "job_id": job_id,
+            "data_path": "d#64",
+            "model_path": "m",
+            "gpu_count": 2,
+            "priority": 1,
+            "train_args": {"max_steps": 3000, "save_steps": 10},
+        }
+        assert cluster.http.post("/jobs", json=body).status_code == 201
+    for job_id in ("low-1", "low-2"):
+        cluster.job_id = job_id
+        cluster.wait(f"{job_id} to run", lambda j=job_id: status(cluster, j) == "running")
+    submit(cluster, "urgent-gang", "d#64", priority=9)
+    cluster.wait(
+        "the gang to run", lambda: status(cluster, "urgent-gang") in ("running", "succeeded")
+    )
+    events = cluster.events("urgent-gang")
+    (scheduled,) = [x["data"] for x in events if x["type"] == "JobScheduled"]
+    runners = {scheduled["runner_id"], *(p["runner_id"] for p in scheduled["peers"])}
+    assert runners == {"gpu-host-1", "gpu-host-2"}
+    for job_id in ("low-1", "low-2"):
+        history = cluster.events(job_id)
+        stop = next(x["data"] for x in history if x["type"] == "StopRequested")
+        assert stop["intent"] == "preempt"
+        assert stop["reason"].startswith("preempted by urgent-gang (priority 9 > 1) on host")
+        assert "JobPreempted" in [x["type"] for x in history]
+    cluster.job_id = "urgent-gang"
+    cluster.wait("the gang to succeed", lambda: status(cluster, "urgent-gang") == "succeeded")
+    for job_id in ("low-1", "low-2"):
+        cluster.job_id = job_id
+        cluster.wait(f"{job_id} back", lambda j=job_id: status(cluster, j) == "running")
+        cluster.http.post(f"/jobs/{job_id}/cancel")
