@@ -79,7 +79,7 @@ def start_service(
         text=True,
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
             _, err = process.communicate()
@@ -91,7 +91,8 @@ def start_service(
             pass
         time.sleep(0.2)
     process.kill()
-    pytest.fail("swift-trainer up did not serve HTTP within 60 s")
+    _, err = process.communicate()
+    pytest.fail(f"swift-trainer up did not serve HTTP within 120 s: {err[-3000:]}")
 
 
 def stop_service(process: subprocess.Popen[str]) -> str:

@@ -47,7 +47,7 @@ def test_separate_processes_run_a_job_end_to_end(tmp_path: Path, nats_url: str) 
             )
         http = httpx.Client(base_url=f"http://127.0.0.1:{port}{API}", timeout=30)
 
-        def wait(what: str, probe: object, timeout: float = 60) -> object:
+        def wait(what: str, probe: object, timeout: float = 120) -> object:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 for name, process in processes.items():
@@ -86,13 +86,15 @@ def test_separate_processes_run_a_job_end_to_end(tmp_path: Path, nats_url: str) 
         for process in processes.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-        for name, process in processes.items():
+        ended: dict[str, str] = {}
+        for name, process in processes.items():  # every pipe is read and closed first
             try:
-                _, stderr = process.communicate(timeout=30)
+                _, ended[name] = process.communicate(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
-                _, stderr = process.communicate()
-            assert process.returncode == 0, f"{name}: {stderr[-2000:]}"
+                _, ended[name] = process.communicate()
+        for name, process in processes.items():
+            assert process.returncode == 0, f"{name}: {ended[name][-2000:]}"
         client = redis.Redis.from_url(REDIS_URL)
         for key in client.scan_iter(match=prefix + "*"):
             client.delete(key)

@@ -51,6 +51,7 @@ def _tool_path() -> str:
     return os.pathsep.join([*folders, os.environ.get("PATH", "")])
 
 
+@pytest.mark.timeout(300)
 def test_the_readme_tour_runs_as_written(tmp_path: Path) -> None:
     blocks = tour_blocks(README.read_text(encoding="utf-8"))
     process, base = start_service(tmp_path / "data")

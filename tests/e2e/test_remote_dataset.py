@@ -16,9 +16,11 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 from tests.e2e.live_service import Service, start_service, stop_service
 
 
+@pytest.mark.timeout(300)
 def test_a_second_runner_fetches_the_dataset_from_the_object_store(tmp_path: Path) -> None:
     process, base = start_service(tmp_path / "service", "--simulate-step-seconds", "0.02")
     service = Service(process, base, tmp_path / "service" / "outputs")
