@@ -73,7 +73,7 @@ pip_install "$EVALSCOPE_SPEC" "$TORCH_SPEC"
 # pip reports the numpy<2 conflict of ms-opencompass here (swift eval only lists its
 # dataset names) and goes on.
 pip_install "$numpy_spec" "setuptools<81" "$TORCH_SPEC"
-"$VENV/bin/python" -c "import numpy, pyarrow, evalscope, opencompass, pkg_resources"
+"$VENV/bin/python" -W ignore -c "import numpy, pyarrow, evalscope, opencompass, pkg_resources"
 # --- end of evaluation ----------------------------------------------------------------
 
 # This project too, so scripts (gpu_host_check.py, make_tiny_qwen2.py) run on this python.

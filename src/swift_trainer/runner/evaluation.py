@@ -161,7 +161,7 @@ def read_scores(output_dir: str | Path, *, besides: set[Path] | None = None) -> 
     """
     skip = besides or set()
     scores: dict[str, float] = {}
-    reports = (p for p in Path(output_dir).rglob("reports/*/*.json"))
+    reports = Path(output_dir).rglob("reports/*/*.json")
     for path in sorted(reports, key=lambda p: (p.parent.parent.parent.name, str(p))):
         if path.parent.parent.parent in skip:
             continue
