@@ -24,6 +24,7 @@ VENV="${1:-.venv-swift}"
 PYTHON="${PYTHON:-python3}"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
 MS_SWIFT_SPEC="${MS_SWIFT_SPEC:-ms-swift==4.6.0}"
+EVALSCOPE_SPEC="${EVALSCOPE_SPEC:-evalscope[opencompass]==1.10.0}"
 
 installed_version() {
   "$VENV/bin/python" - <<'PY' 2>/dev/null || true
@@ -33,6 +34,11 @@ try:
 except m.PackageNotFoundError:
     pass
 PY
+}
+
+installed_evalscope() {
+  "$VENV/bin/python" -c "import importlib.metadata as m; print(m.version('evalscope'))" \
+    2>/dev/null || true
 }
 
 installed_project() {
@@ -59,7 +65,8 @@ install_tracking() {
 
 # Reuse only a venv with the right ms-swift whose swift_trainer is this checkout's.
 if [ -x "$VENV/bin/swift" ] && [ "$(installed_version)" = "${MS_SWIFT_SPEC#ms-swift==}" ] \
-  && [ "$(installed_project)" = "$PWD/src/swift_trainer/__init__.py" ]; then
+  && [ "$(installed_project)" = "$PWD/src/swift_trainer/__init__.py" ] \
+  && [ "$(installed_evalscope)" = "${EVALSCOPE_SPEC##*==}" ]; then
   install_tracking
   echo "$VENV already has $MS_SWIFT_SPEC and swift_trainer; nothing to do"
   exit 0
@@ -77,13 +84,30 @@ pip_install "$TORCH_SPEC"
 # The pin keeps the torch just installed: a resolver that wanted another would fail here
 # instead of silently downloading a CUDA build.
 pip_install "$MS_SWIFT_SPEC" "$TORCH_SPEC"
+
+# --- evaluation: EvalScope for `swift eval` (tests/runner/test_real_swift_eval.py) ------
+# ms-swift 4.6.0's `swift eval` uses EvalType.SERVICE, which EvalScope removed after
+# 1.10.0, and lists OpenCompass's datasets to check the names it is given, so the
+# OpenCompass extra (ms-opencompass) must be importable. ms-opencompass pins numpy<2, which
+# the pyarrow of `datasets` refuses: numpy goes back to the version ms-swift brought.
+# OpenCompass's configs (mmengine) import pkg_resources, which setuptools 81 dropped.
+# Measured here: ~140 s and +0.5 GB more (about 60 MB downloaded).
+numpy_spec="numpy==$("$VENV/bin/python" -c 'import numpy; print(numpy.__version__)')"
+pip_install "$EVALSCOPE_SPEC" "$TORCH_SPEC"
+# pip reports the numpy<2 conflict of ms-opencompass here (swift eval only lists its
+# dataset names) and goes on.
+pip_install "$numpy_spec" "setuptools<81" "$TORCH_SPEC"
+"$VENV/bin/python" -W ignore -c "import numpy, pyarrow, evalscope, opencompass, pkg_resources"
+# --- end of evaluation ----------------------------------------------------------------
+
 # This project too, so scripts (gpu_host_check.py, make_tiny_qwen2.py) run on this python.
 pip_install -e . "$TORCH_SPEC"
 install_tracking
 "$VENV/bin/swift" --help >/dev/null 2>&1 || true
 "$VENV/bin/python" - <<'PY'
 import importlib.metadata as m
-for name in ("ms-swift", "torch", "transformers", "peft", "trl", "mlflow", "swift-trainer"):
+for name in ("ms-swift", "torch", "transformers", "peft", "trl", "evalscope", "numpy", "mlflow",
+             "swift-trainer"):
     print(f"{name}=={m.version(name)}")
 PY
 echo "set up $VENV in $(( $(date +%s) - start ))s ($(du -sh "$VENV" | cut -f1))"

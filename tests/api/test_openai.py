@@ -3,6 +3,8 @@ one job seen through both APIs, exact pagination, pause/resume/cancel, upload li
 
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +181,60 @@ async def test_trained_tokens_come_from_the_trainers_log(memory_stack: Stack) ->
     (results,) = done["result_files"]
     csv = (await s.client.get(f"/v1/files/{results}/content")).text.splitlines()
     assert csv[1].startswith("100,0.5,")
+
+
+async def test_the_result_file_carries_the_evaluations_scores_on_its_last_row(
+    memory_stack: Stack,
+) -> None:
+    s = memory_stack
+    job_id = await s.create(job_id="scored")
+    attempt = await s.start(job_id)
+    for step, loss in ((50, 0.9), (100, 0.5)):
+        await s.send(
+            c.ReportProgress(
+                job_id=job_id, attempt=attempt, runner_id="runner-1", step=step,
+                max_steps=100, loss=loss,
+            )
+        )  # fmt: skip
+    await s.send(
+        c.ReportSucceeded(
+            job_id=job_id,
+            attempt=attempt,
+            runner_id="runner-1",
+            final_step=100,
+            eval_results={"gsm8k": 0.62, "arc": 0.71},
+            eval_model="/out/scored/checkpoint-100-merged",
+        )
+    )
+    done = (await s.client.get(f"/v1/fine_tuning/jobs/{job_id}")).json()
+    (results,) = done["result_files"]
+    rows = list(csv.reader(io.StringIO((await s.client.get(f"/v1/files/{results}/content")).text)))
+    assert rows[0] == [
+        "step", "train_loss", "learning_rate", "valid_loss", "epoch", "at", "eval:arc",
+        "eval:gsm8k",
+    ]  # fmt: skip
+    assert [r[0] for r in rows[1:]] == ["50", "100"]
+    assert rows[1][-2:] == ["", ""], "the scores are of the final model: the last row"
+    assert rows[2][-2:] == ["0.71", "0.62"]
+    native = (await s.client.get(s.url(f"/jobs/{job_id}"))).json()
+    assert native["eval_results"] == {"gsm8k": 0.62, "arc": 0.71}
+    assert native["eval_model"] == "/out/scored/checkpoint-100-merged"
+
+    # Scores without step metrics: one row at the final step.
+    bare = await s.create(job_id="scored-bare")
+    attempt = await s.start(bare)
+    await s.send(
+        c.ReportSucceeded(
+            job_id=bare, attempt=attempt, runner_id="runner-1", eval_results={"arc": 0.5}
+        )
+    )
+    done = (await s.client.get(f"/v1/fine_tuning/jobs/{bare}")).json()
+    (results,) = done["result_files"]
+    text = (await s.client.get(f"/v1/files/{results}/content")).text
+    assert text.splitlines() == [
+        "step,train_loss,learning_rate,valid_loss,epoch,at,eval:arc",
+        ",,,,,,0.5",
+    ]
 
 
 async def test_file_names_are_kept_safe_and_unicode_survives_the_download(

@@ -85,6 +85,7 @@ def test_a_sweep_page_and_the_compare_view(service: Service, browser: Any) -> No
     # The best trial's page shows its evaluation after training.
     page.goto(f"{base}/#/job/{best['job_id']}")
     expect(page.locator("#fact-eval")).to_contain_text("gsm8k")
+    expect(page.locator("#fact-eval")).to_contain_text("-merged")  # the model evaluated
     page.goto(f"{base}/#/sweep/dash-sweep")
     compare = page.get_by_role("link", name="Compare loss curves")
     expect(compare).to_have_attribute("href", re.compile(r"jobs=dash-sweep-t0,"))

@@ -7,6 +7,7 @@ does not list ``paused`` yet, though the API returns it.
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import time
@@ -286,6 +287,38 @@ def test_fine_tuning_jobs_through_the_official_client(
         client.fine_tuning.jobs.create(model=MODEL, training_file="file-doesnotexist")
     assert bad_file.value.param == "training_file"
     client.fine_tuning.jobs.cancel(second.id)
+
+
+def test_an_evaluated_job_has_its_scores_in_the_result_file(
+    live: tuple[Service, str], client: OpenAI
+) -> None:
+    """A job with ``eval`` (native API), read through ``/v1``: its merged model was evaluated,
+    and the result file's last row carries an ``eval:<dataset>`` column per dataset."""
+    service, _ = live
+    data = upload(client, "eval.jsonl", conversations(8))
+    body = {
+        "job_id": "evaluated-v1",
+        "training_file": data.id,
+        "model_path": MODEL,
+        "auto_export": True,
+        "eval": {"datasets": ["gsm8k", "arc"], "limit": 5},
+    }
+    created = service.http.post("/jobs", json=body)
+    assert created.status_code == 201, created.text
+    done: FineTuningJob = wait_until(
+        "the evaluated job to succeed",
+        lambda: (j := client.fine_tuning.jobs.retrieve("evaluated-v1")).status == "succeeded" and j,
+        timeout=90,
+    )
+    native = service.http.get("/jobs/evaluated-v1").json()
+    assert set(native["eval_results"]) == {"gsm8k", "arc"}
+    assert native["eval_model"] == done.fine_tuned_model, "the merged model, merged once"
+    (results,) = done.result_files
+    rows = list(csv.reader(io.StringIO(client.files.content(results).text)))
+    assert rows[0][-2:] == ["eval:arc", "eval:gsm8k"]
+    scores = native["eval_results"]
+    assert [float(v) for v in rows[-1][-2:]] == [scores["arc"], scores["gsm8k"]]
+    assert all(row[-2:] == ["", ""] for row in rows[1:-1])
 
 
 def test_openai_errors_keep_their_shape(live: tuple[Service, str]) -> None:

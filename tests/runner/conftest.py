@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
+from tests.runner.real_swift import real_agent, swift_venv, tiny  # noqa: F401 - fixtures
 
 from swift_trainer.bus.command_handler import CommandHandler
 from swift_trainer.bus.relay import OutboxRelay, RelayNudge

@@ -30,13 +30,12 @@ import msgspec
 import pytest
 from nats.aio.client import Client
 from tests.runner.agent_helpers import (
-    fast_supervisor,
     job_events,
     ok,
     submit_and_schedule,
     wait_event,
 )
-from tests.runner.test_real_swift import offline_env, swift_venv, tiny, tiny_spec
+from tests.runner.real_swift import start_real_agent, tiny_spec
 
 from swift_trainer.bus.command_client import CommandClient
 from swift_trainer.bus.command_handler import CommandHandler
@@ -46,9 +45,6 @@ from swift_trainer.core import events as e
 from swift_trainer.core.spec import JobSpec, Tracking
 from swift_trainer.core.sqlstore import SqlEventStore
 from swift_trainer.runner.agent import RunnerAgent
-from swift_trainer.runner.gpu_probe import FakeInventory
-
-__all__ = ["swift_venv", "tiny"]  # fixtures this module uses
 
 pytestmark = [pytest.mark.swift, pytest.mark.timeout(900)]
 
@@ -121,34 +117,12 @@ def _stop_group(process: subprocess.Popen[bytes]) -> None:
             os.killpg(process.pid, signal.SIGKILL)
 
 
-async def _agent(swift_venv: Path, nc: Client, tmp_path: Path, env: dict[str, str]) -> RunnerAgent:
-    inventory = FakeInventory(1, output_root=tmp_path / "out")
-    supervisor = fast_supervisor(
-        tmp_path / "runs", inventory, grace_period_s=120.0, progress_interval_s=0.5
-    )
-    agent = RunnerAgent(
-        nc,
-        runner_id="real",
-        inventory=inventory,
-        supervisor=supervisor,
-        swift_executable=str(swift_venv / "bin" / "swift"),
-        output_root=tmp_path / "out",
-        state_dir=tmp_path / "agent",
-        heartbeat_s=1.0,
-        grace_period_s=120.0,
-        base_env={**offline_env(), **env},
-        command_timeout_s=5.0,
-    )
-    await agent.start()
-    return agent
-
-
 @pytest.fixture
 async def tracked_agent(
     swift_venv: Path, mlflow_uri: str, nc: Client, bus: CommandHandler, tmp_path: Path
 ) -> AsyncIterator[RunnerAgent]:
     """A runner whose environment names the MLflow server (and nothing else about it)."""
-    agent = await _agent(swift_venv, nc, tmp_path, {"MLFLOW_TRACKING_URI": mlflow_uri})
+    agent = await start_real_agent(swift_venv, nc, tmp_path, {"MLFLOW_TRACKING_URI": mlflow_uri})
     try:
         yield agent
     finally:
@@ -259,7 +233,7 @@ async def test_an_unreachable_mlflow_leaves_real_training_running_with_a_warning
     tmp_path: Path,
 ) -> None:
     closed = free_port()
-    agent = await _agent(
+    agent = await start_real_agent(
         swift_venv, nc, tmp_path, {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{closed}"}
     )
     try:

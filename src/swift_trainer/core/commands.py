@@ -190,6 +190,8 @@ class ReportSucceeded(RunnerReport, frozen=True, tag=True):
     eval_results: dict[str, float] = {}
     #: Why that evaluation failed; the training succeeded all the same.
     eval_error: Reason | None = None
+    #: The model folder evaluated: a LoRA job's merged model, a full fine-tune's checkpoint.
+    eval_model: Annotated[str, msgspec.Meta(max_length=4096)] | None = None
 
 
 class ReportFailed(RunnerReport, frozen=True, tag=True):

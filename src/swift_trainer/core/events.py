@@ -153,6 +153,8 @@ class JobSucceeded(JobEvent, frozen=True, tag=True):
     eval_results: dict[str, float] = {}
     #: Why the evaluation failed (the training itself succeeded).
     eval_error: str | None = None
+    #: The model folder evaluated: a LoRA job's merged model, a full fine-tune's checkpoint.
+    eval_model: str | None = None
 
 
 class JobFailed(JobEvent, frozen=True, tag=True):

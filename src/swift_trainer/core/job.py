@@ -195,6 +195,8 @@ class JobState(msgspec.Struct, frozen=True, omit_defaults=True):
     eval_results: dict[str, float] = {}
     #: Why that evaluation failed, beside a succeeded training.
     eval_error: str | None = None
+    #: The model folder evaluated (a LoRA job's merged model).
+    eval_model: str | None = None
     #: What the runner changed to start the current attempt (an unreachable tracker).
     start_warnings: tuple[str, ...] = ()
     #: Tracker -> the page of the job's run there; an attempt without a link keeps the last.
@@ -1032,6 +1034,7 @@ def _decide_report(  # noqa: C901 - one branch per report kind reads best as a t
                     output_path=command.output_path,
                     eval_results=command.eval_results,
                     eval_error=command.eval_error,
+                    eval_model=command.eval_model,
                 )
                 return [succeeded, *_auto_export(state, command.output_path, now)]
         case c.ReportFailed():
@@ -1384,6 +1387,7 @@ def _evolve(state: JobState, event: e.AnyJobEvent) -> JobState:  # noqa: C901, P
                 state,
                 eval_results=scores,
                 eval_error=eval_error,
+                eval_model=event.eval_model,
                 status=JobStatus.SUCCEEDED,
                 finished_at=at,
                 runner_id=None,

@@ -378,7 +378,10 @@ class JobReports:
                 _log.exception("evaluation of %s failed", self.job_id)
                 report = EvalReport(error=f"evaluation failed: {exc!r}"[:MAX_REASON_CHARS])
             command = msgspec.structs.replace(
-                command, eval_results=report.results, eval_error=report.error
+                command,
+                eval_results=report.results,
+                eval_error=report.error,
+                eval_model=report.model,
             )
         if self._before_outcome is not None:
             try:

@@ -20,7 +20,7 @@ import io
 import os
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 from urllib.parse import quote
@@ -108,21 +108,49 @@ def results_file_id(job_id: str) -> str:
     return "file-" + hashlib.sha256(b"results\x00" + job_id.encode()).hexdigest()[:24]
 
 
-def metrics_csv(points: list[MetricPoint]) -> bytes:
+def metrics_csv(
+    points: list[MetricPoint],
+    eval_results: Mapping[str, float] | None = None,
+    final_step: int | None = None,
+) -> bytes:
+    """The step metrics, one row per step, and the evaluation's scores on the last row.
+
+    Each evaluated dataset gets an ``eval:<dataset>`` column, empty but on the final row
+    (as OpenAI's ``full_valid_loss`` is): the scores are of the final model. A job
+    without step metrics gets one row at ``final_step`` for its scores.
+    """
+    scores = dict(sorted((eval_results or {}).items()))
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["step", "train_loss", "learning_rate", "valid_loss", "epoch", "at"])
-    for p in points:
-        writer.writerow([p.step, p.loss, p.learning_rate, p.eval_loss, p.epoch, p.at.isoformat()])
+    writer.writerow(
+        ["step", "train_loss", "learning_rate", "valid_loss", "epoch", "at"]
+        + [f"eval:{name}" for name in scores]
+    )
+    rows: list[list[object]] = [
+        [p.step, p.loss, p.learning_rate, p.eval_loss, p.epoch, p.at.isoformat()] for p in points
+    ]
+    if scores and not rows:
+        rows.append([final_step, None, None, None, None, None])
+    for index, row in enumerate(rows):
+        last = index == len(rows) - 1
+        writer.writerow(row + [score if last else None for score in scores.values()])
     return out.getvalue().encode()
 
 
 async def ensure_results_file(
-    deps: ApiDeps, job_id: str, known: set[str], owner: str | None = None
+    deps: ApiDeps,
+    job_id: str,
+    known: set[str],
+    owner: str | None = None,
+    *,
+    eval_results: Mapping[str, float] | None = None,
+    final_step: int | None = None,
 ) -> str | None:
     """The id of the job's metrics CSV, written to the object store on first need.
 
-    It belongs to the job's owner, so only they (and admins) may read it.
+    It is written once the job has succeeded, when its evaluation's scores (on the same
+    event as the success) are known. It belongs to the job's owner, so only they (and
+    admins) may read it.
     """
     if deps.files is None:
         return None
@@ -132,7 +160,8 @@ async def ensure_results_file(
     try:
         await deps.files.get(file_id)
     except FileNotFound:
-        content = metrics_csv(await deps.read_model.metric_history(job_id))
+        points = await deps.read_model.metric_history(job_id)
+        content = metrics_csv(points, eval_results, final_step)
         record = FileRecord(
             id=file_id,
             filename=f"{job_id}-metrics.csv",

@@ -78,7 +78,12 @@ async def present(deps: ApiDeps, summary: JobSummary) -> FineTuningJob:
     if summary.status is JobStatus.SUCCEEDED:
         try:
             file_id = await ensure_results_file(
-                deps, summary.job_id, _written_results, summary.owner
+                deps,
+                summary.job_id,
+                _written_results,
+                summary.owner,
+                eval_results=summary.eval_results,
+                final_step=summary.progress.step if summary.progress else None,
             )
         except Exception:  # the metrics CSV is a convenience: never fail the read for it
             _log.warning("results file for %s not written", summary.job_id, exc_info=True)

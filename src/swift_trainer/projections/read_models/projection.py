@@ -306,6 +306,7 @@ def summarize(fold: JobFold) -> JobSummary | None:
         excluded_gpus=state.excluded_gpus,
         eval_results=dict(state.eval_results),
         eval_error=state.eval_error,
+        eval_model=state.eval_model,
         start_warnings=state.start_warnings,
         tracker_urls=dict(state.tracker_urls),
         warnings=state.warnings,

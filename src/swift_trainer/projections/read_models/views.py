@@ -118,6 +118,8 @@ class JobSummary(msgspec.Struct, frozen=True):
     #: Scores of the evaluation after training, by dataset; and why it failed, if it did.
     eval_results: dict[str, float] = {}
     eval_error: str | None = None
+    #: The model folder evaluated: a LoRA job's merged model, a full fine-tune's checkpoint.
+    eval_model: str | None = None
     #: What the runner changed to start the job (an unreachable experiment tracker).
     start_warnings: tuple[str, ...] = ()
     #: Tracker -> the page of the job's run there (``mlflow``, ``wandb``).

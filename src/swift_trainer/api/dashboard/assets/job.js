@@ -240,6 +240,7 @@ export function jobView(main, jobId) {
     if (scores.length || job.eval_error) {
       facts.append(h("div.card.wide", { id: "fact-eval" }, h("span.k", "Evaluation"),
         h("span.v", scores.length ? scores.map(([d, v]) => `${d} ${fmtNumber(v)}`).join(" · ") : "failed"),
+        job.eval_model ? h("small.muted", ` of ${job.eval_model}`) : null,
         job.eval_error ? h("small.muted", ` ${job.eval_error}`) : null));
     }
     if (job.status === "waiting" && (job.after || []).length) {
