@@ -15,13 +15,11 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from tests.runner.test_real_swift import offline_env, swift_venv, tiny, tiny_spec
+from tests.runner.real_swift import offline_env, tiny_spec
 
 from swift_trainer.core.gang import rendezvous_env
 from swift_trainer.runner.rendezvous import free_port
 from swift_trainer.runner.swift_command import build_sft_command
-
-__all__ = ["swift_venv", "tiny"]  # fixtures this module uses
 
 pytestmark = [pytest.mark.swift, pytest.mark.timeout(900)]
 
