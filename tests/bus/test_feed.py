@@ -206,3 +206,32 @@ async def test_a_feed_needing_events_the_tap_no_longer_holds_gets_its_own_consum
         assert ahead == [4]
     finally:
         await one.stop()
+
+
+async def test_feeds_starting_at_the_head_of_a_long_stream_share_one_consumer(
+    nc: Client, store: SqlEventStore
+) -> None:
+    """A process that restarts: every projection starts where the stream ends."""
+    relay = OutboxRelay(store, nc)
+    await relay.reconcile()
+    await _append(store, 6)
+    await relay.publish_pending()
+    before = await _consumers(nc)
+    seen: list[list[int]] = [[], []]
+
+    async def into(index: int, batch: Sequence[RecordedEvent]) -> None:
+        seen[index].extend(event.position for event in batch)
+
+    feeds = [EventFeed(nc, lambda batch, i=i: into(i, batch), after_position=6) for i in (0, 1)]
+    for feed in feeds:
+        await feed.start()
+    try:
+        for feed in feeds:
+            await feed.wait_caught_up(10)
+        assert await _consumers(nc) == before + 1
+        await _append(store, 2)
+        await relay.publish_pending()
+        await _eventually(lambda: seen == [[7, 8], [7, 8]], "both saw 7 and 8")
+    finally:
+        for feed in feeds:
+            await feed.stop()

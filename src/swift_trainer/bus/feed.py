@@ -94,6 +94,8 @@ class _Tap:
         self.closed = False
 
     async def start(self, start_seq: int | None) -> None:
+        # What comes before the start is passed: a feed that would start there joins.
+        self.last_seq = (start_seq or 1) - 1
         js = self.nc.jetstream()
         policy = DeliverPolicy.BY_START_SEQUENCE if start_seq else DeliverPolicy.ALL
         self._sub = await js.subscribe(
