@@ -21,7 +21,6 @@ from typing import Any
 
 from litestar import Litestar
 from litestar.connection import ASGIConnection, Request
-from litestar.handlers.base import BaseRouteHandler
 
 from ...core.access import ROLES
 from ...core.commands import Role
@@ -55,12 +54,6 @@ class AuthGuard:
     training_prefix: str
     read_model: ReadModel
     rate_limit: WriteRateLimit = field(default_factory=WriteRateLimit)
-
-    async def __call__(
-        self, connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler
-    ) -> None:
-        """As a Litestar guard."""
-        await self.check(connection)
 
     async def before_request(self, request: Request[Any, Any, Any]) -> None:
         """As the app's ``before_request`` hook (how the app runs it): None lets the
