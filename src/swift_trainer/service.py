@@ -28,6 +28,7 @@ from .bus.embedded import EmbeddedNatsServer
 from .bus.metrics import observe_command, sample_relay_lag
 from .bus.relay import OutboxRelay, RelayNudge
 from .core.errors import SwiftTrainerError
+from .core.gc_pause import settle_heap
 from .core.settings import Settings
 from .core.shutdown import wait_for_shutdown
 from .core.sqlstore import SqlEventStore, open_event_store
@@ -428,6 +429,7 @@ def _needs_nats_url(settings: Settings, what: str) -> bool:
 
 
 async def _serve_until_shutdown(service: Service) -> int:
+    settle_heap()  # everything has started: what it built stays for the process's life
     await wait_for_shutdown(service.failed)
     return 1 if service.failed.is_set() else 0
 

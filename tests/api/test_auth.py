@@ -327,3 +327,28 @@ async def test_writes_past_the_rate_limit_get_429_with_retry_after(tmp_path: Pat
             assert (await stack.client.get(f"{T}/jobs", headers=headers)).status_code == 200
         finally:
             await follower.stop()
+
+
+def test_an_app_with_a_route_that_skips_the_key_check_is_refused() -> None:
+    from litestar import Litestar, Request, Router, get
+
+    from swift_trainer.api.auth.guard import AuthGuard, check_every_route_guarded
+
+    guard = AuthGuard(None, PREFIX + "/training", MemoryReadModel())
+
+    @get("/a", sync_to_thread=False)
+    def a() -> str:
+        return "a"
+
+    @get("/b", sync_to_thread=False)
+    def b() -> str:
+        return "b"
+
+    async def own_hook(_request: Request[Any, Any, Any]) -> None:
+        return None
+
+    guarded = Litestar([a, Router("/r", route_handlers=[b])], before_request=guard.before_request)
+    check_every_route_guarded(guarded, guard)
+    bypass = Router("/r", route_handlers=[b], before_request=own_hook)
+    with pytest.raises(RuntimeError, match="/r/b answers without the key check"):
+        check_every_route_guarded(Litestar([a, bypass], before_request=guard.before_request), guard)

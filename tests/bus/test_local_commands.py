@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 from nats.aio.client import Client
+from opentelemetry.context import Context
 
 from swift_trainer.bus.command_client import CommandUnavailable
 from swift_trainer.bus.command_handler import CommandHandler
@@ -53,7 +54,7 @@ async def test_a_refusal_comes_back_as_the_domain_error(nc: Client, store: SqlEv
 
 class _SlowHandler(CommandHandler):
     async def execute(
-        self, envelope: CommandEnvelope, trace_context: dict[str, str] | None = None
+        self, envelope: CommandEnvelope, trace_context: dict[str, str] | Context | None = None
     ) -> CommandReply:
         await asyncio.sleep(0.3)
         return await super().execute(envelope, trace_context)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from opentelemetry import trace
+import pytest
+from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.propagate import inject
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from swift_trainer.core.telemetry import RecordWhenExported
+from swift_trainer.core.telemetry import RecordWhenExported, records_under
 
 
 def _remote_parent(*, sampled: bool) -> Context:
@@ -47,3 +48,29 @@ def test_once_spans_are_exported_new_traces_are_recorded_by_the_same_sampler() -
     sampler.exporting = True  # what setup_tracing does when a processor is added
     with tracer.start_as_current_span("after") as after:
         assert after.is_recording()
+
+
+@pytest.mark.parametrize("exporting", [False, True])
+@pytest.mark.parametrize(
+    "carrier",
+    [
+        {},
+        {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"},
+        {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+        {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-03"},
+        {"traceparent": "garbage"},
+    ],
+)
+def test_records_under_agrees_with_the_sampler_or_says_yes(
+    carrier: dict[str, str], exporting: bool
+) -> None:
+    sampler = RecordWhenExported(exporting=exporting)
+    parent = propagate.extract(carrier)
+    span_context = trace.get_current_span(parent).get_span_context()
+    trace_id = span_context.trace_id if span_context.is_valid else 1
+    decision = sampler.should_sample(parent, trace_id, "publish").decision
+    recorded = decision is not Decision.DROP
+    answer = records_under(carrier, sampler)
+    assert answer or not recorded, "never skips a span that would be recorded"
+    if not exporting:
+        assert answer == recorded, "exact while nothing is exported"

@@ -18,7 +18,7 @@ from litestar.openapi.spec import Tag
 from litestar.plugins import InitPlugin
 
 from .asyncapi_endpoint import asyncapi_json
-from .auth.guard import AuthGuard
+from .auth.guard import AuthGuard, check_every_route_guarded
 from .auth.rate_limit import WriteRateLimit
 from .dashboard import dashboard_handlers
 from .deps import ApiDeps
@@ -72,6 +72,12 @@ class SwiftTrainerApi(InitPlugin):
     def __init__(self, deps: ApiDeps, *, api_prefix: str = "/api/v1") -> None:
         self.deps = deps
         self.api_prefix = "/" + api_prefix.strip("/") if api_prefix.strip("/") else ""
+        self.guard = AuthGuard(
+            deps.access,
+            f"{self.api_prefix}/training",
+            deps.read_model,
+            WriteRateLimit(deps.write_rate, deps.write_burst),
+        )
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         deps = self.deps
@@ -100,15 +106,9 @@ class SwiftTrainerApi(InitPlugin):
         app_config.route_handlers.extend(
             dashboard_handlers(f"{self.api_prefix}/training", API_VERSION)
         )
-        # Every route passes the key check first (api/auth; open routes in its policy).
-        app_config.guards.append(
-            AuthGuard(
-                deps.access,
-                f"{self.api_prefix}/training",
-                deps.read_model,
-                WriteRateLimit(deps.write_rate, deps.write_burst),
-            )
-        )
+        # Every route passes the key check first (api/auth; open routes in its policy), as
+        # the before-request hook: a Litestar guard would copy the route handler per request.
+        app_config.before_request = self.guard.before_request
         app_config.dependencies["deps"] = Provide(lambda: deps, sync_to_thread=False)
         app_config.exception_handlers = {**app_config.exception_handlers, **exception_handlers()}
         app_config.openapi_config = OpenAPIConfig(
@@ -137,10 +137,13 @@ def _prime_cpu_counter() -> None:
 
 
 def create_app(deps: ApiDeps, *, api_prefix: str = "/api/v1", debug: bool = False) -> Litestar:
-    return Litestar(
-        plugins=[SwiftTrainerApi(deps, api_prefix=api_prefix)],
+    api = SwiftTrainerApi(deps, api_prefix=api_prefix)
+    app = Litestar(
+        plugins=[api],
         debug=debug,
         # The process configures logging (text or JSON lines with trace ids); Litestar's
         # default config would replace the root logger's handlers with its own format.
         logging_config=None,
     )
+    check_every_route_guarded(app, api.guard)
+    return app

@@ -19,6 +19,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from opentelemetry import trace
+from opentelemetry.context import Context
 
 from ..core import aggregates
 from ..core.access import ACCESS_STREAM, AccessState
@@ -240,15 +241,22 @@ class CommandHandler:
     async def execute(
         self,
         envelope: CommandEnvelope,
-        trace_context: dict[str, str] | None = None,
+        trace_context: dict[str, str] | Context | None = None,
     ) -> CommandReply:
-        """Decide and record one command; never raises for a domain or store problem."""
+        """Decide and record one command; never raises for a domain or store problem.
+
+        ``trace_context`` is the sender's: the headers of a NATS request, or the context
+        itself when the sender shares this process (nothing to serialise and parse).
+        """
         command = envelope.command
         stream_id = aggregates.stream_of(command)
         name = type(command).__name__
+        parent = (
+            trace_context if isinstance(trace_context, Context) else extract_context(trace_context)
+        )
         with _tracer.start_as_current_span(
             f"handle {name}",
-            context=extract_context(trace_context),
+            context=parent,
             kind=trace.SpanKind.CONSUMER,
             attributes={
                 "command.type": name,

@@ -12,13 +12,13 @@ import asyncio
 import logging
 
 from nats.aio.client import Client
+from opentelemetry import context as otel_context
 
 from ..core.commands import AnyCommand
 from ..core.errors import SwiftTrainerError
 from .command_client import CommandClient, CommandUnavailable, send_span
 from .command_handler import CommandHandler
 from .messages import CommandEnvelope, CommandReply, decode_envelope, encode, error_reply
-from .trace_headers import inject_headers
 
 _log = logging.getLogger(__name__)
 
@@ -73,7 +73,8 @@ class LocalCommandClient(CommandClient):
 
     async def _execute(self, envelope: CommandEnvelope) -> CommandReply:
         try:
-            return await self.handler.execute(envelope, inject_headers())
+            # The send span's context, as is: the handler's span is its child.
+            return await self.handler.execute(envelope, otel_context.get_current())
         except Exception as exc:  # as over NATS: an answer, never a crash
             _log.exception("unexpected error handling command %s", envelope.command_id)
             return error_reply(envelope.command_id, SwiftTrainerError(repr(exc)))

@@ -41,6 +41,7 @@ from opentelemetry import trace
 from ..core.ids import new_id
 from ..core.store import AppendResult, EventStore, RecordedEvent
 from ..core.tasks import unsubscribe_quietly
+from ..core.telemetry import records_under
 from . import subjects
 from .messages import EventEnvelope, encode
 from .trace_headers import extract_context
@@ -227,6 +228,14 @@ class OutboxRelay:
         return published
 
     async def _publish(self, event: RecordedEvent, previous: str | None) -> asyncio.Future[PubAck]:
+        if not records_under(event.metadata.trace):
+            # The span would not be recorded; its context goes nowhere (the headers carry
+            # the event's own), so the publish skips it.
+            return await self.js.publish_async(
+                subject_for(event),
+                encode(EventEnvelope.from_recorded(event)),
+                headers=headers_for(event, previous),
+            )
         with _tracer.start_as_current_span(
             f"publish {event.type}",
             context=extract_context(event.metadata.trace),

@@ -67,6 +67,23 @@ class RecordWhenExported(Sampler):
         return f"RecordWhenExported(exporting={self.exporting})"
 
 
+def records_under(carrier: Mapping[str, str], sampler: Sampler | None = None) -> bool:
+    """Whether a span started under the trace context in ``carrier`` would be recorded.
+
+    For a hot path whose span nobody else sees (its context goes nowhere): while this
+    process exports nothing, a child of an unsampled or absent context is not recorded, so
+    the span need not be started at all. Under any other sampler, the answer is yes.
+    ``sampler``: the global tracer provider's unless given.
+    """
+    if sampler is None:
+        sampler = getattr(trace.get_tracer_provider(), "sampler", None)
+    if not isinstance(sampler, RecordWhenExported) or sampler.exporting:
+        return True
+    parent = carrier.get("traceparent")
+    # W3C traceparent: version-traceid-spanid-flags; bit 0 of the flags is "sampled".
+    return parent is not None and len(parent) == 55 and parent[-1] in "13579bdf"
+
+
 def _exporter(env: Mapping[str, str]) -> SpanExporter | None:
     choice = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
     if not choice and (
