@@ -14,7 +14,7 @@ from swift_trainer.core.spec import EvalSpec, JobSpec, TrainArgs
 from swift_trainer.runner.evaluation import build_eval_command, read_scores, run_eval
 from swift_trainer.runner.factory import SIMULATOR
 from swift_trainer.runner.outcome import JobOutcome
-from swift_trainer.runner.reporting import JobReports
+from swift_trainer.runner.reporting import OutboxJobReporter
 
 
 def spec(train_type: str = "lora") -> JobSpec:
@@ -76,7 +76,7 @@ async def test_a_failed_evaluation_is_an_error_beside_the_success(tmp_path: Path
         return report
 
     outbox = Outbox()
-    reports = JobReports(
+    reports = OutboxJobReporter(
         job_id="job-1", attempt=1, runner_id="r", outbox=outbox, logs=None,  # type: ignore[arg-type]
         evaluate=evaluate,  # type: ignore[arg-type]
     )  # fmt: skip
