@@ -60,6 +60,9 @@ class Job:
         self.now += timedelta(seconds=1)
         events = decide(self.state, command, self.now)
         for event in events:
+            assert (event.at, event.job_id) == (self.now, JOB), "when it was decided, and whose"
+            stored = e.decode_event(e.event_type(event), e.encode_event(event))
+            assert stored == event, "the event decodes as stored: every field fits its type"
             self.state = evolve(self.state, event)
         self.history.extend(events)
         assert replay(JOB, self.history) == self.state
@@ -1128,6 +1131,210 @@ def test_export_reports_that_do_not_fit_are_refused() -> None:
     ):
         message = job.refuse(late, InvalidTransition, "invalid_transition")
         assert f"export {export_id} is succeeded" in message
+
+
+def test_a_failed_report_ends_a_running_export() -> None:
+    job = finished(JobStatus.SUCCEEDED)
+    export_id = f"{JOB}-export-1"
+    job.do(c.RequestExport(job_id=JOB))
+    job.do(c.ReportExportStarted(job_id=JOB, export_id=export_id, runner_id=RUNNER, pid=7))
+    failed = c.ReportExportFailed(
+        job_id=JOB, export_id=export_id, runner_id=RUNNER, exit_code=1, reason="disk full"
+    )
+    assert job.do(failed) == [
+        e.ExportFailed(at=job.now, job_id=JOB, export_id=export_id, exit_code=1, reason="disk full")
+    ]
+
+
+def test_a_checkpoint_reported_with_a_trailing_slash_is_exported_by_its_folder_name() -> None:
+    job = finished(JobStatus.SUCCEEDED, checkpoints=(CKPT_100 + "/", CKPT_200))
+    (export,) = job.do(c.RequestExport(job_id=JOB, checkpoint="checkpoint-100"))
+    assert isinstance(export, e.ExportRequested)
+    assert export.checkpoint == CKPT_100 + "/"
+
+
+# --- every refusal, word for word -------------------------------------------------------------
+
+
+def _export_in_flight() -> Job:
+    job = finished(JobStatus.SUCCEEDED)
+    job.do(c.RequestExport(job_id=JOB))
+    return job
+
+
+def _export_done() -> Job:
+    job = _export_in_flight()
+    job.do(
+        c.ReportExportSucceeded(
+            job_id=JOB, export_id=f"{JOB}-export-1", runner_id=RUNNER, artifact_path="a"
+        )
+    )
+    return job
+
+
+def _preempt(attempt: int = 1) -> c.PreemptJob:
+    return c.PreemptJob(job_id=JOB, attempt=attempt, preempted_by="urgent", reason="r", grace_s=60)
+
+
+REFUSALS: list[tuple[str, Any, Any, str]] = [
+    (
+        "start a finished job",
+        lambda: in_status(JobStatus.SUCCEEDED),
+        lambda job: c.StartJob(job_id=JOB),
+        "start job 'training_001' while it is succeeded: "
+        "it has finished; submit a new job to train again",
+    ),
+    (
+        "start a cancelled job",
+        lambda: in_status(JobStatus.CANCELLED),
+        lambda job: c.StartJob(job_id=JOB),
+        "start job 'training_001' while it is cancelled: "
+        "a cancelled job is final; submit a new job",
+    ),
+    (
+        "start a stopping job",
+        lambda: in_status(JobStatus.STOPPING),
+        lambda job: c.StartJob(job_id=JOB),
+        "start job 'training_001' while it is stopping: "
+        "wait until it has stopped, then start it again",
+    ),
+    (
+        "stop a finished job",
+        lambda: in_status(JobStatus.SUCCEEDED),
+        lambda job: c.StopJob(job_id=JOB),
+        "stop job 'training_001' while it is succeeded: it is no longer running",
+    ),
+    (
+        "pause a stopping job",
+        lambda: in_status(JobStatus.STOPPING),
+        lambda job: c.PauseJob(job_id=JOB),
+        "pause job 'training_001' while it is stopping: a stop is already in progress",
+    ),
+    (
+        "pause a finished job",
+        lambda: in_status(JobStatus.SUCCEEDED),
+        lambda job: c.PauseJob(job_id=JOB),
+        "pause job 'training_001' while it is succeeded: only queued or running jobs can be paused",
+    ),
+    (
+        "cancel a finished job",
+        lambda: in_status(JobStatus.SUCCEEDED),
+        lambda job: c.CancelJob(job_id=JOB),
+        "cancel job 'training_001' while it is succeeded: it has already finished",
+    ),
+    (
+        "requeue a finished job",
+        lambda: in_status(JobStatus.SUCCEEDED),
+        lambda job: c.RequeueJob(job_id=JOB, reason="r"),
+        "requeue job 'training_001' while it is succeeded: it is not running",
+    ),
+    (
+        "resume a running job",
+        lambda: in_status(JobStatus.RUNNING),
+        lambda job: c.ResumeJob(job_id=JOB),
+        "resume job 'training_001' while it is running: "
+        "only paused, stopped or timed-out jobs can be resumed",
+    ),
+    (
+        "time out a queued job",
+        lambda: in_status(JobStatus.QUEUED),
+        lambda job: c.TimeOutJob(job_id=JOB, attempt=0, reason="r"),
+        "time out job 'training_001' while it is queued: it is not running",
+    ),
+    (
+        "delete a running job",
+        lambda: in_status(JobStatus.RUNNING),
+        lambda job: c.DeleteJob(job_id=JOB),
+        "delete job 'training_001' while it is running: "
+        "stop it first and delete it once it has stopped",
+    ),
+    (
+        "reorder a running job",
+        lambda: in_status(JobStatus.RUNNING),
+        lambda job: c.ChangePriority(job_id=JOB, priority=1),
+        "change the priority of job 'training_001' while it is running: "
+        "only held, waiting or queued jobs can be reordered",
+    ),
+    (
+        "schedule a running job",
+        lambda: in_status(JobStatus.RUNNING),
+        lambda job: job.schedule_cmd(),
+        "schedule job 'training_001' while it is running: only queued jobs can be placed",
+    ),
+    (
+        "reject a started job",
+        lambda: in_status(JobStatus.RUNNING),
+        lambda job: job.reject(),
+        "reject the assignment of job 'training_001' while it is running: "
+        "only a job that has not started can be",
+    ),
+    (
+        "preempt a queued job",
+        lambda: in_status(JobStatus.QUEUED),
+        lambda job: _preempt(),
+        "preempt job 'training_001' while it is queued: only its running attempt 0 can be",
+    ),
+    (
+        "preempt a job a user is stopping",
+        lambda: in_status(JobStatus.STOPPING),
+        lambda job: _preempt(),
+        "preempt job 'training_001' while it is stopping: only its running attempt 1 can be",
+    ),
+    (
+        "preempt a job that is not preemptible",
+        lambda: running(preemptible=False),
+        lambda job: _preempt(),
+        "preempt job 'training_001' while it is running: its spec says preemptible: false",
+    ),
+    (
+        "export a running job",
+        lambda: in_status(JobStatus.RUNNING),
+        lambda job: c.RequestExport(job_id=JOB),
+        "export job 'training_001' while it is running: "
+        "export once training has finished or been stopped",
+    ),
+    (
+        "export a full fine-tune",
+        lambda: finished(JobStatus.SUCCEEDED, train_args=TrainArgs(train_type="full")),
+        lambda job: c.RequestExport(job_id=JOB),
+        "export job 'training_001' while it is succeeded: "
+        "a full fine-tune has no LoRA adapter to merge",
+    ),
+    (
+        "export while an export runs",
+        _export_in_flight,
+        lambda job: c.RequestExport(job_id=JOB, overwrite=True),
+        "export job 'training_001' while it is succeeded: "
+        "export training_001-export-1 is still in progress",
+    ),
+    (
+        "report on an unknown export",
+        _export_in_flight,
+        lambda job: c.ReportExportStarted(job_id=JOB, export_id="x", runner_id=RUNNER, pid=1),
+        "record export progress for job 'training_001' while it is succeeded: no export 'x'",
+    ),
+    (
+        "report a start of a finished export",
+        _export_done,
+        lambda job: c.ReportExportStarted(
+            job_id=JOB, export_id=f"{JOB}-export-1", runner_id=RUNNER, pid=1
+        ),
+        "record export progress for job 'training_001' while it is succeeded: "
+        "export training_001-export-1 is succeeded",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("setup", "command", "message"),
+    [case[1:] for case in REFUSALS],
+    ids=[case[0] for case in REFUSALS],
+)
+def test_a_refusal_says_what_was_refused_for_which_job_in_which_status_and_why(
+    setup: Any, command: Any, message: str
+) -> None:
+    job = setup()
+    assert job.refuse(command(job), InvalidTransition, "invalid_transition") == f"cannot {message}"
 
 
 # --- delete ---------------------------------------------------------------------------------

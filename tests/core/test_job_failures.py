@@ -281,6 +281,9 @@ def test_a_warning_is_recorded_once_per_attempt() -> None:
     assert job.do(flag) == []
     assert job.do(msgspec.structs.replace(flag, attempt=7)) == []  # not the current attempt
     assert [w.kind for w in job.state.warnings] == ["resume_stalled"]
+    (idle,) = job.do(msgspec.structs.replace(flag, warning="idle", reason="GPUs idle"))
+    assert isinstance(idle, e.JobWarned), "another kind in the same attempt is recorded too"
+    assert [w.kind for w in job.state.warnings] == ["resume_stalled", "idle"]
 
 
 def plan(

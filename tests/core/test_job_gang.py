@@ -45,6 +45,9 @@ class Gang:
         self.now += timedelta(seconds=1)
         events = decide(self.state, command, self.now)
         for event in events:
+            assert (event.at, event.job_id) == (self.now, JOB), "when it was decided, and whose"
+            stored = e.decode_event(e.event_type(event), e.encode_event(event))
+            assert stored == event, "the event decodes as stored: every field fits its type"
             self.state = evolve(self.state, event)
         self.history.extend(events)
         assert replay(JOB, self.history) == self.state
@@ -98,8 +101,12 @@ def test_other_ranks_start_only_once_rank_0_publishes_the_rendezvous() -> None:
     gang = Gang()
     gang.schedule()
     assert gang.report(c.ReportStarted, HEAD, pid=10, command=("swift",))
-    with pytest.raises(DomainError, match="only rank 0"):
+    with pytest.raises(DomainError) as refused:
         gang.report(c.ReportRendezvous, PEER, master_addr="h", master_port=1)
+    assert refused.value.message == (
+        "cannot record a rendezvous for job 'gang_001' while it is running: "
+        "only rank 0's runner publishes it"
+    )
     starts = gang.report(c.ReportRendezvous, HEAD, master_addr="10.0.0.1", master_port=29500)
     assert [(x.rank, x.runner_id, x.master_port) for x in starts] == [  # type: ignore[attr-defined]
         (1, PEER, 29500),
@@ -130,7 +137,14 @@ def test_a_failed_rank_stops_every_other_rank_and_requeues_once_from_the_checkpo
     gang.running()
     gang.report(c.ReportCheckpoint, HEAD, step=5, path=CKPT)
     events = gang.report(c.ReportFailed, PEER, exit_code=1, reason="NCCL timeout")
-    assert stops_to(events) == [HEAD, THIRD]  # type: ignore[arg-type]
+    why = "rank 1 on host-b failed (exit code 1): NCCL timeout"
+    at = gang.now
+    assert events[:3] == [  # type: ignore[index]
+        e.StopRequested(
+            at=at, job_id=JOB, reason=why, runner_id=runner, attempt=1, intent="requeue"
+        )
+        for runner in (HEAD, THIRD)
+    ] + [e.JobLost(at=at, job_id=JOB, attempt=1, runner_id=PEER, reason=why)]
     assert gang.state.status is JobStatus.QUEUED
     assert (gang.state.retries, gang.state.resume_from) == (1, CKPT)
     assert gang.state.peers == ()
@@ -178,6 +192,33 @@ def test_a_rank_that_refuses_its_start_stops_rank_0_and_requeues() -> None:
     events = gang.report(c.RejectAssignment, THIRD, reason="output_dir not shared")
     assert stops_to(events) == [HEAD, PEER]  # type: ignore[arg-type]
     assert gang.state.status is JobStatus.QUEUED
+
+
+def test_the_rendezvous_starts_each_rank_on_its_gpus_from_the_checkpoint() -> None:
+    gang = Gang(nodes=2)
+    gang.schedule(peer(1, PEER))
+    gang.report(c.ReportStarted, HEAD, pid=10, command=("swift",))
+    gang.report(c.ReportCheckpoint, HEAD, step=5, path=CKPT)
+    gang.report(c.ReportFailed, HEAD, exit_code=1, reason="NCCL timeout")
+    assert gang.state.resume_from == CKPT
+    placed = RankPlacement(rank=1, runner_id=PEER, gpu_ids=(2, 3), gpu_uuids=("GPU-b2", "GPU-b3"))
+    gang.schedule(placed)
+    gang.report(c.ReportStarted, HEAD, pid=20, command=("swift",))
+    starts = gang.report(c.ReportRendezvous, HEAD, master_addr="10.0.0.1", master_port=29500)
+    assert starts == [
+        e.RankStartRequested(
+            at=gang.now,
+            job_id=JOB,
+            attempt=2,
+            rank=1,
+            runner_id=PEER,
+            gpu_ids=(2, 3),
+            gpu_uuids=("GPU-b2", "GPU-b3"),
+            master_addr="10.0.0.1",
+            master_port=29500,
+            resume_from=CKPT,
+        )
+    ]
 
 
 def test_rank_of_and_the_rendezvous_env() -> None:
