@@ -1555,6 +1555,24 @@ def test_success_requests_the_export_of_the_final_checkpoint_when_the_spec_asks(
     assert job.state.export_in_flight is not None
 
 
+@pytest.mark.parametrize(
+    ("output_path", "step"),
+    [(CKPT_200 + "/", 200), ("output/training_001/v0-20250301/checkpoint-final", 0)],
+)
+def test_auto_export_records_the_final_checkpoint_named_by_the_runner(
+    output_path: str, step: int
+) -> None:
+    job = running(auto_export=True)
+    final = c.ReportSucceeded(
+        job_id=JOB, attempt=1, runner_id=RUNNER, final_step=200, output_path=output_path
+    )
+    _, saved, export = job.do(final)
+    assert saved == e.CheckpointSaved(
+        at=job.now, job_id=JOB, attempt=1, step=step, path=output_path
+    )
+    assert isinstance(export, e.ExportRequested) and export.checkpoint == output_path
+
+
 def test_auto_export_falls_back_to_the_last_recorded_checkpoint() -> None:
     job = running(auto_export=True)
     job.do(job.checkpoint(CKPT_100))

@@ -123,6 +123,30 @@ def test_at_its_max_runtime_a_job_stops_with_a_checkpoint_and_ends_timed_out() -
     assert job.state.stop_reason == "reached its max_runtime"
 
 
+def test_a_time_limit_during_a_stop_for_a_time_limit_or_a_cancel_changes_nothing() -> None:
+    limit = c.TimeOutJob(job_id=JOB, attempt=1, reason="reached its max_runtime")
+    for first in (limit, c.CancelJob(job_id=JOB)):
+        job = running(max_runtime=60)
+        job.do(first)
+        assert job.do(limit) == []
+
+
+def test_a_time_limit_during_a_users_stop_ends_the_job_timed_out() -> None:
+    job = running(max_runtime=60)
+    job.do(c.StopJob(job_id=JOB))
+    (stop,) = job.do(c.TimeOutJob(job_id=JOB, attempt=1, reason="reached its max_runtime"))
+    assert stop == e.StopRequested(
+        at=job.now,
+        job_id=JOB,
+        reason="reached its max_runtime",
+        runner_id="gpu-host-1",
+        attempt=1,
+        intent="timeout",
+    )
+    job.do(job.stopped())
+    assert job.state.status is JobStatus.TIMED_OUT
+
+
 def test_a_stale_time_limit_is_refused() -> None:
     job = running(max_runtime=60)
     job.refuse(c.TimeOutJob(job_id=JOB, attempt=3, reason="x"), StaleAssignment, "stale_assignment")
