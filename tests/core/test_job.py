@@ -27,6 +27,7 @@ from swift_trainer.core.failure import Failure
 from swift_trainer.core.job import (
     ACTIVE,
     FINISHED,
+    STATUS_AFTER,
     Checkpoint,
     JobState,
     JobStatus,
@@ -34,6 +35,7 @@ from swift_trainer.core.job import (
     evolve,
     initial_state,
     replay,
+    status_after,
 )
 from swift_trainer.core.spec import Dependency, JobSpec, TrainArgs
 
@@ -66,6 +68,9 @@ class Job:
             self.state = evolve(self.state, event)
         self.history.extend(events)
         assert replay(JOB, self.history) == self.state
+        types = [e.event_type(event) for event in events]
+        told = self.state.status if any(t in STATUS_AFTER for t in types) else None
+        assert status_after(types) == told, "the event types tell the new status"
         return events
 
     def refuse(self, command: c.AnyJobCommand, error: type[DomainError], code: str) -> str:

@@ -110,6 +110,12 @@ def test_runtime_counts_over_all_attempts_from_the_events() -> None:
     job.do(job.started())
     later = job.now + timedelta(seconds=100)
     assert job.state.runtime_at(later) == ran + 100
+    assert job.state.runtime_at(job.now) == ran, "no time yet in this attempt"
+    assert job.state.runtime_at(job.now - timedelta(seconds=5)) == ran, "never less"
+    job.do(preempt(attempt=2))
+    job.do(job.stopped())
+    assert job.state.run_since is None
+    assert job.state.runtime_at(later) == job.state.runtime_s, "not running: nothing added"
 
 
 def test_at_its_max_runtime_a_job_stops_with_a_checkpoint_and_ends_timed_out() -> None:
