@@ -75,6 +75,24 @@ def test_an_oom_is_retried_with_half_the_batch_and_twice_the_accumulation() -> N
     assert scheduled.train_args == TrainArgs(batch_size=4, gradient_accumulation_steps=4)
 
 
+def test_a_retry_resumes_from_the_last_checkpoint_with_the_retry_count_unchanged() -> None:
+    job = running(train_args=TrainArgs(batch_size=8), priority=4)
+    saved(job, CKPT_A, 100)
+    saved(job, CKPT_B, 200)
+    (requeued,) = fail(job, OOM)
+    assert requeued == e.JobRequeued(
+        at=job.now,
+        job_id=JOB,
+        priority=4,
+        retries=0,
+        reason="out of GPU memory: retry 1 of 2 with batch_size 8 -> 4, "
+        "gradient_accumulation_steps 4 -> 8",
+        resume_from=CKPT_B,
+        failure=OOM,
+        train_args=TrainArgs(batch_size=4, gradient_accumulation_steps=8),
+    )
+
+
 def test_an_oom_is_retried_at_most_twice_then_fails_saying_so() -> None:
     job = running(train_args=TrainArgs(batch_size=8))
     for _ in range(2):
