@@ -636,3 +636,12 @@ def test_a_job_bigger_than_every_host_is_unplaceable_with_the_reason() -> None:
             "the job waits until a runner that big reports",
         ),
     )
+
+
+def test_a_running_jobs_remaining_time_is_kept_with_it() -> None:
+    scheduler = core(("low", 0))
+    scheduler.set_remaining("low", 50.0)
+    held = scheduler.running_job("low")
+    assert held is not None and held.remaining_s == 50.0
+    scheduler.set_remaining("never-assigned", 10.0)
+    assert scheduler.running_job("never-assigned") is None
