@@ -444,6 +444,47 @@ def test_start_of_a_stopping_job_is_refused_until_it_has_stopped() -> None:
     assert "wait until it has stopped" in message
 
 
+# --- waiting on other jobs -----------------------------------------------------------------
+
+AFTER = (Dependency(job="other"),)
+
+
+def test_a_held_job_with_conditions_waits_when_started() -> None:
+    job = submitted(auto_start=False, after=AFTER)
+    assert job.do(c.StartJob(job_id=JOB)) == [
+        e.JobReleased(at=job.now, job_id=JOB),
+        e.JobWaiting(at=job.now, job_id=JOB),
+    ]
+    assert job.state.status is JobStatus.WAITING
+
+
+def test_the_release_queues_a_waiting_job_once() -> None:
+    job = in_status(JobStatus.WAITING)
+    release = c.ReleaseWaitingJob(job_id=JOB)
+    assert job.do(release) == [
+        e.JobQueued(at=job.now, job_id=JOB, priority=9, reason="dependencies met")
+    ]
+    assert job.do(release) == [], "a queued job has left the wait already"
+
+
+@pytest.mark.parametrize("how", [c.StopJob(job_id=JOB), c.PauseJob(job_id=JOB)])
+def test_a_job_stopped_while_it_waited_waits_again_when_started(how: c.AnyJobCommand) -> None:
+    job = in_status(JobStatus.WAITING)
+    job.do(how)
+    assert job.do(c.StartJob(job_id=JOB)) == [e.JobWaiting(at=job.now, job_id=JOB)]
+
+
+def test_a_job_with_conditions_that_has_run_is_queued_when_started_again() -> None:
+    job = in_status(JobStatus.WAITING)
+    job.do(c.ReleaseWaitingJob(job_id=JOB))
+    job.schedule()
+    job.do(job.started())
+    job.do(c.StopJob(job_id=JOB))
+    job.do(job.stopped())
+    (queued,) = job.do(c.StartJob(job_id=JOB))
+    assert isinstance(queued, e.JobQueued) and queued.reason == "resumed"
+
+
 # --- stop -----------------------------------------------------------------------------------
 
 
