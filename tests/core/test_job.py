@@ -444,6 +444,61 @@ def test_start_of_a_stopping_job_is_refused_until_it_has_stopped() -> None:
     assert "wait until it has stopped" in message
 
 
+# --- ending a job that waits to run again -------------------------------------------------
+
+
+def requeued_after_a_checkpoint() -> Job:
+    """Queued again after its runner was lost, with a checkpoint to resume from."""
+    job = running()
+    job.do(job.checkpoint(CKPT_100))
+    job.do(job.lost())
+    assert job.state.status is JobStatus.QUEUED
+    return job
+
+
+def test_cancel_or_pause_of_a_queued_job_keeps_its_checkpoint_in_the_event() -> None:
+    job = requeued_after_a_checkpoint()
+    assert job.do(c.CancelJob(job_id=JOB, reason="not needed")) == [
+        e.JobCancelled(at=job.now, job_id=JOB, reason="not needed", attempt=1, checkpoint=CKPT_100)
+    ]
+    job = requeued_after_a_checkpoint()
+    assert job.do(c.PauseJob(job_id=JOB, reason="later")) == [
+        e.JobPaused(at=job.now, job_id=JOB, reason="later", attempt=1, checkpoint=CKPT_100)
+    ]
+
+
+def stop_request(job: Job, reason: str, intent: str) -> e.StopRequested:
+    return e.StopRequested(
+        at=job.now, job_id=JOB, reason=reason, runner_id=RUNNER, attempt=1, intent=intent
+    )
+
+
+def test_a_cancel_turns_a_stop_under_way_into_a_cancel_once() -> None:
+    job = running()
+    job.do(c.StopJob(job_id=JOB))
+    cancel = c.CancelJob(job_id=JOB, reason="not needed")
+    assert job.do(cancel) == [stop_request(job, "not needed", "cancel")]
+    assert job.do(cancel) == []
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        c.TimeOutJob(job_id=JOB, attempt=1, reason="max_runtime"),
+        c.PreemptJob(job_id=JOB, attempt=1, preempted_by="urgent", reason="r", grace_s=60),
+    ],
+)
+def test_a_pause_turns_a_time_limit_or_a_preemption_into_a_pause(first: c.AnyJobCommand) -> None:
+    job = running()
+    job.do(first)
+    pause = c.PauseJob(job_id=JOB, reason="later")
+    assert job.do(pause) == [stop_request(job, "later", "pause")]
+    assert job.do(pause) == []
+    job.do(job.stopped())
+    assert job.state.status is JobStatus.PAUSED
+    assert job.do(pause) == [], "paused already"
+
+
 # --- waiting on other jobs -----------------------------------------------------------------
 
 AFTER = (Dependency(job="other"),)

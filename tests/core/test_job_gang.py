@@ -164,7 +164,16 @@ def test_losing_any_runner_stops_the_rest_and_requeues() -> None:
     gang = Gang()
     gang.running()
     events = gang.do(c.MarkLost(job_id=JOB, attempt=1, reason="runner host-c stopped"))
-    assert stops_to(events) == [HEAD, PEER, THIRD]
+    why = "lost: runner host-c stopped"
+    assert events[:3] == [
+        e.StopRequested(
+            at=gang.now, job_id=JOB, reason=why, runner_id=runner, attempt=1, intent="requeue"
+        )
+        for runner in (HEAD, PEER, THIRD)
+    ]
+    requeued = events[-1]
+    assert isinstance(requeued, e.JobRequeued)
+    assert (requeued.reason, requeued.retries) == (why, 1), "a loss counts as a retry"
     assert gang.state.status is JobStatus.QUEUED
     stale = c.ReportProgress(job_id=JOB, attempt=1, runner_id=PEER, step=9)
     with pytest.raises(StaleAssignment):
@@ -172,11 +181,20 @@ def test_losing_any_runner_stops_the_rest_and_requeues() -> None:
 
 
 def test_stop_pause_and_cancel_reach_every_rank() -> None:
-    for command in (c.StopJob(job_id=JOB), c.PauseJob(job_id=JOB), c.CancelJob(job_id=JOB)):
+    for command, intent in (
+        (c.StopJob(job_id=JOB, reason="why"), "stop"),
+        (c.PauseJob(job_id=JOB, reason="why"), "pause"),
+        (c.CancelJob(job_id=JOB, reason="why"), "cancel"),
+    ):
         gang = Gang()
         gang.running()
         events = gang.do(command)
-        assert stops_to(events) == [HEAD, PEER, THIRD]
+        assert events == [
+            e.StopRequested(
+                at=gang.now, job_id=JOB, reason="why", runner_id=runner, attempt=1, intent=intent
+            )
+            for runner in (HEAD, PEER, THIRD)
+        ]
         assert gang.state.status is JobStatus.STOPPING
         # A rank ending during the stop is part of it; rank 0's report ends the job.
         assert gang.report(c.ReportFailed, PEER, exit_code=1, reason="stopped") == []
