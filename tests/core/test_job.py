@@ -499,6 +499,21 @@ def test_a_pause_turns_a_time_limit_or_a_preemption_into_a_pause(first: c.AnyJob
     assert job.do(pause) == [], "paused already"
 
 
+def test_stop_of_a_requeued_job_names_its_attempt() -> None:
+    job = requeued_after_a_checkpoint()
+    assert job.do(c.StopJob(job_id=JOB, reason="enough")) == [
+        e.JobStopped(at=job.now, job_id=JOB, reason="enough", attempt=1)
+    ]
+
+
+def test_a_users_stop_takes_over_a_time_limit_under_way() -> None:
+    job = running()
+    job.do(c.TimeOutJob(job_id=JOB, attempt=1, reason="max_runtime"))
+    assert job.do(c.StopJob(job_id=JOB, reason="enough")) == [stop_request(job, "enough", "stop")]
+    job.do(job.stopped())
+    assert job.state.status is JobStatus.STOPPED
+
+
 # --- waiting on other jobs -----------------------------------------------------------------
 
 AFTER = (Dependency(job="other"),)

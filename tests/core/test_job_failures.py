@@ -9,7 +9,7 @@ from swift_trainer.core import commands as c
 from swift_trainer.core import events as e
 from swift_trainer.core.errors import CheckpointMissing
 from swift_trainer.core.failure import FAILURE_KINDS, Failure, RetryPolicy
-from swift_trainer.core.job import JobStatus, replay
+from swift_trainer.core.job import AttemptFailure, JobStatus, replay
 from swift_trainer.core.retry import GiveUp, Retry, RetryCounts, plan_retry
 from swift_trainer.core.spec import TrainArgs
 
@@ -58,7 +58,7 @@ def test_a_user_or_data_error_fails_at_once_with_its_line(kind: str) -> None:
     assert "not retried" in failed.reason
     assert job.state.status is JobStatus.FAILED
     assert job.state.failure == failure
-    assert job.state.failures[-1].attempt == 1
+    assert job.state.failures[-1] == AttemptFailure(attempt=1, failure=failure)
 
 
 def test_an_oom_is_retried_with_half_the_batch_and_twice_the_accumulation() -> None:
@@ -91,6 +91,7 @@ def test_a_retry_resumes_from_the_last_checkpoint_with_the_retry_count_unchanged
         failure=OOM,
         train_args=TrainArgs(batch_size=4, gradient_accumulation_steps=8),
     )
+    assert job.state.failures == (AttemptFailure(attempt=1, failure=OOM),)
 
 
 def test_an_oom_is_retried_at_most_twice_then_fails_saying_so() -> None:
