@@ -514,6 +514,88 @@ def test_a_users_stop_takes_over_a_time_limit_under_way() -> None:
     assert job.state.status is JobStatus.STOPPED
 
 
+# --- runner reports in full ---------------------------------------------------------------
+
+
+def test_a_start_report_keeps_the_runners_warnings() -> None:
+    job = scheduled()
+    started = msgspec.structs.replace(job.started(), warnings=("tracker unreachable",))
+    (event,) = job.do(started)
+    assert isinstance(event, e.JobStarted) and event.warnings == ("tracker unreachable",)
+
+
+def test_a_success_report_keeps_the_evaluation() -> None:
+    job = running()
+    report = msgspec.structs.replace(
+        job.succeeded(), eval_results={"ceval": 0.5}, eval_error="mmlu: no dataset"
+    )
+    (event,) = job.do(report)
+    assert isinstance(event, e.JobSucceeded)
+    assert (event.eval_results, event.eval_error) == ({"ceval": 0.5}, "mmlu: no dataset")
+
+
+def test_a_process_failing_during_a_cancel_ends_the_job_cancelled_with_its_checkpoint() -> None:
+    job = running()
+    job.do(job.checkpoint(CKPT_100))
+    job.do(c.CancelJob(job_id=JOB))
+    _, cancelled = job.do(job.failed())
+    assert cancelled == e.JobCancelled(
+        at=job.now, job_id=JOB, reason="CUDA out of memory", attempt=1, checkpoint=CKPT_100
+    )
+
+
+def test_a_process_killed_at_the_end_of_a_time_limits_grace_still_times_out() -> None:
+    job = running()
+    job.do(job.checkpoint(CKPT_100))
+    job.do(c.TimeOutJob(job_id=JOB, attempt=1, reason="reached its max_runtime"))
+    assert job.do(job.failed()) == [
+        e.JobTimedOut(
+            at=job.now,
+            job_id=JOB,
+            reason="reached its max_runtime",
+            attempt=1,
+            checkpoint=CKPT_100,
+        )
+    ]
+
+
+def test_a_process_killed_during_a_requeue_is_queued_from_its_checkpoint() -> None:
+    job = running()
+    job.do(job.checkpoint(CKPT_100))
+    job.do(c.RequeueJob(job_id=JOB, reason="making room"))
+    (requeued,) = job.do(job.failed())
+    assert isinstance(requeued, e.JobRequeued)
+    assert (requeued.reason, requeued.resume_from) == ("making room", CKPT_100)
+
+
+def test_a_stop_the_runner_reports_unasked_ends_the_job_stopped() -> None:
+    job = running()
+    job.do(job.checkpoint(CKPT_100))
+    assert job.do(job.stopped()) == [
+        e.JobStopped(
+            at=job.now,
+            job_id=JOB,
+            reason="stopped on the runner",
+            attempt=1,
+            checkpoint=CKPT_100,
+        )
+    ]
+
+
+def test_a_stale_report_says_where_the_current_attempt_is() -> None:
+    job = running()
+    stale = job.progress(attempt=3)
+    assert job.refuse(stale, StaleAssignment, "stale_assignment") == (
+        "report from runner 'gpu-host-1' for attempt 3 of job 'training_001', whose current "
+        "attempt is 1 (on 'gpu-host-1'): the process should be stopped"
+    )
+    job = in_status(JobStatus.QUEUED)
+    assert job.refuse(job.progress(attempt=1), StaleAssignment, "stale_assignment") == (
+        "report from runner 'gpu-host-1' for attempt 1 of job 'training_001', whose current "
+        "attempt is 0 (queued): the process should be stopped"
+    )
+
+
 # --- waiting on other jobs -----------------------------------------------------------------
 
 AFTER = (Dependency(job="other"),)
