@@ -645,3 +645,72 @@ def test_a_running_jobs_remaining_time_is_kept_with_it() -> None:
     assert held is not None and held.remaining_s == 50.0
     scheduler.set_remaining("never-assigned", 10.0)
     assert scheduler.running_job("never-assigned") is None
+
+
+def test_a_preemptor_starts_as_its_next_attempt_and_holds_its_gpus() -> None:
+    scheduler = core(("low1", 0), ("low2", 1))
+    scheduler.set_victim_facts({n: facts(n) for n in ("low1", "low2")})
+    urgent = job("urgent", priority=9, gpus=2, owner="ann", attempt=1, duration=300.0)
+    scheduler.submit(urgent)
+    assert victims(scheduler) == [{"low1", "low2"}]
+    for name in ("low1", "low2"):
+        scheduler.release(name)
+    (decision,) = scheduler.place().decisions
+    assert decision == Decision(
+        job_id="urgent",
+        attempt=2,
+        runner_id="a",
+        gpu_ids=(0, 1),
+        gpu_uuids=("GPU-a-0", "GPU-a-1"),
+    )
+    assert scheduler.running_job("urgent") == RunningJob(
+        job_id="urgent", runner_id="a", gpu_ids=(0, 1), remaining_s=300.0, priority=9, owner="ann"
+    )
+    assert scheduler.gpus_in_use("ann") == 2
+    assert scheduler.queued_jobs() == []
+
+
+def test_each_plan_of_a_pass_has_victims_of_its_own() -> None:
+    """Three preemptors, six victims: the cheapest victims go to one plan only."""
+    scheduler = core(*((f"low{i}", i) for i in range(6)), gpus=6)
+    scheduler.set_victim_facts({f"low{i}": facts(f"low{i}") for i in range(6)})
+    for owner in ("ann", "bob", "cid"):
+        scheduler.submit(job(owner, priority=9, gpus=2, owner=owner))
+    found = victims(scheduler)
+    assert len(found) == 3
+    assert set().union(*found) == {f"low{i}" for i in range(6)}
+
+
+def test_a_lane_is_walked_past_a_job_with_a_plan() -> None:
+    scheduler = core(*((f"low{i}", i) for i in range(6)), gpus=6)
+    scheduler.set_victim_facts({f"low{i}": facts(f"low{i}") for i in range(6)})
+    scheduler.submit(job("first", priority=9, gpus=2, seq=1))
+    scheduler.submit(job("second", priority=9, gpus=2, seq=2))
+    assert len(victims(scheduler)) == 2, "one lane: the second is searched after the first"
+    scheduler.submit(job("third", priority=9, gpus=2, seq=3))
+    assert len(victims(scheduler)) == 1, "the third is reached past the two with plans"
+    assert set(scheduler.plans) == {"first", "second", "third"}
+
+
+def test_no_plan_for_a_job_no_higher_than_every_victim_or_with_no_victim_at_all() -> None:
+    scheduler = core(("low1", 0), ("low2", 1))
+    scheduler.set_victim_facts({n: facts(n) for n in ("low1", "low2")})
+    scheduler.submit(job("equal", priority=2, gpus=2))
+    assert scheduler.place().preemptions == ()
+    scheduler.set_victim_facts({n: facts(n, eligible=False) for n in ("low1", "low2")})
+    scheduler.submit(job("urgent", priority=9, gpus=2))
+    assert scheduler.place().preemptions == ()
+
+
+def test_a_host_a_job_waits_on_is_left_to_it_in_that_pass() -> None:
+    scheduler = core(("x", 0), ("soon", 1), ("y", 2), gpus=3)
+    scheduler.set_victim_facts(
+        {
+            "x": facts("x", 1),
+            "y": facts("y", 1),
+            "soon": VictimFacts(job_id="soon", attempt=1, priority=1, eligible=False, soon=True),
+        }
+    )
+    scheduler.submit(job("waits", priority=9, gpus=1, owner="ann"))
+    scheduler.submit(job("later", priority=8, gpus=2, owner="bob"))
+    assert scheduler.place().preemptions == (), "host a's GPUs are waited for"
