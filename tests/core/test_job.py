@@ -596,6 +596,97 @@ def test_a_stale_report_says_where_the_current_attempt_is() -> None:
     )
 
 
+# --- the state each event leaves --------------------------------------------------------------
+
+
+def test_a_start_records_the_process_its_command_and_warnings() -> None:
+    job = scheduled()
+    job.do(msgspec.structs.replace(job.started(), warnings=("tracker unreachable",)))
+    state = job.state
+    assert (state.pid, state.command) == (4242, job.started().command)
+    assert state.start_warnings == ("tracker unreachable",)
+
+
+def test_a_checkpoint_records_when_it_was_saved() -> None:
+    job = running()
+    job.do(job.checkpoint(CKPT_100))
+    assert job.state.checkpointed_at == job.now
+
+
+def test_a_success_records_the_evaluation_in_the_state() -> None:
+    job = running()
+    job.do(msgspec.structs.replace(job.succeeded(), eval_results={"ceval": 0.5}, eval_error="e"))
+    assert (job.state.eval_results, job.state.eval_error) == ({"ceval": 0.5}, "e")
+
+
+def test_a_preemption_records_its_preemptor_and_gpus_and_an_end_clears_them() -> None:
+    job = running()
+    job.do(
+        c.PreemptJob(
+            job_id=JOB,
+            attempt=1,
+            preempted_by="urgent",
+            reason="r",
+            grace_s=60,
+            reserved_gpu_ids=(0, 1),
+        )
+    )
+    assert (job.state.preempted_by, job.state.preempt_gpu_ids) == ("urgent", (0, 1))
+    job.do(c.CancelJob(job_id=JOB, reason="not needed"))
+    assert (job.state.preempted_by, job.state.preempt_gpu_ids) == (None, ())
+    job.do(job.stopped())
+    state = job.state
+    assert (state.status, state.stop_intent, state.preempted_by) == (
+        JobStatus.CANCELLED,
+        "stop",
+        None,
+    )
+    assert (state.finished_at, state.stop_reason, state.preempt_gpu_ids) == (
+        job.now,
+        "not needed",
+        (),
+    )
+
+
+def test_an_end_by_pause_or_time_limit_records_when_and_why() -> None:
+    job = running()
+    job.do(c.PauseJob(job_id=JOB, reason="later"))
+    job.do(job.stopped())
+    assert (job.state.finished_at, job.state.stop_reason) == (job.now, "later")
+    job = running()
+    job.do(c.TimeOutJob(job_id=JOB, attempt=1, reason="max_runtime"))
+    job.do(job.stopped())
+    assert (job.state.finished_at, job.state.stop_reason) == (job.now, "max_runtime")
+
+
+def test_a_requeue_leaves_no_runner_gpus_or_process_behind() -> None:
+    job = running()
+    job.do(job.lost())
+    state = job.state
+    assert (state.runner_id, state.gpu_ids, state.pid, state.peers) == (None, (), None, ())
+    assert state.last_runner_id == RUNNER
+
+
+def test_a_requested_export_and_a_warning_are_recorded_in_full() -> None:
+    job = finished(JobStatus.SUCCEEDED)
+    job.do(c.RequestExport(job_id=JOB))
+    (export,) = job.state.exports
+    assert (export.export_id, export.checkpoint, export.runner_id) == (
+        f"{JOB}-export-1",
+        CKPT_100,
+        RUNNER,
+    )
+    job = running()
+    job.do(c.FlagJob(job_id=JOB, attempt=1, warning="idle", reason="GPUs idle"))
+    (warning,) = job.state.warnings
+    assert (warning.kind, warning.reason, warning.at, warning.attempt) == (
+        "idle",
+        "GPUs idle",
+        job.now,
+        1,
+    )
+
+
 # --- waiting on other jobs -----------------------------------------------------------------
 
 AFTER = (Dependency(job="other"),)
