@@ -8,6 +8,7 @@ import msgspec
 
 from swift_trainer.core import commands as c
 from swift_trainer.core import events as e
+from swift_trainer.core.gang import RankPlacement
 from swift_trainer.core.job import JobStatus, decide, evolve, initial_state
 from swift_trainer.core.spec import JobSpec
 from swift_trainer.projections.scheduler import (
@@ -714,3 +715,56 @@ def test_a_host_a_job_waits_on_is_left_to_it_in_that_pass() -> None:
     scheduler.submit(job("waits", priority=9, gpus=1, owner="ann"))
     scheduler.submit(job("later", priority=8, gpus=2, owner="bob"))
     assert scheduler.place().preemptions == (), "host a's GPUs are waited for"
+
+
+def test_a_job_ending_in_under_a_second_is_expected_then() -> None:
+    scheduler = PlacementCore()
+    scheduler.update_host(host("a", 1))
+    scheduler.assign(running("ra", "a", (0,), 0.5))
+    scheduler.submit(job("j"))
+    reservation = scheduler.place().reservation
+    assert reservation is not None and reservation.expected_start_s == 0.5
+
+
+def test_a_placed_or_assigned_job_counts_every_rank_for_its_owner() -> None:
+    scheduler = PlacementCore()
+    for name in ("a", "b"):
+        scheduler.update_host(host(name, 2))
+    gang = RunningJob(
+        job_id="g",
+        runner_id="a",
+        gpu_ids=(0, 1),
+        owner="ann",
+        peers=(RankPlacement(rank=1, runner_id="b", gpu_ids=(0, 1)),),
+    )
+    scheduler.assign(gang)
+    assert scheduler.gpus_in_use("ann") == 4
+    scheduler.release("g")
+    scheduler.submit(job("mine", owner="bob"))
+    scheduler.place()
+    placed = scheduler.running_job("mine")
+    assert placed is not None and placed.owner == "bob"
+
+
+def test_a_running_job_submitted_again_lets_its_gpus_go() -> None:
+    scheduler = PlacementCore()
+    scheduler.update_host(host("a", 1))
+    scheduler.assign(running("r", "a", (0,), owner="ann"))
+    scheduler.submit_many([job("r", owner="ann")])
+    assert scheduler.gpus_in_use("ann") == 0
+    assert [d.job_id for d in scheduler.place().decisions] == ["r"]
+
+
+def test_a_started_preemptor_is_counted_until_released_and_expected_to_end() -> None:
+    scheduler = core(("low1", 0), ("low2", 1))
+    scheduler.set_victim_facts({n: facts(n) for n in ("low1", "low2")})
+    scheduler.submit(job("urgent", priority=9, gpus=2, owner="ann", duration=300.0))
+    scheduler.place()
+    for name in ("low1", "low2"):
+        scheduler.release(name)
+    assert [d.job_id for d in scheduler.place().decisions] == ["urgent"]
+    scheduler.submit(job("next", priority=1, gpus=2))
+    reservation = scheduler.place().reservation
+    assert reservation is not None and reservation.expected_start_s == 300.0
+    scheduler.release("urgent")
+    assert scheduler.gpus_in_use("ann") == 0
