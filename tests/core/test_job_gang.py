@@ -112,6 +112,7 @@ def test_other_ranks_start_only_once_rank_0_publishes_the_rendezvous() -> None:
         (1, PEER, 29500),
         (2, THIRD, 29500),
     ]
+    assert (gang.state.master_addr, gang.state.master_port) == ("10.0.0.1", 29500)
     assert gang.report(c.ReportRendezvous, HEAD, master_addr="x", master_port=2) == []
     assert not gang.state.gang_started
     gang.report(c.ReportStarted, PEER, pid=11, command=("swift",))
@@ -237,6 +238,25 @@ def test_the_rendezvous_starts_each_rank_on_its_gpus_from_the_checkpoint() -> No
             resume_from=CKPT,
         )
     ]
+
+
+@pytest.mark.parametrize(
+    ("peers", "problem"),
+    [
+        ((peer(1, PEER),), "it spans 3 runners, got 2"),
+        ((peer(1, PEER), peer(2, PEER)), "each rank needs its own runner"),
+        ((peer(2, PEER), peer(1, THIRD)), "ranks must be numbered 1 to 2"),
+        ((peer(1, PEER), peer(2, THIRD, (0, 0))), "every rank needs 2 distinct GPUs"),
+        ((peer(1, PEER), peer(2, THIRD, (0,))), "every rank needs 2 distinct GPUs"),
+    ],
+)
+def test_a_placement_that_does_not_name_every_rank_once_is_refused(
+    peers: tuple[RankPlacement, ...], problem: str
+) -> None:
+    gang = Gang()
+    with pytest.raises(DomainError) as refused:
+        gang.schedule(*peers)
+    assert refused.value.message == f"cannot schedule job 'gang_001' while it is queued: {problem}"
 
 
 def test_rank_of_and_the_rendezvous_env() -> None:
