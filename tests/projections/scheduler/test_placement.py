@@ -768,3 +768,12 @@ def test_a_started_preemptor_is_counted_until_released_and_expected_to_end() -> 
     assert reservation is not None and reservation.expected_start_s == 300.0
     scheduler.release("urgent")
     assert scheduler.gpus_in_use("ann") == 0
+
+
+def test_a_victim_whose_priority_dropped_is_counted_at_the_next_search() -> None:
+    scheduler = core(("low", 0), ("busy", 1))
+    scheduler.set_victim_facts({"low": facts("low"), "busy": facts("busy", 9)})
+    scheduler.submit(job("urgent", priority=9, gpus=2))
+    assert victims(scheduler) == [], "busy has the preemptor's priority"
+    scheduler.set_victim_facts({"low": facts("low"), "busy": facts("busy", 2)})
+    assert victims(scheduler) == [{"low", "busy"}]
