@@ -688,6 +688,13 @@ def test_a_requested_export_and_a_warning_are_recorded_in_full() -> None:
 
 
 # --- waiting on other jobs -----------------------------------------------------------------
+def test_a_job_that_waits_for_itself_is_refused() -> None:
+    job = Job()
+    own = c.SubmitJob(job_id=JOB, spec=spec(after=(Dependency(job=JOB),)))
+    assert job.refuse(own, InvalidSpec, "invalid_spec") == (
+        "job 'training_001' cannot wait for itself: remove it from after"
+    )
+
 
 AFTER = (Dependency(job="other"),)
 
@@ -1574,6 +1581,19 @@ REFUSALS: list[tuple[str, Any, Any, str]] = [
         lambda: running(preemptible=False),
         lambda job: _preempt(),
         "preempt job 'training_001' while it is running: its spec says preemptible: false",
+    ),
+    (
+        "progress before the start",
+        lambda: in_status(JobStatus.SCHEDULED),
+        lambda job: job.progress(attempt=1),
+        "record ReportProgress for job 'training_001' while it is scheduled: "
+        "the report does not fit",
+    ),
+    (
+        "schedule on the same GPU twice",
+        lambda: in_status(JobStatus.QUEUED),
+        lambda job: job.schedule_cmd(gpus=(0, 0)),
+        "schedule job 'training_001' while it is queued: it needs 1 distinct GPUs, got [0, 0]",
     ),
     (
         "export a running job",

@@ -203,6 +203,24 @@ def test_stop_pause_and_cancel_reach_every_rank() -> None:
         assert gang.state.status in (JobStatus.STOPPED, JobStatus.PAUSED, JobStatus.CANCELLED)
 
 
+def test_a_cancel_during_a_stop_reaches_every_rank_as_a_cancel() -> None:
+    gang = Gang()
+    gang.running()
+    gang.do(c.StopJob(job_id=JOB))
+    events = gang.do(c.CancelJob(job_id=JOB, reason="not needed"))
+    assert events == [
+        e.StopRequested(
+            at=gang.now,
+            job_id=JOB,
+            reason="not needed",
+            runner_id=runner,
+            attempt=1,
+            intent="cancel",
+        )
+        for runner in (HEAD, PEER, THIRD)
+    ]
+
+
 def test_a_rank_that_refuses_its_start_stops_rank_0_and_requeues() -> None:
     gang = Gang()
     gang.schedule()
