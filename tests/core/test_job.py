@@ -559,6 +559,13 @@ def test_a_process_killed_at_the_end_of_a_time_limits_grace_still_times_out() ->
     ]
 
 
+def test_a_process_killed_at_the_end_of_a_time_limits_grace_without_a_checkpoint() -> None:
+    job = running()
+    job.do(c.TimeOutJob(job_id=JOB, attempt=1, reason="reached its max_runtime"))
+    (ended,) = job.do(job.failed())
+    assert isinstance(ended, e.JobTimedOut) and ended.checkpoint is None
+
+
 def test_a_process_killed_during_a_requeue_is_queued_from_its_checkpoint() -> None:
     job = running()
     job.do(job.checkpoint(CKPT_100))
@@ -1880,6 +1887,13 @@ def test_auto_export_records_the_final_checkpoint_named_by_the_runner(
         at=job.now, job_id=JOB, attempt=1, step=step, path=output_path
     )
     assert isinstance(export, e.ExportRequested) and export.checkpoint == output_path
+
+
+def test_auto_export_without_an_output_path_takes_the_last_checkpoint() -> None:
+    job = running(auto_export=True)
+    job.do(job.checkpoint(CKPT_100))
+    _, export = job.do(msgspec.structs.replace(job.succeeded(), output_path=None))
+    assert isinstance(export, e.ExportRequested) and export.checkpoint == CKPT_100
 
 
 def test_auto_export_falls_back_to_the_last_recorded_checkpoint() -> None:

@@ -29,7 +29,7 @@ def test_a_preemption_asks_the_runner_for_the_graceful_stop_with_its_grace() -> 
     job = running(priority=2)
     (stop,) = job.do(preempt(grace_s=30))
     assert isinstance(stop, e.StopRequested)
-    assert (stop.intent, stop.reason, stop.grace_s) == ("preempt", REASON, 30)
+    assert (stop.intent, stop.reason, stop.grace_s, stop.attempt) == ("preempt", REASON, 30, 1)
     assert (stop.preempted_by, stop.reserved_gpu_ids, stop.runner_id) == (
         "urgent",
         (0, 1),
