@@ -313,7 +313,6 @@ class Service:
             msgspec.structs.replace(options, preemption=preemption),
             queue_view_sink=sink,
             store=self.store,
-            checkpoints=self.store,
             command_timeout_s=self.settings.command_timeout_s,
             watch_limits=WatchLimits(
                 resume_check_s=self.settings.resume_check_s,

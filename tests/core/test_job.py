@@ -27,6 +27,7 @@ from swift_trainer.core.failure import Failure
 from swift_trainer.core.job import (
     ACTIVE,
     FINISHED,
+    STATUS_AFTER,
     Checkpoint,
     JobState,
     JobStatus,
@@ -34,6 +35,7 @@ from swift_trainer.core.job import (
     evolve,
     initial_state,
     replay,
+    status_after,
 )
 from swift_trainer.core.spec import Dependency, JobSpec, TrainArgs
 
@@ -60,9 +62,15 @@ class Job:
         self.now += timedelta(seconds=1)
         events = decide(self.state, command, self.now)
         for event in events:
+            assert (event.at, event.job_id) == (self.now, JOB), "when it was decided, and whose"
+            stored = e.decode_event(e.event_type(event), e.encode_event(event))
+            assert stored == event, "the event decodes as stored: every field fits its type"
             self.state = evolve(self.state, event)
         self.history.extend(events)
         assert replay(JOB, self.history) == self.state
+        types = [e.event_type(event) for event in events]
+        told = self.state.status if any(t in STATUS_AFTER for t in types) else None
+        assert status_after(types) == told, "the event types tell the new status"
         return events
 
     def refuse(self, command: c.AnyJobCommand, error: type[DomainError], code: str) -> str:
@@ -434,6 +442,304 @@ def test_start_of_a_stopping_job_is_refused_until_it_has_stopped() -> None:
     job = in_status(JobStatus.STOPPING)
     message = job.refuse(c.StartJob(job_id=JOB), InvalidTransition, "invalid_transition")
     assert "wait until it has stopped" in message
+
+
+# --- ending a job that waits to run again -------------------------------------------------
+
+
+def requeued_after_a_checkpoint() -> Job:
+    """Queued again after its runner was lost, with a checkpoint to resume from."""
+    job = running()
+    job.do(job.checkpoint(CKPT_100))
+    job.do(job.lost())
+    assert job.state.status is JobStatus.QUEUED
+    return job
+
+
+def test_cancel_or_pause_of_a_queued_job_keeps_its_checkpoint_in_the_event() -> None:
+    job = requeued_after_a_checkpoint()
+    assert job.do(c.CancelJob(job_id=JOB, reason="not needed")) == [
+        e.JobCancelled(at=job.now, job_id=JOB, reason="not needed", attempt=1, checkpoint=CKPT_100)
+    ]
+    job = requeued_after_a_checkpoint()
+    assert job.do(c.PauseJob(job_id=JOB, reason="later")) == [
+        e.JobPaused(at=job.now, job_id=JOB, reason="later", attempt=1, checkpoint=CKPT_100)
+    ]
+
+
+def stop_request(job: Job, reason: str, intent: str) -> e.StopRequested:
+    return e.StopRequested(
+        at=job.now, job_id=JOB, reason=reason, runner_id=RUNNER, attempt=1, intent=intent
+    )
+
+
+def test_a_cancel_turns_a_stop_under_way_into_a_cancel_once() -> None:
+    job = running()
+    job.do(c.StopJob(job_id=JOB))
+    cancel = c.CancelJob(job_id=JOB, reason="not needed")
+    assert job.do(cancel) == [stop_request(job, "not needed", "cancel")]
+    assert job.do(cancel) == []
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        c.TimeOutJob(job_id=JOB, attempt=1, reason="max_runtime"),
+        c.PreemptJob(job_id=JOB, attempt=1, preempted_by="urgent", reason="r", grace_s=60),
+    ],
+)
+def test_a_pause_turns_a_time_limit_or_a_preemption_into_a_pause(first: c.AnyJobCommand) -> None:
+    job = running()
+    job.do(first)
+    pause = c.PauseJob(job_id=JOB, reason="later")
+    assert job.do(pause) == [stop_request(job, "later", "pause")]
+    assert job.do(pause) == []
+    job.do(job.stopped())
+    assert job.state.status is JobStatus.PAUSED
+    assert job.do(pause) == [], "paused already"
+
+
+def test_stop_of_a_requeued_job_names_its_attempt() -> None:
+    job = requeued_after_a_checkpoint()
+    assert job.do(c.StopJob(job_id=JOB, reason="enough")) == [
+        e.JobStopped(at=job.now, job_id=JOB, reason="enough", attempt=1)
+    ]
+
+
+def test_a_users_stop_takes_over_a_time_limit_under_way() -> None:
+    job = running()
+    job.do(c.TimeOutJob(job_id=JOB, attempt=1, reason="max_runtime"))
+    assert job.do(c.StopJob(job_id=JOB, reason="enough")) == [stop_request(job, "enough", "stop")]
+    job.do(job.stopped())
+    assert job.state.status is JobStatus.STOPPED
+
+
+# --- runner reports in full ---------------------------------------------------------------
+
+
+def test_a_start_report_keeps_the_runners_warnings() -> None:
+    job = scheduled()
+    started = msgspec.structs.replace(job.started(), warnings=("tracker unreachable",))
+    (event,) = job.do(started)
+    assert isinstance(event, e.JobStarted) and event.warnings == ("tracker unreachable",)
+
+
+def test_a_success_report_keeps_the_evaluation() -> None:
+    job = running()
+    report = msgspec.structs.replace(
+        job.succeeded(), eval_results={"ceval": 0.5}, eval_error="mmlu: no dataset"
+    )
+    (event,) = job.do(report)
+    assert isinstance(event, e.JobSucceeded)
+    assert (event.eval_results, event.eval_error) == ({"ceval": 0.5}, "mmlu: no dataset")
+
+
+def test_a_process_failing_during_a_cancel_ends_the_job_cancelled_with_its_checkpoint() -> None:
+    job = running()
+    job.do(job.checkpoint(CKPT_100))
+    job.do(c.CancelJob(job_id=JOB))
+    _, cancelled = job.do(job.failed())
+    assert cancelled == e.JobCancelled(
+        at=job.now, job_id=JOB, reason="CUDA out of memory", attempt=1, checkpoint=CKPT_100
+    )
+
+
+def test_a_process_killed_at_the_end_of_a_time_limits_grace_still_times_out() -> None:
+    job = running()
+    job.do(job.checkpoint(CKPT_100))
+    job.do(c.TimeOutJob(job_id=JOB, attempt=1, reason="reached its max_runtime"))
+    assert job.do(job.failed()) == [
+        e.JobTimedOut(
+            at=job.now,
+            job_id=JOB,
+            reason="reached its max_runtime",
+            attempt=1,
+            checkpoint=CKPT_100,
+        )
+    ]
+
+
+def test_a_process_killed_at_the_end_of_a_time_limits_grace_without_a_checkpoint() -> None:
+    job = running()
+    job.do(c.TimeOutJob(job_id=JOB, attempt=1, reason="reached its max_runtime"))
+    (ended,) = job.do(job.failed())
+    assert isinstance(ended, e.JobTimedOut) and ended.checkpoint is None
+
+
+def test_a_process_killed_during_a_requeue_is_queued_from_its_checkpoint() -> None:
+    job = running()
+    job.do(job.checkpoint(CKPT_100))
+    job.do(c.RequeueJob(job_id=JOB, reason="making room"))
+    (requeued,) = job.do(job.failed())
+    assert isinstance(requeued, e.JobRequeued)
+    assert (requeued.reason, requeued.resume_from) == ("making room", CKPT_100)
+
+
+def test_a_stop_the_runner_reports_unasked_ends_the_job_stopped() -> None:
+    job = running()
+    job.do(job.checkpoint(CKPT_100))
+    assert job.do(job.stopped()) == [
+        e.JobStopped(
+            at=job.now,
+            job_id=JOB,
+            reason="stopped on the runner",
+            attempt=1,
+            checkpoint=CKPT_100,
+        )
+    ]
+
+
+def test_a_stale_report_says_where_the_current_attempt_is() -> None:
+    job = running()
+    stale = job.progress(attempt=3)
+    assert job.refuse(stale, StaleAssignment, "stale_assignment") == (
+        "report from runner 'gpu-host-1' for attempt 3 of job 'training_001', whose current "
+        "attempt is 1 (on 'gpu-host-1'): the process should be stopped"
+    )
+    job = in_status(JobStatus.QUEUED)
+    assert job.refuse(job.progress(attempt=1), StaleAssignment, "stale_assignment") == (
+        "report from runner 'gpu-host-1' for attempt 1 of job 'training_001', whose current "
+        "attempt is 0 (queued): the process should be stopped"
+    )
+
+
+# --- the state each event leaves --------------------------------------------------------------
+
+
+def test_a_start_records_the_process_its_command_and_warnings() -> None:
+    job = scheduled()
+    job.do(msgspec.structs.replace(job.started(), warnings=("tracker unreachable",)))
+    state = job.state
+    assert (state.pid, state.command) == (4242, job.started().command)
+    assert state.start_warnings == ("tracker unreachable",)
+
+
+def test_a_checkpoint_records_when_it_was_saved() -> None:
+    job = running()
+    job.do(job.checkpoint(CKPT_100))
+    assert job.state.checkpointed_at == job.now
+
+
+def test_a_success_records_the_evaluation_in_the_state() -> None:
+    job = running()
+    job.do(msgspec.structs.replace(job.succeeded(), eval_results={"ceval": 0.5}, eval_error="e"))
+    assert (job.state.eval_results, job.state.eval_error) == ({"ceval": 0.5}, "e")
+
+
+def test_a_preemption_records_its_preemptor_and_gpus_and_an_end_clears_them() -> None:
+    job = running()
+    job.do(
+        c.PreemptJob(
+            job_id=JOB,
+            attempt=1,
+            preempted_by="urgent",
+            reason="r",
+            grace_s=60,
+            reserved_gpu_ids=(0, 1),
+        )
+    )
+    assert (job.state.preempted_by, job.state.preempt_gpu_ids) == ("urgent", (0, 1))
+    job.do(c.CancelJob(job_id=JOB, reason="not needed"))
+    assert (job.state.preempted_by, job.state.preempt_gpu_ids) == (None, ())
+    job.do(job.stopped())
+    state = job.state
+    assert (state.status, state.stop_intent, state.preempted_by) == (
+        JobStatus.CANCELLED,
+        "stop",
+        None,
+    )
+    assert (state.finished_at, state.stop_reason, state.preempt_gpu_ids) == (
+        job.now,
+        "not needed",
+        (),
+    )
+
+
+def test_an_end_by_pause_or_time_limit_records_when_and_why() -> None:
+    job = running()
+    job.do(c.PauseJob(job_id=JOB, reason="later"))
+    job.do(job.stopped())
+    assert (job.state.finished_at, job.state.stop_reason) == (job.now, "later")
+    job = running()
+    job.do(c.TimeOutJob(job_id=JOB, attempt=1, reason="max_runtime"))
+    job.do(job.stopped())
+    assert (job.state.finished_at, job.state.stop_reason) == (job.now, "max_runtime")
+
+
+def test_a_requeue_leaves_no_runner_gpus_or_process_behind() -> None:
+    job = running()
+    job.do(job.lost())
+    state = job.state
+    assert (state.runner_id, state.gpu_ids, state.pid, state.peers) == (None, (), None, ())
+    assert state.last_runner_id == RUNNER
+
+
+def test_a_requested_export_and_a_warning_are_recorded_in_full() -> None:
+    job = finished(JobStatus.SUCCEEDED)
+    job.do(c.RequestExport(job_id=JOB))
+    (export,) = job.state.exports
+    assert (export.export_id, export.checkpoint, export.runner_id) == (
+        f"{JOB}-export-1",
+        CKPT_100,
+        RUNNER,
+    )
+    job = running()
+    job.do(c.FlagJob(job_id=JOB, attempt=1, warning="idle", reason="GPUs idle"))
+    (warning,) = job.state.warnings
+    assert (warning.kind, warning.reason, warning.at, warning.attempt) == (
+        "idle",
+        "GPUs idle",
+        job.now,
+        1,
+    )
+
+
+# --- waiting on other jobs -----------------------------------------------------------------
+def test_a_job_that_waits_for_itself_is_refused() -> None:
+    job = Job()
+    own = c.SubmitJob(job_id=JOB, spec=spec(after=(Dependency(job=JOB),)))
+    assert job.refuse(own, InvalidSpec, "invalid_spec") == (
+        "job 'training_001' cannot wait for itself: remove it from after"
+    )
+
+
+AFTER = (Dependency(job="other"),)
+
+
+def test_a_held_job_with_conditions_waits_when_started() -> None:
+    job = submitted(auto_start=False, after=AFTER)
+    assert job.do(c.StartJob(job_id=JOB)) == [
+        e.JobReleased(at=job.now, job_id=JOB),
+        e.JobWaiting(at=job.now, job_id=JOB),
+    ]
+    assert job.state.status is JobStatus.WAITING
+
+
+def test_the_release_queues_a_waiting_job_once() -> None:
+    job = in_status(JobStatus.WAITING)
+    release = c.ReleaseWaitingJob(job_id=JOB)
+    assert job.do(release) == [
+        e.JobQueued(at=job.now, job_id=JOB, priority=9, reason="dependencies met")
+    ]
+    assert job.do(release) == [], "a queued job has left the wait already"
+
+
+@pytest.mark.parametrize("how", [c.StopJob(job_id=JOB), c.PauseJob(job_id=JOB)])
+def test_a_job_stopped_while_it_waited_waits_again_when_started(how: c.AnyJobCommand) -> None:
+    job = in_status(JobStatus.WAITING)
+    job.do(how)
+    assert job.do(c.StartJob(job_id=JOB)) == [e.JobWaiting(at=job.now, job_id=JOB)]
+
+
+def test_a_job_with_conditions_that_has_run_is_queued_when_started_again() -> None:
+    job = in_status(JobStatus.WAITING)
+    job.do(c.ReleaseWaitingJob(job_id=JOB))
+    job.schedule()
+    job.do(job.started())
+    job.do(c.StopJob(job_id=JOB))
+    job.do(job.stopped())
+    (queued,) = job.do(c.StartJob(job_id=JOB))
+    assert isinstance(queued, e.JobQueued) and queued.reason == "resumed"
 
 
 # --- stop -----------------------------------------------------------------------------------
@@ -1152,6 +1458,223 @@ def test_export_reports_that_do_not_fit_are_refused() -> None:
         assert f"export {export_id} is succeeded" in message
 
 
+def test_a_failed_report_ends_a_running_export() -> None:
+    job = finished(JobStatus.SUCCEEDED)
+    export_id = f"{JOB}-export-1"
+    job.do(c.RequestExport(job_id=JOB))
+    job.do(c.ReportExportStarted(job_id=JOB, export_id=export_id, runner_id=RUNNER, pid=7))
+    failed = c.ReportExportFailed(
+        job_id=JOB, export_id=export_id, runner_id=RUNNER, exit_code=1, reason="disk full"
+    )
+    assert job.do(failed) == [
+        e.ExportFailed(at=job.now, job_id=JOB, export_id=export_id, exit_code=1, reason="disk full")
+    ]
+
+
+def test_a_checkpoint_reported_with_a_trailing_slash_is_exported_by_its_folder_name() -> None:
+    job = finished(JobStatus.SUCCEEDED, checkpoints=(CKPT_100 + "/", CKPT_200))
+    (export,) = job.do(c.RequestExport(job_id=JOB, checkpoint="checkpoint-100"))
+    assert isinstance(export, e.ExportRequested)
+    assert export.checkpoint == CKPT_100 + "/"
+
+
+# --- every refusal, word for word -------------------------------------------------------------
+
+
+def _export_in_flight() -> Job:
+    job = finished(JobStatus.SUCCEEDED)
+    job.do(c.RequestExport(job_id=JOB))
+    return job
+
+
+def _export_done() -> Job:
+    job = _export_in_flight()
+    job.do(
+        c.ReportExportSucceeded(
+            job_id=JOB, export_id=f"{JOB}-export-1", runner_id=RUNNER, artifact_path="a"
+        )
+    )
+    return job
+
+
+def _preempt(attempt: int = 1) -> c.PreemptJob:
+    return c.PreemptJob(job_id=JOB, attempt=attempt, preempted_by="urgent", reason="r", grace_s=60)
+
+
+REFUSALS: list[tuple[str, Any, Any, str]] = [
+    (
+        "start a finished job",
+        lambda: in_status(JobStatus.SUCCEEDED),
+        lambda job: c.StartJob(job_id=JOB),
+        "start job 'training_001' while it is succeeded: "
+        "it has finished; submit a new job to train again",
+    ),
+    (
+        "start a cancelled job",
+        lambda: in_status(JobStatus.CANCELLED),
+        lambda job: c.StartJob(job_id=JOB),
+        "start job 'training_001' while it is cancelled: "
+        "a cancelled job is final; submit a new job",
+    ),
+    (
+        "start a stopping job",
+        lambda: in_status(JobStatus.STOPPING),
+        lambda job: c.StartJob(job_id=JOB),
+        "start job 'training_001' while it is stopping: "
+        "wait until it has stopped, then start it again",
+    ),
+    (
+        "stop a finished job",
+        lambda: in_status(JobStatus.SUCCEEDED),
+        lambda job: c.StopJob(job_id=JOB),
+        "stop job 'training_001' while it is succeeded: it is no longer running",
+    ),
+    (
+        "pause a stopping job",
+        lambda: in_status(JobStatus.STOPPING),
+        lambda job: c.PauseJob(job_id=JOB),
+        "pause job 'training_001' while it is stopping: a stop is already in progress",
+    ),
+    (
+        "pause a finished job",
+        lambda: in_status(JobStatus.SUCCEEDED),
+        lambda job: c.PauseJob(job_id=JOB),
+        "pause job 'training_001' while it is succeeded: only queued or running jobs can be paused",
+    ),
+    (
+        "cancel a finished job",
+        lambda: in_status(JobStatus.SUCCEEDED),
+        lambda job: c.CancelJob(job_id=JOB),
+        "cancel job 'training_001' while it is succeeded: it has already finished",
+    ),
+    (
+        "requeue a finished job",
+        lambda: in_status(JobStatus.SUCCEEDED),
+        lambda job: c.RequeueJob(job_id=JOB, reason="r"),
+        "requeue job 'training_001' while it is succeeded: it is not running",
+    ),
+    (
+        "resume a running job",
+        lambda: in_status(JobStatus.RUNNING),
+        lambda job: c.ResumeJob(job_id=JOB),
+        "resume job 'training_001' while it is running: "
+        "only paused, stopped or timed-out jobs can be resumed",
+    ),
+    (
+        "time out a queued job",
+        lambda: in_status(JobStatus.QUEUED),
+        lambda job: c.TimeOutJob(job_id=JOB, attempt=0, reason="r"),
+        "time out job 'training_001' while it is queued: it is not running",
+    ),
+    (
+        "delete a running job",
+        lambda: in_status(JobStatus.RUNNING),
+        lambda job: c.DeleteJob(job_id=JOB),
+        "delete job 'training_001' while it is running: "
+        "stop it first and delete it once it has stopped",
+    ),
+    (
+        "reorder a running job",
+        lambda: in_status(JobStatus.RUNNING),
+        lambda job: c.ChangePriority(job_id=JOB, priority=1),
+        "change the priority of job 'training_001' while it is running: "
+        "only held, waiting or queued jobs can be reordered",
+    ),
+    (
+        "schedule a running job",
+        lambda: in_status(JobStatus.RUNNING),
+        lambda job: job.schedule_cmd(),
+        "schedule job 'training_001' while it is running: only queued jobs can be placed",
+    ),
+    (
+        "reject a started job",
+        lambda: in_status(JobStatus.RUNNING),
+        lambda job: job.reject(),
+        "reject the assignment of job 'training_001' while it is running: "
+        "only a job that has not started can be",
+    ),
+    (
+        "preempt a queued job",
+        lambda: in_status(JobStatus.QUEUED),
+        lambda job: _preempt(),
+        "preempt job 'training_001' while it is queued: only its running attempt 0 can be",
+    ),
+    (
+        "preempt a job a user is stopping",
+        lambda: in_status(JobStatus.STOPPING),
+        lambda job: _preempt(),
+        "preempt job 'training_001' while it is stopping: only its running attempt 1 can be",
+    ),
+    (
+        "preempt a job that is not preemptible",
+        lambda: running(preemptible=False),
+        lambda job: _preempt(),
+        "preempt job 'training_001' while it is running: its spec says preemptible: false",
+    ),
+    (
+        "progress before the start",
+        lambda: in_status(JobStatus.SCHEDULED),
+        lambda job: job.progress(attempt=1),
+        "record ReportProgress for job 'training_001' while it is scheduled: "
+        "the report does not fit",
+    ),
+    (
+        "schedule on the same GPU twice",
+        lambda: in_status(JobStatus.QUEUED),
+        lambda job: job.schedule_cmd(gpus=(0, 0)),
+        "schedule job 'training_001' while it is queued: it needs 1 distinct GPUs, got [0, 0]",
+    ),
+    (
+        "export a running job",
+        lambda: in_status(JobStatus.RUNNING),
+        lambda job: c.RequestExport(job_id=JOB),
+        "export job 'training_001' while it is running: "
+        "export once training has finished or been stopped",
+    ),
+    (
+        "export a full fine-tune",
+        lambda: finished(JobStatus.SUCCEEDED, train_args=TrainArgs(train_type="full")),
+        lambda job: c.RequestExport(job_id=JOB),
+        "export job 'training_001' while it is succeeded: "
+        "a full fine-tune has no LoRA adapter to merge",
+    ),
+    (
+        "export while an export runs",
+        _export_in_flight,
+        lambda job: c.RequestExport(job_id=JOB, overwrite=True),
+        "export job 'training_001' while it is succeeded: "
+        "export training_001-export-1 is still in progress",
+    ),
+    (
+        "report on an unknown export",
+        _export_in_flight,
+        lambda job: c.ReportExportStarted(job_id=JOB, export_id="x", runner_id=RUNNER, pid=1),
+        "record export progress for job 'training_001' while it is succeeded: no export 'x'",
+    ),
+    (
+        "report a start of a finished export",
+        _export_done,
+        lambda job: c.ReportExportStarted(
+            job_id=JOB, export_id=f"{JOB}-export-1", runner_id=RUNNER, pid=1
+        ),
+        "record export progress for job 'training_001' while it is succeeded: "
+        "export training_001-export-1 is succeeded",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("setup", "command", "message"),
+    [case[1:] for case in REFUSALS],
+    ids=[case[0] for case in REFUSALS],
+)
+def test_a_refusal_says_what_was_refused_for_which_job_in_which_status_and_why(
+    setup: Any, command: Any, message: str
+) -> None:
+    job = setup()
+    assert job.refuse(command(job), InvalidTransition, "invalid_transition") == f"cannot {message}"
+
+
 # --- delete ---------------------------------------------------------------------------------
 
 
@@ -1368,6 +1891,31 @@ def test_success_requests_the_export_of_the_final_checkpoint_when_the_spec_asks(
         f"{JOB}-export-1",
     )
     assert job.state.export_in_flight is not None
+
+
+@pytest.mark.parametrize(
+    ("output_path", "step"),
+    [(CKPT_200 + "/", 200), ("output/training_001/v0-20250301/checkpoint-final", 0)],
+)
+def test_auto_export_records_the_final_checkpoint_named_by_the_runner(
+    output_path: str, step: int
+) -> None:
+    job = running(auto_export=True)
+    final = c.ReportSucceeded(
+        job_id=JOB, attempt=1, runner_id=RUNNER, final_step=200, output_path=output_path
+    )
+    _, saved, export = job.do(final)
+    assert saved == e.CheckpointSaved(
+        at=job.now, job_id=JOB, attempt=1, step=step, path=output_path
+    )
+    assert isinstance(export, e.ExportRequested) and export.checkpoint == output_path
+
+
+def test_auto_export_without_an_output_path_takes_the_last_checkpoint() -> None:
+    job = running(auto_export=True)
+    job.do(job.checkpoint(CKPT_100))
+    _, export = job.do(msgspec.structs.replace(job.succeeded(), output_path=None))
+    assert isinstance(export, e.ExportRequested) and export.checkpoint == CKPT_100
 
 
 def test_auto_export_falls_back_to_the_last_recorded_checkpoint() -> None:

@@ -9,7 +9,7 @@ from swift_trainer.core import commands as c
 from swift_trainer.core import events as e
 from swift_trainer.core.errors import CheckpointMissing
 from swift_trainer.core.failure import FAILURE_KINDS, Failure, RetryPolicy
-from swift_trainer.core.job import JobStatus, replay
+from swift_trainer.core.job import AttemptFailure, JobStatus, replay
 from swift_trainer.core.retry import GiveUp, Retry, RetryCounts, plan_retry
 from swift_trainer.core.spec import TrainArgs
 
@@ -58,7 +58,7 @@ def test_a_user_or_data_error_fails_at_once_with_its_line(kind: str) -> None:
     assert "not retried" in failed.reason
     assert job.state.status is JobStatus.FAILED
     assert job.state.failure == failure
-    assert job.state.failures[-1].attempt == 1
+    assert job.state.failures[-1] == AttemptFailure(attempt=1, failure=failure)
 
 
 def test_an_oom_is_retried_with_half_the_batch_and_twice_the_accumulation() -> None:
@@ -73,6 +73,25 @@ def test_an_oom_is_retried_with_half_the_batch_and_twice_the_accumulation() -> N
     place(job)
     scheduled = next(x for x in job.history if isinstance(x, e.JobScheduled) and x.attempt == 2)
     assert scheduled.train_args == TrainArgs(batch_size=4, gradient_accumulation_steps=4)
+
+
+def test_a_retry_resumes_from_the_last_checkpoint_with_the_retry_count_unchanged() -> None:
+    job = running(train_args=TrainArgs(batch_size=8), priority=4)
+    saved(job, CKPT_A, 100)
+    saved(job, CKPT_B, 200)
+    (requeued,) = fail(job, OOM)
+    assert requeued == e.JobRequeued(
+        at=job.now,
+        job_id=JOB,
+        priority=4,
+        retries=0,
+        reason="out of GPU memory: retry 1 of 2 with batch_size 8 -> 4, "
+        "gradient_accumulation_steps 4 -> 8",
+        resume_from=CKPT_B,
+        failure=OOM,
+        train_args=TrainArgs(batch_size=4, gradient_accumulation_steps=8),
+    )
+    assert job.state.failures == (AttemptFailure(attempt=1, failure=OOM),)
 
 
 def test_an_oom_is_retried_at_most_twice_then_fails_saying_so() -> None:
@@ -281,3 +300,114 @@ def test_a_warning_is_recorded_once_per_attempt() -> None:
     assert job.do(flag) == []
     assert job.do(msgspec.structs.replace(flag, attempt=7)) == []  # not the current attempt
     assert [w.kind for w in job.state.warnings] == ["resume_stalled"]
+    (idle,) = job.do(msgspec.structs.replace(flag, warning="idle", reason="GPUs idle"))
+    assert isinstance(idle, e.JobWarned), "another kind in the same attempt is recorded too"
+    assert [w.kind for w in job.state.warnings] == ["resume_stalled", "idle"]
+
+
+def plan(
+    failure: Failure,
+    policy: RetryPolicy | None = None,
+    *,
+    args: TrainArgs | None = None,
+    counts: RetryCounts | None = None,
+    attempt_gpus: tuple[str, ...] = (GPU_A, GPU_B),
+) -> Retry | GiveUp:
+    return plan_retry(
+        failure,
+        policy or RetryPolicy(),
+        args=args or TrainArgs(batch_size=4),
+        counts=counts or RetryCounts(),
+        attempt_gpus=attempt_gpus,
+    )
+
+
+@pytest.mark.parametrize(
+    ("failure", "reason", "excluded"),
+    [
+        (
+            Failure(kind="gpu_fault"),
+            "GPU fault: retry 2 of 3 without GPUs GPU-aaaa, GPU-bbbb",
+            (GPU_A, GPU_B),
+        ),
+        (
+            Failure(kind="gpu_fault", gpus=(GPU_B,)),
+            "GPU fault: retry 2 of 3 without GPUs GPU-bbbb",
+            (GPU_B,),
+        ),
+        (Failure(kind="nccl"), "NCCL error: retry 2 of 3 on newly chosen GPUs", ()),
+        (
+            Failure(kind="nccl", gpus=(GPU_A,)),
+            "NCCL error: retry 2 of 3 without GPUs GPU-aaaa",
+            (GPU_A,),
+        ),
+    ],
+)
+def test_a_hardware_retry_says_which_retry_and_where(
+    failure: Failure, reason: str, excluded: tuple[str, ...]
+) -> None:
+    """The reason names the cause, the retry's number and the GPUs avoided; only the GPU
+    count moves, by one."""
+    retry = plan(failure, RetryPolicy(max_gpu_retries=3), counts=RetryCounts(oom=1, gpu=1))
+    assert retry == Retry(reason=reason, excluded_gpus=excluded, counts=RetryCounts(oom=1, gpu=2))
+
+
+@pytest.mark.parametrize(
+    ("failure", "policy", "counts", "reason"),
+    [
+        (
+            Failure(kind="gpu_fault"),
+            RetryPolicy(on_gpu_fault="fail"),
+            RetryCounts(),
+            "gpu_fault; the retry policy says on_gpu_fault: fail",
+        ),
+        (
+            Failure(kind="nccl"),
+            RetryPolicy(max_gpu_retries=1),
+            RetryCounts(gpu=1),
+            "nccl after 1 retries on other GPUs (max_gpu_retries 1)",
+        ),
+        (
+            Failure(kind="oom"),
+            RetryPolicy(on_oom="fail"),
+            RetryCounts(),
+            "out of GPU memory; the retry policy says on_oom: fail",
+        ),
+        (
+            Failure(kind="oom"),
+            RetryPolicy(max_oom_retries=2),
+            RetryCounts(oom=2),
+            "out of GPU memory after 2 retries with a smaller batch (max_oom_retries 2)",
+        ),
+        (
+            Failure(kind="killed"),
+            RetryPolicy(),
+            RetryCounts(),
+            "killed failures are not retried automatically",
+        ),
+    ],
+)
+def test_a_give_up_says_which_rule_ended_the_retries(
+    failure: Failure, policy: RetryPolicy, counts: RetryCounts, reason: str
+) -> None:
+    assert plan(failure, policy, counts=counts) == GiveUp(reason)
+
+
+def test_an_out_of_memory_at_batch_size_one_gives_up() -> None:
+    assert plan(Failure(kind="oom"), args=TrainArgs(batch_size=1)) == GiveUp(
+        "out of GPU memory with batch_size 1: no smaller batch to try"
+    )
+
+
+def test_an_out_of_memory_retry_halves_the_batch_and_says_so() -> None:
+    retry = plan(
+        Failure(kind="oom"),
+        args=TrainArgs(batch_size=8, gradient_accumulation_steps=2),
+        counts=RetryCounts(oom=1, gpu=1),
+    )
+    assert retry == Retry(
+        reason="out of GPU memory: retry 2 of 2 with batch_size 8 -> 4, "
+        "gradient_accumulation_steps 2 -> 4",
+        train_args=TrainArgs(batch_size=4, gradient_accumulation_steps=4),
+        counts=RetryCounts(oom=2, gpu=1),
+    )

@@ -49,6 +49,9 @@ class Gang:
         self.now += timedelta(seconds=1)
         events = decide(self.state, command, self.now)
         for event in events:
+            assert (event.at, event.job_id) == (self.now, JOB), "when it was decided, and whose"
+            stored = e.decode_event(e.event_type(event), e.encode_event(event))
+            assert stored == event, "the event decodes as stored: every field fits its type"
             self.state = evolve(self.state, event)
         self.history.extend(events)
         assert replay(JOB, self.history) == self.state
@@ -102,13 +105,18 @@ def test_other_ranks_start_only_once_rank_0_publishes_the_rendezvous() -> None:
     gang = Gang()
     gang.schedule()
     assert gang.report(c.ReportStarted, HEAD, pid=10, command=("swift",))
-    with pytest.raises(DomainError, match="only rank 0"):
+    with pytest.raises(DomainError) as refused:
         gang.report(c.ReportRendezvous, PEER, master_addr="h", master_port=1)
+    assert refused.value.message == (
+        "cannot record a rendezvous for job 'gang_001' while it is running: "
+        "only rank 0's runner publishes it"
+    )
     starts = gang.report(c.ReportRendezvous, HEAD, master_addr="10.0.0.1", master_port=29500)
     assert [(x.rank, x.runner_id, x.master_port) for x in starts] == [  # type: ignore[attr-defined]
         (1, PEER, 29500),
         (2, THIRD, 29500),
     ]
+    assert (gang.state.master_addr, gang.state.master_port) == ("10.0.0.1", 29500)
     assert gang.report(c.ReportRendezvous, HEAD, master_addr="x", master_port=2) == []
     assert not gang.state.gang_started
     gang.report(c.ReportStarted, PEER, pid=11, command=("swift",))
@@ -160,7 +168,14 @@ def test_a_failed_rank_stops_every_other_rank_and_requeues_once_from_the_checkpo
     gang.running()
     gang.report(c.ReportCheckpoint, HEAD, step=5, path=CKPT)
     events = gang.report(c.ReportFailed, PEER, exit_code=1, reason="NCCL timeout")
-    assert stops_to(events) == [HEAD, THIRD]  # type: ignore[arg-type]
+    why = "rank 1 on host-b failed (exit code 1): NCCL timeout"
+    at = gang.now
+    assert events[:3] == [  # type: ignore[index]
+        e.StopRequested(
+            at=at, job_id=JOB, reason=why, runner_id=runner, attempt=1, intent="requeue"
+        )
+        for runner in (HEAD, THIRD)
+    ] + [e.JobLost(at=at, job_id=JOB, attempt=1, runner_id=PEER, reason=why)]
     assert gang.state.status is JobStatus.QUEUED
     assert (gang.state.retries, gang.state.resume_from) == (1, CKPT)
     assert gang.state.peers == ()
@@ -180,7 +195,16 @@ def test_losing_any_runner_stops_the_rest_and_requeues() -> None:
     gang = Gang()
     gang.running()
     events = gang.do(c.MarkLost(job_id=JOB, attempt=1, reason="runner host-c stopped"))
-    assert stops_to(events) == [HEAD, PEER, THIRD]
+    why = "lost: runner host-c stopped"
+    assert events[:3] == [
+        e.StopRequested(
+            at=gang.now, job_id=JOB, reason=why, runner_id=runner, attempt=1, intent="requeue"
+        )
+        for runner in (HEAD, PEER, THIRD)
+    ]
+    requeued = events[-1]
+    assert isinstance(requeued, e.JobRequeued)
+    assert (requeued.reason, requeued.retries) == (why, 1), "a loss counts as a retry"
     assert gang.state.status is JobStatus.QUEUED
     stale = c.ReportProgress(job_id=JOB, attempt=1, runner_id=PEER, step=9)
     with pytest.raises(StaleAssignment):
@@ -188,16 +212,43 @@ def test_losing_any_runner_stops_the_rest_and_requeues() -> None:
 
 
 def test_stop_pause_and_cancel_reach_every_rank() -> None:
-    for command in (c.StopJob(job_id=JOB), c.PauseJob(job_id=JOB), c.CancelJob(job_id=JOB)):
+    for command, intent in (
+        (c.StopJob(job_id=JOB, reason="why"), "stop"),
+        (c.PauseJob(job_id=JOB, reason="why"), "pause"),
+        (c.CancelJob(job_id=JOB, reason="why"), "cancel"),
+    ):
         gang = Gang()
         gang.running()
         events = gang.do(command)
-        assert stops_to(events) == [HEAD, PEER, THIRD]
+        assert events == [
+            e.StopRequested(
+                at=gang.now, job_id=JOB, reason="why", runner_id=runner, attempt=1, intent=intent
+            )
+            for runner in (HEAD, PEER, THIRD)
+        ]
         assert gang.state.status is JobStatus.STOPPING
         # A rank ending during the stop is part of it; rank 0's report ends the job.
         assert gang.report(c.ReportFailed, PEER, exit_code=1, reason="stopped") == []
         gang.report(c.ReportStopped, HEAD)
         assert gang.state.status in (JobStatus.STOPPED, JobStatus.PAUSED, JobStatus.CANCELLED)
+
+
+def test_a_cancel_during_a_stop_reaches_every_rank_as_a_cancel() -> None:
+    gang = Gang()
+    gang.running()
+    gang.do(c.StopJob(job_id=JOB))
+    events = gang.do(c.CancelJob(job_id=JOB, reason="not needed"))
+    assert events == [
+        e.StopRequested(
+            at=gang.now,
+            job_id=JOB,
+            reason="not needed",
+            runner_id=runner,
+            attempt=1,
+            intent="cancel",
+        )
+        for runner in (HEAD, PEER, THIRD)
+    ]
 
 
 def test_a_rank_that_refuses_its_start_stops_rank_0_and_requeues() -> None:
@@ -208,6 +259,52 @@ def test_a_rank_that_refuses_its_start_stops_rank_0_and_requeues() -> None:
     events = gang.report(c.RejectAssignment, THIRD, reason="output_dir not shared")
     assert stops_to(events) == [HEAD, PEER]  # type: ignore[arg-type]
     assert gang.state.status is JobStatus.QUEUED
+
+
+def test_the_rendezvous_starts_each_rank_on_its_gpus_from_the_checkpoint() -> None:
+    gang = Gang(nodes=2)
+    gang.schedule(peer(1, PEER))
+    gang.report(c.ReportStarted, HEAD, pid=10, command=("swift",))
+    gang.report(c.ReportCheckpoint, HEAD, step=5, path=CKPT)
+    gang.report(c.ReportFailed, HEAD, exit_code=1, reason="NCCL timeout")
+    assert gang.state.resume_from == CKPT
+    placed = RankPlacement(rank=1, runner_id=PEER, gpu_ids=(2, 3), gpu_uuids=("GPU-b2", "GPU-b3"))
+    gang.schedule(placed)
+    gang.report(c.ReportStarted, HEAD, pid=20, command=("swift",))
+    starts = gang.report(c.ReportRendezvous, HEAD, master_addr="10.0.0.1", master_port=29500)
+    assert starts == [
+        e.RankStartRequested(
+            at=gang.now,
+            job_id=JOB,
+            attempt=2,
+            rank=1,
+            runner_id=PEER,
+            gpu_ids=(2, 3),
+            gpu_uuids=("GPU-b2", "GPU-b3"),
+            master_addr="10.0.0.1",
+            master_port=29500,
+            resume_from=CKPT,
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("peers", "problem"),
+    [
+        ((peer(1, PEER),), "it spans 3 runners, got 2"),
+        ((peer(1, PEER), peer(2, PEER)), "each rank needs its own runner"),
+        ((peer(2, PEER), peer(1, THIRD)), "ranks must be numbered 1 to 2"),
+        ((peer(1, PEER), peer(2, THIRD, (0, 0))), "every rank needs 2 distinct GPUs"),
+        ((peer(1, PEER), peer(2, THIRD, (0,))), "every rank needs 2 distinct GPUs"),
+    ],
+)
+def test_a_placement_that_does_not_name_every_rank_once_is_refused(
+    peers: tuple[RankPlacement, ...], problem: str
+) -> None:
+    gang = Gang()
+    with pytest.raises(DomainError) as refused:
+        gang.schedule(*peers)
+    assert refused.value.message == f"cannot schedule job 'gang_001' while it is queued: {problem}"
 
 
 def test_rank_of_and_the_rendezvous_env() -> None:

@@ -29,7 +29,7 @@ def test_a_preemption_asks_the_runner_for_the_graceful_stop_with_its_grace() -> 
     job = running(priority=2)
     (stop,) = job.do(preempt(grace_s=30))
     assert isinstance(stop, e.StopRequested)
-    assert (stop.intent, stop.reason, stop.grace_s) == ("preempt", REASON, 30)
+    assert (stop.intent, stop.reason, stop.grace_s, stop.attempt) == ("preempt", REASON, 30, 1)
     assert (stop.preempted_by, stop.reserved_gpu_ids, stop.runner_id) == (
         "urgent",
         (0, 1),
@@ -110,6 +110,12 @@ def test_runtime_counts_over_all_attempts_from_the_events() -> None:
     job.do(job.started())
     later = job.now + timedelta(seconds=100)
     assert job.state.runtime_at(later) == ran + 100
+    assert job.state.runtime_at(job.now) == ran, "no time yet in this attempt"
+    assert job.state.runtime_at(job.now - timedelta(seconds=5)) == ran, "never less"
+    job.do(preempt(attempt=2))
+    job.do(job.stopped())
+    assert job.state.run_since is None
+    assert job.state.runtime_at(later) == job.state.runtime_s, "not running: nothing added"
 
 
 def test_at_its_max_runtime_a_job_stops_with_a_checkpoint_and_ends_timed_out() -> None:
@@ -121,6 +127,30 @@ def test_at_its_max_runtime_a_job_stops_with_a_checkpoint_and_ends_timed_out() -
     assert ended.checkpoint == CKPT_100
     assert job.state.status is JobStatus.TIMED_OUT
     assert job.state.stop_reason == "reached its max_runtime"
+
+
+def test_a_time_limit_during_a_stop_for_a_time_limit_or_a_cancel_changes_nothing() -> None:
+    limit = c.TimeOutJob(job_id=JOB, attempt=1, reason="reached its max_runtime")
+    for first in (limit, c.CancelJob(job_id=JOB)):
+        job = running(max_runtime=60)
+        job.do(first)
+        assert job.do(limit) == []
+
+
+def test_a_time_limit_during_a_users_stop_ends_the_job_timed_out() -> None:
+    job = running(max_runtime=60)
+    job.do(c.StopJob(job_id=JOB))
+    (stop,) = job.do(c.TimeOutJob(job_id=JOB, attempt=1, reason="reached its max_runtime"))
+    assert stop == e.StopRequested(
+        at=job.now,
+        job_id=JOB,
+        reason="reached its max_runtime",
+        runner_id="gpu-host-1",
+        attempt=1,
+        intent="timeout",
+    )
+    job.do(job.stopped())
+    assert job.state.status is JobStatus.TIMED_OUT
 
 
 def test_a_stale_time_limit_is_refused() -> None:

@@ -84,6 +84,11 @@ def user(service: Service, data_dir: Path, owner: str) -> User:
     return made
 
 
+def queued(user: User, job_id: str) -> bool:
+    """The scheduler's queue view (what ``GET /queue`` shows) holds the job."""
+    return any(entry["job_id"] == job_id for entry in user.queue())
+
+
 def stays(user: User, job_id: str, status: str, seconds: float) -> None:
     """The job keeps ``status`` for ``seconds``: several scheduler passes (ticks of 1 s)."""
     deadline = time.monotonic() + seconds
@@ -130,7 +135,8 @@ def test_a_quota_holds_one_owner_and_fair_share_orders_equal_priorities(
     ann.submit("ann-3")
     ann.wait_status("ann-3", "running")
     ann.submit("ann-4")
-    time.sleep(0.5)  # ann-4 is older than bob-2 by the log's order
+    # The scheduler has queued ann-4 before bob-2 exists: ann-4 is the older of the two.
+    service.wait_for("ann-4 in the scheduler's queue", lambda: queued(ann, "ann-4"))
     bob.submit("bob-2")
     stays(bob, "bob-2", "queued", 1.5)
     assert ann.status("ann-4") == "queued"

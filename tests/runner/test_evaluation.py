@@ -38,7 +38,7 @@ from swift_trainer.runner.evaluation import (
 )
 from swift_trainer.runner.factory import SIMULATOR
 from swift_trainer.runner.outcome import JobOutcome
-from swift_trainer.runner.reporting import JobReports
+from swift_trainer.runner.reporting import OutboxJobReporter
 
 
 def spec(train_type: str = "lora") -> JobSpec:
@@ -182,7 +182,7 @@ async def test_a_failed_evaluation_is_an_error_beside_the_success(tmp_path: Path
         return report
 
     outbox = Outbox()
-    reports = JobReports(
+    reports = OutboxJobReporter(
         job_id="job-1", attempt=1, runner_id="r", outbox=outbox, logs=None,  # type: ignore[arg-type]
         evaluate=evaluate,
     )  # fmt: skip

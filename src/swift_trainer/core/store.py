@@ -188,6 +188,11 @@ class SnapshotStore(Protocol):
 
 
 @runtime_checkable
-class CommandStore(EventStore, CommandLog, SnapshotStore, Protocol):
+class SnapshottedEventStore(EventStore, SnapshotStore, Protocol):
+    """An event store that also keeps snapshots (what a reader that saves its folds needs)."""
+
+
+@runtime_checkable
+class CommandStore(SnapshottedEventStore, CommandLog, Protocol):
     """An event store that also keeps command outcomes and snapshots (what the command
     handler needs)."""

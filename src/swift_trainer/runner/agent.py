@@ -55,7 +55,7 @@ from .host_checks import (
 from .log_publisher import LogPublisher
 from .outcome import JobOutcome
 from .rendezvous import reaching_address
-from .reporting import ReportOutbox, RunReporters
+from .reporting import ReporterFactory, ReportOutbox
 from .run_state import RunRecord, heartbeat_jobs, run_key, runner_version
 from .sim_faults import job_fault_args
 from .supervisor import AlreadyRunning, LaunchError, Supervisor
@@ -153,7 +153,7 @@ class RunnerAgent:
             self.client, self.state_dir / "outbox", on_refused=self._on_refused
         )
         self.logs = LogPublisher(nc, runner_id)
-        self.reporters = RunReporters(
+        self.reporters = ReporterFactory(
             runner_id=runner_id,
             outbox=self.outbox,
             logs=self.logs,

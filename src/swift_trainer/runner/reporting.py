@@ -1,8 +1,8 @@
 """From supervisor callbacks to core commands, delivered in order even across NATS outages.
 
-The supervisor calls ``JobReporter`` / ``ExportReporter`` methods; ``JobReports`` and
-``ExportReports`` turn them into ``Report*`` commands (actor: the runner id) and hand them
-to the ``ReportOutbox``, which sends them through ``CommandClient``:
+The supervisor calls ``JobReporter`` / ``ExportReporter`` methods. ``OutboxJobReporter``
+and ``OutboxExportReporter`` turn them into ``Report*`` commands (actor: the runner id).
+They hand them to the ``ReportOutbox``, which sends them through ``CommandClient``:
 
 * **Per job, in order.** One lane per job id; a lane sends one command at a time, so the
   handler sees ``ReportStarted`` before the job's progress, and its outcome last.
@@ -280,8 +280,8 @@ def export_started_command_id(export_id: str, pid: int, create_time: float) -> s
     return f"export-started-{export_id}-{pid}-{round(create_time * 1000)}"
 
 
-class JobReports:
-    """``JobReporter`` for one attempt of one job on this runner."""
+class OutboxJobReporter:
+    """The ``JobReporter`` of one attempt on this runner: it reports through the outbox."""
 
     def __init__(
         self,
@@ -419,8 +419,8 @@ def outcome_command(
     )
 
 
-class ExportReports:
-    """``ExportReporter`` for one ``swift export`` run."""
+class OutboxExportReporter:
+    """The ``ExportReporter`` of one ``swift export`` run: it reports through the outbox."""
 
     def __init__(
         self,
@@ -490,9 +490,12 @@ def export_failure_reason(outcome: ExportOutcome, limit: int = MAX_REASON_CHARS)
     return reason
 
 
-class RunReporters:
-    """Builds ``JobReports`` / ``ExportReports``; a start's command id carries the
-    process's create time (from the supervisor), so a re-sent start is deduplicated."""
+class ReporterFactory:
+    """Builds the reporter of each run (``OutboxJobReporter``, ``OutboxExportReporter``).
+
+    A start's command id carries the process's create time (from the supervisor), so a
+    re-sent start is deduplicated.
+    """
 
     def __init__(
         self,
@@ -507,7 +510,7 @@ class RunReporters:
         self.outbox = outbox
         self.logs = logs
         self.supervisor = supervisor
-        #: Awaited before each job outcome is reported (``JobReports.before_outcome``).
+        #: Awaited before each job outcome is reported (``OutboxJobReporter.before_outcome``).
         self.before_outcome = before_outcome
 
     def job(
@@ -519,7 +522,7 @@ class RunReporters:
         warnings: tuple[str, ...] = (),
         tracker_urls: Mapping[str, str] | None = None,
         rank: int | None = None,
-    ) -> JobReports:
+    ) -> OutboxJobReporter:
         key = run_key("job", job_id)
 
         def started_id(pid: int) -> str:
@@ -527,7 +530,7 @@ class RunReporters:
             created = record.create_time if record is not None and record.pid == pid else 0.0
             return started_command_id(job_id, attempt, pid, created)
 
-        return JobReports(
+        return OutboxJobReporter(
             job_id=job_id,
             attempt=attempt,
             runner_id=self.runner_id,
@@ -541,7 +544,7 @@ class RunReporters:
             before_outcome=self.before_outcome,
         )
 
-    def export(self, event: e.ExportRequested) -> ExportReports:
+    def export(self, event: e.ExportRequested) -> OutboxExportReporter:
         key = run_key("export", event.export_id)
 
         def started_id(pid: int) -> str:
@@ -549,7 +552,7 @@ class RunReporters:
             created = record.create_time if record is not None and record.pid == pid else 0.0
             return export_started_command_id(event.export_id, pid, created)
 
-        return ExportReports(
+        return OutboxExportReporter(
             job_id=event.job_id,
             export_id=event.export_id,
             runner_id=self.runner_id,
@@ -558,7 +561,7 @@ class RunReporters:
             started_id=started_id,
         )
 
-    def reattached_job(self, record: RunRecord) -> JobReports:
+    def reattached_job(self, record: RunRecord) -> OutboxJobReporter:
         """Reporter of a run found after a restart; it is reported as started again first
         (deduplicated by its command id), since that report may be what the crash lost."""
         reports = self.job(record.job_id, record.attempt)
@@ -576,9 +579,9 @@ class RunReporters:
         )
         return reports
 
-    def reattached_export(self, record: RunRecord) -> ExportReports:
+    def reattached_export(self, record: RunRecord) -> OutboxExportReporter:
         export_id = record.export_id or ""
-        reports = ExportReports(
+        reports = OutboxExportReporter(
             job_id=record.job_id,
             export_id=export_id,
             runner_id=self.runner_id,

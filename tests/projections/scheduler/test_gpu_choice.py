@@ -15,6 +15,7 @@ from swift_trainer.projections.scheduler.gpu_choice import (
     is_usable,
     placement_signature,
     requirement_of,
+    shared_labels,
 )
 
 from .builders import A100_40, A100_40_MIB, gpu, host
@@ -64,6 +65,18 @@ def test_requirements_read_like_the_spec() -> None:
     assert describe_requirement(requirement_of(80, "H100")) == (
         " named like 'h100' and with at least 80 GB"
     )
+    labelled = requirement_of(
+        None, None, {"zone": "b", "rack": "r1"}, excluded_gpus=("GPU-2", "GPU-1")
+    )
+    assert describe_requirement(labelled) == (
+        " on a runner labelled rack=r1,zone=b and other than GPU-1, GPU-2 (faulty for this job)"
+    )
+    assert requirement_of(None, None).nodes == 1, "one runner unless the job asks for more"
+
+
+def test_shared_labels_count_the_same_key_with_the_same_value() -> None:
+    assert shared_labels({"zone": "b", "rack": "r1", "os": "x"}, {"zone": "b", "rack": "r1"}) == 2
+    assert shared_labels({"zone": "b"}, {"zone": "c"}) == 0
 
 
 def test_a_single_gpu_goes_to_the_most_free_memory() -> None:
@@ -154,6 +167,7 @@ def _heartbeat(*gpus: GpuInfo, draining: bool = False) -> RunnerHeartbeat:
         inventory=inventory,
         foreign_memory_mib={1: 700},
         draining=draining,
+        labels={"zone": "b"},
     )
 
 
@@ -170,6 +184,7 @@ def test_a_heartbeat_becomes_the_snapshot_placement_reads() -> None:
     assert (second.utilization_pct, second.foreign_memory_mib) == (0.0, 700)
     assert snapshot.alive
     assert snapshot.lease_expires_at == NOW + timedelta(seconds=20)
+    assert snapshot.labels == {"zone": "b"}
     assert not host_snapshot(_heartbeat(draining=True)).alive
 
 

@@ -8,6 +8,7 @@ import msgspec
 
 from swift_trainer.core import commands as c
 from swift_trainer.core import events as e
+from swift_trainer.core.gang import RankPlacement
 from swift_trainer.core.job import JobStatus, decide, evolve, initial_state
 from swift_trainer.core.spec import JobSpec
 from swift_trainer.projections.scheduler import (
@@ -20,8 +21,10 @@ from swift_trainer.projections.scheduler import (
     RunningJob,
     place_jobs,
 )
+from swift_trainer.projections.scheduler.placement import Unplaceable
+from swift_trainer.projections.scheduler.preemption import PreemptionPolicy, VictimFacts
 
-from .builders import A100_40, A100_40_MIB, gpu, host, job, running
+from .builders import A100_40, A100_40_MIB, H100, H100_MIB, gpu, host, job, running
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 STRICT = PlacementPolicy(backfill=False)
@@ -465,3 +468,312 @@ def test_a_job_whose_only_matching_gpu_is_excluded_waits() -> None:
     avoiding = msgspec.structs.replace(job("j", seq=1), excluded_gpus=(hosts[0].gpus[0].uuid,))
     result = place_jobs([avoiding], hosts, [])
     assert result.decisions == ()
+
+
+# --- the core between passes: held GPUs, plans, hosts, caches that follow every change -------
+
+
+ON = PlacementPolicy(preemption=PreemptionPolicy(enabled=True, min_runtime_s=600))
+
+
+def facts(job_id: str, priority: int = 2, *, eligible: bool = True) -> VictimFacts:
+    return VictimFacts(job_id=job_id, attempt=1, priority=priority, eligible=eligible)
+
+
+def core(*holding: tuple[str, int], gpus: int = 2) -> PlacementCore:
+    """Host ``a`` with ``gpus`` GPUs; each (job, GPU) runs there at priority 2."""
+    scheduler = PlacementCore(ON)
+    scheduler.update_host(host("a", gpus))
+    for job_id, index in holding:
+        scheduler.assign(RunningJob(job_id=job_id, runner_id="a", gpu_ids=(index,), priority=2))
+    return scheduler
+
+
+def victims(scheduler: PlacementCore) -> list[set[str]]:
+    return [set(plan.victim_ids) for plan in scheduler.place().preemptions]
+
+
+# --- plans and the GPUs held for them --------------------------------------------------------
+
+
+def test_a_gpu_free_when_the_plan_is_made_is_held_for_the_preemptor() -> None:
+    scheduler = core(("low", 1))
+    scheduler.set_victim_facts({"low": facts("low")})
+    scheduler.submit(job("urgent", priority=9, gpus=2))
+    assert victims(scheduler) == [{"low"}], "the free GPU 0 counts: one victim"
+    scheduler.submit(job("small", priority=1))
+    assert scheduler.place().decisions == (), "GPU 0 is held for the preemptor"
+    scheduler.release("low")
+    (decision,) = scheduler.place().decisions
+    assert (decision.job_id, decision.gpu_ids) == ("urgent", (0, 1))
+
+
+def test_a_removed_preemptor_has_no_plan() -> None:
+    scheduler = core(("low1", 0), ("low2", 1))
+    scheduler.set_victim_facts({n: facts(n) for n in ("low1", "low2")})
+    scheduler.submit(job("urgent", priority=9, gpus=2))
+    assert victims(scheduler) == [{"low1", "low2"}]
+    assert scheduler.remove("urgent") is not None
+    assert scheduler.plans == {}
+
+
+def test_a_restored_plan_is_kept_for_a_queued_preemptor_only() -> None:
+    first = core(("low1", 0), ("low2", 1))
+    first.set_victim_facts({n: facts(n) for n in ("low1", "low2")})
+    first.submit(job("urgent", priority=9, gpus=2))
+    (plan,) = first.place().preemptions
+
+    restarted = core(("low1", 0), ("low2", 1))
+    restarted.restore_plan(plan)
+    assert restarted.plans == {}, "the preemptor is not queued here"
+    restarted.submit(job("urgent", priority=9, gpus=2))
+    restarted.restore_plan(plan)
+    assert restarted.plans == {"urgent": plan}
+    for victim in ("low1", "low2"):
+        restarted.release(victim)
+    (decision,) = restarted.place().decisions
+    assert (decision.job_id, decision.gpu_ids) == ("urgent", plan.gpu_ids)
+
+
+# --- the search sees each change ------------------------------------------------------------
+
+
+def test_a_failed_search_is_answered_again_for_the_next_lane() -> None:
+    """Two owners' urgent jobs (two lanes) search the same unchanged host in one pass."""
+    scheduler = core(("low", 0), ("keep", 1))
+    scheduler.set_victim_facts({"low": facts("low"), "keep": facts("keep", eligible=False)})
+    scheduler.submit(job("ann", priority=9, gpus=2, owner="ann"))
+    scheduler.submit(job("bob", priority=9, gpus=2, owner="bob"))
+    placement = scheduler.place()
+    assert (placement.decisions, placement.preemptions) == ((), ())
+    assert [j.job_id for j in scheduler.queued_jobs()] == ["ann", "bob"]
+
+
+def test_a_gpu_freed_since_the_last_search_is_counted() -> None:
+    scheduler = core(("low", 0), ("keep", 1))
+    scheduler.set_victim_facts({"low": facts("low"), "keep": facts("keep", eligible=False)})
+    scheduler.submit(job("urgent", priority=9, gpus=2))
+    assert victims(scheduler) == []
+    scheduler.release("keep")
+    scheduler.set_victim_facts({"low": facts("low")})
+    assert victims(scheduler) == [{"low"}]
+
+
+def test_a_job_that_became_eligible_is_a_victim_at_the_next_search() -> None:
+    scheduler = core(("low", 0), ("young", 1))
+    scheduler.set_victim_facts({"low": facts("low"), "young": facts("young", eligible=False)})
+    scheduler.submit(job("urgent", priority=9, gpus=2))
+    assert victims(scheduler) == []
+    scheduler.set_victim_facts({"low": facts("low"), "young": facts("young")})
+    assert victims(scheduler) == [{"low", "young"}]
+
+
+def test_a_job_with_facts_for_the_first_time_is_a_victim_at_the_next_search() -> None:
+    scheduler = core(("low", 0), ("new", 1))
+    scheduler.set_victim_facts({"low": facts("low")})
+    scheduler.submit(job("urgent", priority=9, gpus=2))
+    assert victims(scheduler) == []
+    scheduler.set_victim_facts({"low": facts("low"), "new": facts("new")})
+    assert victims(scheduler) == [{"low", "new"}]
+
+
+def test_a_job_that_lost_its_eligibility_is_no_victim_at_the_next_search() -> None:
+    scheduler = core(("low", 0), ("other", 1), gpus=3)
+    scheduler.set_victim_facts({"low": facts("low"), "other": facts("other", eligible=False)})
+    scheduler.submit(job("urgent", priority=9, gpus=3))
+    assert victims(scheduler) == []
+    scheduler.set_victim_facts({"other": facts("other", eligible=False)})
+    scheduler.submit(job("next", priority=9, gpus=2, owner="b"))
+    assert victims(scheduler) == []
+
+
+def test_a_job_that_needs_a_gpu_model_preempts_only_on_that_model() -> None:
+    scheduler = PlacementCore(ON)
+    mixed = (gpu(0, "a", name=A100_40, total=A100_40_MIB), gpu(1, "a", name=H100, total=H100_MIB))
+    scheduler.update_host(host("a", gpus=mixed))
+    scheduler.assign(RunningJob(job_id="on-a100", runner_id="a", gpu_ids=(0,), priority=1))
+    scheduler.assign(RunningJob(job_id="on-h100", runner_id="a", gpu_ids=(1,), priority=2))
+    scheduler.set_victim_facts({"on-a100": facts("on-a100", 1), "on-h100": facts("on-h100")})
+    scheduler.submit(job("big", priority=9, min_gb=60))
+    (plan,) = scheduler.place().preemptions
+    assert (plan.victim_ids, plan.gpu_ids) == ({"on-h100"}, (1,))
+
+
+# --- hosts and queue --------------------------------------------------------------------------
+
+
+def test_a_removed_host_takes_no_jobs_and_an_unknown_one_is_ignored() -> None:
+    scheduler = core()
+    scheduler.remove_host("a")
+    scheduler.remove_host("never-seen")
+    assert scheduler.host("a") is None
+    scheduler.submit(job("j"))
+    assert scheduler.place().decisions == ()
+
+
+def test_an_expired_lease_marks_the_host_not_alive() -> None:
+    scheduler = PlacementCore()
+    scheduler.update_host(host("a", 1, lease_expires_at=NOW))
+    assert scheduler.expire_leases(NOW + timedelta(seconds=1)) == ("a",)
+    expired = scheduler.host("a")
+    assert expired is not None and expired.alive is False
+
+
+def test_a_queued_job_is_found_by_its_id() -> None:
+    scheduler = core()
+    queued = job("j", gpus=3)
+    scheduler.submit(queued)
+    assert scheduler.queued_job("j") == queued
+    assert scheduler.queued_job("other") is None
+
+
+def test_a_job_bigger_than_every_host_is_unplaceable_with_the_reason() -> None:
+    scheduler = core()
+    scheduler.submit(job("huge", gpus=4))
+    assert scheduler.unplaceable() == (
+        Unplaceable(
+            job_id="huge",
+            reason="needs 4 GPUs on one runner, but the largest live runner has 2; "
+            "the job waits until a runner that big reports",
+        ),
+    )
+
+
+def test_a_running_jobs_remaining_time_is_kept_with_it() -> None:
+    scheduler = core(("low", 0))
+    scheduler.set_remaining("low", 50.0)
+    held = scheduler.running_job("low")
+    assert held is not None and held.remaining_s == 50.0
+    scheduler.set_remaining("never-assigned", 10.0)
+    assert scheduler.running_job("never-assigned") is None
+
+
+def test_a_preemptor_starts_as_its_next_attempt_and_holds_its_gpus() -> None:
+    scheduler = core(("low1", 0), ("low2", 1))
+    scheduler.set_victim_facts({n: facts(n) for n in ("low1", "low2")})
+    urgent = job("urgent", priority=9, gpus=2, owner="ann", attempt=1, duration=300.0)
+    scheduler.submit(urgent)
+    assert victims(scheduler) == [{"low1", "low2"}]
+    for name in ("low1", "low2"):
+        scheduler.release(name)
+    (decision,) = scheduler.place().decisions
+    assert decision == Decision(
+        job_id="urgent",
+        attempt=2,
+        runner_id="a",
+        gpu_ids=(0, 1),
+        gpu_uuids=("GPU-a-0", "GPU-a-1"),
+    )
+    assert scheduler.running_job("urgent") == RunningJob(
+        job_id="urgent", runner_id="a", gpu_ids=(0, 1), remaining_s=300.0, priority=9, owner="ann"
+    )
+    assert scheduler.gpus_in_use("ann") == 2
+    assert scheduler.queued_jobs() == []
+
+
+def test_each_plan_of_a_pass_has_victims_of_its_own() -> None:
+    """Three preemptors, six victims: the cheapest victims go to one plan only."""
+    scheduler = core(*((f"low{i}", i) for i in range(6)), gpus=6)
+    scheduler.set_victim_facts({f"low{i}": facts(f"low{i}") for i in range(6)})
+    for owner in ("ann", "bob", "cid"):
+        scheduler.submit(job(owner, priority=9, gpus=2, owner=owner))
+    found = victims(scheduler)
+    assert len(found) == 3
+    assert set().union(*found) == {f"low{i}" for i in range(6)}
+
+
+def test_a_lane_is_walked_past_a_job_with_a_plan() -> None:
+    scheduler = core(*((f"low{i}", i) for i in range(6)), gpus=6)
+    scheduler.set_victim_facts({f"low{i}": facts(f"low{i}") for i in range(6)})
+    scheduler.submit(job("first", priority=9, gpus=2, seq=1))
+    scheduler.submit(job("second", priority=9, gpus=2, seq=2))
+    assert len(victims(scheduler)) == 2, "one lane: the second is searched after the first"
+    scheduler.submit(job("third", priority=9, gpus=2, seq=3))
+    assert len(victims(scheduler)) == 1, "the third is reached past the two with plans"
+    assert set(scheduler.plans) == {"first", "second", "third"}
+
+
+def test_no_plan_for_a_job_no_higher_than_every_victim_or_with_no_victim_at_all() -> None:
+    scheduler = core(("low1", 0), ("low2", 1))
+    scheduler.set_victim_facts({n: facts(n) for n in ("low1", "low2")})
+    scheduler.submit(job("equal", priority=2, gpus=2))
+    assert scheduler.place().preemptions == ()
+    scheduler.set_victim_facts({n: facts(n, eligible=False) for n in ("low1", "low2")})
+    scheduler.submit(job("urgent", priority=9, gpus=2))
+    assert scheduler.place().preemptions == ()
+
+
+def test_a_host_a_job_waits_on_is_left_to_it_in_that_pass() -> None:
+    scheduler = core(("x", 0), ("soon", 1), ("y", 2), gpus=3)
+    scheduler.set_victim_facts(
+        {
+            "x": facts("x", 1),
+            "y": facts("y", 1),
+            "soon": VictimFacts(job_id="soon", attempt=1, priority=1, eligible=False, soon=True),
+        }
+    )
+    scheduler.submit(job("waits", priority=9, gpus=1, owner="ann"))
+    scheduler.submit(job("later", priority=8, gpus=2, owner="bob"))
+    assert scheduler.place().preemptions == (), "host a's GPUs are waited for"
+
+
+def test_a_job_ending_in_under_a_second_is_expected_then() -> None:
+    scheduler = PlacementCore()
+    scheduler.update_host(host("a", 1))
+    scheduler.assign(running("ra", "a", (0,), 0.5))
+    scheduler.submit(job("j"))
+    reservation = scheduler.place().reservation
+    assert reservation is not None and reservation.expected_start_s == 0.5
+
+
+def test_a_placed_or_assigned_job_counts_every_rank_for_its_owner() -> None:
+    scheduler = PlacementCore()
+    for name in ("a", "b"):
+        scheduler.update_host(host(name, 2))
+    gang = RunningJob(
+        job_id="g",
+        runner_id="a",
+        gpu_ids=(0, 1),
+        owner="ann",
+        peers=(RankPlacement(rank=1, runner_id="b", gpu_ids=(0, 1)),),
+    )
+    scheduler.assign(gang)
+    assert scheduler.gpus_in_use("ann") == 4
+    scheduler.release("g")
+    scheduler.submit(job("mine", owner="bob"))
+    scheduler.place()
+    placed = scheduler.running_job("mine")
+    assert placed is not None and placed.owner == "bob"
+
+
+def test_a_running_job_submitted_again_lets_its_gpus_go() -> None:
+    scheduler = PlacementCore()
+    scheduler.update_host(host("a", 1))
+    scheduler.assign(running("r", "a", (0,), owner="ann"))
+    scheduler.submit_many([job("r", owner="ann")])
+    assert scheduler.gpus_in_use("ann") == 0
+    assert [d.job_id for d in scheduler.place().decisions] == ["r"]
+
+
+def test_a_started_preemptor_is_counted_until_released_and_expected_to_end() -> None:
+    scheduler = core(("low1", 0), ("low2", 1))
+    scheduler.set_victim_facts({n: facts(n) for n in ("low1", "low2")})
+    scheduler.submit(job("urgent", priority=9, gpus=2, owner="ann", duration=300.0))
+    scheduler.place()
+    for name in ("low1", "low2"):
+        scheduler.release(name)
+    assert [d.job_id for d in scheduler.place().decisions] == ["urgent"]
+    scheduler.submit(job("next", priority=1, gpus=2))
+    reservation = scheduler.place().reservation
+    assert reservation is not None and reservation.expected_start_s == 300.0
+    scheduler.release("urgent")
+    assert scheduler.gpus_in_use("ann") == 0
+
+
+def test_a_victim_whose_priority_dropped_is_counted_at_the_next_search() -> None:
+    scheduler = core(("low", 0), ("busy", 1))
+    scheduler.set_victim_facts({"low": facts("low"), "busy": facts("busy", 9)})
+    scheduler.submit(job("urgent", priority=9, gpus=2))
+    assert victims(scheduler) == [], "busy has the preemptor's priority"
+    scheduler.set_victim_facts({"low": facts("low"), "busy": facts("busy", 2)})
+    assert victims(scheduler) == [{"low", "busy"}]

@@ -475,7 +475,7 @@ async def test_an_owners_gpu_quota_from_the_access_stream_holds_its_jobs(bus: Bu
 
 async def test_a_new_scheduler_starts_from_the_leaders_checkpoint_and_the_store(bus: Bus) -> None:
     await bus.put_heartbeat(heartbeat("r1", gpus=1))
-    first = await bus.scheduler(checkpoints=bus.store)
+    first = await bus.scheduler()
     for job_id in ("a", "b", "c"):
         await bus.submit(job_id)
     await wait_placed(bus, 1)
@@ -488,7 +488,7 @@ async def test_a_new_scheduler_starts_from_the_leaders_checkpoint_and_the_store(
     assert saved is not None and saved.position == first.state.position
     await bus.submit("d")  # after the checkpoint: comes from the store at the next start
 
-    second = await bus.scheduler(checkpoints=bus.store)
+    second = await bus.scheduler()
     head = await bus.store.last_position()
     assert second.state.position == head, "started at the head, not replaying the stream"
     assert second.feed is not None and (second.feed.start_seq or 0) > 1
@@ -503,6 +503,6 @@ async def test_a_checkpoint_beyond_the_stores_head_is_ignored(bus: Bus) -> None:
     head = await bus.store.last_position()
     ahead = SchedulerCheckpoint(position=head + 100, jobs={})
     await save_checkpoint(bus.store, ahead)  # as if the store were restored from a backup
-    scheduler = await bus.scheduler(checkpoints=bus.store)
+    scheduler = await bus.scheduler()
     assert scheduler.state.position == head
     assert "a" in scheduler.state.jobs

@@ -59,7 +59,7 @@ from swift_trainer.core.fleet import FleetState
 from swift_trainer.core.gc_pause import collector_paused
 from swift_trainer.core.ids import new_id
 from swift_trainer.core.inventory import RunnerHeartbeat, decode_heartbeat
-from swift_trainer.core.store import EventStore, RecordedEvent
+from swift_trainer.core.store import RecordedEvent, SnapshottedEventStore
 
 from ...core.tasks import unsubscribe_quietly
 from ..read_models.replay import REBUILD_BATCH
@@ -75,7 +75,7 @@ from .placement import DEFAULT_FOREIGN_MEMORY_THRESHOLD_MIB, Decision, Placement
 from .preemption import PreemptionPolicy
 from .process_requests import subscribe_process_requests
 from .state import SchedulerState
-from .state_checkpoint import CheckpointStore, load_checkpoint, save_checkpoint
+from .state_checkpoint import SchedulerCheckpoint, load_checkpoint, save_checkpoint
 
 _log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
@@ -153,10 +153,10 @@ class SchedulerService:
     ``queue_view_sink``: receives the queue with positions and estimated starts after the
     leader's passes (at most every ``VIEW_INTERVAL_S`` unless requested, only on change).
     ``heartbeat_sink``: receives every decoded runner heartbeat, on every instance.
-    ``store``: optional; a new leader waits until it has applied every event the store
-    holds (else: every event on the EVENTS stream) before it acts.
-    ``checkpoints``: optional (the event store's snapshots); a start loads the newest
-    checkpoint and folds only the events after it (see ``state_checkpoint``).
+    ``store``: optional, the event store. A start loads the newest checkpoint from its
+    snapshots and folds only the events after it (see ``state_checkpoint``); the leader
+    saves a checkpoint every ``checkpoint_interval_s``. A new leader waits until it has
+    applied every event the store holds (else: every event on the EVENTS stream).
     ``observer``: optional; told of events, passes and placements (metrics, traces).
     """
 
@@ -167,12 +167,11 @@ class SchedulerService:
         *,
         queue_view_sink: QueueViewSink | None = None,
         heartbeat_sink: HeartbeatSink | None = None,
-        store: EventStore | None = None,
+        store: SnapshottedEventStore | None = None,
         command_timeout_s: float = 10.0,
         clock: Clock = utc_now,
         watch_limits: WatchLimits | None = None,
         stream_replicas: int = 1,
-        checkpoints: CheckpointStore | None = None,
         observer: SchedulerObserver | None = None,
     ) -> None:
         options = options or SchedulerOptions()
@@ -187,7 +186,6 @@ class SchedulerService:
         max_jobs_at_rest = options.max_jobs_at_rest
         checkpoint_interval_s = options.checkpoint_interval_s
         self.nc = nc
-        self.checkpoints = checkpoints
         self.checkpoint_interval_s = checkpoint_interval_s
         self.scheduler_id = scheduler_id or default_scheduler_id()
         if not subjects.is_token(self.scheduler_id):
@@ -262,7 +260,7 @@ class SchedulerService:
             ("lease", self.lease.run()),
             ("placer", self._place_loop()),
         ]
-        if self.checkpoints is not None:
+        if self.store is not None:
             work.append(("checkpoints", self._checkpoint_loop()))
         for name, coroutine in work:
             self._tasks.append(asyncio.create_task(coroutine, name=f"scheduler-{name}"))
@@ -271,28 +269,28 @@ class SchedulerService:
     async def _warm_start(self) -> None:
         """Load the newest checkpoint, then fold the store's events after it, so the feed
         starts near the head. Any failure here only means a longer replay from the feed."""
-        if self.checkpoints is not None:
-            try:
-                checkpoint = await load_checkpoint(self.checkpoints)
-                head = None if self.store is None else await self.store.last_position()
-            except Exception as exc:
-                _log.warning("cannot load the scheduler checkpoint (%r); replaying", exc)
-                checkpoint = None
-            if checkpoint is not None and head is not None and checkpoint.position > head:
-                # A store restored from an older backup: the checkpoint describes events
-                # it does not hold, so it cannot be trusted.
-                _log.warning(
-                    "ignoring a scheduler checkpoint at %d beyond the store's head %d",
-                    checkpoint.position,
-                    head,
-                )
-                checkpoint = None
-            if checkpoint is not None:
-                self.state.load_checkpoint(checkpoint, self.clock())
-                self._saved_position = checkpoint.position
-                _log.info("scheduler state loaded at position %d", checkpoint.position)
         if self.store is None:
             return
+        checkpoint: SchedulerCheckpoint | None
+        try:
+            checkpoint = await load_checkpoint(self.store)
+            head = await self.store.last_position()
+        except Exception as exc:
+            _log.warning("cannot load the scheduler checkpoint (%r); replaying", exc)
+            checkpoint = None
+        if checkpoint is not None and checkpoint.position > head:
+            # A store restored from an older backup: the checkpoint describes events
+            # it does not hold, so it cannot be trusted.
+            _log.warning(
+                "ignoring a scheduler checkpoint at %d beyond the store's head %d",
+                checkpoint.position,
+                head,
+            )
+            checkpoint = None
+        if checkpoint is not None:
+            self.state.load_checkpoint(checkpoint, self.clock())
+            self._saved_position = checkpoint.position
+            _log.info("scheduler state loaded at position %d", checkpoint.position)
         try:
             with collector_paused():
                 while batch := await self.store.read_all(
@@ -310,10 +308,10 @@ class SchedulerService:
     async def save_checkpoint(self) -> bool:
         """Save the state as a checkpoint when this instance leads and it moved since."""
         position = self.state.position
-        if self.checkpoints is None or not self.leading or position <= self._saved_position:
+        if self.store is None or not self.leading or position <= self._saved_position:
             return False
         try:
-            await save_checkpoint(self.checkpoints, self.state.checkpoint())
+            await save_checkpoint(self.store, self.state.checkpoint())
         except Exception as exc:
             _log.warning("cannot save the scheduler checkpoint (%r); retrying later", exc)
             return False

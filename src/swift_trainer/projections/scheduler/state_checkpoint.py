@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Final, Protocol
+from typing import Final
 
 import msgspec
 
@@ -23,7 +23,7 @@ from swift_trainer.core.fleet import FleetState
 from swift_trainer.core.gpu_ledger import Claim
 from swift_trainer.core.job import JobState
 from swift_trainer.core.queue_processor import QueueProcessorState
-from swift_trainer.core.store import RecordedEvent, Snapshot
+from swift_trainer.core.store import RecordedEvent, SnapshotStore
 
 _log = logging.getLogger(__name__)
 
@@ -64,14 +64,6 @@ class SchedulerCheckpoint(msgspec.Struct, frozen=True, kw_only=True):
     fleet: FleetState = FleetState()
 
 
-class CheckpointStore(Protocol):
-    """The slice of the event store a checkpoint needs (``SnapshotStore``)."""
-
-    async def save_snapshot(self, stream_id: str, version: int, payload: bytes) -> None: ...
-
-    async def load_snapshot(self, stream_id: str) -> Snapshot | None: ...
-
-
 _decoder: Final = msgspec.msgpack.Decoder(SchedulerCheckpoint)
 _encoder: Final = msgspec.msgpack.Encoder()
 
@@ -93,7 +85,7 @@ def decode_checkpoint(payload: bytes) -> SchedulerCheckpoint | None:
     return checkpoint
 
 
-async def save_checkpoint(store: CheckpointStore, checkpoint: SchedulerCheckpoint) -> None:
+async def save_checkpoint(store: SnapshotStore, checkpoint: SchedulerCheckpoint) -> None:
     """Keep it unless a newer one is stored (another leader's, say)."""
     if checkpoint.position > 0:
         await store.save_snapshot(
@@ -101,6 +93,6 @@ async def save_checkpoint(store: CheckpointStore, checkpoint: SchedulerCheckpoin
         )
 
 
-async def load_checkpoint(store: CheckpointStore) -> SchedulerCheckpoint | None:
+async def load_checkpoint(store: SnapshotStore) -> SchedulerCheckpoint | None:
     snapshot = await store.load_snapshot(CHECKPOINT_STREAM)
     return None if snapshot is None else decode_checkpoint(snapshot.payload)
