@@ -17,6 +17,7 @@ processes:
 - no process is left behind.
 
 Short run (CI): ``uv run python scripts/chaos.py --jobs 30 --kills 10``.
+With preemption among the jobs' random priorities: add ``--preempt-after 1``.
 Long run: ``uv run python scripts/chaos.py --jobs 1000 --kills 50 --timeout 3600``.
 The report (JSON) goes to stdout's last line and to ``--report``; the exit code is 0 only
 when no invariant was violated.
@@ -146,6 +147,13 @@ class Topology:
             LOG_LEVEL="INFO",
             COMMAND_TIMEOUT_S="5",
         )
+        if self.args.preempt_after is not None:
+            # Urgent jobs stop running ones of lower priority after this many seconds.
+            base.update(
+                PREEMPT_MIN_RUNTIME_S=str(self.args.preempt_after),
+                PREEMPT_GRACE_S="10",
+                PREEMPT_MAX_PER_HOUR="3",
+            )
         return base
 
     async def create_database(self) -> None:
@@ -493,6 +501,7 @@ class Run:
         violations.extend(await self.check_answers(client))
         violations.extend(await self.check_read_models())
         healed: Counter[str] = Counter()
+        preemptions = sum(1 for recorded in self.log if recorded.type == "JobPreempted")
         for recorded in self.log:
             if recorded.type == "JobLost":
                 event = e.decode_event("JobLost", recorded.payload)
@@ -503,6 +512,7 @@ class Run:
             "statuses": dict(statuses),
             "events": len(self.log),
             "placements": placements,
+            "preemptions": preemptions,
             "kills": dict(self.kills),
             "kills_total": sum(self.kills.values()),
             "time_to_drain_s": round(drained, 1),
@@ -713,6 +723,12 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=240, help="seconds to drain")
     parser.add_argument("--seed", type=int, default=int(time.time()))
     parser.add_argument("--report", help="also write the JSON report here")
+    parser.add_argument(
+        "--preempt-after",
+        type=float,
+        help="let jobs of higher priority preempt a job once it has run this many seconds "
+        "(PREEMPT_MIN_RUNTIME_S; default: the service's own, 600 s, which short runs never reach)",
+    )
     args = parser.parse_args()
     if 0 < args.kills < 3:
         parser.error("--kills must be 0 (no faults) or at least 3 (a NATS node, a runner, Redis)")
