@@ -9,6 +9,7 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from swift_trainer.core.gang import RankPlacement
 from swift_trainer.core.job import JobState, JobStatus
 from swift_trainer.core.spec import JobSpec
 from swift_trainer.projections.scheduler import PlacementCore, RunningJob
@@ -292,7 +293,13 @@ def test_a_blocked_urgent_job_preempts_and_starts_on_exactly_the_freed_gpus() ->
     scheduler.release("low2")
     (decision,) = scheduler.place().decisions
     assert (decision.job_id, decision.runner_id, decision.gpu_ids) == ("urgent", "a", (0, 1))
+    assert decision.gpu_uuids == ("GPU-a-0", "GPU-a-1") and decision.peers == ()
     assert scheduler.jobs_on("a") == ("urgent",), "the hold for the preemptor is gone"
+    running = scheduler.running_job("urgent")
+    assert running is not None and (running.runner_id, running.gpu_ids) == ("a", (0, 1))
+    assert scheduler.gpus_in_use(None) == 2
+    scheduler.release("urgent")
+    assert scheduler.jobs_on("a") == () and scheduler.gpus_in_use(None) == 0
 
 
 def test_preemption_off_never_plans() -> None:
@@ -380,7 +387,8 @@ def gang_cluster() -> PlacementCore:
 
 def test_a_blocked_multi_node_job_frees_two_hosts_and_starts_on_both_at_once() -> None:
     scheduler = gang_cluster()
-    scheduler.submit(msgspec.structs.replace(job("urgent", priority=9, gpus=2), nodes=2))
+    urgent = job("urgent", priority=9, gpus=2, duration=300.0, owner="team", attempt=2)
+    scheduler.submit(msgspec.structs.replace(urgent, nodes=2))
     placement = scheduler.place()
     assert placement.decisions == ()
     (plan,) = placement.preemptions
@@ -392,10 +400,25 @@ def test_a_blocked_multi_node_job_frees_two_hosts_and_starts_on_both_at_once() -
     scheduler.release("low-b")
     decisions = scheduler.place().decisions
     (decision,) = [d for d in decisions if d.job_id == "urgent"]
-    assert (decision.runner_id, decision.gpu_ids) == ("a", (0, 1))
-    assert [(p.rank, p.runner_id, p.gpu_ids) for p in decision.peers] == [(1, "b", (0, 1))]
+    assert (decision.runner_id, decision.gpu_ids, decision.attempt) == ("a", (0, 1), 3)
+    assert decision.gpu_uuids == ("GPU-a-0", "GPU-a-1")
+    assert decision.peers == (
+        RankPlacement(rank=1, runner_id="b", gpu_ids=(0, 1), gpu_uuids=("GPU-b-0", "GPU-b-1")),
+    )
     assert scheduler.jobs_on("a") == ("urgent",) and scheduler.jobs_on("b") == ("urgent",)
-    assert scheduler.gpus_in_use(None) == 4, "every rank's GPUs count for its owner"
+    assert scheduler.gpus_in_use("team") == 4, "every rank's GPUs count for its owner"
+    assert scheduler.running_job("urgent") == RunningJob(
+        job_id="urgent",
+        runner_id="a",
+        gpu_ids=(0, 1),
+        remaining_s=300.0,
+        priority=9,
+        owner="team",
+        peers=decision.peers,
+    )
+    assert scheduler.queue_length == 1, "only the backfill job waits"
+    scheduler.release("urgent")
+    assert scheduler.jobs_on("a") == () and scheduler.jobs_on("b") == (), "every rank let go"
 
 
 def test_a_multi_node_job_over_its_owners_quota_preempts_nobody() -> None:
