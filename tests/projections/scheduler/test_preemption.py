@@ -290,6 +290,8 @@ def test_a_blocked_urgent_job_preempts_and_starts_on_exactly_the_freed_gpus() ->
     scheduler.release("low1")
     scheduler.submit(job("backfill", priority=1))
     assert scheduler.place().decisions == (), "the freed GPU is held for the preemptor"
+    assert scheduler.place().decisions == (), "and stays held, pass after pass"
+    assert "urgent" in scheduler.plans
     scheduler.release("low2")
     (decision,) = scheduler.place().decisions
     assert (decision.job_id, decision.runner_id, decision.gpu_ids) == ("urgent", "a", (0, 1))
@@ -397,6 +399,7 @@ def test_a_blocked_multi_node_job_frees_two_hosts_and_starts_on_both_at_once() -
     scheduler.release("low-a")
     scheduler.submit(job("backfill", priority=1, gpus=1))
     assert scheduler.place().decisions == (), "the first freed host is held for the gang"
+    assert scheduler.place().decisions == (), "and stays held, pass after pass"
     scheduler.release("low-b")
     decisions = scheduler.place().decisions
     (decision,) = [d for d in decisions if d.job_id == "urgent"]
@@ -442,3 +445,47 @@ def test_a_multi_node_plan_is_given_up_when_one_of_its_hosts_dies() -> None:
     scheduler.submit(job("next", priority=1, gpus=2))
     (decision,) = scheduler.place().decisions
     assert (decision.job_id, decision.runner_id) == ("next", "a"), "host a's hold is gone"
+
+
+def two_plans() -> PlacementCore:
+    """Two urgent jobs, each with a plan under way on a host of its own."""
+    scheduler = gang_cluster()
+    scheduler.submit(job("urgent-1", priority=9, gpus=2))
+    scheduler.submit(job("urgent-2", priority=8, gpus=2))
+    plans = scheduler.place().preemptions
+    assert {(plan.job_id, plan.runner_id) for plan in plans} == {
+        ("urgent-1", "a"),
+        ("urgent-2", "b"),
+    }
+    return scheduler
+
+
+def test_a_plan_whose_victims_stopped_starts_while_an_earlier_one_still_waits() -> None:
+    scheduler = two_plans()
+    scheduler.release("low-b")
+    (decision,) = scheduler.place().decisions
+    assert (decision.job_id, decision.runner_id) == ("urgent-2", "b")
+    assert "urgent-1" in scheduler.plans
+
+
+def test_a_broken_plan_does_not_hold_up_the_next_one() -> None:
+    scheduler = two_plans()
+    scheduler.update_host(host("a", 2, alive=False))
+    scheduler.release("low-b")
+    (decision,) = scheduler.place().decisions
+    assert (decision.job_id, decision.runner_id) == ("urgent-2", "b")
+    assert "urgent-1" not in scheduler.plans
+
+
+def test_a_two_node_job_with_one_free_host_preempts_on_one_other() -> None:
+    scheduler = PlacementCore(ON)
+    scheduler.update_host(host("a", 2))
+    scheduler.update_host(host("b", 2))
+    scheduler.assign(RunningJob(job_id="low-b", runner_id="b", gpu_ids=(0, 1), priority=2))
+    scheduler.set_victim_facts({"low-b": facts("low-b", 2)})
+    scheduler.submit(msgspec.structs.replace(job("urgent", priority=9, gpus=2), nodes=2))
+    placement = scheduler.place()
+    assert placement.decisions == (), "host a alone is not room for two nodes"
+    (plan,) = placement.preemptions
+    assert plan.hosts == (("a", (0, 1)), ("b", (0, 1)))
+    assert plan.victim_ids == {"low-b"}
