@@ -493,9 +493,8 @@ def export_failure_reason(outcome: ExportOutcome, limit: int = MAX_REASON_CHARS)
 class ReporterFactory:
     """Builds the reporter of each run (``OutboxJobReporter``, ``OutboxExportReporter``).
 
-    A start's command id carries the process's create time (from the supervisor), so a
-    re-sent start is deduplicated.
-    """
+    A start's command id carries the process's create time, so a re-sent start is
+    deduplicated."""
 
     def __init__(
         self,
