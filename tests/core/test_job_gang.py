@@ -151,6 +151,22 @@ def test_a_data_error_on_any_rank_fails_the_whole_job_at_once_and_stops_the_rest
     assert gang.state.status is JobStatus.FAILED and gang.state.peers == ()
 
 
+def test_a_ranks_nccl_or_unknown_failure_requeues_the_gang_as_a_lost_attempt() -> None:
+    for kind in ("nccl", "unknown", "killed"):
+        gang = Gang()
+        gang.running()
+        peer_gone = Failure(kind=kind, detail="the link to rank 0 closed")
+        events = gang.report(c.ReportFailed, PEER, exit_code=1, reason="x", failure=peer_gone)
+        assert [type(x).__name__ for x in events] == [  # type: ignore[attr-defined]
+            "StopRequested",
+            "StopRequested",
+            "JobLost",
+            "JobRequeued",
+        ]
+        assert gang.state.status is JobStatus.QUEUED and gang.state.retries == 1
+        assert gang.state.excluded_gpus == ()
+
+
 def test_only_rank_0_speaks_for_progress_checkpoints_and_the_outcome() -> None:
     gang = Gang()
     gang.running()

@@ -42,7 +42,7 @@ from .errors import (
     NoCheckpoint,
     StaleAssignment,
 )
-from .failure import HARDWARE, OOM, RUNNER_LOST, Failure
+from .failure import DATA_ERROR, HARDWARE, OOM, RUNNER_LOST, USER_ERROR, Failure
 from .gang import RankPlacement, rank_of
 from .limits import MAX_REASON_CHARS
 from .progress import TrainingMetrics
@@ -809,6 +809,11 @@ def _decide_rendezvous(
     ]
 
 
+#: Failures of a multi-node rank that are the job's own, not a peer's: the retry policy
+#: decides them. Any other failure of a rank requeues the job as a lost attempt.
+_GANG_POLICY_KINDS: Final = frozenset({OOM, USER_ERROR, DATA_ERROR})
+
+
 def _decide_rank_report(
     state: JobState,
     command: c.ReportStarted
@@ -844,9 +849,10 @@ def _decide_rank_report(
                 return []  # a rank ending while the job stops is part of the stop
             why = f"rank {rank} on {command.runner_id} failed (exit code {exit_code}): {reason}"
             stops = _gang_stops(state, why[:MAX_REASON_CHARS], now, but=command.runner_id)
-            if command.failure is not None:
-                # A classified failure follows the retry policy as on one node (a halved
-                # batch, avoided GPUs, no retry of a data error), for every rank at once.
+            if command.failure is not None and command.failure.kind in _GANG_POLICY_KINDS:
+                # The job's own fault follows the retry policy as on one node (a halved
+                # batch, no retry of a data error), for every rank at once. A rank's NCCL
+                # or unknown failure is most often a peer gone: the attempt is lost.
                 failed = e.JobFailed(
                     at=now,
                     job_id=state.job_id,
