@@ -19,7 +19,7 @@ async def test_starts_with_jetstream_on_loopback_and_stops_cleanly(tmp_path: Pat
     assert pid is not None
     config = (tmp_path / "nats" / "nats-server.conf").read_text()
     assert "127.0.0.1" in config
-    assert "sync_interval: always" in config
+    assert "sync_interval: 1s" in config
     nc = await connect(server.url)
     js = nc.jetstream()
     await provision(js)

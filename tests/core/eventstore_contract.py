@@ -219,6 +219,16 @@ class EventStoreContract(ABC):
         assert await store.read_all(limit=0) == []
         assert len(await read_everything(store)) == 25
 
+    async def test_read_all_of_some_types(self, store: SqlEventStore) -> None:
+        kinds = ["A", "B", "C", "A", "B", "A"]
+        await store.append("s", [event(type=kind) for kind in kinds], expected_version=NO_STREAM)
+        picked = await store.read_all(types={"A", "C"})
+        assert [(e.type, e.version) for e in picked] == [("A", 1), ("C", 3), ("A", 4), ("A", 6)]
+        after = await store.read_all(after_position=picked[1].position, limit=1, types={"A"})
+        assert [e.version for e in after] == [4]
+        assert await store.read_all(types=set()) == []
+        assert await store.read_all(types={"Z"}) == []
+
     async def test_large_batch(self, store: SqlEventStore) -> None:
         await store.append("a", events(1), expected_version=NO_STREAM)
         result = await store.append("a", events(1201), expected_version=1, command_id="big")

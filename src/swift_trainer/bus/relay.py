@@ -122,6 +122,8 @@ class OutboxRelay:
         #: dropped offer, a failed publish and the poll; offers alone need no read.
         self._read_wanted = True
         self._announcing: set[asyncio.Task[None]] = set()
+        #: The connection's reconnect count when the stream's tail was last read.
+        self._reconnects_seen = 0
 
     def offer_appended(self, result: AppendResult) -> None:
         """An after-append listener: ``offer`` the events one append stored."""
@@ -161,16 +163,25 @@ class OutboxRelay:
 
     async def reconcile(self) -> int:
         """Resume after the last event JetStream holds (0 when the stream is empty)."""
+        self._reconnects_seen = int(self.nc.stats.get("reconnects", 0))
         info = await self.js.stream_info(subjects.EVENTS_STREAM)
         self.position, self._last_msg_id = 0, None
-        if info.state.last_seq:
+        # The newest sequences may be gone (a server that restarted without its unflushed
+        # tail keeps their numbers as deleted): the last message still held counts.
+        seq = info.state.last_seq
+        while seq and seq >= info.state.first_seq:
             try:
-                last = await self.js.get_msg(subjects.EVENTS_STREAM, seq=info.state.last_seq)
+                last = await self.js.get_msg(subjects.EVENTS_STREAM, seq=seq)
             except NotFoundError:
-                return self.position
+                seq -= 1
+                continue
             headers = last.headers or {}
             self.position = int(headers.get(POSITION_HEADER, "0"))
-            self._last_msg_id = headers.get(Header.MSG_ID.value)
+            # The server checks ``Nats-Expected-Last-Msg-Id`` against the id of its newest
+            # sequence; past a deleted tail it knows none, so the next publish expects none.
+            tail_kept = seq == info.state.last_seq
+            self._last_msg_id = headers.get(Header.MSG_ID.value) if tail_kept else None
+            break
         return self.position
 
     async def publish_pending(self, *, read_store: bool = True) -> int:
@@ -319,6 +330,7 @@ class OutboxRelay:
             self._wake.clear()
             read_store, self._read_wanted = self._read_wanted, False
             try:
+                read_store |= await self._reconciled_after_reconnect()
                 await self.publish_pending(read_store=read_store)
             except asyncio.CancelledError:
                 raise
@@ -328,6 +340,18 @@ class OutboxRelay:
                 await asyncio.sleep(self.poll_interval)
                 with contextlib.suppress(Exception):
                     await self.reconcile()
+
+    async def _reconciled_after_reconnect(self) -> bool:
+        """Read the stream's tail again once the connection came back.
+
+        The server may have restarted without what it had not yet flushed to disk (it
+        fsyncs on an interval, not per message): the tail tells where to resume, and the
+        store, which every append fsyncs, fills the gap.
+        """
+        if int(self.nc.stats.get("reconnects", 0)) == self._reconnects_seen:
+            return False
+        await self.reconcile()
+        return True
 
     async def stop(self) -> None:
         await unsubscribe_quietly(self._nudges)

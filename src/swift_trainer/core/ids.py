@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import random
 import re
 import time
 from typing import Final
@@ -22,10 +22,12 @@ def new_id() -> str:
     """A 32-hex-digit id whose first 12 digits are the millisecond clock (UUIDv7 layout).
 
     Time order makes ids sort like the log and keeps B-tree inserts local; the random tail
-    keeps them unique across processes without coordination.
+    keeps them unique across processes without coordination. None is a secret, so the tail
+    comes from ``random`` (seeded from the OS, and again in every forked child) rather than
+    a system call per id.
     """
     millis = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
+    rand = random.getrandbits(76)
     value = (millis & ((1 << 48) - 1)) << 80 | (0x7 << 76) | (rand & ((1 << 76) - 1))
     value = (value & ~(0x3 << 62)) | (0x2 << 62)
     return f"{value:032x}"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, cast
@@ -79,6 +79,15 @@ _READ_STREAM: Final = (
 _READ_ALL: Final = (
     sa.select(*_EVENT_COLUMNS)
     .where(schema.events.c.position > sa.bindparam("after"))
+    .order_by(schema.events.c.position)
+    .limit(sa.bindparam("limit"))
+)
+_READ_TYPES: Final = (
+    sa.select(*_EVENT_COLUMNS)
+    .where(
+        schema.events.c.position > sa.bindparam("after"),
+        schema.events.c.type.in_(sa.bindparam("types", expanding=True)),
+    )
     .order_by(schema.events.c.position)
     .limit(sa.bindparam("limit"))
 )
@@ -447,9 +456,23 @@ class SqlEventStore:
             f"read stream {stream_id!r}", _READ_STREAM, stream_id=stream_id, after=after_version
         )
 
-    async def read_all(self, *, after_position: int = 0, limit: int = 1000) -> list[RecordedEvent]:
+    async def read_all(
+        self,
+        *,
+        after_position: int = 0,
+        limit: int = 1000,
+        types: Collection[str] | None = None,
+    ) -> list[RecordedEvent]:
         if limit <= 0:
             return []
+        if types is not None:
+            return await self._fetch_events(
+                "read the event log",
+                _READ_TYPES,
+                after=after_position,
+                limit=limit,
+                types=sorted(types),
+            )
         if self._dialect == "postgresql":
             return await self._read_all_postgres(after_position, limit)
         return await self._fetch_events(

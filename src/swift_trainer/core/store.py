@@ -11,7 +11,7 @@ position it saw never skips an event and never sees one twice.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Final, Protocol, runtime_checkable
 
@@ -107,8 +107,15 @@ class EventStore(Protocol):
     async def read_stream(self, stream_id: str, *, after_version: int = 0) -> list[RecordedEvent]:
         """Events of one stream with version > ``after_version``, in version order."""
 
-    async def read_all(self, *, after_position: int = 0, limit: int = 1000) -> list[RecordedEvent]:
-        """Up to ``limit`` events of the global log with position > ``after_position``."""
+    async def read_all(
+        self,
+        *,
+        after_position: int = 0,
+        limit: int = 1000,
+        types: Collection[str] | None = None,
+    ) -> list[RecordedEvent]:
+        """Up to ``limit`` events of the global log with position > ``after_position``;
+        with ``types``, only events of those types (the store skips the rest unread)."""
 
     async def stream_version(self, stream_id: str) -> int:
         """Current version of a stream (0 when it does not exist)."""

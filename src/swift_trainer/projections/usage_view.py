@@ -52,12 +52,15 @@ class UsageView:
 
     async def ledger(self) -> UsageLedger:
         async with self._lock:
+            # Everything up to the head is read once the last batch falls short; the store
+            # only hands over the types the fold reads (about half of a busy log).
+            head = await self.store.last_position()
             while True:
-                records = await self.store.read_all(after_position=self.position, limit=self.batch)
+                records = await self.store.read_all(
+                    after_position=self.position, limit=self.batch, types=USAGE_TYPES
+                )
                 for record in records:
                     self.position = record.position
-                    if record.type not in USAGE_TYPES:
-                        continue
                     try:
                         event = e.decode_event(record.type, record.payload, record.schema_version)
                     except SwiftTrainerError as exc:
@@ -65,4 +68,5 @@ class UsageView:
                         continue
                     self._ledger.apply(event)
                 if len(records) < self.batch:
+                    self.position = max(self.position, head)
                     return self._ledger

@@ -145,10 +145,11 @@ class LeaderActions:
         state = self.state
         beats = {runner_id: beat for runner_id, (beat, _) in state.heartbeats.items()}
         limits = self.watch_limits
-        track_idle(self.idle_since, state.jobs, beats, now, limits.idle_util_pct)
+        active = state.active_jobs()
+        track_idle(self.idle_since, active, beats, now, limits.idle_util_pct)
         actions = [
             *health_actions(state.fleet, beats),
-            *job_actions(state.jobs, state.fleet, now, limits, self.idle_since),
+            *job_actions(active, state.fleet, now, limits, self.idle_since),
         ]
         for action in actions:
             if not self._due(action.key) or not self.leading():

@@ -572,6 +572,10 @@ class SchedulerState:
                 host = msgspec.structs.replace(host, alive=False)
             self.placement.update_host(host)
 
+    def active_jobs(self) -> dict[str, JobState]:
+        """The jobs that hold GPUs on a runner: the watch looks at these, not at every job."""
+        return {job_id: self.jobs[job_id] for job_id in self._active}
+
     def _check_listed(self, heartbeat: RunnerHeartbeat, seen_at: datetime) -> None:
         """Count heartbeats that do not list a running job's process (see ``vanished``).
 
