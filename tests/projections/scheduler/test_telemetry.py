@@ -22,6 +22,7 @@ async def test_a_leading_scheduler_counts_passes_waits_and_traces_each_placement
     exporter = InMemorySpanExporter()
     setup_tracing("test", processor=SimpleSpanProcessor(exporter))
     passes = _value("swift_trainer_placement_pass_duration_seconds_count")
+    decided = _value("swift_trainer_placement_decision_seconds_count")
     waits = _value("swift_trainer_queue_wait_seconds_count")
     await bus.put_heartbeat(heartbeat("r1", gpus=1))
     scheduler = await bus.scheduler(observer=SchedulerTelemetry())
@@ -40,5 +41,6 @@ async def test_a_leading_scheduler_counts_passes_waits_and_traces_each_placement
     )
     assert _value("swift_trainer_scheduler_leader") == 1
     assert _value("swift_trainer_placement_pass_duration_seconds_count") > passes
+    assert _value("swift_trainer_placement_decision_seconds_count") > decided
     spans = [s for s in exporter.get_finished_spans() if s.name == "scheduler place job"]
     assert [s.attributes["job.id"] for s in spans if s.attributes] == ["a"]

@@ -8,6 +8,7 @@ checks ``leading`` just before it is sent: leadership can end in the middle of a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -158,7 +159,14 @@ class LeaderActions:
             await self.send(action.command)
 
     async def reconcile_claims(self) -> None:
+        """Release the claims no live attempt holds and complete the half-made ones.
+
+        Sent together, as a pass's decisions are: every finished job leaves a claim to
+        release, and waiting for each release in turn held the pass (and every decision
+        behind it) for seconds while a busy queue drained.
+        """
         state = self.state
+        commands: list[c.ReleaseGpus | c.ScheduleJob] = []
         for action in state.reconcile():
             claim = action.claim
             key = (action.kind, claim.job_id, claim.attempt)
@@ -175,7 +183,7 @@ class LeaderActions:
                     claim.attempt,
                     action.reason,
                 )
-                await self.send(
+                commands.append(
                     c.ReleaseGpus(job_id=claim.job_id, attempt=claim.attempt, reason=action.reason)
                 )
             else:
@@ -186,7 +194,7 @@ class LeaderActions:
                     claim.runner_id,
                     list(claim.gpu_ids),
                 )
-                await self.send(
+                commands.append(
                     c.ScheduleJob(
                         job_id=claim.job_id,
                         attempt=claim.attempt,
@@ -196,6 +204,7 @@ class LeaderActions:
                         peers=claim.peers,
                     )
                 )
+        await asyncio.gather(*(self.send(command) for command in commands))
 
     async def preempt(self, plans: tuple[PreemptionPlan, ...]) -> None:
         """Ask each victim of each new plan to stop with a checkpoint, within its grace."""

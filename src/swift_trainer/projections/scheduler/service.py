@@ -102,6 +102,36 @@ class SchedulerObserver(Protocol):
     def placing(self, decision: Decision) -> contextlib.AbstractContextManager[object]:
         """The context a decision's claim and ``ScheduleJob`` run in (a span)."""
 
+    def on_decided(self, seconds: float) -> None:
+        """A leading pass chose its placements and preemptions in ``seconds`` (the
+        commands it then sends and waits for are not counted)."""
+
+
+#: A leading pass at least this long is logged with where its time went: every decision
+#: waits for the pass before it.
+SLOW_PASS_S: Final = 1.0
+
+
+class _PassSteps:
+    """Where a pass's time went, step by step, for the slow-pass log line."""
+
+    def __init__(self) -> None:
+        self._last = self._start = time.perf_counter()
+        self._laps: list[tuple[str, float]] = []
+
+    def lap(self, name: str) -> float:
+        now = time.perf_counter()
+        seconds, self._last = now - self._last, now
+        self._laps.append((name, seconds))
+        return seconds
+
+    @property
+    def total(self) -> float:
+        return self._last - self._start
+
+    def __str__(self) -> str:
+        return ", ".join(f"{name} {seconds:.2f} s" for name, seconds in self._laps)
+
 
 def default_scheduler_id() -> str:
     """Host, pid and a random tail: unique, readable in logs, and a valid subject token."""
@@ -555,20 +585,28 @@ class SchedulerService:
     async def _lead(self, *, force_view: bool) -> PassResult:
         state = self.state
         now = self.clock()
+        steps = _PassSteps()
         self.actions.forget_old_actions()
         await self.actions.mark_lost(now)
         await self.actions.watch(now)
+        steps.lap("lost and watched jobs")
         await self.actions.reconcile_claims()
+        steps.lap("claims released")
         await self.actions.time_out(now)
+        steps.lap("time limits")
         placed: list[PlacedJob] = []
         if not state.paused:
             placement = state.placement.place()
+            decided_s = steps.lap("decision")
+            if self.observer is not None:
+                self.observer.on_decided(decided_s)
             decisions = placement.decisions
             await self.actions.preempt(placement.preemptions)
             for plan in placement.preemptions:
                 self._preempting_since[plan.job_id] = now
             for decision in decisions:
                 state.begin(decision.job_id)
+            steps.lap("preemptions")
             # Sent together: each decision's claim and start are two commands to wait for,
             # and a burst of decisions one after the other waited for all of them in a row.
             sent = await asyncio.gather(*(self._execute(decision) for decision in decisions))
@@ -577,7 +615,11 @@ class SchedulerService:
                 for decision, ok in zip(decisions, sent, strict=True)
                 if ok
             ]
+            steps.lap(f"claims and starts of {len(decisions)}")
         await self._publish_view(self.clock(), force=force_view)
+        steps.lap("queue view")
+        if steps.total >= SLOW_PASS_S:
+            _log.warning("a scheduler pass took %.2f s: %s", steps.total, steps)
         unplaceable = state.placement.unplaceable() if force_view else ()
         return PassResult(
             processed=True,

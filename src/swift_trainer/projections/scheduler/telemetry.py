@@ -77,6 +77,9 @@ class SchedulerTelemetry:
             PLACEMENT_SECONDS.observe(seconds)
             QUEUE_LENGTH.set(result.queued)
 
+    def on_decided(self, seconds: float) -> None:
+        DECISION_SECONDS.observe(seconds)
+
     @contextlib.contextmanager
     def placing(self, decision: Decision) -> Iterator[object]:
         carrier = self._job_traces.get(job_stream(decision.job_id))
@@ -101,6 +104,12 @@ PLACEMENT_SECONDS: Final = Histogram(
     "swift_trainer_placement_pass_duration_seconds",
     "Time one leading scheduler pass took (lost-runner check, placement, queue view).",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+DECISION_SECONDS: Final = Histogram(
+    "swift_trainer_placement_decision_seconds",
+    "Time a leading pass took to choose placements and preemptions, without the commands "
+    "it then sends.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
 LEADER: Final = Gauge(
     "swift_trainer_scheduler_leader",
