@@ -30,7 +30,7 @@ from .bus.relay import OutboxRelay, RelayNudge
 from .core.errors import SwiftTrainerError
 from .core.gc_pause import settle_heap
 from .core.settings import Settings
-from .core.shutdown import wait_for_shutdown
+from .core.shutdown import catch_shutdown_signals, wait_for_shutdown
 from .core.sqlstore import SqlEventStore, open_event_store
 from .core.telemetry import setup_tracing
 from .projections.experiments.experiments_service import ExperimentsService
@@ -74,6 +74,8 @@ class Service:
         self.http: _EmbeddedHttpServer | None = None
         self._stoppers: list[tuple[str, Stopper]] = []
         self.failed = asyncio.Event()
+        #: Set by SIGINT or SIGTERM once the process caught them (before it is reachable).
+        self.signals: asyncio.Event | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -429,7 +431,7 @@ def _needs_nats_url(settings: Settings, what: str) -> bool:
 
 async def _serve_until_shutdown(service: Service) -> int:
     settle_heap()  # everything has started: what it built stays for the process's life
-    await wait_for_shutdown(service.failed)
+    await wait_for_shutdown(service.failed, stop=service.signals)
     return 1 if service.failed.is_set() else 0
 
 
@@ -449,6 +451,8 @@ async def run_up(settings: Settings, runner: RunnerOptions, *, nats_port: int | 
         # Ctrl-C on the embedded service stops its training too (with a checkpoint), so no
         # process outlives it; a stand-alone runner leaves jobs running for re-attach.
         await service.start_runner(msgspec.structs.replace(runner, stop_jobs_on_exit=True))
+        # Reachable from here on: a Ctrl-C as soon as it answers still stops it in order.
+        service.signals = catch_shutdown_signals()
         port = await service.start_api(process_queue=scheduler.process_now)
         if insecure:
             service.add_background("insecure warning", warn_insecure(settings.app_host))
@@ -539,6 +543,7 @@ async def run_api(settings: Settings, *, projector: bool = True) -> int:
             return await request_processing(nc)
 
         await service.start_experiments(acting=False)
+        service.signals = catch_shutdown_signals()
         port = await service.start_api(process_queue=process_queue)
         if insecure:
             service.add_background("insecure warning", warn_insecure(settings.app_host))

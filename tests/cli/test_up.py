@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,7 +11,10 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import psutil
+
+from swift_trainer.bus.embedded import free_port
 
 
 def _env(data_dir: Path) -> dict[str, str]:
@@ -161,3 +165,28 @@ def test_kill_9_of_up_takes_its_nats_server_along_and_one_folder_has_one_server(
     finally:
         _stop(third)
     assert third.returncode == 0
+
+
+def test_ctrl_c_as_soon_as_up_answers_stops_it_in_order(tmp_path: Path) -> None:
+    """The signal lands while ``up`` finishes starting (the HTTP API already answers)."""
+    data_dir = tmp_path / "data"
+    port = free_port()
+    up = subprocess.Popen(
+        _cli("up", "--port", str(port)), env=_env(data_dir), stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and up.poll() is None:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(
+                    f"http://127.0.0.1:{port}/api/v1/training/health", timeout=1
+                ).is_success:
+                    break
+            time.sleep(0.01)
+        up.send_signal(signal.SIGINT)
+        _, stderr = up.communicate(timeout=60)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.communicate()
+    assert up.returncode == 0, stderr[-3000:]

@@ -11,13 +11,24 @@ import contextlib
 import signal
 
 
-async def wait_for_shutdown(*also: asyncio.Event) -> None:
-    """Return on SIGINT or SIGTERM, or as soon as any of ``also`` is set."""
+def catch_shutdown_signals() -> asyncio.Event:
+    """From now on SIGINT and SIGTERM set the returned event instead of interrupting.
+
+    A process caught this way before it becomes reachable stops in order, with status 0,
+    even when the signal comes while it finishes starting.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def wait_for_shutdown(*also: asyncio.Event, stop: asyncio.Event | None = None) -> None:
+    """Return on SIGINT or SIGTERM, or as soon as any of ``also`` is set; ``stop`` is the
+    event of signals caught earlier (``catch_shutdown_signals``)."""
+    stop = stop if stop is not None else catch_shutdown_signals()
     waiters = [asyncio.create_task(event.wait()) for event in (stop, *also)]
     try:
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
