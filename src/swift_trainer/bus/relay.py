@@ -9,7 +9,15 @@ event id) deduplicates whatever slips through inside the duplicate window anyway
 Publishes are pipelined for throughput, and each carries ``Nats-Expected-Last-Msg-Id`` =
 the previous event's id. If one publish in a pipeline fails, every later one is refused by
 the server instead of landing out of order; the relay re-reads the stream's tail and goes
-on from there. The position published so far is also written to the store's tracking table
+on from there.
+
+JetStream may flush to disk on an interval, so a server back from a power cut can lack its
+newest messages (their sequence numbers stay, as deleted). After every reconnect the relay
+reads the tail again, walking back past deleted sequences to the last message held, and
+publishes the rest from the store; its first publish there expects no last id, because
+the server knows none.
+
+The position published so far is also written to the store's tracking table
 (``get_tracking("relay")``) for monitoring the lag.
 
 A handler in the same process hands the relay the events it has just appended (``offer``),
@@ -344,7 +352,7 @@ class OutboxRelay:
     async def _reconciled_after_reconnect(self) -> bool:
         """Read the stream's tail again once the connection came back.
 
-        The server may have restarted without what it had not yet flushed to disk (it
+        The server may have restarted without what it had still to flush to disk (it
         fsyncs on an interval, not per message): the tail tells where to resume, and the
         store, which every append fsyncs, fills the gap.
         """
